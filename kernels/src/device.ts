@@ -1,0 +1,170 @@
+/**
+ * Dawn WebGPU device acquisition for Bun (npm `webgpu`), with the facts from
+ * shared/gpu/NOTES.md built in:
+ *  - the `GPU` object and the adapter stay referenced for as long as the device lives
+ *    (Bun's GC otherwise frees Dawn's instance and the next mapAsync segfaults);
+ *  - NVIDIA needs `allow_unsafe_apis,vulkan_enable_f16_on_nvidia` for shader-f16 and
+ *    subgroup matrices (tensor cores from WGSL);
+ *  - Float16Array must never reach writeBuffer (the runtime's upload() converts views).
+ */
+import { create, globals } from "webgpu";
+import { GpuUnavailableError } from "./errors.ts";
+
+// WebGPU enums (GPUBufferUsage, GPUMapMode, ...) as globals, the way browsers have them.
+Object.assign(globalThis, globals);
+
+export const DAWN_TOGGLES = "enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia";
+
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+export interface Capabilities {
+  vendor: string;
+  architecture: string;
+  description: string;
+  device: string;
+  backend: string;
+  isSoftware: boolean;
+  shaderF16: boolean;
+  subgroups: boolean;
+  subgroupMinSize: number;
+  subgroupMaxSize: number;
+  subgroupMatrix: boolean;
+  subgroupMatrixConfigs: SubgroupMatrixConfig[];
+  timestampQuery: boolean;
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupSizeX: number;
+    maxComputeWorkgroupsPerDimension: number;
+    maxStorageBuffersPerShaderStage: number;
+    minStorageBufferOffsetAlignment: number;
+    minUniformBufferOffsetAlignment: number;
+  };
+}
+
+export interface AcquiredDevice {
+  /** Held so Bun's GC cannot free Dawn's instance while the device lives. */
+  gpu: GPU;
+  adapter: GPUAdapter;
+  device: GPUDevice;
+  caps: Capabilities;
+}
+
+/** Module-level anchor: every GPU object and adapter ever handed out stays reachable. */
+const keepAlive: unknown[] = [];
+
+function readCapabilities(adapter: GPUAdapter): Capabilities {
+  const info = adapter.info as GPUAdapterInfo & {
+    subgroupMinSize?: number;
+    subgroupMaxSize?: number;
+    subgroupMatrixConfigs?: Iterable<Record<string, unknown>>;
+    backendType?: string;
+  };
+  const has = (f: string) => adapter.features.has(f as GPUFeatureName);
+  // Config fields are getters on Dawn's objects: read them one by one (JSON.stringify shows {}).
+  const configs: SubgroupMatrixConfig[] = [];
+  for (const c of info.subgroupMatrixConfigs ?? []) {
+    configs.push({
+      componentType: String(c.componentType),
+      resultComponentType: String(c.resultComponentType),
+      M: Number(c.M),
+      N: Number(c.N),
+      K: Number(c.K),
+    });
+  }
+  const l = adapter.limits;
+  const description = info.description ?? "";
+  return {
+    vendor: info.vendor ?? "",
+    architecture: info.architecture ?? "",
+    description,
+    device: info.device ?? "",
+    backend: info.backendType ?? "vulkan",
+    isSoftware: /llvmpipe|lavapipe|swiftshader/i.test(description + " " + (info.device ?? "")),
+    shaderF16: has("shader-f16"),
+    subgroups: has("subgroups"),
+    subgroupMinSize: info.subgroupMinSize ?? 0,
+    subgroupMaxSize: info.subgroupMaxSize ?? 0,
+    subgroupMatrix: has("chromium-experimental-subgroup-matrix") && configs.length > 0,
+    subgroupMatrixConfigs: configs,
+    timestampQuery: has("timestamp-query"),
+    limits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+    },
+  };
+}
+
+/** Requests the adapter (high performance) and a device with every feature and the largest limits the kernels use. */
+export async function acquireDevice(): Promise<AcquiredDevice> {
+  let gpu: GPU;
+  try {
+    gpu = create([DAWN_TOGGLES]) as unknown as GPU;
+  } catch (err) {
+    throw new GpuUnavailableError(`loading dawn.node failed: ${(err as Error).message}`);
+  }
+  keepAlive.push(gpu);
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new GpuUnavailableError();
+  keepAlive.push(adapter);
+  const caps = readCapabilities(adapter);
+
+  const wanted = ["shader-f16", "subgroups", "chromium-experimental-subgroup-matrix", "timestamp-query"];
+  const requiredFeatures = wanted.filter((f) => adapter.features.has(f as GPUFeatureName)) as GPUFeatureName[];
+  const l = adapter.limits;
+  const device = await adapter.requestDevice({
+    label: "tuneloom",
+    requiredFeatures,
+    requiredLimits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    },
+  });
+  keepAlive.push(device);
+  return { gpu, adapter, device, caps };
+}
+
+/** Human-readable capability report (what `bun run gpu-info` prints). */
+export function formatCapabilities(caps: Capabilities): string {
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+  const lines = [
+    `adapter:        ${caps.description || caps.device} (${caps.vendor}${caps.architecture ? ", " + caps.architecture : ""})`,
+    `backend:        ${caps.backend}${caps.isSoftware ? " (software rasterizer: expect CPU speed)" : ""}`,
+    `shader-f16:     ${caps.shaderF16 ? "yes" : "no"}`,
+    `subgroups:      ${caps.subgroups ? `yes (size ${caps.subgroupMinSize}${caps.subgroupMaxSize !== caps.subgroupMinSize ? `-${caps.subgroupMaxSize}` : ""})` : "no"}`,
+    `subgroup matrices: ${caps.subgroupMatrix ? `yes, ${caps.subgroupMatrixConfigs.length} configs` : "no (portable matmul path)"}`,
+    ...caps.subgroupMatrixConfigs.map(
+      (c) => `  ${c.componentType} -> ${c.resultComponentType}  M=${c.M} N=${c.N} K=${c.K}`,
+    ),
+    `timestamp-query: ${caps.timestampQuery ? "yes" : "no"}`,
+    `limits:`,
+    `  maxStorageBufferBindingSize     ${mib(caps.limits.maxStorageBufferBindingSize)}`,
+    `  maxBufferSize                   ${mib(caps.limits.maxBufferSize)}`,
+    `  maxComputeWorkgroupStorageSize  ${caps.limits.maxComputeWorkgroupStorageSize} B`,
+    `  maxComputeInvocationsPerWorkgroup ${caps.limits.maxComputeInvocationsPerWorkgroup}`,
+    `  maxComputeWorkgroupsPerDimension ${caps.limits.maxComputeWorkgroupsPerDimension}`,
+    `  maxStorageBuffersPerShaderStage ${caps.limits.maxStorageBuffersPerShaderStage}`,
+  ];
+  return lines.join("\n");
+}

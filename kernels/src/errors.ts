@@ -1,0 +1,29 @@
+/** The one message every entry point shows when no WebGPU adapter can be had. */
+export const NO_ADAPTER_HELP = [
+  "no WebGPU adapter found: Dawn (npm 'webgpu') found no Vulkan driver.",
+  "On a machine without a GPU install Mesa's software Vulkan driver (lavapipe):",
+  "  bun run setup:vulkan        (as root on Debian/Ubuntu; Debian 12 needs Mesa >= 24 from bookworm-backports)",
+  "On an NVIDIA machine make sure the driver's Vulkan ICD is installed (libnvidia-gl / nvidia_icd.json).",
+].join("\n");
+
+export class GpuUnavailableError extends Error {
+  constructor(detail?: string) {
+    super(detail ? `${NO_ADAPTER_HELP}\n(${detail})` : NO_ADAPTER_HELP);
+    this.name = "GpuUnavailableError";
+  }
+}
+
+/** A validation, out-of-memory or internal error reported by the GPU, naming the kernel it came from. */
+export class GpuError extends Error {
+  constructor(readonly kernel: string, message: string) {
+    super(`GPU error in ${kernel}: ${message}`);
+    this.name = "GpuError";
+  }
+}
+
+export class DeviceLostError extends Error {
+  constructor(reason: string, message: string) {
+    super(`GPU device lost (${reason}): ${message || "no message"}. Restart the process; state on the GPU is gone.`);
+    this.name = "DeviceLostError";
+  }
+}

@@ -1,0 +1,103 @@
+import type { DType } from "./dtype.ts";
+import { wgslLoader } from "./load16.ts";
+import { cdiv, Params } from "./params.ts";
+import type { KernelSource, Recorder } from "./runtime.ts";
+import { expectTensor, type Tensor } from "./tensor.ts";
+import matmulWgsl from "./matmul.wgsl" with { type: "text" };
+
+const sources = new Map<DType, KernelSource>();
+function matmulSource(bDtype: DType): KernelSource {
+  let s = sources.get(bDtype);
+  if (!s) {
+    s = { name: `matmul_b${bDtype}`, code: matmulWgsl.replace("//!LOAD_B", wgslLoader("b", 2, bDtype)) };
+    sources.set(bDtype, s);
+  }
+  return s;
+}
+
+export interface MatmulArgs {
+  /** f32; (M, K), or (K, M) when transA. */
+  a: Tensor;
+  /** f32/f16/bf16; (K, N), or (N, K) when transB. */
+  b: Tensor;
+  /** f32 (M, N) output. */
+  c: Tensor;
+  /** Optional f32 (N) added to every row. */
+  bias?: Tensor;
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  /** C = alpha·op(A)·op(B) + beta·C (beta = 1 accumulates, e.g. gradients over micro-batches). */
+  alpha?: number;
+  beta?: number;
+  /** Independent problems along workgroup z, each offset by the strides (in elements). */
+  batch?: number;
+  strideA?: number;
+  strideB?: number;
+  strideC?: number;
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+}
+
+/** Records C = alpha·op(A)·op(B) (+ bias) + beta·C. */
+export function matmul(rec: Recorder, args: MatmulArgs) {
+  const { a, b, c, M, N, K } = args;
+  const transA = args.transA ?? false;
+  const transB = args.transB ?? false;
+  const batch = args.batch ?? 1;
+  expectTensor("matmul", "a", a, "f32");
+  expectTensor("matmul", "b", b, ["f32", "f16", "bf16"]);
+  expectTensor("matmul", "c", c, "f32");
+  const lda = args.lda ?? (transA ? M : K);
+  const ldb = args.ldb ?? (transB ? K : N);
+  const ldc = args.ldc ?? N;
+  const strideA = args.strideA ?? M * K;
+  const strideB = args.strideB ?? K * N;
+  const strideC = args.strideC ?? M * N;
+  const need = (rows: number, cols: number, ld: number, stride: number) =>
+    rows === 0 || cols === 0 ? 0 : (batch - 1) * stride + (rows - 1) * ld + cols;
+  if (need(transA ? K : M, transA ? M : K, lda, strideA) > a.numel) throw new Error(`matmul: a has ${a.numel} elements, too few for M=${M} K=${K}`);
+  if (need(transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmul: b has ${b.numel} elements, too few for K=${K} N=${N}`);
+  if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmul: c has ${c.numel} elements, too few for M=${M} N=${N}`);
+  if (args.bias) expectTensor("matmul", "bias", args.bias, "f32", [N]);
+
+  const rt = rec.rt;
+  const pipeline = rt.pipeline(matmulSource(b.dtype), {
+    TRANS_A: transA ? 1 : 0,
+    TRANS_B: transB ? 1 : 0,
+    HAS_BIAS: args.bias ? 1 : 0,
+  });
+  const params = new Params(12)
+    .u32(M).u32(N).u32(K).u32(lda)
+    .u32(ldb).u32(ldc).u32(strideA).u32(strideB)
+    .u32(strideC).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(0);
+  rec.dispatch(`matmul ${M}x${N}x${K}${transA ? " tA" : ""}${transB ? " tB" : ""}`, pipeline, params.buffer,
+    [a, b, args.bias ?? rt.placeholder, c], [cdiv(N, 64), cdiv(M, 64), batch]);
+}
+
+/** y (T, out) = x (T, in) · Wᵀ, W (out, in) in f32/f16/bf16, + bias (out). `beta = 1` adds into y. */
+export function linearForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, bias?: Tensor, beta = 0) {
+  const [T, inF] = x.shape as [number, number];
+  const [outF, inW] = w.shape as [number, number];
+  if (inW !== inF) throw new Error(`linearForward: x has ${inF} features, W expects ${inW}`);
+  matmul(rec, { a: x, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true, beta });
+}
+
+/** dx (T, in) = dy (T, out) · W (out, in). `beta = 1` accumulates into dx (residual branches). */
+export function linearBackwardInput(rec: Recorder, dy: Tensor, w: Tensor, dx: Tensor, beta = 0) {
+  const [T, outF] = dy.shape as [number, number];
+  const [outW, inF] = w.shape as [number, number];
+  if (outW !== outF) throw new Error(`linearBackwardInput: dy has ${outF} features, W has ${outW} rows`);
+  matmul(rec, { a: dy, b: w, c: dx, M: T, N: inF, K: outF, beta });
+}
+
+/** dW (out, in) = dyᵀ (out, T) · x (T, in), scaled by alpha; `beta = 1` accumulates. */
+export function linearBackwardWeight(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, alpha = 1, beta = 0) {
+  const [T, inF] = x.shape as [number, number];
+  const [T2, outF] = dy.shape as [number, number];
+  if (T !== T2) throw new Error(`linearBackwardWeight: x has ${T} rows, dy has ${T2}`);
+  matmul(rec, { a: dy, b: x, c: dw, M: outF, N: inF, K: T, transA: true, alpha, beta });
+}

@@ -1,0 +1,30 @@
+/** Packs a kernel's uniform parameter block: 4-byte fields in WGSL struct order. */
+export class Params {
+  private readonly view: DataView;
+  private offset = 0;
+  constructor(fields: number) {
+    this.view = new DataView(new ArrayBuffer(Math.max(16, Math.ceil(fields / 4) * 16)));
+  }
+  u32(v: number): this {
+    if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new Error(`u32 param out of range: ${v}`);
+    this.view.setUint32(this.offset, v, true);
+    this.offset += 4;
+    return this;
+  }
+  i32(v: number): this {
+    this.view.setInt32(this.offset, v, true);
+    this.offset += 4;
+    return this;
+  }
+  f32(v: number): this {
+    this.view.setFloat32(this.offset, v, true);
+    this.offset += 4;
+    return this;
+  }
+  get buffer(): ArrayBuffer {
+    return this.view.buffer as ArrayBuffer;
+  }
+}
+
+/** ceil(a / b) for positive integers: workgroup counts. */
+export const cdiv = (a: number, b: number) => Math.ceil(a / b);

@@ -1,0 +1,429 @@
+/**
+ * The GPU runtime every kernel, the model and the trainer share: one Dawn device, tracked
+ * buffers with a reuse pool, cached pipelines, and Recorders that collect dispatches so a
+ * whole training step can go to the GPU as one submit.
+ */
+import { acquireDevice, type AcquiredDevice, type Capabilities } from "./device.ts";
+import { type DType, numelOf, storageBytes } from "./dtype.ts";
+import { DeviceLostError, GpuError } from "./errors.ts";
+import { MemoryTracker, poolBucketSize } from "./memory.ts";
+import { Tensor } from "./tensor.ts";
+
+const STORAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
+
+/** A WGSL kernel: its source and a name used in labels and error messages. */
+export interface KernelSource {
+  name: string;
+  code: string;
+}
+
+export class GpuRuntime {
+  readonly memory = new MemoryTracker();
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly modules = new Map<string, GPUShaderModule>();
+  private readonly pool = new Map<string, GPUBuffer[]>();
+  private readonly sizes = new WeakMap<GPUBuffer, number>();
+  private readonly pendingErrors: Promise<void>[] = [];
+  private lost: DeviceLostError | null = null;
+  private uncaptured: GpuError[] = [];
+
+  private constructor(private readonly acquired: AcquiredDevice) {
+    const device = acquired.device;
+    device.lost.then((info) => {
+      this.lost = new DeviceLostError(info.reason ?? "unknown", info.message);
+    });
+    device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
+      this.uncaptured.push(new GpuError("uncaptured", ev.error.message));
+    };
+  }
+
+  static async create(): Promise<GpuRuntime> {
+    return new GpuRuntime(await acquireDevice());
+  }
+
+  get device(): GPUDevice {
+    return this.acquired.device;
+  }
+  get caps(): Capabilities {
+    return this.acquired.caps;
+  }
+
+  /** Throws the first GPU error seen so far (device loss first). */
+  checkErrors() {
+    if (this.lost) throw this.lost;
+    const e = this.uncaptured.shift();
+    if (e) {
+      this.uncaptured = [];
+      throw e;
+    }
+  }
+
+  // ---------------------------------------------------------------- buffers
+
+  /** A fresh storage buffer from the device (tracked), at least 4 bytes. */
+  createBuffer(bytes: number, label: string, usage = STORAGE): GPUBuffer {
+    this.checkErrors();
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    if (size > this.caps.limits.maxBufferSize) {
+      throw new Error(`${label}: ${size} bytes exceeds the device's maxBufferSize ${this.caps.limits.maxBufferSize}`);
+    }
+    const buffer = this.device.createBuffer({ size, usage, label });
+    this.sizes.set(buffer, size);
+    this.memory.allocated(size);
+    this.memory.acquired(size);
+    return buffer;
+  }
+
+  /** Frees a buffer made by createBuffer or acquireBuffer now (not back to the pool). */
+  destroyBuffer(buffer: GPUBuffer) {
+    const size = this.sizes.get(buffer);
+    if (size === undefined) return; // not ours, or destroyed already
+    this.sizes.delete(buffer);
+    this.memory.released(size);
+    this.memory.freed(size);
+    buffer.destroy();
+  }
+
+  /** A storage buffer from the pool (bucketed sizes), or a new one. Give it back with releaseBuffer. */
+  acquireBuffer(bytes: number, label: string): GPUBuffer {
+    const size = poolBucketSize(Math.max(4, bytes));
+    const free = this.pool.get(String(size));
+    const reused = free?.pop();
+    if (reused) {
+      this.memory.acquired(size);
+      return reused;
+    }
+    return this.createBuffer(size, label);
+  }
+
+  releaseBuffer(buffer: GPUBuffer) {
+    const size = this.sizes.get(buffer);
+    if (size === undefined) return;
+    this.memory.released(size);
+    const key = String(size);
+    let list = this.pool.get(key);
+    if (!list) this.pool.set(key, (list = []));
+    list.push(buffer);
+  }
+
+  /** Frees every pooled (unused) buffer. */
+  trimPool() {
+    for (const list of this.pool.values()) {
+      for (const b of list) {
+        const size = this.sizes.get(b)!;
+        this.sizes.delete(b);
+        this.memory.freed(size);
+        b.destroy();
+      }
+    }
+    this.pool.clear();
+  }
+
+  // ---------------------------------------------------------------- tensors
+
+  /** An uninitialised tensor in a pooled buffer. */
+  empty(dtype: DType, shape: readonly number[], label = "tensor"): Tensor {
+    const bytes = storageBytes(dtype, numelOf(shape));
+    return new Tensor(this.acquireBuffer(bytes, label), dtype, shape, 0, label);
+  }
+
+  /** A zero-filled tensor (zeroed on the queue before any later submit). */
+  zeros(dtype: DType, shape: readonly number[], label = "zeros"): Tensor {
+    const t = this.empty(dtype, shape, label);
+    const enc = this.device.createCommandEncoder({ label: `${label}:clear` });
+    enc.clearBuffer(t.buffer, 0, t.byteLength);
+    this.device.queue.submit([enc.finish()]);
+    return t;
+  }
+
+  /**
+   * Uploads host data as a new tensor. 16-bit data is passed as raw u16 bits (Uint16Array),
+   * never as a Float16Array (dawn.node reads its element size as 0 and dies with SIGFPE).
+   */
+  upload(dtype: DType, shape: readonly number[], data: ArrayBufferView, label = "upload"): Tensor {
+    const t = this.empty(dtype, shape, label);
+    this.write(t, data);
+    return t;
+  }
+
+  /** Writes host data into a tensor (queued before the next submit). */
+  write(t: Tensor, data: ArrayBufferView, elementOffset = 0) {
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    const elemBytes = t.dtype === "f16" || t.dtype === "bf16" ? 2 : 4;
+    const offset = t.byteOffset + elementOffset * elemBytes;
+    if (offset + bytes.byteLength > t.byteOffset + t.byteLength) {
+      throw new Error(`write into ${t.label}: ${bytes.byteLength} bytes at element ${elementOffset} overruns ${t.byteLength} bytes`);
+    }
+    // writeBuffer needs a multiple of 4 bytes: pad a trailing odd 16-bit element.
+    if (bytes.byteLength % 4 !== 0) {
+      const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+      padded.set(bytes);
+      this.device.queue.writeBuffer(t.buffer, offset, padded.buffer, 0, padded.byteLength);
+    } else {
+      this.device.queue.writeBuffer(t.buffer, offset, bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    }
+  }
+
+  /** Reads a tensor back (waits for all submitted work). */
+  async readBytes(t: Tensor): Promise<ArrayBuffer> {
+    this.checkErrors();
+    const size = Math.max(4, t.byteLength);
+    const staging = this.device.createBuffer({ size, usage: 0x0001 | 0x0008, label: `${t.label}:readback` });
+    const enc = this.device.createCommandEncoder({ label: `${t.label}:readback` });
+    enc.copyBufferToBuffer(t.buffer, t.byteOffset, staging, 0, size);
+    this.device.queue.submit([enc.finish()]);
+    try {
+      await staging.mapAsync(0x0001);
+    } catch (err) {
+      this.checkErrors();
+      throw new GpuError(`${t.label}:readback`, (err as Error).message);
+    }
+    const out = staging.getMappedRange().slice(0, t.numel * (t.dtype === "f16" || t.dtype === "bf16" ? 2 : 4));
+    staging.unmap();
+    staging.destroy();
+    await this.flushErrorScopes();
+    this.checkErrors();
+    return out;
+  }
+
+  /** Reads an f32/f16/bf16 tensor as Float32Array (16-bit values widened exactly). */
+  async read(t: Tensor): Promise<Float32Array> {
+    const bytes = await this.readBytes(t);
+    if (t.dtype === "f32") return new Float32Array(bytes);
+    if (t.dtype === "bf16") {
+      const u16 = new Uint16Array(bytes);
+      const u32 = new Uint32Array(u16.length);
+      for (let i = 0; i < u16.length; i++) u32[i] = u16[i]! << 16;
+      return new Float32Array(u32.buffer);
+    }
+    if (t.dtype === "f16") return Float32Array.from(new Float16Array(bytes));
+    throw new Error(`read: ${t.label} is ${t.dtype}; use readBytes`);
+  }
+
+  async readI32(t: Tensor): Promise<Int32Array> {
+    return new Int32Array(await this.readBytes(t));
+  }
+  async readU32(t: Tensor): Promise<Uint32Array> {
+    return new Uint32Array(await this.readBytes(t));
+  }
+
+  release(...tensors: (Tensor | undefined | null)[]) {
+    for (const t of tensors) if (t && t.byteOffset === 0) this.releaseBuffer(t.buffer);
+  }
+
+  /** Waits until the GPU finished everything submitted so far, then reports any error. */
+  async sync() {
+    await this.device.queue.onSubmittedWorkDone();
+    await this.flushErrorScopes();
+    this.checkErrors();
+  }
+
+  // ---------------------------------------------------------------- pipelines
+
+  /**
+   * The compute pipeline of `kernel` specialised by its override constants, built once.
+   * Compilation/validation errors are reported by the next sync()/read, naming the kernel.
+   */
+  pipeline(kernel: KernelSource, constants: Record<string, number> = {}, entryPoint = "main"): GPUComputePipeline {
+    const key = `${kernel.name}|${entryPoint}|${Object.entries(constants).sort().map(([k, v]) => `${k}=${v}`).join(",")}|${kernel.code.length}`;
+    const cached = this.pipelines.get(key);
+    if (cached) return cached;
+    this.checkErrors();
+    const device = this.device;
+    let module = this.modules.get(kernel.code);
+    const label = `${kernel.name}${Object.keys(constants).length ? `<${Object.entries(constants).map(([k, v]) => `${k}=${v}`).join(",")}>` : ""}`;
+    device.pushErrorScope("validation");
+    if (!module) {
+      module = device.createShaderModule({ code: kernel.code, label: kernel.name });
+      this.modules.set(kernel.code, module);
+    }
+    const pipeline = device.createComputePipeline({
+      label,
+      layout: "auto",
+      compute: { module, entryPoint, constants },
+    });
+    this.pendingErrors.push(
+      device.popErrorScope().then((err) => {
+        if (err) {
+          this.pipelines.delete(key);
+          this.uncaptured.push(new GpuError(label, err.message));
+        }
+      }),
+    );
+    this.pipelines.set(key, pipeline);
+    return pipeline;
+  }
+
+  /** Like pipeline(), but waits for validation so a broken kernel throws right here. */
+  async pipelineChecked(kernel: KernelSource, constants: Record<string, number> = {}, entryPoint = "main") {
+    const p = this.pipeline(kernel, constants, entryPoint);
+    await this.flushErrorScopes();
+    this.checkErrors();
+    return p;
+  }
+
+  /** Pops the error scope pushed before a submit; an error there names `label`. */
+  trackErrorScope(label: string) {
+    this.pendingErrors.push(
+      this.device.popErrorScope().then((err) => {
+        if (err) this.uncaptured.push(new GpuError(label, err.message));
+      }),
+    );
+  }
+
+  /** A 16-byte tensor bound where a kernel's optional input is absent (never read). */
+  get placeholder(): Tensor {
+    this.placeholderTensor ??= new Tensor(this.createBuffer(16, "placeholder"), "f32", [4], 0, "placeholder");
+    return this.placeholderTensor;
+  }
+  private placeholderTensor: Tensor | null = null;
+
+  private async flushErrorScopes() {
+    while (this.pendingErrors.length) await this.pendingErrors.shift();
+  }
+
+  /** Starts recording a batch of GPU work; submit() sends it as one command buffer. */
+  recorder(label = "work"): Recorder {
+    return new Recorder(this, label);
+  }
+}
+
+/** Uniform parameter blocks are packed into shared buffers at this alignment. */
+const UNIFORM_ALIGN = 256;
+const UNIFORM_CHUNK = 64 * 1024;
+
+interface DispatchOp {
+  kind: "dispatch";
+  label: string;
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: [number, number, number];
+}
+interface CopyOp {
+  kind: "copy";
+  src: Tensor;
+  dst: Tensor;
+  bytes: number;
+  srcOffset: number;
+  dstOffset: number;
+}
+interface ClearOp {
+  kind: "clear";
+  dst: Tensor;
+}
+
+/**
+ * Collects dispatches (pipeline + bind group + grid) and copies in order. Dispatches go
+ * into compute passes (WebGPU orders dispatches in a pass: each sees the writes of the one
+ * before). `submit()` encodes and submits everything as one command buffer; the same
+ * Recorder can be submitted again (bind groups and uniforms are kept) until release().
+ */
+export class Recorder {
+  private readonly ops: (DispatchOp | CopyOp | ClearOp)[] = [];
+  private readonly uniformChunks: GPUBuffer[] = [];
+  private chunkUsed = UNIFORM_CHUNK;
+  private readonly staged: { buffer: GPUBuffer; offset: number; data: ArrayBuffer }[] = [];
+
+  constructor(readonly rt: GpuRuntime, readonly label: string) {}
+
+  get length() {
+    return this.ops.length;
+  }
+
+  /** Places a uniform parameter block; returns its binding. */
+  private uniform(data: ArrayBuffer): GPUBufferBinding {
+    const size = Math.ceil(data.byteLength / 16) * 16;
+    if (this.chunkUsed + size > UNIFORM_CHUNK) {
+      const buffer = this.rt.createBuffer(UNIFORM_CHUNK, `${this.label}:uniforms`, 0x40 | 0x08); // UNIFORM | COPY_DST
+      this.uniformChunks.push(buffer);
+      this.chunkUsed = 0;
+    }
+    const buffer = this.uniformChunks[this.uniformChunks.length - 1]!;
+    const offset = this.chunkUsed;
+    this.chunkUsed += Math.ceil(size / UNIFORM_ALIGN) * UNIFORM_ALIGN;
+    const padded = new Uint8Array(size);
+    padded.set(new Uint8Array(data));
+    this.staged.push({ buffer, offset, data: padded.buffer });
+    return { buffer, offset, size };
+  }
+
+  /**
+   * Records one dispatch. `params` (if given) is bound at @binding(0) as a uniform block; the
+   * tensors follow at @binding(1..n) in order, as the kernel's WGSL declares them.
+   */
+  dispatch(
+    label: string,
+    pipeline: GPUComputePipeline,
+    params: ArrayBuffer | null,
+    tensors: (Tensor | GPUBufferBinding)[],
+    workgroups: [number, number?, number?],
+  ) {
+    const entries: GPUBindGroupEntry[] = [];
+    let binding = 0;
+    if (params) entries.push({ binding: binding++, resource: this.uniform(params) });
+    for (const t of tensors) entries.push({ binding: binding++, resource: t instanceof Tensor ? t.binding : t });
+    const bindGroup = this.rt.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+    const [x, y = 1, z = 1] = workgroups;
+    const max = this.rt.caps.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) throw new Error(`${label}: grid ${x}x${y}x${z} exceeds ${max} workgroups per dimension`);
+    if (x === 0 || y === 0 || z === 0) return;
+    this.ops.push({ kind: "dispatch", label, pipeline, bindGroup, workgroups: [x, y, z] });
+  }
+
+  copy(src: Tensor, dst: Tensor, bytes = src.byteLength, srcOffset = 0, dstOffset = 0) {
+    if (srcOffset + bytes > src.byteLength || dstOffset + bytes > dst.byteLength) {
+      throw new Error(`copy ${src.label} -> ${dst.label}: ${bytes} bytes out of range`);
+    }
+    this.ops.push({ kind: "copy", src, dst, bytes, srcOffset, dstOffset });
+  }
+
+  clear(dst: Tensor) {
+    this.ops.push({ kind: "clear", dst });
+  }
+
+  /** Encodes and submits all recorded work as one command buffer. */
+  submit() {
+    const rt = this.rt;
+    rt.checkErrors();
+    const queue = rt.device.queue;
+    for (const s of this.staged) queue.writeBuffer(s.buffer, s.offset, s.data);
+    this.staged.length = 0;
+    const enc = rt.device.createCommandEncoder({ label: this.label });
+    let pass: GPUComputePassEncoder | null = null;
+    for (const op of this.ops) {
+      if (op.kind === "dispatch") {
+        pass ??= enc.beginComputePass({ label: this.label });
+        pass.setPipeline(op.pipeline);
+        pass.setBindGroup(0, op.bindGroup);
+        pass.dispatchWorkgroups(op.workgroups[0], op.workgroups[1], op.workgroups[2]);
+      } else {
+        if (pass) {
+          pass.end();
+          pass = null;
+        }
+        if (op.kind === "copy") {
+          enc.copyBufferToBuffer(op.src.buffer, op.src.byteOffset + op.srcOffset, op.dst.buffer, op.dst.byteOffset + op.dstOffset, op.bytes);
+        } else enc.clearBuffer(op.dst.buffer, op.dst.byteOffset, op.dst.byteLength);
+      }
+    }
+    pass?.end();
+    rt.device.pushErrorScope("validation");
+    queue.submit([enc.finish()]);
+    rt.trackErrorScope(this.label);
+  }
+
+  /** Frees the uniform buffers. Call after the submitted work is no longer needed again. */
+  release() {
+    for (const b of this.uniformChunks) this.rt.destroyBuffer(b);
+    this.uniformChunks.length = 0;
+    this.ops.length = 0;
+  }
+}
+
+let shared: Promise<GpuRuntime> | null = null;
+
+/** The process-wide runtime (one device per process). */
+export function getRuntime(): Promise<GpuRuntime> {
+  shared ??= GpuRuntime.create();
+  return shared;
+}

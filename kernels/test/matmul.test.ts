@@ -1,0 +1,100 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul } from "../src/index.ts";
+import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
+
+const rt = await getRuntime();
+afterAll(() => rt.trimPool());
+
+// Shapes that are not multiples of the 64×64×16 tile, plus one tiny and one tall-skinny.
+const shapes: [number, number, number][] = [
+  [1, 1, 1],
+  [7, 13, 5],
+  [65, 33, 17],
+  [129, 70, 100],
+  [3, 200, 96],
+];
+
+describe("matmul f32 against float64", () => {
+  for (const [M, N, K] of shapes) {
+    for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+      test(`M=${M} N=${N} K=${K} transA=${transA} transB=${transB}`, async () => {
+        const a = randn(M * K);
+        const b = randn(K * N);
+        const ta = rt.upload("f32", [M * K], a);
+        const tb = rt.upload("f32", [K * N], b);
+        const tc = rt.empty("f32", [M * N]);
+        const rec = rt.recorder();
+        matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB });
+        rec.submit();
+        const out = await rt.read(tc);
+        rec.release();
+        rt.release(ta, tb, tc);
+        expect(relError(out, matmulRef(a, b, M, N, K, transA, transB))).toBeLessThan(1e-5);
+      });
+    }
+  }
+});
+
+describe("linear-layer forms", () => {
+  const T = 37, inF = 72, outF = 50;
+  test("y = x·Wᵀ + bias, dx = dy·W, dW = dyᵀ·x and xᵀ·dy", async () => {
+    const x = randn(T * inF), w = randn(outF * inF), dy = randn(T * outF), bias = randn(outF);
+    const tx = rt.upload("f32", [T, inF], x), tw = rt.upload("f32", [outF, inF], w);
+    const tdy = rt.upload("f32", [T, outF], dy), tbias = rt.upload("f32", [outF], bias);
+    const ty = rt.empty("f32", [T, outF]), tdx = rt.empty("f32", [T, inF]);
+    const tdw = rt.empty("f32", [outF, inF]), txtdy = rt.empty("f32", [inF, outF]);
+    const rec = rt.recorder();
+    linearForward(rec, tx, tw, ty, tbias);
+    linearBackwardInput(rec, tdy, tw, tdx);
+    linearBackwardWeight(rec, tx, tdy, tdw);
+    matmul(rec, { a: tx, b: tdy, c: txtdy, M: inF, N: outF, K: T, transA: true }); // xᵀ·dy
+    rec.submit();
+    const yRef = matmulRef(x, w, T, outF, inF, false, true);
+    for (let t = 0; t < T; t++) for (let o = 0; o < outF; o++) yRef[t * outF + o]! += bias[o]!;
+    expect(relError(await rt.read(ty), yRef)).toBeLessThan(1e-5);
+    expect(relError(await rt.read(tdx), matmulRef(dy, w, T, inF, outF))).toBeLessThan(1e-5);
+    expect(relError(await rt.read(tdw), matmulRef(dy, x, outF, inF, T, true, false))).toBeLessThan(1e-5);
+    expect(relError(await rt.read(txtdy), matmulRef(x, dy, inF, outF, T, true, false))).toBeLessThan(1e-5);
+    rec.release();
+  });
+
+  test("beta = 1 accumulates into the output (gradient accumulation)", async () => {
+    const x = randn(T * inF), dy1 = randn(T * outF), dy2 = randn(T * outF);
+    const tx = rt.upload("f32", [T, inF], x);
+    const t1 = rt.upload("f32", [T, outF], dy1), t2 = rt.upload("f32", [T, outF], dy2);
+    const tdw = rt.empty("f32", [outF, inF]);
+    const rec = rt.recorder();
+    linearBackwardWeight(rec, tx, t1, tdw, 0.5, 0);
+    linearBackwardWeight(rec, tx, t2, tdw, 0.5, 1);
+    rec.submit();
+    const r1 = matmulRef(dy1, x, outF, inF, T, true), r2 = matmulRef(dy2, x, outF, inF, T, true);
+    const ref = r1.map((v, i) => 0.5 * (v + r2[i]!));
+    expect(relError(await rt.read(tdw), ref)).toBeLessThan(1e-5);
+    rec.release();
+  });
+
+  for (const dtype of ["f16", "bf16"] as const) {
+    test(`16-bit weights (${dtype}): forward and input gradient`, async () => {
+      const x = randn(T * inF), dy = randn(T * outF);
+      const bits = dtype === "f16" ? toF16Bits(randn(outF * inF)) : toBf16Bits(randn(outF * inF));
+      const w = dtype === "f16" ? fromF16Bits(bits) : fromBf16Bits(bits); // the exact values stored
+      const tw = rt.upload(dtype, [outF, inF], bits);
+      const tx = rt.upload("f32", [T, inF], x), tdy = rt.upload("f32", [T, outF], dy);
+      const ty = rt.empty("f32", [T, outF]), tdx = rt.empty("f32", [T, inF]);
+      const rec = rt.recorder();
+      linearForward(rec, tx, tw, ty);
+      linearBackwardInput(rec, tdy, tw, tdx);
+      rec.submit();
+      expect(relError(await rt.read(ty), matmulRef(x, w, T, outF, inF, false, true))).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tdx), matmulRef(dy, w, T, inF, outF))).toBeLessThan(1e-5);
+      rec.release();
+    });
+  }
+
+  test("shape mismatches are errors that name the kernel", () => {
+    const tx = rt.empty("f32", [4, 8]), tw = rt.empty("f32", [3, 9]), ty = rt.empty("f32", [4, 3]);
+    const rec = rt.recorder();
+    expect(() => linearForward(rec, tx, tw, ty)).toThrow(/linearForward: x has 8 features, W expects 9/);
+    expect(() => matmul(rec, { a: tx, b: tw, c: ty, M: 40, N: 3, K: 8 })).toThrow(/matmul: a has 32 elements/);
+  });
+});
