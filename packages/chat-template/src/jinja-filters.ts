@@ -8,6 +8,8 @@
  */
 import {
   ArrayValue,
+  Environment,
+  FunctionValue,
   IntegerValue,
   NullValue,
   ObjectValue,
@@ -16,20 +18,17 @@ import {
   UndefinedValue,
   type AnyRuntimeValue,
   type CustomFilter,
-  type Environment,
 } from "@huggingface/jinja";
 import { pythonJsonDumps, pythonStr, type JsonDumpsOptions } from "./python-values.ts";
 
-const PY_WHITESPACE = " \t\n\r\v\f\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000";
-
-/** Python `str.strip(chars)`; `chars` undefined means Python's notion of whitespace. */
-export function pythonStrip(text: string, chars: string = PY_WHITESPACE): string {
-  const units = Array.from(text);
-  let start = 0;
-  let end = units.length;
-  while (start < end && chars.includes(units[start]!)) ++start;
-  while (end > start && chars.includes(units[end - 1]!)) --end;
-  return units.slice(start, end).join("");
+/**
+ * Python `str.strip(chars)`, delegating to the patched `str.strip` builtin so there is one
+ * definition of Python whitespace; `chars` undefined strips whitespace.
+ */
+export function pythonStrip(text: string, chars?: string): string {
+  const strip = new StringValue(text).builtins.get("strip") as FunctionValue;
+  const result = strip.value(chars === undefined ? [] : [new StringValue(chars)], new Environment());
+  return (result as StringValue).value;
 }
 
 function optionalString(value: AnyRuntimeValue | undefined, what: string): string | undefined {

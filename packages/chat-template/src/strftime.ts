@@ -57,7 +57,9 @@ export function strftime(date: Date, format: string): string {
  */
 export function resolveNow(now: Date | string | undefined): Date {
   if (now === undefined) return new Date();
-  const date = typeof now === "string" ? new Date(now) : now;
+  // A bare date would parse as UTC midnight in JavaScript; make it local midnight like the rest.
+  const text = typeof now === "string" && /^\d{4}-\d{2}-\d{2}$/.test(now) ? `${now}T00:00:00` : now;
+  const date = typeof text === "string" ? new Date(text) : text;
   if (Number.isNaN(date.getTime())) throw new Error(`invalid 'now' date-time: ${String(now)}`);
   return date;
 }

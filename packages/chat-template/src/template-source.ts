@@ -10,7 +10,7 @@ export function normalizeTemplateSource(source: string): string {
   return source.replace(/\r\n?/g, "\n");
 }
 
-/** Hex sha256 of the exact template bytes (UTF-8), used to pin the template a model trained with. */
-export function templateSha256(source: string): string {
+/** Hex sha256 of the exact template bytes (a string is hashed as UTF-8), used to pin the template a model trained with. */
+export function templateSha256(source: string | Uint8Array): string {
   return new Bun.CryptoHasher("sha256").update(source).digest("hex");
 }
