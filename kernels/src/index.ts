@@ -7,3 +7,4 @@ export * from "./load16.ts";
 export * from "./runtime.ts";
 export * from "./tensor.ts";
 export * from "./matmul.ts";
+export * from "./matmul-subgroup.ts";

@@ -1,0 +1,35 @@
+import type { GpuRuntime, Recorder } from "@tuneloom/kernels";
+
+/**
+ * GPU time of `record` (one or more dispatches), measured as wall time of `iters` copies in a
+ * single submit, after a warm-up submit that also compiles pipelines. Returns ms per copy.
+ */
+export async function timeGpu(rt: GpuRuntime, record: (rec: Recorder) => void, iters: number): Promise<number> {
+  const warm = rt.recorder("bench-warmup");
+  record(warm);
+  warm.submit();
+  await rt.sync();
+  warm.release();
+  const rec = rt.recorder("bench");
+  for (let i = 0; i < iters; i++) record(rec);
+  const t0 = performance.now();
+  rec.submit();
+  await rt.sync();
+  const ms = (performance.now() - t0) / iters;
+  rec.release();
+  return ms;
+}
+
+/** Relative error on a sample of output entries: out[i] vs ref(i) computed in float64. */
+export function sampledRelError(out: Float32Array, ref: (i: number) => number, samples: number, seed = 1): number {
+  let num = 0, den = 0, s = seed >>> 0;
+  for (let j = 0; j < samples; j++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const i = s % out.length;
+    const r = ref(i), o = out[i]!;
+    if (!Number.isFinite(o)) return Infinity;
+    num += (o - r) ** 2;
+    den += r * r;
+  }
+  return Math.sqrt(num / den);
+}
