@@ -87,3 +87,13 @@ export function toGenerationConfigJson(g: GenerationConfig): Record<string, unkn
   put("max_length", g.maxLength);
   return out;
 }
+
+/**
+ * Every id that ends generation: config.json's eos ids, generation_config.json's, and the tokenizer's
+ * eos token (chat models often stop on <|im_end|> / <|eot_id|> listed in only one of them). Sorted, unique.
+ */
+export function stopTokenIds(modelEos: readonly number[], generation: GenerationConfig | null, tokenizerEosId: number | null): number[] {
+  const ids = new Set<number>([...modelEos, ...(generation?.eosTokenIds ?? [])]);
+  if (tokenizerEosId !== null) ids.add(tokenizerEosId);
+  return [...ids].sort((a, b) => a - b);
+}

@@ -6,7 +6,9 @@
 // is checked completely (sizes, dtypes, spans in bounds, contiguous, covering the data section, as
 // the format's spec demands) before any tensor is handed out, and every error names the file and
 // the tensor. Reading is lazy: the file is memory-mapped and tensors are views into the map, so
-// opening a 16 GB checkpoint costs nothing until a tensor is touched.
+// opening a 16 GB checkpoint costs nothing until a tensor is touched. Caveat of mmap (Bun's docs):
+// truncating a mapped file in place crashes the process, which is why writeSafetensors replaces
+// files by rename and never rewrites them in place.
 import { closeSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { ModelFileError } from "./config.ts";
@@ -56,8 +58,9 @@ export function isSafetensorsDtype(s: unknown): s is SafetensorsDtype {
 }
 
 /**
- * Parse and validate a header against the data section it describes. `data` is the header JSON
- * bytes; `dataSectionBytes` the number of bytes after the header. Offsets returned are from file start.
+ * Parse and validate a header against the data section it describes. `json` is the header bytes
+ * (headerByteLength of them), `dataSectionBytes` the number of bytes after the header. Offsets
+ * returned are from the start of the file.
  */
 export function parseSafetensorsHeader(
   json: Uint8Array,

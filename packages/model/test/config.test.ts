@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModelConfig, parseModelConfig, toTransformersConfig, type ModelConfig } from "../src/config.ts";
-import { loadGenerationConfig, parseGenerationConfig, toGenerationConfigJson } from "../src/generation-config.ts";
+import { loadGenerationConfig, parseGenerationConfig, stopTokenIds, toGenerationConfigJson } from "../src/generation-config.ts";
 
 // Trimmed from real checkpoints' config.json.
 const smolLM2 = {
@@ -134,5 +134,9 @@ describe("generation config", () => {
     expect(loadGenerationConfig(dir)).toBeNull();
     writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: [7] }));
     expect(loadGenerationConfig(dir)!.eosTokenIds).toEqual([7]);
+  });
+  test("stopTokenIds unions config, generation config and tokenizer eos", () => {
+    expect(stopTokenIds([2], parseGenerationConfig({ eos_token_id: [2, 9] }), 5)).toEqual([2, 5, 9]);
+    expect(stopTokenIds([], null, null)).toEqual([]);
   });
 });
