@@ -1,0 +1,238 @@
+/**
+ * Cross-entropy fused with the output projection (the LM head), chunked over the vocabulary.
+ *
+ *   logits = h · Wᵀ                         // (T, V), never materialised whole
+ *   nll_t  = logsumexp(logits_t) - logits_t[label_t]      for label_t != -100
+ *   lossSum = Σ_t nll_t,  count = #targets               → loss tensor [lossSum, count]
+ *   dh     = scale · Σ_t ∂nll_t/∂h  = dlogits · W,  dlogits = scale · (softmax − onehot)
+ *
+ * Gradient accumulation: the trainer passes `scale = 1 / (target tokens across ALL micro-
+ * batches of the step)`, so summing dh over micro-batches gives the gradient of the mean loss
+ * of the whole step (what PyTorch gets from one big batch). The loss comes back as a per-call
+ * SUM plus count on the GPU (`accumulateLoss` adds into it), read only when wanted.
+ *
+ * Cost: the backward recomputes each logits chunk, so forward+backward is three GEMMs of
+ * 2·T·V·C flops (logits twice, dh once; a fourth for the optional dW). Work memory is
+ * T·chunk·4 bytes of logits plus T·16 bytes of row state. Each chunk binds its own slice of W
+ * (the chunk start is rounded so the slice offset is a multiple of 256 bytes), so W itself may
+ * exceed the device's storage-binding limit (lavapipe: 128 MiB; Qwen2.5-0.5B's tied bf16
+ * embedding is 272 MB).
+ */
+import { type DType, BYTES_PER_ELEMENT } from "./dtype.ts";
+import { Params, cdiv } from "./params.ts";
+import { matmul } from "./matmul.ts";
+import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
+import { expectTensor, Tensor } from "./tensor.ts";
+import crossEntropyWgsl from "./cross-entropy.wgsl" with { type: "text" };
+
+const source: KernelSource = { name: "cross_entropy", code: crossEntropyWgsl };
+const FIRST_CHUNK = 1, ACCUM_LOSS = 2, HAS_NLL = 4, HAS_FLAG = 8;
+export const IGNORE_INDEX = -100;
+const BINDING_ALIGN = 256;
+const MAX_ROWS = 65535; // one workgroup per row along a grid dimension
+
+/**
+ * Writable stand-ins for absent optional outputs: rt.placeholder cannot be bound twice as
+ * read_write in one dispatch (WebGPU rejects aliasing writable bindings), so each slot gets
+ * its own 16-byte buffer, made once per runtime and never written (the kernel's flags say so).
+ */
+const dummies = new WeakMap<GpuRuntime, Tensor[]>();
+function writableDummy(rt: GpuRuntime, slot: number): Tensor {
+  let list = dummies.get(rt);
+  if (!list) dummies.set(rt, (list = []));
+  return (list[slot] ??= new Tensor(rt.createBuffer(16, `ce:absent${slot}`), "f32", [4], 0, `ce:absent${slot}`));
+}
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+const lcm = (a: number, b: number) => (a / gcd(a, b)) * b;
+/** Rows of a (rows, C) tensor of `elemBytes` per element that make a 256-byte multiple. */
+const rowAlign = (C: number, elemBytes: number) => BINDING_ALIGN / gcd(C * elemBytes, BINDING_ALIGN);
+
+/** A (rows, C) slice of a row-major matrix starting at row r0, as a bindable tensor. */
+function rowSlice(t: Tensor, r0: number, rows: number, C: number): Tensor {
+  const off = t.byteOffset + r0 * C * BYTES_PER_ELEMENT[t.dtype];
+  if (off % BINDING_ALIGN !== 0) throw new Error(`rowSlice: ${t.label} row ${r0} starts at byte ${off}, not a multiple of ${BINDING_ALIGN}`);
+  return new Tensor(t.buffer, t.dtype, [rows, C], off, t.label);
+}
+
+/**
+ * Vocabulary columns per chunk: at most `want` (default 16384), rounded so every chunk's W (and
+ * dW) slice starts on a 256-byte boundary, and small enough that the logits chunk (T, n) and the
+ * W slice each fit one storage binding.
+ */
+export function crossEntropyChunk(rt: GpuRuntime, T: number, V: number, C: number, wDtype: DType, want = 16384, dw = false): number {
+  let align = rowAlign(C, BYTES_PER_ELEMENT[wDtype]);
+  if (dw) align = lcm(align, rowAlign(C, 4));
+  const maxBind = rt.caps.limits.maxStorageBufferBindingSize;
+  let n = Math.min(want, V, Math.floor(maxBind / (4 * Math.max(T, 1))), Math.floor(maxBind / (4 * C)));
+  n = Math.max(align, Math.floor(n / align) * align);
+  if (n >= V) return V;
+  return n;
+}
+
+/** Scratch for crossEntropy: keep one per (T, chunk) when a Recorder is submitted repeatedly. */
+export interface CrossEntropyWorkspace {
+  logits: Tensor; // (T, chunk) f32
+  state: Tensor; // (T, 4) f32
+  T: number;
+  chunk: number;
+}
+
+export function createCrossEntropyWorkspace(rt: GpuRuntime, T: number, chunk: number): CrossEntropyWorkspace {
+  return {
+    logits: rt.empty("f32", [T, chunk], "ce:logits"),
+    state: rt.empty("f32", [T, 4], "ce:state"),
+    T,
+    chunk,
+  };
+}
+
+export function releaseCrossEntropyWorkspace(rt: GpuRuntime, ws: CrossEntropyWorkspace) {
+  rt.release(ws.logits, ws.state);
+}
+
+export interface CrossEntropyArgs {
+  /** f32 (T, C) final hidden states (after the last norm). */
+  h: Tensor;
+  /** f32/f16/bf16 (V, C) head weight (the embedding table when tied). */
+  w: Tensor;
+  /** i32 (T) next-token labels; -100 is ignored. */
+  labels: Tensor;
+  /** f32 (2) out: [Σ nll over target tokens, number of target tokens] of this call. */
+  loss: Tensor;
+  /** loss += this call's [sum, count] instead of overwriting. */
+  accumulateLoss?: boolean;
+  /** f32 (T) out: per-token nll (0 at ignored rows), for perplexity. */
+  nll?: Tensor;
+  /** u32 (1): set to 1 when the loss sum is not finite (never cleared here). */
+  nonFinite?: Tensor;
+  /** f32 (T, C) out: ∂(scale · lossSum)/∂h. Absent: forward only (evaluation). */
+  dh?: Tensor;
+  /** dh += instead of dh = (e.g. tied embeddings also feeding dh elsewhere). */
+  accumulateDh?: boolean;
+  /** f32 (V, C) out: ∂(scale · lossSum)/∂W, for a trainable head. */
+  dw?: Tensor;
+  accumulateDw?: boolean;
+  /** Gradient scale: 1 / (target tokens across all micro-batches of the step). Required with dh/dw. */
+  scale?: number;
+  /** Vocabulary columns per chunk (rounded for alignment; see crossEntropyChunk). */
+  chunk?: number;
+  /** Scratch; without one it comes from the pool and goes back at once (fine for a Recorder submitted once). */
+  workspace?: CrossEntropyWorkspace;
+}
+
+/** Records the chunked cross-entropy forward (and backward when dh/dw is given). */
+export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
+  const K = "crossEntropy";
+  const { h, w, labels, loss } = args;
+  expectTensor(K, "h", h, "f32");
+  expectTensor(K, "w", w, ["f32", "f16", "bf16"]);
+  if (h.shape.length !== 2 || w.shape.length !== 2) throw new Error(`${K}: h must be (T, C) and w (V, C), got [${h.shape}] and [${w.shape}]`);
+  const [T, C] = h.shape as [number, number];
+  const [V, Cw] = w.shape as [number, number];
+  if (Cw !== C) throw new Error(`${K}: h has ${C} channels, w has ${Cw}`);
+  if (T > MAX_ROWS) throw new Error(`${K}: T = ${T} rows exceeds ${MAX_ROWS}; split the batch into calls`);
+  if (w.byteOffset % BINDING_ALIGN !== 0) throw new Error(`${K}: w must start on a ${BINDING_ALIGN}-byte boundary`);
+  expectTensor(K, "labels", labels, "i32", [T]);
+  expectTensor(K, "loss", loss, "f32", [2]);
+  if (args.nll) expectTensor(K, "nll", args.nll, "f32", [T]);
+  if (args.nonFinite) expectTensor(K, "nonFinite", args.nonFinite, "u32", [1]);
+  if (args.dh) expectTensor(K, "dh", args.dh, "f32", [T, C]);
+  if (args.dw) {
+    expectTensor(K, "dw", args.dw, "f32", [V, C]);
+    if (args.dw.byteOffset % BINDING_ALIGN !== 0) throw new Error(`${K}: dw must start on a ${BINDING_ALIGN}-byte boundary`);
+  }
+  const backward = !!(args.dh || args.dw);
+  if (backward && (args.scale === undefined || !Number.isFinite(args.scale))) {
+    throw new Error(`${K}: pass scale = 1 / (target tokens across all micro-batches) with dh/dw`);
+  }
+  if (T === 0) return;
+
+  const rt = rec.rt;
+  const chunk = args.workspace?.chunk ?? crossEntropyChunk(rt, T, V, C, w.dtype, args.chunk, !!args.dw);
+  let ws = args.workspace;
+  const ownWs = !ws;
+  if (ws) {
+    if (ws.T !== T) throw new Error(`${K}: workspace is for T = ${ws.T}, got T = ${T}`);
+    const align = lcm(rowAlign(C, BYTES_PER_ELEMENT[w.dtype]), args.dw ? rowAlign(C, 4) : 1);
+    if (ws.chunk < V && ws.chunk % align !== 0) throw new Error(`${K}: workspace chunk ${ws.chunk} is not a multiple of ${align} rows of W`);
+  } else ws = createCrossEntropyWorkspace(rt, T, chunk);
+
+  const pStats = rt.pipeline(source, {}, "ce_chunk_stats");
+  const pFinal = rt.pipeline(source, {}, "ce_finalize");
+  const params = (n: number, v0: number, flags: number, scale = 0) =>
+    new Params(8).u32(T).u32(n).u32(v0).u32(V).f32(scale).u32(flags).u32(0).u32(0).buffer;
+
+  // forward: logits chunk by chunk, online (max, sum-exp) per row
+  for (let v0 = 0; v0 < V; v0 += chunk) {
+    const n = Math.min(chunk, V - v0);
+    const logits = ws.logits.view([T * chunk]);
+    matmul(rec, { a: h, b: rowSlice(w, v0, n, C), c: logits, M: T, N: n, K: C, transB: true }); // (T, n) = h·W_cᵀ
+    rec.dispatch(`ce_chunk_stats v0=${v0}`, pStats, params(n, v0, v0 === 0 ? FIRST_CHUNK : 0), [logits, labels, ws.state], [T]);
+  }
+  const flags = (args.accumulateLoss ? ACCUM_LOSS : 0) | (args.nll ? HAS_NLL : 0) | (args.nonFinite ? HAS_FLAG : 0);
+  rec.dispatch("ce_finalize", pFinal, params(0, 0, flags),
+    [ws.state, labels, loss, args.nll ?? writableDummy(rt, 0), args.nonFinite ?? writableDummy(rt, 1)], [1]);
+
+  if (backward) {
+    const pBack = rt.pipeline(source, {}, "ce_chunk_backward");
+    for (let v0 = 0; v0 < V; v0 += chunk) {
+      const n = Math.min(chunk, V - v0);
+      const logits = ws.logits.view([T * chunk]);
+      matmul(rec, { a: h, b: rowSlice(w, v0, n, C), c: logits, M: T, N: n, K: C, transB: true }); // recompute (T, n)
+      rec.dispatch(`ce_chunk_backward v0=${v0}`, pBack, params(n, v0, 0, args.scale), [logits, labels, ws.state], [cdiv(n, 256), T]);
+      // backward of  logits = h · W_cᵀ :
+      if (args.dh) { // dh (T, C) += dlogits (T, n) · W_c (n, C)
+        const beta = v0 === 0 && !args.accumulateDh ? 0 : 1;
+        matmul(rec, { a: logits, b: rowSlice(w, v0, n, C), c: args.dh, M: T, N: C, K: n, lda: n, beta });
+      }
+      if (args.dw) { // dW_c (n, C) (+)= dlogitsᵀ (n, T) · h (T, C)
+        matmul(rec, { a: logits, b: h, c: rowSlice(args.dw, v0, n, C), M: n, N: C, K: T, transA: true, lda: n, beta: args.accumulateDw ? 1 : 0 });
+      }
+    }
+  }
+  if (ownWs) releaseCrossEntropyWorkspace(rt, ws);
+}
+
+/** Reads [lossSum, count] back (waits for the GPU). */
+export async function readLoss(rt: GpuRuntime, loss: Tensor): Promise<{ sum: number; count: number; mean: number }> {
+  const [sum, count] = await rt.read(loss);
+  return { sum: sum!, count: count!, mean: sum! / count! };
+}
+
+/**
+ * Inference: logits of selected rows, out (R, V) f32 = h[rows] · Wᵀ (e.g. the last position of
+ * each sequence for generation). Rows are gathered with buffer copies into `scratch` (R, C)
+ * (from the pool when absent); W is walked in chunks that each fit one storage binding.
+ */
+export function logitsRows(rec: Recorder, h: Tensor, w: Tensor, rows: readonly number[], out: Tensor, scratch?: Tensor) {
+  const K = "logitsRows";
+  expectTensor(K, "h", h, "f32");
+  expectTensor(K, "w", w, ["f32", "f16", "bf16"]);
+  const [T, C] = h.shape as [number, number];
+  const [V, Cw] = w.shape as [number, number];
+  if (Cw !== C) throw new Error(`${K}: h has ${C} channels, w has ${Cw}`);
+  const R = rows.length;
+  expectTensor(K, "out", out, "f32", [R, V]);
+  if (out.byteOffset % BINDING_ALIGN !== 0) throw new Error(`${K}: out must start on a ${BINDING_ALIGN}-byte boundary`);
+  for (const r of rows) if (!Number.isInteger(r) || r < 0 || r >= T) throw new Error(`${K}: row ${r} is outside [0, ${T})`);
+  if (R === 0) return;
+  const rt = rec.rt;
+  let x = h;
+  const contiguous = rows.every((r, i) => r === i) && R === T;
+  if (!contiguous) {
+    x = scratch ?? rt.empty("f32", [R, C], "logitsRows:x");
+    expectTensor(K, "scratch", x, "f32", [R, C]);
+    rows.forEach((r, i) => rec.copy(h, x, C * 4, r * C * 4, i * C * 4));
+  }
+  const maxBind = rt.caps.limits.maxStorageBufferBindingSize;
+  const align = lcm(rowAlign(C, BYTES_PER_ELEMENT[w.dtype]), 64); // 64 f32 columns of out = 256 bytes
+  let chunk = Math.floor(maxBind / (C * BYTES_PER_ELEMENT[w.dtype]));
+  chunk = Math.max(align, Math.floor(chunk / align) * align);
+  for (let v0 = 0; v0 < V; v0 += chunk) {
+    const n = Math.min(chunk, V - v0);
+    const c = new Tensor(out.buffer, "f32", [R * V - v0], out.byteOffset + v0 * 4, out.label); // columns v0.. of each row
+    matmul(rec, { a: x, b: rowSlice(w, v0, n, C), c, M: R, N: n, K: C, transB: true, ldc: V }); // (R, n)
+  }
+  if (!contiguous && !scratch) rt.release(x);
+}

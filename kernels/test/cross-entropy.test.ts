@@ -1,0 +1,215 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { crossEntropy, crossEntropyChunk, getRuntime, IGNORE_INDEX, logitsRows, readLoss, type DType } from "../src/index.ts";
+import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
+
+const rt = await getRuntime();
+afterAll(() => rt.trimPool());
+
+/** float64 reference: loss sum, count, per-token nll, dh and dW of scale·Σ nll. */
+function crossEntropyRef(h: Float32Array, w: Float32Array, labels: Int32Array, T: number, C: number, V: number, scale: number) {
+  const nll = new Float64Array(T);
+  const dh = new Float64Array(T * C);
+  const dw = new Float64Array(V * C);
+  let sum = 0, count = 0;
+  const logits = new Float64Array(V);
+  for (let t = 0; t < T; t++) {
+    const label = labels[t]!;
+    if (label === IGNORE_INDEX) continue;
+    let mx = -Infinity;
+    for (let v = 0; v < V; v++) {
+      let s = 0;
+      for (let c = 0; c < C; c++) s += h[t * C + c]! * w[v * C + c]!;
+      logits[v] = s;
+      mx = Math.max(mx, s);
+    }
+    let se = 0;
+    for (let v = 0; v < V; v++) se += Math.exp(logits[v]! - mx);
+    const lse = mx + Math.log(se);
+    nll[t] = lse - logits[label]!;
+    sum += nll[t]!;
+    count++;
+    for (let v = 0; v < V; v++) {
+      const d = (Math.exp(logits[v]! - lse) - (v === label ? 1 : 0)) * scale;
+      for (let c = 0; c < C; c++) {
+        dh[t * C + c]! += d * w[v * C + c]!;
+        dw[v * C + c]! += d * h[t * C + c]!;
+      }
+    }
+  }
+  return { sum, count, nll, dh, dw };
+}
+
+function makeLabels(T: number, V: number, seed: number, ignoreEvery = 5): Int32Array {
+  const r = rng(seed);
+  const labels = new Int32Array(T);
+  for (let t = 0; t < T; t++) labels[t] = t % ignoreEvery === 2 ? IGNORE_INDEX : r.int(0, V);
+  labels[0] = V - 1; // the last column: inside the last, partial chunk
+  return labels;
+}
+
+/** Weights as stored (rounded to dtype) plus their exact f32 values for the reference. */
+function makeWeights(dtype: DType, n: number, scale: number) {
+  const w32 = randn(n, scale);
+  if (dtype === "f32") return { data: w32 as ArrayBufferView, values: w32 };
+  const bits = dtype === "bf16" ? toBf16Bits(w32) : toF16Bits(w32);
+  return { data: bits as ArrayBufferView, values: dtype === "bf16" ? fromBf16Bits(bits) : fromF16Bits(bits) };
+}
+
+describe("crossEntropy against float64", () => {
+  test("f32 head: loss, nll, dh, dW; chunks not dividing V, V not a multiple of 64, ignored rows", async () => {
+    const T = 37, C = 48, V = 1000, chunk = 192;
+    const h = randn(T * C), { data, values: w } = makeWeights("f32", V * C, 0.3);
+    const labels = makeLabels(T, V, 11);
+    const count = labels.filter((l) => l !== IGNORE_INDEX).length;
+    const scale = 1 / (2 * count); // as if a second micro-batch of the same size followed
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f32", [V, C], data), tl = rt.upload("i32", [T], labels);
+    const loss = rt.empty("f32", [2]), nll = rt.empty("f32", [T]), dh = rt.empty("f32", [T, C]), dw = rt.empty("f32", [V, C]);
+    const rec = rt.recorder("ce");
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, nll, dh, dw, scale, chunk });
+    rec.submit();
+    const ref = crossEntropyRef(h, w, labels, T, C, V, scale);
+    const l = await readLoss(rt, loss);
+    expect(l.count).toBe(count);
+    expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(1e-5);
+    expect(relError(await rt.read(nll), ref.nll)).toBeLessThan(1e-5);
+    expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(1e-5);
+    expect(relError(await rt.read(dw), ref.dw)).toBeLessThan(1e-5);
+
+    // a second micro-batch accumulates loss and gradients
+    const rec2 = rt.recorder("ce accumulate");
+    crossEntropy(rec2, { h: th, w: tw, labels: tl, loss, dh, dw, scale, chunk, accumulateLoss: true, accumulateDh: true, accumulateDw: true });
+    rec2.submit();
+    const l2 = await readLoss(rt, loss);
+    expect(l2.count).toBe(2 * count);
+    expect(Math.abs(l2.sum - 2 * ref.sum) / ref.sum).toBeLessThan(1e-5);
+    expect(relError(await rt.read(dh), ref.dh.map((x) => 2 * x))).toBeLessThan(1e-5);
+    expect(relError(await rt.read(dw), ref.dw.map((x) => 2 * x))).toBeLessThan(1e-5);
+    rec.release();
+    rec2.release();
+    rt.release(th, tw, tl, loss, nll, dh, dw);
+  });
+
+  for (const dtype of ["bf16", "f16"] as const) {
+    test(`tied ${dtype} embedding as the head: loss and dh`, async () => {
+      const T = 20, C = 64, V = 777, chunk = dtype === "bf16" ? 256 : 100000; // f16: one chunk
+      const h = randn(T * C), { data, values: w } = makeWeights(dtype, V * C, 0.2);
+      const labels = makeLabels(T, V, 12, 4);
+      const count = labels.filter((l) => l !== IGNORE_INDEX).length;
+      const th = rt.upload("f32", [T, C], h), tw = rt.upload(dtype, [V, C], data), tl = rt.upload("i32", [T], labels);
+      const loss = rt.empty("f32", [2]), dh = rt.empty("f32", [T, C]);
+      const rec = rt.recorder("ce16");
+      crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 1 / count, chunk });
+      rec.submit();
+      const ref = crossEntropyRef(h, w, labels, T, C, V, 1 / count);
+      const l = await readLoss(rt, loss);
+      expect(l.count).toBe(count);
+      // the stored 16-bit values are the reference's weights: only f32 math separates them
+      expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(2e-3);
+      expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(2e-3);
+      rec.release();
+      rt.release(th, tw, tl, loss, dh);
+    });
+  }
+
+  test("finite differences of the GPU loss w.r.t. h match dh", async () => {
+    const T = 6, C = 16, V = 300, chunk = 128;
+    const h = randn(T * C), { data } = makeWeights("f32", V * C, 0.5);
+    const labels = makeLabels(T, V, 13, 4);
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f32", [V, C], data), tl = rt.upload("i32", [T], labels);
+    const loss = rt.empty("f32", [2]), dh = rt.empty("f32", [T, C]);
+    const rec = rt.recorder("ce fd");
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 1, chunk });
+    rec.submit();
+    const grad = await rt.read(dh);
+    const lossAt = async (x: Float32Array) => {
+      rt.write(th, x);
+      const r = rt.recorder("ce fd probe");
+      crossEntropy(r, { h: th, w: tw, labels: tl, loss, chunk });
+      r.submit();
+      const { sum } = await readLoss(rt, loss);
+      r.release();
+      return sum;
+    };
+    const eps = 1e-2;
+    const fd: number[] = [], an: number[] = [];
+    for (const i of [0, 5, 17, 40, 63, 80, 95]) {
+      const xp = h.slice(), xm = h.slice();
+      xp[i]! += eps;
+      xm[i]! -= eps;
+      fd.push(((await lossAt(xp)) - (await lossAt(xm))) / (2 * eps));
+      an.push(grad[i]!);
+    }
+    expect(relError(an, fd)).toBeLessThan(5e-3);
+    rec.release();
+    rt.release(th, tw, tl, loss, dh);
+  });
+
+  test("non-finite loss sets the flag: a label outside [0, V), a NaN in h", async () => {
+    const T = 4, C = 8, V = 100;
+    const h = randn(T * C);
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f32", [V, C], randn(V * C));
+    const tl = rt.upload("i32", [T], new Int32Array([1, 2, V, 3])); // V is out of range
+    const loss = rt.empty("f32", [2]), flag = rt.zeros("u32", [1]);
+    let rec = rt.recorder("ce bad label");
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, nonFinite: flag });
+    rec.submit();
+    expect(Number.isNaN((await readLoss(rt, loss)).sum)).toBe(true);
+    expect((await rt.readU32(flag))[0]).toBe(1);
+    rec.release();
+
+    rt.write(tl, new Int32Array([1, 2, 3, 4]));
+    rt.write(flag, new Uint32Array([0]));
+    rec = rt.recorder("ce good");
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, nonFinite: flag });
+    rec.submit();
+    expect(Number.isFinite((await readLoss(rt, loss)).sum)).toBe(true);
+    expect((await rt.readU32(flag))[0]).toBe(0);
+    h[3] = NaN;
+    rt.write(th, h);
+    rec.submit(); // the same recording again, now over a NaN
+    expect((await rt.readU32(flag))[0]).toBe(1);
+    rec.release();
+    rt.release(th, tw, tl, loss, flag);
+  });
+
+  test("argument errors name the kernel", () => {
+    const th = rt.empty("f32", [4, 8]), tw = rt.empty("f32", [10, 9]), tl = rt.empty("i32", [4]), loss = rt.empty("f32", [2]);
+    const rec = rt.recorder();
+    expect(() => crossEntropy(rec, { h: th, w: tw, labels: tl, loss })).toThrow(/crossEntropy: h has 8 channels, w has 9/);
+    const tw2 = rt.empty("f32", [10, 8]), dh = rt.empty("f32", [4, 8]);
+    expect(() => crossEntropy(rec, { h: th, w: tw2, labels: tl, loss, dh })).toThrow(/crossEntropy: pass scale/);
+  });
+});
+
+describe("chunking", () => {
+  test("chunk starts are 256-byte aligned in W for real model shapes", () => {
+    for (const [C, dtype] of [[896, "bf16"], [576, "bf16"], [4096, "f32"], [3584, "f16"], [72, "bf16"], [13, "f16"]] as const) {
+      const n = crossEntropyChunk(rt, 64, 151936, C, dtype, 10000);
+      expect((n * C * (dtype === "f32" ? 4 : 2)) % 256).toBe(0);
+      expect(n).toBeLessThanOrEqual(10000);
+    }
+  });
+});
+
+describe("logitsRows", () => {
+  test("selected rows of h·Wᵀ (bf16 W)", async () => {
+    const T = 9, C = 32, V = 200;
+    const h = randn(T * C), { data, values: w } = makeWeights("bf16", V * C, 1);
+    const rows = [8, 3, 0];
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("bf16", [V, C], data), out = rt.empty("f32", [rows.length, V]);
+    const rec = rt.recorder("logitsRows");
+    logitsRows(rec, th, tw, rows, out);
+    rec.submit();
+    const ref = new Float64Array(rows.length * V);
+    rows.forEach((r, i) => {
+      for (let v = 0; v < V; v++) {
+        let s = 0;
+        for (let c = 0; c < C; c++) s += h[r * C + c]! * w[v * C + c]!;
+        ref[i * V + v] = s;
+      }
+    });
+    expect(relError(await rt.read(out), ref)).toBeLessThan(1e-5);
+    rec.release();
+    rt.release(th, tw, out);
+  });
+});
