@@ -7,8 +7,9 @@
  * A (activations) is f32 in global memory and rounded to f16 while staged; B is f16, packed two
  * per u32 word. C = alpha·A·op(B) (+ bias) + beta·C in f32.
  *
- * Tiling: a workgroup of 8 subgroups (32 lanes each on NVIDIA) owns a 128×128 tile of C; each
- * subgroup a 64×32 block = 4×2 result matrices of 16×16. K advances 32 per stage.
+ * Tiling: a workgroup is one subgroup of 32 lanes (so every matrix offset is workgroup-uniform,
+ * as WGSL's uniformity rules demand) owning a 64×64 tile of C = 4×4 result matrices of 16×16.
+ * K advances 32 per stage through workgroup memory.
  * Only available where the adapter lists an f16→f32 16×16×16 subgroup-matrix config; callers
  * use `matmulAuto`, which falls back to the portable kernel.
  */
@@ -17,37 +18,38 @@ import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import { matmul, type MatmulArgs } from "./matmul.ts";
 
-const BM = 128, BN = 128, BK = 32, PAD = 8;
+const BM = 64, BN = 64, BK = 32, PAD = 8;
 const AS = BK + PAD; // row stride of the staged A tile [m][k] (halves)
+const LANES = 32; // one subgroup per workgroup: every matrix offset is then workgroup-uniform, as WGSL requires
 
 function source(transB: boolean): KernelSource {
   // B staged as [n][k] (transB: contiguous along k) or [k][n] (contiguous along n).
   const bStride = transB ? BK + PAD : BN + PAD;
   const bTileHalves = transB ? BN * bStride : BK * bStride;
   const tiles: string[] = [];
-  for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) tiles.push(`${i}${j}`);
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) tiles.push(`${i}${j}`);
   const decl = tiles.map((t) => `  var acc${t}: subgroup_matrix_result<f32, 16, 16>;`).join("\n");
   const rightLoad = (j: number) =>
     transB
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, (sgCol * 32u + ${j * 16}u) * ${bStride}u + kk, true, ${bStride}u)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, kk * ${bStride}u + sgCol * 32u + ${j * 16}u, false, ${bStride}u)`;
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, ${j * 16}u * ${bStride}u + kk, true, ${bStride}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, kk * ${bStride}u + ${j * 16}u, false, ${bStride}u)`;
   const mma = [0, 1, 2, 3]
-    .map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, (sgRow * 64u + ${i * 16}u) * ${AS}u + kk, false, ${AS}u);`)
-    .concat([0, 1].map((j) => `      let r${j} = ${rightLoad(j)};`))
+    .map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, ${i * 16 * AS}u + kk, false, ${AS}u);`)
+    .concat([0, 1, 2, 3].map((j) => `      let r${j} = ${rightLoad(j)};`))
     .concat(tiles.map((t) => `      acc${t} = subgroupMatrixMultiplyAccumulate(l${t[0]}, r${t[1]}, acc${t});`))
     .join("\n");
   const epilogue = tiles
     .map(
-      (t) => `  subgroupMatrixStore(&scratch, sg * 256u, acc${t}, false, 16u);
+      (t) => `  subgroupMatrixStore(&scratch, 0u, acc${t}, false, 16u);
   workgroupBarrier();
-  epilogueTile(sg, lane, row0 + sgRow * 64u + ${Number(t[0]) * 16}u, col0 + sgCol * 32u + ${Number(t[1]) * 16}u, cBase);
+  epilogueTile(lane, row0 + ${Number(t[0]) * 16}u, col0 + ${Number(t[1]) * 16}u, cBase);
   workgroupBarrier();`,
     )
     .join("\n");
-  // B staging: BN×BK (transB) or BK×BN halves = 4096, read as 2048 u32 words, 8 per thread.
+  // B staging: BN×BK (transB) or BK×BN halves = 2048, read as 1024 u32 words, 32 per lane.
   const stageB = transB
-    ? `    for (var i = 0u; i < 8u; i++) {
-      let w = tid + 256u * i;            // word index in the [n][k/2] tile
+    ? `    for (var i = 0u; i < 32u; i++) {
+      let w = lane + ${LANES}u * i;        // word index in the [n][k/2] tile
       let n = w / ${BK / 2}u; let k2 = (w % ${BK / 2}u) * 2u;
       let gn = col0 + n; let gk = k0 + k2;
       var v = vec2<f32>(0.0);
@@ -58,8 +60,8 @@ function source(transB: boolean): KernelSource {
       Bs[n * ${bStride}u + k2] = f16(v.x);
       Bs[n * ${bStride}u + k2 + 1u] = f16(v.y);
     }`
-    : `    for (var i = 0u; i < 8u; i++) {
-      let w = tid + 256u * i;            // word index in the [k][n/2] tile
+    : `    for (var i = 0u; i < 32u; i++) {
+      let w = lane + ${LANES}u * i;        // word index in the [k][n/2] tile
       let k = w / ${BN / 2}u; let n2 = (w % ${BN / 2}u) * 2u;
       let gk = k0 + k; let gn = col0 + n2;
       var v = vec2<f32>(0.0);
@@ -71,7 +73,6 @@ function source(transB: boolean): KernelSource {
       Bs[k * ${bStride}u + n2 + 1u] = f16(v.y);
     }`;
   const code = `enable f16;
-enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 
 override HAS_BIAS: bool = false;
@@ -89,15 +90,15 @@ struct Params {
 
 var<workgroup> As: array<f16, ${BM * AS}>;
 var<workgroup> Bs: array<f16, ${bTileHalves}>;
-var<workgroup> scratch: array<f32, ${8 * 256}>;
+var<workgroup> scratch: array<f32, 256>;
 
 // Applies alpha, bias and beta to one 16×16 result tile staged in scratch, bounds-checked.
-fn epilogueTile(sg: u32, lane: u32, r0: u32, c0: u32, cBase: u32) {
-  for (var e = lane; e < 256u; e += 32u) {
+fn epilogueTile(lane: u32, r0: u32, c0: u32, cBase: u32) {
+  for (var e = lane; e < 256u; e += ${LANES}u) {
     let r = r0 + e / 16u; let col = c0 + e % 16u;
     if (r < p.M && col < p.N) {
       let idx = cBase + r * p.ldc + col;
-      var v = p.alpha * scratch[sg * 256u + e];
+      var v = p.alpha * scratch[e];
       if (HAS_BIAS) { v += bias[col]; }
       if (p.beta != 0.0) { v += p.beta * c[idx]; }
       c[idx] = v;
@@ -105,13 +106,8 @@ fn epilogueTile(sg: u32, lane: u32, r0: u32, c0: u32, cBase: u32) {
   }
 }
 
-@compute @workgroup_size(256, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
-        @builtin(subgroup_size) sgSize: u32) {
-  let sg = tid / 32u;            // 8 subgroups of 32 (checked by the wrapper: subgroup size 32)
-  let lane = tid % 32u;
-  let sgRow = sg / 4u;           // 2 × 4 arrangement of subgroups over the 128×128 tile
-  let sgCol = sg % 4u;
+@compute @workgroup_size(${LANES}, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
   let row0 = wg.y * ${BM}u;
   let col0 = wg.x * ${BN}u;
   let aBase = wg.z * p.strideA;
@@ -119,9 +115,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let cBase = wg.z * p.strideC;
 ${decl}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-    // A tile: 128×32 f32 → f16, 16 elements per thread along k (contiguous).
-    for (var i = 0u; i < 16u; i++) {
-      let e = tid + 256u * i;
+    // A tile: 64×32 f32 → f16, 64 elements per lane along k (contiguous).
+    for (var i = 0u; i < 64u; i++) {
+      let e = lane + ${LANES}u * i;
       let m = e / ${BK}u; let k = e % ${BK}u;
       let gm = row0 + m; let gk = k0 + k;
       var v = 0.0;
@@ -149,7 +145,7 @@ export function hasTensorCoreMatmul(rt: GpuRuntime): boolean {
   return (
     c.subgroupMatrix && c.shaderF16 && c.subgroupMinSize <= 32 && c.subgroupMaxSize >= 32 &&
     c.subgroupMatrixConfigs.some((x) => x.M === 16 && x.N === 16 && x.K === 16 && x.componentType === "f16" && x.resultComponentType === "f32") &&
-    c.limits.maxComputeWorkgroupStorageSize >= 28 * 1024
+    c.limits.maxComputeWorkgroupStorageSize >= 16 * 1024
   );
 }
 
@@ -185,3 +181,6 @@ export function matmulAuto(rec: Recorder, args: MatmulArgs) {
     matmulTensorCore(rec, args);
   } else matmul(rec, args);
 }
+
+/** The generated WGSL (for inspecting compiler messages on a device that has the feature). */
+export const tcSourceForDebug = (transB: boolean) => source(transB).code;

@@ -246,7 +246,8 @@ export class GpuRuntime {
       device.popErrorScope().then((err) => {
         if (err) {
           this.pipelines.delete(key);
-          this.uncaptured.push(new GpuError(label, err.message));
+          // The root cause goes first: later errors (bind groups of this pipeline) only echo it.
+          this.uncaptured.unshift(new GpuError(label, err.message));
         }
       }),
     );
