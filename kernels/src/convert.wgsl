@@ -1,0 +1,127 @@
+// Float format conversions for loading checkpoints, done on raw bits (integer ALU only), so
+// the result is exact and independent of the driver: no flush of subnormals, no rounding-mode
+// latitude of f32→f16 casts or pack2x16float (indeterminate out of range), NaN payloads kept.
+// 16-bit tensors are packed two per u32 word (element 2w in the low half of word w). Each
+// thread handles one word of the 16-bit side, so no two threads write the same word; an odd
+// element count leaves the last word's high half zero (16-bit output) or unread (16-bit input).
+//   bf16 → f32, f16 → f32: exact
+//   f32 → bf16, f32 → f16, bf16 → f16: round to nearest even; beyond the range → ±inf;
+//   f16 subnormals produced where due; NaN stays NaN (quiet) with its top payload bits.
+// Flat grid of 256-thread workgroups wrapped into y.
+
+struct Params { n: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+
+fn word_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+  return (wg.y * nwg.x + wg.x) * 256u + lid;
+}
+
+fn bf16_to_f32_bits(h: u32) -> u32 {
+  return h << 16u;
+}
+
+fn f16_to_f32_bits(h: u32) -> u32 {
+  let sign = (h & 0x8000u) << 16u;
+  let e = (h >> 10u) & 0x1fu;
+  let m = h & 0x3ffu;
+  if (e == 0x1fu) { return sign | 0x7f800000u | (m << 13u); } // inf, NaN (payload kept)
+  if (e != 0u) { return sign | ((e + 112u) << 23u) | (m << 13u); } // normal: rebias 15 → 127
+  if (m == 0u) { return sign; } // ±0
+  // Subnormal m·2⁻²⁴ with leading bit b: 2^(b−24)·(m/2^b), normal in f32.
+  let b = firstLeadingBit(m);
+  return sign | ((b + 103u) << 23u) | ((m << (23u - b)) & 0x7fffffu);
+}
+
+fn f32_bits_to_bf16(f: u32) -> u32 {
+  if ((f & 0x7fffffffu) > 0x7f800000u) { return (f >> 16u) | 0x40u; } // NaN: keep it quiet
+  // Round to nearest even; a carry out of the mantissa rounds up the exponent, up to inf.
+  return (f + 0x7fffu + ((f >> 16u) & 1u)) >> 16u;
+}
+
+fn f32_bits_to_f16(f: u32) -> u32 {
+  let sign = (f >> 16u) & 0x8000u;
+  let e = (f >> 23u) & 0xffu; // biased 127
+  let m = f & 0x7fffffu;
+  if (e == 0xffu) {
+    if (m == 0u) { return sign | 0x7c00u; }
+    return sign | 0x7e00u | (m >> 13u); // NaN: quiet, top payload bits kept
+  }
+  if (e >= 143u) { return sign | 0x7c00u; } // |x| ≥ 2¹⁶: beyond f16's range (max 65504)
+  if (e >= 113u) {
+    // Normal in f16: rebias 127 → 15 and round 13 mantissa bits off (RNE). A carry runs into
+    // the exponent and from 0x7bff into 0x7c00 = inf, which is right: 65520 and up round to inf.
+    var h = ((e - 112u) << 10u) | (m >> 13u);
+    let rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) == 1u)) { h += 1u; }
+    return sign | h;
+  }
+  if (e < 102u) { return sign; } // |x| < 2⁻²⁵: rounds to ±0 (2⁻²⁵ itself ties to even 0)
+  // Subnormal in f16: units of 2⁻²⁴. x = (m | 2²³)·2^(e−150) → shift right by 126 − e (14..24).
+  let mant = m | 0x800000u;
+  let shift = 126u - e;
+  var h = mant >> shift;
+  let rest = mant & ((1u << shift) - 1u);
+  let halfway = 1u << (shift - 1u);
+  if (rest > halfway || (rest == halfway && (h & 1u) == 1u)) { h += 1u; } // may reach 0x400, the smallest normal
+  return sign | h;
+}
+
+// 16-bit → f32: thread per source word, two outputs.
+@compute @workgroup_size(256)
+fn bf16_to_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  if (i >= p.n) { return; }
+  let word = src[w];
+  dst[i] = bf16_to_f32_bits(word & 0xffffu);
+  if (i + 1u < p.n) { dst[i + 1u] = bf16_to_f32_bits(word >> 16u); }
+}
+
+@compute @workgroup_size(256)
+fn f16_to_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  if (i >= p.n) { return; }
+  let word = src[w];
+  dst[i] = f16_to_f32_bits(word & 0xffffu);
+  if (i + 1u < p.n) { dst[i + 1u] = f16_to_f32_bits(word >> 16u); }
+}
+
+// f32 → 16-bit: thread per destination word, two inputs.
+@compute @workgroup_size(256)
+fn f32_to_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  if (i >= p.n) { return; }
+  var hi = 0u;
+  if (i + 1u < p.n) { hi = f32_bits_to_bf16(src[i + 1u]); }
+  dst[w] = f32_bits_to_bf16(src[i]) | (hi << 16u);
+}
+
+@compute @workgroup_size(256)
+fn f32_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  if (i >= p.n) { return; }
+  var hi = 0u;
+  if (i + 1u < p.n) { hi = f32_bits_to_f16(src[i + 1u]); }
+  dst[w] = f32_bits_to_f16(src[i]) | (hi << 16u);
+}
+
+// 16-bit → 16-bit: thread per word; bf16 → f32 is exact, so this rounds once.
+@compute @workgroup_size(256)
+fn bf16_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  if (2u * w >= p.n) { return; }
+  let word = src[w];
+  var hi = 0u;
+  if (2u * w + 1u < p.n) { hi = f32_bits_to_f16(bf16_to_f32_bits(word >> 16u)); }
+  dst[w] = f32_bits_to_f16(bf16_to_f32_bits(word & 0xffffu)) | (hi << 16u);
+}

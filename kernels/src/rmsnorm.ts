@@ -1,0 +1,51 @@
+/**
+ * RMSNorm with a frozen weight: y = x / sqrt(mean(x²) + eps) · w over the last axis.
+ * x, y, dy, dx are f32 (T, C); w is (C) in f32, f16 or bf16; rstd (T) f32 is written by the
+ * forward and read by the backward. Per-head norms (T·nH, hd) work through a view.
+ */
+import type { DType } from "./dtype.ts";
+import { flatGrid } from "./elementwise.ts";
+import { wgslLoader } from "./load16.ts";
+import { Params } from "./params.ts";
+import type { KernelSource, Recorder } from "./runtime.ts";
+import { expectTensor, type Tensor } from "./tensor.ts";
+import rmsnormWgsl from "./rmsnorm.wgsl" with { type: "text" };
+
+const sources = new Map<DType, KernelSource>();
+function rmsnormSource(wDtype: DType): KernelSource {
+  let s = sources.get(wDtype);
+  if (!s) {
+    s = { name: `rmsnorm_w${wDtype}`, code: rmsnormWgsl.replace("//!LOAD_W", wgslLoader("w", 2, wDtype)) };
+    sources.set(wDtype, s);
+  }
+  return s;
+}
+
+function rowsOf(kernel: string, x: Tensor, w: Tensor): [number, number] {
+  expectTensor(kernel, "x", x, "f32");
+  const C = x.shape[x.shape.length - 1] ?? 1;
+  expectTensor(kernel, "w", w, ["f32", "f16", "bf16"], [C]);
+  return [C === 0 ? 0 : x.numel / C, C];
+}
+
+/** y (T, C) = x / sqrt(mean(x²) + eps) · w, and rstd (T) = 1 / sqrt(mean(x²) + eps). y must not alias x. */
+export function rmsnormForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, rstd: Tensor, eps: number) {
+  const [T, C] = rowsOf("rmsnormForward", x, w);
+  expectTensor("rmsnormForward", "y", y, "f32", x.shape);
+  expectTensor("rmsnormForward", "rstd", rstd, "f32", [T]);
+  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), {}, "rmsnorm_forward"),
+    new Params(4).u32(T).u32(C).f32(eps).f32(0).buffer, [x, w, y, rstd], flatGrid(T, 1));
+}
+
+/**
+ * dx (T, C) from dy (T, C), the forward's input x, w and saved rstd. `beta = 1` adds into dx
+ * (the residual stream's gradient), `beta = 0` overwrites it. dx must not alias x or dy.
+ */
+export function rmsnormBackward(rec: Recorder, x: Tensor, w: Tensor, rstd: Tensor, dy: Tensor, dx: Tensor, beta = 0) {
+  const [T, C] = rowsOf("rmsnormBackward", x, w);
+  expectTensor("rmsnormBackward", "rstd", rstd, "f32", [T]);
+  expectTensor("rmsnormBackward", "dy", dy, "f32", x.shape);
+  expectTensor("rmsnormBackward", "dx", dx, "f32", x.shape);
+  rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), {}, "rmsnorm_backward"),
+    new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, w, rstd, dy, dx], flatGrid(T, 1));
+}

@@ -1,0 +1,74 @@
+// RMSNorm (Llama/Qwen2/Mistral): y = x / sqrt(mean(x²) + eps) · w        x, y: (T, C), w: (C)
+// One 256-thread workgroup per row (rows wrap into y past 65535); the row's sum is reduced
+// in workgroup memory. The weight w is frozen and read through load_w (f32/f16/bf16,
+// declared by the wrapper at binding 2), so only dx is differentiated.
+// Forward saves rstd = 1/sqrt(mean(x²) + eps) (T) for backward.
+
+struct Params { T: u32, C: u32, eps: f32, beta: f32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // (T, C)
+//!LOAD_W
+
+const WG = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+// Sum of `v` over the workgroup; every thread gets the total. Called in uniform control flow.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+  partial[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) { partial[lid] += partial[lid + s]; }
+    workgroupBarrier();
+  }
+  let total = partial[0];
+  workgroupBarrier(); // partial is reused by the next call
+  return total;
+}
+
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (T, C)
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (T)
+
+@compute @workgroup_size(256)
+fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+  let row = wg.y * nwg.x + wg.x;
+  if (row >= p.T) { return; } // uniform per workgroup
+  let base = row * p.C;
+  var ss = 0.0;
+  for (var c = lid; c < p.C; c += WG) {
+    let v = x[base + c];
+    ss = fma(v, v, ss);
+  }
+  let r = 1.0 / sqrt(workgroup_sum(lid, ss) / f32(p.C) + p.eps);
+  for (var c = lid; c < p.C; c += WG) {
+    y[base + c] = (x[base + c] * r) * load_w(c); // transformers' order: weight * (x * rstd)
+  }
+  if (lid == 0u) { rstd[row] = r; }
+}
+
+@group(0) @binding(3) var<storage, read> saved_rstd: array<f32>;  // (T)
+@group(0) @binding(4) var<storage, read> dy: array<f32>;          // (T, C)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;    // (T, C)
+
+// Differentiates `y[base + c] = (x[base + c] * r) * load_w(c)` with r = (Σ x²/C + eps)^(-1/2):
+//   dr/dx_j = −r³·x_j/C, so
+//   dx_j = r·dy_j·w_j − x_j·(r³/C)·Σ_c dy_c·w_c·x_c
+// beta = 1 adds into dx (the residual stream's gradient); beta = 0 never reads dx.
+@compute @workgroup_size(256)
+fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+  let row = wg.y * nwg.x + wg.x;
+  if (row >= p.T) { return; }
+  let base = row * p.C;
+  var dot = 0.0;
+  for (var c = lid; c < p.C; c += WG) {
+    dot = fma(dy[base + c] * load_w(c), x[base + c], dot);
+  }
+  let r = saved_rstd[row];
+  let k = r * r * r * workgroup_sum(lid, dot) / f32(p.C);
+  for (var c = lid; c < p.C; c += WG) {
+    var v = r * dy[base + c] * load_w(c) - x[base + c] * k;
+    if (p.beta != 0.0) { v += p.beta * dx[base + c]; }
+    dx[base + c] = v;
+  }
+}

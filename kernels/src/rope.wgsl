@@ -1,0 +1,82 @@
+// Rotary position embedding, transformers' "rotate_half" convention: within each head the
+// pair (i, i + hd/2) is rotated by θ = pos·inv_freq[i], i < hd/2:
+//   out[i]        = x[i]·cos θ − x[i + hd/2]·sin θ
+//   out[i + hd/2] = x[i + hd/2]·cos θ + x[i]·sin θ
+// q (T, nQ, hd) and k (T, nK, hd) are rotated in place in one dispatch, one thread per pair
+// (flat grid wrapped into y); positions (T) i32 are explicit per token, so packed sequences
+// restart at 0. sign = +1 is the forward; sign = −1 rotates by −θ, which is the backward (the
+// rotation matrix is orthogonal: its transpose is its inverse).
+//
+// θ is computed as transformers computes it, f32(pos) · inv_freq[i] in f32 (one rounding), so
+// for large positions θ carries transformers' own error (ulp(θ)/2, e.g. 0.004 rad at θ = 1e5).
+// cos/sin of that f32 θ are then evaluated accurately here (|error| ≲ 1e-7 for |θ| < 2²³):
+// GPU sin/cos builtins are only specified on [−π, π] and lose accuracy fast outside it.
+
+struct Params { T: u32, nQ: u32, nK: u32, half: u32, hd: u32, sign: f32, _pad0: u32, _pad1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> positions: array<i32>;   // (T)
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // (hd/2)
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;     // (T, nQ, hd)
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;     // (T, nK, hd)
+
+// π/2 split into pieces of ≤ 12 significant bits (C1..C3) plus the rest (C4), so that
+// kh·Ci and kl·Ci are exact in f32 for |m| < 2²⁴ split as m = kh + kl, |kl| < 2¹²
+// (Cody-Waite reduction that stays exact with or without fused multiply-add).
+const PIO2_1 = 1.5703125;
+const PIO2_2 = 0.0004837512969970703;
+const PIO2_3 = 7.549533620476723e-8;
+const PIO2_4 = 2.5633440682570896e-12;
+
+// (sin θ, cos θ) of an f32 θ.
+fn sincos(theta: f32) -> vec2<f32> {
+  let m = round(theta * 0.636619772367581343); // θ ≈ m·π/2 + r
+  let kh = trunc(m * (1.0 / 4096.0)) * 4096.0;
+  let kl = m - kh;
+  var r = theta - kh * PIO2_1;
+  r -= kl * PIO2_1;
+  r -= kh * PIO2_2;
+  r -= kl * PIO2_2;
+  r -= kh * PIO2_3;
+  r -= kl * PIO2_3;
+  r -= m * PIO2_4;
+  // Minimax polynomials on [−π/4, π/4] (Cephes sinf/cosf).
+  let z = r * r;
+  let s = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * r + r;
+  let c = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z - 0.5 * z + 1.0;
+  switch (u32(i32(m)) & 3u) {
+    case 0u: { return vec2(s, c); }
+    case 1u: { return vec2(c, -s); }
+    case 2u: { return vec2(-s, -c); }
+    default: { return vec2(-c, s); }
+  }
+}
+
+fn rotate(x0: f32, x1: f32, sc: vec2<f32>) -> vec2<f32> {
+  return vec2(x0 * sc.y - x1 * sc.x, x1 * sc.y + x0 * sc.x);
+}
+
+@compute @workgroup_size(256)
+fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let heads = p.nQ + p.nK;
+  let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
+  if (idx >= p.T * heads * p.half) { return; }
+  let i = idx % p.half;
+  let th = idx / p.half;
+  let h = th % heads;
+  let t = th / heads;
+  let theta = f32(positions[t]) * inv_freq[i];
+  var sc = sincos(theta);
+  sc.x *= p.sign;
+  if (h < p.nQ) {
+    let j = (t * p.nQ + h) * p.hd + i;
+    let o = rotate(q[j], q[j + p.half], sc);
+    q[j] = o.x;
+    q[j + p.half] = o.y;
+  } else {
+    let j = (t * p.nK + (h - p.nQ)) * p.hd + i;
+    let o = rotate(k[j], k[j + p.half], sc);
+    k[j] = o.x;
+    k[j + p.half] = o.y;
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * SwiGLU of the Llama-family MLP: h = silu(gate) · up, where gate = x·W_gateᵀ and
+ * up = x·W_upᵀ are (T, I) f32 and h feeds down_proj. Backward recomputes silu from the saved
+ * gate and up, so the forward stores nothing extra.
+ */
+import { flatGrid } from "./elementwise.ts";
+import { Params } from "./params.ts";
+import type { KernelSource, Recorder } from "./runtime.ts";
+import { expectTensor, type Tensor } from "./tensor.ts";
+import swigluWgsl from "./swiglu.wgsl" with { type: "text" };
+
+const source: KernelSource = { name: "swiglu", code: swigluWgsl };
+
+function check(kernel: string, named: [string, Tensor][]) {
+  const [firstName, first] = named[0]!;
+  for (const [name, t] of named) {
+    expectTensor(kernel, name, t, "f32");
+    if (t.numel !== first.numel) throw new Error(`${kernel}: ${name} has ${t.numel} elements, ${firstName} has ${first.numel}`);
+  }
+}
+
+/** h (T, I) = silu(gate) · up. */
+export function swigluForward(rec: Recorder, gate: Tensor, up: Tensor, h: Tensor) {
+  check("swigluForward", [["gate", gate], ["up", up], ["h", h]]);
+  const n = gate.numel;
+  rec.dispatch(`swigluForward ${n}`, rec.rt.pipeline(source, {}, "swiglu_forward"),
+    new Params(4).u32(n).f32(0).u32(0).u32(0).buffer, [gate, up, h], flatGrid(n));
+}
+
+/**
+ * dgate, dup (T, I) from dh (T, I) and the forward's gate and up. `beta = 1` adds into
+ * dgate/dup instead of overwriting them. Outputs must not alias inputs.
+ */
+export function swigluBackward(rec: Recorder, gate: Tensor, up: Tensor, dh: Tensor, dgate: Tensor, dup: Tensor, beta = 0) {
+  check("swigluBackward", [["gate", gate], ["up", up], ["dh", dh], ["dgate", dgate], ["dup", dup]]);
+  const n = gate.numel;
+  rec.dispatch(`swigluBackward ${n}`, rec.rt.pipeline(source, {}, "swiglu_backward"),
+    new Params(4).u32(n).f32(beta).u32(0).u32(0).buffer, [gate, up, dh, dgate, dup], flatGrid(n));
+}

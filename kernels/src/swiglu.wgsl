@@ -1,0 +1,59 @@
+// SwiGLU of the Llama MLP: h = silu(gate) · up, with silu(g) = g·σ(g).   gate, up, h: (T, I)
+// Flat over n = T·I elements, one thread each, 256-thread workgroups wrapped into y.
+// Nothing is saved beyond gate and up: backward recomputes σ(g) from them.
+
+struct Params { n: u32, beta: f32, _pad0: u32, _pad1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+  return (wg.y * nwg.x + wg.x) * 256u + lid;
+}
+
+// σ(g) without overflow: exp of a non-positive argument only.
+fn sigmoid(g: f32) -> f32 {
+  if (g >= 0.0) { return 1.0 / (1.0 + exp(-g)); }
+  let e = exp(g);
+  return e / (1.0 + e);
+}
+
+@group(0) @binding(1) var<storage, read> gate: array<f32>;       // (T, I)
+@group(0) @binding(2) var<storage, read> up: array<f32>;         // (T, I)
+@group(0) @binding(3) var<storage, read_write> h: array<f32>;    // (T, I)
+
+@compute @workgroup_size(256)
+fn swiglu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (i >= p.n) { return; }
+  let g = gate[i];
+  h[i] = g * sigmoid(g) * up[i];
+}
+
+@group(0) @binding(1) var<storage, read> bwd_gate: array<f32>;     // (T, I)
+@group(0) @binding(2) var<storage, read> bwd_up: array<f32>;       // (T, I)
+@group(0) @binding(3) var<storage, read> dh: array<f32>;           // (T, I)
+@group(0) @binding(4) var<storage, read_write> dgate: array<f32>;  // (T, I)
+@group(0) @binding(5) var<storage, read_write> dup: array<f32>;    // (T, I)
+
+// Differentiates `h[i] = g * sigmoid(g) * up[i]`:
+//   dup   = dh · g·σ(g)
+//   dgate = dh · up · σ(g)·(1 + g·(1 − σ(g)))      (d/dg of g·σ(g))
+// beta = 1 accumulates into dgate and dup; beta = 0 never reads them.
+@compute @workgroup_size(256)
+fn swiglu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (i >= p.n) { return; }
+  let g = bwd_gate[i];
+  let u = bwd_up[i];
+  let d = dh[i];
+  let sg = sigmoid(g);
+  var dg = d * u * sg * (1.0 + g * (1.0 - sg));
+  var du = d * g * sg;
+  if (p.beta != 0.0) {
+    dg += p.beta * dgate[i];
+    du += p.beta * dup[i];
+  }
+  dgate[i] = dg;
+  dup[i] = du;
+}
