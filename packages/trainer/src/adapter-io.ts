@@ -1,0 +1,384 @@
+/**
+ * The adapter directory: what PEFT's `save_pretrained` writes for a LoRA, plus what serving
+ * needs to render prompts exactly as training did.
+ *
+ *   adapter_config.json         PEFT 0.13 LoraConfig, keys sorted, indent 2 (PEFT ≥ 0.13, vLLM, llama.cpp read it)
+ *   adapter_model.safetensors   base_model.model.model.layers.{i}.{self_attn|mlp}.{m}.lora_A.weight (r×in) / lora_B.weight (out×r), F32
+ *   chat_template.jinja         the exact template bytes trained with
+ *   training_args.json          every hyperparameter + chat_template_sha256
+ *   tokenizer files             copied from the model directory
+ *   metrics.jsonl, loss_curve.svg
+ *
+ * Writes are atomic at directory level: everything goes into `<dir>.tmp-<pid>`, which is renamed
+ * over `<dir>` only once complete, so a crash or a full disk never leaves half an adapter where a
+ * server would load it.
+ */
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import { templateSha256 } from "@tuneloom/chat-template";
+import type { ModelConfig } from "@tuneloom/model/config.ts";
+import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
+import { bf16ToFloat32Array, f16ToFloat32Array } from "@tuneloom/model/bf16.ts";
+import {
+  MODULE_PARENT,
+  TARGET_MODULES,
+  loraScaling,
+  normalizeTargetModules,
+  projectionShape,
+  type LoraConfig,
+  type LoraLayerSpec,
+  type LoraWeights,
+  type TargetModule,
+} from "./lora-config.ts";
+
+export const ADAPTER_CONFIG_FILE = "adapter_config.json";
+export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
+export const CHAT_TEMPLATE_FILE = "chat_template.jinja";
+export const TRAINING_ARGS_FILE = "training_args.json";
+export const METRICS_FILE = "metrics.jsonl";
+export const LOSS_CURVE_FILE = "loss_curve.svg";
+/** Copied from the model directory when present. */
+export const TOKENIZER_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "tokenizer.model",
+  "vocab.json",
+  "merges.txt",
+] as const;
+
+/** Thrown for an unreadable or inconsistent adapter; the message names the file and the key. */
+export class AdapterFileError extends Error {
+  override readonly name = "AdapterFileError";
+}
+
+/** `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`. */
+export function loraTensorName(spec: Pick<LoraLayerSpec, "base">, which: "A" | "B"): string {
+  return `base_model.model.${spec.base}.lora_${which}.weight`;
+}
+
+const LORA_KEY = /^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_(A|B)\.weight$/;
+
+/** JSON with object keys sorted at every level, as Python's json.dumps(sort_keys=True, indent=2). */
+export function sortedJson(value: unknown): string {
+  const sortKeys = (v: unknown): unknown => {
+    if (Array.isArray(v)) return v.map(sortKeys);
+    if (v && typeof v === "object") {
+      return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+    }
+    return v;
+  };
+  return JSON.stringify(sortKeys(value), null, 2);
+}
+
+/**
+ * adapter_config.json as PEFT 0.13's LoraConfig serializes for a causal LM. Only keys PEFT 0.13
+ * knows are written, so every PEFT from 0.13 on loads it (older ones reject unknown keys).
+ */
+export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string): Record<string, unknown> {
+  return {
+    alpha_pattern: {},
+    auto_mapping: null,
+    base_model_name_or_path: baseModelNameOrPath,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    init_lora_weights: true,
+    layer_replication: null,
+    layers_pattern: null,
+    layers_to_transform: null,
+    loftq_config: {},
+    lora_alpha: lora.alpha,
+    lora_dropout: lora.dropout,
+    megatron_config: null,
+    megatron_core: "megatron.core",
+    modules_to_save: null,
+    peft_type: "LORA",
+    r: lora.rank,
+    rank_pattern: {},
+    revision: null,
+    target_modules: [...lora.targetModules],
+    task_type: "CAUSAL_LM",
+    use_dora: false,
+    use_rslora: lora.rslora,
+  };
+}
+
+export interface AdapterContents {
+  /** `base_model_name_or_path`: the model directory as the user gave it. */
+  baseModel: string;
+  lora: LoraConfig;
+  weights: readonly LoraWeights[];
+  /** Exact template source trained with. */
+  chatTemplate: string;
+  /** Hyperparameters; `chat_template_sha256` is added. */
+  trainingArgs: Record<string, unknown>;
+  /** Copy tokenizer files from here (the model directory). */
+  tokenizerDir?: string;
+  /** metrics.jsonl text. */
+  metricsJsonl?: string;
+  lossCurveSvg?: string;
+}
+
+/** The weights as safetensors tensors, sorted by the writer. Shapes are checked against the rank. */
+export function adapterTensors(weights: readonly LoraWeights[], rank: number): TensorToWrite[] {
+  const tensors: TensorToWrite[] = [];
+  for (const { spec, A, B } of weights) {
+    if (A.length !== rank * spec.inFeatures) throw new Error(`${spec.base}: lora_A has ${A.length} values, expected r×in = ${rank}×${spec.inFeatures}`);
+    if (B.length !== spec.outFeatures * rank) throw new Error(`${spec.base}: lora_B has ${B.length} values, expected out×r = ${spec.outFeatures}×${rank}`);
+    tensors.push({ name: loraTensorName(spec, "A"), dtype: "F32", shape: [rank, spec.inFeatures], data: A });
+    tensors.push({ name: loraTensorName(spec, "B"), dtype: "F32", shape: [spec.outFeatures, rank], data: B });
+  }
+  return tensors;
+}
+
+/** Writes every adapter file into `dir` (created if missing). Not atomic: see writeAdapterDir. */
+export function writeAdapterFiles(dir: string, contents: AdapterContents): string[] {
+  mkdirSync(dir, { recursive: true });
+  const written: string[] = [];
+  const put = (name: string, text: string) => {
+    writeFileSync(path.join(dir, name), text);
+    written.push(name);
+  };
+  put(ADAPTER_CONFIG_FILE, sortedJson(peftAdapterConfig(contents.lora, contents.baseModel)));
+  writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_FILE), adapterTensors(contents.weights, contents.lora.rank), { format: "pt" });
+  written.push(ADAPTER_WEIGHTS_FILE);
+  put(CHAT_TEMPLATE_FILE, contents.chatTemplate);
+  put(TRAINING_ARGS_FILE, JSON.stringify({ ...contents.trainingArgs, chat_template_sha256: templateSha256(contents.chatTemplate) }, null, 2) + "\n");
+  if (contents.tokenizerDir) {
+    for (const name of TOKENIZER_FILES) {
+      const from = path.join(contents.tokenizerDir, name);
+      if (!existsSync(from)) continue;
+      copyFileSync(from, path.join(dir, name));
+      written.push(name);
+    }
+  }
+  if (contents.metricsJsonl !== undefined) put(METRICS_FILE, contents.metricsJsonl);
+  if (contents.lossCurveSvg !== undefined) put(LOSS_CURVE_FILE, contents.lossCurveSvg);
+  return written;
+}
+
+/**
+ * Builds a directory next to its destination and renames it into place; on any error the
+ * temporary directory is removed and `dir` is left as it was. An existing `dir` is replaced.
+ */
+export function writeDirAtomically(dir: string, fill: (tmpDir: string) => void): void {
+  const target = path.resolve(dir);
+  mkdirSync(path.dirname(target), { recursive: true });
+  const tmp = `${target}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp);
+  try {
+    fill(tmp);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  if (existsSync(target)) {
+    // rename() cannot replace a non-empty directory: move the old one aside first.
+    const old = `${target}.old-${process.pid}`;
+    rmSync(old, { recursive: true, force: true });
+    renameSync(target, old);
+    try {
+      renameSync(tmp, target);
+    } catch (e) {
+      renameSync(old, target);
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    rmSync(old, { recursive: true, force: true });
+  } else {
+    renameSync(tmp, target);
+  }
+}
+
+/** Writes a complete adapter directory atomically. */
+export function writeAdapterDir(dir: string, contents: AdapterContents): void {
+  writeDirAtomically(dir, (tmp) => void writeAdapterFiles(tmp, contents));
+}
+
+export interface LoadedAdapter {
+  dir: string;
+  /** adapter_config.json as stored. */
+  rawConfig: Record<string, unknown>;
+  lora: LoraConfig;
+  /** s = α/r or α/√r. */
+  scaling: number;
+  baseModel: string | null;
+  /** In canonical order: layer by layer, modules q, k, v, o, gate, up, down. */
+  weights: LoraWeights[];
+  /** chat_template.jinja, when the adapter carries one. */
+  chatTemplate: string | null;
+  trainingArgs: Record<string, unknown> | null;
+}
+
+const emptyRecord = z.record(z.string(), z.unknown()).nullish();
+const adapterConfigSchema = z.looseObject({
+  peft_type: z.literal("LORA"),
+  r: z.number().int().positive(),
+  lora_alpha: z.number().positive(),
+  lora_dropout: z.number().min(0).lt(1).default(0),
+  target_modules: z.union([z.array(z.string()).min(1), z.string()]),
+  use_rslora: z.boolean().default(false),
+  use_dora: z.literal(false).optional(),
+  bias: z.literal("none").default("none"),
+  fan_in_fan_out: z.literal(false).default(false),
+  modules_to_save: z.array(z.string()).max(0).nullish(),
+  layers_to_transform: z.null().optional(),
+  rank_pattern: emptyRecord,
+  alpha_pattern: emptyRecord,
+  base_model_name_or_path: z.string().nullish(),
+});
+
+function readJsonFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    throw new AdapterFileError(`${file}: not found`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new AdapterFileError(`${file}: invalid JSON (${(e as Error).message})`);
+  }
+}
+
+function parseAdapterConfig(file: string, json: unknown): { lora: LoraConfig; baseModel: string | null } {
+  const parsed = adapterConfigSchema.safeParse(json, { reportInput: true });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const key = issue.path.join(".") || "(root)";
+    const got = (issue as { input?: unknown }).input;
+    const unsupported = ["use_dora", "bias", "fan_in_fan_out", "modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern"].includes(key);
+    throw new AdapterFileError(
+      `${file}: ${key}: ${unsupported ? `unsupported value ${JSON.stringify(got)} (only plain LoRA on linear layers is supported)` : `${issue.message}${got !== undefined ? ` (got ${JSON.stringify(got)})` : ""}`}`,
+    );
+  }
+  const c = parsed.data;
+  if (Object.keys(c.rank_pattern ?? {}).length || Object.keys(c.alpha_pattern ?? {}).length) {
+    throw new AdapterFileError(`${file}: rank_pattern/alpha_pattern: per-module ranks are not supported`);
+  }
+  if (typeof c.target_modules === "string") {
+    throw new AdapterFileError(`${file}: target_modules: a regex ("${c.target_modules}") is not supported; list the module names`);
+  }
+  let targetModules: TargetModule[];
+  try {
+    // PEFT accepts suffixes like "self_attn.q_proj"; the last component names the module.
+    targetModules = normalizeTargetModules(c.target_modules.map((m) => m.split(".").at(-1)!));
+  } catch (e) {
+    throw new AdapterFileError(`${file}: target_modules: ${(e as Error).message}`);
+  }
+  return {
+    lora: { rank: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targetModules, rslora: c.use_rslora },
+    baseModel: c.base_model_name_or_path ?? null,
+  };
+}
+
+function toFloat32(file: string, name: string, dtype: string, bytes: Uint8Array): Float32Array {
+  const copy = bytes.slice(); // aligned, and detached from the memory map
+  switch (dtype) {
+    case "F32": return new Float32Array(copy.buffer, 0, copy.byteLength / 4);
+    case "F16": return f16ToFloat32Array(new Uint16Array(copy.buffer, 0, copy.byteLength / 2));
+    case "BF16": return bf16ToFloat32Array(new Uint16Array(copy.buffer, 0, copy.byteLength / 2));
+    default: throw new AdapterFileError(`${file}: tensor '${name}': dtype ${dtype} is not supported (F32, F16, BF16)`);
+  }
+}
+
+/**
+ * Loads an adapter directory. With `model`, every tensor's layer, module and shape is checked
+ * against the base model, and every problem is listed in one error.
+ */
+export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter {
+  const configFile = path.join(dir, ADAPTER_CONFIG_FILE);
+  const rawConfig = readJsonFile(configFile) as Record<string, unknown>;
+  const { lora, baseModel } = parseAdapterConfig(configFile, rawConfig);
+  const r = lora.rank;
+
+  const weightsFile = path.join(dir, ADAPTER_WEIGHTS_FILE);
+  if (!existsSync(weightsFile)) {
+    const bin = existsSync(path.join(dir, "adapter_model.bin"));
+    throw new AdapterFileError(`${weightsFile}: not found${bin ? " (adapter_model.bin, pickled PyTorch, is not supported: re-save with safe_serialization=True)" : ""}`);
+  }
+  const st = openSafetensors(weightsFile);
+  const problems: string[] = [];
+  const found = new Map<string, { layer: number; module: TargetModule; A?: Float32Array; B?: Float32Array; aShape?: number[]; bShape?: number[] }>();
+  try {
+    for (const [name, info] of st.tensors) {
+      const m = LORA_KEY.exec(name);
+      if (!m) {
+        problems.push(`unexpected tensor '${name}' (expected base_model.model.model.layers.<i>.<self_attn|mlp>.<module>.lora_<A|B>.weight)`);
+        continue;
+      }
+      const layer = Number(m[1]);
+      const module = m[3] as TargetModule;
+      if (!(TARGET_MODULES as readonly string[]).includes(module) || MODULE_PARENT[module] !== m[2]) {
+        problems.push(`tensor '${name}': ${m[2]}.${m[3]} is not a supported projection`);
+        continue;
+      }
+      if (!lora.targetModules.includes(module)) problems.push(`tensor '${name}': ${module} is not in target_modules`);
+      const key = `model.layers.${layer}.${m[2]}.${module}`;
+      const entry = found.get(key) ?? { layer, module };
+      const values = toFloat32(weightsFile, name, info.dtype, st.bytes(name));
+      if (m[4] === "A") [entry.A, entry.aShape] = [values, info.shape];
+      else [entry.B, entry.bShape] = [values, info.shape];
+      found.set(key, entry);
+    }
+  } finally {
+    st.close();
+  }
+
+  const weights: LoraWeights[] = [];
+  for (const [base, e] of found) {
+    if (!e.A || !e.B) {
+      problems.push(`'${base}' has lora_${e.A ? "A" : "B"} but no lora_${e.A ? "B" : "A"}`);
+      continue;
+    }
+    const [aR, inF] = e.aShape!;
+    const [outF, bR] = e.bShape!;
+    if (e.aShape!.length !== 2 || aR !== r) problems.push(`tensor '${base}.lora_A.weight': shape ${JSON.stringify(e.aShape)}, expected [r=${r}, in]`);
+    if (e.bShape!.length !== 2 || bR !== r) problems.push(`tensor '${base}.lora_B.weight': shape ${JSON.stringify(e.bShape)}, expected [out, r=${r}]`);
+    if (model) {
+      const want = projectionShape(model, e.module);
+      if (e.layer >= model.numLayers) problems.push(`tensor '${base}.lora_A.weight': layer ${e.layer} does not exist (the model has ${model.numLayers} layers)`);
+      else {
+        if (inF !== want.inFeatures) problems.push(`tensor '${base}.lora_A.weight': shape ${JSON.stringify(e.aShape)}, the model needs [${r}, ${want.inFeatures}]`);
+        if (outF !== want.outFeatures) problems.push(`tensor '${base}.lora_B.weight': shape ${JSON.stringify(e.bShape)}, the model needs [${want.outFeatures}, ${r}]`);
+      }
+    }
+    weights.push({ spec: { layer: e.layer, module: e.module, base, inFeatures: inF!, outFeatures: outF! }, A: e.A, B: e.B });
+  }
+  if (model) {
+    for (let layer = 0; layer < model.numLayers; layer++) {
+      for (const module of lora.targetModules) {
+        const base = `model.layers.${layer}.${MODULE_PARENT[module]}.${module}`;
+        if (!found.has(base)) problems.push(`missing 'base_model.model.${base}.lora_A.weight' / lora_B (target_modules lists ${module})`);
+      }
+    }
+  }
+  if (found.size === 0 && problems.length === 0) problems.push("no LoRA tensors");
+  if (problems.length > 0) {
+    const shown = problems.slice(0, 20);
+    throw new AdapterFileError(
+      `${weightsFile}: ${problems.length} problem(s) against ${configFile}${model ? " and the model config" : ""}:\n  ` +
+        shown.join("\n  ") + (problems.length > shown.length ? `\n  ... and ${problems.length - shown.length} more` : ""),
+    );
+  }
+  const order = (w: LoraWeights) => w.spec.layer * TARGET_MODULES.length + TARGET_MODULES.indexOf(w.spec.module);
+  weights.sort((a, b) => order(a) - order(b));
+
+  const templateFile = path.join(dir, CHAT_TEMPLATE_FILE);
+  const argsFile = path.join(dir, TRAINING_ARGS_FILE);
+  return {
+    dir,
+    rawConfig,
+    lora,
+    scaling: loraScaling(lora),
+    baseModel,
+    weights,
+    chatTemplate: existsSync(templateFile) ? readFileSync(templateFile, "utf8") : null,
+    trainingArgs: existsSync(argsFile) ? (readJsonFile(argsFile) as Record<string, unknown>) : null,
+  };
+}

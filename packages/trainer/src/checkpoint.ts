@@ -1,0 +1,189 @@
+/**
+ * Checkpoints: `<out>/checkpoint-<step>/` = a complete adapter directory (loadable and servable
+ * as is) + `optimizer.safetensors` (AdamW moments) + `trainer_state.json`.
+ *
+ * What resume restores, so that a resumed run takes exactly the steps the uninterrupted run
+ * would have: the LoRA weights, AdamW's m and v and its step count, the RNG state (dropout), the
+ * data position (next batch = {epoch, step}, which with the seed names the batch exactly), and
+ * the lr schedule (config + steps taken). Each checkpoint is written atomically (temp dir +
+ * rename); a run killed mid-save leaves only a `.tmp-<pid>` directory, which resume ignores.
+ */
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import type { ModelConfig } from "@tuneloom/model/config.ts";
+import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
+import { AdapterFileError, loraTensorName, readAdapterDir, writeAdapterFiles, writeDirAtomically, type AdapterContents, type LoadedAdapter } from "./adapter-io.ts";
+import type { DataPosition } from "./batching.ts";
+import type { RngState } from "./rng.ts";
+import { SCHEDULE_KINDS, type ScheduleState } from "./schedule.ts";
+
+export const TRAINER_STATE_FILE = "trainer_state.json";
+export const OPTIMIZER_FILE = "optimizer.safetensors";
+const CHECKPOINT_DIR = /^checkpoint-(\d+)$/;
+
+export interface TrainerState {
+  /** Optimizer steps taken. */
+  step: number;
+  /** Where the next batch comes from. */
+  dataPosition: DataPosition;
+  rng: RngState;
+  schedule: ScheduleState;
+  /** Non-pad tokens trained on so far. */
+  tokensSeen: number;
+  /** Wall time spent training so far (resume adds to it). */
+  elapsedS: number;
+  /** Lowest eval loss so far, when evaluating. */
+  bestEvalLoss: number | null;
+}
+
+/** AdamW moments per LoRA tensor name (`...lora_A.weight`), same length as the tensor. */
+export interface OptimizerState {
+  /** Updates taken: bias correction uses it. */
+  step: number;
+  moments: Map<string, { m: Float32Array; v: Float32Array }>;
+}
+
+const trainerStateSchema = z.object({
+  format: z.literal("tuneloom-trainer-state"),
+  version: z.literal(1),
+  step: z.number().int().nonnegative(),
+  dataPosition: z.object({ epoch: z.number().int().nonnegative(), step: z.number().int().nonnegative() }),
+  rng: z.object({ algorithm: z.literal("xoshiro128**"), state: z.tuple([z.number(), z.number(), z.number(), z.number()]) }),
+  schedule: z.object({
+    kind: z.enum(SCHEDULE_KINDS),
+    baseLr: z.number().positive(),
+    warmupSteps: z.number().int().nonnegative(),
+    totalSteps: z.number().int().positive(),
+    minLrRatio: z.number().optional(),
+    numCycles: z.number().optional(),
+    step: z.number().int().nonnegative(),
+  }),
+  tokensSeen: z.number().nonnegative(),
+  elapsedS: z.number().nonnegative(),
+  bestEvalLoss: z.number().nullable(),
+  optimizerStep: z.number().int().nonnegative(),
+});
+
+export function checkpointDirName(step: number): string {
+  return `checkpoint-${step}`;
+}
+
+export interface SaveCheckpointOptions {
+  /** Keep only the newest K checkpoints (by step); undefined or 0 keeps all. */
+  keepLast?: number;
+}
+
+/** Writes `<outDir>/checkpoint-<step>/` atomically, then prunes old ones. Returns its path. */
+export function saveCheckpoint(
+  outDir: string,
+  checkpoint: { adapter: AdapterContents; optimizer: OptimizerState; state: TrainerState },
+  options: SaveCheckpointOptions = {},
+): string {
+  const { adapter, optimizer, state } = checkpoint;
+  const dir = path.join(outDir, checkpointDirName(state.step));
+  const tensors: TensorToWrite[] = [];
+  for (const w of adapter.weights) {
+    for (const which of ["A", "B"] as const) {
+      const name = loraTensorName(w.spec, which);
+      const moments = optimizer.moments.get(name);
+      const size = which === "A" ? w.A.length : w.B.length;
+      if (!moments) throw new Error(`saveCheckpoint: no optimizer moments for '${name}'`);
+      if (moments.m.length !== size || moments.v.length !== size) {
+        throw new Error(`saveCheckpoint: moments of '${name}' have ${moments.m.length}/${moments.v.length} values, the tensor ${size}`);
+      }
+      tensors.push({ name: `${name}.exp_avg`, dtype: "F32", shape: [size], data: moments.m });
+      tensors.push({ name: `${name}.exp_avg_sq`, dtype: "F32", shape: [size], data: moments.v });
+    }
+  }
+  writeDirAtomically(dir, (tmp) => {
+    writeAdapterFiles(tmp, adapter);
+    writeSafetensors(path.join(tmp, OPTIMIZER_FILE), tensors, { format: "pt" });
+    const json = { format: "tuneloom-trainer-state", version: 1, ...state, optimizerStep: optimizer.step };
+    writeFileSync(path.join(tmp, TRAINER_STATE_FILE), JSON.stringify(json, null, 2) + "\n");
+  });
+  if (options.keepLast) pruneCheckpoints(outDir, options.keepLast);
+  return dir;
+}
+
+/** Complete checkpoints under `outDir`, oldest first. */
+export function listCheckpoints(outDir: string): { step: number; dir: string }[] {
+  if (!existsSync(outDir)) return [];
+  return readdirSync(outDir, { withFileTypes: true })
+    .filter((e) => e.isDirectory() && CHECKPOINT_DIR.test(e.name) && existsSync(path.join(outDir, e.name, TRAINER_STATE_FILE)))
+    .map((e) => ({ step: Number(CHECKPOINT_DIR.exec(e.name)![1]), dir: path.join(outDir, e.name) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+/** Deletes all but the newest `keepLast` checkpoints. */
+export function pruneCheckpoints(outDir: string, keepLast: number): string[] {
+  if (!(Number.isInteger(keepLast) && keepLast >= 1)) throw new Error(`keepLast must be a positive integer, got ${keepLast}`);
+  const all = listCheckpoints(outDir);
+  const doomed = all.slice(0, Math.max(0, all.length - keepLast));
+  for (const { dir } of doomed) rmSync(dir, { recursive: true, force: true });
+  return doomed.map((c) => c.dir);
+}
+
+/**
+ * What `--resume DIR` means: DIR itself when it is a checkpoint, else its newest complete
+ * `checkpoint-<step>`; null when there is none.
+ */
+export function findLatestCheckpoint(dir: string): string | null {
+  if (existsSync(path.join(dir, TRAINER_STATE_FILE))) return dir;
+  return listCheckpoints(dir).at(-1)?.dir ?? null;
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  adapter: LoadedAdapter;
+  optimizer: OptimizerState;
+  state: TrainerState;
+}
+
+/** Loads a checkpoint directory (validated against the model config when given). */
+export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoint {
+  const stateFile = path.join(dir, TRAINER_STATE_FILE);
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(stateFile, "utf8"));
+  } catch (e) {
+    throw new AdapterFileError(`${stateFile}: ${existsSync(stateFile) ? `invalid JSON (${(e as Error).message})` : "not found (not a checkpoint directory)"}`);
+  }
+  const parsed = trainerStateSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new AdapterFileError(`${stateFile}: ${issue.path.join(".") || "(root)"}: ${issue.message}`);
+  }
+  const { format: _f, version: _v, optimizerStep, ...state } = parsed.data;
+  const adapter = readAdapterDir(dir, model);
+
+  const optimizerFile = path.join(dir, OPTIMIZER_FILE);
+  if (!existsSync(optimizerFile)) throw new AdapterFileError(`${optimizerFile}: not found`);
+  const st = openSafetensors(optimizerFile);
+  const moments = new Map<string, { m: Float32Array; v: Float32Array }>();
+  try {
+    const read = (name: string, size: number): Float32Array => {
+      const info = st.tensors.get(name);
+      if (!info) throw new AdapterFileError(`${optimizerFile}: missing tensor '${name}'`);
+      if (info.dtype !== "F32" || info.shape.length !== 1 || info.shape[0] !== size) {
+        throw new AdapterFileError(`${optimizerFile}: tensor '${name}': ${info.dtype} ${JSON.stringify(info.shape)}, expected F32 [${size}]`);
+      }
+      const copy = st.bytes(name).slice();
+      return new Float32Array(copy.buffer, 0, size);
+    };
+    for (const w of adapter.weights) {
+      for (const which of ["A", "B"] as const) {
+        const name = loraTensorName(w.spec, which);
+        const size = which === "A" ? w.A.length : w.B.length;
+        moments.set(name, { m: read(`${name}.exp_avg`, size), v: read(`${name}.exp_avg_sq`, size) });
+      }
+    }
+    if (st.tensors.size !== moments.size * 2) {
+      const extra = [...st.tensors.keys()].filter((n) => !moments.has(n.replace(/\.exp_avg(_sq)?$/, "")));
+      throw new AdapterFileError(`${optimizerFile}: tensors for no adapter weight: ${extra.slice(0, 5).join(", ")}`);
+    }
+  } finally {
+    st.close();
+  }
+  return { dir, adapter, optimizer: { step: optimizerStep, moments }, state: state as TrainerState };
+}
