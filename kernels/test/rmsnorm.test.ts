@@ -116,7 +116,7 @@ describe("rmsnorm gradient against finite differences of the GPU forward", () =>
       for (let i = 0; i < dx.length; i++) analytic += dx[i]! * (xp[i]! - xm[i]!);
       if (process.env.FD_DEBUG) console.log("fd rel err", Math.abs(fd - analytic) / Math.abs(analytic));
       expect(Number.isFinite(fd)).toBe(true);
-      expect(Math.abs(fd - analytic) / Math.abs(analytic)).toBeLessThan(2e-3);
+      expect(Math.abs(fd - analytic) / Math.abs(analytic)).toBeLessThan(1e-3); // measured ~1e-4
       rt.release(tx, tr, ty, trstd, tdx, tw);
     });
   }
