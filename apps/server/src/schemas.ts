@@ -1,0 +1,145 @@
+/**
+ * Request bodies, validated with zod before anything else touches them. Unknown fields are
+ * ignored (as vLLM does), fields we cannot honour are refused with the reason, and every
+ * failure becomes a 400 naming the field (`param`) in OpenAI's error body.
+ */
+import { z } from "zod";
+import { badRequest, type ApiError } from "./errors.ts";
+
+const textPart = z.object({ type: z.literal("text"), text: z.string() });
+const content = z.union([z.string(), z.array(textPart)], {
+  error: "must be a string or an array of text parts ({\"type\": \"text\", \"text\": ...}); only text content is supported",
+});
+
+const toolCall = z.object({
+  id: z.string().optional(),
+  type: z.literal("function").optional(),
+  function: z.object({ name: z.string(), arguments: z.union([z.string(), z.record(z.string(), z.unknown())]) }),
+});
+
+const name = z.string().optional();
+
+export const messageSchema = z.discriminatedUnion(
+  "role",
+  [
+    z.object({ role: z.literal("system"), content, name }),
+    z.object({ role: z.literal("developer"), content, name }),
+    z.object({ role: z.literal("user"), content, name }),
+    z.object({
+      role: z.literal("assistant"),
+      content: content.nullish(),
+      name,
+      tool_calls: z.array(toolCall).nullish(),
+      reasoning_content: z.string().nullish(),
+    }),
+    z.object({ role: z.literal("tool"), content, tool_call_id: z.string().optional(), name }),
+  ],
+  { error: "role must be one of system, developer, user, assistant, tool" },
+);
+export type ChatMessageInput = z.infer<typeof messageSchema>;
+
+const tool = z.looseObject({
+  type: z.literal("function"),
+  function: z.looseObject({ name: z.string(), description: z.string().optional(), parameters: z.record(z.string(), z.unknown()).optional() }),
+});
+
+const stop = z.union([z.string(), z.array(z.string()).max(16)], { error: "must be a string or an array of at most 16 strings" }).nullish();
+const positiveInt = z.number().int().min(1);
+
+/** Fields of both endpoints that shape sampling; penalties and logit_bias only at their no-op values. */
+const samplingFields = {
+  model: z.string().optional(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  top_k: z.number().int().min(-1).nullish(),
+  seed: z.number().int().nullish(),
+  stop,
+  stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+  ignore_eos: z.boolean().nullish(),
+  n: z.number().int().min(1).nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() }).nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  logit_bias: z.record(z.string(), z.number()).nullish(),
+  user: z.string().nullish(),
+};
+
+export const chatCompletionSchema = z.object({
+  ...samplingFields,
+  messages: z.array(messageSchema).min(1, { error: "must hold at least one message" }),
+  max_tokens: positiveInt.nullish(),
+  max_completion_tokens: positiveInt.nullish(),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int().min(0).max(20).nullish(),
+  tools: z.array(tool).nullish(),
+  tool_choice: z.union([z.literal("none"), z.literal("auto"), z.record(z.string(), z.unknown())]).nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
+  response_format: z.looseObject({ type: z.string() }).nullish(),
+  add_generation_prompt: z.boolean().nullish(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+});
+export type ChatCompletionRequest = z.infer<typeof chatCompletionSchema>;
+
+export const completionSchema = z.object({
+  ...samplingFields,
+  prompt: z.union([z.string(), z.array(z.number().int()).min(1), z.array(z.string()).length(1), z.array(z.array(z.number().int()).min(1)).length(1)], {
+    error: "must be a string or an array of token ids (one prompt per request)",
+  }),
+  max_tokens: positiveInt.nullish(),
+  logprobs: z.number().int().min(0).max(20).nullish(),
+  echo: z.boolean().nullish(),
+  suffix: z.string().nullish(),
+  best_of: z.number().int().min(1).nullish(),
+  add_special_tokens: z.boolean().nullish(),
+});
+export type CompletionRequest = z.infer<typeof completionSchema>;
+
+export const tokenizeSchema = z.union(
+  [
+    z.object({ model: z.string().optional(), prompt: z.string(), add_special_tokens: z.boolean().nullish() }),
+    z.object({
+      model: z.string().optional(),
+      messages: z.array(messageSchema).min(1),
+      add_generation_prompt: z.boolean().nullish(),
+      add_special_tokens: z.boolean().nullish(),
+      tools: z.array(tool).nullish(),
+      chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+    }),
+  ],
+  { error: "send either {prompt: string} or {messages: [...]}" },
+);
+
+export const detokenizeSchema = z.object({ model: z.string().optional(), tokens: z.array(z.number().int()) });
+
+export const applyTemplateSchema = z.object({
+  messages: z.array(messageSchema).min(1, { error: "must hold at least one message" }),
+  tools: z.array(tool).nullish(),
+  add_generation_prompt: z.boolean().nullish(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+});
+
+/** ["messages", 0, "role"] → "messages[0].role". */
+export function formatParam(path: readonly PropertyKey[]): string | null {
+  let out = "";
+  for (const p of path) out += typeof p === "number" ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || null;
+}
+
+/** The first issue as an OpenAI 400: a missing field says so; otherwise zod's message with the field named. */
+export function zodToApiError(error: z.ZodError): ApiError {
+  const issue = error.issues[0]!;
+  // A union's inner errors carry the real reason when one branch got close; prefer our own message otherwise.
+  const param = formatParam(issue.path);
+  const missing = issue.code === "invalid_type" && /received undefined/.test(issue.message);
+  const what = param ? `'${param}'` : "request body";
+  const message = missing ? `${what} is required` : `${what}: ${issue.message.replace(/^Invalid input: /, "")}`;
+  return badRequest(message, param, missing ? "missing_required_parameter" : "invalid_value");
+}
+
+export function parseRequest<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw badRequest("request body must be a JSON object");
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) throw zodToApiError(parsed.error);
+  return parsed.data;
+}
