@@ -8,3 +8,4 @@ export * from "./bf16.ts";
 export * from "./tokenizer.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";
+export * from "./gpu/index.ts";

@@ -1,0 +1,168 @@
+/**
+ * One Llama-family decoder layer, forward and backward side by side (llm.c style).
+ * Shapes: T tokens (a flat packed or padded batch), C hidden, nH/nKV heads of hd, I = MLP width.
+ *
+ *   xn1  = rmsnorm(x, w_in)                                  (T, C)
+ *   q,k,v = xn1·W{q,k,v}ᵀ + b (+ LoRA);  q,k = rope(q,k)     (T, nH·hd), (T, nKV·hd)
+ *   attn = attention(q, k, v; causal within each seq id)    (T, nH·hd)
+ *   xMid = x + attn·Woᵀ (+ LoRA)                             (T, C)
+ *   xn2  = rmsnorm(xMid, w_post)                             (T, C)
+ *   gate, up = xn2·W{gate,up}ᵀ (+ LoRA)                      (T, I)
+ *   act  = silu(gate)·up                                     (T, I)
+ *   xOut = xMid + act·Wdownᵀ (+ LoRA)                        (T, C)
+ */
+import {
+  type GpuRuntime, type Recorder, type Tensor,
+  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, rmsnormBackward, rmsnormForward,
+  ropeBackward, ropeForward, swigluBackward, swigluForward,
+} from "@tuneloom/kernels";
+import type { ModelConfig } from "../config.ts";
+import { type LayerLora, type LoraTarget, linearLoraBackward, linearLoraForward } from "./lora.ts";
+import type { GpuLayerWeights } from "./weights.ts";
+
+/** Per-token inputs shared by all layers. */
+export interface TokenBatch {
+  T: number;
+  ids: Tensor; // i32 (T)
+  positions: Tensor; // i32 (T)
+  seqIds: Tensor; // i32 (T), −1 = padding
+}
+
+/** What the forward keeps for the backward (one set per layer, or one reused set under checkpointing). */
+export interface LayerActivations {
+  xn1: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; attn: Tensor; lse: Tensor;
+  xMid: Tensor; xn2: Tensor; rstd2: Tensor; gate: Tensor; up: Tensor; act: Tensor;
+  loraH: Partial<Record<LoraTarget, Tensor>>;
+}
+
+/** Scratch the backward needs (one set for all layers). */
+export interface LayerGradScratch {
+  dAct: Tensor; dGate: Tensor; dUp: Tensor; dXn: Tensor; dMid: Tensor; dAttn: Tensor;
+  dq: Tensor; dk: Tensor; dv: Tensor; dsum: Tensor; dh: Tensor;
+}
+
+export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
+  const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
+  const loraH: Partial<Record<LoraTarget, Tensor>> = {};
+  for (const t of targets) loraH[t] = rt.empty("f32", [T, loraRank], `lora_h.${t}`);
+  return {
+    xn1: rt.empty("f32", [T, C], "xn1"), rstd1: rt.empty("f32", [T], "rstd1"),
+    q: rt.empty("f32", [T, nH * hd], "q"), k: rt.empty("f32", [T, nKV * hd], "k"), v: rt.empty("f32", [T, nKV * hd], "v"),
+    attn: rt.empty("f32", [T, nH * hd], "attn"), lse: rt.empty("f32", [T, nH], "lse"),
+    xMid: rt.empty("f32", [T, C], "xMid"), xn2: rt.empty("f32", [T, C], "xn2"), rstd2: rt.empty("f32", [T], "rstd2"),
+    gate: rt.empty("f32", [T, I], "gate"), up: rt.empty("f32", [T, I], "up"), act: rt.empty("f32", [T, I], "act"),
+    loraH,
+  };
+}
+
+export function allocLayerGradScratch(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number): LayerGradScratch {
+  const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
+  return {
+    dAct: rt.empty("f32", [T, I], "dAct"), dGate: rt.empty("f32", [T, I], "dGate"), dUp: rt.empty("f32", [T, I], "dUp"),
+    dXn: rt.empty("f32", [T, C], "dXn"), dMid: rt.empty("f32", [T, C], "dMid"), dAttn: rt.empty("f32", [T, nH * hd], "dAttn"),
+    dq: rt.empty("f32", [T, nH * hd], "dq"), dk: rt.empty("f32", [T, nKV * hd], "dk"), dv: rt.empty("f32", [T, nKV * hd], "dv"),
+    dsum: rt.empty("f32", [T, nH], "dsum"), dh: rt.empty("f32", [T, Math.max(1, loraRank)], "lora_dh"),
+  };
+}
+
+export function releaseTensors(rt: GpuRuntime, obj: object) {
+  for (const v of Object.values(obj)) {
+    if (v && typeof v === "object" && "buffer" in v) rt.release(v as Tensor);
+    else if (v && typeof v === "object") releaseTensors(rt, v);
+  }
+}
+
+export interface LayerContext {
+  cfg: ModelConfig;
+  invFreq: Tensor; // f32 (hd/2)
+  /** Sliding-window size for this layer, 0 for full attention. */
+  window: number;
+}
+
+const heads = (t: Tensor, n: number, hd: number) => t.view([t.shape[0]!, n, hd]);
+
+/**
+ * Inference with a KV cache. Every token's rotated k and v go to cache row `cacheRows[t]`.
+ * Prefill (no `decode`): the tokens attend to each other as in training. Decode: each of the
+ * T = B tokens is its sequence's newest and attends to its cache rows
+ * offsets[b] .. offsets[b] + lengths[b] − 1.
+ */
+export interface KvContext {
+  kCache: Tensor; // (maxRows, nKV, hd) this layer's
+  vCache: Tensor;
+  cacheRows: Tensor; // i32 (T)
+  decode?: { offsets: Tensor; lengths: Tensor; maxLength: number };
+}
+
+/** xOut (T, C) = layer(x). xOut must not alias x. */
+export function decoderLayerForward(
+  rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
+  x: Tensor, xOut: Tensor, a: LayerActivations, lora: LayerLora = {}, kv?: KvContext,
+) {
+  const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
+  rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps);
+  linearLoraForward(rec, a.xn1, w.q, w.qBias, a.q, lora.q_proj, a.loraH.q_proj);
+  linearLoraForward(rec, a.xn1, w.k, w.kBias, a.k, lora.k_proj, a.loraH.k_proj);
+  linearLoraForward(rec, a.xn1, w.v, w.vBias, a.v, lora.v_proj, a.loraH.v_proj);
+  ropeForward(rec, { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
+  if (kv) kvCacheAppend(rec, { kNew: heads(a.k, nKV, hd), vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
+  if (kv?.decode) {
+    attentionDecode(rec, {
+      q: heads(a.q, nH, hd), kCache: kv.kCache, vCache: kv.vCache, offsets: kv.decode.offsets, lengths: kv.decode.lengths,
+      out: heads(a.attn, nH, hd), window: ctx.window, maxLength: kv.decode.maxLength,
+    });
+  } else {
+    attentionForward(rec, {
+      q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
+      out: heads(a.attn, nH, hd), lse: a.lse, window: ctx.window,
+    });
+  }
+  linearLoraForward(rec, a.attn, w.o, w.oBias, a.xMid, lora.o_proj, a.loraH.o_proj);
+  addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
+  rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps);
+  linearLoraForward(rec, a.xn2, w.gate, w.gateBias, a.gate, lora.gate_proj, a.loraH.gate_proj);
+  linearLoraForward(rec, a.xn2, w.up, w.upBias, a.up, lora.up_proj, a.loraH.up_proj);
+  swigluForward(rec, a.gate, a.up, a.act);
+  linearLoraForward(rec, a.act, w.down, w.downBias, xOut, lora.down_proj, a.loraH.down_proj);
+  addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
+}
+
+/**
+ * Backward of decoderLayerForward: dx (T, C) from dOut (T, C); LoRA gradients accumulate into
+ * each module's dA/dB. dx must not alias dOut.
+ */
+export function decoderLayerBackward(
+  rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
+  x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {},
+) {
+  const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
+  const T = batch.T;
+  const dh = g.dh.view([T, g.dh.numel / T]);
+  // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...
+  linearLoraBackward(rec, a.act, w.down, dOut, g.dAct, 0, lora.down_proj, a.loraH.down_proj, dh);
+  // act = silu(gate)·up
+  swigluBackward(rec, a.gate, a.up, g.dAct, g.dGate, g.dUp);
+  // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup
+  linearLoraBackward(rec, a.xn2, w.gate, g.dGate, g.dXn, 0, lora.gate_proj, a.loraH.gate_proj, dh);
+  linearLoraBackward(rec, a.xn2, w.up, g.dUp, g.dXn, 1, lora.up_proj, a.loraH.up_proj, dh);
+  // xn2 = rmsnorm(xMid):  dMid = dOut + rmsnorm'(dXn)
+  rec.copy(dOut, g.dMid);
+  rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
+  // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo
+  linearLoraBackward(rec, a.attn, w.o, g.dMid, g.dAttn, 0, lora.o_proj, a.loraH.o_proj, dh);
+  // attn = attention(q, k, v)
+  attentionBackward(rec, {
+    q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
+    out: heads(a.attn, nH, hd), lse: a.lse, dout: heads(g.dAttn, nH, hd),
+    dq: heads(g.dq, nH, hd), dk: heads(g.dk, nKV, hd), dv: heads(g.dv, nKV, hd), dsum: g.dsum, window: ctx.window,
+  });
+  // q, k = rope(q, k): rotate the gradients back
+  ropeBackward(rec, { q: heads(g.dq, nH, hd), k: heads(g.dk, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
+  // q, k, v = xn1·W{q,k,v}ᵀ:  dXn = dq·Wq + dk·Wk + dv·Wv
+  linearLoraBackward(rec, a.xn1, w.q, g.dq, g.dXn, 0, lora.q_proj, a.loraH.q_proj, dh);
+  linearLoraBackward(rec, a.xn1, w.k, g.dk, g.dXn, 1, lora.k_proj, a.loraH.k_proj, dh);
+  linearLoraBackward(rec, a.xn1, w.v, g.dv, g.dXn, 1, lora.v_proj, a.loraH.v_proj, dh);
+  // xn1 = rmsnorm(x):  dx = dMid + rmsnorm'(dXn)
+  rec.copy(g.dMid, dx);
+  rmsnormBackward(rec, x, w.inputNorm, a.rstd1, g.dXn, dx, 1);
+}

@@ -1,0 +1,4 @@
+export * from "./weights.ts";
+export * from "./lora.ts";
+export * from "./decoder-layer.ts";
+export * from "./model.ts";

@@ -1,0 +1,150 @@
+/**
+ * A Llama-family model on the GPU: weights, RoPE frequencies and the recorded forward pass
+ * over a flat batch of tokens (packed or padded: per-token positions and sequence ids).
+ * Training (packages/trainer) and inference (generator.ts) both build on it.
+ */
+import {
+  type GpuRuntime, type Recorder, type Tensor,
+  checkEmbeddingErrors, crossEntropy, embeddingErrors, embeddingForward, getRuntime, readLoss, rmsnormForward, ropeInvFreq,
+} from "@tuneloom/kernels";
+import { openCheckpoint } from "../checkpoint.ts";
+import { loadModelConfig, type ModelConfig } from "../config.ts";
+import {
+  type KvContext, type LayerActivations, type LayerContext, type TokenBatch,
+  allocLayerActivations, decoderLayerForward, releaseTensors,
+} from "./decoder-layer.ts";
+import type { LayerLora } from "./lora.ts";
+import { defaultWeightDtype, type GpuModelWeights, uploadModelWeights, type WeightDtype } from "./weights.ts";
+
+export interface LoadGpuModelOptions {
+  weightDtype?: WeightDtype;
+}
+
+export interface ForwardOptions {
+  /** LoRA modules per layer. */
+  lora?: readonly LayerLora[];
+  /** (L + 1) tensors (T, C): receives every layer's input and the last layer's output. */
+  layerInputs?: readonly Tensor[];
+  /** Activations to write for layer l (a fresh set per layer to keep them, one set to reuse). */
+  activations: (layer: number) => LayerActivations;
+  kv?: (layer: number) => KvContext;
+}
+
+export class GpuModel {
+  private readonly embedErrors: Tensor;
+
+  private constructor(
+    readonly rt: GpuRuntime,
+    readonly dir: string,
+    readonly cfg: ModelConfig,
+    readonly weights: GpuModelWeights,
+    readonly invFreq: Tensor,
+  ) {
+    this.embedErrors = embeddingErrors(rt);
+  }
+
+  static async load(dir: string, opts: LoadGpuModelOptions = {}): Promise<GpuModel> {
+    const rt = await getRuntime();
+    const cfg = loadModelConfig(dir);
+    const store = openCheckpoint(dir);
+    try {
+      const dtype = opts.weightDtype ?? defaultWeightDtype(rt, store, cfg);
+      const weights = uploadModelWeights(rt, store, cfg, dtype);
+      const invFreq = rt.upload("f32", [cfg.headDim / 2], ropeInvFreq(cfg), "rope_inv_freq");
+      await rt.sync();
+      return new GpuModel(rt, dir, cfg, weights, invFreq);
+    } finally {
+      store.close();
+    }
+  }
+
+  layerContext(layer: number): LayerContext {
+    const sliding = this.cfg.layerTypes[layer] === "sliding_attention";
+    return { cfg: this.cfg, invFreq: this.invFreq, window: sliding ? (this.cfg.slidingWindow ?? 0) : 0 };
+  }
+
+  /** Uploads one flat batch's token ids, positions and sequence ids (i32, (T)). */
+  uploadTokens(ids: Int32Array, positions: Int32Array, seqIds: Int32Array): TokenBatch {
+    const T = ids.length;
+    if (positions.length !== T || seqIds.length !== T) throw new Error(`uploadTokens: ids, positions and seqIds must all have ${T} entries`);
+    const rt = this.rt;
+    return {
+      T,
+      ids: rt.upload("i32", [T], ids, "ids"),
+      positions: rt.upload("i32", [T], positions, "positions"),
+      seqIds: rt.upload("i32", [T], seqIds, "seq_ids"),
+    };
+  }
+
+  releaseTokens(tb: TokenBatch) {
+    this.rt.release(tb.ids, tb.positions, tb.seqIds);
+  }
+
+  /**
+   * Records embedding → layers → final RMSNorm. Returns the normed hidden state h (T, C) and
+   * its rstd (T); `x` is the last layer's output (the final norm's input).
+   */
+  recordForward(rec: Recorder, tb: TokenBatch, opts: ForwardOptions): { h: Tensor; rstd: Tensor; x: Tensor; scratch: Tensor[] } {
+    const { rt, cfg, weights } = this;
+    const C = cfg.hiddenSize, T = tb.T, L = cfg.numLayers;
+    const scratch: Tensor[] = [];
+    const fresh = (label: string) => {
+      const t = rt.empty("f32", [T, C], label);
+      scratch.push(t);
+      return t;
+    };
+    const inputs = opts.layerInputs;
+    if (inputs && inputs.length !== L + 1) throw new Error(`recordForward: layerInputs needs ${L + 1} tensors, got ${inputs.length}`);
+    // Without saved inputs two buffers ping-pong through the layers.
+    const ping = inputs ? null : [fresh("x0"), fresh("x1")];
+    const xAt = (l: number) => (inputs ? inputs[l]! : ping![l % 2]!);
+    embeddingForward(rec, tb.ids, weights.embed, xAt(0), this.embedErrors);
+    for (let l = 0; l < L; l++) {
+      decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.lora?.[l], opts.kv?.(l));
+    }
+    const h = fresh("h_final");
+    const rstd = rt.empty("f32", [T], "rstd_final");
+    scratch.push(rstd);
+    rmsnormForward(rec, xAt(L), weights.finalNorm, h, rstd, cfg.rmsNormEps);
+    return { h, rstd, x: xAt(L), scratch };
+  }
+
+  /** Throws if any token id was outside the embedding table since the last check. */
+  async checkTokenIds() {
+    await checkEmbeddingErrors(this.rt, this.embedErrors, this.cfg.vocabSize);
+  }
+
+  /**
+   * Next-token negative log-likelihood of a flat batch: labels are the shifted targets
+   * (−100: no loss). Returns the per-token nll (0 where ignored) and the sum and count.
+   */
+  async nll(ids: Int32Array, positions: Int32Array, seqIds: Int32Array, labels: Int32Array, lora?: readonly LayerLora[]) {
+    const rt = this.rt, T = ids.length;
+    const tb = this.uploadTokens(ids, positions, seqIds);
+    const labelsT = rt.upload("i32", [T], labels, "labels");
+    const acts = allocLayerActivations(rt, this.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
+    const loss = rt.zeros("f32", [2], "loss");
+    const nll = rt.empty("f32", [T], "nll");
+    const rec = rt.recorder("nll");
+    const fwd = this.recordForward(rec, tb, { activations: () => acts, lora });
+    crossEntropy(rec, { h: fwd.h, w: this.weights.lmHead, labels: labelsT, loss, nll });
+    rec.submit();
+    const perToken = await rt.read(nll);
+    const { sum, count } = await readLoss(rt, loss);
+    await this.checkTokenIds();
+    rec.release();
+    rt.release(labelsT, loss, nll, ...fwd.scratch);
+    releaseTensors(rt, acts);
+    this.releaseTokens(tb);
+    return { perToken, sum, count };
+  }
+}
+
+export function loraRankOf(lora: readonly LayerLora[]): number {
+  for (const layer of lora) for (const m of Object.values(layer)) if (m) return m.A.shape[0]!;
+  return 0;
+}
+
+export function loraTargetsOf(lora: readonly LayerLora[]) {
+  return Object.keys(lora[0] ?? {}) as (keyof LayerLora)[];
+}
