@@ -126,12 +126,20 @@ export function formatParam(path: readonly PropertyKey[]): string | null {
   return out || null;
 }
 
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v = input;
+  for (const key of path) {
+    if (v === null || typeof v !== "object") return undefined;
+    v = (v as Record<PropertyKey, unknown>)[key];
+  }
+  return v;
+}
+
 /** The first issue as an OpenAI 400: a missing field says so; otherwise zod's message with the field named. */
-export function zodToApiError(error: z.ZodError): ApiError {
+export function zodToApiError(error: z.ZodError, input: unknown): ApiError {
   const issue = error.issues[0]!;
-  // A union's inner errors carry the real reason when one branch got close; prefer our own message otherwise.
   const param = formatParam(issue.path);
-  const missing = issue.code === "invalid_type" && /received undefined/.test(issue.message);
+  const missing = issue.path.length > 0 && valueAt(input, issue.path) === undefined;
   const what = param ? `'${param}'` : "request body";
   const message = missing ? `${what} is required` : `${what}: ${issue.message.replace(/^Invalid input: /, "")}`;
   return badRequest(message, param, missing ? "missing_required_parameter" : "invalid_value");
@@ -140,6 +148,6 @@ export function zodToApiError(error: z.ZodError): ApiError {
 export function parseRequest<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw badRequest("request body must be a JSON object");
   const parsed = schema.safeParse(body);
-  if (!parsed.success) throw zodToApiError(parsed.error);
+  if (!parsed.success) throw zodToApiError(parsed.error, body);
   return parsed.data;
 }

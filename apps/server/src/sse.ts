@@ -12,6 +12,7 @@ export function sseResponse(chunks: AsyncIterable<unknown>, onCancel: () => void
       if (finished) return;
       try {
         const { value, done } = await iterator.next();
+        if (finished) return; // cancelled while waiting: the controller is closed
         if (done) {
           finished = true;
           controller.enqueue(encoder.encode("data: [DONE]\n\n"));
@@ -20,6 +21,7 @@ export function sseResponse(chunks: AsyncIterable<unknown>, onCancel: () => void
         }
         controller.enqueue(encoder.encode(`data: ${JSON.stringify(value)}\n\n`));
       } catch (err) {
+        if (finished) return;
         // Headers are gone already: report in-band as vLLM does, then end the stream normally.
         finished = true;
         console.error(`stream failed: ${(err as Error)?.stack ?? String(err)}`);
