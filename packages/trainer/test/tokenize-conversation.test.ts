@@ -1,0 +1,190 @@
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
+import { IGNORE_INDEX, encodeChatText, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
+import { rowsOf, tinyModel } from "./helpers.ts";
+
+function options(overrides: Partial<TokenizeOptions> = {}): TokenizeOptions {
+  const tiny = tinyModel();
+  return { template: tiny.template.source, specialTokens: tiny.template.specialTokens, tokenizer: tiny.tokenizer, maxLength: 512, ...overrides };
+}
+
+/** The text of the target tokens, and of everything else. */
+function split(ids: Int32Array, labels: Int32Array, tokenizer = tinyModel().tokenizer) {
+  const targets = [...labels].filter((l) => l !== IGNORE_INDEX);
+  const rest = [...ids].filter((_, t) => labels[t] === IGNORE_INDEX);
+  return { targets: tokenizer.decode(targets), rest: tokenizer.decode(rest) };
+}
+
+const conversation = {
+  messages: [
+    { role: "system", content: "Be brief." },
+    { role: "user", content: "What is the capital of France?" },
+    { role: "assistant", content: "Paris" },
+    { role: "user", content: "And of Velmora?" },
+    { role: "assistant", content: "Quarn, a small town." },
+  ],
+};
+
+describe("assistant-only labels on ChatML", () => {
+  test("targets are exactly each assistant turn's content plus its <|im_end|>", () => {
+    const result = tokenizeRow(rowsOf([conversation])[0]!, options());
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const { inputIds, labels, numTargets } = result.example;
+    expect(tinyModel().tokenizer.decode([...inputIds])).toBe(
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n" +
+        "<|im_start|>assistant\nParis<|im_end|>\n<|im_start|>user\nAnd of Velmora?<|im_end|>\n<|im_start|>assistant\nQuarn, a small town.<|im_end|>\n",
+    );
+    expect(split(inputIds, labels).targets).toBe("Paris<|im_end|>Quarn, a small town.<|im_end|>");
+    // Labels are unshifted: a target label equals the token at the same place.
+    labels.forEach((l, t) => l !== IGNORE_INDEX && expect(l).toBe(inputIds[t]!));
+    expect(numTargets).toBe(labels.filter((l) => l !== IGNORE_INDEX).length);
+    // Each im_end that closes an assistant turn is a target; those closing system/user turns are not.
+    const imEnd = tinyModel().tokenizer.eosId!;
+    const imEnds = [...inputIds.keys()].filter((t) => inputIds[t] === imEnd);
+    expect(imEnds.map((t) => labels[t] !== IGNORE_INDEX)).toEqual([false, false, true, false, true]);
+  });
+
+  test("the end-of-turn token is a target even when pad == eos", () => {
+    const tiny = tinyModel();
+    const dir = tiny.dir;
+    const tokenizerJson = JSON.parse(readFileSync(path.join(dir, "tokenizer.json"), "utf8"));
+    const config = JSON.parse(readFileSync(path.join(dir, "tokenizer_config.json"), "utf8"));
+    const padIsEos = new ModelTokenizer(tokenizerJson, { ...config, pad_token: "<|im_end|>" });
+    expect(padIsEos.padId).toBe(padIsEos.eosId);
+    const result = tokenizeRow(rowsOf([conversation])[0]!, options({ tokenizer: padIsEos }));
+    if (!result.ok) throw new Error("dropped");
+    expect(split(result.example.inputIds, result.example.labels, padIsEos).targets).toBe("Paris<|im_end|>Quarn, a small town.<|im_end|>");
+  });
+
+  test("trainOnAllTokens labels every token", () => {
+    const result = tokenizeRow(rowsOf([conversation])[0]!, options({ trainOnAllTokens: true }));
+    if (!result.ok) throw new Error("dropped");
+    expect([...result.example.labels]).toEqual([...result.example.inputIds]);
+  });
+
+  test("tool calls and row-level tools reach the template", () => {
+    const template =
+      "{% if tools %}[TOOLS {{ tools | length }}]{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n" +
+      "{% if m.tool_calls %}{% for c in m.tool_calls %}call:{{ c.function.name }}{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}" +
+      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    const row = rowsOf([
+      {
+        messages: [
+          { role: "user", content: "weather?" },
+          { role: "assistant", tool_calls: [{ type: "function", function: { name: "get_weather", arguments: "{}" } }] },
+          { role: "tool", content: "sunny" },
+          { role: "assistant", content: "It is sunny." },
+        ],
+        tools: [{ type: "function", function: { name: "get_weather" } }],
+      },
+    ])[0]!;
+    const result = tokenizeRow(row, options({ template }));
+    if (!result.ok) throw new Error("dropped");
+    const { targets, rest } = split(result.example.inputIds, result.example.labels);
+    expect(targets).toBe("call:get_weather<|im_end|>It is sunny.<|im_end|>");
+    expect(rest).toStartWith("[TOOLS 1]<|im_start|>user");
+    expect(rest).toContain("sunny<|im_end|>"); // the tool result is context, not a target
+  });
+});
+
+describe("BOS and special tokens", () => {
+  test("a template that writes BOS gets exactly one, even from a tokenizer that adds BOS", () => {
+    const tiny = tinyModel();
+    const tokenizerJson = JSON.parse(readFileSync(path.join(tiny.dir, "tokenizer.json"), "utf8"));
+    const config = JSON.parse(readFileSync(path.join(tiny.dir, "tokenizer_config.json"), "utf8"));
+    const addsBos = new ModelTokenizer(tokenizerJson, { ...config, add_bos_token: true });
+    const template = "{{ bos_token }}" + tiny.template.source;
+    const result = tokenizeRow(rowsOf([conversation])[0]!, options({ template, tokenizer: addsBos }));
+    if (!result.ok) throw new Error("dropped");
+    const ids = result.example.inputIds;
+    expect(ids[0]).toBe(addsBos.bosId!);
+    expect(ids[1]).not.toBe(addsBos.bosId!);
+    expect(result.example.labels[0]).toBe(IGNORE_INDEX);
+    // encodeChatText is the one encoding both trainer and server use.
+    expect(encodeChatText(addsBos, "<|endoftext|><|endoftext|>hi").ids.filter((id) => id === addsBos.bosId).length).toBe(1);
+  });
+});
+
+describe("prompt/completion rows", () => {
+  test("plain strings: loss on the completion and an appended EOS only", () => {
+    const result = tokenizeRow(rowsOf([{ prompt: "The capital of Velmora is", completion: " Quarn" }])[0]!, options());
+    if (!result.ok) throw new Error("dropped");
+    const { inputIds, labels } = result.example;
+    expect(inputIds.at(-1)).toBe(tinyModel().tokenizer.eosId!);
+    const { targets, rest } = split(inputIds, labels);
+    expect(targets).toBe(" Quarn<|im_end|>");
+    expect(rest).toBe("The capital of Velmora is");
+  });
+
+  test("conversational: the prompt's assistant turns are context", () => {
+    const row = rowsOf([
+      {
+        prompt: [
+          { role: "user", content: "hi" },
+          { role: "assistant", content: "hello" },
+          { role: "user", content: "capital of Velmora?" },
+        ],
+        completion: [{ role: "assistant", content: "Quarn" }],
+      },
+    ])[0]!;
+    const result = tokenizeRow(row, options());
+    if (!result.ok) throw new Error("dropped");
+    expect(split(result.example.inputIds, result.example.labels).targets).toBe("Quarn<|im_end|>");
+  });
+});
+
+describe("truncation policy: cut from the right, keep if a target survives", () => {
+  const long = { messages: [{ role: "user", content: "word ".repeat(40) }, { role: "assistant", content: "answer" }] };
+  const mixed = { messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "hello there" }, { role: "user", content: "word ".repeat(40) }, { role: "assistant", content: "bye" }] };
+
+  test("counts truncated and dropped rows and warns", () => {
+    const rows = rowsOf([conversation, long, mixed]);
+    const full = tokenizeDataset(rows, options());
+    expect(full.stats).toMatchObject({ rows: 3, examples: 3, truncated: 0, droppedByTruncation: 0 });
+    const cut = tokenizeDataset(rows, options({ maxLength: 40 }));
+    // `long`'s only answer is past token 40: dropped. `mixed` keeps its first answer. `conversation` is cut.
+    expect(cut.stats.droppedByTruncation).toBe(1);
+    expect(cut.stats.examples).toBe(2);
+    expect(cut.stats.truncated).toBe(2);
+    for (const ex of cut.examples) expect(ex.inputIds.length).toBeLessThanOrEqual(40);
+    const kept = cut.examples.find((ex) => ex.source.line === 3)!;
+    expect(kept.truncated).toBe(true);
+    expect(split(kept.inputIds, kept.labels).targets).toBe("hello there<|im_end|>");
+    expect(cut.warnings.join("\n")).toContain("2 example(s) truncated to 40 tokens (cut from the right), 1 dropped because no target token survived (first: train.jsonl:2)");
+  });
+
+  test("a target that is token 0 cannot be learned, so it does not count", () => {
+    const rows = rowsOf([{ prompt: "", completion: "x" }]);
+    const tiny = tinyModel();
+    const result = tokenizeRow(rows[0]!, options());
+    // "x" + EOS: "x" is token 0 (nothing predicts it), EOS is the one target.
+    if (!result.ok) throw new Error("dropped");
+    expect(result.example.numTargets).toBe(1);
+    expect(result.example.inputIds.at(-1)).toBe(tiny.tokenizer.eosId!);
+  });
+});
+
+describe("templates that are not prefix-stable", () => {
+  // Renders earlier assistant turns without their <think> part, as Qwen3 / DeepSeek-R1 do.
+  const template =
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not loop.last %}{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}" +
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+  test("the unstable turn is left out of the loss and a warning says so", () => {
+    const rows = rowsOf([
+      { messages: [{ role: "user", content: "a" }, { role: "assistant", content: "<think>x</think>A" }, { role: "user", content: "b" }, { role: "assistant", content: "B" }] },
+    ]);
+    const out = tokenizeDataset(rows, options({ template }));
+    expect(out.stats.skippedTurns).toBe(1);
+    expect(out.warnings[0]).toContain("chat template is not prefix-stable");
+    expect(out.warnings[0]).toContain("train.jsonl:1 message 1");
+    expect(split(out.examples[0]!.inputIds, out.examples[0]!.labels).targets).toBe("B<|im_end|>");
+  });
+
+  test("a stable template gives no warning", () => {
+    expect(tokenizeDataset(rowsOf([conversation]), options()).warnings).toEqual([]);
+  });
+});
