@@ -1,0 +1,354 @@
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import {
+  attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, kvCacheAppend,
+  type Tensor,
+} from "../src/index.ts";
+import { fromF16Bits, randn, relError, toF16Bits } from "../src/testing.ts";
+
+const rt = await getRuntime();
+setDefaultTimeout(60_000); // a cold pipeline compile on lavapipe takes seconds
+afterAll(() => rt.trimPool());
+
+// ------------------------------------------------------------------ float64 reference
+
+interface Problem {
+  T: number;
+  nH: number;
+  nKV: number;
+  hd: number;
+  seq: Int32Array;
+  scale: number;
+  window: number;
+}
+
+/** Keys query i sees, by the rule in attention.wgsl. */
+function visible(P: Problem, i: number, j: number): boolean {
+  const s = P.seq[i]!;
+  return s >= 0 && P.seq[j] === s && j <= i && (P.window === 0 || i - j < P.window);
+}
+
+/** Naive masked softmax attention and its backward in float64 (dout optional). */
+function attentionRef(P: Problem, q: Float32Array, k: Float32Array, v: Float32Array, dout?: Float32Array) {
+  const { T, nH, nKV, hd, scale } = P;
+  const group = nH / nKV;
+  const out = new Float64Array(T * nH * hd);
+  const lse = new Float64Array(T * nH);
+  const dq = new Float64Array(T * nH * hd);
+  const dk = new Float64Array(T * nKV * hd);
+  const dv = new Float64Array(T * nKV * hd);
+  const s = new Float64Array(T);
+  for (let h = 0; h < nH; h++) {
+    const g = Math.floor(h / group);
+    const qi = (t: number) => (t * nH + h) * hd;
+    const kj = (t: number) => (t * nKV + g) * hd;
+    for (let i = 0; i < T; i++) {
+      let m = -Infinity;
+      for (let j = 0; j < T; j++) {
+        if (!visible(P, i, j)) continue;
+        let dot = 0;
+        for (let d = 0; d < hd; d++) dot += q[qi(i) + d]! * k[kj(j) + d]!;
+        s[j] = scale * dot;
+        m = Math.max(m, s[j]!);
+      }
+      if (m === -Infinity) continue; // sees nothing: out 0, lse 0, no gradient
+      let l = 0;
+      for (let j = 0; j < T; j++) if (visible(P, i, j)) l += Math.exp(s[j]! - m);
+      lse[i * nH + h] = m + Math.log(l);
+      for (let j = 0; j < T; j++) {
+        if (!visible(P, i, j)) continue;
+        const p = Math.exp(s[j]! - m) / l;
+        s[j] = p; // s now holds probabilities
+        for (let d = 0; d < hd; d++) out[qi(i) + d]! += p * v[kj(j) + d]!;
+      }
+      if (!dout) continue;
+      let D = 0;
+      for (let d = 0; d < hd; d++) D += dout[qi(i) + d]! * out[qi(i) + d]!;
+      for (let j = 0; j < T; j++) {
+        if (!visible(P, i, j)) continue;
+        const p = s[j]!;
+        let dp = 0;
+        for (let d = 0; d < hd; d++) dp += dout[qi(i) + d]! * v[kj(j) + d]!;
+        const ds = p * (dp - D);
+        for (let d = 0; d < hd; d++) {
+          dq[qi(i) + d]! += scale * ds * k[kj(j) + d]!;
+          dk[kj(j) + d]! += scale * ds * q[qi(i) + d]!;
+          dv[kj(j) + d]! += p * dout[qi(i) + d]!;
+        }
+      }
+    }
+  }
+  return { out, lse, dq, dk, dv };
+}
+
+/** seq ids for packed sequences of the given lengths followed by `pad` padding tokens. */
+function packed(lengths: number[], pad = 0): Int32Array {
+  const ids: number[] = [];
+  lengths.forEach((n, s) => { for (let i = 0; i < n; i++) ids.push(s); });
+  for (let i = 0; i < pad; i++) ids.push(-1);
+  return Int32Array.from(ids);
+}
+
+function problem(nH: number, nKV: number, hd: number, seq: Int32Array, opts: { scale?: number; window?: number } = {}): Problem {
+  return { T: seq.length, nH, nKV, hd, seq, scale: opts.scale ?? 1 / Math.sqrt(hd), window: opts.window ?? 0 };
+}
+
+// ------------------------------------------------------------------ GPU runs
+
+interface Inputs { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array }
+function randomInputs(P: Problem): Inputs {
+  return {
+    q: randn(P.T * P.nH * P.hd),
+    k: randn(P.T * P.nKV * P.hd),
+    v: randn(P.T * P.nKV * P.hd),
+    dout: randn(P.T * P.nH * P.hd),
+  };
+}
+
+async function runGpu(P: Problem, x: Inputs, backward = true) {
+  const { T, nH, nKV, hd } = P;
+  const t = {
+    q: rt.upload("f32", [T, nH, hd], x.q), k: rt.upload("f32", [T, nKV, hd], x.k), v: rt.upload("f32", [T, nKV, hd], x.v),
+    seqId: rt.upload("i32", [T], P.seq), dout: rt.upload("f32", [T, nH, hd], x.dout),
+    out: rt.empty("f32", [T, nH, hd]), lse: rt.empty("f32", [T, nH]), dsum: rt.empty("f32", [T, nH]),
+    dq: rt.empty("f32", [T, nH, hd]), dk: rt.empty("f32", [T, nKV, hd]), dv: rt.empty("f32", [T, nKV, hd]),
+  };
+  const rec = rt.recorder("attention test");
+  const opts = { scale: P.scale, window: P.window };
+  attentionForward(rec, { ...t, ...opts });
+  if (backward) attentionBackward(rec, { ...t, ...opts });
+  rec.submit();
+  const res = {
+    out: await rt.read(t.out), lse: await rt.read(t.lse),
+    dq: backward ? await rt.read(t.dq) : null, dk: backward ? await rt.read(t.dk) : null, dv: backward ? await rt.read(t.dv) : null,
+  };
+  rec.release();
+  rt.release(...Object.values(t));
+  return res;
+}
+
+const ZERO_REF = -1;
+/** relError, except that an all-zero reference (T = 1: p = 1 has no gradient) needs exact zeros. */
+function relOrZero(out: Float32Array, ref: Float64Array): number {
+  if (ref.some((x) => x !== 0)) return relError(out, ref);
+  return out.every((x) => x === 0) ? ZERO_REF : Infinity;
+}
+
+async function checkAgainstReference(P: Problem) {
+  const x = randomInputs(P);
+  const ref = attentionRef(P, x.q, x.k, x.v, x.dout);
+  const gpu = await runGpu(P, x);
+  const err = {
+    out: relOrZero(gpu.out, ref.out), lse: relOrZero(gpu.lse, ref.lse),
+    dq: relOrZero(gpu.dq!, ref.dq), dk: relOrZero(gpu.dk!, ref.dk), dv: relOrZero(gpu.dv!, ref.dv),
+  };
+  for (const [name, e] of Object.entries(err)) {
+    if (e === ZERO_REF) continue;
+    if (!(e < 1e-5)) throw new Error(`${name}: relative error ${e} (all: ${JSON.stringify(err)})`);
+  }
+  return gpu;
+}
+
+// ------------------------------------------------------------------ tests
+
+const MODELS = [
+  { name: "SmolLM2-135M", nH: 9, nKV: 3 },
+  { name: "Qwen2.5-0.5B", nH: 14, nKV: 2 },
+  { name: "Llama-3.2-1B", nH: 32, nKV: 8 },
+];
+
+describe("attention forward + backward against float64 (out, lse, dq, dk, dv)", () => {
+  for (const m of MODELS) {
+    for (const T of [1, 7, 129]) {
+      test(`${m.name} heads ${m.nH}/${m.nKV}, hd 64, T=${T}`, async () => {
+        await checkAgainstReference(problem(m.nH, m.nKV, 64, packed([T])));
+      });
+    }
+  }
+
+  test("packed batch: sequences (5, 1, 17) + 3 padding tokens; padding gives exact zeros", async () => {
+    const P = problem(14, 2, 64, packed([5, 1, 17], 3));
+    const gpu = await checkAgainstReference(P);
+    const row = P.nH * P.hd;
+    for (let t = 23; t < 26; t++) {
+      for (const a of [gpu.out, gpu.dq!]) expect(a.subarray(t * row, (t + 1) * row).every((x) => x === 0)).toBe(true);
+      for (const a of [gpu.dk!, gpu.dv!]) expect(a.subarray(t * P.nKV * P.hd, (t + 1) * P.nKV * P.hd).every((x) => x === 0)).toBe(true);
+      expect(gpu.lse.subarray(t * P.nH, (t + 1) * P.nH).every((x) => x === 0)).toBe(true);
+    }
+  });
+
+  test("hd 128 (Llama-3 8B / Mistral), packed (40, 33), explicit scale", async () => {
+    await checkAgainstReference(problem(8, 2, 128, packed([40, 33], 2), { scale: 0.07 }));
+  });
+
+  test("sliding window 7 and 40 across tile boundaries, packed (70, 45) + padding", async () => {
+    await checkAgainstReference(problem(4, 2, 64, packed([70, 45], 4), { window: 7 }));
+    await checkAgainstReference(problem(4, 1, 64, packed([70, 45], 4), { window: 40 }));
+  });
+
+  test("padding between sequences and a leading padding token", async () => {
+    const seq = Int32Array.from([-1, 0, 0, 0, -1, -1, 1, 1, 1, 1, 1, -1, 2, 2]);
+    await checkAgainstReference(problem(9, 3, 64, seq));
+  });
+});
+
+describe("gradients match finite differences of the GPU forward", () => {
+  test("T=5 (3 + 2 packed), heads 2/1, hd 64: L = Σ out·G", async () => {
+    const P = problem(2, 1, 64, packed([3, 2]));
+    const x = randomInputs(P); // dout = G
+    const loss = async (y: Inputs) => {
+      const { out } = await runGpu(P, y, false);
+      let L = 0;
+      for (let i = 0; i < out.length; i++) L += out[i]! * x.dout[i]!;
+      return L;
+    };
+    const grads = await runGpu(P, x);
+    const eps = 1e-2;
+    const fd: number[] = [];
+    const an: number[] = [];
+    for (const [name, grad] of [["q", grads.dq!], ["k", grads.dk!], ["v", grads.dv!]] as const) {
+      for (let n = 0; n < 6; n++) {
+        const i = (n * 97 + 13) % grad.length;
+        const plus = { ...x, [name]: x[name].slice() };
+        const minus = { ...x, [name]: x[name].slice() };
+        plus[name][i]! += eps;
+        minus[name][i]! -= eps;
+        fd.push(((await loss(plus)) - (await loss(minus))) / (2 * eps));
+        an.push(grad[i]!);
+      }
+    }
+    expect(relError(an, fd)).toBeLessThan(1e-2);
+  });
+});
+
+describe("long context without T² memory", () => {
+  test("T=2048, one head, hd 64: forward + backward allocate nothing O(T²)", async () => {
+    const P = problem(1, 1, 64, packed([1500, 540], 8));
+    const { T, hd } = P;
+    const x = randomInputs(P);
+    rt.trimPool();
+    rt.memory.resetPeak();
+    const t = {
+      q: rt.upload("f32", [T, 1, hd], x.q), k: rt.upload("f32", [T, 1, hd], x.k), v: rt.upload("f32", [T, 1, hd], x.v),
+      seqId: rt.upload("i32", [T], P.seq), dout: rt.upload("f32", [T, 1, hd], x.dout),
+      out: rt.empty("f32", [T, 1, hd]), lse: rt.empty("f32", [T, 1]), dsum: rt.empty("f32", [T, 1]),
+      dq: rt.empty("f32", [T, 1, hd]), dk: rt.empty("f32", [T, 1, hd]), dv: rt.empty("f32", [T, 1, hd]),
+    };
+    const tensorsBytes = rt.memory.liveBytes;
+    const rec = rt.recorder("attention T=2048");
+    attentionForward(rec, t);
+    attentionBackward(rec, t);
+    rec.submit();
+    const out = await rt.read(t.out);
+    const dv = await rt.read(t.dv);
+    const T2 = T * T * 1 * 4;
+    expect(rt.memory.peakBytes - tensorsBytes).toBeLessThan(256 * 1024); // uniforms only
+    expect(rt.memory.peakBytes).toBeLessThan(T2 / 2);
+    // spot-check rows against the reference on a short problem with the same tail sequence
+    const tail = problem(1, 1, 64, packed([540], 8));
+    const off = 1500 * hd;
+    const ref = attentionRef(tail, x.q.slice(off), x.k.slice(off), x.v.slice(off), x.dout.slice(off));
+    expect(relError(out.subarray(off), ref.out)).toBeLessThan(1e-5);
+    expect(relError(dv.subarray(off), ref.dv)).toBeLessThan(1e-5);
+    expect(dv.every(Number.isFinite)).toBe(true);
+    rec.release();
+    rt.release(...Object.values(t));
+  }, 120_000);
+});
+
+// ------------------------------------------------------------------ decode
+
+describe("decode against the last row of full attention", () => {
+  const nH = 14, nKV = 2, hd = 64, maxT = 96;
+  // three sequences in their own cache slots (continuous batching), different lengths
+  const slots = [{ offset: 0, len: 37 }, { offset: 40, len: 1 }, { offset: 50, len: 46 }];
+
+  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number }) {
+    const B = slots.length;
+    const seqs = slots.map((s) => {
+      const P = problem(nH, nKV, hd, packed([s.len]), { window: opts.window ?? 0 });
+      const x = randomInputs(P);
+      if (opts.dtype === "f16") { // the cache holds f16: the reference uses the stored values
+        x.k = fromF16Bits(toF16Bits(x.k));
+        x.v = fromF16Bits(toF16Bits(x.v));
+      }
+      const ref = attentionRef(P, x.q, x.k, x.v);
+      return { P, x, ref };
+    });
+    const cacheBytes = [maxT, nKV, hd];
+    const kCache = rt.zeros(opts.dtype, cacheBytes), vCache = rt.zeros(opts.dtype, cacheBytes);
+    const rec = rt.recorder("decode test");
+    const temps: Tensor[] = [];
+    const up = (dtype: "f32" | "i32" | "u32", shape: number[], data: ArrayBufferView) => {
+      const t = rt.upload(dtype, shape, data);
+      temps.push(t);
+      return t;
+    };
+    // prefill: every token but the last of each sequence, in one append (packed rows)
+    const rows = nKV * hd;
+    const prefill = seqs.flatMap((s, b) => Array.from({ length: s.P.T - 1 }, (_, t) => ({ b, t })));
+    const kPre = new Float32Array(prefill.length * rows), vPre = new Float32Array(prefill.length * rows);
+    prefill.forEach(({ b, t }, n) => {
+      kPre.set(seqs[b]!.x.k.subarray(t * rows, (t + 1) * rows), n * rows);
+      vPre.set(seqs[b]!.x.v.subarray(t * rows, (t + 1) * rows), n * rows);
+    });
+    if (prefill.length) {
+      kvCacheAppend(rec, {
+        kNew: up("f32", [prefill.length, nKV, hd], kPre), vNew: up("f32", [prefill.length, nKV, hd], vPre),
+        positions: up("i32", [prefill.length], Int32Array.from(prefill, ({ b, t }) => slots[b]!.offset + t)),
+        kCache, vCache,
+      });
+    }
+    // decode step: append each sequence's newest token (plus one skipped row), then attend
+    const kNew = new Float32Array((B + 1) * rows), vNew = new Float32Array((B + 1) * rows), qNew = new Float32Array(B * nH * hd);
+    seqs.forEach((s, b) => {
+      const t = s.P.T - 1;
+      kNew.set(s.x.k.subarray(t * rows, (t + 1) * rows), b * rows);
+      vNew.set(s.x.v.subarray(t * rows, (t + 1) * rows), b * rows);
+      qNew.set(s.x.q.subarray(t * nH * hd, (t + 1) * nH * hd), b * nH * hd);
+    });
+    kNew.fill(1e9, B * rows); // must never land in the cache
+    kvCacheAppend(rec, {
+      kNew: up("f32", [B + 1, nKV, hd], kNew), vNew: up("f32", [B + 1, nKV, hd], vNew),
+      positions: up("i32", [B + 1], Int32Array.from([...slots.map((s) => s.offset + s.len - 1), -1])),
+      kCache, vCache,
+    });
+    const out = rt.empty("f32", [B, nH, hd]), lse = rt.empty("f32", [B, nH]);
+    const splits = opts.splits ?? 1;
+    const scratch = splits > 1 ? rt.empty("f32", [attentionDecodeScratchSize(B, nH, hd, splits)]) : undefined;
+    attentionDecode(rec, {
+      q: up("f32", [B, nH, hd], qNew), kCache, vCache,
+      offsets: up("u32", [B], Uint32Array.from(slots, (s) => s.offset)),
+      lengths: up("u32", [B], Uint32Array.from(slots, (s) => s.len)),
+      out, lse, window: opts.window, splits, scratch, maxLength: opts.maxLength,
+    });
+    rec.submit();
+    const got = await rt.read(out), gotLse = await rt.read(lse);
+    const refOut = new Float64Array(B * nH * hd), refLse = new Float64Array(B * nH);
+    seqs.forEach((s, b) => {
+      const t = s.P.T - 1;
+      refOut.set(s.ref.out.subarray(t * nH * hd, (t + 1) * nH * hd), b * nH * hd);
+      refLse.set(s.ref.lse.subarray(t * nH, (t + 1) * nH), b * nH);
+    });
+    expect(relError(got, refOut)).toBeLessThan(1e-5);
+    expect(relError(gotLse, refLse)).toBeLessThan(1e-5);
+    rec.release();
+    rt.release(kCache, vCache, out, lse, scratch, ...temps);
+  }
+
+  test("f32 cache, one pass", () => decodeCase({ dtype: "f32" }));
+  test("f32 cache, split-K 4 (flash-decoding) with a low length hint", () => decodeCase({ dtype: "f32", splits: 4, maxLength: 20 }));
+  test("f32 cache, sliding window 9, split-K 3", () => decodeCase({ dtype: "f32", splits: 3, window: 9 }));
+  test("f16 cache", () => decodeCase({ dtype: "f16", splits: 2 }));
+});
+
+describe("argument checks name the kernel", () => {
+  test("shape and head mismatches", () => {
+    const rec = rt.recorder();
+    const q = rt.empty("f32", [4, 6, 64]), k = rt.empty("f32", [4, 4, 64]), seqId = rt.empty("i32", [4]);
+    const out = rt.empty("f32", [4, 6, 64]), lse = rt.empty("f32", [4, 6]);
+    expect(() => attentionForward(rec, { q, k, v: k, seqId, out, lse })).toThrow(/attentionForward: 6 query heads are not a multiple of 4/);
+    const k2 = rt.empty("f32", [4, 3, 64]);
+    expect(() => attentionForward(rec, { q, k: k2, v: k2, seqId, out, lse: out })).toThrow(/attentionForward: lse must have shape \[4, 6\]/);
+    rt.release(q, k, seqId, out, lse, k2);
+  });
+});
