@@ -1,0 +1,140 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import {
+  argmaxRef, argmaxRows, filteredProbsRef, getRuntime, logSoftmaxRef, packSamplingRows, sampleLogits, sampleRef, sampleRows,
+  topLogprobsRef, type SamplingParams,
+} from "../src/index.ts";
+import { randn, relError, rng } from "../src/testing.ts";
+
+const rt = await getRuntime();
+afterAll(() => rt.trimPool());
+
+const rowOf = (x: Float32Array, b: number, V: number) => x.subarray(b * V, (b + 1) * V);
+
+describe("argmax", () => {
+  test("exact, ties to the lowest index, raw logprob", async () => {
+    const B = 6, V = 1000; // V not a multiple of the 256-thread workgroup
+    const x = randn(B * V, 3);
+    x[0 * V + 17] = x[0 * V + 900] = 50; // tie across threads: 17 wins
+    x[1 * V + 999] = 40; // the last column
+    x[2 * V + 256] = x[2 * V + 0] = 30; // tie with index 0
+    const tl = rt.upload("f32", [B, V], x), tok = rt.empty("i32", [B]), lp = rt.empty("f32", [B]);
+    const rec = rt.recorder("argmax");
+    argmaxRows(rec, tl, tok, lp);
+    rec.submit();
+    const got = await rt.readI32(tok);
+    const ref = Array.from({ length: B }, (_, b) => argmaxRef(rowOf(x, b, V)));
+    expect(Array.from(got)).toEqual(ref);
+    expect(ref.slice(0, 3)).toEqual([17, 999, 0]);
+    const lpRef = ref.map((t, b) => logSoftmaxRef(rowOf(x, b, V))[t]!);
+    expect(relError(await rt.read(lp), lpRef)).toBeLessThan(1e-5);
+    rec.release();
+    rt.release(tl, tok, lp);
+  });
+});
+
+// One logit row per configuration, many rows: masks, draws and top-N in one dispatch.
+const configs: SamplingParams[] = [
+  { temperature: 1 },
+  { temperature: 0.7, topK: 5 },
+  { temperature: 1.3, topP: 0.8 },
+  { temperature: 0.9, topK: 40, topP: 0.6 },
+  { temperature: 2, topK: 1 },
+  { temperature: 0 }, // greedy
+  { temperature: 1, topK: 3 }, // with a tie at the 3rd value (row 6)
+];
+
+describe("temperature → top-k → top-p", () => {
+  test("filtered distributions and masks match the float64 reference; draws match sampleRef", async () => {
+    const V = 300, B = configs.length, reps = 40;
+    const base = randn(B * V, 2);
+    base[6 * V + 10] = 9; base[6 * V + 20] = 8; base[6 * V + 30] = 7; base[6 * V + 40] = 7; // tie at k = 3
+    // reps copies of every row, each with its own u
+    const x = new Float32Array(B * reps * V);
+    const r = rng(7);
+    const rows: (SamplingParams & { u: number })[] = [];
+    for (let j = 0; j < reps; j++) for (let b = 0; b < B; b++) {
+      x.set(rowOf(base, b, V), (j * B + b) * V);
+      rows.push({ ...configs[b]!, u: r.uniform() });
+    }
+    const N = B * reps;
+    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, 4], packSamplingRows(rows));
+    const tok = rt.empty("i32", [N]), lp = rt.empty("f32", [N]), probs = rt.empty("f32", [N, V]);
+    const topIds = rt.empty("i32", [N, 5]), topLp = rt.empty("f32", [N, 5]);
+    const rec = rt.recorder("sample");
+    sampleRows(rec, { logits: tl, rowParams: rp, tokens: tok, logprobs: lp, probs, topIds, topLogprobs: topLp });
+    rec.submit();
+    const gotProbs = await rt.read(probs), gotTok = await rt.readI32(tok), gotLp = await rt.read(lp);
+    const gotIds = await rt.readI32(topIds), gotTopLp = await rt.read(topLp);
+    let mismatches = 0;
+    for (let b = 0; b < B; b++) {
+      const row = rowOf(base, b, V);
+      const ref = filteredProbsRef(row, configs[b]!);
+      const got = gotProbs.subarray(b * V, (b + 1) * V);
+      expect(relError(got, ref)).toBeLessThan(1e-5);
+      expect(Array.from(got, (v) => v > 0)).toEqual(Array.from(ref, (v) => v > 0)); // the exact mask
+      const kept = ref.filter((v) => v > 0).length;
+      if (configs[b]!.topK === 5) expect(kept).toBe(5);
+      if (b === 6) expect(kept).toBe(4); // both tied 3rd values kept, as HF's mask does
+      if (configs[b]!.temperature === 0 || configs[b]!.topK === 1) expect(kept).toBe(1);
+      if (configs[b]!.topP !== undefined) expect(kept).toBeGreaterThan(1);
+      const topRef = topLogprobsRef(row, 5);
+      for (let j = 0; j < reps; j++) {
+        const n = j * B + b;
+        const s = sampleRef(row, configs[b]!, rows[n]!.u);
+        if (gotTok[n] !== s.token) {
+          // allowed only where u sits within float rounding of a CDF step
+          let acc = 0, near = false;
+          for (const v of ref) if (v > 0) { acc += v; if (Math.abs(acc - rows[n]!.u) < 1e-5) near = true; }
+          expect(near).toBe(true);
+          mismatches++;
+        } else expect(Math.abs(gotLp[n]! - s.logprob)).toBeLessThan(1e-5 * Math.max(1, Math.abs(s.logprob)));
+        expect(ref[gotTok[n]!]!).toBeGreaterThan(0); // never a filtered-out token
+        expect(Array.from(gotIds.subarray(n * 5, n * 5 + 5))).toEqual(topRef.map((t) => t.token));
+        expect(relError(gotTopLp.subarray(n * 5, n * 5 + 5), topRef.map((t) => t.logprob))).toBeLessThan(1e-5);
+      }
+    }
+    expect(mismatches).toBeLessThanOrEqual(1);
+    rec.release();
+    rt.release(tl, rp, tok, lp, probs, topIds, topLp);
+  });
+
+  // Each draw is a row of its own (same logits, fresh u), so a few thousand draws are one dispatch.
+  // lavapipe runs ~1 ms per filtered row (two threshold searches): the filtered case draws fewer.
+  for (const [opts, draws] of [[{ temperature: 0.8 }, 8000], [{ temperature: 0.8, topK: 12, topP: 0.9 }, 2500]] as const) {
+    test(`sampled frequencies over ${draws} draws match the probabilities (${JSON.stringify(opts)})`, async () => {
+      const V = 24;
+      const row = randn(V, 1.2);
+      const ref = filteredProbsRef(row, opts);
+      const x = new Float32Array(draws * V);
+      for (let i = 0; i < draws; i++) x.set(row, i * V);
+      const r = rng((Math.random() * 2 ** 32) >>> 0); // fresh draws every run
+      const tl = rt.upload("f32", [draws, V], x);
+      const got = await sampleLogits(rt, tl, Array.from({ length: draws }, () => ({ ...opts, u: r.uniform() })));
+      const counts = new Float64Array(V);
+      for (const g of got) counts[g.token]!++;
+      let chi2 = 0, df = -1;
+      for (let v = 0; v < V; v++) {
+        if (ref[v] === 0) {
+          expect(counts[v]).toBe(0); // a filtered token is never drawn
+          continue;
+        }
+        const expected = ref[v]! * draws;
+        chi2 += (counts[v]! - expected) ** 2 / expected;
+        df++;
+        // every token within 5 standard deviations of its expected count
+        expect(Math.abs(counts[v]! - expected)).toBeLessThan(5 * Math.sqrt(expected * (1 - ref[v]!)) + 1);
+      }
+      // χ² with df ≤ 23: P(χ² > df + 8·sqrt(2·df)) is below 1e-4 for these df
+      expect(df).toBeGreaterThan(2);
+      expect(chi2).toBeLessThan(df + 8 * Math.sqrt(2 * df));
+      rt.release(tl);
+    }, 30_000);
+  }
+
+  test("argument errors", () => {
+    expect(() => packSamplingRows([{ temperature: 1, topP: 0, u: 0.5 }])).toThrow(/topP must be in \(0, 1\]/);
+    expect(() => packSamplingRows([{ temperature: 1, u: 1 }])).toThrow(/u must be in \[0, 1\)/);
+    const tl = rt.empty("f32", [2, 10]), tok = rt.empty("i32", [3]);
+    expect(() => sampleRows(rt.recorder(), { logits: tl, tokens: tok })).toThrow(/sampleRows: tokens must have shape \[2\]/);
+  });
+});
