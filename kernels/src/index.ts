@@ -19,3 +19,4 @@ export * from "./swiglu.ts";
 export * from "./convert.ts";
 export * from "./dropout.ts";
 export * from "./attention.ts";
+export * from "./sampling.ts";
