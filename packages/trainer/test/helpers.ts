@@ -2,14 +2,17 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterAll } from "bun:test";
 import { loadChatTemplate } from "@tuneloom/chat-template";
 import { writeTinyModel } from "@tuneloom/model/tiny-model.ts";
 import { loadTokenizer } from "@tuneloom/model/tokenizer.ts";
+import type { AdapterContents } from "../src/adapter-io.ts";
 import { parseJsonl, type TrainingRow } from "../src/data.ts";
+import { initLoraWeights, loraLayerSpecs, parseLoraConfig } from "../src/lora-config.ts";
+import { Rng } from "../src/rng.ts";
 
 const created: string[] = [];
-afterAll(() => {
+// Cleaned at exit, not in afterAll: `bun test` shares this module across test files.
+process.on("exit", () => {
   for (const dir of created) rmSync(dir, { recursive: true, force: true });
 });
 
@@ -36,3 +39,23 @@ export function tinyModel() {
 export function rowsOf(values: unknown[], file = "train.jsonl"): TrainingRow[] {
   return parseJsonl(values.map((v) => JSON.stringify(v)).join("\n"), file).rows;
 }
+
+/** Adapter contents for the tiny model with non-zero B, so a round trip checks real values. */
+export function sampleAdapter(targetModules = "q,v,down", rank = 4): AdapterContents {
+  const tiny = tinyModel();
+  const lora = parseLoraConfig({ rank, alpha: 8, dropout: 0.05, targetModules });
+  const weights = initLoraWeights(loraLayerSpecs(tiny.config, lora), rank, 7);
+  const rng = new Rng(9);
+  for (const w of weights) rng.fillUniform(w.B, -1, 1);
+  return {
+    baseModel: tiny.dir,
+    lora,
+    weights,
+    chatTemplate: tiny.template.source,
+    trainingArgs: { learning_rate: 2e-4, epochs: 3, seed: 7 },
+    tokenizerDir: tiny.dir,
+    metricsJsonl: '{"step":1,"loss":2}\n',
+    lossCurveSvg: "<svg/>\n",
+  };
+}
+
