@@ -2,3 +2,4 @@ export * from "./weights.ts";
 export * from "./lora.ts";
 export * from "./decoder-layer.ts";
 export * from "./model.ts";
+export * from "./generator.ts";
