@@ -55,6 +55,8 @@ export interface TokenizeOptions {
   templateKwargs?: Record<string, unknown>;
   /** Clock for templates that call strftime_now, so tokenization is reproducible. */
   now?: Date | string;
+  /** A row the template rejects (raise_exception) or cannot mask: "fail" (default) throws, "skip" counts it. */
+  onBadRow?: "fail" | "skip";
 }
 
 export type TokenizeRowResult =
@@ -184,6 +186,8 @@ export interface TokenizeStats {
   droppedNoTargets: number;
   /** Assistant turns left out of the loss because the template does not render them prefix-stably. */
   skippedTurns: number;
+  /** Rows skipped because the template or tokenizer failed on them (onBadRow "skip"). */
+  failedRows: number;
   tokens: number;
   targetTokens: number;
   longest: number;
@@ -199,13 +203,22 @@ export interface TokenizedDataset {
 export function tokenizeDataset(rows: readonly TrainingRow[], options: TokenizeOptions): TokenizedDataset {
   const stats: TokenizeStats = {
     rows: rows.length, examples: 0, truncated: 0, droppedByTruncation: 0, droppedNoTargets: 0,
-    skippedTurns: 0, tokens: 0, targetTokens: 0, longest: 0,
+    skippedTurns: 0, failedRows: 0, tokens: 0, targetTokens: 0, longest: 0,
   };
+  let firstFailure: string | null = null;
   const examples: TokenizedExample[] = [];
   let firstUnstable: string | null = null;
   let firstDropped: string | null = null;
   for (const row of rows) {
-    const result = tokenizeRow(row, options);
+    let result: TokenizeRowResult;
+    try {
+      result = tokenizeRow(row, options);
+    } catch (e) {
+      if (!(e instanceof TokenizeError) || options.onBadRow !== "skip") throw e;
+      stats.failedRows++;
+      firstFailure ??= e.message;
+      continue;
+    }
     stats.skippedTurns += result.skippedTurns.length;
     if (result.skippedTurns.length > 0 && firstUnstable === null) {
       firstUnstable = `${where(row.source)} message ${result.skippedTurns[0]}`;
@@ -241,6 +254,9 @@ export function tokenizeDataset(rows: readonly TrainingRow[], options: TokenizeO
   }
   if (stats.droppedNoTargets > 0) {
     warnings.push(`${stats.droppedNoTargets} row(s) dropped: no token to learn (first: ${firstDropped})`);
+  }
+  if (stats.failedRows > 0) {
+    warnings.push(`${stats.failedRows} row(s) skipped because the chat template or tokenizer failed on them (first: ${firstFailure})`);
   }
   if (examples.length === 0) {
     throw new TokenizeError(`no example has a target token left (${rows.length} rows; ${warnings.join("; ") || "all empty"})`);

@@ -188,3 +188,49 @@ describe("templates that are not prefix-stable", () => {
     expect(tokenizeDataset(rowsOf([conversation]), options()).warnings).toEqual([]);
   });
 });
+
+describe("rows the template rejects", () => {
+  const template =
+    "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" +
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+  const rows = rowsOf([{ messages: [{ role: "user", content: "a" }, { role: "assistant", content: "b" }] }, conversation]);
+
+  test("fail (default) names the row and the template's message", () => {
+    expect(() => tokenizeDataset(rows, options({ template }))).toThrow("train.jsonl:2: chat template failed: System role not supported");
+  });
+
+  test("skip counts them and warns", () => {
+    const out = tokenizeDataset(rows, options({ template, onBadRow: "skip" }));
+    expect([out.examples.length, out.stats.failedRows]).toEqual([1, 1]);
+    expect(out.warnings[0]).toContain("1 row(s) skipped because the chat template or tokenizer failed");
+  });
+});
+
+describe("real templates from the shared fixtures", () => {
+  const fixtures = path.resolve(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+  const cases: [file: string, special: Record<string, string>, expected: string][] = [
+    ["meta-llama-Llama-3.1-8B-Instruct.jinja", { bos_token: "<|begin_of_text|>", eos_token: "<|eot_id|>" }, "Paris<|eot_id|>Quarn, a small town.<|eot_id|>"],
+    ["Qwen-Qwen2.5-7B-Instruct.jinja", { eos_token: "<|im_end|>" }, "Paris<|im_end|>Quarn, a small town.<|im_end|>"],
+  ];
+  for (const [file, specialTokens, expected] of cases) {
+    test(`${file}: targets are the assistant turns and their end markers`, () => {
+      const template = readFileSync(path.join(fixtures, file), "utf8");
+      const result = tokenizeRow(rowsOf([conversation])[0]!, options({ template, specialTokens, now: "2024-07-26T12:00:00" }));
+      if (!result.ok) throw new Error("dropped");
+      expect(result.skippedTurns).toEqual([]);
+      expect(split(result.example.inputIds, result.example.labels).targets).toBe(expected);
+    });
+  }
+
+  test("Mistral-Nemo renders the system prompt only when serving, so those turns are refused with a warning", () => {
+    const template = readFileSync(path.join(fixtures, "mistralai-Mistral-Nemo-Instruct-2407.jinja"), "utf8");
+    const opts = options({ template, specialTokens: { bos_token: "<s>", eos_token: "</s>" } });
+    const withoutSystem = { messages: conversation.messages.slice(1) };
+    const ok = tokenizeRow(rowsOf([withoutSystem])[0]!, opts);
+    if (!ok.ok) throw new Error("dropped");
+    expect(split(ok.example.inputIds, ok.example.labels).targets).toBe("Paris</s>Quarn, a small town.</s>");
+    const out = tokenizeDataset(rowsOf([conversation, withoutSystem]), opts);
+    expect(out.stats).toMatchObject({ examples: 1, droppedNoTargets: 1, skippedTurns: 2 });
+    expect(out.warnings.join("\n")).toContain("chat template is not prefix-stable: 2 assistant turn(s)");
+  });
+});
