@@ -19,7 +19,7 @@ const toolCall = z.object({
 
 const name = z.string().optional();
 
-export const messageSchema = z.discriminatedUnion(
+const messageShape = z.discriminatedUnion(
   "role",
   [
     z.object({ role: z.literal("system"), content, name }),
@@ -36,11 +36,29 @@ export const messageSchema = z.discriminatedUnion(
   ],
   { error: "role must be one of system, developer, user, assistant, tool" },
 );
-export type ChatMessageInput = z.infer<typeof messageSchema>;
+/**
+ * A message is checked against the shape above but reaches the template exactly as sent (key
+ * order, content parts, tool-call arguments as string or object, extra fields), as the trainer
+ * passes training rows and as transformers' apply_chat_template does: the prompt the server
+ * renders must be byte-identical to what training rendered for the same conversation.
+ */
+export const messageSchema = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
+  const parsed = messageShape.safeParse(value);
+  if (!parsed.success) for (const issue of parsed.error.issues) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path as (string | number)[] });
+});
+export type ChatMessageInput = z.infer<typeof messageShape>;
 
-const tool = z.looseObject({
+const toolShape = z.looseObject({
   type: z.literal("function"),
   function: z.looseObject({ name: z.string(), description: z.string().optional(), parameters: z.record(z.string(), z.unknown()).optional() }),
+});
+/**
+ * Tools reach the template exactly as sent: templates `tojson` them, and a parsed copy would
+ * come out in schema key order instead of the client's. So: check the shape, keep the value.
+ */
+const tool = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
+  const parsed = toolShape.safeParse(value);
+  if (!parsed.success) for (const issue of parsed.error.issues) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path as (string | number)[] });
 });
 
 const stop = z.union([z.string(), z.array(z.string()).max(16)], { error: "must be a string or an array of at most 16 strings" }).nullish();

@@ -103,10 +103,10 @@ describe("adapter loading", () => {
     try {
       const messages = [{ role: "user", content: "Hello" }];
       const res = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages }) });
-      expect((await res.json()).prompt).toBe("<|im_start|>user says\nHello<|im_end|>\n<|im_start|>assistant says\n");
+      expect((await res.json() as any).prompt).toBe("<|im_start|>user says\nHello<|im_end|>\n<|im_start|>assistant says\n");
       const body = JSON.stringify({ prompt: "The quick brown fox", max_tokens: 8, temperature: 0 });
-      const a = await (await fetch(`${running.url}/v1/completions`, { method: "POST", body })).json();
-      const b = await (await fetch(`${baseRunning.url}/v1/completions`, { method: "POST", body })).json();
+      const a = await (await fetch(`${running.url}/v1/completions`, { method: "POST", body })).json() as any;
+      const b = await (await fetch(`${baseRunning.url}/v1/completions`, { method: "POST", body })).json() as any;
       expect(a.choices[0].text).not.toBe(b.choices[0].text);
     } finally {
       await running.stop();

@@ -13,7 +13,7 @@ beforeAll(() => {
 afterAll(() => model.cleanup());
 
 /** Reads stdout until `pattern` matches; returns everything read so far. */
-async function readUntil(reader: ReadableStreamDefaultReader<Uint8Array>, pattern: RegExp, sofar = { text: "" }): Promise<string> {
+async function readUntil(reader: { read(): Promise<{ value?: Uint8Array; done: boolean }> }, pattern: RegExp, sofar = { text: "" }): Promise<string> {
   const decoder = new TextDecoder();
   while (!pattern.test(sofar.text)) {
     const { value, done } = await reader.read();
@@ -37,7 +37,7 @@ describe("serve command", () => {
       expect(out.text).toMatch(/sha256 [0-9a-f]{64}/);
       expect(out.text).toContain("<|im_start|>");
       const headers = { authorization: "Bearer k1", "content-type": "application/json" };
-      const models = await (await fetch(`${url}/v1/models`, { headers })).json();
+      const models = await (await fetch(`${url}/v1/models`, { headers })).json() as any;
       expect(models.data[0].id).toBe("tiny");
 
       // A long stream in flight when SIGTERM arrives must still complete.

@@ -100,7 +100,7 @@ describe("admission", () => {
       await waitFor(() => running.server.scheduler.stats().queued === 1, 5000, "the second to queue");
       const third = await send();
       expect(third.status).toBe(429);
-      const body = await third.json();
+      const body = await third.json() as any;
       expect(body.error.code).toBe("queue_full");
       expect(body.error.message).toMatch(/capacity/);
       const metrics = await (await fetch(`${running.url}/metrics`)).text();
@@ -152,7 +152,7 @@ describe("admission", () => {
       const drain = running.server.scheduler.drain().then(() => (drained = true));
       const refused = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(chatBody("Hello", false)) });
       expect(refused.status).toBe(503);
-      expect((await refused.json()).error.code).toBe("server_draining");
+      expect((await refused.json() as any).error.code).toBe("server_draining");
       expect((await fetch(`${running.url}/health`)).status).toBe(503);
       await Bun.sleep(20);
       expect(drained).toBe(false);

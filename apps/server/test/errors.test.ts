@@ -34,7 +34,7 @@ async function post(path: string, body: string | object, headers: Record<string,
 async function expectError(res: Response, status: number, param?: string | null, messageLike?: RegExp) {
   expect(res.status).toBe(status);
   expect(res.headers.get("content-type")).toContain("application/json");
-  const body = await res.json();
+  const body = await res.json() as any;
   expect(Object.keys(body)).toEqual(["error"]);
   expect(Object.keys(body.error).sort()).toEqual(["code", "message", "param", "type"]);
   expect(typeof body.error.message).toBe("string");
@@ -139,7 +139,7 @@ describe("bad requests", () => {
   test("after all of that, a good request is served", async () => {
     const res = await post("/v1/chat/completions", good);
     expect(res.status).toBe(200);
-    const body = await res.json();
+    const body = await res.json() as any;
     expect(body.choices[0].message.role).toBe("assistant");
     const metrics = await (await fetch(`${running.url}/metrics`)).text();
     expect(metrics).toMatch(/tuneloom_requests_total\{endpoint="\/v1\/chat\/completions",method="POST",status="400"\} \d+/);

@@ -51,7 +51,7 @@ describe("openai client", () => {
     expect(a.usage!.total_tokens).toBe(a.usage!.prompt_tokens + a.usage!.completion_tokens);
 
     // Exactness: the same prompt ids through the reference forward give the same tokens.
-    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ messages, add_generation_prompt: true }) })).json();
+    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ messages, add_generation_prompt: true }) })).json() as any;
     expect(tok.count).toBe(a.usage!.prompt_tokens);
     const { config, engine } = loaded;
     const weights = (engine as any).weights;
@@ -126,7 +126,7 @@ describe("openai client", () => {
     expect(a.object).toBe("text_completion");
     expect(a.choices[0]!.finish_reason).toBe("length");
     expect(a.usage!.completion_tokens).toBe(8);
-    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "Once upon a time" }) })).json();
+    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "Once upon a time" }) })).json() as any;
     const b = await client.completions.create({ model: "tiny", prompt: tok.tokens, max_tokens: 8, temperature: 0 });
     expect(b.choices[0]!.text).toBe(a.choices[0]!.text);
     const stream = await client.completions.create({ model: "tiny", prompt: "Once upon a time", max_tokens: 8, temperature: 0, stream: true });
@@ -163,34 +163,37 @@ describe("openai client", () => {
   test("/apply-template equals chat-template's render of the same messages", async () => {
     const conversation = [
       { role: "system", content: "Be brief." },
-      { role: "user", content: [{ type: "text", text: "Hi" }, { type: "text", text: "there" }] },
+      { role: "user", content: "Hi there" },
       { role: "assistant", content: "Hello." },
       { role: "user", content: "Bye" },
     ];
     const res = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages: conversation }) });
     expect(res.status).toBe(200);
-    const { prompt } = await res.json();
+    const { prompt } = await res.json() as any;
     const t = loaded.engine.chatTemplate;
-    const expected = renderChatTemplate(t.source, {
-      ...t.specialTokens,
-      messages: [
-        { role: "system", content: "Be brief." },
-        { role: "user", content: "Hi\nthere" },
-        { role: "assistant", content: "Hello." },
-        { role: "user", content: "Bye" },
-      ],
-      add_generation_prompt: true,
-    });
-    expect(prompt).toBe(expected);
+    expect(prompt).toBe(renderChatTemplate(t.source, { ...t.specialTokens, messages: conversation, add_generation_prompt: true }));
     expect(prompt.endsWith("<|im_start|>assistant\n")).toBe(true);
+    const noGen = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages: conversation, add_generation_prompt: false }) });
+    expect((await noGen.json() as any).prompt).toBe(renderChatTemplate(t.source, { ...t.specialTokens, messages: conversation, add_generation_prompt: false }));
+  });
+
+  test("content parts reach the template as sent; a template that needs strings says so", async () => {
+    const res = await fetch(`${running.url}/apply-template`, {
+      method: "POST",
+      body: JSON.stringify({ messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] }),
+    });
+    expect(res.status).toBe(400);
+    const { error } = await res.json() as any;
+    expect(error.param).toBe("messages");
+    expect(error.message).toMatch(/string content/);
   });
 
   test("/tokenize and /detokenize round-trip (vLLM shapes)", async () => {
     const res = await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "The quick brown fox" }) });
-    const tok = await res.json();
+    const tok = await res.json() as any;
     expect(tok.count).toBe(tok.tokens.length);
     expect(tok.max_model_len).toBe(loaded.engine.maxContext);
-    const de = await (await fetch(`${running.url}/detokenize`, { method: "POST", body: JSON.stringify({ tokens: tok.tokens }) })).json();
+    const de = await (await fetch(`${running.url}/detokenize`, { method: "POST", body: JSON.stringify({ tokens: tok.tokens }) })).json() as any;
     expect(de.prompt).toBe("The quick brown fox");
   });
 
