@@ -15,3 +15,5 @@ export * from "./metrics.ts";
 export * from "./loss-curve-svg.ts";
 export * from "./progress.ts";
 export * from "./demo-data.ts";
+export * from "./train-loop.ts";
+export * from "./gpu/lora-trainer.ts";

@@ -71,7 +71,7 @@ export class Rng {
     return rng;
   }
 
-  getState(): RngState {
+  state(): RngState {
     return { algorithm: "xoshiro128**", state: [this.s0, this.s1, this.s2, this.s3] };
   }
 

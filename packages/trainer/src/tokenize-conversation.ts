@@ -18,7 +18,7 @@
  * Truncation policy: keep the first `maxLength` tokens (cut from the right). The row is kept if at
  * least one target token survives, otherwise dropped; both are counted.
  */
-import { assistantSpans, tokenMaskFromSpans, type ChatMessage, type CharSpan, type SpecialTokens } from "@tuneloom/chat-template";
+import { assistantSpans, findPrefixViolations, tokenMaskFromSpans, type ChatMessage, type CharSpan, type SpecialTokens } from "@tuneloom/chat-template";
 import type { RowSource, TrainingMessage, TrainingRow } from "./data.ts";
 
 /** What tokenization needs from a tokenizer; @tuneloom/model's ModelTokenizer has this shape. */
@@ -262,4 +262,36 @@ export function tokenizeDataset(rows: readonly TrainingRow[], options: TokenizeO
     throw new TokenizeError(`no example has a target token left (${rows.length} rows; ${warnings.join("; ") || "all empty"})`);
   }
   return { examples, stats, warnings };
+}
+
+/** A multi-turn conversation with a system prompt, for checking a template before any data is read. */
+const PROBE_CONVERSATION: ChatMessage[] = [
+  { role: "system", content: "You are a helpful assistant." },
+  { role: "user", content: "What is 2 + 2?" },
+  { role: "assistant", content: "4" },
+  { role: "user", content: "And 3 + 3?" },
+  { role: "assistant", content: "6" },
+];
+
+/**
+ * A warning when `template` breaks the prefix property on a plain multi-turn chat (it rewrites
+ * earlier turns or renders the serve-time prompt differently from the training text), else null.
+ * A template that refuses the probe (e.g. no system role) is not judged here; rows are checked
+ * one by one during tokenization anyway.
+ */
+export function templatePrefixWarning(template: string, specialTokens: SpecialTokens = {}, now?: Date | string): string | null {
+  let violations;
+  try {
+    violations = findPrefixViolations(template, { ...specialTokens, messages: PROBE_CONVERSATION }, { now });
+  } catch {
+    return null;
+  }
+  if (violations.length === 0) return null;
+  const v = violations[0]!;
+  const what = v.kind === "prompt" ? "the serve-time prompt for assistant turn" : "assistant turn";
+  return (
+    `chat template is not prefix-stable: ${what} ${v.messageIndex} of a plain multi-turn chat renders differently ` +
+    `once the conversation goes on (character ${v.mismatchAt}); such turns are left out of the loss, and prompts ` +
+    `served for them differ from what training saw`
+  );
 }

@@ -21,7 +21,7 @@ function checkpointAt(step: number) {
   for (let i = 0; i < step; i++) dropout.nextUint32();
   const schedule = new LrSchedule({ kind: "cosine", baseLr: 2e-4, warmupSteps: 3, totalSteps: 50 }, step);
   const state: TrainerState = {
-    step, dataPosition: { epoch: 1, step: step % 7 }, rng: dropout.getState(), schedule: schedule.state(),
+    step, dataPosition: { epoch: 1, step: step % 7 }, rng: dropout.state(), schedule: schedule.state(),
     tokensSeen: 1000 * step, elapsedS: step / 2, bestEvalLoss: step > 10 ? 1.25 : null,
   };
   return { adapter, optimizer, state };

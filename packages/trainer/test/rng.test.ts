@@ -5,7 +5,7 @@ describe("Rng", () => {
   test("saved state continues the exact stream", () => {
     const a = new Rng(2024);
     for (let i = 0; i < 37; i++) a.nextUint32();
-    const saved = JSON.parse(JSON.stringify(a.getState()));
+    const saved = JSON.parse(JSON.stringify(a.state()));
     const expected = Array.from({ length: 100 }, () => a.nextFloat());
     const b = Rng.fromState(saved);
     expect(Array.from({ length: 100 }, () => b.nextFloat())).toEqual(expected);

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
-import { IGNORE_INDEX, encodeChatText, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
+import { IGNORE_INDEX, encodeChatText, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
 import { rowsOf, tinyModel } from "./helpers.ts";
 
 function options(overrides: Partial<TokenizeOptions> = {}): TokenizeOptions {
@@ -232,5 +232,17 @@ describe("real templates from the shared fixtures", () => {
     const out = tokenizeDataset(rowsOf([conversation, withoutSystem]), opts);
     expect(out.stats).toMatchObject({ examples: 1, droppedNoTargets: 1, skippedTurns: 2 });
     expect(out.warnings.join("\n")).toContain("chat template is not prefix-stable: 2 assistant turn(s)");
+  });
+});
+
+describe("templatePrefixWarning (startup check)", () => {
+  const fixtures = path.resolve(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+  test("stable templates pass, history-rewriting ones are flagged", () => {
+    expect(templatePrefixWarning(tinyModel().template.source)).toBeNull();
+    const qwen3 = readFileSync(path.join(fixtures, "Qwen-Qwen3-0.6B.jinja"), "utf8");
+    const nemo = readFileSync(path.join(fixtures, "mistralai-Mistral-Nemo-Instruct-2407.jinja"), "utf8");
+    expect(templatePrefixWarning(nemo, { bos_token: "<s>", eos_token: "</s>" })).toContain("not prefix-stable");
+    // Qwen3 gives only the final assistant turn an empty <think></think> block: earlier turns change.
+    expect(templatePrefixWarning(qwen3)).toContain("assistant turn 2");
   });
 });

@@ -1,0 +1,221 @@
+/**
+ * A LoRA fine-tuning run, end to end: data → chat-template rendering and assistant-only labels
+ * → batches (padded or packed) → GPU steps with gradient accumulation → checkpoints, metrics,
+ * eval → a PEFT adapter directory that HF PEFT, vLLM and `bun run serve` load as it is.
+ *
+ * Semantics (torchtune-style):
+ *  - one optimizer step = `gradAccum` micro-batches of `batchSize` rows; the loss is the mean
+ *    over all target tokens of the step's micro-batches (not a mean of micro-batch means);
+ *  - `--resume DIR` restores LoRA weights, AdamW moments and step, the data position and the
+ *    schedule, so the run ends with the same adapter as an uninterrupted one;
+ *  - a NaN/inf loss or gradient stops the run (the update is skipped on the GPU) and leaves
+ *    the last good checkpoint in place.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { loadChatTemplate } from "@tuneloom/chat-template";
+import { GpuModel, loadTokenizer } from "@tuneloom/model";
+import { type AdapterContents, writeAdapterDir } from "./adapter-io.ts";
+import { type Batch, DataLoader } from "./batching.ts";
+import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { loadTrainingData } from "./data.ts";
+import { LoraTrainer } from "./gpu/lora-trainer.ts";
+import { type LoraConfig, loraParameterCount, parseLoraConfig } from "./lora-config.ts";
+import { renderLossCurveSvg } from "./loss-curve-svg.ts";
+import { MetricsLog } from "./metrics.ts";
+import { ProgressReporter } from "./progress.ts";
+import { Rng } from "./rng.ts";
+import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
+import { tokenizeDataset } from "./tokenize-conversation.ts";
+
+export interface TrainOptions {
+  model: string;
+  data: string;
+  evalData?: string;
+  evalFraction?: number;
+  out: string;
+  rank: number;
+  alpha: number;
+  dropout: number;
+  targetModules: string | readonly string[];
+  rslora: boolean;
+  lr: number;
+  epochs: number;
+  maxSteps?: number;
+  batchSize: number;
+  gradAccum: number;
+  maxLength: number;
+  packing: boolean;
+  warmupSteps?: number;
+  warmupRatio?: number;
+  scheduler: ScheduleKind;
+  weightDecay: number;
+  maxGradNorm: number;
+  seed: number;
+  gradientCheckpointing: boolean;
+  trainOnAllTokens: boolean;
+  saveSteps: number;
+  keepCheckpoints?: number;
+  evalSteps: number;
+  logEvery: number;
+  resume?: string;
+  weightDtype?: "f32" | "f16" | "bf16";
+  /** Progress output (default stderr). */
+  log?: (line: string) => void;
+  quiet?: boolean;
+}
+
+export const TRAIN_DEFAULTS = {
+  rank: 16, alpha: 32, dropout: 0, targetModules: "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", rslora: false,
+  lr: 2e-4, epochs: 1, batchSize: 8, gradAccum: 1, maxLength: 1024, packing: false, scheduler: "cosine" as ScheduleKind,
+  warmupRatio: 0.03, weightDecay: 0, maxGradNorm: 1, seed: 42, gradientCheckpointing: true, trainOnAllTokens: false,
+  saveSteps: 0, evalSteps: 0, logEvery: 10,
+} satisfies Partial<TrainOptions>;
+
+export interface TrainResult {
+  adapterDir: string;
+  steps: number;
+  firstLoss: number;
+  finalLoss: number;
+  evalLoss: number | null;
+  tokens: number;
+  elapsedS: number;
+  trainableParams: number;
+  model: GpuModel;
+  trainer: LoraTrainer;
+  notes: string[];
+}
+
+export async function train(o: TrainOptions): Promise<TrainResult> {
+  const log = o.log ?? ((l: string) => process.stderr.write(l + "\n"));
+  const notes: string[] = [];
+  const lora: LoraConfig = parseLoraConfig({
+    rank: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targetModules as string, rslora: o.rslora,
+  });
+  const template = loadChatTemplate(o.model);
+  const tokenizer = loadTokenizer(o.model);
+  const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed });
+  for (const line of data.report) log(`data: ${line}`);
+  const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };
+  const trainSet = tokenizeDataset(data.train, tokOpts);
+  for (const w of trainSet.warnings) { log(`warning: ${w}`); notes.push(w); }
+  const s = trainSet.stats;
+  log(`data: ${s.examples} training examples, ${s.targetTokens} target tokens (${s.truncated} truncated, ${s.droppedByTruncation + s.droppedNoTargets} dropped)`);
+  if (trainSet.examples.length === 0) throw new Error(`${o.data}: no usable training examples after tokenization`);
+  const evalSet = data.eval.length ? tokenizeDataset(data.eval, tokOpts) : null;
+
+  const padId = tokenizer.padId ?? tokenizer.eosId ?? 0;
+  const loader = new DataLoader(trainSet.examples, {
+    mode: o.packing ? "pack" : "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId,
+  });
+  const microPerEpoch = loader.totalBatches(o.epochs);
+  const totalSteps = o.maxSteps ?? Math.max(1, Math.ceil(microPerEpoch / o.gradAccum));
+  const schedule: ScheduleConfig = {
+    kind: o.scheduler, baseLr: o.lr, totalSteps,
+    warmupSteps: resolveWarmupSteps(totalSteps, { warmupSteps: o.warmupSteps, warmupRatio: o.warmupRatio }),
+  };
+
+  const model = await GpuModel.load(o.model, { weightDtype: o.weightDtype });
+  const trainer = new LoraTrainer(model, lora, {
+    gradientCheckpointing: o.gradientCheckpointing, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+  });
+  const trainableParams = loraParameterCount(trainer.specs, lora.rank);
+  log(`model: ${o.model} (${model.cfg.arch}, ${model.cfg.numLayers} layers, weights ${model.weights.dtype}) on ${model.rt.caps.description}`);
+  log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
+
+  let step = 0, tokensSeen = 0, elapsedBefore = 0, bestEval: number | null = null;
+  const evalBatches = evalSet && evalSet.examples.length
+    ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
+    : null;
+  const rng = Rng.derive(o.seed, "dropout");
+  if (o.resume) {
+    const ckDir = findLatestCheckpoint(o.resume);
+    if (!ckDir) throw new Error(`--resume ${o.resume}: no checkpoint found (expected a checkpoint-<step> directory)`);
+    const ck = loadCheckpoint(ckDir, model.cfg);
+    trainer.setWeights(ck.adapter.weights);
+    const m = new Float32Array(trainer.layout.numel), v = new Float32Array(trainer.layout.numel);
+    for (const seg of trainer.layout.segments) {
+      const key = seg.name + ".weight";
+      const mv = ck.optimizer.moments.get(key);
+      if (!mv) throw new Error(`${ckDir}: optimizer state has no moments for ${key}`);
+      m.set(mv.m, seg.offset);
+      v.set(mv.v, seg.offset);
+    }
+    trainer.setOptimizerMoments(m, v);
+    step = ck.state.step;
+    tokensSeen = ck.state.tokensSeen;
+    elapsedBefore = ck.state.elapsedS;
+    bestEval = ck.state.bestEvalLoss;
+    loader.seek(ck.state.dataPosition);
+    log(`resumed from ${ckDir} at step ${step}`);
+  }
+  mkdirSync(o.out, { recursive: true });
+  const metrics = new MetricsLog(path.join(o.out, "metrics.jsonl"), o.resume ? { resumeFromStep: step } : {});
+  const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet ? { stream: { write: () => true } } : {}) });
+
+  const trainingArgs = { ...o, log: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom" };
+  const adapterContents = async (): Promise<AdapterContents> => ({
+    baseModel: o.model, lora, weights: await trainer.getWeights(), chatTemplate: template.source, trainingArgs,
+    tokenizerDir: o.model, metricsJsonl: metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : ""),
+    lossCurveSvg: renderLossCurveSvg(metrics.records),
+  });
+  const evaluate = async () => {
+    if (!evalBatches) return null;
+    const batches: Batch[] = [];
+    for (let i = 0; i < evalBatches.batchesInEpoch(0); i++) batches.push(evalBatches.batchAt({ epoch: 0, step: i }));
+    return trainer.evaluate(batches);
+  };
+
+  let firstLoss = Number.NaN, lastLoss = Number.NaN;
+  const t0 = performance.now();
+  const elapsed = () => elapsedBefore + (performance.now() - t0) / 1000;
+  while (step < totalSteps) {
+    const micro: Batch[] = [];
+    for (let i = 0; i < o.gradAccum; i++) micro.push(loader.next().batch);
+    const lr = learningRate(schedule, step);
+    const ts = performance.now();
+    const r = await trainer.step(micro, lr, step + 1);
+    if (r.nonFinite) {
+      throw new Error(`step ${step + 1}: the loss or a gradient is NaN/inf (loss ${r.loss}); the update was skipped and the run stopped. The last good checkpoint (if any) is in ${o.out}. Lower --lr or check the data.`);
+    }
+    step++;
+    tokensSeen += r.tokens;
+    if (Number.isNaN(firstLoss)) firstLoss = r.loss;
+    lastLoss = r.loss;
+    const tokS = r.tokens / ((performance.now() - ts) / 1000);
+    metrics.log({ step, loss: r.loss, lr, grad_norm: r.gradNorm, tokens: tokensSeen, tok_s: tokS, elapsed_s: elapsed() });
+    progress.update({ step, loss: r.loss, lr, tokS, gradNorm: r.gradNorm, elapsedS: elapsed() });
+    if (o.evalSteps > 0 && step % o.evalSteps === 0) {
+      const ev = await evaluate();
+      if (ev !== null) {
+        metrics.logEval(step, ev);
+        bestEval = bestEval === null ? ev : Math.min(bestEval, ev);
+      }
+    }
+    if (o.saveSteps > 0 && step % o.saveSteps === 0 && step < totalSteps) {
+      const mom = await trainer.getOptimizerMoments();
+      const moments = new Map<string, { m: Float32Array; v: Float32Array }>();
+      for (const seg of trainer.layout.segments) {
+        moments.set(seg.name + ".weight", { m: mom.m.slice(seg.offset, seg.offset + seg.numel), v: mom.v.slice(seg.offset, seg.offset + seg.numel) });
+      }
+      saveCheckpoint(o.out, {
+        adapter: await adapterContents(),
+        optimizer: { step, moments },
+        state: { step, dataPosition: loader.position, rng: rng.getState(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
+      }, { keepLast: o.keepCheckpoints });
+    }
+  }
+  progress.finish();
+  const evalLoss = await evaluate();
+  if (evalLoss !== null) {
+    metrics.logEval(step, evalLoss);
+    bestEval = bestEval === null ? evalLoss : Math.min(bestEval, evalLoss);
+  }
+  const adapterDir = path.join(o.out, "adapter");
+  if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
+  writeAdapterDir(adapterDir, await adapterContents());
+  return {
+    adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, tokens: tokensSeen, elapsedS: elapsed(),
+    trainableParams, model, trainer, notes,
+  };
+}
