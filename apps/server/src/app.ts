@@ -92,6 +92,7 @@ export function createServer(options: ServerOptions): TuneloomServer {
     endpoint: c.req.path,
     systemFingerprint,
     signal: c.req.raw.signal,
+    logError,
   });
   const body = (c: Context) => readJsonBody(c.req.raw, maxBodyBytes);
 

@@ -14,6 +14,7 @@ export interface EndpointContext extends GenerationContext {
   engine: InferenceEngine;
   systemFingerprint: string;
   signal: AbortSignal;
+  logError: (message: string) => void;
 }
 
 type SamplingBody = Pick<
@@ -186,7 +187,7 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
     }
     if (includeUsage) yield chunk([], usageOf(generation.usage));
   }
-  return sseResponse(chunks(), generation.cancel);
+  return sseResponse(chunks(), generation.cancel, ctx.logError);
 }
 
 export async function completion(ctx: EndpointContext, body: CompletionRequest): Promise<Response> {
@@ -263,5 +264,5 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
     }
     if (includeUsage) yield chunk([], usageOf(generation.usage));
   }
-  return sseResponse(chunks(), generation.cancel);
+  return sseResponse(chunks(), generation.cancel, ctx.logError);
 }

@@ -92,7 +92,11 @@ export class CpuReferenceEngine implements InferenceEngine {
       signal,
       events,
     });
-    if (!this.looping) void this.loop();
+    if (!this.looping)
+      this.loop().catch((err) => {
+        // The loop itself broke (not one sequence): fail everyone rather than hang or crash the process.
+        for (const seq of this.active.slice()) this.leave(seq, "failed", err);
+      });
     return events;
   }
 

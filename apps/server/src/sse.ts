@@ -3,7 +3,7 @@
  * last. Pull-based, so a slow client slows its own generation reads instead of piling chunks up
  * in memory; a client that goes away cancels the stream, which cancels the generation.
  */
-export function sseResponse(chunks: AsyncIterable<unknown>, onCancel: () => void): Response {
+export function sseResponse(chunks: AsyncIterable<unknown>, onCancel: () => void, logError: (message: string) => void = console.error): Response {
   const encoder = new TextEncoder();
   const iterator = chunks[Symbol.asyncIterator]();
   let finished = false;
@@ -24,7 +24,7 @@ export function sseResponse(chunks: AsyncIterable<unknown>, onCancel: () => void
         if (finished) return;
         // Headers are gone already: report in-band as vLLM does, then end the stream normally.
         finished = true;
-        console.error(`stream failed: ${(err as Error)?.stack ?? String(err)}`);
+        logError(`stream failed: ${(err as Error)?.stack ?? String(err)}`);
         const message = `generation failed: ${(err as Error)?.message ?? String(err)}`;
         controller.enqueue(encoder.encode(`data: ${JSON.stringify({ error: { message, type: "server_error", param: null, code: null } })}\n\n`));
         controller.enqueue(encoder.encode("data: [DONE]\n\n"));
