@@ -9,7 +9,7 @@
 //
 // θ is computed as transformers computes it, f32(pos) · inv_freq[i] in f32 (one rounding), so
 // for large positions θ carries transformers' own error (ulp(θ)/2, e.g. 0.004 rad at θ = 1e5).
-// cos/sin of that f32 θ are then evaluated accurately here (|error| ≲ 1e-7 for |θ| < 2²³):
+// cos/sin of that f32 θ are then evaluated accurately here (|error| ≲ 2e-7 for |θ| < 2²³):
 // GPU sin/cos builtins are only specified on [−π, π] and lose accuracy fast outside it.
 
 struct Params { T: u32, nQ: u32, nK: u32, half: u32, hd: u32, sign: f32, _pad0: u32, _pad1: u32 }
@@ -39,11 +39,18 @@ fn sincos(theta: f32) -> vec2<f32> {
   r -= kh * PIO2_3;
   r -= kl * PIO2_3;
   r -= m * PIO2_4;
+  // θ·2/π rounds in f32, so for large θ m can be one off and r up to ~1.3: one more step
+  // brings r back into [−π/4, π/4], where the polynomials hold (small, so nearly exact).
+  let fix = round(r * 0.636619772367581343);
+  r -= fix * PIO2_1;
+  r -= fix * PIO2_2;
+  r -= fix * PIO2_3;
+  r -= fix * PIO2_4;
   // Minimax polynomials on [−π/4, π/4] (Cephes sinf/cosf).
   let z = r * r;
   let s = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * r + r;
   let c = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z - 0.5 * z + 1.0;
-  switch (u32(i32(m)) & 3u) {
+  switch (u32(i32(m) + i32(fix)) & 3u) {
     case 0u: { return vec2(s, c); }
     case 1u: { return vec2(c, -s); }
     case 2u: { return vec2(-s, -c); }
