@@ -11,7 +11,6 @@ export type {
 } from "./engine.ts";
 export { RequestScheduler, SchedulerRejection, type SchedulerOptions, type SchedulerStats } from "./scheduler.ts";
 export { CpuReferenceEngine, type CpuReferenceEngineOptions, type EngineCounters } from "./cpu-engine.ts";
-export { loadCpuReferenceEngine, resolveServingTemplate, engineTokenizer, defaultStopTokenIds, TemplateMismatchError, type LoadOptions, type LoadedModel } from "./load.ts";
-export { mergeLoraAdapter, readAdapterConfig, type AdapterConfig } from "./lora-merge.ts";
+export { loadCpuReferenceEngine, resolveServingTemplate, engineTokenizer, defaultStopTokenIds, TemplateMismatchError, type LoadOptions, type LoadedModel, type MergedAdapter } from "./load.ts";
 export { StopStringMatcher } from "./stop-strings.ts";
 export { DEFAULT_MAX_BODY_BYTES } from "./body.ts";

@@ -14,7 +14,7 @@ import { IncrementalDetokenizer, loadTokenizer, type ModelTokenizer } from "@tun
 import type { ReferenceWeights } from "@tuneloom/model/cpu-reference.ts";
 import { CpuReferenceEngine } from "./cpu-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
-import { mergeLoraAdapter, type AdapterConfig } from "./lora-merge.ts";
+import { addLoraDelta, readPeftAdapter } from "@tuneloom/model/gpu/adapter.ts";
 
 export class TemplateMismatchError extends Error {
   override name = "TemplateMismatchError";
@@ -84,9 +84,6 @@ class CachedWeights implements ReferenceWeights {
     if (!w) this.cache.set(name, (w = this.store.toFloat32(name)));
     return w;
   }
-  shape(name: string): number[] {
-    return this.store.info(name).shape;
-  }
 }
 
 export interface LoadOptions {
@@ -97,10 +94,20 @@ export interface LoadOptions {
   maxBatchSize?: number;
 }
 
+/** What was folded in: s = alpha/r (alpha/√r with rsLoRA), and the adapted projections. */
+export interface MergedAdapter {
+  rank: number;
+  alpha: number;
+  rslora: boolean;
+  scale: number;
+  /** `model.layers.0.self_attn.q_proj`, ... in layer order. */
+  merged: string[];
+}
+
 export interface LoadedModel {
   engine: CpuReferenceEngine;
   config: ModelConfig;
-  adapter: { config: AdapterConfig; merged: string[] } | null;
+  adapter: MergedAdapter | null;
 }
 
 export function loadCpuReferenceEngine(options: LoadOptions): LoadedModel {
@@ -112,9 +119,13 @@ export function loadCpuReferenceEngine(options: LoadOptions): LoadedModel {
   const store = openCheckpoint(modelDir);
   store.expectTensors(expectedTensors(config));
   const weights = new CachedWeights(store);
-  const adapter = adapterDir
-    ? mergeLoraAdapter(adapterDir, { has: (n) => weights.has(n), get: (n) => weights.toFloat32(n), shape: (n) => weights.shape(n) })
-    : null;
+  // The CPU reference has no LoRA path: fold W' = W + s·B·A into the cached float32 weights.
+  let adapter: MergedAdapter | null = null;
+  if (adapterDir) {
+    const peft = readPeftAdapter(adapterDir, config);
+    for (const m of peft.modules) addLoraDelta(weights.toFloat32(`${m.base}.weight`), m.A, m.B, peft.scale, m.outFeatures, m.inFeatures, peft.rank);
+    adapter = { rank: peft.rank, alpha: peft.alpha, rslora: peft.rslora, scale: peft.scale, merged: peft.modules.map((m) => m.base) };
+  }
   const modelId = options.modelId ?? basename(resolve(adapterDir ?? modelDir));
   const engine = new CpuReferenceEngine({
     modelId,

@@ -62,7 +62,7 @@ describe("adapter loading", () => {
   test("merge: every targeted weight becomes W + (α/r)·B·A; untouched weights stay", () => {
     const dir = writeAdapter("plain", { r: 4, alpha: 8, template: ADAPTER_TEMPLATE });
     const { engine, adapter } = loadCpuReferenceEngine({ modelDir: model.dir, adapterDir: dir });
-    expect(adapter!.config.scaling).toBe(2);
+    expect(adapter!.scale).toBe(2);
     expect(adapter!.merged).toEqual([
       "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj",
     ]);
@@ -89,7 +89,7 @@ describe("adapter loading", () => {
   test("rsLoRA scales by α/√r", () => {
     const dir = writeAdapter("rslora", { r: 4, alpha: 8, rslora: true, template: ADAPTER_TEMPLATE });
     const { adapter } = loadCpuReferenceEngine({ modelDir: model.dir, adapterDir: dir });
-    expect(adapter!.config.scaling).toBe(4);
+    expect(adapter!.scale).toBe(4);
   });
 
   test("the adapter's chat_template.jinja is served, and the adapter changes the output", async () => {
@@ -130,9 +130,9 @@ describe("adapter loading", () => {
 
   test("a malformed adapter is refused with the reason", () => {
     const dir = writeAdapter("bad-module", { r: 2, alpha: 2, template: ADAPTER_TEMPLATE, modules: ["self_attn.q_proj"] });
-    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ r: 3, lora_alpha: 2 }));
+    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r: 3, lora_alpha: 2, target_modules: ["q_proj"] }));
     expect(() => loadCpuReferenceEngine({ modelDir: model.dir, adapterDir: dir })).toThrow(/expected \[3, 64\]/);
-    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ r: 2, lora_alpha: 2, use_dora: true }));
+    writeFileSync(join(dir, "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r: 2, lora_alpha: 2, target_modules: ["q_proj"], use_dora: true }));
     expect(() => loadCpuReferenceEngine({ modelDir: model.dir, adapterDir: dir })).toThrow(/DoRA/);
   });
 });

@@ -41,7 +41,7 @@ export async function run(argv: string[]): Promise<number> {
   console.log(t.source);
   console.log(`--- end of chat template (sha256 ${t.sha256})`);
   if (adapter)
-    console.log(`adapter merged: r=${adapter.config.r}, scaling=${adapter.config.scaling}, ${adapter.merged.length} module(s): ${adapter.merged.join(", ")}`);
+    console.log(`adapter merged: r=${adapter.rank}, alpha=${adapter.alpha}${adapter.rslora ? " (rsLoRA)" : ""}, scale=${adapter.scale}, ${adapter.merged.length} projection(s)`);
   console.log(`engine: CPU reference (float64, exact, slow); model '${engine.modelId}', context ${engine.maxContext}`);
 
   const server = createServer({
