@@ -262,7 +262,7 @@ describe("decode against the last row of full attention", () => {
   // three sequences in their own cache slots (continuous batching), different lengths
   const slots = [{ offset: 0, len: 37 }, { offset: 40, len: 1 }, { offset: 50, len: 46 }];
 
-  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number }) {
+  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number; auto?: boolean }) {
     const B = slots.length;
     const seqs = slots.map((s) => {
       const P = problem(nH, nKV, hd, packed([s.len]), { window: opts.window ?? 0 });
@@ -314,12 +314,12 @@ describe("decode against the last row of full attention", () => {
     });
     const out = rt.empty("f32", [B, nH, hd]), lse = rt.empty("f32", [B, nH]);
     const splits = opts.splits ?? 1;
-    const scratch = splits > 1 ? rt.empty("f32", [attentionDecodeScratchSize(B, nH, hd, splits)]) : undefined;
+    const scratch = splits > 1 || opts.auto ? rt.empty("f32", [attentionDecodeScratchSize(B, nH, hd, opts.auto ? 8 : splits)]) : undefined;
     attentionDecode(rec, {
       q: up("f32", [B, nH, hd], qNew), kCache, vCache,
       offsets: up("u32", [B], Uint32Array.from(slots, (s) => s.offset)),
       lengths: up("u32", [B], Uint32Array.from(slots, (s) => s.len)),
-      out, lse, window: opts.window, splits, scratch, maxLength: opts.maxLength,
+      out, lse, window: opts.window, splits: opts.auto ? undefined : splits, scratch, maxLength: opts.maxLength,
     });
     rec.submit();
     const got = await rt.read(out), gotLse = await rt.read(lse);
@@ -339,6 +339,7 @@ describe("decode against the last row of full attention", () => {
   test("f32 cache, split-K 4 (flash-decoding) with a low length hint", () => decodeCase({ dtype: "f32", splits: 4, maxLength: 20 }));
   test("f32 cache, sliding window 9, split-K 3", () => decodeCase({ dtype: "f32", splits: 3, window: 9 }));
   test("f16 cache", () => decodeCase({ dtype: "f16", splits: 2 }));
+  test("f32 cache, splits chosen automatically (3 of 32 keys: maxT 96)", () => decodeCase({ dtype: "f32", auto: true }));
 });
 
 describe("argument checks name the kernel", () => {
