@@ -12,7 +12,10 @@ import { cpuReferenceForward, type ReferenceWeights } from "@tuneloom/model/cpu-
 import type { ModelConfig } from "@tuneloom/model/config.ts";
 import { AsyncQueue } from "./async-queue.ts";
 import type { EngineChatTemplate, EngineTokenizer, GenerationRequest, InferenceEngine, TokenEvent } from "./engine.ts";
-import { sampleToken, seededUniform, tokenLogprob, topLogprobs } from "./sampling.ts";
+// The same sampling semantics (temperature → top-k → top-p, inverse CDF in index order) and the same
+// seeded uniform stream as the GPU generator, so a seeded request samples the same tokens on both.
+import { sampleRef, topLogprobsRef } from "@tuneloom/kernels/sampling.ts";
+import { uniformStream } from "@tuneloom/model/gpu/generator.ts";
 
 interface Sequence {
   request: GenerationRequest;
@@ -87,7 +90,7 @@ export class CpuReferenceEngine implements InferenceEngine {
       request,
       ids: [...request.promptIds],
       generated: 0,
-      uniform: seededUniform(seed),
+      uniform: uniformStream(seed),
       stopIds: new Set(request.stopTokenIds),
       signal,
       events,
@@ -146,15 +149,20 @@ export class CpuReferenceEngine implements InferenceEngine {
     const all = cpuReferenceForward(this.config, this.weights, seq.ids); // (T, V)
     const logits = all.subarray((seq.ids.length - 1) * V, seq.ids.length * V); // (V)
     // Rows a checkpoint pads its vocabulary with are not tokens: never sample them.
-    const n = Math.min(V, this.tokenizer.vocabSize);
-    const tokenId = sampleToken(logits, request, seq.uniform, n);
+    const row = logits.subarray(0, Math.min(V, this.tokenizer.vocabSize));
+    // One draw per token, greedy or not, as the GPU generator does, so streams stay aligned.
+    const u = seq.uniform();
+    const { token: tokenId, logprob } = sampleRef(row, { temperature: request.temperature, topK: request.topK, topP: request.topP }, u);
     seq.ids.push(tokenId);
     seq.generated++;
     const finishReason = seq.stopIds.has(tokenId) ? "stop" : seq.generated >= request.maxTokens ? "length" : null;
     seq.events.push({
       tokenId,
-      logprob: request.logprobs ? tokenLogprob(logits, tokenId, n) : null,
-      topLogprobs: request.logprobs && request.topLogprobs > 0 ? topLogprobs(logits, request.topLogprobs, n) : null,
+      logprob: request.logprobs ? logprob : null,
+      topLogprobs:
+        request.logprobs && request.topLogprobs > 0
+          ? topLogprobsRef(row, request.topLogprobs).map(({ token, logprob }) => ({ tokenId: token, logprob }))
+          : null,
       finishReason,
     });
     if (finishReason) this.leave(seq, "finished");
