@@ -3,3 +3,4 @@ export * from "./lora.ts";
 export * from "./decoder-layer.ts";
 export * from "./model.ts";
 export * from "./generator.ts";
+export * from "./adapter.ts";
