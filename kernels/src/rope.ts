@@ -33,8 +33,11 @@ export interface RopeConfig {
  *            original_max/high_freq_factor are kept, longer than original_max/low_freq_factor
  *            are divided by factor, and those between are blended with
  *            smooth = (original_max/wavelen − low_freq_factor) / (high_freq_factor − low_freq_factor).
- * transformers evaluates these formulas in float32 torch ops, so its values can differ from
- * these (correctly rounded) ones by an ulp. The attention scaling of all three types is 1.
+ * transformers evaluates these formulas in float32 torch ops, so its values differ from these
+ * (correctly rounded) ones by up to ~3 ulps (measured against transformers 5.17: 2.8e-7 relative
+ * for Llama-3.1-8B, 2.0e-7 for Llama-3.2-1B). At position p that shifts θ by up to p·3e-7 rad:
+ * negligible for short contexts, ~0.04 rad at p = 131072 (RoPE output vs transformers over
+ * positions up to 131072: 6.9e-4 relative). The attention scaling of all three types is 1.
  */
 export function ropeInvFreq(config: RopeConfig): Float32Array {
   const { headDim, ropeTheta } = config;
