@@ -201,7 +201,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
-        state: { step, dataPosition: loader.position, rng: rng.getState(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
+        state: { step, dataPosition: loader.position, rng: rng.state(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
     }
   }
