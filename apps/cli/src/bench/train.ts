@@ -1,0 +1,61 @@
+/**
+ * `bun run bench -- --train --model NAME --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing]`:
+ * the LoRA training step of a random-weight model of the published shape, set up like
+ * shared/bench/peft_bench.py (r=16, α=32, no dropout, q,k,v,o,gate,up,down; AdamW; loss over
+ * every token; tokens/s = batch·seq / median step time after 3 warm-up steps).
+ * peak_gib is the peak of the GPU buffers tuneloom allocated (weights, activations, state).
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { GpuModel, writeTinyModel } from "@tuneloom/model";
+import { type Batch, LoraTrainer, parseLoraConfig } from "@tuneloom/trainer";
+import { writeBenchModel } from "./model-shapes.ts";
+
+export interface TrainBenchOptions {
+  model: string;
+  batch: number;
+  seq: number;
+  rank: number;
+  steps: number;
+  gradientCheckpointing: boolean;
+  weightDtype?: "f32" | "f16" | "bf16";
+}
+
+export async function benchTrain(o: TrainBenchOptions) {
+  const dir = mkdtempSync(path.join(tmpdir(), "tuneloom-bench-"));
+  try {
+    if (o.model === "tiny") writeTinyModel(dir, { arch: "llama", seed: 1 });
+    else writeBenchModel(o.model, dir);
+    const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
+    const rt = model.rt;
+    const trainer = new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
+      gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
+    });
+    const B = o.batch, S = o.seq, T = B * S, V = model.cfg.vocabSize;
+    let s = 12345;
+    const ids = Int32Array.from({ length: T }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V));
+    const labels = Int32Array.from({ length: T }, (_, t) => ((t + 1) % S === 0 ? -100 : ids[t + 1]!));
+    const batch: Batch = {
+      inputIds: ids, labels, positions: Int32Array.from({ length: T }, (_, t) => t % S), seqIds: Int32Array.from({ length: T }, (_, t) => Math.floor(t / S)),
+      numTargets: B * (S - 1), numSequences: B, numTokens: T, rows: B, rowLength: S,
+    };
+    rt.memory.resetPeak();
+    const times: number[] = [];
+    let loss = 0;
+    for (let i = 0; i < o.steps; i++) {
+      const t0 = performance.now();
+      loss = (await trainer.step([batch], 1e-4, i + 1)).loss;
+      times.push(performance.now() - t0);
+    }
+    const timed = times.slice(3).sort((a, b) => a - b);
+    const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
+    return {
+      op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      step_ms: Math.round(med * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
+      loss: Math.round(loss * 1000) / 1000, device: rt.caps.description,
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
