@@ -123,7 +123,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       if (tid < BC) { colSeq[tid] = seqAt(k0 + tid); }
       workgroupBarrier();
       // s = scale·q·kᵀ   (BR, BC)
-      var s = array<array<f32, 4>, 4>(); // explicit zero: a bare `var x: T;` in a loop kept its value across iterations on lavapipe
+      var s = array<array<f32, 4>, 4>(); // explicit zero: this Dawn (webgpu 0.6.2) does not re-zero a bare `var x: T;` on each loop iteration (lavapipe and H200)
       for (var d = 0u; d < HD; d++) {
         var a: array<f32, 4>;
         var b: array<f32, 4>;
