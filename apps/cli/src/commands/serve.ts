@@ -5,9 +5,12 @@
  * it is listening. SIGTERM/SIGINT drain: new requests get 503, running ones finish, then exit.
  *
  * Extra flags: --served-model-name NAME, --max-running N (sequences in the batch),
- * --max-queued N (waiting beyond that, then 429), --max-body-bytes N (then 413).
+ * --max-queued N (waiting beyond that, then 429), --max-body-bytes N (then 413),
+ * --engine gpu|cpu (default gpu: WebGPU with a KV cache and continuous batching; cpu: the float64
+ * reference, exact and slow), --max-context N (GPU: KV rows per sequence, default min(model's, 4096)).
  */
-import { createServer, loadCpuReferenceEngine } from "@tuneloom/server";
+import { createServer, loadCpuReferenceEngine, type InferenceEngine } from "@tuneloom/server";
+import { loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
 import { parseFlags } from "../args.ts";
 
 const FLAGS = {
@@ -20,6 +23,8 @@ const FLAGS = {
   "max-running": "number",
   "max-queued": "number",
   "max-body-bytes": "number",
+  engine: "string",
+  "max-context": "number",
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -30,19 +35,39 @@ export async function run(argv: string[]): Promise<number> {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be an integer in 0..65535, got ${port}`);
   const apiKey = flags["api-key"] ?? process.env.TUNELOOM_API_KEY;
 
-  const { engine, adapter } = loadCpuReferenceEngine({
-    modelDir: flags.model,
-    adapterDir: flags.adapter,
-    modelId: flags["served-model-name"],
-    maxBatchSize: flags["max-running"],
-  });
+  const kind = flags.engine ?? "gpu";
+  if (kind !== "gpu" && kind !== "cpu") throw new Error(`--engine must be gpu or cpu, got '${kind}'`);
+  let engine: InferenceEngine;
+  let adapterLine: string | null = null;
+  let engineLine: string;
+  if (kind === "cpu") {
+    const loaded = loadCpuReferenceEngine({
+      modelDir: flags.model,
+      adapterDir: flags.adapter,
+      modelId: flags["served-model-name"],
+      maxBatchSize: flags["max-running"],
+    });
+    engine = loaded.engine;
+    const a = loaded.adapter;
+    if (a) adapterLine = `adapter merged: r=${a.rank}, alpha=${a.alpha}${a.rslora ? " (rsLoRA)" : ""}, scale=${a.scale}, ${a.merged.length} projection(s)`;
+    engineLine = `engine: CPU reference (float64, exact, slow); model '${engine.modelId}', context ${engine.maxContext}`;
+  } else {
+    const loaded = await loadGpuEngine(flags.model, flags.adapter, {
+      modelId: flags["served-model-name"],
+      maxBatchSize: flags["max-running"],
+      maxContext: flags["max-context"],
+    });
+    engine = loaded.engine;
+    const a = loaded.adapter;
+    if (a) adapterLine = `adapter on the GPU: r=${a.rank}, alpha=${a.alpha}${a.rslora ? " (rsLoRA)" : ""}, scale=${a.scale}, ${a.modules.length} projection(s)`;
+    engineLine = `engine: GPU (${loaded.engine.model.rt.caps.description}); model '${engine.modelId}', ${engine.maxBatchSize} sequences of context ${engine.maxContext}`;
+  }
   const t = engine.chatTemplate;
   console.log(`chat template (${t.origin}), sha256 ${t.sha256}:`);
   console.log(t.source);
   console.log(`--- end of chat template (sha256 ${t.sha256})`);
-  if (adapter)
-    console.log(`adapter merged: r=${adapter.rank}, alpha=${adapter.alpha}${adapter.rslora ? " (rsLoRA)" : ""}, scale=${adapter.scale}, ${adapter.merged.length} projection(s)`);
-  console.log(`engine: CPU reference (float64, exact, slow); model '${engine.modelId}', context ${engine.maxContext}`);
+  if (adapterLine) console.log(adapterLine);
+  console.log(engineLine);
 
   const server = createServer({
     engine,
