@@ -283,10 +283,10 @@ for (const arch of ARCHS) {
         const rendered = renderChatTemplate(tok.chatTemplate!, {
           messages: chat.messages,
           add_generation_prompt: chat.add_generation_prompt,
-          bos_token: tok.bosToken,
-          eos_token: tok.eosToken,
-          pad_token: tok.padToken,
-          unk_token: tok.unkToken,
+          bos_token: tok.bosToken ?? undefined,
+          eos_token: tok.eosToken ?? undefined,
+          pad_token: tok.padToken ?? undefined,
+          unk_token: tok.unkToken ?? undefined,
         });
         expect(rendered).toBe(chat.rendered!);
         expect(tok.encode(rendered, { addSpecialTokens: false }).ids).toEqual(chat.ids!);

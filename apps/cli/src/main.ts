@@ -30,3 +30,5 @@ try {
   code = 1;
 }
 process.exit(code);
+
+export {};

@@ -61,7 +61,7 @@ async function exactMatch(model: GpuModel, modelDir: string, lora: readonly Laye
   let right = 0;
   for (const row of rows) {
     const { prompt, answer } = demoQuestion(row);
-    const text = renderChatTemplate(template, { messages: prompt, add_generation_prompt: true, eos_token: tok.eosToken, bos_token: tok.bosToken });
+    const text = renderChatTemplate(template, { messages: prompt, add_generation_prompt: true, eos_token: tok.eosToken ?? undefined, bos_token: tok.bosToken ?? undefined });
     const ids = tok.encode(text, { addSpecialTokens: false }).ids;
     const out = await generateIds(model, ids, { maxTokens: 8, sampling: { temperature: 0 }, stopTokenIds: [tok.eosId!], lora });
     if (demoAnswerMatches(tok.decode(out.ids, { skipSpecialTokens: true }), answer)) right++;
