@@ -21,6 +21,7 @@ export function writeBenchModel(name: string, dir: string): ModelConfig {
   mkdirSync(dir, { recursive: true });
   writeFileSync(path.join(dir, "config.json"), JSON.stringify(toTransformersConfig(cfg), null, 2));
   let s = 0x9e3779b9;
+  const f32 = new Float32Array(1), u32 = new Uint32Array(f32.buffer);
   const tensors = expectedTensors(cfg).map((spec) => {
     const n = spec.shape.reduce((a, b) => a * b, 1);
     const bits = new Uint16Array(n);
@@ -29,7 +30,8 @@ export function writeBenchModel(name: string, dir: string): ModelConfig {
       s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
       // uniform in ±0.0346 (std 0.02) as bf16: take the top half of the f32 bits
       const v = isNorm ? 1 : ((s >>> 0) / 4294967296 - 0.5) * 0.0693;
-      bits[i] = new Uint32Array(new Float32Array([v]).buffer)[0]! >>> 16;
+      f32[0] = v;
+      bits[i] = u32[0]! >>> 16;
     }
     return { name: spec.name, dtype: "BF16" as const, shape: [...spec.shape], data: bits };
   });
