@@ -21,6 +21,7 @@
 import { type DType, BYTES_PER_ELEMENT } from "./dtype.ts";
 import { Params, cdiv } from "./params.ts";
 import { matmul } from "./matmul.ts";
+import { hasTensorCoreMatmul, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
 import crossEntropyWgsl from "./cross-entropy.wgsl" with { type: "text" };
@@ -163,11 +164,18 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
   const params = (n: number, v0: number, flags: number, scale = 0) =>
     new Params(8).u32(T).u32(n).u32(v0).u32(V).f32(scale).u32(flags).u32(0).u32(0).buffer;
 
+  // logits (T, n) = h·W_cᵀ for the chunk at v0; on tensor cores h is rounded to f16 once, not per chunk.
+  const h16 = hasTensorCoreMatmul(rt) && w.dtype === "f16" ? toF16(rec, h) : null;
+  const chunkLogits = (v0: number, n: number, logits: Tensor) => {
+    const args = { a: h, b: rowSlice(w, v0, n, C), c: logits, M: T, N: n, K: C, transB: true };
+    if (h16 && !tensorCoreUnsupported({ ...args, a: h16 })) matmulTensorCore(rec, { ...args, a: h16 });
+    else matmul(rec, args);
+  };
   // forward: logits chunk by chunk, online (max, sum-exp) per row
   for (let v0 = 0; v0 < V; v0 += chunk) {
     const n = Math.min(chunk, V - v0);
     const logits = ws.logits.view([T * chunk]);
-    matmul(rec, { a: h, b: rowSlice(w, v0, n, C), c: logits, M: T, N: n, K: C, transB: true }); // (T, n) = h·W_cᵀ
+    chunkLogits(v0, n, logits);
     rec.dispatch(`ce_chunk_stats v0=${v0}`, pStats, params(n, v0, v0 === 0 ? FIRST_CHUNK : 0), [logits, labels, ws.state], [T]);
   }
   const flags = (args.accumulateLoss ? ACCUM_LOSS : 0) | (args.nll ? HAS_NLL : 0) | (args.nonFinite ? HAS_FLAG : 0);
@@ -179,7 +187,7 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
     for (let v0 = 0; v0 < V; v0 += chunk) {
       const n = Math.min(chunk, V - v0);
       const logits = ws.logits.view([T * chunk]);
-      matmul(rec, { a: h, b: rowSlice(w, v0, n, C), c: logits, M: T, N: n, K: C, transB: true }); // recompute (T, n)
+      chunkLogits(v0, n, logits); // recompute (T, n)
       rec.dispatch(`ce_chunk_backward v0=${v0}`, pBack, params(n, v0, 0, args.scale), [logits, labels, ws.state], [cdiv(n, 256), T]);
       // backward of  logits = h · W_cᵀ :
       if (args.dh) { // dh (T, C) += dlogits (T, n) · W_c (n, C)
@@ -191,6 +199,7 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
       }
     }
   }
+  if (h16) rec.recycle(h16);
   if (ownWs) releaseCrossEntropyWorkspace(rt, ws);
 }
 

@@ -14,6 +14,8 @@ import { GpuUnavailableError } from "./errors.ts";
 Object.assign(globalThis, globals);
 
 export const DAWN_TOGGLES = "enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia";
+/** Full-resolution GPU timestamps for the profiler (Dawn quantizes them by default). */
+export const DAWN_DISABLED = "disable-dawn-features=timestamp_quantization";
 
 export interface SubgroupMatrixConfig {
   componentType: string;
@@ -114,7 +116,7 @@ function readCapabilities(adapter: GPUAdapter): Capabilities {
 export async function acquireDevice(): Promise<AcquiredDevice> {
   let gpu: GPU;
   try {
-    gpu = create([DAWN_TOGGLES]) as unknown as GPU;
+    gpu = create([DAWN_TOGGLES, DAWN_DISABLED]) as unknown as GPU;
   } catch (err) {
     throw new GpuUnavailableError(`loading dawn.node failed: ${(err as Error).message}`);
   }

@@ -3,7 +3,9 @@ import { wgslLoader } from "./load16.ts";
 import { cdiv, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
+import { flatGrid } from "./elementwise.ts";
 import matmulWgsl from "./matmul.wgsl" with { type: "text" };
+import splitKWgsl from "./matmul-splitk.wgsl" with { type: "text" };
 
 const sources = new Map<DType, KernelSource>();
 function matmulSource(bDtype: DType): KernelSource {
@@ -65,6 +67,8 @@ export function matmul(rec: Recorder, args: MatmulArgs) {
   if (args.bias) expectTensor("matmul", "bias", args.bias, "f32", [N]);
 
   const rt = rec.rt;
+  const splits = batch === 1 ? splitKFactor(M, N, K) : 1;
+  if (splits > 1) return matmulSplitK(rec, { ...args, lda, ldb, ldc }, splits);
   const pipeline = rt.pipeline(matmulSource(b.dtype), {
     TRANS_A: transA ? 1 : 0,
     TRANS_B: transB ? 1 : 0,
@@ -76,6 +80,48 @@ export function matmul(rec: Recorder, args: MatmulArgs) {
     .u32(strideC).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(0);
   rec.dispatch(`matmul ${M}x${N}x${K}${transA ? " tA" : ""}${transB ? " tB" : ""}`, pipeline, params.buffer,
     [a, b, args.bias ?? rt.placeholder, c], [cdiv(N, 64), cdiv(M, 64), batch]);
+}
+
+/** Workgroups that keep the H200's 132 SMs busy (two per SM); fewer tiles than this get split along K. */
+const SPLIT_K_TARGET_GRID = 264;
+const SPLIT_K_MIN_CHUNK = 64;
+
+/**
+ * How many K-chunks to split a (M, N, K) product into: 1 when its 64×64 tiles already fill the
+ * GPU or K is short; else a divisor of K (chunks of at least 64) that brings the grid near
+ * SPLIT_K_TARGET_GRID. Skinny LoRA products (r = 16 on one side, K = tokens) need it most.
+ */
+export function splitKFactor(M: number, N: number, K: number): number {
+  const grid = cdiv(M, 64) * cdiv(N, 64);
+  if (grid >= SPLIT_K_TARGET_GRID / 2 || K < 2 * SPLIT_K_MIN_CHUNK) return 1;
+  const want = Math.min(Math.ceil(SPLIT_K_TARGET_GRID / grid), Math.floor(K / SPLIT_K_MIN_CHUNK));
+  for (let d = 0; d <= want; d++) {
+    for (const s of [want + d, want - d]) if (s >= 2 && s * SPLIT_K_MIN_CHUNK <= K && K % s === 0) return s;
+  }
+  return 1;
+}
+
+const splitKReduce: KernelSource = { name: "matmul_splitk_reduce", code: splitKWgsl };
+
+/**
+ * C = alpha·op(A)·op(B) (+ bias) + beta·C as `splits` independent K-chunk products (workgroup z
+ * = chunk, written to a scratch (splits, M, N)), then one reduction pass that applies alpha,
+ * bias and beta. Same result as matmul() up to f32 summation order.
+ */
+function matmulSplitK(rec: Recorder, args: MatmulArgs & { lda: number; ldb: number; ldc: number }, splits: number) {
+  const { M, N, K, lda, ldb } = args;
+  const transA = args.transA ?? false, transB = args.transB ?? false;
+  const Kc = K / splits;
+  const part = rec.scratch("f32", [splits, M, N], "splitk_partials");
+  matmul(rec, {
+    a: args.a, b: args.b, c: part, M, N, K: Kc, transA, transB, lda, ldb, ldc: N, batch: splits,
+    // chunk z starts Kc rows down (K is the row index of a stored A (K, M) / B (K, N)) or Kc columns across
+    strideA: transA ? Kc * lda : Kc, strideB: transB ? Kc : Kc * ldb, strideC: M * N,
+  });
+  const params = new Params(8).u32(M).u32(N).u32(args.ldc).u32(splits).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(0).u32(0);
+  rec.dispatch(`matmul_splitk_reduce ${M}x${N} s=${splits}`, rec.rt.pipeline(splitKReduce, { HAS_BIAS: args.bias ? 1 : 0 }), params.buffer,
+    [part, args.bias ?? rec.rt.placeholder, args.c], flatGrid(M * N));
+  rec.recycle(part);
 }
 
 /** y (T, out) = x (T, in) · Wᵀ, W (out, in) in f32/f16/bf16, + bias (out). `beta = 1` adds into y. */

@@ -19,6 +19,8 @@ export interface KernelSource {
 
 export class GpuRuntime {
   readonly memory = new MemoryTracker();
+  /** When set, every Recorder.submit() is timed per dispatch and its timings land here. */
+  profiled: Promise<DispatchTiming[]>[] | null = null;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly modules = new Map<string, GPUShaderModule>();
   private readonly pool = new Map<string, GPUBuffer[]>();
@@ -293,6 +295,13 @@ export class GpuRuntime {
 const UNIFORM_ALIGN = 256;
 const UNIFORM_CHUNK = 64 * 1024;
 
+/** One dispatch's GPU time from Recorder.submitProfiled(). */
+export interface DispatchTiming {
+  label: string;
+  kernel: string;
+  ms: number;
+}
+
 interface DispatchOp {
   kind: "dispatch";
   label: string;
@@ -325,7 +334,34 @@ export class Recorder {
   private chunkUsed = UNIFORM_CHUNK;
   private readonly staged: { buffer: GPUBuffer; offset: number; data: ArrayBuffer }[] = [];
 
+  /** Scratch buffers this recording holds until release(): all, and those free for reuse by size. */
+  private readonly scratchAll: GPUBuffer[] = [];
+  private readonly scratchFree = new Map<number, GPUBuffer[]>();
+
   constructor(readonly rt: GpuRuntime, readonly label: string) {}
+
+  /**
+   * A temporary tensor for work recorded after this call, held until release(). Give it back
+   * with recycle() once the last dispatch that uses it is recorded: later dispatches of this
+   * recording may then reuse its buffer (WebGPU orders them after the earlier ones).
+   */
+  scratch(dtype: DType, shape: readonly number[], label = "scratch"): Tensor {
+    const size = poolBucketSize(Math.max(4, storageBytes(dtype, numelOf(shape))));
+    let buffer = this.scratchFree.get(size)?.pop();
+    if (!buffer) {
+      buffer = this.rt.acquireBuffer(size, `${this.label}:${label}`);
+      this.scratchAll.push(buffer);
+    }
+    return new Tensor(buffer, dtype, shape, 0, label);
+  }
+
+  /** Returns a scratch() tensor for reuse by dispatches recorded from now on. */
+  recycle(t: Tensor) {
+    const size = poolBucketSize(Math.max(4, t.byteLength));
+    let list = this.scratchFree.get(size);
+    if (!list) this.scratchFree.set(size, (list = []));
+    list.push(t.buffer);
+  }
 
   get length() {
     return this.ops.length;
@@ -384,6 +420,46 @@ export class Recorder {
 
   /** Encodes and submits all recorded work as one command buffer. */
   submit() {
+    if (this.rt.profiled) this.rt.profiled.push(this.submitProfiled());
+    else this.encodeAndSubmit(null);
+  }
+
+  /**
+   * Like submit(), but each dispatch runs in its own compute pass with GPU timestamps around
+   * it (needs the timestamp-query feature). Resolves, once the work is done, to one entry per
+   * dispatch in recording order: its label, its pipeline's label and its GPU time in ms.
+   * For finding where time goes; per-pass timing serialises dispatches, so the total is an
+   * upper bound of submit()'s.
+   */
+  async submitProfiled(): Promise<DispatchTiming[]> {
+    const rt = this.rt;
+    if (!rt.caps.timestampQuery) throw new Error("submitProfiled: this device has no timestamp-query feature");
+    const dispatches = this.ops.filter((op): op is DispatchOp => op.kind === "dispatch");
+    const n = dispatches.length;
+    if (n === 0) {
+      this.submit();
+      return [];
+    }
+    const perSet = 2048; // 4096 timestamps: WebGPU's query set size limit
+    const sets = Array.from({ length: Math.ceil(n / perSet) }, (_, i) =>
+      rt.device.createQuerySet({ type: "timestamp", count: 2 * Math.min(perSet, n - i * perSet) }));
+    const resolve = rt.device.createBuffer({ size: 16 * n, usage: 0x0200 | 0x0004, label: "profile:resolve" }); // QUERY_RESOLVE | COPY_SRC
+    const staging = rt.device.createBuffer({ size: 16 * n, usage: 0x0001 | 0x0008, label: "profile:readback" }); // MAP_READ | COPY_DST
+    this.encodeAndSubmit({ sets, perSet, resolve, staging, n });
+    await staging.mapAsync(0x0001);
+    const ns = new BigInt64Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    staging.destroy();
+    resolve.destroy();
+    for (const q of sets) q.destroy();
+    return dispatches.map((op, i) => ({
+      label: op.label,
+      kernel: op.pipeline.label,
+      ms: Number(ns[2 * i + 1]! - ns[2 * i]!) / 1e6,
+    }));
+  }
+
+  private encodeAndSubmit(profile: { sets: GPUQuerySet[]; perSet: number; resolve: GPUBuffer; staging: GPUBuffer; n: number } | null) {
     const rt = this.rt;
     rt.checkErrors();
     const queue = rt.device.queue;
@@ -391,12 +467,22 @@ export class Recorder {
     this.staged.length = 0;
     const enc = rt.device.createCommandEncoder({ label: this.label });
     let pass: GPUComputePassEncoder | null = null;
+    let d = 0;
     for (const op of this.ops) {
       if (op.kind === "dispatch") {
+        if (profile) {
+          const querySet = profile.sets[Math.floor(d / profile.perSet)]!, q = 2 * (d % profile.perSet);
+          pass = enc.beginComputePass({ label: op.label, timestampWrites: { querySet, beginningOfPassWriteIndex: q, endOfPassWriteIndex: q + 1 } });
+          d++;
+        }
         pass ??= enc.beginComputePass({ label: this.label });
         pass.setPipeline(op.pipeline);
         pass.setBindGroup(0, op.bindGroup);
         pass.dispatchWorkgroups(op.workgroups[0], op.workgroups[1], op.workgroups[2]);
+        if (profile) {
+          pass.end();
+          pass = null;
+        }
       } else {
         if (pass) {
           pass.end();
@@ -408,6 +494,13 @@ export class Recorder {
       }
     }
     pass?.end();
+    if (profile) {
+      profile.sets.forEach((set, i) => {
+        const count = 2 * Math.min(profile.perSet, profile.n - i * profile.perSet);
+        enc.resolveQuerySet(set, 0, count, profile.resolve, 16 * i * profile.perSet);
+      });
+      enc.copyBufferToBuffer(profile.resolve, 0, profile.staging, 0, 16 * profile.n);
+    }
     rt.device.pushErrorScope("validation");
     queue.submit([enc.finish()]);
     rt.trackErrorScope(this.label);
@@ -417,6 +510,9 @@ export class Recorder {
   release() {
     for (const b of this.uniformChunks) this.rt.destroyBuffer(b);
     this.uniformChunks.length = 0;
+    for (const b of this.scratchAll) this.rt.releaseBuffer(b);
+    this.scratchAll.length = 0;
+    this.scratchFree.clear();
     this.ops.length = 0;
   }
 }

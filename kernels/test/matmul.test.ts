@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul } from "../src/index.ts";
+import { getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, splitKFactor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -97,4 +97,43 @@ describe("linear-layer forms", () => {
     expect(() => linearForward(rec, tx, tw, ty)).toThrow(/linearForward: x has 8 features, W expects 9/);
     expect(() => matmul(rec, { a: tx, b: tw, c: ty, M: 40, N: 3, K: 8 })).toThrow(/matmul: a has 32 elements/);
   });
+});
+
+describe("split-K (skinny products with a long K)", () => {
+  test("splitKFactor splits only small grids with long K, into divisors of K", () => {
+    expect(splitKFactor(4096, 4096, 4096)).toBe(1); // plenty of tiles
+    expect(splitKFactor(16, 576, 100)).toBe(1); // K too short
+    for (const [M, N, K] of [[16, 576, 4096], [576, 16, 4096], [4096, 16, 576], [16, 1536, 4096]] as const) {
+      const s = splitKFactor(M, N, K);
+      expect(s).toBeGreaterThan(1);
+      expect(K % s).toBe(0);
+      expect(K / s).toBeGreaterThanOrEqual(64);
+    }
+  });
+
+  // The LoRA shapes: dA = dhᵀ·x (transA, M = r), dB = dyᵀ·h (transA, N = r), h = x·Aᵀ (transB, N = r),
+  // with alpha, beta = 1 over a random C and a bias, against float64.
+  const cases: [string, number, number, number, boolean, boolean][] = [
+    ["dA-like", 16, 96, 2048, true, false],
+    ["dB-like", 96, 16, 2048, true, false],
+    ["h-like", 256, 16, 576, false, true],
+    ["odd", 20, 40, 1152, false, false],
+  ];
+  for (const [name, M, N, K, transA, transB] of cases) {
+    test(`${name} M=${M} N=${N} K=${K} (splits ${splitKFactor(M, N, K)})`, async () => {
+      expect(splitKFactor(M, N, K)).toBeGreaterThan(1);
+      const a = randn(M * K), b = randn(K * N), bias = randn(N), c0 = randn(M * N);
+      const ta = rt.upload("f32", [M * K], a), tb = rt.upload("f32", [K * N], b), tbias = rt.upload("f32", [N], bias);
+      const tc = rt.upload("f32", [M, N], c0);
+      const rec = rt.recorder();
+      matmul(rec, { a: ta, b: tb, c: tc, bias: tbias, M, N, K, transA, transB, alpha: 0.75, beta: 1 });
+      rec.submit();
+      const out = await rt.read(tc);
+      rec.release();
+      const ref = matmulRef(a, b, M, N, K, transA, transB);
+      for (let i = 0; i < M * N; i++) ref[i] = 0.75 * ref[i]! + bias[i % N]! + c0[i]!;
+      expect(relError(out, ref)).toBeLessThan(1e-5);
+      rt.release(ta, tb, tbias, tc);
+    });
+  }
 });

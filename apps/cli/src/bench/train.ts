@@ -8,6 +8,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import type { GpuRuntime } from "@tuneloom/kernels";
 import { GpuModel, writeTinyModel } from "@tuneloom/model";
 import { type Batch, LoraTrainer, parseLoraConfig } from "@tuneloom/trainer";
 import { writeBenchModel } from "./model-shapes.ts";
@@ -20,6 +21,41 @@ export interface TrainBenchOptions {
   steps: number;
   gradientCheckpointing: boolean;
   weightDtype?: "f32" | "f16" | "bf16";
+  /** Also time one step per dispatch (GPU timestamps) and report the top kernels. */
+  profile?: boolean;
+}
+
+/**
+ * Runs `work` with every submit profiled; returns GPU ms per kernel family (the label's first
+ * word plus its shape), largest first, and the total.
+ */
+export async function profileStep(rt: GpuRuntime, work: () => Promise<unknown>) {
+  rt.profiled = [];
+  try {
+    await work();
+    const timings = (await Promise.all(rt.profiled)).flat();
+    const by = new Map<string, { ms: number; n: number }>();
+    for (const t of timings) {
+      const e = by.get(t.label) ?? { ms: 0, n: 0 };
+      e.ms += t.ms;
+      e.n++;
+      by.set(t.label, e);
+    }
+    const total = timings.reduce((s, t) => s + t.ms, 0);
+    const byKind = new Map<string, number>();
+    for (const t of timings) {
+      const kind = t.label.split(" ")[0]!;
+      byKind.set(kind, (byKind.get(kind) ?? 0) + t.ms);
+    }
+    const r = (x: number) => Math.round(x * 100) / 100;
+    return {
+      gpu_ms: r(total), dispatches: timings.length,
+      by_kind: Object.fromEntries([...byKind].sort((a, b) => b[1] - a[1]).map(([k, ms]) => [k, r(ms)])),
+      top: [...by].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25).map(([label, e]) => ({ label, ms: r(e.ms), n: e.n })),
+    };
+  } finally {
+    rt.profiled = null;
+  }
 }
 
 export async function benchTrain(o: TrainBenchOptions) {
@@ -48,12 +84,13 @@ export async function benchTrain(o: TrainBenchOptions) {
       loss = (await trainer.step([batch], 1e-4, i + 1)).loss;
       times.push(performance.now() - t0);
     }
+    const profile = o.profile ? await profileStep(rt, () => trainer.step([batch], 1e-4, o.steps + 1)) : undefined;
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
       op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
       step_ms: Math.round(med * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
-      loss: Math.round(loss * 1000) / 1000, device: rt.caps.description,
+      loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });

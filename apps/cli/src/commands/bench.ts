@@ -1,12 +1,15 @@
 import { getRuntime } from "@tuneloom/kernels";
 import { parseFlags } from "../args.ts";
-import { kernelBenchmarks } from "../bench/kernels.ts";
+import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
 import { benchTrain } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
 
 /**
- * `bun run bench -- --kernels [--quick]`, or
- * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32]`.
+ * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
+ *   published models' shapes (or tiny ones with --quick), one line per op and shape (bench/kernels.ts); exits 1
+ *   if an op failed or a relErr is over its tolerance, after running the rest. Or
+ * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile]`
+ *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--tokens 128] [--batch 1] [--weight-dtype ...]`.
  * Prints one JSON line per measurement.
  */
@@ -14,7 +17,7 @@ export async function run(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, {
     kernels: "boolean", quick: "boolean", train: "boolean", model: "string", batch: "number", seq: "number", rank: "number",
     steps: "number", "no-gradient-checkpointing": "boolean", "weight-dtype": "string",
-    decode: "boolean", tokens: "number",
+    decode: "boolean", tokens: "number", ops: "string", profile: "boolean",
   }, "bench");
   if (flags.decode) {
     const line = await benchDecode({
@@ -28,7 +31,7 @@ export async function run(argv: string[]): Promise<number> {
     const line = await benchTrain({
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
       steps: flags.steps ?? 8, gradientCheckpointing: !flags["no-gradient-checkpointing"],
-      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
     });
     console.log(JSON.stringify(line));
     return 0;
@@ -36,6 +39,22 @@ export async function run(argv: string[]): Promise<number> {
   if (!flags.kernels) throw new Error("say what to measure: --kernels, --train or --decode (see the command's doc)");
   const rt = await getRuntime();
   console.error(`bench: ${rt.caps.description} (${rt.caps.vendor})`);
-  for await (const line of kernelBenchmarks(rt, flags.quick ?? false)) console.log(JSON.stringify(line));
-  return 0;
+  let failed = 0;
+  const lines = kernelBenchmarks(rt, {
+    quick: flags.quick ?? false,
+    ops: flags.ops?.split(",").map((s) => s.trim()).filter(Boolean),
+    models: flags.model?.split(",").map((s) => s.trim()).filter(Boolean),
+    onError: (op, shape, err) => {
+      failed++;
+      console.error(`bench: ${op} (${shape}) failed: ${err instanceof Error ? err.message : String(err)}`);
+    },
+  });
+  for await (const line of lines) {
+    console.log(JSON.stringify(line));
+    if (!(line.relErr <= kernelTolerance(line))) {
+      failed++;
+      console.error(`bench: ${line.op} ${line.shape} relErr ${line.relErr} is over its tolerance ${kernelTolerance(line)}`);
+    }
+  }
+  return failed ? 1 : 0;
 }

@@ -1,0 +1,86 @@
+/**
+ * Tensor-core GEMM sweep: every tile configuration on the linear-layer shapes of the benchmark
+ * models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
+ * `{"op":"gemm_tc", "cfg", "shape", "transB", "ms", "tflops", "relErr"}`, relErr on sampled
+ * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
+ *   bun apps/cli/src/bench/gemm.ts [--quick] [--configs 4x2_2x2,4x4_1x1]
+ */
+import {
+  type GpuRuntime, type TcConfig, DEFAULT_TC_CONFIG, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, toF16,
+} from "@tuneloom/kernels";
+import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/testing.ts";
+import { sampledRelError, timeGpu } from "./timing.ts";
+
+const SHAPES: [string, number, number, number][] = [
+  ["4096^3", 4096, 4096, 4096],
+  ["smol up/gate 4096x1536x576", 4096, 1536, 576],
+  ["smol down 4096x576x1536", 4096, 576, 1536],
+  ["smol kv 4096x192x576", 4096, 192, 576],
+  ["smol head 4096x8192x576", 4096, 8192, 576],
+  ["qwen up 4096x4864x896", 4096, 4864, 896],
+  ["llama up 4096x8192x2048", 4096, 8192, 2048],
+];
+
+function parseCfg(s: string): TcConfig {
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)$/.exec(s);
+  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN, e.g. 4x2_2x2)`);
+  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]! };
+}
+const cfgName = (c: TcConfig) => `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}`;
+
+export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean) {
+  const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
+  for (const [name, M, N, K] of shapes) {
+    const aF = randn(M * K), bBits = toF16Bits(randn(N * K));
+    const aBits = toF16Bits(aF), a = fromF16Bits(aBits), b = fromF16Bits(bBits);
+    const ta32 = rt.upload("f32", [M, K], a), ta = rt.upload("f16", [M, K], aBits), tb = rt.upload("f16", [N * K], bBits);
+    const tc = rt.empty("f32", [M, N]);
+    const flops = 2 * M * N * K;
+    const iters = Math.max(3, Math.min(200, Math.round(2e12 / flops)));
+    for (const transB of [true, false]) {
+      // C[m][n] = Σ_k A[m][k]·B(k, n); transB: B stored (N, K), else (K, N).
+      const ref = (i: number) => {
+        const m = Math.floor(i / N), n = i % N;
+        let s = 0;
+        for (let k = 0; k < K; k++) s += a[m * K + k]! * (transB ? b[n * K + k]! : b[k * N + n]!);
+        return s;
+      };
+      for (const cfg of configs) {
+        let ms: number;
+        try {
+          ms = await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), iters);
+        } catch (e) {
+          yield { op: "gemm_tc", cfg: cfgName(cfg), shape: name, transB, error: String((e as Error).message).slice(0, 300) };
+          continue;
+        }
+        const relErr = sampledRelError(await rt.read(tc), ref, 256);
+        yield { op: "gemm_tc", cfg: cfgName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr };
+      }
+      // The whole f32-activation path as the trainer uses it: convert A, then the GEMM.
+      const msConv = await timeGpu(rt, (rec) => {
+        const a16 = toF16(rec, ta32);
+        matmulTensorCore(rec, { a: a16, b: tb, c: tc, M, N, K, transB });
+        rec.recycle(a16);
+      }, iters);
+      yield { op: "gemm_tc+convert", cfg: cfgName(DEFAULT_TC_CONFIG), shape: name, transB, ms: +msConv.toFixed(4), tflops: +(flops / msConv / 1e9).toFixed(1) };
+      const msPortable = await timeGpu(rt, (rec) => matmul(rec, { a: ta32, b: tb, c: tc, M, N, K, transB }), Math.max(2, Math.round(iters / 8)));
+      yield { op: "gemm_portable_f32xf16", shape: name, transB, ms: +msPortable.toFixed(4), tflops: +(flops / msPortable / 1e9).toFixed(1) };
+    }
+    rt.release(ta32, ta, tb, tc);
+  }
+}
+
+if (import.meta.main) {
+  const args = process.argv.slice(2);
+  const quick = args.includes("--quick");
+  const ci = args.indexOf("--configs");
+  const configs = ci >= 0
+    ? args[ci + 1]!.split(",").map(parseCfg)
+    : ["2x2_1x1", "4x2_1x1", "4x4_1x1", "2x2_2x2", "4x2_2x2", "2x4_2x2", "4x4_2x2", "4x2_4x1", "2x2_4x2", "4x2_2x4"].map(parseCfg);
+  const rt = await getRuntime();
+  if (!hasTensorCoreMatmul(rt)) {
+    console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
+    process.exit(2);
+  }
+  for await (const line of gemmSweep(rt, configs, quick)) console.log(JSON.stringify(line));
+}

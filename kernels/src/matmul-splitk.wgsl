@@ -1,0 +1,25 @@
+// Split-K reduction: C = alpha · Σ_z P[z] (+ bias) + beta · C, P the (S, M, N) partial products
+// of K-chunks (matmul.wgsl with one chunk per workgroup z). One thread per element of C.
+
+override HAS_BIAS: bool = false;
+
+struct Params { M: u32, N: u32, ldc: u32, splits: u32, alpha: f32, beta: f32, _p0: u32, _p1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wg.y * nwg.x + wg.x) * 256u + lid;
+  let mn = p.M * p.N;
+  if (i >= mn) { return; }
+  var s = 0.0;
+  for (var z = 0u; z < p.splits; z++) { s += part[z * mn + i]; }
+  let m = i / p.N; let n = i % p.N;
+  let idx = m * p.ldc + n;
+  var v = p.alpha * s;
+  if (HAS_BIAS) { v += bias[n]; }
+  if (p.beta != 0.0) { v += p.beta * c[idx]; } // beta == 0 never reads C (it may hold NaN)
+  c[idx] = v;
+}
