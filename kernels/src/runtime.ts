@@ -19,6 +19,8 @@ export interface KernelSource {
 
 export class GpuRuntime {
   readonly memory = new MemoryTracker();
+  /** CPU time spent recording dispatches (bind groups, uniforms), for the benchmarks. */
+  readonly recordStats = { ms: 0, dispatches: 0 };
   /** When set, every Recorder.submit() is timed per dispatch and its timings land here. */
   profiled: Promise<DispatchTiming[]>[] | null = null;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
@@ -389,6 +391,22 @@ export class Recorder {
    * tensors follow at @binding(1..n) in order, as the kernel's WGSL declares them.
    */
   dispatch(
+    label: string,
+    pipeline: GPUComputePipeline,
+    params: ArrayBuffer | null,
+    tensors: (Tensor | GPUBufferBinding)[],
+    workgroups: [number, number?, number?],
+  ) {
+    const t0 = performance.now();
+    try {
+      this.record(label, pipeline, params, tensors, workgroups);
+    } finally {
+      this.rt.recordStats.ms += performance.now() - t0;
+      this.rt.recordStats.dispatches++;
+    }
+  }
+
+  private record(
     label: string,
     pipeline: GPUComputePipeline,
     params: ArrayBuffer | null,

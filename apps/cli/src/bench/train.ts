@@ -79,17 +79,20 @@ export async function benchTrain(o: TrainBenchOptions) {
     rt.memory.resetPeak();
     const times: number[] = [];
     let loss = 0;
+    const recordMs: number[] = [];
     for (let i = 0; i < o.steps; i++) {
+      const r0 = rt.recordStats.ms;
       const t0 = performance.now();
       loss = (await trainer.step([batch], 1e-4, i + 1)).loss;
       times.push(performance.now() - t0);
+      recordMs.push(rt.recordStats.ms - r0);
     }
     const profile = o.profile ? await profileStep(rt, () => trainer.step([batch], 1e-4, o.steps + 1)) : undefined;
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
       op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
-      step_ms: Math.round(med * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
+      step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };
   } finally {
