@@ -6,6 +6,11 @@
  * back per step. The CPU reference below implements the same semantics in float64: tests use
  * it, and the model package can use it where logits already live on the CPU.
  *
+ * Padded vocabulary: checkpoints often have more logit rows (config vocab_size) than the
+ * tokenizer has ids; `validVocab` tells the kernel where the tokens end, and the columns past it
+ * are treated as −inf (never chosen, never in top-N, logprobs normalised without them). The CPU
+ * references get the same by being handed `logits.subarray(0, validVocab)`.
+ *
  * Reproducibility: the CPU seeds the RNG and draws u per row; the GPU maps u to a token by
  * inverse CDF in index order, so the same (logits, params, u) give the same token (up to u
  * falling within float rounding of a CDF step, where f32 and float64 may differ).
@@ -62,8 +67,10 @@ export interface SampleArgs {
   /** i32 (B, N) and f32 (B, N) out: the N most likely tokens of the raw distribution. */
   topIds?: Tensor;
   topLogprobs?: Tensor;
-  /** f32 (B, V) out: the filtered, renormalised distribution that was sampled from. */
+  /** f32 (B, V) out: the filtered, renormalised distribution that was sampled from (0 at columns ≥ validVocab). */
   probs?: Tensor;
+  /** Columns that are tokens, 1..V (default V): the rest are padding and are masked to −inf. */
+  validVocab?: number;
 }
 
 /** Records token selection for every row of `logits`. */
@@ -79,16 +86,18 @@ export function sampleRows(rec: Recorder, args: SampleArgs) {
   if (args.logprobs) expectTensor(K, "logprobs", args.logprobs, "f32", [B]);
   if (!!args.topIds !== !!args.topLogprobs) throw new Error(`${K}: pass topIds and topLogprobs together`);
   const topN = args.topIds ? args.topIds.shape[1] ?? 0 : 0;
+  const Vt = args.validVocab ?? V;
+  if (!Number.isInteger(Vt) || Vt < 1 || Vt > V) throw new Error(`${K}: validVocab must be an integer in 1..${V} (the logits' columns), got ${Vt}`);
   if (args.topIds) {
     expectTensor(K, "topIds", args.topIds, "i32", [B, topN]);
     expectTensor(K, "topLogprobs", args.topLogprobs!, "f32", [B, topN]);
-    if (topN > V) throw new Error(`${K}: top-${topN} of ${V} tokens`);
+    if (topN > Vt) throw new Error(`${K}: top-${topN} of ${Vt} tokens`);
   }
   if (args.probs) expectTensor(K, "probs", args.probs, "f32", [B, V]);
   if (B === 0 || V === 0) return;
   const rt = rec.rt;
   const flags = (args.rowParams ? HAS_ROW_PARAMS : 0) | (args.logprobs ? HAS_LOGPROB : 0) | (args.probs ? HAS_PROBS : 0);
-  const params = new Params(4).u32(B).u32(V).u32(topN).u32(flags).buffer;
+  const params = new Params(5).u32(B).u32(V).u32(topN).u32(flags).u32(Vt).buffer;
   rec.dispatch(`sample_rows ${B}x${V}`, rt.pipeline(source, {}, "sample_rows"), params, [
     logits,
     args.rowParams ?? rt.placeholder,
@@ -116,7 +125,7 @@ export interface SampledRow {
  * generation loop; batch the dispatch into a larger Recorder with sampleRows when latency matters.
  */
 export async function sampleLogits(
-  rt: GpuRuntime, logits: Tensor, rows: readonly (SamplingParams & { u: number })[], topN = 0,
+  rt: GpuRuntime, logits: Tensor, rows: readonly (SamplingParams & { u: number })[], topN = 0, validVocab?: number,
 ): Promise<SampledRow[]> {
   const B = logits.shape[0]!;
   if (rows.length !== B) throw new Error(`sampleLogits: ${rows.length} parameter rows for ${B} logit rows`);
@@ -125,7 +134,7 @@ export async function sampleLogits(
   const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
   const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
   const rec = rt.recorder("sampleLogits");
-  sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs });
+  sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab });
   rec.submit();
   const tok = await rt.readI32(tokens), lp = await rt.read(logprobs);
   const ids = topIds ? await rt.readI32(topIds) : null, tlp = topLogprobs ? await rt.read(topLogprobs) : null;

@@ -14,11 +14,16 @@
 // filtering), as OpenAI's logprobs report the model's distribution. top-N: the N largest raw
 // logprobs, ties to the lower index (N passes of argmax below the previous pick).
 //
-// rowParams (B, 4) f32: [temperature, topK, topP, u]; temperature ≤ 0 → greedy. topK 0 or ≥ V
+// rowParams (B, 4) f32: [temperature, topK, topP, u]; temperature ≤ 0 → greedy. topK 0 or ≥ Vt
 // and topP ≥ 1 disable those filters. probs (optional, B×V): the filtered, renormalised
 // distribution that was sampled from (one-hot at the argmax when greedy).
+//
+// Padded vocabulary: only the first Vt ≤ V columns of a row are tokens (checkpoints pad
+// vocab_size past the tokenizer's, e.g. Qwen2.5's 151,936 rows for 151,665 ids). Every sweep
+// stops at Vt, which is exactly masking columns ≥ Vt to −inf: they are never chosen, never in
+// top-N, and logprobs are normalised over the Vt real tokens; probs is 0 there.
 
-struct Params { B: u32, V: u32, topN: u32, flags: u32 }
+struct Params { B: u32, V: u32, topN: u32, flags: u32, Vt: u32 }
 const HAS_ROW_PARAMS = 1u; // else every row is greedy
 const HAS_LOGPROB = 2u;
 const HAS_PROBS = 4u;
@@ -112,13 +117,13 @@ fn best_pair(v: f32, i: u32, tid: u32) -> u32 {
 // Sweeps of one row, each followed by a workgroup reduction.
 fn count_ge(base: u32, th: u32, tid: u32) -> u32 {
   var c = 0u;
-  for (var i = tid; i < p.V; i += WG) { c += select(0u, 1u, key(logits[base + i]) >= th); }
+  for (var i = tid; i < p.Vt; i += WG) { c += select(0u, 1u, key(logits[base + i]) >= th); }
   return sum_u(c, tid);
 }
 /** Σ exp((l − mx)·invT) over l with key(l) ≥ th (strict: key > th). */
 fn mass(base: u32, th: u32, strict: bool, mx: f32, invT: f32, tid: u32) -> f32 {
   var s = 0.0;
-  for (var i = tid; i < p.V; i += WG) {
+  for (var i = tid; i < p.Vt; i += WG) {
     let l = logits[base + i];
     let k = key(l);
     if (k > th || (!strict && k == th)) { s += exp((l - mx) * invT); }
@@ -143,7 +148,7 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   // argmax (ties → lowest index) and the raw log-partition: lse = max + log Σ exp(l − max)
   var bv = NEG_BIG;
   var bi = NONE;
-  for (var i = tid; i < p.V; i += WG) {
+  for (var i = tid; i < p.Vt; i += WG) {
     let l = logits[base + i];
     if (before(l, i, bv, bi)) { bv = l; bi = i; }
   }
@@ -156,14 +161,14 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   if (temperature > 0.0) {
     let invT = 1.0 / temperature;
     var kmin = NONE;
-    for (var i = tid; i < p.V; i += WG) { kmin = min(kmin, key(logits[base + i])); }
+    for (var i = tid; i < p.Vt; i += WG) { kmin = min(kmin, key(logits[base + i])); }
     kmin = min_u(kmin, tid);
     let kmax = key(mx);
 
     // top-k: the largest θ with #{key ≥ θ} ≥ k
     var th = kmin;
     let k = u32(max(sp.y, 0.0));
-    if (k > 0u && k < p.V) {
+    if (k > 0u && k < p.Vt) {
       var lo = kmin;
       var hi = kmax;
       while (lo < hi) {
@@ -186,9 +191,9 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     }
 
     // draw: contiguous index ranges per thread, exclusive prefix of kept mass across threads
-    let seg = (p.V + WG - 1u) / WG;
-    let s0 = min(p.V, tid * seg);
-    let s1 = min(p.V, s0 + seg);
+    let seg = (p.Vt + WG - 1u) / WG;
+    let s0 = min(p.Vt, tid * seg);
+    let s1 = min(p.Vt, s0 + seg);
     var mine = 0.0;
     var lastKept = NONE;
     for (var i = s0; i < s1; i++) {
@@ -229,7 +234,7 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     if ((p.flags & HAS_PROBS) != 0u) {
       for (var i = tid; i < p.V; i += WG) {
         let l = logits[base + i];
-        probs[base + i] = select(0.0, exp((l - mx) * invT) / total, key(l) >= th);
+        probs[base + i] = select(0.0, exp((l - mx) * invT) / total, i < p.Vt && key(l) >= th);
       }
     }
   } else if ((p.flags & HAS_PROBS) != 0u) {
@@ -247,7 +252,7 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   for (var n = 0u; n < p.topN; n++) {
     var cv = NEG_BIG;
     var ci = NONE;
-    for (var i = tid; i < p.V; i += WG) {
+    for (var i = tid; i < p.Vt; i += WG) {
       let l = logits[base + i];
       if ((n == 0u || before(pv, prevI, l, i)) && before(l, i, cv, ci)) { cv = l; ci = i; }
     }

@@ -10,6 +10,23 @@ afterAll(() => rt.trimPool());
 
 const rowOf = (x: Float32Array, b: number, V: number) => x.subarray(b * V, (b + 1) * V);
 
+/**
+ * Checks the GPU's draw for (logits, opts, u) against sampleRef (same token, same raw logprob);
+ * a different token is allowed only where u sits within float rounding of a CDF step of `probs`
+ * (filteredProbsRef). Returns 1 for such a mismatch, else 0.
+ */
+function checkDraw(logits: ArrayLike<number>, opts: SamplingParams, u: number, probs: Float64Array, token: number, logprob: number): number {
+  const s = sampleRef(logits, opts, u);
+  if (token === s.token) {
+    expect(Math.abs(logprob - s.logprob)).toBeLessThan(1e-5 * Math.max(1, Math.abs(s.logprob)));
+    return 0;
+  }
+  let acc = 0, near = false;
+  for (const v of probs) if (v > 0) { acc += v; if (Math.abs(acc - u) < 1e-5) near = true; }
+  expect(near).toBe(true);
+  return 1;
+}
+
 describe("argmax", () => {
   test("exact, ties to the lowest index, raw logprob", async () => {
     const B = 6, V = 1000; // V not a multiple of the 256-thread workgroup
@@ -80,14 +97,7 @@ describe("temperature → top-k → top-p", () => {
       const topRef = topLogprobsRef(row, 5);
       for (let j = 0; j < reps; j++) {
         const n = j * B + b;
-        const s = sampleRef(row, configs[b]!, rows[n]!.u);
-        if (gotTok[n] !== s.token) {
-          // allowed only where u sits within float rounding of a CDF step
-          let acc = 0, near = false;
-          for (const v of ref) if (v > 0) { acc += v; if (Math.abs(acc - rows[n]!.u) < 1e-5) near = true; }
-          expect(near).toBe(true);
-          mismatches++;
-        } else expect(Math.abs(gotLp[n]! - s.logprob)).toBeLessThan(1e-5 * Math.max(1, Math.abs(s.logprob)));
+        mismatches += checkDraw(row, configs[b]!, rows[n]!.u, ref, gotTok[n]!, gotLp[n]!);
         expect(ref[gotTok[n]!]!).toBeGreaterThan(0); // never a filtered-out token
         expect(Array.from(gotIds.subarray(n * 5, n * 5 + 5))).toEqual(topRef.map((t) => t.token));
         expect(relError(gotTopLp.subarray(n * 5, n * 5 + 5), topRef.map((t) => t.logprob))).toBeLessThan(1e-5);
@@ -136,5 +146,102 @@ describe("temperature → top-k → top-p", () => {
     expect(() => packSamplingRows([{ temperature: 1, u: 1 }])).toThrow(/u must be in \[0, 1\)/);
     const tl = rt.empty("f32", [2, 10]), tok = rt.empty("i32", [3]);
     expect(() => sampleRows(rt.recorder(), { logits: tl, tokens: tok })).toThrow(/sampleRows: tokens must have shape \[2\]/);
+  });
+});
+
+// Padded vocabulary: logits (B, V) whose columns ≥ validVocab are not tokens. The padded
+// columns get the LARGEST logits here, so a kernel that looked at them would pick them; the GPU
+// must agree with the float64 references run on the first validVocab columns only.
+
+/** Random logits with every padded column above every real one. */
+function paddedLogits(B: number, V: number, Vt: number, seed: number): Float32Array {
+  const x = randn(B * V, seed);
+  for (let b = 0; b < B; b++) for (let v = Vt; v < V; v++) x[b * V + v] = 20 + Math.abs(x[b * V + v]!);
+  return x;
+}
+
+const paddedConfigs: SamplingParams[] = [
+  { temperature: 0 }, // greedy
+  { temperature: 1 },
+  { temperature: 0.7, topK: 5 },
+  { temperature: 1.3, topP: 0.8 },
+  { temperature: 0.9, topK: 40, topP: 0.6 },
+  { temperature: 1, topK: 280 }, // Vt ≤ k < V: no top-k among the real tokens
+];
+
+describe("padded vocabulary (validVocab < V)", () => {
+  test("tokens, logprobs, top-N and the sampled distribution match the references on the real columns", async () => {
+    const V = 300, Vt = 263, topN = 5, reps = 12; // neither a multiple of the 256-thread workgroup
+    const B = paddedConfigs.length;
+    const base = paddedLogits(B, V, Vt, 3);
+    const r = rng(11);
+    const x = new Float32Array(B * reps * V);
+    const rows: (SamplingParams & { u: number })[] = [];
+    for (let j = 0; j < reps; j++) for (let b = 0; b < B; b++) {
+      x.set(base.subarray(b * V, (b + 1) * V), (j * B + b) * V);
+      rows.push({ ...paddedConfigs[b]!, u: r.uniform() });
+    }
+    const N = B * reps;
+    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, 4], packSamplingRows(rows));
+    const tok = rt.empty("i32", [N]), lp = rt.empty("f32", [N]), probs = rt.empty("f32", [N, V]);
+    const topIds = rt.empty("i32", [N, topN]), topLp = rt.empty("f32", [N, topN]);
+    const rec = rt.recorder("sample padded");
+    sampleRows(rec, { logits: tl, rowParams: rp, tokens: tok, logprobs: lp, probs, topIds, topLogprobs: topLp, validVocab: Vt });
+    rec.submit();
+    const gotTok = await rt.readI32(tok), gotLp = await rt.read(lp), gotProbs = await rt.read(probs);
+    const gotIds = await rt.readI32(topIds), gotTopLp = await rt.read(topLp);
+    let mismatches = 0;
+    for (let b = 0; b < B; b++) {
+      const real = base.subarray(b * V, b * V + Vt);
+      const ref = filteredProbsRef(real, paddedConfigs[b]!);
+      const got = gotProbs.subarray(b * V, (b + 1) * V);
+      expect(Array.from(got.subarray(Vt))).toEqual(new Array(V - Vt).fill(0));
+      expect(relError(got.subarray(0, Vt), ref)).toBeLessThan(1e-5);
+      expect(Array.from(got.subarray(0, Vt), (v) => v > 0)).toEqual(Array.from(ref, (v) => v > 0));
+      const topRef = topLogprobsRef(real, topN);
+      for (let j = 0; j < reps; j++) {
+        const n = j * B + b;
+        expect(gotTok[n]!).toBeLessThan(Vt);
+        // logprobs are normalised over the real tokens only
+        mismatches += checkDraw(real, paddedConfigs[b]!, rows[n]!.u, ref, gotTok[n]!, gotLp[n]!);
+        expect(Array.from(gotIds.subarray(n * topN, (n + 1) * topN))).toEqual(topRef.map((t) => t.token));
+        expect(relError(gotTopLp.subarray(n * topN, (n + 1) * topN), topRef.map((t) => t.logprob))).toBeLessThan(1e-5);
+      }
+    }
+    expect(mismatches).toBeLessThanOrEqual(1);
+    // Without validVocab the same rows pick padding: the test above would have caught a kernel that ignored it.
+    const unmasked = await sampleLogits(rt, tl, rows, topN);
+    expect(unmasked.every((row) => row.token >= Vt && row.top!.every((t) => t.token >= Vt))).toBe(true);
+    rec.release();
+    rt.release(tl, rp, tok, lp, probs, topIds, topLp);
+  });
+
+  test("Qwen2.5's shape: 151,936 rows, 151,665 tokens; greedy and nucleus sampling stay below 151,665", async () => {
+    const V = 151_936, Vt = 151_665, B = 2;
+    const x = paddedLogits(B, V, Vt, 5);
+    const rows = [{ temperature: 0, u: 0.5 }, { temperature: 0.8, topP: 0.9, u: 0.37 }];
+    const tl = rt.upload("f32", [B, V], x);
+    const got = await sampleLogits(rt, tl, rows, 3, Vt);
+    for (let b = 0; b < B; b++) {
+      const real = x.subarray(b * V, b * V + Vt);
+      expect(got[b]!.token).toBeLessThan(Vt);
+      expect(checkDraw(real, rows[b]!, rows[b]!.u, filteredProbsRef(real, rows[b]!), got[b]!.token, got[b]!.logprob)).toBe(0);
+      expect(got[b]!.top!.map((t) => t.token)).toEqual(topLogprobsRef(real, 3).map((t) => t.token));
+    }
+    rt.release(tl);
+  }, 30_000);
+
+  test("validVocab = V is the default; out-of-range values and top-N beyond it are refused", async () => {
+    const V = 40, B = 3;
+    const x = randn(B * V, 9);
+    const tl = rt.upload("f32", [B, V], x);
+    const rows = Array.from({ length: B }, (_, i) => ({ temperature: 0.8, u: (i + 0.5) / B }));
+    expect(await sampleLogits(rt, tl, rows, 4, V)).toEqual(await sampleLogits(rt, tl, rows, 4));
+    const tok = rt.empty("i32", [B]), ids = rt.empty("i32", [B, 4]), lps = rt.empty("f32", [B, 4]);
+    const rec = rt.recorder();
+    expect(() => sampleRows(rec, { logits: tl, tokens: tok, validVocab: 0 })).toThrow(/validVocab must be an integer in 1\.\.40 .*, got 0/);
+    expect(() => sampleRows(rec, { logits: tl, tokens: tok, validVocab: 41 })).toThrow(/validVocab must be an integer in 1\.\.40/);
+    expect(() => sampleRows(rec, { logits: tl, tokens: tok, topIds: ids, topLogprobs: lps, validVocab: 3 })).toThrow(/top-4 of 3 tokens/);
+    rt.release(tl, tok, ids, lps);
   });
 });

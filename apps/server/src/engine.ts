@@ -6,8 +6,8 @@
  * step, and sequences join and leave between steps.
  *
  * Implementations: `CpuReferenceEngine` (./cpu-engine.ts, float64 reference forward, exact and
- * slow, for tiny models and tests) and the GPU engine in @tuneloom/model, which matches this
- * interface structurally (packages never import apps).
+ * slow, for tiny models and tests) and `GpuEngine` (./gpu-engine.ts, KV cache on WebGPU), both
+ * over the one generation loop of ./batching-engine.ts.
  */
 
 /** One generated token (or candidate) with its log-probability under the model's raw distribution. */

@@ -14,7 +14,7 @@ import { IncrementalDetokenizer, loadTokenizer, type ModelTokenizer } from "@tun
 import type { ReferenceWeights } from "@tuneloom/model/cpu-reference.ts";
 import { CpuReferenceEngine } from "./cpu-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
-import { addLoraDelta, readPeftAdapter } from "@tuneloom/model/gpu/adapter.ts";
+import { addLoraDelta, type PeftAdapter, readPeftAdapter } from "@tuneloom/model/gpu/adapter.ts";
 
 export class TemplateMismatchError extends Error {
   override name = "TemplateMismatchError";
@@ -50,6 +50,11 @@ export function resolveServingTemplate(modelDir: string, adapterDir?: string): E
     }
   }
   return template;
+}
+
+/** The tokenizer to serve with: the adapter's copy when it ships one, else the model's. */
+export function loadServingTokenizer(modelDir: string, adapterDir?: string): ModelTokenizer {
+  return loadTokenizer(adapterDir && existsSync(join(adapterDir, "tokenizer.json")) ? adapterDir : modelDir);
 }
 
 /** The server's tokenizer view of a ModelTokenizer, with the stop ids generation should end on. */
@@ -94,37 +99,41 @@ export interface LoadOptions {
   maxBatchSize?: number;
 }
 
-/** What was folded in: s = alpha/r (alpha/√r with rsLoRA), and the adapted projections. */
-export interface MergedAdapter {
+/** What an adapter applies: s = alpha/r (alpha/√r with rsLoRA), and the adapted projections. */
+export interface AdapterSummary {
   rank: number;
   alpha: number;
   rslora: boolean;
   scale: number;
   /** `model.layers.0.self_attn.q_proj`, ... in layer order. */
-  merged: string[];
+  modules: string[];
+}
+
+export function summarizeAdapter(peft: PeftAdapter): AdapterSummary {
+  return { rank: peft.rank, alpha: peft.alpha, rslora: peft.rslora, scale: peft.scale, modules: peft.modules.map((m) => m.base) };
 }
 
 export interface LoadedModel {
   engine: CpuReferenceEngine;
   config: ModelConfig;
-  adapter: MergedAdapter | null;
+  /** Folded into the float32 weights (the CPU reference has no LoRA path). */
+  adapter: AdapterSummary | null;
 }
 
 export function loadCpuReferenceEngine(options: LoadOptions): LoadedModel {
   const { modelDir, adapterDir } = options;
   const chatTemplate = resolveServingTemplate(modelDir, adapterDir);
   const config = loadModelConfig(modelDir);
-  const tokenizerDir = adapterDir && existsSync(join(adapterDir, "tokenizer.json")) ? adapterDir : modelDir;
-  const tokenizer = loadTokenizer(tokenizerDir);
+  const tokenizer = loadServingTokenizer(modelDir, adapterDir);
   const store = openCheckpoint(modelDir);
   store.expectTensors(expectedTensors(config));
   const weights = new CachedWeights(store);
   // The CPU reference has no LoRA path: fold W' = W + s·B·A into the cached float32 weights.
-  let adapter: MergedAdapter | null = null;
+  let adapter: AdapterSummary | null = null;
   if (adapterDir) {
     const peft = readPeftAdapter(adapterDir, config);
     for (const m of peft.modules) addLoraDelta(weights.toFloat32(`${m.base}.weight`), m.A, m.B, peft.scale, m.outFeatures, m.inFeatures, peft.rank);
-    adapter = { rank: peft.rank, alpha: peft.alpha, rslora: peft.rslora, scale: peft.scale, merged: peft.modules.map((m) => m.base) };
+    adapter = summarizeAdapter(peft);
   }
   const modelId = options.modelId ?? basename(resolve(adapterDir ?? modelDir));
   const engine = new CpuReferenceEngine({

@@ -63,7 +63,7 @@ describe("adapter loading", () => {
     const dir = writeAdapter("plain", { r: 4, alpha: 8, template: ADAPTER_TEMPLATE });
     const { engine, adapter } = loadCpuReferenceEngine({ modelDir: model.dir, adapterDir: dir });
     expect(adapter!.scale).toBe(2);
-    expect(adapter!.merged).toEqual([
+    expect(adapter!.modules).toEqual([
       "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj",
     ]);
     const base = openCheckpoint(model.dir);

@@ -45,6 +45,18 @@ async function expectError(res: Response, status: number, param?: string | null,
   return body.error;
 }
 
+let goodAnswer: string | undefined;
+/** The server still answers a good request right after a bad one, with the same (greedy) answer every time. */
+async function expectGoodRequestServed() {
+  const res = await post("/v1/chat/completions", good);
+  expect(res.status).toBe(200);
+  const body = await res.json() as any;
+  expect(body.choices[0].message.role).toBe("assistant");
+  expect(body.usage.completion_tokens).toBeGreaterThan(0);
+  goodAnswer ??= body.choices[0].message.content as string;
+  expect(body.choices[0].message.content).toBe(goodAnswer);
+}
+
 describe("bad requests", () => {
   const cases: [string, string, string | object, number, string | null | undefined, RegExp?][] = [
     ["invalid JSON", "/v1/chat/completions", '{"model": "tiny", "messages": [', 400, null, /not valid JSON/],
@@ -56,7 +68,12 @@ describe("bad requests", () => {
     ["unknown role", "/v1/chat/completions", { model: "tiny", messages: [{ role: "wizard", content: "x" }] }, 400, "messages[0].role", /role/],
     ["content of the wrong type", "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: 5 }] }, 400, "messages[0].content"],
     ["image content part", "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, 400, "messages[0].content", /text/],
+    ["model of the wrong type", "/v1/chat/completions", { ...good, model: 5 }, 400, "model"],
+    ["role of the wrong type", "/v1/chat/completions", { model: "tiny", messages: [{ role: 1, content: "x" }] }, 400, "messages[0].role"],
     ["max_tokens as a string", "/v1/chat/completions", { ...good, max_tokens: "5" }, 400, "max_tokens"],
+    ["max_tokens not an integer", "/v1/chat/completions", { ...good, max_tokens: 1.5 }, 400, "max_tokens"],
+    ["max_tokens negative", "/v1/chat/completions", { ...good, max_tokens: -3 }, 400, "max_tokens"],
+    ["temperature as a string", "/v1/chat/completions", { ...good, temperature: "hot" }, 400, "temperature"],
     ["max_tokens zero", "/v1/chat/completions", { ...good, max_tokens: 0 }, 400, "max_tokens"],
     ["huge max_tokens", "/v1/chat/completions", { ...good, max_tokens: 1e9 }, 400, "max_tokens", /context length/],
     ["temperature out of range", "/v1/chat/completions", { ...good, temperature: 7 }, 400, "temperature"],
@@ -80,15 +97,17 @@ describe("bad requests", () => {
     ["apply-template: no messages", "/apply-template", {}, 400, "messages"],
   ];
   for (const [name, path, body, status, param, like] of cases) {
-    test(name, async () => {
+    test(`${name}, then a good request`, async () => {
       await expectError(await post(path, body), status, param, like);
+      await expectGoodRequestServed();
     });
   }
 
-  test("a 10 MB body is refused with 413 (Content-Length)", async () => {
+  test("a 10 MB body is refused with 413 (Content-Length), then a good request", async () => {
     const big = JSON.stringify({ ...good, messages: [{ role: "user", content: "x".repeat(10 * 1024 * 1024) }] });
     const err = await expectError(await post("/v1/chat/completions", big), 413);
     expect(err.message).toMatch(/limit/);
+    await expectGoodRequestServed();
   });
 
   test("a chunked body without Content-Length is cut off at the limit with 413", async () => {
@@ -102,6 +121,7 @@ describe("bad requests", () => {
     });
     const res = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: stream, headers: { "content-type": "application/json" } });
     await expectError(res, 413);
+    await expectGoodRequestServed();
   });
 
   test("unknown route → 404 in OpenAI's body", async () => {

@@ -1,8 +1,10 @@
 /** Shared fixtures: one tiny model per test file (no downloads) and a server on 127.0.0.1:random. */
-import { mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeTinyModel } from "@tuneloom/model/tiny-model.ts";
+import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
+import { writeSafetensors } from "@tuneloom/model/safetensors.ts";
+import { gaussianSampler, writeTinyModel } from "@tuneloom/model/tiny-model.ts";
 import { createServer, type ServerOptions, type TuneloomServer } from "../src/app.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 
@@ -11,6 +13,44 @@ export function makeTinyModelDir(options: Parameters<typeof writeTinyModel>[1] =
   const dir = join(root, "tiny-model");
   writeTinyModel(dir, options);
   return { dir, cleanup: () => rmSync(root, { recursive: true, force: true }) };
+}
+
+/**
+ * A copy of an untied (llama) F32 model directory whose config vocab_size is padded `padRows`
+ * past the tokenizer's, as real checkpoints pad theirs (Qwen2.5: 151,936 rows for 151,665 ids).
+ * Padded lm_head row V+i is 3× the row of `dominate[i]` (random beyond the list): wherever that
+ * token's logit is the largest and positive, the padded row's is larger, so an engine that
+ * looked at padded rows would pick them. The real rows are unchanged, so a correct engine
+ * generates exactly what it generates on the unpadded model.
+ */
+export function padVocab(srcDir: string, dstDir: string, padRows: number, dominate: readonly number[]): void {
+  cpSync(srcDir, dstDir, { recursive: true });
+  const config = JSON.parse(readFileSync(join(srcDir, "config.json"), "utf8"));
+  const V: number = config.vocab_size;
+  config.vocab_size = V + padRows;
+  writeFileSync(join(dstDir, "config.json"), JSON.stringify(config, null, 2));
+  const store = openCheckpoint(srcDir);
+  const gauss = gaussianSampler(12345);
+  const tensors = store.names().map((name) => {
+    const { shape } = store.info(name);
+    let data = store.toFloat32(name);
+    if (name === "model.embed_tokens.weight" || name === "lm_head.weight") {
+      const C = shape[1]!;
+      const padded = new Float32Array((V + padRows) * C);
+      padded.set(data);
+      for (let i = 0; i < padRows; i++) {
+        const row = padded.subarray((V + i) * C, (V + i + 1) * C);
+        const like = name === "lm_head.weight" ? dominate[i] : undefined;
+        if (like === undefined) for (let c = 0; c < C; c++) row[c] = 0.1 * gauss();
+        else for (let c = 0; c < C; c++) row[c] = 3 * data[like * C + c]!;
+      }
+      data = padded;
+      return { name, dtype: "F32" as const, shape: [V + padRows, C], data };
+    }
+    return { name, dtype: "F32" as const, shape, data };
+  });
+  store.close();
+  writeSafetensors(join(dstDir, "model.safetensors"), tensors, { format: "pt" });
 }
 
 export interface RunningServer {

@@ -155,7 +155,8 @@ export async function run(argv: string[]): Promise<number> {
 
   const { model, lora, tokenizer } = await loadModelAndAdapter(modelDir, adapterDir);
   let promptIds: number[];
-  if (flags["ids-file"] !== undefined) promptIds = readIdsFile(flags["ids-file"], model.cfg.vocabSize);
+  // Ids past the tokenizer's vocabulary are padding rows of the checkpoint, not tokens.
+  if (flags["ids-file"] !== undefined) promptIds = readIdsFile(flags["ids-file"], Math.min(model.cfg.vocabSize, tokenizer.vocabSize));
   else if (messages) {
     const template = loadChatTemplate(adapterDir && existsSync(join(adapterDir, "chat_template.jinja")) ? adapterDir : modelDir);
     const rendered = renderChatTemplate(template.source, { ...template.specialTokens, messages, add_generation_prompt: true });
@@ -187,7 +188,7 @@ export async function run(argv: string[]): Promise<number> {
   };
 
   // Same draws as generateIds (one uniform per sampled token), plus the stop-string check per token.
-  const generator = new KvCacheGenerator(model, { maxSlots: 1, maxContext: promptIds.length + maxTokens + 1, lora });
+  const generator = new KvCacheGenerator(model, { maxSlots: 1, maxContext: promptIds.length + maxTokens + 1, lora, validVocab: tokenizer.vocabSize });
   const u = uniformStream(seed);
   try {
     let row = await generator.prefill(0, promptIds, sampling, u());

@@ -9,7 +9,7 @@
  * --engine gpu|cpu (default gpu: WebGPU with a KV cache and continuous batching; cpu: the float64
  * reference, exact and slow), --max-context N (GPU: KV rows per sequence, default min(model's, 4096)).
  */
-import { createServer, loadCpuReferenceEngine, type InferenceEngine } from "@tuneloom/server";
+import { type AdapterSummary, createServer, loadCpuReferenceEngine, type InferenceEngine } from "@tuneloom/server";
 import { loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
 import { parseFlags } from "../args.ts";
 
@@ -38,7 +38,8 @@ export async function run(argv: string[]): Promise<number> {
   const kind = flags.engine ?? "gpu";
   if (kind !== "gpu" && kind !== "cpu") throw new Error(`--engine must be gpu or cpu, got '${kind}'`);
   let engine: InferenceEngine;
-  let adapterLine: string | null = null;
+  let adapter: AdapterSummary | null;
+  let adapterHow: string;
   let engineLine: string;
   if (kind === "cpu") {
     const loaded = loadCpuReferenceEngine({
@@ -47,9 +48,8 @@ export async function run(argv: string[]): Promise<number> {
       modelId: flags["served-model-name"],
       maxBatchSize: flags["max-running"],
     });
-    engine = loaded.engine;
-    const a = loaded.adapter;
-    if (a) adapterLine = `adapter merged: r=${a.rank}, alpha=${a.alpha}${a.rslora ? " (rsLoRA)" : ""}, scale=${a.scale}, ${a.merged.length} projection(s)`;
+    ({ engine, adapter } = loaded);
+    adapterHow = "merged";
     engineLine = `engine: CPU reference (float64, exact, slow); model '${engine.modelId}', context ${engine.maxContext}`;
   } else {
     const loaded = await loadGpuEngine(flags.model, flags.adapter, {
@@ -57,16 +57,16 @@ export async function run(argv: string[]): Promise<number> {
       maxBatchSize: flags["max-running"],
       maxContext: flags["max-context"],
     });
-    engine = loaded.engine;
-    const a = loaded.adapter;
-    if (a) adapterLine = `adapter on the GPU: r=${a.rank}, alpha=${a.alpha}${a.rslora ? " (rsLoRA)" : ""}, scale=${a.scale}, ${a.modules.length} projection(s)`;
+    ({ engine, adapter } = loaded);
+    adapterHow = "on the GPU";
     engineLine = `engine: GPU (${loaded.engine.model.rt.caps.description}); model '${engine.modelId}', ${engine.maxBatchSize} sequences of context ${engine.maxContext}`;
   }
   const t = engine.chatTemplate;
   console.log(`chat template (${t.origin}), sha256 ${t.sha256}:`);
   console.log(t.source);
   console.log(`--- end of chat template (sha256 ${t.sha256})`);
-  if (adapterLine) console.log(adapterLine);
+  if (adapter)
+    console.log(`adapter ${adapterHow}: r=${adapter.rank}, alpha=${adapter.alpha}${adapter.rslora ? " (rsLoRA)" : ""}, scale=${adapter.scale}, ${adapter.modules.length} projection(s)`);
   console.log(engineLine);
 
   const server = createServer({

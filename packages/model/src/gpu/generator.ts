@@ -4,6 +4,9 @@
  * through the model (tokens attend to each other as in training) and fills its slot;
  * `decode` advances any set of live sequences by one token in a single submit (forward,
  * last-row logits, sampling on the GPU), each attending to its own slot.
+ *
+ * `validVocab` is the tokenizer's size: checkpoints pad vocab_size past it (Qwen2.5: 151,936
+ * logit rows, 151,665 ids), and a padded row is never sampled nor reported in logprobs.
  */
 import { type SampledRow, type SamplingParams, type Tensor, logitsRows, packSamplingRows, sampleRows } from "@tuneloom/kernels";
 import { allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
@@ -16,6 +19,12 @@ export interface GeneratorOptions {
   /** Cache rows per sequence: prompt + generated tokens. */
   maxContext: number;
   lora?: readonly LayerLora[];
+  /**
+   * Token ids the tokenizer has (its vocabSize). Logit rows at or above it are padding of the
+   * checkpoint's vocab_size: masked to −inf before sampling, top-N and logprobs. Default (or any
+   * value ≥ vocab_size): every row is a token.
+   */
+  validVocab?: number;
 }
 
 export interface DecodeItem {
@@ -33,9 +42,14 @@ export class KvCacheGenerator {
   private readonly kCaches: Tensor[] = [];
   private readonly vCaches: Tensor[] = [];
   private readonly freeSlots: number[];
+  /** Logit rows that are tokens. */
+  readonly validVocab: number;
 
   constructor(readonly model: GpuModel, readonly opts: GeneratorOptions) {
-    const { numLayers, numKvHeads, headDim } = model.cfg;
+    const { numLayers, numKvHeads, headDim, vocabSize } = model.cfg;
+    const valid = opts.validVocab ?? vocabSize;
+    if (!Number.isInteger(valid) || valid < 1) throw new RangeError(`validVocab must be a positive integer (the tokenizer's vocabulary size), got ${valid}`);
+    this.validVocab = Math.min(valid, vocabSize);
     const rows = opts.maxSlots * opts.maxContext;
     for (let l = 0; l < numLayers; l++) {
       this.kCaches.push(model.rt.empty("f32", [rows, numKvHeads, headDim], `k_cache.${l}`));
@@ -87,7 +101,7 @@ export class KvCacheGenerator {
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
-    sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs });
+    sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     return (async () => {
       const tok = await rt.readI32(tokens), lp = await rt.read(logprobs);
@@ -150,11 +164,13 @@ export interface GenerateOptions {
   seed?: number;
   stopTokenIds?: readonly number[];
   lora?: readonly LayerLora[];
+  /** The tokenizer's vocabSize: padded logit rows past it are never generated (GeneratorOptions.validVocab). */
+  validVocab?: number;
 }
 
 /** One completion for one prompt (ids in, ids out; the stop token is not included). */
 export async function generateIds(model: GpuModel, promptIds: readonly number[], o: GenerateOptions): Promise<{ ids: number[]; finishReason: "stop" | "length" }> {
-  const gen = new KvCacheGenerator(model, { maxSlots: 1, maxContext: promptIds.length + o.maxTokens + 1, lora: o.lora });
+  const gen = new KvCacheGenerator(model, { maxSlots: 1, maxContext: promptIds.length + o.maxTokens + 1, lora: o.lora, validVocab: o.validVocab });
   const u = uniformStream(o.seed ?? 0);
   const stop = new Set(o.stopTokenIds ?? []);
   const out: number[] = [];
