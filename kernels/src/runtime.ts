@@ -288,9 +288,17 @@ export class GpuRuntime {
   }
 
   /** Starts recording a batch of GPU work; submit() sends it as one command buffer. */
-  recorder(label = "work"): Recorder {
-    return new Recorder(this, label);
+  recorder(label = "work", opts: { flushEvery?: number } = {}): Recorder {
+    return new Recorder(this, label, opts.flushEvery ?? 0);
   }
+
+  /** The pipeline's bind group layout, fetched from Dawn once. */
+  bindGroupLayout(pipeline: GPUComputePipeline): GPUBindGroupLayout {
+    let layout = this.layouts.get(pipeline);
+    if (!layout) this.layouts.set(pipeline, (layout = pipeline.getBindGroupLayout(0)));
+    return layout;
+  }
+  private readonly layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
 }
 
 /** Uniform parameter blocks are packed into shared buffers at this alignment. */
@@ -340,7 +348,11 @@ export class Recorder {
   private readonly scratchAll: GPUBuffer[] = [];
   private readonly scratchFree = new Map<number, GPUBuffer[]>();
 
-  constructor(readonly rt: GpuRuntime, readonly label: string) {}
+  /**
+   * `flushEvery`: submit automatically after this many recorded dispatches (see flush()); for
+   * long one-shot recordings such as a training step. 0: only explicit submits.
+   */
+  constructor(readonly rt: GpuRuntime, readonly label: string, private readonly flushEvery = 0) {}
 
   /**
    * A temporary tensor for work recorded after this call, held until release(). Give it back
@@ -417,12 +429,23 @@ export class Recorder {
     let binding = 0;
     if (params) entries.push({ binding: binding++, resource: this.uniform(params) });
     for (const t of tensors) entries.push({ binding: binding++, resource: t instanceof Tensor ? t.binding : t });
-    const bindGroup = this.rt.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+    const bindGroup = this.rt.device.createBindGroup({ label, layout: this.rt.bindGroupLayout(pipeline), entries });
     const [x, y = 1, z = 1] = workgroups;
     const max = this.rt.caps.limits.maxComputeWorkgroupsPerDimension;
     if (x > max || y > max || z > max) throw new Error(`${label}: grid ${x}x${y}x${z} exceeds ${max} workgroups per dimension`);
     if (x === 0 || y === 0 || z === 0) return;
     this.ops.push({ kind: "dispatch", label, pipeline, bindGroup, workgroups: [x, y, z] });
+    if (this.flushEvery && this.ops.length >= this.flushEvery) this.flush();
+  }
+
+  /**
+   * Submits what is recorded so far and starts over (uniforms and scratch stay alive until
+   * release()), so the GPU works while the CPU records the rest. A flushed recorder cannot be
+   * submitted again as a whole.
+   */
+  flush() {
+    this.submit();
+    this.ops.length = 0;
   }
 
   copy(src: Tensor, dst: Tensor, bytes = src.byteLength, srcOffset = 0, dstOffset = 0) {

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { GpuError, getRuntime, formatCapabilities, poolBucketSize } from "../src/index.ts";
-import { randn } from "../src/testing.ts";
+import { GpuError, addInPlace, getRuntime, formatCapabilities, poolBucketSize } from "../src/index.ts";
+import { randn, relError } from "../src/testing.ts";
 
 const rt = await getRuntime();
 
@@ -71,4 +71,17 @@ describe("device runtime", () => {
       prev = b;
     }
   });
+});
+
+test("a recorder with flushEvery submits as it records; dependent work still runs in order", async () => {
+  const n = 1000;
+  const x = randn(n);
+  const acc = rt.upload("f32", [n], x), one = rt.upload("f32", [n], x);
+  const rec = rt.recorder("streaming", { flushEvery: 2 });
+  for (let i = 0; i < 7; i++) addInPlace(rec, acc, one); // acc = x + 7·x, each add reading the previous
+  rec.submit();
+  const out = await rt.read(acc);
+  rec.release();
+  expect(relError(out, x.map((v) => 8 * v))).toBeLessThan(1e-6);
+  rt.release(acc, one);
 });
