@@ -8,6 +8,7 @@
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
+import { attentionForwardTensorCore, tensorCoreAttentionSupported } from "./attention-tc.ts";
 import attentionWgsl from "./attention.wgsl" with { type: "text" };
 import decodeWgsl from "./attention_decode.wgsl" with { type: "text" };
 
@@ -94,6 +95,11 @@ export interface AttentionForwardArgs extends AttentionOptions {
   out: Tensor; // f32 (T, nH, hd)
   /** f32 (T, nH): log Σ exp(s) per query and head, saved for the backward (0 where a row sees no key). */
   lse: Tensor;
+  /**
+   * Use the tensor-core kernel (q, k, v, P rounded to f16; attention-tc.ts) where the device
+   * and shape allow it. Default true; false keeps every product in f32.
+   */
+  tensorCores?: boolean;
 }
 
 /** Records out = softmax(scale·q·kᵀ + mask)·v and lse, one dispatch. */
@@ -104,9 +110,12 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs) {
   const window = args.window ?? 0;
   checkWindow("attentionForward", window);
   const rt = rec.rt;
+  const params = attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window);
+  if (args.tensorCores !== false && tensorCoreAttentionSupported(rec, s.T, s.hd)) {
+    return attentionForwardTensorCore(rec, { ...args, ...s, params });
+  }
   const { pipeline, BR } = pipelineFor(rt, "forward", s.hd);
-  rec.dispatch(`attentionForward T=${s.T} ${s.nH}/${s.nKV}x${s.hd}`, pipeline,
-    attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window),
+  rec.dispatch(`attentionForward T=${s.T} ${s.nH}/${s.nKV}x${s.hd}`, pipeline, params,
     [args.q, args.k, args.v, args.seqId, args.out, args.lse], [cdiv(s.T, BR), s.nH]);
 }
 

@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
-  attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, kvCacheAppend,
+  attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
 } from "../src/index.ts";
 import { fromF16Bits, randn, relError, toF16Bits } from "../src/testing.ts";
@@ -104,7 +104,7 @@ function randomInputs(P: Problem): Inputs {
   };
 }
 
-async function runGpu(P: Problem, x: Inputs, backward = true) {
+async function runGpu(P: Problem, x: Inputs, backward = true, tensorCores = false) {
   const { T, nH, nKV, hd } = P;
   const t = {
     q: rt.upload("f32", [T, nH, hd], x.q), k: rt.upload("f32", [T, nKV, hd], x.k), v: rt.upload("f32", [T, nKV, hd], x.v),
@@ -114,7 +114,7 @@ async function runGpu(P: Problem, x: Inputs, backward = true) {
   };
   const rec = rt.recorder("attention test");
   const opts = { scale: P.scale, window: P.window };
-  attentionForward(rec, { ...t, ...opts });
+  attentionForward(rec, { ...t, ...opts, tensorCores });
   if (backward) attentionBackward(rec, { ...t, ...opts });
   rec.submit();
   const res = {
@@ -191,6 +191,35 @@ describe("attention forward + backward against float64 (out, lse, dq, dk, dv)", 
   });
 });
 
+// The tensor-core forward rounds q, k, v and the probabilities to f16: compare against float64 on
+// the f16-rounded inputs, at the 16-bit tolerance. Runs where subgroup matrices exist (the H200).
+describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward (f16 operands)", () => {
+  const round16 = (x: Float32Array) => fromF16Bits(toF16Bits(x));
+  const cases: [string, Problem][] = [
+    ["SmolLM2 heads 9/3, T=160 (3 key tiles, a partial query tile)", problem(9, 3, 64, packed([160]))],
+    ["packed (48, 16, 80) + 16 padding, heads 14/2", problem(14, 2, 64, packed([48, 16, 80], 16))],
+    ["hd 128, heads 8/2, packed (96, 32)", problem(8, 2, 128, packed([96, 32]), { scale: 0.07 })],
+    ["sliding window 40, heads 4/1, T=144", problem(4, 1, 64, packed([144]), { window: 40 })],
+    ["hd 32, heads 4/2, T=16", problem(4, 2, 32, packed([16]))],
+  ];
+  for (const [name, P] of cases) {
+    test(name, async () => {
+      const x = randomInputs(P);
+      const x16 = { ...x, q: round16(x.q), k: round16(x.k), v: round16(x.v) };
+      const ref = attentionRef(P, x16.q, x16.k, x16.v);
+      const gpu = await runGpu(P, x, false, true);
+      expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
+      expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
+      const row = P.nH * P.hd;
+      for (let t = 0; t < P.T; t++) {
+        if (P.seq[t]! >= 0) continue; // padding: exact zeros
+        expect(gpu.out.subarray(t * row, (t + 1) * row).every((v) => v === 0)).toBe(true);
+        expect(gpu.lse.subarray(t * P.nH, (t + 1) * P.nH).every((v) => v === 0)).toBe(true);
+      }
+    });
+  }
+});
+
 describe("gradients match finite differences of the GPU forward", () => {
   test("T=5 (3 + 2 packed), heads 2/1, hd 64: L = Σ out·G", async () => {
     const P = problem(2, 1, 64, packed([3, 2]));
@@ -235,7 +264,7 @@ describe("long context without T² memory", () => {
     };
     const tensorsBytes = rt.memory.liveBytes;
     const rec = rt.recorder("attention T=2048");
-    attentionForward(rec, t);
+    attentionForward(rec, { ...t, tensorCores: false });
     attentionBackward(rec, t);
     rec.submit();
     const out = await rt.read(t.out);

@@ -115,6 +115,7 @@ export function decoderLayerForward(
     attentionForward(rec, {
       q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
       out: heads(a.attn, nH, hd), lse: a.lse, window: ctx.window,
+      tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
     });
   }
   linearLoraForward(rec, a.attn, w.o, w.oBias, a.xMid, lora.o_proj, a.loraH.o_proj);
