@@ -33,3 +33,14 @@ export function sampledRelError(out: Float32Array, ref: (i: number) => number, s
   }
   return Math.sqrt(num / den);
 }
+
+/**
+ * timeGpu with the copy count chosen for about `targetMs` of GPU time: one timed copy first
+ * (after the warm-up), then as many copies as fit `targetMs` in one submit (at most
+ * `maxIters`). An op slower than targetMs/2 keeps its single-copy time.
+ */
+export async function timeGpuAdaptive(rt: GpuRuntime, record: (rec: Recorder) => void, targetMs: number, maxIters = 1000): Promise<number> {
+  const once = await timeGpu(rt, record, 1);
+  const iters = Math.min(maxIters, Math.floor(targetMs / Math.max(once, 1e-3)));
+  return iters < 2 ? once : timeGpu(rt, record, iters);
+}
