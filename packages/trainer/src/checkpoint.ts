@@ -3,10 +3,13 @@
  * as is) + `optimizer.safetensors` (AdamW moments) + `trainer_state.json`.
  *
  * What resume restores, so that a resumed run takes exactly the steps the uninterrupted run
- * would have: the LoRA weights, AdamW's m and v and its step count, the RNG state (dropout), the
- * data position (next batch = {epoch, step}, which with the seed names the batch exactly), and
- * the lr schedule (config + steps taken). Each checkpoint is written atomically (temp dir +
- * rename); a run killed mid-save leaves only a `.tmp-<pid>` directory, which resume ignores.
+ * would have: the LoRA weights, AdamW's m and v and its step count, the RNG state, the data
+ * position (next batch = {epoch, step}, which with the seed names the batch exactly), and the
+ * lr schedule (config + steps taken). LoRA dropout masks need no state of their own: they are
+ * a hash of (seed, step, layer, module, micro-batch), so the restored step brings them back
+ * (the RNG stream is saved and restored, but nothing in training draws from it today).
+ * Each checkpoint is written atomically (temp dir + rename); a run killed mid-save leaves
+ * only a `.tmp-<pid>` directory, which resume ignores.
  */
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";

@@ -6,8 +6,10 @@
  * Semantics (torchtune-style):
  *  - one optimizer step = `gradAccum` micro-batches of `batchSize` rows; the loss is the mean
  *    over all target tokens of the step's micro-batches (not a mean of micro-batch means);
- *  - `--resume DIR` restores LoRA weights, AdamW moments and step, the data position and the
- *    schedule, so the run ends with the same adapter as an uninterrupted one;
+ *  - `--resume DIR` restores LoRA weights, AdamW moments and step, the data position, the RNG
+ *    state and the schedule, so the run ends with the same adapter as an uninterrupted one;
+ *  - LoRA dropout masks are a hash of (seed, step, layer, module, micro-batch) (see
+ *    LoraTrainer), so restoring the step restores them: they draw nothing from the RNG stream;
  *  - a NaN/inf loss or gradient stops the run (the update is skipped on the GPU) and leaves
  *    the last good checkpoint in place.
  */
@@ -62,6 +64,12 @@ export interface TrainOptions {
   weightDtype?: "f32" | "f16" | "bf16";
   /** Progress output (default stderr). */
   log?: (line: string) => void;
+  /**
+   * Called after each optimizer step, once its metrics and checkpoint (if any) are written.
+   * An exception thrown here ends the run with that exception, as a crash would: what is on
+   * disk is the checkpoints so far, no final adapter.
+   */
+  onStepEnd?: (info: { step: number; loss: number }) => void;
   quiet?: boolean;
 }
 
@@ -133,19 +141,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     if (!ckDir) throw new Error(`--resume ${o.resume}: no checkpoint found (expected a checkpoint-<step> directory)`);
     const ck = loadCheckpoint(ckDir, model.cfg);
     trainer.setWeights(ck.adapter.weights);
-    const m = new Float32Array(trainer.layout.numel), v = new Float32Array(trainer.layout.numel);
-    for (const seg of trainer.layout.segments) {
-      const key = seg.name + ".weight";
-      const mv = ck.optimizer.moments.get(key);
-      if (!mv) throw new Error(`${ckDir}: optimizer state has no moments for ${key}`);
-      m.set(mv.m, seg.offset);
-      v.set(mv.v, seg.offset);
-    }
-    trainer.setOptimizerMoments(m, v);
+    trainer.setOptimizerMoments(ck.optimizer.moments);
     step = ck.state.step;
     tokensSeen = ck.state.tokensSeen;
     elapsedBefore = ck.state.elapsedS;
     bestEval = ck.state.bestEvalLoss;
+    rng.setState(ck.state.rng);
     loader.seek(ck.state.dataPosition);
     log(`resumed from ${ckDir} at step ${step}`);
   }
@@ -153,7 +154,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const metrics = new MetricsLog(path.join(o.out, "metrics.jsonl"), o.resume ? { resumeFromStep: step } : {});
   const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet ? { stream: { write: () => true } } : {}) });
 
-  const trainingArgs = { ...o, log: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom" };
+  const trainingArgs = { ...o, log: undefined, onStepEnd: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom" };
   const adapterContents = async (): Promise<AdapterContents> => ({
     baseModel: o.model, lora, weights: await trainer.getWeights(), chatTemplate: template.source, trainingArgs,
     tokenizerDir: o.model, metricsJsonl: metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : ""),
@@ -193,17 +194,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       }
     }
     if (o.saveSteps > 0 && step % o.saveSteps === 0 && step < totalSteps) {
-      const mom = await trainer.getOptimizerMoments();
-      const moments = new Map<string, { m: Float32Array; v: Float32Array }>();
-      for (const seg of trainer.layout.segments) {
-        moments.set(seg.name + ".weight", { m: mom.m.slice(seg.offset, seg.offset + seg.numel), v: mom.v.slice(seg.offset, seg.offset + seg.numel) });
-      }
+      const moments = await trainer.getOptimizerMoments();
       saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
         state: { step, dataPosition: loader.position, rng: rng.state(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
     }
+    o.onStepEnd?.({ step, loss: r.loss });
   }
   progress.finish();
   const evalLoss = await evaluate();

@@ -32,8 +32,8 @@ function packedBatch(seed: number, lengths = [9, 6]): Batch {
   return { inputIds: ids, labels, positions, seqIds, numTargets, numSequences: lengths.length, numTokens: T, rows: 1, rowLength: T };
 }
 
-async function trainerWithNonZeroB(checkpointing: boolean) {
-  const tr = new LoraTrainer(model, parseLoraConfig({ rank: 4, alpha: 8, dropout: 0 }), {
+async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0) {
+  const tr = new LoraTrainer(model, parseLoraConfig({ rank: 4, alpha: 8, dropout }), {
     gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0,
   });
   const w = await tr.getWeights();
@@ -98,5 +98,73 @@ describe("LoRA training step on the GPU", () => {
     for (let s = 2; s <= 8; s++) last = await tr.step([batch], 5e-3, s);
     expect(last.nonFinite).toBe(false);
     expect(last.loss).toBeLessThan(first.loss * 0.7);
+  });
+});
+
+describe("LoRA dropout in the training step", () => {
+  const p = 0.25;
+
+  test("gradient checkpointing regenerates the same masks: same loss and gradients", async () => {
+    const b1 = packedBatch(6, [8, 7]), b2 = packedBatch(7, [11]);
+    const a = await trainerWithNonZeroB(true, p), b = await trainerWithNonZeroB(false, p);
+    const ra = await a.step([b1, b2], 0, 3, false), rb = await b.step([b1, b2], 0, 3, false);
+    expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(1e-6);
+    expect(relError(await model.rt.read(a.grads), await model.rt.read(b.grads))).toBeLessThan(1e-6);
+  });
+
+  test("masks are a function of the step: same step repeats exactly, other steps and p = 0 differ", async () => {
+    const batch = packedBatch(8);
+    const tr = await trainerWithNonZeroB(true, p);
+    const grads = async (step: number) => { await tr.step([batch], 0, step, false); return model.rt.read(tr.grads); };
+    const g1 = await grads(1), g1again = await grads(1), g2 = await grads(2);
+    expect(g1again).toEqual(g1);
+    expect(relError(g2, g1)).toBeGreaterThan(1e-2);
+    const noDrop = await trainerWithNonZeroB(true, 0);
+    await noDrop.step([batch], 0, 1, false);
+    const g0 = await model.rt.read(noDrop.grads);
+    expect(relError(g1, g0)).toBeGreaterThan(1e-2);
+    // p = 0 draws no masks: the step number does not change the gradients at all.
+    await noDrop.step([batch], 0, 2, false);
+    expect(await model.rt.read(noDrop.grads)).toEqual(g0);
+    // Evaluation never drops: it equals the no-dropout trainer's loss (same weights).
+    expect(await tr.evaluate([batch])).toBe(await noDrop.evaluate([batch]));
+  });
+
+  test("every (step, layer, module, micro-batch) has its own mask seed", async () => {
+    const tr = await trainerWithNonZeroB(true, p);
+    const seeds = new Set<number>();
+    let n = 0;
+    for (const step of [1, 2, 3]) for (const spec of tr.specs) for (const mb of [0, 1]) {
+      seeds.add(tr.dropoutSeedFor(step, spec.layer, spec.module, mb));
+      n++;
+    }
+    expect(n).toBe(3 * 2 * 7 * 2);
+    expect(seeds.size).toBe(n);
+  });
+
+  test("A and B gradients each match a finite difference of the loss under the same masks", async () => {
+    const batch = packedBatch(9);
+    const tr = await trainerWithNonZeroB(false, p);
+    await tr.step([batch], 0, 4, false);
+    const g = await model.rt.read(tr.grads);
+    const p0 = await model.rt.read(tr.params);
+    // Directional derivative along the gradient restricted to the A (then the B) tensors: the
+    // dA part is small next to dB (it scales with B), so a full-gradient check would hide it.
+    for (const which of ["lora_A", "lora_B"]) {
+      const dir = new Float32Array(g.length);
+      for (const seg of tr.layout.segments) if (seg.name.endsWith(which)) dir.set(g.subarray(seg.offset, seg.offset + seg.numel), seg.offset);
+      let norm = 0;
+      for (const x of dir) norm += x * x;
+      norm = Math.sqrt(norm);
+      expect(norm).toBeGreaterThan(0);
+      const eps = 1e-3;
+      const lossAt = async (sign: number) => {
+        model.rt.write(tr.params, p0.map((v, i) => v + (sign * eps * dir[i]!) / norm));
+        return (await tr.step([batch], 0, 4, false)).loss;
+      };
+      const fd = ((await lossAt(1)) - (await lossAt(-1))) / (2 * eps);
+      model.rt.write(tr.params, p0);
+      if (!(Math.abs(fd - norm) / norm < 1e-3)) throw new Error(`${which}: finite difference ${fd}, gradient ${norm}`);
+    }
   });
 });

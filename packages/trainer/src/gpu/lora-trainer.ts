@@ -7,16 +7,24 @@
  * Gradient accumulation: the loss of a step is Σ nll over the target tokens of ALL its
  * micro-batches divided by their total count, so k micro-batches of a batch give exactly the
  * gradient of the whole batch at once. Only LoRA A and B are trained; W stays frozen.
+ *
+ * LoRA dropout (PEFT's lora_dropout, p = config.dropout): each adapted linear's LoRA branch
+ * sees dropout(x), the frozen path x. Every mask is a hash of
+ * dropoutSeed(seed, step, layer, module, micro-batch), so it differs between steps, layers,
+ * modules and micro-batches, the checkpointing recompute and the backward regenerate it
+ * without storing it, and a resumed run (which restores `step`) draws the same masks as an
+ * uninterrupted one. Evaluation runs without dropout.
  */
 import {
   type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
-  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, gradNormClip,
-  readGradNorm, readLoss, rmsnormBackward,
+  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, dropoutSeed, gradNormClip,
+  readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
 } from "@tuneloom/kernels";
 import {
   type GpuModel, type LayerActivations, type LayerLora, type LoraTarget,
-  allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, releaseTensors,
+  LORA_TARGETS, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, releaseTensors,
 } from "@tuneloom/model";
+import { loraTensorName } from "../adapter-io.ts";
 import type { Batch } from "../batching.ts";
 import { type LoraConfig, type LoraLayerSpec, type LoraWeights, initLoraWeights, loraLayerSpecs, loraScaling } from "../lora-config.ts";
 
@@ -32,6 +40,7 @@ export interface StepResult {
 
 export interface LoraTrainerOptions {
   gradientCheckpointing: boolean;
+  /** LoRA init and dropout masks. */
   seed: number;
   weightDecay: number;
   beta1?: number;
@@ -55,9 +64,7 @@ export class LoraTrainer {
 
   constructor(readonly model: GpuModel, readonly config: LoraConfig, readonly opts: LoraTrainerOptions) {
     this.rt = model.rt;
-    if (config.dropout > 0) {
-      throw new Error(`LoRA dropout ${config.dropout} is not supported by the GPU trainer yet; use --dropout 0`);
-    }
+    if (!(config.dropout >= 0 && config.dropout < 1)) throw new Error(`LoRA dropout must be in [0, 1), got ${config.dropout}`);
     this.specs = loraLayerSpecs(model.cfg, config);
     const r = config.rank;
     this.layout = new FlatParamLayout(
@@ -104,22 +111,73 @@ export class LoraTrainer {
     });
   }
 
-  async getOptimizerMoments(): Promise<{ m: Float32Array; v: Float32Array }> {
-    return { m: await this.rt.read(this.adam.m), v: await this.rt.read(this.adam.v) };
+  /**
+   * AdamW's m and v per adapter tensor, keyed by its PEFT name (`loraTensorName`: what
+   * checkpoints store), each as long as the tensor.
+   */
+  async getOptimizerMoments(): Promise<Map<string, { m: Float32Array; v: Float32Array }>> {
+    const m = await this.rt.read(this.adam.m), v = await this.rt.read(this.adam.v);
+    const out = new Map<string, { m: Float32Array; v: Float32Array }>();
+    for (const spec of this.specs) {
+      for (const which of ["A", "B"] as const) {
+        const seg = this.layout.segment(which === "A" ? nameA(spec) : nameB(spec));
+        out.set(loraTensorName(spec, which), { m: m.slice(seg.offset, seg.offset + seg.numel), v: v.slice(seg.offset, seg.offset + seg.numel) });
+      }
+    }
+    return out;
   }
 
-  setOptimizerMoments(m: Float32Array, v: Float32Array) {
-    if (m.length !== this.layout.numel || v.length !== this.layout.numel) {
-      throw new Error(`optimizer state has ${m.length} values, this adapter layout needs ${this.layout.numel}`);
+  /** Uploads AdamW's m and v (a resumed checkpoint's), keyed as getOptimizerMoments gives them. */
+  setOptimizerMoments(moments: ReadonlyMap<string, { m: Float32Array; v: Float32Array }>) {
+    const m = new Float32Array(this.layout.numel), v = new Float32Array(this.layout.numel);
+    for (const spec of this.specs) {
+      for (const which of ["A", "B"] as const) {
+        const name = loraTensorName(spec, which);
+        const seg = this.layout.segment(which === "A" ? nameA(spec) : nameB(spec));
+        const mv = moments.get(name);
+        if (!mv) throw new Error(`optimizer state has no moments for ${name}`);
+        if (mv.m.length !== seg.numel || mv.v.length !== seg.numel) {
+          throw new Error(`optimizer moments of ${name} have ${mv.m.length}/${mv.v.length} values, the tensor ${seg.numel}`);
+        }
+        m.set(mv.m, seg.offset);
+        v.set(mv.v, seg.offset);
+      }
     }
     this.rt.write(this.adam.m, m);
     this.rt.write(this.adam.v, v);
   }
 
   /**
+   * The modules as one micro-batch of training step `step` sees them: with p > 0, each carries
+   * its dropout (p, its mask seed, the shared (T, in) scratch); with p = 0, `this.lora` itself.
+   */
+  private trainingLora(step: number, microBatch: number, scratch: Tensor | undefined): LayerLora[] {
+    const p = this.config.dropout;
+    if (p === 0 || !scratch) return this.lora;
+    return this.lora.map((layer, l) => {
+      const out: LayerLora = {};
+      for (const [target, m] of Object.entries(layer) as [LoraTarget, NonNullable<LayerLora[LoraTarget]>][]) {
+        out[target] = { ...m, dropout: { p, seed: this.dropoutSeedFor(step, l, target, microBatch), scratch } };
+      }
+      return out;
+    });
+  }
+
+  /** The u32 seed of one module's dropout mask in one micro-batch of optimizer step `step`. */
+  dropoutSeedFor(step: number, layer: number, target: LoraTarget, microBatch: number): number {
+    return dropoutSeed(this.opts.seed, step, layer, LORA_TARGETS.indexOf(target), microBatch);
+  }
+
+  /** Largest LoRA input width (C or I): the dropout scratch holds T of these rows. */
+  private get maxLoraInFeatures(): number {
+    return Math.max(...this.specs.map((s) => s.inFeatures));
+  }
+
+  /**
    * Runs one optimizer step over `microBatches` (gradient accumulation) at learning rate `lr`;
    * `step` is the 1-based optimizer step (AdamW bias correction). With `update: false` only the
-   * loss and gradients are computed (for tests and gradient checks).
+   * loss and gradients are computed (for tests and gradient checks). `step` also picks the
+   * dropout masks: the same step on the same batches gives the same gradients.
    */
   async step(microBatches: readonly Batch[], lr: number, step: number, update = true): Promise<StepResult> {
     const { rt, model } = this;
@@ -128,7 +186,10 @@ export class LoraTrainer {
     const targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
     const tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
     if (targets === 0) throw new Error("a training step has no target tokens (every label is -100)");
-    const scale = 1 / targets;
+    // The backward runs in units of the summed loss (dlogits in [-1, 1]) so activation gradients
+    // stay well inside f16's range where the tensor-core path rounds them; the LoRA gradients
+    // are scaled back to the mean loss (× 1/targets) in f32 before clipping and AdamW.
+    const gradUnit = 1;
     const rec = rt.recorder(`train-step ${step}`);
     const toRelease: Tensor[] = [];
     const released: object[] = [];
@@ -141,6 +202,12 @@ export class LoraTrainer {
       const labels = rt.upload("i32", [T], batch.labels, "labels");
       toRelease.push(tb.ids, tb.positions, tb.seqIds, labels);
       const targetsList = Object.keys(this.lora[0] ?? {}) as LoraTarget[];
+      let dropScratch: Tensor | undefined;
+      if (this.config.dropout > 0) {
+        dropScratch = rt.empty("f32", [T, this.maxLoraInFeatures], "lora_dropout_scratch");
+        toRelease.push(dropScratch);
+      }
+      const lora = this.trainingLora(step, mb, dropScratch);
       // Layer inputs x_0..x_L are kept either way; activations per layer only without checkpointing.
       const xs = Array.from({ length: L + 1 }, (_, l) => rt.empty("f32", [T, C], `x${l}`));
       toRelease.push(...xs);
@@ -149,13 +216,13 @@ export class LoraTrainer {
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
       released.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const fwd = model.recordForward(rec, tb, { lora: this.lora, layerInputs: xs, activations: actsFor });
+      const fwd = model.recordForward(rec, tb, { lora, layerInputs: xs, activations: actsFor });
       toRelease.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
       const recomputeOut = rt.empty("f32", [T, C], "recompute_out");
       toRelease.push(dh, dxA, dxB, recomputeOut);
-      crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: mb > 0, dh, scale, nonFinite: this.clip.nonFinite });
+      crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: mb > 0, dh, scale: gradUnit, nonFinite: this.clip.nonFinite });
       // h = rmsnorm(x_L): dx_L
       rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
       const g = allocLayerGradScratch(rt, cfg, T, this.config.rank);
@@ -166,12 +233,13 @@ export class LoraTrainer {
         const w = model.weights.layers[l]!;
         if (this.opts.gradientCheckpointing) {
           // Recompute this layer's activations from its saved input.
-          decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l), this.lora[l]);
+          decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l), lora[l]);
         }
-        decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, this.lora[l]);
+        decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, lora[l]);
         [dOut, dIn] = [dIn, dOut];
       }
     });
+    scaleInPlace(rec, 1 / (gradUnit * targets), this.grads);
     gradNormClip(rec, this.grads, this.clip, this.opts.maxGradNorm);
     if (update) {
       adamwStep(rec, this.adam, this.params, this.grads, {
@@ -187,7 +255,7 @@ export class LoraTrainer {
     return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
   }
 
-  /** Mean loss over batches without updating anything (evaluation). */
+  /** Mean loss over batches without updating anything (evaluation: no dropout). */
   async evaluate(batches: readonly Batch[]): Promise<number> {
     let sum = 0, count = 0;
     for (const b of batches) {
