@@ -42,14 +42,34 @@ My favourite colours are blue and green. His favourite animals are cats and dogs
 const GPT2_SPLIT = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 
 /**
+ * Qwen2's pre-tokenization regex, verbatim from Qwen2.5's tokenizer.json (and transformers'
+ * Qwen2Tokenizer, which rebuilds its pipeline from it): unlike GPT-2's, digits are split one by one
+ * and a letter run takes one leading non-letter (" the", "(the").
+ */
+export const QWEN2_SPLIT_PATTERN =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/** The same regex in JavaScript, which has no inline (?i:...) group: the contractions spelled in both cases. */
+const QWEN2_SPLIT = /'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
+
+/**
+ * How text is split before BPE. "gpt2": the ByteLevel pre-tokenizer's own regex (GPT-2, SmolLM2,
+ * what the tiny llama uses). "qwen2": Qwen2/Qwen2.5's layout, NFC normalizer then a Split on
+ * QWEN2_SPLIT_PATTERN then ByteLevel without its regex; transformers ≥ 5 loads every qwen2 model's
+ * tokenizer as Qwen2Tokenizer, which hard-codes exactly that pipeline, so a qwen2 tokenizer.json
+ * that splits differently tokenizes differently in transformers than in `tokenizers`.
+ */
+export type TinyTokenizerStyle = "gpt2" | "qwen2";
+
+/**
  * Learn `numMerges` byte-level BPE merges from the corpus: repeatedly merge the most frequent adjacent
  * pair (ties broken by the pair's text, so the result is deterministic).
  */
-export function learnByteLevelMerges(corpus: string, numMerges: number): [string, string][] {
+export function learnByteLevelMerges(corpus: string, numMerges: number, style: TinyTokenizerStyle = "gpt2"): [string, string][] {
   const b2u = byteToUnicodeTable();
   const encoder = new TextEncoder();
   const wordCounts = new Map<string, number>();
-  for (const piece of corpus.match(GPT2_SPLIT) ?? []) {
+  const text = style === "qwen2" ? corpus.normalize("NFC") : corpus;
+  for (const piece of text.match(style === "qwen2" ? QWEN2_SPLIT : GPT2_SPLIT) ?? []) {
     const word = Array.from(encoder.encode(piece), (b) => b2u[b]!).join("");
     wordCounts.set(word, (wordCounts.get(word) ?? 0) + 1);
   }
@@ -96,9 +116,10 @@ export interface TinyTokenizerFiles {
 /**
  * A byte-level BPE tokenizer.json in the exact shape the Python `tokenizers` library serializes
  * (version 1.0, merges as "a b" strings, which every version reads): ids 0..255 are the bytes, then
- * the learned merges, then the added special tokens.
+ * the learned merges, then the added special tokens. `style` picks the pre-tokenization (see
+ * TinyTokenizerStyle); "qwen2" also writes Qwen2.5's normalizer, post-processor and decoder.
  */
-export function buildTinyTokenizer(): TinyTokenizerFiles {
+export function buildTinyTokenizer(style: TinyTokenizerStyle = "gpt2"): TinyTokenizerFiles {
   const b2u = byteToUnicodeTable();
   const vocab: Record<string, number> = {};
   const order: string[] = [];
@@ -108,7 +129,7 @@ export function buildTinyTokenizer(): TinyTokenizerFiles {
     order.push(token);
   };
   for (let b = 0; b < 256; b++) add(b2u[b]!);
-  const merges = learnByteLevelMerges(TINY_CORPUS, TINY_MERGES);
+  const merges = learnByteLevelMerges(TINY_CORPUS, TINY_MERGES, style);
   for (const [a, b] of merges) add(a + b);
   const addedTokens = TINY_SPECIAL_TOKENS.map((content, i) => ({
     id: order.length + i,
@@ -120,15 +141,26 @@ export function buildTinyTokenizer(): TinyTokenizerFiles {
     special: true,
   }));
   const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
+  // Qwen2.5's tokenizer.json, component for component.
+  const qwen2ByteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: false };
+  const pipeline =
+    style === "qwen2"
+      ? {
+          normalizer: { type: "NFC" },
+          pre_tokenizer: {
+            type: "Sequence",
+            pretokenizers: [{ type: "Split", pattern: { Regex: QWEN2_SPLIT_PATTERN }, behavior: "Isolated", invert: false }, qwen2ByteLevel],
+          },
+          post_processor: qwen2ByteLevel,
+          decoder: qwen2ByteLevel,
+        }
+      : { normalizer: null, pre_tokenizer: byteLevel, post_processor: null, decoder: byteLevel };
   const tokenizerJson = {
     version: "1.0",
     truncation: null,
     padding: null,
     added_tokens: addedTokens,
-    normalizer: null,
-    pre_tokenizer: byteLevel,
-    post_processor: null,
-    decoder: byteLevel,
+    ...pipeline,
     model: {
       type: "BPE",
       dropout: null,
@@ -261,7 +293,7 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
   const dtype = options.dtype ?? "f32";
   if (!Number.isInteger(seed)) throw new Error(`seed must be an integer, got ${seed}`);
   mkdirSync(dir, { recursive: true });
-  const tok = buildTinyTokenizer();
+  const tok = buildTinyTokenizer(arch === "qwen2" ? "qwen2" : "gpt2");
   const config = tinyModelConfig(arch, tok.vocabSize, tok.specialIds, dtype);
   const eot = tok.specialIds["<|endoftext|>"];
   const imEnd = tok.specialIds["<|im_end|>"];
@@ -278,13 +310,15 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
       { content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true },
     ]),
   );
+  // qwen2 as Qwen2.5-Instruct ships it: no BOS token and no add_bos/eos_token keys, its own
+  // tokenizer class (the one transformers uses for model_type qwen2 whatever the file says).
+  const qwen2 = arch === "qwen2";
   writeJson(join(dir, "tokenizer_config.json"), {
-    add_bos_token: false,
-    add_eos_token: false,
+    ...(qwen2 ? {} : { add_bos_token: false, add_eos_token: false }),
     add_prefix_space: false,
     added_tokens_decoder: addedTokensDecoder,
     additional_special_tokens: ["<|im_start|>", "<|im_end|>"],
-    bos_token: "<|endoftext|>",
+    bos_token: qwen2 ? null : "<|endoftext|>",
     chat_template: options.chatTemplate ?? CHATML_TEMPLATE,
     clean_up_tokenization_spaces: false,
     eos_token: "<|im_end|>",
@@ -292,7 +326,7 @@ export function writeTinyModel(dir: string, options: TinyModelOptions = {}): Tin
     model_max_length: config.maxPositionEmbeddings,
     pad_token: "<|endoftext|>",
     split_special_tokens: false,
-    tokenizer_class: "PreTrainedTokenizerFast",
+    tokenizer_class: qwen2 ? "Qwen2Tokenizer" : "PreTrainedTokenizerFast",
     unk_token: null,
   });
   writeJson(

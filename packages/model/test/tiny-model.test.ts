@@ -8,7 +8,7 @@ import { expectedTensors, openCheckpoint } from "../src/checkpoint.ts";
 import { loadTokenizer } from "../src/tokenizer.ts";
 import { float32ToBf16Array, bf16ToFloat32Array } from "../src/bf16.ts";
 import { cpuReferenceForward, cpuReferenceGreedy, ropeInverseFrequencies } from "../src/cpu-reference.ts";
-import { CHATML_TEMPLATE, tinyModelWeights, writeTinyModel } from "../src/tiny-model.ts";
+import { CHATML_TEMPLATE, QWEN2_SPLIT_PATTERN, tinyModelWeights, writeTinyModel } from "../src/tiny-model.ts";
 import { run as makeTinyModel } from "../../../apps/cli/src/commands/make-tiny-model.ts";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "tiny-"));
@@ -48,6 +48,31 @@ describe("tiny model", () => {
       expect(meta.architectures).toEqual([arch === "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM"]);
     });
   }
+
+  test("qwen2 tokenizer is laid out as Qwen2.5's (what transformers' Qwen2Tokenizer rebuilds); llama's is GPT-2 byte-level", () => {
+    const [q, l] = [tmp(), tmp()];
+    writeTinyModel(q, { arch: "qwen2" });
+    writeTinyModel(l, { arch: "llama" });
+    const json = (dir: string, f: string) => JSON.parse(readFileSync(join(dir, f), "utf8"));
+    const qt = json(q, "tokenizer.json");
+    expect(qt.normalizer).toEqual({ type: "NFC" });
+    expect(qt.pre_tokenizer.pretokenizers[0]).toEqual({ type: "Split", pattern: { Regex: QWEN2_SPLIT_PATTERN }, behavior: "Isolated", invert: false });
+    expect(qt.pre_tokenizer.pretokenizers[1]).toMatchObject({ type: "ByteLevel", use_regex: false });
+    // transformers 5 loads every model_type qwen2 tokenizer as Qwen2Tokenizer with this exact regex.
+    expect(QWEN2_SPLIT_PATTERN).toBe(String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`);
+    expect(json(q, "tokenizer_config.json")).toMatchObject({ tokenizer_class: "Qwen2Tokenizer", bos_token: null, eos_token: "<|im_end|>", pad_token: "<|endoftext|>" });
+    expect(json(l, "tokenizer.json").pre_tokenizer).toEqual({ type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true });
+    expect(json(l, "tokenizer_config.json")).toMatchObject({ tokenizer_class: "PreTrainedTokenizerFast", bos_token: "<|endoftext|>" });
+    // Digits: one token each under Qwen2's split; GPT-2's keeps a space on a digit run.
+    const pieces = (dir: string, text: string) => {
+      const tok = loadTokenizer(dir);
+      return tok.encode(text, { addSpecialTokens: false }).ids.map((id) => tok.decode([id]));
+    };
+    expect(pieces(q, "in 2024")).toEqual(["in", " ", "2", "0", "2", "4"]);
+    expect(pieces(l, "in 2024")[1]).toBe(" 2");
+    // NFC: a decomposed é encodes as the composed one.
+    expect(loadTokenizer(q).encode("cafe\u0301", { addSpecialTokens: false }).ids).toEqual(loadTokenizer(q).encode("café", { addSpecialTokens: false }).ids);
+  });
 
   test("bf16 weights are the rounded f32 weights", () => {
     const dir = tmp();

@@ -151,7 +151,9 @@ describe("loadTokenizer", () => {
     const t = loadTokenizer(dir);
     expect(t.chatTemplate).toBe(CHATML_TEMPLATE);
     expect(t.eosToken).toBe("<|im_end|>");
-    expect(t.addBosToken).toBe(false);
+    // Qwen2.5's config: no BOS token, no add_bos_token key.
+    expect(t.bosToken).toBeNull();
+    expect(t.addBosToken).toBeNull();
     expect(t.modelMaxLength).toBe(2048);
     writeFileSync(join(dir, "chat_template.jinja"), "{{ messages }}");
     expect(loadTokenizer(dir).chatTemplate).toBe("{{ messages }}");
