@@ -20,19 +20,9 @@ import type { Tensor } from "./tensor.ts";
 const BQ = 64; // queries per workgroup
 const BK = 64; // keys per tile
 
-function source(hd: number): KernelSource {
-  const D = hd / 16; // 16-wide blocks along the head dim
-  const J = BK / 16; // 16-key blocks per tile
-  const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
-  // S (16 rows of this subgroup × 64 keys) = q·kᵀ, stored to Sw.
-  const scores = `      for (var j = 0u; j < ${J}u; j++) {
-        let kRow = min(k0 + 16u * j, p.T - 16u);
-        var s = subgroup_matrix_result<f32, 16, 16>();
-${ids(D).map((d) => `        s = subgroupMatrixMultiplyAccumulate(ql${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, true, ldk), s);`).join("\n")}
-        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, s, false, ${BK}u);
-      }
-      workgroupBarrier();`;
-  const code = `enable f16;
+/** Enables, the Params block of attention.ts and the masking helpers, shared by the three passes. */
+function header(hd: number): string {
+  return `enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 // Matrix offsets derive from the subgroup index (uniform within each subgroup, as required).
@@ -48,16 +38,6 @@ struct Params {
   window: u32, scale: f32, _a: u32, _b: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
-@group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
-@group(0) @binding(3) var<storage, read> v16: array<f16>;   // (T, nKV, HD)
-@group(0) @binding(4) var<storage, read> seq: array<i32>;   // (T)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>; // (T, nH, HD)
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
-
-var<workgroup> Sw: array<f32, ${BQ * BK}>;  // scores of the tile (BQ, BK)
-var<workgroup> Pw: array<f16, ${BQ * BK}>;  // probabilities of the tile
-var<workgroup> colSeq: array<i32, ${BK}>;
 
 fn allowed(i: u32, si: i32, j: u32, sj: i32) -> bool {
   return si >= 0 && sj == si && j <= i && (p.window == 0u || i - j < p.window);
@@ -70,6 +50,33 @@ fn firstReal(t0: u32, t1: u32) -> u32 {
   for (var t = t0; t < t1; t++) { if (seq[t] >= 0) { return t; } }
   return t1;
 }
+`;
+}
+
+const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+function forwardSource(hd: number): KernelSource {
+  const D = hd / 16; // 16-wide blocks along the head dim
+  const J = BK / 16; // 16-key blocks per tile
+  // S (16 rows of this subgroup × 64 keys) = q·kᵀ, stored to Sw.
+  const scores = `      for (var j = 0u; j < ${J}u; j++) {
+        let kRow = min(k0 + 16u * j, p.T - 16u);
+        var s = subgroup_matrix_result<f32, 16, 16>();
+${ids(D).map((d) => `        s = subgroupMatrixMultiplyAccumulate(ql${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, true, ldk), s);`).join("\n")}
+        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, s, false, ${BK}u);
+      }
+      workgroupBarrier();`;
+  const code = `${header(hd)}
+@group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
+@group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
+@group(0) @binding(3) var<storage, read> v16: array<f16>;   // (T, nKV, HD)
+@group(0) @binding(4) var<storage, read> seq: array<i32>;   // (T)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>; // (T, nH, HD)
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
+
+var<workgroup> Sw: array<f32, ${BQ * BK}>;  // scores of the tile (BQ, BK)
+var<workgroup> Pw: array<f16, ${BQ * BK}>;  // probabilities of the tile
+var<workgroup> colSeq: array<i32, ${BK}>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -155,6 +162,206 @@ ${ids(D).map((d) => `    subgroupMatrixStore(&out, qRow * ldq + h * HD + ${16 * 
   return { name: `attention_tc_hd${hd}`, code };
 }
 
+/** Key-tile loop of the query-block passes (forward sweeps, backward dq): from the diagonal down. */
+const keyTileLoop = (body: string) => `    var kt = (rEnd - 1u) / ${BK}u;
+    loop {
+      let k0 = kt * ${BK}u;
+      let kLast = k0 + ${BK - 1}u;
+      if (kLast < r0 && (seqAt(kLast) != s0 || (p.window != 0u && r0 - kLast >= p.window))) { break; }
+${body}
+      if (kt == 0u) { break; }
+      kt -= 1u;
+    }`;
+
+/**
+ * Backward, pass 1 (per 64 queries of one head): D = rowsum(dout ∘ out) (saved for pass 2) and
+ * dq = scale·dS·k with S, dP = dout·vᵀ and dq on tensor cores; dS = P ∘ (dP − D) in f32,
+ * rounded to f16 (with the scale folded in) for the last product.
+ */
+function backwardDqSource(hd: number): KernelSource {
+  const D = hd / 16, J = BK / 16;
+  const product = (left: string, right: string) => `      for (var j = 0u; j < ${J}u; j++) {
+        let kRow = min(k0 + 16u * j, p.T - 16u);
+        var acc = subgroup_matrix_result<f32, 16, 16>();
+${ids(D).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, kRow * ldk + g * HD + ${16 * d}u, true, ldk), acc);`).join("\n")}
+        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, acc, false, ${BK}u);
+      }
+      workgroupBarrier();`;
+  const code = `${header(hd)}
+@group(0) @binding(1) var<storage, read> q16: array<f16>;     // (T, nH, HD)
+@group(0) @binding(2) var<storage, read> k16: array<f16>;     // (T, nKV, HD)
+@group(0) @binding(3) var<storage, read> v16: array<f16>;     // (T, nKV, HD)
+@group(0) @binding(4) var<storage, read> seq: array<i32>;     // (T)
+@group(0) @binding(5) var<storage, read> out_in: array<f32>;  // (T, nH, HD)
+@group(0) @binding(6) var<storage, read> lse_in: array<f32>;  // (T, nH)
+@group(0) @binding(7) var<storage, read> dout: array<f32>;    // (T, nH, HD)
+@group(0) @binding(8) var<storage, read> do16: array<f16>;    // (T, nH, HD) dout rounded
+@group(0) @binding(9) var<storage, read_write> dq: array<f32>;   // (T, nH, HD)
+@group(0) @binding(10) var<storage, read_write> dsum: array<f32>; // (T, nH)
+
+var<workgroup> Sw: array<f32, ${BQ * BK}>;   // S, then dP, of the tile
+var<workgroup> DSw: array<f16, ${BQ * BK}>;  // scale·dS of the tile
+var<workgroup> colSeq: array<i32, ${BK}>;
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let h = wg.y;
+  let g = h / p.group;
+  let q0 = wg.x * ${BQ}u;
+  let rEnd = min(q0 + ${BQ}u, p.T);
+  let ldq = p.nH * HD;
+  let ldk = p.nKV * HD;
+  let sg = lid / 32u;
+  let qRow = min(q0 + 16u * sg, p.T - 16u);
+${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&q16, qRow * ldq + h * HD + ${16 * d}u, false, ldq);`).join("\n")}
+${ids(D).map((d) => `  let dl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&do16, qRow * ldq + h * HD + ${16 * d}u, false, ldq);`).join("\n")}
+  let r = lid / 2u;
+  let c0 = (lid % 2u) * ${BK / 2}u;
+  let ti = q0 + r;
+  let si = seqAt(ti);
+  // D = rowsum(dout ∘ out), half the head dim per lane
+  var Dh = 0.0;
+  var L = 0.0;
+  if (ti < p.T) {
+    let base = (ti * p.nH + h) * HD + (lid % 2u) * ${hd / 2}u;
+    for (var d = 0u; d < ${hd / 2}u; d++) { Dh = fma(dout[base + d], out_in[base + d], Dh); }
+    L = lse_in[ti * p.nH + h];
+  }
+  let Drow = Dh + subgroupShuffleXor(Dh, 1u);
+  if (ti < p.T && lid % 2u == 0u) { dsum[ti * p.nH + h] = Drow; }
+${ids(D).map((d) => `  var dq${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
+  var pr = array<f32, ${BK / 2}>();
+  let r0 = firstReal(q0, rEnd);
+  if (r0 < rEnd) {
+    let s0 = seq[r0];
+${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${product("ql", "k16")}
+      for (var c = 0u; c < ${BK / 2}u; c++) {
+        let cc = c0 + c;
+        pr[c] = select(0.0, exp(p.scale * Sw[r * ${BK}u + cc] - L), allowed(ti, si, k0 + cc, colSeq[cc]));
+      }
+      workgroupBarrier();
+${product("dl", "v16")}
+      for (var c = 0u; c < ${BK / 2}u; c++) {
+        let cc = c0 + c;
+        DSw[r * ${BK}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${BK}u + cc] - Drow));
+      }
+      workgroupBarrier();
+      for (var j = 0u; j < ${J}u; j++) {
+        let kRow = min(k0 + 16u * j, p.T - 16u);
+        let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&DSw, sg * ${16 * BK}u + 16u * j, false, ${BK}u);
+${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, false, ldk), dq${d});`).join("\n")}
+      }
+      workgroupBarrier();`)}
+  }
+  if (q0 + 16u * sg < p.T) {
+${ids(D).map((d) => `    subgroupMatrixStore(&dq, qRow * ldq + h * HD + ${16 * d}u, dq${d}, false, ldq);`).join("\n")}
+  }
+}
+`;
+  return { name: `attention_tc_dq_hd${hd}`, code };
+}
+
+/**
+ * Backward, pass 2 (per 64 keys of one kv head, over its group's query heads and the query
+ * tiles that see them): Sᵀ = k·qᵀ and dPᵀ = v·doutᵀ, P and dS = P ∘ (dP − D) in f32, then
+ * dv += Pᵀ·dout and dk += scale·dSᵀ·q, all products on tensor cores (P and dS rounded to f16).
+ */
+function backwardDkvSource(hd: number): KernelSource {
+  const D = hd / 16, J = BQ / 16;
+  const product = (left: string, right: string) => `        for (var j = 0u; j < ${J}u; j++) {
+          let qCol = min(c0q + 16u * j, p.T - 16u);
+          var acc = subgroup_matrix_result<f32, 16, 16>();
+${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, qCol * ldq + h * HD + ${16 * d}u, true, ldq), acc);`).join("\n")}
+          subgroupMatrixStore(&Sw, sg * ${16 * BQ}u + 16u * j, acc, false, ${BQ}u);
+        }
+        workgroupBarrier();`;
+  const code = `${header(hd)}
+@group(0) @binding(1) var<storage, read> q16: array<f16>;     // (T, nH, HD)
+@group(0) @binding(2) var<storage, read> k16: array<f16>;     // (T, nKV, HD)
+@group(0) @binding(3) var<storage, read> v16: array<f16>;     // (T, nKV, HD)
+@group(0) @binding(4) var<storage, read> seq: array<i32>;     // (T)
+@group(0) @binding(5) var<storage, read> lse_in: array<f32>;  // (T, nH)
+@group(0) @binding(6) var<storage, read> do16: array<f16>;    // (T, nH, HD)
+@group(0) @binding(7) var<storage, read> dsum_in: array<f32>; // (T, nH)
+@group(0) @binding(8) var<storage, read_write> dk: array<f32>;   // (T, nKV, HD)
+@group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)
+
+var<workgroup> Sw: array<f32, ${BK * BQ}>;   // Sᵀ, then dPᵀ (keys × queries)
+var<workgroup> Pw: array<f16, ${BK * BQ}>;
+var<workgroup> DSw: array<f16, ${BK * BQ}>;
+var<workgroup> colSeq: array<i32, ${BQ}>;
+var<workgroup> colL: array<f32, ${BQ}>;
+var<workgroup> colD: array<f32, ${BQ}>;
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let g = wg.y;
+  let k0 = wg.x * ${BK}u;
+  let kEnd = min(k0 + ${BK}u, p.T);
+  let ldq = p.nH * HD;
+  let ldk = p.nKV * HD;
+  let sg = lid / 32u;
+  let kRow = min(k0 + 16u * sg, p.T - 16u);
+${ids(D).map((d) => `  let kl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, false, ldk);`).join("\n")}
+${ids(D).map((d) => `  let vl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&v16, kRow * ldk + g * HD + ${16 * d}u, false, ldk);`).join("\n")}
+  let r = lid / 2u;              // key row of the softmax phase
+  let c0 = (lid % 2u) * ${BQ / 2}u; // its 32 query columns
+  let tj = k0 + r;
+  let sj = seqAt(tj);
+${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  var dv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
+  var pr = array<f32, ${BQ / 2}>();
+  // last key of the block that any query sees (uniform)
+  var k1 = kEnd;
+  for (var t = kEnd; t > k0; t--) { if (seq[t - 1u] >= 0) { k1 = t - 1u; break; } }
+  if (k1 < kEnd) {
+    let s1 = seq[k1];
+    for (var hq = 0u; hq < p.group; hq++) {
+      let h = g * p.group + hq;
+      for (var c0q = k0; c0q < p.T; c0q += ${BQ}u) {
+        if (c0q > k1 && (seq[c0q] != s1 || (p.window != 0u && c0q - k1 >= p.window))) { break; }
+        if (lid < ${BQ}u) {
+          let t = c0q + lid;
+          colSeq[lid] = seqAt(t);
+          var lv = 0.0;
+          var dval = 0.0;
+          if (t < p.T) { lv = lse_in[t * p.nH + h]; dval = dsum_in[t * p.nH + h]; }
+          colL[lid] = lv;
+          colD[lid] = dval;
+        }
+${product("kl", "q16")}
+        for (var c = 0u; c < ${BQ / 2}u; c++) {
+          let cc = c0 + c;
+          let x = select(0.0, exp(p.scale * Sw[r * ${BQ}u + cc] - colL[cc]), allowed(c0q + cc, colSeq[cc], tj, sj));
+          pr[c] = x;
+          Pw[r * ${BQ}u + cc] = f16(x);
+        }
+        workgroupBarrier();
+${product("vl", "do16")}
+        for (var c = 0u; c < ${BQ / 2}u; c++) {
+          let cc = c0 + c;
+          DSw[r * ${BQ}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${BQ}u + cc] - colD[cc]));
+        }
+        workgroupBarrier();
+        for (var j = 0u; j < ${J}u; j++) {
+          let qCol = min(c0q + 16u * j, p.T - 16u);
+          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&Pw, sg * ${16 * BQ}u + 16u * j, false, ${BQ}u);
+          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&DSw, sg * ${16 * BQ}u + 16u * j, false, ${BQ}u);
+${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&do16, qCol * ldq + h * HD + ${16 * d}u, false, ldq), dv${d});
+          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&q16, qCol * ldq + h * HD + ${16 * d}u, false, ldq), dk${d});`).join("\n")}
+        }
+        workgroupBarrier();
+      }
+    }
+  }
+  if (k0 + 16u * sg < p.T) {
+${ids(D).map((d) => `    subgroupMatrixStore(&dk, kRow * ldk + g * HD + ${16 * d}u, dk${d}, false, ldk);\n    subgroupMatrixStore(&dv, kRow * ldk + g * HD + ${16 * d}u, dv${d}, false, ldk);`).join("\n")}
+  }
+}
+`;
+  return { name: `attention_tc_dkv_hd${hd}`, code };
+}
+
 const sources = new Map<number, KernelSource>();
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
@@ -172,7 +379,7 @@ export interface TcAttentionArgs {
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   let s = sources.get(a.hd);
-  if (!s) sources.set(a.hd, (s = source(a.hd)));
+  if (!s) sources.set(a.hd, (s = forwardSource(a.hd)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
   rec.dispatch(`attentionForwardTC T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
@@ -181,5 +388,27 @@ export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   rec.recycle(v16);
 }
 
+export interface TcAttentionBackwardArgs extends TcAttentionArgs {
+  dout: Tensor; dq: Tensor; dk: Tensor; dv: Tensor; dsum: Tensor;
+}
+
+const dqSources = new Map<number, KernelSource>();
+const dkvSources = new Map<number, KernelSource>();
+
+/** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
+export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
+  let sq = dqSources.get(a.hd);
+  if (!sq) dqSources.set(a.hd, (sq = backwardDqSource(a.hd)));
+  let skv = dkvSources.get(a.hd);
+  if (!skv) dkvSources.set(a.hd, (skv = backwardDkvSource(a.hd)));
+  const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
+  rec.dispatch(`attentionBackwardTC dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+    [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
+  rec.dispatch(`attentionBackwardTC dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
+  for (const t of [q16, k16, v16, do16]) rec.recycle(t);
+}
+
 /** The generated WGSL, for reading compiler messages. */
-export const tcAttentionSourceForDebug = (hd: number) => source(hd).code;
+export const tcAttentionSourceForDebug = (hd: number, pass: "forward" | "dq" | "dkv" = "forward") =>
+  (pass === "forward" ? forwardSource : pass === "dq" ? backwardDqSource : backwardDkvSource)(hd).code;

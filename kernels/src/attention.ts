@@ -8,7 +8,7 @@
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
-import { attentionForwardTensorCore, tensorCoreAttentionSupported } from "./attention-tc.ts";
+import { attentionBackwardTensorCore, attentionForwardTensorCore, tensorCoreAttentionSupported } from "./attention-tc.ts";
 import attentionWgsl from "./attention.wgsl" with { type: "text" };
 import decodeWgsl from "./attention_decode.wgsl" with { type: "text" };
 
@@ -132,6 +132,8 @@ export interface AttentionBackwardArgs extends AttentionOptions {
   dv: Tensor; // f32 (T, nKV, hd), overwritten
   /** f32 (T, nH) scratch: D = rowsum(dout ∘ out), written by the dq pass, read by the dk/dv pass. */
   dsum: Tensor;
+  /** As in AttentionForwardArgs: tensor cores (f16 operands) where possible unless false. */
+  tensorCores?: boolean;
 }
 
 /**
@@ -152,6 +154,9 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs) {
   checkWindow(K, window);
   const rt = rec.rt;
   const params = attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window);
+  if (args.tensorCores !== false && tensorCoreAttentionSupported(rec, s.T, s.hd)) {
+    return attentionBackwardTensorCore(rec, { ...args, ...s, params });
+  }
   const dqPass = pipelineFor(rt, "backward_dq", s.hd);
   rec.dispatch(`attentionBackward dq T=${s.T} ${s.nH}/${s.nKV}x${s.hd}`, dqPass.pipeline, params,
     [args.q, args.k, args.v, args.seqId, args.out, args.lse, args.dout, args.dq, args.dsum], [cdiv(s.T, dqPass.BR), s.nH]);

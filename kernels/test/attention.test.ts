@@ -115,7 +115,7 @@ async function runGpu(P: Problem, x: Inputs, backward = true, tensorCores = fals
   const rec = rt.recorder("attention test");
   const opts = { scale: P.scale, window: P.window };
   attentionForward(rec, { ...t, ...opts, tensorCores });
-  if (backward) attentionBackward(rec, { ...t, ...opts });
+  if (backward) attentionBackward(rec, { ...t, ...opts, tensorCores });
   rec.submit();
   const res = {
     out: await rt.read(t.out), lse: await rt.read(t.lse),
@@ -193,7 +193,7 @@ describe("attention forward + backward against float64 (out, lse, dq, dk, dv)", 
 
 // The tensor-core forward rounds q, k, v and the probabilities to f16: compare against float64 on
 // the f16-rounded inputs, at the 16-bit tolerance. Runs where subgroup matrices exist (the H200).
-describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward (f16 operands)", () => {
+describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backward (f16 operands)", () => {
   const round16 = (x: Float32Array) => fromF16Bits(toF16Bits(x));
   const cases: [string, Problem][] = [
     ["SmolLM2 heads 9/3, T=160 (3 key tiles, a partial query tile)", problem(9, 3, 64, packed([160]))],
@@ -205,16 +205,22 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward (f16 op
   for (const [name, P] of cases) {
     test(name, async () => {
       const x = randomInputs(P);
-      const x16 = { ...x, q: round16(x.q), k: round16(x.k), v: round16(x.v) };
-      const ref = attentionRef(P, x16.q, x16.k, x16.v);
-      const gpu = await runGpu(P, x, false, true);
+      const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
+      const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
+      const gpu = await runGpu(P, x, true, true);
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
+      expect(relError(gpu.dq!, ref.dq)).toBeLessThan(2e-3);
+      expect(relError(gpu.dk!, ref.dk)).toBeLessThan(2e-3);
+      expect(relError(gpu.dv!, ref.dv)).toBeLessThan(2e-3);
       const row = P.nH * P.hd;
       for (let t = 0; t < P.T; t++) {
         if (P.seq[t]! >= 0) continue; // padding: exact zeros
         expect(gpu.out.subarray(t * row, (t + 1) * row).every((v) => v === 0)).toBe(true);
         expect(gpu.lse.subarray(t * P.nH, (t + 1) * P.nH).every((v) => v === 0)).toBe(true);
+        expect(gpu.dq!.subarray(t * row, (t + 1) * row).every((v) => v === 0)).toBe(true);
+        const kvRow = P.nKV * P.hd;
+        expect(gpu.dk!.subarray(t * kvRow, (t + 1) * kvRow).every((v) => v === 0)).toBe(true);
       }
     });
   }
@@ -265,7 +271,7 @@ describe("long context without T² memory", () => {
     const tensorsBytes = rt.memory.liveBytes;
     const rec = rt.recorder("attention T=2048");
     attentionForward(rec, { ...t, tensorCores: false });
-    attentionBackward(rec, t);
+    attentionBackward(rec, { ...t, tensorCores: false });
     rec.submit();
     const out = await rt.read(t.out);
     const dv = await rt.read(t.dv);

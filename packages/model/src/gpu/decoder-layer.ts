@@ -156,6 +156,7 @@ export function decoderLayerBackward(
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
     out: heads(a.attn, nH, hd), lse: a.lse, dout: heads(g.dAttn, nH, hd),
     dq: heads(g.dq, nH, hd), dk: heads(g.dk, nKV, hd), dv: heads(g.dv, nKV, hd), dsum: g.dsum, window: ctx.window,
+    tensorCores: w.q.dtype === "f16",
   });
   // q, k = rope(q, k): rotate the gradients back
   ropeBackward(rec, { q: heads(g.dq, nH, hd), k: heads(g.dk, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
