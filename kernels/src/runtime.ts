@@ -342,7 +342,8 @@ export class Recorder {
   private readonly ops: (DispatchOp | CopyOp | ClearOp)[] = [];
   private readonly uniformChunks: GPUBuffer[] = [];
   private chunkUsed = UNIFORM_CHUNK;
-  private readonly staged: { buffer: GPUBuffer; offset: number; data: ArrayBuffer }[] = [];
+  /** Uniform bytes not yet on the GPU: [from, to) of a chunk's host copy. */
+  private readonly staged: { buffer: GPUBuffer; bytes: Uint8Array; from: number; to: number }[] = [];
 
   /** Scratch buffers this recording holds until release(): all, and those free for reuse by size. */
   private readonly scratchAll: GPUBuffer[] = [];
@@ -392,9 +393,14 @@ export class Recorder {
     const buffer = this.uniformChunks[this.uniformChunks.length - 1]!;
     const offset = this.chunkUsed;
     this.chunkUsed += Math.ceil(size / UNIFORM_ALIGN) * UNIFORM_ALIGN;
-    const padded = new Uint8Array(size);
-    padded.set(new Uint8Array(data));
-    this.staged.push({ buffer, offset, data: padded.buffer });
+    // Staged in a host copy of the chunk; submit() uploads each chunk's new bytes in one write.
+    let stage = this.staged.at(-1);
+    if (!stage || stage.buffer !== buffer) {
+      stage = { buffer, bytes: new Uint8Array(UNIFORM_CHUNK), from: offset, to: offset };
+      this.staged.push(stage);
+    }
+    stage.bytes.set(new Uint8Array(data), offset);
+    stage.to = offset + size;
     return { buffer, offset, size };
   }
 
@@ -504,8 +510,11 @@ export class Recorder {
     const rt = this.rt;
     rt.checkErrors();
     const queue = rt.device.queue;
-    for (const s of this.staged) queue.writeBuffer(s.buffer, s.offset, s.data);
-    this.staged.length = 0;
+    for (const s of this.staged) {
+      if (s.to > s.from) queue.writeBuffer(s.buffer, s.from, s.bytes.buffer, s.from, Math.ceil((s.to - s.from) / 4) * 4);
+      s.from = s.to;
+    }
+    this.staged.splice(0, this.staged.length - 1); // the last chunk may receive more uniforms
     const enc = rt.device.createCommandEncoder({ label: this.label });
     let pass: GPUComputePassEncoder | null = null;
     let d = 0;
@@ -551,6 +560,8 @@ export class Recorder {
   release() {
     for (const b of this.uniformChunks) this.rt.destroyBuffer(b);
     this.uniformChunks.length = 0;
+    this.staged.length = 0;
+    this.chunkUsed = UNIFORM_CHUNK;
     for (const b of this.scratchAll) this.rt.releaseBuffer(b);
     this.scratchAll.length = 0;
     this.scratchFree.clear();
