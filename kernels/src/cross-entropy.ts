@@ -192,7 +192,14 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
       // backward of  logits = h · W_cᵀ :
       if (args.dh) { // dh (T, C) += dlogits (T, n) · W_c (n, C)
         const beta = v0 === 0 && !args.accumulateDh ? 0 : 1;
-        matmul(rec, { a: logits, b: rowSlice(w, v0, n, C), c: args.dh, M: T, N: C, K: n, lda: n, beta });
+        const dArgs = { a: logits, b: rowSlice(w, v0, n, C), c: args.dh, M: T, N: C, K: n, lda: n, beta };
+        // Tensor cores need dlogits in f16: only in summed-loss units (scale ≥ 2^-10), where
+        // p − y stays far above f16's underflow; a 1/targets scale would flush most of it to 0.
+        if (h16 && args.scale! >= 2 ** -10 && !tensorCoreUnsupported({ ...dArgs, a: h16 })) {
+          const d16 = toF16(rec, new Tensor(logits.buffer, "f32", [T, n], logits.byteOffset, "dlogits"));
+          matmulTensorCore(rec, { ...dArgs, a: d16 });
+          rec.recycle(d16);
+        } else matmul(rec, dArgs);
       }
       if (args.dw) { // dW_c (n, C) (+)= dlogitsᵀ (n, T) · h (T, C)
         matmul(rec, { a: logits, b: h, c: rowSlice(args.dw, v0, n, C), M: n, N: C, K: T, transA: true, lda: n, beta: args.accumulateDw ? 1 : 0 });

@@ -111,6 +111,26 @@ describe("crossEntropy against float64", () => {
     });
   }
 
+  // Shapes in multiples of 16 with an f16 head and summed-loss units (scale 1): on a device with
+  // subgroup matrices the logits and dh products run on tensor cores (h and dlogits in f16).
+  test("f16 head, scale 1, tensor-core-sized shapes: loss and dh (two chunks, accumulated)", async () => {
+    const T = 64, C = 96, V = 1024, chunk = 512;
+    const { data, values: w } = makeWeights("f16", V * C, 0.2);
+    const h = fromF16Bits(toF16Bits(randn(T * C))); // exactly representable in f16
+    const labels = makeLabels(T, V, 14, 4);
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f16", [V, C], data), tl = rt.upload("i32", [T], labels);
+    const loss = rt.empty("f32", [2]), dh = rt.upload("f32", [T, C], randn(T * C));
+    const rec = rt.recorder("ce tc");
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 1, chunk });
+    rec.submit();
+    const ref = crossEntropyRef(h, w, labels, T, C, V, 1);
+    const l = await readLoss(rt, loss);
+    expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(2e-3);
+    expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(2e-3);
+    rec.release();
+    rt.release(th, tw, tl, loss, dh);
+  });
+
   test("finite differences of the GPU loss w.r.t. h match dh", async () => {
     const T = 6, C = 16, V = 300, chunk = 128;
     const h = randn(T * C), { data } = makeWeights("f32", V * C, 0.5);
