@@ -81,7 +81,8 @@ export async function* benchAttention(rt: GpuRuntime, s: KernelShape): AsyncGene
   try {
     const fwd = (rec: Recorder) => attentionForward(rec, { ...t, tensorCores: false });
     const fwdTensorCores = (rec: Recorder) => attentionForward(rec, { ...t, tensorCores: true });
-    const bwd = (rec: Recorder) => attentionBackward(rec, t);
+    const bwd = (rec: Recorder) => attentionBackward(rec, { ...t, tensorCores: false });
+    const bwdTensorCores = (rec: Recorder) => attentionBackward(rec, { ...t, tensorCores: true });
     await runOnce(rt, "bench attention", (rec) => { fwd(rec); bwd(rec); });
     const got = { out: await rt.read(t.out), dq: await rt.read(t.dq), dk: await rt.read(t.dk), dv: await rt.read(t.dv) };
 
@@ -125,6 +126,14 @@ export async function* benchAttention(rt: GpuRuntime, s: KernelShape): AsyncGene
     }
     ms = await timeKernel(rt, bwd);
     yield { op: "attention_bwd", shape, dtype: "f32", ms, gflops: gflops(2.5 * fwdFlops, ms), relErr: bwdErr, ...modelTag(s) };
+    if (tensorCores) {
+      await runOnce(rt, "bench attention backward tensor cores", (rec) => { fwdTensorCores(rec); bwdTensorCores(rec); });
+      const tcErr = worst(err(gatherQ(await rt.read(t.dq)), ref.dq), err(gatherK(await rt.read(t.dk)), ref.dk), err(gatherK(await rt.read(t.dv)), ref.dv));
+      ms = await timeKernel(rt, bwdTensorCores);
+      yield {
+        op: "attention_bwd", shape, dtype: "f32 in, f16 tensor-core products", ms, gflops: gflops(2.5 * fwdFlops, ms), relErr: tcErr, ...modelTag(s),
+      };
+    }
   } finally {
     rt.release(...Object.values(t));
   }
