@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { GpuModel, KvCacheGenerator, writeTinyModel } from "@tuneloom/model";
 import { writeBenchModel } from "./model-shapes.ts";
+import { profileStep } from "./train.ts";
 
 export interface DecodeBenchOptions {
   model: string;
@@ -24,6 +25,8 @@ export interface DecodeBenchOptions {
   /** Sequences decoded together; default 1. */
   batch: number;
   weightDtype?: "f32" | "f16" | "bf16";
+  /** Also time one decode step per dispatch (GPU timestamps). */
+  profile?: boolean;
 }
 
 export const DECODE_PROMPT_TOKENS = 32;
@@ -64,13 +67,19 @@ export async function benchDecode(o: DecodeBenchOptions) {
       let t0 = performance.now();
       const first = await prefillAll();
       const prefillMs = (performance.now() - t0) / B;
+      const r0 = rt.recordStats.ms;
       t0 = performance.now();
-      await decodeSteps(first, N);
+      const last = await decodeSteps(first, N);
       const decodeMs = performance.now() - t0;
+      const recordMs = (rt.recordStats.ms - r0) / N;
+      const profile = o.profile
+        ? await profileStep(rt, () => gen.decode(slots.map((slot, b) => ({ slot, token: last[b]!, position: P + N, sampling: GREEDY, u: 0 }))))
+        : undefined;
       return {
         op: "decode", model: o.model, batch: B, tokens: N, weights: model.weights.dtype,
         tok_s: round((B * N) / (decodeMs / 1000), 1), ms_per_token: round(decodeMs / N, 3), prefill_ms: round(prefillMs, 2),
-        peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3), device: rt.caps.description,
+        record_ms_per_token: round(recordMs, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3), device: rt.caps.description,
+        ...(profile ? { profile } : {}),
       };
     } finally {
       gen.dispose();

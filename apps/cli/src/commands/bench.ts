@@ -22,7 +22,7 @@ export async function run(argv: string[]): Promise<number> {
   if (flags.decode) {
     const line = await benchDecode({
       model: flags.model ?? "smollm2-135m", tokens: flags.tokens ?? 128, batch: flags.batch ?? 1,
-      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
     });
     console.log(JSON.stringify(line));
     return 0;
