@@ -13,22 +13,17 @@
 // forward (GpuModel with f32 weights, so f32 compute throughout; lavapipe here, any WebGPU device on
 // the GPU machine). Without an arch's fixture file its suite is skipped, saying so.
 import { beforeAll, describe, expect, test } from "bun:test";
-import { logitsRows } from "@tuneloom/kernels";
 import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  allocLayerActivations,
   cpuReferenceForward,
   generateIds,
   GpuModel,
   KvCacheGenerator,
   loadGpuAdapter,
   loadModelConfig,
-  loraRankOf,
-  loraTargetsOf,
-  releaseTensors,
   type LayerLora,
   loadTokenizer,
   openCheckpoint,
@@ -39,6 +34,7 @@ import {
   type WeightStore,
 } from "@tuneloom/model";
 import { renderChatTemplate } from "@tuneloom/chat-template";
+import { gpuLogits } from "./fixtures/hf/gpu-logits.ts";
 
 const FIXTURE_DIR = join(import.meta.dir, "fixtures", "hf");
 const ARCHS = ["llama", "qwen2"] as const;
@@ -208,25 +204,6 @@ function flatBatch(seqs: Seqs, layout: Exclude<Layout, "one by one">, padId: num
   return { ids, positions, seqIds, starts };
 }
 
-/** Logits (T, V) of every token of a flat batch, from the recorded forward and the LM head. */
-async function gpuFlatLogits(m: GpuModel, ids: Int32Array, positions: Int32Array, seqIds: Int32Array, lora?: readonly LayerLora[]): Promise<Float32Array> {
-  const rt = m.rt, T = ids.length;
-  const tb = m.uploadTokens(ids, positions, seqIds);
-  const acts = allocLayerActivations(rt, m.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
-  const logits = rt.empty("f32", [T, m.cfg.vocabSize], "logits");
-  const rec = rt.recorder("hf-parity forward");
-  const fwd = m.recordForward(rec, tb, { activations: () => acts, lora });
-  logitsRows(rec, fwd.h, m.weights.lmHead, Array.from({ length: T }, (_, i) => i), logits);
-  rec.submit();
-  const out = await rt.read(logits);
-  await m.checkTokenIds();
-  rec.release();
-  rt.release(logits, ...fwd.scratch);
-  releaseTensors(rt, acts);
-  m.releaseTokens(tb);
-  return out;
-}
-
 const gpuBackend: Backend = {
   name: "gpu (WebGPU, f32 weights)",
   layouts: ["one by one", "right-padded batch", "packed batch"],
@@ -240,11 +217,11 @@ const gpuBackend: Backend = {
     const V = m.cfg.vocabSize;
     if (layout === "one by one") {
       const out: Logits[] = [];
-      for (const s of seqs) out.push(await gpuFlatLogits(m, Int32Array.from(s), Int32Array.from(s, (_, p) => p), new Int32Array(s.length), lora));
+      for (const s of seqs) out.push(await gpuLogits(m, Int32Array.from(s), Int32Array.from(s, (_, p) => p), new Int32Array(s.length), lora));
       return out;
     }
     const b = flatBatch(seqs, layout, fixtures.get(arch)!.pad_token_id);
-    const all = await gpuFlatLogits(m, b.ids, b.positions, b.seqIds, lora);
+    const all = await gpuLogits(m, b.ids, b.positions, b.seqIds, lora);
     return seqs.map((s, i) => all.subarray(b.starts[i]! * V, (b.starts[i]! + s.length) * V));
   },
   // The loss kernel (cross-entropy fused with the LM head), as training and `perplexity` compute it.
