@@ -20,7 +20,8 @@ import { convertTensor } from "./convert.ts";
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
-import { matmul, type MatmulArgs } from "./matmul.ts";
+import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
+import { stagedSource } from "./matmul-tc-staged.ts";
 
 /** Tile configuration of the tensor-core kernel (see the module comment). */
 export interface TcConfig {
@@ -30,10 +31,24 @@ export interface TcConfig {
   /** Subgroups per workgroup along M and N. */
   sgm: number;
   sgn: number;
+  /** Stage A and B through workgroup memory (matmul-tc-staged.ts) instead of loading from global memory. */
+  staged?: boolean;
 }
 
-/** Best of the sweep on the H200 (apps/cli/src/bench/gemm.ts): 50-72 TFLOP/s on the linear-layer shapes. */
+/** Global-memory kernel, 4×4 matrices per subgroup: 50-72 TFLOP/s on the linear-layer shapes (H200). */
 export const DEFAULT_TC_CONFIG: TcConfig = { tm: 4, tn: 4, sgm: 1, sgn: 1 };
+
+/**
+ * The tile configuration for a (M, N, K) product, from the H200 sweep (`bun apps/cli/src/bench/gemm.ts`,
+ * docs/benchmarks.md): staged 128×128 tiles (4 subgroups) for large N or long K (75-99 TFLOP/s),
+ * staged 128×64 (2 subgroups) for the mid-sized linear layers (57-82), staged 64×128 for
+ * narrow outputs such as k/v projections (N ≤ 256, ~30).
+ */
+export function tcConfigFor(M: number, N: number, K: number): TcConfig {
+  if (N <= 256) return { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true };
+  if (K >= 2048 || N >= 8192) return { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true };
+  return { tm: 4, tn: 4, sgm: 2, sgn: 1, staged: true };
+}
 
 const LANES = 32;
 
@@ -120,7 +135,7 @@ export function tensorCoreUnsupported(args: MatmulArgs): string | null {
 }
 
 /** Records the tensor-core matmul; `a` must already be f16 (see matmulAuto for f32 A). */
-export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig = DEFAULT_TC_CONFIG) {
+export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K)) {
   const { a, b, c, M, N, K } = args;
   const transB = args.transB ?? false;
   const why = tensorCoreUnsupported(args);
@@ -134,9 +149,10 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   if (need(M, K, lda, strideA) > a.numel) throw new Error(`matmulTensorCore: a has ${a.numel} elements, too few for M=${M} K=${K}`);
   if (need(transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmulTensorCore: b has ${b.numel} elements, too few for K=${K} N=${N}`);
   if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}`;
+  if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? "s" : "g"}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = source(transB, cfg)));
+  if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
   const pipeline = rec.rt.pipeline(s, { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 });
   const params = new Params(12)
     .u32(M).u32(N).u32(K).u32(lda)
@@ -163,6 +179,11 @@ export function toF16(rec: Recorder, src: Tensor, dst?: Tensor): Tensor {
  * (f16 A is not accepted there).
  */
 export function matmulAuto(rec: Recorder, args: MatmulArgs) {
+  // A bias on an overwritten C: fill C's rows with it, then accumulate the product on top.
+  if (args.bias && (args.beta ?? 0) === 0 && hasTensorCoreMatmul(rec.rt) && tensorCoreUnsupported({ ...args, bias: undefined }) === null) {
+    fillRowsWithBias(rec, args.bias, args.c, args.M, args.N, args.ldc ?? args.N);
+    return matmulAuto(rec, { ...args, bias: undefined, beta: 1 });
+  }
   if (hasTensorCoreMatmul(rec.rt) && tensorCoreUnsupported(args) === null) {
     if (args.a.dtype === "f16") return matmulTensorCore(rec, args);
     const a16 = toF16(rec, args.a);
@@ -175,4 +196,4 @@ export function matmulAuto(rec: Recorder, args: MatmulArgs) {
 }
 
 /** The generated WGSL (for inspecting compiler messages on a device that has the feature). */
-export const tcSourceForDebug = (transB: boolean, cfg: TcConfig = DEFAULT_TC_CONFIG) => source(transB, cfg).code;
+export const tcSourceForDebug = (transB: boolean, cfg: TcConfig = DEFAULT_TC_CONFIG) => (cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)).code;

@@ -124,6 +124,15 @@ function matmulSplitK(rec: Recorder, args: MatmulArgs & { lda: number; ldb: numb
   rec.recycle(part);
 }
 
+/** c (M, N, row stride ldc) = bias broadcast to every row (the split-K reduction over zero partials). */
+export function fillRowsWithBias(rec: Recorder, bias: Tensor, c: Tensor, M: number, N: number, ldc = N) {
+  expectTensor("fillRowsWithBias", "bias", bias, "f32", [N]);
+  expectTensor("fillRowsWithBias", "c", c, "f32");
+  const params = new Params(8).u32(M).u32(N).u32(ldc).u32(0).f32(1).f32(0).u32(0).u32(0);
+  rec.dispatch(`fillRowsWithBias ${M}x${N}`, rec.rt.pipeline(splitKReduce, { HAS_BIAS: 1 }), params.buffer,
+    [rec.rt.placeholder, bias, c], flatGrid(M * N));
+}
+
 /** y (T, out) = x (T, in) · Wᵀ, W (out, in) in f32/f16/bf16, + bias (out). `beta = 1` adds into y. */
 export function linearForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, bias?: Tensor, beta = 0) {
   const [T, inF] = x.shape as [number, number];

@@ -18,12 +18,14 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
   const configs: TcConfig[] = [
     { tm: 4, tn: 4, sgm: 1, sgn: 1 },
     { tm: 4, tn: 2, sgm: 2, sgn: 2 },
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true },
+    { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 1 },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? " staged" : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);
@@ -71,6 +73,20 @@ test("tensorCoreUnsupported names what keeps operands off the tensor cores", () 
   expect(tensorCoreUnsupported({ ...base, b: t("f32", [32, 32]) })).toContain("B is f32");
   expect(tensorCoreUnsupported({ ...base, alpha: 0.5 })).toContain("alpha");
   expect(tensorCoreUnsupported({ ...base, transA: true })).toContain("transposed A");
+});
+
+test("matmulAuto with a bias (tensor cores: C filled with the bias, then accumulated)", async () => {
+  const M = 64, N = 48, K = 32;
+  const a = randn(M * K), bBits = toF16Bits(randn(N * K)), bias = randn(N);
+  const ta = rt.upload("f32", [M, K], a), tb = rt.upload("f16", [N, K], bBits), tbias = rt.upload("f32", [N], bias);
+  const tc = rt.upload("f32", [M, N], randn(M * N)); // garbage that must be overwritten
+  const rec = rt.recorder();
+  matmulAuto(rec, { a: ta, b: tb, c: tc, bias: tbias, M, N, K, transB: true });
+  rec.submit();
+  const ref = matmulRef(a, fromF16Bits(bBits), M, N, K, false, true).map((v, i) => v + bias[i % N]!);
+  expect(relError(await rt.read(tc), ref)).toBeLessThan(available ? 2e-3 : 1e-5);
+  rec.release();
+  rt.release(ta, tb, tbias, tc);
 });
 
 for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, splitKFactor } from "../src/index.ts";
+import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, splitKFactor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -136,4 +136,17 @@ describe("split-K (skinny products with a long K)", () => {
       rt.release(ta, tb, tbias, tc);
     });
   }
+});
+
+test("fillRowsWithBias writes the bias into every row, respecting ldc", async () => {
+  const M = 5, N = 7, ldc = 9;
+  const bias = randn(N), c0 = randn(M * ldc);
+  const tbias = rt.upload("f32", [N], bias), tc = rt.upload("f32", [M * ldc], c0);
+  const rec = rt.recorder();
+  fillRowsWithBias(rec, tbias, tc, M, N, ldc);
+  rec.submit();
+  const out = await rt.read(tc);
+  rec.release();
+  for (let m = 0; m < M; m++) for (let n = 0; n < ldc; n++) expect(out[m * ldc + n]).toBe(n < N ? bias[n]! : c0[m * ldc + n]!);
+  rt.release(tbias, tc);
 });

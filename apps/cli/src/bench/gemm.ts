@@ -6,7 +6,7 @@
  *   bun apps/cli/src/bench/gemm.ts [--quick] [--configs 4x2_2x2,4x4_1x1]
  */
 import {
-  type GpuRuntime, type TcConfig, DEFAULT_TC_CONFIG, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, toF16,
+  type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, tcConfigFor, toF16,
 } from "@tuneloom/kernels";
 import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/testing.ts";
 import { sampledRelError, timeGpu } from "./timing.ts";
@@ -22,11 +22,11 @@ const SHAPES: [string, number, number, number][] = [
 ];
 
 function parseCfg(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)$/.exec(s);
-  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN, e.g. 4x2_2x2)`);
-  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]! };
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(s?)$/.exec(s);
+  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s], e.g. 4x2_2x2; s = staged through workgroup memory)`);
+  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged: m[5] === "s" };
 }
-const cfgName = (c: TcConfig) => `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}`;
+const cfgName = (c: TcConfig) => `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? "s" : ""}`;
 
 export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean) {
   const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
@@ -62,7 +62,7 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         matmulTensorCore(rec, { a: a16, b: tb, c: tc, M, N, K, transB });
         rec.recycle(a16);
       }, iters);
-      yield { op: "gemm_tc+convert", cfg: cfgName(DEFAULT_TC_CONFIG), shape: name, transB, ms: +msConv.toFixed(4), tflops: +(flops / msConv / 1e9).toFixed(1) };
+      yield { op: "gemm_tc+convert", cfg: cfgName(tcConfigFor(M, N, K)), shape: name, transB, ms: +msConv.toFixed(4), tflops: +(flops / msConv / 1e9).toFixed(1) };
       const msPortable = await timeGpu(rt, (rec) => matmul(rec, { a: ta32, b: tb, c: tc, M, N, K, transB }), Math.max(2, Math.round(iters / 8)));
       yield { op: "gemm_portable_f32xf16", shape: name, transB, ms: +msPortable.toFixed(4), tflops: +(flops / msPortable / 1e9).toFixed(1) };
     }
