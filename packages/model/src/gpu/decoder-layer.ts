@@ -14,7 +14,7 @@
 import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, rmsnormBackward, rmsnormForward,
-  ropeBackward, ropeForward, swigluBackward, swigluForward,
+  hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import { type LayerLora, type LoraTarget, linearLoraBackward, linearLoraForward } from "./lora.ts";
@@ -94,6 +94,17 @@ export interface KvContext {
   decode?: { offsets: Tensor; lengths: Tensor; maxLength: number };
 }
 
+/**
+ * x rounded to f16 once for several tensor-core products that read it (a scratch of the
+ * recording: recycle it after the last of them), or undefined where those products would not
+ * run on tensor cores (f32/bf16 weights, no subgroup matrices, T not a multiple of 16).
+ */
+function sharedF16Input(rec: Recorder, x: Tensor, w: Tensor): Tensor | undefined {
+  const [T, inF] = x.shape as [number, number];
+  if (w.dtype !== "f16" || !hasTensorCoreMatmul(rec.rt) || T % 16 !== 0 || inF % 16 !== 0) return undefined;
+  return toF16(rec, x);
+}
+
 /** xOut (T, C) = layer(x). xOut must not alias x. */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
@@ -101,9 +112,11 @@ export function decoderLayerForward(
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps);
-  linearLoraForward(rec, a.xn1, w.q, w.qBias, a.q, lora.q_proj, a.loraH.q_proj);
-  linearLoraForward(rec, a.xn1, w.k, w.kBias, a.k, lora.k_proj, a.loraH.k_proj);
-  linearLoraForward(rec, a.xn1, w.v, w.vBias, a.v, lora.v_proj, a.loraH.v_proj);
+  const xn1h = sharedF16Input(rec, a.xn1, w.q); // q, k and v read the same normed input
+  linearLoraForward(rec, a.xn1, w.q, w.qBias, a.q, lora.q_proj, a.loraH.q_proj, xn1h);
+  linearLoraForward(rec, a.xn1, w.k, w.kBias, a.k, lora.k_proj, a.loraH.k_proj, xn1h);
+  linearLoraForward(rec, a.xn1, w.v, w.vBias, a.v, lora.v_proj, a.loraH.v_proj, xn1h);
+  if (xn1h) rec.recycle(xn1h);
   ropeForward(rec, { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
   if (kv) kvCacheAppend(rec, { kNew: heads(a.k, nKV, hd), vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
   if (kv?.decode) {
@@ -121,8 +134,10 @@ export function decoderLayerForward(
   linearLoraForward(rec, a.attn, w.o, w.oBias, a.xMid, lora.o_proj, a.loraH.o_proj);
   addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
   rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps);
-  linearLoraForward(rec, a.xn2, w.gate, w.gateBias, a.gate, lora.gate_proj, a.loraH.gate_proj);
-  linearLoraForward(rec, a.xn2, w.up, w.upBias, a.up, lora.up_proj, a.loraH.up_proj);
+  const xn2h = sharedF16Input(rec, a.xn2, w.gate);
+  linearLoraForward(rec, a.xn2, w.gate, w.gateBias, a.gate, lora.gate_proj, a.loraH.gate_proj, xn2h);
+  linearLoraForward(rec, a.xn2, w.up, w.upBias, a.up, lora.up_proj, a.loraH.up_proj, xn2h);
+  if (xn2h) rec.recycle(xn2h);
   swigluForward(rec, a.gate, a.up, a.act);
   linearLoraForward(rec, a.act, w.down, w.downBias, xOut, lora.down_proj, a.loraH.down_proj);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ

@@ -12,7 +12,7 @@
  * so the backward, and a gradient-checkpointing recompute of the forward, regenerate exactly
  * the forward's x̃ from x and the module's seed.
  */
-import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto } from "@tuneloom/kernels";
+import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
 
 export const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
 export type LoraTarget = (typeof LORA_TARGETS)[number];
@@ -56,14 +56,20 @@ function droppedInput(rec: Recorder, x: Tensor, d: LoraDropout, fn: string): Ten
   return xd;
 }
 
-/** y (T, out) = x (T, in)·Wᵀ + bias, plus s·h·Bᵀ with h = x̃·Aᵀ (T, r) saved for the backward. */
+/**
+ * y (T, out) = x (T, in)·Wᵀ + bias, plus s·h·Bᵀ with h = x̃·Aᵀ (T, r) saved for the backward.
+ * `x16`: x already rounded to f16 (shared by the projections that read the same input), used
+ * for the frozen product on tensor cores; the LoRA branch always reads the f32 x.
+ */
 export function linearLoraForward(
   rec: Recorder, x: Tensor, w: Tensor, bias: Tensor | undefined, y: Tensor,
-  lora: LoraModule | undefined, h: Tensor | undefined,
+  lora: LoraModule | undefined, h: Tensor | undefined, x16?: Tensor,
 ) {
   const T = x.shape[0]!;
   const [outF, inF] = w.shape as [number, number];
-  matmulAuto(rec, { a: x, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true }); // y = x·Wᵀ + b
+  const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
+  const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
+  matmulAuto(rec, { ...base, a }); // y = x·Wᵀ + b
   if (!lora) return;
   if (!h) throw new Error("linearLoraForward: LoRA needs an (T, r) buffer for h");
   const r = lora.A.shape[0]!;
