@@ -204,6 +204,50 @@ export class GpuRuntime {
     throw new Error(`read: ${t.label} is ${t.dtype}; use readBytes`);
   }
 
+  /**
+   * Reads several tensors back in one round trip: one copy each into a shared staging buffer,
+   * one submit, one map. Returns each tensor's bytes (numel × element size), in order.
+   */
+  async readMany(tensors: readonly Tensor[]): Promise<ArrayBuffer[]> {
+    this.checkErrors();
+    const at: number[] = [];
+    let size = 0;
+    for (const t of tensors) {
+      at.push(size);
+      size += Math.max(4, Math.ceil(t.byteLength / 4) * 4);
+    }
+    const staging = this.createBuffer(size, "readMany:readback", 0x0001 | 0x0008); // MAP_READ | COPY_DST
+    const enc = this.device.createCommandEncoder({ label: "readMany" });
+    tensors.forEach((t, i) => enc.copyBufferToBuffer(t.buffer, t.byteOffset, staging, at[i]!, Math.max(4, Math.ceil(t.byteLength / 4) * 4)));
+    this.device.queue.submit([enc.finish()]);
+    try {
+      const bytes = await this.mapRead(staging, size, "readMany");
+      return tensors.map((t, i) => bytes.slice(at[i]!, at[i]! + t.numel * (t.dtype === "f16" || t.dtype === "bf16" ? 2 : 4)));
+    } finally {
+      this.destroyBuffer(staging);
+    }
+  }
+
+  /**
+   * Maps a MAP_READ buffer once the work submitted so far is done, copies its first `bytes` out
+   * and unmaps it (so it can be copied into again), then reports any GPU error seen meanwhile.
+   * For persistent readback buffers that a replayed recording copies its results into.
+   */
+  async mapRead(buffer: GPUBuffer, bytes: number, label = buffer.label): Promise<ArrayBuffer> {
+    this.checkErrors();
+    try {
+      await buffer.mapAsync(0x0001, 0, Math.ceil(bytes / 4) * 4);
+    } catch (err) {
+      this.checkErrors();
+      throw new GpuError(`${label}:map`, (err as Error).message);
+    }
+    const out = buffer.getMappedRange(0, Math.ceil(bytes / 4) * 4).slice(0, bytes);
+    buffer.unmap();
+    await this.flushErrorScopes();
+    this.checkErrors();
+    return out;
+  }
+
   async readI32(t: Tensor): Promise<Int32Array> {
     return new Int32Array(await this.readBytes(t));
   }

@@ -7,9 +7,21 @@
  *
  * `validVocab` is the tokenizer's size: checkpoints pad vocab_size past it (Qwen2.5: 151,936
  * logit rows, 151,665 ids), and a padded row is never sampled nor reported in logprobs.
+ *
+ * Replay: recording a step's ~20 dispatches per layer costs CPU time comparable to running them
+ * (a bind group and a uniform block each), so `decode` records its step once per (batch size,
+ * top-N, LoRA set) and re-submits that recording every step. Everything the step reads or writes
+ * lives in buffers owned by the recording: the per-step inputs (token ids, positions, cache rows,
+ * slot offsets, lengths, sampling rows) are packed into one buffer written with one rt.write();
+ * the results (tokens, logprobs, top-N) are packed into one buffer that the recording itself
+ * copies into a mappable one, so a step is one write, one submit and one map. Nothing per-step
+ * is a uniform: attention's length hint is the fixed maxContext (with one key split per
+ * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  */
-import { type SampledRow, type SamplingParams, type Tensor, logitsRows, packSamplingRows, sampleRows } from "@tuneloom/kernels";
-import { allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
+import {
+  type Recorder, type SampledRow, type SamplingParams, Tensor, logitsRows, packSamplingRows, sampleRows,
+} from "@tuneloom/kernels";
+import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
 import { type GpuModel, loraRankOf, loraTargetsOf } from "./model.ts";
 
@@ -25,6 +37,13 @@ export interface GeneratorOptions {
    * value ≥ vocab_size): every row is a token.
    */
   validVocab?: number;
+  /**
+   * Record each decode step shape once and re-submit it (default true). false: every decode step
+   * is recorded afresh, as prefill is (the reference the replayed path is tested against).
+   */
+  replay?: boolean;
+  /** Recorded decode steps kept, one per (batch size, top-N); the least recently used goes first. Default 8. */
+  replayCacheSize?: number;
 }
 
 export interface DecodeItem {
@@ -38,10 +57,45 @@ export interface DecodeItem {
   u: number;
 }
 
+/** Byte offsets of one region each, every one at the device's storage-binding alignment. */
+function packRegions(align: number, bytes: readonly number[]): { at: number[]; size: number } {
+  const at: number[] = [];
+  let size = 0;
+  for (const b of bytes) {
+    at.push(size);
+    size += Math.ceil(Math.max(4, b) / align) * align;
+  }
+  return { at, size };
+}
+
+/** A decode step recorded once for B rows and top-N, with every buffer it touches. */
+interface DecodePlan {
+  B: number;
+  topN: number;
+  lora: readonly LayerLora[] | undefined;
+  rec: Recorder;
+  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, 4)). */
+  inputs: Tensor;
+  host: { bytes: Uint8Array; ids: Int32Array; positions: Int32Array; cacheRows: Int32Array; offsets: Int32Array; lengths: Int32Array; rowParams: Float32Array };
+  /** Results, one buffer: tokens, logprobs, topIds, topLogprobs. */
+  outputs: Tensor;
+  outAt: number[];
+  /** MAP_READ copy of `outputs`, written by the recording's last command. */
+  readback: GPUBuffer;
+  tb: TokenBatch;
+  acts: LayerActivations;
+  owned: Tensor[];
+}
+
 export class KvCacheGenerator {
   private readonly kCaches: Tensor[] = [];
   private readonly vCaches: Tensor[] = [];
   private readonly freeSlots: number[];
+  /** Recorded decode steps, most recently used last. */
+  private readonly plans: DecodePlan[] = [];
+  /** Replayed steps share their plan's buffers: one runs at a time. */
+  private decodeTail: Promise<unknown> = Promise.resolve();
+  private disposed = false;
   /** Logit rows that are tokens. */
   readonly validVocab: number;
 
@@ -70,8 +124,142 @@ export class KvCacheGenerator {
     if (!this.freeSlots.includes(slot)) this.freeSlots.push(slot);
   }
 
+  /** Frees the KV cache and every recorded decode step. */
   dispose() {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.dropPlans();
     this.model.rt.release(...this.kCaches, ...this.vCaches);
+  }
+
+  /** Recorded decode steps held now (tests). */
+  get recordedSteps(): number {
+    return this.plans.length;
+  }
+
+  private dropPlans(keep: (p: DecodePlan) => boolean = () => false) {
+    for (let i = this.plans.length - 1; i >= 0; i--) {
+      const p = this.plans[i]!;
+      if (keep(p)) continue;
+      this.plans.splice(i, 1);
+      this.releasePlan(p);
+    }
+  }
+
+  private releasePlan(p: DecodePlan) {
+    const rt = this.model.rt;
+    p.rec.release();
+    releaseTensors(rt, p.acts);
+    rt.release(...p.owned);
+    for (const buffer of [p.inputs.buffer, p.outputs.buffer, p.readback]) rt.destroyBuffer(buffer);
+  }
+
+  /** The recorded decode step for B rows and top-N (recorded now if new). */
+  private plan(B: number, topN: number): DecodePlan {
+    const lora = this.opts.lora;
+    // A changed LoRA set invalidates every recording (they bind its tensors).
+    this.dropPlans((p) => p.lora === lora);
+    const i = this.plans.findIndex((p) => p.B === B && p.topN === topN);
+    if (i >= 0) {
+      const p = this.plans.splice(i, 1)[0]!;
+      this.plans.push(p);
+      return p;
+    }
+    const p = this.recordPlan(B, topN, lora);
+    this.plans.push(p);
+    const keep = Math.max(1, this.opts.replayCacheSize ?? 8);
+    while (this.plans.length > keep) this.releasePlan(this.plans.shift()!);
+    return p;
+  }
+
+  private recordPlan(B: number, topN: number, lora: readonly LayerLora[] | undefined): DecodePlan {
+    const { model } = this;
+    const rt = model.rt, V = model.cfg.vocabSize;
+    const align = Math.max(256, rt.device.limits.minStorageBufferOffsetAlignment); // each region is bound on its own
+    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 16 * B]);
+    const outL = packRegions(align, [4 * B, 4 * B, 4 * B * topN, 4 * B * topN]);
+    const inputsBuf = rt.createBuffer(inL.size, `decode B=${B}:inputs`);
+    const outputsBuf = rt.createBuffer(outL.size, `decode B=${B}:outputs`);
+    const readback = rt.createBuffer(outL.size, `decode B=${B}:readback`, 0x0001 | 0x0008); // MAP_READ | COPY_DST
+    const owned: Tensor[] = [];
+    let acts: LayerActivations | null = null;
+    let rec: Recorder | null = null;
+    try {
+      const inputs = new Tensor(inputsBuf, "u32", [inL.size / 4], 0, "decode_inputs");
+      const outputs = new Tensor(outputsBuf, "u32", [outL.size / 4], 0, "decode_outputs");
+      const i32In = (k: number, label: string) => new Tensor(inputsBuf, "i32", [B], inL.at[k]!, label);
+      const bytes = new Uint8Array(inL.size);
+      const hostI32 = (k: number) => new Int32Array(bytes.buffer, inL.at[k]!, B);
+      const host = {
+        bytes, ids: hostI32(0), positions: hostI32(1), cacheRows: hostI32(3), offsets: hostI32(4), lengths: hostI32(5),
+        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, 4 * B),
+      };
+      hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
+      const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
+      const cacheRows = i32In(3, "cache_rows");
+      const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext };
+      const rowParams = new Tensor(inputsBuf, "f32", [B, 4], inL.at[6]!, "sampling_rows");
+      const tokens = new Tensor(outputsBuf, "i32", [B], outL.at[0]!, "tokens");
+      const logprobs = new Tensor(outputsBuf, "f32", [B], outL.at[1]!, "logprobs");
+      const topIds = topN > 0 ? new Tensor(outputsBuf, "i32", [B, topN], outL.at[2]!, "top_ids") : undefined;
+      const topLogprobs = topN > 0 ? new Tensor(outputsBuf, "f32", [B, topN], outL.at[3]!, "top_logprobs") : undefined;
+      acts = allocLayerActivations(rt, model.cfg, B, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
+      const logits = rt.empty("f32", [B, V], "logits");
+      owned.push(logits);
+      rec = rt.recorder(`decode B=${B}${topN ? ` top=${topN}` : ""}`);
+      const a = acts;
+      const fwd = model.recordForward(rec, tb, {
+        activations: () => a, lora,
+        kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows, decode: dec }),
+      });
+      owned.push(...fwd.scratch);
+      logitsRows(rec, fwd.h, model.weights.lmHead, Array.from({ length: B }, (_, b) => b), logits);
+      sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
+      rec.copy(outputs, new Tensor(readback, "u32", [outL.size / 4], 0, "decode_readback"));
+      return { B, topN, lora, rec, inputs, host, outputs, outAt: outL.at, readback, tb, acts, owned };
+    } catch (err) {
+      rec?.release();
+      if (acts) releaseTensors(rt, acts);
+      rt.release(...owned);
+      for (const buffer of [inputsBuf, outputsBuf, readback]) rt.destroyBuffer(buffer);
+      throw err;
+    }
+  }
+
+  /**
+   * One replayed decode step: write the inputs, re-submit the recording, map the results once.
+   * `rows` are the items (slot, token, position) and their packed sampling rows.
+   */
+  private async replayStep(rows: readonly { slot: number; token: number; position: number }[], rowParams: Float32Array, topN: number): Promise<SampledRow[]> {
+    if (this.disposed) throw new Error("decode: the generator was disposed");
+    const B = rows.length, ctx = this.opts.maxContext;
+    const p = this.plan(B, topN);
+    const h = p.host;
+    rows.forEach((it, b) => {
+      h.ids[b] = it.token;
+      h.positions[b] = it.position;
+      h.cacheRows[b] = it.slot * ctx + it.position;
+      h.offsets[b] = it.slot * ctx;
+      h.lengths[b] = it.position + 1;
+    });
+    h.rowParams.set(rowParams);
+    const rt = this.model.rt;
+    let bytes: ArrayBuffer;
+    try {
+      rt.write(p.inputs, h.bytes);
+      p.rec.submit();
+      bytes = await rt.mapRead(p.readback, p.outputs.byteLength, p.rec.label);
+    } catch (err) {
+      this.dropPlans((q) => q !== p); // record it afresh next time
+      throw err;
+    }
+    const tok = new Int32Array(bytes, p.outAt[0]!, B), lp = new Float32Array(bytes, p.outAt[1]!, B);
+    const ti = topN > 0 ? new Int32Array(bytes, p.outAt[2]!, B * topN) : null;
+    const tl = topN > 0 ? new Float32Array(bytes, p.outAt[3]!, B * topN) : null;
+    return Array.from(tok, (token, b) => ({
+      token, logprob: lp[b]!,
+      ...(ti && tl ? { top: Array.from({ length: topN }, (_, j) => ({ token: ti[b * topN + j]!, logprob: tl[b * topN + j]! })) } : {}),
+    }));
   }
 
   private step(
@@ -104,8 +292,9 @@ export class KvCacheGenerator {
     sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     return (async () => {
-      const tok = await rt.readI32(tokens), lp = await rt.read(logprobs);
-      const ti = topIds ? await rt.readI32(topIds) : null, tl = topLogprobs ? await rt.read(topLogprobs) : null;
+      const read = await rt.readMany([tokens, logprobs, ...(topIds && topLogprobs ? [topIds, topLogprobs] : [])]);
+      const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
+      const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
       rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch);
       releaseTensors(rt, acts);
@@ -135,6 +324,15 @@ export class KvCacheGenerator {
     if (B === 0) return [];
     for (const it of items) {
       if (it.position >= this.opts.maxContext) throw new Error(`decode: slot ${it.slot} is full (${this.opts.maxContext} tokens)`);
+    }
+    if (this.opts.replay ?? true) {
+      // The items are read now; the step runs once the previous one is done (a plan's buffers,
+      // and its readback's map, serve one step at a time).
+      const rowParams = packSamplingRows(items.map((it) => ({ ...it.sampling, u: it.u })));
+      const rows = items.map(({ slot, token, position }) => ({ slot, token, position }));
+      const run = this.decodeTail.then(() => this.replayStep(rows, rowParams, topN));
+      this.decodeTail = run.catch(() => {});
+      return run;
     }
     const ctx = this.opts.maxContext;
     const ids = Int32Array.from(items, (it) => it.token);
