@@ -3,6 +3,7 @@ import { parseFlags } from "../args.ts";
 import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
 import { benchTrain } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
+import { benchServe } from "../bench/serve.ts";
 
 /**
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
@@ -11,6 +12,8 @@ import { benchDecode } from "../bench/decode.ts";
  * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile]`
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--tokens 128] [--batch 1] [--weight-dtype ...]`.
+ * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
+ *   (bench/serve.ts: TTFT and decode tok/s over HTTP, one line per stream count).
  * Prints one JSON line per measurement.
  */
 export async function run(argv: string[]): Promise<number> {
@@ -18,7 +21,16 @@ export async function run(argv: string[]): Promise<number> {
     kernels: "boolean", quick: "boolean", train: "boolean", model: "string", batch: "number", seq: "number", rank: "number",
     steps: "number", "no-gradient-checkpointing": "boolean", "weight-dtype": "string",
     decode: "boolean", tokens: "number", ops: "string", profile: "boolean",
+    serve: "boolean", streams: "string", "prompt-tokens": "number",
   }, "bench");
+  if (flags.serve) {
+    await benchServe({
+      model: flags.model ?? "smollm2-135m", streams: (flags.streams ?? "1,16").split(",").map((s) => Number(s.trim())),
+      tokens: flags.tokens ?? 128, promptTokens: flags["prompt-tokens"] ?? 64,
+      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+    }, (line) => console.log(JSON.stringify(line)));
+    return 0;
+  }
   if (flags.decode) {
     const line = await benchDecode({
       model: flags.model ?? "smollm2-135m", tokens: flags.tokens ?? 128, batch: flags.batch ?? 1,
@@ -36,7 +48,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(JSON.stringify(line));
     return 0;
   }
-  if (!flags.kernels) throw new Error("say what to measure: --kernels, --train or --decode (see the command's doc)");
+  if (!flags.kernels) throw new Error("say what to measure: --kernels, --train, --decode or --serve (see the command's doc)");
   const rt = await getRuntime();
   console.error(`bench: ${rt.caps.description} (${rt.caps.vendor})`);
   let failed = 0;
