@@ -91,7 +91,11 @@ export interface KvContext {
   kCache: Tensor; // (maxRows, nKV, hd) this layer's
   vCache: Tensor;
   cacheRows: Tensor; // i32 (T)
-  decode?: { offsets: Tensor; lengths: Tensor; maxLength: number };
+  /**
+   * `scratch`: f32 for split-K decode attention (attentionDecodeScratchSize elements); without
+   * it one workgroup per sequence and kv head walks all the keys.
+   */
+  decode?: { offsets: Tensor; lengths: Tensor; maxLength: number; scratch?: Tensor };
 }
 
 /**
@@ -122,7 +126,7 @@ export function decoderLayerForward(
   if (kv?.decode) {
     attentionDecode(rec, {
       q: heads(a.q, nH, hd), kCache: kv.kCache, vCache: kv.vCache, offsets: kv.decode.offsets, lengths: kv.decode.lengths,
-      out: heads(a.attn, nH, hd), window: ctx.window, maxLength: kv.decode.maxLength,
+      out: heads(a.attn, nH, hd), window: ctx.window, maxLength: kv.decode.maxLength, scratch: kv.decode.scratch,
     });
   } else {
     attentionForward(rec, {

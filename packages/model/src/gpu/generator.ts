@@ -19,7 +19,7 @@
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  */
 import {
-  type Recorder, type SampledRow, type SamplingParams, Tensor, logitsRows, packSamplingRows, sampleRows,
+  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows,
 } from "@tuneloom/kernels";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
@@ -197,7 +197,12 @@ export class KvCacheGenerator {
       hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
       const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
       const cacheRows = i32In(3, "cache_rows");
-      const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext };
+      // Split-K decode attention: up to 32 splits of at least 32 keys over the slot's context
+      // (empty splits past a sequence's length cost next to nothing).
+      const splits = Math.max(1, Math.min(32, Math.floor(this.opts.maxContext / 32)));
+      const attnScratch = rt.empty("f32", [attentionDecodeScratchSize(B, model.cfg.numHeads, model.cfg.headDim, splits)], "attn_decode_scratch");
+      owned.push(attnScratch);
+      const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext, scratch: attnScratch };
       const rowParams = new Tensor(inputsBuf, "f32", [B, 4], inL.at[6]!, "sampling_rows");
       const tokens = new Tensor(outputsBuf, "i32", [B], outL.at[0]!, "tokens");
       const logprobs = new Tensor(outputsBuf, "f32", [B], outL.at[1]!, "logprobs");
