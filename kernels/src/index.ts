@@ -8,6 +8,7 @@ export * from "./runtime.ts";
 export * from "./tensor.ts";
 export * from "./matmul.ts";
 export * from "./matmul-subgroup.ts";
+export * from "./gemv.ts";
 export * from "./cross-entropy.ts";
 export * from "./grad-norm.ts";
 export * from "./adamw.ts";

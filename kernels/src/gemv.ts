@@ -1,0 +1,282 @@
+/**
+ * GEMV-style y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y) for decode, where M (sequences in the
+ * batch) is 1..16 and the product is bound by reading W once.
+ *
+ * Workgroup: 128 threads = 4 row groups × 32 lanes; the 32 lanes of a group stride along K, so
+ * a row of W is read as coalesced 512-byte runs of vec4<u32> words (8 halves, or 4 floats, per
+ * lane). M ≤ 8: each group owns RT consecutive rows of W (output columns) and all M rows of x,
+ * MS = M accumulators per row in registers. 9 ≤ M ≤ 16: the x rows are split in S = 2 slices
+ * of MS = ⌈M/2⌉, and two groups share each set of W rows (one slice each), so a workgroup reads
+ * its W rows from memory once (the second group's loads hit L1) while a thread holds at most
+ * 8·RT accumulators. x is read from cache. A lane issues U·RT loads of W before using any, and
+ * the 32 lanes' partial sums are added through workgroup memory (no subgroup-layout assumption,
+ * no second pass): one dispatch, no split-K.
+ *
+ * The weight dtype (f32/f16/bf16) is a uniform, not a pipeline constant: the loads are the same
+ * vec4<u32> words and only the decoding branches (uniformly), so pipelines differ only by
+ * (MS, RT). Shapes whose rows are not 16-byte aligned (K or ldb not a multiple of 8 halves / 4
+ * floats, lda not a multiple of 4) take a scalar kernel with the same layout, one pipeline for
+ * every M (correct, not tuned).
+ */
+import type { MatmulArgs } from "./matmul.ts";
+import { cdiv, Params } from "./params.ts";
+import type { KernelSource, Recorder } from "./runtime.ts";
+import { expectTensor } from "./tensor.ts";
+
+const WG = 128;
+const TK = 32; // lanes along K per row group
+const G = WG / TK; // row groups per workgroup
+const JB_MAX = 16; // accumulators reduced per round through workgroup memory
+const MAX_M = 16;
+
+export interface GemvConfig {
+  /** Rows of W per thread (1, 2 or 4); a workgroup covers 4·rows output columns (2·rows when M > 8). */
+  rows: 1 | 2 | 4;
+}
+
+/** x rows per thread (MS) and slices of x (S) for M rows. */
+function mSplit(M: number): { MS: number; S: number } {
+  return M <= 8 ? { MS: M, S: 1 } : { MS: Math.ceil(M / 2), S: 2 };
+}
+
+const PARAMS = `struct Params {
+  M: u32, N: u32, K: u32, lda: u32,
+  ldb: u32, ldc: u32, wkind: u32, flags: u32,
+  beta: f32, nc: u32, gridX: u32, S: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;`;
+
+const vecSources = new Map<string, KernelSource>();
+
+/**
+ * The aligned kernel for MS rows of x and RT rows of W per thread. Chunk c of a row is its c-th
+ * vec4<u32> word: 8 halves (x: vec4 words 2c, 2c+1 of the row) or 4 floats (x: word c).
+ * Written with constant-bound loops over small private arrays (GPU compilers unroll them into
+ * registers). Cold compile on lavapipe's LLVM: 1-2 s for MS ≤ 8 with RT = 1, about 6 s for
+ * MS = 8, RT = 2; MS = 16 in one thread took 6-90 s there, hence the x slices.
+ */
+function vecSource(MS: number, RT: number): KernelSource {
+  const key = `${MS}x${RT}`;
+  let s = vecSources.get(key);
+  if (s) return s;
+  const U = Math.max(1, Math.min(4 / RT, Math.floor(8 / MS)));
+  const J = MS * RT;
+  const JB = Math.min(J, JB_MAX);
+  const rounds: string[] = [];
+  for (let j0 = 0; j0 < J; j0 += JB) {
+    const writes = Array.from({ length: JB }, (_, jj) => `  red[${jj}u * WG1 + tid] = acc[${Math.floor((j0 + jj) / RT)}][${(j0 + jj) % RT}];`);
+    rounds.push(`${writes.join("\n")}
+  workgroupBarrier();
+  if (tid < JB * ${G}u) {
+    let gg = tid / JB;
+    let jj = tid % JB;
+    let j = ${j0}u + jj;
+    let m = (gg % p.S) * MS + j / RT;
+    let n = n0 + (gg / p.S) * RT + j % RT;
+    var s = 0.0;
+    for (var l = 0u; l < TK; l++) { s += red[jj * WG1 + gg * TK + l]; }
+    if (m < p.M && n < p.N) { store(m, n, s); }
+  }
+  workgroupBarrier();`);
+  }
+  const code = `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
+const MS = ${MS}u;
+const RT = ${RT}u;
+const U = ${U}u;   // chunks per lane loaded before any is used
+const TK = ${TK}u; // lanes along K per row group
+const JB = ${JB}u; // accumulators reduced per round
+const WG1 = ${WG + 1}u;
+${PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+var<workgroup> red: array<f32, ${JB * (WG + 1)}>;
+
+// 8 halves of one vec4<u32> word as two vec4<f32> (element 2i is the low half of word i).
+fn decode16(v: vec4<u32>) -> array<vec4<f32>, 2> {
+  if (p.wkind == 1u) {
+    return array<vec4<f32>, 2>(vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)),
+                               vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
+  }
+  let lo = bitcast<vec4<f32>>(v << vec4<u32>(16u));
+  let hi = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));
+  return array<vec4<f32>, 2>(vec4<f32>(lo.x, hi.x, lo.y, hi.y), vec4<f32>(lo.z, hi.z, lo.w, hi.w));
+}
+
+fn store(m: u32, n: u32, s: f32) {
+  var v = s;
+  if ((p.flags & 1u) != 0u) { v += bias[n]; }
+  let idx = m * p.ldc + n;
+  // beta == 0 must not read y: it may hold garbage (NaN·0 = NaN).
+  if (p.beta != 0.0) { v += p.beta * y[idx]; }
+  y[idx] = v;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let n0 = (wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT;
+  if (n0 >= p.N) { return; }
+  let g = tid / TK;
+  let lane = tid % TK;
+  let nc = p.nc;
+  let lda4 = p.lda / 4u;
+  var base = array<u32, RT>();
+  for (var r = 0u; r < RT; r++) { base[r] = min(n0 + (g / p.S) * RT + r, p.N - 1u) * p.ldb; }
+  // This thread's x rows (a slice past M re-reads row M-1; its sums are not stored).
+  var xrow = array<u32, MS>();
+  for (var m = 0u; m < MS; m++) { xrow[m] = min((g % p.S) * MS + m, p.M - 1u) * lda4; }
+  var acc = array<array<f32, RT>, MS>();
+  for (var c0 = lane; c0 < nc; c0 += U * TK) {
+    // All U·RT words first, so that many loads are in flight before the first is used.
+    var wv = array<array<vec4<u32>, RT>, U>();
+    for (var u = 0u; u < U; u++) {
+      let cc = min(c0 + u * TK, nc - 1u);
+      for (var r = 0u; r < RT; r++) { wv[u][r] = w[base[r] + cc]; }
+    }
+    for (var u = 0u; u < U; u++) {
+      let c = c0 + u * TK;
+      if (c >= nc) { break; }
+      if (p.wkind == 0u) {
+        for (var m = 0u; m < MS; m++) {
+          let xv = x[xrow[m] + c];
+          for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xv, bitcast<vec4<f32>>(wv[u][r])); }
+        }
+      } else {
+        var d = array<array<vec4<f32>, 2>, RT>();
+        for (var r = 0u; r < RT; r++) { d[r] = decode16(wv[u][r]); }
+        for (var m = 0u; m < MS; m++) {
+          let xa = x[xrow[m] + 2u * c];
+          let xb = x[xrow[m] + 2u * c + 1u];
+          for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xa, d[r][0]) + dot(xb, d[r][1]); }
+        }
+      }
+    }
+  }
+  // The TK lanes' partial sums → y, JB accumulators per round through workgroup memory.
+${rounds.join("\n")}
+}
+`;
+  s = { name: `gemv_m${MS}_r${RT}`, code };
+  vecSources.set(key, s);
+  return s;
+}
+
+/** Any alignment: per-element loads, x rows one at a time (W re-read from cache), one row of W per group. */
+const scalarSource: KernelSource = {
+  name: "gemv_scalar",
+  code: `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), any alignment; one row of W per 32 lanes.
+${PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+var<workgroup> red: array<f32, ${MAX_M * (WG + 1)}>;
+
+fn loadW(i: u32) -> f32 {
+  if (p.wkind == 0u) { return bitcast<f32>(w[i]); }
+  let v = w[i >> 1u];
+  if (p.wkind == 1u) { return unpack2x16float(v)[i & 1u]; }
+  return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i & 1u) == 1u));
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let n0 = (wg.y * p.gridX + wg.x) * ${G}u;
+  if (n0 >= p.N) { return; }
+  let g = tid / ${TK}u;
+  let lane = tid % ${TK}u;
+  let base = min(n0 + g, p.N - 1u) * p.ldb;
+  for (var m = 0u; m < p.M; m++) {
+    var s = 0.0;
+    for (var k = lane; k < p.K; k += ${TK}u) { s = fma(x[m * p.lda + k], loadW(base + k), s); }
+    red[m * ${WG + 1}u + tid] = s;
+  }
+  workgroupBarrier();
+  if (tid < ${G}u * p.M) {
+    let m = tid / ${G}u;
+    let gg = tid % ${G}u;
+    let n = n0 + gg;
+    var s = 0.0;
+    for (var l = 0u; l < ${TK}u; l++) { s += red[m * ${WG + 1}u + gg * ${TK}u + l]; }
+    if (n < p.N) {
+      var v = s;
+      if ((p.flags & 1u) != 0u) { v += bias[n]; }
+      let idx = m * p.ldc + n;
+      if (p.beta != 0.0) { v += p.beta * y[idx]; }
+      y[idx] = v;
+    }
+  }
+}
+`,
+};
+
+/** True when gemv() handles these matmul() arguments: y = x·Wᵀ (+ bias) (+ y) with 1 ≤ M ≤ 16. */
+export function gemvSupported(args: MatmulArgs): boolean {
+  return args.M >= 1 && args.M <= MAX_M && args.transB === true && !args.transA &&
+    (args.alpha ?? 1) === 1 && ((args.beta ?? 0) === 0 || args.beta === 1) && (args.batch ?? 1) === 1 &&
+    ["f32", "f16", "bf16"].includes(args.b.dtype);
+}
+
+/**
+ * Rows of W per thread: more where N still leaves enough workgroups to fill the GPU (2 per SM
+ * on the H200's 132 SMs); `sets` = row sets per workgroup (4 / S).
+ */
+function defaultRows(N: number, sets: number): 1 | 2 | 4 {
+  if (cdiv(N, sets * 4) >= 528) return 4;
+  if (cdiv(N, sets * 2) >= 264) return 2;
+  return 1;
+}
+
+/**
+ * Records y = x·Wᵀ (+ bias) (+ y) for matmul() arguments with transB (W (N, K) stored
+ * row-major with row stride ldb), M ≤ 16, alpha 1, beta 0 or 1. `a` is x (row stride lda), `c`
+ * is y (row stride ldc); W may be a row chunk of a larger matrix bound on its own (a Tensor
+ * view at the chunk's byte offset) with y's columns offset the same way, as logitsRows does.
+ * `cfg` overrides the rows of W per thread (for benchmarks).
+ */
+export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
+  const { a, b, c, M, N, K } = args;
+  if (!gemvSupported(args)) {
+    throw new Error(`gemv: needs transB, !transA, alpha 1, beta 0|1, batch 1 and 1 <= M <= ${MAX_M} (got M=${M}, transB=${args.transB}, transA=${args.transA}, alpha=${args.alpha}, beta=${args.beta})`);
+  }
+  expectTensor("gemv", "a", a, "f32");
+  expectTensor("gemv", "b", b, ["f32", "f16", "bf16"]);
+  expectTensor("gemv", "c", c, "f32");
+  const lda = args.lda ?? K, ldb = args.ldb ?? K, ldc = args.ldc ?? N;
+  if (lda < K || ldb < K || ldc < N) throw new Error(`gemv: strides lda=${lda} ldb=${ldb} ldc=${ldc} shorter than rows (K=${K}, N=${N})`);
+  if (N === 0) return;
+  if ((M - 1) * lda + K > a.numel) throw new Error(`gemv: a has ${a.numel} elements, too few for M=${M} K=${K} lda=${lda}`);
+  if ((N - 1) * ldb + K > b.numel) throw new Error(`gemv: b has ${b.numel} elements, too few for N=${N} K=${K} ldb=${ldb}`);
+  if ((M - 1) * ldc + N > c.numel) throw new Error(`gemv: c has ${c.numel} elements, too few for M=${M} N=${N} ldc=${ldc}`);
+  if (args.bias) expectTensor("gemv", "bias", args.bias, "f32", [N]);
+
+  const rt = rec.rt;
+  const wide = b.dtype === "f32";
+  const per = wide ? 4 : 8; // elements of W per vec4<u32> word
+  const aligned = K > 0 && K % per === 0 && ldb % per === 0 && lda % 4 === 0 && a.byteOffset % 16 === 0 && b.byteOffset % 16 === 0;
+  const wkind = wide ? 0 : b.dtype === "f16" ? 1 : 2;
+  const flags = args.bias ? 1 : 0;
+  const beta = args.beta ?? 0;
+  let pipeline: GPUComputePipeline, rowsPerWg: number, label: string, S = 1;
+  if (aligned) {
+    const split = mSplit(M);
+    S = split.S;
+    const RT = cfg?.rows ?? defaultRows(N, G / S);
+    pipeline = rt.pipeline(vecSource(split.MS, RT));
+    rowsPerWg = (G / S) * RT;
+    label = `gemv ${M}x${N}x${K} ${b.dtype} r${RT}`;
+  } else {
+    pipeline = rt.pipeline(scalarSource);
+    rowsPerWg = G;
+    label = `gemv ${M}x${N}x${K} ${b.dtype} scalar`;
+  }
+  const groups = cdiv(N, rowsPerWg);
+  const gridX = Math.min(groups, rt.caps.limits.maxComputeWorkgroupsPerDimension);
+  const gridY = cdiv(groups, gridX);
+  const params = new Params(12)
+    .u32(M).u32(N).u32(K).u32(lda)
+    .u32(aligned ? ldb / per : ldb).u32(ldc).u32(wkind).u32(flags)
+    .f32(beta).u32(aligned ? K / per : 0).u32(gridX).u32(S);
+  rec.dispatch(label, pipeline, params.buffer, [a, b, args.bias ?? rt.placeholder, c], [gridX, gridY, 1]);
+}

@@ -1,0 +1,126 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { type DType, getRuntime, gemv, gemvSupported, Tensor } from "../src/index.ts";
+import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
+
+const rt = await getRuntime();
+afterAll(() => rt.trimPool());
+/** A cold lavapipe compiles each new pipeline in 1-6 s (bun test's own timeout is 5 s). */
+const COMPILE_TIMEOUT = 60_000;
+
+/** W as the dtype's stored bits and the exact values they hold (the float64 reference widens the same bits). */
+function weights(dtype: DType, w: Float32Array): { data: ArrayBufferView; values: Float32Array } {
+  if (dtype === "f16") {
+    const bits = toF16Bits(w);
+    return { data: bits, values: fromF16Bits(bits) };
+  }
+  if (dtype === "bf16") {
+    const bits = toBf16Bits(w);
+    return { data: bits, values: fromBf16Bits(bits) };
+  }
+  return { data: w, values: w };
+}
+
+/** Uniform in [-1, 1) from a fresh seed: randn's Box-Muller takes 1.7 s for the 28M weights of the LM-head case. */
+function uniformSigned(n: number): Float32Array {
+  const r = rng((Math.random() * 2 ** 32) >>> 0);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = 2 * r.uniform() - 1;
+  return out;
+}
+
+/** float64 y[m][n] = Σ_k x[m·lda + k]·w[n·ldb + k]. */
+function ref(x: Float32Array, w: Float32Array, M: number, N: number, K: number, lda: number, ldb: number) {
+  const out = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += x[m * lda + k]! * w[n * ldb + k]!;
+      out[m * N + n] = s;
+    }
+  }
+  return out;
+}
+
+const cases: [number, number, number[]][] = [
+  [1536, 576, [1, 3, 8, 16]],
+  [577, 131, [1, 3, 8, 16]], // K not a multiple of 8, odd N: the scalar kernel
+  [64, 8, [1, 3, 8, 16]],
+  [49152, 576, [1]], // LM-head-like: 4 rows of W per thread
+];
+
+describe("gemv against float64", () => {
+  for (const [N, K, Ms] of cases) {
+    test(`N=${N} K=${K}, M in {${Ms}}, W f32/f16/bf16, bias + beta=1 and plain beta=0`, async () => {
+      const w32 = N * K > 4e6 ? uniformSigned(N * K) : randn(N * K), bias = randn(N);
+      const tbias = rt.upload("f32", [N], bias);
+      const rec = rt.recorder();
+      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+      const held: Tensor[] = [tbias];
+      for (const dtype of ["f32", "f16", "bf16"] as const) {
+        const { data, values } = weights(dtype, w32);
+        const tw = rt.upload(dtype, [N, K], data);
+        held.push(tw);
+        for (const M of Ms) {
+          const x = randn(M * K), y0 = randn(M * N);
+          const tx = rt.upload("f32", [M, K], x);
+          const ty1 = rt.upload("f32", [M, N], y0);
+          const ty0 = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN)); // beta = 0 must not read it
+          held.push(tx, ty1, ty0);
+          const args = { a: tx, b: tw, M, N, K, transB: true };
+          expect(gemvSupported({ ...args, c: ty1, beta: 1 })).toBe(true);
+          gemv(rec, { ...args, c: ty1, bias: tbias, beta: 1 });
+          gemv(rec, { ...args, c: ty0 });
+          const plain = ref(x, values, M, N, K, K, K);
+          checks.push({ out: ty1, expect: plain.map((v, i) => v + bias[i % N]! + y0[i]!), what: `${dtype} M=${M} bias+beta` });
+          checks.push({ out: ty0, expect: plain, what: `${dtype} M=${M} plain` });
+        }
+      }
+      rec.submit();
+      for (const c of checks) {
+        const err = relError(await rt.read(c.out), c.expect);
+        if (!(err < 1e-5)) throw new Error(`${c.what}: relErr ${err}`);
+      }
+      rec.release();
+      rt.release(...held);
+    }, COMPILE_TIMEOUT);
+  }
+
+  test("a row chunk of W bound on its own, y columns at an offset with ldc, lda > K", async () => {
+    // The LM-head pattern: W (N, K) in two chunks of rows, y (M, N) written chunk by chunk.
+    const N = 300, K = 64, M = 11, lda = 72, split = 128; // M = 11: two x slices of 6, the second one row short
+    for (const dtype of ["f16", "f32"] as const) {
+      const { data, values } = weights(dtype, randn(N * K));
+      const x = randn(M * lda);
+      const tw = rt.upload(dtype, [N, K], data), tx = rt.upload("f32", [M, lda], x);
+      const ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
+      const rec = rt.recorder();
+      const eb = dtype === "f16" ? 2 : 4;
+      for (const [n0, n] of [[0, split], [split, N - split]] as const) {
+        const wChunk = new Tensor(tw.buffer, dtype, [n, K], tw.byteOffset + n0 * K * eb);
+        const yChunk = new Tensor(ty.buffer, "f32", [M * N - n0], ty.byteOffset + n0 * 4);
+        gemv(rec, { a: tx, b: wChunk, c: yChunk, M, N: n, K, transB: true, lda, ldc: N });
+      }
+      rec.submit();
+      expect(relError(await rt.read(ty), ref(x, values, M, N, K, lda, K))).toBeLessThan(1e-5);
+      rec.release();
+      rt.release(tw, tx, ty);
+    }
+  }, COMPILE_TIMEOUT);
+
+  test("gemvSupported and argument errors", () => {
+    const tx = rt.empty("f32", [4, 8]), tw = rt.empty("f32", [3, 8]), ty = rt.empty("f32", [4, 3]);
+    const base = { a: tx, b: tw, c: ty, M: 4, N: 3, K: 8, transB: true };
+    expect(gemvSupported(base)).toBe(true);
+    expect(gemvSupported({ ...base, M: 17 })).toBe(false);
+    expect(gemvSupported({ ...base, transB: false })).toBe(false);
+    expect(gemvSupported({ ...base, transA: true })).toBe(false);
+    expect(gemvSupported({ ...base, alpha: 0.5 })).toBe(false);
+    expect(gemvSupported({ ...base, beta: 0.5 })).toBe(false);
+    const rec = rt.recorder();
+    expect(() => gemv(rec, { ...base, M: 17 })).toThrow(/gemv: needs transB/);
+    expect(() => gemv(rec, { ...base, lda: 4 })).toThrow(/gemv: strides/);
+    expect(() => gemv(rec, { ...base, N: 4, ldc: 4 })).toThrow(/gemv: b has 24 elements/);
+    rec.release();
+    rt.release(tx, tw, ty);
+  });
+});
