@@ -6,6 +6,7 @@
 import { acquireDevice, type AcquiredDevice, type Capabilities } from "./device.ts";
 import { type DType, numelOf, storageBytes } from "./dtype.ts";
 import { DeviceLostError, GpuError } from "./errors.ts";
+import { BindingCache } from "./bind-cache.ts";
 import { MemoryTracker, poolBucketSize } from "./memory.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -31,8 +32,12 @@ export class GpuRuntime {
   private lost: DeviceLostError | null = null;
   private uncaptured: GpuError[] = [];
 
+  /** Bind groups and uniforms shared by recordings made with `{ cacheBindings: true }`. */
+  readonly bindings: BindingCache;
+
   private constructor(private readonly acquired: AcquiredDevice) {
     const device = acquired.device;
+    this.bindings = new BindingCache(device, (bytes) => this.createBuffer(bytes, "uniform-arena", 0x40 | 0x08), (b) => this.destroyBuffer(b));
     device.lost.then((info) => {
       this.lost = new DeviceLostError(info.reason ?? "unknown", info.message);
     });
@@ -85,6 +90,7 @@ export class GpuRuntime {
     this.sizes.delete(buffer);
     this.memory.released(size);
     this.memory.freed(size);
+    this.bindings.forgetBuffer(buffer);
     buffer.destroy();
   }
 
@@ -117,6 +123,7 @@ export class GpuRuntime {
         const size = this.sizes.get(b)!;
         this.sizes.delete(b);
         this.memory.freed(size);
+        this.bindings.forgetBuffer(b);
         b.destroy();
       }
     }
@@ -332,8 +339,13 @@ export class GpuRuntime {
   }
 
   /** Starts recording a batch of GPU work; submit() sends it as one command buffer. */
-  recorder(label = "work", opts: { flushEvery?: number } = {}): Recorder {
-    return new Recorder(this, label, opts.flushEvery ?? 0);
+  /**
+   * `flushEvery`: see Recorder. `cacheBindings`: take uniforms and bind groups from the
+   * runtime's BindingCache (bind-cache.ts) instead of creating them, for recordings that repeat
+   * the same dispatches (training steps).
+   */
+  recorder(label = "work", opts: { flushEvery?: number; cacheBindings?: boolean } = {}): Recorder {
+    return new Recorder(this, label, opts.flushEvery ?? 0, opts.cacheBindings ?? false);
   }
 
   /** The pipeline's bind group layout, fetched from Dawn once. */
@@ -397,7 +409,10 @@ export class Recorder {
    * `flushEvery`: submit automatically after this many recorded dispatches (see flush()); for
    * long one-shot recordings such as a training step. 0: only explicit submits.
    */
-  constructor(readonly rt: GpuRuntime, readonly label: string, private readonly flushEvery = 0) {}
+  constructor(readonly rt: GpuRuntime, readonly label: string, private readonly flushEvery = 0, private readonly cacheBindings = false) {
+    if (cacheBindings) rt.bindings.recordingStarted();
+  }
+  private released = false;
 
   /**
    * A temporary tensor for work recorded after this call, held until release(). Give it back
@@ -475,11 +490,19 @@ export class Recorder {
     tensors: (Tensor | GPUBufferBinding)[],
     workgroups: [number, number?, number?],
   ) {
-    const entries: GPUBindGroupEntry[] = [];
-    let binding = 0;
-    if (params) entries.push({ binding: binding++, resource: this.uniform(params) });
-    for (const t of tensors) entries.push({ binding: binding++, resource: t instanceof Tensor ? t.binding : t });
-    const bindGroup = this.rt.device.createBindGroup({ label, layout: this.rt.bindGroupLayout(pipeline), entries });
+    let bindGroup: GPUBindGroup;
+    if (this.cacheBindings) {
+      const resources: GPUBufferBinding[] = [];
+      if (params) resources.push(this.rt.bindings.uniform(params));
+      for (const t of tensors) resources.push(t instanceof Tensor ? t.binding : t);
+      bindGroup = this.rt.bindings.bindGroup(label, pipeline, this.rt.bindGroupLayout(pipeline), resources);
+    } else {
+      const entries: GPUBindGroupEntry[] = [];
+      let binding = 0;
+      if (params) entries.push({ binding: binding++, resource: this.uniform(params) });
+      for (const t of tensors) entries.push({ binding: binding++, resource: t instanceof Tensor ? t.binding : t });
+      bindGroup = this.rt.device.createBindGroup({ label, layout: this.rt.bindGroupLayout(pipeline), entries });
+    }
     const [x, y = 1, z = 1] = workgroups;
     const max = this.rt.caps.limits.maxComputeWorkgroupsPerDimension;
     if (x > max || y > max || z > max) throw new Error(`${label}: grid ${x}x${y}x${z} exceeds ${max} workgroups per dimension`);
@@ -554,6 +577,7 @@ export class Recorder {
     const rt = this.rt;
     rt.checkErrors();
     const queue = rt.device.queue;
+    rt.bindings.flushUniforms(queue);
     for (const s of this.staged) {
       if (s.to > s.from) queue.writeBuffer(s.buffer, s.from, s.bytes.buffer, s.from, Math.ceil((s.to - s.from) / 4) * 4);
       s.from = s.to;
@@ -609,6 +633,8 @@ export class Recorder {
     for (const b of this.scratchAll) this.rt.releaseBuffer(b);
     this.scratchAll.length = 0;
     this.scratchFree.clear();
+    if (this.cacheBindings && !this.released) this.rt.bindings.recordingReleased();
+    this.released = true;
     this.ops.length = 0;
   }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { GpuError, addInPlace, getRuntime, formatCapabilities, poolBucketSize } from "../src/index.ts";
+import { GpuError, Tensor, addInPlace, getRuntime, formatCapabilities, poolBucketSize } from "../src/index.ts";
 import { randn, relError } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -84,4 +84,67 @@ test("a recorder with flushEvery submits as it records; dependent work still run
   rec.release();
   expect(relError(out, x.map((v) => 8 * v))).toBeLessThan(1e-6);
   rt.release(acc, one);
+});
+
+describe("bind group cache (recorders with cacheBindings)", () => {
+  test("a repeated recording reuses its bind groups and uniforms and computes the same result", async () => {
+    const n = 4096;
+    const x = randn(n);
+    const acc = rt.upload("f32", [n], x), one = rt.upload("f32", [n], x);
+    const run = async () => {
+      const rec = rt.recorder("cached", { cacheBindings: true });
+      for (let i = 0; i < 3; i++) addInPlace(rec, acc, one);
+      rec.submit();
+      const out = await rt.read(acc);
+      rec.release();
+      return out;
+    };
+    const first = await run();
+    const before = rt.bindings.stats;
+    const second = await run();
+    expect(rt.bindings.stats.bindGroups).toBe(before.bindGroups);
+    expect(rt.bindings.stats.uniformBlocks).toBe(before.uniformBlocks);
+    expect(relError(first, x.map((v) => 4 * v))).toBeLessThan(1e-6);
+    expect(relError(second, x.map((v) => 7 * v))).toBeLessThan(1e-6);
+    rt.release(acc, one);
+  });
+
+  test("destroying a buffer drops the bind groups that use it; new buffers get new ones", async () => {
+    const n = 256;
+    const x = randn(n);
+    const a = rt.upload("f32", [n], x);
+    const b = new Tensor(rt.createBuffer(4 * n, "b"), "f32", [n]);
+    rt.write(b, x);
+    const rec = rt.recorder("cached", { cacheBindings: true });
+    addInPlace(rec, a, b);
+    rec.submit();
+    await rt.read(a);
+    rec.release();
+    const with1 = rt.bindings.stats.bindGroups;
+    rt.destroyBuffer(b.buffer);
+    expect(rt.bindings.stats.bindGroups).toBe(with1 - 1);
+    const c = new Tensor(rt.createBuffer(4 * n, "c"), "f32", [n]);
+    rt.write(c, x);
+    const rec2 = rt.recorder("cached", { cacheBindings: true });
+    addInPlace(rec2, a, c);
+    rec2.submit();
+    expect(relError(await rt.read(a), x.map((v) => 3 * v))).toBeLessThan(1e-6);
+    rec2.release();
+    rt.release(a);
+    rt.destroyBuffer(c.buffer);
+  });
+
+  test("an oversized uniform arena is emptied when a caching recording starts and none is alive", () => {
+    for (let i = 0; i < 16500; i++) rt.bindings.uniform(new Uint32Array([i, 7, 7, 7]).buffer);
+    expect(rt.bindings.stats.uniformBlocks).toBeGreaterThan(16384);
+    const held = rt.recorder("held", { cacheBindings: true }); // starts the reset, then stays alive
+    expect(rt.bindings.stats.uniformBlocks).toBe(0);
+    for (let i = 0; i < 16500; i++) rt.bindings.uniform(new Uint32Array([i, 8, 8, 8]).buffer);
+    const other = rt.recorder("other", { cacheBindings: true }); // `held` is alive: no reset
+    expect(rt.bindings.stats.uniformBlocks).toBeGreaterThan(16384);
+    other.release();
+    held.release();
+    rt.recorder("after", { cacheBindings: true }).release();
+    expect(rt.bindings.stats.uniformBlocks).toBe(0);
+  });
 });

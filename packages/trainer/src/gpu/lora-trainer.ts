@@ -190,7 +190,8 @@ export class LoraTrainer {
     // stay well inside f16's range where the tensor-core path rounds them; the LoRA gradients
     // are scaled back to the mean loss (× 1/targets) in f32 before clipping and AdamW.
     const gradUnit = 1;
-    const rec = rt.recorder(`train-step ${step}`, { flushEvery: 256 }); // the GPU starts while the rest records
+    // The GPU starts while the rest records; steps repeat their dispatches, so bind groups are reused.
+    const rec = rt.recorder(`train-step ${step}`, { flushEvery: 256, cacheBindings: true });
     const toRelease: Tensor[] = [];
     const released: object[] = [];
     const loss = rt.zeros("f32", [2], "loss");
