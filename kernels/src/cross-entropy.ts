@@ -21,7 +21,7 @@
 import { type DType, BYTES_PER_ELEMENT } from "./dtype.ts";
 import { Params, cdiv } from "./params.ts";
 import { matmul } from "./matmul.ts";
-import { hasTensorCoreMatmul, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
+import { hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
 import crossEntropyWgsl from "./cross-entropy.wgsl" with { type: "text" };
@@ -248,7 +248,7 @@ export function logitsRows(rec: Recorder, h: Tensor, w: Tensor, rows: readonly n
   for (let v0 = 0; v0 < V; v0 += chunk) {
     const n = Math.min(chunk, V - v0);
     const c = new Tensor(out.buffer, "f32", [R * V - v0], out.byteOffset + v0 * 4, out.label); // columns v0.. of each row
-    matmul(rec, { a: x, b: rowSlice(w, v0, n, C), c, M: R, N: n, K: C, transB: true, ldc: V }); // (R, n)
+    matmulAuto(rec, { a: x, b: rowSlice(w, v0, n, C), c, M: R, N: n, K: C, transB: true, ldc: V }); // (R, n)
   }
   if (!contiguous && !scratch) rt.release(x);
 }

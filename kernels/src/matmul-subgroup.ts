@@ -22,6 +22,7 @@ import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
 import { stagedSource } from "./matmul-tc-staged.ts";
+import { gemv, gemvSupported } from "./gemv.ts";
 
 /** Tile configuration of the tensor-core kernel (see the module comment). */
 export interface TcConfig {
@@ -174,11 +175,13 @@ export function toF16(rec: Recorder, src: Tensor, dst?: Tensor): Tensor {
 }
 
 /**
- * The fastest correct matmul for these operands on this device: the tensor-core kernel when
- * B is f16 and the shape fits (A rounded to f16 first if it is f32), else the portable kernel
- * (f16 A is not accepted there).
+ * The fastest correct matmul for these operands on this device: GEMV for up to 16 rows of
+ * y = x·Wᵀ (decode), the tensor-core kernel when B is f16 and the shape fits (A rounded to f16
+ * first if it is f32), else the portable kernel (f16 A is not accepted there).
  */
 export function matmulAuto(rec: Recorder, args: MatmulArgs) {
+  // A handful of rows (decode): one pass over W for all of them.
+  if (args.a.dtype === "f32" && gemvSupported(args)) return gemv(rec, args);
   // A bias on an overwritten C: fill C's rows with it, then accumulate the product on top.
   if (args.bias && (args.beta ?? 0) === 0 && hasTensorCoreMatmul(rec.rt) && tensorCoreUnsupported({ ...args, bias: undefined }) === null) {
     fillRowsWithBias(rec, args.bias, args.c, args.M, args.N, args.ldc ?? args.N);
