@@ -103,7 +103,7 @@ export function writeScenarioModel(): { dir: string; cleanup: () => void } {
 if (import.meta.main && process.argv.includes("--write")) {
   const m = writeScenarioModel();
   try {
-    const model = await GpuModel.load(m.dir);
+    const model = await GpuModel.load(m.dir, { weightDtype: "f32" });
     const plain = await runScenario(model);
     const lora = tinyLora(model);
     const withLora = await runScenario(model, { lora });
