@@ -5,12 +5,14 @@
  *   y  = x · Wᵀ   (transB, W (N, K))       forward
  *   dx = dy · W   (W (K, N))               input gradient
  *
- * Operands are loaded straight from global memory into 16×16 subgroup matrices (no shared
- * memory staging: the L1/L2 caches serve the reuse). A workgroup holds SGM×SGN subgroups of 32
- * lanes; each subgroup owns TM×TN result matrices, so a workgroup covers a
- * (SGM·TM·16) × (SGN·TN·16) tile of C. Tile origins past M or N are clamped back inside (the
- * duplicate tile computes values another subgroup owns and skips its store), so M, N and K only
- * need to be multiples of 16; `matmulAuto` sends anything else to the portable kernel.
+ * Two kernels share the tiling: a workgroup holds SGM×SGN subgroups of 32 lanes; each subgroup
+ * owns TM×TN 16×16 result matrices, so a workgroup covers a (SGM·TM·16) × (SGN·TN·16) tile of C.
+ * - staged (matmul-tc-staged.ts, the default through tcConfigFor): A and B slices go through
+ *   workgroup memory with 16-byte loads, the next slice prefetched into registers.
+ * - global (this file's `source`): operands loaded straight from global memory into subgroup
+ *   matrices, the caches serving the reuse. Tile origins past M or N are clamped back inside
+ *   (the duplicate tile computes values another subgroup owns and skips its store).
+ * M, N and K need to be multiples of 16; `matmulAuto` sends anything else to the portable kernel.
  *
  * A may be f32: matmulAuto then rounds it to f16 into a pooled scratch buffer first. Callers
  * that feed the same activations to several matmuls convert once (`toF16`) and pass the f16

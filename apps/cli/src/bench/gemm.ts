@@ -1,6 +1,6 @@
 /**
- * Tensor-core GEMM sweep: every tile configuration on the linear-layer shapes of the benchmark
- * models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
+ * Tensor-core GEMM sweep: tile configurations (global-memory and staged, suffix s) on the
+ * linear-layer shapes of the benchmark models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
  * `{"op":"gemm_tc", "cfg", "shape", "transB", "ms", "tflops", "relErr"}`, relErr on sampled
  * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
  *   bun apps/cli/src/bench/gemm.ts [--quick] [--configs 4x2_2x2,4x4_1x1]
@@ -76,7 +76,7 @@ if (import.meta.main) {
   const ci = args.indexOf("--configs");
   const configs = ci >= 0
     ? args[ci + 1]!.split(",").map(parseCfg)
-    : ["2x2_1x1", "4x2_1x1", "4x4_1x1", "2x2_2x2", "4x2_2x2", "2x4_2x2", "4x4_2x2", "4x2_4x1", "2x2_4x2", "4x2_2x4"].map(parseCfg);
+    : ["4x4_1x1", "4x4_2x2", "4x4_2x2s", "4x4_2x1s", "4x4_1x2s", "2x4_2x2s", "4x2_2x2s", "4x4_1x1s"].map(parseCfg);
   const rt = await getRuntime();
   if (!hasTensorCoreMatmul(rt)) {
     console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
