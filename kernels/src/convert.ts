@@ -4,8 +4,7 @@
  * subnormals, NaN stays NaN). All on raw bits, so results are identical on every driver.
  */
 import type { DType } from "./dtype.ts";
-import { flatGrid } from "./elementwise.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import type { Tensor } from "./tensor.ts";
 import convertWgsl from "./convert.wgsl" with { type: "text" };

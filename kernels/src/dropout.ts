@@ -4,8 +4,7 @@
  * pass the same seed and p to dropoutForward and dropoutBackward, and a fresh seed for every
  * step and call site (`dropoutSeed(baseSeed, step, layer, site)`).
  */
-import { flatGrid } from "./elementwise.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import dropoutWgsl from "./dropout.wgsl" with { type: "text" };

@@ -2,26 +2,12 @@
  * Elementwise f32 helpers: residual add (out-of-place and in place), scale, axpy. All
  * tensors are f32 and flat: only element counts must agree, shapes are the caller's.
  */
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import elementwiseWgsl from "./elementwise.wgsl" with { type: "text" };
 
 const source: KernelSource = { name: "elementwise", code: elementwiseWgsl };
-
-/** Threads per workgroup of every flat (one thread per element) kernel here. */
-export const FLAT_WORKGROUP = 256;
-
-/**
- * Grid for `units` work items at `perWorkgroup` each: x up to `maxX` (the device's 65535
- * per-dimension limit), the rest wrapped into y. Shaders rebuild the flat workgroup index as
- * `wg.y * num_workgroups.x + wg.x` and bounds-check it (the last row of the grid overshoots).
- */
-export function flatGrid(units: number, perWorkgroup = FLAT_WORKGROUP, maxX = 65535): [number, number] {
-  const groups = Math.ceil(units / perWorkgroup);
-  if (groups <= maxX) return [groups, 1];
-  return [maxX, Math.ceil(groups / maxX)];
-}
 
 function sameNumel(kernel: string, names: string[], ts: Tensor[]) {
   for (let i = 1; i < ts.length; i++) {

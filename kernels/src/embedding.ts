@@ -6,9 +6,8 @@
  * costs a readback, so do it where one happens anyway, e.g. next to the loss).
  */
 import type { DType } from "./dtype.ts";
-import { flatGrid } from "./elementwise.ts";
 import { wgslLoader } from "./load16.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import embeddingWgsl from "./embedding.wgsl" with { type: "text" };

@@ -1,9 +1,8 @@
 import type { DType } from "./dtype.ts";
 import { wgslLoader } from "./load16.ts";
-import { cdiv, Params } from "./params.ts";
+import { cdiv, flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
-import { flatGrid } from "./elementwise.ts";
 import matmulWgsl from "./matmul.wgsl" with { type: "text" };
 import splitKWgsl from "./matmul-splitk.wgsl" with { type: "text" };
 

@@ -28,3 +28,17 @@ export class Params {
 
 /** ceil(a / b) for positive integers: workgroup counts. */
 export const cdiv = (a: number, b: number) => Math.ceil(a / b);
+
+/** Threads per workgroup of every flat (one thread per element) kernel here. */
+export const FLAT_WORKGROUP = 256;
+
+/**
+ * Grid for `units` work items at `perWorkgroup` each: x up to `maxX` (the device's 65535
+ * per-dimension limit), the rest wrapped into y. Shaders rebuild the flat workgroup index as
+ * `wg.y * num_workgroups.x + wg.x` and bounds-check it (the last row of the grid overshoots).
+ */
+export function flatGrid(units: number, perWorkgroup = FLAT_WORKGROUP, maxX = 65535): [number, number] {
+  const groups = Math.ceil(units / perWorkgroup);
+  if (groups <= maxX) return [groups, 1];
+  return [maxX, Math.ceil(groups / maxX)];
+}

@@ -4,9 +4,8 @@
  * forward and read by the backward. Per-head norms (T·nH, hd) work through a view.
  */
 import type { DType } from "./dtype.ts";
-import { flatGrid } from "./elementwise.ts";
 import { wgslLoader } from "./load16.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import rmsnormWgsl from "./rmsnorm.wgsl" with { type: "text" };

@@ -4,8 +4,7 @@
  * positions (T) i32 give each token's position (packed sequences restart at 0), invFreq
  * (hd/2) f32 comes from `ropeInvFreq(config)` uploaded once. Backward is the rotation by −θ.
  */
-import { flatGrid } from "./elementwise.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import ropeWgsl from "./rope.wgsl" with { type: "text" };

@@ -3,8 +3,7 @@
  * up = x·W_upᵀ are (T, I) f32 and h feeds down_proj. Backward recomputes silu from the saved
  * gate and up, so the forward stores nothing extra.
  */
-import { flatGrid } from "./elementwise.ts";
-import { Params } from "./params.ts";
+import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import swigluWgsl from "./swiglu.wgsl" with { type: "text" };
