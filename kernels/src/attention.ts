@@ -239,15 +239,6 @@ function decodeHeadsPerWorkgroup(group: number, hd: number): number {
   return Math.min(cap, group);
 }
 
-const dummies = new WeakMap<GpuRuntime, Tensor[]>();
-/** Distinct small writable buffers bound in place of absent outputs (placeholder is only one). */
-function dummy(rt: GpuRuntime, i: number): Tensor {
-  let list = dummies.get(rt);
-  if (!list) dummies.set(rt, (list = []));
-  while (list.length <= i) list.push(new Tensor(rt.createBuffer(16, `attention:unused${list.length}`), "f32", [4], 0, "unused"));
-  return list[i]!;
-}
-
 /**
  * Records one decode step's attention for B sequences (continuous batching: each has its
  * own cache slot and length): out[b] = softmax(scale·q[b]·Kᵀ)·V over cache rows
@@ -297,11 +288,11 @@ export function attentionDecode(rec: Recorder, args: AttentionDecodeArgs) {
   const pipeline = rt.pipeline(decodeSource, { HD: hd, GB, CACHE_F16: f16 ? 1 : 0 }, "decode");
   const label = `attentionDecode B=${B} ${nH}/${nKV}x${hd}`;
   if (splits === 1) {
-    rec.dispatch(label, pipeline, params, [q, kCache, vCache, offsets, lengths, out, args.lse ?? dummy(rt, 0), dummy(rt, 1)], [1, B, nKV * nHB]);
+    rec.dispatch(label, pipeline, params, [q, kCache, vCache, offsets, lengths, out, args.lse ?? rt.writablePlaceholder(0), rt.writablePlaceholder(1)], [1, B, nKV * nHB]);
     return;
   }
   rec.dispatch(`${label} split=${splits}`, pipeline, params,
-    [q, kCache, vCache, offsets, lengths, dummy(rt, 0), dummy(rt, 1), args.scratch!], [splits, B, nKV * nHB]);
+    [q, kCache, vCache, offsets, lengths, rt.writablePlaceholder(0), rt.writablePlaceholder(1), args.scratch!], [splits, B, nKV * nHB]);
   const combine = rt.pipeline(decodeSource, { HD: hd }, "decode_combine");
-  rec.dispatch(`${label} combine`, combine, params, [args.scratch!, out, args.lse ?? dummy(rt, 0)], [B, nH]);
+  rec.dispatch(`${label} combine`, combine, params, [args.scratch!, out, args.lse ?? rt.writablePlaceholder(0)], [B, nH]);
 }

@@ -32,18 +32,6 @@ export const IGNORE_INDEX = -100;
 const BINDING_ALIGN = 256;
 const MAX_ROWS = 65535; // one workgroup per row along a grid dimension
 
-/**
- * Writable stand-ins for absent optional outputs: rt.placeholder cannot be bound twice as
- * read_write in one dispatch (WebGPU rejects aliasing writable bindings), so each slot gets
- * its own 16-byte buffer, made once per runtime and never written (the kernel's flags say so).
- */
-const dummies = new WeakMap<GpuRuntime, Tensor[]>();
-function writableDummy(rt: GpuRuntime, slot: number): Tensor {
-  let list = dummies.get(rt);
-  if (!list) dummies.set(rt, (list = []));
-  return (list[slot] ??= new Tensor(rt.createBuffer(16, `ce:absent${slot}`), "f32", [4], 0, `ce:absent${slot}`));
-}
-
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 const lcm = (a: number, b: number) => (a / gcd(a, b)) * b;
 /** Rows of a (rows, C) tensor of `elemBytes` per element that make a 256-byte multiple. */
@@ -180,7 +168,7 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
   }
   const flags = (args.accumulateLoss ? ACCUM_LOSS : 0) | (args.nll ? HAS_NLL : 0) | (args.nonFinite ? HAS_FLAG : 0);
   rec.dispatch("ce_finalize", pFinal, params(0, 0, flags),
-    [ws.state, labels, loss, args.nll ?? writableDummy(rt, 0), args.nonFinite ?? writableDummy(rt, 1)], [1]);
+    [ws.state, labels, loss, args.nll ?? rt.writablePlaceholder(0), args.nonFinite ?? rt.writablePlaceholder(1)], [1]);
 
   if (backward) {
     const pBack = rt.pipeline(source, {}, "ce_chunk_backward");

@@ -334,6 +334,18 @@ export class GpuRuntime {
   }
   private placeholderTensor: Tensor | null = null;
 
+  /**
+   * A 16-byte tensor bound where a kernel's optional read_write output is absent (the kernel
+   * skips or clamps its writes there; never read). One per `slot`, made once per runtime:
+   * absent outputs of one dispatch take distinct slots, as WebGPU rejects a buffer bound
+   * writable twice in one dispatch (so `placeholder` can stand in for only one of them).
+   */
+  writablePlaceholder(slot: number): Tensor {
+    return (this.writablePlaceholders[slot] ??=
+      new Tensor(this.createBuffer(16, `placeholder:w${slot}`), "f32", [4], 0, `placeholder:w${slot}`));
+  }
+  private readonly writablePlaceholders: Tensor[] = [];
+
   private async flushErrorScopes() {
     while (this.pendingErrors.length) await this.pendingErrors.shift();
   }

@@ -47,14 +47,6 @@ export function packSamplingRows(rows: readonly (SamplingParams & { u: number })
   return out;
 }
 
-const dummies = new WeakMap<GpuRuntime, Tensor[]>();
-/** Writable stand-ins for absent outputs (rt.placeholder cannot be bound read_write twice). */
-function writableDummy(rt: GpuRuntime, slot: number): Tensor {
-  let list = dummies.get(rt);
-  if (!list) dummies.set(rt, (list = []));
-  return (list[slot] ??= new Tensor(rt.createBuffer(16, `sampling:absent${slot}`), "f32", [4], 0, `sampling:absent${slot}`));
-}
-
 export interface SampleArgs {
   /** f32 (B, V). */
   logits: Tensor;
@@ -102,10 +94,10 @@ export function sampleRows(rec: Recorder, args: SampleArgs) {
     logits,
     args.rowParams ?? rt.placeholder,
     tokens,
-    args.logprobs ?? writableDummy(rt, 0),
-    args.topIds ?? writableDummy(rt, 1),
-    args.topLogprobs ?? writableDummy(rt, 2),
-    args.probs ?? writableDummy(rt, 3),
+    args.logprobs ?? rt.writablePlaceholder(0),
+    args.topIds ?? rt.writablePlaceholder(1),
+    args.topLogprobs ?? rt.writablePlaceholder(2),
+    args.probs ?? rt.writablePlaceholder(3),
   ], [B]);
 }
 
