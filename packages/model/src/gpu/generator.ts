@@ -44,6 +44,28 @@ export interface GeneratorOptions {
   replay?: boolean;
   /** Recorded decode steps kept, one per (batch size, top-N); the least recently used goes first. Default 8. */
   replayCacheSize?: number;
+  /**
+   * prefillMany packs at most this many prompt tokens into one step (default 8192); more are
+   * split into several steps. A single prompt longer than the cap still runs, alone.
+   */
+  maxPrefillTokens?: number;
+  /**
+   * ... and at most this many bytes of per-token activations (layer activations, residual
+   * stream) per step; default 1 GiB. The widest activation also stays within the device's
+   * maxStorageBufferBindingSize.
+   */
+  maxPrefillBytes?: number;
+}
+
+/** One prompt for prefillMany: run it into `slot` and sample its first new token with draw `u`. */
+export interface PrefillItem {
+  slot: number;
+  promptIds: readonly number[];
+  sampling: SamplingParams;
+  /** Uniform draw in [0, 1) for sampling (ignored when greedy). */
+  u: number;
+  /** Most likely alternatives to report (default 0: none, no `top`). */
+  topN?: number;
 }
 
 export interface DecodeItem {
@@ -98,6 +120,8 @@ export class KvCacheGenerator {
   private disposed = false;
   /** Logit rows that are tokens. */
   readonly validVocab: number;
+  /** Prefill steps run and prompts they held (tests, logs): prefillMany packs several prompts per step. */
+  readonly prefillStats = { steps: 0, prompts: 0 };
 
   constructor(readonly model: GpuModel, readonly opts: GeneratorOptions) {
     const { numLayers, numKvHeads, headDim, vocabSize } = model.cfg;
@@ -313,14 +337,89 @@ export class KvCacheGenerator {
 
   /** Runs the prompt into `slot` and samples the first new token. */
   async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0): Promise<SampledRow> {
-    const T = promptIds.length;
+    const item = { slot, promptIds, sampling, u, topN };
+    this.checkPrefill(item);
+    const [row] = await this.prefillPacked([item]);
+    return row!;
+  }
+
+  /**
+   * Several prompts at once, each into its own slot: the prompts are packed into ONE step (tokens
+   * concatenated, positions from 0 and a sequence id of its own per prompt, so each attends only
+   * to itself, and one logit row each: its last token), one submit and one readback for all.
+   * Returns one row per item, in order, as `prefill` of each item alone would (same tokens;
+   * logprobs equal up to float rounding: the kernels tile a longer batch differently). Beyond
+   * `prefillTokenCap` tokens the items are split, in order, into several steps.
+   */
+  async prefillMany(items: readonly PrefillItem[]): Promise<SampledRow[]> {
+    if (items.length === 0) return [];
+    const slots = new Set<number>();
+    for (const it of items) {
+      this.checkPrefill(it);
+      if (slots.has(it.slot)) throw new Error(`prefillMany: slot ${it.slot} appears twice`);
+      slots.add(it.slot);
+    }
+    const cap = this.prefillTokenCap;
+    const out: SampledRow[] = [];
+    for (let i = 0; i < items.length;) {
+      // Greedy, in order: add prompts while the step stays within the cap (at least one each).
+      let j = i + 1, T = items[i]!.promptIds.length;
+      while (j < items.length && T + items[j]!.promptIds.length <= cap) T += items[j++]!.promptIds.length;
+      out.push(...(await this.prefillPacked(items.slice(i, j))));
+      i = j;
+    }
+    return out;
+  }
+
+  /** Prompt tokens packed into one prefillMany step at most (see maxPrefillTokens, maxPrefillBytes). */
+  get prefillTokenCap(): number {
+    const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = this.model.cfg;
+    const lora = this.opts.lora;
+    const loraCols = lora ? loraRankOf(lora) * loraTargetsOf(lora).length : 0;
+    // allocLayerActivations (shared by the layers) + recordForward's x0, x1, h_final, rstd_final + ids, positions, seq ids, cache rows.
+    const perToken = 4 * (3 * C + 2 * nH * hd + 2 * nKV * hd + nH + 2 + 3 * I + loraCols + 3 * C + 1 + 4);
+    const widest = 4 * Math.max(C, I, nH * hd);
+    const bind = this.model.rt.caps.limits.maxStorageBufferBindingSize;
+    const byTokens = this.opts.maxPrefillTokens ?? 8192;
+    const byBytes = Math.floor((this.opts.maxPrefillBytes ?? 2 ** 30) / perToken);
+    return Math.max(1, Math.min(byTokens, byBytes, Math.floor(bind / widest)));
+  }
+
+  private checkPrefill(it: PrefillItem) {
+    const T = it.promptIds.length;
     if (T === 0) throw new Error("prefill: the prompt is empty");
     if (T >= this.opts.maxContext) throw new Error(`prefill: prompt of ${T} tokens does not fit the context of ${this.opts.maxContext}`);
-    const offset = slot * this.opts.maxContext;
-    const positions = Int32Array.from({ length: T }, (_, i) => i);
-    const [row] = await this.step(Int32Array.from(promptIds), positions, new Int32Array(T), positions.map((p) => offset + p),
-      [T - 1], [{ ...sampling, u }], topN);
-    return row!;
+    if (!Number.isInteger(it.slot) || it.slot < 0 || it.slot >= this.opts.maxSlots) throw new RangeError(`prefill: slot ${it.slot} is not one of 0..${this.opts.maxSlots - 1}`);
+  }
+
+  /** One step over the items' prompts, packed (checked by the caller). */
+  private async prefillPacked(items: readonly PrefillItem[]): Promise<SampledRow[]> {
+    const ctx = this.opts.maxContext;
+    const T = items.reduce((n, it) => n + it.promptIds.length, 0);
+    const ids = new Int32Array(T), positions = new Int32Array(T), seqIds = new Int32Array(T), cacheRows = new Int32Array(T);
+    const logitRows: number[] = [];
+    let t = 0;
+    items.forEach((it, b) => {
+      const offset = it.slot * ctx;
+      it.promptIds.forEach((id, p) => {
+        ids[t] = id;
+        positions[t] = p;
+        seqIds[t] = b;
+        cacheRows[t] = offset + p;
+        t++;
+      });
+      logitRows.push(t - 1);
+    });
+    const topN = Math.max(0, ...items.map((it) => it.topN ?? 0));
+    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u })), topN);
+    this.prefillStats.steps++;
+    this.prefillStats.prompts += items.length;
+    // Each row reports its own top-N: the first of the step's (sorted, most likely first).
+    return rows.map((row, b) => {
+      const n = items[b]!.topN ?? 0;
+      const { top, ...rest } = row;
+      return n > 0 && top ? { ...rest, top: top.slice(0, n) } : rest;
+    });
   }
 
   /** Advances every item's sequence by one token (one submit for all of them). */
