@@ -85,6 +85,24 @@ fn firstReal(t0: u32, t1: u32) -> u32 {
   return t1;
 }
 
+// Tile loads: rows t0 .. t0 + BR (row tile) or BC (col tile) of head `head` of a (T, heads, HD)
+// tensor into dst[r * LD + d], zero past T; all 64 threads take part, no barrier. (Pointers to
+// storage buffers as parameters: WGSL's unrestricted_pointer_parameters, shipped by this Dawn.)
+fn tileSlot(e: u32) -> u32 { return (e / HD) * LD + e % HD; }
+fn tileValue(src: ptr<storage, array<f32>, read>, e: u32, t0: u32, heads: u32, head: u32) -> f32 {
+  let t = t0 + e / HD;
+  if (t < p.T) { return (*src)[(t * heads + head) * HD + e % HD]; }
+  return 0.0;
+}
+fn loadRowTile(dst: ptr<workgroup, array<f32, R_TILE>>, src: ptr<storage, array<f32>, read>,
+               t0: u32, heads: u32, head: u32, tid: u32) {
+  for (var e = tid; e < BR * HD; e += 64u) { (*dst)[tileSlot(e)] = tileValue(src, e, t0, heads, head); }
+}
+fn loadColTile(dst: ptr<workgroup, array<f32, C_TILE>>, src: ptr<storage, array<f32>, read>,
+               t0: u32, heads: u32, head: u32, tid: u32) {
+  for (var e = tid; e < BC * HD; e += 64u) { (*dst)[tileSlot(e)] = tileValue(src, e, t0, heads, head); }
+}
+
 // ------------------------------------------------------------------------------ forward
 // grid (ceil(T / BR), nH): rows = BR queries of head h; key tiles from the diagonal down.
 @compute @workgroup_size(64)
@@ -95,12 +113,8 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   let tx = tid % 8u;
   let ty = tid / 8u;
   let rEnd = min(q0 + BR, p.T);
-  for (var e = tid; e < BR * HD; e += 64u) {
-    let r = e / HD; let d = e % HD; let t = q0 + r;
-    var x = 0.0;
-    if (t < p.T) { x = q[(t * p.nH + h) * HD + d] * p.scale; } // s = scale·q·kᵀ: scale folded into q
-    Rs[r * LD + d] = x;
-  }
+  loadRowTile(&Rs, &q, q0, p.nH, h, tid);
+  for (var e = tid; e < BR * HD; e += 64u) { Rs[tileSlot(e)] *= p.scale; } // s = scale·q·kᵀ: scale folded into q
   if (tid < BR) { rowSeq[tid] = seqAt(q0 + tid); rowA[tid] = NEG; rowB[tid] = 0.0; } // m, l
   var o: array<array<f32, 16>, 4>; // (RT, HD/8) unnormalised Σ exp(s − m)·v
   workgroupBarrier();
@@ -114,12 +128,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
       // Row r0 has the earliest first key of the block; a tile wholly before it ends the scan.
       let kLast = k0 + BC - 1u;
       if (kLast < r0 && (seq[kLast] != s0 || (p.window != 0u && r0 - kLast >= p.window))) { break; }
-      for (var e = tid; e < BC * HD; e += 64u) {
-        let c = e / HD; let d = e % HD; let t = k0 + c;
-        var x = 0.0;
-        if (t < p.T) { x = k[(t * p.nKV + g) * HD + d]; }
-        Cs[c * LD + d] = x;
-      }
+      loadColTile(&Cs, &k, k0, p.nKV, g, tid);
       if (tid < BC) { colSeq[tid] = seqAt(k0 + tid); }
       workgroupBarrier();
       // s = scale·q·kᵀ   (BR, BC)
@@ -141,12 +150,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
       }
       workgroupBarrier();
-      for (var e = tid; e < BC * HD; e += 64u) { // v replaces k
-        let c = e / HD; let d = e % HD; let t = k0 + c;
-        var x = 0.0;
-        if (t < p.T) { x = v[(t * p.nKV + g) * HD + d]; }
-        Cs[c * LD + d] = x;
-      }
+      loadColTile(&Cs, &v, k0, p.nKV, g, tid); // v replaces k
       // online softmax, one thread per row: m' = max(m, max s); l' = l·exp(m − m') + Σ exp(s − m')
       if (tid < BR) {
         let r = tid;
@@ -207,14 +211,8 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let tx = tid % 8u;
   let ty = tid / 8u;
   let rEnd = min(q0 + BR, p.T);
-  for (var e = tid; e < BR * HD; e += 64u) {
-    let r = e / HD; let d = e % HD; let t = q0 + r;
-    var x = 0.0;
-    var y = 0.0;
-    if (t < p.T) { x = q[(t * p.nH + h) * HD + d]; y = dout[(t * p.nH + h) * HD + d]; }
-    Rs[r * LD + d] = x;  // q
-    Rs2[r * LD + d] = y; // dout
-  }
+  loadRowTile(&Rs, &q, q0, p.nH, h, tid);
+  loadRowTile(&Rs2, &dout, q0, p.nH, h, tid);
   if (tid < BR) {
     let t = q0 + tid;
     rowSeq[tid] = seqAt(t);
@@ -240,12 +238,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
       let k0 = kt * BC;
       let kLast = k0 + BC - 1u;
       if (kLast < r0 && (seq[kLast] != s0 || (p.window != 0u && r0 - kLast >= p.window))) { break; }
-      for (var e = tid; e < BC * HD; e += 64u) {
-        let c = e / HD; let d = e % HD; let t = k0 + c;
-        var x = 0.0;
-        if (t < p.T) { x = v[(t * p.nKV + g) * HD + d]; }
-        Cs[c * LD + d] = x;
-      }
+      loadColTile(&Cs, &v, k0, p.nKV, g, tid);
       if (tid < BC) { colSeq[tid] = seqAt(k0 + tid); }
       workgroupBarrier();
       // out = p·v   ->   dp = dout·vᵀ
@@ -260,12 +253,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         }
       }
       workgroupBarrier();
-      for (var e = tid; e < BC * HD; e += 64u) { // k replaces v
-        let c = e / HD; let d = e % HD; let t = k0 + c;
-        var x = 0.0;
-        if (t < p.T) { x = k[(t * p.nKV + g) * HD + d]; }
-        Cs[c * LD + d] = x;
-      }
+      loadColTile(&Cs, &k, k0, p.nKV, g, tid); // k replaces v
       workgroupBarrier();
       // s = scale·q·kᵀ (recomputed);  p = exp(s − lse)
       var s = array<array<f32, 4>, 4>();
@@ -322,14 +310,8 @@ fn backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let tx = tid % 8u;
   let ty = tid / 8u;
   let kEnd = min(k0 + BR, p.T);
-  for (var e = tid; e < BR * HD; e += 64u) {
-    let r = e / HD; let d = e % HD; let t = k0 + r;
-    var x = 0.0;
-    var y = 0.0;
-    if (t < p.T) { x = k[(t * p.nKV + g) * HD + d]; y = v[(t * p.nKV + g) * HD + d]; }
-    Rs[r * LD + d] = x;  // k
-    Rs2[r * LD + d] = y; // v
-  }
+  loadRowTile(&Rs, &k, k0, p.nKV, g, tid);
+  loadRowTile(&Rs2, &v, k0, p.nKV, g, tid);
   if (tid < BR) { rowSeq[tid] = seqAt(k0 + tid); }
   var dka: array<array<f32, 16>, 4>; // (RT, HD/8) Σ ds·q
   var dva: array<array<f32, 16>, 4>; // (RT, HD/8) Σ p·dout
@@ -344,14 +326,8 @@ fn backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
       let h = g * p.group + hq;
       for (var c0 = (k0 / BC) * BC; c0 < p.T; c0 += BC) {
         if (c0 > k1 && (seq[c0] != s1 || (p.window != 0u && c0 - k1 >= p.window))) { break; }
-        for (var e = tid; e < BC * HD; e += 64u) {
-          let c = e / HD; let d = e % HD; let t = c0 + c;
-          var x = 0.0;
-          var y = 0.0;
-          if (t < p.T) { x = q[(t * p.nH + h) * HD + d]; y = dout_kv[(t * p.nH + h) * HD + d]; }
-          Cs[c * LD + d] = x;  // q
-          Cs2[c * LD + d] = y; // dout
-        }
+        loadColTile(&Cs, &q, c0, p.nH, h, tid);
+        loadColTile(&Cs2, &dout_kv, c0, p.nH, h, tid);
         if (tid < BC) {
           let t = c0 + tid;
           colSeq[tid] = seqAt(t);
