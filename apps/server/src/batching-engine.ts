@@ -5,8 +5,10 @@
  *
  * One loop iteration = one step boundary:
  *   1. drop aborted sequences (waiting or running) and release what they hold;
- *   2. admit waiting sequences while fewer than maxBatchSize run and `admit` finds room: prefill
- *      each, which samples its first token;
+ *   2. admit waiting sequences while fewer than maxBatchSize run and `admit` finds room, then
+ *      prefill them, which samples each one's first token: all of this round's newcomers in ONE
+ *      `prefillMany` where the engine has it (else one `prefill` each); those that arrive during
+ *      it are admitted next round;
  *   3. ONE `decode` over every running sequence: continuous batching, sequences join after their
  *      prefill and leave the moment they finish, without waiting for the rest of the batch.
  *
@@ -101,6 +103,12 @@ export abstract class BatchingEngine<S> implements InferenceEngine {
   /** Run the prompt and sample the first token with the uniform draw `u`. A throw fails this sequence. */
   protected abstract prefill(seq: LiveSequence<S>, u: number): Promise<SampledRow>;
   /**
+   * Optional: the first token of every sequence in `batch` (row i sampled with draw u[i]), all
+   * prompts run together; for sequences admitted in the same round (two or more). A throw falls
+   * back to one `prefill` per sequence, so that only the sequence that causes it fails.
+   */
+  protected prefillMany?(batch: readonly LiveSequence<S>[], u: readonly number[]): Promise<SampledRow[]>;
+  /**
    * The next token of every sequence in `batch` (row b sampled with draw u[b]; `top` holding at
    * least each sequence's topN alternatives). A throw fails the whole batch.
    */
@@ -172,10 +180,41 @@ export abstract class BatchingEngine<S> implements InferenceEngine {
     for (const seq of [...this.waiting, ...this.running]) if (seq.signal.aborted) this.leave(seq, "aborted");
   }
 
+  /** Prefills sequences just admitted and emits each one's first token (or fails it). */
+  private async prefillAdmitted(batch: readonly Sequence<S>[]): Promise<void> {
+    const u = batch.map((seq) => seq.draw());
+    if (batch.length > 1 && this.prefillMany) {
+      let rows: SampledRow[] | null = null;
+      try {
+        rows = await this.prefillMany(batch, u);
+      } catch {
+        // One at a time below: the error fails only the sequence that causes it.
+      }
+      if (rows) {
+        batch.forEach((seq, i) => this.emit(seq, rows[i]!));
+        return;
+      }
+    }
+    for (const [i, seq] of batch.entries()) {
+      if (!this.running.includes(seq)) continue; // closed, or aborted and dropped, meanwhile
+      try {
+        this.emit(seq, await this.prefill(seq, u[i]!));
+      } catch (err) {
+        this.leave(seq, "failed", err);
+      }
+      this.dropAborted();
+    }
+  }
+
   private async loop(): Promise<void> {
+    // Requests submitted in the same turn of the event loop are admitted, and prefilled, together.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     while (!this.closed && (this.waiting.length > 0 || this.running.length > 0)) {
       this.dropAborted();
-      // Admit: prefill newcomers one at a time while there is room.
+      // Admit every newcomer there is room for and prefill them together. Those that arrive
+      // meanwhile wait for the next round, one decode step later: a prefill holds back the
+      // running sequences' next tokens, so one per step.
+      const admitted: Sequence<S>[] = [];
       while (!this.closed && this.waiting.length > 0 && this.running.length < this.maxBatchSize) {
         const seq = this.waiting[0]!;
         const state = this.admit(seq.request);
@@ -183,11 +222,10 @@ export abstract class BatchingEngine<S> implements InferenceEngine {
         this.waiting.shift();
         seq.admitted = { state };
         this.running.push(seq);
-        try {
-          this.emit(seq, await this.prefill(seq, seq.draw()));
-        } catch (err) {
-          this.leave(seq, "failed", err);
-        }
+        admitted.push(seq);
+      }
+      if (admitted.length > 0) {
+        await this.prefillAdmitted(admitted);
         this.dropAborted();
       }
       // Step: one decode over every running sequence.

@@ -1,7 +1,8 @@
 /**
  * GpuEngine: the InferenceEngine over @tuneloom/model's KV-cache generator on WebGPU. The loop
  * (admission, continuous batching, stops, aborts, seeded draws) is BatchingEngine's; here a
- * running sequence holds a KV slot, prefill is one submit per prompt, and a decode step is ONE
+ * running sequence holds a KV slot, the prompts admitted in one scheduling round are prefilled in
+ * ONE submit (KvCacheGenerator.prefillMany: packed, each into its own slot), and a decode step is ONE
  * submit for every running sequence (each at its own position, with its own sampling row and
  * uniform draw), sampling on the GPU.
  *
@@ -76,6 +77,17 @@ export class GpuEngine extends BatchingEngine<Slot> {
 
   protected override prefill(seq: LiveSequence<Slot>, u: number): Promise<SampledRow> {
     return this.generator.prefill(seq.state, seq.request.promptIds, seq.sampling, u, seq.topN);
+  }
+
+  protected override prefillMany(batch: readonly LiveSequence<Slot>[], u: readonly number[]): Promise<SampledRow[]> {
+    return this.generator.prefillMany(batch.map((seq, i) => ({
+      slot: seq.state, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN,
+    })));
+  }
+
+  /** Prefill steps run and prompts they held (tests, logs). */
+  get prefillStats(): { readonly steps: number; readonly prompts: number } {
+    return this.generator.prefillStats;
   }
 
   protected override decode(batch: readonly LiveSequence<Slot>[], u: readonly number[]): Promise<SampledRow[]> {
