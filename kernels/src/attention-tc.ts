@@ -58,14 +58,7 @@ const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
 function forwardSource(hd: number): KernelSource {
   const D = hd / 16; // 16-wide blocks along the head dim
   const J = BK / 16; // 16-key blocks per tile
-  // S (16 rows of this subgroup × 64 keys) = q·kᵀ, stored to Sw.
-  const scores = `      for (var j = 0u; j < ${J}u; j++) {
-        let kRow = min(k0 + 16u * j, p.T - 16u);
-        var s = subgroup_matrix_result<f32, 16, 16>();
-${ids(D).map((d) => `        s = subgroupMatrixMultiplyAccumulate(ql${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, true, ldk), s);`).join("\n")}
-        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, s, false, ${BK}u);
-      }
-      workgroupBarrier();`;
+  const scores = keyTileProduct(hd, "ql", "k16"); // S = q·kᵀ into Sw
   const code = `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
@@ -100,14 +93,8 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-    let ktLast = (rEnd - 1u) / ${BK}u;
     // sweep 1: row max and Σ exp over all visible keys
-    var kt = ktLast;
-    loop {
-      let k0 = kt * ${BK}u;
-      let kLast = k0 + ${BK - 1}u;
-      if (kLast < r0 && (seqAt(kLast) != s0 || (p.window != 0u && r0 - kLast >= p.window))) { break; }
-      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
 ${scores}
       var tileMax = NEG;
       for (var c = c0; c < c0 + ${BK / 2}u; c++) {
@@ -124,18 +111,10 @@ ${scores}
       sum += subgroupShuffleXor(sum, 1u);
       l = l * select(1.0, exp(m - mNew), m > NEG_HALF) + sum;
       m = mNew;
-      workgroupBarrier();
-      if (kt == 0u) { break; }
-      kt -= 1u;
-    }
+      workgroupBarrier();`)}
     let L = select(0.0, m + log(l), l > 0.0);
     // sweep 2: P = exp(scale·S − lse) exactly normalised; O += P·V
-    kt = ktLast;
-    loop {
-      let k0 = kt * ${BK}u;
-      let kLast = k0 + ${BK - 1}u;
-      if (kLast < r0 && (seqAt(kLast) != s0 || (p.window != 0u && r0 - kLast >= p.window))) { break; }
-      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
 ${scores}
       for (var c = c0; c < c0 + ${BK / 2}u; c++) {
         var pr = 0.0;
@@ -148,10 +127,7 @@ ${scores}
         let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&Pw, sg * ${16 * BK}u + 16u * j, false, ${BK}u);
 ${ids(D).map((d) => `        o${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&v16, kRow * ldk + g * HD + ${16 * d}u, false, ldk), o${d});`).join("\n")}
       }
-      workgroupBarrier();
-      if (kt == 0u) { break; }
-      kt -= 1u;
-    }
+      workgroupBarrier();`)}
   }
   if (ti < p.T && lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(l), l > 0.0); }
   if (q0 + 16u * sg < p.T) {
@@ -162,8 +138,14 @@ ${ids(D).map((d) => `    subgroupMatrixStore(&out, qRow * ldq + h * HD + ${16 * 
   return { name: `attention_tc_hd${hd}`, code };
 }
 
-/** Key-tile loop of the query-block passes (forward sweeps, backward dq): from the diagonal down. */
-const keyTileLoop = (body: string) => `    var kt = (rEnd - 1u) / ${BK}u;
+/**
+ * Key-tile loop of the query-block passes (forward sweeps, backward dq): from the diagonal down
+ * until the first visible key of the block's first real row. A block of its own so a pass can
+ * sweep twice.
+ */
+function keyTileLoop(body: string): string {
+  return `    {
+    var kt = (rEnd - 1u) / ${BK}u;
     loop {
       let k0 = kt * ${BK}u;
       let kLast = k0 + ${BK - 1}u;
@@ -171,7 +153,24 @@ const keyTileLoop = (body: string) => `    var kt = (rEnd - 1u) / ${BK}u;
 ${body}
       if (kt == 0u) { break; }
       kt -= 1u;
+    }
     }`;
+}
+
+/**
+ * This subgroup's 16 query rows × the tile's 64 keys of `left`·`right`ᵀ (left: HD/16 left
+ * matrices named left0.., right: a (T, nKV, HD) f16 buffer read column-major), stored to Sw;
+ * ends with a barrier. S = q·kᵀ and dP = dout·vᵀ.
+ */
+function keyTileProduct(hd: number, left: string, right: string): string {
+  return `      for (var j = 0u; j < ${BK / 16}u; j++) {
+        let kRow = min(k0 + 16u * j, p.T - 16u);
+        var acc = subgroup_matrix_result<f32, 16, 16>();
+${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, kRow * ldk + g * HD + ${16 * d}u, true, ldk), acc);`).join("\n")}
+        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, acc, false, ${BK}u);
+      }
+      workgroupBarrier();`;
+}
 
 /**
  * Backward, pass 1 (per 64 queries of one head): D = rowsum(dout ∘ out) (saved for pass 2) and
@@ -180,13 +179,7 @@ ${body}
  */
 function backwardDqSource(hd: number): KernelSource {
   const D = hd / 16, J = BK / 16;
-  const product = (left: string, right: string) => `      for (var j = 0u; j < ${J}u; j++) {
-        let kRow = min(k0 + 16u * j, p.T - 16u);
-        var acc = subgroup_matrix_result<f32, 16, 16>();
-${ids(D).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, kRow * ldk + g * HD + ${16 * d}u, true, ldk), acc);`).join("\n")}
-        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, acc, false, ${BK}u);
-      }
-      workgroupBarrier();`;
+  const product = (left: string, right: string) => keyTileProduct(hd, left, right);
   const code = `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;     // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;     // (T, nKV, HD)

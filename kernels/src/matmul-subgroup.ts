@@ -23,7 +23,7 @@ import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
-import { stagedSource } from "./matmul-tc-staged.ts";
+import { stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
 
 /** Tile configuration of the tensor-core kernel (see the module comment). */
@@ -63,20 +63,7 @@ function source(transB: boolean, cfg: TcConfig): KernelSource {
     transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&b, bBase + c${j} * p.ldb + k, true, p.ldb)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&b, bBase + k * p.ldb + c${j}, false, p.ldb)`;
-  const code = `enable f16;
-enable chromium_experimental_subgroup_matrix;
-// Tile offsets derive from the subgroup index, which WGSL's uniformity analysis cannot prove
-// uniform; every lane of a subgroup computes the same offsets, which is what the hardware needs.
-diagnostic(off, chromium.subgroup_matrix_uniformity);
-
-override ACCUMULATE: bool = false; // C += A·op(B) instead of C = A·op(B)
-
-struct Params {
-  M: u32, N: u32, K: u32, lda: u32,
-  ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, _p0: u32, _p1: u32, _p2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
+  const code = `${TC_PREAMBLE}
 @group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;

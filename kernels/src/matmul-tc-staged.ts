@@ -15,6 +15,22 @@
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./matmul-subgroup.ts";
 
+/** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
+export const TC_PREAMBLE = `enable f16;
+enable chromium_experimental_subgroup_matrix;
+// Matrix offsets derive from the subgroup index: uniform within each subgroup, which is what
+// the hardware needs, though WGSL's uniformity analysis cannot see it.
+diagnostic(off, chromium.subgroup_matrix_uniformity);
+
+override ACCUMULATE: bool = false; // C += A·op(B) instead of C = A·op(B)
+
+struct Params {
+  M: u32, N: u32, K: u32, lda: u32,
+  ldb: u32, ldc: u32, strideA: u32, strideB: u32,
+  strideC: u32, _p0: u32, _p1: u32, _p2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;`;
+
 const BK = 32;
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
@@ -91,20 +107,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
     transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + kk, true, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, kk * ${BS}u + sn * ${tn * 16}u + ${16 * j}u, false, ${BS}u)`;
-  const code = `enable f16;
-enable chromium_experimental_subgroup_matrix;
-// Matrix offsets derive from the subgroup index: uniform within each subgroup, which is what
-// the hardware needs, though WGSL's uniformity analysis cannot see it.
-diagnostic(off, chromium.subgroup_matrix_uniformity);
-
-override ACCUMULATE: bool = false; // C += A·op(B) instead of C = A·op(B)
-
-struct Params {
-  M: u32, N: u32, K: u32, lda: u32,
-  ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, _p0: u32, _p1: u32, _p2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
+  const code = `${TC_PREAMBLE}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
