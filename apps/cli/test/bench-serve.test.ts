@@ -28,7 +28,9 @@ describe("bench --serve", () => {
         expect(m[key]).toBeGreaterThan(0);
       }
       expect(m.ttft_ms_max).toBeGreaterThanOrEqual(m.ttft_ms_p50);
-      expect(m.e2e_ms_max).toBeGreaterThan(m.ttft_ms_max);
+      // ≥, not >: server and client share one event loop, so the last token and [DONE] can arrive in
+      // the same read as the first token when the engine runs ahead of the reader.
+      expect(m.e2e_ms_max).toBeGreaterThanOrEqual(m.ttft_ms_max);
       // The round lasts at least as long as its slowest request.
       expect(m.total_tok_s).toBeLessThanOrEqual((S * N * 1000) / m.e2e_ms_max + 0.1);
       expect(typeof m.device).toBe("string");
