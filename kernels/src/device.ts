@@ -14,6 +14,8 @@ import { GpuUnavailableError } from "./errors.ts";
 Object.assign(globalThis, globals);
 
 export const DAWN_TOGGLES = "enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia";
+/** Extra Dawn toggles to enable, comma-separated (experiments, e.g. TUNELOOM_DAWN_ENABLE=disable_robustness). */
+const extraToggles = () => (process.env.TUNELOOM_DAWN_ENABLE ?? "").split(",").map((t) => t.trim()).filter((t) => /^[a-z0-9_]+$/.test(t));
 /** Full-resolution GPU timestamps for the profiler (Dawn quantizes them by default). */
 export const DAWN_DISABLED = "disable-dawn-features=timestamp_quantization";
 
@@ -116,7 +118,7 @@ function readCapabilities(adapter: GPUAdapter): Capabilities {
 export async function acquireDevice(): Promise<AcquiredDevice> {
   let gpu: GPU;
   try {
-    gpu = create([DAWN_TOGGLES, DAWN_DISABLED]) as unknown as GPU;
+    gpu = create([[DAWN_TOGGLES, ...extraToggles()].join(","), DAWN_DISABLED]) as unknown as GPU;
   } catch (err) {
     throw new GpuUnavailableError(`loading dawn.node failed: ${(err as Error).message}`);
   }

@@ -36,6 +36,10 @@ export interface TcConfig {
   sgn: number;
   /** Stage A and B through workgroup memory (matmul-tc-staged.ts) instead of loading from global memory. */
   staged?: boolean;
+  /** Staged only: K slice per stage (32 or 64 halves; default 32). */
+  bk?: number;
+  /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
+  double?: boolean;
 }
 
 /** Global-memory kernel, 4×4 matrices per subgroup: 50-72 TFLOP/s on the linear-layer shapes (H200). */
@@ -140,7 +144,8 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   if (need(transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmulTensorCore: b has ${b.numel} elements, too few for K=${K} N=${N}`);
   if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? "s" : "g"}`;
+  if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}` : "g"}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
   const pipeline = rec.rt.pipeline(s, { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 });

@@ -31,11 +31,12 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> p: Params;`;
 
-const BK = 32;
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
 export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const { tm, tn, sgm, sgn } = cfg;
+  const BK = cfg.bk ?? 32;
+  const double = cfg.double ?? false;
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
   const AS = BK + PAD; // A staged [m][k]
@@ -93,27 +94,77 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   ${arr}[base] = h0.x; ${arr}[base + 1u] = h0.y; ${arr}[base + 2u] = h1.x; ${arr}[base + 3u] = h1.y;
   ${arr}[base + 4u] = h2.x; ${arr}[base + 5u] = h2.y; ${arr}[base + 6u] = h3.x; ${arr}[base + 7u] = h3.y;
 }`;
-  const storeStage = `    for (var i = 0u; i < ${aPer}u; i++) {
+  // Copies the registers ra/rb into the staged buffer whose A and B origins are aOff and bOff.
+  const storeStage = (aOff: string, bOff: string) => `    for (var i = 0u; i < ${aPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${aCoord}
-      if (e < ${aVec}u) { putAs(row * ${AS}u + kq, ra[i]); }
+      if (e < ${aVec}u) { putAs(${aOff} + row * ${AS}u + kq, ra[i]); }
     }
     for (var i = 0u; i < ${bPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${bCoord}
-      if (e < ${bVec}u) { putBs(row * ${BS}u + kq, rb[i]); }
+      if (e < ${bVec}u) { putBs(${bOff} + row * ${BS}u + kq, rb[i]); }
     }`;
   const rightLoad = (j: number) =>
     transB
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + kk, true, ${BS}u)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, kk * ${BS}u + sn * ${tn * 16}u + ${16 * j}u, false, ${BS}u)`;
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + kk, true, ${BS}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bOff + kk * ${BS}u + sn * ${tn * 16}u + ${16 * j}u, false, ${BS}u)`;
+  // The products of one staged slice, read from the buffer at aOff/bOff.
+  const products = `    for (var kk = 0u; kk < ${BK}u; kk += 16u) {
+${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + kk, false, ${AS}u);`).join("\n")}
+${ids(tn).map((j) => `      let q${j} = ${rightLoad(j)};`).join("\n")}
+${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
+    }`;
+  const aHalves = BM * AS;
+  // Single buffer: store, barrier, prefetch the next slice into registers, products, barrier.
+  // Double buffer: products from one buffer while the other is filled; one barrier per slice.
+  const mainLoop = double
+    ? `  var ra = loadA(0u, tid, row0, aBase);
+  var rb = loadB(0u, tid, col0, bBase);
+  var cur = 0u;
+  {
+    let aOff = 0u; let bOff = 0u;
+${storeStage("aOff", "bOff")}
+  }
+  workgroupBarrier();
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    let more = k0 + ${BK}u < p.K;
+    if (more) {
+      ra = loadA(k0 + ${BK}u, tid, row0, aBase);
+      rb = loadB(k0 + ${BK}u, tid, col0, bBase);
+    }
+    {
+      let aOff = cur * ${aHalves}u; let bOff = cur * ${bHalves}u;
+${products}
+    }
+    if (more) {
+      let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
+${storeStage("aOff", "bOff")}
+    }
+    workgroupBarrier();
+    cur = 1u - cur;
+  }`
+    : `  var ra = loadA(0u, tid, row0, aBase);
+  var rb = loadB(0u, tid, col0, bBase);
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    let aOff = 0u; let bOff = 0u;
+${storeStage("aOff", "bOff")}
+    workgroupBarrier();
+    if (k0 + ${BK}u < p.K) {
+      ra = loadA(k0 + ${BK}u, tid, row0, aBase);
+      rb = loadB(k0 + ${BK}u, tid, col0, bBase);
+    }
+${products}
+    workgroupBarrier();
+  }`;
+  const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-var<workgroup> As: array<f16, ${BM * AS}>;
-var<workgroup> Bs: array<f16, ${bHalves}>;
+var<workgroup> As: array<f16, ${buffers * aHalves}>;
+var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 
 ${loadA}
 
@@ -139,24 +190,9 @@ ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>
   if (ACCUMULATE) {
 ${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, false, p.ldc); }`).join("\n")}
   }
-  var ra = loadA(0u, tid, row0, aBase);
-  var rb = loadB(0u, tid, col0, bBase);
-  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-${storeStage}
-    workgroupBarrier();
-    if (k0 + ${BK}u < p.K) {
-      ra = loadA(k0 + ${BK}u, tid, row0, aBase);
-      rb = loadB(k0 + ${BK}u, tid, col0, bBase);
-    }
-    for (var kk = 0u; kk < ${BK}u; kk += 16u) {
-${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + kk, false, ${AS}u);`).join("\n")}
-${ids(tn).map((j) => `      let q${j} = ${rightLoad(j)};`).join("\n")}
-${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
-    }
-    workgroupBarrier();
-  }
+${mainLoop}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, false, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}`, code };
 }

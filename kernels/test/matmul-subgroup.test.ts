@@ -20,12 +20,15 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 4, tn: 2, sgm: 2, sgn: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true },
     { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true },
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64 },
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, double: true },
+    { tm: 4, tn: 4, sgm: 2, sgn: 1, staged: true, bk: 32, double: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 1 },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? " staged" : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);

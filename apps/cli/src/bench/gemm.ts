@@ -22,11 +22,13 @@ const SHAPES: [string, number, number, number][] = [
 ];
 
 function parseCfg(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(s?)$/.exec(s);
-  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s], e.g. 4x2_2x2; s = staged through workgroup memory)`);
-  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged: m[5] === "s" };
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?))?$/.exec(s);
+  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s[kBK][d]], e.g. 4x2_2x2 or 4x4_2x2sk64d; s = staged through workgroup memory, kBK = K slice, d = double-buffered)`);
+  const staged = m[5] === "s";
+  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged, ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}) };
 }
-const cfgName = (c: TcConfig) => `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? "s" : ""}`;
+const cfgName = (c: TcConfig) =>
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}` : ""}`;
 
 export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean) {
   const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
