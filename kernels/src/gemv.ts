@@ -215,6 +215,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 export function gemvSupported(args: MatmulArgs): boolean {
   return args.M >= 1 && args.M <= MAX_M && args.transB === true && !args.transA &&
     (args.alpha ?? 1) === 1 && ((args.beta ?? 0) === 0 || args.beta === 1) && (args.batch ?? 1) === 1 &&
+    !args.offsetA && !args.offsetB && !args.offsetC &&
     ["f32", "f16", "bf16"].includes(args.b.dtype);
 }
 

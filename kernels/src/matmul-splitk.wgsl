@@ -3,7 +3,7 @@
 
 override HAS_BIAS: bool = false;
 
-struct Params { M: u32, N: u32, ldc: u32, splits: u32, alpha: f32, beta: f32, _p0: u32, _p1: u32 }
+struct Params { M: u32, N: u32, ldc: u32, splits: u32, alpha: f32, beta: f32, offC: u32, _p1: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -17,7 +17,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var s = 0.0;
   for (var z = 0u; z < p.splits; z++) { s += part[z * mn + i]; }
   let m = i / p.N; let n = i % p.N;
-  let idx = m * p.ldc + n;
+  let idx = p.offC + m * p.ldc + n;
   var v = p.alpha * s;
   if (HAS_BIAS) { v += bias[n]; }
   if (p.beta != 0.0) { v += p.beta * c[idx]; } // beta == 0 never reads C (it may hold NaN)

@@ -116,6 +116,7 @@ export function tensorCoreUnsupported(args: MatmulArgs): string | null {
   const { M, N, K } = args;
   const transB = args.transB ?? false;
   if (args.transA) return "transposed A";
+  if (args.offsetA || args.offsetB || args.offsetC) return "element offsets";
   if (args.b.dtype !== "f16") return `B is ${args.b.dtype}`;
   if (args.a.dtype !== "f16" && args.a.dtype !== "f32") return `A is ${args.a.dtype}`;
   if (args.bias) return "bias";

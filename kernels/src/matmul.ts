@@ -41,6 +41,13 @@ export interface MatmulArgs {
   lda?: number;
   ldb?: number;
   ldc?: number;
+  /**
+   * Element offsets of A, B and C in their buffers (default 0), for operands that start inside
+   * a wider matrix, e.g. a column block with ld = the full width (portable kernel only).
+   */
+  offsetA?: number;
+  offsetB?: number;
+  offsetC?: number;
 }
 
 /** Records C = alpha·op(A)·op(B) (+ bias) + beta·C. */
@@ -58,11 +65,15 @@ export function matmul(rec: Recorder, args: MatmulArgs) {
   const strideA = args.strideA ?? M * K;
   const strideB = args.strideB ?? K * N;
   const strideC = args.strideC ?? M * N;
-  const need = (rows: number, cols: number, ld: number, stride: number) =>
-    rows === 0 || cols === 0 ? 0 : (batch - 1) * stride + (rows - 1) * ld + cols;
-  if (need(transA ? K : M, transA ? M : K, lda, strideA) > a.numel) throw new Error(`matmul: a has ${a.numel} elements, too few for M=${M} K=${K}`);
-  if (need(transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmul: b has ${b.numel} elements, too few for K=${K} N=${N}`);
-  if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmul: c has ${c.numel} elements, too few for M=${M} N=${N}`);
+  const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0, offC = args.offsetC ?? 0;
+  for (const [name, v] of [["offsetA", offA], ["offsetB", offB], ["offsetC", offC]] as const) {
+    if (!Number.isInteger(v) || v < 0) throw new Error(`matmul: ${name} must be a non-negative integer, got ${v}`);
+  }
+  const need = (off: number, rows: number, cols: number, ld: number, stride: number) =>
+    rows === 0 || cols === 0 ? 0 : off + (batch - 1) * stride + (rows - 1) * ld + cols;
+  if (need(offA, transA ? K : M, transA ? M : K, lda, strideA) > a.numel) throw new Error(`matmul: a has ${a.numel} elements, too few for M=${M} K=${K}`);
+  if (need(offB, transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmul: b has ${b.numel} elements, too few for K=${K} N=${N}`);
+  if (need(offC, M, N, ldc, strideC) > c.numel) throw new Error(`matmul: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (args.bias) expectTensor("matmul", "bias", args.bias, "f32", [N]);
 
   const rt = rec.rt;
@@ -73,10 +84,11 @@ export function matmul(rec: Recorder, args: MatmulArgs) {
     TRANS_B: transB ? 1 : 0,
     HAS_BIAS: args.bias ? 1 : 0,
   });
-  const params = new Params(12)
+  const params = new Params(16)
     .u32(M).u32(N).u32(K).u32(lda)
     .u32(ldb).u32(ldc).u32(strideA).u32(strideB)
-    .u32(strideC).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(0);
+    .u32(strideC).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(offA)
+    .u32(offB).u32(offC).u32(0).u32(0);
   rec.dispatch(`matmul ${M}x${N}x${K}${transA ? " tA" : ""}${transB ? " tB" : ""}`, pipeline, params.buffer,
     [a, b, args.bias ?? rt.placeholder, c], [cdiv(N, 64), cdiv(M, 64), batch]);
 }
@@ -114,10 +126,11 @@ function matmulSplitK(rec: Recorder, args: MatmulArgs & { lda: number; ldb: numb
   const part = rec.scratch("f32", [splits, M, N], "splitk_partials");
   matmul(rec, {
     a: args.a, b: args.b, c: part, M, N, K: Kc, transA, transB, lda, ldb, ldc: N, batch: splits,
+    offsetA: args.offsetA, offsetB: args.offsetB,
     // chunk z starts Kc rows down (K is the row index of a stored A (K, M) / B (K, N)) or Kc columns across
     strideA: transA ? Kc * lda : Kc, strideB: transB ? Kc : Kc * ldb, strideC: M * N,
   });
-  const params = new Params(8).u32(M).u32(N).u32(args.ldc).u32(splits).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(0).u32(0);
+  const params = new Params(8).u32(M).u32(N).u32(args.ldc).u32(splits).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(args.offsetC ?? 0).u32(0);
   rec.dispatch(`matmul_splitk_reduce ${M}x${N} s=${splits}`, rec.rt.pipeline(splitKReduce, { HAS_BIAS: args.bias ? 1 : 0 }), params.buffer,
     [part, args.bias ?? rec.rt.placeholder, args.c], flatGrid(M * N));
   rec.recycle(part);

@@ -4,6 +4,8 @@
 // The three linear-layer forms:  y = x·Wᵀ (TRANS_B),  dx = dy·W,  dW = dyᵀ·x (TRANS_A).
 // A and C are f32; B is f32/f16/bf16 through load_b (declared by the wrapper, binding 2).
 // Workgroup: 16×16 threads own a 64×64 tile of C, 4×4 per thread, K in steps of 16.
+// offA/offB/offC (elements) start each operand inside its buffer, e.g. at a column of a wider
+// matrix (binding offsets must be 256-byte aligned; these need not be).
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -12,7 +14,8 @@ override HAS_BIAS: bool = false;
 struct Params {
   M: u32, N: u32, K: u32, lda: u32,
   ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, alpha: f32, beta: f32, _pad: u32,
+  strideC: u32, alpha: f32, beta: f32, offA: u32,
+  offB: u32, offC: u32, _p0: u32, _p1: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -31,8 +34,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         @builtin(local_invocation_index) tid: u32) {
   let row0 = wg.y * BM;
   let col0 = wg.x * BN;
-  let aBase = wg.z * p.strideA;
-  let bBase = wg.z * p.strideB;
+  let aBase = p.offA + wg.z * p.strideA;
+  let bBase = p.offB + wg.z * p.strideB;
   var acc: array<array<f32, 4>, 4>;
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
     // Stage the A tile (BM×BK) and B tile (BK×BN), reading along each one's contiguous axis.
@@ -67,7 +70,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     workgroupBarrier();
   }
-  let cBase = wg.z * p.strideC;
+  let cBase = p.offC + wg.z * p.strideC;
   for (var i = 0u; i < 4u; i++) {
     let gm = row0 + lid.y + 16u * i;
     if (gm >= p.M) { continue; }

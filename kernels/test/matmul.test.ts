@@ -150,3 +150,56 @@ test("fillRowsWithBias writes the bias into every row, respecting ldc", async ()
   for (let m = 0; m < M; m++) for (let n = 0; n < ldc; n++) expect(out[m * ldc + n]).toBe(n < N ? bias[n]! : c0[m * ldc + n]!);
   rt.release(tbias, tc);
 });
+
+describe("element offsets: operands that are column blocks of wider matrices", () => {
+  // op(A), op(B) and C each live at a column offset of a wider row-major matrix (ld = its width),
+  // as LoRA's per-module slices of a fused (T, n·r) activation do. Offsets are not 256-byte
+  // aligned, so binding offsets could not express them. C's other columns must stay untouched.
+  const cases: [string, number, number, number, boolean, boolean][] = [
+    ["plain", 37, 21, 45, false, true],
+    ["transA", 30, 16, 70, true, false],
+    ["split-K dB-like", 96, 16, 2048, true, false],
+    ["split-K dh-like", 256, 16, 576, false, false],
+  ];
+  for (const [name, M, N, K, transA, transB] of cases) {
+    test(`${name} M=${M} N=${N} K=${K} (splits ${splitKFactor(M, N, K)})`, async () => {
+      const [aRows, aCols] = transA ? [K, M] : [M, K];
+      const [bRows, bCols] = transB ? [N, K] : [K, N];
+      const pad = (cols: number, extra: number) => cols + extra; // width of the wider matrix
+      const lda = pad(aCols, 5), ldb = pad(bCols, 3), ldc = pad(N, 7);
+      const offA = 3, offB = 2, offC = 5; // column offsets (elements) inside each wider row
+      const aW = randn(aRows * lda), bW = randn(bRows * ldb), cW = randn(M * ldc);
+      const block = (w: Float32Array, rows: number, cols: number, ld: number, off: number) =>
+        Float32Array.from({ length: rows * cols }, (_, i) => w[Math.floor(i / cols) * ld + off + (i % cols)]!);
+      const a = block(aW, aRows, aCols, lda, offA), b = block(bW, bRows, bCols, ldb, offB);
+      const ta = rt.upload("f32", [aRows * lda], aW), tb = rt.upload("f32", [bRows * ldb], bW), tc = rt.upload("f32", [M * ldc], cW);
+      const rec = rt.recorder();
+      matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB, lda, ldb, ldc, offsetA: offA, offsetB: offB, offsetC: offC, alpha: 0.5, beta: 1 });
+      rec.submit();
+      const out = await rt.read(tc);
+      rec.release();
+      const prod = matmulRef(a, b, M, N, K, transA, transB);
+      const got = new Float64Array(M * N), ref = new Float64Array(M * N);
+      for (let m = 0; m < M; m++) {
+        for (let j = 0; j < ldc; j++) {
+          const i = m * ldc + j;
+          if (j >= offC && j < offC + N) {
+            got[m * N + j - offC] = out[i]!;
+            ref[m * N + j - offC] = 0.5 * prod[m * N + j - offC]! + cW[i]!;
+          } else expect(out[i]).toBe(cW[i]!);
+        }
+      }
+      expect(relError(got, ref)).toBeLessThan(1e-5);
+      rt.release(ta, tb, tc);
+    });
+  }
+
+  test("an offset past the end of an operand is refused", () => {
+    const t = rt.empty("f32", [64]);
+    const rec = rt.recorder();
+    expect(() => matmul(rec, { a: t, b: t, c: t, M: 4, N: 4, K: 4, offsetA: 50 })).toThrow(/a has 64 elements/);
+    expect(() => matmul(rec, { a: t, b: t, c: t, M: 4, N: 4, K: 4, offsetC: -1 })).toThrow(/offsetC must be a non-negative integer/);
+    rec.release();
+    rt.release(t);
+  });
+});
