@@ -8,7 +8,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { dropoutForward, dropoutSeed, getRuntime } from "@tuneloom/kernels";
 import { matmulRef, randn, relError } from "@tuneloom/kernels/testing.ts";
-import { type LoraModule, linearLoraBackward, linearLoraForward } from "../src/gpu/lora.ts";
+import { Tensor } from "@tuneloom/kernels";
+import { type LoraModule, linearsLoraBackward, linearsLoraForward } from "../src/gpu/lora.ts";
 
 const rt = await getRuntime();
 afterAll(() => rt.trimPool());
@@ -26,10 +27,10 @@ function maskScale(n: number, p: number, seed: number): Float64Array {
 
 const add = (a: ArrayLike<number>, b: ArrayLike<number>, s = 1) => Float64Array.from(a, (v, i) => v + s * b[i]!);
 
-/** The float64 reference of one forward + backward (dA, dB start from dA0, dB0; dx from dx0·betaDx). */
-function reference(o: {
+/** One module's float64 forward + backward (dA, dB start from dA0, dB0); dx is its contribution. */
+function moduleReference(o: {
   T: number; inF: number; outF: number; r: number; s: number; x: Float32Array; W: Float32Array; A: Float32Array; B: Float32Array;
-  dy: Float32Array; dA0: Float32Array; dB0: Float32Array; dx0: Float32Array; betaDx: 0 | 1; mask: Float64Array | null;
+  dy: Float32Array; dA0: Float32Array; dB0: Float32Array; mask: Float64Array | null;
 }) {
   const { T, inF, outF, r, s } = o;
   const xd = o.mask ? Float64Array.from(o.x, (v, i) => v * o.mask![i]!) : Float64Array.from(o.x);
@@ -40,67 +41,127 @@ function reference(o: {
   const dA = add(o.dA0, matmulRef(dh, xd, r, inF, T, true, false));
   const dxd = matmulRef(dh, o.A, T, inF, r); // (T, in)
   const dxLora = o.mask ? dxd.map((v, i) => v * o.mask![i]!) : dxd;
-  const dx = add(add(matmulRef(o.dy, o.W, T, inF, outF), dxLora), o.dx0, o.betaDx);
+  const dx = add(matmulRef(o.dy, o.W, T, inF, outF), dxLora);
   return { y, dx, dA, dB };
 }
 
-async function runCase(T: number, inF: number, outF: number, r: number, p: number, betaDx: 0 | 1, withDropout = true) {
+interface GroupCase {
+  T: number; inF: number; r: number;
+  /** Output width of each projection of the group; `adapted[i]` false = no LoRA on projection i. */
+  outFs: number[]; adapted?: boolean[];
+  p: number; betaDx: 0 | 1; withDropout: boolean;
+  /** A's (and dA's) back to back in one buffer, as the trainer lays them out: the fused path. */
+  stackA: boolean;
+}
+
+/** linearsLoraForward + linearsLoraBackward on a group of projections, and the float64 reference. */
+async function runGroup(c: GroupCase) {
+  const { T, inF, r, outFs, p, betaDx } = c;
+  const n = outFs.length, adapted = c.adapted ?? outFs.map(() => true);
   const s = 2.5;
-  const seed = dropoutSeed(17, T, inF, outF);
-  const [x, W, A, B, dy, dA0, dB0, dx0] = [T * inF, outF * inF, r * inF, outF * r, T * outF, r * inF, outF * r, T * inF].map((n) => randn(n));
   const up = (shape: number[], d: Float32Array) => rt.upload("f32", shape, d);
-  const tx = up([T, inF], x!), tW = up([outF, inF], W!), ty = rt.empty("f32", [T, outF]);
-  const tdy = up([T, outF], dy!), tdx = up([T, inF], dx0!), th = rt.empty("f32", [T, r]), tdh = rt.empty("f32", [T, r]);
+  const x = randn(T * inF), dx0 = randn(T * inF);
+  const tx = up([T, inF], x), tdx = up([T, inF], dx0);
+  const nA = adapted.filter(Boolean).length;
   // The scratch is bigger than T·in, as the trainer's (T, max in) one is.
   const scratch = rt.empty("f32", [T, inF + 8]);
-  const lora: LoraModule = {
-    A: up([r, inF], A!), B: up([outF, r], B!), scale: s, dA: up([r, inF], dA0!), dB: up([outF, r], dB0!),
-    dropout: withDropout ? { p, seed, scratch } : undefined,
-  };
-  // The mask as the GPU draws it: dropout of ones = keep/(1−p).
-  const ones = up([T, inF], new Float32Array(T * inF).fill(1)), gpuMask = rt.empty("f32", [T, inF]);
-  const rec = rt.recorder("lora-dropout test");
-  dropoutForward(rec, ones, gpuMask, p, seed);
-  linearLoraForward(rec, tx, tW, undefined, ty, lora, th);
-  linearLoraBackward(rec, tx, tW, tdy, tdx, betaDx, lora, th, tdh);
+  const th = rt.empty("f32", [T, nA * r]), tdh = rt.empty("f32", [T, nA * r + 3]);
+  // Stacked: one buffer holding A_1 … A_n (and one for dA_1 … dA_n), each a 256-byte-aligned view.
+  const aBuf = c.stackA ? rt.empty("f32", [nA * r * inF]) : null, dABuf = c.stackA ? rt.empty("f32", [nA * r * inF]) : null;
+  const mods = outFs.map((outF, i) => {
+    const [W, A, B, dy, dA0, dB0] = [outF * inF, r * inF, outF * r, T * outF, r * inF, outF * r].map((k) => randn(k));
+    const seed = dropoutSeed(17, T, i, outF);
+    const j = adapted.slice(0, i).filter(Boolean).length; // index among the adapted
+    const view = (buf: Tensor | null, data: Float32Array) => {
+      if (!buf) return up([r, inF], data);
+      const t = new Tensor(buf.buffer, "f32", [r, inF], buf.byteOffset + j * r * inF * 4, "A");
+      rt.write(t, data);
+      return t;
+    };
+    const lora: LoraModule | undefined = adapted[i]
+      ? {
+        A: view(aBuf, A!), B: up([outF, r], B!), scale: s, dA: view(dABuf, dA0!), dB: up([outF, r], dB0!),
+        dropout: c.withDropout ? { p, seed, scratch } : undefined,
+      }
+      : undefined;
+    return { outF, W: W!, A: A!, B: B!, dy: dy!, dA0: dA0!, dB0: dB0!, seed, lora, tW: up([outF, inF], W!), ty: rt.empty("f32", [T, outF]), tdy: up([T, outF], dy!) };
+  });
+  const rec = rt.recorder("lora group test");
+  const d0 = rt.recordStats.dispatches;
+  linearsLoraForward(rec, tx, mods.map((m) => ({ w: m.tW, y: m.ty, lora: m.lora })), th);
+  linearsLoraBackward(rec, tx, mods.map((m) => ({ w: m.tW, dy: m.tdy, lora: m.lora })), tdx, betaDx, th, tdh);
+  const dispatches = rt.recordStats.dispatches - d0;
   rec.submit();
-  const mask = withDropout ? maskScale(T * inF, p, seed) : null;
-  const inputs = { T, inF, outF, r, s, x: x!, W: W!, A: A!, B: B!, dy: dy!, dA0: dA0!, dB0: dB0!, dx0: dx0!, betaDx };
-  const ref = reference({ ...inputs, mask });
-  const refNoMask = reference({ ...inputs, mask: null });
+  const refsWith = (masked: boolean) => mods.map((m, i) =>
+    moduleReference({
+      T, inF, outF: m.outF, r, s: adapted[i] ? s : 0, x, W: m.W, A: m.A, B: m.B, dy: m.dy, dA0: m.dA0, dB0: m.dB0,
+      mask: masked && adapted[i] ? maskScale(T * inF, p, m.seed) : null,
+    }));
+  const refs = refsWith(c.withDropout);
+  let dxRef = Float64Array.from(dx0, (v) => v * betaDx);
+  for (const ref of refs) dxRef = add(dxRef, ref.dx);
   const out = {
-    y: await rt.read(ty), dx: await rt.read(tdx), dA: await rt.read(lora.dA!), dB: await rt.read(lora.dB!), mask: await rt.read(gpuMask),
+    ys: await Promise.all(mods.map((m) => rt.read(m.ty))), dx: await rt.read(tdx),
+    dAs: await Promise.all(mods.map((m) => (m.lora ? rt.read(m.lora.dA!) : null))),
+    dBs: await Promise.all(mods.map((m) => (m.lora ? rt.read(m.lora.dB!) : null))),
   };
   rec.release();
-  rt.release(tx, tW, ty, tdy, tdx, th, tdh, scratch, lora.A, lora.B, lora.dA!, lora.dB!, ones, gpuMask);
-  return { out, ref, refNoMask, mask };
+  for (const m of mods) {
+    rt.release(m.tW, m.ty, m.tdy);
+    if (m.lora) rt.release(m.lora.B, m.lora.dB!, ...(c.stackA ? [] : [m.lora.A, m.lora.dA!]));
+  }
+  rt.release(tx, tdx, th, tdh, scratch, ...(aBuf ? [aBuf, dABuf!] : []));
+  return { out, refs, dxRef, dispatches, n, refsNoMask: refsWith(false) };
+}
+
+/** Every output of a group case within 1e-5 of float64. */
+function expectGroupMatches(r: Awaited<ReturnType<typeof runGroup>>) {
+  const check = (what: string, got: Float32Array, ref: Float64Array) => {
+    const e = relError(got, ref);
+    if (!(e < 1e-5)) throw new Error(`${what}: relative error ${e}`);
+  };
+  check("dx", r.out.dx, r.dxRef);
+  r.refs.forEach((ref, i) => {
+    check(`y${i}`, r.out.ys[i]!, ref.y);
+    if (r.out.dAs[i]) check(`dA${i}`, r.out.dAs[i]!, ref.dA);
+    if (r.out.dBs[i]) check(`dB${i}`, r.out.dBs[i]!, ref.dB);
+  });
+}
+
+async function runCase(T: number, inF: number, outF: number, r: number, p: number, betaDx: 0 | 1, withDropout = true) {
+  const seed = dropoutSeed(17, T, 0, outF);
+  // The mask as the GPU draws it: dropout of ones = keep/(1−p).
+  const ones = rt.upload("f32", [T, inF], new Float32Array(T * inF).fill(1)), gpuMask = rt.empty("f32", [T, inF]);
+  const rec = rt.recorder("lora-dropout mask");
+  dropoutForward(rec, ones, gpuMask, p, seed);
+  rec.submit();
+  const gpuMaskValues = await rt.read(gpuMask);
+  rec.release();
+  rt.release(ones, gpuMask);
+  const group = await runGroup({ T, inF, r, outFs: [outF], p, betaDx, withDropout, stackA: false });
+  const mask = withDropout ? maskScale(T * inF, p, seed) : null;
+  return { group, mask, gpuMask: gpuMaskValues };
 }
 
 describe("LoRA linear with dropout against float64", () => {
   for (const [T, inF, outF, r, p, betaDx] of [[13, 64, 32, 4, 0.3, 0], [21, 128, 64, 8, 0.1, 1]] as const) {
     test(`T=${T} in=${inF} out=${outF} r=${r} p=${p} betaDx=${betaDx}: y, dx, dA, dB with the regenerated mask`, async () => {
-      const { out, ref, refNoMask, mask } = await runCase(T, inF, outF, r, p, betaDx);
-      expect(relError(out.mask, mask!)).toBeLessThan(1e-7); // the kernel's mask is the published hash
+      const { group, mask, gpuMask } = await runCase(T, inF, outF, r, p, betaDx);
+      expect(relError(gpuMask, mask!)).toBeLessThan(1e-7); // the kernel's mask is the published hash
       let dropped = 0;
       for (const m of mask!) dropped += m === 0 ? 1 : 0;
       expect(dropped).toBeGreaterThan(0);
       expect(dropped).toBeLessThan(mask!.length);
-      for (const k of ["y", "dx", "dA", "dB"] as const) {
-        const e = relError(out[k], ref[k]);
-        if (!(e < 1e-5)) throw new Error(`${k}: relative error ${e}`);
-      }
+      expectGroupMatches(group);
       // The mask matters: without it the reference is far from what the GPU computed.
-      expect(relError(out.dA, refNoMask.dA)).toBeGreaterThan(1e-2);
-      expect(relError(out.y, refNoMask.y)).toBeGreaterThan(1e-3);
+      expect(relError(group.out.dAs[0]!, group.refsNoMask[0]!.dA)).toBeGreaterThan(1e-2);
+      expect(relError(group.out.ys[0]!, group.refsNoMask[0]!.y)).toBeGreaterThan(1e-3);
     });
   }
 
   test("no dropout (p = 0 path, inference): the plain LoRA math, unchanged", async () => {
-    const { out, ref } = await runCase(13, 64, 32, 4, 0.3, 1, false);
-    for (const k of ["y", "dx", "dA", "dB"] as const) {
-      const e = relError(out[k], ref[k]);
-      if (!(e < 1e-5)) throw new Error(`${k}: relative error ${e}`);
-    }
+    const { group } = await runCase(13, 64, 32, 4, 0.3, 1, false);
+    expectGroupMatches(group);
   });
 
   test("a scratch smaller than T·in is refused, naming the function", () => {
@@ -108,8 +169,36 @@ describe("LoRA linear with dropout against float64", () => {
     const y = rt.empty("f32", [4, 32]), h = rt.empty("f32", [4, 2]), scratch = rt.empty("f32", [4, 63]);
     const lora: LoraModule = { A: rt.upload("f32", [2, 64], randn(128)), B: rt.upload("f32", [32, 2], randn(64)), scale: 1, dropout: { p: 0.1, seed: 1, scratch } };
     const rec = rt.recorder("lora-dropout scratch");
-    expect(() => linearLoraForward(rec, x, W, undefined, y, lora, h)).toThrow("linearLoraForward: LoRA dropout scratch");
+    expect(() => linearsLoraForward(rec, x, [{ w: W, y, lora }], h)).toThrow("linearsLoraForward: LoRA dropout scratch");
     rec.release();
     rt.release(x, W, y, h, scratch, lora.A, lora.B);
+  });
+});
+
+describe("LoRA groups (q/k/v, gate/up: projections reading one input) against float64", () => {
+  const base = { T: 19, inF: 64, r: 4, outFs: [32, 16, 16], p: 0.2, betaDx: 1 as const };
+  test("stacked A's, no dropout: the fused path (fewer dispatches) matches float64", async () => {
+    const fused = await runGroup({ ...base, withDropout: false, stackA: true });
+    expectGroupMatches(fused);
+    const apart = await runGroup({ ...base, withDropout: false, stackA: false });
+    expectGroupMatches(apart);
+    // One product for h, dA and the LoRA part of dx instead of one per module.
+    expect(fused.dispatches).toBe(apart.dispatches - 3 * (fused.n - 1));
+  });
+
+  test("stacked A's with dropout: each module keeps its own mask (per-module path)", async () => {
+    const r = await runGroup({ ...base, withDropout: true, stackA: true });
+    expectGroupMatches(r);
+    expect(relError(r.out.dAs[1]!, r.refsNoMask[1]!.dA)).toBeGreaterThan(1e-2);
+  });
+
+  test("a projection without LoRA inside the group (q and v adapted, k not), betaDx = 0", async () => {
+    for (const stackA of [true, false]) {
+      expectGroupMatches(await runGroup({ ...base, betaDx: 0, adapted: [true, false, true], withDropout: false, stackA }));
+    }
+  });
+
+  test("a group of two with split-K shapes (long T)", async () => {
+    expectGroupMatches(await runGroup({ T: 600, inF: 96, r: 8, outFs: [80, 80], p: 0, betaDx: 0, withDropout: false, stackA: true }));
   });
 });

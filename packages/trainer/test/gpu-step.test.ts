@@ -43,6 +43,23 @@ async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0) {
 }
 
 describe("LoRA training step on the GPU", () => {
+  test("each layer's q/k/v A's and gate/up A's (and their gradients) lie back to back: one LoRA product per group", () => {
+    const tr = new LoraTrainer(model, parseLoraConfig({ rank: 4, alpha: 8, dropout: 0 }), {
+      gradientCheckpointing: false, seed: 5, weightDecay: 0, maxGradNorm: 0,
+    });
+    for (const layer of tr.lora) {
+      for (const group of [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]] as const) {
+        for (const key of ["A", "dA"] as const) {
+          const ts = group.map((m) => layer[m]![key]!);
+          ts.forEach((t, i) => {
+            expect(t.buffer).toBe(ts[0]!.buffer);
+            expect(t.byteOffset).toBe(ts[0]!.byteOffset + i * t.numel * 4);
+          });
+        }
+      }
+    }
+  });
+
   test("gradient checkpointing gives the same loss and gradients", async () => {
     const batch = packedBatch(1);
     const a = await trainerWithNonZeroB(true), b = await trainerWithNonZeroB(false);

@@ -17,7 +17,7 @@ import {
   hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
-import { type LayerLora, type LoraTarget, linearLoraBackward, linearLoraForward } from "./lora.ts";
+import { type LayerLora, type LoraTarget, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
 import type { GpuLayerWeights } from "./weights.ts";
 
 /** Per-token inputs shared by all layers. */
@@ -28,11 +28,21 @@ export interface TokenBatch {
   seqIds: Tensor; // i32 (T), −1 = padding
 }
 
+/** Projections that read the same input: their LoRA h's share one (T, n·r) buffer (lora.ts). */
+export const LORA_GROUPS = {
+  qkv: ["q_proj", "k_proj", "v_proj"],
+  o: ["o_proj"],
+  gateUp: ["gate_proj", "up_proj"],
+  down: ["down_proj"],
+} as const satisfies Record<string, readonly LoraTarget[]>;
+export type LoraGroup = keyof typeof LORA_GROUPS;
+
 /** What the forward keeps for the backward (one set per layer, or one reused set under checkpointing). */
 export interface LayerActivations {
   xn1: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; attn: Tensor; lse: Tensor;
   xMid: Tensor; xn2: Tensor; rstd2: Tensor; gate: Tensor; up: Tensor; act: Tensor;
-  loraH: Partial<Record<LoraTarget, Tensor>>;
+  /** LoRA h per group with an adapted module: (T, n·r), n = the group's adapted modules. */
+  loraH: Partial<Record<LoraGroup, Tensor>>;
 }
 
 /** Scratch the backward needs (one set for all layers). */
@@ -43,8 +53,11 @@ export interface LayerGradScratch {
 
 export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
-  const loraH: Partial<Record<LoraTarget, Tensor>> = {};
-  for (const t of targets) loraH[t] = rt.empty("f32", [T, loraRank], `lora_h.${t}`);
+  const loraH: Partial<Record<LoraGroup, Tensor>> = {};
+  for (const [group, modules] of Object.entries(LORA_GROUPS) as [LoraGroup, readonly LoraTarget[]][]) {
+    const n = modules.filter((m) => targets.includes(m)).length;
+    if (n > 0) loraH[group] = rt.empty("f32", [T, n * loraRank], `lora_h.${group}`);
+  }
   return {
     xn1: rt.empty("f32", [T, C], "xn1"), rstd1: rt.empty("f32", [T], "rstd1"),
     q: rt.empty("f32", [T, nH * hd], "q"), k: rt.empty("f32", [T, nKV * hd], "k"), v: rt.empty("f32", [T, nKV * hd], "v"),
@@ -61,7 +74,8 @@ export function allocLayerGradScratch(rt: GpuRuntime, cfg: ModelConfig, T: numbe
     dAct: rt.empty("f32", [T, I], "dAct"), dGate: rt.empty("f32", [T, I], "dGate"), dUp: rt.empty("f32", [T, I], "dUp"),
     dXn: rt.empty("f32", [T, C], "dXn"), dMid: rt.empty("f32", [T, C], "dMid"), dAttn: rt.empty("f32", [T, nH * hd], "dAttn"),
     dq: rt.empty("f32", [T, nH * hd], "dq"), dk: rt.empty("f32", [T, nKV * hd], "dk"), dv: rt.empty("f32", [T, nKV * hd], "dv"),
-    dsum: rt.empty("f32", [T, nH], "dsum"), dh: rt.empty("f32", [T, Math.max(1, loraRank)], "lora_dh"),
+    // dh of the widest LoRA group (q, k, v)
+    dsum: rt.empty("f32", [T, nH], "dsum"), dh: rt.empty("f32", [T, Math.max(1, LORA_GROUPS.qkv.length * loraRank)], "lora_dh"),
   };
 }
 
@@ -117,9 +131,11 @@ export function decoderLayerForward(
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps);
   const xn1h = sharedF16Input(rec, a.xn1, w.q); // q, k and v read the same normed input
-  linearLoraForward(rec, a.xn1, w.q, w.qBias, a.q, lora.q_proj, a.loraH.q_proj, xn1h);
-  linearLoraForward(rec, a.xn1, w.k, w.kBias, a.k, lora.k_proj, a.loraH.k_proj, xn1h);
-  linearLoraForward(rec, a.xn1, w.v, w.vBias, a.v, lora.v_proj, a.loraH.v_proj, xn1h);
+  linearsLoraForward(rec, a.xn1, [
+    { w: w.q, bias: w.qBias, y: a.q, lora: lora.q_proj },
+    { w: w.k, bias: w.kBias, y: a.k, lora: lora.k_proj },
+    { w: w.v, bias: w.vBias, y: a.v, lora: lora.v_proj },
+  ], a.loraH.qkv, xn1h);
   if (xn1h) rec.recycle(xn1h);
   ropeForward(rec, { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
   if (kv) kvCacheAppend(rec, { kNew: heads(a.k, nKV, hd), vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
@@ -135,15 +151,17 @@ export function decoderLayerForward(
       tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
     });
   }
-  linearLoraForward(rec, a.attn, w.o, w.oBias, a.xMid, lora.o_proj, a.loraH.o_proj);
+  linearsLoraForward(rec, a.attn, [{ w: w.o, bias: w.oBias, y: a.xMid, lora: lora.o_proj }], a.loraH.o);
   addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
   rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps);
   const xn2h = sharedF16Input(rec, a.xn2, w.gate);
-  linearLoraForward(rec, a.xn2, w.gate, w.gateBias, a.gate, lora.gate_proj, a.loraH.gate_proj, xn2h);
-  linearLoraForward(rec, a.xn2, w.up, w.upBias, a.up, lora.up_proj, a.loraH.up_proj, xn2h);
+  linearsLoraForward(rec, a.xn2, [
+    { w: w.gate, bias: w.gateBias, y: a.gate, lora: lora.gate_proj },
+    { w: w.up, bias: w.upBias, y: a.up, lora: lora.up_proj },
+  ], a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
   swigluForward(rec, a.gate, a.up, a.act);
-  linearLoraForward(rec, a.act, w.down, w.downBias, xOut, lora.down_proj, a.loraH.down_proj);
+  linearsLoraForward(rec, a.act, [{ w: w.down, bias: w.downBias, y: xOut, lora: lora.down_proj }], a.loraH.down);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
 }
 
@@ -156,20 +174,21 @@ export function decoderLayerBackward(
   x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {},
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
-  const T = batch.T;
-  const dh = g.dh.view([T, g.dh.numel / T]);
+  const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...
-  linearLoraBackward(rec, a.act, w.down, dOut, g.dAct, 0, lora.down_proj, a.loraH.down_proj, dh);
+  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
   // act = silu(gate)·up
   swigluBackward(rec, a.gate, a.up, g.dAct, g.dGate, g.dUp);
   // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup
-  linearLoraBackward(rec, a.xn2, w.gate, g.dGate, g.dXn, 0, lora.gate_proj, a.loraH.gate_proj, dh);
-  linearLoraBackward(rec, a.xn2, w.up, g.dUp, g.dXn, 1, lora.up_proj, a.loraH.up_proj, dh);
+  linearsLoraBackward(rec, a.xn2, [
+    { w: w.gate, dy: g.dGate, lora: lora.gate_proj },
+    { w: w.up, dy: g.dUp, lora: lora.up_proj },
+  ], g.dXn, 0, a.loraH.gateUp, dh);
   // xn2 = rmsnorm(xMid):  dMid = dOut + rmsnorm'(dXn)
   rec.copy(dOut, g.dMid);
   rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
   // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo
-  linearLoraBackward(rec, a.attn, w.o, g.dMid, g.dAttn, 0, lora.o_proj, a.loraH.o_proj, dh);
+  linearsLoraBackward(rec, a.attn, [{ w: w.o, dy: g.dMid, lora: lora.o_proj }], g.dAttn, 0, a.loraH.o, dh);
   // attn = attention(q, k, v)
   attentionBackward(rec, {
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
@@ -180,9 +199,11 @@ export function decoderLayerBackward(
   // q, k = rope(q, k): rotate the gradients back
   ropeBackward(rec, { q: heads(g.dq, nH, hd), k: heads(g.dk, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
   // q, k, v = xn1·W{q,k,v}ᵀ:  dXn = dq·Wq + dk·Wk + dv·Wv
-  linearLoraBackward(rec, a.xn1, w.q, g.dq, g.dXn, 0, lora.q_proj, a.loraH.q_proj, dh);
-  linearLoraBackward(rec, a.xn1, w.k, g.dk, g.dXn, 1, lora.k_proj, a.loraH.k_proj, dh);
-  linearLoraBackward(rec, a.xn1, w.v, g.dv, g.dXn, 1, lora.v_proj, a.loraH.v_proj, dh);
+  linearsLoraBackward(rec, a.xn1, [
+    { w: w.q, dy: g.dq, lora: lora.q_proj },
+    { w: w.k, dy: g.dk, lora: lora.k_proj },
+    { w: w.v, dy: g.dv, lora: lora.v_proj },
+  ], g.dXn, 0, a.loraH.qkv, dh);
   // xn1 = rmsnorm(x):  dx = dMid + rmsnorm'(dXn)
   rec.copy(g.dMid, dx);
   rmsnormBackward(rec, x, w.inputNorm, a.rstd1, g.dXn, dx, 1);

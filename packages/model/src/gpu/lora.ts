@@ -11,6 +11,14 @@
  * The dropout mask is never stored: it is a hash of (seed, element index) (kernels' dropout),
  * so the backward, and a gradient-checkpointing recompute of the forward, regenerate exactly
  * the forward's x̃ from x and the module's seed.
+ *
+ * Projections that read the same input (q/k/v, gate/up) go through one call as a group: their
+ * h's share one (T, n·r) buffer, module i in columns i·r … i·r + r − 1. When the group's A's
+ * (and their gradients) lie back to back in one buffer, no module has dropout, and rank and
+ * scale agree, [A_1; …; A_n] is one (n·r, in) matrix: h = x·[A_1; …; A_n]ᵀ, dA += dhᵀ·x and
+ * dx += dh·[A_1; …; A_n] are one product each, reading x (or writing dx) once instead of n
+ * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
+ * order.
  */
 import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
 
@@ -56,61 +64,135 @@ function droppedInput(rec: Recorder, x: Tensor, d: LoraDropout, fn: string): Ten
   return xd;
 }
 
-/**
- * y (T, out) = x (T, in)·Wᵀ + bias, plus s·h·Bᵀ with h = x̃·Aᵀ (T, r) saved for the backward.
- * `x16`: x already rounded to f16 (shared by the projections that read the same input), used
- * for the frozen product on tensor cores; the LoRA branch always reads the f32 x.
- */
-export function linearLoraForward(
-  rec: Recorder, x: Tensor, w: Tensor, bias: Tensor | undefined, y: Tensor,
-  lora: LoraModule | undefined, h: Tensor | undefined, x16?: Tensor,
-) {
-  const T = x.shape[0]!;
-  const [outF, inF] = w.shape as [number, number];
-  const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
-  const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
-  matmulAuto(rec, { ...base, a }); // y = x·Wᵀ + b
-  if (!lora) return;
-  if (!h) throw new Error("linearLoraForward: LoRA needs an (T, r) buffer for h");
-  const r = lora.A.shape[0]!;
-  const xl = lora.dropout ? droppedInput(rec, x, lora.dropout, "linearLoraForward") : x; // x̃ (T, in)
-  matmul(rec, { a: xl, b: lora.A, c: h, M: T, N: r, K: inF, transB: true }); // h = x̃·Aᵀ (T, r)
-  matmul(rec, { a: h, b: lora.B, c: y, M: T, N: outF, K: r, transB: true, alpha: lora.scale, beta: 1 }); // y += s·h·Bᵀ
+/** A frozen projection of a group (same input x) and its LoRA, if adapted. */
+export interface LoraProjection {
+  w: Tensor; // (out, in), f32/f16/bf16
+  bias?: Tensor; // f32 (out)
+  lora?: LoraModule;
+}
+
+/** The adapted modules of a group, in order, with the rank they share. */
+function adaptedOf(projs: readonly LoraProjection[], fn: string): { mods: LoraModule[]; r: number } {
+  const mods = projs.flatMap((p) => (p.lora ? [p.lora] : []));
+  const r = mods[0]?.A.shape[0] ?? 0;
+  for (const m of mods) if (m.A.shape[0] !== r) throw new Error(`${fn}: the LoRA modules of a group must share one rank, got ${m.A.shape[0]} and ${r}`);
+  return { mods, r };
+}
+
+/** (T, n·r) view of a group's h or dh buffer; throws if it is too small. */
+function groupColumns(buf: Tensor | undefined, T: number, width: number, what: string, fn: string): Tensor {
+  if (!buf || buf.dtype !== "f32" || buf.numel < T * width) {
+    throw new Error(`${fn}: LoRA needs an f32 (T, n·r) = (${T}, ${width}) buffer for ${what}, got ${buf ? `${buf.dtype} [${buf.shape}]` : "none"}`);
+  }
+  return new Tensor(buf.buffer, "f32", [T, width], buf.byteOffset, buf.label);
 }
 
 /**
- * Backward of linearLoraForward. dx (T, in) = dy·W (+ LoRA's part), written when betaDx = 0,
- * added when 1. dA and dB accumulate (+=) so micro-batches sum. `dh` is (T, r) scratch. With
- * dropout, x̃ is regenerated from x and the module's seed (so `lora.dropout` must be the
- * forward's).
+ * [t_1; …; t_n] as one (n·rows, cols) tensor when the tensors lie back to back in one buffer
+ * (the trainer's flat layout puts each layer's A's, and their gradients, in module order), else null.
  */
-export function linearLoraBackward(
-  rec: Recorder, x: Tensor, w: Tensor, dy: Tensor, dx: Tensor, betaDx: 0 | 1,
-  lora: LoraModule | undefined, h: Tensor | undefined, dh: Tensor | undefined,
+function stacked(ts: readonly Tensor[]): Tensor | null {
+  const [rows, cols] = ts[0]!.shape as [number, number];
+  for (const [i, t] of ts.entries()) {
+    if (t.buffer !== ts[0]!.buffer || t.shape[0] !== rows || t.shape[1] !== cols || t.byteOffset !== ts[0]!.byteOffset + i * rows * cols * 4) return null;
+  }
+  return new Tensor(ts[0]!.buffer, "f32", [ts.length * rows, cols], ts[0]!.byteOffset, `${ts[0]!.label}:stacked`);
+}
+
+/** One product over the whole group is possible (see the module comment). */
+function fusable(mods: readonly LoraModule[]): boolean {
+  return mods.length > 1 && mods.every((m) => !m.dropout && m.scale === mods[0]!.scale);
+}
+
+/**
+ * y_i (T, out_i) = x (T, in)·W_iᵀ + bias_i, plus s·h_i·B_iᵀ with h_i = x̃_i·A_iᵀ (T, r) kept in
+ * columns of `h` (T, n·r) for the backward, for every projection i of a group that reads x.
+ * `x16`: x already rounded to f16, used for the frozen products on tensor cores; the LoRA
+ * branch always reads the f32 x.
+ */
+export function linearsLoraForward(
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16?: Tensor,
 ) {
   const T = x.shape[0]!;
-  const [outF, inF] = w.shape as [number, number];
-  // backward of y = x·Wᵀ:  dx = dy·W
-  matmulAuto(rec, { a: dy, b: w, c: dx, M: T, N: inF, K: outF, beta: betaDx });
-  if (!lora) return;
-  if (!h || !dh || !lora.dA || !lora.dB) throw new Error("linearLoraBackward: LoRA backward needs h, dh, dA and dB");
-  const r = lora.A.shape[0]!;
-  const s = lora.scale;
-  // backward of y += s·h·Bᵀ:  dB += s·dyᵀ·h,  dh = s·dy·B
-  matmul(rec, { a: dy, b: h, c: lora.dB, M: outF, N: r, K: T, transA: true, alpha: s, beta: 1 });
-  matmul(rec, { a: dy, b: lora.B, c: dh, M: T, N: r, K: outF, alpha: s });
-  if (!lora.dropout) {
-    // backward of h = x·Aᵀ:  dA += dhᵀ·x,  dx += dh·A
-    matmul(rec, { a: dh, b: x, c: lora.dA, M: r, N: inF, K: T, transA: true, beta: 1 });
-    matmul(rec, { a: dh, b: lora.A, c: dx, M: T, N: inF, K: r, beta: 1 });
+  for (const { w, bias, y } of projs) {
+    const [outF, inF] = w.shape as [number, number];
+    const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
+    const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
+    matmulAuto(rec, { ...base, a }); // y_i = x·W_iᵀ + b_i
+  }
+  const { mods, r } = adaptedOf(projs, "linearsLoraForward");
+  if (mods.length === 0) return;
+  const inF = x.shape[1]!, ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
+  const A = fusable(mods) ? stacked(mods.map((m) => m.A)) : null;
+  if (A) {
+    matmul(rec, { a: x, b: A, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A_1; …; A_n]ᵀ (T, n·r)
+  } else {
+    for (const [i, m] of mods.entries()) {
+      const xl = m.dropout ? droppedInput(rec, x, m.dropout, "linearsLoraForward") : x; // x̃_i (T, in)
+      matmul(rec, { a: xl, b: m.A, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r }); // h_i = x̃_i·A_iᵀ
+    }
+  }
+  const ys = projs.filter((p) => p.lora).map((p) => p.y);
+  for (const [i, m] of mods.entries()) {
+    const outF = m.B.shape[0]!;
+    // y_i += s·h_i·B_iᵀ
+    matmul(rec, { a: hs, b: m.B, c: ys[i]!, M: T, N: outF, K: r, transB: true, lda: ld, offsetA: i * r, alpha: m.scale, beta: 1 });
+  }
+}
+
+/**
+ * Backward of linearsLoraForward. dx (T, in) = Σ_i dy_i·W_i (+ the LoRA parts), written when
+ * betaDx = 0, added when 1. Every dA_i, dB_i accumulates (+=) so micro-batches sum. `dh` is
+ * (T, n·r) scratch. With dropout, x̃_i is regenerated from x and the module's seed (so each
+ * `lora.dropout` must be the forward's).
+ */
+export function linearsLoraBackward(
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor })[], dx: Tensor, betaDx: 0 | 1,
+  h: Tensor | undefined, dh: Tensor | undefined,
+) {
+  const [T, inF] = x.shape as [number, number];
+  // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i
+  for (const [i, { w, dy }] of projs.entries()) {
+    const outF = w.shape[0]!;
+    matmulAuto(rec, { a: dy, b: w, c: dx, M: T, N: inF, K: outF, beta: i === 0 ? betaDx : 1 });
+  }
+  const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
+  if (mods.length === 0) return;
+  for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
+  const ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", "linearsLoraBackward");
+  const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
+  const dys = projs.filter((p) => p.lora).map((p) => p.dy);
+  for (const [i, m] of mods.entries()) {
+    const outF = m.B.shape[0]!, s = m.scale, dy = dys[i]!;
+    // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i,  dh_i = s·dy_i·B_i
+    matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
+    matmul(rec, { a: dy, b: m.B, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });
+  }
+  const A = fusable(mods) ? stacked(mods.map((m) => m.A)) : null;
+  const dA = A ? stacked(mods.map((m) => m.dA!)) : null;
+  if (A && dA) {
+    // backward of [h_1 … h_n] = x·[A_1; …; A_n]ᵀ:  d[A_1; …; A_n] += dhᵀ·x,  dx += dh·[A_1; …; A_n]
+    matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
+    matmul(rec, { a: dhs, b: A, c: dx, M: T, N: inF, K: ld, beta: 1 });
     return;
   }
-  const d = lora.dropout;
-  // backward of h = x̃·Aᵀ:  dA += dhᵀ·x̃,  dx̃ = dh·A
-  const xd = droppedInput(rec, x, d, "linearLoraBackward"); // x̃ regenerated into the scratch
-  matmul(rec, { a: dh, b: xd, c: lora.dA, M: r, N: inF, K: T, transA: true, beta: 1 });
-  const dxd = xd; // x̃ is no longer needed: the scratch now holds dx̃ (T, in)
-  matmul(rec, { a: dh, b: lora.A, c: dxd, M: T, N: inF, K: r });
-  // backward of x̃ = dropout(x):  dx += dx̃ · keep / (1 − p)
-  dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
+  for (const [i, m] of mods.entries()) {
+    const cols = { lda: ld, offsetA: i * r };
+    if (!m.dropout) {
+      // backward of h_i = x·A_iᵀ:  dA_i += dh_iᵀ·x,  dx += dh_i·A_i
+      matmul(rec, { a: dhs, b: x, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+      matmul(rec, { a: dhs, b: m.A, c: dx, M: T, N: inF, K: r, beta: 1, ...cols });
+      continue;
+    }
+    const d = m.dropout;
+    // backward of h_i = x̃_i·A_iᵀ:  dA_i += dh_iᵀ·x̃_i,  dx̃_i = dh_i·A_i
+    const xd = droppedInput(rec, x, d, "linearsLoraBackward"); // x̃_i regenerated into the scratch
+    matmul(rec, { a: dhs, b: xd, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+    const dxd = xd; // x̃_i is no longer needed: the scratch now holds dx̃_i (T, in)
+    matmul(rec, { a: dhs, b: m.A, c: dxd, M: T, N: inF, K: r, ...cols });
+    // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
+    dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
+  }
 }

@@ -67,10 +67,14 @@ export class LoraTrainer {
     if (!(config.dropout >= 0 && config.dropout < 1)) throw new Error(`LoRA dropout must be in [0, 1), got ${config.dropout}`);
     this.specs = loraLayerSpecs(model.cfg, config);
     const r = config.rank;
+    // Per layer, every A in module order, then every B: the A's of projections that read one
+    // input (q/k/v, gate/up) lie back to back, so each group's LoRA runs as one product (lora.ts).
+    const layers = new Map<number, LoraLayerSpec[]>();
+    for (const s of this.specs) layers.set(s.layer, [...(layers.get(s.layer) ?? []), s]);
     this.layout = new FlatParamLayout(
-      this.specs.flatMap((s) => [
-        { name: nameA(s), shape: [r, s.inFeatures] },
-        { name: nameB(s), shape: [s.outFeatures, r] },
+      [...layers.values()].flatMap((ls) => [
+        ...ls.map((s) => ({ name: nameA(s), shape: [r, s.inFeatures] })),
+        ...ls.map((s) => ({ name: nameB(s), shape: [s.outFeatures, r] })),
       ]),
       { weightDecay: opts.weightDecay },
     );
