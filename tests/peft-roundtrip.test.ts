@@ -102,6 +102,13 @@ describe.skipIf(!present)(present ? "adapter saved by our trainer, loaded by PEF
     const { fx, dir } = load();
     const m = await GpuModel.load(dir, { weightDtype: "f32" });
     const lora = loadGpuAdapter(m, ADAPTER);
+    // Each layer's A's are stacked in module order, so q/k/v and gate/up take the fused LoRA path.
+    for (const layer of lora) {
+      for (const [first, next] of [["q_proj", "k_proj"], ["k_proj", "v_proj"], ["gate_proj", "up_proj"]] as const) {
+        expect(layer[next]!.A.buffer).toBe(layer[first]!.A.buffer);
+        expect(layer[next]!.A.byteOffset).toBe(layer[first]!.A.byteOffset + layer[first]!.A.byteLength);
+      }
+    }
     const errs: number[] = [];
     for (const s of fx.sequences) {
       const ids = Int32Array.from(s.ids);

@@ -16,6 +16,7 @@ import { bf16ToFloat32Array, f16ToFloat32Array, float32ToBf16Array, float32ToF16
 import type { WeightStore } from "../checkpoint.ts";
 import type { ModelConfig } from "../config.ts";
 import { openSafetensors, type TensorToWrite } from "../safetensors.ts";
+import { Tensor } from "@tuneloom/kernels";
 import { LORA_TARGETS, type LayerLora, type LoraTarget } from "./lora.ts";
 import type { GpuModel } from "./model.ts";
 
@@ -191,15 +192,29 @@ export function readPeftAdapter(dir: string, cfg: ModelConfig): PeftAdapter {
   return { dir, rank: r, alpha, rslora, scale: rslora ? alpha / Math.sqrt(r) : alpha / r, targets, modules };
 }
 
-/** Uploads the adapter's A and B (f32) for `model`'s forward: one LayerLora per layer. */
+/**
+ * Uploads the adapter's A and B (f32) for `model`'s forward: one LayerLora per layer. Each
+ * layer's A's go back to back into one buffer in module order where every A is a whole number
+ * of binding alignments, so q/k/v and gate/up run their LoRA as one product each (lora.ts).
+ */
 export function uploadAdapter(model: GpuModel, adapter: PeftAdapter): LayerLora[] {
+  const rt = model.rt, r = adapter.rank;
+  const align = rt.caps.limits.minStorageBufferOffsetAlignment;
   const lora: LayerLora[] = Array.from({ length: model.cfg.numLayers }, () => ({}));
-  for (const m of adapter.modules) {
-    lora[m.layer]![m.module] = {
-      A: model.rt.upload("f32", [adapter.rank, m.inFeatures], m.A, `${m.base}.lora_A`),
-      B: model.rt.upload("f32", [m.outFeatures, adapter.rank], m.B, `${m.base}.lora_B`),
-      scale: adapter.scale,
-    };
+  for (let layer = 0; layer < model.cfg.numLayers; layer++) {
+    const mods = adapter.modules.filter((m) => m.layer === layer); // in LORA_TARGETS order
+    const stack = mods.length > 1 && mods.every((m) => (r * m.inFeatures * 4) % align === 0);
+    const stacked = stack ? rt.empty("f32", [mods.reduce((n, m) => n + r * m.inFeatures, 0)], `model.layers.${layer}.lora_A`) : null;
+    let offset = 0; // elements into `stacked`
+    for (const m of mods) {
+      let A: Tensor;
+      if (stacked) {
+        A = new Tensor(stacked.buffer, "f32", [r, m.inFeatures], offset * 4, `${m.base}.lora_A`);
+        rt.write(A, m.A);
+        offset += r * m.inFeatures;
+      } else A = rt.upload("f32", [r, m.inFeatures], m.A, `${m.base}.lora_A`);
+      lora[layer]![m.module] = { A, B: rt.upload("f32", [m.outFeatures, r], m.B, `${m.base}.lora_B`), scale: adapter.scale };
+    }
   }
   return lora;
 }
@@ -209,6 +224,7 @@ export function loadGpuAdapter(model: GpuModel, dir: string): LayerLora[] {
   return uploadAdapter(model, readPeftAdapter(dir, model.cfg));
 }
 
+/** Frees what uploadAdapter allocated (a stacked A buffer once, through its view at offset 0). */
 export function releaseAdapter(model: GpuModel, lora: readonly LayerLora[]) {
   for (const layer of lora) for (const m of Object.values(layer)) if (m) model.rt.release(m.A, m.B);
 }
