@@ -58,7 +58,7 @@ interface GroupCase {
 async function runGroup(c: GroupCase) {
   const { T, inF, r, outFs, p, betaDx } = c;
   const n = outFs.length, adapted = c.adapted ?? outFs.map(() => true);
-  const s = 2.5;
+  const s = 2.5; // module i's scale is s + 0.5·i (PEFT allows per-module alphas)
   const up = (shape: number[], d: Float32Array) => rt.upload("f32", shape, d);
   const x = randn(T * inF), dx0 = randn(T * inF);
   const tx = up([T, inF], x), tdx = up([T, inF], dx0);
@@ -80,7 +80,7 @@ async function runGroup(c: GroupCase) {
     };
     const lora: LoraModule | undefined = adapted[i]
       ? {
-        A: view(aBuf, A!), B: up([outF, r], B!), scale: s, dA: view(dABuf, dA0!), dB: up([outF, r], dB0!),
+        A: view(aBuf, A!), B: up([outF, r], B!), scale: s + 0.5 * i, dA: view(dABuf, dA0!), dB: up([outF, r], dB0!),
         dropout: c.withDropout ? { p, seed, scratch } : undefined,
       }
       : undefined;
@@ -94,7 +94,7 @@ async function runGroup(c: GroupCase) {
   rec.submit();
   const refsWith = (masked: boolean) => mods.map((m, i) =>
     moduleReference({
-      T, inF, outF: m.outF, r, s: adapted[i] ? s : 0, x, W: m.W, A: m.A, B: m.B, dy: m.dy, dA0: m.dA0, dB0: m.dB0,
+      T, inF, outF: m.outF, r, s: adapted[i] ? s + 0.5 * i : 0, x, W: m.W, A: m.A, B: m.B, dy: m.dy, dA0: m.dA0, dB0: m.dB0,
       mask: masked && adapted[i] ? maskScale(T * inF, p, m.seed) : null,
     }));
   const refs = refsWith(c.withDropout);

@@ -14,8 +14,8 @@
  *
  * Projections that read the same input (q/k/v, gate/up) go through one call as a group: their
  * h's share one (T, n·r) buffer, module i in columns i·r … i·r + r − 1. When the group's A's
- * (and their gradients) lie back to back in one buffer, no module has dropout, and rank and
- * scale agree, [A_1; …; A_n] is one (n·r, in) matrix: h = x·[A_1; …; A_n]ᵀ, dA += dhᵀ·x and
+ * (and their gradients) lie back to back in one buffer and no module has dropout,
+ * [A_1; …; A_n] is one (n·r, in) matrix: h = x·[A_1; …; A_n]ᵀ, dA += dhᵀ·x and
  * dx += dh·[A_1; …; A_n] are one product each, reading x (or writing dx) once instead of n
  * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
  * order.
@@ -101,7 +101,7 @@ function stacked(ts: readonly Tensor[]): Tensor | null {
 
 /** One product over the whole group is possible (see the module comment). */
 function fusable(mods: readonly LoraModule[]): boolean {
-  return mods.length > 1 && mods.every((m) => !m.dropout && m.scale === mods[0]!.scale);
+  return mods.length > 1 && mods.every((m) => !m.dropout); // each s_i applies to B_i's products only
 }
 
 /**
