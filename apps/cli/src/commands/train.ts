@@ -77,7 +77,7 @@ async function runDemo(): Promise<number> {
   const out = path.join(root, "output");
   const result = await train({
     ...TRAIN_DEFAULTS, model: modelDir, data: DEMO_TRAIN_FILE, evalData: DEMO_EVAL_FILE, out,
-    rank: 16, alpha: 32, lr: 1e-2, epochs: 24, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, seed: 7,
+    rank: 16, alpha: 32, dropout: 0.1, lr: 1e-2, epochs: 24, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, seed: 7,
   });
   const before = await exactMatch(result.model, modelDir, undefined);
   const after = await exactMatch(result.model, modelDir, result.trainer.lora);
