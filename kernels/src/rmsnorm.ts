@@ -20,6 +20,17 @@ function rmsnormSource(wDtype: DType): KernelSource {
   return s;
 }
 
+/**
+ * Threads per row: about 4 elements each, a power of two from 32 to 256. Rows of the published
+ * models (C ≥ 576) get 256; short rows (tiny models, per-head norms) leave fewer threads idle
+ * and need fewer barrier steps in the reduction.
+ */
+export function rmsnormThreads(C: number): number {
+  let wg = 32;
+  while (wg < 256 && wg * 4 < C) wg *= 2;
+  return wg;
+}
+
 function rowsOf(kernel: string, x: Tensor, w: Tensor): [number, number] {
   expectTensor(kernel, "x", x, "f32");
   const C = x.shape[x.shape.length - 1] ?? 1;
@@ -32,7 +43,7 @@ export function rmsnormForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, r
   const [T, C] = rowsOf("rmsnormForward", x, w);
   expectTensor("rmsnormForward", "y", y, "f32", x.shape);
   expectTensor("rmsnormForward", "rstd", rstd, "f32", [T]);
-  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), {}, "rmsnorm_forward"),
+  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: rmsnormThreads(C) }, "rmsnorm_forward"),
     new Params(4).u32(T).u32(C).f32(eps).f32(0).buffer, [x, w, y, rstd], flatGrid(T, 1));
 }
 
@@ -45,6 +56,6 @@ export function rmsnormBackward(rec: Recorder, x: Tensor, w: Tensor, rstd: Tenso
   expectTensor("rmsnormBackward", "rstd", rstd, "f32", [T]);
   expectTensor("rmsnormBackward", "dy", dy, "f32", x.shape);
   expectTensor("rmsnormBackward", "dx", dx, "f32", x.shape);
-  rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), {}, "rmsnorm_backward"),
+  rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: rmsnormThreads(C) }, "rmsnorm_backward"),
     new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, w, rstd, dy, dx], flatGrid(T, 1));
 }

@@ -1,6 +1,6 @@
 // RMSNorm (Llama/Qwen2/Mistral): y = x / sqrt(mean(x²) + eps) · w        x, y: (T, C), w: (C)
-// One 256-thread workgroup per row (rows wrap into y past 65535); the row's sum is reduced
-// in workgroup memory. The weight w is frozen and read through load_w (f32/f16/bf16,
+// One workgroup of WG threads (a power of two, 32..256: ~4 elements per thread, set by the
+// wrapper) per row (rows wrap into y past 65535); the row's sum is reduced in workgroup memory. The weight w is frozen and read through load_w (f32/f16/bf16,
 // declared by the wrapper at binding 2), so only dx is differentiated.
 // Forward saves rstd = 1/sqrt(mean(x²) + eps) (T) for backward.
 
@@ -9,8 +9,8 @@ struct Params { T: u32, C: u32, eps: f32, beta: f32 }
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // (T, C)
 //!LOAD_W
 
-const WG = 256u;
-var<workgroup> partial: array<f32, 256>;
+override WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>; // the first WG entries are used
 
 // Sum of `v` over the workgroup; every thread gets the total. Called in uniform control flow.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
@@ -28,7 +28,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (T, C)
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (T)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
   let row = wg.y * nwg.x + wg.x;
@@ -54,7 +54,7 @@ fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 //   dr/dx_j = −r³·x_j/C, so
 //   dx_j = r·dy_j·w_j − x_j·(r³/C)·Σ_c dy_c·w_c·x_c
 // beta = 1 adds into dx (the residual stream's gradient); beta = 0 never reads dx.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
   let row = wg.y * nwg.x + wg.x;

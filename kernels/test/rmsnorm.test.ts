@@ -53,6 +53,7 @@ const cases: [number, number, "f32" | "f16" | "bf16"][] = [
   [1, 2048, "bf16"], [7, 2048, "f32"],
   [7, 8192, "f32"],
   [5, 1001, "f32"], [3, 13, "f16"], [129, 67, "f32"],
+  [9, 64, "f32"], [4, 200, "bf16"], [6, 500, "f32"], // 32, 64 and 128 threads per row
 ];
 
 describe("rmsnorm against float64", () => {
