@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, splitKFactor } from "../src/index.ts";
+import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, type MatmulKernel, splitKFactor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -14,7 +14,10 @@ const shapes: [number, number, number][] = [
   [3, 200, 96],
 ];
 
-describe("matmul f32 against float64", () => {
+// Both portable forms run here whatever the device picks by default (tiled on GPUs, direct on CPU drivers).
+const KERNELS: MatmulKernel[] = ["tiled", "direct"];
+
+describe.each(KERNELS)("matmul f32 against float64 (%s)", (kernel) => {
   for (const [M, N, K] of shapes) {
     for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]] as const) {
       test(`M=${M} N=${N} K=${K} transA=${transA} transB=${transB}`, async () => {
@@ -24,7 +27,7 @@ describe("matmul f32 against float64", () => {
         const tb = rt.upload("f32", [K * N], b);
         const tc = rt.empty("f32", [M * N]);
         const rec = rt.recorder();
-        matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB });
+        matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB }, kernel);
         rec.submit();
         const out = await rt.read(tc);
         rec.release();
@@ -73,8 +76,8 @@ describe("linear-layer forms", () => {
     rec.release();
   });
 
-  for (const dtype of ["f16", "bf16"] as const) {
-    test(`16-bit weights (${dtype}): forward and input gradient`, async () => {
+  for (const [dtype, kernel] of [["f16", "tiled"], ["bf16", "tiled"], ["f16", "direct"], ["bf16", "direct"]] as const) {
+    test(`16-bit weights (${dtype}, ${kernel}): forward and input gradient`, async () => {
       const x = randn(T * inF), dy = randn(T * outF);
       const bits = dtype === "f16" ? toF16Bits(randn(outF * inF)) : toBf16Bits(randn(outF * inF));
       const w = dtype === "f16" ? fromF16Bits(bits) : fromBf16Bits(bits); // the exact values stored
@@ -82,8 +85,8 @@ describe("linear-layer forms", () => {
       const tx = rt.upload("f32", [T, inF], x), tdy = rt.upload("f32", [T, outF], dy);
       const ty = rt.empty("f32", [T, outF]), tdx = rt.empty("f32", [T, inF]);
       const rec = rt.recorder();
-      linearForward(rec, tx, tw, ty);
-      linearBackwardInput(rec, tdy, tw, tdx);
+      matmul(rec, { a: tx, b: tw, c: ty, M: T, N: outF, K: inF, transB: true }, kernel); // y = x·Wᵀ
+      matmul(rec, { a: tdy, b: tw, c: tdx, M: T, N: inF, K: outF }, kernel); // dx = dy·W
       rec.submit();
       expect(relError(await rt.read(ty), matmulRef(x, w, T, outF, inF, false, true))).toBeLessThan(1e-5);
       expect(relError(await rt.read(tdx), matmulRef(dy, w, T, inF, outF))).toBeLessThan(1e-5);
@@ -119,14 +122,14 @@ describe("split-K (skinny products with a long K)", () => {
     ["h-like", 256, 16, 576, false, true],
     ["odd", 20, 40, 1152, false, false],
   ];
-  for (const [name, M, N, K, transA, transB] of cases) {
-    test(`${name} M=${M} N=${N} K=${K} (splits ${splitKFactor(M, N, K)})`, async () => {
+  for (const [name, M, N, K, transA, transB] of cases) for (const kernel of KERNELS) {
+    test(`${name} M=${M} N=${N} K=${K} (${kernel}${kernel === "tiled" ? `, splits ${splitKFactor(M, N, K)}` : ""})`, async () => {
       expect(splitKFactor(M, N, K)).toBeGreaterThan(1);
       const a = randn(M * K), b = randn(K * N), bias = randn(N), c0 = randn(M * N);
       const ta = rt.upload("f32", [M * K], a), tb = rt.upload("f32", [K * N], b), tbias = rt.upload("f32", [N], bias);
       const tc = rt.upload("f32", [M, N], c0);
       const rec = rt.recorder();
-      matmul(rec, { a: ta, b: tb, c: tc, bias: tbias, M, N, K, transA, transB, alpha: 0.75, beta: 1 });
+      matmul(rec, { a: ta, b: tb, c: tc, bias: tbias, M, N, K, transA, transB, alpha: 0.75, beta: 1 }, kernel);
       rec.submit();
       const out = await rt.read(tc);
       rec.release();
@@ -161,8 +164,8 @@ describe("element offsets: operands that are column blocks of wider matrices", (
     ["split-K dB-like", 96, 16, 2048, true, false],
     ["split-K dh-like", 256, 16, 576, false, false],
   ];
-  for (const [name, M, N, K, transA, transB] of cases) {
-    test(`${name} M=${M} N=${N} K=${K} (splits ${splitKFactor(M, N, K)})`, async () => {
+  for (const [name, M, N, K, transA, transB] of cases) for (const kernel of KERNELS) {
+    test(`${name} M=${M} N=${N} K=${K} (${kernel}${kernel === "tiled" ? `, splits ${splitKFactor(M, N, K)}` : ""})`, async () => {
       const [aRows, aCols] = transA ? [K, M] : [M, K];
       const [bRows, bCols] = transB ? [N, K] : [K, N];
       const pad = (cols: number, extra: number) => cols + extra; // width of the wider matrix
@@ -174,7 +177,7 @@ describe("element offsets: operands that are column blocks of wider matrices", (
       const a = block(aW, aRows, aCols, lda, offA), b = block(bW, bRows, bCols, ldb, offB);
       const ta = rt.upload("f32", [aRows * lda], aW), tb = rt.upload("f32", [bRows * ldb], bW), tc = rt.upload("f32", [M * ldc], cW);
       const rec = rt.recorder();
-      matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB, lda, ldb, ldc, offsetA: offA, offsetB: offB, offsetC: offC, alpha: 0.5, beta: 1 });
+      matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA, transB, lda, ldb, ldc, offsetA: offA, offsetB: offB, offsetC: offC, alpha: 0.5, beta: 1 }, kernel);
       rec.submit();
       const out = await rt.read(tc);
       rec.release();
@@ -201,5 +204,28 @@ describe("element offsets: operands that are column blocks of wider matrices", (
     expect(() => matmul(rec, { a: t, b: t, c: t, M: 4, N: 4, K: 4, offsetC: -1 })).toThrow(/offsetC must be a non-negative integer/);
     rec.release();
     rt.release(t);
+  });
+});
+
+describe.each(KERNELS)("batched along z with strides (%s)", (kernel) => {
+  test("three independent problems, each at its own stride, transA and transB", async () => {
+    const M = 13, N = 11, K = 9, batch = 3;
+    const strideA = M * K + 5, strideB = K * N + 3, strideC = M * N + 7;
+    const aAll = randn(batch * strideA), bAll = randn(batch * strideB), c0 = randn(batch * strideC);
+    const ta = rt.upload("f32", [aAll.length], aAll), tb = rt.upload("f32", [bAll.length], bAll), tc = rt.upload("f32", [c0.length], c0);
+    const rec = rt.recorder();
+    matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transA: true, transB: true, batch, strideA, strideB, strideC, beta: 1 }, kernel);
+    rec.submit();
+    const out = await rt.read(tc);
+    rec.release();
+    for (let z = 0; z < batch; z++) {
+      const ref = matmulRef(aAll.subarray(z * strideA, z * strideA + M * K), bAll.subarray(z * strideB, z * strideB + K * N), M, N, K, true, true);
+      const got = out.subarray(z * strideC, z * strideC + M * N);
+      for (let i = 0; i < M * N; i++) ref[i] = ref[i]! + c0[z * strideC + i]!;
+      expect(relError(got, ref)).toBeLessThan(1e-5);
+      // The gap between problems is untouched.
+      for (let i = M * N; i < strideC; i++) expect(out[z * strideC + i]).toBe(c0[z * strideC + i]!);
+    }
+    rt.release(ta, tb, tc);
   });
 });
