@@ -31,7 +31,14 @@ const MAX_M = 16;
 
 export interface GemvConfig {
   /** Rows of W per thread (1, 2 or 4); a workgroup covers 4·rows output columns (2·rows when M > 8). */
-  rows: 1 | 2 | 4;
+  rows?: 1 | 2 | 4;
+  /**
+   * `lanes` (the kernel above: 32 lanes per row of W, reduced through workgroup memory; for GPUs)
+   * or `row` (one invocation walks a whole row of W for every x row, no workgroup memory; 2-3×
+   * faster on CPU drivers such as lavapipe). Default: `row` on software adapters. Rows that are
+   * not 16-byte aligned take the scalar kernel either way.
+   */
+  form?: "lanes" | "row";
 }
 
 /** x rows per thread (MS) and slices of x (S) for M rows. */
@@ -162,6 +169,59 @@ ${rounds.join("\n")}
   return s;
 }
 
+/**
+ * The CPU form for aligned rows: invocation n owns output column n and walks row n of W once,
+ * word by word, for all M (≤ 16) rows of x; neighbouring invocations are the SIMD lanes of a
+ * software driver, so no workgroup memory or barriers are needed.
+ */
+const rowSource: KernelSource = {
+  name: "gemv_row",
+  code: `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; one row of W per invocation.
+${PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let n = (wg.y * p.gridX + wg.x) * 64u + lid;
+  if (n >= p.N) { return; }
+  let lda4 = p.lda / 4u;
+  let base = n * p.ldb;
+  var acc = array<vec4<f32>, ${MAX_M}>();
+  for (var c = 0u; c < p.nc; c++) {
+    let v = w[base + c];
+    if (p.wkind == 0u) {
+      let wf = bitcast<vec4<f32>>(v);
+      for (var m = 0u; m < p.M; m++) { acc[m] += x[m * lda4 + c] * wf; }
+    } else {
+      var lo: vec4<f32>;
+      var hi: vec4<f32>;
+      if (p.wkind == 1u) {
+        lo = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+        hi = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+      } else {
+        let l = bitcast<vec4<f32>>(v << vec4<u32>(16u));
+        let h = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));
+        lo = vec4<f32>(l.x, h.x, l.y, h.y);
+        hi = vec4<f32>(l.z, h.z, l.w, h.w);
+      }
+      for (var m = 0u; m < p.M; m++) { acc[m] += x[m * lda4 + 2u * c] * lo + x[m * lda4 + 2u * c + 1u] * hi; }
+    }
+  }
+  for (var m = 0u; m < p.M; m++) {
+    var v = acc[m].x + acc[m].y + acc[m].z + acc[m].w;
+    if ((p.flags & 1u) != 0u) { v += bias[n]; }
+    let idx = m * p.ldc + n;
+    // beta == 0 must not read y: it may hold garbage (NaN·0 = NaN).
+    if (p.beta != 0.0) { v += p.beta * y[idx]; }
+    y[idx] = v;
+  }
+}
+`,
+};
+
 /** Any alignment: per-element loads, x rows one at a time (W re-read from cache), one row of W per group. */
 const scalarSource: KernelSource = {
   name: "gemv_scalar",
@@ -260,7 +320,12 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
   const flags = args.bias ? 1 : 0;
   const beta = args.beta ?? 0;
   let pipeline: GPUComputePipeline, rowsPerWg: number, label: string, S = 1;
-  if (aligned) {
+  const form = cfg?.form ?? (rt.caps.isSoftware ? "row" : "lanes");
+  if (aligned && form === "row") {
+    pipeline = rt.pipeline(rowSource);
+    rowsPerWg = 64;
+    label = `gemv ${M}x${N}x${K} ${b.dtype} row`;
+  } else if (aligned) {
     const split = mSplit(M);
     S = split.S;
     const RT = cfg?.rows ?? defaultRows(N, G / S);

@@ -48,7 +48,10 @@ const cases: [number, number, number[]][] = [
   [49152, 576, [1]], // LM-head-like: 4 rows of W per thread
 ];
 
-describe("gemv against float64", () => {
+// Both forms run on every device (the default is `row` on CPU drivers, `lanes` on GPUs).
+const FORMS = ["lanes", "row"] as const;
+
+describe.each(FORMS)("gemv against float64 (%s)", (form) => {
   for (const [N, K, Ms] of cases) {
     test(`N=${N} K=${K}, M in {${Ms}}, W f32/f16/bf16, bias + beta=1 and plain beta=0`, async () => {
       const w32 = N * K > 4e6 ? uniformSigned(N * K) : randn(N * K), bias = randn(N);
@@ -68,8 +71,8 @@ describe("gemv against float64", () => {
           held.push(tx, ty1, ty0);
           const args = { a: tx, b: tw, M, N, K, transB: true };
           expect(gemvSupported({ ...args, c: ty1, beta: 1 })).toBe(true);
-          gemv(rec, { ...args, c: ty1, bias: tbias, beta: 1 });
-          gemv(rec, { ...args, c: ty0 });
+          gemv(rec, { ...args, c: ty1, bias: tbias, beta: 1 }, { form });
+          gemv(rec, { ...args, c: ty0 }, { form });
           const plain = ref(x, values, M, N, K, K, K);
           checks.push({ out: ty1, expect: plain.map((v, i) => v + bias[i % N]! + y0[i]!), what: `${dtype} M=${M} bias+beta` });
           checks.push({ out: ty0, expect: plain, what: `${dtype} M=${M} plain` });
@@ -98,7 +101,7 @@ describe("gemv against float64", () => {
       for (const [n0, n] of [[0, split], [split, N - split]] as const) {
         const wChunk = new Tensor(tw.buffer, dtype, [n, K], tw.byteOffset + n0 * K * eb);
         const yChunk = new Tensor(ty.buffer, "f32", [M * N - n0], ty.byteOffset + n0 * 4);
-        gemv(rec, { a: tx, b: wChunk, c: yChunk, M, N: n, K, transB: true, lda, ldc: N });
+        gemv(rec, { a: tx, b: wChunk, c: yChunk, M, N: n, K, transB: true, lda, ldc: N }, { form });
       }
       rec.submit();
       expect(relError(await rt.read(ty), ref(x, values, M, N, K, lda, K))).toBeLessThan(1e-5);
