@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { relError } from "@tuneloom/kernels/testing.ts";
 import { GpuModel, writeTinyModel } from "@tuneloom/model";
 import { type Batch, parseLoraConfig } from "../src/index.ts";
-import { LoraTrainer } from "../src/gpu/lora-trainer.ts";
+import { LoraTrainer, targetRows } from "../src/gpu/lora-trainer.ts";
 
 let model: GpuModel;
 beforeAll(async () => {
@@ -32,9 +32,9 @@ function packedBatch(seed: number, lengths = [9, 6]): Batch {
   return { inputIds: ids, labels, positions, seqIds, numTargets, numSequences: lengths.length, numTokens: T, rows: 1, rowLength: T };
 }
 
-async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0) {
+async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0, headOnTargetRowsOnly = true) {
   const tr = new LoraTrainer(model, parseLoraConfig({ rank: 4, alpha: 8, dropout }), {
-    gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0,
+    gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0, headOnTargetRowsOnly,
   });
   const w = await tr.getWeights();
   for (const x of w) for (let i = 0; i < x.B.length; i++) x.B[i] = 0.05 * Math.sin(3 * i + x.spec.layer + 1);
@@ -185,3 +185,49 @@ describe("LoRA dropout in the training step", () => {
     }
   });
 });
+
+describe("LM head only on target rows", () => {
+  test("targetRows: the rows with a label, and each row's index among them (the zero row where none)", () => {
+    const r = targetRows(Int32Array.from([-100, 5, -100, 7, 9, -100]));
+    expect([...r.rows]).toEqual([1, 3, 4]);
+    expect([...r.index]).toEqual([3, 0, 3, 1, 2, 3]);
+    expect([...targetRows(Int32Array.from([-100, -100])).index]).toEqual([0, 0]);
+  });
+
+  /** Labels only on the last `k` labelled tokens of each sequence: a prompt, then a short answer. */
+  function promptMasked(b: Batch, k: number): Batch {
+    const labels = Int32Array.from(b.labels);
+    for (let t = 0; t < labels.length; t++) {
+      let after = 0; // labelled tokens after t in its sequence
+      for (let u = t + 1; u < labels.length && b.seqIds[u] === b.seqIds[t]; u++) if (b.labels[u] !== -100) after++;
+      if (after >= k) labels[t] = -100;
+    }
+    return { ...b, labels, numTargets: labels.filter((x) => x !== -100).length };
+  }
+
+  test("a prompt-masked batch: the head on target rows only gives the same loss and gradients as on every row", async () => {
+    const batch = promptMasked(packedBatch(5, [12, 9]), 3);
+    expect(batch.numTargets).toBe(6); // 6 of 21 rows: the compact path runs
+    const a = await trainerWithNonZeroB(true, 0, true), b = await trainerWithNonZeroB(true, 0, false);
+    const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
+    expect(ra.targets).toBe(6);
+    expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(1e-6);
+    const ga = await model.rt.read(a.grads), gb = await model.rt.read(b.grads);
+    expect(Math.max(...gb.map(Math.abs))).toBeGreaterThan(1e-4); // non-trivial gradients
+    expect(relError(ga, gb)).toBeLessThan(1e-6);
+  });
+
+  test("a micro-batch without targets adds nothing to the step", async () => {
+    const batch = promptMasked(packedBatch(6, [10, 8]), 4);
+    const none: Batch = { ...packedBatch(7, [9]), numTargets: 0 };
+    none.labels.fill(-100);
+    const tr = await trainerWithNonZeroB(false);
+    const r1 = await tr.step([none, batch], 0, 1, false);
+    const g1 = await model.rt.read(tr.grads);
+    const r2 = await tr.step([batch], 0, 1, false);
+    const g2 = await model.rt.read(tr.grads);
+    expect(Math.abs(r1.loss - r2.loss) / r2.loss).toBeLessThan(1e-6);
+    expect(relError(g1, g2)).toBeLessThan(1e-6);
+  });
+});
+

@@ -23,6 +23,11 @@ export interface TrainBenchOptions {
   weightDtype?: "f32" | "f16" | "bf16";
   /** Also time one step per dispatch (GPU timestamps) and report the top kernels. */
   profile?: boolean;
+  /**
+   * Fraction of each row that carries labels, at its end (assistant-only SFT: a prompt, then
+   * the answer); default 1 = every next token. HF PEFT computes logits for every row either way.
+   */
+  targetFraction?: number;
 }
 
 /**
@@ -71,10 +76,13 @@ export async function benchTrain(o: TrainBenchOptions) {
     const B = o.batch, S = o.seq, T = B * S, V = model.cfg.vocabSize;
     let s = 12345;
     const ids = Int32Array.from({ length: T }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V));
-    const labels = Int32Array.from({ length: T }, (_, t) => ((t + 1) % S === 0 ? -100 : ids[t + 1]!));
+    const f = o.targetFraction ?? 1;
+    if (!(f > 0 && f <= 1)) throw new Error(`--target-fraction must be in (0, 1], got ${f}`);
+    const firstLabelled = Math.floor(S * (1 - f)); // position in the row of the first label
+    const labels = Int32Array.from({ length: T }, (_, t) => ((t + 1) % S === 0 || t % S < firstLabelled ? -100 : ids[t + 1]!));
     const batch: Batch = {
       inputIds: ids, labels, positions: Int32Array.from({ length: T }, (_, t) => t % S), seqIds: Int32Array.from({ length: T }, (_, t) => Math.floor(t / S)),
-      numTargets: B * (S - 1), numSequences: B, numTokens: T, rows: B, rowLength: S,
+      numTargets: labels.filter((x) => x !== -100).length, numSequences: B, numTokens: T, rows: B, rowLength: S,
     };
     rt.memory.resetPeak();
     const times: number[] = [];
@@ -92,6 +100,7 @@ export async function benchTrain(o: TrainBenchOptions) {
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
       op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };

@@ -9,7 +9,8 @@ import { benchServe } from "../bench/serve.ts";
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
  *   published models' shapes (or tiny ones with --quick), one line per op and shape (bench/kernels.ts); exits 1
  *   if an op failed or a relErr is over its tolerance, after running the rest. Or
- * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile]`
+ * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
+ *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--tokens 128] [--batch 1] [--weight-dtype ...]`.
  * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
@@ -21,7 +22,7 @@ export async function run(argv: string[]): Promise<number> {
     kernels: "boolean", quick: "boolean", train: "boolean", model: "string", batch: "number", seq: "number", rank: "number",
     steps: "number", "no-gradient-checkpointing": "boolean", "weight-dtype": "string",
     decode: "boolean", tokens: "number", ops: "string", profile: "boolean",
-    serve: "boolean", streams: "string", "prompt-tokens": "number",
+    serve: "boolean", streams: "string", "prompt-tokens": "number", "target-fraction": "number",
   }, "bench");
   if (flags.serve) {
     await benchServe({
@@ -44,6 +45,7 @@ export async function run(argv: string[]): Promise<number> {
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
       steps: flags.steps ?? 8, gradientCheckpointing: !flags["no-gradient-checkpointing"],
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
+      targetFraction: flags["target-fraction"] ?? 1,
     });
     console.log(JSON.stringify(line));
     return 0;
