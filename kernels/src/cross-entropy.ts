@@ -24,6 +24,7 @@ import { matmul } from "./matmul.ts";
 import { hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
+import { embeddingForward } from "./embedding.ts";
 import crossEntropyWgsl from "./cross-entropy.wgsl" with { type: "text" };
 
 const source: KernelSource = { name: "cross_entropy", code: crossEntropyWgsl };
@@ -239,4 +240,68 @@ export function logitsRows(rec: Recorder, h: Tensor, w: Tensor, rows: readonly n
     matmulAuto(rec, { a: x, b: rowSlice(w, v0, n, C), c, M: R, N: n, K: C, transB: true, ldc: V }); // (R, n)
   }
   if (!contiguous && !scratch) rt.release(x);
+}
+
+/** Labelled rows are padded to a multiple of this (the tensor-core head needs M % 16 == 0). */
+const LABELLED_ROW_PAD = 16;
+
+/**
+ * The rows of a batch that carry a label (t with labels[t] ≠ -100), padded with unlabelled
+ * rows (row 0, label -100) to a multiple of 16 with at least one padding row, and for every
+ * row t its index among them, or the first padding row (whose nll and gradient are zero) where
+ * it has none.
+ */
+export function labelledRows(labels: Int32Array): { rows: Int32Array; rowLabels: Int32Array; index: Int32Array; labelled: number } {
+  let labelled = 0;
+  for (const l of labels) if (l !== IGNORE_INDEX) labelled++;
+  const padded = Math.ceil((labelled + 1) / LABELLED_ROW_PAD) * LABELLED_ROW_PAD;
+  const rows = new Int32Array(padded), rowLabels = new Int32Array(padded).fill(IGNORE_INDEX), index = new Int32Array(labels.length);
+  let j = 0;
+  for (let t = 0; t < labels.length; t++) {
+    if (labels[t] === IGNORE_INDEX) index[t] = labelled;
+    else {
+      rows[j] = t;
+      rowLabels[j] = labels[t]!;
+      index[t] = j++;
+    }
+  }
+  return { rows, rowLabels, index, labelled };
+}
+
+/** Below this fraction of labelled rows, crossEntropyOnLabelledRows gathers them first. */
+export const LABELLED_ROWS_COMPACT_BELOW = 0.9;
+
+/**
+ * crossEntropy computed only where it is non-zero: the rows of h whose label (`hostLabels`, the
+ * CPU copy of args.labels) is not -100 are gathered, the head and loss run on them, and dh and
+ * nll are spread back with zeros at unlabelled rows. Same loss, nll and dh as crossEntropy on
+ * every row (up to f32 summation order); in chat SFT with answer-only labels the prompts are
+ * most of the rows. When at least LABELLED_ROWS_COMPACT_BELOW of the rows are labelled (or the
+ * call has dw or accumulateDh), it is plain crossEntropy. Returns the tensors to release once
+ * the recording has been submitted.
+ */
+export function crossEntropyOnLabelledRows(rec: Recorder, args: CrossEntropyArgs, hostLabels: Int32Array): Tensor[] {
+  const { h } = args;
+  const [T, C] = h.shape as [number, number];
+  if (hostLabels.length !== T) throw new Error(`crossEntropyOnLabelledRows: ${hostLabels.length} host labels for ${T} rows`);
+  const sel = labelledRows(hostLabels);
+  if (args.dw || args.accumulateDh || args.workspace || sel.labelled >= LABELLED_ROWS_COMPACT_BELOW * T) {
+    crossEntropy(rec, args);
+    return [];
+  }
+  const rt = rec.rt, n = sel.rows.length;
+  const up = (data: Int32Array, label: string) => rt.upload("i32", [data.length], data, label);
+  const rowIds = up(sel.rows, "labelled_rows"), spread = up(sel.index, "labelled_index"), labels = up(sel.rowLabels, "labelled_labels");
+  const errors = rt.zeros("u32", [2], "labelled_rows_errors"); // gather ids are in range by construction
+  const hRows = rt.empty("f32", [n, C], "h_labelled");
+  const owned = [rowIds, spread, labels, errors, hRows];
+  embeddingForward(rec, rowIds, h, hRows, errors); // h_L = h[rows]
+  const dhRows = args.dh ? rt.empty("f32", [n, C], "dh_labelled") : undefined;
+  const nllRows = args.nll ? rt.empty("f32", [n, 1], "nll_labelled") : undefined;
+  owned.push(...[dhRows, nllRows].filter((t): t is Tensor => !!t));
+  crossEntropy(rec, { ...args, h: hRows, labels, dh: dhRows, nll: nllRows?.view([n]) });
+  // Spread back: row t takes row index[t] of the compact result (a zero padding row where unlabelled).
+  if (args.dh) embeddingForward(rec, spread, dhRows!, args.dh, errors);
+  if (args.nll) embeddingForward(rec, spread, nllRows!, args.nll.view([T, 1]), errors);
+  return owned;
 }

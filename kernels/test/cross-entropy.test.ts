@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { crossEntropy, crossEntropyChunk, getRuntime, IGNORE_INDEX, logitsRows, readLoss, type DType } from "../src/index.ts";
+import {
+  crossEntropy, crossEntropyChunk, crossEntropyOnLabelledRows, getRuntime, IGNORE_INDEX, labelledRows, logitsRows, readLoss, type DType,
+} from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -233,3 +235,59 @@ describe("logitsRows", () => {
     rt.release(th, tw, out);
   });
 });
+
+describe("crossEntropyOnLabelledRows (the head only where there is a label)", () => {
+  test("labelledRows: labelled rows first, padded to 16 with at least one unlabelled row, and every row's index", () => {
+    const labels = Int32Array.from([-100, 5, -100, 7, 9, -100]);
+    const r = labelledRows(labels);
+    expect(r.labelled).toBe(3);
+    expect(r.rows.length).toBe(16);
+    expect([...r.rows.slice(0, 3)]).toEqual([1, 3, 4]);
+    expect([...r.rowLabels.slice(0, 4)]).toEqual([5, 7, 9, IGNORE_INDEX]);
+    expect(r.rowLabels.slice(3).every((l) => l === IGNORE_INDEX)).toBe(true);
+    expect([...r.index]).toEqual([3, 0, 3, 1, 2, 3]);
+    expect(labelledRows(new Int32Array(16).fill(1)).rows.length).toBe(32); // 16 labelled + a padding row
+  });
+
+  test("answer-only labels: loss, nll and dh equal crossEntropy on every row, against float64", async () => {
+    const T = 75, C = 32, V = 300;
+    const h = randn(T * C), { data, values: w } = makeWeights("f32", V * C, 0.3);
+    // A prompt then an answer: labels on the last 5 of every 15 rows (a third).
+    const labels = Int32Array.from({ length: T }, (_, t) => (t % 15 >= 10 ? (t * 37) % V : IGNORE_INDEX));
+    const count = labels.filter((l) => l !== IGNORE_INDEX).length;
+    expect(count).toBe(25);
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f32", [V, C], data), tl = rt.upload("i32", [T], labels);
+    const outs = () => ({ loss: rt.zeros("f32", [2]), nll: rt.upload("f32", [T], randn(T)), dh: rt.upload("f32", [T, C], randn(T * C)) });
+    const compact = outs(), full = outs();
+    const rec = rt.recorder("ce labelled rows");
+    const scratch = crossEntropyOnLabelledRows(rec, { h: th, w: tw, labels: tl, ...compact, scale: 0.5, chunk: 128 }, labels);
+    crossEntropy(rec, { h: th, w: tw, labels: tl, ...full, scale: 0.5, chunk: 128 });
+    rec.submit();
+    expect(scratch.length).toBeGreaterThan(0); // the compact path ran
+    const ref = crossEntropyRef(h, w, labels, T, C, V, 0.5);
+    for (const o of [compact, full]) {
+      const l = await readLoss(rt, o.loss);
+      expect(l.count).toBe(count);
+      expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(1e-5);
+      expect(relError(await rt.read(o.nll), ref.nll)).toBeLessThan(1e-5); // zeros at unlabelled rows
+      expect(relError(await rt.read(o.dh), ref.dh)).toBeLessThan(1e-5);
+    }
+    const dhC = await rt.read(compact.dh);
+    for (let t = 0; t < T; t++) if (labels[t] === IGNORE_INDEX) for (let c = 0; c < C; c++) expect(dhC[t * C + c]).toBe(0);
+    rec.release();
+    rt.release(th, tw, tl, ...scratch, ...Object.values(compact), ...Object.values(full));
+  });
+
+  test("mostly labelled rows take plain crossEntropy; host labels must match the rows", () => {
+    const T = 20, C = 16, V = 40;
+    const th = rt.upload("f32", [T, C], randn(T * C)), tw = rt.upload("f32", [V, C], randn(V * C));
+    const labels = Int32Array.from({ length: T }, (_, t) => (t === 0 ? IGNORE_INDEX : t)); // 95% labelled
+    const tl = rt.upload("i32", [T], labels), loss = rt.zeros("f32", [2]);
+    const rec = rt.recorder("ce mostly labelled");
+    expect(crossEntropyOnLabelledRows(rec, { h: th, w: tw, labels: tl, loss }, labels)).toEqual([]);
+    expect(() => crossEntropyOnLabelledRows(rec, { h: th, w: tw, labels: tl, loss }, labels.subarray(1))).toThrow(/19 host labels for 20 rows/);
+    rec.release();
+    rt.release(th, tw, tl, loss);
+  });
+});
+

@@ -5,7 +5,7 @@
  */
 import {
   type GpuRuntime, type Recorder, type Tensor,
-  checkEmbeddingErrors, crossEntropy, embeddingErrors, embeddingForward, getRuntime, readLoss, rmsnormForward, ropeInvFreq,
+  checkEmbeddingErrors, crossEntropyOnLabelledRows, embeddingErrors, embeddingForward, getRuntime, readLoss, rmsnormForward, ropeInvFreq,
 } from "@tuneloom/kernels";
 import { openCheckpoint } from "../checkpoint.ts";
 import { loadModelConfig, type ModelConfig } from "../config.ts";
@@ -127,13 +127,14 @@ export class GpuModel {
     const nll = rt.empty("f32", [T], "nll");
     const rec = rt.recorder("nll");
     const fwd = this.recordForward(rec, tb, { activations: () => acts, lora });
-    crossEntropy(rec, { h: fwd.h, w: this.weights.lmHead, labels: labelsT, loss, nll });
+    // The head only on labelled rows (prompts in SFT evaluation carry no loss).
+    const ceScratch = crossEntropyOnLabelledRows(rec, { h: fwd.h, w: this.weights.lmHead, labels: labelsT, loss, nll }, labels);
     rec.submit();
     const perToken = await rt.read(nll);
     const { sum, count } = await readLoss(rt, loss);
     await this.checkTokenIds();
     rec.release();
-    rt.release(labelsT, loss, nll, ...fwd.scratch);
+    rt.release(labelsT, loss, nll, ...fwd.scratch, ...ceScratch);
     releaseTensors(rt, acts);
     this.releaseTokens(tb);
     return { perToken, sum, count };

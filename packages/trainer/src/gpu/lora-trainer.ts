@@ -15,17 +15,15 @@
  * without storing it, and a resumed run (which restores `step`) draws the same masks as an
  * uninterrupted one. Evaluation runs without dropout.
  *
- * The LM head and the loss run only on target rows (labels ≠ -100) when those are at most
- * HEAD_ROWS_COMPACT_BELOW of the micro-batch: rows without a label contribute neither loss nor
- * gradient, so the final hidden states of the target rows are gathered, the head and
- * cross-entropy run on them, and their gradient is spread back (zeros elsewhere). In chat SFT
- * with assistant-only labels the prompts are most of the tokens, and the head is the largest
- * product of the step for 128k-152k vocabularies.
+ * The LM head and the loss run only on target rows (labels ≠ -100) when those are fewer than
+ * 90% of the micro-batch (kernels' crossEntropyOnLabelledRows): rows without a label contribute
+ * neither loss nor gradient. In chat SFT with assistant-only labels the prompts are most of the
+ * tokens, and the head is the largest product of the step for 128k-152k vocabularies.
  */
 import {
-  type GpuRuntime, type Recorder, Tensor, type AdamWState, type GradClipState,
-  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, dropoutSeed, embeddingErrors,
-  embeddingForward, gradNormClip, IGNORE_INDEX, readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
+  type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
+  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
+  gradNormClip, readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
 } from "@tuneloom/kernels";
 import {
   type GpuModel, type LayerActivations, type LayerLora, type LoraTarget,
@@ -59,22 +57,6 @@ export interface LoraTrainerOptions {
    * logits for every row: the same loss and gradients, for tests and comparisons.
    */
   headOnTargetRowsOnly?: boolean;
-}
-
-/** Compact the head's rows when the targets are at most this fraction of a micro-batch's rows. */
-export const HEAD_ROWS_COMPACT_BELOW = 0.9;
-
-/**
- * The rows of a micro-batch that carry a label (t with labels[t] ≠ -100), and for every row its
- * index among them, or `rows.length` (a zero row) where it has none.
- */
-export function targetRows(labels: Int32Array): { rows: Int32Array; index: Int32Array } {
-  const rows: number[] = [];
-  const index = new Int32Array(labels.length);
-  for (let t = 0; t < labels.length; t++) if (labels[t] !== IGNORE_INDEX) rows.push(t);
-  let j = 0;
-  for (let t = 0; t < labels.length; t++) index[t] = labels[t] !== IGNORE_INDEX ? j++ : rows.length;
-  return { rows: Int32Array.from(rows), index };
 }
 
 const nameA = (s: LoraLayerSpec) => `${s.base}.lora_A`;
@@ -255,7 +237,9 @@ export class LoraTrainer {
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
       const recomputeOut = rt.empty("f32", [T, C], "recompute_out");
       toRelease.push(dh, dxA, dxB, recomputeOut);
-      this.headAndLoss(rec, batch.labels, labels, fwd.h, dh, loss, gradUnit, toRelease);
+      const head = { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, scale: gradUnit, nonFinite: this.clip.nonFinite };
+      if (this.opts.headOnTargetRowsOnly === false) crossEntropy(rec, head);
+      else toRelease.push(...crossEntropyOnLabelledRows(rec, head, batch.labels));
       // h = rmsnorm(x_L): dx_L
       rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
       const g = allocLayerGradScratch(rt, cfg, T, this.config.rank);
@@ -286,37 +270,6 @@ export class LoraTrainer {
     rt.release(...toRelease);
     for (const r of released) releaseTensors(rt, r);
     return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
-  }
-
-  /**
-   * loss += [Σ nll, count] over the target rows of h (T, C); dh (T, C) = ∂(scale · Σ nll)/∂h.
-   * With few target rows: gather them, run the head and cross-entropy on those, spread the
-   * gradient back (rows without a label get zeros), as the module comment says.
-   */
-  private headAndLoss(
-    rec: Recorder, hostLabels: Int32Array, labels: Tensor, h: Tensor, dh: Tensor, loss: Tensor, scale: number, toRelease: Tensor[],
-  ) {
-    const { rt, model } = this;
-    const [T, C] = h.shape as [number, number];
-    const head = { w: model.weights.lmHead, loss, accumulateLoss: true, scale, nonFinite: this.clip.nonFinite };
-    const { rows, index } = targetRows(hostLabels);
-    if (rows.length === 0) return rec.clear(dh); // no loss, no gradient
-    if (this.opts.headOnTargetRowsOnly === false || rows.length > HEAD_ROWS_COMPACT_BELOW * T) {
-      return crossEntropy(rec, { ...head, h, labels, dh });
-    }
-    const n = rows.length;
-    const up = (data: Int32Array, label: string) => rt.upload("i32", [data.length], data, label);
-    const rowIds = up(rows, "target_rows"), spread = up(index, "target_index");
-    const labelsT = up(Int32Array.from(rows, (t) => hostLabels[t]!), "target_labels");
-    const hT = rt.empty("f32", [n, C], "h_targets");
-    const dhT = rt.empty("f32", [n + 1, C], "dh_targets"); // row n stays zero: the rows without a label
-    const errors = embeddingErrors(rt); // row ids are in range by construction
-    toRelease.push(rowIds, spread, labelsT, hT, dhT, errors);
-    rec.clear(dhT);
-    embeddingForward(rec, rowIds, h, hT, errors); // h_T = h[rows]
-    const dhRows = new Tensor(dhT.buffer, "f32", [n, C], dhT.byteOffset, "dh_targets"); // its first n rows
-    crossEntropy(rec, { ...head, h: hT, labels: labelsT, dh: dhRows });
-    embeddingForward(rec, spread, dhT, dh, errors); // dh[t] = dh_T[index[t]], zeros where unlabeled
   }
 
   /** Mean loss over batches without updating anything (evaluation: no dropout). */
