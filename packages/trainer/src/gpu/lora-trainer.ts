@@ -248,8 +248,9 @@ export class LoraTrainer {
       for (let l = L - 1; l >= 0; l--) {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
-        if (this.opts.gradientCheckpointing) {
-          // Recompute this layer's activations from its saved input.
+        // Recompute this layer's activations from its saved input, except the last layer's: the
+        // forward has just left them in the shared set.
+        if (this.opts.gradientCheckpointing && l < L - 1) {
           decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l), lora[l]);
         }
         decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, lora[l]);
