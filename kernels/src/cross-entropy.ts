@@ -268,7 +268,7 @@ export function labelledRows(labels: Int32Array): { rows: Int32Array; rowLabels:
   return { rows, rowLabels, index, labelled };
 }
 
-/** Below this fraction of labelled rows, crossEntropyOnLabelledRows gathers them first. */
+/** Below this fraction of rows (labelled, padded to 16), crossEntropyOnLabelledRows gathers them first. */
 export const LABELLED_ROWS_COMPACT_BELOW = 0.9;
 
 /**
@@ -276,8 +276,8 @@ export const LABELLED_ROWS_COMPACT_BELOW = 0.9;
  * CPU copy of args.labels) is not -100 are gathered, the head and loss run on them, and dh and
  * nll are spread back with zeros at unlabelled rows. Same loss, nll and dh as crossEntropy on
  * every row (up to f32 summation order); in chat SFT with answer-only labels the prompts are
- * most of the rows. When at least LABELLED_ROWS_COMPACT_BELOW of the rows are labelled (or the
- * call has dw or accumulateDh), it is plain crossEntropy. Returns the tensors to release once
+ * most of the rows. When the padded labelled rows are at least LABELLED_ROWS_COMPACT_BELOW of
+ * the rows (or the call has dw, accumulateDh or a workspace), it is plain crossEntropy. Returns the tensors to release once
  * the recording has been submitted.
  */
 export function crossEntropyOnLabelledRows(rec: Recorder, args: CrossEntropyArgs, hostLabels: Int32Array): Tensor[] {
@@ -285,7 +285,8 @@ export function crossEntropyOnLabelledRows(rec: Recorder, args: CrossEntropyArgs
   const [T, C] = h.shape as [number, number];
   if (hostLabels.length !== T) throw new Error(`crossEntropyOnLabelledRows: ${hostLabels.length} host labels for ${T} rows`);
   const sel = labelledRows(hostLabels);
-  if (args.dw || args.accumulateDh || args.workspace || sel.labelled >= LABELLED_ROWS_COMPACT_BELOW * T) {
+  // Compact only when the padded labelled rows are clearly fewer than all rows.
+  if (args.dw || args.accumulateDh || args.workspace || sel.rows.length >= LABELLED_ROWS_COMPACT_BELOW * T) {
     crossEntropy(rec, args);
     return [];
   }
