@@ -9,6 +9,7 @@
  */
 import { create, globals } from "webgpu";
 import { GpuUnavailableError } from "./errors.ts";
+import { throttleDawnPolling } from "./poll-throttle.ts";
 
 // WebGPU enums (GPUBufferUsage, GPUMapMode, ...) as globals, the way browsers have them.
 Object.assign(globalThis, globals);
@@ -146,6 +147,8 @@ export async function acquireDevice(): Promise<AcquiredDevice> {
     },
   });
   keepAlive.push(device);
+  // A CPU driver needs every core: dawn.node's wait loop must not spin one (poll-throttle.ts).
+  if (caps.isSoftware) throttleDawnPolling();
   return { gpu, adapter, device, caps };
 }
 
