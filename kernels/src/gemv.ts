@@ -53,6 +53,16 @@ const PARAMS = `struct Params {
 }
 @group(0) @binding(0) var<uniform> p: Params;`;
 
+/** y[m][n] = s (+ bias[n]) (+ beta·y[m][n]): the epilogue of every gemv form (needs bindings bias and y). */
+const STORE = `fn store(m: u32, n: u32, s: f32) {
+  var v = s;
+  if ((p.flags & 1u) != 0u) { v += bias[n]; }
+  let idx = m * p.ldc + n;
+  // beta == 0 must not read y: it may hold garbage (NaN·0 = NaN).
+  if (p.beta != 0.0) { v += p.beta * y[idx]; }
+  y[idx] = v;
+}`;
+
 const vecSources = new Map<string, KernelSource>();
 
 /**
@@ -111,14 +121,7 @@ fn decode16(v: vec4<u32>) -> array<vec4<f32>, 2> {
   return array<vec4<f32>, 2>(vec4<f32>(lo.x, hi.x, lo.y, hi.y), vec4<f32>(lo.z, hi.z, lo.w, hi.w));
 }
 
-fn store(m: u32, n: u32, s: f32) {
-  var v = s;
-  if ((p.flags & 1u) != 0u) { v += bias[n]; }
-  let idx = m * p.ldc + n;
-  // beta == 0 must not read y: it may hold garbage (NaN·0 = NaN).
-  if (p.beta != 0.0) { v += p.beta * y[idx]; }
-  y[idx] = v;
-}
+${STORE}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -183,6 +186,8 @@ ${PARAMS}
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
+${STORE}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let n = (wg.y * p.gridX + wg.x) * 64u + lid;
@@ -210,14 +215,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
       for (var m = 0u; m < p.M; m++) { acc[m] += x[m * lda4 + 2u * c] * lo + x[m * lda4 + 2u * c + 1u] * hi; }
     }
   }
-  for (var m = 0u; m < p.M; m++) {
-    var v = acc[m].x + acc[m].y + acc[m].z + acc[m].w;
-    if ((p.flags & 1u) != 0u) { v += bias[n]; }
-    let idx = m * p.ldc + n;
-    // beta == 0 must not read y: it may hold garbage (NaN·0 = NaN).
-    if (p.beta != 0.0) { v += p.beta * y[idx]; }
-    y[idx] = v;
-  }
+  for (var m = 0u; m < p.M; m++) { store(m, n, acc[m].x + acc[m].y + acc[m].z + acc[m].w); }
 }
 `,
 };
@@ -232,6 +230,8 @@ ${PARAMS}
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 var<workgroup> red: array<f32, ${MAX_M * (WG + 1)}>;
+
+${STORE}
 
 fn loadW(i: u32) -> f32 {
   if (p.wkind == 0u) { return bitcast<f32>(w[i]); }
@@ -259,13 +259,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     let n = n0 + gg;
     var s = 0.0;
     for (var l = 0u; l < ${TK}u; l++) { s += red[m * ${WG + 1}u + gg * ${TK}u + l]; }
-    if (n < p.N) {
-      var v = s;
-      if ((p.flags & 1u) != 0u) { v += bias[n]; }
-      let idx = m * p.ldc + n;
-      if (p.beta != 0.0) { v += p.beta * y[idx]; }
-      y[idx] = v;
-    }
+    if (n < p.N) { store(m, n, s); }
   }
 }
 `,

@@ -5,23 +5,9 @@
 // CPU caches serve the operand reuse instead. Each invocation owns an 8×8 block of C: rows
 // m0..m0+7 and columns col + G·j (j < 8, G = column groups), so neighbouring lanes read
 // neighbouring columns of B and write neighbouring columns of C.
-// B is f32/f16/bf16 through load_b (declared by the wrapper, binding 2).
+// Params, bindings and the C epilogue: matmul-interface.wgsl, inserted by matmul.ts below.
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override HAS_BIAS: bool = false;
-
-struct Params {
-  M: u32, N: u32, K: u32, lda: u32,
-  ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, alpha: f32, beta: f32, offA: u32,
-  offB: u32, offC: u32, _p0: u32, _p1: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-//!LOAD_B
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+//!INTERFACE
 
 const TM = 8u;
 const TN = 8u;
@@ -63,11 +49,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let n = col + groups * j;
       if (n >= p.N) { break; }
       let idx = cBase + m * p.ldc + n;
-      var v = p.alpha * acc[i][j];
-      if (HAS_BIAS) { v += bias[n]; }
-      // beta == 0 must not read C: it may hold garbage (NaN·0 = NaN).
-      if (p.beta != 0.0) { v += p.beta * c[idx]; }
-      c[idx] = v;
+      store_c(idx, n, acc[i][j]);
     }
   }
 }

@@ -5,6 +5,7 @@ import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import matmulWgsl from "./matmul.wgsl" with { type: "text" };
 import matmulDirectWgsl from "./matmul-direct.wgsl" with { type: "text" };
+import matmulInterfaceWgsl from "./matmul-interface.wgsl" with { type: "text" };
 import splitKWgsl from "./matmul-splitk.wgsl" with { type: "text" };
 
 /**
@@ -22,7 +23,8 @@ function matmulSource(kernel: MatmulKernel, bDtype: DType): KernelSource {
   const key = `${kernel}:${bDtype}`;
   let s = sources.get(key);
   if (!s) {
-    const code = (kernel === "direct" ? matmulDirectWgsl : matmulWgsl).replace("//!LOAD_B", wgslLoader("b", 2, bDtype));
+    const code = (kernel === "direct" ? matmulDirectWgsl : matmulWgsl)
+      .replace("//!INTERFACE", matmulInterfaceWgsl.replace("//!LOAD_B", wgslLoader("b", 2, bDtype)));
     s = { name: `matmul_${kernel === "direct" ? "direct_" : ""}b${bDtype}`, code };
     sources.set(key, s);
   }

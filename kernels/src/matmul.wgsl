@@ -2,26 +2,10 @@
 //   op(A): (M, K)   stored (M, K) row-major, or (K, M) when TRANS_A  -> xᵀ·dy
 //   op(B): (K, N)   stored (K, N) row-major, or (N, K) when TRANS_B  -> x·Wᵀ
 // The three linear-layer forms:  y = x·Wᵀ (TRANS_B),  dx = dy·W,  dW = dyᵀ·x (TRANS_A).
-// A and C are f32; B is f32/f16/bf16 through load_b (declared by the wrapper, binding 2).
+// Params, bindings and the C epilogue: matmul-interface.wgsl, inserted by matmul.ts below.
 // Workgroup: 16×16 threads own a 64×64 tile of C, 4×4 per thread, K in steps of 16.
-// offA/offB/offC (elements) start each operand inside its buffer, e.g. at a column of a wider
-// matrix (binding offsets must be 256-byte aligned; these need not be).
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-override HAS_BIAS: bool = false;
-
-struct Params {
-  M: u32, N: u32, K: u32, lda: u32,
-  ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, alpha: f32, beta: f32, offA: u32,
-  offB: u32, offC: u32, _p0: u32, _p1: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-//!LOAD_B
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+//!INTERFACE
 
 const BM = 64u;
 const BN = 64u;
@@ -78,11 +62,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       let gn = col0 + lid.x + 16u * j;
       if (gn >= p.N) { continue; }
       let idx = cBase + gm * p.ldc + gn;
-      var v = p.alpha * acc[i][j];
-      if (HAS_BIAS) { v += bias[gn]; }
-      // beta == 0 must not read C: it may hold garbage (NaN·0 = NaN).
-      if (p.beta != 0.0) { v += p.beta * c[idx]; }
-      c[idx] = v;
+      store_c(idx, gn, acc[i][j]);
     }
   }
 }
