@@ -81,7 +81,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let ldk = p.nKV * HD;
   let sg = lid / 32u;
   let qRow = min(q0 + 16u * sg, p.T - 16u); // clamped: a block past T computes a copy and stores nothing
-${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&q16, qRow * ldq + h * HD + ${16 * d}u, false, ldq);`).join("\n")}
+${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
   // Softmax phase: lanes 2r and 2r+1 (same subgroup) share row r, 32 columns each.
   let r = lid / 2u;
   let c0 = (lid % 2u) * ${BK / 2}u;
@@ -124,14 +124,14 @@ ${scores}
       workgroupBarrier();
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
-        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&Pw, sg * ${16 * BK}u + 16u * j, false, ${BK}u);
-${ids(D).map((d) => `        o${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&v16, kRow * ldk + g * HD + ${16 * d}u, false, ldk), o${d});`).join("\n")}
+        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+${ids(D).map((d) => `        o${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk), o${d});`).join("\n")}
       }
       workgroupBarrier();`)}
   }
   if (ti < p.T && lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(l), l > 0.0); }
   if (q0 + 16u * sg < p.T) {
-${ids(D).map((d) => `    subgroupMatrixStore(&out, qRow * ldq + h * HD + ${16 * d}u, o${d}, false, ldq);`).join("\n")}
+${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * HD + ${16 * d}u, o${d}, ldq);`).join("\n")}
   }
 }
 `;
@@ -166,8 +166,8 @@ function keyTileProduct(hd: number, left: string, right: string): string {
   return `      for (var j = 0u; j < ${BK / 16}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         var acc = subgroup_matrix_result<f32, 16, 16>();
-${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, kRow * ldk + g * HD + ${16 * d}u, true, ldk), acc);`).join("\n")}
-        subgroupMatrixStore(&Sw, sg * ${16 * BK}u + 16u * j, acc, false, ${BK}u);
+${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, kRow * ldk + g * HD + ${16 * d}u, ldk), acc);`).join("\n")}
+        subgroupMatrixStore<row_major>(&Sw, sg * ${16 * BK}u + 16u * j, acc, ${BK}u);
       }
       workgroupBarrier();`;
 }
@@ -206,8 +206,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let ldk = p.nKV * HD;
   let sg = lid / 32u;
   let qRow = min(q0 + 16u * sg, p.T - 16u);
-${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&q16, qRow * ldq + h * HD + ${16 * d}u, false, ldq);`).join("\n")}
-${ids(D).map((d) => `  let dl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&do16, qRow * ldq + h * HD + ${16 * d}u, false, ldq);`).join("\n")}
+${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
+${ids(D).map((d) => `  let dl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&do16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
   let r = lid / 2u;
   let c0 = (lid % 2u) * ${BK / 2}u;
   let ti = q0 + r;
@@ -242,13 +242,13 @@ ${product("dl", "v16")}
       workgroupBarrier();
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
-        let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&DSw, sg * ${16 * BK}u + 16u * j, false, ${BK}u);
-${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, false, ldk), dq${d});`).join("\n")}
+        let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk), dq${d});`).join("\n")}
       }
       workgroupBarrier();`)}
   }
   if (q0 + 16u * sg < p.T) {
-${ids(D).map((d) => `    subgroupMatrixStore(&dq, qRow * ldq + h * HD + ${16 * d}u, dq${d}, false, ldq);`).join("\n")}
+${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD + ${16 * d}u, dq${d}, ldq);`).join("\n")}
   }
 }
 `;
@@ -265,8 +265,8 @@ function backwardDkvSource(hd: number): KernelSource {
   const product = (left: string, right: string) => `        for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
           var acc = subgroup_matrix_result<f32, 16, 16>();
-${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&${right}, qCol * ldq + h * HD + ${16 * d}u, true, ldq), acc);`).join("\n")}
-          subgroupMatrixStore(&Sw, sg * ${16 * BQ}u + 16u * j, acc, false, ${BQ}u);
+${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, qCol * ldq + h * HD + ${16 * d}u, ldq), acc);`).join("\n")}
+          subgroupMatrixStore<row_major>(&Sw, sg * ${16 * BQ}u + 16u * j, acc, ${BQ}u);
         }
         workgroupBarrier();`;
   const code = `${header(hd)}
@@ -296,8 +296,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let ldk = p.nKV * HD;
   let sg = lid / 32u;
   let kRow = min(k0 + 16u * sg, p.T - 16u);
-${ids(D).map((d) => `  let kl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&k16, kRow * ldk + g * HD + ${16 * d}u, false, ldk);`).join("\n")}
-${ids(D).map((d) => `  let vl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&v16, kRow * ldk + g * HD + ${16 * d}u, false, ldk);`).join("\n")}
+${ids(D).map((d) => `  let kl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk);`).join("\n")}
+${ids(D).map((d) => `  let vl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk);`).join("\n")}
   let r = lid / 2u;              // key row of the softmax phase
   let c0 = (lid % 2u) * ${BQ / 2}u; // its 32 query columns
   let tj = k0 + r;
@@ -338,17 +338,17 @@ ${product("vl", "do16")}
         workgroupBarrier();
         for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
-          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&Pw, sg * ${16 * BQ}u + 16u * j, false, ${BQ}u);
-          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&DSw, sg * ${16 * BQ}u + 16u * j, false, ${BQ}u);
-${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&do16, qCol * ldq + h * HD + ${16 * d}u, false, ldq), dv${d});
-          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&q16, qCol * ldq + h * HD + ${16 * d}u, false, ldq), dk${d});`).join("\n")}
+          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BQ}u + 16u * j, ${BQ}u);
+          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * BQ}u + 16u * j, ${BQ}u);
+${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq), dv${d});
+          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq), dk${d});`).join("\n")}
         }
         workgroupBarrier();
       }
     }
   }
   if (k0 + 16u * sg < p.T) {
-${ids(D).map((d) => `    subgroupMatrixStore(&dk, kRow * ldk + g * HD + ${16 * d}u, dk${d}, false, ldk);\n    subgroupMatrixStore(&dv, kRow * ldk + g * HD + ${16 * d}u, dv${d}, false, ldk);`).join("\n")}
+${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldk + g * HD + ${16 * d}u, dk${d}, ldk);\n    subgroupMatrixStore<row_major>(&dv, kRow * ldk + g * HD + ${16 * d}u, dv${d}, ldk);`).join("\n")}
   }
 }
 `;

@@ -40,6 +40,12 @@ export interface TcConfig {
   bk?: number;
   /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
   double?: boolean;
+  /**
+   * Global only: leading dimensions as override constants (LDA, LDB, LDC) instead of uniforms,
+   * so the driver sees constant strides in every subgroup-matrix load and store (one pipeline
+   * per distinct stride triple).
+   */
+  constStrides?: boolean;
 }
 
 /** Global-memory kernel, 4×4 matrices per subgroup: 50-72 TFLOP/s on the linear-layer shapes (H200). */
@@ -61,14 +67,16 @@ const LANES = 32;
 
 function source(transB: boolean, cfg: TcConfig): KernelSource {
   const { tm, tn, sgm, sgn } = cfg;
+  const cs = cfg.constStrides ?? false;
+  const lda = cs ? "LDA" : "p.lda", ldb = cs ? "LDB" : "p.ldb", ldc = cs ? "LDC" : "p.ldc";
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const pairs = ids(tm).flatMap((i) => ids(tn).map((j) => [i, j] as const));
   const rightLoad = (j: number) =>
     transB
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&b, bBase + c${j} * p.ldb + k, true, p.ldb)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&b, bBase + k * p.ldb + c${j}, false, p.ldb)`;
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&b, bBase + c${j} * ${ldb} + k, ${ldb})`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&b, bBase + k * ${ldb} + c${j}, ${ldb})`;
   const code = `${TC_PREAMBLE}
-@group(0) @binding(1) var<storage, read> a: array<f16>;
+${cs ? "override LDA: u32;\noverride LDB: u32;\noverride LDC: u32;\n" : ""}@group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
@@ -85,19 +93,19 @@ ${ids(tm).map((i) => `  let r${i} = min(rowTile + ${i * 16}u, p.M - 16u);`).join
 ${ids(tn).map((j) => `  let c${j} = min(colTile + ${j * 16}u, p.N - 16u);`).join("\n")}
 ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   if (ACCUMULATE) {
-${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>>(&c, cBase + r${i} * p.ldc + c${j}, false, p.ldc);`).join("\n")}
+${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + r${i} * ${ldc} + c${j}, ${ldc});`).join("\n")}
   }
   for (var k = 0u; k < p.K; k += 16u) {
-${ids(tm).map((i) => `    let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&a, aBase + r${i} * p.lda + k, false, p.lda);`).join("\n")}
+${ids(tm).map((i) => `    let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&a, aBase + r${i} * ${lda} + k, ${lda});`).join("\n")}
 ${ids(tn).map((j) => `    let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
   }
 ${pairs
-  .map(([i, j]) => `  if (rowTile + ${i * 16}u < p.M && colTile + ${j * 16}u < p.N) { subgroupMatrixStore(&c, cBase + r${i} * p.ldc + c${j}, acc${i}${j}, false, p.ldc); }`)
+  .map(([i, j]) => `  if (rowTile + ${i * 16}u < p.M && colTile + ${j * 16}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + r${i} * ${ldc} + c${j}, acc${i}${j}, ${ldc}); }`)
   .join("\n")}
 }
 `;
-  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}`, code };
+  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}`, code };
 }
 
 const sources = new Map<string, KernelSource>();
@@ -146,10 +154,13 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
   if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}` : "g"}`;
+  if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}` : cfg.constStrides ? "gc" : "g"}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
-  const pipeline = rec.rt.pipeline(s, { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 });
+  const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };
+  if (cfg.constStrides) Object.assign(constants, { LDA: lda, LDB: ldb, LDC: ldc });
+  const pipeline = rec.rt.pipeline(s, constants);
   const params = new Params(12)
     .u32(M).u32(N).u32(K).u32(lda)
     .u32(ldb).u32(ldc).u32(strideA).u32(strideB)

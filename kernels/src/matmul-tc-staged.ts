@@ -107,11 +107,11 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
     }`;
   const rightLoad = (j: number) =>
     transB
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + kk, true, ${BS}u)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&Bs, bOff + kk * ${BS}u + sn * ${tn * 16}u + ${16 * j}u, false, ${BS}u)`;
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + kk, ${BS}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + kk * ${BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
   // The products of one staged slice, read from the buffer at aOff/bOff.
   const products = `    for (var kk = 0u; kk < ${BK}u; kk += 16u) {
-${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + kk, false, ${AS}u);`).join("\n")}
+${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + kk, ${AS}u);`).join("\n")}
 ${ids(tn).map((j) => `      let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
     }`;
@@ -188,10 +188,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let colTile = col0 + sn * ${tn * 16}u;
 ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   if (ACCUMULATE) {
-${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, false, p.ldc); }`).join("\n")}
+${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, p.ldc); }`).join("\n")}
   }
 ${mainLoop}
-${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, false, p.ldc); }`).join("\n")}
+${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
   return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}`, code };

@@ -3,7 +3,7 @@
  * linear-layer shapes of the benchmark models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
  * `{"op":"gemm_tc", "cfg", "shape", "transB", "ms", "tflops", "relErr"}`, relErr on sampled
  * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
- *   bun apps/cli/src/bench/gemm.ts [--quick] [--configs 4x2_2x2,4x4_1x1]
+ *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c]
  */
 import {
   type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, tcConfigFor, toF16,
@@ -19,18 +19,27 @@ const SHAPES: [string, number, number, number][] = [
   ["smol head 4096x8192x576", 4096, 8192, 576],
   ["qwen up 4096x4864x896", 4096, 4864, 896],
   ["llama up 4096x8192x2048", 4096, 8192, 2048],
+  ["llama1b qo 4096x2048x2048", 4096, 2048, 2048],
+  ["llama1b kv 4096x512x2048", 4096, 512, 2048],
+  ["llama1b down 4096x2048x8192", 4096, 2048, 8192],
+  ["llama8b up 4096x14336x4096", 4096, 14336, 4096],
+  ["llama8b down 4096x4096x14336", 4096, 4096, 14336],
 ];
 
 function parseCfg(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?))?$/.exec(s);
-  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s[kBK][d]], e.g. 4x2_2x2 or 4x4_2x2sk64d; s = staged through workgroup memory, kBK = K slice, d = double-buffered)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s[kBK][d] | c], e.g. 4x2_2x2, 4x4_1x1c or 4x4_2x2sk64d; s = staged through workgroup memory, kBK = K slice, d = double-buffered, c = global kernel with constant strides)`);
   const staged = m[5] === "s";
-  return { tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged, ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}) };
+  return {
+    tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
+    ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
+    ...(m[8] === "c" ? { constStrides: true } : {}),
+  };
 }
-const cfgName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}` : ""}`;
+export const cfgName = (c: TcConfig) =>
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}` : c.constStrides ? "c" : ""}`;
 
-export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean) {
+export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean, baselines = true) {
   const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
   for (const [name, M, N, K] of shapes) {
     const aF = randn(M * K), bBits = toF16Bits(randn(N * K));
@@ -58,6 +67,7 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         const relErr = sampledRelError(await rt.read(tc), ref, 256);
         yield { op: "gemm_tc", cfg: cfgName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr };
       }
+      if (!baselines) continue;
       // The whole f32-activation path as the trainer uses it: convert A, then the GEMM.
       const msConv = await timeGpu(rt, (rec) => {
         const a16 = toF16(rec, ta32);
@@ -84,5 +94,5 @@ if (import.meta.main) {
     console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
     process.exit(2);
   }
-  for await (const line of gemmSweep(rt, configs, quick)) console.log(JSON.stringify(line));
+  for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"))) console.log(JSON.stringify(line));
 }
