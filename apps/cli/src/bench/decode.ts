@@ -11,11 +11,8 @@
  *   tok_s         B·N / decode wall time = tokens generated per second over the batch
  *   peak_gib      peak of the GPU buffers tuneloom allocated (weights, KV cache, activations)
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
-import { GpuModel, KvCacheGenerator, writeTinyModel } from "@tuneloom/model";
-import { writeBenchModel } from "./model-shapes.ts";
+import { GpuModel, KvCacheGenerator } from "@tuneloom/model";
+import { benchModelDir } from "./model-shapes.ts";
 import { profileStep } from "./train.ts";
 
 export interface DecodeBenchOptions {
@@ -36,11 +33,11 @@ const round = (x: number, digits: number) => Math.round(x * 10 ** digits) / 10 *
 export async function benchDecode(o: DecodeBenchOptions) {
   if (!Number.isInteger(o.tokens) || o.tokens < 1) throw new Error(`--tokens must be a positive integer, got ${o.tokens}`);
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new Error(`--batch must be a positive integer, got ${o.batch}`);
-  const dir = mkdtempSync(path.join(tmpdir(), "tuneloom-bench-decode-"));
+  const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-decode-");
   try {
-    if (o.model === "tiny") writeTinyModel(dir, { arch: "llama", seed: 1 });
-    else writeBenchModel(o.model, dir);
+    const t0 = performance.now();
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
+    const loadS = Math.round((performance.now() - t0) / 100) / 10;
     const rt = model.rt, B = o.batch, N = o.tokens, P = DECODE_PROMPT_TOKENS, V = model.cfg.vocabSize;
     const gen = new KvCacheGenerator(model, { maxSlots: B, maxContext: P + N + 1 });
     try {
@@ -76,7 +73,7 @@ export async function benchDecode(o: DecodeBenchOptions) {
         ? await profileStep(rt, () => gen.decode(slots.map((slot, b) => ({ slot, token: last[b]!, position: P + N, sampling: GREEDY, u: 0 }))))
         : undefined;
       return {
-        op: "decode", model: o.model, batch: B, tokens: N, weights: model.weights.dtype,
+        op: "decode", model: o.model, load_s: loadS, batch: B, tokens: N, weights: model.weights.dtype,
         tok_s: round((B * N) / (decodeMs / 1000), 1), ms_per_token: round(decodeMs / N, 3), prefill_ms: round(prefillMs, 2),
         record_ms_per_token: round(recordMs, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3), device: rt.caps.description,
         ...(profile ? { profile } : {}),
@@ -85,6 +82,6 @@ export async function benchDecode(o: DecodeBenchOptions) {
       gen.dispose();
     }
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    cleanup();
   }
 }

@@ -5,13 +5,10 @@
  * every token; tokens/s = batch·seq / median step time after 3 warm-up steps).
  * peak_gib is the peak of the GPU buffers tuneloom allocated (weights, activations, state).
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import type { GpuRuntime } from "@tuneloom/kernels";
-import { GpuModel, writeTinyModel } from "@tuneloom/model";
+import { GpuModel } from "@tuneloom/model";
 import { type Batch, LoraTrainer, parseLoraConfig } from "@tuneloom/trainer";
-import { writeBenchModel } from "./model-shapes.ts";
+import { benchModelDir } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {
   model: string;
@@ -64,11 +61,11 @@ export async function profileStep(rt: GpuRuntime, work: () => Promise<unknown>) 
 }
 
 export async function benchTrain(o: TrainBenchOptions) {
-  const dir = mkdtempSync(path.join(tmpdir(), "tuneloom-bench-"));
+  const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-");
   try {
-    if (o.model === "tiny") writeTinyModel(dir, { arch: "llama", seed: 1 });
-    else writeBenchModel(o.model, dir);
+    const t0 = performance.now();
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
+    const loadS = Math.round((performance.now() - t0) / 100) / 10;
     const rt = model.rt;
     const trainer = new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
       gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
@@ -99,12 +96,12 @@ export async function benchTrain(o: TrainBenchOptions) {
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
-      op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      op: "train", model: o.model, load_s: loadS, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    cleanup();
   }
 }

@@ -9,12 +9,14 @@ import { benchServe } from "../bench/serve.ts";
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
  *   published models' shapes (or tiny ones with --quick), one line per op and shape (bench/kernels.ts); exits 1
  *   if an op failed or a relErr is over its tolerance, after running the rest. Or
- * `bun run bench -- --train --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
+ * `bun run bench -- --train --model NAME|DIR --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
- * `bun run bench -- --decode --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--tokens 128] [--batch 1] [--weight-dtype ...]`.
+ * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
  * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
  *   (bench/serve.ts: TTFT and decode tok/s over HTTP, one line per stream count).
+ * NAME: tiny, smollm2-135m, qwen2.5-0.5b, llama3.2-1b, llama3.2-3b, llama3.1-8b, qwen2.5-7b (random weights of
+ * the published shape, written to a temporary directory); DIR: a Hugging Face model directory, loaded as it is.
  * Prints one JSON line per measurement.
  */
 export async function run(argv: string[]): Promise<number> {
