@@ -7,6 +7,8 @@
  *    subgroup matrices (tensor cores from WGSL);
  *  - Float16Array must never reach writeBuffer (the runtime's upload() converts views).
  */
+import { handleAdapterOutput } from "./dawn-messages.ts";
+import { captureNativeOutputAsync } from "./native-output.ts";
 import { create, globals } from "webgpu";
 import { GpuUnavailableError } from "./errors.ts";
 import { throttleDawnPolling } from "./poll-throttle.ts";
@@ -124,7 +126,8 @@ export async function acquireDevice(): Promise<AcquiredDevice> {
     throw new GpuUnavailableError(`loading dawn.node failed: ${(err as Error).message}`);
   }
   keepAlive.push(gpu);
-  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  const { result: adapter, output } = await captureNativeOutputAsync(() => gpu.requestAdapter({ powerPreference: "high-performance" }));
+  handleAdapterOutput(output);
   if (!adapter) throw new GpuUnavailableError();
   keepAlive.push(adapter);
   const caps = readCapabilities(adapter);

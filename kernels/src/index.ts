@@ -21,3 +21,4 @@ export * from "./convert.ts";
 export * from "./dropout.ts";
 export * from "./attention.ts";
 export * from "./sampling.ts";
+export { dawnMessages, dawnMessageSummary } from "./dawn-messages.ts";

@@ -3,6 +3,8 @@
  * buffers with a reuse pool, cached pipelines, and Recorders that collect dispatches so a
  * whole training step can go to the GPU as one submit.
  */
+import { handleShaderOutput } from "./dawn-messages.ts";
+import { captureNativeOutput } from "./native-output.ts";
 import { acquireDevice, type AcquiredDevice, type Capabilities } from "./device.ts";
 import { type DType, numelOf, storageBytes } from "./dtype.ts";
 import { DeviceLostError, GpuError } from "./errors.ts";
@@ -289,7 +291,10 @@ export class GpuRuntime {
     const label = `${kernel.name}${Object.keys(constants).length ? `<${Object.entries(constants).map(([k, v]) => `${k}=${v}`).join(",")}>` : ""}`;
     device.pushErrorScope("validation");
     if (!module) {
-      module = device.createShaderModule({ code: kernel.code, label: kernel.name });
+      const code = kernel.code;
+      const { result, output } = captureNativeOutput(() => device.createShaderModule({ code, label: kernel.name }));
+      handleShaderOutput(output);
+      module = result;
       this.modules.set(kernel.code, module);
     }
     const pipeline = device.createComputePipeline({
