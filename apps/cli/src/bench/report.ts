@@ -1,0 +1,153 @@
+/**
+ * Rewrites the generated tables of docs/benchmarks.md from the JSON lines that
+ * scripts/gpu-measure.sh collected on the GPU machine (no hand copying):
+ *   bun apps/cli/src/bench/report.ts [--doc docs/benchmarks.md] DIR_OR_FILE...
+ * Each table lies between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`; the text
+ * around them is left as it is. A ratio is only formed from two lines of the same device call.
+ * The raw lines are appended to docs/bench-data/ so that the tables can be rebuilt later.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+
+type Line = Record<string, unknown> & { call?: string; gpu?: string };
+
+export function readLines(inputs: string[]): Line[] {
+  const files = inputs.flatMap((p) =>
+    statSync(p).isDirectory() ? readdirSync(p).filter((f) => f.endsWith(".jsonl")).map((f) => path.join(p, f)) : [p],
+  );
+  const lines: Line[] = [];
+  for (const f of files) {
+    for (const [i, text] of readFileSync(f, "utf8").split("\n").entries()) {
+      if (!text.trim()) continue;
+      try {
+        lines.push(JSON.parse(text));
+      } catch {
+        throw new Error(`${f}:${i + 1}: not a JSON line`);
+      }
+    }
+  }
+  return lines;
+}
+
+const fmt = (x: unknown, digits = 0) =>
+  typeof x === "number" && Number.isFinite(x) ? x.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "—";
+const ratio = (a: unknown, b: unknown) => (typeof a === "number" && typeof b === "number" && b > 0 ? `${(a / b).toFixed(2)}×` : "—");
+const MODEL_ORDER = ["smollm2-135m", "qwen2.5-0.5b", "llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "qwen2.5-7b"];
+const byModel = (a: string, b: string) => (MODEL_ORDER.indexOf(a) + 99 * +!MODEL_ORDER.includes(a)) - (MODEL_ORDER.indexOf(b) + 99 * +!MODEL_ORDER.includes(b)) || a.localeCompare(b);
+
+/** The newest call holding lines that satisfy every predicate, and those lines. */
+function newestCall(lines: Line[], ...want: ((l: Line) => boolean)[]): { call: string; found: Line[] } | null {
+  const calls = [...new Set(lines.map((l) => l.call).filter((c): c is string => !!c))].sort().reverse();
+  for (const call of calls) {
+    const inCall = lines.filter((l) => l.call === call);
+    const found = want.map((w) => inCall.findLast(w));
+    if (found.every(Boolean)) return { call, found: found as Line[] };
+  }
+  return null;
+}
+
+export function trainTable(lines: Line[]): string {
+  const models = [...new Set(lines.filter((l) => l.op === "train" || l.peer === "hf-peft").map((l) => String(l.model)))].sort(byModel);
+  const rows = ["| model | GPU | tuneloom tok/s | peak GiB | HF PEFT tok/s | HF peak GiB | speed ours/HF | memory ours/HF | answer-only labels (30%) tok/s | call |", "|---|---|---|---|---|---|---|---|---|---|"];
+  for (const m of models) {
+    const r = newestCall(
+      lines,
+      (l) => l.op === "train" && l.model === m && l.target_fraction === 1 && !l.from_dir,
+      (l) => l.peer === "hf-peft" && l.model === m,
+    );
+    if (!r) continue;
+    const [ours, hf] = r.found as [Line, Line];
+    const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && l.target_fraction === 0.3);
+    rows.push(`| ${m} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${fmt(answerOnly?.tok_s)} | ${r.call} |`);
+  }
+  return rows.join("\n");
+}
+
+export function loadTable(lines: Line[]): string {
+  const models = [...new Set(lines.filter((l) => l.peer === "hf-from-pretrained").map((l) => String(l.model)))].sort(byModel);
+  const rows = ["| model | GPU | HF from_pretrained s | tuneloom load s | load ours/HF | tuneloom tok/s on that directory | call |", "|---|---|---|---|---|---|---|"];
+  for (const m of models) {
+    const r = newestCall(lines, (l) => l.peer === "hf-from-pretrained" && l.model === m, (l) => l.op === "train" && l.model === m && l.from_dir === true);
+    if (!r) continue;
+    const [hf, ours] = r.found as [Line, Line];
+    rows.push(`| ${m} | ${ours.gpu} | ${fmt(hf.load_s, 1)} | ${fmt(ours.load_s, 1)} | ${ratio(ours.load_s, hf.load_s)} | ${fmt(ours.tok_s)} | ${r.call} |`);
+  }
+  return rows.join("\n");
+}
+
+export function decodeTable(lines: Line[]): string {
+  const models = [...new Set(lines.filter((l) => l.op === "decode").map((l) => String(l.model)))].sort(byModel);
+  const rows = ["| model | GPU | batch 1 tok/s | ms/token | batch 16 tok/s (total) | HF generate tok/s (batch 1) | batch 1 ours/HF | call |", "|---|---|---|---|---|---|---|---|"];
+  for (const m of models) {
+    const r = newestCall(lines, (l) => l.op === "decode" && l.model === m && l.batch === 1);
+    if (!r) continue;
+    const [b1] = r.found as [Line];
+    const b16 = lines.findLast((l) => l.call === r.call && l.op === "decode" && l.model === m && l.batch === 16);
+    const hf = lines.findLast((l) => l.call === r.call && l.peer === "hf-generate" && l.model === m);
+    rows.push(`| ${m} | ${b1.gpu} | ${fmt(b1.tok_s, 1)} | ${fmt(b1.ms_per_token, 2)} | ${fmt(b16?.tok_s, 1)} | ${fmt(hf?.decode_tok_s, 1)} | ${ratio(b1.tok_s, hf?.decode_tok_s)} | ${r.call} |`);
+  }
+  return rows.join("\n");
+}
+
+export function gemmTable(lines: Line[]): string {
+  const g = lines.filter((l) => l.op === "gemm_tc" && typeof l.tflops === "number");
+  const call = [...new Set(g.map((l) => l.call))].filter(Boolean).sort().at(-1);
+  if (!call) return "_no sweep collected yet_";
+  const inCall = g.filter((l) => l.call === call);
+  const shapes = [...new Set(inCall.map((l) => `${l.shape}|${l.transB}`))];
+  const rows = [`| shape (M×N×K) | form | best config | TFLOP/s | relErr |`, "|---|---|---|---|---|"];
+  for (const s of shapes) {
+    const best = inCall.filter((l) => `${l.shape}|${l.transB}` === s).sort((a, b) => (b.tflops as number) - (a.tflops as number))[0]!;
+    rows.push(`| ${best.shape} | ${best.transB ? "x·Wᵀ (forward)" : "dy·W (input gradient)"} | ${best.cfg} | ${fmt(best.tflops, 1)} | ${typeof best.relErr === "number" ? best.relErr.toExponential(1) : "—"} |`);
+  }
+  return `${rows.join("\n")}\n\nSweep of call ${call} on ${inCall[0]?.gpu}.`;
+}
+
+export function serveTable(lines: Line[]): string {
+  const r = newestCall(lines, (l) => l.op === "serve");
+  if (!r) return "_no serving run collected yet_";
+  const rows = ["| model | GPU | streams | TTFT p50 / max ms | decode tok/s per stream | total tok/s | call |", "|---|---|---|---|---|---|---|"];
+  for (const l of lines.filter((x) => x.call === r.call && x.op === "serve"))
+    rows.push(`| ${l.model} | ${l.gpu} | ${l.streams} | ${fmt(l.ttft_ms_p50, 1)} / ${fmt(l.ttft_ms_max, 1)} | ${fmt(l.decode_tok_s_per_stream, 1)} | ${fmt(l.total_tok_s, 1)} | ${r.call} |`);
+  return rows.join("\n");
+}
+
+export const TABLES: Record<string, (lines: Line[]) => string> = {
+  train: trainTable, load: loadTable, decode: decodeTable, gemm: gemmTable, serve: serveTable,
+};
+
+/** Replaces each generated section of `doc` with its table; sections without data stay as they are. */
+export function rewriteDoc(doc: string, lines: Line[]): string {
+  return doc.replace(/<!-- generated:(\w+) -->\n[\s\S]*?<!-- \/generated:\1 -->/g, (whole, name: string) => {
+    const make = TABLES[name];
+    if (!make) throw new Error(`docs: unknown generated section '${name}' (known: ${Object.keys(TABLES).join(", ")})`);
+    return `<!-- generated:${name} -->\n${make(lines)}\n<!-- /generated:${name} -->`;
+  });
+}
+
+if (import.meta.main) {
+  const args = process.argv.slice(2);
+  const di = args.indexOf("--doc");
+  const docPath = di >= 0 ? args.splice(di, 2)[1]! : path.join(import.meta.dir, "../../../../docs/benchmarks.md");
+  const dataDir = path.join(path.dirname(docPath), "bench-data");
+  const fresh = args.length ? readLines(args) : [];
+  // Keep every collected line: new ones are appended to docs/bench-data/<file>.jsonl.
+  if (fresh.length) {
+    mkdirSync(dataDir, { recursive: true });
+    const byOp = new Map<string, Line[]>();
+    for (const l of fresh) {
+      const kind = l.op === "gemm_tc" ? "gemm" : l.op === "decode" || l.peer === "hf-generate" ? "decode" : l.op === "serve" ? "serve" : l.peer === "hf-from-pretrained" ? "load" : l.op === "train" || l.peer === "hf-peft" ? "train" : "other";
+      byOp.set(kind, [...(byOp.get(kind) ?? []), l]);
+    }
+    for (const [kind, ls] of byOp) {
+      const f = path.join(dataDir, `${kind}.jsonl`);
+      const old = existsSync(f) ? readFileSync(f, "utf8") : "";
+      const have = new Set(old.split("\n").filter(Boolean));
+      const add = ls.map((l) => JSON.stringify(l)).filter((t) => !have.has(t));
+      writeFileSync(f, old + add.map((t) => `${t}\n`).join(""));
+    }
+  }
+  const all = existsSync(dataDir) ? readLines([dataDir]) : fresh;
+  writeFileSync(docPath, rewriteDoc(readFileSync(docPath, "utf8"), all));
+  console.error(`report: ${all.length} lines → ${docPath}`);
+}
