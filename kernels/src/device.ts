@@ -17,8 +17,19 @@ import { throttleDawnPolling } from "./poll-throttle.ts";
 Object.assign(globalThis, globals);
 
 export const DAWN_TOGGLES = "enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia";
-/** Extra Dawn toggles to enable, comma-separated (experiments, e.g. TUNELOOM_DAWN_ENABLE=disable_robustness). */
+/** Extra Dawn toggles to enable, comma-separated (experiments, e.g. TUNELOOM_DAWN_ENABLE=vulkan_use_cooperative_matrix_robust_access). */
 const extraToggles = () => (process.env.TUNELOOM_DAWN_ENABLE ?? "").split(",").map((t) => t.trim()).filter((t) => /^[a-z0-9_]+$/.test(t));
+/**
+ * Dawn's robustness transform clamps every array index of every shader (storage, uniform,
+ * workgroup and function arrays, subgroup-matrix loads and stores). On the H100 it cost a third
+ * of the tensor-core GEMM's time (4096x1536x576: 64 → 97 TFLOP/s without it, docs/kernels.md).
+ * tuneloom's kernels stay in bounds by construction instead: every wrapper checks its tensors'
+ * sizes against the dispatch (expectTensor, matmul's `need`), and every shader guards its
+ * global reads and writes against the sizes in its Params. So on GPUs the transform is off;
+ * on software adapters (lavapipe: the GPU memory is the process's own) it stays on, and
+ * TUNELOOM_ROBUSTNESS=1 keeps it on everywhere.
+ */
+export const robustnessOffOnGpus = () => process.env.TUNELOOM_ROBUSTNESS !== "1";
 /** Full-resolution GPU timestamps for the profiler (Dawn quantizes them by default). */
 export const DAWN_DISABLED = "disable-dawn-features=timestamp_quantization";
 
@@ -37,6 +48,8 @@ export interface Capabilities {
   device: string;
   backend: string;
   isSoftware: boolean;
+  /** Dawn's bounds clamping in shaders (off on GPUs: see robustnessOffOnGpus). */
+  robustness: boolean;
   shaderF16: boolean;
   subgroups: boolean;
   subgroupMinSize: number;
@@ -96,6 +109,7 @@ function readCapabilities(adapter: GPUAdapter): Capabilities {
     device: info.device ?? "",
     backend: info.backendType ?? "vulkan",
     isSoftware: /llvmpipe|lavapipe|swiftshader/i.test(description + " " + (info.device ?? "")),
+    robustness: true,
     shaderF16: has("shader-f16"),
     subgroups: has("subgroups"),
     subgroupMinSize: info.subgroupMinSize ?? 0,
@@ -126,11 +140,27 @@ export async function acquireDevice(): Promise<AcquiredDevice> {
     throw new GpuUnavailableError(`loading dawn.node failed: ${(err as Error).message}`);
   }
   keepAlive.push(gpu);
-  const { result: adapter, output } = await captureNativeOutputAsync(() => gpu.requestAdapter({ powerPreference: "high-performance" }));
-  handleAdapterOutput(output);
+  const request = async (g: GPU) => {
+    const { result, output } = await captureNativeOutputAsync(() => g.requestAdapter({ powerPreference: "high-performance" }));
+    handleAdapterOutput(output);
+    return result;
+  };
+  let adapter = await request(gpu);
   if (!adapter) throw new GpuUnavailableError();
   keepAlive.push(adapter);
-  const caps = readCapabilities(adapter);
+  let caps = readCapabilities(adapter);
+  if (!caps.isSoftware && robustnessOffOnGpus()) {
+    // Toggles belong to the instance: a second one, without robustness, for the same GPU.
+    const fast = create([[DAWN_TOGGLES, "disable_robustness", ...extraToggles()].join(","), DAWN_DISABLED]) as unknown as GPU;
+    keepAlive.push(fast);
+    const a = await request(fast);
+    if (a) {
+      keepAlive.push(a);
+      gpu = fast;
+      adapter = a;
+      caps = { ...readCapabilities(a), robustness: false };
+    }
+  }
 
   const wanted = ["shader-f16", "subgroups", "chromium-experimental-subgroup-matrix", "timestamp-query"];
   const requiredFeatures = wanted.filter((f) => adapter.features.has(f as GPUFeatureName)) as GPUFeatureName[];
@@ -161,6 +191,7 @@ export function formatCapabilities(caps: Capabilities): string {
   const lines = [
     `adapter:        ${caps.description || caps.device} (${caps.vendor}${caps.architecture ? ", " + caps.architecture : ""})`,
     `backend:        ${caps.backend}${caps.isSoftware ? " (software rasterizer: expect CPU speed)" : ""}`,
+    `robustness:     ${caps.robustness ? "on (Dawn clamps every shader index)" : "off (kernels stay in bounds by construction; TUNELOOM_ROBUSTNESS=1 turns it on)"}`,
     `shader-f16:     ${caps.shaderF16 ? "yes" : "no"}`,
     `subgroups:      ${caps.subgroups ? `yes (size ${caps.subgroupMinSize}${caps.subgroupMaxSize !== caps.subgroupMinSize ? `-${caps.subgroupMaxSize}` : ""})` : "no"}`,
     `subgroup matrices: ${caps.subgroupMatrix ? `yes, ${caps.subgroupMatrixConfigs.length} configs` : "no (portable matmul path)"}`,

@@ -22,3 +22,4 @@ export * from "./dropout.ts";
 export * from "./attention.ts";
 export * from "./sampling.ts";
 export { dawnMessages, dawnMessageSummary } from "./dawn-messages.ts";
+export * from "./gemm-tiles.ts";

@@ -7,7 +7,7 @@
  *
  * Two kernels share the tiling: a workgroup holds SGM×SGN subgroups of 32 lanes; each subgroup
  * owns TM×TN 16×16 result matrices, so a workgroup covers a (SGM·TM·16) × (SGN·TN·16) tile of C.
- * - staged (matmul-tc-staged.ts, the default through tcConfigFor): A and B slices go through
+ * - staged (matmul-tc-staged.ts, chosen per shape by tcConfigFor in gemm-tiles.ts): A and B slices go through
  *   workgroup memory with 16-byte loads, the next slice prefetched into registers.
  * - global (this file's `source`): operands loaded straight from global memory into subgroup
  *   matrices, the caches serving the reuse. Tile origins past M or N are clamped back inside
@@ -25,6 +25,7 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
 import { stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
+import { tcConfigFor } from "./gemm-tiles.ts";
 
 /** Tile configuration of the tensor-core kernel (see the module comment). */
 export interface TcConfig {
@@ -46,22 +47,16 @@ export interface TcConfig {
    * per distinct stride triple).
    */
   constStrides?: boolean;
+  /**
+   * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
+   * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
+   * memory), "no-products" (the subgroup-matrix loads and products).
+   */
+  diag?: "no-loads" | "no-stores" | "no-products";
 }
 
 /** Global-memory kernel, 4×4 matrices per subgroup: 50-72 TFLOP/s on the linear-layer shapes (H200). */
 export const DEFAULT_TC_CONFIG: TcConfig = { tm: 4, tn: 4, sgm: 1, sgn: 1 };
-
-/**
- * The tile configuration for a (M, N, K) product, from the H200 sweep (`bun apps/cli/src/bench/gemm.ts`,
- * docs/benchmarks.md): staged 128×128 tiles (4 subgroups) for large N or long K (75-99 TFLOP/s),
- * staged 128×64 (2 subgroups) for the mid-sized linear layers (57-82), staged 64×128 for
- * narrow outputs such as k/v projections (N ≤ 256, ~30).
- */
-export function tcConfigFor(M: number, N: number, K: number): TcConfig {
-  if (N <= 256) return { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true };
-  if (K >= 2048 || N >= 8192) return { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true };
-  return { tm: 4, tn: 4, sgm: 2, sgn: 1, staged: true };
-}
 
 const LANES = 32;
 
@@ -138,7 +133,7 @@ export function tensorCoreUnsupported(args: MatmulArgs): string | null {
 }
 
 /** Records the tensor-core matmul; `a` must already be f16 (see matmulAuto for f32 A). */
-export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K)) {
+export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K, args.transB ?? false)) {
   const { a, b, c, M, N, K } = args;
   const transB = args.transB ?? false;
   const why = tensorCoreUnsupported(args);
@@ -155,7 +150,7 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
   if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
   if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}` : cfg.constStrides ? "gc" : "g"}`;
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };
@@ -203,6 +198,3 @@ export function matmulAuto(rec: Recorder, args: MatmulArgs) {
   if (args.a.dtype === "f16") throw new Error("matmulAuto: f16 A needs the tensor-core path, which these operands or this device cannot take");
   matmul(rec, args);
 }
-
-/** The generated WGSL (for inspecting compiler messages on a device that has the feature). */
-export const tcSourceForDebug = (transB: boolean, cfg: TcConfig = DEFAULT_TC_CONFIG) => (cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)).code;

@@ -37,6 +37,8 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32;
   const double = cfg.double ?? false;
+  const diag = cfg.diag;
+  if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
   const AS = BK + PAD; // A staged [m][k]
@@ -148,13 +150,17 @@ ${storeStage("aOff", "bOff")}
   var rb = loadB(0u, tid, col0, bBase);
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
     let aOff = 0u; let bOff = 0u;
+${diag === "no-stores" ? `    if (k0 == 0u) {
 ${storeStage("aOff", "bOff")}
+    }` : storeStage("aOff", "bOff")}
     workgroupBarrier();
-    if (k0 + ${BK}u < p.K) {
+    if (k0 + ${BK}u < p.K${diag === "no-loads" ? " && k0 == 0u" : ""}) {
       ra = loadA(k0 + ${BK}u, tid, row0, aBase);
       rb = loadB(k0 + ${BK}u, tid, col0, bBase);
     }
+${diag === "no-products" ? `    if (k0 == 0u) {
 ${products}
+    }` : products}
     workgroupBarrier();
   }`;
   const buffers = double ? 2 : 1;
@@ -194,5 +200,5 @@ ${mainLoop}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${diag ? `_${diag}` : ""}`, code };
 }

@@ -3,11 +3,14 @@
  * linear-layer shapes of the benchmark models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
  * `{"op":"gemm_tc", "cfg", "shape", "transB", "ms", "tflops", "relErr"}`, relErr on sampled
  * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
- *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c]
+ *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c] [--write-table FILE]
+ * --write-table writes the best correct configuration per (N, K, form) as gemm-tiles.ts reads it.
  */
 import {
-  type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, tcConfigFor, toF16,
+  type GemmTileTable, type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, parseTcConfig,
+  tcConfigFor, tcConfigName, toF16,
 } from "@tuneloom/kernels";
+import { writeFileSync } from "node:fs";
 import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/testing.ts";
 import { sampledRelError, timeGpu } from "./timing.ts";
 
@@ -25,19 +28,6 @@ const SHAPES: [string, number, number, number][] = [
   ["llama8b up 4096x14336x4096", 4096, 14336, 4096],
   ["llama8b down 4096x4096x14336", 4096, 4096, 14336],
 ];
-
-function parseCfg(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad config '${s}' (want TMxTN_SGMxSGN[s[kBK][d] | c], e.g. 4x2_2x2, 4x4_1x1c or 4x4_2x2sk64d; s = staged through workgroup memory, kBK = K slice, d = double-buffered, c = global kernel with constant strides)`);
-  const staged = m[5] === "s";
-  return {
-    tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
-    ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
-    ...(m[8] === "c" ? { constStrides: true } : {}),
-  };
-}
-export const cfgName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}` : c.constStrides ? "c" : ""}`;
 
 export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean, baselines = true) {
   const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
@@ -61,11 +51,11 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         try {
           ms = await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), iters);
         } catch (e) {
-          yield { op: "gemm_tc", cfg: cfgName(cfg), shape: name, transB, error: String((e as Error).message).slice(0, 300) };
+          yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, error: String((e as Error).message).slice(0, 300) };
           continue;
         }
         const relErr = sampledRelError(await rt.read(tc), ref, 256);
-        yield { op: "gemm_tc", cfg: cfgName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr };
+        yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr };
       }
       if (!baselines) continue;
       // The whole f32-activation path as the trainer uses it: convert A, then the GEMM.
@@ -74,7 +64,7 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         matmulTensorCore(rec, { a: a16, b: tb, c: tc, M, N, K, transB });
         rec.recycle(a16);
       }, iters);
-      yield { op: "gemm_tc+convert", cfg: cfgName(tcConfigFor(M, N, K)), shape: name, transB, ms: +msConv.toFixed(4), tflops: +(flops / msConv / 1e9).toFixed(1) };
+      yield { op: "gemm_tc+convert", cfg: tcConfigName(tcConfigFor(M, N, K, transB)), shape: name, transB, ms: +msConv.toFixed(4), tflops: +(flops / msConv / 1e9).toFixed(1) };
       const msPortable = await timeGpu(rt, (rec) => matmul(rec, { a: ta32, b: tb, c: tc, M, N, K, transB }), Math.max(2, Math.round(iters / 8)));
       yield { op: "gemm_portable_f32xf16", shape: name, transB, ms: +msPortable.toFixed(4), tflops: +(flops / msPortable / 1e9).toFixed(1) };
     }
@@ -87,12 +77,28 @@ if (import.meta.main) {
   const quick = args.includes("--quick");
   const ci = args.indexOf("--configs");
   const configs = ci >= 0
-    ? args[ci + 1]!.split(",").map(parseCfg)
-    : ["4x4_1x1", "4x4_2x2", "4x4_2x2s", "4x4_2x1s", "4x4_1x2s", "2x4_2x2s", "4x2_2x2s", "4x4_1x1s"].map(parseCfg);
+    ? args[ci + 1]!.split(",").map(parseTcConfig)
+    : ["4x4_1x1", "4x4_2x2s", "4x4_2x1s", "2x4_2x2s", "4x4_2x4s", "4x4_4x2s", "2x4_4x4s", "2x4_2x4s"].map(parseTcConfig);
   const rt = await getRuntime();
   if (!hasTensorCoreMatmul(rt)) {
     console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
     process.exit(2);
   }
-  for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"))) console.log(JSON.stringify(line));
+  const wi = args.indexOf("--write-table");
+  const best = new Map<string, { n: number; k: number; transB: boolean; cfg: string; tflops: number }>();
+  for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"))) {
+    console.log(JSON.stringify(line));
+    // Only correct, complete kernels enter the table (the diag variants leave work out).
+    if (line.op !== "gemm_tc" || !("tflops" in line) || !line.cfg || line.cfg.includes("-no-") || !(line.relErr! < 1e-3)) continue;
+    const shape = SHAPES.find(([name]) => name === line.shape)!;
+    const key = `${shape[2]}:${shape[3]}:${line.transB}`;
+    if (!(best.get(key)?.tflops! >= line.tflops!)) best.set(key, { n: shape[2], k: shape[3], transB: line.transB, cfg: line.cfg, tflops: line.tflops! });
+  }
+  if (wi >= 0) {
+    const table: GemmTileTable = {
+      measured: `${rt.caps.description}, ${new Date().toISOString().slice(0, 10)}, sweep of ${configs.map(tcConfigName).join(" ")}`,
+      entries: [...best.values()],
+    };
+    writeFileSync(args[wi + 1]!, `${JSON.stringify(table, null, 1)}\n`);
+  }
 }

@@ -1,0 +1,56 @@
+/**
+ * Which tensor-core GEMM tile configuration runs a (M, N, K) product: a table measured by the
+ * sweep (`bun apps/cli/src/bench/gemm.ts --write-table kernels/src/gemm-tiles.json`, on the
+ * GPU machine), looked up by (N, K, form); shapes the sweep did not cover take the rule below,
+ * which follows the same sweep. M does not enter: every training product has M = tokens of a
+ * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
+ *
+ * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
+ * for the K slice and `d` for double buffering) or `c` for the global kernel with constant
+ * strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
+ */
+import type { TcConfig } from "./matmul-subgroup.ts";
+import table from "./gemm-tiles.json";
+
+export interface GemmTileEntry {
+  n: number;
+  k: number;
+  transB: boolean;
+  cfg: string;
+  tflops?: number;
+}
+
+export interface GemmTileTable {
+  /** Where and when the sweep ran (GPU name, date, commit). */
+  measured: string;
+  entries: GemmTileEntry[];
+}
+
+export function parseTcConfig(s: string): TcConfig {
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d] | c], e.g. 4x4_2x4s, 4x4_1x1c or 4x4_2x2sk64d)`);
+  const staged = m[5] === "s";
+  return {
+    tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
+    ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
+    ...(m[8] ? { diag: m[8] as TcConfig["diag"] } : {}),
+    ...(m[9] === "c" ? { constStrides: true } : {}),
+  };
+}
+
+export const tcConfigName = (c: TcConfig) =>
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+
+const measured = new Map<string, TcConfig>();
+for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));
+
+/** The tile configuration for C (M×N) = A (M×K) · op(B): measured where the sweep covered the shape. */
+export function tcConfigFor(M: number, N: number, K: number, transB = true): TcConfig {
+  void M;
+  const hit = measured.get(`${N}:${K}:${transB}`);
+  if (hit) return hit;
+  // Narrow outputs (k/v projections of small models): too few 128-wide tiles to fill the GPU.
+  if (N <= 256) return { tm: 4, tn: 4, sgm: 1, sgn: 1 };
+  // Otherwise 8 subgroups of 4×4 matrices over a 128×256 tile, the best of the sweep on most shapes.
+  return { tm: 4, tn: 4, sgm: 2, sgn: 4, staged: true };
+}
