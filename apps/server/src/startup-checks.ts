@@ -18,6 +18,14 @@ export function checkIntegerFlag(name: string, value: number | undefined, min: n
     throw new Error(`${name} must be an integer in ${min}..${max === Number.MAX_SAFE_INTEGER ? "∞" : max}, got ${value}`);
 }
 
+/** A duration flag in seconds, > 0 (or ≥ 0 with allowZero), as milliseconds; undefined passes. */
+export function secondsFlagMs(name: string, value: number | undefined, allowZero = false): number | undefined {
+  if (value === undefined) return undefined;
+  if (!Number.isFinite(value) || value < 0 || (value === 0 && !allowZero))
+    throw new Error(`${name} must be a number of seconds ${allowZero ? "≥ 0" : "> 0"}, got ${value}`);
+  return Math.round(value * 1000);
+}
+
 /**
  * What a model directory must hold to be served: the directory itself, config.json,
  * tokenizer.json and the weights (model.safetensors or model.safetensors.index.json). One

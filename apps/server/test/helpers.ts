@@ -6,6 +6,7 @@ import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
 import { writeSafetensors } from "@tuneloom/model/safetensors.ts";
 import { gaussianSampler, writeTinyModel } from "@tuneloom/model/tiny-model.ts";
 import { createServer, type ServerOptions, type TuneloomServer } from "../src/app.ts";
+import { listen } from "../src/listen.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 
 export function makeTinyModelDir(options: Parameters<typeof writeTinyModel>[1] = {}): { dir: string; cleanup: () => void } {
@@ -53,6 +54,9 @@ export function padVocab(srcDir: string, dstDir: string, padRows: number, domina
   writeSafetensors(join(dstDir, "model.safetensors"), tensors, { format: "pt" });
 }
 
+/** What a JSON POST must carry (the server answers 415 without it). */
+export const JSON_HEADERS = { "content-type": "application/json" } as const;
+
 export interface RunningServer {
   server: TuneloomServer;
   url: string;
@@ -62,7 +66,7 @@ export interface RunningServer {
 
 export function startServer(options: ServerOptions): RunningServer {
   const server = createServer({ logError: () => {}, ...options });
-  const http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: server.fetch, idleTimeout: 0 });
+  const http = listen(server, { hostname: "127.0.0.1", port: 0 });
   const url = `http://127.0.0.1:${http.port}`;
   return { server, url, baseURL: `${url}/v1`, stop: () => http.stop(true) };
 }
