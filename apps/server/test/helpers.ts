@@ -1,5 +1,6 @@
 /** Shared fixtures: one tiny model per test file (no downloads) and a server on 127.0.0.1:random. */
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
@@ -115,4 +116,39 @@ export async function waitFor(cond: () => boolean, timeoutMs = 10_000, what = "c
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(5);
   }
+}
+
+/**
+ * A raw TCP client for what fetch cannot do (a Host header of our choosing, a body that stalls,
+ * a stream that is never read): sends `head` (and `body` if given), collects what comes back,
+ * and reports when the server closes the connection.
+ */
+export function rawConnection(port: number, head: string, body?: string) {
+  const socket = connect(port, "127.0.0.1");
+  let received = "";
+  let closedAt: number | null = null;
+  const openedAt = Date.now();
+  const closed = new Promise<void>((resolve) => socket.on("close", () => ((closedAt = Date.now()), resolve())));
+  socket.on("data", (d) => (received += d.toString("latin1")));
+  socket.on("error", () => {});
+  socket.write(head + (body ?? ""));
+  return {
+    socket,
+    closed,
+    get received() { return received; },
+    /** Milliseconds from connecting to the server's close; null while open. */
+    get openMs() { return closedAt === null ? null : closedAt - openedAt; },
+    /** Wait until `pattern` appears in the bytes received. */
+    async until(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+      await waitFor(() => pattern.test(received) || closedAt !== null, timeoutMs, `${pattern} from the server`);
+      if (!pattern.test(received)) throw new Error(`connection closed before ${pattern}; got ${JSON.stringify(received.slice(0, 300))}`);
+      return received;
+    },
+    destroy: () => socket.destroy(),
+  };
+}
+
+/** An HTTP/1.1 request head (keep-alive) for rawConnection. */
+export function requestHead(method: string, path: string, headers: Record<string, string | number>): string {
+  return `${method} ${path} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
 }
