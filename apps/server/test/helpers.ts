@@ -152,3 +152,14 @@ export function rawConnection(port: number, head: string, body?: string) {
 export function requestHead(method: string, path: string, headers: Record<string, string | number>): string {
   return `${method} ${path} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
 }
+
+/** Reads stdout until `pattern` matches; returns everything read so far. */
+export async function readUntil(reader: { read(): Promise<{ value?: Uint8Array; done: boolean }> }, pattern: RegExp, sofar = { text: "" }): Promise<string> {
+  const decoder = new TextDecoder();
+  while (!pattern.test(sofar.text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`stdout ended before ${pattern}: ${sofar.text}`);
+    sofar.text += decoder.decode(value, { stream: true });
+  }
+  return sofar.text;
+}

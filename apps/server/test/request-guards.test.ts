@@ -24,7 +24,7 @@ afterAll(async () => {
 
 const port = () => Number(new URL(running.url).port);
 const good = JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 2, temperature: 0 });
-const chat = (body: BodyInit, headers: Record<string, string>) => fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers, body });
+const chat = (body: string | Blob, headers: Record<string, string>) => fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers, body });
 
 async function expectError(res: Response, status: number, code: string): Promise<string> {
   expect(res.status).toBe(status);
