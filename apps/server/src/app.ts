@@ -8,47 +8,21 @@
  * and the server keeps serving.
  */
 import { Hono, type Context } from "hono";
-import { timingSafeEqual } from "node:crypto";
-import { DEFAULT_MAX_BODY_BYTES, readJsonBody, type BodyLimits } from "./body.ts";
+import { apiKeyGuard } from "./auth.ts";
+import { readJsonBody } from "./body.ts";
 import { chatCompletion, checkModel, completion, type EndpointContext } from "./completions.ts";
 import { checkJsonContentType } from "./content-type.ts";
 import type { InferenceEngine } from "./engine.ts";
 import { ApiError, badRequest, ClientGone, errorResponse, shutdownError } from "./errors.ts";
 import { checkHost } from "./host-check.ts";
-import { DEFAULT_MAX_JSON_DEPTH } from "./json-depth.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { renderChatPrompt } from "./prompt.ts";
-import { RequestScheduler, SchedulerRejection, type SchedulerOptions } from "./scheduler.ts";
+import { RequestScheduler, SchedulerRejection } from "./scheduler.ts";
 import { applyTemplateSchema, chatCompletionSchema, completionSchema, detokenizeSchema, parseRequest, tokenizeSchema } from "./schemas.ts";
-import { checkIntegerFlag } from "./startup-checks.ts";
-import {
-  ConnectionClock,
-  DEFAULT_BODY_TIMEOUT_MS,
-  DEFAULT_IDLE_TIMEOUT_S,
-  DEFAULT_STREAM_WRITE_TIMEOUT_MS,
-  MAX_IDLE_TIMEOUT_S,
-  type IdleClockServer,
-} from "./timeouts.ts";
+import { resolveServerOptions, type ServerOptions } from "./server-options.ts";
+import { ConnectionClock, type IdleClockServer } from "./timeouts.ts";
 
-export interface ServerOptions extends SchedulerOptions {
-  engine: InferenceEngine;
-  /** When set, every /v1 and tokenizer route needs `Authorization: Bearer <apiKey>`. */
-  apiKey?: string;
-  /** Request bodies larger than this are refused with 413 (default 4 MiB). */
-  maxBodyBytes?: number;
-  /** A request body must have fully arrived this long after its headers, else 408 (default 30 s). */
-  bodyTimeoutMs?: number;
-  /** Request JSON nested deeper than this is a 400 (default 64). */
-  maxJsonDepth?: number;
-  /** A streaming client that reads nothing this long is dropped and its generation cancelled (default 30 s). */
-  streamWriteTimeoutMs?: number;
-  /** Seconds a connection may send nothing, between requests or mid-upload (Bun.serve idleTimeout; default 15). */
-  idleTimeoutSeconds?: number;
-  /** Host names (port ignored; `.example.com` admits subdomains) the server answers; null or absent: any. */
-  allowedHosts?: readonly string[] | null;
-  /** Where unexpected errors are reported; default console.error. */
-  logError?: (message: string) => void;
-}
+export type { ServerOptions };
 
 export interface TuneloomServer {
   app: Hono<AppEnv>;
@@ -72,25 +46,11 @@ const endpointOf = (path: string) => (KNOWN_PATHS.has(path) ? path : "other");
 
 export function createServer(options: ServerOptions): TuneloomServer {
   const { engine } = options;
-  checkIntegerFlag("maxBodyBytes", options.maxBodyBytes, 1);
-  checkIntegerFlag("bodyTimeoutMs", options.bodyTimeoutMs, 1);
-  checkIntegerFlag("maxJsonDepth", options.maxJsonDepth, 1);
-  checkIntegerFlag("streamWriteTimeoutMs", options.streamWriteTimeoutMs, 1);
-  checkIntegerFlag("idleTimeoutSeconds", options.idleTimeoutSeconds, 1, MAX_IDLE_TIMEOUT_S);
-  const limits: BodyLimits = {
-    maxBytes: options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
-    timeoutMs: options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS,
-    maxJsonDepth: options.maxJsonDepth ?? DEFAULT_MAX_JSON_DEPTH,
-  };
-  const streamWriteTimeoutMs = options.streamWriteTimeoutMs ?? DEFAULT_STREAM_WRITE_TIMEOUT_MS;
-  const idleTimeoutSeconds = options.idleTimeoutSeconds ?? DEFAULT_IDLE_TIMEOUT_S;
-  const allowedHosts = options.allowedHosts ?? null;
+  const { limits, streamWriteTimeoutMs, idleTimeoutSeconds, allowedHosts, logError } = resolveServerOptions(options);
   const shutdown = new AbortController();
-  const logError = options.logError ?? ((m: string) => console.error(m));
   const scheduler = new RequestScheduler(engine, options);
   const metrics = new ServerMetrics(() => scheduler.stats());
   const systemFingerprint = `fp_${engine.chatTemplate.sha256.slice(0, 12)}`;
-  const apiKey = options.apiKey ? new TextEncoder().encode(options.apiKey) : null;
   const created = Math.floor(Date.now() / 1000);
   const app = new Hono<AppEnv>();
 
@@ -104,7 +64,7 @@ export function createServer(options: ServerOptions): TuneloomServer {
       const type = err.status === 429 ? "rate_limit_error" : "server_error";
       return errorResponse(new ApiError(err.status, err.message, type, null, err.code), { "retry-after": "1" });
     }
-    logError(`internal error: ${(err as Error)?.stack ?? String(err)}`);
+    logError(`internal error: ${(err as Error)?.stack || String(err)}`);
     return errorResponse(new ApiError(500, `internal server error: ${(err as Error)?.message ?? String(err)}`, "server_error"));
   };
 
@@ -121,23 +81,7 @@ export function createServer(options: ServerOptions): TuneloomServer {
     await next();
   });
 
-  const authorized = (c: Context): boolean => {
-    if (!apiKey) return true;
-    const header = c.req.header("authorization") ?? "";
-    const m = /^Bearer\s+(.+)$/i.exec(header);
-    if (!m) return false;
-    const given = new TextEncoder().encode(m[1]!.trim());
-    return given.length === apiKey.length && timingSafeEqual(given, apiKey);
-  };
-  for (const path of ["/v1/*", "/tokenize", "/detokenize", "/apply-template"]) {
-    app.use(path, async (c, next) => {
-      if (!authorized(c))
-        return errorResponse(
-          new ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key the server was started with", "authentication_error", null, "invalid_api_key"),
-        );
-      await next();
-    });
-  }
+  for (const path of ["/v1/*", "/tokenize", "/detokenize", "/apply-template"]) app.use(path, apiKeyGuard(options.apiKey));
 
   const endpointContext = (c: Context<AppEnv>): EndpointContext => ({
     engine,
