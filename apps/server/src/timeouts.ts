@@ -2,7 +2,7 @@
  * Nothing a client does holds a connection forever. Three clocks:
  *   - idle (Bun.serve idleTimeout, seconds): a connection that sends nothing, between requests
  *     (keep-alive) or mid-upload, is closed. Incomplete request headers are cut by Bun itself
- *     after ~10 s of silence, whatever this is.
+ *     10–12 s after connecting, however slowly they trickle in, whatever this is.
  *   - body: the whole request body must arrive within this, however it trickles in (408).
  *   - stream write (./sse.ts): a streaming client that reads nothing for this long is dropped
  *     and its generation cancelled, which frees its batch slot.
