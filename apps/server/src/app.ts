@@ -1,89 +1,89 @@
 /**
  * The Hono app: OpenAI-compatible generation endpoints plus vLLM's /tokenize and /detokenize,
  * llama.cpp's /apply-template, /health and Prometheus /metrics. `createServer` wires an engine
- * to a scheduler and metrics and returns a web-standard `fetch(request)`; the CLI hands that to
- * Bun.serve, tests can too. Whatever a client sends, the answer is a response: validation
- * errors are 400s in OpenAI's body, anything unexpected a 500, and the server keeps serving.
+ * to a scheduler and metrics and returns a web-standard `fetch(request, server?)` (Bun.serve
+ * passes its server, whose per-request idle clock ./timeouts.ts drives); `listen` (./listen.ts)
+ * serves it. Whatever a client sends, the answer is a response: validation errors are 400s in
+ * OpenAI's body, a client that went away is counted (not logged), anything unexpected a 500,
+ * and the server keeps serving.
  */
 import { Hono, type Context } from "hono";
-import { timingSafeEqual } from "node:crypto";
-import { DEFAULT_MAX_BODY_BYTES, readJsonBody } from "./body.ts";
+import { apiKeyGuard } from "./auth.ts";
+import { readJsonBody } from "./body.ts";
 import { chatCompletion, checkModel, completion, type EndpointContext } from "./completions.ts";
+import { checkJsonContentType } from "./content-type.ts";
 import type { InferenceEngine } from "./engine.ts";
-import { ApiError, badRequest, errorResponse } from "./errors.ts";
+import { ApiError, badRequest, ClientGone, errorResponse, shutdownError } from "./errors.ts";
+import { checkHost } from "./host-check.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { renderChatPrompt } from "./prompt.ts";
-import { RequestScheduler, SchedulerRejection, type SchedulerOptions } from "./scheduler.ts";
+import { RequestScheduler, SchedulerRejection } from "./scheduler.ts";
 import { applyTemplateSchema, chatCompletionSchema, completionSchema, detokenizeSchema, parseRequest, tokenizeSchema } from "./schemas.ts";
+import { resolveServerOptions, type ServerOptions } from "./server-options.ts";
+import { ConnectionClock, type IdleClockServer } from "./timeouts.ts";
 
-export interface ServerOptions extends SchedulerOptions {
-  engine: InferenceEngine;
-  /** When set, every /v1 and tokenizer route needs `Authorization: Bearer <apiKey>`. */
-  apiKey?: string;
-  /** Request bodies larger than this are refused with 413 (default 4 MiB). */
-  maxBodyBytes?: number;
-  /** Where unexpected errors are reported; default console.error. */
-  logError?: (message: string) => void;
-}
+export type { ServerOptions };
 
 export interface TuneloomServer {
-  app: Hono;
-  fetch: (request: Request) => Promise<Response>;
+  app: Hono<AppEnv>;
+  fetch: (request: Request, server?: IdleClockServer) => Promise<Response>;
   scheduler: RequestScheduler;
   metrics: ServerMetrics;
   engine: InferenceEngine;
+  /** Seconds for Bun.serve's idleTimeout. */
+  idleTimeoutSeconds: number;
+  /** Bodies past this are 413s. */
+  maxBodyBytes: number;
+  /** Shutdown past its drain timeout: every in-flight generation ends now with a 503 (in-band for streams). */
+  abortInFlight: () => void;
 }
+
+type AppEnv = { Bindings: { clock?: ConnectionClock } };
 
 /** Route label for metrics: known paths only, so random URLs cannot blow up label cardinality. */
 const KNOWN_PATHS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize", "/apply-template"]);
+const endpointOf = (path: string) => (KNOWN_PATHS.has(path) ? path : "other");
 
 export function createServer(options: ServerOptions): TuneloomServer {
   const { engine } = options;
-  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const logError = options.logError ?? ((m: string) => console.error(m));
+  const { limits, streamWriteTimeoutMs, idleTimeoutSeconds, allowedHosts, logError } = resolveServerOptions(options);
+  const shutdown = new AbortController();
   const scheduler = new RequestScheduler(engine, options);
   const metrics = new ServerMetrics(() => scheduler.stats());
   const systemFingerprint = `fp_${engine.chatTemplate.sha256.slice(0, 12)}`;
-  const apiKey = options.apiKey ? new TextEncoder().encode(options.apiKey) : null;
   const created = Math.floor(Date.now() / 1000);
-  const app = new Hono();
+  const app = new Hono<AppEnv>();
 
-  const toResponse = (err: unknown): Response => {
+  const toResponse = (err: unknown, endpoint = "other"): Response => {
+    if (err instanceof ClientGone) {
+      metrics.clientAborts.inc({ endpoint, phase: err.phase });
+      return new Response(null, { status: 499 });
+    }
     if (err instanceof ApiError) return errorResponse(err);
     if (err instanceof SchedulerRejection) {
       const type = err.status === 429 ? "rate_limit_error" : "server_error";
       return errorResponse(new ApiError(err.status, err.message, type, null, err.code), { "retry-after": "1" });
     }
-    logError(`internal error: ${(err as Error)?.stack ?? String(err)}`);
+    logError(`internal error: ${(err as Error)?.stack || String(err)}`);
     return errorResponse(new ApiError(500, `internal server error: ${(err as Error)?.message ?? String(err)}`, "server_error"));
   };
 
   // Outermost: count every request by route and status, whatever happened inside.
   app.use("*", async (c, next) => {
     await next();
-    const endpoint = KNOWN_PATHS.has(c.req.path) ? c.req.path : "other";
-    metrics.requests.inc({ endpoint, method: c.req.method, status: String(c.res.status) });
+    metrics.requests.inc({ endpoint: endpointOf(c.req.path), method: c.req.method, status: String(c.res.status) });
   });
 
-  const authorized = (c: Context): boolean => {
-    if (!apiKey) return true;
-    const header = c.req.header("authorization") ?? "";
-    const m = /^Bearer\s+(.+)$/i.exec(header);
-    if (!m) return false;
-    const given = new TextEncoder().encode(m[1]!.trim());
-    return given.length === apiKey.length && timingSafeEqual(given, apiKey);
-  };
-  for (const path of ["/v1/*", "/tokenize", "/detokenize", "/apply-template"]) {
-    app.use(path, async (c, next) => {
-      if (!authorized(c))
-        return errorResponse(
-          new ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key the server was started with", "authentication_error", null, "invalid_api_key"),
-        );
-      await next();
-    });
-  }
+  // Every route, /health included: a rebinding page must learn nothing.
+  app.use("*", async (c, next) => {
+    const refused = checkHost(c.req.header("host") ?? null, allowedHosts);
+    if (refused) return errorResponse(refused);
+    await next();
+  });
 
-  const endpointContext = (c: Context): EndpointContext => ({
+  for (const path of ["/v1/*", "/tokenize", "/detokenize", "/apply-template"]) app.use(path, apiKeyGuard(options.apiKey));
+
+  const endpointContext = (c: Context<AppEnv>): EndpointContext => ({
     engine,
     scheduler,
     tokenizer: engine.tokenizer,
@@ -91,10 +91,21 @@ export function createServer(options: ServerOptions): TuneloomServer {
     arrivedAt: performance.now(),
     endpoint: c.req.path,
     systemFingerprint,
-    signal: c.req.raw.signal,
+    signal: AbortSignal.any([c.req.raw.signal, shutdown.signal]),
+    abortReason: () => (shutdown.signal.aborted ? shutdownError() : new ClientGone("generation")),
     logError,
+    streamWriteTimeoutMs,
+    clientGone: (phase) => metrics.clientAborts.inc({ endpoint: endpointOf(c.req.path), phase }),
+    streamEnded: () => c.env?.clock?.release(),
   });
-  const body = (c: Context) => readJsonBody(c.req.raw, maxBodyBytes);
+  // JSON routes: the type is checked before a byte is read; once the body is in, generation may be silent for long.
+  const body = async (c: Context<AppEnv>) => {
+    const unsupported = checkJsonContentType(c.req.header("content-type") ?? null);
+    if (unsupported) throw unsupported;
+    const json = await readJsonBody(c.req.raw, limits);
+    c.env?.clock?.hold();
+    return json;
+  };
 
   app.post("/v1/chat/completions", async (c) => {
     const ctx = endpointContext(c);
@@ -167,15 +178,20 @@ export function createServer(options: ServerOptions): TuneloomServer {
   app.notFound((c) =>
     errorResponse(new ApiError(404, `no route ${c.req.method} ${c.req.path}; see the README for the endpoints this server has`, "invalid_request_error", null, "unknown_url")),
   );
-  app.onError((err) => toResponse(err));
+  app.onError((err, c) => toResponse(err, endpointOf(c.req.path)));
 
-  // Belt and braces: even an error Hono itself lets through becomes a 500, never a crash.
-  const fetch = async (request: Request): Promise<Response> => {
+  // Belt and braces: even an error Hono itself lets through becomes a 500, never a crash. A
+  // response other than a stream ends the request's silence: the idle clock runs again.
+  const fetch = async (request: Request, server?: IdleClockServer): Promise<Response> => {
+    const clock = new ConnectionClock(server, request, idleTimeoutSeconds);
+    let response: Response;
     try {
-      return await app.fetch(request);
+      response = await app.fetch(request, { clock });
     } catch (err) {
-      return toResponse(err);
+      response = toResponse(err);
     }
+    if (!response.headers.get("content-type")?.startsWith("text/event-stream")) clock.release();
+    return response;
   };
-  return { app, fetch, scheduler, metrics, engine };
+  return { app, fetch, scheduler, metrics, engine, idleTimeoutSeconds, maxBodyBytes: limits.maxBytes, abortInFlight: () => shutdown.abort() };
 }

@@ -8,13 +8,15 @@ import { ApiError, badRequest } from "./errors.ts";
 import { startGeneration, type GenerationContext, type GenerationDelta, type GeneratedToken } from "./generate.ts";
 import { renderChatPrompt } from "./prompt.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
-import { sseResponse } from "./sse.ts";
+import { sseResponse, type StreamContext } from "./sse.ts";
 
-export interface EndpointContext extends GenerationContext {
+export interface EndpointContext extends GenerationContext, StreamContext {
   engine: InferenceEngine;
   systemFingerprint: string;
+  /** Aborts when the client goes away or a shutdown ends in-flight work. */
   signal: AbortSignal;
-  logError: (message: string) => void;
+  /** Why `signal` aborted: ClientGone, or the shutdown's 503. */
+  abortReason: () => Error;
 }
 
 type SamplingBody = Pick<
@@ -153,7 +155,7 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
       tokens.push(...delta.tokens);
       finishReason = delta.finishReason ?? finishReason;
     }
-    if (ctx.signal.aborted) return new Response(null, { status: 499 });
+    if (ctx.signal.aborted) throw ctx.abortReason();
     return Response.json({
       ...base,
       object: "chat.completion",
@@ -185,9 +187,10 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
         ]);
       if (delta.finishReason) yield chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: delta.finishReason }]);
     }
+    if (ctx.signal.aborted) throw ctx.abortReason();
     if (includeUsage) yield chunk([], usageOf(generation.usage));
   }
-  return sseResponse(chunks(), generation.cancel, ctx.logError);
+  return sseResponse(chunks(), generation.cancel, ctx);
 }
 
 export async function completion(ctx: EndpointContext, body: CompletionRequest): Promise<Response> {
@@ -244,7 +247,7 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
       tokens.push(...delta.tokens);
       finishReason = delta.finishReason ?? finishReason;
     }
-    if (ctx.signal.aborted) return new Response(null, { status: 499 });
+    if (ctx.signal.aborted) throw ctx.abortReason();
     return Response.json({
       ...base,
       choices: [{ index: 0, text, logprobs: wantLogprobs ? legacyLogprobs(tokens, text) : null, finish_reason: finishReason ?? "stop" }],
@@ -262,7 +265,8 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
           { index: 0, text: delta.text, logprobs: wantLogprobs ? legacyLogprobs(delta.tokens, delta.text) : null, finish_reason: delta.finishReason },
         ]);
     }
+    if (ctx.signal.aborted) throw ctx.abortReason();
     if (includeUsage) yield chunk([], usageOf(generation.usage));
   }
-  return sseResponse(chunks(), generation.cancel, ctx.logError);
+  return sseResponse(chunks(), generation.cancel, ctx);
 }

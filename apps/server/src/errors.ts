@@ -3,7 +3,7 @@
  * exception class with a readable message:
  * `{"error": {"message", "type", "param", "code"}}`.
  */
-export type ErrorType = "invalid_request_error" | "authentication_error" | "not_found_error" | "rate_limit_error" | "server_error";
+export type ErrorType = "invalid_request_error" | "authentication_error" | "permission_error" | "not_found_error" | "rate_limit_error" | "server_error";
 
 export interface OpenAIErrorBody {
   error: { message: string; type: ErrorType; param: string | null; code: string | null };
@@ -35,4 +35,20 @@ export function errorResponse(err: ApiError, headers: Record<string, string> = {
     status: err.status,
     headers: { "content-type": "application/json", ...headers },
   });
+}
+
+/**
+ * The client went away (mid-upload, mid-generation, or stopped reading a stream). Not an error
+ * of the server's: counted in tuneloom_client_aborts_total, never logged, answered 499 if at all.
+ */
+export class ClientGone extends Error {
+  constructor(readonly phase: "upload" | "generation" | "stream" | "stream_stalled") {
+    super(`client gone (${phase})`);
+    this.name = "ClientGone";
+  }
+}
+
+/** In-flight work ended by a shutdown that outlasted its drain timeout. */
+export function shutdownError(): ApiError {
+  return new ApiError(503, "the server shut down before this request finished (drain timeout); retry on another instance", "server_error", null, "server_shutdown");
 }

@@ -12,8 +12,8 @@
  * vocabulary (a padded vocab_size) are masked on the GPU and never sampled or reported.
  */
 import { basename, resolve } from "node:path";
-import type { SampledRow } from "@tuneloom/kernels";
-import type { ModelConfig } from "@tuneloom/model/config.ts";
+import { getRuntime, type SampledRow } from "@tuneloom/kernels";
+import { loadModelConfig, type ModelConfig } from "@tuneloom/model/config.ts";
 import { GpuModel, type LoadGpuModelOptions } from "@tuneloom/model/gpu/model.ts";
 import { KvCacheGenerator } from "@tuneloom/model/gpu/generator.ts";
 import { readPeftAdapter, releaseAdapter, uploadAdapter } from "@tuneloom/model/gpu/adapter.ts";
@@ -21,6 +21,7 @@ import type { LayerLora } from "@tuneloom/model/gpu/lora.ts";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
 import { type AdapterSummary, defaultStopTokenIds, engineTokenizer, loadServingTokenizer, resolveServingTemplate, summarizeAdapter } from "./load.ts";
+import { checkContextFitsModel, checkDeviceFits, checkIntegerFlag } from "./startup-checks.ts";
 
 export interface GpuEngineOptions {
   modelId: string;
@@ -37,6 +38,7 @@ export interface GpuEngineOptions {
 
 export const DEFAULT_GPU_MAX_BATCH = 16;
 export const DEFAULT_GPU_MAX_CONTEXT = 4096;
+const defaultMaxContext = (cfg: Pick<ModelConfig, "maxPositionEmbeddings">) => Math.min(cfg.maxPositionEmbeddings, DEFAULT_GPU_MAX_CONTEXT);
 
 /** Per sequence: its KV slot. */
 type Slot = number;
@@ -50,7 +52,7 @@ export class GpuEngine extends BatchingEngine<Slot> {
     super({
       ...options,
       maxBatchSize: options.maxBatchSize ?? DEFAULT_GPU_MAX_BATCH,
-      maxContext: options.maxContext ?? Math.min(options.model.cfg.maxPositionEmbeddings, DEFAULT_GPU_MAX_CONTEXT),
+      maxContext: options.maxContext ?? defaultMaxContext(options.model.cfg),
     });
     this.model = options.model;
     this.lora = options.lora;
@@ -126,8 +128,16 @@ export interface LoadedGpuModel {
 /**
  * `--model DIR [--adapter DIR]` on the GPU: same template and tokenizer resolution and stop ids as
  * loadCpuReferenceEngine; the adapter is uploaded as LoRA modules (the forward adds s·B·A·x).
+ * Before any weight is read, the context and batch are checked against the model's
+ * max_position_embeddings and the device's binding limit (./startup-checks.ts).
  */
 export async function loadGpuEngine(modelDir: string, adapterDir?: string, opts: LoadGpuEngineOptions = {}): Promise<LoadedGpuModel> {
+  const planned = loadModelConfig(modelDir);
+  const maxBatchSize = opts.maxBatchSize ?? DEFAULT_GPU_MAX_BATCH;
+  const maxContext = opts.maxContext ?? defaultMaxContext(planned);
+  checkIntegerFlag("--max-running", maxBatchSize, 1);
+  checkContextFitsModel(maxContext, planned);
+  checkDeviceFits(planned, (await getRuntime()).caps.limits, maxBatchSize, maxContext);
   const chatTemplate = resolveServingTemplate(modelDir, adapterDir);
   const tokenizer = loadServingTokenizer(modelDir, adapterDir);
   const model = await GpuModel.load(modelDir, { weightDtype: opts.weightDtype });
@@ -145,8 +155,8 @@ export async function loadGpuEngine(modelDir: string, adapterDir?: string, opts:
     lora,
     tokenizer: engineTokenizer(tokenizer, defaultStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
-    maxBatchSize: opts.maxBatchSize,
-    maxContext: opts.maxContext,
+    maxBatchSize,
+    maxContext,
   });
   return { engine, config, adapter };
 }

@@ -15,3 +15,5 @@ export { CpuReferenceEngine, type CpuReferenceEngineOptions } from "./cpu-engine
 export { loadCpuReferenceEngine, resolveServingTemplate, loadServingTokenizer, engineTokenizer, defaultStopTokenIds, TemplateMismatchError, type LoadOptions, type LoadedModel, type AdapterSummary, summarizeAdapter } from "./load.ts";
 export { StopStringMatcher } from "./stop-strings.ts";
 export { DEFAULT_MAX_BODY_BYTES } from "./body.ts";
+export { listen, type ListenOptions } from "./listen.ts";
+export { drainAndStop, onShutdownSignals } from "./drain.ts";

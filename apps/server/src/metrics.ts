@@ -90,6 +90,10 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 /** The server's metrics; gauges read the scheduler live at scrape time. */
 export class ServerMetrics {
   readonly requests = new Counter("tuneloom_requests_total", "HTTP requests by endpoint and status code.");
+  readonly clientAborts = new Counter(
+    "tuneloom_client_aborts_total",
+    "Requests the client gave up on, by endpoint and phase: upload (disconnected mid-body), generation (disconnected before a non-stream answer), stream (disconnected mid-stream), stream_stalled (stopped reading; dropped after the write timeout).",
+  );
   readonly promptTokens = new Counter("tuneloom_prompt_tokens_total", "Prompt tokens of admitted generation requests.");
   readonly generatedTokens = new Counter("tuneloom_generation_tokens_total", "Tokens generated.");
   readonly timeToFirstToken = new Histogram("tuneloom_time_to_first_token_seconds", "From request arrival to the first generated token.", LATENCY_BUCKETS);
@@ -99,6 +103,7 @@ export class ServerMetrics {
   constructor(stats: () => { queued: number; running: number }) {
     this.metrics = [
       this.requests,
+      this.clientAborts,
       this.promptTokens,
       this.generatedTokens,
       this.timeToFirstToken,

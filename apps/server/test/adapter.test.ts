@@ -8,7 +8,7 @@ import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
 import { openSafetensors, writeSafetensors } from "@tuneloom/model/safetensors.ts";
 import { gaussianSampler } from "@tuneloom/model/tiny-model.ts";
 import { loadCpuReferenceEngine, resolveServingTemplate, TemplateMismatchError } from "../src/load.ts";
-import { makeTinyModelDir, startServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, startServer } from "./helpers.ts";
 
 const ADAPTER_TEMPLATE =
   "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' says\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}" +
@@ -102,11 +102,11 @@ describe("adapter loading", () => {
     const baseRunning = startServer({ engine: loadCpuReferenceEngine({ modelDir: model.dir }).engine });
     try {
       const messages = [{ role: "user", content: "Hello" }];
-      const res = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages }) });
+      const res = await fetch(`${running.url}/apply-template`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ messages }) });
       expect((await res.json() as any).prompt).toBe("<|im_start|>user says\nHello<|im_end|>\n<|im_start|>assistant says\n");
       const body = JSON.stringify({ prompt: "The quick brown fox", max_tokens: 8, temperature: 0 });
-      const a = await (await fetch(`${running.url}/v1/completions`, { method: "POST", body })).json() as any;
-      const b = await (await fetch(`${baseRunning.url}/v1/completions`, { method: "POST", body })).json() as any;
+      const a = await (await fetch(`${running.url}/v1/completions`, { method: "POST", headers: JSON_HEADERS, body })).json() as any;
+      const b = await (await fetch(`${baseRunning.url}/v1/completions`, { method: "POST", headers: JSON_HEADERS, body })).json() as any;
       expect(a.choices[0].text).not.toBe(b.choices[0].text);
     } finally {
       await running.stop();

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { makeTinyModelDir, readSse } from "./helpers.ts";
+import { makeTinyModelDir, readSse, readUntil } from "./helpers.ts";
 
 const MAIN = resolve(import.meta.dir, "../../cli/src/main.ts");
 let model: { dir: string; cleanup: () => void };
@@ -11,17 +11,6 @@ beforeAll(() => {
   model = makeTinyModelDir();
 });
 afterAll(() => model.cleanup());
-
-/** Reads stdout until `pattern` matches; returns everything read so far. */
-async function readUntil(reader: { read(): Promise<{ value?: Uint8Array; done: boolean }> }, pattern: RegExp, sofar = { text: "" }): Promise<string> {
-  const decoder = new TextDecoder();
-  while (!pattern.test(sofar.text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`stdout ended before ${pattern}: ${sofar.text}`);
-    sofar.text += decoder.decode(value, { stream: true });
-  }
-  return sofar.text;
-}
 
 describe("serve command", () => {
   test("starts, prints template + sha256 + URL, serves with the API key, drains on SIGTERM", async () => {

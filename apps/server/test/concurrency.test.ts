@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import type { CpuReferenceEngine } from "../src/cpu-engine.ts";
 import { loadCpuReferenceEngine } from "../src/load.ts";
-import { GatedEngine, makeTinyModelDir, readSse, startServer, waitFor, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, GatedEngine, makeTinyModelDir, readSse, startServer, waitFor, type RunningServer } from "./helpers.ts";
 
 let model: { dir: string; cleanup: () => void };
 let engine: CpuReferenceEngine;
@@ -58,6 +58,7 @@ describe("concurrency", () => {
     const controller = new AbortController();
     const res = await fetch(`${running.url}/v1/chat/completions`, {
       method: "POST",
+      headers: JSON_HEADERS,
       body: JSON.stringify({ ...chatBody("Tell me a long story", true), max_tokens: 1500, ignore_eos: true }),
       signal: controller.signal,
     });
@@ -76,6 +77,7 @@ describe("concurrency", () => {
     const controller = new AbortController();
     const pending = fetch(`${running.url}/v1/completions`, {
       method: "POST",
+      headers: JSON_HEADERS,
       body: JSON.stringify({ model: "tiny", prompt: "Once upon a time", max_tokens: 1500, ignore_eos: true }),
       signal: controller.signal,
     }).catch((e) => e);
@@ -93,7 +95,7 @@ describe("admission", () => {
     const running = startServer({ engine: gated, maxRunning: 1, maxQueued: 1 });
     try {
       const send = () =>
-        fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(chatBody("Hello", false)) });
+        fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(chatBody("Hello", false)) });
       const first = send();
       await waitFor(() => gated.entered === 1, 5000, "the first request to run");
       const second = send();
@@ -121,11 +123,12 @@ describe("admission", () => {
     const gated = new GatedEngine(engine);
     const running = startServer({ engine: gated, maxRunning: 1, maxQueued: 4 });
     try {
-      const first = fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(chatBody("Hello", false)) });
+      const first = fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(chatBody("Hello", false)) });
       await waitFor(() => gated.entered === 1, 5000, "the first request to run");
       const controller = new AbortController();
       const second = fetch(`${running.url}/v1/chat/completions`, {
         method: "POST",
+        headers: JSON_HEADERS,
         body: JSON.stringify(chatBody("Hello", true)),
         signal: controller.signal,
       }).catch((e) => e);
@@ -146,11 +149,11 @@ describe("admission", () => {
     const gated = new GatedEngine(engine);
     const running = startServer({ engine: gated, maxRunning: 2, maxQueued: 2 });
     try {
-      const inflight = fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(chatBody("Hello", true)) });
+      const inflight = fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(chatBody("Hello", true)) });
       await waitFor(() => gated.entered === 1, 5000, "the request to run");
       let drained = false;
       const drain = running.server.scheduler.drain().then(() => (drained = true));
-      const refused = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(chatBody("Hello", false)) });
+      const refused = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(chatBody("Hello", false)) });
       expect(refused.status).toBe(503);
       expect((await refused.json() as any).error.code).toBe("server_draining");
       expect((await fetch(`${running.url}/health`)).status).toBe(503);

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { loadCpuReferenceEngine } from "../src/load.ts";
-import { makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
 
 let model: { dir: string; cleanup: () => void };
 let running: RunningServer;
@@ -119,7 +119,7 @@ describe("bad requests", () => {
         else controller.close();
       },
     });
-    const res = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: stream, headers: { "content-type": "application/json" } });
+    const res = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: stream });
     await expectError(res, 413);
     await expectGoodRequestServed();
   });
@@ -131,10 +131,10 @@ describe("bad requests", () => {
   test("API key: missing or wrong → 401, right → 200; /health stays open", async () => {
     const url = `${keyed.url}/v1/chat/completions`;
     const body = JSON.stringify(good);
-    await expectError(await fetch(url, { method: "POST", body }), 401);
-    await expectError(await fetch(url, { method: "POST", body, headers: { authorization: "Bearer wrong" } }), 401);
+    await expectError(await fetch(url, { method: "POST", headers: JSON_HEADERS, body }), 401);
+    await expectError(await fetch(url, { method: "POST", body, headers: { ...JSON_HEADERS, authorization: "Bearer wrong" } }), 401);
     await expectError(await fetch(`${keyed.url}/v1/models`, { headers: { authorization: "Bearer sekretX" } }), 401);
-    const ok = await fetch(url, { method: "POST", body, headers: { authorization: "Bearer sekret" } });
+    const ok = await fetch(url, { method: "POST", body, headers: { ...JSON_HEADERS, authorization: "Bearer sekret" } });
     expect(ok.status).toBe(200);
     expect((await fetch(`${keyed.url}/health`)).status).toBe(200);
     const client = new OpenAI({ baseURL: keyed.baseURL, apiKey: "wrong", maxRetries: 0 });

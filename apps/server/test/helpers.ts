@@ -1,11 +1,13 @@
 /** Shared fixtures: one tiny model per test file (no downloads) and a server on 127.0.0.1:random. */
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
 import { writeSafetensors } from "@tuneloom/model/safetensors.ts";
 import { gaussianSampler, writeTinyModel } from "@tuneloom/model/tiny-model.ts";
 import { createServer, type ServerOptions, type TuneloomServer } from "../src/app.ts";
+import { listen } from "../src/listen.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 
 export function makeTinyModelDir(options: Parameters<typeof writeTinyModel>[1] = {}): { dir: string; cleanup: () => void } {
@@ -53,6 +55,9 @@ export function padVocab(srcDir: string, dstDir: string, padRows: number, domina
   writeSafetensors(join(dstDir, "model.safetensors"), tensors, { format: "pt" });
 }
 
+/** What a JSON POST must carry (the server answers 415 without it). */
+export const JSON_HEADERS = { "content-type": "application/json" } as const;
+
 export interface RunningServer {
   server: TuneloomServer;
   url: string;
@@ -62,7 +67,7 @@ export interface RunningServer {
 
 export function startServer(options: ServerOptions): RunningServer {
   const server = createServer({ logError: () => {}, ...options });
-  const http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: server.fetch, idleTimeout: 0 });
+  const http = listen(server, { hostname: "127.0.0.1", port: 0 });
   const url = `http://127.0.0.1:${http.port}`;
   return { server, url, baseURL: `${url}/v1`, stop: () => http.stop(true) };
 }
@@ -111,4 +116,50 @@ export async function waitFor(cond: () => boolean, timeoutMs = 10_000, what = "c
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(5);
   }
+}
+
+/**
+ * A raw TCP client for what fetch cannot do (a Host header of our choosing, a body that stalls,
+ * a stream that is never read): sends `head` (and `body` if given), collects what comes back,
+ * and reports when the server closes the connection.
+ */
+export function rawConnection(port: number, head: string, body?: string) {
+  const socket = connect(port, "127.0.0.1");
+  let received = "";
+  let closedAt: number | null = null;
+  const openedAt = Date.now();
+  const closed = new Promise<void>((resolve) => socket.on("close", () => ((closedAt = Date.now()), resolve())));
+  socket.on("data", (d) => (received += d.toString("latin1")));
+  socket.on("error", () => {});
+  socket.write(head + (body ?? ""));
+  return {
+    socket,
+    closed,
+    get received() { return received; },
+    /** Milliseconds from connecting to the server's close; null while open. */
+    get openMs() { return closedAt === null ? null : closedAt - openedAt; },
+    /** Wait until `pattern` appears in the bytes received. */
+    async until(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+      await waitFor(() => pattern.test(received) || closedAt !== null, timeoutMs, `${pattern} from the server`);
+      if (!pattern.test(received)) throw new Error(`connection closed before ${pattern}; got ${JSON.stringify(received.slice(0, 300))}`);
+      return received;
+    },
+    destroy: () => socket.destroy(),
+  };
+}
+
+/** An HTTP/1.1 request head (keep-alive) for rawConnection. */
+export function requestHead(method: string, path: string, headers: Record<string, string | number>): string {
+  return `${method} ${path} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
+}
+
+/** Reads stdout until `pattern` matches; returns everything read so far. */
+export async function readUntil(reader: { read(): Promise<{ value?: Uint8Array; done: boolean }> }, pattern: RegExp, sofar = { text: "" }): Promise<string> {
+  const decoder = new TextDecoder();
+  while (!pattern.test(sofar.text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`stdout ended before ${pattern}: ${sofar.text}`);
+    sofar.text += decoder.decode(value, { stream: true });
+  }
+  return sofar.text;
 }

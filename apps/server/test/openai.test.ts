@@ -5,7 +5,7 @@ import OpenAI from "openai";
 import { renderChatTemplate } from "@tuneloom/chat-template";
 import { cpuReferenceGreedy } from "@tuneloom/model/cpu-reference.ts";
 import { loadCpuReferenceEngine, type LoadedModel } from "../src/load.ts";
-import { makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
 
 let model: { dir: string; cleanup: () => void };
 let loaded: LoadedModel;
@@ -51,7 +51,7 @@ describe("openai client", () => {
     expect(a.usage!.total_tokens).toBe(a.usage!.prompt_tokens + a.usage!.completion_tokens);
 
     // Exactness: the same prompt ids through the reference forward give the same tokens.
-    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ messages, add_generation_prompt: true }) })).json() as any;
+    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ messages, add_generation_prompt: true }) })).json() as any;
     expect(tok.count).toBe(a.usage!.prompt_tokens);
     const { config, engine } = loaded;
     const weights = (engine as any).weights;
@@ -126,7 +126,7 @@ describe("openai client", () => {
     expect(a.object).toBe("text_completion");
     expect(a.choices[0]!.finish_reason).toBe("length");
     expect(a.usage!.completion_tokens).toBe(8);
-    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "Once upon a time" }) })).json() as any;
+    const tok = await (await fetch(`${running.url}/tokenize`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ prompt: "Once upon a time" }) })).json() as any;
     const b = await client.completions.create({ model: "tiny", prompt: tok.tokens, max_tokens: 8, temperature: 0 });
     expect(b.choices[0]!.text).toBe(a.choices[0]!.text);
     const stream = await client.completions.create({ model: "tiny", prompt: "Once upon a time", max_tokens: 8, temperature: 0, stream: true });
@@ -167,19 +167,20 @@ describe("openai client", () => {
       { role: "assistant", content: "Hello." },
       { role: "user", content: "Bye" },
     ];
-    const res = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages: conversation }) });
+    const res = await fetch(`${running.url}/apply-template`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ messages: conversation }) });
     expect(res.status).toBe(200);
     const { prompt } = await res.json() as any;
     const t = loaded.engine.chatTemplate;
     expect(prompt).toBe(renderChatTemplate(t.source, { ...t.specialTokens, messages: conversation, add_generation_prompt: true }));
     expect(prompt.endsWith("<|im_start|>assistant\n")).toBe(true);
-    const noGen = await fetch(`${running.url}/apply-template`, { method: "POST", body: JSON.stringify({ messages: conversation, add_generation_prompt: false }) });
+    const noGen = await fetch(`${running.url}/apply-template`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ messages: conversation, add_generation_prompt: false }) });
     expect((await noGen.json() as any).prompt).toBe(renderChatTemplate(t.source, { ...t.specialTokens, messages: conversation, add_generation_prompt: false }));
   });
 
   test("content parts reach the template as sent; a template that needs strings says so", async () => {
     const res = await fetch(`${running.url}/apply-template`, {
       method: "POST",
+      headers: JSON_HEADERS,
       body: JSON.stringify({ messages: [{ role: "user", content: [{ type: "text", text: "Hi" }] }] }),
     });
     expect(res.status).toBe(400);
@@ -189,11 +190,11 @@ describe("openai client", () => {
   });
 
   test("/tokenize and /detokenize round-trip (vLLM shapes)", async () => {
-    const res = await fetch(`${running.url}/tokenize`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "The quick brown fox" }) });
+    const res = await fetch(`${running.url}/tokenize`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ model: "tiny", prompt: "The quick brown fox" }) });
     const tok = await res.json() as any;
     expect(tok.count).toBe(tok.tokens.length);
     expect(tok.max_model_len).toBe(loaded.engine.maxContext);
-    const de = await (await fetch(`${running.url}/detokenize`, { method: "POST", body: JSON.stringify({ tokens: tok.tokens }) })).json() as any;
+    const de = await (await fetch(`${running.url}/detokenize`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ tokens: tok.tokens }) })).json() as any;
     expect(de.prompt).toBe("The quick brown fox");
   });
 

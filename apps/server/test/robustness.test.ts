@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 import { loadCpuReferenceEngine } from "../src/load.ts";
-import { makeTinyModelDir, readSse, startServer, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, readSse, startServer, type RunningServer } from "./helpers.ts";
 
 let model: { dir: string; cleanup: () => void };
 let running: RunningServer;
@@ -44,7 +44,7 @@ afterAll(async () => {
 });
 
 const body = (stream: boolean) => JSON.stringify({ messages: [{ role: "user", content: "Hi" }], max_tokens: 4, temperature: 0, ignore_eos: true, stream });
-const post = (b: string) => fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: b });
+const post = (b: string) => fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: b });
 
 describe("robustness", () => {
   test("engine failure at submit → 500 with OpenAI's body; then a good request works", async () => {
@@ -80,7 +80,7 @@ describe("robustness", () => {
       expect(res.status).toBe(400);
       expect(((await res.json()) as any).error.type).toBe("invalid_request_error");
     }
-    const weird = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", body: new Uint8Array([0xff, 0xfe, 0x00]) });
+    const weird = await fetch(`${running.url}/v1/chat/completions`, { method: "POST", headers: JSON_HEADERS, body: new Uint8Array([0xff, 0xfe, 0x00]) });
     expect(weird.status).toBe(400);
     const huge = await post(JSON.stringify({ messages: [{ role: "user", content: "word ".repeat(5000) }], max_tokens: 1 }));
     expect(huge.status).toBe(400); // ~5000 tokens > 2048 context

@@ -31,6 +31,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { TINY_SPECIAL_TOKENS, writeTinyModel } from "@tuneloom/model";
 import { createServer } from "@tuneloom/server";
+import { listen } from "@tuneloom/server/listen.ts";
 import { DEFAULT_GPU_MAX_BATCH, loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
 import { writeBenchModel } from "./model-shapes.ts";
 
@@ -160,7 +161,7 @@ export async function benchServe(o: ServeBenchOptions, onLine: (line: ServeBench
     });
     if (P + N > engine.maxContext) throw new Error(`--prompt-tokens + --tokens (${P + N}) exceeds the served context ${engine.maxContext}`);
     const server = createServer({ engine });
-    const http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: server.fetch, idleTimeout: 0 });
+    const http = listen(server, { hostname: "127.0.0.1", port: 0 });
     const url = `http://127.0.0.1:${http.port}/v1/completions`;
     const device = engine.model.rt.caps.description;
     const vocab = engine.tokenizer.vocabSize - TINY_SPECIAL_TOKENS.length; // the tiny tokenizer's special tokens come last

@@ -1,16 +1,27 @@
 /**
  * `bun run serve -- --model DIR [--adapter DIR] [--port N] [--host H] [--api-key K]`: the
- * OpenAI-compatible HTTP server. Prints the chat template it renders with and its sha256 at
- * start (and refuses to start when the adapter was trained with another), then the URL once
- * it is listening. SIGTERM/SIGINT drain: new requests get 503, running ones finish, then exit.
+ * OpenAI-compatible HTTP server. Every flag is checked against the model and the device before
+ * it listens (a context past max_position_embeddings, or a KV cache the GPU cannot bind, is
+ * refused with the reason). Prints the chat template it renders with and its sha256 at start
+ * (and refuses to start when the adapter was trained with another), then the URL once it is
+ * listening. SIGTERM/SIGINT drain: new requests get 503, running ones finish for up to
+ * --drain-timeout, then end with a 503; a second signal exits at once.
  *
- * Extra flags: --served-model-name NAME, --max-running N (sequences in the batch),
- * --max-queued N (waiting beyond that, then 429), --max-body-bytes N (then 413),
- * --engine gpu|cpu (default gpu: WebGPU with a KV cache and continuous batching; cpu: the float64
- * reference, exact and slow), --max-context N (GPU: KV rows per sequence, default min(model's, 4096)).
+ * Extra flags (docs/serving.md has them all with their defaults): --served-model-name NAME,
+ * --max-running N (sequences in the batch), --max-queued N (waiting beyond that, then 429),
+ * --max-body-bytes N (then 413), --engine gpu|cpu (default gpu: WebGPU with a KV cache and
+ * continuous batching; cpu: the float64 reference, exact and slow), --max-context N (GPU: KV
+ * rows per sequence, default min(model's, 4096)), --allowed-hosts H1,H2|'*' (default when
+ * key-less on loopback: localhost, 127.0.0.1, [::1] and --host), --idle-timeout S (15),
+ * --body-timeout S (30), --stream-write-timeout S (30), --drain-timeout S (30).
  */
 import { type AdapterSummary, createServer, loadCpuReferenceEngine, type InferenceEngine } from "@tuneloom/server";
 import { loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
+import { drainAndStop, onShutdownSignals } from "@tuneloom/server/drain.ts";
+import { defaultAllowedHosts, parseAllowedHosts } from "@tuneloom/server/host-check.ts";
+import { listen } from "@tuneloom/server/listen.ts";
+import { checkIntegerFlag, checkModelDirectory, secondsFlagMs } from "@tuneloom/server/startup-checks.ts";
+import { MAX_IDLE_TIMEOUT_S } from "@tuneloom/server/timeouts.ts";
 import { parseFlags } from "../args.ts";
 
 const FLAGS = {
@@ -25,18 +36,38 @@ const FLAGS = {
   "max-body-bytes": "number",
   engine: "string",
   "max-context": "number",
+  "allowed-hosts": "string",
+  "idle-timeout": "number",
+  "body-timeout": "number",
+  "stream-write-timeout": "number",
+  "drain-timeout": "number",
 } as const;
+
+const DEFAULT_DRAIN_TIMEOUT_S = 30;
 
 export async function run(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, FLAGS, "serve");
   if (!flags.model) throw new Error("usage: serve --model DIR [--adapter DIR] [--port N] [--host H] [--api-key K]");
+  // Every flag first, before any file is read.
   const host = flags.host ?? "127.0.0.1";
   const port = flags.port ?? 8000;
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be an integer in 0..65535, got ${port}`);
+  checkIntegerFlag("--port", port, 0, 65535);
   const apiKey = flags["api-key"] ?? process.env.TUNELOOM_API_KEY;
-
   const kind = flags.engine ?? "gpu";
   if (kind !== "gpu" && kind !== "cpu") throw new Error(`--engine must be gpu or cpu, got '${kind}'`);
+  if (kind === "cpu" && flags["max-context"] !== undefined)
+    throw new Error("--max-context applies to --engine gpu only (the CPU reference serves the model's max_position_embeddings)");
+  checkIntegerFlag("--max-running", flags["max-running"], 1);
+  checkIntegerFlag("--max-queued", flags["max-queued"], 0);
+  checkIntegerFlag("--max-body-bytes", flags["max-body-bytes"], 1);
+  checkIntegerFlag("--max-context", flags["max-context"], 2);
+  checkIntegerFlag("--idle-timeout", flags["idle-timeout"], 1, MAX_IDLE_TIMEOUT_S);
+  const bodyTimeoutMs = secondsFlagMs("--body-timeout", flags["body-timeout"]);
+  const streamWriteTimeoutMs = secondsFlagMs("--stream-write-timeout", flags["stream-write-timeout"]);
+  const drainTimeoutMs = secondsFlagMs("--drain-timeout", flags["drain-timeout"], true) ?? DEFAULT_DRAIN_TIMEOUT_S * 1000;
+  const allowedHosts = flags["allowed-hosts"] !== undefined ? parseAllowedHosts(flags["allowed-hosts"]) : defaultAllowedHosts(host, apiKey);
+  checkModelDirectory(flags.model, flags.adapter);
+
   let engine: InferenceEngine;
   let adapter: AdapterSummary | null;
   let adapterHow: string;
@@ -75,33 +106,23 @@ export async function run(argv: string[]): Promise<number> {
     maxRunning: flags["max-running"],
     maxQueued: flags["max-queued"],
     maxBodyBytes: flags["max-body-bytes"],
+    bodyTimeoutMs,
+    streamWriteTimeoutMs,
+    idleTimeoutSeconds: flags["idle-timeout"],
+    allowedHosts,
   });
-  const http = Bun.serve({
-    hostname: host,
-    port,
-    fetch: server.fetch,
-    // Generation can be silent for a long time before the first token; the server, not the socket, decides when a request ends.
-    idleTimeout: 0,
-    // Our own limit answers 413 in OpenAI's shape; Bun's is only the hard backstop above it.
-    maxRequestBodySize: Math.max((flags["max-body-bytes"] ?? 4 * 1024 * 1024) * 2, 16 * 1024 * 1024),
-  });
+  const http = listen(server, { hostname: host, port });
   console.log(`listening on http://${http.hostname}:${http.port} (OpenAI base URL http://${http.hostname}:${http.port}/v1)${apiKey ? ", API key required" : ""}`);
+  console.log(`allowed hosts: ${allowedHosts === null ? "any" : allowedHosts.join(", ")}`);
 
-  const exitCode = await new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = async (signal: string) => {
-      if (stopping) return;
-      stopping = true;
+  return await new Promise<number>((resolve) => {
+    onShutdownSignals(async (signal) => {
       const { queued, running } = server.scheduler.stats();
-      console.log(`${signal}: draining (${running} running, ${queued} queued); new requests get 503`);
-      await server.scheduler.drain();
-      await http.stop();
+      console.log(`${signal}: draining (${running} running, ${queued} queued, up to ${drainTimeoutMs / 1000} s); new requests get 503`);
+      await drainAndStop(server, http, drainTimeoutMs, (line) => console.log(line));
       await engine.close();
       console.log("drained; exiting");
       resolve(0);
-    };
-    process.on("SIGTERM", () => void stop("SIGTERM"));
-    process.on("SIGINT", () => void stop("SIGINT"));
+    });
   });
-  return exitCode;
 }
