@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { ModelFileError, type ModelConfig } from "./config.ts";
 import { openSafetensors, type SafetensorsDtype, type SafetensorsFile } from "./safetensors.ts";
-import { bf16ToFloat32Array, f16ToFloat32Array } from "./bf16.ts";
+import { bf16ToFloat32Array, f16ToFloat32Array } from "./half-floats.ts";
 
 export interface TensorSpec {
   name: string;

@@ -8,7 +8,7 @@ import { writeSafetensors, type TensorToWrite } from "../src/safetensors.ts";
 import {
   bf16BitsToFloat32, bf16ToFloat32Array, f16BitsToFloat32, f16ToFloat32Array, float32Bits, float32FromBits,
   float32ToBf16Array, float32ToBf16Bits, float32ToF16Array, float32ToF16Bits,
-} from "../src/bf16.ts";
+} from "../src/half-floats.ts";
 
 const tinyCfg = parseModelConfig({
   model_type: "qwen2", hidden_size: 8, intermediate_size: 16, num_hidden_layers: 2, num_attention_heads: 2,

@@ -4,7 +4,7 @@
  * type) or f32 when asked; norm weights and biases are f32.
  */
 import { type DType, type GpuRuntime, hasTensorCoreMatmul, type Tensor } from "@tuneloom/kernels";
-import { float32ToBf16Array, float32ToF16Array } from "../bf16.ts";
+import { float32ToBf16Array, float32ToF16Array } from "../half-floats.ts";
 import { expectedTensors, type WeightStore } from "../checkpoint.ts";
 import type { ModelConfig } from "../config.ts";
 
