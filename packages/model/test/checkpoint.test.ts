@@ -50,7 +50,7 @@ describe("openCheckpoint", () => {
     const store = openCheckpoint(dir);
     store.expectTensors(expectedTensors(tinyCfg));
     expect(() => store.expectTensors(expectedTensors(tinyCfg), { allowUnexpected: false })).toThrow("unexpected tensor 'extra.bf16'");
-    expect(store.info("model.norm.weight")).toEqual({ dtype: "F32", shape: [8], file: join(dir, "model.safetensors") });
+    expect(store.info("model.norm.weight")).toEqual({ dtype: "F32", shape: [8], file: join(dir, "model.safetensors"), byteLength: 32 });
     expect(store.toFloat32("extra.bf16")).toEqual(new Float32Array([1, -0.5, 3]));
     expect(store.toFloat32("extra.f16")).toEqual(new Float32Array([65504, 2 ** -24]));
     expect(() => store.toFloat32("extra.i32")).toThrow("tensor 'extra.i32' has dtype I32");
