@@ -98,6 +98,7 @@ export class WeightStream {
   constructor(private readonly rt: GpuRuntime, private readonly store: WeightStore, opts: WeightStreamOptions) {
     const limit = rt.caps.limits.maxStorageBufferBindingSize;
     this.slotBytes = Math.floor(Math.min(opts.slotBytes ?? 64 * 2 ** 20, limit) / ALIGN) * ALIGN;
+    if (this.slotBytes < ALIGN * 4) throw new Error(`WeightStream: slotBytes must be at least ${ALIGN * 4} (one 256-element block of f32), got ${opts.slotBytes}`);
     this.maxTensors = opts.maxTensors;
     this.rec = rt.recorder("load weights");
     this.counts = rt.zeros("u32", [Math.max(1, opts.maxTensors) * CONVERT_COUNTS_PER_SLOT], "load:loss-counts");
