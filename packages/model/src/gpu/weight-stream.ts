@@ -176,12 +176,13 @@ export class WeightStream {
   }
 
   private freeStaging() {
+    if (this.slots.length === 0) return; // freed already (abort after finish)
     for (const s of this.slots) {
       this.rt.destroyBuffer(s.staging);
       this.rt.destroyBuffer(s.raw);
     }
     this.slots.length = 0;
-    this.rt.destroyBuffer(this.counts.buffer);
+    this.rt.release(this.counts);
     this.rec.release();
   }
 
