@@ -10,7 +10,7 @@ import { expectedTensors, INDEX_FILE, openCheckpoint, SINGLE_FILE } from "../src
 import { bf16BitsToFloat32, float32ToBf16Bits, float32ToF16Bits } from "../src/half-floats.ts";
 import { writeSafetensors, type TensorToWrite } from "../src/safetensors.ts";
 import { writeTinyModel } from "../src/tiny-model.ts";
-import { formatLoadReport, formatUnderflow } from "../src/gpu/weight-stream.ts";
+import { formatLoadReport, formatUnderflow, type TensorLoss } from "../src/gpu/weight-stream.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import type { GpuModelWeights } from "../src/gpu/weights.ts";
 
@@ -98,7 +98,7 @@ describe("GpuModel.load streams weights to the GPU", () => {
     const store = openCheckpoint(dir);
     const tensors = byName(m.weights);
     expect([...tensors.keys()].sort()).toEqual(expectedTensors(m.cfg).map((t) => t.name).sort());
-    const expectedLosses = [];
+    const expectedLosses: TensorLoss[] = [];
     for (const [name, t] of tensors) {
       const bits = new Uint16Array(store.raw(name).buffer);
       if (t.dtype === "f32") {

@@ -76,7 +76,7 @@ export async function benchDecode(o: DecodeBenchOptions) {
         ? await profileStep(rt, () => gen.decode(slots.map((slot, b) => ({ slot, token: last[b]!, position: P + N, sampling: GREEDY, u: 0 }))))
         : undefined;
       return {
-        op: "decode", model: o.model, batch: B, tokens: N, weights: model.weights.dtype,
+        op: "decode", model: o.model, batch: B, tokens: N, weights: model.weights.dtype, load_s: round(model.loadReport.seconds, 2),
         tok_s: round((B * N) / (decodeMs / 1000), 1), ms_per_token: round(decodeMs / N, 3), prefill_ms: round(prefillMs, 2),
         record_ms_per_token: round(recordMs, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3), device: rt.caps.description,
         ...(profile ? { profile } : {}),

@@ -99,7 +99,7 @@ export async function benchTrain(o: TrainBenchOptions) {
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
-      op: "train", model: o.model, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),

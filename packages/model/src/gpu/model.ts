@@ -49,6 +49,8 @@ export class GpuModel {
   }
 
   static async load(dir: string, opts: LoadGpuModelOptions = {}): Promise<GpuModel> {
+    if (opts.weightDtype !== undefined && !["f32", "f16", "bf16"].includes(opts.weightDtype))
+      throw new Error(`weight dtype (--weight-dtype) must be f32, f16 or bf16, got ${JSON.stringify(opts.weightDtype)}`);
     const rt = await getRuntime();
     const cfg = loadModelConfig(dir);
     const store = openCheckpoint(dir);
