@@ -154,6 +154,7 @@ export class WeightStream {
     await Promise.all(this.slots.map((s) => s.ready));
     if (this.failure) throw this.failure;
     const counts = await this.rt.readU32(this.counts);
+    const stagingBytes = this.slotBytes * this.slots.length;
     this.freeStaging();
     const losses = this.counted.map((c, i) => ({
       ...c,
@@ -163,7 +164,7 @@ export class WeightStream {
     }));
     return {
       seconds: (performance.now() - this.t0) / 1000, bytes: this.bytes, tensors: this.created.length,
-      conversions: this.conversions, losses, stagingBytes: this.slotBytes * this.slots.length,
+      conversions: this.conversions, losses, stagingBytes,
     };
   }
 
