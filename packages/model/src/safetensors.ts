@@ -248,7 +248,7 @@ export function encodeSafetensorsHeader(tensors: readonly TensorToWrite[], metad
 
 /**
  * Write a safetensors file atomically: a temporary file in the same directory, fsync, then rename,
- * so a reader (or a crash) never sees half a checkpoint and a memory map of the old file stays valid.
+ * so a reader (or a crash) never sees half a checkpoint and a reader holding the old file open keeps reading it whole.
  * Tensors are stored sorted by name; each tensor's data must match dtype × shape exactly.
  */
 export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {
