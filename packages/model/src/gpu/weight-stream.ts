@@ -79,6 +79,8 @@ export interface WeightStreamOptions {
   slotBytes?: number;
   /** Staging slots in the ring (default 4). */
   slots?: number;
+  /** Bytes that will be streamed, when known: caps the slot size for small checkpoints. */
+  totalBytes?: number;
 }
 
 export class WeightStream {
@@ -97,7 +99,9 @@ export class WeightStream {
 
   constructor(private readonly rt: GpuRuntime, private readonly store: WeightStore, opts: WeightStreamOptions) {
     const limit = rt.caps.limits.maxStorageBufferBindingSize;
-    this.slotBytes = Math.floor(Math.min(opts.slotBytes ?? 64 * 2 ** 20, limit) / ALIGN) * ALIGN;
+    // A small checkpoint gets small slots: a tiny model must not pay for 256 MiB of staging.
+    const wanted = Math.min(opts.slotBytes ?? 64 * 2 ** 20, Math.max(ALIGN * 4, alignUp(opts.totalBytes ?? Infinity, ALIGN)));
+    this.slotBytes = Math.floor(Math.min(wanted, limit) / ALIGN) * ALIGN;
     if (this.slotBytes < ALIGN * 4) throw new Error(`WeightStream: slotBytes must be at least ${ALIGN * 4} (one 256-element block of f32), got ${opts.slotBytes}`);
     this.maxTensors = opts.maxTensors;
     this.rec = rt.recorder("load weights");

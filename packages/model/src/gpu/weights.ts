@@ -60,7 +60,8 @@ export async function uploadModelWeights(
   rt: GpuRuntime, store: WeightStore, cfg: ModelConfig, dtype: WeightDtype, opts: { slotBytes?: number } = {},
 ): Promise<{ weights: GpuModelWeights; report: LoadReport }> {
   store.expectTensors(expectedTensors(cfg), { allowUnexpected: true });
-  const stream = new WeightStream(rt, store, { maxTensors: store.names().length, slotBytes: opts.slotBytes });
+  const totalBytes = store.names().reduce((a, n) => a + store.info(n).byteLength, 0);
+  const stream = new WeightStream(rt, store, { maxTensors: store.names().length, slotBytes: opts.slotBytes, totalBytes });
   try {
     const lin = (n: string) => stream.upload(n, dtype);
     const f32 = (n: string) => stream.upload(n, "f32");
