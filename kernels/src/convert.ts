@@ -1,12 +1,13 @@
 /**
  * GPU float-format conversion for loading checkpoints: bf16 → f32, f16 → f32 (exact),
- * f32 → bf16, f32 → f16, bf16 → f16 (round to nearest even, overflow → ±inf, f16
+ * f32 → bf16, f32 → f16, bf16 → f16, f16 → bf16 (round to nearest even, overflow → ±inf, f16
  * subnormals, NaN stays NaN). All on raw bits, so results are identical on every driver.
+ * convertTensorCounted also counts what a narrowing lost (overflow, flushed to zero, subnormal).
  */
 import type { DType } from "./dtype.ts";
 import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
-import type { Tensor } from "./tensor.ts";
+import { expectTensor, type Tensor } from "./tensor.ts";
 import convertWgsl from "./convert.wgsl" with { type: "text" };
 
 const source: KernelSource = { name: "convert", code: convertWgsl };
@@ -17,20 +18,53 @@ const ENTRY: Record<string, string> = {
   "f32>bf16": "f32_to_bf16",
   "f32>f16": "f32_to_f16",
   "bf16>f16": "bf16_to_f16",
+  "f16>bf16": "f16_to_bf16",
 };
+
+/** Narrowings whose loss can be counted; the others (widenings, f16 → bf16) lose no range. */
+const COUNTED: Record<string, string> = {
+  "bf16>f16": "bf16_to_f16_counted",
+  "f32>f16": "f32_to_f16_counted",
+  "f32>bf16": "f32_to_bf16_counted",
+};
+
+/** Order of the counts convertTensorCounted adds into its slot (4 u32 per slot, the 4th unused). */
+export const CONVERT_LOSS_KINDS = ["overflow", "zeroed", "subnormal"] as const;
+export const CONVERT_COUNTS_PER_SLOT = 4;
+
+/** Whether a src → dst conversion can lose range, so convertTensorCounted applies. */
+export function isCountedConversion(from: DType, to: DType): boolean {
+  return `${from}>${to}` in COUNTED;
+}
 
 /** The conversions convertTensor supports, as [from, to]. */
 export const SUPPORTED_CONVERSIONS = Object.keys(ENTRY).map((k) => k.split(">") as [DType, DType]);
 
 /** dst = src converted to dst's dtype (same element count; src and dst must be different buffers). */
 export function convertTensor(rec: Recorder, src: Tensor, dst: Tensor) {
-  const entry = ENTRY[`${src.dtype}>${dst.dtype}`];
+  dispatchConvert(rec, "convertTensor", ENTRY, src, dst);
+}
+
+/**
+ * convertTensor for a narrowing (see isCountedConversion), that also adds to `counts` (u32,
+ * CONVERT_COUNTS_PER_SLOT per slot) at `slot` how many elements overflowed to ±inf, were flushed
+ * to ±0 and became subnormal (CONVERT_LOSS_KINDS order). Chunks of one tensor may share a slot.
+ */
+export function convertTensorCounted(rec: Recorder, src: Tensor, dst: Tensor, counts: Tensor, slot: number) {
+  expectTensor("convertTensorCounted", "counts", counts, "u32");
+  if (!Number.isInteger(slot) || slot < 0 || CONVERT_COUNTS_PER_SLOT * (slot + 1) > counts.numel)
+    throw new Error(`convertTensorCounted: slot ${slot} outside counts (${counts.numel} u32 = ${counts.numel / CONVERT_COUNTS_PER_SLOT} slots)`);
+  dispatchConvert(rec, "convertTensorCounted", COUNTED, src, dst, counts, slot);
+}
+
+function dispatchConvert(rec: Recorder, fn: string, entries: Record<string, string>, src: Tensor, dst: Tensor, counts?: Tensor, slot = 0) {
+  const entry = entries[`${src.dtype}>${dst.dtype}`];
   if (!entry) {
-    const list = Object.keys(ENTRY).map((k) => k.replace(">", " → ")).join(", ");
-    throw new Error(`convertTensor: no ${src.dtype} → ${dst.dtype} conversion (supported: ${list}); same-dtype data needs no kernel, copy it`);
+    const list = Object.keys(entries).map((k) => k.replace(">", " → ")).join(", ");
+    throw new Error(`${fn}: no ${src.dtype} → ${dst.dtype} conversion (supported: ${list}); same-dtype data needs no kernel, copy it`);
   }
-  if (src.numel !== dst.numel) throw new Error(`convertTensor: src has ${src.numel} elements, dst has ${dst.numel}`);
+  if (src.numel !== dst.numel) throw new Error(`${fn}: src has ${src.numel} elements, dst has ${dst.numel}`);
   const n = src.numel;
   rec.dispatch(`convert ${src.dtype}→${dst.dtype} ${n}`, rec.rt.pipeline(source, {}, entry),
-    new Params(4).u32(n).u32(0).u32(0).u32(0).buffer, [src, dst], flatGrid(Math.ceil(n / 2)));
+    new Params(4).u32(n).u32(slot).u32(0).u32(0).buffer, counts ? [src, dst, counts] : [src, dst], flatGrid(Math.ceil(n / 2)));
 }

@@ -7,12 +7,19 @@
 //   bf16 → f32, f16 → f32: exact
 //   f32 → bf16, f32 → f16, bf16 → f16: round to nearest even; beyond the range → ±inf;
 //   f16 subnormals produced where due; NaN stays NaN (quiet) with its top payload bits.
+//   f16 → bf16: via f32 (exact), so it rounds once.
+// The `_counted` forms of the narrowing conversions (used when loading checkpoints) also count
+// what the narrowing lost, into counts[4·slot + k]: k = 0 overflow (finite → ±inf), 1 flushed to
+// zero (nonzero → ±0), 2 subnormal result (fewer significant bits); one atomicAdd per
+// workgroup and kind, after a reduction in workgroup memory.
 // Flat grid of 256-thread workgroups wrapped into y.
 
-struct Params { n: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
+struct Params { n: u32, slot: u32, _pad1: u32, _pad2: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
+var<workgroup> wg_counts: array<atomic<u32>, 3>;
 
 fn word_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
   return (wg.y * nwg.x + wg.x) * 256u + lid;
@@ -124,4 +131,104 @@ fn bf16_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
   var hi = 0u;
   if (2u * w + 1u < p.n) { hi = f32_bits_to_f16(bf16_to_f32_bits(word >> 16u)); }
   dst[w] = f32_bits_to_f16(bf16_to_f32_bits(word & 0xffffu)) | (hi << 16u);
+}
+
+@compute @workgroup_size(256)
+fn f16_to_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  if (2u * w >= p.n) { return; }
+  let word = src[w];
+  var hi = 0u;
+  if (2u * w + 1u < p.n) { hi = f32_bits_to_bf16(f16_to_f32_bits(word >> 16u)); }
+  dst[w] = f32_bits_to_bf16(f16_to_f32_bits(word & 0xffffu)) | (hi << 16u);
+}
+
+// ---- counted narrowing
+
+// What rounding f32 bits `f` to the 16-bit pattern `h` lost; `exp_mask` is the 16-bit format's
+// exponent field (0x7c00 f16, 0x7f80 bf16), whose all-ones value is ±inf/NaN.
+fn loss(f: u32, h: u32, exp_mask: u32) -> vec3<u32> {
+  let finite = (f & 0x7f800000u) != 0x7f800000u;
+  let nonzero = (f & 0x7fffffffu) != 0u;
+  let a = h & 0x7fffu;
+  return vec3<u32>(
+    select(0u, 1u, finite && a == exp_mask),
+    select(0u, 1u, nonzero && a == 0u),
+    select(0u, 1u, (a & exp_mask) == 0u && a != 0u),
+  );
+}
+
+// Adds this thread's counts to the workgroup's, then the workgroup's to counts[4·slot + k].
+// Every thread of the workgroup must call it (it holds a barrier).
+fn add_counts(lid: u32, c: vec3<u32>) {
+  for (var k = 0u; k < 3u; k++) {
+    if (c[k] != 0u) { atomicAdd(&wg_counts[k], c[k]); }
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    for (var k = 0u; k < 3u; k++) {
+      let v = atomicLoad(&wg_counts[k]);
+      if (v != 0u) { atomicAdd(&counts[4u * p.slot + k], v); }
+    }
+  }
+}
+
+@compute @workgroup_size(256)
+fn bf16_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  var c = vec3<u32>();
+  if (2u * w < p.n) {
+    let word = src[w];
+    let flo = bf16_to_f32_bits(word & 0xffffu);
+    let lo = f32_bits_to_f16(flo);
+    c = loss(flo, lo, 0x7c00u);
+    var hi = 0u;
+    if (2u * w + 1u < p.n) {
+      let fhi = bf16_to_f32_bits(word >> 16u);
+      hi = f32_bits_to_f16(fhi);
+      c += loss(fhi, hi, 0x7c00u);
+    }
+    dst[w] = lo | (hi << 16u);
+  }
+  add_counts(lid, c);
+}
+
+@compute @workgroup_size(256)
+fn f32_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  var c = vec3<u32>();
+  if (i < p.n) {
+    let lo = f32_bits_to_f16(src[i]);
+    c = loss(src[i], lo, 0x7c00u);
+    var hi = 0u;
+    if (i + 1u < p.n) {
+      hi = f32_bits_to_f16(src[i + 1u]);
+      c += loss(src[i + 1u], hi, 0x7c00u);
+    }
+    dst[w] = lo | (hi << 16u);
+  }
+  add_counts(lid, c);
+}
+
+@compute @workgroup_size(256)
+fn f32_to_bf16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+  let w = word_index(wg, nwg, lid);
+  let i = 2u * w;
+  var c = vec3<u32>();
+  if (i < p.n) {
+    let lo = f32_bits_to_bf16(src[i]);
+    c = loss(src[i], lo, 0x7f80u);
+    var hi = 0u;
+    if (i + 1u < p.n) {
+      hi = f32_bits_to_bf16(src[i + 1u]);
+      c += loss(src[i + 1u], hi, 0x7f80u);
+    }
+    dst[w] = lo | (hi << 16u);
+  }
+  add_counts(lid, c);
 }

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { convertTensor, getRuntime, Tensor } from "../src/index.ts";
+import { CONVERT_COUNTS_PER_SLOT, convertTensor, convertTensorCounted, getRuntime, Tensor } from "../src/index.ts";
 import { randn, rng } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -156,9 +156,90 @@ describe("conversions are exact on every driver", () => {
   });
 
   test("unsupported pairs and size mismatches name the kernel", () => {
-    const a = rt.empty("f16", [4]), b = rt.empty("bf16", [4]), c = rt.empty("f32", [5]);
-    expect(() => convertTensor(rt.recorder(), a, b)).toThrow(/convertTensor: no f16 → bf16 conversion/);
+    const a = rt.empty("f16", [4]), b = rt.empty("i32", [4]), c = rt.empty("f32", [5]);
+    expect(() => convertTensor(rt.recorder(), a, b)).toThrow(/convertTensor: no f16 → i32 conversion/);
+    expect(() => convertTensorCounted(rt.recorder(), c, c, rt.empty("u32", [4]), 0)).toThrow(/convertTensorCounted: no f32 → f32 conversion/);
     expect(() => convertTensor(rt.recorder(), a, c)).toThrow(/convertTensor: src has 4 elements, dst has 5/);
     rt.release(a, b, c);
+  });
+});
+
+describe("counted narrowing (checkpoint loading): same bits, and the losses counted", () => {
+  /** CPU counts of what rounding `values` to `out` (16-bit patterns) lost: [overflow, zeroed, subnormal]. */
+  function lossRef(values: ArrayLike<number>, out: Uint16Array, expBits: number, mantBits: number): number[] {
+    const c = [0, 0, 0];
+    const expMask = ((1 << expBits) - 1) << mantBits;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!, h = out[i]! & 0x7fff;
+      if (Number.isNaN(v)) continue;
+      if (Number.isFinite(v) && h === expMask) c[0]!++;
+      if (v !== 0 && h === 0) c[1]!++;
+      if ((h & expMask) === 0 && h !== 0) c[2]!++;
+    }
+    return c;
+  }
+
+  /** Converts in chunks of `chunk` elements (each bound at its own offset) into slot 1 of a 3-slot counter. */
+  async function runCounted(src: Tensor, dstDtype: "f16" | "bf16", chunk: number) {
+    const n = src.numel, srcBytes = src.dtype === "f32" ? 4 : 2;
+    const dst = rt.empty(dstDtype, [n]);
+    const counts = rt.zeros("u32", [3 * CONVERT_COUNTS_PER_SLOT]);
+    const rec = rt.recorder();
+    for (let at = 0; at < n; at += chunk) {
+      const len = Math.min(chunk, n - at);
+      convertTensorCounted(rec, new Tensor(src.buffer, src.dtype, [len], src.byteOffset + at * srcBytes), new Tensor(dst.buffer, dstDtype, [len], at * 2), counts, 1);
+    }
+    rec.submit();
+    const out = new Uint16Array(await rt.readBytes(dst));
+    const c = Array.from(await rt.readU32(counts));
+    rec.release();
+    rt.release(src, dst, counts);
+    return { out, c };
+  }
+
+  test("bf16 → f16: all 65535 patterns in 128-aligned chunks equal the plain kernel and the RNE reference; counts exact", async () => {
+    const plain = new Uint16Array(await run(rt.upload("bf16", [ALL16.length], ALL16), "f16"));
+    const { out, c } = await runCounted(rt.upload("bf16", [ALL16.length], ALL16), "f16", 128 * 100);
+    for (let i = 0; i < ALL16.length; i++) if (out[i] !== plain[i]) throw new Error(`bf16 0x${i.toString(16)}: counted 0x${out[i]!.toString(16)}, plain 0x${plain[i]!.toString(16)}`);
+    const want = lossRef(Array.from(ALL16, bf16Value), out, 5, 10);
+    expect(want[0]).toBeGreaterThan(1000); // the sample does hold overflows, zeros and subnormals
+    expect(want[1]).toBeGreaterThan(1000);
+    expect(want[2]).toBeGreaterThan(1000);
+    expect(c).toEqual([0, 0, 0, 0, ...want, 0, 0, 0, 0, 0]);
+  });
+
+  test("bf16 → f16 on random weights-like values with a few huge and tiny ones", async () => {
+    const r = rng(5);
+    const n = 300_001;
+    const bits = new Uint16Array(n);
+    const scratch = new Float32Array(1), u = new Uint32Array(scratch.buffer);
+    for (let i = 0; i < n; i++) {
+      const k = r.uniform();
+      scratch[0] = r.normal() * (k < 0.001 ? 2 ** 17 : k < 0.01 ? 2 ** -26 : 0.02); // overflow / underflow / normal
+      bits[i] = (u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16;
+    }
+    const { out, c } = await runCounted(rt.upload("bf16", [n], bits), "f16", 256 * 300);
+    for (let i = 0; i < n; i++) if (out[i] !== round16(bf16Value(bits[i]!), 5, 10)) throw new Error(`element ${i}`);
+    const want = lossRef(Array.from(bits, bf16Value), out, 5, 10);
+    expect(want[0]).toBeGreaterThan(50);
+    expect(c.slice(4, 7)).toEqual(want);
+  });
+
+  for (const [dtype, expBits, mantBits] of [["f16", 5, 10], ["bf16", 8, 7]] as const) {
+    test(`f32 → ${dtype} counted: same bits as the plain kernel, counts exact`, async () => {
+      const x = f32Cases();
+      const plain = new Uint16Array(await run(rt.upload("f32", [x.length], x), dtype));
+      const { out, c } = await runCounted(rt.upload("f32", [x.length], x), dtype, 64 * 1000);
+      for (let i = 0; i < x.length; i++) if (out[i] !== plain[i]) throw new Error(`f32 ${x[i]}: counted 0x${out[i]!.toString(16)}, plain 0x${plain[i]!.toString(16)}`);
+      expect(c.slice(4, 7)).toEqual(lossRef(x, out, expBits, mantBits));
+    });
+  }
+
+  test("f16 → bf16: all 65535 patterns, round to nearest even", async () => {
+    const out = new Uint16Array(await run(rt.upload("f16", [ALL16.length], ALL16), "bf16"));
+    for (let i = 0; i < ALL16.length; i++) {
+      const v = f16Value(i);
+      if (Number.isNaN(v) ? !Number.isNaN(bf16Value(out[i]!)) : out[i] !== round16(v, 8, 7)) throw new Error(`f16 0x${i.toString(16)}: got 0x${out[i]!.toString(16)}`);
+    }
   });
 });

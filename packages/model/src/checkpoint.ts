@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { ModelFileError, type ModelConfig } from "./config.ts";
 import { openSafetensors, type SafetensorsDtype, type SafetensorsFile } from "./safetensors.ts";
-import { bf16ToFloat32Array, f16ToFloat32Array } from "./bf16.ts";
+import { bf16ToFloat32Array, f16ToFloat32Array } from "./half-floats.ts";
 
 export interface TensorSpec {
   name: string;
@@ -17,6 +17,8 @@ export interface WeightInfo {
   shape: number[];
   /** Path of the safetensors file holding the tensor. */
   file: string;
+  /** Stored size in bytes. */
+  byteLength: number;
 }
 
 export interface WeightStore {
@@ -25,8 +27,10 @@ export interface WeightStore {
   names(): string[];
   has(name: string): boolean;
   info(name: string): WeightInfo;
-  /** The stored bytes (a view into the memory map). */
+  /** A fresh copy of the stored bytes. */
   raw(name: string): Uint8Array;
+  /** Reads `dst.length` stored bytes of the tensor, from `tensorByteOffset` within it (streaming large tensors in chunks). */
+  readInto(name: string, dst: Uint8Array, tensorByteOffset?: number): void;
   /** A fresh Float32Array of the tensor's values, widened from F32, F16 or BF16. */
   toFloat32(name: string): Float32Array;
   /** Throws one ModelFileError listing every missing tensor and shape mismatch. */
@@ -142,15 +146,14 @@ export function openCheckpoint(dir: string): WeightStore {
     info(name) {
       const f = fileOf(name);
       const t = f.tensors.get(name)!;
-      return { dtype: t.dtype, shape: [...t.shape], file: f.path };
+      return { dtype: t.dtype, shape: [...t.shape], file: f.path, byteLength: t.byteLength };
     },
     raw: (name) => fileOf(name).bytes(name),
+    readInto: (name, dst, tensorByteOffset) => fileOf(name).readInto(name, dst, tensorByteOffset),
     toFloat32(name) {
       const f = fileOf(name);
       const { dtype } = f.tensors.get(name)!;
-      const bytes = f.bytes(name);
-      // Copy first: the view may sit at an unaligned offset in the map, and callers may mutate the result.
-      const copy = bytes.slice();
+      const copy = f.bytes(name); // a fresh, aligned copy: callers may mutate the result
       switch (dtype) {
         case "F32":
           return new Float32Array(copy.buffer, 0, copy.length / 4);

@@ -4,7 +4,7 @@ export * from "./config.ts";
 export * from "./generation-config.ts";
 export * from "./safetensors.ts";
 export * from "./checkpoint.ts";
-export * from "./bf16.ts";
+export * from "./half-floats.ts";
 export * from "./tokenizer.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";

@@ -5,11 +5,13 @@
 // then the data section; offsets are relative to its start. A file is untrusted input: the header
 // is checked completely (sizes, dtypes, spans in bounds, contiguous, covering the data section, as
 // the format's spec demands) before any tensor is handed out, and every error names the file and
-// the tensor. Reading is lazy: the file is memory-mapped and tensors are views into the map, so
-// opening a 16 GB checkpoint costs nothing until a tensor is touched. Caveat of mmap (Bun's docs):
-// truncating a mapped file in place crashes the process, which is why writeSafetensors replaces
-// files by rename and never rewrites them in place.
-import { closeSync, fsyncSync, openSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
+// the tensor. Reading is lazy and by offset: opening reads the 8-byte length and the header only,
+// and each tensor (or any byte range of one) is read with positioned reads when asked for, so a
+// file of any size opens at once and costs no memory until read. (Bun.mmap refuses files over
+// 4 GiB, and transformers saves an 8B model as one 16 GB file.) The descriptor stays open until
+// close() (or until the object is garbage, as a safety net); a file replaced by rename meanwhile
+// keeps being read as it was, which is why writeSafetensors never rewrites a file in place.
+import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { ModelFileError } from "./config.ts";
 
@@ -47,9 +49,13 @@ export interface SafetensorsFile {
   path: string;
   tensors: Map<string, TensorInfo>;
   metadata: Record<string, string>;
-  /** The tensor's bytes: a read-only-by-convention view into the memory map (copy-on-write, never written back). */
+  /** Size of the file in bytes. */
+  size: number;
+  /** A fresh copy of the tensor's bytes (positioned reads; writing into it never reaches the file). */
   bytes(name: string): Uint8Array;
-  /** Drop the reference to the map; the OS unmaps it once the views are garbage. */
+  /** Reads `dst.length` bytes of the tensor, from `tensorByteOffset` within it, into `dst`. */
+  readInto(name: string, dst: Uint8Array, tensorByteOffset?: number): void;
+  /** Closes the file descriptor; reads after it throw. */
   close(): void;
 }
 
@@ -136,37 +142,81 @@ export function parseSafetensorsHeader(
   return { tensors, metadata };
 }
 
-/** Memory-map and validate a .safetensors file. */
+// Descriptors of files whose object became garbage without close(): closed then.
+const leakedFiles = new FinalizationRegistry<{ fd: number | null }>((held) => {
+  if (held.fd !== null) closeSync(held.fd);
+});
+
+/** Reads exactly `dst.length` bytes at `position` (readSync may return less than asked). */
+function readFully(fd: number, dst: Uint8Array, position: number, path: string): void {
+  for (let done = 0; done < dst.length; ) {
+    const n = readSync(fd, dst, done, Math.min(dst.length - done, 1 << 30), position + done);
+    if (n === 0) throw new ModelFileError(`${path}: unexpected end of file at byte ${position + done} (file truncated while open?)`);
+    done += n;
+  }
+}
+
+/** Open and validate a .safetensors file (header only; tensor data is read on demand, by offset). */
 export function openSafetensors(path: string): SafetensorsFile {
-  let size: number;
+  let fd: number;
   try {
-    size = statSync(path).size;
+    fd = openSync(path, "r");
   } catch {
     throw new ModelFileError(`${path}: not found`);
   }
-  if (size < 8) throw new ModelFileError(`${path}: invalid safetensors file: ${size} bytes, too short for the 8-byte header length`);
-  // MAP_PRIVATE: a consumer writing into a view must never corrupt the checkpoint on disk.
-  let map: Uint8Array | null = Bun.mmap(path, { shared: false });
-  const headerLength = Number(new DataView(map.buffer, map.byteOffset, 8).getBigUint64(0, true));
-  if (headerLength > MAX_HEADER_BYTES)
-    throw new ModelFileError(`${path}: invalid safetensors file: header length ${headerLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
-  if (8 + headerLength > size)
-    throw new ModelFileError(`${path}: invalid safetensors file: header length ${headerLength} exceeds the file size ${size} (truncated?)`);
-  const { tensors, metadata } = parseSafetensorsHeader(map.subarray(8, 8 + headerLength), headerLength, size - 8 - headerLength, path);
-  return {
+  try {
+    const size = fstatSync(fd).size;
+    if (size < 8) throw new ModelFileError(`${path}: invalid safetensors file: ${size} bytes, too short for the 8-byte header length`);
+    const lengthBytes = new Uint8Array(8);
+    readFully(fd, lengthBytes, 0, path);
+    const headerLength = Number(new DataView(lengthBytes.buffer).getBigUint64(0, true));
+    if (headerLength > MAX_HEADER_BYTES)
+      throw new ModelFileError(`${path}: invalid safetensors file: header length ${headerLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+    if (8 + headerLength > size)
+      throw new ModelFileError(`${path}: invalid safetensors file: header length ${headerLength} exceeds the file size ${size} (truncated?)`);
+    const json = new Uint8Array(headerLength);
+    readFully(fd, json, 8, path);
+    const { tensors, metadata } = parseSafetensorsHeader(json, headerLength, size - 8 - headerLength, path);
+    return handle(path, fd, size, tensors, metadata);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+}
+
+function handle(path: string, fd: number, size: number, tensors: Map<string, TensorInfo>, metadata: Record<string, string>): SafetensorsFile {
+  const held = { fd: fd as number | null };
+  const info = (name: string): TensorInfo => {
+    const t = tensors.get(name);
+    if (!t) throw new ModelFileError(`${path}: no tensor named '${name}'`);
+    return t;
+  };
+  const file: SafetensorsFile = {
     path,
+    size,
     tensors,
     metadata,
-    bytes(name: string): Uint8Array {
-      const info = tensors.get(name);
-      if (!info) throw new ModelFileError(`${path}: no tensor named '${name}'`);
-      if (!map) throw new Error(`${path}: file was closed`);
-      return map.subarray(info.byteOffset, info.byteOffset + info.byteLength);
+    readInto(name, dst, tensorByteOffset = 0) {
+      const t = info(name);
+      if (held.fd === null) throw new Error(`${path}: file was closed`);
+      if (!(tensorByteOffset >= 0 && tensorByteOffset + dst.length <= t.byteLength))
+        throw new Error(`${path}: tensor '${name}': bytes [${tensorByteOffset}, ${tensorByteOffset + dst.length}) outside its ${t.byteLength}`);
+      readFully(held.fd, dst, t.byteOffset + tensorByteOffset, path);
+    },
+    bytes(name) {
+      const out = new Uint8Array(info(name).byteLength);
+      file.readInto(name, out);
+      return out;
     },
     close() {
-      map = null;
+      if (held.fd === null) return;
+      closeSync(held.fd);
+      held.fd = null;
+      leakedFiles.unregister(held);
     },
   };
+  leakedFiles.register(file, held, held);
+  return file;
 }
 
 export interface TensorToWrite {
@@ -198,7 +248,7 @@ export function encodeSafetensorsHeader(tensors: readonly TensorToWrite[], metad
 
 /**
  * Write a safetensors file atomically: a temporary file in the same directory, fsync, then rename,
- * so a reader (or a crash) never sees half a checkpoint and a memory map of the old file stays valid.
+ * so a reader (or a crash) never sees half a checkpoint and a reader holding the old file open keeps reading it whole.
  * Tensors are stored sorted by name; each tensor's data must match dtype × shape exactly.
  */
 export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {

@@ -8,7 +8,7 @@ import { toTransformersConfig, type Architecture, type ModelConfig } from "./con
 import { expectedTensors } from "./checkpoint.ts";
 import { toGenerationConfigJson } from "./generation-config.ts";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
-import { float32ToBf16Array } from "./bf16.ts";
+import { float32ToBf16Array } from "./half-floats.ts";
 import { byteToUnicodeTable } from "./tokenizer.ts";
 
 /** transformers' ChatML (Qwen2 / SmolLM2 style) template, the default for the tiny model. */

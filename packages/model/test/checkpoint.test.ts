@@ -8,7 +8,7 @@ import { writeSafetensors, type TensorToWrite } from "../src/safetensors.ts";
 import {
   bf16BitsToFloat32, bf16ToFloat32Array, f16BitsToFloat32, f16ToFloat32Array, float32Bits, float32FromBits,
   float32ToBf16Array, float32ToBf16Bits, float32ToF16Array, float32ToF16Bits,
-} from "../src/bf16.ts";
+} from "../src/half-floats.ts";
 
 const tinyCfg = parseModelConfig({
   model_type: "qwen2", hidden_size: 8, intermediate_size: 16, num_hidden_layers: 2, num_attention_heads: 2,
@@ -50,7 +50,7 @@ describe("openCheckpoint", () => {
     const store = openCheckpoint(dir);
     store.expectTensors(expectedTensors(tinyCfg));
     expect(() => store.expectTensors(expectedTensors(tinyCfg), { allowUnexpected: false })).toThrow("unexpected tensor 'extra.bf16'");
-    expect(store.info("model.norm.weight")).toEqual({ dtype: "F32", shape: [8], file: join(dir, "model.safetensors") });
+    expect(store.info("model.norm.weight")).toEqual({ dtype: "F32", shape: [8], file: join(dir, "model.safetensors"), byteLength: 32 });
     expect(store.toFloat32("extra.bf16")).toEqual(new Float32Array([1, -0.5, 3]));
     expect(store.toFloat32("extra.f16")).toEqual(new Float32Array([65504, 2 ** -24]));
     expect(() => store.toFloat32("extra.i32")).toThrow("tensor 'extra.i32' has dtype I32");

@@ -6,7 +6,7 @@ import { loadModelConfig, parseModelConfig } from "../src/config.ts";
 import { loadGenerationConfig } from "../src/generation-config.ts";
 import { expectedTensors, openCheckpoint } from "../src/checkpoint.ts";
 import { loadTokenizer } from "../src/tokenizer.ts";
-import { float32ToBf16Array, bf16ToFloat32Array } from "../src/bf16.ts";
+import { float32ToBf16Array, bf16ToFloat32Array } from "../src/half-floats.ts";
 import { cpuReferenceForward, cpuReferenceGreedy, ropeInverseFrequencies } from "../src/cpu-reference.ts";
 import { CHATML_TEMPLATE, QWEN2_SPLIT_PATTERN, tinyModelWeights, writeTinyModel } from "../src/tiny-model.ts";
 import { run as makeTinyModel } from "../../../apps/cli/src/commands/make-tiny-model.ts";

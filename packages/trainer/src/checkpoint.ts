@@ -171,7 +171,7 @@ export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoi
       if (info.dtype !== "F32" || info.shape.length !== 1 || info.shape[0] !== size) {
         throw new AdapterFileError(`${optimizerFile}: tensor '${name}': ${info.dtype} ${JSON.stringify(info.shape)}, expected F32 [${size}]`);
       }
-      const copy = st.bytes(name).slice();
+      const copy = st.bytes(name); // a fresh, aligned copy
       return new Float32Array(copy.buffer, 0, size);
     };
     for (const w of adapter.weights) {

@@ -16,7 +16,7 @@
 import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { loadChatTemplate } from "@tuneloom/chat-template";
-import { GpuModel, loadTokenizer } from "@tuneloom/model";
+import { formatLoadReport, formatUnderflow, GpuModel, loadTokenizer } from "@tuneloom/model";
 import { type AdapterContents, writeAdapterDir } from "./adapter-io.ts";
 import { type Batch, DataLoader } from "./batching.ts";
 import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
@@ -124,6 +124,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   };
 
   const model = await GpuModel.load(o.model, { weightDtype: o.weightDtype });
+  log(`load: ${formatLoadReport(model.loadReport)}`);
+  const underflow = formatUnderflow(model.loadReport.losses);
+  if (underflow) log(`load: ${underflow}`);
   const trainer = new LoraTrainer(model, lora, {
     gradientCheckpointing: o.gradientCheckpointing, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
   });

@@ -35,9 +35,7 @@ export async function benchDecode(o: DecodeBenchOptions) {
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new Error(`--batch must be a positive integer, got ${o.batch}`);
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-decode-");
   try {
-    const t0 = performance.now();
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
-    const loadS = Math.round((performance.now() - t0) / 100) / 10;
     const rt = model.rt, B = o.batch, N = o.tokens, P = DECODE_PROMPT_TOKENS, V = model.cfg.vocabSize;
     const gen = new KvCacheGenerator(model, { maxSlots: B, maxContext: P + N + 1 });
     try {
@@ -73,7 +71,7 @@ export async function benchDecode(o: DecodeBenchOptions) {
         ? await profileStep(rt, () => gen.decode(slots.map((slot, b) => ({ slot, token: last[b]!, position: P + N, sampling: GREEDY, u: 0 }))))
         : undefined;
       return {
-        op: "decode", model: o.model, load_s: loadS, batch: B, tokens: N, weights: model.weights.dtype,
+        op: "decode", model: o.model, batch: B, tokens: N, weights: model.weights.dtype, load_s: round(model.loadReport.seconds, 2),
         tok_s: round((B * N) / (decodeMs / 1000), 1), ms_per_token: round(decodeMs / N, 3), prefill_ms: round(prefillMs, 2),
         record_ms_per_token: round(recordMs, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3), device: rt.caps.description,
         ...(profile ? { profile } : {}),

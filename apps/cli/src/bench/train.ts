@@ -63,9 +63,7 @@ export async function profileStep(rt: GpuRuntime, work: () => Promise<unknown>) 
 export async function benchTrain(o: TrainBenchOptions) {
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-");
   try {
-    const t0 = performance.now();
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
-    const loadS = Math.round((performance.now() - t0) / 100) / 10;
     const rt = model.rt;
     const trainer = new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
       gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
@@ -96,7 +94,7 @@ export async function benchTrain(o: TrainBenchOptions) {
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
-      op: "train", model: o.model, load_s: loadS, weights: model.weights.dtype, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),

@@ -4,6 +4,7 @@ import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
 import { benchTrain } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
 import { benchServe } from "../bench/serve.ts";
+import { benchLoad } from "../bench/load.ts";
 
 /**
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
@@ -17,6 +18,7 @@ import { benchServe } from "../bench/serve.ts";
  *   (bench/serve.ts: TTFT and decode tok/s over HTTP, one line per stream count).
  * NAME: tiny, smollm2-135m, qwen2.5-0.5b, llama3.2-1b, llama3.2-3b, llama3.1-8b, qwen2.5-7b (random weights of
  * the published shape, written to a temporary directory); DIR: a Hugging Face model directory, loaded as it is.
+ * `bun run bench -- --load --model DIR|NAME [--weight-dtype ...] [--repeat N]` (bench/load.ts: weight loading time and GB/s).
  * Prints one JSON line per measurement.
  */
 export async function run(argv: string[]): Promise<number> {
@@ -25,7 +27,14 @@ export async function run(argv: string[]): Promise<number> {
     steps: "number", "no-gradient-checkpointing": "boolean", "weight-dtype": "string",
     decode: "boolean", tokens: "number", ops: "string", profile: "boolean",
     serve: "boolean", streams: "string", "prompt-tokens": "number", "target-fraction": "number",
+    load: "boolean", repeat: "number",
   }, "bench");
+  if (flags.load) {
+    if (!flags.model) throw new Error("--load needs --model DIR (a Hugging Face model directory) or a benchmark model name");
+    await benchLoad({ model: flags.model, weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, repeat: flags.repeat ?? 1 },
+      (line) => console.log(JSON.stringify(line)));
+    return 0;
+  }
   if (flags.serve) {
     await benchServe({
       model: flags.model ?? "smollm2-135m", streams: (flags.streams ?? "1,16").split(",").map((s) => Number(s.trim())),
@@ -52,7 +61,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(JSON.stringify(line));
     return 0;
   }
-  if (!flags.kernels) throw new Error("say what to measure: --kernels, --train, --decode or --serve (see the command's doc)");
+  if (!flags.kernels) throw new Error("say what to measure: --kernels, --train, --decode, --serve or --load (see the command's doc)");
   const rt = await getRuntime();
   console.error(`bench: ${rt.caps.description} (${rt.caps.vendor})`);
   let failed = 0;

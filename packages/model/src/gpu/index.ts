@@ -1,4 +1,5 @@
 export * from "./weights.ts";
+export * from "./weight-stream.ts";
 export * from "./lora.ts";
 export * from "./decoder-layer.ts";
 export * from "./model.ts";

@@ -14,10 +14,13 @@ import {
   allocLayerActivations, decoderLayerForward, releaseTensors,
 } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
+import type { LoadReport } from "./weight-stream.ts";
 import { defaultWeightDtype, type GpuModelWeights, uploadModelWeights, type WeightDtype } from "./weights.ts";
 
 export interface LoadGpuModelOptions {
   weightDtype?: WeightDtype;
+  /** Bytes per staging slot of the weight stream (weight-stream.ts; default 64 MiB). */
+  stagingSlotBytes?: number;
 }
 
 export interface ForwardOptions {
@@ -39,20 +42,24 @@ export class GpuModel {
     readonly cfg: ModelConfig,
     readonly weights: GpuModelWeights,
     readonly invFreq: Tensor,
+    /** How loading went: seconds, bytes, GPU conversions, precision lost (formatLoadReport, formatUnderflow). */
+    readonly loadReport: LoadReport,
   ) {
     this.embedErrors = embeddingErrors(rt);
   }
 
   static async load(dir: string, opts: LoadGpuModelOptions = {}): Promise<GpuModel> {
+    if (opts.weightDtype !== undefined && !["f32", "f16", "bf16"].includes(opts.weightDtype))
+      throw new Error(`weight dtype (--weight-dtype) must be f32, f16 or bf16, got ${JSON.stringify(opts.weightDtype)}`);
     const rt = await getRuntime();
     const cfg = loadModelConfig(dir);
     const store = openCheckpoint(dir);
     try {
       const dtype = opts.weightDtype ?? defaultWeightDtype(rt, store, cfg);
-      const weights = uploadModelWeights(rt, store, cfg, dtype);
+      const { weights, report } = await uploadModelWeights(rt, store, cfg, dtype, { slotBytes: opts.stagingSlotBytes });
       const invFreq = rt.upload("f32", [cfg.headDim / 2], ropeInvFreq(cfg), "rope_inv_freq");
       await rt.sync();
-      return new GpuModel(rt, dir, cfg, weights, invFreq);
+      return new GpuModel(rt, dir, cfg, weights, invFreq, report);
     } finally {
       store.close();
     }

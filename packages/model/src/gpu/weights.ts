@@ -1,12 +1,12 @@
 /**
  * Uploads a Hugging Face Llama-family checkpoint to the GPU. Linear and embedding weights stay
  * at 16 bits (f16 where the tensor-core matmul can use them, else the checkpoint's own 16-bit
- * type) or f32 when asked; norm weights and biases are f32.
+ * type) or f32 when asked; norm weights and biases are f32. docs/loading.md describes the path.
  */
-import { type DType, type GpuRuntime, hasTensorCoreMatmul, type Tensor } from "@tuneloom/kernels";
-import { float32ToBf16Array, float32ToF16Array } from "../bf16.ts";
+import { type GpuRuntime, hasTensorCoreMatmul, type Tensor } from "@tuneloom/kernels";
 import { expectedTensors, type WeightStore } from "../checkpoint.ts";
-import type { ModelConfig } from "../config.ts";
+import { ModelFileError, type ModelConfig } from "../config.ts";
+import { type LoadReport, WeightStream } from "./weight-stream.ts";
 
 export type WeightDtype = "f32" | "f16" | "bf16";
 
@@ -48,52 +48,61 @@ export function defaultWeightDtype(rt: GpuRuntime, store: WeightStore, cfg: Mode
   return "f32";
 }
 
-function uploadAs(rt: GpuRuntime, store: WeightStore, name: string, dtype: DType): Tensor {
-  const info = store.info(name);
-  const shape = info.shape;
-  const stored = info.dtype;
-  const label = name;
-  // Same type on disk and on the GPU: the bytes go up as they are (16-bit as raw u16, never Float16Array).
-  if ((stored === "F32" && dtype === "f32") || (stored === "BF16" && dtype === "bf16") || (stored === "F16" && dtype === "f16")) {
-    const raw = store.raw(name);
-    return rt.upload(dtype, shape, new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), label);
-  }
-  const f32 = store.toFloat32(name);
-  if (dtype === "f32") return rt.upload("f32", shape, f32, label);
-  if (dtype === "bf16") return rt.upload("bf16", shape, float32ToBf16Array(f32), label);
-  if (dtype === "f16") return rt.upload("f16", shape, float32ToF16Array(f32), label);
-  throw new Error(`cannot upload ${name} as ${dtype}`);
-}
-
-/** Checks every tensor's name and shape against the config, then uploads them. */
-export function uploadModelWeights(rt: GpuRuntime, store: WeightStore, cfg: ModelConfig, dtype: WeightDtype): GpuModelWeights {
+/**
+ * Checks every tensor's name and shape against the config, then streams them to the GPU
+ * (weight-stream.ts: bounded staging, conversions on the GPU). Linear and embedding weights
+ * become `dtype`, norms and biases f32. Narrowing to f16 (or bf16) must not overflow: a tensor
+ * with values beyond the target's range is refused, naming each such tensor and its counts,
+ * before the model is used; --weight-dtype bf16 or f32 then loads it. Underflow (values
+ * flushed to zero or subnormal) is only reported, in the returned LoadReport.
+ */
+export async function uploadModelWeights(
+  rt: GpuRuntime, store: WeightStore, cfg: ModelConfig, dtype: WeightDtype, opts: { slotBytes?: number } = {},
+): Promise<{ weights: GpuModelWeights; report: LoadReport }> {
   store.expectTensors(expectedTensors(cfg), { allowUnexpected: true });
-  const lin = (n: string) => uploadAs(rt, store, n, dtype);
-  const f32 = (n: string) => uploadAs(rt, store, n, "f32");
-  const opt = (n: string) => (store.has(n) ? f32(n) : undefined);
-  const layers: GpuLayerWeights[] = [];
-  for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `model.layers.${i}.`;
-    layers.push({
-      inputNorm: f32(`${p}input_layernorm.weight`),
-      q: lin(`${p}self_attn.q_proj.weight`),
-      k: lin(`${p}self_attn.k_proj.weight`),
-      v: lin(`${p}self_attn.v_proj.weight`),
-      o: lin(`${p}self_attn.o_proj.weight`),
-      qBias: opt(`${p}self_attn.q_proj.bias`),
-      kBias: opt(`${p}self_attn.k_proj.bias`),
-      vBias: opt(`${p}self_attn.v_proj.bias`),
-      oBias: opt(`${p}self_attn.o_proj.bias`),
-      postNorm: f32(`${p}post_attention_layernorm.weight`),
-      gate: lin(`${p}mlp.gate_proj.weight`),
-      up: lin(`${p}mlp.up_proj.weight`),
-      down: lin(`${p}mlp.down_proj.weight`),
-      gateBias: opt(`${p}mlp.gate_proj.bias`),
-      upBias: opt(`${p}mlp.up_proj.bias`),
-      downBias: opt(`${p}mlp.down_proj.bias`),
-    });
+  const totalBytes = store.names().reduce((a, n) => a + store.info(n).byteLength, 0);
+  const stream = new WeightStream(rt, store, { maxTensors: store.names().length, slotBytes: opts.slotBytes, totalBytes });
+  try {
+    const lin = (n: string) => stream.upload(n, dtype);
+    const f32 = (n: string) => stream.upload(n, "f32");
+    const opt = async (n: string) => (store.has(n) ? f32(n) : undefined);
+    const layers: GpuLayerWeights[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) {
+      const p = `model.layers.${i}.`;
+      layers.push({
+        inputNorm: await f32(`${p}input_layernorm.weight`),
+        q: await lin(`${p}self_attn.q_proj.weight`),
+        k: await lin(`${p}self_attn.k_proj.weight`),
+        v: await lin(`${p}self_attn.v_proj.weight`),
+        o: await lin(`${p}self_attn.o_proj.weight`),
+        qBias: await opt(`${p}self_attn.q_proj.bias`),
+        kBias: await opt(`${p}self_attn.k_proj.bias`),
+        vBias: await opt(`${p}self_attn.v_proj.bias`),
+        oBias: await opt(`${p}self_attn.o_proj.bias`),
+        postNorm: await f32(`${p}post_attention_layernorm.weight`),
+        gate: await lin(`${p}mlp.gate_proj.weight`),
+        up: await lin(`${p}mlp.up_proj.weight`),
+        down: await lin(`${p}mlp.down_proj.weight`),
+        gateBias: await opt(`${p}mlp.gate_proj.bias`),
+        upBias: await opt(`${p}mlp.up_proj.bias`),
+        downBias: await opt(`${p}mlp.down_proj.bias`),
+      });
+    }
+    const embed = await lin("model.embed_tokens.weight");
+    const lmHead = cfg.tieWordEmbeddings || !store.has("lm_head.weight") ? embed : await lin("lm_head.weight");
+    const finalNorm = await f32("model.norm.weight");
+    const report = await stream.finish();
+    const overflowed = report.losses.filter((l) => l.overflow > 0);
+    if (overflowed.length) {
+      const list = overflowed.map((l) => `'${l.name}': ${l.overflow.toLocaleString("en-US")} of ${l.numel.toLocaleString("en-US")} values beyond ${l.to}'s range (${l.from}→${l.to})`);
+      throw new ModelFileError(
+        `${store.dir}: ${overflowed.length} tensor(s) overflow ${dtype} (|x| > ${dtype === "f16" ? "65504" : "3.39e38"}), which would turn them into ±inf:\n  ${list.join("\n  ")}\n` +
+          `load with --weight-dtype bf16 or --weight-dtype f32 instead (weightDtype: "bf16" | "f32").`,
+      );
+    }
+    return { weights: { dtype, embed, layers, finalNorm, lmHead }, report };
+  } catch (e) {
+    await stream.abort().catch(() => {}); // frees what was uploaded; the first error is the one to report
+    throw e;
   }
-  const embed = lin("model.embed_tokens.weight");
-  const lmHead = cfg.tieWordEmbeddings || !store.has("lm_head.weight") ? embed : lin("lm_head.weight");
-  return { dtype, embed, layers, finalNorm: f32("model.norm.weight"), lmHead };
 }
