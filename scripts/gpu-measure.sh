@@ -12,8 +12,8 @@
 # train MODEL...   per model, in this order in one call: ours with every token labelled, ours with
 #                  answer-only labels on 30% of each row, HF PEFT (train.jsonl; ratio = ours / HF)
 # load MODEL       HF saves a random bf16 model of that shape (transformers' own sharding), HF
-#                  from_pretrained is timed, then ours loads the same directory and trains on it
-#                  (load.jsonl, train.jsonl)
+#                  from_pretrained is timed, then ours loads the same directory, trains on it and
+#                  decodes from it; HF generate beside it (load.jsonl, train.jsonl, decode.jsonl)
 # decode MODEL...  batch-1 and batch-16 greedy decode, ours and HF generate (decode.jsonl)
 # serve            HTTP serving, 1 and 16 streams (serve.jsonl)
 set -u
@@ -56,7 +56,10 @@ torch.cuda.synchronize()
 print(json.dumps(dict(peer='hf-from-pretrained', model=name, load_s=round(time.perf_counter() - t, 1))))
 PY
     ls -la "$dir" > "$OUT/load-dir-$m.txt"
-    timeout 300 bun run bench -- --train --model "$dir" --batch 8 --seq 512 --rank 16 --steps 6 2>/dev/null | json | sed "s#\"model\":\"$dir\"#\"model\":\"$m\",\"from_dir\":true#" | stamp >> "$OUT/train.jsonl"
+    fromdir() { sed "s#\"model\":\"$dir\"#\"model\":\"$m\",\"from_dir\":true#"; }
+    timeout 300 bun run bench -- --train --model "$dir" --batch 8 --seq 512 --rank 16 --steps 6 2>/dev/null | json | fromdir | stamp >> "$OUT/train.jsonl"
+    timeout 150 bun run bench -- --decode --model "$dir" --tokens 128 2>/dev/null | json | fromdir | stamp >> "$OUT/decode.jsonl"
+    PYTHONUNBUFFERED=1 timeout 150 python3 -c "import sys, torch; sys.path.insert(0, '.tmp'); import peft_bench as pb; pb.decode('$m', torch.bfloat16, 64, 128)" 2>>"$OUT/peft-stderr.txt" | json | stamp >> "$OUT/decode.jsonl"
     rm -rf "$dir"
     ;;
   decode)
