@@ -6,9 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   CHATML_TEMPLATE, cpuReferenceForward, cpuReferenceGreedy, loadTokenizer, openCheckpoint, writeTinyModel,
-  readPeftAdapter, type ModelConfig, type ReferenceWeights, type WeightStore,
+  readAdapterDir, loraLayerSpecs, parseLoraConfig, writeAdapterDir, type LoraWeights, type ModelConfig, type ReferenceWeights, type WeightStore,
 } from "@tuneloom/model";
-import { loraLayerSpecs, parseLoraConfig, writeAdapterDir, type LoraWeights } from "@tuneloom/trainer";
 
 const MAIN = join(import.meta.dir, "..", "src", "main.ts");
 let root: string, modelDir: string, adapterDir: string, cfg: ModelConfig, stopIds: Set<number>;
@@ -190,16 +189,16 @@ describe("adapter and merge", () => {
   });
 
   test("scale is lora_alpha/r, or lora_alpha/sqrt(r) with use_rslora", () => {
-    expect(readPeftAdapter(adapterDir, cfg).scale).toBe(8 / 4);
+    expect(readAdapterDir(adapterDir, cfg).scaling).toBe(8 / 4);
     const rs = join(root, "adapter-rslora");
     writeAdapterDir(rs, {
       baseModel: modelDir, lora: parseLoraConfig({ rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj", "down_proj"], rslora: true }),
       weights: randomAdapterWeights(11), chatTemplate: CHATML_TEMPLATE, trainingArgs: {},
     });
-    const a = readPeftAdapter(rs, cfg);
-    expect(a.scale).toBe(8 / Math.sqrt(4));
+    const a = readAdapterDir(rs, cfg);
+    expect(a.scaling).toBe(8 / Math.sqrt(4));
     expect(a.targets).toEqual(["q_proj", "v_proj", "down_proj"]);
-    expect(a.modules).toHaveLength(cfg.numLayers * 3);
+    expect(a.weights).toHaveLength(cfg.numLayers * 3);
   });
 
   test("merge keeps a bf16 base in bf16", () => {

@@ -1,11 +1,12 @@
 /**
  * Messages → the prompt string, rendered exactly as training rendered the same conversation:
  * the validated messages go to the template as sent (as the trainer passes training rows and
- * transformers' apply_chat_template passes its input), with the same variables in the same
- * order as the trainer's tokenize-conversation: kwargs, special tokens, messages, tools (only
- * when given). Tokenizing the result adds no special tokens: the template wrote them.
+ * transformers' apply_chat_template passes its input), with the variables built by the one
+ * prompt rule (@tuneloom/model's chat-prompt.ts) the trainer also uses; the result is
+ * tokenized with engine.tokenizer.encodeChat (the same rule's encodeChatText).
  */
-import { TemplateError, renderChatTemplate, type ChatMessage } from "@tuneloom/chat-template";
+import { TemplateError, renderChatTemplate } from "@tuneloom/chat-template";
+import { chatTemplateVariables } from "@tuneloom/model";
 import type { EngineChatTemplate } from "./engine.ts";
 import { badRequest } from "./errors.ts";
 
@@ -18,13 +19,9 @@ export interface RenderChatOptions {
 
 /** Render with the served template; a template error (e.g. raise_exception on role order) is the client's 400. */
 export function renderChatPrompt(template: EngineChatTemplate, messages: readonly Record<string, unknown>[], options: RenderChatOptions = {}): string {
-  const { tools: _ignored, ...kwargs } = options.kwargs ?? {};
   try {
     return renderChatTemplate(template.source, {
-      ...kwargs,
-      ...template.specialTokens,
-      messages: messages as ChatMessage[],
-      ...(options.tools ? { tools: options.tools } : {}),
+      ...chatTemplateVariables(messages, { tools: options.tools, specialTokens: template.specialTokens, kwargs: options.kwargs }),
       add_generation_prompt: options.addGenerationPrompt ?? true,
     });
   } catch (err) {

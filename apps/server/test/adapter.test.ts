@@ -7,7 +7,8 @@ import { templateSha256 } from "@tuneloom/chat-template";
 import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
 import { openSafetensors, writeSafetensors } from "@tuneloom/model/safetensors.ts";
 import { gaussianSampler } from "@tuneloom/model/tiny-model.ts";
-import { loadCpuReferenceEngine, resolveServingTemplate, TemplateMismatchError } from "../src/load.ts";
+import { resolveServingTemplate, TemplateMismatchError } from "@tuneloom/model";
+import { loadCpuReferenceEngine } from "../src/load.ts";
 import { makeTinyModelDir, startServer } from "./helpers.ts";
 
 const ADAPTER_TEMPLATE =

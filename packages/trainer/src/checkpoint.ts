@@ -16,7 +16,7 @@ import path from "node:path";
 import { z } from "zod";
 import type { ModelConfig } from "@tuneloom/model/config.ts";
 import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
-import { AdapterFileError, loraTensorName, readAdapterDir, writeAdapterFiles, writeDirAtomically, type AdapterContents, type LoadedAdapter } from "./adapter-io.ts";
+import { AdapterFileError, loraTensorName, readAdapterDir, writeAdapterFiles, writeDirAtomically, type AdapterContents, type LoadedAdapter } from "@tuneloom/model";
 import type { DataPosition } from "./batching.ts";
 import type { RngState } from "./rng.ts";
 import { SCHEDULE_KINDS, type ScheduleState } from "./schedule.ts";

@@ -15,14 +15,13 @@
  */
 import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { loadChatTemplate } from "@tuneloom/chat-template";
-import { GpuModel, loadTokenizer } from "@tuneloom/model";
-import { type AdapterContents, writeAdapterDir } from "./adapter-io.ts";
+import {
+  type AdapterContents, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
+} from "@tuneloom/model";
 import { type Batch, DataLoader } from "./batching.ts";
 import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
-import { type LoraConfig, loraParameterCount, parseLoraConfig } from "./lora-config.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter } from "./progress.ts";
@@ -100,8 +99,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const lora: LoraConfig = parseLoraConfig({
     rank: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targetModules as string, rslora: o.rslora,
   });
-  const template = loadChatTemplate(o.model);
-  const tokenizer = loadTokenizer(o.model);
+  // The model's template and tokenizer, chosen as serving the base model would choose them.
+  const template = resolveServingTemplate(o.model);
+  const tokenizer = loadServingTokenizer(o.model);
   const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed });
   for (const line of data.report) log(`data: ${line}`);
   const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };

@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { loraTensorName } from "../src/adapter-io.ts";
+import { loraTensorName } from "@tuneloom/model";
 import { findLatestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint, type OptimizerState, type TrainerState } from "../src/checkpoint.ts";
 import { Rng } from "../src/rng.ts";
 import { LrSchedule } from "../src/schedule.ts";

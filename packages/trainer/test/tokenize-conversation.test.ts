@@ -2,7 +2,8 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
-import { IGNORE_INDEX, encodeChatText, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
+import { encodeChatText } from "@tuneloom/model";
+import { IGNORE_INDEX, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
 import { rowsOf, tinyModel } from "./helpers.ts";
 
 function options(overrides: Partial<TokenizeOptions> = {}): TokenizeOptions {

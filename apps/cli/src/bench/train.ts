@@ -9,8 +9,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { GpuRuntime } from "@tuneloom/kernels";
-import { GpuModel, writeTinyModel } from "@tuneloom/model";
-import { type Batch, LoraTrainer, parseLoraConfig } from "@tuneloom/trainer";
+import { GpuModel, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
+import { type Batch, LoraTrainer } from "@tuneloom/trainer";
 import { writeBenchModel } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {

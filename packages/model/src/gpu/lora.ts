@@ -21,9 +21,8 @@
  * order.
  */
 import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
+import type { LoraTarget } from "../lora-config.ts";
 
-export const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
-export type LoraTarget = (typeof LORA_TARGETS)[number];
 
 /** Training-time dropout on a module's LoRA input; absent at inference and evaluation. */
 export interface LoraDropout {
