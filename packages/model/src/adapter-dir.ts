@@ -274,7 +274,7 @@ function toFloat32(file: string, name: string, dtype: string, bytes: Uint8Array)
   }
 }
 
-const shapeText = (shape: readonly number[]) => JSON.stringify(shape);
+const shapeText = (shape: readonly number[]) => `[${shape.join(", ")}]`;
 
 /**
  * Reads an adapter directory. With `model`, every tensor is checked against it: a known
@@ -366,8 +366,8 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
   if (problems.length > 0) {
     const shown = problems.slice(0, 20);
     throw new AdapterFileError(
-      `${weightsFile}: ${problems.length} problem(s) against ${configFile}${model ? " and the model config" : ""}:\n  ` +
-        shown.join("\n  ") + (problems.length > shown.length ? `\n  ... and ${problems.length - shown.length} more` : ""),
+      `${weightsFile}: ${problems.length} problem(s) against ${configFile}${model ? " and the model config" : ""}: ` +
+        shown.join("; ") + (problems.length > shown.length ? `; ... and ${problems.length - shown.length} more` : ""),
     );
   }
   weights.sort((a, b) => loraSpecOrder(a.spec) - loraSpecOrder(b.spec));

@@ -159,7 +159,7 @@ describe("reader errors name the file and key", () => {
     expect(e).toBeInstanceOf(AdapterFileError);
     expect((e as Error).message).toContain("adapter_model.safetensors");
     expect((e as Error).message).toContain(`layer 1 does not exist (the model has 1 layers)`);
-    expect((e as Error).message).toMatch(/q_proj\.lora_A\.weight': shape \[4,64\], the model needs \[4, 128\]/);
+    expect((e as Error).message).toMatch(/q_proj\.lora_A\.weight': shape \[4, 64\], the model needs \[4, 128\]/);
   });
 
   test("an unexpected tensor and a half pair", () => {

@@ -74,13 +74,13 @@ export function requireDir(dir: string | undefined, flag: string, usage: string)
 /**
  * The GPU model, the adapter (uploaded) and the tokenizer, chosen as the server chooses them
  * (@tuneloom/model's serving-files.ts). An adapter whose recorded training template differs
- * from the one found is refused, as the server refuses it, before the GPU is touched.
+ * from the one found is refused, as the server refuses it, before the model is loaded.
  */
 export async function loadModelAndAdapter(modelDir: string, adapterDir?: string): Promise<{ model: GpuModel; lora?: LayerLora[]; tokenizer: ModelTokenizer }> {
   checkAdapterTemplate(modelDir, adapterDir);
-  const tokenizer = loadServingTokenizer(modelDir, adapterDir);
   const model = await GpuModel.load(modelDir);
   const lora = adapterDir ? loadGpuAdapter(model, adapterDir) : undefined;
+  const tokenizer = loadServingTokenizer(modelDir, adapterDir);
   return { model, lora, tokenizer };
 }
 
