@@ -25,7 +25,6 @@ import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter } from "./progress.ts";
-import { Rng } from "./rng.ts";
 import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
 import { tokenizeDataset } from "./tokenize-conversation.ts";
 
@@ -135,7 +134,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const evalBatches = evalSet && evalSet.examples.length
     ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
     : null;
-  const rng = Rng.derive(o.seed, "dropout");
   if (o.resume) {
     const ckDir = findLatestCheckpoint(o.resume);
     if (!ckDir) throw new Error(`--resume ${o.resume}: no checkpoint found (expected a checkpoint-<step> directory)`);
@@ -146,7 +144,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     tokensSeen = ck.state.tokensSeen;
     elapsedBefore = ck.state.elapsedS;
     bestEval = ck.state.bestEvalLoss;
-    rng.setState(ck.state.rng);
     loader.seek(ck.state.dataPosition);
     log(`resumed from ${ckDir} at step ${step}`);
   }
@@ -198,7 +195,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
-        state: { step, dataPosition: loader.position, rng: rng.state(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
+        state: { step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
     }
     o.onStepEnd?.({ step, loss: r.loss });

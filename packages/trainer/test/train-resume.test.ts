@@ -79,8 +79,8 @@ describe("train(): resume from a checkpoint", () => {
     expect(resumed.steps).toBe(STEPS);
 
     // The checkpoint written after the resume (step 3) equals the uninterrupted run's: state
-    // (data position, schedule, tokens seen, RNG state: though nothing draws from that stream
-    // today, dropout masks being keyed by the step) and AdamW moments, bit for bit.
+    // (data position, schedule, tokens seen; dropout masks are keyed by the step) and AdamW
+    // moments, bit for bit.
     const ck3 = checkpointDirName(3);
     expect(stateWithoutClock(path.join(crashOut, ck3))).toEqual(stateWithoutClock(path.join(fullOut, ck3)));
     expect(optimizerBytes(path.join(crashOut, ck3))).toEqual(optimizerBytes(path.join(fullOut, ck3)));

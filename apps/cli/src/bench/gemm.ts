@@ -8,7 +8,7 @@
 import {
   type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, tcConfigFor, toF16,
 } from "@tuneloom/kernels";
-import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/testing.ts";
+import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { sampledRelError, timeGpu } from "./timing.ts";
 
 const SHAPES: [string, number, number, number][] = [

@@ -6,7 +6,7 @@
  *   bun apps/cli/src/bench/lora-group.ts [T]
  */
 import { getRuntime, Tensor } from "@tuneloom/kernels";
-import { randn } from "@tuneloom/kernels/testing.ts";
+import { randn } from "@tuneloom/kernels/host-data.ts";
 import { linearsLoraBackward, linearsLoraForward, type LoraModule } from "@tuneloom/model";
 
 const rt = await getRuntime();
