@@ -4,10 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { templateSha256 } from "@tuneloom/chat-template";
-import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
-import { openSafetensors, writeSafetensors } from "@tuneloom/model/safetensors.ts";
-import { gaussianSampler } from "@tuneloom/model/tiny-model.ts";
-import { resolveServingTemplate, TemplateMismatchError } from "@tuneloom/model";
+import { gaussianSampler, openCheckpoint, openSafetensors, resolveServingTemplate, TemplateMismatchError, writeSafetensors } from "@tuneloom/model";
 import { loadCpuReferenceEngine } from "../src/load.ts";
 import { makeTinyModelDir, startServer } from "./helpers.ts";
 

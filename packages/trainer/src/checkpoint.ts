@@ -15,9 +15,7 @@
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
-import type { ModelConfig } from "@tuneloom/model/config.ts";
-import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
-import { AdapterFileError, loraTensorName, readAdapterDir, writeAdapterFiles, writeDirAtomically, type AdapterContents, type LoadedAdapter } from "@tuneloom/model";
+import { type AdapterContents, AdapterFileError, type LoadedAdapter, loraTensorName, type ModelConfig, openSafetensors, readAdapterDir, type TensorToWrite, writeAdapterFiles, writeDirAtomically, writeSafetensors } from "@tuneloom/model";
 import type { DataPosition } from "./batching.ts";
 import { SCHEDULE_KINDS, type ScheduleState } from "./schedule.ts";
 

@@ -1,8 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
-import { encodeChatText } from "@tuneloom/model";
+import { encodeChatText, ModelTokenizer } from "@tuneloom/model";
 import { IGNORE_INDEX, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
 import { rowsOf, tinyModel } from "./helpers.ts";
 

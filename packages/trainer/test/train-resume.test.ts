@@ -9,8 +9,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { openSafetensors } from "@tuneloom/model/safetensors.ts";
-import { readAdapterDir } from "@tuneloom/model";
+import { openSafetensors, readAdapterDir } from "@tuneloom/model";
 import { checkpointDirName, listCheckpoints, OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
 import { TRAIN_DEFAULTS, type TrainOptions, train } from "../src/train-loop.ts";
 import { tempDir, tinyModel } from "./helpers.ts";
