@@ -5,25 +5,15 @@
  * prompt rule (@tuneloom/model's chat-prompt.ts) the trainer also uses; the result is
  * tokenized with engine.tokenizer.encodeChat (the same rule's encodeChatText).
  */
-import { TemplateError, renderChatTemplate } from "@tuneloom/chat-template";
-import { chatTemplateVariables } from "@tuneloom/model";
+import { TemplateError } from "@tuneloom/chat-template";
+import { type ChatPromptOptions, renderChatPrompt as renderPrompt } from "@tuneloom/model";
 import type { EngineChatTemplate } from "./engine.ts";
 import { badRequest } from "./errors.ts";
 
-export interface RenderChatOptions {
-  tools?: unknown[] | null;
-  addGenerationPrompt?: boolean;
-  /** Extra template variables (enable_thinking, documents, ...); cannot replace messages, tools or special tokens. */
-  kwargs?: Record<string, unknown> | null;
-}
-
 /** Render with the served template; a template error (e.g. raise_exception on role order) is the client's 400. */
-export function renderChatPrompt(template: EngineChatTemplate, messages: readonly Record<string, unknown>[], options: RenderChatOptions = {}): string {
+export function renderChatPrompt(template: EngineChatTemplate, messages: readonly Record<string, unknown>[], options: ChatPromptOptions = {}): string {
   try {
-    return renderChatTemplate(template.source, {
-      ...chatTemplateVariables(messages, { tools: options.tools, specialTokens: template.specialTokens, kwargs: options.kwargs }),
-      add_generation_prompt: options.addGenerationPrompt ?? true,
-    });
+    return renderPrompt(template, messages, options);
   } catch (err) {
     if (!(err instanceof TemplateError)) throw err;
     const hasParts = messages.some((m) => Array.isArray(m.content));

@@ -7,7 +7,7 @@
  *   ids       = tokenizer.encode(text, {addSpecialTokens: false})                 // the template wrote BOS
  *               minus the first of two leading BOS                                // a tokenizer that adds one anyway
  */
-import type { ChatMessage } from "@tuneloom/chat-template";
+import { renderChatTemplate, type ChatMessage } from "@tuneloom/chat-template";
 import type { SpecialTokens } from "./chat-template-file.ts";
 
 /** What encoding needs from a tokenizer; ModelTokenizer has this shape. */
@@ -31,6 +31,26 @@ export function chatTemplateVariables(
     messages: messages as ChatMessage[],
     ...(options.tools ? { tools: options.tools } : {}),
   };
+}
+
+export interface ChatPromptOptions {
+  tools?: unknown[] | null;
+  /** Extra template variables (enable_thinking, documents, ...). */
+  kwargs?: Record<string, unknown> | null;
+  /** Default true: the serve-time prompt, ending where the assistant's reply begins. */
+  addGenerationPrompt?: boolean;
+}
+
+/** The prompt text for `messages` under `template` (its source and special tokens); throws TemplateError. */
+export function renderChatPrompt(
+  template: { source: string; specialTokens: SpecialTokens },
+  messages: readonly Record<string, unknown>[],
+  options: ChatPromptOptions = {},
+): string {
+  return renderChatTemplate(template.source, {
+    ...chatTemplateVariables(messages, { tools: options.tools, specialTokens: template.specialTokens, kwargs: options.kwargs }),
+    add_generation_prompt: options.addGenerationPrompt ?? true,
+  });
 }
 
 /**

@@ -2,7 +2,7 @@
  * Row → token ids + labels, through the same renderer and the same prompt rule (@tuneloom/model's
  * chat-prompt.ts) the server uses, so the model trains on exactly the ids it will be prompted with.
  *
- *   text   = renderChatTemplate(template, {messages, tools, bos_token, eos_token, ...})   // no generation prompt
+ *   text   = renderChatTemplate(template, chatTemplateVariables(messages, {tools, specialTokens, kwargs}))   // no generation prompt
  *   ids    = encodeChatText(tokenizer, text)   // as transformers' apply_chat_template(tokenize=True), never two BOS
  *   labels = ids[t] where token t overlaps an assistant span, else −100   (unshifted, HF convention)
  *

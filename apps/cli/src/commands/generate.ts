@@ -4,10 +4,10 @@
  * `{"ids": [...], "text": ...}`.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { renderChatTemplate, type ChatMessage } from "@tuneloom/chat-template";
+import type { ChatMessage } from "@tuneloom/chat-template";
 import {
-  GpuModel, IncrementalDetokenizer, KvCacheGenerator, chatTemplateVariables, checkAdapterTemplate, encodeChatText, loadGenerationConfig,
-  loadGpuAdapter, loadServingTokenizer, resolveServingTemplate, servingStopTokenIds, uniformStream, type GenerationConfig, type LayerLora,
+  GpuModel, IncrementalDetokenizer, KvCacheGenerator, checkAdapterTemplate, encodeChatText, loadGenerationConfig,
+  loadGpuAdapter, loadServingTokenizer, renderChatPrompt, resolveServingTemplate, servingStopTokenIds, uniformStream, type GenerationConfig, type LayerLora,
   type ModelTokenizer,
 } from "@tuneloom/model";
 import type { SamplingParams } from "@tuneloom/kernels";
@@ -165,8 +165,7 @@ export async function run(argv: string[]): Promise<number> {
   if (flags["ids-file"] !== undefined) promptIds = readIdsFile(flags["ids-file"], Math.min(model.cfg.vocabSize, tokenizer.vocabSize));
   else if (messages) {
     const template = resolveServingTemplate(modelDir, adapterDir);
-    const rendered = renderChatTemplate(template.source, { ...chatTemplateVariables(messages, { specialTokens: template.specialTokens }), add_generation_prompt: true });
-    promptIds = encodeChatText(tokenizer, rendered).ids;
+    promptIds = encodeChatText(tokenizer, renderChatPrompt(template, messages)).ids;
   } else promptIds = tokenizer.encode(flags.prompt!).ids;
   if (promptIds.length === 0) throw new Error("the prompt is empty (no tokens)");
 

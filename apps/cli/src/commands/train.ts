@@ -5,9 +5,8 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { renderChatTemplate } from "@tuneloom/chat-template";
 import {
-  type GpuModel, type LayerLora, chatTemplateVariables, encodeChatText, generateIds, loadServingTokenizer, resolveServingTemplate, servingStopTokenIds,
+  type GpuModel, type LayerLora, encodeChatText, renderChatPrompt, generateIds, loadServingTokenizer, resolveServingTemplate, servingStopTokenIds,
   writeTinyModel,
 } from "@tuneloom/model";
 import {
@@ -65,8 +64,7 @@ async function exactMatch(model: GpuModel, modelDir: string, lora: readonly Laye
   let right = 0;
   for (const row of rows) {
     const { prompt, answer } = demoQuestion(row);
-    const text = renderChatTemplate(template.source, { ...chatTemplateVariables(prompt, { specialTokens: template.specialTokens }), add_generation_prompt: true });
-    const ids = encodeChatText(tok, text).ids;
+    const ids = encodeChatText(tok, renderChatPrompt(template, prompt)).ids;
     const out = await generateIds(model, ids, { maxTokens: 8, sampling: { temperature: 0 }, stopTokenIds, lora });
     if (demoAnswerMatches(tok.decode(out.ids, { skipSpecialTokens: true }), answer)) right++;
   }
