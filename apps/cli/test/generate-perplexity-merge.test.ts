@@ -1,7 +1,7 @@
 // CLI contracts of generate, perplexity and merge, run as subprocesses on a tiny random model
 // (no downloads), checked against the float64 CPU reference.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -265,4 +265,20 @@ describe("bad inputs exit 1 with one line naming the file or flag", () => {
     writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(readFileSync(cfgFile, "utf8")), use_dora: true }));
     expectError(cli("perplexity", "--model", modelDir, "--adapter", wrong, "--text-file", join(root, "text.txt")), "perplexity", cfgFile, "use_dora", "DoRA");
   });
+
+  test("an adapter whose chat template was edited after training is refused, as the server refuses it", () => {
+    const edited = join(root, "adapter-edited-template");
+    cpSync(adapterDir, edited, { recursive: true });
+    writeFileSync(join(edited, "chat_template.jinja"), readFileSync(join(edited, "chat_template.jinja"), "utf8") + "{# edited #}");
+    const args = join(edited, "training_args.json");
+    const messages = join(root, "edited-messages.json");
+    writeFileSync(messages, JSON.stringify([{ role: "user", content: "hi" }]));
+    for (const [command, ...rest] of [
+      ["generate", "--messages", messages], ["generate", "--prompt", "hi"], ["perplexity", "--text-file", join(root, "text.txt")],
+      ["merge", "--out", join(root, "never-edited")],
+    ]) {
+      expectError(cli(command!, "--model", modelDir, "--adapter", edited, ...rest), command!, args, "chat_template_sha256", "different chat template");
+    }
+    expect(readdirSync(root).some((n) => n.startsWith("never-edited"))).toBe(false);
+  }, 60_000); // four CLI processes
 });
