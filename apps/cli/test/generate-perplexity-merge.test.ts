@@ -1,6 +1,6 @@
 // CLI contracts of generate, perplexity and merge, run as subprocesses on a tiny random model
 // (no downloads), checked against the float64 CPU reference.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +9,9 @@ import {
   readAdapterDir, loraLayerSpecs, parseLoraConfig, writeAdapterDir, type LoraWeights, type ModelConfig, type ReferenceWeights, type WeightStore,
 } from "@tuneloom/model";
 
+// Each test runs the CLI as child processes, each loading the model onto the GPU: a few seconds
+// apiece on a shared 2-core CPU with lavapipe, past bun's 5 s default when the machine is busy.
+setDefaultTimeout(120_000);
 const MAIN = join(import.meta.dir, "..", "src", "main.ts");
 let root: string, modelDir: string, adapterDir: string, cfg: ModelConfig, stopIds: Set<number>;
 
