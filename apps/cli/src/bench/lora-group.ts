@@ -19,7 +19,7 @@ const projections = (stacked: boolean) => outs.map((o, i) => {
   const lora: LoraModule = {
     A: stacked ? view(aBuf, "A") : rt.upload("f32", [r, inF], randn(r * inF)),
     dA: stacked ? view(dABuf, "dA") : rt.zeros("f32", [r, inF]),
-    B: rt.upload("f32", [o, r], randn(o * r)), dB: rt.zeros("f32", [o, r]), scale: 2,
+    B: rt.upload("f32", [o, r], randn(o * r)), dB: rt.zeros("f32", [o, r]), scaling: 2,
   };
   return { w: rt.upload("f32", [o, inF], randn(o * inF)), y: rt.empty("f32", [T, o]), dy: rt.upload("f32", [T, o], randn(T * o)), lora };
 });

@@ -28,7 +28,7 @@ export function uploadAdapter(model: GpuModel, adapter: LoadedAdapter): LayerLor
         rt.write(A, m.A);
         offset += r * m.inFeatures;
       } else A = rt.upload("f32", [r, m.inFeatures], m.A, `${m.base}.lora_A`);
-      lora[layer]![m.module] = { A, B: rt.upload("f32", [m.outFeatures, r], m.B, `${m.base}.lora_B`), scale: adapter.scaling };
+      lora[layer]![m.module] = { A, B: rt.upload("f32", [m.outFeatures, r], m.B, `${m.base}.lora_B`), scaling: adapter.scaling };
     }
   }
   return lora;

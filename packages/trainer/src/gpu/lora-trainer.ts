@@ -92,7 +92,7 @@ export class LoraTrainer {
     this.grads = this.layout.allocate(this.rt, "lora:grads");
     this.adam = createAdamWState(this.rt, this.layout);
     this.clip = createGradClipState(this.rt);
-    const scale = loraScaling(config);
+    const scaling = loraScaling(config);
     this.lora = Array.from({ length: model.cfg.numLayers }, () => ({}));
     for (const s of this.specs) {
       this.lora[s.layer]![s.module] = {
@@ -100,7 +100,7 @@ export class LoraTrainer {
         B: this.layout.view(this.params, nameB(s)),
         dA: this.layout.view(this.grads, nameA(s)),
         dB: this.layout.view(this.grads, nameB(s)),
-        scale,
+        scaling,
       };
     }
     this.setWeights(initLoraWeights(this.specs, r, opts.seed));
