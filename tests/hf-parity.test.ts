@@ -25,6 +25,7 @@ import {
   loadGpuAdapter,
   loadModelConfig,
   type LayerLora,
+  loadChatTemplate,
   loadTokenizer,
   openCheckpoint,
   openSafetensors,
@@ -455,7 +456,7 @@ for (const arch of ARCHS) {
         const chat = f.tokenizer.chat!;
         expect(chat.error).toBeUndefined();
         const tok = loadTokenizer(model(arch).dir);
-        const rendered = renderChatTemplate(tok.chatTemplate!, {
+        const rendered = renderChatTemplate(loadChatTemplate(model(arch).dir).source, {
           messages: chat.messages,
           add_generation_prompt: chat.add_generation_prompt,
           bos_token: tok.bosToken ?? undefined,

@@ -13,8 +13,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cpuReferenceForward, GpuModel, loadGpuAdapter, loadModelConfig, openCheckpoint, writeTinyModel, type ReferenceWeights, type WeightStore } from "@tuneloom/model";
-import { readAdapterDir } from "@tuneloom/trainer";
+import { cpuReferenceForward, GpuModel, loadGpuAdapter, loadModelConfig, openCheckpoint, readAdapterDir, writeTinyModel, type ReferenceWeights, type WeightStore } from "@tuneloom/model";
 import { gpuLogits } from "./fixtures/hf/gpu-logits.ts";
 
 const DIR = join(import.meta.dir, "fixtures", "hf", "peft-roundtrip");

@@ -3,7 +3,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { caseVariables, goldenCases, templateSource, FIXTURES_DIR } from "../packages/chat-template/test/golden-fixtures.ts";
+import { caseVariables, goldenCases, templateSource, FIXTURES_DIR } from "./golden-fixtures.ts";
 
 const repoRoot = path.resolve(import.meta.dir, "..");
 const work = mkdtempSync(path.join(tmpdir(), "template-cli-"));

@@ -1,8 +1,8 @@
-// Every golden case of ../shared/fixtures/chat-templates renders byte-identically to Python
+// Every golden case of tests/fixtures/chat-templates renders byte-identically to Python
 // Jinja2 (as transformers sets it up), or fails where Python failed.
 import { expect, test } from "bun:test";
 import { TemplateError, renderChatTemplate } from "@tuneloom/chat-template";
-import { caseVariables, goldenCases, templateFiles, templateSource } from "../packages/chat-template/test/golden-fixtures.ts";
+import { caseVariables, goldenCases, templateFiles, templateSource } from "./golden-fixtures.ts";
 
 test("the fixture set is the one this suite was written for", () => {
   expect(goldenCases.length).toBe(305);

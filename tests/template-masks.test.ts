@@ -2,7 +2,7 @@
 // the generation prompt through its end-of-turn marker, nothing of other roles inside.
 import { expect, test } from "bun:test";
 import { PrefixPropertyError, assistantSpans, tokenMaskFromSpans } from "@tuneloom/chat-template";
-import { caseVariables, templateFiles, templateSource, trainingCases } from "../packages/chat-template/test/golden-fixtures.ts";
+import { caseVariables, templateFiles, templateSource, trainingCases } from "./golden-fixtures.ts";
 
 /** The marker(s) a family's assistant turn ends with. */
 const END_OF_TURN: Record<string, string[]> = {

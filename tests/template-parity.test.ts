@@ -4,7 +4,7 @@
 // break, or one of these starting to pass, fails the suite so the docs stay true.
 import { expect, test } from "bun:test";
 import { checkTrainServeParity, findPrefixViolations } from "@tuneloom/chat-template";
-import { caseVariables, templateFiles, templateSource, trainingCases } from "../packages/chat-template/test/golden-fixtures.ts";
+import { caseVariables, templateFiles, templateSource, trainingCases } from "./golden-fixtures.ts";
 
 /** case id → why the serve-time prompt differs from the training text (docs/chat-templates.md). */
 const KNOWN_PARITY_BREAKS: Record<string, string> = {

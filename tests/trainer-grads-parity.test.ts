@@ -10,8 +10,8 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GpuModel, writeTinyModel } from "@tuneloom/model";
-import { type Batch, LoraTrainer, loraTensorName, parseLoraConfig, readAdapterDir } from "@tuneloom/trainer";
+import { GpuModel, loraTensorName, parseLoraConfig, readAdapterDir, writeTinyModel } from "@tuneloom/model";
+import { type Batch, LoraTrainer } from "@tuneloom/trainer";
 
 const FIXTURE_DIR = join(import.meta.dir, "fixtures", "hf");
 const ARCHS = ["llama", "qwen2"] as const;

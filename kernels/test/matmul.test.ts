@@ -3,6 +3,8 @@ import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight
 import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
+/** Pipeline compilation on a cold cache, on a shared 2-core CPU with lavapipe. */
+const COLD_PIPELINES_TIMEOUT_MS = 120_000;
 afterAll(() => rt.trimPool());
 
 // Shapes that are not multiples of the 64×64×16 tile, plus one tiny and one tall-skinny.
@@ -76,8 +78,10 @@ describe("linear-layer forms", () => {
     rec.release();
   });
 
+  // Each case compiles two pipelines of its own; on a cold shader cache and a 2-core software
+  // driver that alone takes longer than bun's 5 s default, so the timeout is sized for that.
   for (const [dtype, kernel] of [["f16", "tiled"], ["bf16", "tiled"], ["f16", "direct"], ["bf16", "direct"]] as const) {
-    test(`16-bit weights (${dtype}, ${kernel}): forward and input gradient`, async () => {
+    test(`16-bit weights (${dtype}, ${kernel}): forward and input gradient`, { timeout: COLD_PIPELINES_TIMEOUT_MS }, async () => {
       const x = randn(T * inF), dy = randn(T * outF);
       const bits = dtype === "f16" ? toF16Bits(randn(outF * inF)) : toBf16Bits(randn(outF * inF));
       const w = dtype === "f16" ? fromF16Bits(bits) : fromBf16Bits(bits); // the exact values stored

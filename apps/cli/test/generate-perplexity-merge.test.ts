@@ -1,15 +1,17 @@
 // CLI contracts of generate, perplexity and merge, run as subprocesses on a tiny random model
 // (no downloads), checked against the float64 CPU reference.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   CHATML_TEMPLATE, cpuReferenceForward, cpuReferenceGreedy, loadTokenizer, openCheckpoint, writeTinyModel,
-  readPeftAdapter, type ModelConfig, type ReferenceWeights, type WeightStore,
+  readAdapterDir, loraLayerSpecs, parseLoraConfig, writeAdapterDir, type LoraWeights, type ModelConfig, type ReferenceWeights, type WeightStore,
 } from "@tuneloom/model";
-import { loraLayerSpecs, parseLoraConfig, writeAdapterDir, type LoraWeights } from "@tuneloom/trainer";
 
+// Each test runs the CLI as child processes, each loading the model onto the GPU: a few seconds
+// apiece on a shared 2-core CPU with lavapipe, past bun's 5 s default when the machine is busy.
+setDefaultTimeout(120_000);
 const MAIN = join(import.meta.dir, "..", "src", "main.ts");
 let root: string, modelDir: string, adapterDir: string, cfg: ModelConfig, stopIds: Set<number>;
 
@@ -190,16 +192,16 @@ describe("adapter and merge", () => {
   });
 
   test("scale is lora_alpha/r, or lora_alpha/sqrt(r) with use_rslora", () => {
-    expect(readPeftAdapter(adapterDir, cfg).scale).toBe(8 / 4);
+    expect(readAdapterDir(adapterDir, cfg).scaling).toBe(8 / 4);
     const rs = join(root, "adapter-rslora");
     writeAdapterDir(rs, {
       baseModel: modelDir, lora: parseLoraConfig({ rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj", "down_proj"], rslora: true }),
       weights: randomAdapterWeights(11), chatTemplate: CHATML_TEMPLATE, trainingArgs: {},
     });
-    const a = readPeftAdapter(rs, cfg);
-    expect(a.scale).toBe(8 / Math.sqrt(4));
+    const a = readAdapterDir(rs, cfg);
+    expect(a.scaling).toBe(8 / Math.sqrt(4));
     expect(a.targets).toEqual(["q_proj", "v_proj", "down_proj"]);
-    expect(a.modules).toHaveLength(cfg.numLayers * 3);
+    expect(a.weights).toHaveLength(cfg.numLayers * 3);
   });
 
   test("merge keeps a bf16 base in bf16", () => {
@@ -266,4 +268,20 @@ describe("bad inputs exit 1 with one line naming the file or flag", () => {
     writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(readFileSync(cfgFile, "utf8")), use_dora: true }));
     expectError(cli("perplexity", "--model", modelDir, "--adapter", wrong, "--text-file", join(root, "text.txt")), "perplexity", cfgFile, "use_dora", "DoRA");
   });
+
+  test("an adapter whose chat template was edited after training is refused, as the server refuses it", () => {
+    const edited = join(root, "adapter-edited-template");
+    cpSync(adapterDir, edited, { recursive: true });
+    writeFileSync(join(edited, "chat_template.jinja"), readFileSync(join(edited, "chat_template.jinja"), "utf8") + "{# edited #}");
+    const args = join(edited, "training_args.json");
+    const messages = join(root, "edited-messages.json");
+    writeFileSync(messages, JSON.stringify([{ role: "user", content: "hi" }]));
+    for (const [command, ...rest] of [
+      ["generate", "--messages", messages], ["generate", "--prompt", "hi"], ["perplexity", "--text-file", join(root, "text.txt")],
+      ["merge", "--out", join(root, "never-edited")],
+    ]) {
+      expectError(cli(command!, "--model", modelDir, "--adapter", edited, ...rest), command!, args, "chat_template_sha256", "different chat template");
+    }
+    expect(readdirSync(root).some((n) => n.startsWith("never-edited"))).toBe(false);
+  }, 60_000); // four CLI processes
 });

@@ -147,7 +147,7 @@ export function createServer(options: ServerOptions): TuneloomServer {
         addGenerationPrompt: req.add_generation_prompt ?? true,
         kwargs: req.chat_template_kwargs,
       });
-      ids = engine.tokenizer.encode(prompt, { addSpecialTokens: req.add_special_tokens ?? false }).ids;
+      ids = req.add_special_tokens ? engine.tokenizer.encode(prompt, { addSpecialTokens: true }).ids : engine.tokenizer.encodeChat(prompt).ids;
     } else {
       ids = engine.tokenizer.encode(req.prompt, { addSpecialTokens: req.add_special_tokens ?? true }).ids;
     }

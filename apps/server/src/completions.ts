@@ -130,7 +130,7 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
     addGenerationPrompt: body.add_generation_prompt ?? true,
     kwargs: body.chat_template_kwargs,
   });
-  const promptIds = engine.tokenizer.encode(prompt, { addSpecialTokens: false }).ids;
+  const promptIds = engine.tokenizer.encodeChat(prompt).ids;
   const maxParam = body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   const request = generationRequest(
     engine,

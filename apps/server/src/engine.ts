@@ -60,6 +60,8 @@ export interface StreamingDetokenizer {
 export interface EngineTokenizer {
   /** addSpecialTokens: completions prompts true (BOS as the tokenizer adds it); rendered chat false (the template wrote them). */
   encode(text: string, options?: { addSpecialTokens?: boolean }): { ids: number[] };
+  /** A rendered chat prompt → ids by the prompt rule training used (@tuneloom/model's encodeChatText). */
+  encodeChat(text: string): { ids: number[] };
   /** Throws RangeError for an id outside the vocabulary. */
   decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string;
   /** `contextIds` (the prompt) shape spacing of the first generated tokens but are not emitted. */

@@ -13,14 +13,13 @@
  */
 import { basename, resolve } from "node:path";
 import { getRuntime, type SampledRow } from "@tuneloom/kernels";
-import { loadModelConfig, type ModelConfig } from "@tuneloom/model/config.ts";
-import { GpuModel, type LoadGpuModelOptions } from "@tuneloom/model/gpu/model.ts";
-import { KvCacheGenerator } from "@tuneloom/model/gpu/generator.ts";
-import { readPeftAdapter, releaseAdapter, uploadAdapter } from "@tuneloom/model/gpu/adapter.ts";
-import type { LayerLora } from "@tuneloom/model/gpu/lora.ts";
+import {
+  GpuModel, KvCacheGenerator, type LayerLora, type LoadGpuModelOptions, type ModelConfig, loadModelConfig, loadServingTokenizer, readAdapterDir,
+  releaseAdapter, resolveServingTemplate, servingStopTokenIds, uploadAdapter,
+} from "@tuneloom/model";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
-import { type AdapterSummary, defaultStopTokenIds, engineTokenizer, loadServingTokenizer, resolveServingTemplate, summarizeAdapter } from "./load.ts";
+import { type AdapterSummary, engineTokenizer, summarizeAdapter } from "./load.ts";
 import { checkContextFitsModel, checkDeviceFits, checkIntegerFlag } from "./startup-checks.ts";
 
 export interface GpuEngineOptions {
@@ -145,15 +144,15 @@ export async function loadGpuEngine(modelDir: string, adapterDir?: string, opts:
   let lora: LayerLora[] | undefined;
   let adapter: AdapterSummary | null = null;
   if (adapterDir) {
-    const peft = readPeftAdapter(adapterDir, config);
-    lora = uploadAdapter(model, peft);
-    adapter = summarizeAdapter(peft);
+    const loaded = readAdapterDir(adapterDir, config);
+    lora = uploadAdapter(model, loaded);
+    adapter = summarizeAdapter(loaded);
   }
   const engine = new GpuEngine({
     modelId: opts.modelId ?? basename(resolve(adapterDir ?? modelDir)),
     model,
     lora,
-    tokenizer: engineTokenizer(tokenizer, defaultStopTokenIds(modelDir, config, tokenizer)),
+    tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
     maxBatchSize,
     maxContext,

@@ -1,61 +1,15 @@
 /**
  * `--model DIR [--adapter DIR]` → what the server serves: an engine plus the chat template it
- * renders with. The template is the adapter's `chat_template.jinja` (the one training used),
- * else the model's; when the adapter's training_args.json pins a template hash that differs,
- * loading fails, because serving with another template than training silently degrades output.
+ * renders with. Which template, tokenizer and stop ids is @tuneloom/model's serving-files.ts
+ * (the adapter's template, refused when training_args.json pins another sha256).
  */
-import { existsSync, readFileSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
-import { loadChatTemplate } from "@tuneloom/chat-template";
-import { expectedTensors, openCheckpoint } from "@tuneloom/model/checkpoint.ts";
-import { loadModelConfig, type ModelConfig } from "@tuneloom/model/config.ts";
-import { loadGenerationConfig } from "@tuneloom/model/generation-config.ts";
-import { IncrementalDetokenizer, loadTokenizer, type ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
-import type { ReferenceWeights } from "@tuneloom/model/cpu-reference.ts";
+import { basename, resolve } from "node:path";
+import {
+  type LoadedAdapter, type ModelConfig, type ModelTokenizer, type ReferenceWeights, IncrementalDetokenizer, encodeChatText, expectedTensors,
+  foldAdapter, loadModelConfig, loadServingTokenizer, openCheckpoint, readAdapterDir, resolveServingTemplate, servingStopTokenIds,
+} from "@tuneloom/model";
 import { CpuReferenceEngine } from "./cpu-engine.ts";
-import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
-import { addLoraDelta, type PeftAdapter, readPeftAdapter } from "@tuneloom/model/gpu/adapter.ts";
-
-export class TemplateMismatchError extends Error {
-  override name = "TemplateMismatchError";
-}
-
-/**
- * The template to serve with. Exported so `generate` and tests pick the same one.
- * Throws TemplateMismatchError when training_args.json records a different sha256.
- */
-export function resolveServingTemplate(modelDir: string, adapterDir?: string): EngineChatTemplate {
-  const fromAdapter = adapterDir !== undefined && existsSync(join(adapterDir, "chat_template.jinja"));
-  const loaded = loadChatTemplate(fromAdapter ? adapterDir! : modelDir);
-  // Special tokens are the model's unless the adapter ships its own tokenizer_config.json.
-  const specialTokens =
-    adapterDir && existsSync(join(adapterDir, "tokenizer_config.json")) ? loaded.specialTokens : loadChatTemplate(modelDir).specialTokens;
-  const template: EngineChatTemplate = { source: loaded.source, sha256: loaded.sha256, origin: loaded.origin, specialTokens };
-  if (adapterDir) {
-    const argsPath = join(adapterDir, "training_args.json");
-    if (existsSync(argsPath)) {
-      let args: Record<string, unknown>;
-      try {
-        args = JSON.parse(readFileSync(argsPath, "utf8"));
-      } catch (err) {
-        throw new Error(`${argsPath}: invalid JSON (${(err as Error).message})`);
-      }
-      const recorded = args?.chat_template_sha256;
-      if (typeof recorded === "string" && recorded !== template.sha256)
-        throw new TemplateMismatchError(
-          `refusing to serve: ${argsPath} records chat_template_sha256 ${recorded}, but the template found (${template.origin}) has sha256 ${template.sha256}. ` +
-            `The adapter was trained with a different chat template, and prompts rendered with another one are off the distribution it learned. ` +
-            `Put the training template in ${join(adapterDir, "chat_template.jinja")}.`,
-        );
-    }
-  }
-  return template;
-}
-
-/** The tokenizer to serve with: the adapter's copy when it ships one, else the model's. */
-export function loadServingTokenizer(modelDir: string, adapterDir?: string): ModelTokenizer {
-  return loadTokenizer(adapterDir && existsSync(join(adapterDir, "tokenizer.json")) ? adapterDir : modelDir);
-}
+import type { EngineTokenizer } from "./engine.ts";
 
 /** The server's tokenizer view of a ModelTokenizer, with the stop ids generation should end on. */
 export function engineTokenizer(tokenizer: ModelTokenizer, eosTokenIds: readonly number[]): EngineTokenizer {
@@ -63,18 +17,10 @@ export function engineTokenizer(tokenizer: ModelTokenizer, eosTokenIds: readonly
     vocabSize: tokenizer.vocabSize,
     eosTokenIds,
     encode: (text, options) => tokenizer.encode(text, options),
+    encodeChat: (text) => encodeChatText(tokenizer, text),
     decode: (ids, options) => tokenizer.decode(ids, options),
     createDetokenizer: (options) => new IncrementalDetokenizer(tokenizer, options),
   };
-}
-
-/** Stop ids: generation_config.json's eos ids, config.json's, and the tokenizer's eos token, deduplicated. */
-export function defaultStopTokenIds(modelDir: string, config: ModelConfig, tokenizer: ModelTokenizer): number[] {
-  const ids = new Set<number>(config.eosTokenIds);
-  const generation = loadGenerationConfig(modelDir);
-  for (const id of generation?.eosTokenIds ?? []) ids.add(id);
-  if (tokenizer.eosId !== null) ids.add(tokenizer.eosId);
-  return [...ids];
 }
 
 /** Float32 weights cached on first use; the LoRA merge writes into the cache. */
@@ -109,8 +55,9 @@ export interface AdapterSummary {
   modules: string[];
 }
 
-export function summarizeAdapter(peft: PeftAdapter): AdapterSummary {
-  return { rank: peft.rank, alpha: peft.alpha, rslora: peft.rslora, scale: peft.scale, modules: peft.modules.map((m) => m.base) };
+export function summarizeAdapter(adapter: LoadedAdapter): AdapterSummary {
+  const { rank, alpha, rslora } = adapter.lora;
+  return { rank, alpha, rslora, scale: adapter.scaling, modules: adapter.weights.map((w) => w.spec.base) };
 }
 
 export interface LoadedModel {
@@ -131,16 +78,16 @@ export function loadCpuReferenceEngine(options: LoadOptions): LoadedModel {
   // The CPU reference has no LoRA path: fold W' = W + s·B·A into the cached float32 weights.
   let adapter: AdapterSummary | null = null;
   if (adapterDir) {
-    const peft = readPeftAdapter(adapterDir, config);
-    for (const m of peft.modules) addLoraDelta(weights.toFloat32(`${m.base}.weight`), m.A, m.B, peft.scale, m.outFeatures, m.inFeatures, peft.rank);
-    adapter = summarizeAdapter(peft);
+    const loaded = readAdapterDir(adapterDir, config);
+    foldAdapter(loaded, (name) => weights.toFloat32(name));
+    adapter = summarizeAdapter(loaded);
   }
   const modelId = options.modelId ?? basename(resolve(adapterDir ?? modelDir));
   const engine = new CpuReferenceEngine({
     modelId,
     config,
     weights,
-    tokenizer: engineTokenizer(tokenizer, defaultStopTokenIds(modelDir, config, tokenizer)),
+    tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
     maxBatchSize: options.maxBatchSize,
   });

@@ -1,32 +1,19 @@
 /**
  * Messages → the prompt string, rendered exactly as training rendered the same conversation:
  * the validated messages go to the template as sent (as the trainer passes training rows and
- * transformers' apply_chat_template passes its input), with the same variables in the same
- * order as the trainer's tokenize-conversation: kwargs, special tokens, messages, tools (only
- * when given). Tokenizing the result adds no special tokens: the template wrote them.
+ * transformers' apply_chat_template passes its input), with the variables built by the one
+ * prompt rule (@tuneloom/model's chat-prompt.ts) the trainer also uses; the result is
+ * tokenized with engine.tokenizer.encodeChat (the same rule's encodeChatText).
  */
-import { TemplateError, renderChatTemplate, type ChatMessage } from "@tuneloom/chat-template";
+import { TemplateError } from "@tuneloom/chat-template";
+import { type ChatPromptOptions, renderChatPrompt as renderPrompt } from "@tuneloom/model";
 import type { EngineChatTemplate } from "./engine.ts";
 import { badRequest } from "./errors.ts";
 
-export interface RenderChatOptions {
-  tools?: unknown[] | null;
-  addGenerationPrompt?: boolean;
-  /** Extra template variables (enable_thinking, documents, ...); cannot replace messages, tools or special tokens. */
-  kwargs?: Record<string, unknown> | null;
-}
-
 /** Render with the served template; a template error (e.g. raise_exception on role order) is the client's 400. */
-export function renderChatPrompt(template: EngineChatTemplate, messages: readonly Record<string, unknown>[], options: RenderChatOptions = {}): string {
-  const { tools: _ignored, ...kwargs } = options.kwargs ?? {};
+export function renderChatPrompt(template: EngineChatTemplate, messages: readonly Record<string, unknown>[], options: ChatPromptOptions = {}): string {
   try {
-    return renderChatTemplate(template.source, {
-      ...kwargs,
-      ...template.specialTokens,
-      messages: messages as ChatMessage[],
-      ...(options.tools ? { tools: options.tools } : {}),
-      add_generation_prompt: options.addGenerationPrompt ?? true,
-    });
+    return renderPrompt(template, messages, options);
   } catch (err) {
     if (!(err instanceof TemplateError)) throw err;
     const hasParts = messages.some((m) => Array.isArray(m.content));

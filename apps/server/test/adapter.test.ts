@@ -4,10 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { templateSha256 } from "@tuneloom/chat-template";
-import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
-import { openSafetensors, writeSafetensors } from "@tuneloom/model/safetensors.ts";
-import { gaussianSampler } from "@tuneloom/model/tiny-model.ts";
-import { loadCpuReferenceEngine, resolveServingTemplate, TemplateMismatchError } from "../src/load.ts";
+import { gaussianSampler, openCheckpoint, openSafetensors, resolveServingTemplate, TemplateMismatchError, writeSafetensors } from "@tuneloom/model";
+import { loadCpuReferenceEngine } from "../src/load.ts";
 import { JSON_HEADERS, makeTinyModelDir, startServer } from "./helpers.ts";
 
 const ADAPTER_TEMPLATE =

@@ -3,9 +3,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:f
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
-import { writeSafetensors } from "@tuneloom/model/safetensors.ts";
-import { gaussianSampler, writeTinyModel } from "@tuneloom/model/tiny-model.ts";
+import { gaussianSampler, openCheckpoint, writeSafetensors, writeTinyModel } from "@tuneloom/model";
 import { createServer, type ServerOptions, type TuneloomServer } from "../src/app.ts";
 import { listen } from "../src/listen.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";

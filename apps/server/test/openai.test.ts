@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import OpenAI from "openai";
 import { renderChatTemplate } from "@tuneloom/chat-template";
-import { cpuReferenceGreedy } from "@tuneloom/model/cpu-reference.ts";
+import { cpuReferenceGreedy } from "@tuneloom/model";
 import { loadCpuReferenceEngine, type LoadedModel } from "../src/load.ts";
 import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
 

@@ -4,9 +4,7 @@
 // it generates on the unpadded one (logprobs normalised over the real tokens only).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { openCheckpoint } from "@tuneloom/model/checkpoint.ts";
-import { loadModelConfig } from "@tuneloom/model/config.ts";
-import { cpuReferenceForward } from "@tuneloom/model/cpu-reference.ts";
+import { cpuReferenceForward, loadModelConfig, openCheckpoint } from "@tuneloom/model";
 import type { CpuReferenceEngine } from "../src/cpu-engine.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 import { type GpuEngine, loadGpuEngine } from "../src/gpu-engine.ts";

@@ -2,13 +2,13 @@
 // for every fixture conversation an OpenAI client can send, the prompt the server renders is
 // byte-identical to transformers' apply_chat_template (and so to what the trainer rendered).
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { renderChatPrompt } from "../src/prompt.ts";
 import { messageSchema } from "../src/schemas.ts";
 
-const FIXTURES = join(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+const FIXTURES = join(import.meta.dir, "../../../tests/fixtures/chat-templates");
 
 interface Case {
   id: string;
@@ -23,7 +23,7 @@ interface Case {
   expected?: string;
 }
 
-describe.skipIf(!existsSync(FIXTURES))("template parity with transformers (golden fixtures)", () => {
+describe("template parity with transformers (golden fixtures)", () => {
   test("every OpenAI-expressible fixture conversation renders byte-identically", () => {
     const raw = JSON.parse(readFileSync(join(FIXTURES, "cases.json"), "utf8"));
     const cases: Case[] = Array.isArray(raw) ? raw : raw.cases;

@@ -26,6 +26,5 @@ export {
   type AssistantSpansOptions,
   type CharSpan,
 } from "./assistant-mask.ts";
-export { loadChatTemplate, type LoadedChatTemplate, type SpecialTokens } from "./load-chat-template.ts";
 export { normalizeTemplateSource, templateSha256 } from "./template-source.ts";
 export { strftime } from "./strftime.ts";

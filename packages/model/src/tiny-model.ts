@@ -10,6 +10,7 @@ import { toGenerationConfigJson } from "./generation-config.ts";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
 import { float32ToBf16Array } from "./half-floats.ts";
 import { byteToUnicodeTable } from "./tokenizer.ts";
+import { mulberry32 } from "@tuneloom/kernels/host-data.ts";
 
 /** transformers' ChatML (Qwen2 / SmolLM2 style) template, the default for the tiny model. */
 export const CHATML_TEMPLATE =
@@ -213,18 +214,6 @@ export function tinyModelConfig(arch: Architecture, vocabSize: number, ids: Tiny
     padTokenId: ids["<|endoftext|>"],
     slidingWindow: null,
     layerTypes: Array.from({ length: numLayers }, () => "full_attention" as const),
-  };
-}
-
-/** mulberry32: a tiny 32-bit PRNG; uniform floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 

@@ -6,12 +6,12 @@
 //    template) already starts with the BOS string;
 //  - per-token character offsets, which the library does not return (needed for assistant masks):
 //    exact for byte-level BPE (Llama 3, SmolLM2, Qwen2), via incremental decoding otherwise;
-//  - the chat template (tokenizer_config.json `chat_template`, or a `chat_template.jinja` beside it);
 //  - an incremental detokenizer for streaming that emits only complete UTF-8 text.
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ModelFileError } from "./config.ts";
+import { type Json, readJsonObject, readTokenizerConfig, specialTokenContent } from "./tokenizer-config.ts";
 
 export interface EncodeOptions {
   /** Let the tokenizer add its special tokens (BOS, ...). Default true, as in transformers. */
@@ -33,8 +33,6 @@ export interface DecodeOptions {
   skipSpecialTokens?: boolean;
 }
 
-type Json = Record<string, unknown>;
-
 /** GPT-2's reversible byte → printable-unicode map used by byte-level BPE (bytes_to_unicode). */
 export function byteToUnicodeTable(): string[] {
   const printable: number[] = [];
@@ -52,15 +50,6 @@ export function byteToUnicodeTable(): string[] {
 
 const BYTE_TO_UNICODE = byteToUnicodeTable();
 const UNICODE_TO_BYTE = new Map(BYTE_TO_UNICODE.map((ch, b) => [ch, b]));
-
-/** A special-token entry of tokenizer_config.json: a string, an AddedToken object `{content}`, or null. */
-function specialTokenContent(config: Json, field: string, source: string): string | null {
-  const v = config[field];
-  if (v === undefined || v === null) return null;
-  if (typeof v === "string") return v;
-  if (typeof v === "object" && typeof (v as Json).content === "string") return (v as Json).content as string;
-  throw new ModelFileError(`${source}: field '${field}': expected a string or an object with 'content'`);
-}
 
 function usesByteLevel(component: unknown): boolean {
   if (!component || typeof component !== "object") return false;
@@ -81,7 +70,6 @@ export class ModelTokenizer {
   readonly unkId: number | null;
   /** tokenizer_config `add_bos_token`; null when the config leaves BOS to tokenizer.json's post-processor. */
   readonly addBosToken: boolean | null;
-  readonly chatTemplate: string | null;
   /** Number of ids, added tokens included (max id + 1). May be smaller than config.json's vocab_size. */
   readonly vocabSize: number;
   readonly modelMaxLength: number | null;
@@ -92,7 +80,7 @@ export class ModelTokenizer {
   private readonly addedTokenContent: Map<string, number>;
   private readonly specialIds: Set<number>;
 
-  constructor(tokenizerJson: Json, tokenizerConfig: Json, options: { source?: string; chatTemplate?: string | null } = {}) {
+  constructor(tokenizerJson: Json, tokenizerConfig: Json, options: { source?: string } = {}) {
     const source = options.source ?? "tokenizer.json";
     const configSource = source.replace(/tokenizer\.json$/, "tokenizer_config.json");
     if (typeof tokenizerJson !== "object" || tokenizerJson === null || typeof tokenizerJson.model !== "object")
@@ -133,7 +121,6 @@ export class ModelTokenizer {
     const maxLen = tokenizerConfig.model_max_length;
     // transformers writes a huge sentinel (1e30) when there is no limit.
     this.modelMaxLength = typeof maxLen === "number" && maxLen < 1e15 ? maxLen : null;
-    this.chatTemplate = options.chatTemplate ?? chatTemplateFromConfig(tokenizerConfig, configSource);
   }
 
   tokenToId(token: string): number | undefined {
@@ -247,41 +234,11 @@ function decodedOffsets(tokenizer: ModelTokenizer, text: string, ids: number[]):
   return detok.text === text ? offsets : null;
 }
 
-/** tokenizer_config `chat_template`: a string, or a list of {name, template} (the "default" one is used). */
-function chatTemplateFromConfig(config: Json, source: string): string | null {
-  const t = config.chat_template;
-  if (t === undefined || t === null) return null;
-  if (typeof t === "string") return t;
-  if (Array.isArray(t)) {
-    const named = t as { name?: unknown; template?: unknown }[];
-    const pick = named.find((x) => x.name === "default") ?? named[0];
-    if (pick && typeof pick.template === "string") return pick.template;
-  }
-  throw new ModelFileError(`${source}: field 'chat_template': expected a string or a list of {name, template}`);
-}
-
-function readJson(path: string): Json {
-  try {
-    const v = JSON.parse(readFileSync(path, "utf8"));
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
-    return v as Json;
-  } catch (e) {
-    throw new ModelFileError(`${path}: invalid JSON (${(e as Error).message})`);
-  }
-}
-
-/**
- * Load `<dir>/tokenizer.json` and `<dir>/tokenizer_config.json` (optional). A `chat_template.jinja`
- * beside them wins over the config's `chat_template`, as in transformers ≥ 4.43.
- */
+/** Load `<dir>/tokenizer.json` and `<dir>/tokenizer_config.json` (optional). The chat template is chat-template-file.ts's. */
 export function loadTokenizer(dir: string): ModelTokenizer {
   const tokenizerPath = join(dir, "tokenizer.json");
   if (!existsSync(tokenizerPath)) throw new ModelFileError(`${tokenizerPath}: not found (only fast tokenizers, tokenizer.json, are supported)`);
-  const configPath = join(dir, "tokenizer_config.json");
-  const config = existsSync(configPath) ? readJson(configPath) : {};
-  const jinjaPath = join(dir, "chat_template.jinja");
-  const chatTemplate = existsSync(jinjaPath) ? readFileSync(jinjaPath, "utf8") : null;
-  return new ModelTokenizer(readJson(tokenizerPath), config, { source: tokenizerPath, chatTemplate });
+  return new ModelTokenizer(readJsonObject(tokenizerPath), readTokenizerConfig(dir).config, { source: tokenizerPath });
 }
 
 /**

@@ -38,7 +38,7 @@ export function tinyLora(model: GpuModel, rank = 4, seed = 99): LayerLora[] {
   const mod = (inF: number, outF: number) => ({
     A: rt.upload("f32", [rank, inF], rand(rank * inF, 0.5), "lora_A"),
     B: rt.upload("f32", [outF, rank], rand(outF * rank, 0.5), "lora_B"),
-    scale: 0.75,
+    scaling: 0.75,
   });
   return Array.from({ length: cfg.numLayers }, () => ({
     q_proj: mod(cfg.hiddenSize, cfg.numHeads * cfg.headDim),

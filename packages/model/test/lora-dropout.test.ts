@@ -80,7 +80,7 @@ async function runGroup(c: GroupCase) {
     };
     const lora: LoraModule | undefined = adapted[i]
       ? {
-        A: view(aBuf, A!), B: up([outF, r], B!), scale: s + 0.5 * i, dA: view(dABuf, dA0!), dB: up([outF, r], dB0!),
+        A: view(aBuf, A!), B: up([outF, r], B!), scaling: s + 0.5 * i, dA: view(dABuf, dA0!), dB: up([outF, r], dB0!),
         dropout: c.withDropout ? { p, seed, scratch } : undefined,
       }
       : undefined;
@@ -167,7 +167,7 @@ describe("LoRA linear with dropout against float64", () => {
   test("a scratch smaller than T·in is refused, naming the function", () => {
     const x = rt.upload("f32", [4, 64], randn(256)), W = rt.upload("f32", [32, 64], randn(2048));
     const y = rt.empty("f32", [4, 32]), h = rt.empty("f32", [4, 2]), scratch = rt.empty("f32", [4, 63]);
-    const lora: LoraModule = { A: rt.upload("f32", [2, 64], randn(128)), B: rt.upload("f32", [32, 2], randn(64)), scale: 1, dropout: { p: 0.1, seed: 1, scratch } };
+    const lora: LoraModule = { A: rt.upload("f32", [2, 64], randn(128)), B: rt.upload("f32", [32, 2], randn(64)), scaling: 1, dropout: { p: 0.1, seed: 1, scratch } };
     const rec = rt.recorder("lora-dropout scratch");
     expect(() => linearsLoraForward(rec, x, [{ w: W, y, lora }], h)).toThrow("linearsLoraForward: LoRA dropout scratch");
     rec.release();

@@ -1,15 +1,15 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadModelConfig, parseModelConfig } from "../src/config.ts";
 import { loadGenerationConfig } from "../src/generation-config.ts";
 import { expectedTensors, openCheckpoint } from "../src/checkpoint.ts";
 import { loadTokenizer } from "../src/tokenizer.ts";
+import { loadChatTemplate } from "../src/chat-template-file.ts";
 import { float32ToBf16Array, bf16ToFloat32Array } from "../src/half-floats.ts";
 import { cpuReferenceForward, cpuReferenceGreedy, ropeInverseFrequencies } from "../src/cpu-reference.ts";
 import { CHATML_TEMPLATE, QWEN2_SPLIT_PATTERN, tinyModelWeights, writeTinyModel } from "../src/tiny-model.ts";
-import { run as makeTinyModel } from "../../../apps/cli/src/commands/make-tiny-model.ts";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "tiny-"));
 const filesOf = (dir: string) => Object.fromEntries(readdirSync(dir).sort().map((f) => [f, readFileSync(join(dir, f))]));
@@ -42,7 +42,7 @@ describe("tiny model", () => {
       const tok = loadTokenizer(dir);
       expect(tok.vocabSize).toBe(cfg.vocabSize);
       expect(tok.eosId).toBe(cfg.eosTokenIds[0]!);
-      expect(tok.chatTemplate).toBe(CHATML_TEMPLATE);
+      expect(loadChatTemplate(dir).source).toBe(CHATML_TEMPLATE);
       expect(loadGenerationConfig(dir)!.eosTokenIds).toEqual([written.specialIds["<|im_end|>"], written.specialIds["<|endoftext|>"]]);
       const meta = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
       expect(meta.architectures).toEqual([arch === "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM"]);
@@ -145,18 +145,5 @@ describe("tiny model", () => {
     }
     const linear = ropeInverseFrequencies({ ...cfg, ropeScaling: { type: "linear", factor: 2 } });
     expect(linear[5]).toBeCloseTo(plain[5]! / 2, 15);
-  });
-
-  test("make-tiny-model command: flags, --template, errors", async () => {
-    const dir = tmp();
-    const template = join(dir, "t.jinja");
-    writeFileSync(template, "{% for m in messages %}{{ m.content }}{% endfor %}");
-    const out = join(dir, "model");
-    expect(await makeTinyModel(["--out", out, "--arch", "qwen2", "--template", template, "--seed", "4", "--dtype", "bf16"])).toBe(0);
-    expect(loadTokenizer(out).chatTemplate).toBe("{% for m in messages %}{{ m.content }}{% endfor %}");
-    expect(loadModelConfig(out).arch).toBe("qwen2");
-    await expect(makeTinyModel([])).rejects.toThrow("--out is required");
-    await expect(makeTinyModel(["--out", out, "--arch", "gpt2"])).rejects.toThrow("--arch must be llama or qwen2");
-    await expect(makeTinyModel(["--out", out, "--sed", "1"])).rejects.toThrow("unknown flag --sed");
   });
 });

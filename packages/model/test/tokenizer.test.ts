@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { loadChatTemplate } from "../src/chat-template-file.ts";
 import { IncrementalDetokenizer, loadTokenizer, ModelTokenizer } from "../src/tokenizer.ts";
 import { buildTinyTokenizer, CHATML_TEMPLATE, writeTinyModel } from "../src/tiny-model.ts";
 
@@ -145,23 +146,23 @@ describe("non-byte-level tokenizers: offsets from incremental decoding", () => {
 });
 
 describe("loadTokenizer", () => {
-  test("reads the directory; chat_template.jinja wins over tokenizer_config; errors name the file and field", () => {
+  test("reads the directory; chat_template.jinja wins over tokenizer_config (one template reader); errors name the file and field", () => {
     const dir = mkdtempSync(join(tmpdir(), "tok-"));
     writeTinyModel(dir, { arch: "qwen2" });
     const t = loadTokenizer(dir);
-    expect(t.chatTemplate).toBe(CHATML_TEMPLATE);
+    expect(loadChatTemplate(dir).source).toBe(CHATML_TEMPLATE);
     expect(t.eosToken).toBe("<|im_end|>");
     // Qwen2.5's config: no BOS token, no add_bos_token key.
     expect(t.bosToken).toBeNull();
     expect(t.addBosToken).toBeNull();
     expect(t.modelMaxLength).toBe(2048);
     writeFileSync(join(dir, "chat_template.jinja"), "{{ messages }}");
-    expect(loadTokenizer(dir).chatTemplate).toBe("{{ messages }}");
+    expect(loadChatTemplate(dir).source).toBe("{{ messages }}");
     writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ eos_token: "<missing>" }));
     expect(() => loadTokenizer(dir)).toThrow(`${join(dir, "tokenizer_config.json")}: field 'eos_token': token '<missing>' is not in the vocabulary`);
     writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ chat_template: [{ name: "tool_use", template: "T" }, { name: "default", template: "D" }] }));
-    writeFileSync(join(dir, "chat_template.jinja"), "");
-    expect(new ModelTokenizer(tiny.tokenizerJson, { chat_template: [{ name: "tool_use", template: "T" }, { name: "default", template: "D" }] }).chatTemplate).toBe("D");
+    rmSync(join(dir, "chat_template.jinja"));
+    expect(loadChatTemplate(dir).source).toBe("D");
     writeFileSync(join(dir, "tokenizer.json"), JSON.stringify({ version: "1.0" }));
     expect(() => loadTokenizer(dir)).toThrow("tokenizer.json: field 'model': missing");
     const empty = mkdtempSync(join(tmpdir(), "tok-"));

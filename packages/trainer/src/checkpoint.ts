@@ -3,22 +3,20 @@
  * as is) + `optimizer.safetensors` (AdamW moments) + `trainer_state.json`.
  *
  * What resume restores, so that a resumed run takes exactly the steps the uninterrupted run
- * would have: the LoRA weights, AdamW's m and v and its step count, the RNG state, the data
- * position (next batch = {epoch, step}, which with the seed names the batch exactly), and the
- * lr schedule (config + steps taken). LoRA dropout masks need no state of their own: they are
- * a hash of (seed, step, layer, module, micro-batch), so the restored step brings them back
- * (the RNG stream is saved and restored, but nothing in training draws from it today).
+ * would have: the LoRA weights, AdamW's m and v and its step count, the data position (next
+ * batch = {epoch, step}, which with the seed names the batch exactly), and the lr schedule
+ * (config + steps taken). Nothing random needs state of its own: shuffles are derived from
+ * (seed, epoch) and LoRA dropout masks are a hash of (seed, step, layer, module, micro-batch),
+ * so the restored step brings them back. (Checkpoints of earlier versions carry an `rng` field;
+ * it is ignored.)
  * Each checkpoint is written atomically (temp dir + rename); a run killed mid-save leaves
  * only a `.tmp-<pid>` directory, which resume ignores.
  */
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
-import type { ModelConfig } from "@tuneloom/model/config.ts";
-import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
-import { AdapterFileError, loraTensorName, readAdapterDir, writeAdapterFiles, writeDirAtomically, type AdapterContents, type LoadedAdapter } from "./adapter-io.ts";
+import { type AdapterContents, AdapterFileError, type LoadedAdapter, loraTensorName, type ModelConfig, openSafetensors, readAdapterDir, type TensorToWrite, writeAdapterFiles, writeDirAtomically, writeSafetensors } from "@tuneloom/model";
 import type { DataPosition } from "./batching.ts";
-import type { RngState } from "./rng.ts";
 import { SCHEDULE_KINDS, type ScheduleState } from "./schedule.ts";
 
 export const TRAINER_STATE_FILE = "trainer_state.json";
@@ -30,7 +28,6 @@ export interface TrainerState {
   step: number;
   /** Where the next batch comes from. */
   dataPosition: DataPosition;
-  rng: RngState;
   schedule: ScheduleState;
   /** Non-pad tokens trained on so far. */
   tokensSeen: number;
@@ -52,7 +49,6 @@ const trainerStateSchema = z.object({
   version: z.literal(1),
   step: z.number().int().nonnegative(),
   dataPosition: z.object({ epoch: z.number().int().nonnegative(), step: z.number().int().nonnegative() }),
-  rng: z.object({ algorithm: z.literal("xoshiro128**"), state: z.tuple([z.number(), z.number(), z.number(), z.number()]) }),
   schedule: z.object({
     kind: z.enum(SCHEDULE_KINDS),
     baseLr: z.number().positive(),

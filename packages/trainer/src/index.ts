@@ -1,15 +1,14 @@
 /**
  * @tuneloom/trainer: LoRA fine-tuning. This entry exports the CPU side: data loading and
- * validation, tokenization with assistant masks, batching/packing, LoRA config and init, lr
- * schedules, PEFT adapter I/O, checkpoints, metrics, loss curve and progress output.
+ * validation, tokenization with assistant masks, batching/packing, LoRA init, lr schedules,
+ * checkpoints, metrics, loss curve and progress output.
  */
 export * from "./rng.ts";
 export * from "./data.ts";
 export * from "./tokenize-conversation.ts";
 export * from "./batching.ts";
-export * from "./lora-config.ts";
+export * from "./lora-init.ts";
 export * from "./schedule.ts";
-export * from "./adapter-io.ts";
 export * from "./checkpoint.ts";
 export * from "./metrics.ts";
 export * from "./loss-curve-svg.ts";

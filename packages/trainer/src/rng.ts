@@ -1,10 +1,11 @@
 /**
- * A seedable PRNG whose whole state is four uint32 words, so a checkpoint can save it and a
- * resumed run continues the exact same stream (dropout masks, shuffles, init).
+ * A seedable PRNG whose whole state is four uint32 words (state()/fromState() save and restore
+ * it). Training needs no saved stream: every draw (LoRA init, the shuffle of each epoch, the eval
+ * split) comes from a stream derived from the seed and its purpose, so resume recomputes it.
  *
  * Algorithm: xoshiro128** (Blackman & Vigna), seeded through splitmix32 so that nearby seeds
  * give unrelated streams. Independent streams for different purposes (LoRA init, the shuffle
- * of epoch 3, dropout) come from `Rng.derive(seed, "shuffle", 3)`, which hashes the labels
+ * of epoch 3) come from `Rng.derive(seed, "shuffle", 3)`, which hashes the labels
  * into the seed: changing how many numbers one purpose draws never shifts another's stream.
  */
 

@@ -1,9 +1,9 @@
 /**
- * Row → token ids + labels, through the same renderer the server uses, so the model trains on
- * exactly the bytes it will be prompted with.
+ * Row → token ids + labels, through the same renderer and the same prompt rule (@tuneloom/model's
+ * chat-prompt.ts) the server uses, so the model trains on exactly the ids it will be prompted with.
  *
- *   text   = renderChatTemplate(template, {messages, tools, bos_token, eos_token, ...})   // no generation prompt
- *   ids    = tokenizer.encode(text, {addSpecialTokens: false})   // as transformers' apply_chat_template(tokenize=True)
+ *   text   = renderChatTemplate(template, chatTemplateVariables(messages, {tools, specialTokens, kwargs}))   // no generation prompt
+ *   ids    = encodeChatText(tokenizer, text)   // as transformers' apply_chat_template(tokenize=True), never two BOS
  *   labels = ids[t] where token t overlaps an assistant span, else −100   (unshifted, HF convention)
  *
  * Assistant spans come from @tuneloom/chat-template (prefix renderings) and include each turn's
@@ -18,13 +18,12 @@
  * Truncation policy: keep the first `maxLength` tokens (cut from the right). The row is kept if at
  * least one target token survives, otherwise dropped; both are counted.
  */
-import { assistantSpans, findPrefixViolations, tokenMaskFromSpans, type ChatMessage, type CharSpan, type SpecialTokens } from "@tuneloom/chat-template";
+import { assistantSpans, findPrefixViolations, tokenMaskFromSpans, type ChatMessage, type CharSpan } from "@tuneloom/chat-template";
+import { type ChatTextTokenizer, type SpecialTokens, chatTemplateVariables, encodeChatText } from "@tuneloom/model";
 import type { RowSource, TrainingMessage, TrainingRow } from "./data.ts";
 
 /** What tokenization needs from a tokenizer; @tuneloom/model's ModelTokenizer has this shape. */
-export interface TrainingTokenizer {
-  encode(text: string, options?: { addSpecialTokens?: boolean }): { ids: number[]; offsets?: [number, number][] };
-  readonly bosId: number | null;
+export interface TrainingTokenizer extends ChatTextTokenizer {
   readonly eosId: number | null;
 }
 
@@ -67,30 +66,12 @@ export class TokenizeError extends Error {
   override readonly name = "TokenizeError";
 }
 
-/**
- * Encodes rendered chat text the one way trainer and server both must: no special tokens added
- * (the template wrote BOS if the model wants one), and never two BOS in a row.
- */
-export function encodeChatText(tokenizer: TrainingTokenizer, text: string): { ids: number[]; offsets?: [number, number][] } {
-  const encoded = tokenizer.encode(text, { addSpecialTokens: false });
-  const { ids, offsets } = encoded;
-  if (tokenizer.bosId !== null && ids.length >= 2 && ids[0] === tokenizer.bosId && ids[1] === tokenizer.bosId) {
-    return { ids: ids.slice(1), offsets: offsets?.slice(1) };
-  }
-  return encoded;
-}
-
 function where(source: RowSource): string {
   return `${source.file}:${source.line}`;
 }
 
 function variablesFor(messages: TrainingMessage[], tools: unknown[] | undefined, options: TokenizeOptions) {
-  return {
-    ...options.templateKwargs,
-    ...options.specialTokens,
-    messages: messages as ChatMessage[],
-    ...(tools ? { tools } : {}),
-  };
+  return chatTemplateVariables(messages as ChatMessage[], { tools, specialTokens: options.specialTokens, kwargs: options.templateKwargs });
 }
 
 function maskToLabels(ids: readonly number[], mask: Uint8Array | null): Int32Array {

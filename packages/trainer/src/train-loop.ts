@@ -15,18 +15,16 @@
  */
 import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { loadChatTemplate } from "@tuneloom/chat-template";
-import { formatLoadReport, formatUnderflow, GpuModel, loadTokenizer } from "@tuneloom/model";
-import { type AdapterContents, writeAdapterDir } from "./adapter-io.ts";
+import {
+  type AdapterContents, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
+} from "@tuneloom/model";
 import { type Batch, DataLoader } from "./batching.ts";
 import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
-import { type LoraConfig, loraParameterCount, parseLoraConfig } from "./lora-config.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter } from "./progress.ts";
-import { Rng } from "./rng.ts";
 import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
 import { tokenizeDataset } from "./tokenize-conversation.ts";
 
@@ -100,8 +98,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const lora: LoraConfig = parseLoraConfig({
     rank: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targetModules as string, rslora: o.rslora,
   });
-  const template = loadChatTemplate(o.model);
-  const tokenizer = loadTokenizer(o.model);
+  // The model's template and tokenizer, chosen as serving the base model would choose them.
+  const template = resolveServingTemplate(o.model);
+  const tokenizer = loadServingTokenizer(o.model);
   const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed });
   for (const line of data.report) log(`data: ${line}`);
   const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };
@@ -138,7 +137,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const evalBatches = evalSet && evalSet.examples.length
     ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
     : null;
-  const rng = Rng.derive(o.seed, "dropout");
   if (o.resume) {
     const ckDir = findLatestCheckpoint(o.resume);
     if (!ckDir) throw new Error(`--resume ${o.resume}: no checkpoint found (expected a checkpoint-<step> directory)`);
@@ -149,7 +147,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     tokensSeen = ck.state.tokensSeen;
     elapsedBefore = ck.state.elapsedS;
     bestEval = ck.state.bestEvalLoss;
-    rng.setState(ck.state.rng);
     loader.seek(ck.state.dataPosition);
     log(`resumed from ${ckDir} at step ${step}`);
   }
@@ -201,7 +198,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
-        state: { step, dataPosition: loader.position, rng: rng.state(), schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
+        state: { step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
     }
     o.onStepEnd?.({ step, loss: r.loss });

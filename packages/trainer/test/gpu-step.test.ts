@@ -3,8 +3,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { relError } from "@tuneloom/kernels/testing.ts";
-import { GpuModel, writeTinyModel } from "@tuneloom/model";
-import { type Batch, parseLoraConfig } from "../src/index.ts";
+import { GpuModel, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
+import type { Batch } from "../src/index.ts";
 import { LoraTrainer } from "../src/gpu/lora-trainer.ts";
 
 let model: GpuModel;

@@ -2,12 +2,10 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { loadChatTemplate } from "@tuneloom/chat-template";
-import { writeTinyModel } from "@tuneloom/model/tiny-model.ts";
-import { loadTokenizer } from "@tuneloom/model/tokenizer.ts";
-import type { AdapterContents } from "../src/adapter-io.ts";
+import { loadChatTemplate, loadTokenizer, writeTinyModel } from "@tuneloom/model";
+import { type AdapterContents, loraLayerSpecs, parseLoraConfig } from "@tuneloom/model";
 import { parseJsonl, type TrainingRow } from "../src/data.ts";
-import { initLoraWeights, loraLayerSpecs, parseLoraConfig } from "../src/lora-config.ts";
+import { initLoraWeights } from "../src/lora-init.ts";
 import { Rng } from "../src/rng.ts";
 
 const created: string[] = [];

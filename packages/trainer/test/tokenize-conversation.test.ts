@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { ModelTokenizer } from "@tuneloom/model/tokenizer.ts";
-import { IGNORE_INDEX, encodeChatText, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
+import { encodeChatText, ModelTokenizer } from "@tuneloom/model";
+import { IGNORE_INDEX, templatePrefixWarning, tokenizeDataset, tokenizeRow, type TokenizeOptions } from "../src/tokenize-conversation.ts";
 import { rowsOf, tinyModel } from "./helpers.ts";
 
 function options(overrides: Partial<TokenizeOptions> = {}): TokenizeOptions {
@@ -206,8 +206,8 @@ describe("rows the template rejects", () => {
   });
 });
 
-describe("real templates from the shared fixtures", () => {
-  const fixtures = path.resolve(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+describe("real templates from the fixtures", () => {
+  const fixtures = path.resolve(import.meta.dir, "../../../tests/fixtures/chat-templates");
   const cases: [file: string, special: Record<string, string>, expected: string][] = [
     ["meta-llama-Llama-3.1-8B-Instruct.jinja", { bos_token: "<|begin_of_text|>", eos_token: "<|eot_id|>" }, "Paris<|eot_id|>Quarn, a small town.<|eot_id|>"],
     ["Qwen-Qwen2.5-7B-Instruct.jinja", { eos_token: "<|im_end|>" }, "Paris<|im_end|>Quarn, a small town.<|im_end|>"],
@@ -236,7 +236,7 @@ describe("real templates from the shared fixtures", () => {
 });
 
 describe("templatePrefixWarning (startup check)", () => {
-  const fixtures = path.resolve(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+  const fixtures = path.resolve(import.meta.dir, "../../../tests/fixtures/chat-templates");
   test("stable templates pass, history-rewriting ones are flagged", () => {
     expect(templatePrefixWarning(tinyModel().template.source)).toBeNull();
     const qwen3 = readFileSync(path.join(fixtures, "Qwen-Qwen3-0.6B.jinja"), "utf8");

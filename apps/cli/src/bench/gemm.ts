@@ -11,7 +11,7 @@ import {
   tcConfigFor, tcConfigName, toF16,
 } from "@tuneloom/kernels";
 import { writeFileSync } from "node:fs";
-import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/testing.ts";
+import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { sampledRelError, timeGpu } from "./timing.ts";
 
 const SHAPES: [string, number, number, number][] = [

@@ -9,7 +9,7 @@
  *   bun apps/cli/src/bench/gemv.ts [--quick] [--M 1,4,16] [--dtype f16,bf16,f32] [--rows 1,2,4]
  */
 import { type DType, type GemvConfig, type GpuRuntime, type Recorder, Tensor, gemv, getRuntime, matmul } from "@tuneloom/kernels";
-import { randn, relError, toBf16Bits, toF16Bits } from "@tuneloom/kernels/testing.ts";
+import { randn, relError, toBf16Bits, toF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { timeGpuAdaptive } from "./timing.ts";
 
 /** [name, N (out features), K (in features)] */

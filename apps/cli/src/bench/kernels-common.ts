@@ -3,7 +3,7 @@
  * published models' at 8×512 tokens, or tiny ones for --quick), how long to time, fast random
  * inputs, and relative error against a float64 reference on all entries or a spread sample.
  */
-import { type DType, type GpuRuntime, type Recorder, hasTensorCoreMatmul } from "@tuneloom/kernels";
+import { type GpuRuntime, type Recorder, hasTensorCoreMatmul } from "@tuneloom/kernels";
 import { type ModelConfig, parseModelConfig } from "@tuneloom/model";
 import { BENCH_MODELS } from "./model-shapes.ts";
 import { sampledRelError, timeGpuAdaptive } from "./timing.ts";
@@ -157,9 +157,6 @@ export function decode16(dtype: "f16" | "bf16"): Float64Array {
   }
   return t;
 }
-
-/** Bytes per element of a tensor dtype. */
-export const elementBytes = (dtype: DType) => (dtype === "f16" || dtype === "bf16" ? 2 : 4);
 
 // ---------------------------------------------------------------------------- errors
 

@@ -7,7 +7,7 @@ import {
   type GpuRuntime, type Recorder, FlatParamLayout, adamwStep, createAdamWState, createGradClipState, gradNormClip, readGradNorm,
   releaseAdamWState, releaseGradClipState,
 } from "@tuneloom/kernels";
-import { loraLayerSpecs, parseLoraConfig } from "@tuneloom/trainer";
+import { loraLayerSpecs, parseLoraConfig } from "@tuneloom/model";
 import { type KernelBenchLine, type KernelShape, elementsRelError, gbs, modelTag, runOnce, timeKernel, uniform, uniformIn, worst } from "./kernels-common.ts";
 
 const WEIGHT_DECAY = 0.01;

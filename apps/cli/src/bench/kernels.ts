@@ -7,7 +7,7 @@
  * kernels-common.ts has the shared parts; each kernels-*.ts file measures one family of ops.
  */
 import { type GpuRuntime, hasTensorCoreMatmul, matmul, matmulAuto } from "@tuneloom/kernels";
-import { randn, toF16Bits, fromF16Bits } from "@tuneloom/kernels/testing.ts";
+import { randn, toF16Bits, fromF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { benchAttention, benchAttentionDecode } from "./kernels-attention.ts";
 import { type KernelBenchLine, type KernelShape, modelShape, quickShape } from "./kernels-common.ts";
 import { benchCrossEntropy, benchSampling } from "./kernels-head.ts";

@@ -6,7 +6,7 @@
  *   bun apps/cli/src/bench/lora-group.ts [T]
  */
 import { getRuntime, Tensor } from "@tuneloom/kernels";
-import { randn } from "@tuneloom/kernels/testing.ts";
+import { randn } from "@tuneloom/kernels/host-data.ts";
 import { linearsLoraBackward, linearsLoraForward, type LoraModule } from "@tuneloom/model";
 
 const rt = await getRuntime();
@@ -19,7 +19,7 @@ const projections = (stacked: boolean) => outs.map((o, i) => {
   const lora: LoraModule = {
     A: stacked ? view(aBuf, "A") : rt.upload("f32", [r, inF], randn(r * inF)),
     dA: stacked ? view(dABuf, "dA") : rt.zeros("f32", [r, inF]),
-    B: rt.upload("f32", [o, r], randn(o * r)), dB: rt.zeros("f32", [o, r]), scale: 2,
+    B: rt.upload("f32", [o, r], randn(o * r)), dB: rt.zeros("f32", [o, r]), scaling: 2,
   };
   return { w: rt.upload("f32", [o, inF], randn(o * inF)), y: rt.empty("f32", [T, o]), dy: rt.upload("f32", [T, o], randn(T * o)), lora };
 });

@@ -6,8 +6,8 @@
  * peak_gib is the peak of the GPU buffers tuneloom allocated (weights, activations, state).
  */
 import type { GpuRuntime } from "@tuneloom/kernels";
-import { GpuModel } from "@tuneloom/model";
-import { type Batch, LoraTrainer, parseLoraConfig } from "@tuneloom/trainer";
+import { GpuModel, parseLoraConfig } from "@tuneloom/model";
+import { type Batch, LoraTrainer } from "@tuneloom/trainer";
 import { benchModelDir } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {

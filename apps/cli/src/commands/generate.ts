@@ -4,11 +4,11 @@
  * `{"ids": [...], "text": ...}`.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
-import { loadChatTemplate, renderChatTemplate, type ChatMessage } from "@tuneloom/chat-template";
+import type { ChatMessage } from "@tuneloom/chat-template";
 import {
-  GpuModel, IncrementalDetokenizer, KvCacheGenerator, loadGenerationConfig, loadGpuAdapter, loadTokenizer, stopTokenIds,
-  uniformStream, type GenerationConfig, type LayerLora, type ModelTokenizer,
+  GpuModel, IncrementalDetokenizer, KvCacheGenerator, checkAdapterTemplate, encodeChatText, loadGenerationConfig,
+  loadGpuAdapter, loadServingTokenizer, renderChatPrompt, resolveServingTemplate, servingStopTokenIds, uniformStream, type GenerationConfig, type LayerLora,
+  type ModelTokenizer,
 } from "@tuneloom/model";
 import type { SamplingParams } from "@tuneloom/kernels";
 import { parseFlags } from "../args.ts";
@@ -18,7 +18,8 @@ const HELP = `usage: generate --model DIR [--adapter DIR] (--prompt TEXT | --mes
 
   --prompt TEXT      raw text, tokenized as is (the tokenizer adds BOS if its config says so; no chat template)
   --messages FILE    JSON list of {role, content} (or {"messages": [...]}) rendered with the chat template,
-                     add_generation_prompt=true: the adapter's chat_template.jinja if it has one, else the model's
+                     add_generation_prompt=true: the adapter's chat_template.jinja if it has one, else the model's;
+                     as the server does, an adapter whose training_args.json records another template's sha256 is refused
   --ids-file FILE    JSON array of prompt token ids
   --max-tokens N     new tokens at most (default: generation_config.json max_new_tokens, else 256; capped by
                      the model's max_position_embeddings)
@@ -70,11 +71,16 @@ export function requireDir(dir: string | undefined, flag: string, usage: string)
   return dir;
 }
 
-/** The GPU model, the adapter (uploaded) and the tokenizer (the adapter's copy when it has one). */
+/**
+ * The GPU model, the adapter (uploaded) and the tokenizer, chosen as the server chooses them
+ * (@tuneloom/model's serving-files.ts). An adapter whose recorded training template differs
+ * from the one found is refused, as the server refuses it, before the model is loaded.
+ */
 export async function loadModelAndAdapter(modelDir: string, adapterDir?: string): Promise<{ model: GpuModel; lora?: LayerLora[]; tokenizer: ModelTokenizer }> {
+  checkAdapterTemplate(modelDir, adapterDir);
   const model = await GpuModel.load(modelDir);
   const lora = adapterDir ? loadGpuAdapter(model, adapterDir) : undefined;
-  const tokenizer = loadTokenizer(adapterDir && existsSync(join(adapterDir, "tokenizer.json")) ? adapterDir : modelDir);
+  const tokenizer = loadServingTokenizer(modelDir, adapterDir);
   return { model, lora, tokenizer };
 }
 
@@ -158,10 +164,8 @@ export async function run(argv: string[]): Promise<number> {
   // Ids past the tokenizer's vocabulary are padding rows of the checkpoint, not tokens.
   if (flags["ids-file"] !== undefined) promptIds = readIdsFile(flags["ids-file"], Math.min(model.cfg.vocabSize, tokenizer.vocabSize));
   else if (messages) {
-    const template = loadChatTemplate(adapterDir && existsSync(join(adapterDir, "chat_template.jinja")) ? adapterDir : modelDir);
-    const rendered = renderChatTemplate(template.source, { ...template.specialTokens, messages, add_generation_prompt: true });
-    // The template writes the special tokens itself (transformers: add_special_tokens=False).
-    promptIds = tokenizer.encode(rendered, { addSpecialTokens: false }).ids;
+    const template = resolveServingTemplate(modelDir, adapterDir);
+    promptIds = encodeChatText(tokenizer, renderChatPrompt(template, messages)).ids;
   } else promptIds = tokenizer.encode(flags.prompt!).ids;
   if (promptIds.length === 0) throw new Error("the prompt is empty (no tokens)");
 
@@ -171,7 +175,7 @@ export async function run(argv: string[]): Promise<number> {
   if (!Number.isInteger(requested) || requested < 1) throw new Error(`--max-tokens must be a positive integer, got ${requested}`);
   const maxTokens = Math.min(requested, maxPositions - promptIds.length);
 
-  const stopIds = new Set(stopTokenIds(model.cfg.eosTokenIds, gen, tokenizer.eosId));
+  const stopIds = new Set(servingStopTokenIds(modelDir, model.cfg, tokenizer));
   const detok = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: true, contextIds: promptIds });
   const maxStop = Math.max(0, ...stops.map((s) => s.length));
   const ids: number[] = [];

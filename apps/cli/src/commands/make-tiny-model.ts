@@ -1,7 +1,7 @@
 // `bun run make-tiny-model -- --out DIR [--arch llama|qwen2] [--template FILE] [--seed N] [--dtype f32|bf16]`
 // Writes a small deterministic random model in the Hugging Face layout (see packages/model/src/tiny-model.ts).
 import { readFileSync } from "node:fs";
-import { writeTinyModel } from "@tuneloom/model/tiny-model.ts";
+import { writeTinyModel } from "@tuneloom/model";
 import { parseFlags } from "../args.ts";
 
 const USAGE = "usage: make-tiny-model --out DIR [--arch llama|qwen2] [--template FILE] [--seed N] [--dtype f32|bf16]";

@@ -5,8 +5,10 @@
  */
 import { copyFileSync, existsSync, readdirSync, realpathSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { INDEX_FILE, loadModelConfig, mergeAdapterWeights, openCheckpoint, readPeftAdapter, writeSafetensors, type TensorToWrite } from "@tuneloom/model";
-import { TOKENIZER_FILES, writeDirAtomically } from "@tuneloom/trainer/adapter-io.ts";
+import {
+  INDEX_FILE, checkAdapterTemplate, copyTokenizerFiles, loadModelConfig, mergeAdapterWeights, openCheckpoint, readAdapterDir, servingTemplateFile,
+  servingTokenizerDir, writeDirAtomically, writeSafetensors, type TensorToWrite,
+} from "@tuneloom/model";
 import { parseFlags } from "../args.ts";
 import { requireDir } from "./generate.ts";
 
@@ -14,7 +16,8 @@ const HELP = `usage: merge --model DIR --adapter DIR --out DIR
 
 Writes to --out: config.json and generation_config.json (the model's), the merged safetensors (same
 dtype and the same file/shard layout as the base), the tokenizer files (the adapter's copies when it
-has them, else the model's) and chat_template.jinja (the adapter's: the template it was trained with).
+has them, else the model's) and chat_template.jinja (the adapter's: the template it was trained with;
+refused, as by the server, when training_args.json records another template's sha256).
 The directory is built beside --out and renamed into place, so --out is never half written. An
 existing --out is replaced only if it is empty or holds a model (config.json).`;
 
@@ -36,8 +39,9 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
 
+  checkAdapterTemplate(modelDir, adapterDir);
   const cfg = loadModelConfig(modelDir);
-  const adapter = readPeftAdapter(adapterDir, cfg);
+  const adapter = readAdapterDir(adapterDir, cfg);
   const store = openCheckpoint(modelDir);
   try {
     const merged = mergeAdapterWeights(store, adapter);
@@ -52,16 +56,15 @@ export async function run(argv: string[]): Promise<number> {
       for (const name of ["config.json", "generation_config.json", INDEX_FILE]) {
         if (existsSync(join(modelDir, name))) copyFileSync(join(modelDir, name), join(tmp, name));
       }
-      const tokenizerDir = existsSync(join(adapterDir, "tokenizer.json")) ? adapterDir : modelDir;
-      for (const name of TOKENIZER_FILES) if (existsSync(join(tokenizerDir, name))) copyFileSync(join(tokenizerDir, name), join(tmp, name));
-      const template = [adapterDir, modelDir].map((d) => join(d, "chat_template.jinja")).find((p) => existsSync(p));
+      copyTokenizerFiles(servingTokenizerDir(modelDir, adapterDir), tmp);
+      const template = servingTemplateFile(modelDir, adapterDir);
       if (template) copyFileSync(template, join(tmp, "chat_template.jinja"));
     });
   } finally {
     store.close();
   }
   console.error(
-    `merged ${adapter.modules.length} LoRA projection(s) (r=${adapter.rank}, scale ${adapter.scale}, ${adapter.targets.join(", ")}) into ${out}`,
+    `merged ${adapter.weights.length} LoRA projection(s) (r=${adapter.lora.rank}, scale ${adapter.scaling}, ${adapter.targets.join(", ")}) into ${out}`,
   );
   return 0;
 }

@@ -5,8 +5,10 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { renderChatTemplate } from "@tuneloom/chat-template";
-import { type GpuModel, type LayerLora, generateIds, loadTokenizer, writeTinyModel } from "@tuneloom/model";
+import {
+  type GpuModel, type LayerLora, encodeChatText, renderChatPrompt, generateIds, loadServingTokenizer, resolveServingTemplate, servingStopTokenIds,
+  writeTinyModel,
+} from "@tuneloom/model";
 import {
   DEMO_EVAL_FILE, DEMO_TRAIN_FILE, TRAIN_DEFAULTS, type TrainOptions, demoAnswerMatches, demoQuestion, formatSummary, loadJsonl, train,
 } from "@tuneloom/trainer";
@@ -53,17 +55,17 @@ export async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
-/** Held-out exact match: greedy answers to the eval questions, rendered with the training template. */
+/** Held-out exact match: greedy answers to the eval questions, prompted as the server would prompt them. */
 async function exactMatch(model: GpuModel, modelDir: string, lora: readonly LayerLora[] | undefined): Promise<{ right: number; total: number }> {
-  const tok = loadTokenizer(modelDir);
+  const tok = loadServingTokenizer(modelDir);
+  const template = resolveServingTemplate(modelDir);
+  const stopTokenIds = servingStopTokenIds(modelDir, model.cfg, tok);
   const rows = loadJsonl(DEMO_EVAL_FILE).rows;
-  const template = tok.chatTemplate!;
   let right = 0;
   for (const row of rows) {
     const { prompt, answer } = demoQuestion(row);
-    const text = renderChatTemplate(template, { messages: prompt, add_generation_prompt: true, eos_token: tok.eosToken ?? undefined, bos_token: tok.bosToken ?? undefined });
-    const ids = tok.encode(text, { addSpecialTokens: false }).ids;
-    const out = await generateIds(model, ids, { maxTokens: 8, sampling: { temperature: 0 }, stopTokenIds: [tok.eosId!], lora });
+    const ids = encodeChatText(tok, renderChatPrompt(template, prompt)).ids;
+    const out = await generateIds(model, ids, { maxTokens: 8, sampling: { temperature: 0 }, stopTokenIds, lora });
     if (demoAnswerMatches(tok.decode(out.ids, { skipSpecialTokens: true }), answer)) right++;
   }
   return { right, total: rows.length };

@@ -17,7 +17,8 @@ import {
   hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
-import { type LayerLora, type LoraTarget, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
+import type { LoraTarget } from "../lora-config.ts";
+import { type LayerLora, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
 import type { GpuLayerWeights } from "./weights.ts";
 
 /** Per-token inputs shared by all layers. */

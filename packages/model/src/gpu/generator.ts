@@ -24,6 +24,7 @@ import {
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
 import { type GpuModel, loraRankOf, loraTargetsOf } from "./model.ts";
+import { mulberry32 } from "@tuneloom/kernels/host-data.ts";
 
 export interface GeneratorOptions {
   /** Sequences that can be live at once. */
@@ -448,16 +449,9 @@ export class KvCacheGenerator {
   }
 }
 
-/** mulberry32: the seeded stream of uniform draws that makes sampling reproducible. */
+/** The seeded stream of uniform draws that makes sampling reproducible (mulberry32). */
 export function uniformStream(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 export interface GenerateOptions {

@@ -21,9 +21,8 @@
  * order.
  */
 import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
+import type { LoraTarget } from "../lora-config.ts";
 
-export const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
-export type LoraTarget = (typeof LORA_TARGETS)[number];
 
 /** Training-time dropout on a module's LoRA input; absent at inference and evaluation. */
 export interface LoraDropout {
@@ -44,7 +43,8 @@ export interface LoraDropout {
 export interface LoraModule {
   A: Tensor; // f32 (r, in)
   B: Tensor; // f32 (out, r)
-  scale: number;
+  /** s in ΔW = s·B·A (lora-config.ts loraScaling). */
+  scaling: number;
   /** Gradients, accumulated (+=) by the backward; absent at inference. */
   dA?: Tensor; // f32 (r, in)
   dB?: Tensor; // f32 (out, r)
@@ -137,7 +137,7 @@ export function linearsLoraForward(
   for (const [i, m] of mods.entries()) {
     const outF = m.B.shape[0]!;
     // y_i += s·h_i·B_iᵀ
-    matmul(rec, { a: hs, b: m.B, c: ys[i]!, M: T, N: outF, K: r, transB: true, lda: ld, offsetA: i * r, alpha: m.scale, beta: 1 });
+    matmul(rec, { a: hs, b: m.B, c: ys[i]!, M: T, N: outF, K: r, transB: true, lda: ld, offsetA: i * r, alpha: m.scaling, beta: 1 });
   }
 }
 
@@ -165,7 +165,7 @@ export function linearsLoraBackward(
   const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
   const dys = projs.filter((p) => p.lora).map((p) => p.dy);
   for (const [i, m] of mods.entries()) {
-    const outF = m.B.shape[0]!, s = m.scale, dy = dys[i]!;
+    const outF = m.B.shape[0]!, s = m.scaling, dy = dys[i]!;
     // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i,  dh_i = s·dy_i·B_i
     matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
     matmul(rec, { a: dy, b: m.B, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });

@@ -26,12 +26,12 @@ import {
   gradNormClip, readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
 } from "@tuneloom/kernels";
 import {
-  type GpuModel, type LayerActivations, type LayerLora, type LoraTarget,
-  LORA_TARGETS, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, releaseTensors,
+  type GpuModel, type LayerActivations, type LayerLora, type LoraConfig, type LoraTarget, type LoraLayerSpec, type LoraWeights,
+  LORA_TARGETS, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, loraLayerSpecs, loraScaling,
+  loraTensorName, releaseTensors,
 } from "@tuneloom/model";
-import { loraTensorName } from "../adapter-io.ts";
 import type { Batch } from "../batching.ts";
-import { type LoraConfig, type LoraLayerSpec, type LoraWeights, initLoraWeights, loraLayerSpecs, loraScaling } from "../lora-config.ts";
+import { initLoraWeights } from "../lora-init.ts";
 
 export interface StepResult {
   /** Mean loss over the step's target tokens. */
@@ -92,15 +92,15 @@ export class LoraTrainer {
     this.grads = this.layout.allocate(this.rt, "lora:grads");
     this.adam = createAdamWState(this.rt, this.layout);
     this.clip = createGradClipState(this.rt);
-    const scale = loraScaling(config);
+    const scaling = loraScaling(config);
     this.lora = Array.from({ length: model.cfg.numLayers }, () => ({}));
     for (const s of this.specs) {
-      this.lora[s.layer]![s.module as LoraTarget] = {
+      this.lora[s.layer]![s.module] = {
         A: this.layout.view(this.params, nameA(s)),
         B: this.layout.view(this.params, nameB(s)),
         dA: this.layout.view(this.grads, nameA(s)),
         dB: this.layout.view(this.grads, nameB(s)),
-        scale,
+        scaling,
       };
     }
     this.setWeights(initLoraWeights(this.specs, r, opts.seed));
@@ -109,7 +109,7 @@ export class LoraTrainer {
   /** Uploads A and B for every adapted layer (init, or a checkpoint being resumed). */
   setWeights(weights: readonly LoraWeights[]) {
     for (const w of weights) {
-      const m = this.lora[w.spec.layer]![w.spec.module as LoraTarget];
+      const m = this.lora[w.spec.layer]![w.spec.module];
       if (!m) throw new Error(`setWeights: ${w.spec.base} is not adapted by this trainer`);
       this.rt.write(m.A, w.A);
       this.rt.write(m.B, w.B);

@@ -1,36 +1,32 @@
 /**
- * The adapter directory: what PEFT's `save_pretrained` writes for a LoRA, plus what serving
- * needs to render prompts exactly as training did.
+ * The adapter directory, read and written in one place: what PEFT's `save_pretrained` writes for
+ * a LoRA, plus what serving needs to render prompts exactly as training did.
  *
  *   adapter_config.json         PEFT 0.13 LoraConfig, keys sorted, indent 2 (PEFT ≥ 0.13, vLLM, llama.cpp read it)
- *   adapter_model.safetensors   base_model.model.model.layers.{i}.{self_attn|mlp}.{m}.lora_A.weight (r×in) / lora_B.weight (out×r), F32
+ *   adapter_model.safetensors   base_model.model.model.layers.{i}.{self_attn|mlp}.{m}.lora_A.weight (r, in) / lora_B.weight (out, r)
  *   chat_template.jinja         the exact template bytes trained with
  *   training_args.json          every hyperparameter + chat_template_sha256
  *   tokenizer files             copied from the model directory
  *   metrics.jsonl, loss_curve.svg
  *
- * Writes are atomic at directory level: everything goes into `<dir>.tmp-<pid>`, which is renamed
- * over `<dir>` only once complete, so a crash or a full disk never leaves half an adapter where a
- * server would load it.
+ * Reading accepts F32, F16 and BF16 tensors and only what plain LoRA on linear layers can
+ * express; anything else PEFT can write (DoRA, trained biases, per-module ranks, fan-in-fan-out
+ * storage) is refused by name. Against a model config, every key and shape is checked before
+ * anything is used, and every problem is listed in one AdapterFileError naming the file and key.
+ * Writes are atomic at directory level (atomic-dir.ts).
  */
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { templateSha256 } from "@tuneloom/chat-template";
-import type { ModelConfig } from "@tuneloom/model/config.ts";
-import { openSafetensors, writeSafetensors, type TensorToWrite } from "@tuneloom/model/safetensors.ts";
-import { bf16ToFloat32Array, f16ToFloat32Array } from "@tuneloom/model/bf16.ts";
+import { writeDirAtomically } from "./atomic-dir.ts";
+import { bf16ToFloat32Array, f16ToFloat32Array } from "./half-floats.ts";
+import type { ModelConfig } from "./config.ts";
 import {
-  MODULE_PARENT,
-  TARGET_MODULES,
-  loraScaling,
-  normalizeTargetModules,
-  projectionShape,
-  type LoraConfig,
-  type LoraLayerSpec,
-  type LoraWeights,
-  type TargetModule,
+  LORA_TARGETS, LORA_TARGET_PARENT, loraModuleBase, loraProjectionShape, loraScaling, loraSpecOrder, normalizeTargetModules,
+  type LoraConfig, type LoraLayerSpec, type LoraTarget, type LoraWeights,
 } from "./lora-config.ts";
+import { openSafetensors, writeSafetensors, type TensorToWrite } from "./safetensors.ts";
 
 export const ADAPTER_CONFIG_FILE = "adapter_config.json";
 export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
@@ -60,6 +56,9 @@ export function loraTensorName(spec: Pick<LoraLayerSpec, "base">, which: "A" | "
 }
 
 const LORA_KEY = /^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_(A|B)\.weight$/;
+
+// ---------------------------------------------------------------------------------------------
+// Writing
 
 /** JSON with object keys sorted at every level, as Python's json.dumps(sort_keys=True, indent=2). */
 export function sortedJson(value: unknown): string {
@@ -147,57 +146,30 @@ export function writeAdapterFiles(dir: string, contents: AdapterContents): strin
   written.push(ADAPTER_WEIGHTS_FILE);
   put(CHAT_TEMPLATE_FILE, contents.chatTemplate);
   put(TRAINING_ARGS_FILE, JSON.stringify({ ...contents.trainingArgs, chat_template_sha256: templateSha256(contents.chatTemplate) }, null, 2) + "\n");
-  if (contents.tokenizerDir) {
-    for (const name of TOKENIZER_FILES) {
-      const from = path.join(contents.tokenizerDir, name);
-      if (!existsSync(from)) continue;
-      copyFileSync(from, path.join(dir, name));
-      written.push(name);
-    }
-  }
+  if (contents.tokenizerDir) written.push(...copyTokenizerFiles(contents.tokenizerDir, dir));
   if (contents.metricsJsonl !== undefined) put(METRICS_FILE, contents.metricsJsonl);
   if (contents.lossCurveSvg !== undefined) put(LOSS_CURVE_FILE, contents.lossCurveSvg);
   return written;
 }
 
-/**
- * Builds a directory next to its destination and renames it into place; on any error the
- * temporary directory is removed and `dir` is left as it was. An existing `dir` is replaced.
- */
-export function writeDirAtomically(dir: string, fill: (tmpDir: string) => void): void {
-  const target = path.resolve(dir);
-  mkdirSync(path.dirname(target), { recursive: true });
-  const tmp = `${target}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp);
-  try {
-    fill(tmp);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw e;
+/** Copies the TOKENIZER_FILES that `from` has into `to`; returns their names. */
+export function copyTokenizerFiles(from: string, to: string): string[] {
+  const copied: string[] = [];
+  for (const name of TOKENIZER_FILES) {
+    if (!existsSync(path.join(from, name))) continue;
+    copyFileSync(path.join(from, name), path.join(to, name));
+    copied.push(name);
   }
-  if (existsSync(target)) {
-    // rename() cannot replace a non-empty directory: move the old one aside first.
-    const old = `${target}.old-${process.pid}`;
-    rmSync(old, { recursive: true, force: true });
-    renameSync(target, old);
-    try {
-      renameSync(tmp, target);
-    } catch (e) {
-      renameSync(old, target);
-      rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
-    rmSync(old, { recursive: true, force: true });
-  } else {
-    renameSync(tmp, target);
-  }
+  return copied;
 }
 
 /** Writes a complete adapter directory atomically. */
 export function writeAdapterDir(dir: string, contents: AdapterContents): void {
   writeDirAtomically(dir, (tmp) => void writeAdapterFiles(tmp, contents));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reading
 
 export interface LoadedAdapter {
   dir: string;
@@ -207,24 +179,36 @@ export interface LoadedAdapter {
   /** s = α/r or α/√r. */
   scaling: number;
   baseModel: string | null;
-  /** In canonical order: layer by layer, modules q, k, v, o, gate, up, down. */
+  /** The adapted projections, canonical order (against a model: the same in every layer). */
+  targets: LoraTarget[];
+  /** Canonical order: layer by layer, modules q, k, v, o, gate, up, down. */
   weights: LoraWeights[];
   /** chat_template.jinja, when the adapter carries one. */
   chatTemplate: string | null;
   trainingArgs: Record<string, unknown> | null;
 }
 
-const emptyRecord = z.record(z.string(), z.unknown()).nullish();
+// Keys whose other values PEFT can write but plain LoRA on linear layers cannot express.
+const UNSUPPORTED: Record<string, string> = {
+  use_dora: "DoRA is not supported",
+  bias: 'trained biases are not supported (only bias: "none")',
+  fan_in_fan_out: "fan_in_fan_out storage is not supported",
+  modules_to_save: "modules_to_save is not supported",
+  layers_to_transform: "layers_to_transform is not supported",
+  rank_pattern: "per-module ranks are not supported",
+  alpha_pattern: "per-module alphas are not supported",
+};
+const emptyRecord = z.record(z.string(), z.unknown()).nullish().refine((r) => !r || Object.keys(r).length === 0);
 const adapterConfigSchema = z.looseObject({
   peft_type: z.literal("LORA"),
   r: z.number().int().positive(),
   lora_alpha: z.number().positive(),
   lora_dropout: z.number().min(0).lt(1).default(0),
   target_modules: z.union([z.array(z.string()).min(1), z.string()]),
-  use_rslora: z.boolean().default(false),
-  use_dora: z.literal(false).optional(),
-  bias: z.literal("none").default("none"),
-  fan_in_fan_out: z.literal(false).default(false),
+  use_rslora: z.boolean().nullish(),
+  use_dora: z.literal(false).nullish(),
+  bias: z.literal("none").nullish(),
+  fan_in_fan_out: z.literal(false).nullish(),
   modules_to_save: z.array(z.string()).max(0).nullish(),
   layers_to_transform: z.null().optional(),
   rank_pattern: emptyRecord,
@@ -232,12 +216,12 @@ const adapterConfigSchema = z.looseObject({
   base_model_name_or_path: z.string().nullish(),
 });
 
-function readJsonFile(file: string): unknown {
+function readJsonFile(file: string, what: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch {
-    throw new AdapterFileError(`${file}: not found`);
+    throw new AdapterFileError(`${file}: not found${what}`);
   }
   try {
     return JSON.parse(text);
@@ -246,33 +230,36 @@ function readJsonFile(file: string): unknown {
   }
 }
 
-function parseAdapterConfig(file: string, json: unknown): { lora: LoraConfig; baseModel: string | null } {
+/** adapter_config.json → LoraConfig; `allLinear` when target_modules is PEFT's "all-linear". */
+function parseAdapterConfig(file: string, json: unknown): { lora: LoraConfig; allLinear: boolean; baseModel: string | null } {
   const parsed = adapterConfigSchema.safeParse(json, { reportInput: true });
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const key = issue.path.join(".") || "(root)";
     const got = (issue as { input?: unknown }).input;
-    const unsupported = ["use_dora", "bias", "fan_in_fan_out", "modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern"].includes(key);
+    const gotText = got !== undefined ? ` (got ${JSON.stringify(got)})` : "";
+    const unsupported = UNSUPPORTED[String(issue.path[0])];
     throw new AdapterFileError(
-      `${file}: ${key}: ${unsupported ? `unsupported value ${JSON.stringify(got)} (only plain LoRA on linear layers is supported)` : `${issue.message}${got !== undefined ? ` (got ${JSON.stringify(got)})` : ""}`}`,
+      `${file}: ${key}: ${unsupported ? `unsupported value ${JSON.stringify(got)}: ${unsupported} (only plain LoRA on linear layers)` : `${issue.message}${gotText}`}`,
     );
   }
   const c = parsed.data;
-  if (Object.keys(c.rank_pattern ?? {}).length || Object.keys(c.alpha_pattern ?? {}).length) {
-    throw new AdapterFileError(`${file}: rank_pattern/alpha_pattern: per-module ranks are not supported`);
-  }
-  if (typeof c.target_modules === "string") {
+  const names = typeof c.target_modules === "string" ? [c.target_modules] : c.target_modules;
+  // PEFT accepts suffixes like "self_attn.q_proj"; the last component names the module.
+  const shortNames = names.map((m) => m.split(".").at(-1)!);
+  const allLinear = shortNames.length === 1 && shortNames[0] === "all-linear";
+  if (typeof c.target_modules === "string" && !allLinear) {
     throw new AdapterFileError(`${file}: target_modules: a regex ("${c.target_modules}") is not supported; list the module names`);
   }
-  let targetModules: TargetModule[];
+  let targetModules: LoraTarget[];
   try {
-    // PEFT accepts suffixes like "self_attn.q_proj"; the last component names the module.
-    targetModules = normalizeTargetModules(c.target_modules.map((m) => m.split(".").at(-1)!));
+    targetModules = normalizeTargetModules(shortNames);
   } catch (e) {
     throw new AdapterFileError(`${file}: target_modules: ${(e as Error).message}`);
   }
   return {
-    lora: { rank: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targetModules, rslora: c.use_rslora },
+    lora: { rank: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targetModules, rslora: c.use_rslora ?? false },
+    allLinear,
     baseModel: c.base_model_name_or_path ?? null,
   };
 }
@@ -287,14 +274,18 @@ function toFloat32(file: string, name: string, dtype: string, bytes: Uint8Array)
   }
 }
 
+const shapeText = (shape: readonly number[]) => `[${shape.join(", ")}]`;
+
 /**
- * Loads an adapter directory. With `model`, every tensor's layer, module and shape is checked
- * against the base model, and every problem is listed in one error.
+ * Reads an adapter directory. With `model`, every tensor is checked against it: a known
+ * projection of an existing layer, A (r, in) and B (out, r) with the model's in/out, and every
+ * layer adapting every module of target_modules (the GPU forward needs the same modules in
+ * every layer). Every problem is listed in one AdapterFileError.
  */
 export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter {
   const configFile = path.join(dir, ADAPTER_CONFIG_FILE);
-  const rawConfig = readJsonFile(configFile) as Record<string, unknown>;
-  const { lora, baseModel } = parseAdapterConfig(configFile, rawConfig);
+  const rawConfig = readJsonFile(configFile, ` (an adapter directory needs ${ADAPTER_CONFIG_FILE})`) as Record<string, unknown>;
+  const { lora, allLinear, baseModel } = parseAdapterConfig(configFile, rawConfig);
   const r = lora.rank;
 
   const weightsFile = path.join(dir, ADAPTER_WEIGHTS_FILE);
@@ -304,7 +295,7 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
   }
   const st = openSafetensors(weightsFile);
   const problems: string[] = [];
-  const found = new Map<string, { layer: number; module: TargetModule; A?: Float32Array; B?: Float32Array; aShape?: number[]; bShape?: number[] }>();
+  const found = new Map<string, { layer: number; module: LoraTarget; A?: Float32Array; B?: Float32Array; aShape?: number[]; bShape?: number[] }>();
   try {
     for (const [name, info] of st.tensors) {
       const m = LORA_KEY.exec(name);
@@ -313,13 +304,13 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
         continue;
       }
       const layer = Number(m[1]);
-      const module = m[3] as TargetModule;
-      if (!(TARGET_MODULES as readonly string[]).includes(module) || MODULE_PARENT[module] !== m[2]) {
-        problems.push(`tensor '${name}': ${m[2]}.${m[3]} is not a supported projection`);
+      const module = m[3] as LoraTarget;
+      if (!(LORA_TARGETS as readonly string[]).includes(module) || LORA_TARGET_PARENT[module] !== m[2]) {
+        problems.push(`tensor '${name}': ${m[2]}.${m[3]} is not a projection LoRA can adapt`);
         continue;
       }
-      if (!lora.targetModules.includes(module)) problems.push(`tensor '${name}': ${module} is not in target_modules`);
-      const key = `model.layers.${layer}.${m[2]}.${module}`;
+      if (!allLinear && !lora.targetModules.includes(module)) problems.push(`tensor '${name}': ${module} is not in target_modules of ${configFile}`);
+      const key = loraModuleBase(layer, module);
       const entry = found.get(key) ?? { layer, module };
       const values = toFloat32(weightsFile, name, info.dtype, st.bytes(name));
       if (m[4] === "A") [entry.A, entry.aShape] = [values, info.shape];
@@ -336,25 +327,38 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
       problems.push(`'${base}' has lora_${e.A ? "A" : "B"} but no lora_${e.A ? "B" : "A"}`);
       continue;
     }
-    const [aR, inF] = e.aShape!;
-    const [outF, bR] = e.bShape!;
-    if (e.aShape!.length !== 2 || aR !== r) problems.push(`tensor '${base}.lora_A.weight': shape ${JSON.stringify(e.aShape)}, expected [r=${r}, in]`);
-    if (e.bShape!.length !== 2 || bR !== r) problems.push(`tensor '${base}.lora_B.weight': shape ${JSON.stringify(e.bShape)}, expected [out, r=${r}]`);
-    if (model) {
-      const want = projectionShape(model, e.module);
-      if (e.layer >= model.numLayers) problems.push(`tensor '${base}.lora_A.weight': layer ${e.layer} does not exist (the model has ${model.numLayers} layers)`);
-      else {
-        if (inF !== want.inFeatures) problems.push(`tensor '${base}.lora_A.weight': shape ${JSON.stringify(e.aShape)}, the model needs [${r}, ${want.inFeatures}]`);
-        if (outF !== want.outFeatures) problems.push(`tensor '${base}.lora_B.weight': shape ${JSON.stringify(e.bShape)}, the model needs [${want.outFeatures}, ${r}]`);
-      }
+    const aName = `base_model.model.${base}.lora_A.weight`, bName = `base_model.model.${base}.lora_B.weight`;
+    if (model && e.layer >= model.numLayers) {
+      problems.push(`tensor '${aName}': layer ${e.layer} does not exist (the model has ${model.numLayers} layers)`);
+      continue;
     }
-    weights.push({ spec: { layer: e.layer, module: e.module, base, inFeatures: inF!, outFeatures: outF! }, A: e.A, B: e.B });
+    const want = model ? loraProjectionShape(model, e.module) : null;
+    const [aR, inF] = e.aShape!, [outF, bR] = e.bShape!;
+    const wantIn = want ? String(want.inFeatures) : "in", wantOut = want ? String(want.outFeatures) : "out";
+    let ok = true;
+    if (e.aShape!.length !== 2 || aR !== r) {
+      problems.push(`tensor '${aName}': shape ${shapeText(e.aShape!)}, expected [${r}, ${wantIn}] ([r, in] with r=${r} from ${ADAPTER_CONFIG_FILE})`);
+      ok = false;
+    } else if (want && inF !== want.inFeatures) {
+      problems.push(`tensor '${aName}': shape ${shapeText(e.aShape!)}, the model needs [${r}, ${want.inFeatures}]`);
+      ok = false;
+    }
+    if (e.bShape!.length !== 2 || bR !== r) {
+      problems.push(`tensor '${bName}': shape ${shapeText(e.bShape!)}, expected [${wantOut}, ${r}] ([out, r] with r=${r} from ${ADAPTER_CONFIG_FILE})`);
+      ok = false;
+    } else if (want && outF !== want.outFeatures) {
+      problems.push(`tensor '${bName}': shape ${shapeText(e.bShape!)}, the model needs [${want.outFeatures}, ${r}]`);
+      ok = false;
+    }
+    if (ok) weights.push({ spec: { layer: e.layer, module: e.module, base, inFeatures: inF!, outFeatures: outF! }, A: e.A, B: e.B });
   }
-  if (model) {
+  // "all-linear" names whatever the file adapts; an explicit list must be adapted everywhere.
+  const targets = allLinear ? LORA_TARGETS.filter((t) => [...found.values()].some((e) => e.module === t)) : lora.targetModules;
+  if (model && found.size > 0) {
     for (let layer = 0; layer < model.numLayers; layer++) {
-      for (const module of lora.targetModules) {
-        const base = `model.layers.${layer}.${MODULE_PARENT[module]}.${module}`;
-        if (!found.has(base)) problems.push(`missing 'base_model.model.${base}.lora_A.weight' / lora_B (target_modules lists ${module})`);
+      for (const module of targets) {
+        const base = loraModuleBase(layer, module);
+        if (!found.has(base)) problems.push(`missing 'base_model.model.${base}.lora_A.weight' / lora_B (every layer must adapt ${module}: target_modules lists it)`);
       }
     }
   }
@@ -362,23 +366,23 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
   if (problems.length > 0) {
     const shown = problems.slice(0, 20);
     throw new AdapterFileError(
-      `${weightsFile}: ${problems.length} problem(s) against ${configFile}${model ? " and the model config" : ""}:\n  ` +
-        shown.join("\n  ") + (problems.length > shown.length ? `\n  ... and ${problems.length - shown.length} more` : ""),
+      `${weightsFile}: ${problems.length} problem(s) against ${configFile}${model ? " and the model config" : ""}: ` +
+        shown.join("; ") + (problems.length > shown.length ? `; ... and ${problems.length - shown.length} more` : ""),
     );
   }
-  const order = (w: LoraWeights) => w.spec.layer * TARGET_MODULES.length + TARGET_MODULES.indexOf(w.spec.module);
-  weights.sort((a, b) => order(a) - order(b));
+  weights.sort((a, b) => loraSpecOrder(a.spec) - loraSpecOrder(b.spec));
 
   const templateFile = path.join(dir, CHAT_TEMPLATE_FILE);
   const argsFile = path.join(dir, TRAINING_ARGS_FILE);
   return {
     dir,
     rawConfig,
-    lora,
+    lora: allLinear ? { ...lora, targetModules: targets } : lora,
     scaling: loraScaling(lora),
     baseModel,
+    targets,
     weights,
     chatTemplate: existsSync(templateFile) ? readFileSync(templateFile, "utf8") : null,
-    trainingArgs: existsSync(argsFile) ? (readJsonFile(argsFile) as Record<string, unknown>) : null,
+    trainingArgs: existsSync(argsFile) ? (readJsonFile(argsFile, "") as Record<string, unknown>) : null,
   };
 }

@@ -1,60 +1,61 @@
 /**
- * LoRA hyperparameters and initial weights.
+ * LoRA's hyperparameters and shapes, the one definition the trainer, the adapter reader and
+ * writer, the GPU forward and the merge share:
  *
- * A LoRA linear computes  y = x·Wᵀ + s · dropout(x)·Aᵀ·Bᵀ,  s = α/r  (rsLoRA: α/√r),
- * with W (out×in) frozen, A (r×in) and B (out×r) trained. Init as PEFT does:
- *   A ~ kaiming_uniform_(a=√5)  →  U(−1/√in, 1/√in)
- *   B = 0                        →  ΔW = 0 at step 0, the tuned model starts as the base model.
+ *   y = x·Wᵀ + s · dropout(x)·Aᵀ·Bᵀ      W (out, in) frozen, A (r, in), B (out, r)
+ *   s = α/r, or α/√r with rsLoRA (PEFT's use_rslora)
+ *
+ * The adaptable projections are the seven linear layers of a Llama-family decoder layer; each
+ * lives under `self_attn` or `mlp`, which names its weight in the checkpoint and in a PEFT file.
  */
 import { z } from "zod";
-import type { ModelConfig } from "@tuneloom/model/config.ts";
-import { Rng } from "./rng.ts";
+import type { ModelConfig } from "./config.ts";
 
-export const TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
-export type TargetModule = (typeof TARGET_MODULES)[number];
-export const DEFAULT_TARGET_MODULES: readonly TargetModule[] = TARGET_MODULES;
-
-const SHORT_NAMES: Record<string, TargetModule> = { q: "q_proj", k: "k_proj", v: "v_proj", o: "o_proj", gate: "gate_proj", up: "up_proj", down: "down_proj" };
+/** Canonical order: q, k, v, o, gate, up, down. Everything that lists projections keeps it. */
+export const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
+export type LoraTarget = (typeof LORA_TARGETS)[number];
 
 /** Which submodule of a decoder layer holds each projection. */
-export const MODULE_PARENT: Record<TargetModule, "self_attn" | "mlp"> = {
+export const LORA_TARGET_PARENT: Record<LoraTarget, "self_attn" | "mlp"> = {
   q_proj: "self_attn", k_proj: "self_attn", v_proj: "self_attn", o_proj: "self_attn",
   gate_proj: "mlp", up_proj: "mlp", down_proj: "mlp",
 };
+
+const SHORT_NAMES: Record<string, LoraTarget> = { q: "q_proj", k: "k_proj", v: "v_proj", o: "o_proj", gate: "gate_proj", up: "up_proj", down: "down_proj" };
 
 export interface LoraConfig {
   rank: number;
   alpha: number;
   dropout: number;
-  /** In canonical order (q, k, v, o, gate, up, down), no duplicates. */
-  targetModules: TargetModule[];
+  /** In canonical order, no duplicates. */
+  targetModules: LoraTarget[];
   rslora: boolean;
 }
 
 /**
- * "q,v", ["q_proj", "down"], "all" → canonical module names. Unknown names fail with the list
- * of what is accepted.
+ * "q,v", ["q_proj", "down"], "all" (or PEFT's "all-linear") → canonical module names. Unknown
+ * names fail with the list of what is accepted.
  */
-export function normalizeTargetModules(input: string | readonly string[]): TargetModule[] {
+export function normalizeTargetModules(input: string | readonly string[]): LoraTarget[] {
   const names = (typeof input === "string" ? input.split(",") : [...input]).map((s) => s.trim()).filter(Boolean);
-  if (names.length === 1 && (names[0] === "all" || names[0] === "all-linear")) return [...TARGET_MODULES];
-  const chosen = new Set<TargetModule>();
+  if (names.length === 1 && (names[0] === "all" || names[0] === "all-linear")) return [...LORA_TARGETS];
+  const chosen = new Set<LoraTarget>();
   for (const name of names) {
-    const canonical = (TARGET_MODULES as readonly string[]).includes(name) ? (name as TargetModule) : SHORT_NAMES[name];
+    const canonical = (LORA_TARGETS as readonly string[]).includes(name) ? (name as LoraTarget) : SHORT_NAMES[name];
     if (!canonical) {
-      throw new Error(`unknown LoRA target module "${name}": expected some of ${TARGET_MODULES.join(", ")} (or ${Object.keys(SHORT_NAMES).join(", ")}, or "all")`);
+      throw new Error(`unknown LoRA target module "${name}": expected some of ${LORA_TARGETS.join(", ")} (or ${Object.keys(SHORT_NAMES).join(", ")}, or "all")`);
     }
     chosen.add(canonical);
   }
   if (chosen.size === 0) throw new Error("LoRA target modules must name at least one module");
-  return TARGET_MODULES.filter((m) => chosen.has(m));
+  return LORA_TARGETS.filter((m) => chosen.has(m));
 }
 
 const loraInputSchema = z.object({
   rank: z.number().int().positive().default(16),
   alpha: z.number().positive().optional(),
   dropout: z.number().min(0).lt(1).default(0),
-  targetModules: z.union([z.string(), z.array(z.string())]).default([...DEFAULT_TARGET_MODULES]),
+  targetModules: z.union([z.string(), z.array(z.string())]).default([...LORA_TARGETS]),
   rslora: z.boolean().default(false),
 });
 export type LoraConfigInput = z.input<typeof loraInputSchema>;
@@ -70,7 +71,7 @@ export function parseLoraConfig(input: LoraConfigInput = {}): LoraConfig {
   return { rank, alpha: alpha ?? 2 * rank, dropout, targetModules: normalizeTargetModules(targetModules), rslora };
 }
 
-/** s in ΔW = s·B·A: α/r, or α/√r with rsLoRA (PEFT's `use_rslora`). */
+/** s in ΔW = s·B·A: α/r, or α/√r with rsLoRA. */
 export function loraScaling(config: Pick<LoraConfig, "rank" | "alpha" | "rslora">): number {
   return config.rslora ? config.alpha / Math.sqrt(config.rank) : config.alpha / config.rank;
 }
@@ -78,15 +79,20 @@ export function loraScaling(config: Pick<LoraConfig, "rank" | "alpha" | "rslora"
 /** One adapted linear layer. */
 export interface LoraLayerSpec {
   layer: number;
-  module: TargetModule;
+  module: LoraTarget;
   /** `model.layers.3.self_attn.q_proj`: the base weight is `${base}.weight`. */
   base: string;
   inFeatures: number;
   outFeatures: number;
 }
 
-/** Linear shapes (out, in) of each projection, as in the checkpoint (PyTorch layout). */
-export function projectionShape(model: ModelConfig, module: TargetModule): { outFeatures: number; inFeatures: number } {
+/** `model.layers.3.self_attn.q_proj`. */
+export function loraModuleBase(layer: number, module: LoraTarget): string {
+  return `model.layers.${layer}.${LORA_TARGET_PARENT[module]}.${module}`;
+}
+
+/** (out, in) of a projection, as in the checkpoint (PyTorch Linear layout). */
+export function loraProjectionShape(model: ModelConfig, module: LoraTarget): { outFeatures: number; inFeatures: number } {
   const C = model.hiddenSize;
   const qDim = model.numHeads * model.headDim;
   const kvDim = model.numKvHeads * model.headDim;
@@ -104,12 +110,16 @@ export function projectionShape(model: ModelConfig, module: TargetModule): { out
 export function loraLayerSpecs(model: ModelConfig, lora: Pick<LoraConfig, "targetModules">): LoraLayerSpec[] {
   const specs: LoraLayerSpec[] = [];
   for (let layer = 0; layer < model.numLayers; layer++) {
-    for (const module of TARGET_MODULES) {
-      if (!lora.targetModules.includes(module)) continue;
-      specs.push({ layer, module, base: `model.layers.${layer}.${MODULE_PARENT[module]}.${module}`, ...projectionShape(model, module) });
+    for (const module of LORA_TARGETS) {
+      if (lora.targetModules.includes(module)) specs.push({ layer, module, base: loraModuleBase(layer, module), ...loraProjectionShape(model, module) });
     }
   }
   return specs;
+}
+
+/** Canonical order of specs: layer by layer, modules q … down. */
+export function loraSpecOrder(spec: Pick<LoraLayerSpec, "layer" | "module">): number {
+  return spec.layer * LORA_TARGETS.length + LORA_TARGETS.indexOf(spec.module);
 }
 
 export interface LoraWeights {
@@ -123,17 +133,4 @@ export interface LoraWeights {
 /** Trainable parameter count: Σ r·(in + out). */
 export function loraParameterCount(specs: readonly LoraLayerSpec[], rank: number): number {
   return specs.reduce((n, s) => n + rank * (s.inFeatures + s.outFeatures), 0);
-}
-
-/**
- * PEFT's init: A ~ U(−1/√in, 1/√in) (kaiming_uniform_ with a=√5: gain √(2/6), bound gain·√3/√in),
- * B = 0. Each layer draws from its own stream derived from the seed, so changing the target
- * modules does not change the init of the layers that stay.
- */
-export function initLoraWeights(specs: readonly LoraLayerSpec[], rank: number, seed: number): LoraWeights[] {
-  return specs.map((spec) => {
-    const bound = 1 / Math.sqrt(spec.inFeatures);
-    const A = Rng.derive(seed, "lora_A", spec.base).fillUniform(new Float32Array(rank * spec.inFeatures), -bound, bound);
-    return { spec, A, B: new Float32Array(spec.outFeatures * rank) };
-  });
 }

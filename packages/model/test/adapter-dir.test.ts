@@ -1,16 +1,50 @@
 import { describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
-import { templateSha256, loadChatTemplate } from "@tuneloom/chat-template";
-import { openSafetensors, writeSafetensors } from "@tuneloom/model/safetensors.ts";
-import {
-  AdapterFileError,
-  readAdapterDir,
-  writeAdapterDir,
-  writeDirAtomically,
-} from "../src/adapter-io.ts";
-import type { LoraWeights } from "../src/lora-config.ts";
-import { sampleAdapter, tempDir, tinyModel } from "./helpers.ts";
+import { templateSha256 } from "@tuneloom/chat-template";
+import { loadChatTemplate } from "../src/chat-template-file.ts";
+import { openSafetensors, writeSafetensors } from "../src/safetensors.ts";
+import { AdapterFileError, readAdapterDir, writeAdapterDir, type AdapterContents } from "../src/adapter-dir.ts";
+import { writeDirAtomically } from "../src/atomic-dir.ts";
+import { loraLayerSpecs, parseLoraConfig, type LoraWeights } from "../src/lora-config.ts";
+import { gaussianSampler, writeTinyModel } from "../src/tiny-model.ts";
+
+const created: string[] = [];
+process.on("exit", () => {
+  for (const dir of created) rmSync(dir, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), "adapter-dir-test-"));
+  created.push(dir);
+  return dir;
+}
+
+let tiny: { dir: string; config: ReturnType<typeof writeTinyModel>["config"] } | null = null;
+function tinyModel() {
+  if (!tiny) {
+    const dir = path.join(tempDir(), "model");
+    tiny = { dir, config: writeTinyModel(dir, { seed: 1 }).config };
+  }
+  return tiny;
+}
+
+/** Adapter contents for the tiny model with random non-zero A and B, so a round trip checks real values. */
+function sampleAdapter(targetModules = "q,v,down", rank = 4): AdapterContents {
+  const { dir, config } = tinyModel();
+  const lora = parseLoraConfig({ rank, alpha: 8, dropout: 0.05, targetModules });
+  const gauss = gaussianSampler(9);
+  const weights = loraLayerSpecs(config, lora).map((spec) => ({
+    spec,
+    A: Float32Array.from({ length: rank * spec.inFeatures }, gauss),
+    B: Float32Array.from({ length: spec.outFeatures * rank }, gauss),
+  }));
+  return {
+    baseModel: dir, lora, weights, chatTemplate: loadChatTemplate(dir).source,
+    trainingArgs: { learning_rate: 2e-4, epochs: 3, seed: 7 }, tokenizerDir: dir,
+    metricsJsonl: '{"step":1,"loss":2}\n', lossCurveSvg: "<svg/>\n",
+  };
+}
 
 describe("adapter directory (PEFT layout)", () => {
   test("adapter_config.json has PEFT 0.13's keys and values, sorted", () => {
@@ -108,7 +142,7 @@ describe("reader errors name the file and key", () => {
   test("tensor names and shapes against the config and the model", () => {
     const { config } = tinyModel();
     // Rank in the config disagrees with the tensors.
-    expect(() => readAdapterDir(written(patchConfig({ r: 8 })), config)).toThrow("expected [r=8, in]");
+    expect(() => readAdapterDir(written(patchConfig({ r: 8 })), config)).toThrow("expected [8, 64] ([r, in] with r=8");
     // A module the config does not list.
     expect(() => readAdapterDir(written(patchConfig({ target_modules: ["q_proj", "v_proj"] })), config)).toThrow("down_proj is not in target_modules");
     // A module the config lists but the file lacks.
@@ -125,7 +159,7 @@ describe("reader errors name the file and key", () => {
     expect(e).toBeInstanceOf(AdapterFileError);
     expect((e as Error).message).toContain("adapter_model.safetensors");
     expect((e as Error).message).toContain(`layer 1 does not exist (the model has 1 layers)`);
-    expect((e as Error).message).toMatch(/q_proj\.lora_A\.weight': shape \[4,64\], the model needs \[4, 128\]/);
+    expect((e as Error).message).toMatch(/q_proj\.lora_A\.weight': shape \[4, 64\], the model needs \[4, 128\]/);
   });
 
   test("an unexpected tensor and a half pair", () => {

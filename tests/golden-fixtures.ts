@@ -1,12 +1,12 @@
 /**
- * Reads the shared golden fixtures (../shared/fixtures/chat-templates, outside the repo) and
+ * Reads the golden fixtures (tests/fixtures/chat-templates, the repo's copy of ../shared's) and
  * turns each case into the variables transformers passed, so every test builds them one way.
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import type { ChatMessage, ChatTemplateVariables } from "../src/index.ts";
+import type { ChatMessage, ChatTemplateVariables } from "@tuneloom/chat-template";
 
-export const FIXTURES_DIR = path.resolve(import.meta.dir, "../../../../shared/fixtures/chat-templates");
+export const FIXTURES_DIR = path.join(import.meta.dir, "fixtures/chat-templates");
 
 export interface GoldenCase {
   id: string;

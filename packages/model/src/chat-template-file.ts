@@ -1,11 +1,13 @@
 /**
- * Finds the chat template of a model or adapter directory the way transformers does, so the
- * server renders with the very template the adapter was trained with (the adapter directory
- * carries its own `chat_template.jinja`).
+ * Finds the chat template of a model or adapter directory the way transformers does: a
+ * `chat_template.jinja` beside tokenizer_config.json wins (transformers ≥ 4.43), else the
+ * config's `chat_template`, a string or a list of {name, template}. The one reader of template
+ * files: the tokenizer does not carry a template, and serving-files.ts picks which directory's.
  */
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { templateSha256 } from "./template-source.ts";
+import { templateSha256 } from "@tuneloom/chat-template";
+import { readTokenizerConfig, specialTokenContent } from "./tokenizer-config.ts";
 
 export interface SpecialTokens {
   bos_token?: string;
@@ -25,12 +27,15 @@ export interface LoadedChatTemplate {
   specialTokens: SpecialTokens;
 }
 
-type TokenValue = string | { content?: unknown } | null | undefined;
-
-function tokenContent(value: TokenValue): string | undefined {
-  if (typeof value === "string") return value;
-  if (value && typeof value === "object" && typeof value.content === "string") return value.content;
-  return undefined;
+/** bos/eos/pad/unk token strings of `<dir>/tokenizer_config.json` (absent ones left out). */
+export function loadSpecialTokens(dir: string): SpecialTokens {
+  const { config, file } = readTokenizerConfig(dir);
+  const specialTokens: SpecialTokens = {};
+  for (const name of ["bos_token", "eos_token", "pad_token", "unk_token"] as const) {
+    const content = specialTokenContent(config, name, file);
+    if (content !== null) specialTokens[name] = content;
+  }
+  return specialTokens;
 }
 
 /**
@@ -39,13 +44,8 @@ function tokenContent(value: TokenValue): string | undefined {
  * `tools` are given and exists, else "default" (transformers' rule).
  */
 export function loadChatTemplate(dir: string, options: { tools?: unknown[] | null } = {}): LoadedChatTemplate {
-  const configPath = path.join(dir, "tokenizer_config.json");
-  const config: Record<string, unknown> = existsSync(configPath) ? JSON.parse(readFileSync(configPath, "utf8")) : {};
-  const specialTokens: SpecialTokens = {};
-  for (const name of ["bos_token", "eos_token", "pad_token", "unk_token"] as const) {
-    const content = tokenContent(config[name] as TokenValue);
-    if (content !== undefined) specialTokens[name] = content;
-  }
+  const { config, file: configPath } = readTokenizerConfig(dir);
+  const specialTokens = loadSpecialTokens(dir);
 
   const jinjaPath = path.join(dir, "chat_template.jinja");
   if (existsSync(jinjaPath)) {

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { loadChatTemplate } from "../src/index.ts";
+import { loadChatTemplate } from "../src/chat-template-file.ts";
 
 const root = mkdtempSync(path.join(tmpdir(), "load-template-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
