@@ -10,7 +10,9 @@
 import { Hono, type Context } from "hono";
 import { apiKeyGuard } from "./auth.ts";
 import { readJsonBody } from "./body.ts";
-import { chatCompletion, checkModel, completion, type EndpointContext } from "./completions.ts";
+import { chatCompletion } from "./chat-completions.ts";
+import { completion } from "./completions.ts";
+import { checkModel, type EndpointContext } from "./endpoint.ts";
 import { checkJsonContentType } from "./content-type.ts";
 import type { InferenceEngine } from "./engine.ts";
 import { ApiError, badRequest, ClientGone, errorResponse, shutdownError } from "./errors.ts";
