@@ -19,7 +19,7 @@
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  */
 import {
-  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows,
+  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
 } from "@tuneloom/kernels";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
@@ -96,7 +96,7 @@ interface DecodePlan {
   topN: number;
   lora: readonly LayerLora[] | undefined;
   rec: Recorder;
-  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, 4)). */
+  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, SAMPLING_ROW_FLOATS)). */
   inputs: Tensor;
   host: { bytes: Uint8Array; ids: Int32Array; positions: Int32Array; cacheRows: Int32Array; offsets: Int32Array; lengths: Int32Array; rowParams: Float32Array };
   /** Results, one buffer: tokens, logprobs, topIds, topLogprobs. */
@@ -200,7 +200,7 @@ export class KvCacheGenerator {
     const { model } = this;
     const rt = model.rt, V = model.cfg.vocabSize;
     const align = Math.max(256, rt.device.limits.minStorageBufferOffsetAlignment); // each region is bound on its own
-    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 16 * B]);
+    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * SAMPLING_ROW_FLOATS * B]);
     const outL = packRegions(align, [4 * B, 4 * B, 4 * B * topN, 4 * B * topN]);
     const inputsBuf = rt.createBuffer(inL.size, `decode B=${B}:inputs`);
     const outputsBuf = rt.createBuffer(outL.size, `decode B=${B}:outputs`);
@@ -216,7 +216,7 @@ export class KvCacheGenerator {
       const hostI32 = (k: number) => new Int32Array(bytes.buffer, inL.at[k]!, B);
       const host = {
         bytes, ids: hostI32(0), positions: hostI32(1), cacheRows: hostI32(3), offsets: hostI32(4), lengths: hostI32(5),
-        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, 4 * B),
+        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, SAMPLING_ROW_FLOATS * B),
       };
       hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
       const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
@@ -227,7 +227,7 @@ export class KvCacheGenerator {
       const attnScratch = rt.empty("f32", [attentionDecodeScratchSize(B, model.cfg.numHeads, model.cfg.headDim, splits)], "attn_decode_scratch");
       owned.push(attnScratch);
       const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext, scratch: attnScratch };
-      const rowParams = new Tensor(inputsBuf, "f32", [B, 4], inL.at[6]!, "sampling_rows");
+      const rowParams = new Tensor(inputsBuf, "f32", [B, SAMPLING_ROW_FLOATS], inL.at[6]!, "sampling_rows");
       const tokens = new Tensor(outputsBuf, "i32", [B], outL.at[0]!, "tokens");
       const logprobs = new Tensor(outputsBuf, "f32", [B], outL.at[1]!, "logprobs");
       const topIds = topN > 0 ? new Tensor(outputsBuf, "i32", [B, topN], outL.at[2]!, "top_ids") : undefined;
@@ -308,7 +308,7 @@ export class KvCacheGenerator {
     };
     const acts = allocLayerActivations(rt, model.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
     const logits = rt.empty("f32", [B, V], "logits");
-    const rowParams = rt.upload("f32", [B, 4], packSamplingRows(rows), "sampling_rows");
+    const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
     const tokens = rt.empty("i32", [B], "tokens"), logprobs = rt.empty("f32", [B], "logprobs");
     const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
     const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
