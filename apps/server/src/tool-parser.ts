@@ -9,8 +9,8 @@
  *   mistral  `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]` (Mistral Nemo)
  *   llama3   the whole output is `{"name": ..., "parameters": {...}}` (Llama 3.1/3.2 JSON tool
  *            calls), optionally after `<|python_tag|>`, several separated by `;`
- * Whitespace between content and a call (the "\n\n" before `<tool_call>`) is dropped: content
- * is held back while it is only whitespace, and released when text follows.
+ * Whitespace between content and a call (the "\n\n" before `<tool_call>`) is dropped: trailing
+ * whitespace is held back, released when text follows, dropped when a call does.
  */
 
 export type ToolParseEvent = { type: "content"; text: string } | { type: "tool_call"; name: string; arguments: string };
@@ -73,11 +73,13 @@ class ContentOut {
   private pending = "";
   private events: ToolParseEvent[] = [];
   private calls = 0;
+  /** Text up to its last non-space goes out; trailing whitespace waits for what follows. */
   text(s: string): void {
     this.pending += s;
-    if (/\S/.test(this.pending)) {
-      this.events.push({ type: "content", text: this.pending });
-      this.pending = "";
+    const end = this.pending.trimEnd().length;
+    if (end > 0) {
+      this.events.push({ type: "content", text: this.pending.slice(0, end) });
+      this.pending = this.pending.slice(end);
     }
   }
   call(events: ToolParseEvent[]): void {

@@ -17,9 +17,15 @@
  * copies into a mappable one, so a step is one write, one submit and one map. Nothing per-step
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
+ *
+ * Penalties (repetition/presence/frequency, min_tokens masks: kernels' logit-penalties) change
+ * the logits between the LM head and sampling. Their per-row token lists vary in length every
+ * step, so a decode step where any row has them is recorded afresh (as with replay: false)
+ * rather than replayed; steps without them replay as before.
  */
 import {
   type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
+  applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive,
 } from "@tuneloom/kernels";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
@@ -66,6 +72,8 @@ export interface PrefillItem {
   u: number;
   /** Most likely alternatives to report (default 0: none, no `top`). */
   topN?: number;
+  /** Applied to the logits before sampling (null/absent: none). */
+  penalties?: LogitPenalties | null;
 }
 
 export interface DecodeItem {
@@ -77,6 +85,8 @@ export interface DecodeItem {
   sampling: SamplingParams;
   /** Uniform draw in [0, 1) for sampling (ignored when greedy). */
   u: number;
+  /** Applied to the logits before sampling (null/absent: none). */
+  penalties?: LogitPenalties | null;
 }
 
 /** Byte offsets of one region each, every one at the device's storage-binding alignment. */
@@ -293,7 +303,7 @@ export class KvCacheGenerator {
 
   private step(
     ids: Int32Array, positions: Int32Array, seqIds: Int32Array, cacheRows: Int32Array,
-    logitRows: number[], rows: readonly (SamplingParams & { u: number })[], topN: number,
+    logitRows: number[], rows: readonly (SamplingParams & { u: number; penalties?: LogitPenalties | null })[], topN: number,
     decode?: { offsets: Int32Array; lengths: Int32Array },
   ): Promise<SampledRow[]> {
     const { model } = this;
@@ -318,6 +328,7 @@ export class KvCacheGenerator {
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
+    const penalties = this.recordPenalties(rec, logits, rows.map((r) => r.penalties));
     sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     return (async () => {
@@ -325,7 +336,7 @@ export class KvCacheGenerator {
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch);
+      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, ...penalties);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
@@ -335,9 +346,21 @@ export class KvCacheGenerator {
     })();
   }
 
+  /** Records the rows' penalties on `logits` when any row has some; returns the tensors to release after the step. */
+  private recordPenalties(rec: Recorder, logits: Tensor, rows: readonly (LogitPenalties | null | undefined)[]): Tensor[] {
+    if (!rows.some(penaltiesActive)) return [];
+    const rt = this.model.rt, B = rows.length;
+    const packed = packPenaltyRows(rows);
+    const params = rt.upload("f32", [B, 4], packed.params, "penalty_params");
+    const offsets = rt.upload("u32", [B + 1], packed.offsets, "penalty_offsets");
+    const entries = rt.upload("u32", [packed.entries.length / 2, 2], packed.entries, "penalty_entries");
+    applyLogitPenalties(rec, { logits, params, offsets, entries, validVocab: this.validVocab });
+    return [params, offsets, entries];
+  }
+
   /** Runs the prompt into `slot` and samples the first new token. */
-  async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0): Promise<SampledRow> {
-    const item = { slot, promptIds, sampling, u, topN };
+  async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0, penalties: LogitPenalties | null = null): Promise<SampledRow> {
+    const item = { slot, promptIds, sampling, u, topN, penalties };
     this.checkPrefill(item);
     const [row] = await this.prefillPacked([item]);
     return row!;
@@ -411,7 +434,7 @@ export class KvCacheGenerator {
       logitRows.push(t - 1);
     });
     const topN = Math.max(0, ...items.map((it) => it.topN ?? 0));
-    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u })), topN);
+    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN);
     this.prefillStats.steps++;
     this.prefillStats.prompts += items.length;
     // Each row reports its own top-N: the first of the step's (sorted, most likely first).
@@ -429,7 +452,7 @@ export class KvCacheGenerator {
     for (const it of items) {
       if (it.position >= this.opts.maxContext) throw new Error(`decode: slot ${it.slot} is full (${this.opts.maxContext} tokens)`);
     }
-    if (this.opts.replay ?? true) {
+    if ((this.opts.replay ?? true) && !items.some((it) => penaltiesActive(it.penalties))) {
       // The items are read now; the step runs once the previous one is done (a plan's buffers,
       // and its readback's map, serve one step at a time).
       const rowParams = packSamplingRows(items.map((it) => ({ ...it.sampling, u: it.u })));
@@ -443,7 +466,7 @@ export class KvCacheGenerator {
     const positions = Int32Array.from(items, (it) => it.position);
     const offsets = Int32Array.from(items, (it) => it.slot * ctx);
     return this.step(ids, positions, Int32Array.from(items, (_, b) => b), Int32Array.from(items, (it) => it.slot * ctx + it.position),
-      items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u })), topN,
+      items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN,
       { offsets, lengths: Int32Array.from(positions, (p) => p + 1) });
   }
 }
