@@ -319,6 +319,9 @@ export class KvCacheGenerator {
     const acts = allocLayerActivations(rt, model.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
     const logits = rt.empty("f32", [B, V], "logits");
     const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
+    // Uploaded before recording starts: a pooled buffer released mid-recording (logitsRows'
+    // scratch) could otherwise come back here and be overwritten by the recording's own copies.
+    const penalties = this.uploadPenalties(rows.map((r) => r.penalties));
     const tokens = rt.empty("i32", [B], "tokens"), logprobs = rt.empty("f32", [B], "logprobs");
     const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
     const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
@@ -328,7 +331,7 @@ export class KvCacheGenerator {
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
-    const penalties = this.recordPenalties(rec, logits, rows.map((r) => r.penalties));
+    if (penalties) applyLogitPenalties(rec, { logits, ...penalties, validVocab: this.validVocab });
     sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     return (async () => {
@@ -336,7 +339,7 @@ export class KvCacheGenerator {
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, ...penalties);
+      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
@@ -346,16 +349,16 @@ export class KvCacheGenerator {
     })();
   }
 
-  /** Records the rows' penalties on `logits` when any row has some; returns the tensors to release after the step. */
-  private recordPenalties(rec: Recorder, logits: Tensor, rows: readonly (LogitPenalties | null | undefined)[]): Tensor[] {
-    if (!rows.some(penaltiesActive)) return [];
+  /** The rows' penalties on the GPU when any row has some (for applyLogitPenalties); null when none has. */
+  private uploadPenalties(rows: readonly (LogitPenalties | null | undefined)[]): { params: Tensor; offsets: Tensor; entries: Tensor } | null {
+    if (!rows.some((p) => penaltiesActive(p))) return null;
     const rt = this.model.rt, B = rows.length;
     const packed = packPenaltyRows(rows);
-    const params = rt.upload("f32", [B, 4], packed.params, "penalty_params");
-    const offsets = rt.upload("u32", [B + 1], packed.offsets, "penalty_offsets");
-    const entries = rt.upload("u32", [packed.entries.length / 2, 2], packed.entries, "penalty_entries");
-    applyLogitPenalties(rec, { logits, params, offsets, entries, validVocab: this.validVocab });
-    return [params, offsets, entries];
+    return {
+      params: rt.upload("f32", [B, 4], packed.params, "penalty_params"),
+      offsets: rt.upload("u32", [B + 1], packed.offsets, "penalty_offsets"),
+      entries: rt.upload("u32", [packed.entries.length / 2, 2], packed.entries, "penalty_entries"),
+    };
   }
 
   /** Runs the prompt into `slot` and samples the first new token. */
