@@ -6,7 +6,7 @@
  * function.name (arguments ""), then one with its arguments; text before a call is content.
  */
 import type { EngineTokenizer, TokenLogprob } from "./engine.ts";
-import { checkModel, newId, nowSeconds, usageOf, type EndpointContext } from "./endpoint.ts";
+import { checkModel, newId, nowSeconds, tokenText, usageOf, type EndpointContext } from "./endpoint.ts";
 import { badRequest } from "./errors.ts";
 import { startGeneration, type GeneratedToken } from "./generate.ts";
 import { generationRequest, stopStrings } from "./sampling-request.ts";
@@ -14,7 +14,6 @@ import type { ChatCompletionRequest } from "./schemas.ts";
 import { sseResponse } from "./sse.ts";
 import { chatDeltas, type ParsedCall } from "./tool-stream.ts";
 import { planChatPrompt } from "./tool-request.ts";
-import { tokenText } from "./endpoint.ts";
 
 function chatLogprobEntry(tokenizer: EngineTokenizer, t: { tokenId: number; logprob: number | null }, top: TokenLogprob[] | null) {
   const token = tokenText(tokenizer, t.tokenId);
