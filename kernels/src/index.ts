@@ -21,5 +21,6 @@ export * from "./convert.ts";
 export * from "./dropout.ts";
 export * from "./attention.ts";
 export * from "./sampling.ts";
+export * from "./logit-penalties.ts";
 export { dawnMessages, dawnMessageSummary } from "./dawn-messages.ts";
 export * from "./gemm-tiles.ts";

@@ -23,6 +23,8 @@ import samplingWgsl from "./sampling.wgsl" with { type: "text" };
 const source: KernelSource = { name: "sampling", code: samplingWgsl };
 const HAS_ROW_PARAMS = 1, HAS_LOGPROB = 2, HAS_PROBS = 4;
 const MAX_ROWS = 65535;
+/** f32 per row of rowParams: temperature, topK, topP, u, minP, then padding. */
+export const SAMPLING_ROW_FLOATS = 8;
 
 export interface SamplingParams {
   /** ≤ 0: greedy (argmax). */
@@ -31,18 +33,21 @@ export interface SamplingParams {
   topK?: number;
   /** 1 (default): no top-p; must be in (0, 1]. */
   topP?: number;
+  /** 0 (default): no min-p; else keep tokens whose probability after temperature is ≥ minP × the largest, in [0, 1]. */
+  minP?: number;
 }
 
-/** Packs per-row sampling parameters and uniform draws into the (B, 4) f32 rowParams layout. */
+/** Packs per-row sampling parameters and uniform draws into the (B, SAMPLING_ROW_FLOATS) f32 rowParams layout. */
 export function packSamplingRows(rows: readonly (SamplingParams & { u: number })[]): Float32Array {
-  const out = new Float32Array(rows.length * 4);
+  const out = new Float32Array(rows.length * SAMPLING_ROW_FLOATS);
   rows.forEach((r, i) => {
-    const topK = r.topK ?? 0, topP = r.topP ?? 1;
+    const topK = r.topK ?? 0, topP = r.topP ?? 1, minP = r.minP ?? 0;
     if (!Number.isFinite(r.temperature)) throw new Error(`sampling row ${i}: temperature must be finite, got ${r.temperature}`);
     if (!Number.isInteger(topK) || topK < 0 || topK > 2 ** 24) throw new Error(`sampling row ${i}: topK must be an integer in [0, 2^24], got ${topK}`);
     if (!(topP > 0 && topP <= 1)) throw new Error(`sampling row ${i}: topP must be in (0, 1], got ${topP}`);
     if (!(r.u >= 0 && r.u < 1)) throw new Error(`sampling row ${i}: u must be in [0, 1), got ${r.u}`);
-    out.set([r.temperature, topK, topP, r.u], i * 4);
+    if (!(minP >= 0 && minP <= 1)) throw new Error(`sampling row ${i}: minP must be in [0, 1], got ${minP}`);
+    out.set([r.temperature, topK, topP, r.u, minP], i * SAMPLING_ROW_FLOATS);
   });
   return out;
 }
@@ -50,7 +55,7 @@ export function packSamplingRows(rows: readonly (SamplingParams & { u: number })
 export interface SampleArgs {
   /** f32 (B, V). */
   logits: Tensor;
-  /** f32 (B, 4) from packSamplingRows; absent: greedy for every row. */
+  /** f32 (B, SAMPLING_ROW_FLOATS) from packSamplingRows; absent: greedy for every row. */
   rowParams?: Tensor;
   /** i32 (B) out: the chosen token per row. */
   tokens: Tensor;
@@ -74,7 +79,7 @@ export function sampleRows(rec: Recorder, args: SampleArgs) {
   const [B, V] = logits.shape as [number, number];
   if (B > MAX_ROWS) throw new Error(`${K}: ${B} rows exceed ${MAX_ROWS}; split the batch`);
   expectTensor(K, "tokens", tokens, "i32", [B]);
-  if (args.rowParams) expectTensor(K, "rowParams", args.rowParams, "f32", [B, 4]);
+  if (args.rowParams) expectTensor(K, "rowParams", args.rowParams, "f32", [B, SAMPLING_ROW_FLOATS]);
   if (args.logprobs) expectTensor(K, "logprobs", args.logprobs, "f32", [B]);
   if (!!args.topIds !== !!args.topLogprobs) throw new Error(`${K}: pass topIds and topLogprobs together`);
   const topN = args.topIds ? args.topIds.shape[1] ?? 0 : 0;
@@ -121,7 +126,7 @@ export async function sampleLogits(
 ): Promise<SampledRow[]> {
   const B = logits.shape[0]!;
   if (rows.length !== B) throw new Error(`sampleLogits: ${rows.length} parameter rows for ${B} logit rows`);
-  const rowParams = rt.upload("f32", [B, 4], packSamplingRows(rows), "sampling:rows");
+  const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling:rows");
   const tokens = rt.empty("i32", [B]), logprobs = rt.empty("f32", [B]);
   const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
   const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
@@ -159,8 +164,8 @@ export function logSoftmaxRef(logits: ArrayLike<number>): Float64Array {
 }
 
 /**
- * The distribution sampled from after temperature → top-k → top-p (float64), 0 where removed.
- * Greedy (temperature ≤ 0): one-hot at the argmax.
+ * The distribution sampled from after temperature → min-p and top-k → top-p (float64), 0 where
+ * removed. Greedy (temperature ≤ 0): one-hot at the argmax.
  */
 export function filteredProbsRef(logits: ArrayLike<number>, opts: SamplingParams): Float64Array {
   const V = logits.length;
@@ -173,7 +178,10 @@ export function filteredProbsRef(logits: ArrayLike<number>, opts: SamplingParams
   const sorted = Array.from(logits as ArrayLike<number>).sort((a, b) => b - a);
   const mx = sorted[0]!;
   // top-k: keep l ≥ the k-th largest (ties with it kept, as HF's `scores < kth` mask)
-  const thK = topK > 0 && topK < V ? sorted[topK - 1]! : -Infinity;
+  const minP = opts.minP ?? 0;
+  // min-p: p/p_max = exp((l − max)/T) ≥ minP  ⇔  l ≥ max + T·ln(minP); a threshold like top-k's
+  const thMinP = minP > 0 ? mx + opts.temperature * Math.log(minP) : -Infinity;
+  const thK = Math.max(topK > 0 && topK < V ? sorted[topK - 1]! : -Infinity, thMinP);
   const e = (l: number) => Math.exp((l - mx) / opts.temperature);
   let th = thK;
   if (topP < 1) {

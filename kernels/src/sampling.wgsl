@@ -1,11 +1,13 @@
 // Next-token selection from logits (B, V), one workgroup per row, everything on the GPU:
-// greedy argmax, or HF's logits-processor chain  temperature → top-k → top-p  and one draw
+// greedy argmax, or the chain  temperature → min-p and top-k → top-p  and one draw
 // with the row's uniform number u ∈ [0, 1) (drawn on the CPU from a seeded RNG).
 //
 // Filters are thresholds on the logit value, found by binary search over the order-preserving
 // u32 key of f32 (32 passes at most, each one sweep of the row), so nothing is sorted:
 //   top-k: θk = the k-th largest logit (largest θ with #{l ≥ θ} ≥ k); keep l ≥ θk
 //          (HF: scores < topk(scores, k)[-1] are removed, ties with the k-th kept)
+//   min-p: keep p ≥ minP · p_max, i.e. l ≥ max + T·ln(minP) (vLLM: before top-p); with top-k
+//          the kept set is l ≥ max(θk, θmin)
 //   top-p: over e = exp((l − max)/T) of the top-k survivors, Z_k = Σ e; keep a token iff the
 //          mass strictly above it is < p·Z_k (HF: sorted ascending, remove cumprobs ≤ 1 − p,
 //          the top token always kept); θp = the smallest such logit.
@@ -14,8 +16,8 @@
 // filtering), as OpenAI's logprobs report the model's distribution. top-N: the N largest raw
 // logprobs, ties to the lower index (N passes of argmax below the previous pick).
 //
-// rowParams (B, 4) f32: [temperature, topK, topP, u]; temperature ≤ 0 → greedy. topK 0 or ≥ Vt
-// and topP ≥ 1 disable those filters. probs (optional, B×V): the filtered, renormalised
+// rowParams (B, 8) f32: [temperature, topK, topP, u, minP, 0, 0, 0]; temperature ≤ 0 → greedy.
+// topK 0 or ≥ Vt, topP ≥ 1 and minP ≤ 0 disable those filters. probs (optional, B×V): the filtered, renormalised
 // distribution that was sampled from (one-hot at the argmax when greedy).
 //
 // Padded vocabulary: only the first Vt ≤ V columns of a row are tokens (checkpoints pad
@@ -33,7 +35,7 @@ const NONE = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;          // (B, V)
-@group(0) @binding(2) var<storage, read> row_params: array<f32>;      // (B, 4) or placeholder
+@group(0) @binding(2) var<storage, read> row_params: array<f32>;      // (B, 8) or placeholder
 @group(0) @binding(3) var<storage, read_write> tokens: array<i32>;    // (B)
 @group(0) @binding(4) var<storage, read_write> logprobs: array<f32>;  // (B) or unused
 @group(0) @binding(5) var<storage, read_write> top_ids: array<i32>;   // (B, topN) or unused
@@ -43,6 +45,7 @@ const NONE = 0xffffffffu;
 var<workgroup> rf: array<f32, WG>;
 var<workgroup> ru: array<u32, WG>;
 var<workgroup> row_sp: vec4<f32>;
+var<workgroup> row_min_p: f32;
 var<workgroup> choice: atomic<u32>;
 
 /** Order-preserving map f32 → u32: a < b ⇔ key(a) < key(b) (for non-NaN). */
@@ -137,10 +140,13 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let base = row * p.V;
   if (tid == 0u) {
     var sp = vec4<f32>(0.0, 0.0, 1.0, 0.0);
+    var min_p = 0.0;
     if ((p.flags & HAS_ROW_PARAMS) != 0u) {
-      sp = vec4<f32>(row_params[row * 4u], row_params[row * 4u + 1u], row_params[row * 4u + 2u], row_params[row * 4u + 3u]);
+      sp = vec4<f32>(row_params[row * 8u], row_params[row * 8u + 1u], row_params[row * 8u + 2u], row_params[row * 8u + 3u]);
+      min_p = row_params[row * 8u + 4u];
     }
     row_sp = sp;
+    row_min_p = min_p;
     atomicStore(&choice, NONE);
   }
   let sp = workgroupUniformLoad(&row_sp);
@@ -177,6 +183,9 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
       }
       th = lo;
     }
+    // min-p: a logit threshold, combined with top-k's (both keep the largest logits)
+    let minP = workgroupUniformLoad(&row_min_p);
+    if (minP > 0.0) { th = max(th, key(mx + temperature * log(minP))); }
     // top-p: the smallest θ ≥ θk with mass(key > θ) < p · Z_k
     let topP = sp.z;
     if (topP < 1.0) {

@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import {
   argmaxRef, argmaxRows, filteredProbsRef, getRuntime, logSoftmaxRef, packSamplingRows, sampleLogits, sampleRef, sampleRows,
-  topLogprobsRef, type SamplingParams,
+  SAMPLING_ROW_FLOATS, topLogprobsRef, type SamplingParams,
 } from "../src/index.ts";
 import { randn, relError, rng } from "../src/testing.ts";
 
@@ -58,6 +58,9 @@ const configs: SamplingParams[] = [
   { temperature: 2, topK: 1 },
   { temperature: 0 }, // greedy
   { temperature: 1, topK: 3 }, // with a tie at the 3rd value (row 6)
+  { temperature: 0.8, minP: 0.05 },
+  { temperature: 1.2, topK: 20, topP: 0.9, minP: 0.1 },
+  { temperature: 1, minP: 1 }, // only the argmax (and ties with it)
 ];
 
 describe("temperature → top-k → top-p", () => {
@@ -78,7 +81,7 @@ describe("temperature → top-k → top-p", () => {
       rows.push({ ...configs[b]!, u: r.uniform() });
     }
     const N = B * reps;
-    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, 4], packSamplingRows(rows));
+    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, SAMPLING_ROW_FLOATS], packSamplingRows(rows));
     const tok = rt.empty("i32", [N]), lp = rt.empty("f32", [N]), probs = rt.empty("f32", [N, V]);
     const topIds = rt.empty("i32", [N, 5]), topLp = rt.empty("f32", [N, 5]);
     const rec = rt.recorder("sample");
@@ -191,7 +194,7 @@ describe("padded vocabulary (validVocab < V)", () => {
       rows.push({ ...paddedConfigs[b]!, u: r.uniform() });
     }
     const N = B * reps;
-    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, 4], packSamplingRows(rows));
+    const tl = rt.upload("f32", [N, V], x), rp = rt.upload("f32", [N, SAMPLING_ROW_FLOATS], packSamplingRows(rows));
     const tok = rt.empty("i32", [N]), lp = rt.empty("f32", [N]), probs = rt.empty("f32", [N, V]);
     const topIds = rt.empty("i32", [N, topN]), topLp = rt.empty("f32", [N, topN]);
     const rec = rt.recorder("sample padded");

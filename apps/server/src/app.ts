@@ -10,7 +10,9 @@
 import { Hono, type Context } from "hono";
 import { apiKeyGuard } from "./auth.ts";
 import { readJsonBody } from "./body.ts";
-import { chatCompletion, checkModel, completion, type EndpointContext } from "./completions.ts";
+import { chatCompletion } from "./chat-completions.ts";
+import { completion } from "./completions.ts";
+import { checkModel, type EndpointContext } from "./endpoint.ts";
 import { checkJsonContentType } from "./content-type.ts";
 import type { InferenceEngine } from "./engine.ts";
 import { ApiError, badRequest, ClientGone, errorResponse, shutdownError } from "./errors.ts";
@@ -20,6 +22,7 @@ import { renderChatPrompt } from "./prompt.ts";
 import { RequestScheduler, SchedulerRejection } from "./scheduler.ts";
 import { applyTemplateSchema, chatCompletionSchema, completionSchema, detokenizeSchema, parseRequest, tokenizeSchema } from "./schemas.ts";
 import { resolveServerOptions, type ServerOptions } from "./server-options.ts";
+import { requestIdOf, withRequestId } from "./request-id.ts";
 import { ConnectionClock, type IdleClockServer } from "./timeouts.ts";
 
 export type { ServerOptions };
@@ -181,7 +184,8 @@ export function createServer(options: ServerOptions): TuneloomServer {
   app.onError((err, c) => toResponse(err, endpointOf(c.req.path)));
 
   // Belt and braces: even an error Hono itself lets through becomes a 500, never a crash. A
-  // response other than a stream ends the request's silence: the idle clock runs again.
+  // response other than a stream ends the request's silence: the idle clock runs again. Every
+  // response, errors included, carries x-request-id.
   const fetch = async (request: Request, server?: IdleClockServer): Promise<Response> => {
     const clock = new ConnectionClock(server, request, idleTimeoutSeconds);
     let response: Response;
@@ -191,7 +195,7 @@ export function createServer(options: ServerOptions): TuneloomServer {
       response = toResponse(err);
     }
     if (!response.headers.get("content-type")?.startsWith("text/event-stream")) clock.release();
-    return response;
+    return withRequestId(response, requestIdOf(request));
   };
   return { app, fetch, scheduler, metrics, engine, idleTimeoutSeconds, maxBodyBytes: limits.maxBytes, abortInFlight: () => shutdown.abort() };
 }

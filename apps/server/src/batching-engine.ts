@@ -16,8 +16,10 @@
  * of the request's stop ids, else "length" at maxTokens. Sampling is reproducible per sequence:
  * one draw from its own `uniformStream(seed)` per generated token (greedy or not), so a seeded
  * request yields the same tokens alone or batched, on any engine that samples as the kernels do.
+ * Penalties and min_tokens depend on what the sequence has seen: `penalties` is that state, for
+ * the next token, which the engine applies to the logits before sampling (null: nothing to do).
  */
-import type { SampledRow, SamplingParams } from "@tuneloom/kernels";
+import { type LogitPenalties, penaltiesActive, type SampledRow, type SamplingParams } from "@tuneloom/kernels";
 import { uniformStream } from "@tuneloom/model/gpu/generator.ts";
 import { AsyncQueue } from "./async-queue.ts";
 import type { EngineChatTemplate, EngineTokenizer, GenerationRequest, InferenceEngine, TokenEvent } from "./engine.ts";
@@ -41,6 +43,8 @@ export interface LiveSequence<S> {
   readonly topN: number;
   /** Tokens generated so far; the last one is the next decode's input. */
   readonly generated: readonly number[];
+  /** Penalties and masks for the next token's logits; null when they would change nothing. */
+  readonly penalties: LogitPenalties | null;
   /** What `admit` reserved for it. */
   readonly state: S;
 }
@@ -60,13 +64,33 @@ class Sequence<S> implements LiveSequence<S> {
   readonly draw: () => number;
   readonly stopIds: Set<number>;
   readonly events = new AsyncQueue<TokenEvent>();
+  /** Token → times generated, for presence/frequency penalties. */
+  private readonly counts = new Map<number, number>();
+  private readonly promptTokens: ReadonlySet<number>;
   /** Set on admission; a sequence without it is waiting. */
   admitted: { state: S } | null = null;
   constructor(readonly request: GenerationRequest, readonly signal: AbortSignal) {
     this.topN = request.logprobs ? request.topLogprobs : 0;
-    this.sampling = { temperature: request.temperature, topK: request.topK, topP: request.topP };
+    this.sampling = { temperature: request.temperature, topK: request.topK, topP: request.topP, minP: request.minP ?? 0 };
     this.draw = uniformStream(request.seed ?? crypto.getRandomValues(new Uint32Array(1))[0]!);
     this.stopIds = new Set(request.stopTokenIds);
+    this.promptTokens = (request.repetitionPenalty ?? 1) !== 1 ? new Set(request.promptIds) : new Set();
+  }
+  get penalties(): LogitPenalties | null {
+    const r = this.request;
+    const p: LogitPenalties = {
+      repetition: r.repetitionPenalty ?? 1,
+      presence: r.presencePenalty ?? 0,
+      frequency: r.frequencyPenalty ?? 0,
+      promptTokens: this.promptTokens,
+      generated: this.counts,
+      masked: this.generated.length < (r.minTokens ?? 0) ? r.stopTokenIds : [],
+    };
+    return penaltiesActive(p) ? p : null;
+  }
+  record(token: number): void {
+    this.generated.push(token);
+    this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
   }
   get state(): S {
     if (!this.admitted) throw new Error("sequence is not running");
@@ -165,7 +189,7 @@ export abstract class BatchingEngine<S> implements InferenceEngine {
     if (!this.running.includes(seq)) return; // closed during the step
     if (seq.signal.aborted) return this.leave(seq, "aborted");
     const { request } = seq;
-    seq.generated.push(row.token);
+    seq.record(row.token);
     const finishReason = seq.stopIds.has(row.token) ? "stop" : seq.generated.length >= request.maxTokens ? "length" : null;
     seq.events.push({
       tokenId: row.token,

@@ -12,6 +12,7 @@ import type { ModelConfig } from "@tuneloom/model/config.ts";
 // The same sampling semantics (temperature → top-k → top-p, inverse CDF in index order) as the
 // GPU kernel, so a seeded request samples the same tokens on both engines.
 import { type SampledRow, sampleRef, topLogprobsRef } from "@tuneloom/kernels/sampling.ts";
+import { applyLogitPenaltiesRef } from "@tuneloom/kernels/logit-penalties.ts";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer, GenerationRequest } from "./engine.ts";
 
@@ -72,6 +73,8 @@ export class CpuReferenceEngine extends BatchingEngine<Ids> {
     const all = cpuReferenceForward(this.config, this.weights, ids); // (T, V)
     // Rows a checkpoint pads its vocabulary with are not tokens: never sample or report them.
     const row = all.subarray((ids.length - 1) * V, (ids.length - 1) * V + this.validVocab); // (validVocab)
+    const penalties = seq.penalties;
+    if (penalties) applyLogitPenaltiesRef(row, penalties); // as the GPU engine: logprobs are of the penalised logits
     const { token, logprob } = sampleRef(row, seq.sampling, u);
     ids.push(token);
     await yieldToEventLoop();

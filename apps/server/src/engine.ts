@@ -33,6 +33,16 @@ export interface GenerationRequest {
   seed: number | null;
   /** Generating one of these ends the sequence with finishReason "stop" (the event still carries it). */
   stopTokenIds: readonly number[];
+  /** HF/vLLM repetition penalty over prompt + generated tokens: a seen token's logit is divided by it when > 0, multiplied when ≤ 0. Absent or 1: off. */
+  repetitionPenalty?: number;
+  /** OpenAI presence penalty: subtracted once from the logit of each token generated so far. Absent or 0: off. */
+  presencePenalty?: number;
+  /** OpenAI frequency penalty: subtracted per occurrence among the generated tokens. Absent or 0: off. */
+  frequencyPenalty?: number;
+  /** Keep tokens whose probability after temperature is ≥ minP × the most likely one's. Absent or 0: off. */
+  minP?: number;
+  /** stopTokenIds cannot be sampled before this many tokens are generated. Absent or 0: off. */
+  minTokens?: number;
   /** Report the sampled token's logprob on each event. */
   logprobs: boolean;
   /** Also report the this-many most likely alternatives (0..20) on each event. */

@@ -3,6 +3,8 @@
  * through the scheduler, token events → text through the incremental detokenizer, stop strings
  * on that text, metrics. Yields text deltas with the tokens that produced them; the last delta
  * carries finish_reason. A stop string or a client disconnect aborts the sequence in the engine.
+ * Special tokens are left out of the text unless `skipSpecialTokens: false` (a tool-call parser
+ * whose marker is one, e.g. Mistral's [TOOL_CALLS]).
  */
 import type { EngineTokenizer, GenerationRequest, TokenEvent, TokenLogprob } from "./engine.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -43,7 +45,13 @@ export interface Generation {
  * Admit the request now (throws SchedulerRejection for 429/503 before any response is sent)
  * and return the lazily-run generation.
  */
-export function startGeneration(ctx: GenerationContext, request: GenerationRequest, stopStrings: readonly string[], clientSignal: AbortSignal): Generation {
+export function startGeneration(
+  ctx: GenerationContext,
+  request: GenerationRequest,
+  stopStrings: readonly string[],
+  clientSignal: AbortSignal,
+  options: { skipSpecialTokens?: boolean } = {},
+): Generation {
   const stopper = new AbortController();
   const signal = AbortSignal.any([clientSignal, stopper.signal]);
   const events = ctx.scheduler.submit(request, signal);
@@ -52,7 +60,7 @@ export function startGeneration(ctx: GenerationContext, request: GenerationReque
   const stopIds = new Set(request.stopTokenIds);
 
   async function* run(): AsyncGenerator<GenerationDelta> {
-    const detok = ctx.tokenizer.createDetokenizer({ skipSpecialTokens: true, contextIds: request.promptIds });
+    const detok = ctx.tokenizer.createDetokenizer({ skipSpecialTokens: options.skipSpecialTokens ?? true, contextIds: request.promptIds });
     const matcher = new StopStringMatcher(stopStrings);
     let first = true;
     try {

@@ -77,12 +77,12 @@ export class GpuEngine extends BatchingEngine<Slot> {
   }
 
   protected override prefill(seq: LiveSequence<Slot>, u: number): Promise<SampledRow> {
-    return this.generator.prefill(seq.state, seq.request.promptIds, seq.sampling, u, seq.topN);
+    return this.generator.prefill(seq.state, seq.request.promptIds, seq.sampling, u, seq.topN, seq.penalties);
   }
 
   protected override prefillMany(batch: readonly LiveSequence<Slot>[], u: readonly number[]): Promise<SampledRow[]> {
     return this.generator.prefillMany(batch.map((seq, i) => ({
-      slot: seq.state, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN,
+      slot: seq.state, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN, penalties: seq.penalties,
     })));
   }
 
@@ -98,6 +98,7 @@ export class GpuEngine extends BatchingEngine<Slot> {
       position: seq.request.promptIds.length + seq.generated.length - 1, // of that token = tokens cached
       sampling: seq.sampling,
       u: u[b]!,
+      penalties: seq.penalties,
     }));
     return this.generator.decode(items, Math.max(0, ...batch.map((seq) => seq.topN)));
   }

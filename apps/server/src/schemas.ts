@@ -1,7 +1,9 @@
 /**
- * Request bodies, validated with zod before anything else touches them. Unknown fields are
- * ignored (as vLLM does), fields we cannot honour are refused with the reason, and every
- * failure becomes a 400 naming the field (`param`) in OpenAI's error body.
+ * Request bodies, validated with zod before anything else touches them. The generation
+ * endpoints take only the fields listed here: an unknown one is a 400 naming it (OpenAI's own
+ * behaviour; a field silently dropped is a setting the client believes is in force), fields we
+ * know but cannot honour are refused with the reason, and every failure becomes a 400 naming
+ * the field (`param`) in OpenAI's error body.
  */
 import { z } from "zod";
 import { badRequest, type ApiError } from "./errors.ts";
@@ -64,7 +66,7 @@ const tool = z.record(z.string(), z.unknown()).superRefine((value, ctx) => {
 const stop = z.union([z.string(), z.array(z.string()).max(16)], { error: "must be a string or an array of at most 16 strings" }).nullish();
 const positiveInt = z.number().int().min(1);
 
-/** Fields of both endpoints that shape sampling; penalties and logit_bias only at their no-op values. */
+/** Fields of both endpoints that shape sampling; logit_bias only empty. */
 const samplingFields = {
   model: z.string().optional(),
   temperature: z.number().min(0).max(2).nullish(),
@@ -76,14 +78,17 @@ const samplingFields = {
   ignore_eos: z.boolean().nullish(),
   n: z.number().int().min(1).nullish(),
   stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() }).nullish(),
+  stream_options: z.strictObject({ include_usage: z.boolean().nullish(), continuous_usage_stats: z.boolean().nullish() }).nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
+  repetition_penalty: z.number().gt(0).max(100).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  min_tokens: z.number().int().min(0).nullish(),
   logit_bias: z.record(z.string(), z.number()).nullish(),
   user: z.string().nullish(),
 };
 
-export const chatCompletionSchema = z.object({
+export const chatCompletionSchema = z.strictObject({
   ...samplingFields,
   messages: z.array(messageSchema).min(1, { error: "must hold at least one message" }),
   max_tokens: positiveInt.nullish(),
@@ -91,7 +96,11 @@ export const chatCompletionSchema = z.object({
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(20).nullish(),
   tools: z.array(tool).nullish(),
-  tool_choice: z.union([z.literal("none"), z.literal("auto"), z.record(z.string(), z.unknown())]).nullish(),
+  tool_choice: z
+    .union([z.enum(["none", "auto", "required"]), z.object({ type: z.literal("function"), function: z.object({ name: z.string() }) })], {
+      error: "must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+    })
+    .nullish(),
   parallel_tool_calls: z.boolean().nullish(),
   response_format: z.looseObject({ type: z.string() }).nullish(),
   add_generation_prompt: z.boolean().nullish(),
@@ -99,11 +108,20 @@ export const chatCompletionSchema = z.object({
 });
 export type ChatCompletionRequest = z.infer<typeof chatCompletionSchema>;
 
-export const completionSchema = z.object({
+/** Prompts one /v1/completions request may hold (each is one choice, scheduled like a request of its own). */
+export const MAX_PROMPTS_PER_REQUEST = 64;
+
+export const completionSchema = z.strictObject({
   ...samplingFields,
-  prompt: z.union([z.string(), z.array(z.number().int()).min(1), z.array(z.string()).length(1), z.array(z.array(z.number().int()).min(1)).length(1)], {
-    error: "must be a string or an array of token ids (one prompt per request)",
-  }),
+  prompt: z.union(
+    [
+      z.string(),
+      z.array(z.number().int()).min(1),
+      z.array(z.string()).min(1).max(MAX_PROMPTS_PER_REQUEST),
+      z.array(z.array(z.number().int()).min(1)).min(1).max(MAX_PROMPTS_PER_REQUEST),
+    ],
+    { error: `must be a string, an array of token ids, or a list (1..${MAX_PROMPTS_PER_REQUEST}) of either` },
+  ),
   max_tokens: positiveInt.nullish(),
   logprobs: z.number().int().min(0).max(20).nullish(),
   echo: z.boolean().nullish(),
@@ -153,9 +171,30 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   return v;
 }
 
+/** Fields clients send that this server knows of but does not implement: why, for the 400. */
+const KNOWN_UNSUPPORTED: Record<string, string> = {
+  guided_json: "guided (structured) decoding is not supported",
+  guided_regex: "guided (structured) decoding is not supported",
+  guided_choice: "guided (structured) decoding is not supported",
+  guided_grammar: "guided (structured) decoding is not supported",
+  guided_decoding_backend: "guided (structured) decoding is not supported",
+  structured_outputs: "guided (structured) decoding is not supported",
+  functions: "the deprecated functions/function_call are not supported; send tools and tool_choice",
+  function_call: "the deprecated functions/function_call are not supported; send tools and tool_choice",
+};
+
+/** An unknown field: OpenAI's own wording, the field as `param`, and why when we know it. */
+function unknownFieldError(issue: z.core.$ZodIssueUnrecognizedKeys): ApiError {
+  const param = formatParam([...issue.path, issue.keys[0]!])!;
+  const known = KNOWN_UNSUPPORTED[issue.keys[0]!];
+  const why = known ? `${known}` : "this server does not implement it; remove it from the request";
+  return badRequest(`Unrecognized request argument supplied: ${param} (${why})`, param, known ? "unsupported_parameter" : "unknown_parameter");
+}
+
 /** The first issue as an OpenAI 400: a missing field says so; otherwise zod's message with the field named. */
 export function zodToApiError(error: z.ZodError, input: unknown): ApiError {
   const issue = error.issues[0]!;
+  if (issue.code === "unrecognized_keys") return unknownFieldError(issue);
   const param = formatParam(issue.path);
   const missing = issue.path.length > 0 && valueAt(input, issue.path) === undefined;
   const what = param ? `'${param}'` : "request body";

@@ -76,6 +76,24 @@ describe("GpuEngine vs CPU reference", () => {
     expect(plain.every((e) => e.logprob === null && e.topLogprobs === null)).toBe(true);
   }, 60_000);
 
+  test("penalties, min_p and min_tokens: same tokens as the CPU reference, alone and batched with plain requests", async () => {
+    const plainFirst = ids(await collect(cpu, request(prompt(texts[0]!), { maxTokens: 1 })))[0]!;
+    const reqs = [
+      request(prompt(texts[1]!), { repetitionPenalty: 0.01, maxTokens: 10 }),
+      request(prompt(texts[6]!), { presencePenalty: -2, frequencyPenalty: -1.5, repetitionPenalty: 1.3, maxTokens: 10 }),
+      request(prompt(texts[0]!), { minTokens: 4, stopTokenIds: [...cpu.tokenizer.eosTokenIds, plainFirst], maxTokens: 8 }),
+      request(prompt(texts[3]!), { temperature: 1.2, minP: 0.2, seed: 77, maxTokens: 10 }),
+      request(prompt(texts[2]!), { maxTokens: 10 }), // no penalties, in the same batch
+    ];
+    const want = [];
+    for (const r of reqs) want.push(ids(await collect(cpu, r)));
+    expect(want[0]).not.toEqual(ids(await collect(cpu, { ...reqs[0]!, repetitionPenalty: 1 })));
+    expect(want[2]!.slice(0, 4)).not.toContain(plainFirst);
+    for (const [i, r] of reqs.entries()) expect([i, ...ids(await collect(gpu, r))]).toEqual([i, ...want[i]!]);
+    const batched = await Promise.all(reqs.map((r) => collect(gpu, r)));
+    expect(batched.map(ids)).toEqual(want);
+  }, 120_000);
+
   test("a stop token ends the sequence with finishReason stop (event carries it)", async () => {
     const req = request(prompt(texts[0]!), { maxTokens: 8 });
     const first = await collect(gpu, req);

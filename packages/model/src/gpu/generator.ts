@@ -17,9 +17,15 @@
  * copies into a mappable one, so a step is one write, one submit and one map. Nothing per-step
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
+ *
+ * Penalties (repetition/presence/frequency, min_tokens masks: kernels' logit-penalties) change
+ * the logits between the LM head and sampling. Their per-row token lists vary in length every
+ * step, so a decode step where any row has them is recorded afresh (as with replay: false)
+ * rather than replayed; steps without them replay as before.
  */
 import {
-  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows,
+  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
+  applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive,
 } from "@tuneloom/kernels";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
@@ -67,6 +73,8 @@ export interface PrefillItem {
   u: number;
   /** Most likely alternatives to report (default 0: none, no `top`). */
   topN?: number;
+  /** Applied to the logits before sampling (null/absent: none). */
+  penalties?: LogitPenalties | null;
 }
 
 export interface DecodeItem {
@@ -78,6 +86,8 @@ export interface DecodeItem {
   sampling: SamplingParams;
   /** Uniform draw in [0, 1) for sampling (ignored when greedy). */
   u: number;
+  /** Applied to the logits before sampling (null/absent: none). */
+  penalties?: LogitPenalties | null;
 }
 
 /** Byte offsets of one region each, every one at the device's storage-binding alignment. */
@@ -97,7 +107,7 @@ interface DecodePlan {
   topN: number;
   lora: readonly LayerLora[] | undefined;
   rec: Recorder;
-  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, 4)). */
+  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, SAMPLING_ROW_FLOATS)). */
   inputs: Tensor;
   host: { bytes: Uint8Array; ids: Int32Array; positions: Int32Array; cacheRows: Int32Array; offsets: Int32Array; lengths: Int32Array; rowParams: Float32Array };
   /** Results, one buffer: tokens, logprobs, topIds, topLogprobs. */
@@ -201,7 +211,7 @@ export class KvCacheGenerator {
     const { model } = this;
     const rt = model.rt, V = model.cfg.vocabSize;
     const align = Math.max(256, rt.device.limits.minStorageBufferOffsetAlignment); // each region is bound on its own
-    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 16 * B]);
+    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * SAMPLING_ROW_FLOATS * B]);
     const outL = packRegions(align, [4 * B, 4 * B, 4 * B * topN, 4 * B * topN]);
     const inputsBuf = rt.createBuffer(inL.size, `decode B=${B}:inputs`);
     const outputsBuf = rt.createBuffer(outL.size, `decode B=${B}:outputs`);
@@ -217,7 +227,7 @@ export class KvCacheGenerator {
       const hostI32 = (k: number) => new Int32Array(bytes.buffer, inL.at[k]!, B);
       const host = {
         bytes, ids: hostI32(0), positions: hostI32(1), cacheRows: hostI32(3), offsets: hostI32(4), lengths: hostI32(5),
-        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, 4 * B),
+        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, SAMPLING_ROW_FLOATS * B),
       };
       hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
       const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
@@ -228,7 +238,7 @@ export class KvCacheGenerator {
       const attnScratch = rt.empty("f32", [attentionDecodeScratchSize(B, model.cfg.numHeads, model.cfg.headDim, splits)], "attn_decode_scratch");
       owned.push(attnScratch);
       const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext, scratch: attnScratch };
-      const rowParams = new Tensor(inputsBuf, "f32", [B, 4], inL.at[6]!, "sampling_rows");
+      const rowParams = new Tensor(inputsBuf, "f32", [B, SAMPLING_ROW_FLOATS], inL.at[6]!, "sampling_rows");
       const tokens = new Tensor(outputsBuf, "i32", [B], outL.at[0]!, "tokens");
       const logprobs = new Tensor(outputsBuf, "f32", [B], outL.at[1]!, "logprobs");
       const topIds = topN > 0 ? new Tensor(outputsBuf, "i32", [B, topN], outL.at[2]!, "top_ids") : undefined;
@@ -294,7 +304,7 @@ export class KvCacheGenerator {
 
   private step(
     ids: Int32Array, positions: Int32Array, seqIds: Int32Array, cacheRows: Int32Array,
-    logitRows: number[], rows: readonly (SamplingParams & { u: number })[], topN: number,
+    logitRows: number[], rows: readonly (SamplingParams & { u: number; penalties?: LogitPenalties | null })[], topN: number,
     decode?: { offsets: Int32Array; lengths: Int32Array },
   ): Promise<SampledRow[]> {
     const { model } = this;
@@ -309,7 +319,10 @@ export class KvCacheGenerator {
     };
     const acts = allocLayerActivations(rt, model.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
     const logits = rt.empty("f32", [B, V], "logits");
-    const rowParams = rt.upload("f32", [B, 4], packSamplingRows(rows), "sampling_rows");
+    const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
+    // Uploaded before recording starts: a pooled buffer released mid-recording (logitsRows'
+    // scratch) could otherwise come back here and be overwritten by the recording's own copies.
+    const penalties = this.uploadPenalties(rows.map((r) => r.penalties));
     const tokens = rt.empty("i32", [B], "tokens"), logprobs = rt.empty("f32", [B], "logprobs");
     const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
     const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
@@ -319,6 +332,7 @@ export class KvCacheGenerator {
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
+    if (penalties) applyLogitPenalties(rec, { logits, ...penalties, validVocab: this.validVocab });
     sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     return (async () => {
@@ -326,7 +340,7 @@ export class KvCacheGenerator {
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch);
+      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
@@ -336,9 +350,21 @@ export class KvCacheGenerator {
     })();
   }
 
+  /** The rows' penalties on the GPU when any row has some (for applyLogitPenalties); null when none has. */
+  private uploadPenalties(rows: readonly (LogitPenalties | null | undefined)[]): { params: Tensor; offsets: Tensor; entries: Tensor } | null {
+    if (!rows.some((p) => penaltiesActive(p))) return null;
+    const rt = this.model.rt, B = rows.length;
+    const packed = packPenaltyRows(rows);
+    return {
+      params: rt.upload("f32", [B, 4], packed.params, "penalty_params"),
+      offsets: rt.upload("u32", [B + 1], packed.offsets, "penalty_offsets"),
+      entries: rt.upload("u32", [packed.entries.length / 2, 2], packed.entries, "penalty_entries"),
+    };
+  }
+
   /** Runs the prompt into `slot` and samples the first new token. */
-  async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0): Promise<SampledRow> {
-    const item = { slot, promptIds, sampling, u, topN };
+  async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0, penalties: LogitPenalties | null = null): Promise<SampledRow> {
+    const item = { slot, promptIds, sampling, u, topN, penalties };
     this.checkPrefill(item);
     const [row] = await this.prefillPacked([item]);
     return row!;
@@ -412,7 +438,7 @@ export class KvCacheGenerator {
       logitRows.push(t - 1);
     });
     const topN = Math.max(0, ...items.map((it) => it.topN ?? 0));
-    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u })), topN);
+    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN);
     this.prefillStats.steps++;
     this.prefillStats.prompts += items.length;
     // Each row reports its own top-N: the first of the step's (sorted, most likely first).
@@ -430,7 +456,7 @@ export class KvCacheGenerator {
     for (const it of items) {
       if (it.position >= this.opts.maxContext) throw new Error(`decode: slot ${it.slot} is full (${this.opts.maxContext} tokens)`);
     }
-    if (this.opts.replay ?? true) {
+    if ((this.opts.replay ?? true) && !items.some((it) => penaltiesActive(it.penalties))) {
       // The items are read now; the step runs once the previous one is done (a plan's buffers,
       // and its readback's map, serve one step at a time).
       const rowParams = packSamplingRows(items.map((it) => ({ ...it.sampling, u: it.u })));
@@ -444,7 +470,7 @@ export class KvCacheGenerator {
     const positions = Int32Array.from(items, (it) => it.position);
     const offsets = Int32Array.from(items, (it) => it.slot * ctx);
     return this.step(ids, positions, Int32Array.from(items, (_, b) => b), Int32Array.from(items, (it) => it.slot * ctx + it.position),
-      items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u })), topN,
+      items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN,
       { offsets, lengths: Int32Array.from(positions, (p) => p + 1) });
   }
 }
