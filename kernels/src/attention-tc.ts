@@ -401,7 +401,3 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
     [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   for (const t of [q16, k16, v16, do16]) rec.recycle(t);
 }
-
-/** The generated WGSL, for reading compiler messages. */
-export const tcAttentionSourceForDebug = (hd: number, pass: "forward" | "dq" | "dkv" = "forward") =>
-  (pass === "forward" ? forwardSource : pass === "dq" ? backwardDqSource : backwardDkvSource)(hd).code;

@@ -37,8 +37,6 @@ export function isCountedConversion(from: DType, to: DType): boolean {
   return `${from}>${to}` in COUNTED;
 }
 
-/** The conversions convertTensor supports, as [from, to]. */
-export const SUPPORTED_CONVERSIONS = Object.keys(ENTRY).map((k) => k.split(">") as [DType, DType]);
 
 /** dst = src converted to dst's dtype (same element count; src and dst must be different buffers). */
 export function convertTensor(rec: Recorder, src: Tensor, dst: Tensor) {

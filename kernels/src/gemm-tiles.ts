@@ -9,8 +9,36 @@
  * for the K slice and `d` for double buffering) or `c` for the global kernel with constant
  * strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
-import type { TcConfig } from "./matmul-subgroup.ts";
 import table from "./gemm-tiles.json";
+
+/** Tile configuration of the tensor-core kernel (matmul-subgroup.ts, matmul-tc-staged.ts). */
+export interface TcConfig {
+  /** Result matrices per subgroup along M and N. */
+  tm: number;
+  tn: number;
+  /** Subgroups per workgroup along M and N. */
+  sgm: number;
+  sgn: number;
+  /** Stage A and B through workgroup memory (matmul-tc-staged.ts) instead of loading from global memory. */
+  staged?: boolean;
+  /** Staged only: K slice per stage (32 or 64 halves; default 32). */
+  bk?: number;
+  /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
+  double?: boolean;
+  /**
+   * Global only: leading dimensions as override constants (LDA, LDB, LDC) instead of uniforms,
+   * so the driver sees constant strides in every subgroup-matrix load and store (one pipeline
+   * per distinct stride triple).
+   */
+  constStrides?: boolean;
+  /**
+   * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
+   * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
+   * memory), "no-products" (the subgroup-matrix loads and products).
+   */
+  diag?: "no-loads" | "no-stores" | "no-products";
+}
+
 
 export interface GemmTileEntry {
   n: number;

@@ -25,38 +25,9 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
 import { stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
-import { tcConfigFor } from "./gemm-tiles.ts";
+import { type TcConfig, tcConfigFor } from "./gemm-tiles.ts";
 
-/** Tile configuration of the tensor-core kernel (see the module comment). */
-export interface TcConfig {
-  /** Result matrices per subgroup along M and N. */
-  tm: number;
-  tn: number;
-  /** Subgroups per workgroup along M and N. */
-  sgm: number;
-  sgn: number;
-  /** Stage A and B through workgroup memory (matmul-tc-staged.ts) instead of loading from global memory. */
-  staged?: boolean;
-  /** Staged only: K slice per stage (32 or 64 halves; default 32). */
-  bk?: number;
-  /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
-  double?: boolean;
-  /**
-   * Global only: leading dimensions as override constants (LDA, LDB, LDC) instead of uniforms,
-   * so the driver sees constant strides in every subgroup-matrix load and store (one pipeline
-   * per distinct stride triple).
-   */
-  constStrides?: boolean;
-  /**
-   * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
-   * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
-   * memory), "no-products" (the subgroup-matrix loads and products).
-   */
-  diag?: "no-loads" | "no-stores" | "no-products";
-}
-
-/** Global-memory kernel, 4×4 matrices per subgroup: 50-72 TFLOP/s on the linear-layer shapes (H200). */
-export const DEFAULT_TC_CONFIG: TcConfig = { tm: 4, tn: 4, sgm: 1, sgn: 1 };
+export type { TcConfig } from "./gemm-tiles.ts";
 
 const LANES = 32;
 
