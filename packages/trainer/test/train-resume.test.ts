@@ -44,7 +44,7 @@ function options(data: string, out: string): TrainOptions {
 }
 
 const stateWithoutClock = (dir: string) => {
-  const { elapsedS: _e, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
+  const { elapsedS: _e, runId: _r, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
   return rest;
 };
 const optimizerBytes = (dir: string) => {
