@@ -99,8 +99,8 @@ export function recoverDirWrites(parent: string): string[] {
     }
     for (const e of leftovers) {
       rmSync(path.join(parent, e.name), { recursive: true, force: true });
-      const what = e.stage === "tmp" ? "an incomplete save" : e.stage === "new" ? "a save that never replaced" : "the copy that a save replaced";
-      actions.push(`removed ${path.join(parent, e.name)} (${what} ${target}, left by process ${e.pid})`);
+      const what = e.stage === "tmp" ? "an incomplete save of it" : e.stage === "new" ? "a save of it that never replaced it" : "the copy of it that a save replaced";
+      actions.push(`removed ${path.join(parent, e.name)} (${what}, left by process ${e.pid})`);
     }
   }
   return actions;

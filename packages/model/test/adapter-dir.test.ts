@@ -209,7 +209,7 @@ describe("atomic writes", () => {
 describe("replacing an adapter under a crash (kill -9 at each point of writeDirAtomically)", () => {
   const atomicDirModule = path.join(import.meta.dir, "../src/atomic-dir.ts");
   /** In a child process killed with SIGKILL at `point`, replaces `target` with a copy of `source`. */
-  function replaceAndCrash(target: string, source: string, point: string): string | undefined {
+  function replaceAndCrash(target: string, source: string, point: string): unknown {
     const code = `import { cpSync } from "node:fs"; import { writeDirAtomically } from ${JSON.stringify(atomicDirModule)};
       writeDirAtomically(process.env.TARGET, (tmp) => cpSync(process.env.SOURCE, tmp, { recursive: true }));`;
     const child = Bun.spawnSync(["bun", "-e", code], { env: { ...process.env, TARGET: target, SOURCE: source, TUNELOOM_TEST_CRASH_AT: point }, stderr: "pipe" });

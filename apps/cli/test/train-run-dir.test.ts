@@ -1,0 +1,43 @@
+// The train command's run-directory and UTF-8 flags (the rules themselves are tested in
+// packages/trainer/test/run-dir.test.ts and data.test.ts).
+import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { writeTinyModel } from "@tuneloom/model";
+import { DataError, readRunRecord, RunDirError } from "@tuneloom/trainer";
+import { run as trainCommand } from "../src/commands/train.ts";
+
+async function rejection(p: Promise<unknown>): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error("expected a rejection");
+}
+
+describe("train command: run-directory and UTF-8 flags", () => {
+  test("invalid UTF-8 is refused with file:line before --out is touched; --allow-replacement trains on it; --overwrite", async () => {
+    const root = mkdtempSync(path.join(tmpdir(), "train-cli-"));
+    const model = path.join(root, "model");
+    writeTinyModel(model, { seed: 1 });
+    const row = (q: string) => JSON.stringify({ messages: [{ role: "user", content: q }, { role: "assistant", content: "yes" }] }) + "\n";
+    const data = path.join(root, "latin1.jsonl");
+    // Line 11 holds "café" in Latin-1: 0xE9 alone is not UTF-8.
+    writeFileSync(data, Buffer.concat([Buffer.from(Array.from({ length: 10 }, (_, i) => row(`q${i} — ok?`)).join(""), "utf8"), Buffer.from(row("caf\u00e9?"), "latin1")]));
+    const out = path.join(root, "out");
+    const argv = ["--model", model, "--data", data, "--out", out, "--max-steps", "1", "--batch-size", "2", "--max-length", "64", "--rank", "2", "--quiet"];
+    const error = await rejection(trainCommand(argv));
+    expect(error).toBeInstanceOf(DataError);
+    expect(error.message).toStartWith(`${data}:11: invalid UTF-8 at byte `);
+    expect(existsSync(out)).toBe(false);
+
+    expect(await trainCommand([...argv, "--allow-replacement"])).toBe(0);
+    expect(JSON.parse(readFileSync(path.join(out, "adapter", "training_args.json"), "utf8"))).toMatchObject({ allowReplacement: true });
+    expect(readRunRecord(out)!.settings.allowReplacement).toBe(true);
+    expect(await rejection(trainCommand([...argv, "--allow-replacement"]))).toBeInstanceOf(RunDirError);
+    expect(await trainCommand([...argv, "--allow-replacement", "--overwrite"])).toBe(0);
+    expect(readdirSync(out).filter((n) => n.startsWith(".previous-"))).toHaveLength(1);
+  }, 120_000);
+});
