@@ -127,15 +127,6 @@ export function pruneCheckpoints(outDir: string, keepLast: number): string[] {
   return doomed.map((c) => c.dir);
 }
 
-/**
- * What `--resume DIR` means: DIR itself when it is a checkpoint, else its newest complete
- * `checkpoint-<step>`; null when there is none.
- */
-export function findLatestCheckpoint(dir: string): string | null {
-  if (existsSync(path.join(dir, TRAINER_STATE_FILE))) return dir;
-  return listCheckpoints(dir).at(-1)?.dir ?? null;
-}
-
 /** The run id a checkpoint records, or null (none recorded, or unreadable). */
 export function readCheckpointRunId(dir: string): string | null {
   try {
