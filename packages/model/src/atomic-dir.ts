@@ -68,15 +68,16 @@ export function writeDirAtomically(dir: string, fill: (tmpDir: string) => void):
 /**
  * Finishes or undoes the writes that a crash interrupted among `parent`'s entries: a missing
  * `<dir>` is restored from its newest complete copy (`.new`, else `.old`), and every leftover
- * `.tmp`/`.new`/`.old` sibling is removed. Entries of a process still running are left alone.
- * Returns one line per action, for the log.
+ * `.tmp`/`.new`/`.old` sibling is removed. Entries of a process still running are left alone, and
+ * so is every name that `isOurs` (given the destination's name) does not claim: `parent` may hold
+ * a user's own `notes.old-2024`. Returns one line per action, for the log.
  */
-export function recoverDirWrites(parent: string): string[] {
+export function recoverDirWrites(parent: string, isOurs: (name: string) => boolean = () => true): string[] {
   if (!existsSync(parent)) return [];
   const byTarget = new Map<string, { name: string; stage: string; pid: number }[]>();
   for (const name of readdirSync(parent)) {
     const m = STAGE.exec(name);
-    if (!m) continue;
+    if (!m || !isOurs(m[1]!)) continue;
     const list = byTarget.get(m[1]!) ?? [];
     list.push({ name, stage: m[2]!, pid: Number(m[3]) });
     byTarget.set(m[1]!, list);

@@ -23,6 +23,8 @@ import type { TrainOptions } from "./train-loop.ts";
 
 export const RUN_FILE = "run.json";
 const PREVIOUS_DIR = /^\.previous-/;
+/** What a run writes atomically in its directory (see recovery). */
+const RUN_WRITES = /^(adapter|checkpoint-\d+|run\.json)$/;
 
 /** A run directory that cannot be used as asked; the message says what to do instead. */
 export class RunDirError extends Error {
@@ -152,7 +154,10 @@ export interface OpenRunOptions {
 export function openRunDir(o: OpenRunOptions): OpenedRun {
   const dir = path.resolve(o.out);
   if (existsSync(dir) && !statSync(dir).isDirectory()) throw new RunDirError(`--out ${o.out}: exists and is not a directory`);
-  for (const line of recoverDirWrites(dir)) o.log(`recovery: ${line}`);
+  // Only in a run directory, and only what a run writes there: `--out` may name a user's folder by mistake.
+  if (existsSync(path.join(dir, RUN_FILE))) {
+    for (const line of recoverDirWrites(dir, (name) => RUN_WRITES.test(name))) o.log(`recovery: ${line}`);
+  }
   if (o.resume !== undefined) {
     if (o.overwrite) throw new RunDirError("--resume and --overwrite contradict each other: resume continues the run in --out, overwrite starts a new one");
     return resumeRun(dir, o);

@@ -75,8 +75,9 @@ describe("run directory: one run per --out", () => {
     // A directory with files of its own is refused too; earlier .previous-* folders do not count.
     const other = path.join(root, "other");
     mkdirSync(path.join(other, ".previous-x"), { recursive: true });
-    writeFileSync(path.join(other, "notes.txt"), "mine");
-    expect((await rejection(train(smallRunOptions(data, other, { maxSteps: 1 })))).message).toContain("1 entry not from a tuneloom run: notes.txt");
+    writeFileSync(path.join(other, "report.old-2024"), "mine"); // a name like recovery's, in a folder that is not a run's: untouched
+    expect((await rejection(train(smallRunOptions(data, other, { maxSteps: 1 })))).message).toContain("1 entry not from a tuneloom run: report.old-2024");
+    expect(readFileSync(path.join(other, "report.old-2024"), "utf8")).toBe("mine");
   }, 120_000);
 });
 
