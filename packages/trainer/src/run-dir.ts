@@ -15,9 +15,9 @@
  * docs/runs.md describes the layout and the rules for users.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { type LoadedChatTemplate, normalizeTargetModules, recoverDirWrites } from "@tuneloom/model";
+import { type LoadedChatTemplate, normalizeTargetModules, readJsonObject, recoverDirWrites } from "@tuneloom/model";
 import { listCheckpoints, readCheckpointRunId, TRAINER_STATE_FILE } from "./checkpoint.ts";
 import type { TrainOptions } from "./train-loop.ts";
 
@@ -113,13 +113,8 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
 export function readRunRecord(dir: string): RunRecord | null {
   const file = path.join(dir, RUN_FILE);
   if (!existsSync(file)) return null;
-  let json: RunRecord;
-  try {
-    json = JSON.parse(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new RunDirError(`${file}: invalid JSON (${(e as Error).message})`);
-  }
-  if (json?.format !== "tuneloom-run" || typeof json.runId !== "string" || typeof json.settings !== "object") {
+  const json = readJsonObject(file) as unknown as RunRecord;
+  if (json.format !== "tuneloom-run" || typeof json.runId !== "string" || typeof json.settings !== "object") {
     throw new RunDirError(`${file}: not a tuneloom run record (format "tuneloom-run" with runId and settings)`);
   }
   return json;
