@@ -1,7 +1,7 @@
 // CLI contracts of generate, perplexity and merge, run as subprocesses on a tiny random model
 // (no downloads), checked against the float64 CPU reference.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -170,6 +170,7 @@ describe("adapter and merge", () => {
     expect(tuned).not.toEqual(base);
 
     const merged = join(root, "merged");
+    mkdirSync(join(root, "merged.tmp-999999")); // what a merge killed mid-write leaves: cleared first
     const m = cli("merge", "--model", modelDir, "--adapter", adapterDir, "--out", merged);
     expect(m.code).toBe(0);
     expect(m.stdout).toBe("");

@@ -13,6 +13,7 @@ export * from "./serving-files.ts";
 export * from "./lora-config.ts";
 export * from "./adapter-dir.ts";
 export * from "./atomic-dir.ts";
+export { readJsonObject } from "./tokenizer-config.ts";
 export * from "./lora-merge.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";

@@ -1,12 +1,12 @@
 import { describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { templateSha256 } from "@tuneloom/chat-template";
 import { loadChatTemplate } from "../src/chat-template-file.ts";
 import { openSafetensors, writeSafetensors } from "../src/safetensors.ts";
 import { AdapterFileError, readAdapterDir, writeAdapterDir, type AdapterContents } from "../src/adapter-dir.ts";
-import { writeDirAtomically } from "../src/atomic-dir.ts";
+import { recoverDirWrites, writeDirAtomically } from "../src/atomic-dir.ts";
 import { loraLayerSpecs, parseLoraConfig, type LoraWeights } from "../src/lora-config.ts";
 import { gaussianSampler, writeTinyModel } from "../src/tiny-model.ts";
 
@@ -203,5 +203,57 @@ describe("atomic writes", () => {
     expect(existsSync(path.join(dir, "stale.txt"))).toBe(false);
     expect(readAdapterDir(dir).lora.rank).toBe(2);
     expect(readdirSync(parent)).toEqual(["adapter"]);
+  });
+});
+
+describe("replacing an adapter under a crash (kill -9 at each point of writeDirAtomically)", () => {
+  const atomicDirModule = path.join(import.meta.dir, "../src/atomic-dir.ts");
+  /** In a child process killed with SIGKILL at `point`, replaces `target` with a copy of `source`. */
+  function replaceAndCrash(target: string, source: string, point: string): unknown {
+    const code = `import { cpSync } from "node:fs"; import { writeDirAtomically } from ${JSON.stringify(atomicDirModule)};
+      writeDirAtomically(process.env.TARGET, (tmp) => cpSync(process.env.SOURCE, tmp, { recursive: true }));`;
+    const child = Bun.spawnSync(["bun", "-e", code], { env: { ...process.env, TARGET: target, SOURCE: source, TUNELOOM_TEST_CRASH_AT: point }, stderr: "pipe" });
+    return child.signalCode;
+  }
+
+  for (const [point, expectAfterCrash, expectRank] of [
+    ["after-fill", ["adapter", "adapter.tmp-"], 4], // the new copy was never complete: the old one stays
+    ["before-replace", ["adapter", "adapter.new-"], 4], // complete but not yet swapped in: the old one stays
+    ["between-renames", ["adapter.new-", "adapter.old-"], 2], // no adapter at its path: recovery installs the new one
+  ] as const) {
+    test(`killed at ${point}: the next start leaves a loadable adapter (rank ${expectRank}) and no temporaries`, () => {
+      const parent = tempDir();
+      const target = path.join(parent, "adapter"), source = path.join(tempDir(), "v2");
+      writeAdapterDir(target, sampleAdapter("q,v,down", 4));
+      writeAdapterDir(source, sampleAdapter("q", 2));
+      expect(replaceAndCrash(target, source, point)).toBe("SIGKILL");
+      const names = readdirSync(parent).sort();
+      expect(names.map((n) => n.replace(/-\d+$/, "-"))).toEqual([...expectAfterCrash]);
+      const actions = recoverDirWrites(parent);
+      expect(actions.length).toBeGreaterThan(0);
+      if (point === "between-renames") expect(actions[0]).toStartWith(`restored ${target} from adapter.new-`);
+      expect(readdirSync(parent)).toEqual(["adapter"]);
+      expect(readAdapterDir(target).lora.rank).toBe(expectRank);
+      expect(recoverDirWrites(parent)).toEqual([]);
+    });
+  }
+
+  test("only the old copy left (the new one lost): recovery restores it", () => {
+    const parent = tempDir();
+    writeAdapterDir(path.join(parent, "adapter"), sampleAdapter());
+    renameSync(path.join(parent, "adapter"), path.join(parent, "adapter.old-999999"));
+    mkdirSync(path.join(parent, "adapter.tmp-999999"));
+    expect(recoverDirWrites(parent)).toHaveLength(2);
+    expect(readdirSync(parent)).toEqual(["adapter"]);
+    expect(readAdapterDir(path.join(parent, "adapter")).lora.rank).toBe(4);
+  });
+
+  test("a replacement without a crash swaps atomically and leaves nothing beside it", () => {
+    const parent = tempDir();
+    const target = path.join(parent, "adapter");
+    writeAdapterDir(target, sampleAdapter("q,v,down", 4));
+    writeAdapterDir(target, sampleAdapter("q", 2));
+    expect(readdirSync(parent)).toEqual(["adapter"]);
+    expect(readAdapterDir(target).lora.rank).toBe(2);
   });
 });

@@ -9,8 +9,9 @@
  * (seed, epoch) and LoRA dropout masks are a hash of (seed, step, layer, module, micro-batch),
  * so the restored step brings them back. (Checkpoints of earlier versions carry an `rng` field;
  * it is ignored.)
- * Each checkpoint is written atomically (temp dir + rename); a run killed mid-save leaves
- * only a `.tmp-<pid>` directory, which resume ignores.
+ * Each checkpoint is written atomically (atomic-dir.ts); a run killed mid-save leaves only a
+ * `.tmp-<pid>` directory, which resume ignores and the next start removes. `runId` names the run
+ * (run-dir.ts) that wrote it: a resume continues only its own run's checkpoints.
  */
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -24,6 +25,8 @@ export const OPTIMIZER_FILE = "optimizer.safetensors";
 const CHECKPOINT_DIR = /^checkpoint-(\d+)$/;
 
 export interface TrainerState {
+  /** The run that wrote it (run.json); absent in checkpoints of earlier versions. */
+  runId?: string;
   /** Optimizer steps taken. */
   step: number;
   /** Where the next batch comes from. */
@@ -47,6 +50,7 @@ export interface OptimizerState {
 const trainerStateSchema = z.object({
   format: z.literal("tuneloom-trainer-state"),
   version: z.literal(1),
+  runId: z.string().optional(),
   step: z.number().int().nonnegative(),
   dataPosition: z.object({ epoch: z.number().int().nonnegative(), step: z.number().int().nonnegative() }),
   schedule: z.object({
@@ -123,13 +127,14 @@ export function pruneCheckpoints(outDir: string, keepLast: number): string[] {
   return doomed.map((c) => c.dir);
 }
 
-/**
- * What `--resume DIR` means: DIR itself when it is a checkpoint, else its newest complete
- * `checkpoint-<step>`; null when there is none.
- */
-export function findLatestCheckpoint(dir: string): string | null {
-  if (existsSync(path.join(dir, TRAINER_STATE_FILE))) return dir;
-  return listCheckpoints(dir).at(-1)?.dir ?? null;
+/** The run id a checkpoint records, or null (none recorded, or unreadable). */
+export function readCheckpointRunId(dir: string): string | null {
+  try {
+    const runId = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8")).runId;
+    return typeof runId === "string" ? runId : null;
+  } catch {
+    return null;
+  }
 }
 
 export interface LoadedCheckpoint {

@@ -224,6 +224,11 @@ export function validateRow(value: unknown, source: RowSource): TrainingRow {
 export interface LoadDatasetOptions {
   /** "fail" (default): throw on the first bad row. "skip": drop bad rows and count them. */
   onBadRow?: "fail" | "skip";
+  /**
+   * Invalid UTF-8 is an error naming file:line unless this is set; then bad bytes become U+FFFD
+   * and the report says on how many lines (`--allow-replacement`).
+   */
+  allowReplacement?: boolean;
 }
 
 export interface LoadedDataset {
@@ -235,6 +240,8 @@ export interface LoadedDataset {
   badRows: number;
   /** The errors of skipped rows, in file order. */
   errors: DataError[];
+  /** Lines (1-based) whose invalid UTF-8 was read as U+FFFD (only with allowReplacement). */
+  replacedLines?: number[];
 }
 
 /** Parses JSONL text; `file` is only used in messages. */
@@ -267,13 +274,63 @@ export function parseJsonl(text: string, file: string, options: LoadDatasetOptio
 }
 
 export function loadJsonl(file: string, options: LoadDatasetOptions = {}): LoadedDataset {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = readFileSync(file, "utf8");
+    bytes = readFileSync(file);
   } catch (e) {
     throw new Error(`${file}: cannot read training data (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
-  return parseJsonl(text, file, options);
+  const { text, replacedLines } = decodeUtf8(bytes, file, options);
+  return { ...parseJsonl(text, file, options), ...(replacedLines.length ? { replacedLines } : {}) };
+}
+
+/**
+ * UTF-8 bytes → text. Invalid bytes are a DataError at their line (a Latin-1 file decoded
+ * leniently would train on U+FFFD without a word); with `allowReplacement` they become U+FFFD
+ * and the lines that had them are returned.
+ */
+export function decodeUtf8(bytes: Uint8Array, file: string, options: { allowReplacement?: boolean } = {}): { text: string; replacedLines: number[] } {
+  try {
+    return { text: new TextDecoder("utf-8", { fatal: true }).decode(bytes), replacedLines: [] };
+  } catch {
+    // found below, with its line
+  }
+  const replacedLines: number[] = [];
+  let lineStart = 0;
+  for (let line = 1; lineStart <= bytes.length; line++) {
+    const end = bytes.indexOf(0x0a, lineStart);
+    const lineBytes = bytes.subarray(lineStart, end < 0 ? bytes.length : end);
+    const bad = firstInvalidUtf8(lineBytes);
+    if (bad >= 0) {
+      if (!options.allowReplacement) {
+        const shown = [...lineBytes.subarray(bad, bad + 4)].map((b) => `0x${b.toString(16).padStart(2, "0")}`).join(" ");
+        throw new DataError(file, line, "", `invalid UTF-8 at byte ${bad + 1} of the line (${shown}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8), or pass --allow-replacement to train on U+FFFD in place of the bad bytes`);
+      }
+      replacedLines.push(line);
+    }
+    if (end < 0) break;
+    lineStart = end + 1;
+  }
+  // Only if the validator and TextDecoder ever disagree: still never decode leniently unasked.
+  if (!options.allowReplacement && replacedLines.length === 0) throw new Error(`${file}: invalid UTF-8 (line not found); convert the file to UTF-8`);
+  return { text: new TextDecoder("utf-8").decode(bytes), replacedLines };
+}
+
+/** Index of the first byte that does not start a well-formed UTF-8 sequence (RFC 3629), or -1. */
+function firstInvalidUtf8(b: Uint8Array): number {
+  for (let i = 0; i < b.length;) {
+    const c = b[i]!;
+    const more = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (more < 0) return i;
+    // The second byte's range excludes overlong forms (E0, F0), surrogates (ED) and > U+10FFFF (F4).
+    const lo = c === 0xe0 ? 0xa0 : c === 0xf0 ? 0x90 : 0x80, hi = c === 0xed ? 0x9f : c === 0xf4 ? 0x8f : 0xbf;
+    for (let k = 1; k <= more; k++) {
+      const x = b[i + k];
+      if (x === undefined || x < (k === 1 ? lo : 0x80) || x > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += more + 1;
+  }
+  return -1;
 }
 
 /**
@@ -315,7 +372,8 @@ export function loadTrainingData(options: TrainingDataOptions): TrainingData {
   const evalSet = options.evalFile ? loadJsonl(options.evalFile, options) : null;
   const split = evalSet ? { train: train.rows, eval: evalSet.rows } : splitEval(train.rows, options.evalFraction ?? 0, options.seed);
   const line = (d: LoadedDataset) =>
-    `${d.file}: ${d.goodRows} rows${d.badRows ? ` (${d.badRows} bad row${d.badRows === 1 ? "" : "s"} skipped; first: ${d.errors[0]!.message})` : ""}`;
+    `${d.file}: ${d.goodRows} rows${d.badRows ? ` (${d.badRows} bad row${d.badRows === 1 ? "" : "s"} skipped; first: ${d.errors[0]!.message})` : ""}` +
+    (d.replacedLines ? ` (invalid UTF-8 read as U+FFFD on ${d.replacedLines.length} line${d.replacedLines.length === 1 ? "" : "s"}, first: line ${d.replacedLines[0]})` : "");
   const report = [line(train)];
   if (evalSet) report.push(line(evalSet));
   else if (split.eval.length) report.push(`held out ${split.eval.length} of ${train.goodRows} rows for eval (seed ${options.seed})`);

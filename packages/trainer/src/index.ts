@@ -1,7 +1,7 @@
 /**
  * @tuneloom/trainer: LoRA fine-tuning. This entry exports the CPU side: data loading and
  * validation, tokenization with assistant masks, batching/packing, LoRA init, lr schedules,
- * checkpoints, metrics, loss curve and progress output.
+ * checkpoints, run directories, metrics, loss curve and progress output.
  */
 export * from "./rng.ts";
 export * from "./data.ts";
@@ -10,6 +10,7 @@ export * from "./batching.ts";
 export * from "./lora-init.ts";
 export * from "./schedule.ts";
 export * from "./checkpoint.ts";
+export * from "./run-dir.ts";
 export * from "./metrics.ts";
 export * from "./loss-curve-svg.ts";
 export * from "./progress.ts";

@@ -6,25 +6,31 @@
  * Semantics (torchtune-style):
  *  - one optimizer step = `gradAccum` micro-batches of `batchSize` rows; the loss is the mean
  *    over all target tokens of the step's micro-batches (not a mean of micro-batch means);
- *  - `--resume DIR` restores LoRA weights, AdamW moments and step, the data position, the RNG
- *    state and the schedule, so the run ends with the same adapter as an uninterrupted one;
+ *  - `--out` is a run directory (run-dir.ts): `run.json` (run id + defining settings) is written
+ *    before any expensive work; a new run refuses a non-empty directory unless `--overwrite`
+ *    (which moves the old contents aside); interrupted writes are recovered at every start;
+ *  - `--resume OUT` continues the newest checkpoint of OUT's own run, and only with the run's
+ *    settings (more steps, save/eval/log frequency may change). It restores LoRA weights, AdamW
+ *    moments and step, the data position and the schedule, so the run ends with the same adapter
+ *    as an uninterrupted one (a changed step count re-spans the schedule, with a notice);
  *  - LoRA dropout masks are a hash of (seed, step, layer, module, micro-batch) (see
  *    LoraTrainer), so restoring the step restores them: they draw nothing from the RNG stream;
  *  - a NaN/inf loss or gradient stops the run (the update is skipped on the GPU) and leaves
  *    the last good checkpoint in place.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import {
   type AdapterContents, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
 } from "@tuneloom/model";
 import { type Batch, DataLoader } from "./batching.ts";
-import { findLatestCheckpoint, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter } from "./progress.ts";
+import { openRunDir, runSettings } from "./run-dir.ts";
 import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
 import { tokenizeDataset } from "./tokenize-conversation.ts";
 
@@ -59,6 +65,10 @@ export interface TrainOptions {
   evalSteps: number;
   logEvery: number;
   resume?: string;
+  /** Start a new run in a non-empty `out`, moving its contents into `out/.previous-<id>/`. */
+  overwrite?: boolean;
+  /** Read invalid UTF-8 in the data as U+FFFD instead of failing. */
+  allowReplacement?: boolean;
   weightDtype?: "f32" | "f16" | "bf16";
   /** Progress output (default stderr). */
   log?: (line: string) => void;
@@ -101,7 +111,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   // The model's template and tokenizer, chosen as serving the base model would choose them.
   const template = resolveServingTemplate(o.model);
   const tokenizer = loadServingTokenizer(o.model);
-  const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed });
+  // Read and validate every row first: a bad file is refused before the run directory changes.
+  const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed, allowReplacement: o.allowReplacement });
+  const run = openRunDir({ out: o.out, resume: o.resume, overwrite: o.overwrite, ...runSettings(o, template), log });
   for (const line of data.report) log(`data: ${line}`);
   const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };
   const trainSet = tokenizeDataset(data.train, tokOpts);
@@ -137,9 +149,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const evalBatches = evalSet && evalSet.examples.length
     ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
     : null;
-  if (o.resume) {
-    const ckDir = findLatestCheckpoint(o.resume);
-    if (!ckDir) throw new Error(`--resume ${o.resume}: no checkpoint found (expected a checkpoint-<step> directory)`);
+  if (run.resumeFrom) {
+    const ckDir = run.resumeFrom;
     const ck = loadCheckpoint(ckDir, model.cfg);
     trainer.setWeights(ck.adapter.weights);
     trainer.setOptimizerMoments(ck.optimizer.moments);
@@ -148,13 +159,18 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     elapsedBefore = ck.state.elapsedS;
     bestEval = ck.state.bestEvalLoss;
     loader.seek(ck.state.dataPosition);
-    log(`resumed from ${ckDir} at step ${step}`);
+    log(`resumed run ${run.runId} from ${ckDir} at step ${step}`);
+    if (ck.state.schedule.totalSteps !== totalSteps) {
+      log(`resume: the run now has ${totalSteps} steps (was ${ck.state.schedule.totalSteps}): the ${schedule.kind} lr schedule spans the new total from step ${step + 1} on`);
+    }
   }
-  mkdirSync(o.out, { recursive: true });
-  const metrics = new MetricsLog(path.join(o.out, "metrics.jsonl"), o.resume ? { resumeFromStep: step } : {});
+  const metrics = new MetricsLog(path.join(o.out, "metrics.jsonl"), run.resumeFrom ? { resumeFromStep: step } : {});
   const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet ? { stream: { write: () => true } } : {}) });
 
-  const trainingArgs = { ...o, log: undefined, onStepEnd: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom" };
+  const trainingArgs = {
+    ...o, log: undefined, onStepEnd: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
+    run_id: run.runId, run_history: run.record.history,
+  };
   const adapterContents = async (): Promise<AdapterContents> => ({
     baseModel: o.model, lora, weights: await trainer.getWeights(), chatTemplate: template.source, trainingArgs,
     tokenizerDir: o.model, metricsJsonl: metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : ""),
@@ -198,7 +214,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
-        state: { step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
+        state: { runId: run.runId, step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
     }
     o.onStepEnd?.({ step, loss: r.loss });

@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { loraTensorName } from "@tuneloom/model";
-import { findLatestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint, type OptimizerState, type TrainerState } from "../src/checkpoint.ts";
+import { listCheckpoints, loadCheckpoint, saveCheckpoint, type OptimizerState, type TrainerState } from "../src/checkpoint.ts";
 import { Rng } from "../src/rng.ts";
 import { LrSchedule } from "../src/schedule.ts";
 import { sampleAdapter, tempDir, tinyModel } from "./helpers.ts";
@@ -54,7 +54,7 @@ describe("checkpoints", () => {
     expect(readdirSync(out).sort()).toEqual(["checkpoint-15", "checkpoint-20"]);
   });
 
-  test("--resume finds the newest complete checkpoint, ignoring temp and incomplete dirs", () => {
+  test("listCheckpoints: complete checkpoints by step, ignoring temp and incomplete dirs", () => {
     const out = tempDir();
     saveCheckpoint(out, checkpointAt(5));
     saveCheckpoint(out, checkpointAt(40));
@@ -62,9 +62,8 @@ describe("checkpoints", () => {
     mkdirSync(path.join(out, "checkpoint-100")); // no trainer_state.json
     writeFileSync(path.join(out, "checkpoint-100", "adapter_config.json"), "{}");
     mkdirSync(path.join(out, "checkpoint-7")); // numbers, not strings, decide
-    expect(findLatestCheckpoint(out)).toBe(path.join(out, "checkpoint-40"));
-    expect(findLatestCheckpoint(path.join(out, "checkpoint-5"))).toBe(path.join(out, "checkpoint-5"));
-    expect(findLatestCheckpoint(tempDir())).toBeNull();
+    expect(listCheckpoints(out)).toEqual([5, 40].map((step) => ({ step, dir: path.join(out, `checkpoint-${step}`) })));
+    expect(listCheckpoints(tempDir())).toEqual([]);
   });
 
   test("a failed save leaves no checkpoint directory", () => {

@@ -142,3 +142,51 @@ describe("files and eval split", () => {
     expect(() => loadTrainingData({ trainFile: train, evalFile, evalFraction: 0.1, seed: 1 })).toThrow("not both");
   });
 });
+
+describe("UTF-8", () => {
+  const utf8Row = (content: string) => JSON.stringify({ messages: [{ role: "user", content }, { role: "assistant", content: "ok" }] });
+  // Line 3 holds "café" in Latin-1 (0xE9 alone is not UTF-8); line 2 has valid multi-byte text.
+  const latin1 = Buffer.concat([
+    Buffer.from(`${good}\n${utf8Row("naïve 日本 🎉")}\n`, "utf8"),
+    Buffer.from(utf8Row("caf\u00e9"), "latin1"),
+    Buffer.from("\n", "utf8"),
+  ]);
+
+  test("invalid UTF-8 is an error naming file:line and the byte, pointing at --allow-replacement", () => {
+    const file = path.join(tempDir(), "train.jsonl");
+    writeFileSync(file, latin1);
+    let error: unknown;
+    try {
+      loadTrainingData({ trainFile: file, seed: 1 });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(DataError);
+    expect((error as DataError).message).toStartWith(`${file}:3: invalid UTF-8 at byte `);
+    expect((error as DataError).message).toContain("(0xe9 0x22");
+    expect((error as DataError).message).toContain("--allow-replacement");
+  });
+
+  test("--allow-replacement reads bad bytes as U+FFFD and says on which lines", () => {
+    const file = path.join(tempDir(), "train.jsonl");
+    writeFileSync(file, latin1);
+    const data = loadTrainingData({ trainFile: file, seed: 1, allowReplacement: true });
+    expect(data.train.length).toBe(3);
+    const third = data.train[2]!;
+    expect(third.kind === "messages" && third.messages[0]!.content).toBe("caf\uFFFD");
+    const second = data.train[1]!;
+    expect(second.kind === "messages" && second.messages[0]!.content).toBe("naïve 日本 🎉");
+    expect(data.report[0]).toContain("invalid UTF-8 read as U+FFFD on 1 line, first: line 3");
+  });
+
+  test("the validator refuses overlong forms, surrogates and truncated sequences like TextDecoder does", () => {
+    for (const bad of [[0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xe6, 0x97], [0xff]]) {
+      const file = path.join(tempDir(), "t.jsonl");
+      writeFileSync(file, Buffer.concat([Buffer.from(`${good}\n"`), Buffer.from(bad), Buffer.from(`"\n`)]));
+      expect(() => loadJsonl(file)).toThrow(`${file}:2: invalid UTF-8 at byte 2 of the line`);
+    }
+    const file = path.join(tempDir(), "bom.jsonl");
+    writeFileSync(file, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(`${good}\n`)]));
+    expect(loadJsonl(file).goodRows).toBe(1);
+  });
+});

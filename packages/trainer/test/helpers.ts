@@ -1,5 +1,5 @@
 /** Shared test fixtures: a tiny model directory (ChatML, byte-level BPE) made once per process. */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { loadChatTemplate, loadTokenizer, writeTinyModel } from "@tuneloom/model";
@@ -7,6 +7,7 @@ import { type AdapterContents, loraLayerSpecs, parseLoraConfig } from "@tuneloom
 import { parseJsonl, type TrainingRow } from "../src/data.ts";
 import { initLoraWeights } from "../src/lora-init.ts";
 import { Rng } from "../src/rng.ts";
+import { TRAIN_DEFAULTS, type TrainOptions } from "../src/train-loop.ts";
 
 const created: string[] = [];
 // Cleaned at exit, not in afterAll: `bun test` shares this module across test files.
@@ -57,3 +58,31 @@ export function sampleAdapter(targetModules = "q,v,down", rank = 4): AdapterCont
   };
 }
 
+
+const COUNTRIES = ["Arvel", "Brisk", "Cantor", "Dunmore", "Elbe", "Frostia", "Galen", "Hollow", "Istra", "Jorvik"];
+
+/** `dir/train.jsonl`: 10 short conversations of uneven length (so padding and batch shapes vary). */
+export function writeCapitalsData(dir: string): string {
+  const file = path.join(dir, "train.jsonl");
+  const rows = COUNTRIES.map((c, i) => ({
+    messages: [
+      { role: "user", content: `What is the capital of ${c}?${" Please answer.".repeat(i % 3)}` },
+      { role: "assistant", content: `The capital of ${c} is ${c.slice(0, 3)}ville${"!".repeat(i % 4)}.` },
+    ],
+  }));
+  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  return file;
+}
+
+/**
+ * A run of the tiny model that exercises every piece resume restores: gradient accumulation,
+ * shuffling across epochs, LoRA dropout, warmup + cosine, AdamW with weight decay. Quiet.
+ */
+export function smallRunOptions(data: string, out: string, overrides: Partial<TrainOptions> = {}): TrainOptions {
+  return {
+    ...TRAIN_DEFAULTS, model: tinyModel().dir, data, out,
+    rank: 4, alpha: 8, dropout: 0.1, targetModules: "q,v,o,down", lr: 2e-2, warmupSteps: 1, scheduler: "cosine",
+    batchSize: 2, gradAccum: 2, maxLength: 64, seed: 3, weightDecay: 0.01,
+    quiet: true, log: () => {}, ...overrides,
+  };
+}

@@ -7,27 +7,12 @@
  * bias correction).
  */
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { openSafetensors, readAdapterDir } from "@tuneloom/model";
 import { checkpointDirName, listCheckpoints, OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
-import { TRAIN_DEFAULTS, type TrainOptions, train } from "../src/train-loop.ts";
-import { tempDir, tinyModel } from "./helpers.ts";
-
-const COUNTRIES = ["Arvel", "Brisk", "Cantor", "Dunmore", "Elbe", "Frostia", "Galen", "Hollow", "Istra", "Jorvik"];
-
-/** 10 short conversations of uneven length (so padding and batch shapes vary). */
-function writeData(dir: string): string {
-  const file = path.join(dir, "train.jsonl");
-  const rows = COUNTRIES.map((c, i) => ({
-    messages: [
-      { role: "user", content: `What is the capital of ${c}?${" Please answer.".repeat(i % 3)}` },
-      { role: "assistant", content: `The capital of ${c} is ${c.slice(0, 3)}ville${"!".repeat(i % 4)}.` },
-    ],
-  }));
-  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
-  return file;
-}
+import { type TrainOptions, train } from "../src/train-loop.ts";
+import { smallRunOptions, tempDir, writeCapitalsData as writeData } from "./helpers.ts";
 
 // 10 examples, 2 per micro-batch, 2 micro-batches per step: an epoch is 5 micro-batches, so
 // the 4 steps reach into epoch 1 (a new shuffle) and step 3, the first after the resume,
@@ -35,16 +20,11 @@ function writeData(dir: string): string {
 const STEPS = 4, SAVE_EVERY = 1, CRASH_AFTER = 2;
 
 function options(data: string, out: string): TrainOptions {
-  return {
-    ...TRAIN_DEFAULTS, model: tinyModel().dir, data, out,
-    rank: 4, alpha: 8, dropout: 0.1, targetModules: "q,v,o,down", lr: 2e-2, warmupSteps: 1, scheduler: "cosine",
-    batchSize: 2, gradAccum: 2, maxLength: 64, maxSteps: STEPS, saveSteps: SAVE_EVERY, keepCheckpoints: 2, seed: 3, weightDecay: 0.01,
-    quiet: true, log: () => {},
-  };
+  return smallRunOptions(data, out, { maxSteps: STEPS, saveSteps: SAVE_EVERY, keepCheckpoints: 2 });
 }
 
 const stateWithoutClock = (dir: string) => {
-  const { elapsedS: _e, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
+  const { elapsedS: _e, runId: _r, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
   return rest;
 };
 const optimizerBytes = (dir: string) => {

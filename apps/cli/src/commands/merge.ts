@@ -4,10 +4,10 @@
  * plain Hugging Face model directory that needs no PEFT to load.
  */
 import { copyFileSync, existsSync, readdirSync, realpathSync } from "node:fs";
-import { basename, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import {
   INDEX_FILE, checkAdapterTemplate, copyTokenizerFiles, loadModelConfig, mergeAdapterWeights, openCheckpoint, readAdapterDir, servingTemplateFile,
-  servingTokenizerDir, writeDirAtomically, writeSafetensors, type TensorToWrite,
+  recoverDirWrites, servingTokenizerDir, writeDirAtomically, writeSafetensors, type TensorToWrite,
 } from "@tuneloom/model";
 import { parseFlags } from "../args.ts";
 import { requireDir } from "./generate.ts";
@@ -51,6 +51,8 @@ export async function run(argv: string[]): Promise<number> {
       const file = basename(store.info(t.name).file);
       byFile.set(file, [...(byFile.get(file) ?? []), t]);
     }
+    // A merge killed earlier left its (large) temporaries beside --out: finish or clear them first.
+    for (const line of recoverDirWrites(dirname(resolve(out)), (name) => name === basename(resolve(out)))) console.error(`recovery: ${line}`);
     writeDirAtomically(out, (tmp) => {
       for (const [file, tensors] of byFile) writeSafetensors(join(tmp, file), tensors, { format: "pt" });
       for (const name of ["config.json", "generation_config.json", INDEX_FILE]) {

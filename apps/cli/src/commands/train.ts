@@ -22,6 +22,7 @@ const spec = {
   "weight-decay": "number", "max-grad-norm": "number", seed: "number", "no-gradient-checkpointing": "boolean",
   "train-on-all-tokens": "boolean", "save-steps": "number", "keep-checkpoints": "number", "eval-steps": "number",
   "log-every": "number", resume: "string", "weight-dtype": "string", quiet: "boolean",
+  overwrite: "boolean", "allow-replacement": "boolean",
 } satisfies FlagSpec;
 
 const camel = (k: string) => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -78,7 +79,7 @@ async function runDemo(): Promise<number> {
   writeTinyModel(modelDir, { arch: "llama", seed: 1 });
   const out = path.join(root, "output");
   const result = await train({
-    ...TRAIN_DEFAULTS, model: modelDir, data: DEMO_TRAIN_FILE, evalData: DEMO_EVAL_FILE, out,
+    ...TRAIN_DEFAULTS, model: modelDir, data: DEMO_TRAIN_FILE, evalData: DEMO_EVAL_FILE, out, overwrite: true,
     rank: 16, alpha: 32, dropout: 0.1, lr: 1e-2, epochs: 24, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, seed: 7,
   });
   const before = await exactMatch(result.model, modelDir, undefined);
