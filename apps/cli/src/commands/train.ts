@@ -3,7 +3,7 @@
  * made-up-capitals dataset, held-out exact match before and after). With flags or
  * `--config FILE` (JSON of the same names), a real LoRA run.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import {
   type GpuModel, type LayerLora, encodeChatText, renderChatPrompt, generateIds, loadServingTokenizer, resolveServingTemplate, servingStopTokenIds,
@@ -77,9 +77,15 @@ async function runDemo(): Promise<number> {
   const modelDir = path.join(root, "tiny-model");
   console.error(`demo: making a tiny random model in ${modelDir}`);
   writeTinyModel(modelDir, { arch: "llama", seed: 1 });
+  // The demo's output is its own scratch (made by the previous demo, nothing of the user's):
+  // each demo starts from an empty one rather than piling up .previous-* copies.
   const out = path.join(root, "output");
+  if (existsSync(out)) {
+    console.error(`demo: replacing the previous demo's output in ${out}`);
+    rmSync(out, { recursive: true, force: true });
+  }
   const result = await train({
-    ...TRAIN_DEFAULTS, model: modelDir, data: DEMO_TRAIN_FILE, evalData: DEMO_EVAL_FILE, out, overwrite: true,
+    ...TRAIN_DEFAULTS, model: modelDir, data: DEMO_TRAIN_FILE, evalData: DEMO_EVAL_FILE, out,
     rank: 16, alpha: 32, dropout: 0.1, lr: 1e-2, epochs: 24, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, seed: 7,
   });
   const before = await exactMatch(result.model, modelDir, undefined);
