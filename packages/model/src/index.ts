@@ -16,4 +16,5 @@ export * from "./atomic-dir.ts";
 export * from "./lora-merge.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";
+export * from "./hf-cache.ts";
 export * from "./gpu/index.ts";
