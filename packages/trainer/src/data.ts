@@ -142,7 +142,15 @@ function zodProblem(issue: z.core.$ZodIssue, prefix: readonly PropertyKey[] = []
     }
     case "invalid_type":
       if (input === undefined) return { field, problem: `missing (expected ${issue.expected})` };
-      return { field, problem: `expected ${issue.expected === "array" ? "a list" : issue.expected}, got ${describe(input)}` };
+      const expected = ({ array: "a list", int: "an integer" } as Record<string, string>)[issue.expected] ?? issue.expected;
+      return { field, problem: `expected ${expected}, got ${describe(input)}` };
+    case "too_small":
+    case "too_big": {
+      const bound = issue.code === "too_small" ? issue.minimum : issue.maximum;
+      if (issue.origin !== "number" && issue.origin !== "int") return { field, problem: `${issue.message}, got ${describe(input)}` };
+      const op = issue.code === "too_small" ? (issue.inclusive ? "≥" : ">") : issue.inclusive ? "≤" : "<";
+      return { field, problem: `must be ${op} ${String(bound)}, got ${String(input)}` };
+    }
     default:
       return { field, problem: issue.message };
   }
@@ -328,4 +336,4 @@ export function loadTrainingData(options: TrainingDataOptions): TrainingData {
   };
 }
 
-export { contentText as messageText };
+export { contentText as messageText, zodProblem as describeZodIssue };
