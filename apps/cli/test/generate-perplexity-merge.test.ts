@@ -103,10 +103,10 @@ describe("generate", () => {
     expect(a.text).toBe(loadTokenizer(modelDir).decode(expected, { skipSpecialTokens: true }));
     const b = cliJson("generate", "--model", modelDir, "--ids-file", join(root, "prompt-ids.json"), "--max-tokens", "16", "--temperature", "0");
     expect(b.ids).toEqual(expected);
-    // Without --json: the text alone, nothing added.
+    // Without --json: the text and a newline.
     const plain = cli("generate", "--model", modelDir, "--prompt", "The quick brown fox", "--max-tokens", "16");
     expect(plain.code).toBe(0);
-    expect(plain.stdout).toBe(a.text);
+    expect(plain.stdout).toBe(a.text + "\n");
   });
 
   test("--messages renders the chat template with the generation prompt", () => {
@@ -136,7 +136,7 @@ describe("generate", () => {
     const want = full.text.slice(0, full.text.indexOf(stop));
     const a = cli("generate", "--model", modelDir, "--prompt", "The quick brown fox", "--max-tokens", "16", "--stop", "never-there", "--stop", stop);
     expect(a.code).toBe(0);
-    expect(a.stdout).toBe(want);
+    expect(a.stdout).toBe(want + "\n");
     const b = cliJson("generate", "--model", modelDir, "--prompt", "The quick brown fox", "--max-tokens", "16", "--stop", JSON.stringify(["zzzq", stop]));
     expect(b.text).toBe(want);
     expect(b.ids.length).toBeLessThan(full.ids.length); // generation stopped early

@@ -17,4 +17,5 @@ export { readJsonObject } from "./tokenizer-config.ts";
 export * from "./lora-merge.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";
+export * from "./hf-cache.ts";
 export * from "./gpu/index.ts";

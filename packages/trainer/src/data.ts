@@ -1,9 +1,13 @@
 /**
- * Training data: JSONL, one example per line, in the two shapes TRL's SFTTrainer reads.
+ * Training data: JSONL (one example per line) or a JSON array of examples (a `.json` file, or
+ * any file whose first character is `[`), in the shapes TRL's SFTTrainer reads:
  *
  *   {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
  *   {"prompt": "2+2=", "completion": "4"}
  *   {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "4"}]}
+ *   {"text": "Plain text: language modelling, every token trained"}
+ *
+ * Preference rows (prompt/chosen/rejected: DPO, ORPO, KTO) are refused by name: this trainer is SFT.
  *
  * Roles are system/user/assistant/tool; content is a string or a list of `{type: "text", text}`
  * parts (passed to the template as given, as transformers does); assistant messages may carry
@@ -43,6 +47,7 @@ export interface RowSource {
 
 export type TrainingRow =
   | { kind: "messages"; messages: TrainingMessage[]; tools?: unknown[]; source: RowSource }
+  | { kind: "text"; text: string; tools?: undefined; source: RowSource }
   | {
       kind: "prompt-completion";
       /** Plain strings (language modelling) or message lists (conversational), never mixed. */
@@ -142,7 +147,15 @@ function zodProblem(issue: z.core.$ZodIssue, prefix: readonly PropertyKey[] = []
     }
     case "invalid_type":
       if (input === undefined) return { field, problem: `missing (expected ${issue.expected})` };
-      return { field, problem: `expected ${issue.expected === "array" ? "a list" : issue.expected}, got ${describe(input)}` };
+      const expected = ({ array: "a list", int: "an integer" } as Record<string, string>)[issue.expected] ?? issue.expected;
+      return { field, problem: `expected ${expected}, got ${describe(input)}` };
+    case "too_small":
+    case "too_big": {
+      const bound = issue.code === "too_small" ? issue.minimum : issue.maximum;
+      if (issue.origin !== "number" && issue.origin !== "int") return { field, problem: `${issue.message}, got ${describe(input)}` };
+      const op = issue.code === "too_small" ? (issue.inclusive ? "≥" : ">") : issue.inclusive ? "≤" : "<";
+      return { field, problem: `must be ${op} ${String(bound)}, got ${String(input)}` };
+    }
     default:
       return { field, problem: issue.message };
   }
@@ -189,8 +202,20 @@ export function validateRow(value: unknown, source: RowSource): TrainingRow {
   const tools = Array.isArray(row.tools) ? (row.tools as unknown[]) : undefined;
   const withTools = <T extends object>(r: T) => (tools ? { ...r, tools } : r);
 
+  if (row.chosen !== undefined || row.rejected !== undefined) {
+    fail({
+      field: "",
+      problem: `preference data (${["prompt", "chosen", "rejected"].filter((k) => row[k] !== undefined).join("/")}) is not supported: tuneloom does supervised fine-tuning. ` +
+        `Use "messages", "prompt"+"completion" or "text" rows (e.g. the chosen answer as the completion)`,
+    });
+  }
   const hasMessages = row.messages !== undefined;
   const hasPrompt = row.prompt !== undefined || row.completion !== undefined;
+  if (row.text !== undefined && !hasMessages && !hasPrompt) {
+    if (typeof row.text !== "string") fail({ field: "text", problem: `expected string, got ${describe(row.text)}` });
+    if ((row.text as string).length === 0) fail({ field: "text", problem: "empty: nothing to train on" });
+    return { kind: "text" as const, text: row.text as string, source };
+  }
   if (hasMessages && hasPrompt) {
     fail({ field: "", problem: `has both "messages" and "prompt"/"completion"; use one format per row` });
   }
@@ -201,7 +226,7 @@ export function validateRow(value: unknown, source: RowSource): TrainingRow {
     return withTools({ kind: "messages" as const, messages, source });
   }
   if (!hasPrompt) {
-    fail({ field: "", problem: `expected a "messages" field, or "prompt" and "completion" fields (keys: ${Object.keys(row).join(", ") || "none"})` });
+    fail({ field: "", problem: `expected a "messages" field, "prompt" and "completion" fields, or a "text" field (keys: ${Object.keys(row).join(", ") || "none"})` });
   }
   if (row.prompt === undefined) fail({ field: "prompt", problem: "missing (a row with completion needs a prompt)" });
   if (row.completion === undefined) fail({ field: "completion", problem: "missing (a row with prompt needs a completion)" });
@@ -244,23 +269,77 @@ export interface LoadedDataset {
   replacedLines?: number[];
 }
 
-/** Parses JSONL text; `file` is only used in messages. */
+/**
+ * The 1-based line on which each top-level element of a JSON array starts (the text must parse),
+ * so an array's rows are reported by line as JSONL's are.
+ */
+function arrayElementLines(text: string): number[] {
+  const lines: number[] = [];
+  let line = 1, depth = 0, inString = false, expectValue = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === "\n") line++;
+    if (inString) {
+      if (c === "\\") i++;
+      else if (c === '"') inString = false;
+      continue;
+    }
+    if (c === " " || c === "\t" || c === "\r" || c === "\n" || c === "\uFEFF") continue;
+    if (depth === 1 && expectValue) {
+      lines.push(line);
+      expectValue = false;
+    }
+    if (c === '"') inString = true;
+    else if (c === "[" || c === "{") {
+      depth++;
+      if (depth === 1) expectValue = true;
+    } else if (c === "]" || c === "}") depth--;
+    else if (c === "," && depth === 1) expectValue = true;
+  }
+  return lines;
+}
+
+/** A JSON array of rows; each row's source line is where its element starts. */
+function parseJsonArray(text: string, file: string, options: LoadDatasetOptions): LoadedDataset {
+  let values: unknown;
+  try {
+    values = JSON.parse(text.replace(/^\uFEFF/, ""));
+  } catch (e) {
+    throw new DataError(file, 1, "", `invalid JSON (${(e as Error).message})`);
+  }
+  if (!Array.isArray(values)) throw new DataError(file, 1, "", `expected a JSON array of rows (or JSONL: one row per line), got ${describe(values)}`);
+  const starts = arrayElementLines(text);
+  return collectRows(values.map((value, i) => ({ line: starts[i] ?? 1, parse: () => value })), file, options);
+}
+
+/** Parses JSONL text (or a JSON array, when the text starts with `[`); `file` is only used in messages. */
 export function parseJsonl(text: string, file: string, options: LoadDatasetOptions = {}): LoadedDataset {
-  const rows: TrainingRow[] = [];
-  const errors: DataError[] = [];
+  if (/^\uFEFF?\s*\[/.test(text)) return parseJsonArray(text, file, options);
   const lines = text.split("\n");
+  const entries: { line: number; parse: () => unknown }[] = [];
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i]!.replace(/\r$/, "");
     if (raw.trim() === "") continue;
-    const source = { file, line: i + 1 };
+    entries.push({
+      line: i + 1,
+      parse: () => {
+        try {
+          return JSON.parse(i === 0 ? raw.replace(/^\uFEFF/, "") : raw);
+        } catch (e) {
+          throw new DataError(file, i + 1, "", `invalid JSON (${(e as Error).message})`);
+        }
+      },
+    });
+  }
+  return collectRows(entries, file, options);
+}
+
+function collectRows(entries: { line: number; parse: () => unknown }[], file: string, options: LoadDatasetOptions): LoadedDataset {
+  const rows: TrainingRow[] = [];
+  const errors: DataError[] = [];
+  for (const { line, parse } of entries) {
     try {
-      let value: unknown;
-      try {
-        value = JSON.parse(i === 0 ? raw.replace(/^\uFEFF/, "") : raw);
-      } catch (e) {
-        throw new DataError(file, i + 1, "", `invalid JSON (${(e as Error).message})`);
-      }
-      rows.push(validateRow(value, source));
+      rows.push(validateRow(parse(), { file, line }));
     } catch (e) {
       if (!(e instanceof DataError) || options.onBadRow !== "skip") throw e;
       errors.push(e);
@@ -386,4 +465,4 @@ export function loadTrainingData(options: TrainingDataOptions): TrainingData {
   };
 }
 
-export { contentText as messageText };
+export { contentText as messageText, zodProblem as describeZodIssue };

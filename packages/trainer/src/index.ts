@@ -7,6 +7,7 @@ export * from "./rng.ts";
 export * from "./data.ts";
 export * from "./tokenize-conversation.ts";
 export * from "./batching.ts";
+export * from "./eval-set.ts";
 export * from "./lora-init.ts";
 export * from "./schedule.ts";
 export * from "./checkpoint.ts";

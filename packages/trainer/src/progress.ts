@@ -1,8 +1,11 @@
 /**
- * Progress output. On a TTY one status line is redrawn in place
- *   step 120/500 [=======>            ] 24% loss 1.842 lr 1.9e-4 5.1k tok/s ETA 1m14s
- * and messages (eval results, checkpoints) are printed above it. Otherwise (a pipe, CI log) a
- * plain line is printed every `logEvery` steps and at the last step, never a control character.
+ * Progress output, read as a TRL/transformers log is read:
+ *   step 120/500 [=======>            ] 24% epoch 0.48 loss 1.8420 lr 1.90e-4 grad 0.512 5.1k tok/s ETA 1m14s
+ * `loss` is the mean of the per-step losses since the previous printed line (the logging window,
+ * as Trainer's `logging_steps` average), not the last step's; metrics.jsonl keeps every step's.
+ * On a TTY the status line is redrawn in place (its loss: the window so far) and messages (eval
+ * results, checkpoint saves) are printed above it. Otherwise (a pipe, CI log) a plain line is
+ * printed at the first step, every `logEvery` steps and at the last, never a control character.
  */
 export interface ProgressUpdate {
   step: number;
@@ -13,6 +16,13 @@ export interface ProgressUpdate {
   gradNorm?: number;
   /** Seconds of training so far, for the ETA. */
   elapsedS: number;
+  /** Fractional epoch of the data position after this step. */
+  epoch?: number;
+}
+
+/** `eval: step 40 epoch 0.80 eval_loss 1.2345 (best 1.2001)`. */
+export function formatEvalLine(step: number, epoch: number, evalLoss: number, best: number | null): string {
+  return `eval: step ${step} epoch ${epoch.toFixed(2)} eval_loss ${formatLoss(evalLoss)}${best !== null && best < evalLoss ? ` (best ${formatLoss(best)})` : ""}`;
 }
 
 export interface ProgressOptions {
@@ -61,6 +71,9 @@ export class ProgressReporter {
   readonly tty: boolean;
   private statusShown = false;
   private lastLine = "";
+  /** Per-step losses since the last printed line. */
+  private windowSum = 0;
+  private windowCount = 0;
 
   constructor(options: ProgressOptions) {
     this.options = { logEvery: 10, ...options };
@@ -84,20 +97,27 @@ export class ProgressReporter {
     const filled = Math.round(frac * barWidth);
     const bar = barWidth > 0 ? ` [${"=".repeat(Math.max(0, filled - 1))}${filled > 0 ? ">" : ""}${" ".repeat(barWidth - filled)}] ${Math.floor(frac * 100)}%` : "";
     const grad = u.gradNorm !== undefined ? ` grad ${u.gradNorm.toFixed(3)}` : "";
-    return `${head}${bar} loss ${formatLoss(u.loss)} lr ${formatLr(u.lr)}${grad} ${formatCount(u.tokS)} tok/s ETA ${formatDuration(this.eta(u))}`;
+    const epoch = u.epoch !== undefined ? ` epoch ${u.epoch.toFixed(2)}` : "";
+    return `${head}${bar}${epoch} loss ${formatLoss(u.loss)} lr ${formatLr(u.lr)}${grad} ${formatCount(u.tokS)} tok/s ETA ${formatDuration(this.eta(u))}`;
   }
 
+  /** `u.loss` is this step's loss; the line shows the mean over the logging window. */
   update(u: ProgressUpdate): void {
+    this.windowSum += u.loss;
+    this.windowCount++;
+    const boundary = u.step % this.options.logEvery === 0 || u.step === this.options.total || u.step === (this.options.startStep ?? 0) + 1;
+    const shown = { ...u, loss: this.windowSum / this.windowCount };
+    if (boundary) this.windowSum = this.windowCount = 0;
     if (this.tty) {
       const columns = this.stream.columns ?? 100;
-      let text = this.line(u);
-      if (text.length >= columns) text = this.line(u, 0);
+      let text = this.line(shown);
+      if (text.length >= columns) text = this.line(shown, 0);
       if (text.length >= columns) text = text.slice(0, columns - 1);
       this.lastLine = text;
       this.stream.write(`\r\x1b[2K${text}`);
       this.statusShown = true;
-    } else if (u.step % this.options.logEvery === 0 || u.step === this.options.total || u.step === (this.options.startStep ?? 0) + 1) {
-      this.stream.write(this.line(u, 0) + "\n");
+    } else if (boundary) {
+      this.stream.write(this.line(shown, 0) + "\n");
     }
   }
 

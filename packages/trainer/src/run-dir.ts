@@ -97,14 +97,14 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
     allowReplacement: o.allowReplacement ?? false,
     rank: o.rank, alpha: o.alpha, dropout: o.dropout, rslora: o.rslora,
     targetModules: normalizeTargetModules(o.targetModules).join(","),
-    seed: o.seed, lr: o.lr, scheduler: o.scheduler, warmupSteps: v(o.warmupSteps), warmupRatio: v(o.warmupRatio),
+    seed: o.seed, lr: o.lr, scheduler: o.scheduler, minLrRate: v(o.minLrRate), warmupSteps: v(o.warmupSteps), warmupRatio: v(o.warmupRatio),
     weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
     batchSize: o.batchSize, gradAccum: o.gradAccum, maxLength: o.maxLength, packing: o.packing,
     trainOnAllTokens: o.trainOnAllTokens, weightDtype: v(o.weightDtype),
   };
   const adjustable: Settings = {
-    epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: o.saveSteps, keepCheckpoints: v(o.keepCheckpoints),
-    evalSteps: o.evalSteps, logEvery: o.logEvery, gradientCheckpointing: o.gradientCheckpointing,
+    epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: v(o.saveSteps), keepCheckpoints: v(o.keepCheckpoints),
+    evalSteps: v(o.evalSteps), logEvery: o.logEvery, gradientCheckpointing: o.gradientCheckpointing,
     data: path.resolve(o.data), evalData: o.evalData ? path.resolve(o.evalData) : null,
   };
   return { settings, adjustable };

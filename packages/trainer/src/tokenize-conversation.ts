@@ -13,12 +13,17 @@
  *
  * Plain prompt/completion rows are language modelling: text = prompt + completion tokenized with
  * the tokenizer's special tokens (BOS), EOS appended unless already last (TRL's rule), loss on
- * the completion's tokens and that EOS only.
+ * the completion's tokens and that EOS only. `{"text"}` rows are the same with every token a
+ * target (TRL's language-modelling dataset).
+ *
+ * Rows with `tools` need a template that renders them: the template is rendered once with and
+ * once without a probe tool, and if the two are identical (or the template fails on tools) the
+ * dataset is refused before anything is trained.
  *
  * Truncation policy: keep the first `maxLength` tokens (cut from the right). The row is kept if at
  * least one target token survives, otherwise dropped; both are counted.
  */
-import { assistantSpans, findPrefixViolations, tokenMaskFromSpans, type ChatMessage, type CharSpan } from "@tuneloom/chat-template";
+import { assistantSpans, findPrefixViolations, renderChatTemplate, tokenMaskFromSpans, type ChatMessage, type CharSpan } from "@tuneloom/chat-template";
 import { type ChatTextTokenizer, type SpecialTokens, chatTemplateVariables, encodeChatText } from "@tuneloom/model";
 import type { RowSource, TrainingMessage, TrainingRow } from "./data.ts";
 
@@ -122,6 +127,13 @@ function plainPromptCompletion(prompt: string, completion: string, options: Toke
   return maskToLabelsResult(allIds, fullMask);
 }
 
+/** A `{"text"}` row: BOS (if the tokenizer adds it) + text + EOS, every token a target. */
+function languageModelling(text: string, options: TokenizeOptions) {
+  const { ids } = options.tokenizer.encode(text, { addSpecialTokens: true });
+  const eos = options.tokenizer.eosId;
+  return maskToLabelsResult(eos !== null && ids.at(-1) !== eos ? [...ids, eos] : ids, null);
+}
+
 function maskToLabelsResult(ids: number[], mask: Uint8Array | null) {
   return { ids, labels: maskToLabels(ids, mask), skippedTurns: [] as number[] };
 }
@@ -140,6 +152,8 @@ export function tokenizeRow(row: TrainingRow, options: TokenizeOptions): Tokeniz
   let built: { ids: number[]; labels: Int32Array; skippedTurns: number[] };
   if (row.kind === "messages") {
     built = renderAndMask(row.messages, row.tools, 0, options, row.source);
+  } else if (row.kind === "text") {
+    built = languageModelling(row.text, options);
   } else if (typeof row.prompt === "string") {
     built = plainPromptCompletion(row.prompt, row.completion as string, options, row.source);
   } else {
@@ -186,6 +200,11 @@ export function tokenizeDataset(rows: readonly TrainingRow[], options: TokenizeO
     rows: rows.length, examples: 0, truncated: 0, droppedByTruncation: 0, droppedNoTargets: 0,
     skippedTurns: 0, failedRows: 0, tokens: 0, targetTokens: 0, longest: 0,
   };
+  const withTools = rows.find((r) => r.tools && r.tools.length > 0);
+  if (withTools) {
+    const problem = templateToolsProblem(options.template, options.specialTokens, options.now);
+    if (problem) throw new TokenizeError(`${where(withTools.source)}: the row has tools, but ${problem}; remove the tools or train with a template that supports them`);
+  }
   let firstFailure: string | null = null;
   const examples: TokenizedExample[] = [];
   let firstUnstable: string | null = null;
@@ -243,6 +262,28 @@ export function tokenizeDataset(rows: readonly TrainingRow[], options: TokenizeO
     throw new TokenizeError(`no example has a target token left (${rows.length} rows; ${warnings.join("; ") || "all empty"})`);
   }
   return { examples, stats, warnings };
+}
+
+const PROBE_TOOL = {
+  type: "function",
+  function: { name: "get_weather", description: "Current weather in a city", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } },
+};
+
+/**
+ * Null when `template` renders tool definitions; else why not: "this template does not render
+ * tools" (the rendering with a tool equals the one without) or the template's error.
+ */
+export function templateToolsProblem(template: string, specialTokens: SpecialTokens = {}, now?: Date | string): string | null {
+  const messages: ChatMessage[] = [{ role: "user", content: "What is the weather in Paris?" }];
+  const render = (tools?: unknown[]) =>
+    renderChatTemplate(template, { ...chatTemplateVariables(messages, { tools, specialTokens }), add_generation_prompt: true }, { now });
+  let withTools: string;
+  try {
+    withTools = render([PROBE_TOOL]);
+  } catch (e) {
+    return `this template fails when given tools (${(e as Error).message})`;
+  }
+  return withTools === render(undefined) ? "this template does not render tools (its output is the same with and without them)" : null;
 }
 
 /** A multi-turn conversation with a system prompt, for checking a template before any data is read. */

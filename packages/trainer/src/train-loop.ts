@@ -29,7 +29,7 @@ import { loadTrainingData } from "./data.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
-import { ProgressReporter } from "./progress.ts";
+import { ProgressReporter, formatEvalLine } from "./progress.ts";
 import { openRunDir, runSettings } from "./run-dir.ts";
 import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
 import { tokenizeDataset } from "./tokenize-conversation.ts";
@@ -55,14 +55,18 @@ export interface TrainOptions {
   warmupSteps?: number;
   warmupRatio?: number;
   scheduler: ScheduleKind;
+  /** cosine / cosine_with_min_lr: the floor as a fraction of lr (transformers' min_lr_rate). */
+  minLrRate?: number;
   weightDecay: number;
   maxGradNorm: number;
   seed: number;
   gradientCheckpointing: boolean;
   trainOnAllTokens: boolean;
-  saveSteps: number;
+  /** Save a checkpoint every N optimizer steps (absent: none). */
+  saveSteps?: number;
   keepCheckpoints?: number;
-  evalSteps: number;
+  /** Evaluate every N optimizer steps (absent: at the end only). */
+  evalSteps?: number;
   logEvery: number;
   resume?: string;
   /** Start a new run in a non-empty `out`, moving its contents into `out/.previous-<id>/`. */
@@ -85,7 +89,7 @@ export const TRAIN_DEFAULTS = {
   rank: 16, alpha: 32, dropout: 0, targetModules: "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", rslora: false,
   lr: 2e-4, epochs: 1, batchSize: 8, gradAccum: 1, maxLength: 1024, packing: false, scheduler: "cosine" as ScheduleKind,
   warmupRatio: 0.03, weightDecay: 0, maxGradNorm: 1, seed: 42, gradientCheckpointing: true, trainOnAllTokens: false,
-  saveSteps: 0, evalSteps: 0, logEvery: 10,
+  logEvery: 10,
 } satisfies Partial<TrainOptions>;
 
 export interface TrainResult {
@@ -94,6 +98,9 @@ export interface TrainResult {
   firstLoss: number;
   finalLoss: number;
   evalLoss: number | null;
+  bestEvalLoss: number | null;
+  /** Epochs actually run (fractional): micro-batches consumed / micro-batches per epoch. */
+  epochs: number;
   tokens: number;
   elapsedS: number;
   trainableParams: number;
@@ -127,10 +134,16 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const loader = new DataLoader(trainSet.examples, {
     mode: o.packing ? "pack" : "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId,
   });
-  const microPerEpoch = loader.totalBatches(o.epochs);
-  const totalSteps = o.maxSteps ?? Math.max(1, Math.ceil(microPerEpoch / o.gradAccum));
+  // Fractional epochs (HF's num_train_epochs=0.5) take that share of the last epoch's batches.
+  const wholeEpochs = Math.floor(o.epochs);
+  const microTotal = loader.totalBatches(wholeEpochs) + Math.ceil((o.epochs - wholeEpochs) * loader.batchesInEpoch(wholeEpochs));
+  const totalSteps = o.maxSteps ?? Math.max(1, Math.ceil(microTotal / o.gradAccum));
+  const epochAt = () => { // fractional epoch of the data position
+    const p = loader.position;
+    return p.epoch + p.step / Math.max(1, loader.batchesInEpoch(p.epoch));
+  };
   const schedule: ScheduleConfig = {
-    kind: o.scheduler, baseLr: o.lr, totalSteps,
+    kind: o.scheduler, baseLr: o.lr, totalSteps, ...(o.minLrRate !== undefined ? { minLrRatio: o.minLrRate } : {}),
     warmupSteps: resolveWarmupSteps(totalSteps, { warmupSteps: o.warmupSteps, warmupRatio: o.warmupRatio }),
   };
 
@@ -201,21 +214,23 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     lastLoss = r.loss;
     const tokS = r.tokens / ((performance.now() - ts) / 1000);
     metrics.log({ step, loss: r.loss, lr, grad_norm: r.gradNorm, tokens: tokensSeen, tok_s: tokS, elapsed_s: elapsed() });
-    progress.update({ step, loss: r.loss, lr, tokS, gradNorm: r.gradNorm, elapsedS: elapsed() });
-    if (o.evalSteps > 0 && step % o.evalSteps === 0) {
+    progress.update({ step, loss: r.loss, lr, tokS, gradNorm: r.gradNorm, elapsedS: elapsed(), epoch: epochAt() });
+    if (o.evalSteps && step % o.evalSteps === 0) {
       const ev = await evaluate();
       if (ev !== null) {
         metrics.logEval(step, ev);
         bestEval = bestEval === null ? ev : Math.min(bestEval, ev);
+        progress.log(formatEvalLine(step, epochAt(), ev, bestEval));
       }
     }
-    if (o.saveSteps > 0 && step % o.saveSteps === 0 && step < totalSteps) {
+    if (o.saveSteps && step % o.saveSteps === 0 && step < totalSteps) {
       const moments = await trainer.getOptimizerMoments();
-      saveCheckpoint(o.out, {
+      const saved = saveCheckpoint(o.out, {
         adapter: await adapterContents(),
         optimizer: { step, moments },
         state: { runId: run.runId, step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
       }, { keepLast: o.keepCheckpoints });
+      progress.log(`checkpoint: step ${step} saved to ${saved}`);
     }
     o.onStepEnd?.({ step, loss: r.loss });
   }
@@ -224,12 +239,13 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (evalLoss !== null) {
     metrics.logEval(step, evalLoss);
     bestEval = bestEval === null ? evalLoss : Math.min(bestEval, evalLoss);
+    progress.log(formatEvalLine(step, epochAt(), evalLoss, bestEval));
   }
   const adapterDir = path.join(o.out, "adapter");
   if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
   writeAdapterDir(adapterDir, await adapterContents());
   return {
-    adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, tokens: tokensSeen, elapsedS: elapsed(),
+    adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, bestEvalLoss: bestEval, epochs: epochAt(), tokens: tokensSeen, elapsedS: elapsed(),
     trainableParams, model, trainer, notes,
   };
 }

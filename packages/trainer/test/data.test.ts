@@ -73,8 +73,34 @@ describe("row validation names file, line and field", () => {
     expect(errorOf(JSON.stringify({ prompt: "a" })).field).toBe("completion");
     expect(errorOf(JSON.stringify({ prompt: "a", completion: [{ role: "assistant", content: "b" }] })).message).toContain("must both be strings or both message lists");
     expect(errorOf(JSON.stringify({ prompt: [{ role: "user", content: "a" }], completion: [{ role: "user", content: "b" }] })).message).toContain("completion: no assistant message");
-    expect(errorOf(JSON.stringify({ text: "x" })).message).toContain(`expected a "messages" field`);
-    expect(errorOf(`[1, 2]`).message).toBe("train.jsonl:1: expected a JSON object, got a list");
+    expect(errorOf(JSON.stringify({ question: "x" })).message).toContain(`expected a "messages" field, "prompt" and "completion" fields, or a "text" field`);
+    expect(errorOf(`[1, 2]`).message).toBe("train.jsonl:1: expected a JSON object, got number 1"); // a JSON array of rows
+    expect(errorOf(`{"text": "a"}\n[1]`).message).toBe("train.jsonl:2: expected a JSON object, got a list");
+  });
+
+  test("text rows (TRL language modelling)", () => {
+    const rows = parseJsonl(`{"text": "Once upon a time"}\n{"text": "The end."}`, "lm.jsonl").rows;
+    expect(rows).toEqual([
+      { kind: "text", text: "Once upon a time", source: { file: "lm.jsonl", line: 1 } },
+      { kind: "text", text: "The end.", source: { file: "lm.jsonl", line: 2 } },
+    ]);
+    expect(errorOf(`{"text": ""}`).message).toBe("train.jsonl:1: text: empty: nothing to train on");
+    expect(errorOf(`{"text": 3}`).message).toBe("train.jsonl:1: text: expected string, got number 3");
+  });
+
+  test("a JSON array of rows, each reported by the line it starts on", () => {
+    const text = `[\n  {"text": "a"},\n  {"messages": [\n    {"role": "user", "content": "hi"},\n    {"role": "assistant", "content": "yo"}]},\n  {"text": "s, [x] {y} \\" ok"}\n]\n`;
+    const rows = parseJsonl(text, "d.json").rows;
+    expect(rows.map((r) => [r.kind, r.source.line])).toEqual([["text", 2], ["messages", 3], ["text", 6]]);
+    const bad = `[\n {"text": "a"},\n {"messages": [{"role": "robot", "content": "x"}]}\n]`;
+    expect(errorOf(bad).message).toStartWith("train.jsonl:3: messages[0].role: expected one of");
+    expect(errorOf(`[{"text": "a"},`).message).toStartWith("train.jsonl:1: invalid JSON");
+  });
+
+  test("preference rows are refused by name, with file and line", () => {
+    const e = errorOf(`{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{"prompt": "q", "chosen": "good", "rejected": "bad"}`);
+    expect(e.message).toStartWith("train.jsonl:2: preference data (prompt/chosen/rejected) is not supported");
+    expect(errorOf(`{"chosen": [{"role": "user", "content": "a"}], "rejected": []}`).message).toContain("preference data (chosen/rejected) is not supported");
   });
 
   test("blank lines are skipped and line numbers stay true", () => {

@@ -1,9 +1,9 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { renderLossCurveSvg, niceTicks } from "../src/loss-curve-svg.ts";
+import { centeredMean, logTicks, renderLossCurveSvg, niceTicks } from "../src/loss-curve-svg.ts";
 import { MetricsLog, formatMetricsLine, parseMetricsJsonl, type MetricsRecord } from "../src/metrics.ts";
-import { ProgressReporter, formatDuration, formatSummary } from "../src/progress.ts";
+import { ProgressReporter, formatDuration, formatEvalLine, formatSummary } from "../src/progress.ts";
 import { tempDir } from "./helpers.ts";
 
 const record = (step: number, loss: number, extra: Partial<MetricsRecord> = {}): MetricsRecord => ({
@@ -41,11 +41,32 @@ describe("loss curve SVG", () => {
     expect(svg.trimEnd()).toEndWith("</svg>");
     expect(svg).toContain("demo &lt;run&gt;");
     expect(svg.match(/<polyline/g)!.length).toBe(3); // raw, smoothed, eval
-    expect(svg.match(/<circle/g)!.length).toBe(5);
+    expect(svg.match(/<circle/g)!.length).toBe(5 + 1); // the eval points and the legend's
+    expect(svg).toContain("train loss (per step)");
+    expect(svg).toMatch(/train loss, centered mean of \d+ steps/);
+    expect(svg).toContain("loss (log scale)"); // 3.2 → 0.2: over 10×
+    expect(renderLossCurveSvg([record(1, 2), record(2, 1.5), record(3, 1)])).toContain(">loss</text>"); // under 10×: linear
     expect(svg).not.toContain("NaN");
     expect(svg).not.toContain("<script");
     expect(renderLossCurveSvg([])).toContain("no data");
     expect(renderLossCurveSvg([record(1, 2)])).not.toContain("NaN");
+  });
+
+  test("log-scale y when the values span more than 10×, with 1-2-5 ticks", () => {
+    const records = Array.from({ length: 100 }, (_, i) => record(i + 1, 10 * Math.exp(-i / 12) + 0.05));
+    const svg = renderLossCurveSvg(records);
+    expect(svg).toContain("loss (log scale)");
+    expect(logTicks(0.04, 11)).toEqual([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]);
+    // On a log axis equal ratios are equal distances: the 0.1 and 1 gridlines are as far apart as 1 and 10.
+    const ys = (v: string) => Number(new RegExp(`y="([\\d.]+)"[^>]*>${v}</text>`).exec(svg)![1]);
+    expect(ys("0.1") - ys("1")).toBeCloseTo(ys("1") - ys("10"), 0);
+  });
+
+  test("the smoothed line is a centered mean: no lag on a straight line", () => {
+    const line = Array.from({ length: 20 }, (_, i) => 5 - 0.2 * i);
+    const mean = centeredMean(line, 5);
+    for (let i = 2; i < 18; i++) expect(mean[i]).toBeCloseTo(line[i]!, 12); // an EMA would sit above a falling curve
+    expect(mean[0]).toBeCloseTo((line[0]! + line[1]! + line[2]!) / 3, 12); // clipped at the ends
   });
 
   test("nice ticks", () => {
@@ -82,6 +103,18 @@ describe("progress", () => {
     p.finish();
     expect(chunks.map((c) => c.split(" ").slice(0, 2).join(" "))).toEqual(["step 1/25", "step 10/25", "step 20/25", "step 25/25", "done\n"]);
     expect(chunks.join("")).not.toMatch(/[\r\x1b]/);
+  });
+
+  test("the printed loss is the mean over the logging window; epoch shown; eval line", () => {
+    const { chunks, stream } = sink(false);
+    const p = new ProgressReporter({ total: 20, stream, logEvery: 10 });
+    for (let s = 1; s <= 20; s++) p.update({ step: s, loss: s, lr: 1e-4, tokS: 100, elapsedS: s, epoch: s / 8 });
+    // Windows: {1}, {2..10}, {11..20}.
+    expect(chunks[0]).toContain("epoch 0.13 loss 1.0000");
+    expect(chunks[1]).toContain("step 10/20 epoch 1.25 loss 6.0000");
+    expect(chunks[2]).toContain("step 20/20 epoch 2.50 loss 15.5000");
+    expect(formatEvalLine(40, 0.8, 1.3, 1.2)).toBe("eval: step 40 epoch 0.80 eval_loss 1.3000 (best 1.2000)");
+    expect(formatEvalLine(40, 0.8, 1.2, 1.2)).toBe("eval: step 40 epoch 0.80 eval_loss 1.2000");
   });
 
   test("durations and the final summary", () => {

@@ -36,10 +36,49 @@ describe("schedules match transformers", () => {
     expect(lrFactor(c, 120)).toBe(0); // clamped at 0
   });
 
-  test("constant, with and without warmup", () => {
-    expect(lrFactor({ kind: "constant", ...base }, 4)).toBeCloseTo(0.4, 15);
-    expect(lrFactor({ kind: "constant", ...base }, 50)).toBe(1);
-    expect(lrFactor({ kind: "constant", ...base, warmupSteps: 0 }, 0)).toBe(1);
+  test("constant ignores warmup (get_constant_schedule); constant_with_warmup does not", () => {
+    expect(lrFactor({ kind: "constant", ...base }, 0)).toBe(1);
+    expect(lrFactor({ kind: "constant", ...base }, 4)).toBe(1);
+    expect(lrFactor({ kind: "constant_with_warmup", ...base }, 0)).toBe(0);
+    expect(lrFactor({ kind: "constant_with_warmup", ...base }, 4)).toBeCloseTo(0.4, 15);
+    expect(lrFactor({ kind: "constant_with_warmup", ...base }, 50)).toBe(1);
+    expect(lrFactor({ kind: "constant_with_warmup", ...base }, 100)).toBe(1);
+  });
+
+  test("cosine_with_min_lr by name (min_lr_rate 0.1)", () => {
+    const c: ScheduleConfig = { kind: "cosine_with_min_lr", ...base, minLrRatio: 0.1 };
+    expect(lrFactor(c, 5)).toBe(0.5);
+    expect(lrFactor(c, 55)).toBeCloseTo(0.55, 15);
+    expect(lrFactor(c, 32)).toBeCloseTo(0.1 + 0.9 * 0.8596699001693255, 15);
+    expect(lrFactor(c, 100)).toBeCloseTo(0.1, 15);
+  });
+
+  test("cosine_with_restarts (num_cycles 2): two full half-waves, 0 at the end", () => {
+    const c: ScheduleConfig = { kind: "cosine_with_restarts", ...base, numCycles: 2 };
+    // p = (s − 10)/90; factor = ½(1 + cos(π·((2p) mod 1)))
+    expect(lrFactor(c, 10)).toBe(1);
+    expect(lrFactor(c, 32.5)).toBeCloseTo(0.5, 15); // 2p = 0.5
+    expect(lrFactor(c, 55)).toBe(1); // 2p = 1 → restart
+    expect(lrFactor(c, 77.5)).toBeCloseTo(0.5, 15);
+    expect(lrFactor(c, 100)).toBe(0);
+    expect(lrFactor({ kind: "cosine_with_restarts", ...base }, 55)).toBeCloseTo(0.5, 15); // default 1 cycle = cosine
+  });
+
+  test("polynomial (power 1, lr_end 1e-7): linear to lr_end, not to 0", () => {
+    const c: ScheduleConfig = { kind: "polynomial", ...base };
+    expect(lrFactor(c, 5)).toBe(0.5);
+    // ((1e-3 − 1e-7)·(1 − 45/90) + 1e-7) / 1e-3
+    expect(lrFactor(c, 55)).toBeCloseTo(((1e-3 - 1e-7) * 0.5 + 1e-7) / 1e-3, 15);
+    expect(lrFactor(c, 100)).toBeCloseTo(1e-4, 15);
+    expect(lrFactor(c, 150)).toBeCloseTo(1e-4, 15);
+  });
+
+  test("inverse_sqrt: timescale W, else 10 000", () => {
+    const c: ScheduleConfig = { kind: "inverse_sqrt", ...base };
+    expect(lrFactor(c, 5)).toBe(0.5);
+    expect(lrFactor(c, 10)).toBe(1);
+    expect(lrFactor(c, 40)).toBeCloseTo(0.5, 15); // 1/√(40/10)
+    expect(lrFactor({ kind: "inverse_sqrt", ...base, warmupSteps: 0 }, 30_000)).toBeCloseTo(0.5, 15); // 1/√(40000/10000)
   });
 
   test("warmup ratio rounds up like TrainingArguments.get_warmup_steps", () => {

@@ -246,3 +246,37 @@ describe("templatePrefixWarning (startup check)", () => {
     expect(templatePrefixWarning(qwen3)).toContain("assistant turn 2");
   });
 });
+
+describe("text rows and tools", () => {
+  test('{"text"} rows: BOS (if any) + text + EOS, every token a target', () => {
+    const o = options();
+    const result = tokenizeRow(rowsOf([{ text: "Once upon a time" }])[0]!, o);
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const { inputIds, labels } = result.example;
+    expect([...labels]).toEqual([...inputIds]);
+    expect(inputIds.at(-1)).toBe(o.tokenizer.eosId!);
+    expect(tinyModel().tokenizer.decode([...inputIds], { skipSpecialTokens: true })).toBe("Once upon a time");
+  });
+
+  const tools = [{ type: "function", function: { name: "f", parameters: { type: "object", properties: {} } } }];
+  const toolRow = { messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "yo" }], tools };
+
+  test("a template that ignores tools is refused before training, naming the row", () => {
+    // The tiny model's ChatML template has no tools section.
+    expect(() => tokenizeDataset(rowsOf([conversation, toolRow]), options())).toThrow(
+      /:2: the row has tools, but this template does not render tools \(its output is the same with and without them\)/,
+    );
+  });
+
+  test("a template that fails on tools is refused with its error, not mid-training", () => {
+    const template = "{% for t in tools %}{{ t.function.name - 1 }}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}";
+    expect(() => tokenizeDataset(rowsOf([toolRow]), options({ template, trainOnAllTokens: true }))).toThrow(/the row has tools, but this template fails when given tools/);
+  });
+
+  test("a template that renders tools passes the check", () => {
+    const template = readFileSync(path.join(import.meta.dir, "../../../tests/fixtures/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"), "utf8");
+    const set = tokenizeDataset(rowsOf([toolRow]), options({ template }));
+    expect(set.examples).toHaveLength(1);
+  });
+});

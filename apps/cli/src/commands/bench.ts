@@ -1,5 +1,5 @@
 import { getRuntime } from "@tuneloom/kernels";
-import { parseFlags } from "../args.ts";
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
 import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
 import { benchTrain } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
@@ -21,14 +21,36 @@ import { benchLoad } from "../bench/load.ts";
  * `bun run bench -- --load --model DIR|NAME [--weight-dtype ...] [--repeat N]` (bench/load.ts: weight loading time and GB/s).
  * Prints one JSON line per measurement.
  */
+const SPEC = {
+  name: "bench",
+  usage: "(--kernels | --train | --decode | --serve | --load) [flags]",
+  description: "Benchmarks; one JSON line per measurement (docs/benchmarks.md).\nMODEL: tiny, smollm2-135m, qwen2.5-0.5b, llama3.2-1b, llama3.2-3b, llama3.1-8b, qwen2.5-7b (random weights of the published shape), or a model directory.",
+  flags: {
+    kernels: { type: "boolean", help: "every kernel at the published models' shapes; exits 1 if an op fails or is over its tolerance" },
+    train: { type: "boolean", help: "training steps/s and tokens/s" },
+    decode: { type: "boolean", help: "decode tokens/s" },
+    serve: { type: "boolean", help: "TTFT and decode tok/s over HTTP, one line per stream count" },
+    load: { type: "boolean", help: "weight loading time and GB/s" },
+    quick: { type: "boolean", help: "--kernels: tiny shapes" },
+    ops: { type: "string", arg: "A,B", help: "--kernels: only these ops (matmul,rmsnorm,...)" },
+    model: { type: "string", arg: "MODEL", help: "benchmark model name(s) or directory", default: "smollm2-135m" },
+    batch: { type: "number", help: "--train: rows per step (default 8); --decode: sequences (default 1)" },
+    seq: { type: "number", help: "--train: tokens per row", default: 512 },
+    rank: { type: "number", help: "--train: LoRA rank", default: 16 },
+    steps: { type: "number", help: "--train: steps measured", default: 8 },
+    "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
+    "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
+    profile: { type: "boolean", help: "--train/--decode: GPU ms per kernel from timestamp queries" },
+    "target-fraction": { type: "number", arg: "F", help: "--train: labels only on the last F of each row", default: 1 },
+    tokens: { type: "number", help: "--decode/--serve: tokens generated", default: 128 },
+    streams: { type: "string", arg: "1,16", help: "--serve: concurrent stream counts", default: "1,16" },
+    "prompt-tokens": { type: "number", help: "--serve: prompt length", default: 64 },
+    repeat: { type: "number", help: "--load: repetitions", default: 1 },
+  },
+} as const satisfies CommandSpec;
+
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, {
-    kernels: "boolean", quick: "boolean", train: "boolean", model: "string", batch: "number", seq: "number", rank: "number",
-    steps: "number", "no-gradient-checkpointing": "boolean", "weight-dtype": "string",
-    decode: "boolean", tokens: "number", ops: "string", profile: "boolean",
-    serve: "boolean", streams: "string", "prompt-tokens": "number", "target-fraction": "number",
-    load: "boolean", repeat: "number",
-  }, "bench");
+  const flags = parseFlags(argv, SPEC);
   if (flags.load) {
     if (!flags.model) throw new Error("--load needs --model DIR (a Hugging Face model directory) or a benchmark model name");
     await benchLoad({ model: flags.model, weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, repeat: flags.repeat ?? 1 },
@@ -54,14 +76,14 @@ export async function run(argv: string[]): Promise<number> {
   if (flags.train) {
     const line = await benchTrain({
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
-      steps: flags.steps ?? 8, gradientCheckpointing: !flags["no-gradient-checkpointing"],
+      steps: flags.steps ?? 8, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
       targetFraction: flags["target-fraction"] ?? 1,
     });
     console.log(JSON.stringify(line));
     return 0;
   }
-  if (!flags.kernels) throw new Error("say what to measure: --kernels, --train, --decode, --serve or --load (see the command's doc)");
+  if (!flags.kernels) throw new UsageError("say what to measure: --kernels, --train, --decode, --serve or --load (see the command's doc)");
   const rt = await getRuntime();
   console.error(`bench: ${rt.caps.description} (${rt.caps.vendor})`);
   let failed = 0;

@@ -3,7 +3,7 @@
  * one completion on the GPU, printed to stdout exactly (nothing added), or with --json as
  * `{"ids": [...], "text": ...}`.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import type { ChatMessage } from "@tuneloom/chat-template";
 import {
   GpuModel, IncrementalDetokenizer, KvCacheGenerator, checkAdapterTemplate, encodeChatText, loadGenerationConfig,
@@ -11,32 +11,32 @@ import {
   type ModelTokenizer,
 } from "@tuneloom/model";
 import type { SamplingParams } from "@tuneloom/kernels";
-import { parseFlags } from "../args.ts";
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
+import { ADAPTER_FLAG, MODEL_FLAG, requireDir, requireModelDir } from "../model-flags.ts";
 
-const HELP = `usage: generate --model DIR [--adapter DIR] (--prompt TEXT | --messages FILE | --ids-file FILE)
-                [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S] [--stop S]... [--json]
-
-  --prompt TEXT      raw text, tokenized as is (the tokenizer adds BOS if its config says so; no chat template)
-  --messages FILE    JSON list of {role, content} (or {"messages": [...]}) rendered with the chat template,
-                     add_generation_prompt=true: the adapter's chat_template.jinja if it has one, else the model's;
-                     as the server does, an adapter whose training_args.json records another template's sha256 is refused
-  --ids-file FILE    JSON array of prompt token ids
-  --max-tokens N     new tokens at most (default: generation_config.json max_new_tokens, else 256; capped by
-                     the model's max_position_embeddings)
-  --temperature T    0 = greedy. Default as transformers' generate(): sampling only when generation_config.json
-                     says do_sample: true (then its temperature/top_p/top_k, transformers' defaults 1.0/1.0/50
-                     for the ones it lacks); otherwise greedy. Giving --temperature > 0 turns sampling on.
-  --top-p P, --top-k K  nucleus / top-k filtering when sampling (default: generation_config.json, else off)
-  --seed S           seed of the sampling draws (default 0): same seed, same output
-  --stop S           stop string, repeatable, or a JSON list ('["\\n\\n", "User:"]'); the text is cut before it.
-                     Generation also stops at the EOS ids of config.json, generation_config.json and the tokenizer.
-  --json             print {"ids": [...], "text": "..."} (ids generated, stop token excluded) instead of the text`;
-
-const FLAGS = {
-  model: "string", adapter: "string", prompt: "string", messages: "string", "ids-file": "string",
-  "max-tokens": "number", temperature: "number", "top-p": "number", "top-k": "number", seed: "number",
-  json: "boolean", help: "boolean",
-} as const;
+const SPEC = {
+  name: "generate",
+  usage: "--model DIR [--adapter DIR] (--prompt TEXT | --messages FILE | --ids-file FILE) [flags]",
+  description: `One completion on the GPU, printed to stdout followed by a newline (--json for the exact text and ids).
+Generation stops at the EOS ids of config.json, generation_config.json and the tokenizer, at --max-tokens, or at a --stop string.`,
+  flags: {
+    model: MODEL_FLAG,
+    adapter: ADAPTER_FLAG,
+    prompt: { type: "string", arg: "TEXT", help: "raw text, tokenized as is (BOS if the tokenizer's config says so; no chat template)" },
+    messages: {
+      type: "string", arg: "FILE",
+      help: "JSON list of {role, content} (or {\"messages\": [...]}) rendered with the chat template (the adapter's if it has one), add_generation_prompt=true",
+    },
+    "ids-file": { type: "string", arg: "FILE", help: "JSON array of prompt token ids" },
+    "max-tokens": { type: "number", help: "new tokens at most, capped by the model's context (default: generation_config max_new_tokens, else 256)", aliases: ["max-new-tokens"] },
+    temperature: { type: "number", arg: "T", help: "0 = greedy (default: sample only when generation_config.json says do_sample, as transformers does)" },
+    "top-p": { type: "number", arg: "P", help: "nucleus filtering when sampling (default: generation_config.json, else 1)" },
+    "top-k": { type: "number", arg: "K", help: "top-k filtering when sampling (default: generation_config.json, else 50 with do_sample, off otherwise)" },
+    seed: { type: "number", help: "seed of the sampling draws: same seed, same output", default: 0 },
+    stop: { type: "list", arg: "S", help: "stop string, or a JSON list of them ('[\"\\n\\n\", \"User:\"]'); the text is cut before the first match" },
+    json: { type: "boolean", help: "print {\"ids\": [...], \"text\": \"...\"} (ids generated, stop token excluded) instead of the text" },
+  },
+} as const satisfies CommandSpec;
 
 /** A JSON input file, with errors naming it. */
 export function readJsonFile(file: string, flag: string): unknown {
@@ -65,12 +65,6 @@ export function readIdsFile(file: string, vocabSize: number): number[] {
   return ids as number[];
 }
 
-export function requireDir(dir: string | undefined, flag: string, usage: string): string {
-  if (!dir) throw new Error(`${flag} is required (${usage.split("\n")[0]})`);
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${flag} ${dir}: directory not found`);
-  return dir;
-}
-
 /**
  * The GPU model, the adapter (uploaded) and the tokenizer, chosen as the server chooses them
  * (@tuneloom/model's serving-files.ts). An adapter whose recorded training template differs
@@ -85,9 +79,8 @@ export async function loadModelAndAdapter(modelDir: string, adapterDir?: string)
 }
 
 /** `--stop` values: each occurrence is a literal string, or a JSON list of strings. */
-function extractStops(argv: string[]): { rest: string[]; stops: string[] } {
-  const rest: string[] = [], stops: string[] = [];
-  const add = (v: string) => {
+export function expandStops(values: readonly string[]): string[] {
+  return values.flatMap((v) => {
     if (v.startsWith("[")) {
       let list: unknown;
       try {
@@ -96,23 +89,13 @@ function extractStops(argv: string[]): { rest: string[]; stops: string[] } {
         list = null;
       }
       if (Array.isArray(list)) {
-        if (!list.every((s) => typeof s === "string" && s.length > 0)) throw new Error(`--stop ${v}: a JSON list must hold non-empty strings`);
-        stops.push(...list);
-        return;
+        if (!list.every((s) => typeof s === "string" && s.length > 0)) throw new UsageError(`--stop ${v}: a JSON list must hold non-empty strings`);
+        return list as string[];
       }
     }
-    if (v.length === 0) throw new Error("--stop: the stop string is empty");
-    stops.push(v);
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === "--stop") {
-      if (i + 1 >= argv.length) throw new Error("--stop needs a value");
-      add(argv[++i]!);
-    } else if (a.startsWith("--stop=")) add(a.slice("--stop=".length));
-    else rest.push(a);
-  }
-  return { rest, stops };
+    if (v.length === 0) throw new UsageError("--stop: the stop string is empty");
+    return [v];
+  });
 }
 
 /** transformers' rule: sample only when do_sample is true; explicit flags override. */
@@ -143,16 +126,12 @@ function readMessages(file: string): ChatMessage[] {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { rest, stops } = extractStops(argv);
-  const flags = parseFlags(rest, FLAGS, "generate");
-  if (flags.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const modelDir = requireDir(flags.model, "--model", HELP);
-  const adapterDir = flags.adapter === undefined ? undefined : requireDir(flags.adapter, "--adapter", HELP);
+  const flags = parseFlags(argv, SPEC);
+  const stops = expandStops(flags.stop ?? []);
+  const modelDir = requireModelDir(flags.model);
+  const adapterDir = flags.adapter === undefined ? undefined : requireDir(flags.adapter, "--adapter");
   const sources = (["prompt", "messages", "ids-file"] as const).filter((k) => flags[k] !== undefined);
-  if (sources.length !== 1) throw new Error(`give exactly one of --prompt, --messages, --ids-file (got ${sources.length ? sources.map((s) => `--${s}`).join(", ") : "none"})`);
+  if (sources.length !== 1) throw new UsageError(`give exactly one of --prompt, --messages, --ids-file (got ${sources.length ? sources.map((s) => `--${s}`).join(", ") : "none"})`);
   const seed = flags.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`--seed must be an integer in 0..4294967295, got ${seed}`);
   const gen = loadGenerationConfig(modelDir);
@@ -213,6 +192,7 @@ export async function run(argv: string[]): Promise<number> {
     generator.dispose();
   }
   const text = cut === null ? detok.text : detok.text.slice(0, cut);
-  await Bun.write(Bun.stdout, flags.json ? JSON.stringify({ ids, text }) + "\n" : text);
+  // A newline ends the output, as a shell expects; --json carries the exact text.
+  await Bun.write(Bun.stdout, (flags.json ? JSON.stringify({ ids, text }) : text) + "\n");
   return 0;
 }

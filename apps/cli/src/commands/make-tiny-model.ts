@@ -2,17 +2,24 @@
 // Writes a small deterministic random model in the Hugging Face layout (see packages/model/src/tiny-model.ts).
 import { readFileSync } from "node:fs";
 import { writeTinyModel } from "@tuneloom/model";
-import { parseFlags } from "../args.ts";
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
 
-const USAGE = "usage: make-tiny-model --out DIR [--arch llama|qwen2] [--template FILE] [--seed N] [--dtype f32|bf16]";
+const SPEC = {
+  name: "make-tiny-model",
+  usage: "--out DIR [--arch llama|qwen2] [--template FILE] [--seed N] [--dtype f32|bf16]",
+  description: "Writes a small deterministic random model in the Hugging Face layout (for tests and the demo).",
+  flags: {
+    out: { type: "string", arg: "DIR", help: "where to write the model", aliases: ["output-dir"] },
+    arch: { type: "string", arg: "llama|qwen2", help: "architecture", default: "llama" },
+    template: { type: "string", arg: "FILE", help: "chat template to ship (default: ChatML)" },
+    seed: { type: "number", help: "weight seed", default: 0 },
+    dtype: { type: "string", arg: "f32|bf16", help: "weight dtype on disk", default: "f32" },
+  },
+} as const satisfies CommandSpec;
 
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, { out: "string", arch: "string", template: "string", seed: "number", dtype: "string", help: "boolean" }, "make-tiny-model");
-  if (flags.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (!flags.out) throw new Error(`--out is required (${USAGE})`);
+  const flags = parseFlags(argv, SPEC);
+  if (!flags.out) throw new UsageError(`--out is required (usage: make-tiny-model ${SPEC.usage})`);
   const arch = flags.arch ?? "llama";
   if (arch !== "llama" && arch !== "qwen2") throw new Error(`--arch must be llama or qwen2, got '${arch}'`);
   const dtype = flags.dtype ?? "f32";

@@ -9,27 +9,30 @@ import {
   INDEX_FILE, checkAdapterTemplate, copyTokenizerFiles, loadModelConfig, mergeAdapterWeights, openCheckpoint, readAdapterDir, servingTemplateFile,
   recoverDirWrites, servingTokenizerDir, writeDirAtomically, writeSafetensors, type TensorToWrite,
 } from "@tuneloom/model";
-import { parseFlags } from "../args.ts";
-import { requireDir } from "./generate.ts";
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
+import { ADAPTER_FLAG, MODEL_FLAG, requireDir, requireModelDir } from "../model-flags.ts";
 
-const HELP = `usage: merge --model DIR --adapter DIR --out DIR
-
-Writes to --out: config.json and generation_config.json (the model's), the merged safetensors (same
+const SPEC = {
+  name: "merge",
+  usage: "--model DIR --adapter DIR --out DIR",
+  flags: {
+    model: MODEL_FLAG,
+    adapter: ADAPTER_FLAG,
+    out: { type: "string", arg: "DIR", help: "where to write the merged model", aliases: ["output-dir"] },
+  },
+  description: `Writes to --out: config.json and generation_config.json (the model's), the merged safetensors (same
 dtype and the same file/shard layout as the base), the tokenizer files (the adapter's copies when it
 has them, else the model's) and chat_template.jinja (the adapter's: the template it was trained with;
 refused, as by the server, when training_args.json records another template's sha256).
 The directory is built beside --out and renamed into place, so --out is never half written. An
-existing --out is replaced only if it is empty or holds a model (config.json).`;
+existing --out is replaced only if it is empty or holds a model (config.json).`,
+} as const satisfies CommandSpec;
 
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, { model: "string", adapter: "string", out: "string", help: "boolean" }, "merge");
-  if (flags.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const modelDir = requireDir(flags.model, "--model", HELP);
-  const adapterDir = requireDir(flags.adapter, "--adapter", HELP);
-  if (!flags.out) throw new Error(`--out is required (${HELP.split("\n")[0]})`);
+  const flags = parseFlags(argv, SPEC);
+  const modelDir = requireModelDir(flags.model);
+  const adapterDir = requireDir(flags.adapter, "--adapter");
+  if (!flags.out) throw new UsageError(`--out is required (usage: merge ${SPEC.usage})`);
   const out = resolve(flags.out);
   if (existsSync(out)) {
     const real = realpathSync(out);

@@ -22,32 +22,39 @@ import { defaultAllowedHosts, parseAllowedHosts } from "@tuneloom/server/host-ch
 import { listen } from "@tuneloom/server/listen.ts";
 import { checkIntegerFlag, checkModelDirectory, secondsFlagMs } from "@tuneloom/server/startup-checks.ts";
 import { MAX_IDLE_TIMEOUT_S } from "@tuneloom/server/timeouts.ts";
-import { parseFlags } from "../args.ts";
-
-const FLAGS = {
-  model: "string",
-  adapter: "string",
-  port: "number",
-  host: "string",
-  "api-key": "string",
-  "served-model-name": "string",
-  "max-running": "number",
-  "max-queued": "number",
-  "max-body-bytes": "number",
-  engine: "string",
-  "max-context": "number",
-  "allowed-hosts": "string",
-  "idle-timeout": "number",
-  "body-timeout": "number",
-  "stream-write-timeout": "number",
-  "drain-timeout": "number",
-} as const;
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
+import { ADAPTER_FLAG, MODEL_FLAG } from "../model-flags.ts";
+import { resolveModelDir } from "@tuneloom/model";
 
 const DEFAULT_DRAIN_TIMEOUT_S = 30;
 
+const SPEC = {
+  name: "serve",
+  usage: "--model DIR [--adapter DIR] [--port N] [--host H] [--api-key K]",
+  description: "The OpenAI-compatible HTTP server (docs/serving.md). Every flag is checked against the model and the device before it listens.",
+  flags: {
+    model: MODEL_FLAG,
+    adapter: ADAPTER_FLAG,
+    port: { type: "number", help: "TCP port (0: any free port)", default: 8000 },
+    host: { type: "string", arg: "H", help: "address to listen on", default: "127.0.0.1" },
+    "api-key": { type: "string", arg: "K", help: "require Authorization: Bearer K (default: $TUNELOOM_API_KEY, else none)" },
+    "served-model-name": { type: "string", arg: "NAME", help: "model id in /v1/models and responses (default: the model directory's name)" },
+    "max-running": { type: "number", help: "sequences decoded together in one batch (default: as the engine sizes it)" },
+    "max-queued": { type: "number", help: "requests waiting beyond --max-running before 429 (default: the server's)" },
+    "max-body-bytes": { type: "number", help: "largest request body, then 413 (default: the server's)" },
+    engine: { type: "string", arg: "gpu|cpu", help: "gpu: WebGPU, KV cache, continuous batching; cpu: float64 reference, exact and slow", default: "gpu" },
+    "max-context": { type: "number", help: "GPU: KV rows per sequence (default min(model's, 4096))" },
+    "allowed-hosts": { type: "string", arg: "H1,H2|'*'", help: "Host headers accepted (default when key-less on loopback: localhost, 127.0.0.1, [::1], --host)" },
+    "idle-timeout": { type: "number", arg: "S", help: "seconds a connection may idle", default: 15 },
+    "body-timeout": { type: "number", arg: "S", help: "seconds to receive a request body", default: 30 },
+    "stream-write-timeout": { type: "number", arg: "S", help: "seconds a streamed write may wait on a slow client", default: 30 },
+    "drain-timeout": { type: "number", arg: "S", help: "on SIGTERM/SIGINT, seconds running requests may finish", default: DEFAULT_DRAIN_TIMEOUT_S },
+  },
+} as const satisfies CommandSpec;
+
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, FLAGS, "serve");
-  if (!flags.model) throw new Error("usage: serve --model DIR [--adapter DIR] [--port N] [--host H] [--api-key K]");
+  const flags = parseFlags(argv, SPEC);
+  if (!flags.model) throw new UsageError(`usage: serve ${SPEC.usage}`);
   // Every flag first, before any file is read.
   const host = flags.host ?? "127.0.0.1";
   const port = flags.port ?? 8000;
@@ -66,6 +73,8 @@ export async function run(argv: string[]): Promise<number> {
   const streamWriteTimeoutMs = secondsFlagMs("--stream-write-timeout", flags["stream-write-timeout"]);
   const drainTimeoutMs = secondsFlagMs("--drain-timeout", flags["drain-timeout"], true) ?? DEFAULT_DRAIN_TIMEOUT_S * 1000;
   const allowedHosts = flags["allowed-hosts"] !== undefined ? parseAllowedHosts(flags["allowed-hosts"]) : defaultAllowedHosts(host, apiKey);
+  // A Hub repo id is looked up in the local HF cache; a path that does not exist is reported below.
+  if (!flags.model.startsWith("/") && !flags.model.startsWith(".")) flags.model = resolveModelDir(flags.model);
   checkModelDirectory(flags.model, flags.adapter);
 
   let engine: InferenceEngine;

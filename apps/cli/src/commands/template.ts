@@ -7,11 +7,21 @@
  */
 import { readFileSync } from "node:fs";
 import { TemplateError, renderChatTemplate, type ChatTemplateVariables } from "@tuneloom/chat-template";
-import { parseFlags } from "../args.ts";
+import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
+
+const SPEC = {
+  name: "template",
+  usage: "--template FILE --input FILE",
+  description: "Renders a chat template exactly as transformers' apply_chat_template would. stdout gets the rendering, nothing added;\na template error exits 2 with its message on stderr.",
+  flags: {
+    template: { type: "string", arg: "FILE", help: "the Jinja chat template (e.g. a chat_template.jinja)" },
+    input: { type: "string", arg: "FILE", help: "JSON object of template variables (messages, tools, add_generation_prompt, ...) plus optional now (ISO date-time)" },
+  },
+} as const satisfies CommandSpec;
 
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, { template: "string", input: "string" }, "template");
-  if (!flags.template || !flags.input) throw new Error("usage: template --template FILE --input FILE");
+  const flags = parseFlags(argv, SPEC);
+  if (!flags.template || !flags.input) throw new UsageError(`usage: template ${SPEC.usage}`);
 
   const source = readFileSync(flags.template, "utf8");
   const input: unknown = JSON.parse(readFileSync(flags.input, "utf8"));

@@ -20,6 +20,7 @@
  * neither loss nor gradient. In chat SFT with assistant-only labels the prompts are most of the
  * tokens, and the head is the largest product of the step for 128k-152k vocabularies.
  */
+import { sumNll } from "../eval-set.ts";
 import {
   type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
   FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
@@ -275,12 +276,7 @@ export class LoraTrainer {
 
   /** Mean loss over batches without updating anything (evaluation: no dropout). */
   async evaluate(batches: readonly Batch[]): Promise<number> {
-    let sum = 0, count = 0;
-    for (const b of batches) {
-      const r = await this.model.nll(b.inputIds, b.positions, b.seqIds, b.labels, this.lora);
-      sum += r.sum;
-      count += r.count;
-    }
+    const { sum, count } = await sumNll(this.model, batches, this.lora);
     return sum / count;
   }
 }
