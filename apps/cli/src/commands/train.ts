@@ -13,6 +13,7 @@ import {
 import {
   DEMO_EVAL_FILE, DEMO_TRAIN_FILE, TRAIN_DEFAULTS, type TrainResult, demoAnswerMatches, demoQuestion, formatSummary, loadJsonl, train,
 } from "@tuneloom/trainer";
+import { dawnMessageSummary } from "@tuneloom/kernels";
 import { resolveTrainOptions } from "../train-options.ts";
 
 export async function run(argv: string[]): Promise<number> {
@@ -29,7 +30,9 @@ function summary(result: TrainResult): string {
   return formatSummary({
     steps: result.steps, epochs: result.epochs, elapsedS: result.elapsedS, tokens: result.tokens,
     trainableParams: result.trainableParams, firstLoss: result.firstLoss, finalLoss: result.finalLoss,
-    evalLoss: result.evalLoss, bestEvalLoss: result.bestEvalLoss, outputDir: result.adapterDir, notes: result.notes,
+    evalLoss: result.evalLoss, bestEvalLoss: result.bestEvalLoss, outputDir: result.adapterDir,
+    // Dawn's own warnings are counted, not printed (kernels' dawn-messages.ts): one line says so.
+    notes: [...result.notes, ...[dawnMessageSummary()].filter((n): n is string => n !== null)],
   });
 }
 
