@@ -78,10 +78,10 @@ export class MpiLibrary {
         const need = (s: string) => {
           const p = sym(s);
           if (!p) throw new MpiLibraryError(`${name}: Open MPI library without the symbol ${s}`);
-          return p;
+          return p as Pointer;
         };
         abi = {
-          flavour: "openmpi", handle: FFIType.ptr, commWorld: world, float: need("ompi_mpi_float"), double: need("ompi_mpi_double"),
+          flavour: "openmpi", handle: FFIType.ptr, commWorld: world as Pointer, float: need("ompi_mpi_float"), double: need("ompi_mpi_double"),
           byte: need("ompi_mpi_byte"), sum: need("ompi_mpi_op_sum"), inPlace: 1 as Pointer,
         };
       } else {
