@@ -24,3 +24,4 @@ export * from "./sampling.ts";
 export * from "./logit-penalties.ts";
 export { dawnMessages, dawnMessageSummary } from "./dawn-messages.ts";
 export * from "./gemm-tiles.ts";
+export * from "./gpu-select.ts";

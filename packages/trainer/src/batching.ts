@@ -217,9 +217,15 @@ export class DataLoader {
   next(): { batch: Batch; position: DataPosition } {
     const position = this.position;
     const batch = this.batchAt(position);
+    this.skip();
+    return { batch, position };
+  }
+
+  /** Moves past the next batch without assembling it (another data-parallel rank's). */
+  skip(): void {
+    const position = this.cursor;
     const count = this.batchesInEpoch(position.epoch);
     this.cursor = position.step + 1 >= count ? { epoch: position.epoch + 1, step: 0 } : { epoch: position.epoch, step: position.step + 1 };
-    return { batch, position };
   }
 
   /** Every batch of one pass over the data in file order, unshuffled: for evaluation. */

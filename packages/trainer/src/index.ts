@@ -18,3 +18,5 @@ export * from "./progress.ts";
 export * from "./demo-data.ts";
 export * from "./train-loop.ts";
 export * from "./gpu/lora-trainer.ts";
+export * from "./distributed/world.ts";
+export * from "./distributed/launch.ts";

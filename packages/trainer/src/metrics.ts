@@ -68,23 +68,25 @@ export function readMetricsJsonl(file: string): MetricsRecord[] {
 
 /** Appends records to a metrics.jsonl and keeps them in memory for the loss curve. */
 export class MetricsLog {
-  readonly file: string;
+  readonly file: string | null;
   readonly records: MetricsRecord[];
 
   /**
    * `resumeFromStep`: keep the existing file's records up to that step (dropping any later ones
-   * written after the checkpoint); without it the file starts empty.
+   * written after the checkpoint); without it the file starts empty. `file` null: records in
+   * memory only (a data-parallel rank other than 0, which writes nothing).
    */
-  constructor(file: string, options: { resumeFromStep?: number } = {}) {
+  constructor(file: string | null, options: { resumeFromStep?: number } = {}) {
     this.file = file;
+    this.records = options.resumeFromStep === undefined || !file ? [] : readMetricsJsonl(file).filter((r) => r.step <= options.resumeFromStep!);
+    if (!file) return;
     mkdirSync(path.dirname(file), { recursive: true });
-    this.records = options.resumeFromStep === undefined ? [] : readMetricsJsonl(file).filter((r) => r.step <= options.resumeFromStep!);
     writeFileSync(file, this.text());
   }
 
   log(record: MetricsRecord): void {
     this.records.push(record);
-    appendFileSync(this.file, formatMetricsLine(record) + "\n");
+    if (this.file) appendFileSync(this.file, formatMetricsLine(record) + "\n");
   }
 
   /** Attaches an eval loss to the record of `step` (appending a line for it). */
@@ -92,7 +94,7 @@ export class MetricsLog {
     const last = this.records.findLast((r) => r.step === step);
     if (last) {
       last.eval_loss = evalLoss;
-      writeFileSync(this.file, this.text());
+      if (this.file) writeFileSync(this.file, this.text());
     } else {
       this.log({ step, loss: Number.NaN, lr: Number.NaN, grad_norm: Number.NaN, tokens: Number.NaN, tok_s: Number.NaN, elapsed_s: Number.NaN, eval_loss: evalLoss });
     }

@@ -16,7 +16,10 @@
  *  - LoRA dropout masks are a hash of (seed, step, layer, module, micro-batch) (see
  *    LoraTrainer), so restoring the step restores them: they draw nothing from the RNG stream;
  *  - a NaN/inf loss or gradient stops the run (the update is skipped on the GPU) and leaves
- *    the last good checkpoint in place.
+ *    the last good checkpoint in place;
+ *  - data parallel (`world` of N MPI ranks, distributed/data-parallel.ts): a step is gradAccum
+ *    micro-batches on each of N ranks, their gradients summed before clipping and AdamW; rank 0
+ *    alone writes; the data position stays global, so a resume may use another N.
  */
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -33,6 +36,8 @@ import { ProgressReporter, formatEvalLine } from "./progress.ts";
 import { openRunDir, runSettings } from "./run-dir.ts";
 import { learningRate, resolveWarmupSteps, type ScheduleConfig, type ScheduleKind } from "./schedule.ts";
 import { tokenizeDataset } from "./tokenize-conversation.ts";
+import { nextMicroBatches, onRootThenShare, startFromRoot } from "./distributed/data-parallel.ts";
+import { SINGLE_PROCESS, type World } from "./distributed/world.ts";
 
 export interface TrainOptions {
   model: string;
@@ -83,6 +88,8 @@ export interface TrainOptions {
    */
   onStepEnd?: (info: { step: number; loss: number }) => void;
   quiet?: boolean;
+  /** Data-parallel ranks (distributed/world.ts initWorld()); absent: this process alone. */
+  world?: World;
 }
 
 export const TRAIN_DEFAULTS = {
@@ -110,7 +117,8 @@ export interface TrainResult {
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
-  const log = o.log ?? ((l: string) => process.stderr.write(l + "\n"));
+  const world = o.world ?? SINGLE_PROCESS;
+  const log = !world.isRoot ? () => {} : o.log ?? ((l: string) => process.stderr.write(l + "\n"));
   const notes: string[] = [];
   const lora: LoraConfig = parseLoraConfig({
     rank: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targetModules as string, rslora: o.rslora,
@@ -120,7 +128,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const tokenizer = loadServingTokenizer(o.model);
   // Read and validate every row first: a bad file is refused before the run directory changes.
   const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed, allowReplacement: o.allowReplacement });
-  const run = openRunDir({ out: o.out, resume: o.resume, overwrite: o.overwrite, ...runSettings(o, template), log });
+  const run = onRootThenShare(world, () => openRunDir({ out: o.out, resume: o.resume, overwrite: o.overwrite, ...runSettings(o, template), log }));
   for (const line of data.report) log(`data: ${line}`);
   const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };
   const trainSet = tokenizeDataset(data.train, tokOpts);
@@ -137,7 +145,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   // Fractional epochs (HF's num_train_epochs=0.5) take that share of the last epoch's batches.
   const wholeEpochs = Math.floor(o.epochs);
   const microTotal = loader.totalBatches(wholeEpochs) + Math.ceil((o.epochs - wholeEpochs) * loader.batchesInEpoch(wholeEpochs));
-  const totalSteps = o.maxSteps ?? Math.max(1, Math.ceil(microTotal / o.gradAccum));
+  const totalSteps = o.maxSteps ?? Math.max(1, Math.ceil(microTotal / (o.gradAccum * world.size)));
   const epochAt = () => { // fractional epoch of the data position
     const p = loader.position;
     return p.epoch + p.step / Math.max(1, loader.batchesInEpoch(p.epoch));
@@ -153,6 +161,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (underflow) log(`load: ${underflow}`);
   const trainer = new LoraTrainer(model, lora, {
     gradientCheckpointing: o.gradientCheckpointing, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+    collectives: world,
   });
   const trainableParams = loraParameterCount(trainer.specs, lora.rank);
   log(`model: ${o.model} (${model.cfg.arch}, ${model.cfg.numLayers} layers, weights ${model.weights.dtype}) on ${model.rt.caps.description}`);
@@ -162,7 +171,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const evalBatches = evalSet && evalSet.examples.length
     ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
     : null;
-  if (run.resumeFrom) {
+  if (world.size > 1) log(`data parallel: ${world.size} ranks × ${o.gradAccum} micro-batches of ${o.batchSize} rows per step`);
+  if (run.resumeFrom && world.isRoot) {
     const ckDir = run.resumeFrom;
     const ck = loadCheckpoint(ckDir, model.cfg);
     trainer.setWeights(ck.adapter.weights);
@@ -177,11 +187,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       log(`resume: the run now has ${totalSteps} steps (was ${ck.state.schedule.totalSteps}): the ${schedule.kind} lr schedule spans the new total from step ${step + 1} on`);
     }
   }
-  const metrics = new MetricsLog(path.join(o.out, "metrics.jsonl"), run.resumeFrom ? { resumeFromStep: step } : {});
-  const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet ? { stream: { write: () => true } } : {}) });
+  ({ step, tokensSeen, elapsedBefore, bestEval } = await startFromRoot(world, trainer, loader, { step, tokensSeen, elapsedBefore, bestEval }));
+  const metrics = new MetricsLog(world.isRoot ? path.join(o.out, "metrics.jsonl") : null, run.resumeFrom ? { resumeFromStep: step } : {});
+  const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet || !world.isRoot ? { stream: { write: () => true } } : {}) });
 
   const trainingArgs = {
-    ...o, log: undefined, onStepEnd: undefined, model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
+    ...o, log: undefined, onStepEnd: undefined, world: undefined, ...(world.size > 1 ? { world_size: world.size } : {}), model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
     run_id: run.runId, run_history: run.record.history,
   };
   const adapterContents = async (): Promise<AdapterContents> => ({
@@ -200,8 +211,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const t0 = performance.now();
   const elapsed = () => elapsedBefore + (performance.now() - t0) / 1000;
   while (step < totalSteps) {
-    const micro: Batch[] = [];
-    for (let i = 0; i < o.gradAccum; i++) micro.push(loader.next().batch);
+    const micro = nextMicroBatches(loader, o.gradAccum, world);
     const lr = learningRate(schedule, step);
     const ts = performance.now();
     const r = await trainer.step(micro, lr, step + 1);
@@ -223,7 +233,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         progress.log(formatEvalLine(step, epochAt(), ev, bestEval));
       }
     }
-    if (o.saveSteps && step % o.saveSteps === 0 && step < totalSteps) {
+    if (world.isRoot && o.saveSteps && step % o.saveSteps === 0 && step < totalSteps) {
       const moments = await trainer.getOptimizerMoments();
       const saved = saveCheckpoint(o.out, {
         adapter: await adapterContents(),
@@ -242,8 +252,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     progress.log(formatEvalLine(step, epochAt(), evalLoss, bestEval));
   }
   const adapterDir = path.join(o.out, "adapter");
-  if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
-  writeAdapterDir(adapterDir, await adapterContents());
+  if (world.isRoot) {
+    if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
+    writeAdapterDir(adapterDir, await adapterContents());
+  }
   return {
     adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, bestEvalLoss: bestEval, epochs: epochAt(), tokens: tokensSeen, elapsedS: elapsed(),
     trainableParams, model, trainer, notes,

@@ -11,7 +11,7 @@ import {
   writeTinyModel,
 } from "@tuneloom/model";
 import {
-  DEMO_EVAL_FILE, DEMO_TRAIN_FILE, TRAIN_DEFAULTS, type TrainResult, demoAnswerMatches, demoQuestion, formatSummary, loadJsonl, train,
+  DEMO_EVAL_FILE, DEMO_TRAIN_FILE, TRAIN_DEFAULTS, type TrainResult, demoAnswerMatches, demoQuestion, formatSummary, loadJsonl, runAsRank, train,
 } from "@tuneloom/trainer";
 import { dawnMessageSummary } from "@tuneloom/kernels";
 import { resolveTrainOptions } from "../train-options.ts";
@@ -20,10 +20,14 @@ export async function run(argv: string[]): Promise<number> {
   if (argv.length === 0) return runDemo();
   const options = resolveTrainOptions(argv);
   const model = resolveModelDir(options.model);
-  const result = await train({ ...options, model });
-  console.log(summary(result));
-  console.log(`serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
-  return 0;
+  // Under mpirun, one data-parallel rank (docs/distributed.md); otherwise this process alone.
+  return runAsRank(async (world) => {
+    const result = await train({ ...options, model, world });
+    if (!world.isRoot) return 0;
+    console.log(summary(result));
+    console.log(`serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
+    return 0;
+  });
 }
 
 function summary(result: TrainResult): string {

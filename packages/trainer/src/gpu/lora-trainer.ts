@@ -19,6 +19,13 @@
  * 90% of the micro-batch (kernels' crossEntropyOnLabelledRows): rows without a label contribute
  * neither loss nor gradient. In chat SFT with assistant-only labels the prompts are most of the
  * tokens, and the head is the largest product of the step for 128k-152k vocabularies.
+ *
+ * Data parallel (options.collectives with size N > 1, see distributed/): each rank runs its
+ * own micro-batches, then the step pauses after the backward: the summed LoRA gradients (one
+ * flat f32 buffer) and [Σ nll, targets, tokens, non-finite flag] are read back, summed over the
+ * ranks (MPI_Allreduce), and written back, so the 1/targets scaling, clipping and AdamW that
+ * follow see the gradient of the global batch and every rank makes the same update. Rank r's
+ * local micro-batch i is global micro-batch i·N + r: its dropout masks are the global index's.
  */
 import { sumNll } from "../eval-set.ts";
 import {
@@ -32,6 +39,7 @@ import {
   loraTensorName, releaseTensors,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
+import type { Collectives } from "../distributed/world.ts";
 import { initLoraWeights } from "../lora-init.ts";
 
 export interface StepResult {
@@ -58,6 +66,8 @@ export interface LoraTrainerOptions {
    * logits for every row: the same loss and gradients, for tests and comparisons.
    */
   headOnTargetRowsOnly?: boolean;
+  /** Data-parallel ranks whose gradients this trainer's steps sum (absent or size 1: alone). */
+  collectives?: Collectives;
 }
 
 const nameA = (s: LoraLayerSpec) => `${s.base}.lora_A`;
@@ -198,9 +208,11 @@ export class LoraTrainer {
     const { rt, model } = this;
     const cfg = model.cfg;
     const C = cfg.hiddenSize, L = cfg.numLayers;
-    const targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
-    const tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
-    if (targets === 0) throw new Error("a training step has no target tokens (every label is -100)");
+    const world = this.opts.collectives && this.opts.collectives.size > 1 ? this.opts.collectives : null;
+    let targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
+    let tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
+    // One rank's share may have no targets; the global batch is checked after the all-reduce.
+    if (targets === 0 && !world) throw new Error("a training step has no target tokens (every label is -100)");
     // The backward runs in units of the summed loss (dlogits in [-1, 1]) so activation gradients
     // stay well inside f16's range where the tensor-core path rounds them; the LoRA gradients
     // are scaled back to the mean loss (× 1/targets) in f32 before clipping and AdamW.
@@ -212,7 +224,9 @@ export class LoraTrainer {
     const loss = rt.zeros("f32", [2], "loss");
     toRelease.push(loss);
     rec.clear(this.grads);
-    microBatches.forEach((batch, mb) => {
+    microBatches.forEach((batch, local) => {
+      if (batch.numTargets === 0) return; // no loss, no gradient
+      const mb = world ? local * world.size + world.rank : local;
       const T = batch.inputIds.length;
       const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
       const labels = rt.upload("i32", [T], batch.labels, "labels");
@@ -258,6 +272,10 @@ export class LoraTrainer {
         [dOut, dIn] = [dIn, dOut];
       }
     });
+    if (world) {
+      rec.flush();
+      ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
+    }
     scaleInPlace(rec, 1 / (gradUnit * targets), this.grads);
     gradNormClip(rec, this.grads, this.clip, this.opts.maxGradNorm);
     if (update) {
@@ -272,6 +290,37 @@ export class LoraTrainer {
     rt.release(...toRelease);
     for (const r of released) releaseTensors(rt, r);
     return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+  }
+
+  /**
+   * Sums this step's gradients (still Σ over target tokens, unscaled), loss sum, target and
+   * token counts and non-finite flag over the ranks, in place; returns the global counts.
+   */
+  private async allReduceGradients(world: Collectives, loss: Tensor, targets: number, tokens: number): Promise<{ targets: number; tokens: number }> {
+    const rt = this.rt;
+    const [g, l, flag] = await rt.readMany([this.grads, loss, this.clip.nonFinite]);
+    const grads = new Float32Array(g!);
+    const stats = new Float64Array([new Float32Array(l!)[0]!, targets, tokens, new Uint32Array(flag!)[0]!]);
+    world.allReduceSum(grads);
+    world.allReduceSum(stats);
+    rt.write(this.grads, grads);
+    rt.write(loss, new Float32Array([stats[0]!, stats[1]!]));
+    if (stats[3]! > 0) rt.write(this.clip.nonFinite, new Uint32Array([1]));
+    if (stats[1] === 0) throw new Error("a training step has no target tokens on any rank (every label is -100)");
+    return { targets: stats[1]!, tokens: stats[2]! };
+  }
+
+  /**
+   * Makes every rank's LoRA weights and AdamW moments root's (the start of a data-parallel run,
+   * fresh or resumed on root): from then on identical updates keep them identical.
+   */
+  async broadcastState(world: Collectives, root = 0) {
+    if (world.size === 1) return;
+    for (const t of [this.params, this.adam.m, this.adam.v]) {
+      const values = await this.rt.read(t);
+      world.broadcast(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), root);
+      this.rt.write(t, values);
+    }
   }
 
   /** Mean loss over batches without updating anything (evaluation: no dropout). */
