@@ -56,6 +56,9 @@ export const TRAIN_SPEC = {
     "log-every": { type: "number", help: "print progress (mean loss over the window) every N steps", default: d.logEvery, aliases: ["logging-steps"] },
     resume: { type: "string", arg: "DIR", help: "continue the run in DIR from its newest checkpoint", aliases: ["resume-from-checkpoint"] },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU dtype of the frozen weights (default: the checkpoint's)" },
+    "general-eval": { type: "string", arg: "FILE", help: "forgetting monitor: general text (plain, or JSONL of {\"text\"} rows) scored at every eval against the base model (default: a bundled text)" },
+    "forgetting-monitor": { type: "boolean", help: "score general text at every eval (--no-forgetting-monitor: skip it)", default: d.forgettingMonitor },
+    "max-forgetting": { type: "number", arg: "PCT", help: "stop when general-text perplexity is more than PCT % above the base model's; keeps the last adapter under it" },
     quiet: { type: "boolean", help: "no progress lines" },
     overwrite: { type: "boolean", help: "start a new run in a non-empty --out, moving its contents into OUT/.previous-<run id>/ (docs/runs.md)", aliases: ["overwrite-output-dir"] },
     "allow-replacement": { type: "boolean", help: "read invalid UTF-8 in the data as U+FFFD instead of failing" },
@@ -99,6 +102,9 @@ const trainSchema = z.strictObject({
   logEvery: int().min(1),
   resume: z.string().min(1).optional(),
   weightDtype: z.enum(["f32", "f16", "bf16"]).optional(),
+  generalEval: z.string().min(1).optional(),
+  forgettingMonitor: z.boolean(),
+  maxForgetting: z.number().positive().optional(),
   quiet: z.boolean().optional(),
   overwrite: z.boolean().optional(),
   allowReplacement: z.boolean().optional(),
@@ -183,5 +189,7 @@ export function resolveTrainOptions(argv: string[]): TrainOptions {
   if (o.evalData !== undefined && o.evalFraction) throw new UsageError(`give ${name("evalData")} or ${name("evalFraction")}, not both`);
   if (o.scheduler === "cosine_with_min_lr" && o.minLrRate === undefined) throw new UsageError(`${name("scheduler")} cosine_with_min_lr needs --min-lr-rate (the floor as a fraction of --lr, e.g. 0.1)`);
   if (o.minLrRate !== undefined && o.scheduler !== "cosine_with_min_lr" && o.scheduler !== "cosine") throw new UsageError(`${name("minLrRate")} applies to cosine and cosine_with_min_lr, not ${o.scheduler}`);
+  if (o.maxForgetting !== undefined && !o.forgettingMonitor) throw new UsageError(`${name("maxForgetting")} needs the forgetting monitor (drop --no-forgetting-monitor)`);
+  if (o.generalEval !== undefined && !existsSync(o.generalEval)) throw new UsageError(`${name("generalEval")} ${o.generalEval}: not found`);
   return o as TrainOptions;
 }

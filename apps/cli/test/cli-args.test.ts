@@ -103,6 +103,11 @@ describe("train options: one schema for flags and config, before anything loads"
       maxGradNorm: 0.5, gradientCheckpointing: false, targetModules: "q_proj,v_proj", rslora: true, packing: true,
     });
     expect(resolveTrainOptions([...base, "--no-gradient-checkpointing"]).gradientCheckpointing).toBe(false);
+    // The forgetting monitor: on by default (the bundled text), a limit in percent.
+    const plain = resolveTrainOptions(base);
+    expect([plain.forgettingMonitor, plain.generalEval, plain.maxForgetting]).toEqual([true, undefined, undefined]);
+    expect(resolveTrainOptions([...base, "--max-forgetting", "12.5"]).maxForgetting).toBe(12.5);
+    expect(resolveTrainOptions([...base, "--no-forgetting-monitor"]).forgettingMonitor).toBe(false);
   });
 
   test("bad values are refused with the flag's name", () => {
@@ -120,6 +125,9 @@ describe("train options: one schema for flags and config, before anything loads"
       [["--weight-dtype", "int4"], '--weight-dtype: expected one of f32|f16|bf16, got "int4"'],
       [["--scheduler", "cosine_with_min_lr"], "cosine_with_min_lr needs --min-lr-rate"],
       [["--eval-data", "e.jsonl", "--eval-fraction", "0.1"], "give --eval-data or --eval-fraction, not both"],
+      [["--max-forgetting", "0"], "--max-forgetting: must be > 0, got 0"],
+      [["--max-forgetting", "10", "--no-forgetting-monitor"], "--max-forgetting needs the forgetting monitor"],
+      [["--general-eval", "no/such/general.txt"], "--general-eval no/such/general.txt: not found"],
     ];
     for (const [flags, message] of cases) expect(() => resolveTrainOptions([...base, ...flags])).toThrow(message);
     expect(() => resolveTrainOptions(["--data", "d"])).toThrow("--model, --out required");

@@ -8,6 +8,7 @@ export * from "./data.ts";
 export * from "./tokenize-conversation.ts";
 export * from "./batching.ts";
 export * from "./eval-set.ts";
+export * from "./general-eval.ts";
 export * from "./lora-init.ts";
 export * from "./schedule.ts";
 export * from "./checkpoint.ts";

@@ -7,6 +7,8 @@
  * grad_norm: global L2 norm of the LoRA gradients before clipping; tokens: non-pad tokens trained
  * on since the start of the run (resume included); tok_s: tokens per second over the step;
  * elapsed_s: training wall time since the start. eval_loss is present on steps that evaluated.
+ * general_ppl / general_ppl_base (the forgetting monitor, general-eval.ts): on steps that
+ * evaluated, the general-text perplexity of the model being tuned and of the base model.
  * The file is appended line by line, so a crash loses at most the line being written; on resume
  * records after the checkpoint's step are dropped so the file never holds two histories.
  */
@@ -22,9 +24,14 @@ export interface MetricsRecord {
   tok_s: number;
   elapsed_s: number;
   eval_loss?: number;
+  general_ppl?: number;
+  general_ppl_base?: number;
 }
 
-const FIELDS = ["step", "loss", "lr", "grad_norm", "tokens", "tok_s", "elapsed_s", "eval_loss"] as const;
+/** Fields present only on steps that evaluated. */
+type EvalFields = Pick<MetricsRecord, "eval_loss" | "general_ppl" | "general_ppl_base">;
+const EVAL_FIELDS = ["eval_loss", "general_ppl", "general_ppl_base"] as const;
+const FIELDS = ["step", "loss", "lr", "grad_norm", "tokens", "tok_s", "elapsed_s", ...EVAL_FIELDS] as const;
 
 /** One line, fields in a fixed order, non-finite numbers as null (JSON has no NaN). */
 export function formatMetricsLine(record: MetricsRecord): string {
@@ -56,7 +63,7 @@ export function parseMetricsJsonl(text: string, file = "metrics.jsonl"): Metrics
       step: num("step"), loss: num("loss"), lr: num("lr"), grad_norm: num("grad_norm"),
       tokens: num("tokens"), tok_s: num("tok_s"), elapsed_s: num("elapsed_s"),
     };
-    if (value.eval_loss !== undefined) record.eval_loss = num("eval_loss");
+    for (const k of EVAL_FIELDS) if (value[k] !== undefined) record[k] = num(k);
     records.push(record);
   });
   return records;
@@ -91,12 +98,17 @@ export class MetricsLog {
 
   /** Attaches an eval loss to the record of `step` (appending a line for it). */
   logEval(step: number, evalLoss: number): void {
+    this.attach(step, { eval_loss: evalLoss });
+  }
+
+  /** Attaches evaluation fields to the record of `step` (a line of their own when it has none). */
+  attach(step: number, fields: EvalFields): void {
     const last = this.records.findLast((r) => r.step === step);
     if (last) {
-      last.eval_loss = evalLoss;
+      Object.assign(last, fields);
       if (this.file) writeFileSync(this.file, this.text());
     } else {
-      this.log({ step, loss: Number.NaN, lr: Number.NaN, grad_norm: Number.NaN, tokens: Number.NaN, tok_s: Number.NaN, elapsed_s: Number.NaN, eval_loss: evalLoss });
+      this.log({ step, loss: Number.NaN, lr: Number.NaN, grad_norm: Number.NaN, tokens: Number.NaN, tok_s: Number.NaN, elapsed_s: Number.NaN, ...fields });
     }
   }
 

@@ -7,6 +7,8 @@
  * results, checkpoint saves) are printed above it. Otherwise (a pipe, CI log) a plain line is
  * printed at the first step, every `logEvery` steps and at the last, never a control character.
  */
+import { formatGeneralSummary } from "./general-eval.ts";
+
 export interface ProgressUpdate {
   step: number;
   loss: number;
@@ -148,6 +150,8 @@ export interface TrainingSummary {
   finalLoss: number;
   evalLoss?: number | null;
   bestEvalLoss?: number | null;
+  /** The forgetting monitor: general-text perplexity of the base model and of the result. */
+  generalPpl?: { base: number; final: number } | null;
   outputDir: string;
   /** Extra lines (e.g. the demo's exact-match accuracy). */
   notes?: string[];
@@ -168,6 +172,7 @@ export function formatSummary(s: TrainingSummary): string {
   if (s.evalLoss !== undefined && s.evalLoss !== null) {
     lines.push(`  eval loss    ${formatLoss(s.evalLoss)}${s.bestEvalLoss != null ? ` (best ${formatLoss(s.bestEvalLoss)})` : ""}`);
   }
+  if (s.generalPpl) lines.push(`  forgetting   ${formatGeneralSummary(s.generalPpl.base, s.generalPpl.final)}`);
   for (const note of s.notes ?? []) lines.push(`  ${note}`);
   lines.push(`  adapter      ${s.outputDir}`);
   return lines.join("\n");

@@ -106,6 +106,9 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
     epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: v(o.saveSteps), keepCheckpoints: v(o.keepCheckpoints),
     evalSteps: v(o.evalSteps), logEvery: o.logEvery, gradientCheckpointing: o.gradientCheckpointing,
     data: path.resolve(o.data), evalData: o.evalData ? path.resolve(o.evalData) : null,
+    // The forgetting monitor only measures: its text and limit never change the steps taken.
+    forgettingMonitor: o.forgettingMonitor !== false,
+    generalEval: o.generalEval ? fileFingerprint(o.generalEval) : null, maxForgetting: v(o.maxForgetting),
   };
   return { settings, adjustable };
 }

@@ -17,18 +17,19 @@
  *    LoraTrainer), so restoring the step restores them: they draw nothing from the RNG stream;
  *  - a NaN/inf loss or gradient stops the run (the update is skipped on the GPU) and leaves
  *    the last good checkpoint in place;
- *  - data parallel (`world` of N MPI ranks, distributed/data-parallel.ts): a step is gradAccum
- *    micro-batches on each of N ranks, their gradients summed before clipping and AdamW; rank 0
- *    alone writes; the data position stays global, so a resume may use another N.
+  if (o.forgettingMonitor === false && o.maxForgetting !== undefined) throw new Error("--max-forgetting needs the forgetting monitor (drop --no-forgetting-monitor)");
+  const generalText = o.forgettingMonitor === false ? null : readGeneralText(o.generalEval);
+  const run = onRootThenShare(world, () => openRunDir({ out: o.out, resume: o.resume, overwrite: o.overwrite, ...runSettings(o, template), log }));
  */
 import { existsSync } from "node:fs";
 import path from "node:path";
 import {
-  type AdapterContents, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
+  type AdapterContents, type LoraWeights, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
 } from "@tuneloom/model";
 import { type Batch, DataLoader } from "./batching.ts";
 import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
+import { forgettingPct, formatGeneralEvalLine, formatPct, formatPpl, generalEvalSet, generalTextPerplexity, readGeneralText } from "./general-eval.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
@@ -79,6 +80,12 @@ export interface TrainOptions {
   /** Read invalid UTF-8 in the data as U+FFFD instead of failing. */
   allowReplacement?: boolean;
   weightDtype?: "f32" | "f16" | "bf16";
+  /** The forgetting monitor's general text: plain text or {"text"} JSONL (default: the bundled text). */
+  generalEval?: string;
+  /** false: no forgetting monitor (default true). */
+  forgettingMonitor?: boolean;
+  /** Stop when the general-text perplexity is more than this % above the base model's. */
+  maxForgetting?: number;
   /** Progress output (default stderr). */
   log?: (line: string) => void;
   /**
@@ -96,7 +103,7 @@ export const TRAIN_DEFAULTS = {
   rank: 16, alpha: 32, dropout: 0, targetModules: "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", rslora: false,
   lr: 2e-4, epochs: 1, batchSize: 8, gradAccum: 1, maxLength: 1024, packing: false, scheduler: "cosine" as ScheduleKind,
   warmupRatio: 0.03, weightDecay: 0, maxGradNorm: 1, seed: 42, gradientCheckpointing: true, trainOnAllTokens: false,
-  logEvery: 10,
+  logEvery: 10, forgettingMonitor: true,
 } satisfies Partial<TrainOptions>;
 
 export interface TrainResult {
@@ -111,6 +118,8 @@ export interface TrainResult {
   tokens: number;
   elapsedS: number;
   trainableParams: number;
+  /** The forgetting monitor: general-text perplexity of the base model and of the adapter written. */
+  generalPpl: { base: number; final: number } | null;
   model: GpuModel;
   trainer: LoraTrainer;
   notes: string[];
@@ -128,6 +137,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const tokenizer = loadServingTokenizer(o.model);
   // Read and validate every row first: a bad file is refused before the run directory changes.
   const data = loadTrainingData({ trainFile: o.data, evalFile: o.evalData, evalFraction: o.evalFraction, seed: o.seed, allowReplacement: o.allowReplacement });
+  if (o.forgettingMonitor === false && o.maxForgetting !== undefined) throw new Error("--max-forgetting needs the forgetting monitor (drop --no-forgetting-monitor)");
+  const generalText = o.forgettingMonitor === false ? null : readGeneralText(o.generalEval);
   const run = onRootThenShare(world, () => openRunDir({ out: o.out, resume: o.resume, overwrite: o.overwrite, ...runSettings(o, template), log }));
   for (const line of data.report) log(`data: ${line}`);
   const tokOpts = { template: template.source, specialTokens: template.specialTokens, tokenizer, maxLength: o.maxLength, trainOnAllTokens: o.trainOnAllTokens };
@@ -166,6 +177,13 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const trainableParams = loraParameterCount(trainer.specs, lora.rank);
   log(`model: ${o.model} (${model.cfg.arch}, ${model.cfg.numLayers} layers, weights ${model.weights.dtype}) on ${model.rt.caps.description}`);
   log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
+  const general = generalText && generalEvalSet(generalText, tokenizer, Math.min(o.maxLength, model.cfg.maxPositionEmbeddings), tokenizer.padId ?? tokenizer.eosId ?? 0);
+  // The base model: LoRA disabled (B = 0 gives the same, but no adapter is exact and cheaper).
+  const generalBase = general && await generalTextPerplexity(model, general);
+  if (general && generalBase !== null) {
+    const limit = o.maxForgetting !== undefined ? `; stops above ${formatPct(o.maxForgetting)}` : "";
+    log(`forgetting monitor: ${general.text.label} (${general.tokens} tokens), base model general-text ppl ${formatPpl(generalBase)}${limit}`);
+  }
 
   let step = 0, tokensSeen = 0, elapsedBefore = 0, bestEval: number | null = null;
   const evalBatches = evalSet && evalSet.examples.length
@@ -207,7 +225,38 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     return trainer.evaluate(batches);
   };
 
+  // The forgetting monitor: the last score, and (with a limit) the last adapter under it.
+  let generalFinal: number | null = null, generalStep = -1, stopped = false;
+  type UnderLimit = { step: number; weights: LoraWeights[]; ppl: number; evalLoss: number | null };
+  let underLimit = null as UnderLimit | null; // (not narrowed to null: the closure below assigns it)
+  /** Scores the general text at `step`; true when that exceeds --max-forgetting (the last adapter under it is restored). */
+  const forgettingExceeded = async (step: number, evalLoss: number | null): Promise<boolean> => {
+    if (!general || generalBase === null || generalStep === step) return false;
+    const ppl = await generalTextPerplexity(model, general, trainer.lora);
+    generalFinal = ppl;
+    generalStep = step;
+    metrics.attach(step, { general_ppl: ppl, general_ppl_base: generalBase });
+    progress.log(`general: step ${step} ${formatGeneralEvalLine(ppl, generalBase)}`);
+    if (o.maxForgetting === undefined) return false;
+    if (forgettingPct(ppl, generalBase) <= o.maxForgetting) {
+      underLimit = { step, weights: await trainer.getWeights(), ppl, evalLoss };
+      return false;
+    }
+    const over = `step ${step}: ${formatGeneralEvalLine(ppl, generalBase)} exceeds --max-forgetting ${formatPct(o.maxForgetting)}`;
+    if (!underLimit) {
+      throw new Error(`${over}, and no evaluation since the run ${run.resumeFrom ? "resumed" : "started"} was under the limit: no adapter written. Lower --lr, evaluate earlier (--eval-steps) or raise --max-forgetting.`);
+    }
+    const kept = underLimit;
+    trainer.setWeights(kept.weights);
+    generalFinal = kept.ppl;
+    const message = `stopped: ${over}; the adapter is step ${kept.step}'s, the last under the limit (${formatGeneralEvalLine(kept.ppl, generalBase)})`;
+    progress.log(message);
+    notes.push(message);
+    return true;
+  };
+
   let firstLoss = Number.NaN, lastLoss = Number.NaN;
+  let evaluatedAt: { step: number; loss: number | null } | null = null;
   const t0 = performance.now();
   const elapsed = () => elapsedBefore + (performance.now() - t0) / 1000;
   while (step < totalSteps) {
@@ -227,10 +276,15 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     progress.update({ step, loss: r.loss, lr, tokS, gradNorm: r.gradNorm, elapsedS: elapsed(), epoch: epochAt() });
     if (o.evalSteps && step % o.evalSteps === 0) {
       const ev = await evaluate();
+      evaluatedAt = { step, loss: ev };
       if (ev !== null) {
         metrics.logEval(step, ev);
         bestEval = bestEval === null ? ev : Math.min(bestEval, ev);
         progress.log(formatEvalLine(step, epochAt(), ev, bestEval));
+      }
+      if (await forgettingExceeded(step, ev)) {
+        stopped = true;
+        break;
       }
     }
     if (world.isRoot && o.saveSteps && step % o.saveSteps === 0 && step < totalSteps) {
@@ -245,12 +299,17 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     o.onStepEnd?.({ step, loss: r.loss });
   }
   progress.finish();
-  const evalLoss = await evaluate();
-  if (evalLoss !== null) {
+  // The last step's evaluation, unless --eval-steps has just done it.
+  const evaluatedLast = evaluatedAt?.step === step;
+  let evalLoss = stopped ? null : evaluatedLast ? evaluatedAt!.loss : await evaluate();
+  if (evalLoss !== null && !evaluatedLast) {
     metrics.logEval(step, evalLoss);
     bestEval = bestEval === null ? evalLoss : Math.min(bestEval, evalLoss);
     progress.log(formatEvalLine(step, epochAt(), evalLoss, bestEval));
   }
+  if (!stopped) stopped = await forgettingExceeded(step, evalLoss);
+  // Stopped by the monitor: the adapter (and so the eval loss reported) is the last one under the limit.
+  if (stopped) evalLoss = underLimit?.evalLoss ?? null;
   const adapterDir = path.join(o.out, "adapter");
   if (world.isRoot) {
     if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
@@ -258,6 +317,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   }
   return {
     adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, bestEvalLoss: bestEval, epochs: epochAt(), tokens: tokensSeen, elapsedS: elapsed(),
-    trainableParams, model, trainer, notes,
+    trainableParams, generalPpl: generalBase !== null && generalFinal !== null ? { base: generalBase, final: generalFinal } : null, model, trainer, notes,
   };
 }
