@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import path from "node:path";
-import { cpuReferenceForward, GpuModel, writeTinyModel } from "@tuneloom/model";
+import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, GpuModel, writeTinyModel } from "@tuneloom/model";
 import { assembleBatch } from "../src/batching.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
 import { Rng } from "../src/rng.ts";
@@ -69,3 +69,27 @@ describe("FullTrainer (unfinished): every weight's gradient against float64 fini
     }, 120_000);
   }
 });
+
+describe("FullTrainer (unfinished): 16-bit weights", () => {
+  test("f16 model: f32 masters are trained, the GEMMs' f16 copies are the rounded masters after each step", async () => {
+    const dir = path.join(tempDir("full-f16-"), "llama");
+    const { config: cfg } = writeTinyModel(dir, { arch: "llama", seed: 6 });
+    const model = await GpuModel.load(dir, { weightDtype: "f16" });
+    const trainer = new FullTrainer(model, { gradientCheckpointing: false, weightDecay: 0.01, maxGradNorm: 1 });
+    const rng = new Rng(12);
+    const ids = Array.from({ length: 16 }, () => rng.nextInt(cfg.vocabSize));
+    const ex = { inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } };
+    const batch = assembleBatch([[ex]], { padId: 0 });
+    const losses: number[] = [];
+    for (let step = 1; step <= 4; step++) losses.push((await trainer.step([batch], 1e-2, step)).loss);
+    expect(losses.at(-1)!).toBeLessThan(losses[0]!);
+    // The model now computes with f16(master) for matrices, the f32 masters for norms.
+    const masters = await trainer.getWeights();
+    const rounded = new Map([...masters].map(([n, w]) => [n, n.endsWith("norm.weight") ? w : f16ToFloat32Array(float32ToF16Array(w))]));
+    const T = ids.length;
+    const labels = Int32Array.from({ length: T }, (_, t) => (t + 1 < T ? ids[t + 1]! : -100));
+    const gpu = await model.nll(Int32Array.from(ids), Int32Array.from({ length: T }, (_, t) => t), new Int32Array(T), labels);
+    expect(gpu.sum / gpu.count).toBeCloseTo(cpuLoss(cfg, rounded, ids), 3);
+  }, 120_000);
+});
+

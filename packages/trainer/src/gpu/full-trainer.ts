@@ -6,9 +6,10 @@
  * Every weight the model runs (embedding, each layer's norms, projections and biases, the final
  * norm, the LM head unless tied) is one segment of a flat f32 buffer (`params`), with its
  * gradient and AdamW moments in buffers of the same layout, so gradNormClip and adamwStep run
- * once over everything, as for LoRA. The model's weight tensors are replaced by views of
- * `params`, so the forward reads the weights being trained. (16-bit models need f32 masters
- * plus 16-bit GEMM copies refreshed after each step: not implemented; they are refused.)
+ * once over everything, as for LoRA. The model's f32 weight tensors (and always its norms and
+ * biases) are replaced by views of `params`, so the forward reads the weights being trained.
+ * A model that runs 16-bit weights keeps them as the GEMMs' copies: `params` holds the f32
+ * masters, and every step ends by rounding each master into its 16-bit copy (convertTensor).
  *
  * Gradients, per micro-batch, accumulated over the step's micro-batches (loss: mean over all
  * target tokens of the step, as LoraTrainer):
@@ -19,8 +20,8 @@
  * Weight decay, as transformers' Trainer: on matrices, not on norms and biases.
  */
 import {
-  type AdamWState, type GradClipState, type GpuRuntime, type Tensor,
-  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, gradNormClip, readGradNorm,
+  type AdamWState, type GradClipState, type GpuRuntime, type Recorder, type Tensor,
+  FlatParamLayout, adamwStep, convertTensor, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, gradNormClip, readGradNorm,
   readLoss, rmsnormBackward, rmsnormWeightBackward, scaleInPlace,
 } from "@tuneloom/kernels";
 import {
@@ -62,9 +63,6 @@ export class FullTrainer {
   constructor(readonly model: GpuModel, readonly opts: FullTrainerOptions) {
     this.rt = model.rt;
     const w = model.weights;
-    if (w.dtype !== "f32") {
-      throw new Error(`full fine-tuning of ${w.dtype} weights (f32 master weights + 16-bit GEMM copies) is not implemented yet; load the model with --weight-dtype f32`);
-    }
     this.tied = w.lmHead === w.embed;
     const tensors = new Map<string, Tensor>();
     tensors.set("model.embed_tokens.weight", w.embed);
@@ -86,21 +84,43 @@ export class FullTrainer {
     this.grads = this.layout.allocate(this.rt, "full:grads");
     this.adam = createAdamWState(this.rt, this.layout);
     this.clip = createGradClipState(this.rt);
-    // Move every weight into its segment of `params` and point the model at the views.
+    // Every weight into its segment of `params` (16-bit ones widened to f32 masters); f32 ones are
+    // then read by the model through views of `params`, 16-bit ones stay as the GEMMs' copies.
     const rec = this.rt.recorder("full:init");
-    for (const [name, t] of tensors) rec.copy(t, this.layout.view(this.params, name));
+    for (const [name, t] of tensors) {
+      if (t.dtype === "f32") rec.copy(t, this.layout.view(this.params, name));
+      else {
+        convertTensor(rec, t, this.layout.view(this.params, name));
+        this.copies16.push({ name, t });
+      }
+    }
     rec.submit();
     rec.release();
-    const view = (name: string) => this.layout.view(this.params, name);
-    w.embed = view("model.embed_tokens.weight");
+    const replaced = new Map<Tensor, Tensor>();
+    const swap = (t: Tensor, name: string): Tensor => {
+      if (t.dtype !== "f32") return t;
+      const v = this.layout.view(this.params, name);
+      replaced.set(t, v);
+      return v;
+    };
+    w.embed = swap(w.embed, "model.embed_tokens.weight");
     w.layers.forEach((layer, l) => {
       for (const [key, name] of Object.entries(LAYER_TENSORS) as [keyof GpuLayerWeights, string][]) {
-        if (layer[key]) layer[key] = view(`model.layers.${l}.${name}`);
+        const t = layer[key];
+        if (t) layer[key] = swap(t, `model.layers.${l}.${name}`);
       }
     });
-    w.finalNorm = view("model.norm.weight");
-    w.lmHead = this.tied ? w.embed : view("lm_head.weight");
-    this.rt.release(...new Set(tensors.values()));
+    w.finalNorm = swap(w.finalNorm, "model.norm.weight");
+    w.lmHead = this.tied ? w.embed : swap(w.lmHead, "lm_head.weight");
+    this.rt.release(...replaced.keys());
+  }
+
+  /** 16-bit weights the GEMMs read, each rounded from its f32 master after every update. */
+  private readonly copies16: { name: string; t: Tensor }[] = [];
+
+  /** Rounds every f32 master into its 16-bit GEMM copy (after an update or setWeights). */
+  private recordRefreshCopies(rec: Recorder) {
+    for (const { name, t } of this.copies16) convertTensor(rec, this.layout.view(this.params, name), t);
   }
 
   /** Trainable parameters (the tied head counted once). */
@@ -195,6 +215,7 @@ export class FullTrainer {
       adamwStep(rec, this.adam, this.params, this.grads, {
         lr, step, beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, clip: this.clip,
       });
+      this.recordRefreshCopies(rec);
     }
     rec.submit();
     const l = await readLoss(rt, loss);
