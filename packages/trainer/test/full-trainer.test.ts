@@ -7,6 +7,7 @@ import { describe, expect, test } from "bun:test";
 import path from "node:path";
 import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, GpuModel, writeTinyModel } from "@tuneloom/model";
 import { assembleBatch } from "../src/batching.ts";
+import { checkFullFits, formatFullMemory, fullFinetuneMemory, fullParameterCount } from "../src/full-memory.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
 import { Rng } from "../src/rng.ts";
 import { tempDir } from "./helpers.ts";
@@ -93,3 +94,24 @@ describe("FullTrainer (unfinished): 16-bit weights", () => {
   }, 120_000);
 });
 
+
+describe("full fine-tuning memory (unfinished)", () => {
+  test("the parameter count matches the trainer's and Llama-3.1-8B's published 8,030,261,248; the statement and the refusal carry the numbers", async () => {
+    for (const arch of ["llama", "qwen2"] as const) {
+      const dir = path.join(tempDir("full-mem-"), arch);
+      const { config: cfg } = writeTinyModel(dir, { arch, seed: 1 });
+      const trainer = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f32" }), { gradientCheckpointing: true, weightDecay: 0, maxGradNorm: 1 });
+      expect(fullParameterCount(cfg, arch === "qwen2")).toBe(trainer.parameterCount);
+    }
+    const llama8b = { ...writeTinyModel(path.join(tempDir("full-mem-"), "m"), { arch: "llama", seed: 1 }).config,
+      hiddenSize: 4096, intermediateSize: 14336, numHeads: 32, numKvHeads: 8, headDim: 128, vocabSize: 128256, numLayers: 32, tieWordEmbeddings: false };
+    const P = fullParameterCount(llama8b, false);
+    expect(P).toBe(8_030_261_248);
+    const e = fullFinetuneMemory(llama8b, { params: P, weightBytes: 2, tokensPerMicroBatch: 8 * 1024, gradientCheckpointing: true });
+    expect(e.masters + e.copies16 + e.grads + e.optimizer).toBe(18 * P);
+    expect(formatFullMemory(e)).toMatch(/^memory: f32 masters 32\.12 GB \+ 16-bit copies 16\.06 GB \+ gradients 32\.12 GB \+ AdamW 64\.24 GB \+ activations \d+\.\d\d GB = \d+\.\d\d GB \(8,030,261,248 parameters\)$/);
+    expect(() => checkFullFits(e, { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 }, "a test GPU"))
+      .toThrow(/needs 32\.12 GB buffers .* but a test GPU binds at most 2\.15 GB per buffer .*Train a LoRA adapter instead/);
+    expect(() => checkFullFits(fullFinetuneMemory(llama8b, { params: 1e6, weightBytes: 4, tokensPerMicroBatch: 64, gradientCheckpointing: false }), { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 }, "x")).not.toThrow();
+  }, 60_000);
+});
