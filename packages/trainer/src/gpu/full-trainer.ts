@@ -21,15 +21,14 @@
  */
 import {
   type AdamWState, type GradClipState, type GpuRuntime, type Recorder, type Tensor,
-  FlatParamLayout, adamwStep, convertTensor, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, gradNormClip, readGradNorm,
-  readLoss, rmsnormBackward, rmsnormWeightBackward, scaleInPlace,
+  FlatParamLayout, convertTensor, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, rmsnormBackward, rmsnormWeightBackward,
 } from "@tuneloom/kernels";
 import {
   type GpuLayerWeights, type GpuModel, type LayerActivations, type LayerWeightGrads,
-  allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, releaseTensors,
+  allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
-import type { StepResult } from "./lora-trainer.ts";
+import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 
 export interface FullTrainerOptions {
   gradientCheckpointing: boolean;
@@ -161,9 +160,7 @@ export class FullTrainer {
     const { rt, model } = this;
     const cfg = model.cfg;
     const C = cfg.hiddenSize, L = cfg.numLayers;
-    const targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
-    const tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
-    if (targets === 0) throw new Error("a training step has no target tokens (every label is -100)");
+    const { targets, tokens } = stepCounts(microBatches);
     const rec = rt.recorder(`full-step ${step}`, { flushEvery: 256, cacheBindings: true });
     const toRelease: Tensor[] = [];
     const released: object[] = [];
@@ -209,20 +206,10 @@ export class FullTrainer {
       // x_0 = embed[ids]: dE[id] += dx_0
       toRelease.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
     }
-    scaleInPlace(rec, 1 / targets, this.grads);
-    gradNormClip(rec, this.grads, this.clip, this.opts.maxGradNorm);
-    if (update) {
-      adamwStep(rec, this.adam, this.params, this.grads, {
-        lr, step, beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, clip: this.clip,
-      });
-      this.recordRefreshCopies(rec);
-    }
-    rec.submit();
-    const l = await readLoss(rt, loss);
-    const norm = await readGradNorm(rt, this.clip);
-    rec.release();
-    rt.release(...toRelease);
-    for (const r of released) releaseTensors(rt, r);
-    return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+    return finishStep(rt, rec, this, {
+      lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+      afterUpdate: (r) => this.recordRefreshCopies(r),
+    });
   }
 }

@@ -23,26 +23,19 @@
 import { sumNll } from "../eval-set.ts";
 import {
   type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
-  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
-  gradNormClip, readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
+  FlatParamLayout, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
+  rmsnormBackward,
 } from "@tuneloom/kernels";
 import {
   type GpuModel, type LayerActivations, type LayerLora, type LoraConfig, type LoraTarget, type LoraLayerSpec, type LoraWeights,
   LORA_TARGETS, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, loraLayerSpecs, loraScaling,
-  loraTensorName, releaseTensors,
+  loraTensorName,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
+import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 
-export interface StepResult {
-  /** Mean loss over the step's target tokens. */
-  loss: number;
-  targets: number;
-  tokens: number;
-  gradNorm: number;
-  /** True when a loss or gradient was NaN/inf: the update was skipped. */
-  nonFinite: boolean;
-}
+export type { StepResult } from "./optimizer-step.ts";
 
 export interface LoraTrainerOptions {
   gradientCheckpointing: boolean;
@@ -198,9 +191,7 @@ export class LoraTrainer {
     const { rt, model } = this;
     const cfg = model.cfg;
     const C = cfg.hiddenSize, L = cfg.numLayers;
-    const targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
-    const tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
-    if (targets === 0) throw new Error("a training step has no target tokens (every label is -100)");
+    const { targets, tokens } = stepCounts(microBatches);
     // The backward runs in units of the summed loss (dlogits in [-1, 1]) so activation gradients
     // stay well inside f16's range where the tensor-core path rounds them; the LoRA gradients
     // are scaled back to the mean loss (× 1/targets) in f32 before clipping and AdamW.
@@ -258,20 +249,10 @@ export class LoraTrainer {
         [dOut, dIn] = [dIn, dOut];
       }
     });
-    scaleInPlace(rec, 1 / (gradUnit * targets), this.grads);
-    gradNormClip(rec, this.grads, this.clip, this.opts.maxGradNorm);
-    if (update) {
-      adamwStep(rec, this.adam, this.params, this.grads, {
-        lr, step, beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, clip: this.clip,
-      });
-    }
-    rec.submit();
-    const l = await readLoss(rt, loss);
-    const norm = await readGradNorm(rt, this.clip);
-    rec.release();
-    rt.release(...toRelease);
-    for (const r of released) releaseTensors(rt, r);
-    return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+    return finishStep(rt, rec, this, {
+      lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+    });
   }
 
   /** Mean loss over batches without updating anything (evaluation: no dropout). */
