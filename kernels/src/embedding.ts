@@ -11,6 +11,7 @@ import { flatGrid, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import embeddingWgsl from "./embedding.wgsl" with { type: "text" };
+import embeddingBackwardWgsl from "./embedding_backward.wgsl" with { type: "text" };
 
 const sources = new Map<DType, KernelSource>();
 function embeddingSource(tableDtype: DType): KernelSource {
@@ -53,4 +54,39 @@ export function embeddingForward(rec: Recorder, ids: Tensor, table: Tensor, out:
   expectTensor("embeddingForward", "errors", errors, "u32", [2]);
   rec.dispatch(`embeddingForward ${T}x${C}`, rec.rt.pipeline(embeddingSource(table.dtype), {}, "embedding_forward"),
     new Params(4).u32(T).u32(C).u32(V).u32(0).buffer, [ids, table, out, errors], flatGrid(T * C));
+}
+
+const backwardSource: KernelSource = { name: "embedding_backward", code: embeddingBackwardWgsl };
+
+/**
+ * dtable (V, C) f32 += the rows of dout (T, C) summed by token id (full fine-tuning).
+ * `hostIds` are the batch's ids as uploaded (the host groups positions by id, so the GPU sums
+ * in a fixed order); ids outside [0, V) are skipped (embeddingForward already reported them).
+ * Returns the index tensors to release once the recording has run.
+ */
+export function embeddingBackward(rec: Recorder, hostIds: Int32Array, dout: Tensor, dtable: Tensor): Tensor[] {
+  if (dtable.shape.length !== 2) throw new Error(`embeddingBackward: dtable must be (V, C), got [${dtable.shape.join(", ")}]`);
+  const [V, C] = dtable.shape as [number, number];
+  expectTensor("embeddingBackward", "dtable", dtable, "f32");
+  expectTensor("embeddingBackward", "dout", dout, "f32", [hostIds.length, C]);
+  const byId = new Map<number, number[]>();
+  hostIds.forEach((id, t) => {
+    if (id < 0 || id >= V) return;
+    const list = byId.get(id);
+    if (list) list.push(t);
+    else byId.set(id, [t]);
+  });
+  if (byId.size === 0) return [];
+  const uniq = new Uint32Array(byId.size), start = new Uint32Array(byId.size + 1), pos: number[] = [];
+  [...byId.entries()].forEach(([id, ts], k) => {
+    uniq[k] = id;
+    start[k] = pos.length;
+    pos.push(...ts);
+  });
+  start[byId.size] = pos.length;
+  const rt = rec.rt;
+  const tensors = [rt.upload("u32", [uniq.length], uniq, "emb_uniq"), rt.upload("u32", [start.length], start, "emb_start"), rt.upload("u32", [pos.length], Uint32Array.from(pos), "emb_pos")];
+  rec.dispatch(`embeddingBackward ${byId.size}x${C}`, rt.pipeline(backwardSource, {}, "embedding_backward"),
+    new Params(4).u32(C).u32(byId.size).u32(0).u32(0).buffer, [...tensors, dout, dtable], flatGrid(byId.size, 1));
+  return tensors;
 }

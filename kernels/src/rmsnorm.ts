@@ -1,7 +1,8 @@
 /**
  * RMSNorm with a frozen weight: y = x / sqrt(mean(x²) + eps) · w over the last axis.
  * x, y, dy, dx are f32 (T, C); w is (C) in f32, f16 or bf16; rstd (T) f32 is written by the
- * forward and read by the backward. Per-head norms (T·nH, hd) work through a view.
+ * forward and read by the backward. Per-head norms (T·nH, hd) work through a view. Full
+ * fine-tuning also differentiates w (rmsnormWeightBackward, rmsnorm_weight.wgsl).
  */
 import type { DType } from "./dtype.ts";
 import { wgslLoader } from "./load16.ts";
@@ -9,6 +10,9 @@ import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import rmsnormWgsl from "./rmsnorm.wgsl" with { type: "text" };
+import rmsnormWeightWgsl from "./rmsnorm_weight.wgsl" with { type: "text" };
+
+const weightGradSource: KernelSource = { name: "rmsnorm_weight", code: rmsnormWeightWgsl };
 
 const sources = new Map<DType, KernelSource>();
 function rmsnormSource(wDtype: DType): KernelSource {
@@ -58,4 +62,19 @@ export function rmsnormBackward(rec: Recorder, x: Tensor, w: Tensor, rstd: Tenso
   expectTensor("rmsnormBackward", "dx", dx, "f32", x.shape);
   rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: rmsnormThreads(C) }, "rmsnorm_backward"),
     new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, w, rstd, dy, dx], flatGrid(T, 1));
+}
+
+/**
+ * dw (C) = Σ_t dy[t]·x[t]·rstd[t] (elementwise over C): the norm weight's gradient (full
+ * fine-tuning; LoRA keeps norms frozen). `beta = 1` adds into dw.
+ */
+export function rmsnormWeightBackward(rec: Recorder, x: Tensor, rstd: Tensor, dy: Tensor, dw: Tensor, beta = 0) {
+  expectTensor("rmsnormWeightBackward", "x", x, "f32");
+  const C = x.shape[x.shape.length - 1] ?? 1;
+  const T = C === 0 ? 0 : x.numel / C;
+  expectTensor("rmsnormWeightBackward", "rstd", rstd, "f32", [T]);
+  expectTensor("rmsnormWeightBackward", "dy", dy, "f32", x.shape);
+  expectTensor("rmsnormWeightBackward", "dw", dw, "f32", [C]);
+  rec.dispatch(`rmsnormWeightBackward ${T}x${C}`, rec.rt.pipeline(weightGradSource, {}, "rmsnorm_weight_backward"),
+    new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, rstd, dy, dw], flatGrid(C, 64));
 }

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { checkEmbeddingErrors, embeddingErrors, embeddingForward, getRuntime, type Tensor } from "../src/index.ts";
+import { checkEmbeddingErrors, embeddingBackward, embeddingErrors, embeddingForward, getRuntime, type Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -68,4 +68,26 @@ describe("embedding gather", () => {
     expect(() => embeddingForward(rt.recorder(), tids, tt, tout, terr)).toThrow(/embeddingForward: out must have shape \[4, 8\]/);
     rt.release(tids, tt, tout, terr);
   });
+});
+
+describe("embedding backward (full fine-tuning) against float64", () => {
+  for (const [T, V, C] of [[9, 11, 64], [200, 50, 67], [1, 3, 5]] as const) {
+    test(`T=${T} V=${V} C=${C}: repeated ids sum, out-of-range ids skipped, accumulates`, async () => {
+      const r = rng(T * 7 + C);
+      const ids = Int32Array.from({ length: T }, (_, t) => (t === 3 ? V + 2 : r.int(0, V)));
+      ids[0] = ids.length > 1 ? ids[T - 1]! : ids[0]!; // a repeat
+      const dout = randn(T * C), prev = randn(V * C);
+      const tdout = rt.upload("f32", [T, C], dout), tdt = rt.upload("f32", [V, C], prev);
+      const rec = rt.recorder();
+      const scratch = embeddingBackward(rec, ids, tdout, tdt);
+      rec.submit();
+      const ref = Float64Array.from(prev);
+      ids.forEach((id, t) => {
+        if (id >= 0 && id < V) for (let c = 0; c < C; c++) ref[id * C + c]! += dout[t * C + c]!;
+      });
+      expect(relError(await rt.read(tdt), ref)).toBeLessThan(1e-6);
+      rec.release();
+      rt.release(tdout, tdt, ...scratch);
+    });
+  }
 });

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, rmsnormBackward, rmsnormForward, type Tensor } from "../src/index.ts";
+import { getRuntime, rmsnormBackward, rmsnormForward, rmsnormWeightBackward, type Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -132,4 +132,28 @@ test("rmsnorm shape errors name the kernel", () => {
   const rec = rt.recorder();
   expect(() => rmsnormForward(rec, tx, tw, ty, trstd, EPS)).toThrow(/rmsnormForward: w must have shape \[8\]/);
   rt.release(tx, tw, ty, trstd);
+});
+
+describe("rmsnorm weight gradient (full fine-tuning) against float64", () => {
+  for (const [T, C] of [[1, 576], [129, 67], [7, 2048], [3, 13]] as const) {
+    test(`T=${T} C=${C}: dw = Σ_t dy·x·rstd, beta=1 accumulates`, async () => {
+      const x = randn(T * C), dy = randn(T * C), dwPrev = randn(C);
+      const { t: tw, w } = weight("f32", C);
+      const tx = rt.upload("f32", [T, C], x), tdy = rt.upload("f32", [T, C], dy);
+      const ty = rt.empty("f32", [T, C]), trstd = rt.empty("f32", [T]);
+      const tdw = rt.empty("f32", [C]), tdwAcc = rt.upload("f32", [C], dwPrev);
+      const rec = rt.recorder();
+      rmsnormForward(rec, tx, tw, ty, trstd, EPS);
+      rmsnormWeightBackward(rec, tx, trstd, tdy, tdw);
+      rmsnormWeightBackward(rec, tx, trstd, tdy, tdwAcc, 1);
+      rec.submit();
+      const { rstd } = rmsnormRef(x, w, T, C);
+      const ref = new Float64Array(C);
+      for (let t = 0; t < T; t++) for (let c = 0; c < C; c++) ref[c]! += dy[t * C + c]! * x[t * C + c]! * rstd[t]!;
+      expect(relError(await rt.read(tdw), ref)).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tdwAcc), ref.map((v, c) => v + dwPrev[c]!))).toBeLessThan(1e-5);
+      rec.release();
+      rt.release(tx, tdy, ty, trstd, tdw, tdwAcc, tw);
+    });
+  }
 });

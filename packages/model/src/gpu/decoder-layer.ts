@@ -13,7 +13,7 @@
  */
 import {
   type GpuRuntime, type Recorder, type Tensor,
-  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, rmsnormBackward, rmsnormForward,
+  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, matmul, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -50,6 +50,26 @@ export interface LayerActivations {
 export interface LayerGradScratch {
   dAct: Tensor; dGate: Tensor; dUp: Tensor; dXn: Tensor; dMid: Tensor; dAttn: Tensor;
   dq: Tensor; dk: Tensor; dv: Tensor; dsum: Tensor; dh: Tensor;
+}
+
+/**
+ * Full fine-tuning: f32 gradients of one layer's weights (shapes as GpuLayerWeights), accumulated
+ * (+=) by decoderLayerBackward so micro-batches sum. `ones` is f32 (T) of 1s: a bias gradient is
+ * the column sum of dy, onesᵀ·dy.
+ */
+export interface LayerWeightGrads {
+  inputNorm: Tensor; q: Tensor; k: Tensor; v: Tensor; o: Tensor; postNorm: Tensor; gate: Tensor; up: Tensor; down: Tensor;
+  qBias?: Tensor; kBias?: Tensor; vBias?: Tensor; oBias?: Tensor; gateBias?: Tensor; upBias?: Tensor; downBias?: Tensor;
+  ones: Tensor;
+}
+
+/** dW (out, in) += dyᵀ·x and, with a bias, db (out) += onesᵀ·dy: the weight gradients of y = x·Wᵀ + b. */
+function linearWeightGrads(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, db: Tensor | undefined, ones: Tensor) {
+  linearBackwardWeight(rec, x, dy, dw, 1, 1);
+  if (db) {
+    const [T, outF] = dy.shape as [number, number];
+    matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
+  }
 }
 
 export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
@@ -168,28 +188,37 @@ export function decoderLayerForward(
 
 /**
  * Backward of decoderLayerForward: dx (T, C) from dOut (T, C); LoRA gradients accumulate into
- * each module's dA/dB. dx must not alias dOut.
+ * each module's dA/dB, and with `wg` (full fine-tuning) every weight's gradient into wg. dx must
+ * not alias dOut.
  */
 export function decoderLayerBackward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
-  x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {},
+  x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {}, wg?: LayerWeightGrads,
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
   const dh = g.dh;
-  // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...
+  // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
   linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
+  if (wg) linearWeightGrads(rec, a.act, dOut, wg.down, wg.downBias, wg.ones);
   // act = silu(gate)·up
   swigluBackward(rec, a.gate, a.up, g.dAct, g.dGate, g.dUp);
-  // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup
+  // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup;  dWgate = dGateᵀ·xn2, dWup = dUpᵀ·xn2
   linearsLoraBackward(rec, a.xn2, [
     { w: w.gate, dy: g.dGate, lora: lora.gate_proj },
     { w: w.up, dy: g.dUp, lora: lora.up_proj },
   ], g.dXn, 0, a.loraH.gateUp, dh);
+  if (wg) {
+    linearWeightGrads(rec, a.xn2, g.dGate, wg.gate, wg.gateBias, wg.ones);
+    linearWeightGrads(rec, a.xn2, g.dUp, wg.up, wg.upBias, wg.ones);
+    // xn2 = rmsnorm(xMid)·w_post:  dw_post = Σ_t dXn·xMid·rstd2
+    rmsnormWeightBackward(rec, a.xMid, a.rstd2, g.dXn, wg.postNorm, 1);
+  }
   // xn2 = rmsnorm(xMid):  dMid = dOut + rmsnorm'(dXn)
   rec.copy(dOut, g.dMid);
   rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
-  // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo
+  // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo;  dWo = dMidᵀ·attn
   linearsLoraBackward(rec, a.attn, [{ w: w.o, dy: g.dMid, lora: lora.o_proj }], g.dAttn, 0, a.loraH.o, dh);
+  if (wg) linearWeightGrads(rec, a.attn, g.dMid, wg.o, wg.oBias, wg.ones);
   // attn = attention(q, k, v)
   attentionBackward(rec, {
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
@@ -205,6 +234,14 @@ export function decoderLayerBackward(
     { w: w.k, dy: g.dk, lora: lora.k_proj },
     { w: w.v, dy: g.dv, lora: lora.v_proj },
   ], g.dXn, 0, a.loraH.qkv, dh);
+  if (wg) {
+    // dW{q,k,v} = d{q,k,v}ᵀ·xn1 (dq, dk already rotated back)
+    linearWeightGrads(rec, a.xn1, g.dq, wg.q, wg.qBias, wg.ones);
+    linearWeightGrads(rec, a.xn1, g.dk, wg.k, wg.kBias, wg.ones);
+    linearWeightGrads(rec, a.xn1, g.dv, wg.v, wg.vBias, wg.ones);
+    // xn1 = rmsnorm(x)·w_in:  dw_in = Σ_t dXn·x·rstd1
+    rmsnormWeightBackward(rec, x, a.rstd1, g.dXn, wg.inputNorm, 1);
+  }
   // xn1 = rmsnorm(x):  dx = dMid + rmsnorm'(dXn)
   rec.copy(g.dMid, dx);
   rmsnormBackward(rec, x, w.inputNorm, a.rstd1, g.dXn, dx, 1);

@@ -30,27 +30,20 @@
 import { sumNll } from "../eval-set.ts";
 import {
   type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
-  FlatParamLayout, adamwStep, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
-  gradNormClip, readGradNorm, readLoss, rmsnormBackward, scaleInPlace,
+  FlatParamLayout, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
+  rmsnormBackward,
 } from "@tuneloom/kernels";
 import {
   type GpuModel, type LayerActivations, type LayerLora, type LoraConfig, type LoraTarget, type LoraLayerSpec, type LoraWeights,
   LORA_TARGETS, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward, loraLayerSpecs, loraScaling,
-  loraTensorName, releaseTensors,
+  loraTensorName,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import type { Collectives } from "../distributed/world.ts";
+import { finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 
-export interface StepResult {
-  /** Mean loss over the step's target tokens. */
-  loss: number;
-  targets: number;
-  tokens: number;
-  gradNorm: number;
-  /** True when a loss or gradient was NaN/inf: the update was skipped. */
-  nonFinite: boolean;
-}
+export type { StepResult } from "./optimizer-step.ts";
 
 export interface LoraTrainerOptions {
   gradientCheckpointing: boolean;
@@ -276,20 +269,10 @@ export class LoraTrainer {
       rec.flush();
       ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
     }
-    scaleInPlace(rec, 1 / (gradUnit * targets), this.grads);
-    gradNormClip(rec, this.grads, this.clip, this.opts.maxGradNorm);
-    if (update) {
-      adamwStep(rec, this.adam, this.params, this.grads, {
-        lr, step, beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, clip: this.clip,
-      });
-    }
-    rec.submit();
-    const l = await readLoss(rt, loss);
-    const norm = await readGradNorm(rt, this.clip);
-    rec.release();
-    rt.release(...toRelease);
-    for (const r of released) releaseTensors(rt, r);
-    return { loss: l.mean, targets, tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+    return finishStep(rt, rec, this, {
+      lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+    });
   }
 
   /**

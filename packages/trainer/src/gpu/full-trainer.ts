@@ -1,0 +1,215 @@
+/**
+ * UNFINISHED (branch fullft-part2-wip): one optimizer step of FULL fine-tuning on the GPU, every
+ * weight trained, on the kernels LoRA uses. Not wired to the CLI or train-loop yet; see
+ * docs/full-finetuning.md "Status" for what is left.
+ *
+ * Every weight the model runs (embedding, each layer's norms, projections and biases, the final
+ * norm, the LM head unless tied) is one segment of a flat f32 buffer (`params`), with its
+ * gradient and AdamW moments in buffers of the same layout, so gradNormClip and adamwStep run
+ * once over everything, as for LoRA. The model's f32 weight tensors (and always its norms and
+ * biases) are replaced by views of `params`, so the forward reads the weights being trained.
+ * A model that runs 16-bit weights keeps them as the GEMMs' copies: `params` holds the f32
+ * masters, and every step ends by rounding each master into its 16-bit copy (convertTensor).
+ *
+ * Gradients, per micro-batch, accumulated over the step's micro-batches (loss: mean over all
+ * target tokens of the step, as LoraTrainer):
+ *   LM head      dW_head += dlogitsᵀ·h                  (crossEntropy's dw)
+ *   each layer   dW = dyᵀ·x per projection, db = onesᵀ·dy, dw_norm = Σ dy·x·rstd (decoderLayerBackward's wg)
+ *   embedding    dE[id] += dx_0[t] for every t with ids[t] = id (embeddingBackward); tied: the
+ *                same buffer as the head's
+ * Weight decay, as transformers' Trainer: on matrices, not on norms and biases.
+ */
+import {
+  type AdamWState, type GradClipState, type GpuRuntime, type Recorder, type Tensor,
+  FlatParamLayout, convertTensor, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, rmsnormBackward, rmsnormWeightBackward,
+} from "@tuneloom/kernels";
+import {
+  type GpuLayerWeights, type GpuModel, type LayerActivations, type LayerWeightGrads,
+  allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward,
+} from "@tuneloom/model";
+import type { Batch } from "../batching.ts";
+import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
+
+export interface FullTrainerOptions {
+  gradientCheckpointing: boolean;
+  weightDecay: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  maxGradNorm: number;
+}
+
+/** GpuLayerWeights keys → the HF tensor name inside `model.layers.<l>.`. */
+const LAYER_TENSORS: Record<keyof GpuLayerWeights, string> = {
+  inputNorm: "input_layernorm.weight", postNorm: "post_attention_layernorm.weight",
+  q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight", v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight",
+  qBias: "self_attn.q_proj.bias", kBias: "self_attn.k_proj.bias", vBias: "self_attn.v_proj.bias", oBias: "self_attn.o_proj.bias",
+  gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight",
+  gateBias: "mlp.gate_proj.bias", upBias: "mlp.up_proj.bias", downBias: "mlp.down_proj.bias",
+};
+
+export class FullTrainer {
+  readonly layout: FlatParamLayout;
+  readonly params: Tensor;
+  readonly grads: Tensor;
+  readonly adam: AdamWState;
+  readonly clip: GradClipState;
+  /** HF tensor names in layout order (the head is absent when tied). */
+  readonly names: string[];
+  private readonly rt: GpuRuntime;
+  private readonly tied: boolean;
+
+  constructor(readonly model: GpuModel, readonly opts: FullTrainerOptions) {
+    this.rt = model.rt;
+    const w = model.weights;
+    this.tied = w.lmHead === w.embed;
+    const tensors = new Map<string, Tensor>();
+    tensors.set("model.embed_tokens.weight", w.embed);
+    w.layers.forEach((layer, l) => {
+      for (const [key, name] of Object.entries(LAYER_TENSORS) as [keyof GpuLayerWeights, string][]) {
+        const t = layer[key];
+        if (t) tensors.set(`model.layers.${l}.${name}`, t);
+      }
+    });
+    tensors.set("model.norm.weight", w.finalNorm);
+    if (!this.tied) tensors.set("lm_head.weight", w.lmHead);
+    this.names = [...tensors.keys()];
+    const noDecay = (name: string) => name.endsWith(".bias") || name.endsWith("norm.weight");
+    this.layout = new FlatParamLayout(
+      this.names.map((name) => ({ name, shape: tensors.get(name)!.shape, ...(noDecay(name) ? { weightDecay: 0 } : {}) })),
+      { weightDecay: opts.weightDecay },
+    );
+    this.params = this.layout.allocate(this.rt, "full:params");
+    this.grads = this.layout.allocate(this.rt, "full:grads");
+    this.adam = createAdamWState(this.rt, this.layout);
+    this.clip = createGradClipState(this.rt);
+    // Every weight into its segment of `params` (16-bit ones widened to f32 masters); f32 ones are
+    // then read by the model through views of `params`, 16-bit ones stay as the GEMMs' copies.
+    const rec = this.rt.recorder("full:init");
+    for (const [name, t] of tensors) {
+      if (t.dtype === "f32") rec.copy(t, this.layout.view(this.params, name));
+      else {
+        convertTensor(rec, t, this.layout.view(this.params, name));
+        this.copies16.push({ name, t });
+      }
+    }
+    rec.submit();
+    rec.release();
+    const replaced = new Map<Tensor, Tensor>();
+    const swap = (t: Tensor, name: string): Tensor => {
+      if (t.dtype !== "f32") return t;
+      const v = this.layout.view(this.params, name);
+      replaced.set(t, v);
+      return v;
+    };
+    w.embed = swap(w.embed, "model.embed_tokens.weight");
+    w.layers.forEach((layer, l) => {
+      for (const [key, name] of Object.entries(LAYER_TENSORS) as [keyof GpuLayerWeights, string][]) {
+        const t = layer[key];
+        if (t) layer[key] = swap(t, `model.layers.${l}.${name}`);
+      }
+    });
+    w.finalNorm = swap(w.finalNorm, "model.norm.weight");
+    w.lmHead = this.tied ? w.embed : swap(w.lmHead, "lm_head.weight");
+    this.rt.release(...replaced.keys());
+  }
+
+  /** 16-bit weights the GEMMs read, each rounded from its f32 master after every update. */
+  private readonly copies16: { name: string; t: Tensor }[] = [];
+
+  /** Rounds every f32 master into its 16-bit GEMM copy (after an update or setWeights). */
+  private recordRefreshCopies(rec: Recorder) {
+    for (const { name, t } of this.copies16) convertTensor(rec, this.layout.view(this.params, name), t);
+  }
+
+  /** Trainable parameters (the tied head counted once). */
+  get parameterCount(): number {
+    return this.layout.segments.reduce((n, s) => n + s.numel, 0);
+  }
+
+  /** One layer's gradient views; `ones` (T) for the bias gradients. */
+  private layerGrads(l: number, ones: Tensor): LayerWeightGrads {
+    const out: Record<string, Tensor> = { ones };
+    for (const [key, name] of Object.entries(LAYER_TENSORS)) {
+      const full = `model.layers.${l}.${name}`;
+      if (this.names.includes(full)) out[key] = this.layout.view(this.grads, full);
+    }
+    return out as unknown as LayerWeightGrads;
+  }
+
+  /** Every weight as its HF name → f32 values (to save a model directory or checkpoint). */
+  async getWeights(): Promise<Map<string, Float32Array>> {
+    return this.readSegments(this.params);
+  }
+
+  /** Every weight's gradient of the last step (tests, gradient checks). */
+  async getGradients(): Promise<Map<string, Float32Array>> {
+    return this.readSegments(this.grads);
+  }
+
+  private async readSegments(flat: Tensor): Promise<Map<string, Float32Array>> {
+    const all = await this.rt.read(flat);
+    return new Map(this.layout.segments.map((s) => [s.name, all.slice(s.offset, s.offset + s.numel)]));
+  }
+
+  /**
+   * One optimizer step over `microBatches` at learning rate `lr` (`step`: 1-based, for AdamW's
+   * bias correction). `update: false` computes the loss and gradients only.
+   */
+  async step(microBatches: readonly Batch[], lr: number, step: number, update = true): Promise<StepResult> {
+    const { rt, model } = this;
+    const cfg = model.cfg;
+    const C = cfg.hiddenSize, L = cfg.numLayers;
+    const { targets, tokens } = stepCounts(microBatches);
+    const rec = rt.recorder(`full-step ${step}`, { flushEvery: 256, cacheBindings: true });
+    const toRelease: Tensor[] = [];
+    const released: object[] = [];
+    const loss = rt.zeros("f32", [2], "loss");
+    toRelease.push(loss);
+    rec.clear(this.grads);
+    const embedGrad = this.layout.view(this.grads, "model.embed_tokens.weight");
+    const headGrad = this.tied ? embedGrad : this.layout.view(this.grads, "lm_head.weight");
+    for (const batch of microBatches) {
+      const T = batch.inputIds.length;
+      const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
+      const labels = rt.upload("i32", [T], batch.labels, "labels");
+      const ones = rt.upload("f32", [T], new Float32Array(T).fill(1), "ones");
+      toRelease.push(tb.ids, tb.positions, tb.seqIds, labels, ones);
+      const xs = Array.from({ length: L + 1 }, (_, l) => rt.empty("f32", [T, C], `x${l}`));
+      toRelease.push(...xs);
+      const actSets: LayerActivations[] = this.opts.gradientCheckpointing
+        ? [allocLayerActivations(rt, cfg, T, 0, [])]
+        : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, 0, []));
+      released.push(actSets);
+      const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
+      const fwd = model.recordForward(rec, tb, { layerInputs: xs, activations: actsFor });
+      toRelease.push(...fwd.scratch);
+      const dh = rt.empty("f32", [T, C], "dh");
+      const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
+      const recomputeOut = rt.empty("f32", [T, C], "recompute_out");
+      toRelease.push(dh, dxA, dxB, recomputeOut);
+      // The loss in summed units (scale 1), as LoraTrainer; scaled to the mean after all micro-batches.
+      crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, dw: headGrad, accumulateDw: true, scale: 1, nonFinite: this.clip.nonFinite });
+      // h = rmsnorm(x_L)·w_final: dx_L, dw_final
+      rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
+      rmsnormWeightBackward(rec, fwd.x, fwd.rstd, dh, this.layout.view(this.grads, "model.norm.weight"), 1);
+      const g = allocLayerGradScratch(rt, cfg, T, 0);
+      released.push(g);
+      let dOut = dxA, dIn = dxB;
+      for (let l = L - 1; l >= 0; l--) {
+        const ctx = model.layerContext(l);
+        const w = model.weights.layers[l]!;
+        if (this.opts.gradientCheckpointing && l < L - 1) decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l));
+        decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones));
+        [dOut, dIn] = [dIn, dOut];
+      }
+      // x_0 = embed[ids]: dE[id] += dx_0
+      toRelease.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
+    }
+    return finishStep(rt, rec, this, {
+      lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+      afterUpdate: (r) => this.recordRefreshCopies(r),
+    });
+  }
+}

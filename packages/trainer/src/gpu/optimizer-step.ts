@@ -1,0 +1,73 @@
+/**
+ * The parts of a training step LoraTrainer and FullTrainer share: counting a step's targets,
+ * and its end, once every micro-batch's gradients are accumulated in summed-loss units: scale
+ * to the mean loss, clip the global norm, AdamW (skipped on the GPU when anything is NaN/inf),
+ * submit, read the loss and norm back, release the step's tensors.
+ */
+import {
+  type AdamWState, type GpuRuntime, type GradClipState, type Recorder, type Tensor,
+  adamwStep, gradNormClip, readGradNorm, readLoss, scaleInPlace,
+} from "@tuneloom/kernels";
+import { releaseTensors } from "@tuneloom/model";
+import type { Batch } from "../batching.ts";
+
+export interface StepResult {
+  /** Mean loss over the step's target tokens. */
+  loss: number;
+  targets: number;
+  tokens: number;
+  gradNorm: number;
+  /** True when a loss or gradient was NaN/inf: the update was skipped. */
+  nonFinite: boolean;
+}
+
+/** Target and non-pad tokens of a step's micro-batches; a step without targets is refused. */
+export function stepCounts(microBatches: readonly Batch[]): { targets: number; tokens: number } {
+  const targets = microBatches.reduce((n, b) => n + b.numTargets, 0);
+  const tokens = microBatches.reduce((n, b) => n + b.numTokens, 0);
+  if (targets === 0) throw new Error("a training step has no target tokens (every label is -100)");
+  return { targets, tokens };
+}
+
+export interface OptimizerBuffers {
+  params: Tensor;
+  grads: Tensor;
+  adam: AdamWState;
+  clip: GradClipState;
+}
+
+export interface StepEnd {
+  lr: number;
+  /** 1-based optimizer step (AdamW bias correction). */
+  step: number;
+  update: boolean;
+  /** The loss unit the backward ran in (the gradients are divided by gradUnit · targets). */
+  gradUnit: number;
+  loss: Tensor;
+  targets: number;
+  tokens: number;
+  maxGradNorm: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  /** Recorded after the update (FullTrainer: refresh the 16-bit copies). */
+  afterUpdate?: (rec: Recorder) => void;
+  toRelease: Tensor[];
+  released: object[];
+}
+
+export async function finishStep(rt: GpuRuntime, rec: Recorder, b: OptimizerBuffers, e: StepEnd): Promise<StepResult> {
+  scaleInPlace(rec, 1 / (e.gradUnit * e.targets), b.grads);
+  gradNormClip(rec, b.grads, b.clip, e.maxGradNorm);
+  if (e.update) {
+    adamwStep(rec, b.adam, b.params, b.grads, { lr: e.lr, step: e.step, beta1: e.beta1, beta2: e.beta2, eps: e.eps, clip: b.clip });
+    e.afterUpdate?.(rec);
+  }
+  rec.submit();
+  const l = await readLoss(rt, e.loss);
+  const norm = await readGradNorm(rt, b.clip);
+  rec.release();
+  rt.release(...e.toRelease);
+  for (const r of e.released) releaseTensors(rt, r);
+  return { loss: l.mean, targets: e.targets, tokens: e.tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+}
