@@ -107,7 +107,7 @@ export interface CrossEntropyArgs {
   scale?: number;
   /** Vocabulary columns per chunk (rounded for alignment; see crossEntropyChunk). */
   chunk?: number;
-  /** Scratch; without one it comes from the pool and goes back at once (fine for a Recorder submitted once). */
+  /** Scratch; without one it is the recording's scratch (Recorder.scratch), held until the recorder's release(). */
   workspace?: CrossEntropyWorkspace;
 }
 
@@ -146,7 +146,12 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
     if (ws.T !== T) throw new Error(`${K}: workspace is for T = ${ws.T}, got T = ${T}`);
     const align = lcm(rowAlign(C, BYTES_PER_ELEMENT[w.dtype]), args.dw ? rowAlign(C, 4) : 1);
     if (ws.chunk < V && ws.chunk % align !== 0) throw new Error(`${K}: workspace chunk ${ws.chunk} is not a multiple of ${align} rows of W`);
-  } else ws = createCrossEntropyWorkspace(rt, T, chunk);
+  } else {
+    // Recording-scoped scratch, never the runtime's pool: a buffer handed back to the pool now
+    // could be taken by an upload or zeros() before this recording is submitted, and that host
+    // write, queued at once, would land before the dispatches recorded here that still use it.
+    ws = { logits: rec.scratch("f32", [T, chunk], "ce:logits"), state: rec.scratch("f32", [T, 4], "ce:state"), T, chunk };
+  }
 
   const pStats = rt.pipeline(source, {}, "ce_chunk_stats");
   const pFinal = rt.pipeline(source, {}, "ce_finalize");
@@ -196,7 +201,11 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
     }
   }
   if (h16) rec.recycle(h16);
-  if (ownWs) releaseCrossEntropyWorkspace(rt, ws);
+  // Later dispatches of this recording may reuse the scratch (the recording holds it until release()).
+  if (ownWs) {
+    rec.recycle(ws.logits);
+    rec.recycle(ws.state);
+  }
 }
 
 /** Reads [lossSum, count] back (waits for the GPU). */
@@ -226,7 +235,9 @@ export function logitsRows(rec: Recorder, h: Tensor, w: Tensor, rows: readonly n
   let x = h;
   const contiguous = rows.every((r, i) => r === i) && R === T;
   if (!contiguous) {
-    x = scratch ?? rt.empty("f32", [R, C], "logitsRows:x");
+    // Without `scratch`, the recording's own (see crossEntropy's workspace: not the pool, whose
+    // buffers a host write may take before this recording is submitted).
+    x = scratch ?? rec.scratch("f32", [R, C], "logitsRows:x");
     expectTensor(K, "scratch", x, "f32", [R, C]);
     rows.forEach((r, i) => rec.copy(h, x, C * 4, r * C * 4, i * C * 4));
   }
@@ -239,7 +250,7 @@ export function logitsRows(rec: Recorder, h: Tensor, w: Tensor, rows: readonly n
     const c = new Tensor(out.buffer, "f32", [R * V - v0], out.byteOffset + v0 * 4, out.label); // columns v0.. of each row
     matmulAuto(rec, { a: x, b: rowSlice(w, v0, n, C), c, M: R, N: n, K: C, transB: true, ldc: V }); // (R, n)
   }
-  if (!contiguous && !scratch) rt.release(x);
+  if (!contiguous && !scratch) rec.recycle(x);
 }
 
 /** Labelled rows are padded to a multiple of this (the tensor-core head needs M % 16 == 0). */

@@ -202,6 +202,11 @@ export class GpuRuntime {
     return new Uint32Array(await this.readBytes(t));
   }
 
+  /**
+   * Gives tensors' buffers back to the pool. Not while a recording not yet submitted still uses
+   * them: the next upload/write/zeros may take the buffer, and its host write, queued at once,
+   * lands before that recording runs. Temporaries inside a recording are Recorder.scratch().
+   */
   release(...tensors: (Tensor | undefined | null)[]) {
     for (const t of tensors) if (t && t.byteOffset === 0) this.buffers.release(t.buffer);
   }

@@ -291,3 +291,53 @@ describe("crossEntropyOnLabelledRows (the head only where there is a label)", ()
   });
 });
 
+
+/**
+ * Host writes (rt.upload, rt.write, rt.zeros) go on the queue at once, ahead of any recording
+ * not yet submitted. A kernel that handed its scratch back to the runtime's pool while its
+ * dispatches were still only recorded let a later upload of the same recording take that
+ * buffer: the recording, submitted afterwards, overwrote the upload (train --grad-accum: the
+ * next micro-batch's token ids became the cross-entropy row state). Scratch must stay the
+ * recording's until it is released.
+ */
+describe("scratch of a recording is not handed to host writes before it is submitted", () => {
+  const uploadAfter = async (record: (rec: ReturnType<typeof rt.recorder>) => void, bytes: number) => {
+    rt.trimPool(); // the pool's free buffers would otherwise decide which one the upload gets
+    const rec = rt.recorder("scratch then upload");
+    record(rec);
+    const data = new Int32Array(bytes / 4).map((_, i) => 1000 + i);
+    const up = rt.upload("i32", [data.length], data, "uploaded-after");
+    const copy = rt.empty("i32", [data.length], "copy");
+    rec.copy(up, copy); // what a later dispatch of the recording reads from the upload
+    rec.submit();
+    const got = await rt.readI32(copy);
+    rec.release();
+    rt.release(up, copy);
+    return { got, data };
+  };
+
+  test("crossEntropy without a workspace: an upload recorded after it keeps its contents", async () => {
+    const T = 20, C = 16, V = 96;
+    const h = randn(T * C), w = randn(V * C, 0.5), labels = makeLabels(T, V, 21);
+    const th = rt.upload("f32", [T, C], h), tw = rt.upload("f32", [V, C], w), tl = rt.upload("i32", [T], labels);
+    const loss = rt.empty("f32", [2]), dh = rt.empty("f32", [T, C]);
+    // An upload of the size of the row state (T, 4) f32 (and of the logits (T, V)).
+    for (const bytes of [T * 16, T * V * 4]) {
+      const { got, data } = await uploadAfter((rec) => crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 1 }), bytes);
+      expect(Array.from(got)).toEqual(Array.from(data));
+    }
+    const ref = crossEntropyRef(h, w, labels, T, C, V, 1);
+    const l = await readLoss(rt, loss);
+    expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(1e-5);
+    expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(1e-5);
+    rt.release(th, tw, tl, loss, dh);
+  });
+
+  test("logitsRows gathering rows: an upload recorded after it keeps its contents", async () => {
+    const T = 9, C = 32, V = 200, rows = [8, 3, 0];
+    const th = rt.upload("f32", [T, C], randn(T * C)), tw = rt.upload("f32", [V, C], randn(V * C)), out = rt.empty("f32", [rows.length, V]);
+    const { got, data } = await uploadAfter((rec) => logitsRows(rec, th, tw, rows, out), rows.length * C * 4);
+    expect(Array.from(got)).toEqual(Array.from(data));
+    rt.release(th, tw, out);
+  });
+});

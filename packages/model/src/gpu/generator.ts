@@ -320,8 +320,9 @@ export class KvCacheGenerator {
     const acts = allocLayerActivations(rt, model.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
     const logits = rt.empty("f32", [B, V], "logits");
     const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
-    // Uploaded before recording starts: a pooled buffer released mid-recording (logitsRows'
-    // scratch) could otherwise come back here and be overwritten by the recording's own copies.
+    // Host writes go on the queue at once, ahead of the recording below: a kernel must never hand
+    // a buffer back to the pool while its dispatches are only recorded (logitsRows and
+    // crossEntropy take their scratch from the recording), or such an upload could take it.
     const penalties = this.uploadPenalties(rows.map((r) => r.penalties));
     const tokens = rt.empty("i32", [B], "tokens"), logprobs = rt.empty("f32", [B], "logprobs");
     const topIds = topN > 0 ? rt.empty("i32", [B, topN]) : undefined;
