@@ -87,35 +87,42 @@ function redirect(c: Libc): Redirect | null {
   };
 }
 
-/** Runs `fn` with the process's stdout and stderr captured (nested calls capture into the outer one). */
-export function captureNativeOutput<T>(fn: () => T): { result: T; output: NativeOutput } {
+/** Starts a capture (none when nested in another, or where it is unavailable); `end` finishes it. */
+function begin(): { end: () => NativeOutput; abandon: () => void } {
   const c = depth === 0 ? loadLibc() : null;
   const r = c ? redirect(c) : null;
   depth++;
+  let done = false;
+  const finish = () => {
+    if (done) return { stdout: "", stderr: "" };
+    done = true;
+    depth--;
+    return r ? r.restore() : { stdout: "", stderr: "" };
+  };
+  return { end: finish, abandon: () => replay(finish()) };
+}
+
+/** Runs `fn` with the process's stdout and stderr captured (nested calls capture into the outer one). */
+export function captureNativeOutput<T>(fn: () => T): { result: T; output: NativeOutput } {
+  const capture = begin();
   try {
     const result = fn();
-    return { result, output: r ? r.restore() : { stdout: "", stderr: "" } };
+    return { result, output: capture.end() };
   } catch (e) {
-    if (r) replay(r.restore());
+    capture.abandon();
     throw e;
-  } finally {
-    depth--;
   }
 }
 
 /** The async form, for calls that print before their promise settles (requestAdapter). */
 export async function captureNativeOutputAsync<T>(fn: () => Promise<T>): Promise<{ result: T; output: NativeOutput }> {
-  const c = depth === 0 ? loadLibc() : null;
-  const r = c ? redirect(c) : null;
-  depth++;
+  const capture = begin();
   try {
     const result = await fn();
-    return { result, output: r ? r.restore() : { stdout: "", stderr: "" } };
+    return { result, output: capture.end() };
   } catch (e) {
-    if (r) replay(r.restore());
+    capture.abandon();
     throw e;
-  } finally {
-    depth--;
   }
 }
 

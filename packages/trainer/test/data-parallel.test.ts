@@ -16,24 +16,13 @@ import { nextMicroBatches } from "../src/distributed/data-parallel.ts";
 import { MpiLibrary, MpiLibraryError } from "../src/distributed/mpi.ts";
 import { detectLauncher } from "../src/distributed/world.ts";
 import { TRAIN_DEFAULTS, type TrainOptions, train } from "../src/train-loop.ts";
-import { tempDir, tinyModel } from "./helpers.ts";
+import { tempDir, tinyModel, writeUnevenConversations } from "./helpers.ts";
 
 const MPIRUN = Bun.which("mpirun");
 const RANK_MAIN = path.join(import.meta.dir, "mpi", "rank-main.ts");
 if (!MPIRUN) console.warn("data-parallel.test.ts: mpirun not found, the MPI runs are skipped (install Open MPI: bash scripts/setup-mpi.sh)");
 
-/** 16 conversations: with 2 rows per micro-batch an epoch is 8 micro-batches, 4 steps of N=2. */
-function writeData(dir: string): string {
-  const file = path.join(dir, "train.jsonl");
-  const rows = Array.from({ length: 16 }, (_, i) => ({
-    messages: [
-      { role: "user", content: `What is the capital of C${i}?${" Please answer.".repeat(i % 3)}` },
-      { role: "assistant", content: `The capital of C${i} is V${i}ville${"!".repeat(i % 4)}.` },
-    ],
-  }));
-  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
-  return file;
-}
+const writeData = writeUnevenConversations;
 
 // 6 steps cross into epoch 1 (a new shuffle); dropout off (masks are per micro-batch, and
 // N=1 with 2b rows has one micro-batch where N=2 has two).

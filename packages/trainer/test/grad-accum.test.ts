@@ -16,23 +16,12 @@ import { loadTrainingData } from "../src/data.ts";
 import { nextMicroBatches } from "../src/distributed/data-parallel.ts";
 import { tokenizeDataset } from "../src/tokenize-conversation.ts";
 import { TRAIN_DEFAULTS, type TrainOptions, train } from "../src/train-loop.ts";
-import { tempDir, tinyModel } from "./helpers.ts";
+import { tempDir, tinyModel, writeUnevenConversations } from "./helpers.ts";
 
 const STEPS = 6; // 4 steps per epoch: crosses into epoch 1 (a new shuffle)
 const SEED = 3, MAX_LENGTH = 64;
 
-/** 16 conversations of uneven length: batch shapes vary from step to step. */
-function writeData(dir: string): string {
-  const file = path.join(dir, "train.jsonl");
-  const rows = Array.from({ length: 16 }, (_, i) => ({
-    messages: [
-      { role: "user", content: `What is the capital of C${i}?${" Please answer.".repeat(i % 3)}` },
-      { role: "assistant", content: `The capital of C${i} is V${i}ville${"!".repeat(i % 4)}.` },
-    ],
-  }));
-  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
-  return file;
-}
+const writeData = writeUnevenConversations;
 
 const options = (data: string, out: string, o: Partial<TrainOptions>): TrainOptions => ({
   ...TRAIN_DEFAULTS, quiet: true, log: () => {},

@@ -86,3 +86,16 @@ export function smallRunOptions(data: string, out: string, overrides: Partial<Tr
     quiet: true, log: () => {}, ...overrides,
   };
 }
+
+/** 16 conversations of uneven length (batch shapes vary from step to step), as train.jsonl in dir. */
+export function writeUnevenConversations(dir: string): string {
+  const file = path.join(dir, "train.jsonl");
+  const rows = Array.from({ length: 16 }, (_, i) => ({
+    messages: [
+      { role: "user", content: `What is the capital of C${i}?${" Please answer.".repeat(i % 3)}` },
+      { role: "assistant", content: `The capital of C${i} is V${i}ville${"!".repeat(i % 4)}.` },
+    ],
+  }));
+  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  return file;
+}
