@@ -3,13 +3,15 @@
 // batch give each exactly its solo tokens; /v1/models lists them vLLM's way; adapters loaded and
 // unloaded at runtime (403 without the flag); --max-loras refuses past the cap.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import OpenAI from "openai";
 import { gaussianSampler, loadModelConfig, loraLayerSpecs, normalizeTargetModules, writeAdapterDir } from "@tuneloom/model";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
 import { type GpuEngine, loadGpuEngine } from "../src/gpu-engine.ts";
 import { adapterNameOf, loadCpuReferenceEngine } from "../src/load.ts";
-import { JSON_HEADERS, makeTinyModelDir, type RunningServer, startServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, readUntil, type RunningServer, startServer } from "./helpers.ts";
+
+const MAIN = resolve(import.meta.dir, "../../cli/src/main.ts");
 
 const TEMPLATE_B =
   "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' (B)\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}" +
@@ -191,4 +193,35 @@ describe("the HTTP server with several adapters", () => {
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as { error: { code: string } }).error.code).toBe("invalid_adapter");
   }, 180_000);
+});
+
+describe("serve --lora-modules", () => {
+  test("vLLM's spelling: --lora-modules a=DIR b=DIR serves the base and both; --adapter names its run directory", async () => {
+    const proc = Bun.spawn(["bun", MAIN, "serve", "--model", model.dir, "--port", "0", "--lora-modules", `a=${dirA}`, `b=${dirB}`, "--max-context", "64", "--max-running", "2"], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    try {
+      const out = { text: "" };
+      await readUntil(proc.stdout.getReader(), /listening on (http:\/\/127\.0\.0\.1:\d+)/, out);
+      const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out.text)![1]!;
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string; parent: string | null }[] };
+      expect(models.data.map((m) => [m.id, m.parent])).toEqual([["tiny-model", null], ["a", "tiny-model"], ["b", "tiny-model"]]);
+      expect(out.text).toContain("serving 'b' (adapter of 'tiny-model'");
+      const load = await fetch(`${url}/v1/load_lora_adapter`, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ lora_name: "c", lora_path: dirC }) });
+      expect(load.status).toBe(403); // no --enable-lora-runtime-updates
+    } finally {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    }
+  }, 60_000);
+
+  test("past --max-loras, or beside --adapter, it refuses to start", async () => {
+    const over = Bun.spawn(["bun", MAIN, "serve", "--model", model.dir, "--port", "0", "--lora-modules", `a=${dirA}`, `b=${dirB}`, "--max-loras", "1"], { stdout: "pipe", stderr: "pipe" });
+    expect(await over.exited).toBe(1);
+    expect(await new Response(over.stderr).text()).toContain("--lora-modules names 2 adapters, more than --max-loras 1");
+    const both = Bun.spawn(["bun", MAIN, "serve", "--model", model.dir, "--adapter", dirA, "--lora-modules", `b=${dirB}`], { stdout: "pipe", stderr: "pipe" });
+    expect(await both.exited).toBe(1);
+    expect(await new Response(both.stderr).text()).toContain("--adapter and --lora-modules do not go together");
+  }, 60_000);
 });
