@@ -12,9 +12,9 @@ import { apiKeyGuard } from "./auth.ts";
 import { readJsonBody } from "./body.ts";
 import { chatCompletion } from "./chat-completions.ts";
 import { completion } from "./completions.ts";
-import { checkModel, type EndpointContext } from "./endpoint.ts";
+import { type EndpointContext, resolveModel, servedModels } from "./endpoint.ts";
 import { checkJsonContentType } from "./content-type.ts";
-import type { InferenceEngine } from "./engine.ts";
+import type { InferenceEngine, ServedModel } from "./engine.ts";
 import { ApiError, badRequest, ClientGone, errorResponse, shutdownError } from "./errors.ts";
 import { checkHost } from "./host-check.ts";
 import { ServerMetrics } from "./metrics.ts";
@@ -44,7 +44,7 @@ export interface TuneloomServer {
 type AppEnv = { Bindings: { clock?: ConnectionClock } };
 
 /** Route label for metrics: known paths only, so random URLs cannot blow up label cardinality. */
-const KNOWN_PATHS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize", "/apply-template"]);
+const KNOWN_PATHS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/health", "/metrics", "/tokenize", "/detokenize", "/apply-template"]);
 const endpointOf = (path: string) => (KNOWN_PATHS.has(path) ? path : "other");
 
 export function createServer(options: ServerOptions): TuneloomServer {
@@ -120,16 +120,35 @@ export function createServer(options: ServerOptions): TuneloomServer {
     return completion(ctx, parseRequest(completionSchema, await body(c)));
   });
 
-  app.get("/v1/models", (c) =>
-    c.json({
-      object: "list",
-      data: [{ id: engine.modelId, object: "model", created, owned_by: "tuneloom", root: engine.modelId, parent: null, max_model_len: engine.maxContext }],
-    }),
-  );
+  // vLLM's shape: an adapter's `parent` is the base's id, its `root` the directory it was loaded from.
+  const modelCard = (m: ServedModel) => ({ id: m.id, object: "model", created, owned_by: "tuneloom", root: m.root, parent: m.parent, max_model_len: engine.maxContext });
+  app.get("/v1/models", (c) => c.json({ object: "list", data: servedModels(engine).map(modelCard) }));
 
-  app.get("/v1/models/:id", (c) => {
-    checkModel(engine, c.req.param("id"));
-    return c.json({ id: engine.modelId, object: "model", created, owned_by: "tuneloom", root: engine.modelId, parent: null, max_model_len: engine.maxContext });
+  app.get("/v1/models/:id", (c) => c.json(modelCard(resolveModel(engine, c.req.param("id")))));
+
+  // vLLM's runtime LoRA routes, only with enableLoraRuntimeUpdates (--enable-lora-runtime-updates).
+  const runtimeUpdates = (c: Context<AppEnv>, what: "loadAdapter" | "unloadAdapter") => {
+    if (!options.enableLoraRuntimeUpdates)
+      throw new ApiError(403, `${c.req.path} is disabled; start the server with --enable-lora-runtime-updates to load and unload adapters while serving`, "permission_error", null, "lora_runtime_updates_disabled");
+    if (!engine[what]) throw new ApiError(501, `this engine (${engine.modelId}) cannot ${what === "loadAdapter" ? "load" : "unload"} adapters while serving (the GPU engine can)`, "server_error");
+  };
+  const stringField = (json: unknown, name: string): string => {
+    const v = (json as Record<string, unknown> | null)?.[name];
+    if (typeof v !== "string" || v === "") throw badRequest(`${name} is required (a non-empty string)`, name, "invalid_value");
+    return v;
+  };
+  app.post("/v1/load_lora_adapter", async (c) => {
+    runtimeUpdates(c, "loadAdapter");
+    const json = await body(c);
+    const name = stringField(json, "lora_name"), path = stringField(json, "lora_path");
+    await engine.loadAdapter!(name, path);
+    return c.text(`Success: LoRA adapter '${name}' added successfully.`);
+  });
+  app.post("/v1/unload_lora_adapter", async (c) => {
+    runtimeUpdates(c, "unloadAdapter");
+    const name = stringField(await body(c), "lora_name");
+    await engine.unloadAdapter!(name);
+    return c.text(`Success: LoRA adapter '${name}' removed successfully.`);
   });
 
   app.get("/health", (c) => {
@@ -142,17 +161,17 @@ export function createServer(options: ServerOptions): TuneloomServer {
   // vLLM's /tokenize: {prompt} or {messages, add_generation_prompt} → {count, max_model_len, tokens}.
   app.post("/tokenize", async (c) => {
     const req = parseRequest(tokenizeSchema, await body(c));
-    checkModel(engine, req.model);
+    const served = resolveModel(engine, req.model);
     let ids: number[];
     if ("messages" in req) {
-      const prompt = renderChatPrompt(engine.chatTemplate, req.messages, {
+      const prompt = renderChatPrompt(served.chatTemplate, req.messages, {
         tools: req.tools ?? null,
         addGenerationPrompt: req.add_generation_prompt ?? true,
         kwargs: req.chat_template_kwargs,
       });
-      ids = req.add_special_tokens ? engine.tokenizer.encode(prompt, { addSpecialTokens: true }).ids : engine.tokenizer.encodeChat(prompt).ids;
+      ids = req.add_special_tokens ? served.tokenizer.encode(prompt, { addSpecialTokens: true }).ids : served.tokenizer.encodeChat(prompt).ids;
     } else {
-      ids = engine.tokenizer.encode(req.prompt, { addSpecialTokens: req.add_special_tokens ?? true }).ids;
+      ids = served.tokenizer.encode(req.prompt, { addSpecialTokens: req.add_special_tokens ?? true }).ids;
     }
     return c.json({ count: ids.length, max_model_len: engine.maxContext, tokens: ids, token_strs: null });
   });
@@ -160,17 +179,17 @@ export function createServer(options: ServerOptions): TuneloomServer {
   // vLLM's /detokenize: {tokens} → {prompt}.
   app.post("/detokenize", async (c) => {
     const req = parseRequest(detokenizeSchema, await body(c));
-    checkModel(engine, req.model);
-    const vocab = engine.tokenizer.vocabSize;
+    const { tokenizer } = resolveModel(engine, req.model);
+    const vocab = tokenizer.vocabSize;
     const bad = req.tokens.findIndex((id) => id < 0 || id >= vocab);
     if (bad >= 0) throw badRequest(`tokens[${bad}]: token id ${req.tokens[bad]} is outside the vocabulary (0..${vocab - 1})`, `tokens[${bad}]`, "invalid_value");
-    return c.json({ prompt: engine.tokenizer.decode(req.tokens) });
+    return c.json({ prompt: tokenizer.decode(req.tokens) });
   });
 
   // llama.cpp's /apply-template: {messages} → {prompt}, the exact string generation would tokenize.
   app.post("/apply-template", async (c) => {
     const req = parseRequest(applyTemplateSchema, await body(c));
-    const prompt = renderChatPrompt(engine.chatTemplate, req.messages, {
+    const prompt = renderChatPrompt(resolveModel(engine, req.model).chatTemplate, req.messages, {
       tools: req.tools ?? null,
       addGenerationPrompt: req.add_generation_prompt ?? true,
       kwargs: req.chat_template_kwargs,

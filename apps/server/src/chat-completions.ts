@@ -6,7 +6,7 @@
  * function.name (arguments ""), then one with its arguments; text before a call is content.
  */
 import type { EngineTokenizer, TokenLogprob } from "./engine.ts";
-import { checkModel, newId, nowSeconds, tokenText, usageOf, type EndpointContext } from "./endpoint.ts";
+import { resolveModel, newId, nowSeconds, tokenText, usageOf, type EndpointContext } from "./endpoint.ts";
 import { badRequest } from "./errors.ts";
 import { startGeneration, type GeneratedToken } from "./generate.ts";
 import { generationRequest, stopStrings } from "./sampling-request.ts";
@@ -36,7 +36,8 @@ const toolCallOf = (c: ParsedCall) => ({ id: c.id, type: "function" as const, fu
 
 export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionRequest): Promise<Response> {
   const { engine } = ctx;
-  checkModel(engine, body.model);
+  const served = resolveModel(engine, body.model);
+  const genCtx = { ...ctx, tokenizer: served.tokenizer }; // detokenized by the model's own tokenizer
   if (body.top_logprobs != null && body.top_logprobs > 0 && !body.logprobs)
     throw badRequest("top_logprobs requires logprobs to be true", "top_logprobs", "invalid_value");
   if (body.response_format && body.response_format.type !== "text")
@@ -44,11 +45,12 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
   if (body.max_tokens != null && body.max_completion_tokens != null && body.max_tokens !== body.max_completion_tokens)
     throw badRequest("max_tokens and max_completion_tokens disagree; send one of them", "max_completion_tokens", "invalid_value");
 
-  const plan = planChatPrompt(engine.chatTemplate, body);
-  const promptIds = engine.tokenizer.encodeChat(plan.prompt).ids;
+  const plan = planChatPrompt(served.chatTemplate, body);
+  const promptIds = served.tokenizer.encodeChat(plan.prompt).ids;
   const maxParam = body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   const request = generationRequest(
     engine,
+    served,
     body,
     promptIds,
     { value: body.max_completion_tokens ?? body.max_tokens ?? null, param: maxParam },
@@ -56,9 +58,9 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
     { enabled: body.logprobs === true, top: body.logprobs ? (body.top_logprobs ?? 0) : 0 },
   );
   // A call marker may be a special token (Mistral's [TOOL_CALLS]): the parser must see it.
-  const generation = startGeneration(ctx, request, stopStrings(body.stop), ctx.signal, { skipSpecialTokens: plan.format === null });
+  const generation = startGeneration(genCtx, request, stopStrings(body.stop), ctx.signal, { skipSpecialTokens: plan.format === null });
   const deltas = chatDeltas(generation.deltas, plan);
-  const base = { id: newId("chatcmpl"), created: nowSeconds(), model: engine.modelId, system_fingerprint: ctx.systemFingerprint };
+  const base = { id: newId("chatcmpl"), created: nowSeconds(), model: served.id, system_fingerprint: ctx.systemFingerprint };
   const wantLogprobs = request.logprobs;
 
   if (!body.stream) {
@@ -79,7 +81,7 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
     return Response.json({
       ...base,
       object: "chat.completion",
-      choices: [{ index: 0, message, logprobs: wantLogprobs ? chatLogprobs(engine.tokenizer, tokens) : null, finish_reason: finishReason ?? "stop" }],
+      choices: [{ index: 0, message, logprobs: wantLogprobs ? chatLogprobs(served.tokenizer, tokens) : null, finish_reason: finishReason ?? "stop" }],
       usage: usageOf(generation.usage),
     });
   }
@@ -96,7 +98,7 @@ export async function chatCompletion(ctx: EndpointContext, body: ChatCompletionR
     yield choice({ role: "assistant", content: "" });
     for await (const d of deltas) {
       if (d.content || (wantLogprobs && d.tokens.length > 0))
-        yield choice({ content: d.content }, wantLogprobs ? chatLogprobs(engine.tokenizer, d.tokens) : null);
+        yield choice({ content: d.content }, wantLogprobs ? chatLogprobs(served.tokenizer, d.tokens) : null);
       for (const c of d.calls) {
         yield choice({ tool_calls: [{ index: c.index, id: c.id, type: "function", function: { name: c.name, arguments: "" } }] });
         yield choice({ tool_calls: [{ index: c.index, function: { arguments: c.arguments } }] });

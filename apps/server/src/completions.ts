@@ -7,7 +7,7 @@
  * Streamed, the prompts' chunks interleave as they are generated, each carrying its choice index.
  */
 import type { GenerationRequest } from "./engine.ts";
-import { checkModel, collect, newId, nowSeconds, tokenText, usageOf, type EndpointContext, type Usage } from "./endpoint.ts";
+import { resolveModel, collect, newId, nowSeconds, tokenText, usageOf, type EndpointContext, type Usage } from "./endpoint.ts";
 import { badRequest } from "./errors.ts";
 import { startGeneration, type Generation, type GeneratedToken } from "./generate.ts";
 import { merge } from "./merge-streams.ts";
@@ -24,12 +24,13 @@ function promptsOf(prompt: CompletionRequest["prompt"]): (string | number[])[] {
 
 export async function completion(ctx: EndpointContext, body: CompletionRequest): Promise<Response> {
   const { engine } = ctx;
-  checkModel(engine, body.model);
+  const served = resolveModel(engine, body.model);
+  const genCtx = { ...ctx, tokenizer: served.tokenizer }; // detokenized by the model's own tokenizer
   if (body.suffix) throw badRequest("suffix is not supported", "suffix", "unsupported_value");
   if (body.best_of != null && body.best_of !== 1) throw badRequest("best_of > 1 is not supported", "best_of", "unsupported_value");
   if (body.echo && body.logprobs != null) throw badRequest("echo together with logprobs is not supported (prompt logprobs are not computed)", "echo", "unsupported_value");
 
-  const tokenizer = engine.tokenizer;
+  const tokenizer = served.tokenizer;
   const prompts = promptsOf(body.prompt);
   const batch = prompts.length > 1 || Array.isArray(body.prompt[0]) || typeof body.prompt[0] === "string";
   const planned = prompts.map((prompt, i): { request: GenerationRequest; promptText: string } => {
@@ -45,7 +46,7 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
       if (bad !== undefined) throw badRequest(`${param}: token id ${bad} is outside the vocabulary (0..${tokenizer.vocabSize - 1})`, param, "invalid_value");
       promptText = body.echo ? tokenizer.decode(promptIds) : "";
     }
-    const request = generationRequest(engine, body, promptIds, { value: body.max_tokens ?? 16, param: "max_tokens" }, param, {
+    const request = generationRequest(engine, served, body, promptIds, { value: body.max_tokens ?? 16, param: "max_tokens" }, param, {
       enabled: body.logprobs != null,
       top: body.logprobs ?? 0,
     });
@@ -53,7 +54,7 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
   });
   const generations: Generation[] = [];
   try {
-    for (const { request } of planned) generations.push(startGeneration(ctx, request, stopStrings(body.stop), ctx.signal));
+    for (const { request } of planned) generations.push(startGeneration(genCtx, request, stopStrings(body.stop), ctx.signal));
   } catch (err) {
     for (const g of generations) g.cancel();
     throw err;
@@ -63,7 +64,7 @@ export async function completion(ctx: EndpointContext, body: CompletionRequest):
     promptTokens: generations.reduce((n, g) => n + g.usage.promptTokens, 0),
     completionTokens: generations.reduce((n, g) => n + g.usage.completionTokens, 0),
   });
-  const base = { id: newId("cmpl"), created: nowSeconds(), model: engine.modelId, system_fingerprint: ctx.systemFingerprint, object: "text_completion" };
+  const base = { id: newId("cmpl"), created: nowSeconds(), model: served.id, system_fingerprint: ctx.systemFingerprint, object: "text_completion" };
   const wantLogprobs = body.logprobs != null;
 
   // Legacy logprobs: parallel arrays; text_offset counts from the start of the choice's returned text.

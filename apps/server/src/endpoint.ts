@@ -2,7 +2,7 @@
  * What the generation endpoints share: their context, the model check, ids and timestamps, the
  * usage block, and draining a generation for a non-streamed answer.
  */
-import type { EngineTokenizer, InferenceEngine } from "./engine.ts";
+import type { EngineTokenizer, InferenceEngine, ServedModel } from "./engine.ts";
 import { ApiError } from "./errors.ts";
 import type { Generation, GenerationContext, GenerationDelta, GeneratedToken } from "./generate.ts";
 import type { StreamContext } from "./sse.ts";
@@ -16,9 +16,26 @@ export interface EndpointContext extends GenerationContext, StreamContext {
   abortReason: () => Error;
 }
 
+/** The models an engine serves, the default first (just its own when it has no `models`). */
+export function servedModels(engine: InferenceEngine): readonly ServedModel[] {
+  return engine.models?.() ?? [{ id: engine.modelId, parent: null, root: engine.modelId, adapter: null, tokenizer: engine.tokenizer, chatTemplate: engine.chatTemplate }];
+}
+
+/**
+ * The served model a request's `model` names (absent: the default), or a 404 that lists the
+ * names this server serves.
+ */
+export function resolveModel(engine: InferenceEngine, model: string | undefined): ServedModel {
+  const models = servedModels(engine);
+  const found = model === undefined ? models[0] : models.find((m) => m.id === model);
+  if (found) return found;
+  const names = models.map((m) => `'${m.id}'`).join(", ");
+  throw new ApiError(404, `The model '${model}' does not exist; this server serves ${names} (see GET /v1/models)`, "invalid_request_error", "model", "model_not_found");
+}
+
+/** resolveModel for routes that only check the name. */
 export function checkModel(engine: InferenceEngine, model: string | undefined): void {
-  if (model !== undefined && model !== engine.modelId)
-    throw new ApiError(404, `The model '${model}' does not exist; this server serves '${engine.modelId}' (see GET /v1/models)`, "invalid_request_error", "model", "model_not_found");
+  resolveModel(engine, model);
 }
 
 export const newId = (prefix: string) => `${prefix}-${crypto.randomUUID().replace(/-/g, "")}`;

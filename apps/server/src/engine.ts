@@ -43,6 +43,8 @@ export interface GenerationRequest {
   minP?: number;
   /** stopTokenIds cannot be sampled before this many tokens are generated. Absent or 0: off. */
   minTokens?: number;
+  /** The LoRA adapter (its served name) this sequence runs with; absent or null: the base model. */
+  adapter?: string | null;
   /** Report the sampled token's logprob on each event. */
   logprobs: boolean;
   /** Also report the this-many most likely alternatives (0..20) on each event. */
@@ -93,6 +95,22 @@ export interface EngineChatTemplate {
   specialTokens: { bos_token?: string; eos_token?: string; pad_token?: string; unk_token?: string };
 }
 
+/** One name a client may send as `model`: the base, or an adapter over it (vLLM's LoRA serving). */
+export interface ServedModel {
+  /** What clients send as `model` and /v1/models lists. */
+  readonly id: string;
+  /** The base's id for an adapter (vLLM's `parent`), null for the base. */
+  readonly parent: string | null;
+  /** The directory it was read from (vLLM's `root` for an adapter is its path). */
+  readonly root: string;
+  /** GenerationRequest.adapter for it: the adapter's name, null for the base. */
+  readonly adapter: string | null;
+  /** Its own tokenizer (an adapter may ship one) and stop ids. */
+  readonly tokenizer: EngineTokenizer;
+  /** Its own training template (hash-checked against training_args.json when loaded). */
+  readonly chatTemplate: EngineChatTemplate;
+}
+
 export interface InferenceEngine {
   /** The id clients pass as `model` and `/v1/models` lists. */
   readonly modelId: string;
@@ -110,6 +128,15 @@ export interface InferenceEngine {
    * failure is thrown from the iterator.
    */
   submit(request: GenerationRequest, signal: AbortSignal): AsyncIterable<TokenEvent>;
+  /**
+   * Every model this engine serves, the default (modelId) first. Absent: only modelId, with the
+   * engine's own tokenizer and template.
+   */
+  models?(): readonly ServedModel[];
+  /** Load a PEFT adapter directory under `name` while serving (vLLM's /v1/load_lora_adapter). Throws ApiError when refused. */
+  loadAdapter?(name: string, dir: string): Promise<ServedModel>;
+  /** Stop serving `name`: new requests for it are refused at once; resolves when its last running request has ended. */
+  unloadAdapter?(name: string): Promise<void>;
   /** Stop the loop and free resources; pending sequences end as if aborted. */
   close(): Promise<void>;
 }

@@ -6,6 +6,11 @@
  * submit for every running sequence (each at its own position, with its own sampling row and
  * uniform draw), sampling on the GPU.
  *
+ * Several adapters (vLLM's --lora-modules): the base and every loaded adapter are served models
+ * of one engine, sharing its KV slots and its continuous batch. A decode step groups the running
+ * sequences by adapter and runs one forward per group present (base rows get no LoRA delta), all
+ * within the same step boundary; see docs/serving.md "Several adapters".
+ *
  * Sampling matches CpuReferenceEngine (same draws, same semantics), so a seeded request yields
  * the same tokens on both engines (up to f32 vs float64 rounding of near-tied logits or of u
  * landing on a CDF step) and the same tokens alone or batched. Logit rows past the tokenizer's
@@ -17,18 +22,28 @@ import {
   GpuModel, KvCacheGenerator, type LayerLora, type LoadGpuModelOptions, type ModelConfig, loadModelConfig, loadServingTokenizer, readAdapterDir,
   releaseAdapter, resolveServingTemplate, servingStopTokenIds, uploadAdapter,
 } from "@tuneloom/model";
+import { AsyncQueue } from "./async-queue.ts";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
-import type { EngineChatTemplate, EngineTokenizer } from "./engine.ts";
-import { type AdapterSummary, engineTokenizer, summarizeAdapter } from "./load.ts";
+import type { EngineChatTemplate, EngineTokenizer, GenerationRequest, ServedModel, TokenEvent } from "./engine.ts";
+import { ApiError, badRequest } from "./errors.ts";
+import { type AdapterSummary, adapterNameOf, engineTokenizer, summarizeAdapter } from "./load.ts";
 import { checkContextFitsModel, checkDeviceFits, checkIntegerFlag } from "./startup-checks.ts";
 
 export interface GpuEngineOptions {
+  /** The base model's id (clients send it as `model` for the base). */
   modelId: string;
   model: GpuModel;
-  /** Adapter modules uploaded for `model` (uploadAdapter); the forward adds s·B·A·x to each. */
-  lora?: readonly LayerLora[];
+  /** The base's tokenizer (with its stop ids) and template. */
   tokenizer: EngineTokenizer;
   chatTemplate: EngineChatTemplate;
+  /** Where the base was read from: /v1/models' `root`, and what runtime adapter loads resolve templates against. */
+  modelDir?: string;
+  /** Adapters served from the start, each under its own name (readServedAdapter). */
+  adapters?: readonly ServedAdapter[];
+  /** The model a request without `model` gets: this adapter's name; default the base. */
+  defaultAdapter?: string;
+  /** Most adapters loaded at once (startup and runtime loads); default 8. */
+  maxLoras?: number;
   /** Sequences decoded together = KV slots; default 16. */
   maxBatchSize?: number;
   /** KV rows per slot (prompt + generated); default min(max_position_embeddings, 4096). */
@@ -37,30 +52,186 @@ export interface GpuEngineOptions {
 
 export const DEFAULT_GPU_MAX_BATCH = 16;
 export const DEFAULT_GPU_MAX_CONTEXT = 4096;
+export const DEFAULT_MAX_LORAS = 8;
 const defaultMaxContext = (cfg: Pick<ModelConfig, "maxPositionEmbeddings">) => Math.min(cfg.maxPositionEmbeddings, DEFAULT_GPU_MAX_CONTEXT);
 
-/** Per sequence: its KV slot. */
-type Slot = number;
+/** An adapter uploaded for the model, with what it is served with. */
+export interface ServedAdapter {
+  served: ServedModel;
+  lora: LayerLora[];
+  summary: AdapterSummary;
+}
 
-export class GpuEngine extends BatchingEngine<Slot> {
+/**
+ * Reads and checks `dir` against the model (adapter_config, every tensor's shape), resolves its
+ * own template (refused when training_args.json pins another sha256), tokenizer and stop ids,
+ * and uploads its A and B.
+ */
+export function readServedAdapter(model: GpuModel, modelDir: string, baseId: string, name: string, dir: string): ServedAdapter {
+  const loaded = readAdapterDir(dir, model.cfg);
+  const chatTemplate = resolveServingTemplate(modelDir, dir);
+  const tokenizer = loadServingTokenizer(modelDir, dir);
+  const served: ServedModel = {
+    id: name, parent: baseId, root: resolve(dir), adapter: name, chatTemplate,
+    tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, model.cfg, tokenizer)),
+  };
+  return { served, lora: uploadAdapter(model, loaded), summary: summarizeAdapter(loaded) };
+}
+
+/** An adapter being served. */
+interface AdapterEntry extends ServedAdapter {
+  /** Sequences submitted for it that have not ended yet. */
+  active: number;
+  unloading: boolean;
+  /** Resolved when `active` drops to 0 (unload waits on them). */
+  idle: (() => void)[];
+}
+
+/** Per sequence: its KV slot and its adapter's modules (null: the base). */
+export interface SeqState {
+  slot: number;
+  lora: readonly LayerLora[] | null;
+}
+
+const notServed = (name: string, served: readonly string[]) =>
+  new ApiError(404, `The model '${name}' does not exist; this server serves ${served.map((n) => `'${n}'`).join(", ")} (see GET /v1/models)`, "invalid_request_error", "model", "model_not_found");
+
+/** Indices of `batch` by adapter, in first-seen order (null: the base). */
+function groupByAdapter(batch: readonly LiveSequence<SeqState>[]): Map<readonly LayerLora[] | null, number[]> {
+  const groups = new Map<readonly LayerLora[] | null, number[]>();
+  batch.forEach((seq, i) => {
+    const g = groups.get(seq.state.lora);
+    if (g) g.push(i);
+    else groups.set(seq.state.lora, [i]);
+  });
+  return groups;
+}
+
+/** Runs `run` once per adapter group of `batch` and puts each group's rows back in batch order. */
+async function perAdapter<T>(
+  batch: readonly LiveSequence<SeqState>[], run: (indices: number[], lora: readonly LayerLora[] | null) => Promise<T[]>,
+): Promise<T[]> {
+  const out = new Array<T>(batch.length);
+  for (const [lora, indices] of groupByAdapter(batch)) {
+    const rows = await run(indices, lora);
+    indices.forEach((i, k) => (out[i] = rows[k]!));
+  }
+  return out;
+}
+
+export class GpuEngine extends BatchingEngine<SeqState> {
   readonly model: GpuModel;
-  private readonly lora: readonly LayerLora[] | undefined;
+  readonly maxLoras: number;
   private readonly generator: KvCacheGenerator;
+  private readonly base: ServedModel;
+  private readonly modelDir: string | undefined;
+  private readonly adapters = new Map<string, AdapterEntry>();
+  private readonly defaultAdapter: string | undefined;
 
   constructor(options: GpuEngineOptions) {
+    const def = options.defaultAdapter === undefined ? undefined : options.adapters?.find((a) => a.served.id === options.defaultAdapter);
+    if (options.defaultAdapter !== undefined && !def) throw new Error(`defaultAdapter '${options.defaultAdapter}' is not one of the adapters`);
     super({
       ...options,
+      modelId: def?.served.id ?? options.modelId,
+      tokenizer: def?.served.tokenizer ?? options.tokenizer,
+      chatTemplate: def?.served.chatTemplate ?? options.chatTemplate,
       maxBatchSize: options.maxBatchSize ?? DEFAULT_GPU_MAX_BATCH,
       maxContext: options.maxContext ?? defaultMaxContext(options.model.cfg),
     });
     this.model = options.model;
-    this.lora = options.lora;
+    this.modelDir = options.modelDir;
+    this.defaultAdapter = options.defaultAdapter;
+    this.maxLoras = options.maxLoras ?? DEFAULT_MAX_LORAS;
+    checkIntegerFlag("--max-loras", this.maxLoras, 1);
+    this.base = {
+      id: options.modelId, parent: null, root: options.modelDir ? resolve(options.modelDir) : options.modelId, adapter: null,
+      tokenizer: options.tokenizer, chatTemplate: options.chatTemplate,
+    };
+    const adapters = options.adapters ?? [];
+    if (adapters.length > this.maxLoras) throw new Error(tooManyAdapters(adapters.length, this.maxLoras));
+    for (const a of adapters) {
+      if (a.served.id === this.base.id || this.adapters.has(a.served.id)) throw new Error(`the model name '${a.served.id}' is given twice (base and adapters need distinct names)`);
+      this.adapters.set(a.served.id, { ...a, active: 0, unloading: false, idle: [] });
+    }
     this.generator = new KvCacheGenerator(options.model, {
       maxSlots: this.maxBatchSize,
       maxContext: this.maxContext,
-      lora: options.lora,
       validVocab: options.tokenizer.vocabSize,
+      // Every adapter keeps its recorded steps: at least one (batch size, top-N) shape each.
+      replayCacheSize: 8 + 2 * this.maxLoras,
     });
+  }
+
+  /** The default first (the --adapter in the one-adapter form, else the base), then the base, then the adapters in load order. */
+  models(): readonly ServedModel[] {
+    const live = [...this.adapters.values()].filter((a) => !a.unloading).map((a) => a.served);
+    const all = [this.base, ...live];
+    const i = all.findIndex((m) => m.id === this.defaultAdapter);
+    return i > 0 ? [all[i]!, ...all.slice(0, i), ...all.slice(i + 1)] : all;
+  }
+
+  private servedNames(): string[] {
+    return this.models().map((m) => m.id);
+  }
+
+  async loadAdapter(name: string, dir: string): Promise<ServedModel> {
+    if (!this.modelDir) throw new ApiError(501, "this engine was built without its model directory and cannot load adapters", "server_error");
+    if (name === this.base.id || this.adapters.has(name))
+      throw badRequest(`The model name '${name}' is already served; unload it first or pick another lora_name`, "lora_name", "adapter_already_loaded");
+    if (this.adapters.size >= this.maxLoras)
+      throw badRequest(`${tooManyAdapters(this.adapters.size + 1, this.maxLoras)}; unload one first`, "lora_name", "max_loras_reached");
+    let adapter: ServedAdapter;
+    try {
+      adapter = readServedAdapter(this.model, this.modelDir, this.base.id, name, dir);
+    } catch (err) {
+      throw badRequest(`cannot load adapter '${name}' from ${dir}: ${(err as Error).message}`, "lora_path", "invalid_adapter");
+    }
+    this.adapters.set(name, { ...adapter, active: 0, unloading: false, idle: [] });
+    return adapter.served;
+  }
+
+  async unloadAdapter(name: string): Promise<void> {
+    const entry = this.adapters.get(name);
+    if (!entry || entry.unloading) throw notServed(name, this.servedNames());
+    entry.unloading = true; // new requests for it are 404s from now on
+    if (entry.active > 0) await new Promise<void>((resolve) => entry.idle.push(resolve));
+    this.adapters.delete(name);
+    this.generator.forgetLora(entry.lora);
+    releaseAdapter(this.model, entry.lora);
+  }
+
+  /** Counts the sequence against its adapter (unload waits for it); an adapter not served (or unloading) is a 404. */
+  override submit(request: GenerationRequest, signal: AbortSignal): AsyncIterable<TokenEvent> {
+    const name = request.adapter ?? null;
+    if (name === null) return super.submit(request, signal);
+    const entry = this.adapters.get(name);
+    if (!entry || entry.unloading) {
+      const events = new AsyncQueue<TokenEvent>();
+      events.fail(notServed(name, this.servedNames()));
+      return events;
+    }
+    entry.active++;
+    let inner: AsyncIterable<TokenEvent>;
+    try {
+      inner = super.submit(request, signal);
+    } catch (err) {
+      this.ended(entry);
+      throw err;
+    }
+    const ended = () => this.ended(entry);
+    return (async function* () {
+      try {
+        yield* inner;
+      } finally {
+        ended();
+      }
+    })();
+  }
+
+  private ended(entry: AdapterEntry) {
+    if (--entry.active > 0) return;
+    for (const resolve of entry.idle.splice(0)) resolve();
   }
 
   /** KV slots not held by a sequence (tests: an aborted or finished sequence gives its slot back). */
@@ -68,22 +239,27 @@ export class GpuEngine extends BatchingEngine<Slot> {
     return this.generator.slotsFree;
   }
 
-  protected override admit(): Slot | null {
-    return this.generator.acquireSlot();
+  protected override admit(request: GenerationRequest): SeqState | null {
+    const slot = this.generator.acquireSlot();
+    if (slot === null) return null;
+    return { slot, lora: request.adapter ? this.adapters.get(request.adapter)!.lora : null };
   }
 
-  protected override release(seq: LiveSequence<Slot>): void {
-    this.generator.releaseSlot(seq.state);
+  protected override release(seq: LiveSequence<SeqState>): void {
+    this.generator.releaseSlot(seq.state.slot);
   }
 
-  protected override prefill(seq: LiveSequence<Slot>, u: number): Promise<SampledRow> {
-    return this.generator.prefill(seq.state, seq.request.promptIds, seq.sampling, u, seq.topN, seq.penalties);
+  protected override prefill(seq: LiveSequence<SeqState>, u: number): Promise<SampledRow> {
+    return this.generator.prefill(seq.state.slot, seq.request.promptIds, seq.sampling, u, seq.topN, seq.penalties, seq.state.lora);
   }
 
-  protected override prefillMany(batch: readonly LiveSequence<Slot>[], u: readonly number[]): Promise<SampledRow[]> {
-    return this.generator.prefillMany(batch.map((seq, i) => ({
-      slot: seq.state, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN, penalties: seq.penalties,
-    })));
+  /** One packed prefill per adapter present among the newcomers. */
+  protected override prefillMany(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
+    return perAdapter(batch, (indices, lora) =>
+      this.generator.prefillMany(indices.map((i) => {
+        const seq = batch[i]!;
+        return { slot: seq.state.slot, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN, penalties: seq.penalties };
+      }), lora));
   }
 
   /** Prefill steps run and prompts they held (tests, logs). */
@@ -91,30 +267,40 @@ export class GpuEngine extends BatchingEngine<Slot> {
     return this.generator.prefillStats;
   }
 
-  protected override decode(batch: readonly LiveSequence<Slot>[], u: readonly number[]): Promise<SampledRow[]> {
-    const items = batch.map((seq, b) => ({
-      slot: seq.state,
-      token: seq.generated.at(-1)!,
-      position: seq.request.promptIds.length + seq.generated.length - 1, // of that token = tokens cached
-      sampling: seq.sampling,
-      u: u[b]!,
-      penalties: seq.penalties,
-    }));
-    return this.generator.decode(items, Math.max(0, ...batch.map((seq) => seq.topN)));
+  /** One decode submit per adapter present in the batch (base rows without LoRA), results in batch order. */
+  protected override decode(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
+    return perAdapter(batch, (indices, lora) => {
+      const items = indices.map((i) => {
+        const seq = batch[i]!;
+        return {
+          slot: seq.state.slot,
+          token: seq.generated.at(-1)!,
+          position: seq.request.promptIds.length + seq.generated.length - 1, // of that token = tokens cached
+          sampling: seq.sampling,
+          u: u[i]!,
+          penalties: seq.penalties,
+        };
+      });
+      return this.generator.decode(items, Math.max(0, ...indices.map((i) => batch[i]!.topN)), lora);
+    });
   }
 
-  /** Frees the KV cache and the adapter. */
+  /** Frees the KV cache and the adapters. */
   protected override dispose(): void {
     this.generator.dispose();
-    if (this.lora) releaseAdapter(this.model, this.lora);
+    for (const a of this.adapters.values()) releaseAdapter(this.model, a.lora);
+    this.adapters.clear();
   }
 }
 
+const tooManyAdapters = (n: number, cap: number) => `${n} adapters would be loaded, more than --max-loras ${cap}`;
+
 export interface LoadGpuEngineOptions {
-  /** The id clients send as `model`; default the adapter's directory name, else the model's. */
+  /** The base's id (--served-model-name); default the model directory's name. */
   modelId?: string;
   maxBatchSize?: number;
   maxContext?: number;
+  maxLoras?: number;
   weightDtype?: LoadGpuModelOptions["weightDtype"];
 }
 
@@ -122,41 +308,55 @@ export interface LoadedGpuModel {
   engine: GpuEngine;
   config: ModelConfig;
   /** Uploaded beside the weights (not merged): the forward adds s·B·A·x. */
-  adapter: AdapterSummary | null;
+  adapters: { name: string; summary: AdapterSummary }[];
 }
 
 /**
- * `--model DIR [--adapter DIR]` on the GPU: same template and tokenizer resolution and stop ids as
- * loadCpuReferenceEngine; the adapter is uploaded as LoRA modules (the forward adds s·B·A·x).
- * Before any weight is read, the context and batch are checked against the model's
- * max_position_embeddings and the device's binding limit (./startup-checks.ts).
+ * `--model DIR [--adapter DIR | --lora-modules name=DIR ...]` on the GPU. The base is served
+ * under `modelId` (default its directory's name); each adapter under its name, with its own
+ * template (hash-checked), tokenizer and stop ids. `adapters` as a string is the one-adapter
+ * form: named after its run directory (adapterNameOf) and the default model of requests without
+ * `model`. Before any weight is read, the context and batch are checked against the model's
+ * max_position_embeddings and the device's binding limit (./startup-checks.ts), and every
+ * adapter's template against its training_args.json.
  */
-export async function loadGpuEngine(modelDir: string, adapterDir?: string, opts: LoadGpuEngineOptions = {}): Promise<LoadedGpuModel> {
+export async function loadGpuEngine(
+  modelDir: string, adapters?: string | readonly { name: string; dir: string }[], opts: LoadGpuEngineOptions = {},
+): Promise<LoadedGpuModel> {
   const planned = loadModelConfig(modelDir);
   const maxBatchSize = opts.maxBatchSize ?? DEFAULT_GPU_MAX_BATCH;
   const maxContext = opts.maxContext ?? defaultMaxContext(planned);
+  const maxLoras = opts.maxLoras ?? DEFAULT_MAX_LORAS;
   checkIntegerFlag("--max-running", maxBatchSize, 1);
+  checkIntegerFlag("--max-loras", maxLoras, 1);
+  const list = typeof adapters === "string" ? [{ name: adapterNameOf(adapters), dir: adapters }] : (adapters ?? []);
+  if (list.length > maxLoras) throw new Error(tooManyAdapters(list.length, maxLoras));
   checkContextFitsModel(maxContext, planned);
   checkDeviceFits(planned, (await getRuntime()).caps.limits, maxBatchSize, maxContext);
-  const chatTemplate = resolveServingTemplate(modelDir, adapterDir);
-  const tokenizer = loadServingTokenizer(modelDir, adapterDir);
+  for (const a of list) resolveServingTemplate(modelDir, a.dir); // a template mismatch refuses before the weights load
+  const chatTemplate = resolveServingTemplate(modelDir);
+  const tokenizer = loadServingTokenizer(modelDir);
   const model = await GpuModel.load(modelDir, { weightDtype: opts.weightDtype });
   const config = model.cfg;
-  let lora: LayerLora[] | undefined;
-  let adapter: AdapterSummary | null = null;
-  if (adapterDir) {
-    const loaded = readAdapterDir(adapterDir, config);
-    lora = uploadAdapter(model, loaded);
-    adapter = summarizeAdapter(loaded);
+  const modelId = opts.modelId ?? basename(resolve(modelDir));
+  const served: ServedAdapter[] = [];
+  try {
+    for (const a of list) served.push(readServedAdapter(model, modelDir, modelId, a.name, a.dir));
+  } catch (err) {
+    for (const a of served) releaseAdapter(model, a.lora);
+    throw err;
   }
   const engine = new GpuEngine({
-    modelId: opts.modelId ?? basename(resolve(adapterDir ?? modelDir)),
+    modelId,
     model,
-    lora,
+    modelDir,
+    adapters: served,
+    defaultAdapter: typeof adapters === "string" ? list[0]!.name : undefined,
+    maxLoras,
     tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
     maxBatchSize,
     maxContext,
   });
-  return { engine, config, adapter };
+  return { engine, config, adapters: served.map((a) => ({ name: a.served.id, summary: a.summary })) };
 }

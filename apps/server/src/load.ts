@@ -3,7 +3,7 @@
  * renders with. Which template, tokenizer and stop ids is @tuneloom/model's serving-files.ts
  * (the adapter's template, refused when training_args.json pins another sha256).
  */
-import { basename, resolve } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import {
   type LoadedAdapter, type ModelConfig, type ModelTokenizer, type ReferenceWeights, IncrementalDetokenizer, encodeChatText, expectedTensors,
   foldAdapter, loadModelConfig, loadServingTokenizer, openCheckpoint, readAdapterDir, resolveServingTemplate, servingStopTokenIds,
@@ -23,6 +23,12 @@ export function engineTokenizer(tokenizer: ModelTokenizer, eosTokenIds: readonly
   };
 }
 
+/** `--adapter DIR`'s name: the run directory's (train writes RUN/adapter), else the directory's own. */
+export function adapterNameOf(dir: string): string {
+  const full = resolve(dir);
+  return basename(full) === "adapter" ? basename(dirname(full)) : basename(full);
+}
+
 /** Float32 weights cached on first use; the LoRA merge writes into the cache. */
 class CachedWeights implements ReferenceWeights {
   private readonly cache = new Map<string, Float32Array>();
@@ -40,7 +46,7 @@ class CachedWeights implements ReferenceWeights {
 export interface LoadOptions {
   modelDir: string;
   adapterDir?: string;
-  /** The id clients send as `model`; default the adapter's directory name, else the model's. */
+  /** The id clients send as `model`; default the adapter's name (adapterNameOf), else the model directory's. */
   modelId?: string;
   maxBatchSize?: number;
 }
@@ -82,7 +88,7 @@ export function loadCpuReferenceEngine(options: LoadOptions): LoadedModel {
     foldAdapter(loaded, (name) => weights.toFloat32(name));
     adapter = summarizeAdapter(loaded);
   }
-  const modelId = options.modelId ?? basename(resolve(adapterDir ?? modelDir));
+  const modelId = options.modelId ?? (adapterDir ? adapterNameOf(adapterDir) : basename(resolve(modelDir)));
   const engine = new CpuReferenceEngine({
     modelId,
     config,

@@ -5,7 +5,7 @@
  * min_p are carried to the engine, which applies them to the logits before sampling
  * (@tuneloom/kernels' logit-penalties and sampling).
  */
-import type { GenerationRequest, InferenceEngine } from "./engine.ts";
+import type { GenerationRequest, InferenceEngine, ServedModel } from "./engine.ts";
 import { badRequest } from "./errors.ts";
 import type { ChatCompletionRequest } from "./schemas.ts";
 
@@ -31,7 +31,8 @@ export function stopStrings(stop: string | string[] | null | undefined): string[
  * `maxTokens` null means "as many as fit" (chat's default, as vLLM).
  */
 export function generationRequest(
-  engine: InferenceEngine,
+  engine: Pick<InferenceEngine, "maxContext">,
+  served: Pick<ServedModel, "tokenizer" | "adapter">,
   body: SamplingBody,
   promptIds: number[],
   maxTokens: { value: number | null; param: string },
@@ -52,11 +53,11 @@ export function generationRequest(
     );
   if (body.min_tokens != null && body.min_tokens > max)
     throw badRequest(`min_tokens (${body.min_tokens}) is more than ${maxTokens.param} (${max})`, "min_tokens", "invalid_value");
-  const vocab = engine.tokenizer.vocabSize;
+  const vocab = served.tokenizer.vocabSize;
   const extraStops = body.stop_token_ids ?? [];
   const badStop = extraStops.find((id) => id >= vocab);
   if (badStop !== undefined) throw badRequest(`stop_token_ids: token id ${badStop} is outside the vocabulary (0..${vocab - 1})`, "stop_token_ids", "invalid_value");
-  const stopTokenIds = [...new Set([...(body.ignore_eos ? [] : engine.tokenizer.eosTokenIds), ...extraStops])];
+  const stopTokenIds = [...new Set([...(body.ignore_eos ? [] : served.tokenizer.eosTokenIds), ...extraStops])];
   return {
     promptIds,
     maxTokens: max,
@@ -70,6 +71,7 @@ export function generationRequest(
     frequencyPenalty: body.frequency_penalty ?? 0,
     minP: body.min_p ?? 0,
     minTokens: body.min_tokens ?? 0,
+    adapter: served.adapter,
     logprobs: logprobs.enabled,
     topLogprobs: logprobs.top,
   };

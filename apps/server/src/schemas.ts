@@ -149,6 +149,7 @@ export const tokenizeSchema = z.union(
 export const detokenizeSchema = z.object({ model: z.string().optional(), tokens: z.array(z.number().int()) });
 
 export const applyTemplateSchema = z.object({
+  model: z.string().optional(),
   messages: z.array(messageSchema).min(1, { error: "must hold at least one message" }),
   tools: z.array(tool).nullish(),
   add_generation_prompt: z.boolean().nullish(),

@@ -25,6 +25,8 @@ export interface ServerOptions extends SchedulerOptions {
   idleTimeoutSeconds?: number;
   /** Host names (port ignored; `.example.com` admits subdomains) the server answers; null or absent: any. */
   allowedHosts?: readonly string[] | null;
+  /** vLLM's --enable-lora-runtime-updates: POST /v1/load_lora_adapter and /v1/unload_lora_adapter answer (else 403). */
+  enableLoraRuntimeUpdates?: boolean;
   /** Where unexpected errors are reported; default console.error. */
   logError?: (message: string) => void;
 }

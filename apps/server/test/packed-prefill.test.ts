@@ -9,7 +9,7 @@ import OpenAI from "openai";
 import type { SampledRow } from "@tuneloom/kernels";
 import type { LiveSequence } from "../src/batching-engine.ts";
 import type { GenerationRequest, InferenceEngine, TokenEvent } from "../src/engine.ts";
-import { GpuEngine, loadGpuEngine } from "../src/gpu-engine.ts";
+import { GpuEngine, loadGpuEngine, type SeqState } from "../src/gpu-engine.ts";
 import { makeTinyModelDir, startServer } from "./helpers.ts";
 
 let model: { dir: string; cleanup: () => void };
@@ -98,12 +98,12 @@ describe("packed prefill (GPU engine)", () => {
     const bad = 13;
     class Faulty extends GpuEngine {
       packedCalls = 0;
-      protected override prefillMany(batch: readonly LiveSequence<number>[], u: readonly number[]): Promise<SampledRow[]> {
+      protected override prefillMany(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
         this.packedCalls++;
         if (batch.some((s) => s.request.maxTokens === bad)) return Promise.reject(new Error("packed prefill failed"));
         return super.prefillMany(batch, u);
       }
-      protected override prefill(seq: LiveSequence<number>, u: number): Promise<SampledRow> {
+      protected override prefill(seq: LiveSequence<SeqState>, u: number): Promise<SampledRow> {
         if (seq.request.maxTokens === bad) return Promise.reject(new Error("this prompt fails"));
         return super.prefill(seq, u);
       }

@@ -7,6 +7,11 @@
  * listening. SIGTERM/SIGINT drain: new requests get 503, running ones finish for up to
  * --drain-timeout, then end with a 503; a second signal exits at once.
  *
+ * Several adapters (vLLM's spelling): --lora-modules name=DIR [name=DIR ...] serves each under
+ * its name beside the base (--served-model-name, default the model directory's name); --adapter
+ * DIR is the one-adapter form, named after its run directory. --max-loras N caps them (8);
+ * --enable-lora-runtime-updates opens POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
+ *
  * Extra flags (docs/serving.md has them all with their defaults): --served-model-name NAME,
  * --max-running N (sequences in the batch), --max-queued N (waiting beyond that, then 429),
  * --max-body-bytes N (then 413), --engine gpu|cpu (default gpu: WebGPU with a KV cache and
@@ -16,7 +21,7 @@
  * --body-timeout S (30), --stream-write-timeout S (30), --drain-timeout S (30).
  */
 import { type AdapterSummary, createServer, loadCpuReferenceEngine, type InferenceEngine } from "@tuneloom/server";
-import { loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
+import { DEFAULT_MAX_LORAS, loadGpuEngine } from "@tuneloom/server/gpu-engine.ts";
 import { drainAndStop, onShutdownSignals } from "@tuneloom/server/drain.ts";
 import { defaultAllowedHosts, parseAllowedHosts } from "@tuneloom/server/host-check.ts";
 import { listen } from "@tuneloom/server/listen.ts";
@@ -30,15 +35,18 @@ const DEFAULT_DRAIN_TIMEOUT_S = 30;
 
 const SPEC = {
   name: "serve",
-  usage: "--model DIR [--adapter DIR] [--port N] [--host H] [--api-key K]",
+  usage: "--model DIR [--adapter DIR | --lora-modules name=DIR [name=DIR ...]] [--port N] [--host H] [--api-key K]",
   description: "The OpenAI-compatible HTTP server (docs/serving.md). Every flag is checked against the model and the device before it listens.",
   flags: {
     model: MODEL_FLAG,
     adapter: ADAPTER_FLAG,
+    "lora-modules": { type: "list", arg: "name=DIR ...", help: "GPU: serve each PEFT adapter under its name beside the base (vLLM's flag)" },
+    "max-loras": { type: "number", help: "GPU: most adapters loaded at once, at startup and at runtime", default: DEFAULT_MAX_LORAS },
+    "enable-lora-runtime-updates": { type: "boolean", help: "GPU: allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter", default: false },
     port: { type: "number", help: "TCP port (0: any free port)", default: 8000 },
     host: { type: "string", arg: "H", help: "address to listen on", default: "127.0.0.1" },
     "api-key": { type: "string", arg: "K", help: "require Authorization: Bearer K (default: $TUNELOOM_API_KEY, else none)" },
-    "served-model-name": { type: "string", arg: "NAME", help: "model id in /v1/models and responses (default: the model directory's name)" },
+    "served-model-name": { type: "string", arg: "NAME", help: "the base model's id in /v1/models and responses (default: the model directory's name)" },
     "max-running": { type: "number", help: "sequences decoded together in one batch (default: as the engine sizes it)" },
     "max-queued": { type: "number", help: "requests waiting beyond --max-running before 429 (default: the server's)" },
     "max-body-bytes": { type: "number", help: "largest request body, then 413 (default: the server's)" },
@@ -52,8 +60,36 @@ const SPEC = {
   },
 } as const satisfies CommandSpec;
 
+/**
+ * vLLM writes `--lora-modules a=DIR b=DIR`: every bare `name=DIR` after the flag's value is one
+ * more value of it (our parser takes one value per flag occurrence).
+ */
+export function expandLoraModules(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  let inList = false;
+  for (const arg of argv) {
+    if (arg.startsWith("-")) inList = arg === "--lora-modules" || arg === "--lora_modules";
+    else if (inList && out.at(-1) !== "--lora-modules" && out.at(-1) !== "--lora_modules" && arg.includes("=")) out.push("--lora-modules");
+    out.push(arg);
+  }
+  return out;
+}
+
+/** `name=DIR` values of --lora-modules, each name once. */
+export function parseLoraModules(values: readonly string[]): { name: string; dir: string }[] {
+  const seen = new Set<string>();
+  return values.map((v) => {
+    const i = v.indexOf("=");
+    const name = i > 0 ? v.slice(0, i) : "", dir = i > 0 ? v.slice(i + 1) : "";
+    if (!name || !dir) throw new UsageError(`--lora-modules takes name=DIR, got '${v}'`);
+    if (seen.has(name)) throw new UsageError(`--lora-modules names '${name}' twice`);
+    seen.add(name);
+    return { name, dir };
+  });
+}
+
 export async function run(argv: string[]): Promise<number> {
-  const flags = parseFlags(argv, SPEC);
+  const flags = parseFlags(expandLoraModules(argv), SPEC);
   if (!flags.model) throw new UsageError(`usage: serve ${SPEC.usage}`);
   // Every flag first, before any file is read.
   const host = flags.host ?? "127.0.0.1";
@@ -76,9 +112,17 @@ export async function run(argv: string[]): Promise<number> {
   // A Hub repo id is looked up in the local HF cache; a path that does not exist is reported below.
   if (!flags.model.startsWith("/") && !flags.model.startsWith(".")) flags.model = resolveModelDir(flags.model);
   checkModelDirectory(flags.model, flags.adapter);
+  const loraModules = parseLoraModules(flags["lora-modules"] ?? []);
+  if (loraModules.length > 0 && flags.adapter !== undefined) throw new UsageError("--adapter and --lora-modules do not go together: name the adapter in --lora-modules");
+  for (const m of loraModules) checkModelDirectory(flags.model, m.dir);
+  const maxLoras = flags["max-loras"] ?? DEFAULT_MAX_LORAS;
+  checkIntegerFlag("--max-loras", maxLoras, 1);
+  if (loraModules.length > maxLoras) throw new Error(`--lora-modules names ${loraModules.length} adapters, more than --max-loras ${maxLoras}; raise --max-loras`);
+  if (kind === "cpu" && (loraModules.length > 0 || flags["enable-lora-runtime-updates"]))
+    throw new Error("--lora-modules and --enable-lora-runtime-updates need --engine gpu (the CPU reference folds one adapter into the weights)");
 
   let engine: InferenceEngine;
-  let adapter: AdapterSummary | null;
+  let adapters: { name: string; summary: AdapterSummary }[];
   let adapterHow: string;
   let engineLine: string;
   if (kind === "cpu") {
@@ -88,16 +132,18 @@ export async function run(argv: string[]): Promise<number> {
       modelId: flags["served-model-name"],
       maxBatchSize: flags["max-running"],
     });
-    ({ engine, adapter } = loaded);
+    engine = loaded.engine;
+    adapters = loaded.adapter ? [{ name: engine.modelId, summary: loaded.adapter }] : [];
     adapterHow = "merged";
     engineLine = `engine: CPU reference (float64, exact, slow); model '${engine.modelId}', context ${engine.maxContext}`;
   } else {
-    const loaded = await loadGpuEngine(flags.model, flags.adapter, {
+    const loaded = await loadGpuEngine(flags.model, flags.adapter ?? loraModules, {
       modelId: flags["served-model-name"],
+      maxLoras,
       maxBatchSize: flags["max-running"],
       maxContext: flags["max-context"],
     });
-    ({ engine, adapter } = loaded);
+    ({ engine, adapters } = loaded);
     adapterHow = "on the GPU";
     engineLine = `engine: GPU (${loaded.engine.model.rt.caps.description}); model '${engine.modelId}', ${engine.maxBatchSize} sequences of context ${engine.maxContext}`;
   }
@@ -105,9 +151,12 @@ export async function run(argv: string[]): Promise<number> {
   console.log(`chat template (${t.origin}), sha256 ${t.sha256}:`);
   console.log(t.source);
   console.log(`--- end of chat template (sha256 ${t.sha256})`);
-  if (adapter)
-    console.log(`adapter ${adapterHow}: r=${adapter.rank}, alpha=${adapter.alpha}${adapter.rslora ? " (rsLoRA)" : ""}, scale=${adapter.scale}, ${adapter.modules.length} projection(s)`);
+  for (const { name, summary: adapter } of adapters)
+    console.log(`adapter '${name}' ${adapterHow}: r=${adapter.rank}, alpha=${adapter.alpha}${adapter.rslora ? " (rsLoRA)" : ""}, scale=${adapter.scale}, ${adapter.modules.length} projection(s)`);
   console.log(engineLine);
+  const models = engine.models?.() ?? [];
+  if (models.length > 1)
+    for (const m of models) console.log(`serving '${m.id}'${m.parent ? ` (adapter of '${m.parent}', ${m.root})` : " (base)"}: chat template ${m.chatTemplate.origin}, sha256 ${m.chatTemplate.sha256}`);
 
   const server = createServer({
     engine,
@@ -119,6 +168,7 @@ export async function run(argv: string[]): Promise<number> {
     streamWriteTimeoutMs,
     idleTimeoutSeconds: flags["idle-timeout"],
     allowedHosts,
+    enableLoraRuntimeUpdates: flags["enable-lora-runtime-updates"] ?? false,
   });
   const http = listen(server, { hostname: host, port });
   console.log(`listening on http://${http.hostname}:${http.port} (OpenAI base URL http://${http.hostname}:${http.port}/v1)${apiKey ? ", API key required" : ""}`);

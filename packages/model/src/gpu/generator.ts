@@ -129,6 +129,11 @@ export class KvCacheGenerator {
   /** Replayed steps share their plan's buffers: one runs at a time. */
   private decodeTail: Promise<unknown> = Promise.resolve();
   private disposed = false;
+  /**
+   * Adapters passed per call (prefill/prefillMany/decode's `lora`): their recordings are kept
+   * beside the default's (opts.lora) until forgetLora. Recordings of any other LoRA set are stale.
+   */
+  private readonly perCallLoras = new Set<readonly LayerLora[]>();
   /** Logit rows that are tokens. */
   readonly validVocab: number;
   /** Prefill steps run and prompts they held (tests, logs): prefillMany packs several prompts per step. */
@@ -189,12 +194,28 @@ export class KvCacheGenerator {
     for (const buffer of [p.inputs.buffer, p.outputs.buffer, p.readback]) rt.destroyBuffer(buffer);
   }
 
-  /** The recorded decode step for B rows and top-N (recorded now if new). */
-  private plan(B: number, topN: number): DecodePlan {
-    const lora = this.opts.lora;
-    // A changed LoRA set invalidates every recording (they bind its tensors).
-    this.dropPlans((p) => p.lora === lora);
-    const i = this.plans.findIndex((p) => p.B === B && p.topN === topN);
+  /**
+   * Drops every recording that binds `lora` (before its tensors are released): an adapter that
+   * was passed per call and is now unloaded.
+   */
+  forgetLora(lora: readonly LayerLora[]) {
+    this.perCallLoras.delete(lora);
+    this.dropPlans((p) => p.lora !== lora);
+  }
+
+  /** The LoRA set of a call: its own (remembered, see perCallLoras), else the default. */
+  private loraOf(lora: readonly LayerLora[] | null | undefined): readonly LayerLora[] | undefined {
+    if (lora === undefined) return this.opts.lora;
+    if (lora === null) return undefined;
+    this.perCallLoras.add(lora);
+    return lora;
+  }
+
+  /** The recorded decode step for B rows, top-N and LoRA set (recorded now if new). */
+  private plan(B: number, topN: number, lora: readonly LayerLora[] | undefined): DecodePlan {
+    // A LoRA set no longer in use (the default changed) invalidates its recordings (they bind its tensors).
+    this.dropPlans((p) => p.lora === undefined || p.lora === this.opts.lora || this.perCallLoras.has(p.lora));
+    const i = this.plans.findIndex((p) => p.B === B && p.topN === topN && p.lora === lora);
     if (i >= 0) {
       const p = this.plans.splice(i, 1)[0]!;
       this.plans.push(p);
@@ -270,10 +291,12 @@ export class KvCacheGenerator {
    * One replayed decode step: write the inputs, re-submit the recording, map the results once.
    * `rows` are the items (slot, token, position) and their packed sampling rows.
    */
-  private async replayStep(rows: readonly { slot: number; token: number; position: number }[], rowParams: Float32Array, topN: number): Promise<SampledRow[]> {
+  private async replayStep(
+    rows: readonly { slot: number; token: number; position: number }[], rowParams: Float32Array, topN: number, lora: readonly LayerLora[] | undefined,
+  ): Promise<SampledRow[]> {
     if (this.disposed) throw new Error("decode: the generator was disposed");
     const B = rows.length, ctx = this.opts.maxContext;
-    const p = this.plan(B, topN);
+    const p = this.plan(B, topN, lora);
     const h = p.host;
     rows.forEach((it, b) => {
       h.ids[b] = it.token;
@@ -305,11 +328,10 @@ export class KvCacheGenerator {
   private step(
     ids: Int32Array, positions: Int32Array, seqIds: Int32Array, cacheRows: Int32Array,
     logitRows: number[], rows: readonly (SamplingParams & { u: number; penalties?: LogitPenalties | null })[], topN: number,
-    decode?: { offsets: Int32Array; lengths: Int32Array },
+    decode: { offsets: Int32Array; lengths: Int32Array } | undefined, lora: readonly LayerLora[] | undefined,
   ): Promise<SampledRow[]> {
     const { model } = this;
     const rt = model.rt, T = ids.length, B = logitRows.length, V = model.cfg.vocabSize;
-    const lora = this.opts.lora;
     const tb = model.uploadTokens(ids, positions, seqIds);
     const rowsT = rt.upload("i32", [T], cacheRows, "cache_rows");
     const dec = decode && {
@@ -364,10 +386,13 @@ export class KvCacheGenerator {
   }
 
   /** Runs the prompt into `slot` and samples the first new token. */
-  async prefill(slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0, penalties: LogitPenalties | null = null): Promise<SampledRow> {
+  async prefill(
+    slot: number, promptIds: readonly number[], sampling: SamplingParams, u: number, topN = 0, penalties: LogitPenalties | null = null,
+    lora?: readonly LayerLora[] | null,
+  ): Promise<SampledRow> {
     const item = { slot, promptIds, sampling, u, topN, penalties };
     this.checkPrefill(item);
-    const [row] = await this.prefillPacked([item]);
+    const [row] = await this.prefillPacked([item], this.loraOf(lora));
     return row!;
   }
 
@@ -377,9 +402,11 @@ export class KvCacheGenerator {
    * to itself, and one logit row each: its last token), one submit and one readback for all.
    * Returns one row per item, in order, as `prefill` of each item alone would (same tokens;
    * logprobs equal up to float rounding: the kernels tile a longer batch differently). Beyond
-   * `prefillTokenCap` tokens the items are split, in order, into several steps.
+   * `prefillTokenCap` tokens the items are split, in order, into several steps. `lora`: the
+   * adapter every item runs with (undefined: opts.lora; null: none, the base model).
    */
-  async prefillMany(items: readonly PrefillItem[]): Promise<SampledRow[]> {
+  async prefillMany(items: readonly PrefillItem[], lora?: readonly LayerLora[] | null): Promise<SampledRow[]> {
+    const set = this.loraOf(lora);
     if (items.length === 0) return [];
     const slots = new Set<number>();
     for (const it of items) {
@@ -387,13 +414,13 @@ export class KvCacheGenerator {
       if (slots.has(it.slot)) throw new Error(`prefillMany: slot ${it.slot} appears twice`);
       slots.add(it.slot);
     }
-    const cap = this.prefillTokenCap;
+    const cap = this.prefillTokenCapFor(set);
     const out: SampledRow[] = [];
     for (let i = 0; i < items.length;) {
       // Greedy, in order: add prompts while the step stays within the cap (at least one each).
       let j = i + 1, T = items[i]!.promptIds.length;
       while (j < items.length && T + items[j]!.promptIds.length <= cap) T += items[j++]!.promptIds.length;
-      out.push(...(await this.prefillPacked(items.slice(i, j))));
+      out.push(...(await this.prefillPacked(items.slice(i, j), set)));
       i = j;
     }
     return out;
@@ -401,8 +428,11 @@ export class KvCacheGenerator {
 
   /** Prompt tokens packed into one prefillMany step at most (see maxPrefillTokens, maxPrefillBytes). */
   get prefillTokenCap(): number {
+    return this.prefillTokenCapFor(this.opts.lora);
+  }
+
+  private prefillTokenCapFor(lora: readonly LayerLora[] | undefined): number {
     const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = this.model.cfg;
-    const lora = this.opts.lora;
     const loraCols = lora ? loraRankOf(lora) * loraTargetsOf(lora).length : 0;
     // allocLayerActivations (shared by the layers) + recordForward's x0, x1, h_final, rstd_final + ids, positions, seq ids, cache rows.
     const perToken = 4 * (3 * C + 2 * nH * hd + 2 * nKV * hd + nH + 2 + 3 * I + loraCols + 3 * C + 1 + 4);
@@ -421,7 +451,7 @@ export class KvCacheGenerator {
   }
 
   /** One step over the items' prompts, packed (checked by the caller). */
-  private async prefillPacked(items: readonly PrefillItem[]): Promise<SampledRow[]> {
+  private async prefillPacked(items: readonly PrefillItem[], lora: readonly LayerLora[] | undefined): Promise<SampledRow[]> {
     const ctx = this.opts.maxContext;
     const T = items.reduce((n, it) => n + it.promptIds.length, 0);
     const ids = new Int32Array(T), positions = new Int32Array(T), seqIds = new Int32Array(T), cacheRows = new Int32Array(T);
@@ -439,7 +469,7 @@ export class KvCacheGenerator {
       logitRows.push(t - 1);
     });
     const topN = Math.max(0, ...items.map((it) => it.topN ?? 0));
-    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN);
+    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN, undefined, lora);
     this.prefillStats.steps++;
     this.prefillStats.prompts += items.length;
     // Each row reports its own top-N: the first of the step's (sorted, most likely first).
@@ -450,8 +480,11 @@ export class KvCacheGenerator {
     });
   }
 
-  /** Advances every item's sequence by one token (one submit for all of them). */
-  async decode(items: readonly DecodeItem[], topN = 0): Promise<SampledRow[]> {
+  /**
+   * Advances every item's sequence by one token (one submit for all of them), all with the
+   * adapter `lora` (undefined: opts.lora; null: none, the base model).
+   */
+  async decode(items: readonly DecodeItem[], topN = 0, lora?: readonly LayerLora[] | null): Promise<SampledRow[]> {
     const B = items.length;
     if (B === 0) return [];
     for (const it of items) {
@@ -462,7 +495,8 @@ export class KvCacheGenerator {
       // and its readback's map, serve one step at a time).
       const rowParams = packSamplingRows(items.map((it) => ({ ...it.sampling, u: it.u })));
       const rows = items.map(({ slot, token, position }) => ({ slot, token, position }));
-      const run = this.decodeTail.then(() => this.replayStep(rows, rowParams, topN));
+      const set = this.loraOf(lora);
+      const run = this.decodeTail.then(() => this.replayStep(rows, rowParams, topN, set));
       this.decodeTail = run.catch(() => {});
       return run;
     }
@@ -472,7 +506,7 @@ export class KvCacheGenerator {
     const offsets = Int32Array.from(items, (it) => it.slot * ctx);
     return this.step(ids, positions, Int32Array.from(items, (_, b) => b), Int32Array.from(items, (it) => it.slot * ctx + it.position),
       items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN,
-      { offsets, lengths: Int32Array.from(positions, (p) => p + 1) });
+      { offsets, lengths: Int32Array.from(positions, (p) => p + 1) }, this.loraOf(lora));
   }
 }
 
