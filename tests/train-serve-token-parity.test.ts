@@ -118,3 +118,43 @@ for (const variant of VARIANTS) {
   });
 }
 
+
+// One role rule for both sides: `developer` (OpenAI's newer name for `system`) is rendered as
+// `system` in training rows and in requests, so a request can never build a prompt shape that
+// no adapter was trained on.
+describe("train/serve parity: the developer role", () => {
+  const modelDir = makeModel(VARIANTS[1]);
+  const template = "meta-llama-Llama-3.1-8B-Instruct.jinja";
+  const conversation = (role: string) => [
+    { role, content: "Answer in one word." },
+    { role: "user", content: "Capital of France?" },
+    { role: "assistant", content: "Paris" },
+  ];
+  const trainerRow = (role: string) => {
+    const row = { prompt: conversation(role).slice(0, -1), completion: conversation(role).slice(-1) };
+    const t = resolveServingTemplate(modelDir);
+    const result = tokenizeRow(parseJsonl(JSON.stringify(row), "roles.jsonl").rows[0]!, {
+      template: t.source, specialTokens: t.specialTokens, tokenizer: loadServingTokenizer(modelDir), maxLength: 1 << 20,
+    });
+    if (!result.ok) throw new Error("the row did not tokenize");
+    return [...result.example.inputIds];
+  };
+
+  test("training: a developer row gives exactly the ids of the same row with system", () => {
+    writeFileSync(join(modelDir, "chat_template.jinja"), templateSource(template));
+    expect(trainerRow("developer")).toEqual(trainerRow("system"));
+  });
+
+  test("serving: /tokenize and the prompt fed to the model treat developer as system, and match training", async () => {
+    writeFileSync(join(modelDir, "chat_template.jinja"), templateSource(template));
+    const engine = new RecordingEngine(loadCpuReferenceEngine({ modelDir }).engine);
+    const server = createServer({ engine, logError: () => {} });
+    const tok = async (role: string) => (await post(server, "/tokenize", { model: engine.modelId, messages: conversation(role), add_generation_prompt: false })).json.tokens;
+    expect(await tok("developer")).toEqual(await tok("system"));
+    expect(await tok("developer")).toEqual(trainerRow("developer"));
+    const chat = await post(server, "/v1/chat/completions", { model: engine.modelId, messages: conversation("developer").slice(0, -1), max_tokens: 1 });
+    expect(chat.status).toBe(200);
+    const served = engine.submitted.at(-1)!;
+    expect(trainerRow("developer").slice(0, served.length)).toEqual(served);
+  });
+});

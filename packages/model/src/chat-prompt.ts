@@ -4,6 +4,7 @@
  * exactly the ids it trained on.
  *
  *   variables = {...kwargs, ...specialTokens, messages, tools (only when given)}   // transformers' order
+ *   messages  = as given, except role "developer" → "system"                     // OpenAI's newer name for it
  *   ids       = tokenizer.encode(text, {addSpecialTokens: false})                 // the template wrote BOS
  *               minus the first of two leading BOS                                // a tokenizer that adds one anyway
  */
@@ -14,6 +15,16 @@ import type { SpecialTokens } from "./chat-template-file.ts";
 export interface ChatTextTokenizer {
   encode(text: string, options?: { addSpecialTokens?: boolean }): { ids: number[]; offsets?: [number, number][] };
   readonly bosId: number | null;
+}
+
+/**
+ * The one role rule for training and serving: OpenAI's `developer` role is its newer name for
+ * `system` (instructions from the application), and the chat templates of open models know only
+ * `system`; so a `developer` message is rendered as a `system` one, in training data and in
+ * requests alike. Every other role goes to the template as given.
+ */
+export function normalizeRoles(messages: readonly Record<string, unknown>[]): Record<string, unknown>[] {
+  return messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
 }
 
 /**
@@ -28,7 +39,7 @@ export function chatTemplateVariables(
   return {
     ...kwargs,
     ...options.specialTokens,
-    messages: messages as ChatMessage[],
+    messages: normalizeRoles(messages) as ChatMessage[],
     ...(options.tools ? { tools: options.tools } : {}),
   };
 }

@@ -20,7 +20,8 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { Rng } from "./rng.ts";
 
-export const MESSAGE_ROLES = ["system", "user", "assistant", "tool"] as const;
+/** Roles a training row may use; `developer` is rendered as `system` (@tuneloom/model normalizeRoles). */
+export const MESSAGE_ROLES = ["system", "developer", "user", "assistant", "tool"] as const;
 export type MessageRole = (typeof MESSAGE_ROLES)[number];
 
 export interface TextPart {
