@@ -24,7 +24,7 @@ import type { TrainOptions } from "./train-loop.ts";
 export const RUN_FILE = "run.json";
 const PREVIOUS_DIR = /^\.previous-/;
 /** What a run writes atomically in its directory (see recovery). */
-const RUN_WRITES = /^(adapter|checkpoint-\d+|run\.json)$/;
+const RUN_WRITES = /^(adapter|model|checkpoint-\d+|run\.json)$/;
 
 /** A run directory that cannot be used as asked; the message says what to do instead. */
 export class RunDirError extends Error {

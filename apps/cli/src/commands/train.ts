@@ -73,7 +73,7 @@ async function runDemo(): Promise<number> {
     rank: 16, alpha: 32, dropout: 0.1, lr: 1e-2, epochs: 16, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, evalSteps: 36, seed: 7,
   });
   const before = await exactMatch(result.model, modelDir, undefined);
-  const after = await exactMatch(result.model, modelDir, result.trainer.lora);
+  const after = await exactMatch(result.model, modelDir, "lora" in result.trainer ? result.trainer.lora : undefined);
   const pct = (x: { right: number; total: number }) => `${((100 * x.right) / x.total).toFixed(0)}% (${x.right}/${x.total})`;
   // What the tuning gained (the task) beside what it cost (the summary's forgetting line).
   const gained = after.right - before.right;
