@@ -19,5 +19,7 @@ export * from "./progress.ts";
 export * from "./demo-data.ts";
 export * from "./train-loop.ts";
 export * from "./gpu/lora-trainer.ts";
+export * from "./gpu/full-trainer.ts";
+export * from "./full-memory.ts";
 export * from "./distributed/world.ts";
 export * from "./distributed/launch.ts";

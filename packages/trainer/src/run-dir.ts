@@ -101,6 +101,8 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
     weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
     batchSize: o.batchSize, gradAccum: o.gradAccum, maxLength: o.maxLength, packing: o.packing,
     trainOnAllTokens: o.trainOnAllTokens, weightDtype: v(o.weightDtype),
+    // Only when set: runs of earlier versions (LoRA) have no such key, which reads as null.
+    ...(o.full ? { full: true } : {}),
   };
   const adjustable: Settings = {
     epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: v(o.saveSteps), keepCheckpoints: v(o.keepCheckpoints),

@@ -242,8 +242,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const metrics = new MetricsLog(world.isRoot ? path.join(o.out, "metrics.jsonl") : null, run.resumeFrom ? { resumeFromStep: step } : {});
   const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet || !world.isRoot ? { stream: { write: () => true } } : {}) });
 
+  // A full run records no LoRA options (its training_args.json is a valid --config for --full).
+  const { rank: _r, alpha: _a, dropout: _d, targetModules: _t, rslora: _s, ...notLora } = o;
   const trainingArgs = {
-    ...o, log: undefined, onStepEnd: undefined, world: undefined, ...(world.size > 1 ? { world_size: world.size } : {}), model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
+    ...(fullTrainer ? notLora : o), log: undefined, onStepEnd: undefined, world: undefined, ...(world.size > 1 ? { world_size: world.size } : {}), model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
     run_id: run.runId, run_history: run.record.history,
   };
   const metricsJsonl = () => metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : "");

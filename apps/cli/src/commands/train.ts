@@ -1,7 +1,8 @@
 /**
  * `bun run train`: with no flags, the bundled demo (a tiny model made on the fly, the bundled
  * made-up-capitals dataset, held-out exact match before and after). With flags or
- * `--config FILE` (YAML or JSON of the same names), a real LoRA run; every option is checked
+ * `--config FILE` (YAML or JSON of the same names), a real LoRA run (or, with --full, a full
+ * fine-tuning run writing OUT/model); every option is checked
  * (train-options.ts) before the data or the model is loaded.
  */
 import { existsSync, rmSync } from "node:fs";
@@ -25,7 +26,9 @@ export async function run(argv: string[]): Promise<number> {
     const result = await train({ ...options, model, world });
     if (!world.isRoot) return 0;
     console.log(summary(result));
-    console.log(`serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
+    console.log(options.full
+      ? `serve it: bun run serve -- --model ${result.adapterDir}`
+      : `serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
     return 0;
   });
 }
