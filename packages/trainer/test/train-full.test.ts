@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { GpuModel, openCheckpoint, openSafetensors, resolveServingTemplate } from "@tuneloom/model";
+import { GpuModel, openCheckpoint, openSafetensors, resolveServingTemplate, writeTinyModel } from "@tuneloom/model";
 import { checkpointDirName, listCheckpoints, OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
 import { SINGLE_PROCESS } from "../src/distributed/world.ts";
 import { Rng } from "../src/rng.ts";
@@ -114,6 +114,25 @@ describe("train({ full: true })", () => {
     expect(r.generalPpl!.final).toBeLessThan(r.generalPpl!.base);
     const written = weightsOf(r.adapterDir), kept = weightsOf(path.join(out, checkpointDirName(2)));
     for (const [name, w] of kept) expect(written.get(name)).toEqual(w);
+  }, 300_000);
+
+  test("a bf16 model: OUT/model in bf16 as the base, checkpoints keep the f32 masters", async () => {
+    const root = tempDir("full-bf16-");
+    const data = writeData(root);
+    const base = path.join(root, "base");
+    writeTinyModel(base, { dtype: "bf16", seed: 4 });
+    const out = path.join(root, "out");
+    const r = await train(options(data, out, { model: base, maxSteps: 2, saveSteps: 1 }));
+    const dtypes = (dir: string) => {
+      const s = openCheckpoint(dir);
+      try {
+        return new Set(s.names().map((n) => s.info(n).dtype));
+      } finally {
+        s.close();
+      }
+    };
+    expect(dtypes(r.adapterDir)).toEqual(new Set(["BF16"]));
+    expect(dtypes(path.join(out, checkpointDirName(1)))).toEqual(new Set(["F32"]));
   }, 300_000);
 
   test("data parallel is refused before anything is written", async () => {
