@@ -1,5 +1,5 @@
 /**
- * @tuneloom/trainer: LoRA fine-tuning. This entry exports the CPU side: data loading and
+ * @tuneloom/trainer: LoRA and full fine-tuning. This entry exports the CPU side: data loading and
  * validation, tokenization with assistant masks, batching/packing, LoRA init, lr schedules,
  * checkpoints, run directories, metrics, loss curve and progress output.
  */

@@ -2,6 +2,9 @@
  * A LoRA fine-tuning run, end to end: data → chat-template rendering and assistant-only labels
  * → batches (padded or packed) → GPU steps with gradient accumulation → checkpoints, metrics,
  * eval → a PEFT adapter directory that HF PEFT, vLLM and `bun run serve` load as it is.
+ * With `full: true` (`train --full`), every weight is trained (FullTrainer) and the output is a
+ * plain model directory OUT/model (model-dir.ts), checkpoints hold the f32 masters; one process
+ * only (docs/full-finetuning.md "Status").
  *
  * Semantics (torchtune-style):
  *  - one optimizer step = `gradAccum` micro-batches of `batchSize` rows; the loss is the mean
