@@ -19,7 +19,7 @@ const d = TRAIN_DEFAULTS;
 export const TRAIN_SPEC = {
   name: "train",
   usage: "--model DIR --data FILE --out DIR [flags] | --config FILE [flags] | (no flags: the bundled demo)",
-  description: `LoRA fine-tuning. Flags also take TRL/PEFT/Axolotl names (--learning-rate, --num-train-epochs, --lora-r,
+  description: `LoRA fine-tuning, or full fine-tuning with --full. Flags also take TRL/PEFT/Axolotl names (--learning-rate, --num-train-epochs, --lora-r,
 --per-device-train-batch-size, --output-dir, ...), in kebab or snake case. --config reads the same names from YAML or JSON
 (flags override it); the training_args.json of a finished run is a valid config.`,
   flags: {
@@ -28,7 +28,8 @@ export const TRAIN_SPEC = {
     data: { type: "string", arg: "FILE", help: "training data: JSONL or a JSON array of messages / prompt+completion / text rows", aliases: ["dataset", "dataset-path", "dataset-name", "train-file", "train-data"] },
     "eval-data": { type: "string", arg: "FILE", help: "held-out data in the same format", aliases: ["eval-dataset", "eval-file", "validation-file"] },
     "eval-fraction": { type: "number", arg: "X", help: "hold out this fraction of --data for eval, in [0, 1)", aliases: ["val-set-size"] },
-    out: { type: "string", arg: "DIR", help: "run directory: OUT/adapter, checkpoints, metrics.jsonl", aliases: ["output-dir"] },
+    out: { type: "string", arg: "DIR", help: "run directory: OUT/adapter (OUT/model with --full), checkpoints, metrics.jsonl", aliases: ["output-dir"] },
+    full: { type: "boolean", help: "full fine-tuning: train every weight (f32 masters, AdamW), write OUT/model, a plain model directory; no LoRA flags (docs/full-finetuning.md)", aliases: ["full-finetuning"] },
     rank: { type: "number", help: "LoRA rank r", default: d.rank, aliases: ["lora-r", "r"] },
     alpha: { type: "number", help: "LoRA alpha (scale alpha/r)", default: d.alpha, aliases: ["lora-alpha"] },
     dropout: { type: "number", arg: "P", help: "LoRA dropout in [0, 1)", default: d.dropout, aliases: ["lora-dropout"] },
@@ -75,6 +76,7 @@ const trainSchema = z.strictObject({
   evalData: z.string().min(1).optional(),
   evalFraction: z.number().min(0).lt(1).optional(),
   out: z.string().min(1),
+  full: z.boolean().optional(),
   rank: int().min(1),
   alpha: z.number().positive(),
   dropout: z.number().min(0).lt(1),
@@ -190,6 +192,10 @@ export function resolveTrainOptions(argv: string[]): TrainOptions {
   if (o.scheduler === "cosine_with_min_lr" && o.minLrRate === undefined) throw new UsageError(`${name("scheduler")} cosine_with_min_lr needs --min-lr-rate (the floor as a fraction of --lr, e.g. 0.1)`);
   if (o.minLrRate !== undefined && o.scheduler !== "cosine_with_min_lr" && o.scheduler !== "cosine") throw new UsageError(`${name("minLrRate")} applies to cosine and cosine_with_min_lr, not ${o.scheduler}`);
   if (o.maxForgetting !== undefined && !o.forgettingMonitor) throw new UsageError(`${name("maxForgetting")} needs the forgetting monitor (drop --no-forgetting-monitor)`);
+  if (o.full) {
+    const lora = ["rank", "alpha", "dropout", "targetModules", "rslora"].filter((k) => k in originByKey);
+    if (lora.length) throw new UsageError(`${name("full")} trains every weight: ${lora.map(name).join(", ")} ${lora.length === 1 ? "is a LoRA option" : "are LoRA options"} (drop ${lora.length === 1 ? "it" : "them"} or --full)`);
+  }
   if (o.generalEval !== undefined && !existsSync(o.generalEval)) throw new UsageError(`${name("generalEval")} ${o.generalEval}: not found`);
   return o as TrainOptions;
 }

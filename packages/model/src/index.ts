@@ -15,6 +15,7 @@ export * from "./adapter-dir.ts";
 export * from "./atomic-dir.ts";
 export { readJsonObject } from "./tokenizer-config.ts";
 export * from "./lora-merge.ts";
+export * from "./model-dir.ts";
 export * from "./cpu-reference.ts";
 export * from "./tiny-model.ts";
 export * from "./hf-cache.ts";

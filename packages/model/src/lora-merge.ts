@@ -5,7 +5,7 @@
  *
  * computed in float32 and stored back in each tensor's own dtype.
  */
-import { float32ToBf16Array, float32ToF16Array } from "./half-floats.ts";
+import { float32Tensor } from "./model-dir.ts";
 import type { WeightStore } from "./checkpoint.ts";
 import { AdapterFileError, type LoadedAdapter } from "./adapter-dir.ts";
 import type { TensorToWrite } from "./safetensors.ts";
@@ -52,11 +52,6 @@ export function mergeAdapterWeights(store: WeightStore, adapter: LoadedAdapter):
       throw new AdapterFileError(`${info.file}: tensor '${name}': shape [${info.shape.join(", ")}], the adapter needs [${outFeatures}, ${inFeatures}]`);
     }
     const W = addLoraDelta(store.toFloat32(name), w.A, w.B, adapter.scaling, outFeatures, inFeatures, adapter.lora.rank);
-    switch (info.dtype) {
-      case "F32": return { name, dtype: "F32", shape: info.shape, data: W };
-      case "BF16": return { name, dtype: "BF16", shape: info.shape, data: float32ToBf16Array(W) };
-      case "F16": return { name, dtype: "F16", shape: info.shape, data: float32ToF16Array(W) };
-      default: throw new AdapterFileError(`${info.file}: tensor '${name}': dtype ${info.dtype} cannot be merged (F32, F16, BF16)`);
-    }
+    return float32Tensor(name, info.dtype, info.shape, W, info.file);
   });
 }

@@ -1,6 +1,7 @@
 /**
- * Checkpoints: `<out>/checkpoint-<step>/` = a complete adapter directory (loadable and servable
- * as is) + `optimizer.safetensors` (AdamW moments) + `trainer_state.json`.
+ * Checkpoints: `<out>/checkpoint-<step>/` = a complete adapter directory (LoRA) or model directory
+ * of the f32 master weights (full fine-tuning), loadable and servable as is, +
+ * `optimizer.safetensors` (AdamW moments, `<tensor>.exp_avg` / `.exp_avg_sq`) + `trainer_state.json`.
  *
  * What resume restores, so that a resumed run takes exactly the steps the uninterrupted run
  * would have: the LoRA weights, AdamW's m and v and its step count, the data position (next
@@ -16,7 +17,10 @@
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
-import { type AdapterContents, AdapterFileError, type LoadedAdapter, loraTensorName, type ModelConfig, openSafetensors, readAdapterDir, type TensorToWrite, writeAdapterFiles, writeDirAtomically, writeSafetensors } from "@tuneloom/model";
+import {
+  type AdapterContents, AdapterFileError, type LoadedAdapter, type LoraWeights, loraTensorName, type ModelConfig, type ModelDirContents, openCheckpoint, openSafetensors,
+  readAdapterDir, type TensorToWrite, writeAdapterFiles, writeDirAtomically, writeModelFiles, writeSafetensors,
+} from "@tuneloom/model";
 import type { DataPosition } from "./batching.ts";
 import { SCHEDULE_KINDS, type ScheduleState } from "./schedule.ts";
 
@@ -38,6 +42,11 @@ export interface TrainerState {
   elapsedS: number;
   /** Lowest eval loss so far, when evaluating. */
   bestEvalLoss: number | null;
+  /**
+   * The forgetting monitor's base-model general-text perplexity, measured before step 1 (absent:
+   * no monitor, or an earlier version). A resumed full run no longer has the base weights.
+   */
+  generalPplBase?: number | null;
 }
 
 /** AdamW moments per LoRA tensor name (`...lora_A.weight`), same length as the tensor. */
@@ -65,6 +74,7 @@ const trainerStateSchema = z.object({
   tokensSeen: z.number().nonnegative(),
   elapsedS: z.number().nonnegative(),
   bestEvalLoss: z.number().nullable(),
+  generalPplBase: z.number().nullable().optional(),
   optimizerStep: z.number().int().nonnegative(),
 });
 
@@ -77,30 +87,44 @@ export interface SaveCheckpointOptions {
   keepLast?: number;
 }
 
-/** Writes `<outDir>/checkpoint-<step>/` atomically, then prunes old ones. Returns its path. */
+/** Each moment as `<name>.exp_avg` / `<name>.exp_avg_sq`, checked against the tensor sizes. */
+function momentTensors(optimizer: OptimizerState, sizes: ReadonlyMap<string, number>): TensorToWrite[] {
+  const tensors: TensorToWrite[] = [];
+  for (const [name, size] of sizes) {
+    const moments = optimizer.moments.get(name);
+    if (!moments) throw new Error(`saveCheckpoint: no optimizer moments for '${name}'`);
+    if (moments.m.length !== size || moments.v.length !== size) {
+      throw new Error(`saveCheckpoint: moments of '${name}' have ${moments.m.length}/${moments.v.length} values, the tensor ${size}`);
+    }
+    tensors.push({ name: `${name}.exp_avg`, dtype: "F32", shape: [size], data: moments.m });
+    tensors.push({ name: `${name}.exp_avg_sq`, dtype: "F32", shape: [size], data: moments.v });
+  }
+  return tensors;
+}
+
+/** LoRA tensor name → size, in the adapter's order. */
+function adapterSizes(weights: readonly LoraWeights[]): Map<string, number> {
+  return new Map(weights.flatMap((w) => (["A", "B"] as const).map((which) => [loraTensorName(w.spec, which), which === "A" ? w.A.length : w.B.length] as const)));
+}
+
+/**
+ * Writes `<outDir>/checkpoint-<step>/` atomically, then prunes old ones. Returns its path. A LoRA
+ * run's holds its adapter; a full run's (`model`) a model directory of the f32 master weights.
+ */
 export function saveCheckpoint(
   outDir: string,
-  checkpoint: { adapter: AdapterContents; optimizer: OptimizerState; state: TrainerState },
+  checkpoint: ({ adapter: AdapterContents } | { model: ModelDirContents }) & { optimizer: OptimizerState; state: TrainerState },
   options: SaveCheckpointOptions = {},
 ): string {
-  const { adapter, optimizer, state } = checkpoint;
+  const { optimizer, state } = checkpoint;
   const dir = path.join(outDir, checkpointDirName(state.step));
-  const tensors: TensorToWrite[] = [];
-  for (const w of adapter.weights) {
-    for (const which of ["A", "B"] as const) {
-      const name = loraTensorName(w.spec, which);
-      const moments = optimizer.moments.get(name);
-      const size = which === "A" ? w.A.length : w.B.length;
-      if (!moments) throw new Error(`saveCheckpoint: no optimizer moments for '${name}'`);
-      if (moments.m.length !== size || moments.v.length !== size) {
-        throw new Error(`saveCheckpoint: moments of '${name}' have ${moments.m.length}/${moments.v.length} values, the tensor ${size}`);
-      }
-      tensors.push({ name: `${name}.exp_avg`, dtype: "F32", shape: [size], data: moments.m });
-      tensors.push({ name: `${name}.exp_avg_sq`, dtype: "F32", shape: [size], data: moments.v });
-    }
-  }
+  const sizes = "adapter" in checkpoint
+    ? adapterSizes(checkpoint.adapter.weights)
+    : new Map(checkpoint.model.tensors.filter((t) => optimizer.moments.has(t.name)).map((t) => [t.name, t.shape.reduce((a, b) => a * b, 1)]));
+  const tensors = momentTensors(optimizer, sizes);
   writeDirAtomically(dir, (tmp) => {
-    writeAdapterFiles(tmp, adapter);
+    if ("adapter" in checkpoint) writeAdapterFiles(tmp, checkpoint.adapter);
+    else writeModelFiles(tmp, checkpoint.model);
     writeSafetensors(path.join(tmp, OPTIMIZER_FILE), tensors, { format: "pt" });
     const json = { format: "tuneloom-trainer-state", version: 1, ...state, optimizerStep: optimizer.step };
     writeFileSync(path.join(tmp, TRAINER_STATE_FILE), JSON.stringify(json, null, 2) + "\n");
@@ -144,8 +168,8 @@ export interface LoadedCheckpoint {
   state: TrainerState;
 }
 
-/** Loads a checkpoint directory (validated against the model config when given). */
-export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoint {
+/** trainer_state.json, validated. */
+function readTrainerState(dir: string): { state: TrainerState; optimizerStep: number } {
   const stateFile = path.join(dir, TRAINER_STATE_FILE);
   let json: unknown;
   try {
@@ -159,8 +183,11 @@ export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoi
     throw new AdapterFileError(`${stateFile}: ${issue.path.join(".") || "(root)"}: ${issue.message}`);
   }
   const { format: _f, version: _v, optimizerStep, ...state } = parsed.data;
-  const adapter = readAdapterDir(dir, model);
+  return { state: state as TrainerState, optimizerStep };
+}
 
+/** optimizer.safetensors: the moments of exactly the tensors in `sizes`. */
+function readMoments(dir: string, sizes: ReadonlyMap<string, number>): Map<string, { m: Float32Array; v: Float32Array }> {
   const optimizerFile = path.join(dir, OPTIMIZER_FILE);
   if (!existsSync(optimizerFile)) throw new AdapterFileError(`${optimizerFile}: not found`);
   const st = openSafetensors(optimizerFile);
@@ -175,19 +202,48 @@ export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoi
       const copy = st.bytes(name); // a fresh, aligned copy
       return new Float32Array(copy.buffer, 0, size);
     };
-    for (const w of adapter.weights) {
-      for (const which of ["A", "B"] as const) {
-        const name = loraTensorName(w.spec, which);
-        const size = which === "A" ? w.A.length : w.B.length;
-        moments.set(name, { m: read(`${name}.exp_avg`, size), v: read(`${name}.exp_avg_sq`, size) });
-      }
-    }
+    for (const [name, size] of sizes) moments.set(name, { m: read(`${name}.exp_avg`, size), v: read(`${name}.exp_avg_sq`, size) });
     if (st.tensors.size !== moments.size * 2) {
       const extra = [...st.tensors.keys()].filter((n) => !moments.has(n.replace(/\.exp_avg(_sq)?$/, "")));
-      throw new AdapterFileError(`${optimizerFile}: tensors for no adapter weight: ${extra.slice(0, 5).join(", ")}`);
+      throw new AdapterFileError(`${optimizerFile}: tensors for no trained weight: ${extra.slice(0, 5).join(", ")}`);
     }
   } finally {
     st.close();
   }
-  return { dir, adapter, optimizer: { step: optimizerStep, moments }, state: state as TrainerState };
+  return moments;
+}
+
+/** Loads a LoRA run's checkpoint directory (validated against the model config when given). */
+export function loadCheckpoint(dir: string, model?: ModelConfig): LoadedCheckpoint {
+  const { state, optimizerStep } = readTrainerState(dir);
+  const adapter = readAdapterDir(dir, model);
+  const moments = readMoments(dir, adapterSizes(adapter.weights));
+  return { dir, adapter, optimizer: { step: optimizerStep, moments }, state };
+}
+
+export interface LoadedFullCheckpoint {
+  dir: string;
+  /** The f32 master weights by HF name. */
+  weights: Map<string, Float32Array>;
+  optimizer: OptimizerState;
+  state: TrainerState;
+}
+
+/** Loads a full run's checkpoint: the weights and moments of the tensors in `sizes` (HF name → values). */
+export function loadFullCheckpoint(dir: string, sizes: ReadonlyMap<string, number>): LoadedFullCheckpoint {
+  const { state, optimizerStep } = readTrainerState(dir);
+  if (existsSync(path.join(dir, "adapter_config.json"))) throw new AdapterFileError(`${dir}: a LoRA checkpoint, not a full fine-tuning one`);
+  const store = openCheckpoint(dir);
+  const weights = new Map<string, Float32Array>();
+  try {
+    for (const [name, size] of sizes) {
+      if (!store.has(name)) throw new AdapterFileError(`${dir}: checkpoint lacks '${name}'`);
+      const w = store.toFloat32(name);
+      if (w.length !== size) throw new AdapterFileError(`${dir}: '${name}' has ${w.length} values, the model's ${size}`);
+      weights.set(name, w);
+    }
+  } finally {
+    store.close();
+  }
+  return { dir, weights, optimizer: { step: optimizerStep, moments: readMoments(dir, sizes) }, state };
 }

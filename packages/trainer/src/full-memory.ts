@@ -1,5 +1,5 @@
 /**
- * UNFINISHED (branch fullft-part2-wip): the memory a full fine-tuning run needs, stated before
+ * The memory a full fine-tuning run needs, stated before
  * training starts (docs/full-finetuning.md has the formula), and the check that refuses a run
  * whose buffers the device cannot hold. WebGPU does not report a device's total memory, so the
  * hard check is the one WebGPU can make: FullTrainer keeps params, gradients and each AdamW

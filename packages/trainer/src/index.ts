@@ -1,5 +1,5 @@
 /**
- * @tuneloom/trainer: LoRA fine-tuning. This entry exports the CPU side: data loading and
+ * @tuneloom/trainer: LoRA and full fine-tuning. This entry exports the CPU side: data loading and
  * validation, tokenization with assistant masks, batching/packing, LoRA init, lr schedules,
  * checkpoints, run directories, metrics, loss curve and progress output.
  */
@@ -19,5 +19,7 @@ export * from "./progress.ts";
 export * from "./demo-data.ts";
 export * from "./train-loop.ts";
 export * from "./gpu/lora-trainer.ts";
+export * from "./gpu/full-trainer.ts";
+export * from "./full-memory.ts";
 export * from "./distributed/world.ts";
 export * from "./distributed/launch.ts";

@@ -24,7 +24,7 @@ import type { TrainOptions } from "./train-loop.ts";
 export const RUN_FILE = "run.json";
 const PREVIOUS_DIR = /^\.previous-/;
 /** What a run writes atomically in its directory (see recovery). */
-const RUN_WRITES = /^(adapter|checkpoint-\d+|run\.json)$/;
+const RUN_WRITES = /^(adapter|model|checkpoint-\d+|run\.json)$/;
 
 /** A run directory that cannot be used as asked; the message says what to do instead. */
 export class RunDirError extends Error {
@@ -101,6 +101,8 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
     weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
     batchSize: o.batchSize, gradAccum: o.gradAccum, maxLength: o.maxLength, packing: o.packing,
     trainOnAllTokens: o.trainOnAllTokens, weightDtype: v(o.weightDtype),
+    // Only when set: runs of earlier versions (LoRA) have no such key, which reads as null.
+    ...(o.full ? { full: true } : {}),
   };
   const adjustable: Settings = {
     epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: v(o.saveSteps), keepCheckpoints: v(o.keepCheckpoints),

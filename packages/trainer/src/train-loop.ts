@@ -2,6 +2,9 @@
  * A LoRA fine-tuning run, end to end: data → chat-template rendering and assistant-only labels
  * → batches (padded or packed) → GPU steps with gradient accumulation → checkpoints, metrics,
  * eval → a PEFT adapter directory that HF PEFT, vLLM and `bun run serve` load as it is.
+ * With `full: true` (`train --full`), every weight is trained (FullTrainer) and the output is a
+ * plain model directory OUT/model (model-dir.ts), checkpoints hold the f32 masters; one process
+ * only (docs/full-finetuning.md "Status").
  *
  * Semantics (torchtune-style):
  *  - one optimizer step = `gradAccum` micro-batches of `batchSize` rows; the loss is the mean
@@ -24,12 +27,15 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import {
-  type AdapterContents, type LoraWeights, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount, parseLoraConfig, resolveServingTemplate, writeAdapterDir,
+  type AdapterContents, type LoraWeights, type ModelDirContents, formatLoadReport, formatUnderflow, GpuModel, type LoraConfig, loadServingTokenizer, loraParameterCount,
+  openCheckpoint, parseLoraConfig, resolveServingTemplate, tensorsWithWeights, writeAdapterDir, writeModelDir,
 } from "@tuneloom/model";
 import { type Batch, DataLoader } from "./batching.ts";
-import { loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint, loadFullCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
 import { forgettingPct, formatGeneralEvalLine, formatPct, formatPpl, generalEvalSet, generalTextPerplexity, readGeneralText } from "./general-eval.ts";
+import { checkFullFits, formatFullMemory, fullFinetuneMemory, fullParameterCount } from "./full-memory.ts";
+import { FullTrainer } from "./gpu/full-trainer.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
@@ -97,6 +103,11 @@ export interface TrainOptions {
   quiet?: boolean;
   /** Data-parallel ranks (distributed/world.ts initWorld()); absent: this process alone. */
   world?: World;
+  /**
+   * Full fine-tuning (FullTrainer): every weight trained, the output a model directory OUT/model
+   * instead of an adapter; the LoRA options are ignored. One process only.
+   */
+  full?: boolean;
 }
 
 export const TRAIN_DEFAULTS = {
@@ -107,6 +118,7 @@ export const TRAIN_DEFAULTS = {
 } satisfies Partial<TrainOptions>;
 
 export interface TrainResult {
+  /** What the run wrote: OUT/adapter (LoRA) or OUT/model (full fine-tuning). */
   adapterDir: string;
   steps: number;
   firstLoss: number;
@@ -121,12 +133,13 @@ export interface TrainResult {
   /** The forgetting monitor: general-text perplexity of the base model and of the adapter written. */
   generalPpl: { base: number; final: number } | null;
   model: GpuModel;
-  trainer: LoraTrainer;
+  trainer: LoraTrainer | FullTrainer;
   notes: string[];
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
   const world = o.world ?? SINGLE_PROCESS;
+  if (o.full && world.size > 1) throw new Error("--full does not support data-parallel runs yet: run it as one process (no mpirun), or train a LoRA adapter");
   const log = !world.isRoot ? () => {} : o.log ?? ((l: string) => process.stderr.write(l + "\n"));
   const notes: string[] = [];
   const lora: LoraConfig = parseLoraConfig({
@@ -170,19 +183,43 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   log(`load: ${formatLoadReport(model.loadReport)}`);
   const underflow = formatUnderflow(model.loadReport.losses);
   if (underflow) log(`load: ${underflow}`);
-  const trainer = new LoraTrainer(model, lora, {
-    gradientCheckpointing: o.gradientCheckpointing, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
-    collectives: world,
-  });
-  const trainableParams = loraParameterCount(trainer.specs, lora.rank);
+  let trainer: LoraTrainer | FullTrainer, trainableParams: number;
   log(`model: ${o.model} (${model.cfg.arch}, ${model.cfg.numLayers} layers, weights ${model.weights.dtype}) on ${model.rt.caps.description}`);
-  log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
+  if (o.full) {
+    // The memory statement, and the refusal (with its numbers) before anything is allocated.
+    const estimate = fullFinetuneMemory(model.cfg, {
+      params: fullParameterCount(model.cfg, model.weights.layers[0]?.qBias !== undefined), weightBytes: model.weights.dtype === "f32" ? 4 : 2,
+      tokensPerMicroBatch: o.batchSize * o.maxLength, gradientCheckpointing: o.gradientCheckpointing,
+    });
+    log(`full fine-tuning ${formatFullMemory(estimate)}`);
+    checkFullFits(estimate, model.rt.caps.limits, model.rt.caps.description);
+    trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
+    trainableParams = trainer.parameterCount;
+    log(`full: every weight trained (${trainer.names.length} tensors): ${trainableParams.toLocaleString("en-US")} trainable parameters`);
+  } else {
+    trainer = new LoraTrainer(model, lora, {
+      gradientCheckpointing: o.gradientCheckpointing, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+      collectives: world,
+    });
+    trainableParams = loraParameterCount(trainer.specs, lora.rank);
+    log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
+  }
+  const fullTrainer = trainer instanceof FullTrainer ? trainer : null, loraTrainer = trainer instanceof LoraTrainer ? trainer : null;
+  const outputKind = fullTrainer ? "model" : "adapter";
+  /** The trained weights (a snapshot to restore), and restoring one. */
+  const getWeights = (): Promise<LoraWeights[] | Map<string, Float32Array>> => trainer.getWeights();
+  const setWeights = (w: LoraWeights[] | Map<string, Float32Array>) => (w instanceof Map ? fullTrainer!.setWeights(w) : loraTrainer!.setWeights(w));
+  // A resumed checkpoint, read before the monitor scores the base model (the weights are set after).
+  const ckSizes = () => new Map(fullTrainer!.layout.segments.map((seg) => [seg.name, seg.numel]));
+  const ck = run.resumeFrom && world.isRoot ? (fullTrainer ? loadFullCheckpoint(run.resumeFrom, ckSizes()) : loadCheckpoint(run.resumeFrom, model.cfg)) : null;
   const general = generalText && generalEvalSet(generalText, tokenizer, Math.min(o.maxLength, model.cfg.maxPositionEmbeddings), tokenizer.padId ?? tokenizer.eosId ?? 0);
-  // The base model: LoRA disabled (B = 0 gives the same, but no adapter is exact and cheaper).
-  const generalBase = general && await generalTextPerplexity(model, general);
+  // The base model: LoRA disabled (B = 0 gives the same, but no adapter is exact and cheaper); a
+  // resumed run takes the score its checkpoint recorded (a full run's weights are no longer the base's).
+  const storedBase = ck?.state.generalPplBase;
+  const generalBase = general && (typeof storedBase === "number" ? storedBase : await generalTextPerplexity(model, general));
   if (general && generalBase !== null) {
     const limit = o.maxForgetting !== undefined ? `; stops above ${formatPct(o.maxForgetting)}` : "";
-    log(`forgetting monitor: ${general.text.label} (${general.tokens} tokens), base model general-text ppl ${formatPpl(generalBase)}${limit}`);
+    log(`forgetting monitor: ${general.text.label} (${general.tokens} tokens), base model general-text ppl ${formatPpl(generalBase)}${typeof storedBase === "number" ? " (recorded at the start of the run)" : ""}${limit}`);
   }
 
   let step = 0, tokensSeen = 0, elapsedBefore = 0, bestEval: number | null = null;
@@ -190,10 +227,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     ? new DataLoader(evalSet.examples, { mode: "pad", batchSize: o.batchSize, maxLength: o.maxLength, seed: o.seed, padId, shuffle: false })
     : null;
   if (world.size > 1) log(`data parallel: ${world.size} ranks × ${o.gradAccum} micro-batches of ${o.batchSize} rows per step`);
-  if (run.resumeFrom && world.isRoot) {
-    const ckDir = run.resumeFrom;
-    const ck = loadCheckpoint(ckDir, model.cfg);
-    trainer.setWeights(ck.adapter.weights);
+  if (ck) {
+    const ckDir = ck.dir;
+    setWeights("adapter" in ck ? ck.adapter.weights : ck.weights);
     trainer.setOptimizerMoments(ck.optimizer.moments);
     step = ck.state.step;
     tokensSeen = ck.state.tokensSeen;
@@ -205,19 +241,41 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       log(`resume: the run now has ${totalSteps} steps (was ${ck.state.schedule.totalSteps}): the ${schedule.kind} lr schedule spans the new total from step ${step + 1} on`);
     }
   }
-  ({ step, tokensSeen, elapsedBefore, bestEval } = await startFromRoot(world, trainer, loader, { step, tokensSeen, elapsedBefore, bestEval }));
+  if (loraTrainer) ({ step, tokensSeen, elapsedBefore, bestEval } = await startFromRoot(world, loraTrainer, loader, { step, tokensSeen, elapsedBefore, bestEval }));
   const metrics = new MetricsLog(world.isRoot ? path.join(o.out, "metrics.jsonl") : null, run.resumeFrom ? { resumeFromStep: step } : {});
   const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet || !world.isRoot ? { stream: { write: () => true } } : {}) });
 
+  // A full run records no LoRA options (its training_args.json is a valid --config for --full).
+  const { rank: _r, alpha: _a, dropout: _d, targetModules: _t, rslora: _s, ...notLora } = o;
   const trainingArgs = {
-    ...o, log: undefined, onStepEnd: undefined, world: undefined, ...(world.size > 1 ? { world_size: world.size } : {}), model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
+    ...(fullTrainer ? notLora : o), log: undefined, onStepEnd: undefined, world: undefined, ...(world.size > 1 ? { world_size: world.size } : {}), model: o.model, totalSteps, schedule, trainableParams, tool: "tuneloom",
     run_id: run.runId, run_history: run.record.history,
   };
+  const metricsJsonl = () => metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : "");
   const adapterContents = async (): Promise<AdapterContents> => ({
-    baseModel: o.model, lora, weights: await trainer.getWeights(), chatTemplate: template.source, trainingArgs,
-    tokenizerDir: o.model, metricsJsonl: metrics.records.map((r) => JSON.stringify(r)).join("\n") + (metrics.records.length ? "\n" : ""),
-    lossCurveSvg: renderLossCurveSvg(metrics.records),
+    baseModel: o.model, lora, weights: await loraTrainer!.getWeights(), chatTemplate: template.source, trainingArgs,
+    tokenizerDir: o.model, metricsJsonl: metricsJsonl(), lossCurveSvg: renderLossCurveSvg(metrics.records),
   });
+  /**
+   * A full run's model directory: the base's layout, config and tokenizer, the trained weights
+   * (in the base's dtype; "F32": the f32 masters, for checkpoints), the template trained with.
+   * `use` gets the contents while the base's weight files are open.
+   */
+  const withModelContents = async <T>(dtype: "F32" | undefined, use: (c: ModelDirContents) => T): Promise<T> => {
+    const weights = await fullTrainer!.getWeights();
+    const store = openCheckpoint(o.model);
+    try {
+      return use({
+        baseDir: o.model, store, tensors: tensorsWithWeights(store, weights, dtype), tokenizerDir: o.model, chatTemplate: template.source,
+        extraFiles: {
+          "training_args.json": JSON.stringify({ ...trainingArgs, chat_template_sha256: template.sha256 }, null, 2) + "\n",
+          "metrics.jsonl": metricsJsonl(), "loss_curve.svg": renderLossCurveSvg(metrics.records),
+        },
+      });
+    } finally {
+      store.close();
+    }
+  };
   const evaluate = async () => {
     if (!evalBatches) return null;
     const batches: Batch[] = [];
@@ -227,29 +285,30 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
 
   // The forgetting monitor: the last score, and (with a limit) the last adapter under it.
   let generalFinal: number | null = null, generalStep = -1, stopped = false;
-  type UnderLimit = { step: number; weights: LoraWeights[]; ppl: number; evalLoss: number | null };
+  // A full run keeps all its weights in host memory (4·P bytes).
+  type UnderLimit = { step: number; weights: LoraWeights[] | Map<string, Float32Array>; ppl: number; evalLoss: number | null };
   let underLimit = null as UnderLimit | null; // (not narrowed to null: the closure below assigns it)
   /** Scores the general text at `step`; true when that exceeds --max-forgetting (the last adapter under it is restored). */
   const forgettingExceeded = async (step: number, evalLoss: number | null): Promise<boolean> => {
     if (!general || generalBase === null || generalStep === step) return false;
-    const ppl = await generalTextPerplexity(model, general, trainer.lora);
+    const ppl = await generalTextPerplexity(model, general, loraTrainer?.lora);
     generalFinal = ppl;
     generalStep = step;
     metrics.attach(step, { general_ppl: ppl, general_ppl_base: generalBase });
     progress.log(`general: step ${step} ${formatGeneralEvalLine(ppl, generalBase)}`);
     if (o.maxForgetting === undefined) return false;
     if (forgettingPct(ppl, generalBase) <= o.maxForgetting) {
-      underLimit = { step, weights: await trainer.getWeights(), ppl, evalLoss };
+      underLimit = { step, weights: await getWeights(), ppl, evalLoss };
       return false;
     }
     const over = `step ${step}: ${formatGeneralEvalLine(ppl, generalBase)} exceeds --max-forgetting ${formatPct(o.maxForgetting)}`;
     if (!underLimit) {
-      throw new Error(`${over}, and no evaluation since the run ${run.resumeFrom ? "resumed" : "started"} was under the limit: no adapter written. Lower --lr, evaluate earlier (--eval-steps) or raise --max-forgetting.`);
+      throw new Error(`${over}, and no evaluation since the run ${run.resumeFrom ? "resumed" : "started"} was under the limit: no ${outputKind} written. Lower --lr, evaluate earlier (--eval-steps) or raise --max-forgetting.`);
     }
     const kept = underLimit;
-    trainer.setWeights(kept.weights);
+    setWeights(kept.weights);
     generalFinal = kept.ppl;
-    const message = `stopped: ${over}; the adapter is step ${kept.step}'s, the last under the limit (${formatGeneralEvalLine(kept.ppl, generalBase)})`;
+    const message = `stopped: ${over}; the ${outputKind} is step ${kept.step}'s, the last under the limit (${formatGeneralEvalLine(kept.ppl, generalBase)})`;
     progress.log(message);
     notes.push(message);
     return true;
@@ -289,11 +348,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
     if (world.isRoot && o.saveSteps && step % o.saveSteps === 0 && step < totalSteps) {
       const moments = await trainer.getOptimizerMoments();
-      const saved = saveCheckpoint(o.out, {
-        adapter: await adapterContents(),
-        optimizer: { step, moments },
-        state: { runId: run.runId, step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval },
-      }, { keepLast: o.keepCheckpoints });
+      const optimizer = { step, moments };
+      const state: TrainerState = {
+        runId: run.runId, step, dataPosition: loader.position, schedule: { ...schedule, step }, tokensSeen, elapsedS: elapsed(), bestEvalLoss: bestEval,
+        ...(generalBase !== null ? { generalPplBase: generalBase } : {}),
+      };
+      const saved = fullTrainer
+        ? await withModelContents("F32", (model) => saveCheckpoint(o.out, { model, optimizer, state }, { keepLast: o.keepCheckpoints }))
+        : saveCheckpoint(o.out, { adapter: await adapterContents(), optimizer, state }, { keepLast: o.keepCheckpoints });
       progress.log(`checkpoint: step ${step} saved to ${saved}`);
     }
     o.onStepEnd?.({ step, loss: r.loss });
@@ -310,10 +372,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   if (!stopped) stopped = await forgettingExceeded(step, evalLoss);
   // Stopped by the monitor: the adapter (and so the eval loss reported) is the last one under the limit.
   if (stopped) evalLoss = underLimit?.evalLoss ?? null;
-  const adapterDir = path.join(o.out, "adapter");
+  const adapterDir = path.join(o.out, outputKind);
   if (world.isRoot) {
     if (existsSync(adapterDir)) log(`replacing ${adapterDir}`);
-    writeAdapterDir(adapterDir, await adapterContents());
+    if (fullTrainer) await withModelContents(undefined, (c) => writeModelDir(adapterDir, c));
+    else writeAdapterDir(adapterDir, await adapterContents());
   }
   return {
     adapterDir, steps: step, firstLoss, finalLoss: lastLoss, evalLoss, bestEvalLoss: bestEval, epochs: epochAt(), tokens: tokensSeen, elapsedS: elapsed(),

@@ -1,5 +1,5 @@
 /**
- * UNFINISHED full fine-tuning (branch fullft-part2-wip): FullTrainer's gradient of every weight
+ * Full fine-tuning: FullTrainer's gradient of every weight
  * against central finite differences of the float64 CPU reference forward (cpu-reference.ts),
  * on the tiny llama (untied head) and qwen2 (tied head, q/k/v biases) models.
  */
@@ -27,7 +27,7 @@ function cpuLoss(cfg: Parameters<typeof cpuReferenceForward>[0], weights: Map<st
   return sum / (ids.length - 1);
 }
 
-describe("FullTrainer (unfinished): every weight's gradient against float64 finite differences", () => {
+describe("FullTrainer: every weight's gradient against float64 finite differences", () => {
   for (const arch of ["llama", "qwen2"] as const) {
     test(`${arch} tiny model, gradient checkpointing`, async () => {
       const dir = path.join(tempDir("full-grad-"), arch);
@@ -71,7 +71,7 @@ describe("FullTrainer (unfinished): every weight's gradient against float64 fini
   }
 });
 
-describe("FullTrainer (unfinished): 16-bit weights", () => {
+describe("FullTrainer: 16-bit weights", () => {
   test("f16 model: f32 masters are trained, the GEMMs' f16 copies are the rounded masters after each step", async () => {
     const dir = path.join(tempDir("full-f16-"), "llama");
     const { config: cfg } = writeTinyModel(dir, { arch: "llama", seed: 6 });

@@ -1,13 +1,13 @@
 /**
- * `bun run bench -- --train --model NAME --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing]`:
- * the LoRA training step of a random-weight model of the published shape, set up like
+ * `bun run bench -- --train --model NAME --batch 8 --seq 512 (--rank 16 | --full) [--no-gradient-checkpointing]`:
+ * the LoRA (or, with --full, full fine-tuning's) training step of a random-weight model of the published shape, set up like
  * shared/bench/peft_bench.py (r=16, α=32, no dropout, q,k,v,o,gate,up,down; AdamW; loss over
  * every token; tokens/s = batch·seq / median step time after 3 warm-up steps).
  * peak_gib is the peak of the GPU buffers tuneloom allocated (weights, activations, state).
  */
 import type { GpuRuntime } from "@tuneloom/kernels";
 import { GpuModel, parseLoraConfig } from "@tuneloom/model";
-import { type Batch, LoraTrainer } from "@tuneloom/trainer";
+import { type Batch, FullTrainer, LoraTrainer } from "@tuneloom/trainer";
 import { benchModelDir } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {
@@ -25,6 +25,8 @@ export interface TrainBenchOptions {
    * the answer); default 1 = every next token. HF PEFT computes logits for every row either way.
    */
   targetFraction?: number;
+  /** Full fine-tuning (every weight trained) instead of LoRA; `rank` is then unused. */
+  full?: boolean;
 }
 
 /**
@@ -65,9 +67,11 @@ export async function benchTrain(o: TrainBenchOptions) {
   try {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
     const rt = model.rt;
-    const trainer = new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
-      gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
-    });
+    const trainer = o.full
+      ? new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: 0, maxGradNorm: 0 })
+      : new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
+        gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
+      });
     const B = o.batch, S = o.seq, T = B * S, V = model.cfg.vocabSize;
     let s = 12345;
     const ids = Int32Array.from({ length: T }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V));
@@ -94,7 +98,8 @@ export async function benchTrain(o: TrainBenchOptions) {
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
-      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S, rank: o.rank,
+      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
+      ...(trainer instanceof FullTrainer ? { full: true, params: trainer.parameterCount } : { rank: o.rank }),
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),

@@ -10,7 +10,8 @@ import { benchLoad } from "../bench/load.ts";
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
  *   published models' shapes (or tiny ones with --quick), one line per op and shape (bench/kernels.ts); exits 1
  *   if an op failed or a relErr is over its tolerance, after running the rest. Or
- * `bun run bench -- --train --model NAME|DIR --batch 8 --seq 512 --rank 16 [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
+ * `bun run bench -- --train --model NAME|DIR --batch 8 --seq 512 (--rank 16 | --full) [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
+ *   (--full: full fine-tuning's step, as shared/bench/peft_bench.py --full 1)
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
@@ -37,6 +38,7 @@ const SPEC = {
     batch: { type: "number", help: "--train: rows per step (default 8); --decode: sequences (default 1)" },
     seq: { type: "number", help: "--train: tokens per row", default: 512 },
     rank: { type: "number", help: "--train: LoRA rank", default: 16 },
+    full: { type: "boolean", help: "--train: full fine-tuning (every weight, f32 masters, AdamW) instead of LoRA" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
@@ -78,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
       steps: flags.steps ?? 8, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
-      targetFraction: flags["target-fraction"] ?? 1,
+      targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false,
     });
     console.log(JSON.stringify(line));
     return 0;

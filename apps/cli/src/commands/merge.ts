@@ -3,11 +3,11 @@
  * weights, W' = W + s·B·A (float32 math, stored in the base checkpoint's dtype), and writes a
  * plain Hugging Face model directory that needs no PEFT to load.
  */
-import { copyFileSync, existsSync, readdirSync, realpathSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import {
-  INDEX_FILE, checkAdapterTemplate, copyTokenizerFiles, loadModelConfig, mergeAdapterWeights, openCheckpoint, readAdapterDir, servingTemplateFile,
-  recoverDirWrites, servingTokenizerDir, writeDirAtomically, writeSafetensors, type TensorToWrite,
+  checkAdapterTemplate, loadModelConfig, mergeAdapterWeights, openCheckpoint, readAdapterDir, recoverDirWrites, servingTemplateFile,
+  servingTokenizerDir, writeModelDir,
 } from "@tuneloom/model";
 import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
 import { ADAPTER_FLAG, MODEL_FLAG, requireDir, requireModelDir } from "../model-flags.ts";
@@ -47,23 +47,13 @@ export async function run(argv: string[]): Promise<number> {
   const adapter = readAdapterDir(adapterDir, cfg);
   const store = openCheckpoint(modelDir);
   try {
-    const merged = mergeAdapterWeights(store, adapter);
-    // Keep the base's file layout: one file, or the same shards under the same index.
-    const byFile = new Map<string, TensorToWrite[]>();
-    for (const t of merged) {
-      const file = basename(store.info(t.name).file);
-      byFile.set(file, [...(byFile.get(file) ?? []), t]);
-    }
+    const tensors = mergeAdapterWeights(store, adapter);
     // A merge killed earlier left its (large) temporaries beside --out: finish or clear them first.
     for (const line of recoverDirWrites(dirname(resolve(out)), (name) => name === basename(resolve(out)))) console.error(`recovery: ${line}`);
-    writeDirAtomically(out, (tmp) => {
-      for (const [file, tensors] of byFile) writeSafetensors(join(tmp, file), tensors, { format: "pt" });
-      for (const name of ["config.json", "generation_config.json", INDEX_FILE]) {
-        if (existsSync(join(modelDir, name))) copyFileSync(join(modelDir, name), join(tmp, name));
-      }
-      copyTokenizerFiles(servingTokenizerDir(modelDir, adapterDir), tmp);
-      const template = servingTemplateFile(modelDir, adapterDir);
-      if (template) copyFileSync(template, join(tmp, "chat_template.jinja"));
+    const template = servingTemplateFile(modelDir, adapterDir);
+    writeModelDir(out, {
+      baseDir: modelDir, store, tensors, tokenizerDir: servingTokenizerDir(modelDir, adapterDir),
+      chatTemplate: template ? readFileSync(template, "utf8") : null,
     });
   } finally {
     store.close();

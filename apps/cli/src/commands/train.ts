@@ -1,7 +1,8 @@
 /**
  * `bun run train`: with no flags, the bundled demo (a tiny model made on the fly, the bundled
  * made-up-capitals dataset, held-out exact match before and after). With flags or
- * `--config FILE` (YAML or JSON of the same names), a real LoRA run; every option is checked
+ * `--config FILE` (YAML or JSON of the same names), a real LoRA run (or, with --full, a full
+ * fine-tuning run writing OUT/model); every option is checked
  * (train-options.ts) before the data or the model is loaded.
  */
 import { existsSync, rmSync } from "node:fs";
@@ -25,7 +26,9 @@ export async function run(argv: string[]): Promise<number> {
     const result = await train({ ...options, model, world });
     if (!world.isRoot) return 0;
     console.log(summary(result));
-    console.log(`serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
+    console.log(options.full
+      ? `serve it: bun run serve -- --model ${result.adapterDir}`
+      : `serve it: bun run serve -- --model ${options.model} --adapter ${result.adapterDir}`);
     return 0;
   });
 }
@@ -73,7 +76,7 @@ async function runDemo(): Promise<number> {
     rank: 16, alpha: 32, dropout: 0.1, lr: 1e-2, epochs: 16, batchSize: 16, maxLength: 64, warmupRatio: 0.05, logEvery: 20, evalSteps: 36, seed: 7,
   });
   const before = await exactMatch(result.model, modelDir, undefined);
-  const after = await exactMatch(result.model, modelDir, result.trainer.lora);
+  const after = await exactMatch(result.model, modelDir, "lora" in result.trainer ? result.trainer.lora : undefined);
   const pct = (x: { right: number; total: number }) => `${((100 * x.right) / x.total).toFixed(0)}% (${x.right}/${x.total})`;
   // What the tuning gained (the task) beside what it cost (the summary's forgetting line).
   const gained = after.right - before.right;

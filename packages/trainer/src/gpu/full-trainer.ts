@@ -1,7 +1,6 @@
 /**
- * UNFINISHED (branch fullft-part2-wip): one optimizer step of FULL fine-tuning on the GPU, every
- * weight trained, on the kernels LoRA uses. Not wired to the CLI or train-loop yet; see
- * docs/full-finetuning.md "Status" for what is left.
+ * One optimizer step of FULL fine-tuning on the GPU (`train --full`, train-loop.ts), every
+ * weight trained, on the kernels LoRA uses.
  *
  * Every weight the model runs (embedding, each layer's norms, projections and biases, the final
  * norm, the LM head unless tied) is one segment of a flat f32 buffer (`params`), with its
@@ -28,6 +27,7 @@ import {
   allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
+import { sumNll } from "../eval-set.ts";
 import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 
 export interface FullTrainerOptions {
@@ -140,6 +140,49 @@ export class FullTrainer {
   /** Every weight as its HF name → f32 values (to save a model directory or checkpoint). */
   async getWeights(): Promise<Map<string, Float32Array>> {
     return this.readSegments(this.params);
+  }
+
+  /**
+   * Uploads every trained weight, by HF name (a resumed checkpoint's, or those --max-forgetting
+   * kept), and rounds the 16-bit copies from them.
+   */
+  setWeights(weights: ReadonlyMap<string, Float32Array>) {
+    this.rt.write(this.params, this.packSegments(weights, "weights"));
+    const rec = this.rt.recorder("full:set-weights");
+    this.recordRefreshCopies(rec);
+    rec.submit();
+    rec.release();
+  }
+
+  /** AdamW's m and v per weight, keyed by its HF name (what checkpoints store). */
+  async getOptimizerMoments(): Promise<Map<string, { m: Float32Array; v: Float32Array }>> {
+    const m = await this.readSegments(this.adam.m), v = await this.readSegments(this.adam.v);
+    return new Map(this.names.map((name) => [name, { m: m.get(name)!, v: v.get(name)! }]));
+  }
+
+  /** Uploads AdamW's m and v (a resumed checkpoint's), keyed as getOptimizerMoments gives them. */
+  setOptimizerMoments(moments: ReadonlyMap<string, { m: Float32Array; v: Float32Array }>) {
+    const of = (which: "m" | "v") => new Map([...moments].map(([name, mv]) => [name, mv[which]]));
+    this.rt.write(this.adam.m, this.packSegments(of("m"), "optimizer moments (m)"));
+    this.rt.write(this.adam.v, this.packSegments(of("v"), "optimizer moments (v)"));
+  }
+
+  /** Values by HF name → one flat buffer's contents; every segment must be given, at its size. */
+  private packSegments(values: ReadonlyMap<string, Float32Array>, what: string): Float32Array {
+    const flat = new Float32Array(this.layout.numel);
+    for (const s of this.layout.segments) {
+      const v = values.get(s.name);
+      if (!v) throw new Error(`${what}: nothing for ${s.name}`);
+      if (v.length !== s.numel) throw new Error(`${what}: ${s.name} has ${v.length} values, the tensor ${s.numel}`);
+      flat.set(v, s.offset);
+    }
+    return flat;
+  }
+
+  /** Mean loss over batches without updating anything. */
+  async evaluate(batches: readonly Batch[]): Promise<number> {
+    const { sum, count } = await sumNll(this.model, batches);
+    return sum / count;
   }
 
   /** Every weight's gradient of the last step (tests, gradient checks). */
