@@ -21,7 +21,7 @@ describe("row validation names file, line and field", () => {
     const bad = JSON.stringify({ messages: [{ role: "user", content: "a" }, { role: "assistant", content: "b" }, { role: "bot", content: "c" }] });
     const lines = Array.from({ length: 16 }, () => good).concat(bad).join("\n");
     const e = errorOf(lines);
-    expect(e.message).toBe('train.jsonl:17: messages[2].role: expected one of system|user|assistant|tool, got "bot"');
+    expect(e.message).toBe('train.jsonl:17: messages[2].role: expected one of system|developer|user|assistant|tool, got "bot"');
     expect([e.file, e.line, e.field]).toEqual(["train.jsonl", 17, "messages[2].role"]);
   });
 
