@@ -195,19 +195,19 @@ fn bf16_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
   add_counts(lid, c);
 }
 
-@compute @workgroup_size(256)
-fn f32_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
+// f32 → f16 (to_bf16 false) or bf16 (true), two values per output word, with the counts.
+fn f32_narrow_counted(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, to_bf16: bool) {
   let w = word_index(wg, nwg, lid);
   let i = 2u * w;
+  let inf = select(0x7c00u, 0x7f80u, to_bf16);
   var c = vec3<u32>();
   if (i < p.n) {
-    let lo = f32_bits_to_f16(src[i]);
-    c = loss(src[i], lo, 0x7c00u);
+    let lo = select(f32_bits_to_f16(src[i]), f32_bits_to_bf16(src[i]), to_bf16);
+    c = loss(src[i], lo, inf);
     var hi = 0u;
     if (i + 1u < p.n) {
-      hi = f32_bits_to_f16(src[i + 1u]);
-      c += loss(src[i + 1u], hi, 0x7c00u);
+      hi = select(f32_bits_to_f16(src[i + 1u]), f32_bits_to_bf16(src[i + 1u]), to_bf16);
+      c += loss(src[i + 1u], hi, inf);
     }
     dst[w] = lo | (hi << 16u);
   }
@@ -215,20 +215,13 @@ fn f32_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 }
 
 @compute @workgroup_size(256)
+fn f32_to_f16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+  f32_narrow_counted(wg, nwg, lid, false);
+}
+
+@compute @workgroup_size(256)
 fn f32_to_bf16_counted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-  let w = word_index(wg, nwg, lid);
-  let i = 2u * w;
-  var c = vec3<u32>();
-  if (i < p.n) {
-    let lo = f32_bits_to_bf16(src[i]);
-    c = loss(src[i], lo, 0x7f80u);
-    var hi = 0u;
-    if (i + 1u < p.n) {
-      hi = f32_bits_to_bf16(src[i + 1u]);
-      c += loss(src[i + 1u], hi, 0x7f80u);
-    }
-    dst[w] = lo | (hi << 16u);
-  }
-  add_counts(lid, c);
+  f32_narrow_counted(wg, nwg, lid, true);
 }

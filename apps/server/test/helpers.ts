@@ -1,4 +1,6 @@
 /** Shared fixtures: one tiny model per test file (no downloads) and a server on 127.0.0.1:random. */
+import OpenAI from "openai";
+import { loadCpuReferenceEngine, type LoadedModel } from "../src/load.ts";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -160,4 +162,25 @@ export async function readUntil(reader: { read(): Promise<{ value?: Uint8Array; 
     sofar.text += decoder.decode(value, { stream: true });
   }
   return sofar.text;
+}
+
+/** The tiny model on the CPU reference engine behind a real server, and an `openai` client for it. */
+export interface TinyOpenAIServer {
+  model: { dir: string; cleanup: () => void };
+  loaded: LoadedModel;
+  running: RunningServer;
+  client: OpenAI;
+}
+
+export function startTinyOpenAIServer(): TinyOpenAIServer {
+  const model = makeTinyModelDir();
+  const loaded = loadCpuReferenceEngine({ modelDir: model.dir, modelId: "tiny" });
+  const running = startServer({ engine: loaded.engine });
+  const client = new OpenAI({ baseURL: running.baseURL, apiKey: "unused", maxRetries: 0 });
+  return { model, loaded, running, client };
+}
+
+export async function stopTinyOpenAIServer(s: Pick<TinyOpenAIServer, "model" | "running">): Promise<void> {
+  await s.running.stop();
+  s.model.cleanup();
 }

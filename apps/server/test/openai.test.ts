@@ -5,23 +5,11 @@ import OpenAI from "openai";
 import { renderChatTemplate } from "@tuneloom/chat-template";
 import { cpuReferenceGreedy } from "@tuneloom/model";
 import { loadCpuReferenceEngine, type LoadedModel } from "../src/load.ts";
-import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer, startTinyOpenAIServer, stopTinyOpenAIServer, type TinyOpenAIServer } from "./helpers.ts";
 
-let model: { dir: string; cleanup: () => void };
-let loaded: LoadedModel;
-let running: RunningServer;
-let client: OpenAI;
-
-beforeAll(() => {
-  model = makeTinyModelDir();
-  loaded = loadCpuReferenceEngine({ modelDir: model.dir, modelId: "tiny" });
-  running = startServer({ engine: loaded.engine });
-  client = new OpenAI({ baseURL: running.baseURL, apiKey: "unused", maxRetries: 0 });
-});
-afterAll(async () => {
-  await running.stop();
-  model.cleanup();
-});
+let { model, loaded, running, client } = {} as TinyOpenAIServer;
+beforeAll(() => void ({ model, loaded, running, client } = startTinyOpenAIServer()));
+afterAll(() => stopTinyOpenAIServer({ model, running }));
 
 const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
   { role: "system", content: "You are a helpful assistant." },

@@ -7,23 +7,11 @@ import OpenAI from "openai";
 import { applyLogitPenaltiesRef, argmaxRef } from "@tuneloom/kernels";
 import { cpuReferenceForward } from "@tuneloom/model/cpu-reference.ts";
 import { loadCpuReferenceEngine, type LoadedModel } from "../src/load.ts";
-import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer } from "./helpers.ts";
+import { JSON_HEADERS, makeTinyModelDir, startServer, type RunningServer, startTinyOpenAIServer, stopTinyOpenAIServer, type TinyOpenAIServer } from "./helpers.ts";
 
-let model: { dir: string; cleanup: () => void };
-let loaded: LoadedModel;
-let running: RunningServer;
-let client: OpenAI;
-
-beforeAll(() => {
-  model = makeTinyModelDir();
-  loaded = loadCpuReferenceEngine({ modelDir: model.dir, modelId: "tiny" });
-  running = startServer({ engine: loaded.engine });
-  client = new OpenAI({ baseURL: running.baseURL, apiKey: "unused", maxRetries: 0 });
-});
-afterAll(async () => {
-  await running.stop();
-  model.cleanup();
-});
+let { model, loaded, running, client } = {} as TinyOpenAIServer;
+beforeAll(() => void ({ model, loaded, running, client } = startTinyOpenAIServer()));
+afterAll(() => stopTinyOpenAIServer({ model, running }));
 
 /** Greedy continuation with the penalties applied by hand, in float64. */
 function penalisedGreedy(promptIds: number[], n: number, p: { repetition?: number; presence?: number; frequency?: number; minTokens?: number; stopIds: number[] }): number[] {

@@ -1,9 +1,10 @@
 /** Shared test fixtures: a tiny model directory (ChatML, byte-level BPE) made once per process. */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { loadChatTemplate, loadTokenizer, writeTinyModel } from "@tuneloom/model";
-import { type AdapterContents, loraLayerSpecs, parseLoraConfig } from "@tuneloom/model";
+import { type AdapterContents, loraLayerSpecs, openSafetensors, parseLoraConfig } from "@tuneloom/model";
+import { OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
 import { parseJsonl, type TrainingRow } from "../src/data.ts";
 import { initLoraWeights } from "../src/lora-init.ts";
 import { Rng } from "../src/rng.ts";
@@ -99,3 +100,19 @@ export function writeUnevenConversations(dir: string): string {
   writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
   return file;
 }
+
+/** A checkpoint's trainer_state.json without what differs between two runs by design (wall clock, run id). */
+export const stateWithoutClock = (dir: string) => {
+  const { elapsedS: _e, runId: _r, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
+  return rest;
+};
+
+/** A checkpoint's optimizer moments as raw bytes per tensor. */
+export const optimizerBytes = (dir: string) => {
+  const st = openSafetensors(path.join(dir, OPTIMIZER_FILE));
+  try {
+    return new Map([...st.tensors.keys()].map((k) => [k, st.bytes(k).slice()]));
+  } finally {
+    st.close();
+  }
+};

@@ -11,7 +11,7 @@ import { SINGLE_PROCESS } from "../src/distributed/world.ts";
 import { Rng } from "../src/rng.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
 import { type TrainOptions, train } from "../src/train-loop.ts";
-import { smallRunOptions, tempDir, tinyModel, writeCapitalsData as writeData } from "./helpers.ts";
+import { smallRunOptions, tempDir, tinyModel, writeCapitalsData as writeData, optimizerBytes, stateWithoutClock } from "./helpers.ts";
 
 const STEPS = 4, CRASH_AFTER = 2;
 
@@ -29,18 +29,6 @@ function weightsOf(dir: string): Map<string, Float32Array> {
   }
 }
 
-const stateWithoutClock = (dir: string) => {
-  const { elapsedS: _e, runId: _r, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
-  return rest;
-};
-const optimizerBytes = (dir: string) => {
-  const st = openSafetensors(path.join(dir, OPTIMIZER_FILE));
-  try {
-    return new Map([...st.tensors.keys()].map((k) => [k, st.bytes(k).slice()]));
-  } finally {
-    st.close();
-  }
-};
 
 describe("train({ full: true })", () => {
   test(`crash after step ${CRASH_AFTER}, resume to ${STEPS}: the same model, checkpoint and curve as an uninterrupted run; OUT/model is a plain model directory`, async () => {

@@ -12,7 +12,7 @@ import path from "node:path";
 import { openSafetensors, readAdapterDir } from "@tuneloom/model";
 import { checkpointDirName, listCheckpoints, OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
 import { type TrainOptions, train } from "../src/train-loop.ts";
-import { smallRunOptions, tempDir, writeCapitalsData as writeData } from "./helpers.ts";
+import { smallRunOptions, tempDir, writeCapitalsData as writeData, optimizerBytes, stateWithoutClock } from "./helpers.ts";
 
 // 10 examples, 2 per micro-batch, 2 micro-batches per step: an epoch is 5 micro-batches, so
 // the 4 steps reach into epoch 1 (a new shuffle) and step 3, the first after the resume,
@@ -23,18 +23,6 @@ function options(data: string, out: string): TrainOptions {
   return smallRunOptions(data, out, { maxSteps: STEPS, saveSteps: SAVE_EVERY, keepCheckpoints: 2 });
 }
 
-const stateWithoutClock = (dir: string) => {
-  const { elapsedS: _e, runId: _r, ...rest } = JSON.parse(readFileSync(path.join(dir, TRAINER_STATE_FILE), "utf8"));
-  return rest;
-};
-const optimizerBytes = (dir: string) => {
-  const st = openSafetensors(path.join(dir, OPTIMIZER_FILE));
-  try {
-    return new Map([...st.tensors.keys()].map((k) => [k, st.bytes(k).slice()]));
-  } finally {
-    st.close();
-  }
-};
 
 describe("train(): resume from a checkpoint", () => {
   test(`crash after step ${CRASH_AFTER}, resume to ${STEPS}: the same adapter and checkpoint as an uninterrupted run (grad accum 2, shuffling, dropout)`, async () => {
