@@ -1,5 +1,6 @@
 /**
- * Reads the golden fixtures (tests/fixtures/chat-templates, the repo's copy of ../shared's) and
+ * Reads the golden fixtures in tests/fixtures/chat-templates (the repo's own copy; its README says how
+ * the expected strings were made) and
  * turns each case into the variables transformers passed, so every test builds them one way.
  */
 import { readFileSync } from "node:fs";

@@ -28,12 +28,19 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
+/** The 4-step full run both tests below look at, made once by whichever runs first (each also runs alone). */
+let fullRun: ReturnType<typeof cli> | undefined;
+function runFull(): { out: string; r: ReturnType<typeof cli> } {
+  const out = join(root, "run");
+  fullRun ??= cli("train", "--full", "--model", modelDir, "--data", data, "--out", out, "--max-length", "64", "--batch-size", "2",
+    "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "0", "--log-every", "1");
+  if (fullRun.code !== 0) throw new Error(fullRun.stderr);
+  return { out, r: fullRun };
+}
+
 describe("train --full", () => {
   test("a short run lowers the loss; OUT/model loads in generate as a plain model", () => {
-    const out = join(root, "run");
-    const r = cli("train", "--full", "--model", modelDir, "--data", data, "--out", out, "--max-length", "64", "--batch-size", "2",
-      "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "0", "--log-every", "1");
-    if (r.code !== 0) throw new Error(r.stderr);
+    const { out, r } = runFull();
     expect(r.stderr).toMatch(/full fine-tuning memory: f32 masters [\d.]+ GB \+ gradients [\d.]+ GB \+ AdamW [\d.]+ GB \+ activations [\d.]+ GB = [\d.]+ GB \([\d,]+ parameters\)/);
     expect(r.stdout).toContain(`serve it: bun run serve -- --model ${join(out, "model")}`);
     const losses = [...r.stderr.matchAll(/step \d\/4 .*?loss (\d+\.\d+)/g)].map((m) => Number(m[1]));
@@ -66,7 +73,8 @@ describe("train --full", () => {
       .toThrow("--full trains every weight: --rank is a LoRA option (drop it or --full)");
     const o = resolveTrainOptions(["--full", "--model", modelDir, "--data", data, "--out", join(root, "x")]);
     expect(o.full).toBe(true);
-    // Resuming the run above without --full contradicts it.
+    // Resuming the full run without --full contradicts it.
+    runFull();
     const r = cli("train", "--model", modelDir, "--data", data, "--out", join(root, "run"), "--max-length", "64", "--batch-size", "2",
       "--max-steps", "4", "--lr", "1e-3", "--warmup-steps", "0", "--resume", join(root, "run"));
     expect(r.code).not.toBe(0);
