@@ -1,32 +1,69 @@
 #!/usr/bin/env bash
-# The one-call measurement session 4 ran on the GPU machine (H100, 2026-12-06T23:29Z), everything
-# prioritised under a deadline DL seconds (device calls are limited to 10 minutes and starts are often
-# refused, so the most important rows come first): kernel tests without robustness, the GEMM sweep
-# writing the tile table (copied into kernels/src/gemm-tiles.json for the runs after it), Llama-3.2-1B
-# ours vs HF PEFT, a transformers-saved Llama-3.1-8B loaded/trained/decoded, then the stage-cost
-# variants and a 1B profile if time is left. Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
-#   source .device/setup.sh >/dev/null 2>&1 && DL=480 bash scripts/gpu-call-prioritised.sh
-# then: bun apps/cli/src/bench/report.ts <the files it wrote>.
+# One device call of measurements, prioritised under a deadline DL seconds (calls are limited to
+# 10 minutes and starts are often refused, so the rows that decide the next step come first).
+# Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
+#   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
+# STEPS (default: tests sweep train-1b profile-1b train-small train-3b decode-1b diag) is any of
+#   tests        tensor-core kernel tests (tests.txt)
+#   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
+#                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
+#   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
+#   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
+#   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
+#   train-3b     Llama-3.2-3B, as train-1b
+#   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b
+#   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
+#   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
+#   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
+# At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
+# and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-DL=${DL:-480}
+DL=${DL:-540}
 left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
+STEPS=${*:-tests sweep train-1b profile-1b train-small train-3b decode-1b diag}
 bun run gpu-info 2>&1 | sed -n 1,3p
-el tests
-timeout 60 bun test kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts kernels/test/matmul.test.ts > $OUT/tests.txt 2>&1
-grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
-el sweep
-timeout 75 bun apps/cli/src/bench/gemm.ts --no-baselines --configs 4x4_1x1,4x4_2x2s,4x4_2x4s,4x4_4x2s,2x4_4x4s --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",\"robustness\":\"off\",/" > $OUT/gemm.jsonl
-[ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json
-el train-1b
-OUT=$OUT timeout 110 bash scripts/gpu-measure.sh train llama3.2-1b > /dev/null 2>&1
-el load-8b
-[ $(left) -gt 170 ] && OUT=$OUT timeout $(( $(left) - 10 )) bash scripts/gpu-measure.sh load llama3.1-8b > /dev/null 2>&1
-el extra
-[ $(left) -gt 40 ] && timeout 25 bun apps/cli/src/bench/gemm.ts --quick --no-baselines --configs 4x4_2x4s,4x4_2x4s-no-loads,4x4_2x4s-no-stores,4x4_2x4s-no-products 2>/dev/null | grep '^{' > $OUT/gemm-diag.jsonl
-[ $(left) -gt 50 ] && timeout $(( $(left) - 5 )) bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 4 --profile 2>/dev/null | grep '^{' > $OUT/train-1b-profile.jsonl
+train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
+  for m in $1; do
+    [ "$(left)" -gt "$2" ] || { el "skip train $m"; continue; }
+    el "train $m"
+    OUT=$OUT timeout "$2" bash scripts/gpu-measure.sh train "$m" > /dev/null 2>&1
+  done
+}
+for step in $STEPS; do
+  case $step in
+    tests)
+      el tests
+      timeout 90 bun test kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12 ;;
+    sweep)
+      el sweep
+      timeout 170 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x4s,4x4_4x2s,2x4_4x4s,4x4_2x2sg8,2x4_4x4sg8,4x4_4x2sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
+    train-1b) train llama3.2-1b 120 ;;
+    profile-1b)
+      [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
+    train-3b) train llama3.2-3b 150 ;;
+    train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
+    full)
+      for m in smollm2-135m qwen2.5-0.5b; do
+        [ "$(left)" -gt 100 ] || continue
+        el "full $m"
+        timeout 100 bun run bench -- --train --full --model "$m" --batch 8 --seq 512 --steps 6 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
+        PYTHONUNBUFFERED=1 timeout 120 python3 .tmp/peft_bench.py --models "$m" --full 1 --gc 1 --decode 0 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
+      done ;;
+    decode-1b)
+      [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1 ;;
+    diag)
+      [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \
+        --shapes 4096x2048x4096,4096x8192x4096,4096x16384x4096,4096x4096x2048,4096x4096x8192,8192x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
 el done
 python3 - <<'PY'
 import json,os,collections
@@ -40,10 +77,11 @@ for r in rows:
   if 'tflops' in r: t[(r['shape'],r['transB'])][r['cfg']]=r['tflops']
 cfgs=sorted({c for v in t.values() for c in v})
 print('shape|tB|'+'|'.join(cfgs))
-for k,v in t.items(): print(f"{k[0][:22]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
-print('bad', [ (r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
-for r in rd('gemm-diag.jsonl'): print('diag', r['cfg'], r['shape'][:14], r['transB'], r.get('tflops'), r.get('ms'))
-for r in rd('train-1b-profile.jsonl'): print('1b profile', r['tok_s'], r['step_ms'], r['profile']['gpu_ms'], r['profile']['by_kind'], r['profile']['top'][:8])
-for f in ['train.jsonl','load.jsonl','decode.jsonl']:
+for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
+print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
+for r in rd('profile.jsonl'):
+  p=r.get('profile',{}); print('profile', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
+  for e in p.get('top',[])[:40]: print('  ', e)
+for f in ['train.jsonl','decode.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})
 PY

@@ -37,6 +37,12 @@ export interface TcConfig {
    * memory), "no-products" (the subgroup-matrix loads and products).
    */
   diag?: "no-loads" | "no-stores" | "no-products";
+  /**
+   * Staged only: grouped raster (name suffix `gG`). Consecutive workgroups walk G rows of tiles
+   * down one column of tiles before moving right, so a wave of workgroups shares G row panels of A
+   * and a few column panels of B in L2 instead of streaming all of B (Triton's GROUP_M order).
+   */
+  group?: number;
 }
 
 
@@ -55,19 +61,22 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d] | c], e.g. 4x4_2x4s, 4x4_1x1c or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8 or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
+  const group = m[8] ? +m[8] : undefined;
+  if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
   return {
     tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
-    ...(m[8] ? { diag: m[8] as TcConfig["diag"] } : {}),
-    ...(m[9] === "c" ? { constStrides: true } : {}),
+    ...(group ? { group } : {}),
+    ...(m[9] ? { diag: m[9] as TcConfig["diag"] } : {}),
+    ...(m[10] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 const measured = new Map<string, TcConfig>();
 for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));

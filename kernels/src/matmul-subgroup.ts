@@ -121,7 +121,8 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
   if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
   if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}`;
+  if (cfg.group && !cfg.staged) throw new Error("matmulTensorCore: a grouped raster applies to the staged kernel only");
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.group ? `g${cfg.group}` : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };

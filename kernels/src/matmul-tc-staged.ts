@@ -38,6 +38,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const BK = cfg.bk ?? 32;
   const double = cfg.double ?? false;
   const diag = cfg.diag;
+  const group = cfg.group ?? 0;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
@@ -182,8 +183,17 @@ ${put("Bs")}
 
 @compute @workgroup_size(${threads}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let row0 = wg.y * ${BM}u;
-  let col0 = wg.x * ${BN}u;
+${group ? `  // Grouped raster: workgroup i of the (x, y) grid takes tile (tileM, tileN) so that runs of
+  // ${group}·(tiles across) consecutive workgroups cover ${group} rows of tiles column by column.
+  let nx = (p.N + ${BN - 1}u) / ${BN}u;
+  let ny = (p.M + ${BM - 1}u) / ${BM}u;
+  let pid = wg.y * nx + wg.x;
+  let firstM = (pid / (${group}u * nx)) * ${group}u;
+  let gsize = min(ny - firstM, ${group}u);
+  let local = pid % (${group}u * nx);
+  let row0 = (firstM + local % gsize) * ${BM}u;
+  let col0 = (local / gsize) * ${BN}u;` : `  let row0 = wg.y * ${BM}u;
+  let col0 = wg.x * ${BN}u;`}
   let aBase = wg.z * p.strideA;
   let bBase = wg.z * p.strideB;
   let cBase = wg.z * p.strideC;
@@ -200,5 +210,5 @@ ${mainLoop}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${diag ? `_${diag}` : ""}`, code };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -24,11 +24,15 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, double: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 1, staged: true, bk: 32, double: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 1 },
+    // Grouped rasters: groups taller than the grid (4 > 3 rows of tiles at M = 272) and a last
+    // group shorter than the others (2 + 1 rows).
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 },
+    { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, group: 2 },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);
@@ -106,3 +110,12 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
     rt.release(ta, tb, tc);
   });
 }
+
+test("tile configuration names parse and print back", () => {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "2x4_4x4sdg4", "4x4_2x4s-no-loads"]) {
+    expect(tcConfigName(parseTcConfig(name))).toBe(name);
+  }
+  expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
+  expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
+  expect(() => parseTcConfig("4x4_2x2x")).toThrow("bad tensor-core config");
+});

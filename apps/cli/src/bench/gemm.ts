@@ -3,14 +3,17 @@
  * linear-layer shapes of the benchmark models and 4096³, f16 A and B, f32 C. One JSON line per (config, shape, form):
  * `{"op":"gemm_tc", "cfg", "shape", "transB", "ms", "tflops", "relErr"}`, relErr on sampled
  * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
- *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c] [--write-table FILE]
- * --write-table writes the best correct configuration per (N, K, form) as gemm-tiles.ts reads it.
+ *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c] [--shapes 4096x8192x2048,llama1b] [--reps R]
+ *     [--write-table FILE]
+ * --write-table writes the best correct configuration per (N, K, form) as gemm-tiles.ts reads it:
+ * the swept shapes replace their entries of the table built in now; the other entries stay.
  */
 import {
   type GemmTileTable, type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, parseTcConfig,
   tcConfigFor, tcConfigName, toF16,
 } from "@tuneloom/kernels";
 import { writeFileSync } from "node:fs";
+import builtInTable from "@tuneloom/kernels/gemm-tiles.json";
 import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { sampledRelError, timeGpu } from "./timing.ts";
 
@@ -27,10 +30,41 @@ const SHAPES: [string, number, number, number][] = [
   ["llama1b down 4096x2048x8192", 4096, 2048, 8192],
   ["llama8b up 4096x14336x4096", 4096, 14336, 4096],
   ["llama8b down 4096x4096x14336", 4096, 4096, 14336],
+  ["llama8b kv 4096x1024x4096", 4096, 1024, 4096],
+  ["qwen0.5b qo 4096x896x896", 4096, 896, 896],
+  ["qwen0.5b kv 4096x128x896", 4096, 128, 896],
+  ["qwen0.5b down 4096x896x4864", 4096, 896, 4864],
+  ["llama3b qo 4096x3072x3072", 4096, 3072, 3072],
+  ["llama3b kv 4096x1024x3072", 4096, 1024, 3072],
+  ["llama3b up 4096x8192x3072", 4096, 8192, 3072],
+  ["llama3b down 4096x3072x8192", 4096, 3072, 8192],
+  ["qwen7b qo 4096x3584x3584", 4096, 3584, 3584],
+  ["qwen7b kv 4096x512x3584", 4096, 512, 3584],
+  ["qwen7b up 4096x18944x3584", 4096, 18944, 3584],
+  ["qwen7b down 4096x3584x18944", 4096, 3584, 18944],
 ];
 
-export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean, baselines = true) {
-  const shapes = quick ? SHAPES.slice(1, 3) : SHAPES;
+/**
+ * `--shapes`: a comma-separated list of MxNxK (e.g. 4096x8192x2048) and/or substrings of the
+ * model shape names above (e.g. "llama1b,llama8b up"); default: every model shape.
+ */
+export function selectShapes(spec: string | undefined): [string, number, number, number][] {
+  if (!spec) return SHAPES;
+  return spec.split(",").flatMap((item): [string, number, number, number][] => {
+    const dims = /^(\d+)x(\d+)x(\d+)$/.exec(item);
+    if (dims) {
+      const [M, N, K] = [+dims[1]!, +dims[2]!, +dims[3]!];
+      if (M % 16 || N % 16 || K % 16) throw new Error(`--shapes: ${item} is not a multiple of 16 in every dimension`);
+      return [[item, M, N, K]];
+    }
+    const hits = SHAPES.filter(([name]) => name.includes(item));
+    if (hits.length === 0) throw new Error(`--shapes: '${item}' is neither MxNxK nor part of a model shape name (${SHAPES.map(([n]) => n).join("; ")})`);
+    return hits;
+  });
+}
+
+export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boolean, baselines = true, selected = SHAPES, reps = 1) {
+  const shapes = quick ? SHAPES.slice(1, 3) : selected;
   for (const [name, M, N, K] of shapes) {
     const aF = randn(M * K), bBits = toF16Bits(randn(N * K));
     const aBits = toF16Bits(aF), a = fromF16Bits(aBits), b = fromF16Bits(bBits);
@@ -46,16 +80,36 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         for (let k = 0; k < K; k++) s += a[m * K + k]! * (transB ? b[n * K + k]! : b[k * N + n]!);
         return s;
       };
+      // Each configuration is timed `reps` times, round robin over the configurations, and keeps
+      // its fastest time (the GPU's clocks move between and within calls; a slow spell then
+      // touches every configuration alike instead of ranking them).
+      const times = new Map<TcConfig, number[]>();
+      const failed = new Map<TcConfig, string>();
+      for (let rep = 0; rep < reps; rep++) {
+        for (const cfg of configs) {
+          if (failed.has(cfg)) continue;
+          try {
+            const ms = await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), iters);
+            times.set(cfg, [...(times.get(cfg) ?? []), ms]);
+          } catch (e) {
+            failed.set(cfg, String((e as Error).message).slice(0, 300));
+          }
+        }
+      }
       for (const cfg of configs) {
-        let ms: number;
-        try {
-          ms = await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), iters);
-        } catch (e) {
-          yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, error: String((e as Error).message).slice(0, 300) };
+        const err = failed.get(cfg);
+        if (err !== undefined) {
+          yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, error: err };
           continue;
         }
+        // The result of the last run of this configuration is checked against float64.
+        await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), 1);
         const relErr = sampledRelError(await rt.read(tc), ref, 256);
-        yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr };
+        const all = times.get(cfg)!, ms = Math.min(...all);
+        yield {
+          op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr,
+          ...(all.length > 1 ? { tflops_reps: all.map((t) => +(flops / t / 1e9).toFixed(1)) } : {}),
+        };
       }
       if (!baselines) continue;
       // The whole f32-activation path as the trainer uses it: convert A, then the GEMM.
@@ -84,20 +138,28 @@ if (import.meta.main) {
     console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
     process.exit(2);
   }
+  const ri = args.indexOf("--reps");
+  const reps = ri >= 0 ? Number(args[ri + 1]) : 1;
+  if (!(Number.isInteger(reps) && reps >= 1 && reps <= 20)) throw new Error(`--reps: want an integer 1..20, got ${args[ri + 1]}`);
+  const si = args.indexOf("--shapes");
+  const shapes = selectShapes(si >= 0 ? args[si + 1] : undefined);
   const wi = args.indexOf("--write-table");
   const best = new Map<string, { n: number; k: number; transB: boolean; cfg: string; tflops: number }>();
-  for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"))) {
+  for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"), shapes, reps)) {
     console.log(JSON.stringify(line));
     // Only correct, complete kernels enter the table (the diag variants leave work out).
-    if (line.op !== "gemm_tc" || !("tflops" in line) || !line.cfg || line.cfg.includes("-no-") || !(line.relErr! < 1e-3)) continue;
-    const shape = SHAPES.find(([name]) => name === line.shape)!;
+    if (line.op !== "gemm_tc" || !("relErr" in line) || !line.cfg || line.cfg.includes("-no-") || !(line.relErr! < 1e-3)) continue;
+    const shape = shapes.find(([name]) => name === line.shape)!;
     const key = `${shape[2]}:${shape[3]}:${line.transB}`;
     if (!(best.get(key)?.tflops! >= line.tflops!)) best.set(key, { n: shape[2], k: shape[3], transB: line.transB, cfg: line.cfg, tflops: line.tflops! });
   }
   if (wi >= 0) {
+    const swept = new Set(best.keys());
+    const kept = (builtInTable as GemmTileTable).entries.filter((e) => !swept.has(`${e.n}:${e.k}:${e.transB}`));
     const table: GemmTileTable = {
-      measured: `${rt.caps.description}, ${new Date().toISOString().slice(0, 10)}, sweep of ${configs.map(tcConfigName).join(" ")}`,
-      entries: [...best.values()],
+      measured: `${rt.caps.description}, ${new Date().toISOString().slice(0, 10)}, sweep of ${configs.map(tcConfigName).join(" ")}` +
+        (kept.length ? `; ${kept.length} entries kept from: ${(builtInTable as GemmTileTable).measured}` : ""),
+      entries: [...kept, ...best.values()],
     };
     writeFileSync(args[wi + 1]!, `${JSON.stringify(table, null, 1)}\n`);
   }

@@ -55,7 +55,7 @@ export async function profileStep(rt: GpuRuntime, work: () => Promise<unknown>) 
     return {
       gpu_ms: r(total), dispatches: timings.length,
       by_kind: Object.fromEntries([...byKind].sort((a, b) => b[1] - a[1]).map(([k, ms]) => [k, r(ms)])),
-      top: [...by].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25).map(([label, e]) => ({ label, ms: r(e.ms), n: e.n })),
+      top: [...by].sort((a, b) => b[1].ms - a[1].ms).slice(0, 80).map(([label, e]) => ({ label, ms: r(e.ms), n: e.n })),
     };
   } finally {
     rt.profiled = null;
