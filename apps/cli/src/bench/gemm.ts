@@ -15,7 +15,7 @@ import {
 import { writeFileSync } from "node:fs";
 import builtInTable from "@tuneloom/kernels/gemm-tiles.json";
 import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
-import { sampledRelError, timeGpu } from "./timing.ts";
+import { sampledRelError, timeGpu, warmClocks } from "./timing.ts";
 
 const SHAPES: [string, number, number, number][] = [
   ["4096^3", 4096, 4096, 4096],
@@ -83,6 +83,8 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
       // Each configuration is timed `reps` times, round robin over the configurations, and keeps
       // its fastest time (the GPU's clocks move between and within calls; a slow spell then
       // touches every configuration alike instead of ranking them).
+      // (a configuration that cannot run is reported by the timing loop below)
+      await warmClocks(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, configs[0]), 300).catch(() => {});
       const times = new Map<TcConfig, number[]>();
       const failed = new Map<TcConfig, string>();
       for (let rep = 0; rep < reps; rep++) {

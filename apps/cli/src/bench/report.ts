@@ -90,7 +90,8 @@ export function decodeTable(lines: Line[]): string {
 }
 
 export function gemmTable(lines: Line[]): string {
-  const g = lines.filter((l) => l.op === "gemm_tc" && typeof l.tflops === "number");
+  // Diagnostic sweeps (synthetic shapes, "diag": true) stay in the data, not in the table.
+  const g = lines.filter((l) => l.op === "gemm_tc" && typeof l.tflops === "number" && !l.diag);
   const call = [...new Set(g.map((l) => l.call))].filter(Boolean).sort().at(-1);
   if (!call) return "_no sweep collected yet_";
   const inCall = g.filter((l) => l.call === call);

@@ -20,6 +20,25 @@ export async function timeGpu(rt: GpuRuntime, record: (rec: Recorder) => void, i
   return ms;
 }
 
+/**
+ * Keeps the GPU busy with `record` for about `ms` of wall time. GPUs drop their clocks while idle
+ * (the host generating a new shape's data is enough): measured on an H100, the first ~0.2 s of
+ * GEMMs after such a pause ran at a third of the speed of the same GEMM a moment later (45 against
+ * 168 TFLOP/s), which had ranked tile configurations by their place in the sweep order.
+ */
+export async function warmClocks(rt: GpuRuntime, record: (rec: Recorder) => void, ms = 300): Promise<void> {
+  const t0 = performance.now();
+  let iters = 1;
+  while (performance.now() - t0 < ms) {
+    const rec = rt.recorder("bench-clock-warmup");
+    for (let i = 0; i < iters; i++) record(rec);
+    rec.submit();
+    await rt.sync();
+    rec.release();
+    iters = Math.min(iters * 2, 64);
+  }
+}
+
 /** Relative error on a sample of output entries: out[i] vs ref(i) computed in float64. */
 export function sampledRelError(out: Float32Array, ref: (i: number) => number, samples: number, seed = 1): number {
   let num = 0, den = 0, s = seed >>> 0;
