@@ -43,6 +43,11 @@ export interface TcConfig {
    * and a few column panels of B in L2 instead of streaming all of B (Triton's GROUP_M order).
    */
   group?: number;
+  /**
+   * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
+   * matmulTensorCore when the call passes `aux`, never by the table.
+   */
+  aux?: boolean;
 }
 
 

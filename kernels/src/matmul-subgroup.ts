@@ -22,8 +22,8 @@ import { convertTensor } from "./convert.ts";
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
-import { fillRowsWithBias, matmul, type MatmulArgs } from "./matmul.ts";
-import { stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
+import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
+import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
 import { type TcConfig, tcConfigFor } from "./gemm-tiles.ts";
 
@@ -45,15 +45,16 @@ function source(transB: boolean, cfg: TcConfig): KernelSource {
 ${cs ? "override LDA: u32;\noverride LDB: u32;\noverride LDC: u32;\n" : ""}@group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+${cfg.aux ? AUX_BINDINGS : ""}
 
 @compute @workgroup_size(${LANES * sgm * sgn}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let sg = lid / ${LANES}u;
   let rowTile = wg.y * ${sgm * tm * 16}u + (sg / ${sgn}u) * ${tm * 16}u;
   let colTile = wg.x * ${sgn * tn * 16}u + (sg % ${sgn}u) * ${tn * 16}u;
-  let aBase = wg.z * p.strideA;
-  let bBase = wg.z * p.strideB;
-  let cBase = wg.z * p.strideC;
+  let aBase = wg.z * p.strideA + p.offA;
+  let bBase = wg.z * p.strideB + p.offB;
+  let cBase = wg.z * p.strideC + p.offC;
   // Row/column origins of this subgroup's result matrices, clamped inside C.
 ${ids(tm).map((i) => `  let r${i} = min(rowTile + ${i * 16}u, p.M - 16u);`).join("\n")}
 ${ids(tn).map((j) => `  let c${j} = min(colTile + ${j * 16}u, p.N - 16u);`).join("\n")}
@@ -66,12 +67,13 @@ ${ids(tm).map((i) => `    let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f1
 ${ids(tn).map((j) => `    let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
   }
+${cfg.aux ? auxSliceCode(transB, tm, tn, (i) => `r${i}`, (j) => `c${j}`) : ""}
 ${pairs
   .map(([i, j]) => `  if (rowTile + ${i * 16}u < p.M && colTile + ${j * 16}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + r${i} * ${ldc} + c${j}, acc${i}${j}, ${ldc}); }`)
   .join("\n")}
 }
 `;
-  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}`, code };
+  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}${cfg.aux ? "_aux" : ""}`, code };
 }
 
 const sources = new Map<string, KernelSource>();
@@ -90,7 +92,8 @@ export function tensorCoreUnsupported(args: MatmulArgs): string | null {
   const { M, N, K } = args;
   const transB = args.transB ?? false;
   if (args.transA) return "transposed A";
-  if (args.offsetA || args.offsetB || args.offsetC) return "element offsets";
+  // Offsets stay 16-byte aligned, as the staged kernel's vector loads need.
+  if ((args.offsetA ?? 0) % 8 || (args.offsetB ?? 0) % 8 || (args.offsetC ?? 0) % 4) return "element offsets not 16-byte multiples";
   if (args.b.dtype !== "f16") return `B is ${args.b.dtype}`;
   if (args.a.dtype !== "f16" && args.a.dtype !== "f32") return `A is ${args.a.dtype}`;
   if (args.bias) return "bias";
@@ -103,8 +106,23 @@ export function tensorCoreUnsupported(args: MatmulArgs): string | null {
   return null;
 }
 
+/**
+ * A second product added into the same output tile (matmul-tc-staged.ts auxSliceCode):
+ * C (+)= A·op(B) + a2·op(b2), a2 (M, K2) f16 starting at element `offsetA2` with row stride
+ * `lda2` (default K2), b2 f16 (K2, N) (or (N, K2) when the main product is transB), contiguous.
+ */
+export interface AuxSlice {
+  a2: Tensor;
+  b2: Tensor;
+  K2: number;
+  lda2?: number;
+  offsetA2?: number;
+}
+
 /** Records the tensor-core matmul; `a` must already be f16 (see matmulAuto for f32 A). */
-export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K, args.transB ?? false)) {
+export function matmulTensorCore(
+  rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K, args.transB ?? false), aux?: AuxSlice,
+) {
   const { a, b, c, M, N, K } = args;
   const transB = args.transB ?? false;
   const why = tensorCoreUnsupported(args);
@@ -114,26 +132,83 @@ export function matmulTensorCore(rec: Recorder, args: MatmulArgs, cfg: TcConfig 
   const batch = args.batch ?? 1;
   const lda = args.lda ?? K, ldb = args.ldb ?? (transB ? K : N), ldc = args.ldc ?? N;
   const strideA = args.strideA ?? M * K, strideB = args.strideB ?? K * N, strideC = args.strideC ?? M * N;
-  const need = (rows: number, cols: number, ld: number, stride: number) => (batch - 1) * stride + (rows - 1) * ld + cols;
-  if (need(M, K, lda, strideA) > a.numel) throw new Error(`matmulTensorCore: a has ${a.numel} elements, too few for M=${M} K=${K}`);
-  if (need(transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmulTensorCore: b has ${b.numel} elements, too few for K=${K} N=${N}`);
-  if (need(M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
+  const offA = args.offsetA ?? 0, offB = args.offsetB ?? 0, offC = args.offsetC ?? 0;
+  const need = (off: number, rows: number, cols: number, ld: number, stride: number) => off + (batch - 1) * stride + (rows - 1) * ld + cols;
+  if (need(offA, M, K, lda, strideA) > a.numel) throw new Error(`matmulTensorCore: a has ${a.numel} elements, too few for M=${M} K=${K}`);
+  if (need(offB, transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmulTensorCore: b has ${b.numel} elements, too few for K=${K} N=${N}`);
+  if (need(offC, M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
   if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
   if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
   if (cfg.group && !cfg.staged) throw new Error("matmulTensorCore: a grouped raster applies to the staged kernel only");
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.group ? `g${cfg.group}` : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}`;
+  let auxParams = [0, 0, 0, 0];
+  if (aux) {
+    const { a2, b2, K2 } = aux;
+    const lda2 = aux.lda2 ?? K2, offA2 = aux.offsetA2 ?? 0;
+    expectTensor("matmulTensorCore", "aux a2", a2, "f16");
+    expectTensor("matmulTensorCore", "aux b2", b2, "f16");
+    if (batch !== 1) throw new Error("matmulTensorCore: an aux slice needs batch = 1");
+    if (cfg.diag || cfg.constStrides) throw new Error("matmulTensorCore: an aux slice does not combine with diag or constStrides kernels");
+    if (!(Number.isInteger(K2) && K2 > 0 && K2 % 16 === 0)) throw new Error(`matmulTensorCore: aux K2 must be a positive multiple of 16, got ${K2}`);
+    if (lda2 < K2 || !Number.isInteger(offA2) || offA2 < 0) throw new Error(`matmulTensorCore: aux lda2 ${lda2} < K2 ${K2} or bad offsetA2 ${offA2}`);
+    if (offA2 + (M - 1) * lda2 + K2 > a2.numel) throw new Error(`matmulTensorCore: aux a2 has ${a2.numel} elements, too few for M=${M} K2=${K2}`);
+    if (K2 * N > b2.numel) throw new Error(`matmulTensorCore: aux b2 has ${b2.numel} elements, too few for K2=${K2} N=${N}`);
+    auxParams = [K2, lda2, offA2, transB ? K2 : N];
+  }
+  const kernelCfg: TcConfig = aux ? { ...cfg, aux: true } : cfg;
+  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.group ? `g${cfg.group}` : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}${aux ? ":aux" : ""}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = cfg.staged ? stagedSource(transB, cfg) : source(transB, cfg)));
+  if (!s) sources.set(key, (s = kernelCfg.staged ? stagedSource(transB, kernelCfg) : source(transB, kernelCfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };
   if (cfg.constStrides) Object.assign(constants, { LDA: lda, LDB: ldb, LDC: ldc });
   const pipeline = rec.rt.pipeline(s, constants);
-  const params = new Params(12)
+  const params = new Params(16)
     .u32(M).u32(N).u32(K).u32(lda)
     .u32(ldb).u32(ldc).u32(strideA).u32(strideB)
-    .u32(strideC).u32(0).u32(0).u32(0);
-  rec.dispatch(`matmulTC ${M}x${N}x${K}${transB ? " tB" : ""}`, pipeline, params.buffer, [a, b, c],
+    .u32(strideC).u32(offA).u32(offB).u32(offC)
+    .u32(auxParams[0]!).u32(auxParams[1]!).u32(auxParams[2]!).u32(auxParams[3]!);
+  rec.dispatch(`matmulTC ${M}x${N}x${K}${transB ? " tB" : ""}${aux ? ` +${aux.K2}` : ""}`, pipeline, params.buffer,
+    aux ? [a, b, c, aux.a2, aux.b2] : [a, b, c],
     [cdiv(N, 16 * cfg.tn * cfg.sgn), cdiv(M, 16 * cfg.tm * cfg.sgm), batch]);
+}
+
+/**
+ * Tile and K-split for a thin product (N ≤ 64: a LoRA rank or a few of them side by side, K the
+ * model width or the MLP width): one 16-row strip per subgroup gives only T/16 subgroups, so K is
+ * split into chunks (each ≥ 128) until about 1,024 subgroups run, the partial sums reduced after.
+ */
+export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
+  const tn = N % 64 === 0 ? 4 : N % 48 === 0 ? 3 : N % 32 === 0 ? 2 : 1;
+  const cfg: TcConfig = { tm: 1, tn, sgm: 4, sgn: 1 };
+  const subgroups = cdiv(M, 16) * cdiv(N, 16 * tn);
+  let splits = 1;
+  while (splits < 16 && subgroups * splits < 1024 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
+  return { cfg, splits };
+}
+
+/**
+ * C = alpha·A·op(B) + beta·C on tensor cores for thin outputs (see thinTcPlan): A f16, B f16, any
+ * alpha, beta 0 or 1, element offsets and ldc allowed (C may be a column block of a wider matrix).
+ * The K chunks write f32 partials into a scratch that one pass reduces into C.
+ */
+export function matmulTensorCoreThin(rec: Recorder, args: MatmulArgs) {
+  const { M, N, K } = args;
+  const transB = args.transB ?? false;
+  const why = tensorCoreUnsupported({ ...args, alpha: 1, offsetC: 0, ldc: N });
+  if (why) throw new Error(`matmulTensorCoreThin: ${why} is not supported`);
+  if ((args.batch ?? 1) !== 1) throw new Error("matmulTensorCoreThin: batch must be 1");
+  expectTensor("matmulTensorCoreThin", "c", args.c, "f32");
+  const { cfg, splits } = thinTcPlan(M, N, K);
+  const lda = args.lda ?? K, ldb = args.ldb ?? (transB ? K : N);
+  const Kc = K / splits;
+  const part = rec.scratch("f32", [splits, M, N], "tc_thin_partials");
+  matmulTensorCore(rec, {
+    a: args.a, b: args.b, c: part, M, N, K: Kc, transB, lda, ldb, ldc: N, batch: splits,
+    offsetA: args.offsetA, offsetB: args.offsetB,
+    strideA: Kc, strideB: transB ? Kc : Kc * ldb, strideC: M * N,
+  }, cfg);
+  splitKReduce(rec, part, args.c, { M, N, ldc: args.ldc ?? N, splits, alpha: args.alpha ?? 1, beta: args.beta ?? 0, offsetC: args.offsetC ?? 0 });
+  rec.recycle(part);
 }
 
 /**

@@ -24,12 +24,39 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 
 override ACCUMULATE: bool = false; // C += A·op(B) instead of C = A·op(B)
 
+// offA/offB/offC: element offsets of the operands in their buffers. auxK, lda2, offA2, ldb2: the
+// aux slice (sources made with TcConfig.aux only), see auxSliceCode.
 struct Params {
   M: u32, N: u32, K: u32, lda: u32,
   ldb: u32, ldc: u32, strideA: u32, strideB: u32,
-  strideC: u32, _p0: u32, _p1: u32, _p2: u32,
+  strideC: u32, offA: u32, offB: u32, offC: u32,
+  auxK: u32, lda2: u32, offA2: u32, ldb2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;`;
+
+/**
+ * The aux slice: a second, short product added into the same accumulators after the main K loop,
+ *   C (+)= A·op(B) + A2·op(B2),   A2 (M, auxK) f16 at offA2 with row stride lda2,
+ *   B2 (auxK, N) f16 (transB: (N, auxK)) with row stride ldb2,
+ * so a LoRA branch s·h·Bᵀ (A2 = h, B2 = s·B, auxK = r) or dh·A (auxK = n·r) rides on the frozen
+ * product's tile instead of a second pass over C. Operands are read straight from global memory
+ * (auxK is a few 16-slices); tile origins are clamped inside M and N like the global kernel's, and
+ * the stores skip the duplicates. Bindings 4 and 5.
+ */
+export const AUX_BINDINGS = `@group(0) @binding(4) var<storage, read> a2: array<f16>;
+@group(0) @binding(5) var<storage, read> b2: array<f16>;`;
+
+export function auxSliceCode(transB: boolean, tm: number, tn: number, row: (i: number) => string, col: (j: number) => string): string {
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const right = (j: number) => transB
+    ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&b2, min(${col(j)}, p.N - 16u) * p.ldb2 + k2, p.ldb2)`
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&b2, k2 * p.ldb2 + min(${col(j)}, p.N - 16u), p.ldb2)`;
+  return `  for (var k2 = 0u; k2 < p.auxK; k2 += 16u) {
+${ids(tm).map((i) => `    let x${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&a2, p.offA2 + min(${row(i)}, p.M - 16u) * p.lda2 + k2, p.lda2);`).join("\n")}
+${ids(tn).map((j) => `    let y${j} = ${right(j)};`).join("\n")}
+${ids(tm).flatMap((i) => ids(tn).map((j) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(x${i}, y${j}, acc${i}${j});`)).join("\n")}
+  }`;
+}
 
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
@@ -39,6 +66,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const double = cfg.double ?? false;
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
+  const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
@@ -170,6 +198,8 @@ ${products}
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
+${aux ? AUX_BINDINGS : ""}
+
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
 var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 
@@ -194,9 +224,9 @@ ${group ? `  // Grouped raster: workgroup i of the (x, y) grid takes tile (tileM
   let row0 = (firstM + local % gsize) * ${BM}u;
   let col0 = (local / gsize) * ${BN}u;` : `  let row0 = wg.y * ${BM}u;
   let col0 = wg.x * ${BN}u;`}
-  let aBase = wg.z * p.strideA;
-  let bBase = wg.z * p.strideB;
-  let cBase = wg.z * p.strideC;
+  let aBase = wg.z * p.strideA + p.offA;
+  let bBase = wg.z * p.strideB + p.offB;
+  let cBase = wg.z * p.strideC + p.offC;
   let sg = tid / 32u;
   let sm = sg / ${sgn}u;
   let sn = sg % ${sgn}u;
@@ -207,8 +237,9 @@ ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>
 ${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, p.ldc); }`).join("\n")}
   }
 ${mainLoop}
+${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colTile + ${16 * j}u`) : ""}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }

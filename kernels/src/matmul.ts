@@ -131,7 +131,7 @@ export function splitKFactor(M: number, N: number, K: number): number {
   return 1;
 }
 
-const splitKReduce: KernelSource = { name: "matmul_splitk_reduce", code: splitKWgsl };
+const splitKReduceSource: KernelSource = { name: "matmul_splitk_reduce", code: splitKWgsl };
 
 /**
  * C = alpha·op(A)·op(B) (+ bias) + beta·C as `splits` independent K-chunk products (workgroup z
@@ -149,10 +149,26 @@ function matmulSplitK(rec: Recorder, args: MatmulArgs & { lda: number; ldb: numb
     // chunk z starts Kc rows down (K is the row index of a stored A (K, M) / B (K, N)) or Kc columns across
     strideA: transA ? Kc * lda : Kc, strideB: transB ? Kc : Kc * ldb, strideC: M * N,
   }, "tiled");
-  const params = new Params(8).u32(M).u32(N).u32(args.ldc).u32(splits).f32(args.alpha ?? 1).f32(args.beta ?? 0).u32(args.offsetC ?? 0).u32(0);
-  rec.dispatch(`matmul_splitk_reduce ${M}x${N} s=${splits}`, rec.rt.pipeline(splitKReduce, { HAS_BIAS: args.bias ? 1 : 0 }), params.buffer,
-    [part, args.bias ?? rec.rt.placeholder, args.c], flatGrid(M * N));
+  splitKReduce(rec, part, args.c, { M, N, ldc: args.ldc, splits, alpha: args.alpha ?? 1, beta: args.beta ?? 0, offsetC: args.offsetC ?? 0, bias: args.bias });
   rec.recycle(part);
+}
+
+/**
+ * C (M, N, row stride ldc, from element offsetC) = alpha·Σ_s part[s] (+ bias) + beta·C, where part
+ * is the (splits, M, N) f32 scratch of a split-K product (this kernel or the tensor-core one).
+ */
+export function splitKReduce(
+  rec: Recorder, part: Tensor, c: Tensor,
+  o: { M: number; N: number; ldc: number; splits: number; alpha: number; beta: number; offsetC: number; bias?: Tensor },
+) {
+  const { M, N, ldc, splits } = o;
+  expectTensor("splitKReduce", "part", part, "f32");
+  expectTensor("splitKReduce", "c", c, "f32");
+  if (part.numel < splits * M * N) throw new Error(`splitKReduce: part has ${part.numel} elements, too few for ${splits}·${M}·${N}`);
+  if (o.offsetC + (M - 1) * ldc + N > c.numel) throw new Error(`splitKReduce: c has ${c.numel} elements, too few for M=${M} N=${N} ldc=${ldc}`);
+  const params = new Params(8).u32(M).u32(N).u32(ldc).u32(splits).f32(o.alpha).f32(o.beta).u32(o.offsetC).u32(0);
+  rec.dispatch(`matmul_splitk_reduce ${M}x${N} s=${splits}`, rec.rt.pipeline(splitKReduceSource, { HAS_BIAS: o.bias ? 1 : 0 }), params.buffer,
+    [part, o.bias ?? rec.rt.placeholder, c], flatGrid(M * N));
 }
 
 /** c (M, N, row stride ldc) = bias broadcast to every row (the split-K reduction over zero partials). */
@@ -160,7 +176,7 @@ export function fillRowsWithBias(rec: Recorder, bias: Tensor, c: Tensor, M: numb
   expectTensor("fillRowsWithBias", "bias", bias, "f32", [N]);
   expectTensor("fillRowsWithBias", "c", c, "f32");
   const params = new Params(8).u32(M).u32(N).u32(ldc).u32(0).f32(1).f32(0).u32(0).u32(0);
-  rec.dispatch(`fillRowsWithBias ${M}x${N}`, rec.rt.pipeline(splitKReduce, { HAS_BIAS: 1 }), params.buffer,
+  rec.dispatch(`fillRowsWithBias ${M}x${N}`, rec.rt.pipeline(splitKReduceSource, { HAS_BIAS: 1 }), params.buffer,
     [rec.rt.placeholder, bias, c], flatGrid(M * N));
 }
 

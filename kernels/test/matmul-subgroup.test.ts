@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -54,6 +54,68 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     }
   }
 
+  // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
+  // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
+  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }];
+  for (const cfg of auxConfigs) {
+    for (const transB of [true, false]) {
+      test(`aux slice ${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? "s" : ""} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
+        const M = 272, N = 144, K = 96, K2 = 32, lda2 = 80, offA2 = 16;
+        const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
+        const a2Bits = toF16Bits(randn(M * lda2)), b2Bits = toF16Bits(randn(K2 * N));
+        const [a, b, a2full, b2] = [aBits, bBits, a2Bits, b2Bits].map(fromF16Bits) as Float32Array[];
+        const a2 = new Float32Array(M * K2);
+        for (let m = 0; m < M; m++) for (let k = 0; k < K2; k++) a2[m * K2 + k] = a2full![offA2 + m * lda2 + k]!;
+        const c0 = randn(M * N);
+        const ta = rt.upload("f16", [M, K], aBits), tb = rt.upload("f16", [K * N], bBits);
+        const ta2 = rt.upload("f16", [M * lda2], a2Bits), tb2 = rt.upload("f16", [K2 * N], b2Bits);
+        const tc = rt.empty("f32", [M, N]), tacc = rt.upload("f32", [M, N], c0);
+        const rec = rt.recorder();
+        const aux = { a2: ta2, b2: tb2, K2, lda2, offsetA2: offA2 };
+        matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg, aux);
+        matmulTensorCore(rec, { a: ta, b: tb, c: tacc, M, N, K, transB, beta: 1 }, cfg, aux);
+        rec.submit();
+        const [out, acc] = [await rt.read(tc), await rt.read(tacc)];
+        rec.release();
+        const ref = matmulRef(a!, b!, M, N, K, false, transB), ref2 = matmulRef(a2, b2!, M, N, K2, false, transB);
+        const sum = ref.map((v, i) => v + ref2[i]!);
+        expect(relError(out, sum)).toBeLessThan(1e-5);
+        expect(relError(acc, sum.map((v, i) => v + c0[i]!))).toBeLessThan(1e-5);
+        rt.release(ta, tb, ta2, tb2, tc, tacc);
+      });
+    }
+  }
+
+  // Thin products (LoRA's h = x·Aᵀ and dh = dy·B): split along K, reduced with alpha and beta
+  // into a column block (offset, ldc) of a wider C, operands starting at element offsets.
+  for (const [M, N, K] of [[4096, 48, 2048], [272, 16, 8192], [512, 32, 576]] as [number, number, number][]) {
+    for (const transB of [true, false]) {
+      test(`thin split-K M=${M} N=${N} K=${K} transB=${transB}, alpha, beta, offsets`, async () => {
+        const offA = 8, offB = 16, ldc = N + 32, offC = 16, alpha = 0.75;
+        const aBits = toF16Bits(randn(offA + M * K)), bBits = toF16Bits(randn(offB + K * N));
+        const a = fromF16Bits(aBits).subarray(offA), b = fromF16Bits(bBits).subarray(offB);
+        const c0 = randn(M * ldc);
+        const ta = rt.upload("f16", [offA + M * K], aBits), tb = rt.upload("f16", [offB + K * N], bBits);
+        const tc = rt.upload("f32", [M * ldc], c0);
+        const rec = rt.recorder();
+        matmulTensorCoreThin(rec, { a: ta, b: tb, c: tc, M, N, K, transB, offsetA: offA, offsetB: offB, ldc, offsetC: offC, alpha, beta: 1 });
+        rec.submit();
+        const out = await rt.read(tc);
+        rec.release();
+        const ref = matmulRef(a, b, M, N, K, false, transB);
+        const got = new Float32Array(M * N), want = new Float64Array(M * N);
+        for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) {
+          got[m * N + n] = out[offC + m * ldc + n]!;
+          want[m * N + n] = alpha * ref[m * N + n]! + c0[offC + m * ldc + n]!;
+        }
+        expect(relError(got, want)).toBeLessThan(1e-5);
+        // Columns outside the block are untouched.
+        for (let m = 0; m < M; m += 97) expect(out[m * ldc]).toBe(c0[m * ldc]!);
+        rt.release(ta, tb, tc);
+      });
+    }
+  }
+
   test("batched along z with strides", async () => {
     const M = 32, N = 48, K = 64, batch = 3;
     const aBits = toF16Bits(randn(batch * M * K)), bBits = toF16Bits(randn(batch * N * K));
@@ -80,6 +142,8 @@ test("tensorCoreUnsupported names what keeps operands off the tensor cores", () 
   expect(tensorCoreUnsupported({ ...base, b: t("f32", [32, 32]) })).toContain("B is f32");
   expect(tensorCoreUnsupported({ ...base, alpha: 0.5 })).toContain("alpha");
   expect(tensorCoreUnsupported({ ...base, transA: true })).toContain("transposed A");
+  expect(tensorCoreUnsupported({ ...base, offsetA: 4 })).toContain("offsets");
+  expect(tensorCoreUnsupported({ ...base, offsetA: 8, offsetC: 4 })).toBeNull();
 });
 
 test("matmulAuto with a bias (tensor cores: C filled with the bias, then accumulated)", async () => {
@@ -118,4 +182,18 @@ test("tile configuration names parse and print back", () => {
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
   expect(() => parseTcConfig("4x4_2x2x")).toThrow("bad tensor-core config");
+});
+
+test("thin tensor-core plan: one 16-row strip per subgroup, K split while subgroups are few", () => {
+  // LoRA's q/k/v h at Llama-1B shapes: 256 strips, K = 2048 split 4 ways (chunks of 512).
+  expect(thinTcPlan(4096, 48, 2048)).toEqual({ cfg: { tm: 1, tn: 3, sgm: 4, sgn: 1 }, splits: 4 });
+  // Down's h: K = 8192.
+  expect(thinTcPlan(4096, 16, 8192)).toEqual({ cfg: { tm: 1, tn: 1, sgm: 4, sgn: 1 }, splits: 4 });
+  // Short K is not split below chunks of 128.
+  expect(thinTcPlan(512, 16, 256).splits).toBe(2);
+  expect(thinTcPlan(512, 16, 128).splits).toBe(1);
+  for (const [M, N, K] of [[4096, 32, 576], [8192, 64, 4096], [16, 16, 16]]) {
+    const { splits } = thinTcPlan(M!, N!, K!);
+    expect(K! % (16 * splits)).toBe(0);
+  }
 });

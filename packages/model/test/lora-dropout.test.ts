@@ -6,8 +6,8 @@
  * kernel) and is also checked against the GPU's own mask.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { dropoutForward, dropoutSeed, getRuntime } from "@tuneloom/kernels";
-import { matmulRef, randn, relError } from "@tuneloom/kernels/testing.ts";
+import { dropoutForward, dropoutSeed, getRuntime, hasTensorCoreMatmul } from "@tuneloom/kernels";
+import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "@tuneloom/kernels/testing.ts";
 import { Tensor } from "@tuneloom/kernels";
 import { type LoraModule, linearsLoraBackward, linearsLoraForward } from "../src/gpu/lora.ts";
 
@@ -52,6 +52,8 @@ interface GroupCase {
   p: number; betaDx: 0 | 1; withDropout: boolean;
   /** A's (and dA's) back to back in one buffer, as the trainer lays them out: the fused path. */
   stackA: boolean;
+  /** Frozen weights uploaded as f16 (the reference uses the same rounded values): the tensor-core path on GPUs. */
+  f16W?: boolean;
 }
 
 /** linearsLoraForward + linearsLoraBackward on a group of projections, and the float64 reference. */
@@ -69,7 +71,8 @@ async function runGroup(c: GroupCase) {
   // Stacked: one buffer holding A_1 … A_n (and one for dA_1 … dA_n), each a 256-byte-aligned view.
   const aBuf = c.stackA ? rt.empty("f32", [nA * r * inF]) : null, dABuf = c.stackA ? rt.empty("f32", [nA * r * inF]) : null;
   const mods = outFs.map((outF, i) => {
-    const [W, A, B, dy, dA0, dB0] = [outF * inF, r * inF, outF * r, T * outF, r * inF, outF * r].map((k) => randn(k));
+    const [W0, A, B, dy, dA0, dB0] = [outF * inF, r * inF, outF * r, T * outF, r * inF, outF * r].map((k) => randn(k));
+    const W = c.f16W ? fromF16Bits(toF16Bits(W0!)) : W0;
     const seed = dropoutSeed(17, T, i, outF);
     const j = adapted.slice(0, i).filter(Boolean).length; // index among the adapted
     const view = (buf: Tensor | null, data: Float32Array) => {
@@ -84,7 +87,7 @@ async function runGroup(c: GroupCase) {
         dropout: c.withDropout ? { p, seed, scratch } : undefined,
       }
       : undefined;
-    return { outF, W: W!, A: A!, B: B!, dy: dy!, dA0: dA0!, dB0: dB0!, seed, lora, tW: up([outF, inF], W!), ty: rt.empty("f32", [T, outF]), tdy: up([T, outF], dy!) };
+    return { outF, W: W!, A: A!, B: B!, dy: dy!, dA0: dA0!, dB0: dB0!, seed, lora, tW: c.f16W ? rt.upload("f16", [outF, inF], toF16Bits(W!)) : up([outF, inF], W!), ty: rt.empty("f32", [T, outF]), tdy: up([T, outF], dy!) };
   });
   const rec = rt.recorder("lora group test");
   const d0 = rt.recordStats.dispatches;
@@ -114,11 +117,11 @@ async function runGroup(c: GroupCase) {
   return { out, refs, dxRef, dispatches, n, refsNoMask: refsWith(false) };
 }
 
-/** Every output of a group case within 1e-5 of float64. */
-function expectGroupMatches(r: Awaited<ReturnType<typeof runGroup>>) {
+/** Every output of a group case within `tol` (1e-5: f32 math) of float64. */
+function expectGroupMatches(r: Awaited<ReturnType<typeof runGroup>>, tol = 1e-5) {
   const check = (what: string, got: Float32Array, ref: Float64Array) => {
     const e = relError(got, ref);
-    if (!(e < 1e-5)) throw new Error(`${what}: relative error ${e}`);
+    if (!(e < tol)) throw new Error(`${what}: relative error ${e}`);
   };
   check("dx", r.out.dx, r.dxRef);
   r.refs.forEach((ref, i) => {
@@ -200,5 +203,25 @@ describe("LoRA groups (q/k/v, gate/up: projections reading one input) against fl
 
   test("a group of two with split-K shapes (long T)", async () => {
     expectGroupMatches(await runGroup({ T: 600, inF: 96, r: 8, outFs: [80, 80], p: 0, betaDx: 0, withDropout: false, stackA: true }));
+  });
+});
+
+// 16-bit frozen weights on a GPU with subgroup matrices: h, s·h·Bᵀ (an aux slice of the frozen
+// product), dh and dh·A (an aux slice of the input-gradient product) run on tensor cores with
+// f16-rounded operands, so the bound is the 16-bit one.
+describe.skipIf(!hasTensorCoreMatmul(rt))("LoRA on tensor cores against float64 (f16 weights)", () => {
+  const base = { T: 64, inF: 96, r: 16, outFs: [64, 32, 32], p: 0, withDropout: false, f16W: true };
+  test("q/k/v-like group, stacked A's, dx accumulated", async () => {
+    const r = await runGroup({ ...base, betaDx: 1, stackA: true });
+    expectGroupMatches(r, 2e-3);
+  });
+  test("k not adapted inside the group, dx overwritten", async () => {
+    expectGroupMatches(await runGroup({ ...base, betaDx: 0, adapted: [true, false, true], stackA: true }), 2e-3);
+  });
+  test("one projection (o/down-like), r = 32, long K", async () => {
+    expectGroupMatches(await runGroup({ T: 48, inF: 1024, r: 32, outFs: [64], p: 0, withDropout: false, f16W: true, betaDx: 0, stackA: false }), 2e-3);
+  });
+  test("A's not stacked: LoRA stays on the f32 products, the frozen ones on tensor cores", async () => {
+    expectGroupMatches(await runGroup({ ...base, betaDx: 1, stackA: false }), 2e-3);
   });
 });

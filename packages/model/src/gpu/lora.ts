@@ -19,8 +19,19 @@
  * dx += dh·[A_1; …; A_n] are one product each, reading x (or writing dx) once instead of n
  * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
  * order.
+ *
+ * On tensor cores (16-bit frozen weights on a GPU with subgroup matrices, no dropout, r and every
+ * width a multiple of 16, A's stacked): h = x16·[A]16ᵀ is one thin split-K product, each
+ * s·h_i·B_iᵀ rides on its frozen product as an extra K = r slice of the same output tile (no
+ * second pass over y), dh_i = s·dy16_i·B16_i is thin split-K, and dh·[A] rides on the last frozen
+ * input-gradient product as an extra K = n·r slice. dA and dB stay f32 products (they reduce over
+ * tokens). Operands are rounded to f16 as the frozen products' are; the f32 path is what the
+ * parity tests against PEFT check, this one is checked against it.
  */
-import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
+import {
+  type AuxSlice, type MatmulArgs, type Recorder, Tensor, dropoutBackward, dropoutForward, fillRowsWithBias, hasTensorCoreMatmul, matmul,
+  matmulAuto, matmulTensorCore, matmulTensorCoreThin, scale, tensorCoreUnsupported, toF16,
+} from "@tuneloom/kernels";
 import type { LoraTarget } from "../lora-config.ts";
 
 
@@ -114,13 +125,15 @@ export function linearsLoraForward(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16?: Tensor,
 ) {
   const T = x.shape[0]!;
+  const { mods, r } = adaptedOf(projs, "linearsLoraForward");
+  const stackedA = tensorCoreLora(rec, x, projs, mods, r);
+  if (stackedA) return loraForwardTc(rec, x, projs, h, x16, mods, r, stackedA);
   for (const { w, bias, y } of projs) {
     const [outF, inF] = w.shape as [number, number];
     const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
     const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
     matmulAuto(rec, { ...base, a }); // y_i = x·W_iᵀ + b_i
   }
-  const { mods, r } = adaptedOf(projs, "linearsLoraForward");
   if (mods.length === 0) return;
   const inF = x.shape[1]!, ld = mods.length * r;
   const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
@@ -142,6 +155,65 @@ export function linearsLoraForward(
 }
 
 /**
+ * The group's [A_1; …; A_n] (n·r, in) when its LoRA runs on tensor cores (module comment), else
+ * null: a GPU with subgroup matrices, f16 frozen weights, no dropout, T, in, every out and r
+ * multiples of 16, and the A's back to back in one buffer (or a single module).
+ */
+function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): Tensor | null {
+  const [T, inF] = x.shape as [number, number];
+  if (mods.length === 0 || !hasTensorCoreMatmul(rec.rt) || mods.some((m) => m.dropout)) return null;
+  if (T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
+  return mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
+}
+
+/** f16 copy of s·B (a scratch of the recording: recycle it). */
+function scaledF16(rec: Recorder, B: Tensor, s: number): Tensor {
+  if (s === 1) return toF16(rec, B);
+  const sB = rec.scratch("f32", B.shape, "lora_sB");
+  scale(rec, s, B, sB);
+  const out = toF16(rec, sB);
+  rec.recycle(sB);
+  return out;
+}
+
+/** A frozen product on tensor cores with an aux slice: y = a·op(W) (+ bias) (+ y) + aux. */
+function frozenWithAux(rec: Recorder, args: MatmulArgs, aux: AuxSlice | undefined) {
+  let beta = args.beta ?? 0;
+  if (args.bias) {
+    if (beta !== 0) throw new Error("frozenWithAux: a bias on an accumulated output");
+    fillRowsWithBias(rec, args.bias, args.c, args.M, args.N);
+    beta = 1;
+  }
+  matmulTensorCore(rec, { ...args, bias: undefined, beta }, undefined, aux);
+}
+
+/** linearsLoraForward on tensor cores (see the module comment). */
+function loraForwardTc(
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16: Tensor | undefined,
+  mods: readonly LoraModule[], r: number, A: Tensor,
+) {
+  const [T, inF] = x.shape as [number, number];
+  const ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
+  const xh = x16 ?? toF16(rec, x);
+  const A16 = toF16(rec, A); // (n·r, in)
+  matmulTensorCoreThin(rec, { a: xh, b: A16, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
+  const h16 = toF16(rec, hs);
+  let i = 0;
+  for (const { w, bias, y, lora } of projs) {
+    const outF = w.shape[0]!;
+    const sB16 = lora ? scaledF16(rec, lora.B, lora.scaling) : undefined; // (out, r)
+    // y = x·Wᵀ + b (+ h_i·(s·B_i)ᵀ as the tile's last K = r slice)
+    frozenWithAux(rec, { a: xh, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true },
+      sB16 ? { a2: h16, b2: sB16, K2: r, lda2: ld, offsetA2: i++ * r } : undefined);
+    if (sB16) rec.recycle(sB16);
+  }
+  rec.recycle(A16);
+  rec.recycle(h16);
+  if (!x16) rec.recycle(xh);
+}
+
+/**
  * Backward of linearsLoraForward. dx (T, in) = Σ_i dy_i·W_i (+ the LoRA parts), written when
  * betaDx = 0, added when 1. Every dA_i, dB_i accumulates (+=) so micro-batches sum. `dh` is
  * (T, n·r) scratch. With dropout, x̃_i is regenerated from x and the module's seed (so each
@@ -152,12 +224,14 @@ export function linearsLoraBackward(
   h: Tensor | undefined, dh: Tensor | undefined,
 ) {
   const [T, inF] = x.shape as [number, number];
+  const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
+  const stackedA = tensorCoreLora(rec, x, projs, mods, r);
+  if (stackedA) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, stackedA);
   // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i
   for (const [i, { w, dy }] of projs.entries()) {
     const outF = w.shape[0]!;
     matmulAuto(rec, { a: dy, b: w, c: dx, M: T, N: inF, K: outF, beta: i === 0 ? betaDx : 1 });
   }
-  const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
   if (mods.length === 0) return;
   for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
   const ld = mods.length * r;
@@ -195,4 +269,40 @@ export function linearsLoraBackward(
     // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
     dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
   }
+}
+
+/** linearsLoraBackward on tensor cores (see the module comment). */
+function loraBackwardTc(
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor })[], dx: Tensor, betaDx: 0 | 1,
+  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor,
+) {
+  const [T, inF] = x.shape as [number, number];
+  for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
+  const ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", "linearsLoraBackward");
+  const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
+  const dy16s = projs.map(({ dy }) => toF16(rec, dy)); // each dy_i rounded once: dh_i and the frozen dx product read it
+  let i = 0;
+  for (const [j, { dy, lora: m }] of projs.entries()) {
+    if (!m) continue;
+    const outF = m.B.shape[0]!, s = m.scaling;
+    // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i (f32),  dh_i = s·dy_i·B_i (tensor cores)
+    matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
+    const B16 = toF16(rec, m.B); // (out, r)
+    matmulTensorCoreThin(rec, { a: dy16s[j]!, b: B16, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });
+    rec.recycle(B16);
+    i++;
+  }
+  // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x (f32),  dx += dh·[A] (the last frozen product's aux slice)
+  const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
+  if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
+  matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
+  const dh16 = toF16(rec, dhs), A16 = toF16(rec, A);
+  // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i
+  for (const [j, { w }] of projs.entries()) {
+    const outF = w.shape[0]!;
+    matmulTensorCore(rec, { a: dy16s[j]!, b: w, c: dx, M: T, N: inF, K: outF, beta: j === 0 ? betaDx : 1 }, undefined,
+      j === projs.length - 1 ? { a2: dh16, b2: A16, K2: ld } : undefined);
+  }
+  for (const t of [dh16, A16, ...dy16s]) rec.recycle(t);
 }
