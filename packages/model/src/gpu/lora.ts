@@ -20,7 +20,7 @@
  * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
  * order.
  */
-import { type Recorder, Tensor, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
+import { type Recorder, Tensor, bgmvExpand, bgmvShrink, dropoutBackward, dropoutForward, matmul, matmulAuto, tensorCoreUnsupported } from "@tuneloom/kernels";
 import type { LoraTarget } from "../lora-config.ts";
 
 
@@ -194,5 +194,50 @@ export function linearsLoraBackward(
     matmul(rec, { a: dhs, b: m.A, c: dxd, M: T, N: inF, K: r, ...cols });
     // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
     dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
+  }
+}
+
+/**
+ * Several adapters in one batch (serving, lora-slots.ts): each row picks its adapter's slot out
+ * of stacked A's and B's, so a batch that mixes adapters is ONE forward (kernels' bgmv).
+ */
+export interface GatheredRows {
+  /** i32 (T): each row's slot, −1 for the base (no LoRA delta). */
+  rows: Tensor;
+  /** u32 (S, 7): each slot's rank per target module (LORA_TARGETS order), 0 = not adapted. */
+  ranks: Tensor;
+  /** f32 (S): each slot's s = α/r (α/√r with rsLoRA). */
+  scales: Tensor;
+  /** The padded rank of the stacks. */
+  R: number;
+}
+
+/** One projection group's stacks: module i's A in rows i·R … i·R + R − 1 of each slot's block. */
+export interface GatheredGroup {
+  A: Tensor; // (S, n·R, in)
+  B: readonly Tensor[]; // module i: (S, out_i, R)
+  /** Column of the group's first module in the rank table. */
+  rankCol: number;
+}
+
+/** A layer's gathered LoRA: its groups' stacks and the rows' slots. */
+export interface GatheredLayerLora {
+  gathered: GatheredRows;
+  groups: Readonly<Record<"qkv" | "o" | "gateUp" | "down", GatheredGroup>>;
+}
+
+/**
+ * y_i (T, out_i) += s[slot_t]·h_i·B_i[slot_t]ᵀ with [h_1 … h_n] = x·[A_1; …; A_n][slot_t]ᵀ
+ * (T, n·R) in `h`, for every row t with a slot: the LoRA part of a group whose frozen products
+ * (y_i = x·W_iᵀ + b_i) are already recorded. One shrink for the group, one expand per module.
+ */
+export function linearsGatheredLoraForward(rec: Recorder, x: Tensor, ys: readonly Tensor[], g: GatheredGroup, rows: GatheredRows, h: Tensor | undefined) {
+  const T = x.shape[0]!, R = rows.R;
+  if (g.B.length !== ys.length) throw new Error(`linearsGatheredLoraForward: ${ys.length} outputs for a group of ${g.B.length} modules`);
+  const hs = groupColumns(h, T, ys.length * R, "h", "linearsGatheredLoraForward");
+  const common = { slots: rows.rows, ranks: rows.ranks };
+  bgmvShrink(rec, { ...common, x, A: g.A, R, rankCol: g.rankCol, h: hs }); // [h_1 … h_n] = x·[A_1; …; A_n][slot]ᵀ
+  for (const [i, y] of ys.entries()) {
+    bgmvExpand(rec, { ...common, h: hs, hOffset: i * R, B: g.B[i]!, scales: rows.scales, rankCol: g.rankCol + i, y }); // y_i += s·h_i·B_i[slot]ᵀ
   }
 }
