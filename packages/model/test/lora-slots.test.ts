@@ -82,7 +82,7 @@ describe("LoRA slots: one forward for a batch of several adapters", () => {
     const mixed = await runMixed();
     expect(mixed.prefillSteps).toBe(1);
     expect(mixed.submits).toBe(STEPS);
-    const alone = [];
+    const alone: SampledRow[][] = [];
     for (const [a, ids] of SEQS) alone.push(await runAlone(a, ids));
     for (const [i, rows] of mixed.rows.entries()) {
       expect(rows.map((r) => r.token)).toEqual(alone[i]!.map((r) => r.token));
