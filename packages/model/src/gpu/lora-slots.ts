@@ -51,6 +51,8 @@ export class LoraSlots {
   private readonly scales: Float32Array;
   /** Slot → who holds it (null: free). */
   private readonly holders: (string | null)[];
+  /** After dispose, recordings that bound the stacks are stale: no new stacks are made. */
+  private disposed = false;
 
   constructor(readonly rt: GpuRuntime, readonly cfg: ModelConfig, o: LoraSlotsOptions) {
     if (!Number.isInteger(o.slots) || o.slots < 1) throw new RangeError(`LoraSlots: slots must be an integer ≥ 1, got ${o.slots}`);
@@ -96,6 +98,7 @@ export class LoraSlots {
    */
   write(slot: number, adapter: LoadedAdapter) {
     this.check(slot, "write");
+    if (this.disposed) throw new Error("LoraSlots.write: the slots were disposed");
     const r = adapter.lora.rank, R = this.maxRank;
     if (r > R) throw new RangeError(`adapter ${adapter.dir} has rank ${r}, above the largest rank a slot takes (${R}; serve's --max-lora-rank)`);
     const stacks = this.allocate();
@@ -141,6 +144,7 @@ export class LoraSlots {
   }
 
   dispose() {
+    this.disposed = true;
     if (!this.stacks) return;
     for (const layer of this.stacks) for (const g of Object.values(layer)) this.rt.release(g.A, ...g.B);
     this.rt.release(this.ranksT!, this.scalesT!);
