@@ -16,6 +16,9 @@
 #                  decodes from it; HF generate beside it (load.jsonl, train.jsonl, decode.jsonl)
 # decode MODEL...  batch-1 and batch-16 greedy decode, ours and HF generate (decode.jsonl)
 # serve            HTTP serving, 1 and 16 streams (serve.jsonl)
+# multi-lora [MODEL...]  one decode batch of 16 sequences over 1, 4 and 16 distinct random r=16 adapters
+#                  (adapter slots, one forward a step) vs one adapter, beside the no-LoRA batch and one
+#                  forward per adapter (multi-lora.jsonl); default llama3.2-1b
 set -u
 OUT=${OUT:-/tmp/gpu-measure}
 mkdir -p "$OUT"
@@ -70,11 +73,16 @@ PY
       PYTHONUNBUFFERED=1 timeout 150 python3 -c "import sys, torch; sys.path.insert(0, '.tmp'); import peft_bench as pb; pb.decode('$m', torch.bfloat16, 64, 128)" 2>>"$OUT/peft-stderr.txt" | json | stamp >> "$OUT/decode.jsonl"
     done
     ;;
+  multi-lora)
+    for m in "${@:-llama3.2-1b}"; do
+      timeout 240 bun run bench -- --decode-loras 1,4,16 --model "$m" --batch 16 --tokens 64 2>/dev/null | json | stamp >> "$OUT/multi-lora.jsonl"
+    done
+    ;;
   serve)
     timeout 150 bun run bench -- --serve --model smollm2-135m --streams 1,16 --tokens 128 --prompt-tokens 64 --weight-dtype f16 2>/dev/null | json | stamp >> "$OUT/serve.jsonl"
     ;;
   *)
-    echo "usage: bash scripts/gpu-measure.sh kernels | train MODEL... | load MODEL | decode MODEL... | serve" >&2
+    echo "usage: bash scripts/gpu-measure.sh kernels | train MODEL... | load MODEL | decode MODEL... | serve | multi-lora [MODEL...]" >&2
     exit 2
     ;;
 esac

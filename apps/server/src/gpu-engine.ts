@@ -7,9 +7,11 @@
  * uniform draw), sampling on the GPU.
  *
  * Several adapters (vLLM's --lora-modules): the base and every loaded adapter are served models
- * of one engine, sharing its KV slots and its continuous batch. A decode step groups the running
- * sequences by adapter and runs one forward per group present (base rows get no LoRA delta), all
- * within the same step boundary; see docs/serving.md "Several adapters".
+ * of one engine, sharing its KV slots and its continuous batch. Each loaded adapter holds an
+ * adapter slot (@tuneloom/model's LoraSlots: --max-loras slots padded to --max-lora-rank), and
+ * every row of a step carries its sequence's slot (−1: the base), so a decode step over any mix
+ * of adapters is ONE forward and one submit, and so is the prefill of a round's newcomers
+ * (kernels' bgmv); see docs/serving.md "Several adapters".
  *
  * Sampling matches CpuReferenceEngine (same draws, same semantics), so a seeded request yields
  * the same tokens on both engines (up to f32 vs float64 rounding of near-tied logits or of u
@@ -19,8 +21,8 @@
 import { basename, resolve } from "node:path";
 import { getRuntime, type SampledRow } from "@tuneloom/kernels";
 import {
-  GpuModel, KvCacheGenerator, type LayerLora, type LoadGpuModelOptions, type ModelConfig, loadModelConfig, loadServingTokenizer, readAdapterDir,
-  releaseAdapter, resolveServingTemplate, servingStopTokenIds, uploadAdapter,
+  GpuModel, KvCacheGenerator, type LoadedAdapter, type LoadGpuModelOptions, LoraSlots, type ModelConfig, loadModelConfig, loadServingTokenizer,
+  readAdapterDir, resolveServingTemplate, servingStopTokenIds,
 } from "@tuneloom/model";
 import { AsyncQueue } from "./async-queue.ts";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
@@ -42,8 +44,13 @@ export interface GpuEngineOptions {
   adapters?: readonly ServedAdapter[];
   /** The model a request without `model` gets: this adapter's name; default the base. */
   defaultAdapter?: string;
-  /** Most adapters loaded at once (startup and runtime loads); default 8. */
+  /** Most adapters loaded at once (startup and runtime loads) = adapter slots; default 8. */
   maxLoras?: number;
+  /**
+   * Largest adapter rank a slot takes (the slots' padded rank); default the largest of 16 and the
+   * startup adapters' ranks. A runtime load above it is refused.
+   */
+  maxLoraRank?: number;
   /** Sequences decoded together = KV slots; default 16. */
   maxBatchSize?: number;
   /** KV rows per slot (prompt + generated); default min(max_position_embeddings, 4096). */
@@ -53,19 +60,19 @@ export interface GpuEngineOptions {
 export const DEFAULT_GPU_MAX_BATCH = 16;
 export const DEFAULT_GPU_MAX_CONTEXT = 4096;
 export const DEFAULT_MAX_LORAS = 8;
+export const DEFAULT_MAX_LORA_RANK = 16;
 const defaultMaxContext = (cfg: Pick<ModelConfig, "maxPositionEmbeddings">) => Math.min(cfg.maxPositionEmbeddings, DEFAULT_GPU_MAX_CONTEXT);
 
-/** An adapter uploaded for the model, with what it is served with. */
+/** An adapter read for the model (its A and B on the host until a slot takes them), with what it is served with. */
 export interface ServedAdapter {
   served: ServedModel;
-  lora: LayerLora[];
+  loaded: LoadedAdapter;
   summary: AdapterSummary;
 }
 
 /**
  * Reads and checks `dir` against the model (adapter_config, every tensor's shape), resolves its
- * own template (refused when training_args.json pins another sha256), tokenizer and stop ids,
- * and uploads its A and B.
+ * own template (refused when training_args.json pins another sha256), tokenizer and stop ids.
  */
 export function readServedAdapter(model: GpuModel, modelDir: string, baseId: string, name: string, dir: string): ServedAdapter {
   const loaded = readAdapterDir(dir, model.cfg);
@@ -75,11 +82,15 @@ export function readServedAdapter(model: GpuModel, modelDir: string, baseId: str
     id: name, parent: baseId, root: resolve(dir), adapter: name, chatTemplate,
     tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, model.cfg, tokenizer)),
   };
-  return { served, lora: uploadAdapter(model, loaded), summary: summarizeAdapter(loaded) };
+  return { served, loaded, summary: summarizeAdapter(loaded) };
 }
 
-/** An adapter being served. */
-interface AdapterEntry extends ServedAdapter {
+/** An adapter being served, from its slot. */
+interface AdapterEntry {
+  served: ServedModel;
+  summary: AdapterSummary;
+  /** Its LoraSlots slot. */
+  slot: number;
   /** Sequences submitted for it that have not ended yet. */
   active: number;
   unloading: boolean;
@@ -87,42 +98,21 @@ interface AdapterEntry extends ServedAdapter {
   idle: (() => void)[];
 }
 
-/** Per sequence: its KV slot and its adapter's modules (null: the base). */
+/** Per sequence: its KV slot and its adapter's slot (−1: the base). */
 export interface SeqState {
   slot: number;
-  lora: readonly LayerLora[] | null;
+  loraSlot: number;
 }
 
 const notServed = (name: string, served: readonly string[]) =>
   new ApiError(404, `The model '${name}' does not exist; this server serves ${served.map((n) => `'${n}'`).join(", ")} (see GET /v1/models)`, "invalid_request_error", "model", "model_not_found");
 
-/** Indices of `batch` by adapter, in first-seen order (null: the base). */
-function groupByAdapter(batch: readonly LiveSequence<SeqState>[]): Map<readonly LayerLora[] | null, number[]> {
-  const groups = new Map<readonly LayerLora[] | null, number[]>();
-  batch.forEach((seq, i) => {
-    const g = groups.get(seq.state.lora);
-    if (g) g.push(i);
-    else groups.set(seq.state.lora, [i]);
-  });
-  return groups;
-}
-
-/** Runs `run` once per adapter group of `batch` and puts each group's rows back in batch order. */
-async function perAdapter<T>(
-  batch: readonly LiveSequence<SeqState>[], run: (indices: number[], lora: readonly LayerLora[] | null) => Promise<T[]>,
-): Promise<T[]> {
-  const out = new Array<T>(batch.length);
-  for (const [lora, indices] of groupByAdapter(batch)) {
-    const rows = await run(indices, lora);
-    indices.forEach((i, k) => (out[i] = rows[k]!));
-  }
-  return out;
-}
-
 export class GpuEngine extends BatchingEngine<SeqState> {
   readonly model: GpuModel;
   readonly maxLoras: number;
+  readonly maxLoraRank: number;
   private readonly generator: KvCacheGenerator;
+  private readonly loraSlots: LoraSlots;
   private readonly base: ServedModel;
   private readonly modelDir: string | undefined;
   private readonly adapters = new Map<string, AdapterEntry>();
@@ -150,17 +140,45 @@ export class GpuEngine extends BatchingEngine<SeqState> {
     };
     const adapters = options.adapters ?? [];
     if (adapters.length > this.maxLoras) throw new Error(tooManyAdapters(adapters.length, this.maxLoras));
+    this.maxLoraRank = options.maxLoraRank ?? Math.max(DEFAULT_MAX_LORA_RANK, ...adapters.map((a) => a.loaded.lora.rank));
+    checkIntegerFlag("--max-lora-rank", this.maxLoraRank, 1);
     for (const a of adapters) {
-      if (a.served.id === this.base.id || this.adapters.has(a.served.id)) throw new Error(`the model name '${a.served.id}' is given twice (base and adapters need distinct names)`);
-      this.adapters.set(a.served.id, { ...a, active: 0, unloading: false, idle: [] });
+      if (a.served.id === this.base.id || adapters.filter((b) => b.served.id === a.served.id).length > 1)
+        throw new Error(`the model name '${a.served.id}' is given twice (base and adapters need distinct names)`);
+      if (a.loaded.lora.rank > this.maxLoraRank) throw new Error(tooHighRank(a.served.id, a.loaded.lora.rank, this.maxLoraRank));
+    }
+    // The stacks are allocated on the first adapter written: a base-only server pays nothing.
+    this.loraSlots = new LoraSlots(options.model.rt, options.model.cfg, { slots: this.maxLoras, maxRank: this.maxLoraRank });
+    try {
+      for (const a of adapters) this.adapters.set(a.served.id, this.slotIn(a));
+    } catch (err) {
+      this.loraSlots.dispose();
+      throw err;
     }
     this.generator = new KvCacheGenerator(options.model, {
       maxSlots: this.maxBatchSize,
       maxContext: this.maxContext,
       validVocab: options.tokenizer.vocabSize,
-      // Every adapter keeps its recorded steps: at least one (batch size, top-N) shape each.
-      replayCacheSize: 8 + 2 * this.maxLoras,
+      loraSlots: this.loraSlots,
     });
+  }
+
+  /** Writes the adapter into a free slot (the caller checked the cap and the rank). */
+  private slotIn(a: ServedAdapter): AdapterEntry {
+    const slot = this.loraSlots.acquire(a.served.id);
+    if (slot === null) throw new Error(tooManyAdapters(this.maxLoras + 1, this.maxLoras));
+    try {
+      this.loraSlots.write(slot, a.loaded);
+    } catch (err) {
+      this.loraSlots.clear(slot);
+      throw err;
+    }
+    return { served: a.served, summary: a.summary, slot, active: 0, unloading: false, idle: [] };
+  }
+
+  /** Adapter slots in use and their total (tests, logs). */
+  get loraSlotsUsed(): { used: number; total: number } {
+    return { used: this.loraSlots.count - this.loraSlots.free, total: this.loraSlots.count };
   }
 
   /** The default first (the --adapter in the one-adapter form, else the base), then the base, then the adapters in load order. */
@@ -187,7 +205,9 @@ export class GpuEngine extends BatchingEngine<SeqState> {
     } catch (err) {
       throw badRequest(`cannot load adapter '${name}' from ${dir}: ${(err as Error).message}`, "lora_path", "invalid_adapter");
     }
-    this.adapters.set(name, { ...adapter, active: 0, unloading: false, idle: [] });
+    if (adapter.loaded.lora.rank > this.maxLoraRank)
+      throw badRequest(tooHighRank(name, adapter.loaded.lora.rank, this.maxLoraRank), "lora_path", "lora_rank_too_high");
+    this.adapters.set(name, this.slotIn(adapter));
     return adapter.served;
   }
 
@@ -197,8 +217,7 @@ export class GpuEngine extends BatchingEngine<SeqState> {
     entry.unloading = true; // new requests for it are 404s from now on
     if (entry.active > 0) await new Promise<void>((resolve) => entry.idle.push(resolve));
     this.adapters.delete(name);
-    this.generator.forgetLora(entry.lora);
-    releaseAdapter(this.model, entry.lora);
+    this.loraSlots.clear(entry.slot); // no running sequence points at it any more
   }
 
   /** Counts the sequence against its adapter (unload waits for it); an adapter not served (or unloading) is a 404. */
@@ -242,7 +261,7 @@ export class GpuEngine extends BatchingEngine<SeqState> {
   protected override admit(request: GenerationRequest): SeqState | null {
     const slot = this.generator.acquireSlot();
     if (slot === null) return null;
-    return { slot, lora: request.adapter ? this.adapters.get(request.adapter)!.lora : null };
+    return { slot, loraSlot: request.adapter ? this.adapters.get(request.adapter)!.slot : -1 };
   }
 
   protected override release(seq: LiveSequence<SeqState>): void {
@@ -250,16 +269,19 @@ export class GpuEngine extends BatchingEngine<SeqState> {
   }
 
   protected override prefill(seq: LiveSequence<SeqState>, u: number): Promise<SampledRow> {
-    return this.generator.prefill(seq.state.slot, seq.request.promptIds, seq.sampling, u, seq.topN, seq.penalties, seq.state.lora);
+    const [item] = this.prefillItems([seq], [u]);
+    return this.generator.prefillMany([item!]).then((rows) => rows[0]!);
   }
 
-  /** One packed prefill per adapter present among the newcomers. */
+  /** The newcomers' prompts packed into one prefill, whatever adapters they use (each token carries its slot). */
   protected override prefillMany(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
-    return perAdapter(batch, (indices, lora) =>
-      this.generator.prefillMany(indices.map((i) => {
-        const seq = batch[i]!;
-        return { slot: seq.state.slot, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN, penalties: seq.penalties };
-      }), lora));
+    return this.generator.prefillMany(this.prefillItems(batch, u));
+  }
+
+  private prefillItems(batch: readonly LiveSequence<SeqState>[], u: readonly number[]) {
+    return batch.map((seq, i) => ({
+      slot: seq.state.slot, promptIds: seq.request.promptIds, sampling: seq.sampling, u: u[i]!, topN: seq.topN, penalties: seq.penalties, loraSlot: seq.state.loraSlot,
+    }));
   }
 
   /** Prefill steps run and prompts they held (tests, logs). */
@@ -267,33 +289,35 @@ export class GpuEngine extends BatchingEngine<SeqState> {
     return this.generator.prefillStats;
   }
 
-  /** One decode submit per adapter present in the batch (base rows without LoRA), results in batch order. */
-  protected override decode(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
-    return perAdapter(batch, (indices, lora) => {
-      const items = indices.map((i) => {
-        const seq = batch[i]!;
-        return {
-          slot: seq.state.slot,
-          token: seq.generated.at(-1)!,
-          position: seq.request.promptIds.length + seq.generated.length - 1, // of that token = tokens cached
-          sampling: seq.sampling,
-          u: u[i]!,
-          penalties: seq.penalties,
-        };
-      });
-      return this.generator.decode(items, Math.max(0, ...indices.map((i) => batch[i]!.topN)), lora);
-    });
+  /** Decode submits and the rows they held (tests: a step that mixes adapters is one submit). */
+  get decodeStats(): { readonly submits: number; readonly rows: number } {
+    return this.generator.decodeStats;
   }
 
-  /** Frees the KV cache and the adapters. */
+  /** ONE decode submit for the whole batch: every row with its own adapter slot (−1: the base). */
+  protected override decode(batch: readonly LiveSequence<SeqState>[], u: readonly number[]): Promise<SampledRow[]> {
+    const items = batch.map((seq, i) => ({
+      slot: seq.state.slot,
+      token: seq.generated.at(-1)!,
+      position: seq.request.promptIds.length + seq.generated.length - 1, // of that token = tokens cached
+      sampling: seq.sampling,
+      u: u[i]!,
+      penalties: seq.penalties,
+      loraSlot: seq.state.loraSlot,
+    }));
+    return this.generator.decode(items, Math.max(0, ...batch.map((seq) => seq.topN)));
+  }
+
+  /** Frees the KV cache and the adapter slots. */
   protected override dispose(): void {
     this.generator.dispose();
-    for (const a of this.adapters.values()) releaseAdapter(this.model, a.lora);
+    this.loraSlots.dispose();
     this.adapters.clear();
   }
 }
 
 const tooManyAdapters = (n: number, cap: number) => `${n} adapters would be loaded, more than --max-loras ${cap}`;
+const tooHighRank = (name: string, rank: number, cap: number) => `adapter '${name}' has rank ${rank}, above --max-lora-rank ${cap} (the adapter slots' rank); raise --max-lora-rank`;
 
 export interface LoadGpuEngineOptions {
   /** The base's id (--served-model-name); default the model directory's name. */
@@ -301,13 +325,14 @@ export interface LoadGpuEngineOptions {
   maxBatchSize?: number;
   maxContext?: number;
   maxLoras?: number;
+  maxLoraRank?: number;
   weightDtype?: LoadGpuModelOptions["weightDtype"];
 }
 
 export interface LoadedGpuModel {
   engine: GpuEngine;
   config: ModelConfig;
-  /** Uploaded beside the weights (not merged): the forward adds s·B·A·x. */
+  /** In adapter slots beside the weights (not merged): the forward adds s·B[slot]·A[slot]·x per row. */
   adapters: { name: string; summary: AdapterSummary }[];
 }
 
@@ -340,12 +365,7 @@ export async function loadGpuEngine(
   const config = model.cfg;
   const modelId = opts.modelId ?? basename(resolve(modelDir));
   const served: ServedAdapter[] = [];
-  try {
-    for (const a of list) served.push(readServedAdapter(model, modelDir, modelId, a.name, a.dir));
-  } catch (err) {
-    for (const a of served) releaseAdapter(model, a.lora);
-    throw err;
-  }
+  for (const a of list) served.push(readServedAdapter(model, modelDir, modelId, a.name, a.dir));
   const engine = new GpuEngine({
     modelId,
     model,
@@ -353,6 +373,7 @@ export async function loadGpuEngine(
     adapters: served,
     defaultAdapter: typeof adapters === "string" ? list[0]!.name : undefined,
     maxLoras,
+    maxLoraRank: opts.maxLoraRank,
     tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
     maxBatchSize,

@@ -1,7 +1,8 @@
 // Several adapters in one server (issue #16): the base and two random adapters served side by
 // side, each request's `model` picking one; requests for different adapters in ONE continuous
 // batch give each exactly its solo tokens; /v1/models lists them vLLM's way; adapters loaded and
-// unloaded at runtime (403 without the flag); --max-loras refuses past the cap.
+// unloaded at runtime (403 without the flag); --max-loras refuses past the cap. A mixed batch is
+// ONE forward: each decode step one submit, the newcomers' prefill one step (adapter slots, bgmv).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join, resolve } from "node:path";
 import OpenAI from "openai";
@@ -18,13 +19,13 @@ const TEMPLATE_B =
   "{% if add_generation_prompt %}{{ '<|im_start|>assistant (B)\\n' }}{% endif %}";
 
 let model: { dir: string; cleanup: () => void };
-let dirA: string, dirB: string, dirC: string;
+let dirA: string, dirB: string, dirC: string, dirBig: string;
 let gpu: GpuEngine;
 
 /** A random adapter written by the project's writer (PEFT layout, template hash in training_args.json). */
-function writeRandomAdapter(dir: string, seed: number, template: string) {
+function writeRandomAdapter(dir: string, seed: number, template: string, rank = 4, targets = "q,v,up,down") {
   const config = loadModelConfig(model.dir);
-  const lora = { rank: 4, alpha: 8, dropout: 0, targetModules: normalizeTargetModules("q,v,up,down"), rslora: false };
+  const lora = { rank, alpha: 2 * rank, dropout: 0, targetModules: normalizeTargetModules(targets), rslora: false };
   const gauss = gaussianSampler(seed);
   const weights = loraLayerSpecs(config, lora).map((spec) => ({
     spec,
@@ -43,7 +44,9 @@ beforeAll(async () => {
   dirC = join(root, "run-c", "adapter");
   writeRandomAdapter(dirA, 1, baseTemplate);
   writeRandomAdapter(dirB, 2, TEMPLATE_B);
-  writeRandomAdapter(dirC, 3, baseTemplate);
+  writeRandomAdapter(dirC, 3, baseTemplate, 8, "q,k,v,o,gate,up,down"); // another rank, every projection
+  dirBig = join(root, "run-big", "adapter");
+  writeRandomAdapter(dirBig, 4, baseTemplate, 32, "q"); // above the default --max-lora-rank (16)
   gpu = (await loadGpuEngine(model.dir, [{ name: "alpha", dir: dirA }, { name: "beta", dir: dirB }], { modelId: "tiny", maxBatchSize: 8, maxContext: 128, maxLoras: 3 })).engine;
 }, 120_000);
 afterAll(async () => {
@@ -71,11 +74,15 @@ describe("several adapters on one GPU engine", () => {
     expect(solo[0]).not.toEqual(solo[2]);
     expect(solo[1]).not.toEqual(solo[2]);
     expect(solo[0]).not.toEqual(solo[1]);
-    const stepsBefore = gpu.counters.steps;
+    const stepsBefore = gpu.counters.steps, submitsBefore = gpu.decodeStats.submits, prefillsBefore = gpu.prefillStats.steps;
     // Submitted in one turn: admitted and prefilled together, then decoded in the same steps.
     const batched = await Promise.all(cases.map((r) => collect(gpu, r)));
     expect(batched).toEqual(solo);
     expect(gpu.counters.steps - stepsBefore).toBe(request().maxTokens - 1); // one loop step per token for all six
+    // ONE forward per step for the three models (per-adapter forwards would make 3 submits a step),
+    // and the six prompts of three models in one prefill step.
+    expect(gpu.decodeStats.submits - submitsBefore).toBe(request().maxTokens - 1);
+    expect(gpu.prefillStats.steps - prefillsBefore).toBe(1);
   }, 120_000);
 
   test("an adapter's tokens are the CPU reference's with that adapter folded in", async () => {
@@ -146,6 +153,17 @@ describe("the HTTP server with several adapters", () => {
     const body = (await res.json()) as { error: { message: string; code: string } };
     expect(body.error.code).toBe("model_not_found");
     expect(body.error.message).toContain("'tiny', 'alpha', 'beta'");
+  });
+
+  test("an adapter above --max-lora-rank is refused with 400 and takes no slot", async () => {
+    const used = gpu.loraSlotsUsed.used;
+    const res = await post(srv, "/v1/load_lora_adapter", { lora_name: "big", lora_path: dirBig });
+    expect(res.status).toBe(400);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe("lora_rank_too_high");
+    expect(body.error.message).toContain("adapter 'big' has rank 32, above --max-lora-rank 16");
+    expect(gpu.loraSlotsUsed.used).toBe(used);
+    expect(gpu.loraSlotsUsed.total).toBe(3); // --max-loras slots
   });
 
   test("runtime updates are refused with 403 without the flag", async () => {

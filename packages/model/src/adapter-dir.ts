@@ -23,9 +23,10 @@ import { writeDirAtomically } from "./atomic-dir.ts";
 import { bf16ToFloat32Array, f16ToFloat32Array } from "./half-floats.ts";
 import type { ModelConfig } from "./config.ts";
 import {
-  LORA_TARGETS, LORA_TARGET_PARENT, loraModuleBase, loraProjectionShape, loraScaling, loraSpecOrder, normalizeTargetModules,
+  LORA_TARGETS, LORA_TARGET_PARENT, loraLayerSpecs, loraModuleBase, loraProjectionShape, loraScaling, loraSpecOrder, normalizeTargetModules,
   type LoraConfig, type LoraLayerSpec, type LoraTarget, type LoraWeights,
 } from "./lora-config.ts";
+import { gaussianSampler } from "./tiny-model.ts";
 import { openSafetensors, writeSafetensors, type TensorToWrite } from "./safetensors.ts";
 
 export const ADAPTER_CONFIG_FILE = "adapter_config.json";
@@ -384,5 +385,23 @@ export function readAdapterDir(dir: string, model?: ModelConfig): LoadedAdapter 
     weights,
     chatTemplate: existsSync(templateFile) ? readFileSync(templateFile, "utf8") : null,
     trainingArgs: existsSync(argsFile) ? (readJsonFile(argsFile, "") as Record<string, unknown>) : null,
+  };
+}
+
+/**
+ * A random adapter in memory (benchmarks and tests, no files): A and B Gaussian with standard
+ * deviation `amp` (seeded), the given rank, α and targets, every layer of `model`.
+ */
+export function randomLoadedAdapter(
+  model: ModelConfig, o: { rank: number; alpha?: number; targets: readonly LoraTarget[]; seed: number; amp?: number; name?: string },
+): LoadedAdapter {
+  const lora: LoraConfig = { rank: o.rank, alpha: o.alpha ?? 2 * o.rank, dropout: 0, targetModules: [...o.targets], rslora: false };
+  const gauss = gaussianSampler(o.seed), amp = o.amp ?? 0.5;
+  const rand = (n: number) => Float32Array.from({ length: n }, () => amp * gauss());
+  const weights = loraLayerSpecs(model, lora).map((spec) => ({ spec, A: rand(o.rank * spec.inFeatures), B: rand(spec.outFeatures * o.rank) }));
+  const targets = LORA_TARGETS.filter((t) => o.targets.includes(t));
+  return {
+    dir: o.name ?? `random-adapter-${o.seed}`, rawConfig: peftAdapterConfig(lora, "random"), lora, scaling: loraScaling(lora), baseModel: null,
+    targets, weights, chatTemplate: null, trainingArgs: null,
   };
 }

@@ -113,13 +113,40 @@ export function serveTable(lines: Line[]): string {
   return rows.join("\n");
 }
 
+/**
+ * `bench --decode-loras`: per model, the newest call's lines: one batch over k distinct adapters
+ * in adapter slots (one forward per step) vs one adapter, the no-LoRA batch, and the per-adapter
+ * forwards the server ran before slots.
+ */
+export function multiLoraTable(lines: Line[]): string {
+  const ml = lines.filter((l) => l.op === "multi_lora_decode");
+  const models = [...new Set(ml.map((l) => String(l.model)))].sort(byModel);
+  const rows = [
+    "| model | GPU | batch | rank | adapters | tok/s, one forward (slots) | vs one adapter | tok/s, one forward per adapter | no LoRA tok/s | call |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ];
+  for (const m of models) {
+    const r = newestCall(ml, (l) => l.model === m && l.path === "slots" && l.adapters === 1);
+    if (!r) continue;
+    const inCall = ml.filter((l) => l.call === r.call && l.model === m);
+    const base = inCall.findLast((l) => l.path === "base");
+    const ks = [...new Set(inCall.filter((l) => l.path === "slots").map((l) => Number(l.adapters)))].sort((a, b) => a - b);
+    for (const k of ks) {
+      const slots = inCall.findLast((l) => l.path === "slots" && l.adapters === k)!;
+      const per = inCall.findLast((l) => l.path === "per-adapter" && l.adapters === k);
+      rows.push(`| ${m} | ${slots.gpu} | ${slots.batch} | ${slots.rank} | ${k} | ${fmt(slots.tok_s, 1)} | **${ratio(slots.tok_s, r.found[0]!.tok_s)}** | ${k === 1 ? "(same)" : fmt(per?.tok_s, 1)} | ${fmt(base?.tok_s, 1)} | ${r.call} |`);
+    }
+  }
+  return rows.length > 2 ? rows.join("\n") : "_no multi-adapter decode run collected yet_";
+}
+
 export const TABLES: Record<string, (lines: Line[]) => string> = {
-  train: trainTable, load: loadTable, decode: decodeTable, gemm: gemmTable, serve: serveTable,
+  train: trainTable, load: loadTable, decode: decodeTable, gemm: gemmTable, serve: serveTable, "multi-lora": multiLoraTable,
 };
 
 /** Replaces each generated section of `doc` with its table; sections without data stay as they are. */
 export function rewriteDoc(doc: string, lines: Line[]): string {
-  return doc.replace(/<!-- generated:(\w+) -->\n[\s\S]*?<!-- \/generated:\1 -->/g, (whole, name: string) => {
+  return doc.replace(/<!-- generated:([\w-]+) -->\n[\s\S]*?<!-- \/generated:\1 -->/g, (whole, name: string) => {
     const make = TABLES[name];
     if (!make) throw new Error(`docs: unknown generated section '${name}' (known: ${Object.keys(TABLES).join(", ")})`);
     return `<!-- generated:${name} -->\n${make(lines)}\n<!-- /generated:${name} -->`;
@@ -137,7 +164,7 @@ if (import.meta.main) {
     mkdirSync(dataDir, { recursive: true });
     const byOp = new Map<string, Line[]>();
     for (const l of fresh) {
-      const kind = l.op === "gemm_tc" ? "gemm" : l.op === "decode" || l.peer === "hf-generate" ? "decode" : l.op === "serve" ? "serve" : l.peer === "hf-from-pretrained" ? "load" : l.op === "train" || l.peer === "hf-peft" ? "train" : "other";
+      const kind = l.op === "gemm_tc" ? "gemm" : l.op === "multi_lora_decode" ? "multi-lora" : l.op === "decode" || l.peer === "hf-generate" ? "decode" : l.op === "serve" ? "serve" : l.peer === "hf-from-pretrained" ? "load" : l.op === "train" || l.peer === "hf-peft" ? "train" : "other";
       byOp.set(kind, [...(byOp.get(kind) ?? []), l]);
     }
     for (const [kind, ls] of byOp) {

@@ -5,6 +5,7 @@ import { benchTrain } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
 import { benchServe } from "../bench/serve.ts";
 import { benchLoad } from "../bench/load.ts";
+import { benchMultiLora, parseAdapterCounts } from "../bench/multi-lora.ts";
 
 /**
  * `bun run bench -- --kernels [--quick] [--ops matmul,rmsnorm,...] [--model smollm2-135m,...]`: every kernel at the
@@ -15,6 +16,9 @@ import { benchLoad } from "../bench/load.ts";
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
+ * `bun run bench -- --decode-loras 1,4,16 --model NAME|DIR [--batch 16] [--tokens 128] [--rank 16] [--weight-dtype ...]`
+ *   (bench/multi-lora.ts: one batch over k distinct adapters in adapter slots vs one adapter, one line per k,
+ *   plus the batch without LoRA and the per-adapter-forward path for comparison).
  * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
  *   (bench/serve.ts: TTFT and decode tok/s over HTTP, one line per stream count).
  * NAME: tiny, smollm2-135m, qwen2.5-0.5b, llama3.2-1b, llama3.2-3b, llama3.1-8b, qwen2.5-7b (random weights of
@@ -24,20 +28,21 @@ import { benchLoad } from "../bench/load.ts";
  */
 const SPEC = {
   name: "bench",
-  usage: "(--kernels | --train | --decode | --serve | --load) [flags]",
+  usage: "(--kernels | --train | --decode | --decode-loras 1,4,16 | --serve | --load) [flags]",
   description: "Benchmarks; one JSON line per measurement (docs/benchmarks.md).\nMODEL: tiny, smollm2-135m, qwen2.5-0.5b, llama3.2-1b, llama3.2-3b, llama3.1-8b, qwen2.5-7b (random weights of the published shape), or a model directory.",
   flags: {
     kernels: { type: "boolean", help: "every kernel at the published models' shapes; exits 1 if an op fails or is over its tolerance" },
     train: { type: "boolean", help: "training steps/s and tokens/s" },
     decode: { type: "boolean", help: "decode tokens/s" },
+    "decode-loras": { type: "string", arg: "1,4,16", help: "decode tokens/s of one batch over k distinct adapters (one line per k) vs one adapter" },
     serve: { type: "boolean", help: "TTFT and decode tok/s over HTTP, one line per stream count" },
     load: { type: "boolean", help: "weight loading time and GB/s" },
     quick: { type: "boolean", help: "--kernels: tiny shapes" },
     ops: { type: "string", arg: "A,B", help: "--kernels: only these ops (matmul,rmsnorm,...)" },
     model: { type: "string", arg: "MODEL", help: "benchmark model name(s) or directory", default: "smollm2-135m" },
-    batch: { type: "number", help: "--train: rows per step (default 8); --decode: sequences (default 1)" },
+    batch: { type: "number", help: "--train: rows per step (default 8); --decode: sequences (default 1); --decode-loras: sequences (default 16)" },
     seq: { type: "number", help: "--train: tokens per row", default: 512 },
-    rank: { type: "number", help: "--train: LoRA rank", default: 16 },
+    rank: { type: "number", help: "--train, --decode-loras: LoRA rank", default: 16 },
     full: { type: "boolean", help: "--train: full fine-tuning (every weight, f32 masters, AdamW) instead of LoRA" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
@@ -67,6 +72,14 @@ export async function run(argv: string[]): Promise<number> {
     }, (line) => console.log(JSON.stringify(line)));
     return 0;
   }
+  if (flags["decode-loras"] !== undefined) {
+    const batch = flags.batch ?? 16;
+    await benchMultiLora({
+      model: flags.model ?? "smollm2-135m", adapters: parseAdapterCounts(flags["decode-loras"], batch), batch,
+      tokens: flags.tokens ?? 128, rank: flags.rank ?? 16, weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+    }, (line) => console.log(JSON.stringify(line)));
+    return 0;
+  }
   if (flags.decode) {
     const line = await benchDecode({
       model: flags.model ?? "smollm2-135m", tokens: flags.tokens ?? 128, batch: flags.batch ?? 1,
@@ -85,7 +98,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(JSON.stringify(line));
     return 0;
   }
-  if (!flags.kernels) throw new UsageError("say what to measure: --kernels, --train, --decode, --serve or --load (see the command's doc)");
+  if (!flags.kernels) throw new UsageError("say what to measure: --kernels, --train, --decode, --decode-loras, --serve or --load (see the command's doc)");
   const rt = await getRuntime();
   console.error(`bench: ${rt.caps.description} (${rt.caps.vendor})`);
   let failed = 0;

@@ -9,7 +9,8 @@
  *
  * Several adapters (vLLM's spelling): --lora-modules name=DIR [name=DIR ...] serves each under
  * its name beside the base (--served-model-name, default the model directory's name); --adapter
- * DIR is the one-adapter form, named after its run directory. --max-loras N caps them (8);
+ * DIR is the one-adapter form, named after its run directory. --max-loras N caps them (8: the
+ * adapter slots), --max-lora-rank R the largest rank a slot takes (16, or the largest given);
  * --enable-lora-runtime-updates opens POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
  *
  * Extra flags (docs/serving.md has them all with their defaults): --served-model-name NAME,
@@ -42,6 +43,7 @@ const SPEC = {
     adapter: ADAPTER_FLAG,
     "lora-modules": { type: "list", arg: "name=DIR ...", help: "GPU: serve each PEFT adapter under its name beside the base (vLLM's flag)" },
     "max-loras": { type: "number", help: "GPU: most adapters loaded at once, at startup and at runtime", default: DEFAULT_MAX_LORAS },
+    "max-lora-rank": { type: "number", help: "GPU: largest adapter rank the adapter slots take (default: 16, or the largest --lora-modules rank)" },
     "enable-lora-runtime-updates": { type: "boolean", help: "GPU: allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter", default: false },
     port: { type: "number", help: "TCP port (0: any free port)", default: 8000 },
     host: { type: "string", arg: "H", help: "address to listen on", default: "127.0.0.1" },
@@ -140,6 +142,7 @@ export async function run(argv: string[]): Promise<number> {
     const loaded = await loadGpuEngine(flags.model, flags.adapter ?? loraModules, {
       modelId: flags["served-model-name"],
       maxLoras,
+      maxLoraRank: flags["max-lora-rank"],
       maxBatchSize: flags["max-running"],
       maxContext: flags["max-context"],
     });

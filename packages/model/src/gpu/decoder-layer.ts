@@ -18,7 +18,7 @@ import {
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
-import { type LayerLora, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
+import { type GatheredLayerLora, type LayerLora, type LoraProjection, linearsGatheredLoraForward, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
 import type { GpuLayerWeights } from "./weights.ts";
 
 /** Per-token inputs shared by all layers. */
@@ -144,19 +144,33 @@ function sharedF16Input(rec: Recorder, x: Tensor, w: Tensor): Tensor | undefined
   return toF16(rec, x);
 }
 
+/**
+ * A group's projections (same input x): the frozen products and the LoRA, either per module
+ * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
+ */
+function groupForward(
+  rec: Recorder, x: Tensor, group: LoraGroup, projs: readonly (LoraProjection & { y: Tensor })[],
+  lora: LayerLora | GatheredLayerLora, h: Tensor | undefined, x16?: Tensor,
+) {
+  if (!("gathered" in lora)) return linearsLoraForward(rec, x, projs, h, x16);
+  linearsLoraForward(rec, x, projs.map(({ w, bias, y }) => ({ w, bias, y })), undefined, x16); // frozen only
+  linearsGatheredLoraForward(rec, x, projs.map((p) => p.y), lora.groups[group], lora.gathered, h);
+}
+
 /** xOut (T, C) = layer(x). xOut must not alias x. */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
-  x: Tensor, xOut: Tensor, a: LayerActivations, lora: LayerLora = {}, kv?: KvContext,
+  x: Tensor, xOut: Tensor, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
+  const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
   rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps);
   const xn1h = sharedF16Input(rec, a.xn1, w.q); // q, k and v read the same normed input
-  linearsLoraForward(rec, a.xn1, [
-    { w: w.q, bias: w.qBias, y: a.q, lora: lora.q_proj },
-    { w: w.k, bias: w.kBias, y: a.k, lora: lora.k_proj },
-    { w: w.v, bias: w.vBias, y: a.v, lora: lora.v_proj },
-  ], a.loraH.qkv, xn1h);
+  groupForward(rec, a.xn1, "qkv", [
+    { w: w.q, bias: w.qBias, y: a.q, lora: m.q_proj },
+    { w: w.k, bias: w.kBias, y: a.k, lora: m.k_proj },
+    { w: w.v, bias: w.vBias, y: a.v, lora: m.v_proj },
+  ], lora, a.loraH.qkv, xn1h);
   if (xn1h) rec.recycle(xn1h);
   ropeForward(rec, { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
   if (kv) kvCacheAppend(rec, { kNew: heads(a.k, nKV, hd), vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
@@ -172,17 +186,17 @@ export function decoderLayerForward(
       tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
     });
   }
-  linearsLoraForward(rec, a.attn, [{ w: w.o, bias: w.oBias, y: a.xMid, lora: lora.o_proj }], a.loraH.o);
+  groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: a.xMid, lora: m.o_proj }], lora, a.loraH.o);
   addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
   rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps);
   const xn2h = sharedF16Input(rec, a.xn2, w.gate);
-  linearsLoraForward(rec, a.xn2, [
-    { w: w.gate, bias: w.gateBias, y: a.gate, lora: lora.gate_proj },
-    { w: w.up, bias: w.upBias, y: a.up, lora: lora.up_proj },
-  ], a.loraH.gateUp, xn2h);
+  groupForward(rec, a.xn2, "gateUp", [
+    { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
+    { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
+  ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
   swigluForward(rec, a.gate, a.up, a.act);
-  linearsLoraForward(rec, a.act, [{ w: w.down, bias: w.downBias, y: xOut, lora: lora.down_proj }], a.loraH.down);
+  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
 }
 

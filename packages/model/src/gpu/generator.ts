@@ -18,6 +18,12 @@
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  *
+ * Several adapters (serving): with `loraSlots` every row may name its adapter's slot
+ * (`loraSlot`, lora-slots.ts), so a batch that mixes adapters and base rows is ONE forward, one
+ * submit: the rows' slots are one more per-step input of the recorded step, which is recorded
+ * once per (batch size, top-N) for all mixes (and once without LoRA, for all-base batches).
+ * Prefill does the same per token: the packed prompts of several adapters are one step.
+ *
  * Penalties (repetition/presence/frequency, min_tokens masks: kernels' logit-penalties) change
  * the logits between the LM head and sampling. Their per-row token lists vary in length every
  * step, so a decode step where any row has them is recorded afresh (as with replay: false)
@@ -25,8 +31,10 @@
  */
 import {
   type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
-  applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive,
+  applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive, checkRowSlots,
 } from "@tuneloom/kernels";
+import { LORA_TARGETS } from "../lora-config.ts";
+import type { LoraSlots } from "./lora-slots.ts";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
 import type { LayerLora } from "./lora.ts";
 import { type GpuModel, loraRankOf, loraTargetsOf } from "./model.ts";
@@ -38,6 +46,11 @@ export interface GeneratorOptions {
   /** Cache rows per sequence: prompt + generated tokens. */
   maxContext: number;
   lora?: readonly LayerLora[];
+  /**
+   * Adapter slots (lora-slots.ts): rows with a `loraSlot` get that slot's adapter, all in one
+   * forward. Not together with `lora`.
+   */
+  loraSlots?: LoraSlots;
   /**
    * Token ids the tokenizer has (its vocabSize). Logit rows at or above it are padding of the
    * checkpoint's vocab_size: masked to −inf before sampling, top-N and logprobs. Default (or any
@@ -75,6 +88,8 @@ export interface PrefillItem {
   topN?: number;
   /** Applied to the logits before sampling (null/absent: none). */
   penalties?: LogitPenalties | null;
+  /** The adapter slot of this prompt (GeneratorOptions.loraSlots); −1 or absent: the base. */
+  loraSlot?: number;
 }
 
 export interface DecodeItem {
@@ -88,6 +103,8 @@ export interface DecodeItem {
   u: number;
   /** Applied to the logits before sampling (null/absent: none). */
   penalties?: LogitPenalties | null;
+  /** The adapter slot of this row (GeneratorOptions.loraSlots); −1 or absent: the base. */
+  loraSlot?: number;
 }
 
 /** Byte offsets of one region each, every one at the device's storage-binding alignment. */
@@ -106,10 +123,12 @@ interface DecodePlan {
   B: number;
   topN: number;
   lora: readonly LayerLora[] | undefined;
+  /** Rows pick adapter slots (opts.loraSlots). */
+  gathered: boolean;
   rec: Recorder;
-  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, SAMPLING_ROW_FLOATS)). */
+  /** Per-step inputs, one buffer: ids, positions, seqIds, cacheRows, offsets, lengths (i32 (B)), rowParams (f32 (B, SAMPLING_ROW_FLOATS)), LoRA slots (i32 (B)). */
   inputs: Tensor;
-  host: { bytes: Uint8Array; ids: Int32Array; positions: Int32Array; cacheRows: Int32Array; offsets: Int32Array; lengths: Int32Array; rowParams: Float32Array };
+  host: { bytes: Uint8Array; ids: Int32Array; positions: Int32Array; cacheRows: Int32Array; offsets: Int32Array; lengths: Int32Array; rowParams: Float32Array; loraSlots: Int32Array };
   /** Results, one buffer: tokens, logprobs, topIds, topLogprobs. */
   outputs: Tensor;
   outAt: number[];
@@ -138,12 +157,15 @@ export class KvCacheGenerator {
   readonly validVocab: number;
   /** Prefill steps run and prompts they held (tests, logs): prefillMany packs several prompts per step. */
   readonly prefillStats = { steps: 0, prompts: 0 };
+  /** Decode submits (one per decode call: the whole batch, whatever adapters it mixes) and rows they held. */
+  readonly decodeStats = { submits: 0, rows: 0 };
 
   constructor(readonly model: GpuModel, readonly opts: GeneratorOptions) {
     const { numLayers, numKvHeads, headDim, vocabSize } = model.cfg;
     const valid = opts.validVocab ?? vocabSize;
     if (!Number.isInteger(valid) || valid < 1) throw new RangeError(`validVocab must be a positive integer (the tokenizer's vocabulary size), got ${valid}`);
     this.validVocab = Math.min(valid, vocabSize);
+    if (opts.lora && opts.loraSlots) throw new Error("KvCacheGenerator: lora (one adapter for every row) and loraSlots (per-row adapters) do not go together");
     const rows = opts.maxSlots * opts.maxContext;
     for (let l = 0; l < numLayers; l++) {
       this.kCaches.push(model.rt.empty("f32", [rows, numKvHeads, headDim], `k_cache.${l}`));
@@ -211,28 +233,50 @@ export class KvCacheGenerator {
     return lora;
   }
 
+  /** Layer activations for T rows: LoRA h's sized for the one-adapter set, or for every slot group at the slots' rank. */
+  private activations(T: number, lora: readonly LayerLora[] | undefined, gathered: boolean): LayerActivations {
+    const rt = this.model.rt, cfg = this.model.cfg;
+    if (gathered) return allocLayerActivations(rt, cfg, T, this.opts.loraSlots!.maxRank, LORA_TARGETS);
+    return allocLayerActivations(rt, cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
+  }
+
+  /**
+   * The rows' adapter slots (i32, one per row), or null when every row is the base. Throws on a
+   * slot out of range, without loraSlots, or beside a one-adapter `lora` set.
+   */
+  private slotRows(slots: readonly (number | undefined)[], lora: readonly LayerLora[] | undefined, fn: string): Int32Array | null {
+    const rows = Int32Array.from(slots, (s) => s ?? -1);
+    if (!rows.some((s) => s !== -1)) return null;
+    const ls = this.opts.loraSlots;
+    if (!ls) throw new Error(`${fn}: rows name LoRA slots but the generator has no loraSlots`);
+    checkRowSlots(fn, slots.map((s) => s ?? -1), ls.count);
+    if (lora) throw new Error(`${fn}: rows with LoRA slots cannot also run with a one-adapter lora set`);
+    if (!ls.allocated) throw new Error(`${fn}: no adapter was written into a LoRA slot yet`);
+    return rows;
+  }
+
   /** The recorded decode step for B rows, top-N and LoRA set (recorded now if new). */
-  private plan(B: number, topN: number, lora: readonly LayerLora[] | undefined): DecodePlan {
+  private plan(B: number, topN: number, lora: readonly LayerLora[] | undefined, gathered: boolean): DecodePlan {
     // A LoRA set no longer in use (the default changed) invalidates its recordings (they bind its tensors).
     this.dropPlans((p) => p.lora === undefined || p.lora === this.opts.lora || this.perCallLoras.has(p.lora));
-    const i = this.plans.findIndex((p) => p.B === B && p.topN === topN && p.lora === lora);
+    const i = this.plans.findIndex((p) => p.B === B && p.topN === topN && p.lora === lora && p.gathered === gathered);
     if (i >= 0) {
       const p = this.plans.splice(i, 1)[0]!;
       this.plans.push(p);
       return p;
     }
-    const p = this.recordPlan(B, topN, lora);
+    const p = this.recordPlan(B, topN, lora, gathered);
     this.plans.push(p);
     const keep = Math.max(1, this.opts.replayCacheSize ?? 8);
     while (this.plans.length > keep) this.releasePlan(this.plans.shift()!);
     return p;
   }
 
-  private recordPlan(B: number, topN: number, lora: readonly LayerLora[] | undefined): DecodePlan {
+  private recordPlan(B: number, topN: number, lora: readonly LayerLora[] | undefined, gathered: boolean): DecodePlan {
     const { model } = this;
     const rt = model.rt, V = model.cfg.vocabSize;
     const align = Math.max(256, rt.device.limits.minStorageBufferOffsetAlignment); // each region is bound on its own
-    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * SAMPLING_ROW_FLOATS * B]);
+    const inL = packRegions(align, [4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * B, 4 * SAMPLING_ROW_FLOATS * B, 4 * B]);
     const outL = packRegions(align, [4 * B, 4 * B, 4 * B * topN, 4 * B * topN]);
     const inputsBuf = rt.createBuffer(inL.size, `decode B=${B}:inputs`);
     const outputsBuf = rt.createBuffer(outL.size, `decode B=${B}:outputs`);
@@ -248,7 +292,7 @@ export class KvCacheGenerator {
       const hostI32 = (k: number) => new Int32Array(bytes.buffer, inL.at[k]!, B);
       const host = {
         bytes, ids: hostI32(0), positions: hostI32(1), cacheRows: hostI32(3), offsets: hostI32(4), lengths: hostI32(5),
-        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, SAMPLING_ROW_FLOATS * B),
+        rowParams: new Float32Array(bytes.buffer, inL.at[6]!, SAMPLING_ROW_FLOATS * B), loraSlots: hostI32(7),
       };
       hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
       const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
@@ -264,20 +308,20 @@ export class KvCacheGenerator {
       const logprobs = new Tensor(outputsBuf, "f32", [B], outL.at[1]!, "logprobs");
       const topIds = topN > 0 ? new Tensor(outputsBuf, "i32", [B, topN], outL.at[2]!, "top_ids") : undefined;
       const topLogprobs = topN > 0 ? new Tensor(outputsBuf, "f32", [B, topN], outL.at[3]!, "top_logprobs") : undefined;
-      acts = allocLayerActivations(rt, model.cfg, B, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
+      acts = this.activations(B, lora, gathered);
       const logits = rt.empty("f32", [B, V], "logits");
       owned.push(logits);
-      rec = rt.recorder(`decode B=${B}${topN ? ` top=${topN}` : ""}`);
-      const a = acts;
+      rec = rt.recorder(`decode B=${B}${topN ? ` top=${topN}` : ""}${gathered ? " lora-slots" : ""}`);
+      const a = acts, slotsT = i32In(7, "lora_slots");
       const fwd = model.recordForward(rec, tb, {
-        activations: () => a, lora,
+        activations: () => a, lora, gathered: gathered ? (l) => this.opts.loraSlots!.layer(l, slotsT) : undefined,
         kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows, decode: dec }),
       });
       owned.push(...fwd.scratch);
       logitsRows(rec, fwd.h, model.weights.lmHead, Array.from({ length: B }, (_, b) => b), logits);
       sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
       rec.copy(outputs, new Tensor(readback, "u32", [outL.size / 4], 0, "decode_readback"));
-      return { B, topN, lora, rec, inputs, host, outputs, outAt: outL.at, readback, tb, acts, owned };
+      return { B, topN, lora, gathered, rec, inputs, host, outputs, outAt: outL.at, readback, tb, acts, owned };
     } catch (err) {
       rec?.release();
       if (acts) releaseTensors(rt, acts);
@@ -293,10 +337,11 @@ export class KvCacheGenerator {
    */
   private async replayStep(
     rows: readonly { slot: number; token: number; position: number }[], rowParams: Float32Array, topN: number, lora: readonly LayerLora[] | undefined,
+    loraSlots: Int32Array | null,
   ): Promise<SampledRow[]> {
     if (this.disposed) throw new Error("decode: the generator was disposed");
     const B = rows.length, ctx = this.opts.maxContext;
-    const p = this.plan(B, topN, lora);
+    const p = this.plan(B, topN, lora, loraSlots !== null);
     const h = p.host;
     rows.forEach((it, b) => {
       h.ids[b] = it.token;
@@ -306,11 +351,14 @@ export class KvCacheGenerator {
       h.lengths[b] = it.position + 1;
     });
     h.rowParams.set(rowParams);
+    if (loraSlots) h.loraSlots.set(loraSlots);
     const rt = this.model.rt;
     let bytes: ArrayBuffer;
     try {
       rt.write(p.inputs, h.bytes);
       p.rec.submit();
+      this.decodeStats.submits++;
+      this.decodeStats.rows += B;
       bytes = await rt.mapRead(p.readback, p.outputs.byteLength, p.rec.label);
     } catch (err) {
       this.dropPlans((q) => q !== p); // record it afresh next time
@@ -329,6 +377,7 @@ export class KvCacheGenerator {
     ids: Int32Array, positions: Int32Array, seqIds: Int32Array, cacheRows: Int32Array,
     logitRows: number[], rows: readonly (SamplingParams & { u: number; penalties?: LogitPenalties | null })[], topN: number,
     decode: { offsets: Int32Array; lengths: Int32Array } | undefined, lora: readonly LayerLora[] | undefined,
+    loraSlots: Int32Array | null,
   ): Promise<SampledRow[]> {
     const { model } = this;
     const rt = model.rt, T = ids.length, B = logitRows.length, V = model.cfg.vocabSize;
@@ -339,7 +388,8 @@ export class KvCacheGenerator {
       lengths: rt.upload("i32", [B], decode.lengths, "lengths"),
       maxLength: Math.max(...decode.lengths),
     };
-    const acts = allocLayerActivations(rt, model.cfg, T, lora ? loraRankOf(lora) : 0, lora ? loraTargetsOf(lora) : []);
+    const acts = this.activations(T, lora, loraSlots !== null);
+    const slotsT = loraSlots ? rt.upload("i32", [T], loraSlots, "lora_slots") : undefined;
     const logits = rt.empty("f32", [B, V], "logits");
     const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
     // Host writes go on the queue at once, ahead of the recording below: a kernel must never hand
@@ -351,19 +401,23 @@ export class KvCacheGenerator {
     const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
     const rec = rt.recorder(decode ? "decode" : "prefill");
     const fwd = model.recordForward(rec, tb, {
-      activations: () => acts, lora,
+      activations: () => acts, lora, gathered: slotsT ? (l) => this.opts.loraSlots!.layer(l, slotsT) : undefined,
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
     if (penalties) applyLogitPenalties(rec, { logits, ...penalties, validVocab: this.validVocab });
     sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
+    if (decode) {
+      this.decodeStats.submits++;
+      this.decodeStats.rows += B;
+    }
     return (async () => {
       const read = await rt.readMany([tokens, logprobs, ...(topIds && topLogprobs ? [topIds, topLogprobs] : [])]);
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
+      rt.release(rowsT, slotsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
@@ -433,7 +487,7 @@ export class KvCacheGenerator {
 
   private prefillTokenCapFor(lora: readonly LayerLora[] | undefined): number {
     const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = this.model.cfg;
-    const loraCols = lora ? loraRankOf(lora) * loraTargetsOf(lora).length : 0;
+    const loraCols = Math.max(lora ? loraRankOf(lora) * loraTargetsOf(lora).length : 0, this.opts.loraSlots ? this.opts.loraSlots.maxRank * LORA_TARGETS.length : 0);
     // allocLayerActivations (shared by the layers) + recordForward's x0, x1, h_final, rstd_final + ids, positions, seq ids, cache rows.
     const perToken = 4 * (3 * C + 2 * nH * hd + 2 * nKV * hd + nH + 2 + 3 * I + loraCols + 3 * C + 1 + 4);
     const widest = 4 * Math.max(C, I, nH * hd);
@@ -455,6 +509,7 @@ export class KvCacheGenerator {
     const ctx = this.opts.maxContext;
     const T = items.reduce((n, it) => n + it.promptIds.length, 0);
     const ids = new Int32Array(T), positions = new Int32Array(T), seqIds = new Int32Array(T), cacheRows = new Int32Array(T);
+    const loraSlots = this.slotRows(items.flatMap((it) => it.promptIds.map(() => it.loraSlot)), lora, "prefill");
     const logitRows: number[] = [];
     let t = 0;
     items.forEach((it, b) => {
@@ -469,7 +524,7 @@ export class KvCacheGenerator {
       logitRows.push(t - 1);
     });
     const topN = Math.max(0, ...items.map((it) => it.topN ?? 0));
-    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN, undefined, lora);
+    const rows = await this.step(ids, positions, seqIds, cacheRows, logitRows, items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN, undefined, lora, loraSlots);
     this.prefillStats.steps++;
     this.prefillStats.prompts += items.length;
     // Each row reports its own top-N: the first of the step's (sorted, most likely first).
@@ -496,17 +551,18 @@ export class KvCacheGenerator {
       const rowParams = packSamplingRows(items.map((it) => ({ ...it.sampling, u: it.u })));
       const rows = items.map(({ slot, token, position }) => ({ slot, token, position }));
       const set = this.loraOf(lora);
-      const run = this.decodeTail.then(() => this.replayStep(rows, rowParams, topN, set));
+      const loraSlots = this.slotRows(items.map((it) => it.loraSlot), set, "decode");
+      const run = this.decodeTail.then(() => this.replayStep(rows, rowParams, topN, set, loraSlots));
       this.decodeTail = run.catch(() => {});
       return run;
     }
-    const ctx = this.opts.maxContext;
+    const ctx = this.opts.maxContext, set = this.loraOf(lora);
     const ids = Int32Array.from(items, (it) => it.token);
     const positions = Int32Array.from(items, (it) => it.position);
     const offsets = Int32Array.from(items, (it) => it.slot * ctx);
     return this.step(ids, positions, Int32Array.from(items, (_, b) => b), Int32Array.from(items, (it) => it.slot * ctx + it.position),
       items.map((_, b) => b), items.map((it) => ({ ...it.sampling, u: it.u, penalties: it.penalties })), topN,
-      { offsets, lengths: Int32Array.from(positions, (p) => p + 1) }, this.loraOf(lora));
+      { offsets, lengths: Int32Array.from(positions, (p) => p + 1) }, set, this.slotRows(items.map((it) => it.loraSlot), set, "decode"));
   }
 }
 

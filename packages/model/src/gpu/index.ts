@@ -5,3 +5,4 @@ export * from "./decoder-layer.ts";
 export * from "./model.ts";
 export * from "./generator.ts";
 export * from "./adapter.ts";
+export * from "./lora-slots.ts";

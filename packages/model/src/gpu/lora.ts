@@ -20,8 +20,8 @@
  * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
  * order.
  *
- * On tensor cores (16-bit frozen weights on a GPU with subgroup matrices, no dropout, r and every
- * width a multiple of 16, A's stacked): h = x16·[A]16ᵀ is one thin split-K product, each
+ * On tensor cores (16-bit frozen weights on a GPU with subgroup matrices, no dropout, more than 16
+ * rows, r and every width a multiple of 16, A's stacked): h = x16·[A]16ᵀ is one thin split-K product, each
  * s·h_i·B_iᵀ rides on its frozen product as an extra K = r slice of the same output tile (no
  * second pass over y), dh_i = s·dy16_i·B16_i is thin split-K, and dh·[A] rides on the last frozen
  * input-gradient product as an extra K = n·r slice. dA and dB stay f32 products (they reduce over
@@ -29,8 +29,8 @@
  * parity tests against PEFT check, this one is checked against it.
  */
 import {
-  type AuxSlice, type MatmulArgs, type Recorder, Tensor, dropoutBackward, dropoutForward, fillRowsWithBias, hasTensorCoreMatmul, matmul,
-  matmulAuto, matmulTensorCore, matmulTensorCoreThin, scale, tensorCoreUnsupported, toF16,
+  type AuxSlice, type MatmulArgs, type Recorder, Tensor, bgmvExpand, bgmvShrink, dropoutBackward, dropoutForward, fillRowsWithBias,
+  hasTensorCoreMatmul, matmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, scale, tensorCoreUnsupported, toF16,
 } from "@tuneloom/kernels";
 import type { LoraTarget } from "../lora-config.ts";
 
@@ -162,7 +162,8 @@ export function linearsLoraForward(
 function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): Tensor | null {
   const [T, inF] = x.shape as [number, number];
   if (mods.length === 0 || !hasTensorCoreMatmul(rec.rt) || mods.some((m) => m.dropout)) return null;
-  if (T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
+  // (decode-sized batches, ≤ 16 rows, keep GEMV for the frozen products)
+  if (T <= 16 || T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
   return mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
 }
 
@@ -305,4 +306,49 @@ function loraBackwardTc(
       j === projs.length - 1 ? { a2: dh16, b2: A16, K2: ld } : undefined);
   }
   for (const t of [dh16, A16, ...dy16s]) rec.recycle(t);
+}
+
+/**
+ * Several adapters in one batch (serving, lora-slots.ts): each row picks its adapter's slot out
+ * of stacked A's and B's, so a batch that mixes adapters is ONE forward (kernels' bgmv).
+ */
+export interface GatheredRows {
+  /** i32 (T): each row's slot, −1 for the base (no LoRA delta). */
+  rows: Tensor;
+  /** u32 (S, 7): each slot's rank per target module (LORA_TARGETS order), 0 = not adapted. */
+  ranks: Tensor;
+  /** f32 (S): each slot's s = α/r (α/√r with rsLoRA). */
+  scales: Tensor;
+  /** The padded rank of the stacks. */
+  R: number;
+}
+
+/** One projection group's stacks: module i's A in rows i·R … i·R + R − 1 of each slot's block. */
+export interface GatheredGroup {
+  A: Tensor; // (S, n·R, in)
+  B: readonly Tensor[]; // module i: (S, out_i, R)
+  /** Column of the group's first module in the rank table. */
+  rankCol: number;
+}
+
+/** A layer's gathered LoRA: its groups' stacks and the rows' slots. */
+export interface GatheredLayerLora {
+  gathered: GatheredRows;
+  groups: Readonly<Record<"qkv" | "o" | "gateUp" | "down", GatheredGroup>>;
+}
+
+/**
+ * y_i (T, out_i) += s[slot_t]·h_i·B_i[slot_t]ᵀ with [h_1 … h_n] = x·[A_1; …; A_n][slot_t]ᵀ
+ * (T, n·R) in `h`, for every row t with a slot: the LoRA part of a group whose frozen products
+ * (y_i = x·W_iᵀ + b_i) are already recorded. One shrink for the group, one expand per module.
+ */
+export function linearsGatheredLoraForward(rec: Recorder, x: Tensor, ys: readonly Tensor[], g: GatheredGroup, rows: GatheredRows, h: Tensor | undefined) {
+  const T = x.shape[0]!, R = rows.R;
+  if (g.B.length !== ys.length) throw new Error(`linearsGatheredLoraForward: ${ys.length} outputs for a group of ${g.B.length} modules`);
+  const hs = groupColumns(h, T, ys.length * R, "h", "linearsGatheredLoraForward");
+  const common = { slots: rows.rows, ranks: rows.ranks };
+  bgmvShrink(rec, { ...common, x, A: g.A, R, rankCol: g.rankCol, h: hs }); // [h_1 … h_n] = x·[A_1; …; A_n][slot]ᵀ
+  for (const [i, y] of ys.entries()) {
+    bgmvExpand(rec, { ...common, h: hs, hOffset: i * R, B: g.B[i]!, scales: rows.scales, rankCol: g.rankCol + i, y }); // y_i += s·h_i·B_i[slot]ᵀ
+  }
 }

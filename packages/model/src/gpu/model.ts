@@ -13,7 +13,7 @@ import {
   type KvContext, type LayerActivations, type LayerContext, type TokenBatch,
   allocLayerActivations, decoderLayerForward, releaseTensors,
 } from "./decoder-layer.ts";
-import type { LayerLora } from "./lora.ts";
+import type { GatheredLayerLora, LayerLora } from "./lora.ts";
 import type { LoadReport } from "./weight-stream.ts";
 import { defaultWeightDtype, type GpuModelWeights, uploadModelWeights, type WeightDtype } from "./weights.ts";
 
@@ -24,8 +24,10 @@ export interface LoadGpuModelOptions {
 }
 
 export interface ForwardOptions {
-  /** LoRA modules per layer. */
+  /** LoRA modules per layer (one adapter for every row). */
   lora?: readonly LayerLora[];
+  /** Or each row its own adapter slot (lora-slots.ts): layer l's stacks and the rows' slots. */
+  gathered?: (layer: number) => GatheredLayerLora;
   /** (L + 1) tensors (T, C): receives every layer's input and the last layer's output. */
   layerInputs?: readonly Tensor[];
   /** Activations to write for layer l (a fresh set per layer to keep them, one set to reuse). */
@@ -101,13 +103,14 @@ export class GpuModel {
       return t;
     };
     const inputs = opts.layerInputs;
+    if (opts.lora && opts.gathered) throw new Error("recordForward: lora (one adapter) and gathered (per-row slots) do not go together");
     if (inputs && inputs.length !== L + 1) throw new Error(`recordForward: layerInputs needs ${L + 1} tensors, got ${inputs.length}`);
     // Without saved inputs two buffers ping-pong through the layers.
     const ping = inputs ? null : [fresh("x0"), fresh("x1")];
     const xAt = (l: number) => (inputs ? inputs[l]! : ping![l % 2]!);
     embeddingForward(rec, tb.ids, weights.embed, xAt(0), this.embedErrors);
     for (let l = 0; l < L; l++) {
-      decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.lora?.[l], opts.kv?.(l));
+      decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.gathered?.(l) ?? opts.lora?.[l], opts.kv?.(l));
     }
     const h = fresh("h_final");
     const rstd = rt.empty("f32", [T], "rstd_final");
