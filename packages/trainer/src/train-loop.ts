@@ -210,7 +210,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const getWeights = (): Promise<LoraWeights[] | Map<string, Float32Array>> => trainer.getWeights();
   const setWeights = (w: LoraWeights[] | Map<string, Float32Array>) => (w instanceof Map ? fullTrainer!.setWeights(w) : loraTrainer!.setWeights(w));
   // A resumed checkpoint, read before the monitor scores the base model (the weights are set after).
-  const ckSizes = () => new Map(fullTrainer!.layout.segments.map((seg) => [seg.name, seg.numel]));
+  const ckSizes = () => new Map(fullTrainer!.segments.map((seg) => [seg.name, seg.numel]));
   const ck = run.resumeFrom && world.isRoot ? (fullTrainer ? loadFullCheckpoint(run.resumeFrom, ckSizes()) : loadCheckpoint(run.resumeFrom, model.cfg)) : null;
   const general = generalText && generalEvalSet(generalText, tokenizer, Math.min(o.maxLength, model.cfg.maxPositionEmbeddings), tokenizer.padId ?? tokenizer.eosId ?? 0);
   // The base model: LoRA disabled (B = 0 gives the same, but no adapter is exact and cheaper); a

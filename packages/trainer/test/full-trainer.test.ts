@@ -9,6 +9,7 @@ import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, GpuModel, wr
 import { assembleBatch } from "../src/batching.ts";
 import { checkFullFits, formatFullMemory, fullFinetuneMemory, fullParameterCount } from "../src/full-memory.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
+import { maxBindableBytes, planChunks } from "../src/gpu/param-chunks.ts";
 import { Rng } from "../src/rng.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -94,6 +95,56 @@ describe("FullTrainer: 16-bit weights", () => {
   }, 120_000);
 });
 
+describe("FullTrainer: flat buffers split into chunks", () => {
+  test("planChunks fills runs of consecutive tensors up to the limit (256-byte aligned) and refuses a tensor over it", () => {
+    const spec = (name: string, numel: number) => ({ name, shape: [numel] });
+    // aligned sizes: 100 → 512 B, 64 → 256 B, 200 → 1024 B, 1 → 256 B
+    const runs = planChunks([spec("a", 100), spec("b", 64), spec("c", 200), spec("d", 1)], 1024);
+    expect(runs.map((r) => r.map((s) => s.name))).toEqual([["a", "b"], ["c"], ["d"]]);
+    expect(planChunks([spec("a", 100), spec("b", 64), spec("c", 200)], 4096).length).toBe(1);
+    expect(() => planChunks([spec("a", 100), spec("big", 257)], 1024)).toThrow(/big \[257\] alone needs a 1,280-byte f32 buffer, over the device's per-buffer limit of 1,024 bytes/);
+    expect(() => planChunks([spec("a", 1)], 0)).toThrow(/maxChunkBytes must be a number ≥ 256/);
+    expect(maxBindableBytes({ maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 - 4 })).toBe(2 ** 31 - 256);
+  });
+
+  for (const arch of ["llama", "qwen2"] as const)
+    test(`${arch}: 3 AdamW steps (weight decay, clipping active) in many chunks give one chunk's weights and moments`, async () => {
+      const dir = path.join(tempDir("full-chunks-"), arch);
+      const { config: cfg } = writeTinyModel(dir, { arch, seed: 7 });
+      const rng = new Rng(13);
+      const batches = Array.from({ length: 3 }, () => {
+        const ids = Array.from({ length: 14 }, () => rng.nextInt(cfg.vocabSize));
+        return assembleBatch([[{ inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } }]], { padId: 0 });
+      });
+      const run = async (maxChunkBytes?: number) => {
+        const trainer = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f32" }), {
+          gradientCheckpointing: true, weightDecay: 0.1, maxGradNorm: 0.5, ...(maxChunkBytes ? { maxChunkBytes } : {}),
+        });
+        const initial = await trainer.getWeights(), norms: number[] = [];
+        for (let step = 1; step <= 3; step++) norms.push((await trainer.step([batches[step - 1]!], 1e-2, step)).gradNorm);
+        return { chunks: trainer.chunks.length, initial, norms, weights: await trainer.getWeights(), moments: await trainer.getOptimizerMoments() };
+      };
+      const one = await run(), many = await run(120 * 1024); // the embedding (115 KB) alone, then a few tensors a chunk
+      expect(one.chunks).toBe(1);
+      expect(many.chunks).toBeGreaterThanOrEqual(4);
+      expect(one.norms[0]!).toBeGreaterThan(0.5); // the clip coefficient (over all chunks) is in play
+      many.norms.forEach((n, i) => expect(Math.abs(n - one.norms[i]!) / one.norms[i]!).toBeLessThan(1e-6));
+      const worst = (a: Map<string, Float32Array>, b: Map<string, Float32Array>) => {
+        expect([...a.keys()]).toEqual([...b.keys()]);
+        let err = 0;
+        for (const [name, x] of a) {
+          const y = b.get(name)!;
+          for (let i = 0; i < x.length; i++) err = Math.max(err, Math.abs(x[i]! - y[i]!) / Math.max(1e-3, Math.abs(y[i]!)));
+        }
+        return err;
+      };
+      expect(worst(one.weights, one.initial)).toBeGreaterThan(1e-3); // the steps did move the weights
+      expect(worst(many.weights, one.weights)).toBeLessThan(1e-6);
+      const m = (x: typeof one.moments, k: "m" | "v") => new Map([...x].map(([n, mv]) => [n, mv[k]]));
+      expect(worst(m(many.moments, "m"), m(one.moments, "m"))).toBeLessThan(1e-6);
+      expect(worst(m(many.moments, "v"), m(one.moments, "v"))).toBeLessThan(1e-6);
+    }, 120_000);
+});
 
 describe("full fine-tuning memory (unfinished)", () => {
   test("the parameter count matches the trainer's and Llama-3.1-8B's published 8,030,261,248; the statement and the refusal carry the numbers", async () => {
