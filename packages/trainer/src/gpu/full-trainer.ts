@@ -18,7 +18,7 @@
  *   each layer   dW = dyᵀ·x per projection, db = onesᵀ·dy, dw_norm = Σ dy·x·rstd (decoderLayerBackward's wg)
  *   embedding    dE[id] += dx_0[t] for every t with ids[t] = id (embeddingBackward); tied: the
  *                same buffer as the head's
- * Weight decay, as transformers' Trainer: on matrices, not on norms and biases.
+ * Weight decay, as transformers' Trainer: on matrices, not on norms and biases (fullParamSpecs).
  */
 import {
   type GradClipState, type GpuRuntime, type ParamSegment, type Recorder, type Tensor,
@@ -30,6 +30,7 @@ import {
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
+import { fullParamSpecs } from "../full-memory.ts";
 import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
@@ -79,13 +80,14 @@ export class FullTrainer {
     });
     tensors.set("model.norm.weight", w.finalNorm);
     if (!this.tied) tensors.set("lm_head.weight", w.lmHead);
-    this.names = [...tensors.keys()];
-    const noDecay = (name: string) => name.endsWith(".bias") || name.endsWith("norm.weight");
-    this.state = new ParamChunks(
-      this.rt,
-      this.names.map((name) => ({ name, shape: tensors.get(name)!.shape, ...(noDecay(name) ? { weightDecay: 0 } : {}) })),
-      { weightDecay: opts.weightDecay, maxChunkBytes: opts.maxChunkBytes ?? maxBindableBytes(this.rt.caps.limits), label: "full" },
-    );
+    // The layout (and so the chunks) in the order full-memory.ts plans them: the checkpoint's tensor order.
+    const specs = fullParamSpecs(model.cfg);
+    const missing = specs.filter((s) => !tensors.has(s.name)).map((s) => s.name), extra = [...tensors.keys()].filter((n) => !specs.some((s) => s.name === n));
+    if (missing.length || extra.length) throw new Error(`FullTrainer: the model's weights and its config disagree (not loaded: ${missing.slice(0, 4).join(", ") || "none"}; not in the config: ${extra.slice(0, 4).join(", ") || "none"})`);
+    this.names = specs.map((s) => s.name);
+    this.state = new ParamChunks(this.rt, specs, {
+      weightDecay: opts.weightDecay, maxChunkBytes: opts.maxChunkBytes ?? maxBindableBytes(this.rt.caps.limits), label: "full",
+    });
     this.clip = createGradClipState(this.rt, gradNormPartialCount(this.chunks.map((c) => c.layout.numel)));
     // Every weight into its segment of `params` (16-bit ones widened to f32 masters); f32 ones are
     // then read by the model through views of `params`, 16-bit ones stay as the GEMMs' copies.
