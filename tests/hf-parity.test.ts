@@ -419,7 +419,7 @@ for (const arch of ARCHS) {
     });
 
     test("fixture was made from the model our generator writes (sha256 of every file)", () => {
-      expect(f.format).toBe(2);
+      expect(f.format).toBe(3); // 3: format 2 plus the `full` section (full-grads-parity.test.ts)
       const { dir } = model(arch);
       const mismatched = Object.entries(f.tiny_model.sha256).filter(([file, hash]) => sha256(join(dir, file)) !== hash);
       if (mismatched.length)

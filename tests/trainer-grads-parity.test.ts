@@ -6,92 +6,27 @@
 // must match PEFT's within 1e-4 relative (max |ours − PEFT| / max |PEFT| per tensor), and the loss too.
 // Run with the batch right-padded (as PEFT saw it) and packed, with and without gradient checkpointing.
 import { describe, expect, test } from "bun:test";
-import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { GpuModel, loraTensorName, parseLoraConfig, readAdapterDir, writeTinyModel } from "@tuneloom/model";
-import { type Batch, LoraTrainer } from "@tuneloom/trainer";
+import { type GpuModel, loraTensorName, parseLoraConfig, readAdapterDir } from "@tuneloom/model";
+import { LoraTrainer } from "@tuneloom/trainer";
+import { ARCHS, type Fixture, FIXTURE_DIR, fixturePath, fixturePresent, loadF32Model, loadFixture, relError, toBatch } from "./grads-parity-fixtures.ts";
 
-const FIXTURE_DIR = join(import.meta.dir, "fixtures", "hf");
-const ARCHS = ["llama", "qwen2"] as const;
-type Arch = (typeof ARCHS)[number];
 const TOL = 1e-4;
 
-interface Fixture {
-  format: number;
-  tiny_model: { seed: number; dtype: "f32" | "bf16"; sha256: Record<string, string> };
-  pad_token_id: number;
-  lora: {
-    r: number;
-    lora_alpha: number;
-    adapter_dir: string;
-    batch: { input_ids: number[][]; attention_mask: number[][]; labels: number[][]; lengths: number[] };
-    loss: number;
-    num_targets: number;
-    grads: Record<string, { shape: number[]; values: number[] }>;
-  };
-}
-
-const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
-
-/**
- * The fixture's batch as our Batch: transformers' labels (label[t] = the token at t, the loss at t − 1
- * predicts it) shifted to ours (labels[t] = the target of position t). Right-padded: rows of the longest
- * length, pads with sequence −1 and no target; packed: the sequences back to back.
- */
-function toBatch(b: Fixture["lora"]["batch"], padId: number, layout: "right-padded" | "packed"): Batch {
-  const rowLength = Math.max(...b.lengths);
-  const T = layout === "right-padded" ? rowLength * b.lengths.length : b.lengths.reduce((a, x) => a + x, 0);
-  const inputIds = new Int32Array(T).fill(padId), labels = new Int32Array(T).fill(-100);
-  const positions = new Int32Array(T), seqIds = new Int32Array(T).fill(-1);
-  let t = 0;
-  b.lengths.forEach((L, i) => {
-    const rowEnd = t + (layout === "right-padded" ? rowLength : L);
-    for (let p = 0; t + p < rowEnd; p++) {
-      positions[t + p] = p;
-      if (p >= L) continue;
-      inputIds[t + p] = b.input_ids[i]![p]!;
-      seqIds[t + p] = i;
-      if (p + 1 < L) labels[t + p] = b.labels[i]![p + 1]!;
-    }
-    t = rowEnd;
-  });
-  const numTargets = labels.filter((x) => x !== -100).length;
-  const numTokens = b.lengths.reduce((a, x) => a + x, 0);
-  return layout === "right-padded"
-    ? { inputIds, labels, positions, seqIds, numTargets, numSequences: b.lengths.length, numTokens, rows: b.lengths.length, rowLength }
-    : { inputIds, labels, positions, seqIds, numTargets, numSequences: b.lengths.length, numTokens, rows: 1, rowLength: T };
-}
-
-/** max |a − b| / max |b|. */
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let maxDiff = 0, maxRef = 0;
-  for (let i = 0; i < b.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(a[i]! - b[i]!));
-    maxRef = Math.max(maxRef, Math.abs(b[i]!));
-  }
-  return maxDiff / maxRef;
-}
-
 for (const arch of ARCHS) {
-  const path = join(FIXTURE_DIR, `${arch}.json`);
-  const present = existsSync(path);
-  if (!present) console.warn(`trainer-grads-parity: ${path} is absent, so the ${arch} gradient parity test is skipped (tests/fixtures/hf/make_fixtures.py makes it).`);
+  const path = fixturePath(arch);
+  const present = fixturePresent(arch, "trainer-grads-parity");
 
   describe.skipIf(!present)(present ? `GPU trainer gradients vs PEFT (${arch})` : `GPU trainer gradients vs PEFT (${arch}) — SKIPPED: ${path} absent`, () => {
     let setup: Promise<{ fx: Fixture; model: GpuModel; adapterDir: string }> | undefined;
     const load = () =>
       (setup ??= (async () => {
-        const fx = JSON.parse(readFileSync(path, "utf8")) as Fixture;
-        const dir = join(mkdtempSync(join(tmpdir(), "trainer-grads-")), arch);
-        writeTinyModel(dir, { arch, seed: fx.tiny_model.seed, dtype: fx.tiny_model.dtype });
-        expect(sha256(join(dir, "model.safetensors"))).toBe(fx.tiny_model.sha256["model.safetensors"]!);
+        const { fx, modelDir } = loadFixture(arch);
         const adapterDir = join(FIXTURE_DIR, fx.lora.adapter_dir);
         if (!existsSync(join(adapterDir, "adapter_model.safetensors")))
           throw new Error(`${adapterDir}/adapter_model.safetensors is missing: python3 tests/fixtures/hf/make_fixtures.py --restore-adapters ${FIXTURE_DIR}`);
-        return { fx, model: await GpuModel.load(dir, { weightDtype: "f32" }), adapterDir };
+        return { fx, model: await loadF32Model(modelDir), adapterDir };
       })());
 
     for (const layout of ["right-padded", "packed"] as const)

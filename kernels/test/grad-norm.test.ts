@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { checkFinite, clearNonFinite, createGradClipState, getRuntime, gradNormClip, readGradNorm, releaseGradClipState, zeroGrad } from "../src/index.ts";
+import { checkFinite, clearNonFinite, createGradClipState, getRuntime, gradNormClip, gradNormPartialCount, readGradNorm, releaseGradClipState, zeroGrad } from "../src/index.ts";
 import { randn } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -32,6 +32,38 @@ describe("gradNormClip", () => {
       rt.release(tg);
     });
   }
+
+  test("gradients split over several buffers: the norm of their concatenation; a NaN in any one sets the flag; too small a state is refused", async () => {
+    // Sizes whose stage-1 group counts are not multiples of 64, one past 1024 groups (1.5M elements).
+    const sizes = [1000, 100_003, 1_500_000, 7];
+    const parts = sizes.map((n) => randn(n, 0.01));
+    const all = new Float32Array(sizes.reduce((a, n) => a + n, 0));
+    parts.reduce((at, g) => (all.set(g, at), at + g.length), 0);
+    const ref = norm64(all);
+    const tgs = parts.map((g) => rt.upload("f32", [g.length], g));
+    const small = createGradClipState(rt), tooSmall = rt.recorder("too small");
+    expect(() => gradNormClip(tooSmall, tgs, small, 1)).toThrow(/need \d+ partial sums, the state holds 1024/);
+    tooSmall.release();
+    releaseGradClipState(rt, small);
+    const st = createGradClipState(rt, gradNormPartialCount(sizes));
+    const rec = rt.recorder("gradnorm split");
+    gradNormClip(rec, tgs, st, ref / 4);
+    rec.submit();
+    const r = await readGradNorm(rt, st);
+    expect(Math.abs(r.norm - ref) / ref).toBeLessThan(1e-5);
+    expect(Math.abs(r.coef - ref / 4 / (ref + 1e-6))).toBeLessThan(1e-6);
+    expect(r.nonFinite).toBe(false);
+    rec.release();
+    parts[3]![2] = NaN;
+    rt.write(tgs[3]!, parts[3]!);
+    const bad = rt.recorder("gradnorm split nan");
+    gradNormClip(bad, tgs, st, 1);
+    bad.submit();
+    expect((await readGradNorm(rt, st)).nonFinite).toBe(true);
+    bad.release();
+    releaseGradClipState(rt, st);
+    rt.release(...tgs);
+  });
 
   test("a NaN or an inf gradient sets the flag and zeroes the coefficient; clearNonFinite resets", async () => {
     const n = 5000;

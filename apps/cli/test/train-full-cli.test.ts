@@ -81,13 +81,31 @@ describe("train --full", () => {
     expect(r.stderr).toContain("--full: the run has true, this command null");
   }, 120_000);
 
-  test("bench --train --full: one line with the full step's speed and parameter count", () => {
+  test("bench --train --full: the memory statement and buffer plan on stderr, one line with the full step's speed, parameter count and buffers", () => {
     const r = cli("bench", "--train", "--full", "--model", "tiny", "--batch", "1", "--seq", "16", "--steps", "2");
-    expect(r.stderr).toBe("");
+    expect(r.stderr.trim()).toMatch(/^bench: full fine-tuning memory: f32 masters [\d.]+ GB \+ gradients .* = [\d.]+ GB \(131,776 parameters\); flat f32 buffers: 1 each of masters, gradients, AdamW m and v \(largest [\d.]+ GB; the device binds at most [\d.]+ GB per buffer\)$/);
     expect(r.code).toBe(0);
     const m = JSON.parse(r.stdout.trim());
-    expect(m).toMatchObject({ op: "train", model: "tiny", full: true, batch: 1, seq: 16 });
-    expect(m.params).toBeGreaterThan(0);
+    expect(m).toMatchObject({ op: "train", model: "tiny", full: true, batch: 1, seq: 16, params: 131_776, buffers: 1 });
     expect(m.tok_s).toBeGreaterThan(0);
+  }, 120_000);
+
+  test("bench --train --full --plan: the plan of a published shape without loading it; a tensor over the device's limit is refused with its numbers", () => {
+    const r = cli("bench", "--train", "--full", "--plan", "--model", "smollm2-135m");
+    expect(r.code).toBe(0);
+    const m = JSON.parse(r.stdout.trim());
+    expect(m).toMatchObject({ op: "train-plan", model: "smollm2-135m", full: true, params: 134_515_008 });
+    // 538 MB of f32 masters: as many buffers as the device's per-buffer limit asks for (5 on lavapipe's 128 MiB).
+    expect(m.largest_buffer_gb).toBeLessThanOrEqual(m.buffer_limit_gb);
+    expect(m.buffers).toBeGreaterThanOrEqual(Math.ceil(0.538 / m.buffer_limit_gb));
+    expect(m.memory).toMatch(/^memory: f32 masters 0\.54 GB \+ 16-bit copies 0\.27 GB \+ gradients 0\.54 GB \+ AdamW 1\.08 GB/);
+    const usage = cli("bench", "--train", "--plan");
+    expect(usage.code).not.toBe(0);
+    expect(usage.stderr).toContain("--plan goes with --train --full");
+    const big = cli("bench", "--train", "--full", "--plan", "--model", "qwen2.5-0.5b");
+    if (m.buffer_limit_gb < 0.5446) { // lavapipe: Qwen2.5-0.5B's f32 embedding (544,538,624 bytes) is over the limit
+      expect(big.code).not.toBe(0);
+      expect(big.stderr).toMatch(/full fine-tuning is not possible on .*model\.embed_tokens\.weight \[151936, 896\] alone needs a 544,538,624-byte f32 buffer/);
+    } else expect(JSON.parse(big.stdout.trim())).toMatchObject({ op: "train-plan", params: 494_032_768 });
   }, 120_000);
 });

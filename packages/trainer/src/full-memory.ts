@@ -1,10 +1,11 @@
 /**
- * The memory a full fine-tuning run needs, stated before
- * training starts (docs/full-finetuning.md has the formula), and the check that refuses a run
- * whose buffers the device cannot hold. WebGPU does not report a device's total memory, so the
- * hard check is the one WebGPU can make: FullTrainer keeps params, gradients and each AdamW
- * moment as ONE buffer each (4·P bytes), which must fit maxBufferSize and
- * maxStorageBufferBindingSize.
+ * The memory a full fine-tuning run needs, stated before training starts (docs/full-finetuning.md
+ * has the formula), how its flat buffers are split, and the checks that refuse a run that cannot
+ * train. FullTrainer keeps master weights, gradients and each AdamW moment as flat f32 buffers
+ * (4·P bytes each), split into chunks of whole tensors under the device's per-buffer limit
+ * (gpu/param-chunks.ts), so the buffer limits only refuse a model with one tensor over that
+ * limit. WebGPU does not report a device's total memory: a model that does not fit is refused
+ * when the device fails to allocate its buffers (fullAllocationError).
  *
  *   weights      4P (f32 masters) + 2P (16-bit GEMM copies, when the model runs 16-bit)
  *   gradients    4P
@@ -13,7 +14,11 @@
  *                (L + 1)·T·C (layer inputs) + one layer's set + the backward's scratch
  *                + the head's logits chunk (T × min(V, 16384)); without checkpointing, L sets
  */
+import { type ParamSpec, GpuError } from "@tuneloom/kernels";
+import { expectedTensors } from "@tuneloom/model";
+import { maxBindableBytes, planChunks } from "./gpu/param-chunks.ts";
 import type { ModelConfig } from "@tuneloom/model";
+
 
 export interface FullMemoryEstimate {
   /** Trainable parameters (a tied head counted once). */
@@ -24,6 +29,56 @@ export interface FullMemoryEstimate {
   optimizer: number;
   activations: number;
   total: number;
+}
+
+/**
+ * Every trainable tensor of full fine-tuning, in checkpoint order (a tied head is the embedding):
+ * FullTrainer's layout. No weight decay on norms and biases, as transformers' Trainer.
+ */
+export function fullParamSpecs(cfg: ModelConfig): ParamSpec[] {
+  const noDecay = (name: string) => name.endsWith(".bias") || name.endsWith("norm.weight");
+  return expectedTensors(cfg).map(({ name, shape }) => ({ name, shape: [...shape], ...(noDecay(name) ? { weightDecay: 0 } : {}) }));
+}
+
+/** How the flat buffers split under a device's limits: `chunks` buffers of each kind, the largest `largestBytes`. */
+export interface FullBufferPlan {
+  chunks: number;
+  largestBytes: number;
+  /** The per-buffer limit (maxBindableBytes). */
+  limitBytes: number;
+}
+
+/**
+ * The chunks FullTrainer will make for `cfg` under `limits`. Throws (the refusal, with the
+ * numbers) when one tensor alone exceeds the per-buffer limit: a tensor is never split.
+ */
+export function planFullBuffers(cfg: ModelConfig, limits: { maxBufferSize: number; maxStorageBufferBindingSize: number }, device: string): FullBufferPlan {
+  const limitBytes = maxBindableBytes(limits);
+  let runs;
+  try {
+    runs = planChunks(fullParamSpecs(cfg), limitBytes);
+  } catch (e) {
+    throw new Error(`full fine-tuning is not possible on ${device}: ${(e as Error).message} (maxBufferSize ${gb(limits.maxBufferSize)}, maxStorageBufferBindingSize ${gb(limits.maxStorageBufferBindingSize)}). Train a LoRA adapter instead (drop --full).`);
+  }
+  const bytes = runs.map((r) => r.reduce((a, s) => a + Math.ceil(s.shape.reduce((x, d) => x * d, 1) / 64) * 256, 0));
+  return { chunks: runs.length, largestBytes: Math.max(...bytes), limitBytes };
+}
+
+/** `flat f32 buffers: 1 each of masters, gradients, AdamW m and v (largest 0.54 GB; the device binds at most 2.15 GB)`. */
+export function formatFullBuffers(p: FullBufferPlan): string {
+  return `flat f32 buffers: ${p.chunks} each of masters, gradients, AdamW m and v (largest ${gb(p.largestBytes)}; the device binds at most ${gb(p.limitBytes)} per buffer)`;
+}
+
+/**
+ * An error allocating full fine-tuning's buffers, explained: a GPU out-of-memory error becomes the
+ * refusal with the memory statement; anything else is returned as it is.
+ */
+export function fullAllocationError(err: unknown, e: FullMemoryEstimate, device: string): unknown {
+  if (!(err instanceof GpuError) || !/out of memory|out-of-memory|OutOfMemory|failed to allocate|allocation/i.test(err.message)) return err;
+  return new Error(
+    `full fine-tuning does not fit in ${device}'s memory: it needs about ${gb(e.total)} (${formatFullMemory(e).replace(/^memory: /, "")}), and the device could not allocate its buffers (${err.message}). ` +
+      `Lower --batch-size or --max-length (activations), or train a LoRA adapter instead (drop --full).`,
+  );
 }
 
 /** Parameters of a Llama-family model from its config (biases when the architecture has them). */
@@ -52,17 +107,4 @@ const gb = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e8 ? 4 : 2)} GB`
 export function formatFullMemory(e: FullMemoryEstimate): string {
   const copies = e.copies16 ? ` + 16-bit copies ${gb(e.copies16)}` : "";
   return `memory: f32 masters ${gb(e.masters)}${copies} + gradients ${gb(e.grads)} + AdamW ${gb(e.optimizer)} + activations ${gb(e.activations)} = ${gb(e.total)} (${e.params.toLocaleString("en-US")} parameters)`;
-}
-
-/** Throws, with the numbers, when one 4·P-byte buffer exceeds the device's buffer limits. */
-export function checkFullFits(e: FullMemoryEstimate, limits: { maxBufferSize: number; maxStorageBufferBindingSize: number }, device: string): void {
-  const need = 4 * e.params;
-  const limit = Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize);
-  if (need > limit) {
-    throw new Error(
-      `full fine-tuning needs ${gb(need)} buffers (4 bytes × ${e.params.toLocaleString("en-US")} parameters each for the weights, gradients and both AdamW moments; ${gb(e.total)} in all), ` +
-        `but ${device} binds at most ${gb(limit)} per buffer (maxBufferSize ${gb(limits.maxBufferSize)}, maxStorageBufferBindingSize ${gb(limits.maxStorageBufferBindingSize)}). ` +
-        `Train a LoRA adapter instead (drop --full), or a smaller model.`,
-    );
-  }
 }

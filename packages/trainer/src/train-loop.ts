@@ -34,7 +34,7 @@ import { type Batch, DataLoader } from "./batching.ts";
 import { loadCheckpoint, loadFullCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
 import { loadTrainingData } from "./data.ts";
 import { forgettingPct, formatGeneralEvalLine, formatPct, formatPpl, generalEvalSet, generalTextPerplexity, readGeneralText } from "./general-eval.ts";
-import { checkFullFits, formatFullMemory, fullFinetuneMemory, fullParameterCount } from "./full-memory.ts";
+import { formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "./full-memory.ts";
 import { FullTrainer } from "./gpu/full-trainer.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
@@ -192,8 +192,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       tokensPerMicroBatch: o.batchSize * o.maxLength, gradientCheckpointing: o.gradientCheckpointing,
     });
     log(`full fine-tuning ${formatFullMemory(estimate)}`);
-    checkFullFits(estimate, model.rt.caps.limits, model.rt.caps.description);
-    trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
+    const plan = planFullBuffers(model.cfg, model.rt.caps.limits, model.rt.caps.description);
+    log(`full fine-tuning ${formatFullBuffers(plan)}`);
+    try {
+      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
+      await model.rt.sync(); // an allocation the device could not make surfaces here
+    } catch (e) {
+      throw fullAllocationError(e, estimate, model.rt.caps.description);
+    }
     trainableParams = trainer.parameterCount;
     log(`full: every weight trained (${trainer.names.length} tensors): ${trainableParams.toLocaleString("en-US")} trainable parameters`);
   } else {
@@ -210,7 +216,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const getWeights = (): Promise<LoraWeights[] | Map<string, Float32Array>> => trainer.getWeights();
   const setWeights = (w: LoraWeights[] | Map<string, Float32Array>) => (w instanceof Map ? fullTrainer!.setWeights(w) : loraTrainer!.setWeights(w));
   // A resumed checkpoint, read before the monitor scores the base model (the weights are set after).
-  const ckSizes = () => new Map(fullTrainer!.layout.segments.map((seg) => [seg.name, seg.numel]));
+  const ckSizes = () => new Map(fullTrainer!.segments.map((seg) => [seg.name, seg.numel]));
   const ck = run.resumeFrom && world.isRoot ? (fullTrainer ? loadFullCheckpoint(run.resumeFrom, ckSizes()) : loadCheckpoint(run.resumeFrom, model.cfg)) : null;
   const general = generalText && generalEvalSet(generalText, tokenizer, Math.min(o.maxLength, model.cfg.maxPositionEmbeddings), tokenizer.padId ?? tokenizer.eosId ?? 0);
   // The base model: LoRA disabled (B = 0 gives the same, but no adapter is exact and cheaper); a

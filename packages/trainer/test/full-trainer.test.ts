@@ -7,8 +7,10 @@ import { describe, expect, test } from "bun:test";
 import path from "node:path";
 import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, GpuModel, writeTinyModel } from "@tuneloom/model";
 import { assembleBatch } from "../src/batching.ts";
-import { checkFullFits, formatFullMemory, fullFinetuneMemory, fullParameterCount } from "../src/full-memory.ts";
+import { GpuError } from "@tuneloom/kernels";
+import { formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, fullParamSpecs, planFullBuffers } from "../src/full-memory.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
+import { maxBindableBytes, planChunks } from "../src/gpu/param-chunks.ts";
 import { Rng } from "../src/rng.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -94,24 +96,122 @@ describe("FullTrainer: 16-bit weights", () => {
   }, 120_000);
 });
 
+describe("FullTrainer: flat buffers split into chunks", () => {
+  test("planChunks fills runs of consecutive tensors up to the limit (256-byte aligned) and refuses a tensor over it", () => {
+    const spec = (name: string, numel: number) => ({ name, shape: [numel] });
+    // aligned sizes: 100 → 512 B, 64 → 256 B, 200 → 1024 B, 1 → 256 B
+    const runs = planChunks([spec("a", 100), spec("b", 64), spec("c", 200), spec("d", 1)], 1024);
+    expect(runs.map((r) => r.map((s) => s.name))).toEqual([["a", "b"], ["c"], ["d"]]);
+    expect(planChunks([spec("a", 100), spec("b", 64), spec("c", 200)], 4096).length).toBe(1);
+    expect(() => planChunks([spec("a", 100), spec("big", 257)], 1024)).toThrow(/big \[257\] alone needs a 1,280-byte f32 buffer, over the device's per-buffer limit of 1,024 bytes/);
+    expect(() => planChunks([spec("a", 1)], 0)).toThrow(/maxChunkBytes must be a number ≥ 256/);
+    expect(maxBindableBytes({ maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 - 4 })).toBe(2 ** 31 - 256);
+  });
 
-describe("full fine-tuning memory (unfinished)", () => {
-  test("the parameter count matches the trainer's and Llama-3.1-8B's published 8,030,261,248; the statement and the refusal carry the numbers", async () => {
+  for (const arch of ["llama", "qwen2"] as const)
+    test(`${arch}: AdamW steps with the buffers in many chunks give one chunk's weights and moments`, async () => {
+      const dir = path.join(tempDir("full-chunks-"), arch);
+      const { config: cfg } = writeTinyModel(dir, { arch, seed: 7 });
+      const rng = new Rng(13);
+      const batches = Array.from({ length: 3 }, () => {
+        const ids = Array.from({ length: 14 }, () => rng.nextInt(cfg.vocabSize));
+        return assembleBatch([[{ inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } }]], { padId: 0 });
+      });
+      const run = async (steps: number, maxGradNorm: number, maxChunkBytes?: number) => {
+        const trainer = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f32" }), {
+          gradientCheckpointing: true, weightDecay: 0.1, maxGradNorm, ...(maxChunkBytes ? { maxChunkBytes } : {}),
+        });
+        const initial = await trainer.getWeights(), norms: number[] = [];
+        for (let step = 1; step <= steps; step++) norms.push((await trainer.step([batches[step - 1]!], 1e-2, step)).gradNorm);
+        const moments = await trainer.getOptimizerMoments();
+        const of = (k: "m" | "v") => new Map([...moments].map(([n, mv]) => [n, mv[k]]));
+        return { chunks: trainer.chunks.length, initial, norms, weights: await trainer.getWeights(), m: of("m"), v: of("v") };
+      };
+      const CHUNK = 120 * 1024; // the embedding (115 KB) alone, then a few tensors a chunk
+      // Per tensor max |a − b| / max |b| (the parity tests' measure), worst over tensors.
+      const worst = (a: Map<string, Float32Array>, b: Map<string, Float32Array>) => {
+        expect([...a.keys()]).toEqual([...b.keys()]);
+        let err = 0;
+        for (const [name, x] of a) {
+          const y = b.get(name)!;
+          let d = 0, ref = 0;
+          for (let i = 0; i < x.length; i++) (d = Math.max(d, Math.abs(x[i]! - y[i]!))), (ref = Math.max(ref, Math.abs(y[i]!)));
+          err = Math.max(err, d / ref);
+        }
+        return err;
+      };
+
+      // Without clipping every element sees the same gradient and the same update: bit for bit.
+      const one = await run(3, 0), many = await run(3, 0, CHUNK);
+      expect(one.chunks).toBe(1);
+      expect(many.chunks).toBeGreaterThanOrEqual(4);
+      expect(worst(one.weights, one.initial)).toBeGreaterThan(1e-2); // the steps did move the weights
+      many.norms.forEach((n, i) => expect(Math.abs(n - one.norms[i]!) / one.norms[i]!).toBeLessThan(1e-6)); // the reported norm: over all chunks
+      for (const k of ["weights", "m", "v"] as const)
+        for (const [name, x] of one[k]) expect(Buffer.from(many[k].get(name)!.buffer).equals(Buffer.from(x.buffer))).toBe(true);
+
+      // Clipping active: one norm over all chunks (the clip coefficient is what every chunk's AdamW
+      // applies); grouping its partial sums per chunk moves it, and the update, by ~1e-7.
+      const oneC = await run(1, 0.5), manyC = await run(1, 0.5, CHUNK);
+      expect(oneC.norms[0]!).toBeGreaterThan(2 * 0.5); // the coefficient is well below 1
+      expect(Math.abs(manyC.norms[0]! - oneC.norms[0]!) / oneC.norms[0]!).toBeLessThan(1e-6);
+      expect(worst(manyC.weights, oneC.weights)).toBeLessThan(1e-6);
+      expect(worst(manyC.m, oneC.m)).toBeLessThan(1e-6);
+      expect(worst(manyC.v, oneC.v)).toBeLessThan(1e-6);
+    }, 120_000);
+});
+
+describe("full fine-tuning memory and buffer plan", () => {
+  const shape = (over: Record<string, unknown>) => ({ ...writeTinyModel(path.join(tempDir("full-mem-"), "m"), { arch: "llama", seed: 1 }).config, ...over });
+  const llama8b = () => shape({ hiddenSize: 4096, intermediateSize: 14336, numHeads: 32, numKvHeads: 8, headDim: 128, vocabSize: 128256, numLayers: 32, tieWordEmbeddings: false });
+  // Qwen2.5-0.5B's published shape (q/k/v biases, tied head): 494,032,768 parameters.
+  const qwen05b = () => shape({ arch: "qwen2", hiddenSize: 896, intermediateSize: 4864, numHeads: 14, numKvHeads: 2, headDim: 64, vocabSize: 151936, numLayers: 24, tieWordEmbeddings: true, attentionBias: true });
+  const gpuLimits = { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 }; // a common Dawn/Vulkan pair
+  const lavapipe = { maxBufferSize: 2 ** 32 - 1, maxStorageBufferBindingSize: 2 ** 27 };
+
+  test("the parameter count matches the trainer's, Llama-3.1-8B's published 8,030,261,248 and Qwen2.5-0.5B's 494,032,768; the statement carries the numbers", async () => {
     for (const arch of ["llama", "qwen2"] as const) {
       const dir = path.join(tempDir("full-mem-"), arch);
       const { config: cfg } = writeTinyModel(dir, { arch, seed: 1 });
       const trainer = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f32" }), { gradientCheckpointing: true, weightDecay: 0, maxGradNorm: 1 });
       expect(fullParameterCount(cfg, arch === "qwen2")).toBe(trainer.parameterCount);
+      expect(trainer.names).toEqual(fullParamSpecs(cfg).map((s) => s.name));
+      expect(trainer.chunks.length).toBe(planFullBuffers(cfg, trainer.model.rt.caps.limits, "x").chunks);
     }
-    const llama8b = { ...writeTinyModel(path.join(tempDir("full-mem-"), "m"), { arch: "llama", seed: 1 }).config,
-      hiddenSize: 4096, intermediateSize: 14336, numHeads: 32, numKvHeads: 8, headDim: 128, vocabSize: 128256, numLayers: 32, tieWordEmbeddings: false };
-    const P = fullParameterCount(llama8b, false);
+    const big = llama8b();
+    const P = fullParameterCount(big, false);
     expect(P).toBe(8_030_261_248);
-    const e = fullFinetuneMemory(llama8b, { params: P, weightBytes: 2, tokensPerMicroBatch: 8 * 1024, gradientCheckpointing: true });
+    expect(fullParamSpecs(big).reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1), 0)).toBe(P);
+    expect(fullParameterCount(qwen05b(), true)).toBe(494_032_768);
+    const e = fullFinetuneMemory(big, { params: P, weightBytes: 2, tokensPerMicroBatch: 8 * 1024, gradientCheckpointing: true });
     expect(e.masters + e.copies16 + e.grads + e.optimizer).toBe(18 * P);
     expect(formatFullMemory(e)).toMatch(/^memory: f32 masters 32\.12 GB \+ 16-bit copies 16\.06 GB \+ gradients 32\.12 GB \+ AdamW 64\.24 GB \+ activations \d+\.\d\d GB = \d+\.\d\d GB \(8,030,261,248 parameters\)$/);
-    expect(() => checkFullFits(e, { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 }, "a test GPU"))
-      .toThrow(/needs 32\.12 GB buffers .* but a test GPU binds at most 2\.15 GB per buffer .*Train a LoRA adapter instead/);
-    expect(() => checkFullFits(fullFinetuneMemory(llama8b, { params: 1e6, weightBytes: 4, tokensPerMicroBatch: 64, gradientCheckpointing: false }), { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: 2 ** 31 }, "x")).not.toThrow();
   }, 60_000);
+
+  test("buffers split under the per-buffer limit: Llama-3.1-8B and Qwen2.5-0.5B plan on a GPU's limits; only a tensor over the limit is refused", () => {
+    // 8B: 32.12 GB of masters in chunks of at most 2 GiB, 16 or more of each kind.
+    const p8 = planFullBuffers(llama8b(), gpuLimits, "a test GPU");
+    expect(p8.limitBytes).toBe(2 ** 31);
+    expect(p8.largestBytes).toBeLessThanOrEqual(2 ** 31);
+    expect(p8.chunks).toBeGreaterThanOrEqual(Math.ceil((4 * 8_030_261_248) / 2 ** 31));
+    // Qwen2.5-0.5B: 1.98 GB fits one 2 GiB buffer; under a 1 GiB limit it splits instead of being refused.
+    const q = planFullBuffers(qwen05b(), gpuLimits, "a test GPU");
+    expect(q.chunks).toBe(1);
+    const q1 = planFullBuffers(qwen05b(), { ...gpuLimits, maxStorageBufferBindingSize: 2 ** 30 }, "a test GPU");
+    expect(q1.chunks).toBe(2);
+    expect(formatFullBuffers(q1)).toMatch(/^flat f32 buffers: 2 each of masters, gradients, AdamW m and v \(largest 1\.\d\d GB; the device binds at most 1\.07 GB per buffer\)$/);
+    // lavapipe binds 128 MiB: Qwen2.5-0.5B's 545 MB embedding cannot be bound there, and says so.
+    expect(() => planFullBuffers(qwen05b(), lavapipe, "lavapipe"))
+      .toThrow(/^full fine-tuning is not possible on lavapipe: model\.embed_tokens\.weight \[151936, 896\] alone needs a 544,538,624-byte f32 buffer, over the device's per-buffer limit of 134,217,728 bytes.*Train a LoRA adapter instead/);
+  });
+
+  test("an out-of-memory GPU error while allocating becomes the refusal with the memory statement; other errors pass through", () => {
+    const e = fullFinetuneMemory(llama8b(), { params: 8_030_261_248, weightBytes: 2, tokensPerMicroBatch: 1024, gradientCheckpointing: true });
+    const oom = fullAllocationError(new GpuError("full:params0", "Out of memory allocating 2147483648 bytes"), e, "a test GPU") as Error;
+    expect(oom.message).toMatch(/^full fine-tuning does not fit in a test GPU's memory: it needs about \d+\.\d\d GB \(f32 masters 32\.12 GB .*\), and the device could not allocate its buffers \(GPU error in full:params0: Out of memory.*drop --full/);
+    const other = new GpuError("x", "validation failed");
+    expect(fullAllocationError(other, e, "a test GPU")).toBe(other);
+    const plain = new Error("out of memory"); // not the GPU's
+    expect(fullAllocationError(plain, e, "a test GPU")).toBe(plain);
+  });
 });

@@ -12,6 +12,7 @@ import path from "node:path";
 import { relError } from "@tuneloom/kernels/testing.ts";
 import { loadServingTokenizer, readAdapterDir, resolveServingTemplate } from "@tuneloom/model";
 import { DataLoader } from "../src/batching.ts";
+import type { LoraTrainer } from "../src/gpu/lora-trainer.ts";
 import { loadTrainingData } from "../src/data.ts";
 import { nextMicroBatches } from "../src/distributed/data-parallel.ts";
 import { tokenizeDataset } from "../src/tokenize-conversation.ts";
@@ -91,7 +92,8 @@ describe("gradient accumulation on one process", () => {
 
     // One step's gradients from the same weights (the trained ones): the step's two micro-batches
     // recorded one after the other sum to the gradient of the batch of 4, for every step's data.
-    const { trainer, model } = run4;
+    const { model } = run4;
+    const trainer = run4.trainer as LoraTrainer;
     const l4 = loader(4), l2 = loader(2);
     for (let s = 1; s <= STEPS; s++) {
       const single = await trainer.step(nextMicroBatches(l4, 1, one), 0, s, false);

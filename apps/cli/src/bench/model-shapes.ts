@@ -17,11 +17,16 @@ export const BENCH_MODELS: Record<string, Record<string, unknown>> = {
   "qwen2.5-7b": { model_type: "qwen2", hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28, num_attention_heads: 28, num_key_value_heads: 4, vocab_size: 152064, tie_word_embeddings: false, rope_theta: 1000000.0, max_position_embeddings: 32768, rms_norm_eps: 1e-6 },
 };
 
-/** Writes config.json + model.safetensors (bf16) of `name` into dir; returns the config. */
-export function writeBenchModel(name: string, dir: string): ModelConfig {
+/** The config of a benchmark model name (bf16, as written). */
+export function benchModelConfig(name: string): ModelConfig {
   const raw = BENCH_MODELS[name];
   if (!raw) throw new Error(`unknown benchmark model '${name}' (known: ${Object.keys(BENCH_MODELS).join(", ")})`);
-  const cfg = parseModelConfig({ ...raw, hidden_act: "silu", torch_dtype: "bfloat16" }, `${name} config`);
+  return parseModelConfig({ ...raw, hidden_act: "silu", torch_dtype: "bfloat16" }, `${name} config`);
+}
+
+/** Writes config.json + model.safetensors (bf16) of `name` into dir; returns the config. */
+export function writeBenchModel(name: string, dir: string): ModelConfig {
+  const cfg = benchModelConfig(name);
   mkdirSync(dir, { recursive: true });
   writeFileSync(path.join(dir, "config.json"), JSON.stringify(toTransformersConfig(cfg), null, 2));
   let s = 0x9e3779b9;

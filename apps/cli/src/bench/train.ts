@@ -4,11 +4,15 @@
  * shared/bench/peft_bench.py (r=16, α=32, no dropout, q,k,v,o,gate,up,down; AdamW; loss over
  * every token; tokens/s = batch·seq / median step time after 3 warm-up steps).
  * peak_gib is the peak of the GPU buffers tuneloom allocated (weights, activations, state).
+ * With --full, the memory statement and the flat-buffer plan go to stderr first (and `--plan`
+ * prints them as the JSON line without loading the model: planTrainFull).
  */
-import type { GpuRuntime } from "@tuneloom/kernels";
-import { GpuModel, parseLoraConfig } from "@tuneloom/model";
-import { type Batch, FullTrainer, LoraTrainer } from "@tuneloom/trainer";
-import { benchModelDir } from "./model-shapes.ts";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { type GpuRuntime, getRuntime } from "@tuneloom/kernels";
+import { GpuModel, type ModelConfig, parseLoraConfig, parseModelConfig } from "@tuneloom/model";
+import { type Batch, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "@tuneloom/trainer";
+import { BENCH_MODELS, benchModelConfig, benchModelDir } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {
   model: string;
@@ -62,7 +66,42 @@ export async function profileStep(rt: GpuRuntime, work: () => Promise<unknown>) 
   }
 }
 
+/** A benchmark model's config: a name's published shape, or the config.json of `tiny` or a DIR. */
+function modelConfig(model: string): ModelConfig {
+  if (BENCH_MODELS[model]) return benchModelConfig(model);
+  const { dir, cleanup } = benchModelDir(model, "tuneloom-bench-plan-");
+  try {
+    return parseModelConfig(JSON.parse(readFileSync(path.join(dir, "config.json"), "utf8")), `${model}/config.json`);
+  } finally {
+    cleanup();
+  }
+}
+
+/**
+ * Full fine-tuning's memory statement and flat-buffer plan for `o.model` on this device (its
+ * limits), as `train --full` states them; refuses (throws) as train would. Loads no weights.
+ */
+export async function planTrainFull(o: Pick<TrainBenchOptions, "model" | "batch" | "seq" | "gradientCheckpointing" | "weightDtype">) {
+  const cfg = modelConfig(o.model);
+  const rt = await getRuntime();
+  const estimate = fullFinetuneMemory(cfg, {
+    params: fullParameterCount(cfg, cfg.attentionBias), weightBytes: (o.weightDtype ?? (cfg.torchDtype === "float32" ? "f32" : "bf16")) === "f32" ? 4 : 2,
+    tokensPerMicroBatch: o.batch * o.seq, gradientCheckpointing: o.gradientCheckpointing,
+  });
+  const plan = planFullBuffers(cfg, rt.caps.limits, rt.caps.description);
+  return {
+    op: "train-plan", model: o.model, full: true, params: estimate.params, batch: o.batch, seq: o.seq, grad_ckpt: o.gradientCheckpointing,
+    memory: formatFullMemory(estimate), total_gb: Math.round(estimate.total / 1e7) / 100,
+    buffers: plan.chunks, largest_buffer_gb: Math.round(plan.largestBytes / 1e7) / 100, buffer_limit_gb: Math.round(plan.limitBytes / 1e7) / 100,
+    plan: formatFullBuffers(plan), device: rt.caps.description,
+  };
+}
+
 export async function benchTrain(o: TrainBenchOptions) {
+  if (o.full) {
+    const p = await planTrainFull(o); // refuses before the model is written or loaded
+    console.error(`bench: full fine-tuning ${p.memory}; ${p.plan}`);
+  }
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-");
   try {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
@@ -99,7 +138,7 @@ export async function benchTrain(o: TrainBenchOptions) {
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
       op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
-      ...(trainer instanceof FullTrainer ? { full: true, params: trainer.parameterCount } : { rank: o.rank }),
+      ...(trainer instanceof FullTrainer ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length } : { rank: o.rank }),
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),

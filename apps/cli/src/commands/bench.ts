@@ -1,7 +1,7 @@
 import { getRuntime } from "@tuneloom/kernels";
 import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
 import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
-import { benchTrain } from "../bench/train.ts";
+import { benchTrain, planTrainFull } from "../bench/train.ts";
 import { benchDecode } from "../bench/decode.ts";
 import { benchServe } from "../bench/serve.ts";
 import { benchLoad } from "../bench/load.ts";
@@ -12,7 +12,8 @@ import { benchMultiLora, parseAdapterCounts } from "../bench/multi-lora.ts";
  *   published models' shapes (or tiny ones with --quick), one line per op and shape (bench/kernels.ts); exits 1
  *   if an op failed or a relErr is over its tolerance, after running the rest. Or
  * `bun run bench -- --train --model NAME|DIR --batch 8 --seq 512 (--rank 16 | --full) [--no-gradient-checkpointing] [--steps N] [--weight-dtype f16|bf16|f32] [--profile] [--target-fraction F]`
- *   (--full: full fine-tuning's step, as shared/bench/peft_bench.py --full 1)
+ *   (--full: full fine-tuning's step, as shared/bench/peft_bench.py --full 1; its memory statement and flat-buffer plan go
+ *   to stderr first; --train --full --plan prints only those, as the JSON line, without loading the model)
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
@@ -44,6 +45,7 @@ const SPEC = {
     seq: { type: "number", help: "--train: tokens per row", default: 512 },
     rank: { type: "number", help: "--train, --decode-loras: LoRA rank", default: 16 },
     full: { type: "boolean", help: "--train: full fine-tuning (every weight, f32 masters, AdamW) instead of LoRA" },
+    plan: { type: "boolean", help: "--train --full: only the memory statement and flat-buffer plan on this device (loads no model)" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
@@ -86,6 +88,14 @@ export async function run(argv: string[]): Promise<number> {
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
     });
     console.log(JSON.stringify(line));
+    return 0;
+  }
+  if (flags.plan && !(flags.train && flags.full)) throw new UsageError("--plan goes with --train --full");
+  if (flags.train && flags.plan) {
+    console.log(JSON.stringify(await planTrainFull({
+      model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
+      weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+    })));
     return 0;
   }
   if (flags.train) {

@@ -3,10 +3,12 @@
  * weight trained, on the kernels LoRA uses.
  *
  * Every weight the model runs (embedding, each layer's norms, projections and biases, the final
- * norm, the LM head unless tied) is one segment of a flat f32 buffer (`params`), with its
+ * norm, the LM head unless tied) is one segment of a flat f32 buffer of master weights, with its
  * gradient and AdamW moments in buffers of the same layout, so gradNormClip and adamwStep run
- * once over everything, as for LoRA. The model's f32 weight tensors (and always its norms and
- * biases) are replaced by views of `params`, so the forward reads the weights being trained.
+ * once over everything, as for LoRA; a model whose 4·P bytes exceed the device's per-buffer
+ * limit gets several such chunks of consecutive tensors (param-chunks.ts), each updated on its
+ * own, the gradient norm taken over all. The model's f32 weight tensors (and always its norms and
+ * biases) are replaced by views of the masters, so the forward reads the weights being trained.
  * A model that runs 16-bit weights keeps them as the GEMMs' copies: `params` holds the f32
  * masters, and every step ends by rounding each master into its 16-bit copy (convertTensor).
  *
@@ -16,11 +18,11 @@
  *   each layer   dW = dyᵀ·x per projection, db = onesᵀ·dy, dw_norm = Σ dy·x·rstd (decoderLayerBackward's wg)
  *   embedding    dE[id] += dx_0[t] for every t with ids[t] = id (embeddingBackward); tied: the
  *                same buffer as the head's
- * Weight decay, as transformers' Trainer: on matrices, not on norms and biases.
+ * Weight decay, as transformers' Trainer: on matrices, not on norms and biases (fullParamSpecs).
  */
 import {
-  type AdamWState, type GradClipState, type GpuRuntime, type Recorder, type Tensor,
-  FlatParamLayout, convertTensor, createAdamWState, createGradClipState, crossEntropy, embeddingBackward, rmsnormBackward, rmsnormWeightBackward,
+  type GradClipState, type GpuRuntime, type ParamSegment, type Recorder, type Tensor,
+  convertTensor, createGradClipState, crossEntropy, embeddingBackward, gradNormPartialCount, rmsnormBackward, rmsnormWeightBackward,
 } from "@tuneloom/kernels";
 import {
   type GpuLayerWeights, type GpuModel, type LayerActivations, type LayerWeightGrads,
@@ -28,7 +30,9 @@ import {
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
+import { fullParamSpecs } from "../full-memory.ts";
 import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
+import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
 export interface FullTrainerOptions {
   gradientCheckpointing: boolean;
@@ -37,6 +41,11 @@ export interface FullTrainerOptions {
   beta2?: number;
   eps?: number;
   maxGradNorm: number;
+  /**
+   * Largest flat buffer (bytes) of masters, gradients or moments; default: the device's
+   * per-buffer limit (maxBindableBytes). Tests pass less to exercise many chunks.
+   */
+  maxChunkBytes?: number;
 }
 
 /** GpuLayerWeights keys → the HF tensor name inside `model.layers.<l>.`. */
@@ -49,10 +58,8 @@ const LAYER_TENSORS: Record<keyof GpuLayerWeights, string> = {
 };
 
 export class FullTrainer {
-  readonly layout: FlatParamLayout;
-  readonly params: Tensor;
-  readonly grads: Tensor;
-  readonly adam: AdamWState;
+  /** Masters, gradients and AdamW moments, in one chunk or several (param-chunks.ts). */
+  private readonly state: ParamChunks;
   readonly clip: GradClipState;
   /** HF tensor names in layout order (the head is absent when tied). */
   readonly names: string[];
@@ -73,23 +80,22 @@ export class FullTrainer {
     });
     tensors.set("model.norm.weight", w.finalNorm);
     if (!this.tied) tensors.set("lm_head.weight", w.lmHead);
-    this.names = [...tensors.keys()];
-    const noDecay = (name: string) => name.endsWith(".bias") || name.endsWith("norm.weight");
-    this.layout = new FlatParamLayout(
-      this.names.map((name) => ({ name, shape: tensors.get(name)!.shape, ...(noDecay(name) ? { weightDecay: 0 } : {}) })),
-      { weightDecay: opts.weightDecay },
-    );
-    this.params = this.layout.allocate(this.rt, "full:params");
-    this.grads = this.layout.allocate(this.rt, "full:grads");
-    this.adam = createAdamWState(this.rt, this.layout);
-    this.clip = createGradClipState(this.rt);
+    // The layout (and so the chunks) in the order full-memory.ts plans them: the checkpoint's tensor order.
+    const specs = fullParamSpecs(model.cfg);
+    const missing = specs.filter((s) => !tensors.has(s.name)).map((s) => s.name), extra = [...tensors.keys()].filter((n) => !specs.some((s) => s.name === n));
+    if (missing.length || extra.length) throw new Error(`FullTrainer: the model's weights and its config disagree (not loaded: ${missing.slice(0, 4).join(", ") || "none"}; not in the config: ${extra.slice(0, 4).join(", ") || "none"})`);
+    this.names = specs.map((s) => s.name);
+    this.state = new ParamChunks(this.rt, specs, {
+      weightDecay: opts.weightDecay, maxChunkBytes: opts.maxChunkBytes ?? maxBindableBytes(this.rt.caps.limits), label: "full",
+    });
+    this.clip = createGradClipState(this.rt, gradNormPartialCount(this.chunks.map((c) => c.layout.numel)));
     // Every weight into its segment of `params` (16-bit ones widened to f32 masters); f32 ones are
     // then read by the model through views of `params`, 16-bit ones stay as the GEMMs' copies.
     const rec = this.rt.recorder("full:init");
     for (const [name, t] of tensors) {
-      if (t.dtype === "f32") rec.copy(t, this.layout.view(this.params, name));
+      if (t.dtype === "f32") rec.copy(t, this.state.view("params", name));
       else {
-        convertTensor(rec, t, this.layout.view(this.params, name));
+        convertTensor(rec, t, this.state.view("params", name));
         this.copies16.push({ name, t });
       }
     }
@@ -98,7 +104,7 @@ export class FullTrainer {
     const replaced = new Map<Tensor, Tensor>();
     const swap = (t: Tensor, name: string): Tensor => {
       if (t.dtype !== "f32") return t;
-      const v = this.layout.view(this.params, name);
+      const v = this.state.view("params", name);
       replaced.set(t, v);
       return v;
     };
@@ -119,12 +125,22 @@ export class FullTrainer {
 
   /** Rounds every f32 master into its 16-bit GEMM copy (after an update or setWeights). */
   private recordRefreshCopies(rec: Recorder) {
-    for (const { name, t } of this.copies16) convertTensor(rec, this.layout.view(this.params, name), t);
+    for (const { name, t } of this.copies16) convertTensor(rec, this.state.view("params", name), t);
+  }
+
+  /** The flat buffers, one chunk unless the model's 4·P bytes exceed maxChunkBytes. */
+  get chunks(): readonly ParamChunk[] {
+    return this.state.chunks;
+  }
+
+  /** Every weight's segment in layout order (its offset is within its chunk). */
+  get segments(): ParamSegment[] {
+    return this.state.segments;
   }
 
   /** Trainable parameters (the tied head counted once). */
   get parameterCount(): number {
-    return this.layout.segments.reduce((n, s) => n + s.numel, 0);
+    return this.segments.reduce((n, s) => n + s.numel, 0);
   }
 
   /** One layer's gradient views; `ones` (T) for the bias gradients. */
@@ -132,14 +148,14 @@ export class FullTrainer {
     const out: Record<string, Tensor> = { ones };
     for (const [key, name] of Object.entries(LAYER_TENSORS)) {
       const full = `model.layers.${l}.${name}`;
-      if (this.names.includes(full)) out[key] = this.layout.view(this.grads, full);
+      if (this.names.includes(full)) out[key] = this.state.view("grads", full);
     }
     return out as unknown as LayerWeightGrads;
   }
 
   /** Every weight as its HF name → f32 values (to save a model directory or checkpoint). */
   async getWeights(): Promise<Map<string, Float32Array>> {
-    return this.readSegments(this.params);
+    return this.state.read("params");
   }
 
   /**
@@ -147,7 +163,7 @@ export class FullTrainer {
    * kept), and rounds the 16-bit copies from them.
    */
   setWeights(weights: ReadonlyMap<string, Float32Array>) {
-    this.rt.write(this.params, this.packSegments(weights, "weights"));
+    this.state.write("params", weights, "weights");
     const rec = this.rt.recorder("full:set-weights");
     this.recordRefreshCopies(rec);
     rec.submit();
@@ -156,27 +172,15 @@ export class FullTrainer {
 
   /** AdamW's m and v per weight, keyed by its HF name (what checkpoints store). */
   async getOptimizerMoments(): Promise<Map<string, { m: Float32Array; v: Float32Array }>> {
-    const m = await this.readSegments(this.adam.m), v = await this.readSegments(this.adam.v);
+    const m = await this.state.read("m"), v = await this.state.read("v");
     return new Map(this.names.map((name) => [name, { m: m.get(name)!, v: v.get(name)! }]));
   }
 
   /** Uploads AdamW's m and v (a resumed checkpoint's), keyed as getOptimizerMoments gives them. */
   setOptimizerMoments(moments: ReadonlyMap<string, { m: Float32Array; v: Float32Array }>) {
     const of = (which: "m" | "v") => new Map([...moments].map(([name, mv]) => [name, mv[which]]));
-    this.rt.write(this.adam.m, this.packSegments(of("m"), "optimizer moments (m)"));
-    this.rt.write(this.adam.v, this.packSegments(of("v"), "optimizer moments (v)"));
-  }
-
-  /** Values by HF name → one flat buffer's contents; every segment must be given, at its size. */
-  private packSegments(values: ReadonlyMap<string, Float32Array>, what: string): Float32Array {
-    const flat = new Float32Array(this.layout.numel);
-    for (const s of this.layout.segments) {
-      const v = values.get(s.name);
-      if (!v) throw new Error(`${what}: nothing for ${s.name}`);
-      if (v.length !== s.numel) throw new Error(`${what}: ${s.name} has ${v.length} values, the tensor ${s.numel}`);
-      flat.set(v, s.offset);
-    }
-    return flat;
+    this.state.write("m", of("m"), "optimizer moments (m)");
+    this.state.write("v", of("v"), "optimizer moments (v)");
   }
 
   /** Mean loss over batches without updating anything. */
@@ -187,12 +191,7 @@ export class FullTrainer {
 
   /** Every weight's gradient of the last step (tests, gradient checks). */
   async getGradients(): Promise<Map<string, Float32Array>> {
-    return this.readSegments(this.grads);
-  }
-
-  private async readSegments(flat: Tensor): Promise<Map<string, Float32Array>> {
-    const all = await this.rt.read(flat);
-    return new Map(this.layout.segments.map((s) => [s.name, all.slice(s.offset, s.offset + s.numel)]));
+    return this.state.read("grads");
   }
 
   /**
@@ -209,9 +208,9 @@ export class FullTrainer {
     const released: object[] = [];
     const loss = rt.zeros("f32", [2], "loss");
     toRelease.push(loss);
-    rec.clear(this.grads);
-    const embedGrad = this.layout.view(this.grads, "model.embed_tokens.weight");
-    const headGrad = this.tied ? embedGrad : this.layout.view(this.grads, "lm_head.weight");
+    for (const g of this.state.all("grads")) rec.clear(g);
+    const embedGrad = this.state.view("grads", "model.embed_tokens.weight");
+    const headGrad = this.tied ? embedGrad : this.state.view("grads", "lm_head.weight");
     for (const batch of microBatches) {
       const T = batch.inputIds.length;
       const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
@@ -235,7 +234,7 @@ export class FullTrainer {
       crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, dw: headGrad, accumulateDw: true, scale: 1, nonFinite: this.clip.nonFinite });
       // h = rmsnorm(x_L)·w_final: dx_L, dw_final
       rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
-      rmsnormWeightBackward(rec, fwd.x, fwd.rstd, dh, this.layout.view(this.grads, "model.norm.weight"), 1);
+      rmsnormWeightBackward(rec, fwd.x, fwd.rstd, dh, this.state.view("grads", "model.norm.weight"), 1);
       const g = allocLayerGradScratch(rt, cfg, T, 0);
       released.push(g);
       let dOut = dxA, dIn = dxB;
@@ -249,7 +248,7 @@ export class FullTrainer {
       // x_0 = embed[ids]: dE[id] += dx_0
       toRelease.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
     }
-    return finishStep(rt, rec, this, {
+    return finishStep(rt, rec, { chunks: this.chunks, clip: this.clip }, {
       lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
       afterUpdate: (r) => this.recordRefreshCopies(r),

@@ -269,7 +269,7 @@ export class LoraTrainer {
       rec.flush();
       ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
     }
-    return finishStep(rt, rec, this, {
+    return finishStep(rt, rec, { chunks: [this], clip: this.clip }, {
       lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
     });

@@ -1,7 +1,7 @@
 /**
  * The parts of a training step LoraTrainer and FullTrainer share: counting a step's targets,
  * and its end, once every micro-batch's gradients are accumulated in summed-loss units: scale
- * to the mean loss, clip the global norm, AdamW (skipped on the GPU when anything is NaN/inf),
+ * to the mean loss, clip the global norm (over every buffer), AdamW (skipped on the GPU when anything is NaN/inf),
  * submit, read the loss and norm back, release the step's tensors.
  */
 import {
@@ -29,10 +29,9 @@ export function stepCounts(microBatches: readonly Batch[]): { targets: number; t
   return { targets, tokens };
 }
 
+/** The flat buffers a step updates: one set for LoRA, one per chunk for full fine-tuning (param-chunks.ts). */
 export interface OptimizerBuffers {
-  params: Tensor;
-  grads: Tensor;
-  adam: AdamWState;
+  chunks: readonly { params: Tensor; grads: Tensor; adam: AdamWState }[];
   clip: GradClipState;
 }
 
@@ -57,10 +56,11 @@ export interface StepEnd {
 }
 
 export async function finishStep(rt: GpuRuntime, rec: Recorder, b: OptimizerBuffers, e: StepEnd): Promise<StepResult> {
-  scaleInPlace(rec, 1 / (e.gradUnit * e.targets), b.grads);
-  gradNormClip(rec, b.grads, b.clip, e.maxGradNorm);
+  for (const c of b.chunks) scaleInPlace(rec, 1 / (e.gradUnit * e.targets), c.grads);
+  // One norm over every chunk's gradients; each chunk's AdamW reads its coefficient and flag.
+  gradNormClip(rec, b.chunks.map((c) => c.grads), b.clip, e.maxGradNorm);
   if (e.update) {
-    adamwStep(rec, b.adam, b.params, b.grads, { lr: e.lr, step: e.step, beta1: e.beta1, beta2: e.beta2, eps: e.eps, clip: b.clip });
+    for (const c of b.chunks) adamwStep(rec, c.adam, c.params, c.grads, { lr: e.lr, step: e.step, beta1: e.beta1, beta2: e.beta2, eps: e.eps, clip: b.clip });
     e.afterUpdate?.(rec);
   }
   rec.submit();
