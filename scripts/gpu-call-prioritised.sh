@@ -14,6 +14,8 @@
 #   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
+#   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
+#   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
@@ -37,7 +39,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout 90 bun test kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-90} bun test kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12 ;;
     sweep)
       el sweep
@@ -53,9 +55,13 @@ for step in $STEPS; do
       for m in smollm2-135m qwen2.5-0.5b; do
         [ "$(left)" -gt 100 ] || continue
         el "full $m"
-        timeout 100 bun run bench -- --train --full --model "$m" --batch 8 --seq 512 --steps 6 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
+        timeout 100 bun run bench -- --train --full --model "$m" --batch 8 --seq 512 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
         PYTHONUNBUFFERED=1 timeout 120 python3 .tmp/peft_bench.py --models "$m" --full 1 --gc 1 --decode 0 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
       done ;;
+    multi-lora)
+      [ "$(left)" -gt 100 ] && el multi-lora && OUT=$OUT timeout $(( $(left) - 10 < 200 ? $(left) - 10 : 200 )) bash scripts/gpu-measure.sh multi-lora llama3.2-1b > /dev/null 2>&1 ;;
+    serve)
+      [ "$(left)" -gt 60 ] && el serve && OUT=$OUT timeout 150 bash scripts/gpu-measure.sh serve > /dev/null 2>&1 ;;
     decode-1b)
       [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1 ;;
     diag)
@@ -82,6 +88,6 @@ print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for
 for r in rd('profile.jsonl'):
   p=r.get('profile',{}); print('profile', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:40]: print('  ', e)
-for f in ['train.jsonl','decode.jsonl']:
+for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})
 PY
