@@ -52,15 +52,28 @@ export function trainTable(lines: Line[]): string {
   for (const m of models) {
     const r = newestCall(
       lines,
-      (l) => l.op === "train" && l.model === m && l.target_fraction === 1 && !l.from_dir,
+      (l) => l.op === "train" && l.model === m && l.target_fraction === 1 && !l.from_dir && !l.full,
       (l) => l.peer === "hf-peft" && l.model === m,
     );
     if (!r) continue;
     const [ours, hf] = r.found as [Line, Line];
-    const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && l.target_fraction === 0.3);
+    const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && l.target_fraction === 0.3 && !l.full);
     rows.push(`| ${m} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${fmt(answerOnly?.tok_s)} | ${r.call} |`);
   }
   return rows.join("\n");
+}
+
+/** Full fine-tuning (`bench --train --full`) against `peft_bench.py --full 1` of the same call. */
+export function trainFullTable(lines: Line[]): string {
+  const models = [...new Set(lines.filter((l) => (l.op === "train" && l.full) || l.peer === "hf-full").map((l) => String(l.model)))].sort(byModel);
+  const rows = ["| model | GPU | tuneloom tok/s | peak GiB | flat buffers | HF tok/s | HF peak GiB | speed ours/HF | memory ours/HF | call |", "|---|---|---|---|---|---|---|---|---|---|"];
+  for (const m of models) {
+    const r = newestCall(lines, (l) => l.op === "train" && l.full === true && l.model === m, (l) => l.peer === "hf-full" && l.model === m);
+    if (!r) continue;
+    const [ours, hf] = r.found as [Line, Line];
+    rows.push(`| ${m} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(ours.buffers)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${r.call} |`);
+  }
+  return rows.length > 2 ? rows.join("\n") : "_no full fine-tuning run collected yet_";
 }
 
 export function loadTable(lines: Line[]): string {
@@ -141,7 +154,7 @@ export function multiLoraTable(lines: Line[]): string {
 }
 
 export const TABLES: Record<string, (lines: Line[]) => string> = {
-  train: trainTable, load: loadTable, decode: decodeTable, gemm: gemmTable, serve: serveTable, "multi-lora": multiLoraTable,
+  train: trainTable, "train-full": trainFullTable, load: loadTable, decode: decodeTable, gemm: gemmTable, serve: serveTable, "multi-lora": multiLoraTable,
 };
 
 /** Replaces each generated section of `doc` with its table; sections without data stay as they are. */
@@ -164,7 +177,7 @@ if (import.meta.main) {
     mkdirSync(dataDir, { recursive: true });
     const byOp = new Map<string, Line[]>();
     for (const l of fresh) {
-      const kind = l.op === "gemm_tc" ? "gemm" : l.op === "multi_lora_decode" ? "multi-lora" : l.op === "decode" || l.peer === "hf-generate" ? "decode" : l.op === "serve" ? "serve" : l.peer === "hf-from-pretrained" ? "load" : l.op === "train" || l.peer === "hf-peft" ? "train" : "other";
+      const kind = l.op === "gemm_tc" ? "gemm" : l.op === "multi_lora_decode" ? "multi-lora" : l.op === "decode" || l.peer === "hf-generate" ? "decode" : l.op === "serve" ? "serve" : l.peer === "hf-from-pretrained" ? "load" : l.op === "train" || l.peer === "hf-peft" || l.peer === "hf-full" ? "train" : "other";
       byOp.set(kind, [...(byOp.get(kind) ?? []), l]);
     }
     for (const [kind, ls] of byOp) {

@@ -1,0 +1,35 @@
+// report.ts's training tables: ratios only from lines of one device call, full fine-tuning rows
+// kept apart from LoRA rows, diagnostic GEMM lines kept out of the GEMM table.
+import { expect, test } from "bun:test";
+import { gemmTable, trainFullTable, trainTable } from "../src/bench/report.ts";
+
+const gpu = "NVIDIA H100 80GB HBM3";
+const lines = [
+  { call: "c1", gpu, op: "train", model: "smollm2-135m", target_fraction: 1, tok_s: 20000, peak_gib: 1 },
+  { call: "c1", gpu, peer: "hf-peft", model: "smollm2-135m", tok_s: 10000, peak_gib: 2 },
+  { call: "c2", gpu, op: "train", model: "smollm2-135m", full: true, buffers: 1, target_fraction: 1, tok_s: 9000, peak_gib: 3 },
+  { call: "c2", gpu, peer: "hf-full", model: "smollm2-135m", tok_s: 6000, peak_gib: 4 },
+];
+
+test("LoRA rows pair ours with HF PEFT of the same call and ignore full fine-tuning lines", () => {
+  const t = trainTable(lines);
+  expect(t).toContain("| smollm2-135m | NVIDIA H100 80GB HBM3 | 20,000 | 1.00 | 10,000 | 2.00 | **2.00×** | 0.50× |");
+  expect(t).not.toContain("9,000");
+});
+
+test("full fine-tuning rows pair ours --full with peft_bench --full 1 of the same call", () => {
+  const t = trainFullTable(lines);
+  expect(t).toContain("| smollm2-135m | NVIDIA H100 80GB HBM3 | 9,000 | 3.00 | 1 | 6,000 | 4.00 | **1.50×** | 0.75× | c2 |");
+  // A full line without an HF line in its call makes no row.
+  expect(trainFullTable(lines.slice(0, 3))).toContain("no full fine-tuning run");
+});
+
+test("diagnostic GEMM lines stay out of the GEMM table", () => {
+  const g = [
+    { call: "c3", gpu, op: "gemm_tc", cfg: "4x4_2x2s", shape: "4096^3", transB: true, tflops: 170, relErr: 1e-6 },
+    { call: "c3", gpu, op: "gemm_tc", cfg: "4x4_2x2s", shape: "4096x8192x4096", transB: true, tflops: 60, relErr: 1e-6, diag: true },
+  ];
+  const t = gemmTable(g);
+  expect(t).toContain("| 4096^3 |");
+  expect(t).not.toContain("4096x8192x4096");
+});
