@@ -4,7 +4,7 @@
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
 # STEPS (default: tests sweep train-1b profile-1b train-small train-3b decode-1b diag) is any of
-#   tests        tensor-core kernel tests (tests.txt)
+#   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
@@ -39,7 +39,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-90} bun test kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-90} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12 ;;
     sweep)
       el sweep
