@@ -276,8 +276,10 @@ describe("long context without T² memory", () => {
     const out = await rt.read(t.out);
     const dv = await rt.read(t.dv);
     const T2 = T * T * 1 * 4;
-    expect(rt.memory.peakBytes - tensorsBytes).toBeLessThan(256 * 1024); // uniforms only
-    expect(rt.memory.peakBytes).toBeLessThan(T2 / 2);
+    // Measured from the live bytes before recording (other test files of the same process may
+    // still hold buffers): uniforms only, far below one T² score matrix.
+    expect(rt.memory.peakBytes - tensorsBytes).toBeLessThan(256 * 1024);
+    expect(256 * 1024).toBeLessThan(T2 / 32);
     // spot-check rows against the reference on a short problem with the same tail sequence
     const tail = problem(1, 1, 64, packed([540], 8));
     const off = 1500 * hd;
