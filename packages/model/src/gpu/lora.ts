@@ -162,6 +162,7 @@ export function linearsLoraForward(
 function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): Tensor | null {
   const [T, inF] = x.shape as [number, number];
   if (mods.length === 0 || !hasTensorCoreMatmul(rec.rt) || mods.some((m) => m.dropout)) return null;
+  if (process.env.TUNELOOM_LORA_TC === "0") return null; // opt-out: the f32 LoRA products (docs/kernels.md)
   // (decode-sized batches, ≤ 16 rows, keep GEMV for the frozen products)
   if (T <= 16 || T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
   return mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
