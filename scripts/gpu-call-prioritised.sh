@@ -55,13 +55,13 @@ for step in $STEPS; do
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
     full)
       for m in smollm2-135m qwen2.5-0.5b; do
-        [ "$(left)" -gt 100 ] || continue
+        [ "$(left)" -gt 60 ] || continue
         el "full $m"
-        timeout 100 bun run bench -- --train --full --model "$m" --batch 8 --seq 512 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
-        PYTHONUNBUFFERED=1 timeout 120 python3 .tmp/peft_bench.py --models "$m" --full 1 --gc 1 --decode 0 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
+        timeout $(( $(left) / 2 )) bun run bench -- --train --full --model "$m" --batch 8 --seq 512 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
+        PYTHONUNBUFFERED=1 timeout $(( $(left) - 5 )) python3 .tmp/peft_bench.py --models "$m" --full 1 --gc 1 --decode 0 --steps 8 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
       done ;;
     multi-lora)
-      [ "$(left)" -gt 100 ] && el multi-lora && OUT=$OUT timeout $(( $(left) - 10 < 200 ? $(left) - 10 : 200 )) bash scripts/gpu-measure.sh multi-lora llama3.2-1b > /dev/null 2>&1 ;;
+      [ "$(left)" -gt 60 ] && el multi-lora && OUT=$OUT timeout $(( $(left) - 10 < 200 ? $(left) - 10 : 200 )) bash scripts/gpu-measure.sh multi-lora llama3.2-1b > /dev/null 2>&1 ;;
     serve)
       [ "$(left)" -gt 60 ] && el serve && OUT=$OUT timeout 150 bash scripts/gpu-measure.sh serve > /dev/null 2>&1 ;;
     decode-1b)
