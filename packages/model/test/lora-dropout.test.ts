@@ -5,11 +5,11 @@
  * The CPU mask comes from the published PCG hash written out here (independently of the
  * kernel) and is also checked against the GPU's own mask.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { dropoutForward, dropoutSeed, getRuntime, hasTensorCoreMatmul } from "@tuneloom/kernels";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "@tuneloom/kernels/testing.ts";
 import { Tensor } from "@tuneloom/kernels";
-import { type LoraModule, linearsLoraBackward, linearsLoraForward } from "../src/gpu/lora.ts";
+import { type LoraModule, linearsLoraBackward, linearsLoraForward, loraTensorCores } from "../src/gpu/lora.ts";
 
 const rt = await getRuntime();
 afterAll(() => rt.trimPool());
@@ -210,10 +210,18 @@ describe("LoRA groups (q/k/v, gate/up: projections reading one input) against fl
 // product), dh and dh·A (an aux slice of the input-gradient product) run on tensor cores with
 // f16-rounded operands, so the bound is the 16-bit one.
 describe.skipIf(!hasTensorCoreMatmul(rt))("LoRA on tensor cores against float64 (f16 weights)", () => {
+  const was = loraTensorCores.enabled;
+  beforeAll(() => { loraTensorCores.enabled = true; });
+  afterAll(() => { loraTensorCores.enabled = was; });
   const base = { T: 64, inF: 96, r: 16, outFs: [64, 32, 32], p: 0, withDropout: false, f16W: true };
-  test("q/k/v-like group, stacked A's, dx accumulated", async () => {
+  test("q/k/v-like group, stacked A's, dx accumulated (and the tensor-core path is the one that ran)", async () => {
     const r = await runGroup({ ...base, betaDx: 1, stackA: true });
     expectGroupMatches(r, 2e-3);
+    loraTensorCores.enabled = false;
+    const f32 = await runGroup({ ...base, betaDx: 1, stackA: true });
+    loraTensorCores.enabled = true;
+    expectGroupMatches(f32, 2e-3);
+    expect(r.dispatches).not.toBe(f32.dispatches);
   });
   test("k not adapted inside the group, dx overwritten", async () => {
     expectGroupMatches(await runGroup({ ...base, betaDx: 0, adapted: [true, false, true], stackA: true }), 2e-3);

@@ -140,7 +140,7 @@ export async function benchTrain(o: TrainBenchOptions) {
       op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
       ...(trainer instanceof FullTrainer
         ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length }
-        : { rank: o.rank, ...(process.env.TUNELOOM_LORA_TC === "0" ? { lora_tc: false } : {}) }),
+        : { rank: o.rank, ...(process.env.TUNELOOM_LORA_TC === "1" ? { lora_tc: true } : {}) }),
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),

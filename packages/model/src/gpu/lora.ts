@@ -155,6 +155,13 @@ export function linearsLoraForward(
 }
 
 /**
+ * Whether LoRA may run on tensor cores (module comment). Off by default: written in session 5, its
+ * GPU tests (packages/model/test/lora-dropout.test.ts, kernels/test/matmul-subgroup.test.ts) have
+ * not yet run on a GPU. `TUNELOOM_LORA_TC=1` turns it on; tests flip `enabled`.
+ */
+export const loraTensorCores = { enabled: process.env.TUNELOOM_LORA_TC === "1" };
+
+/**
  * The group's [A_1; …; A_n] (n·r, in) when its LoRA runs on tensor cores (module comment), else
  * null: a GPU with subgroup matrices, f16 frozen weights, no dropout, T, in, every out and r
  * multiples of 16, and the A's back to back in one buffer (or a single module).
@@ -162,7 +169,7 @@ export function linearsLoraForward(
 function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): Tensor | null {
   const [T, inF] = x.shape as [number, number];
   if (mods.length === 0 || !hasTensorCoreMatmul(rec.rt) || mods.some((m) => m.dropout)) return null;
-  if (process.env.TUNELOOM_LORA_TC === "0") return null; // opt-out: the f32 LoRA products (docs/kernels.md)
+  if (!loraTensorCores.enabled) return null;
   // (decode-sized batches, ≤ 16 rows, keep GEMV for the frozen products)
   if (T <= 16 || T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
   return mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
