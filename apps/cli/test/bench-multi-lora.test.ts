@@ -20,7 +20,8 @@ describe("bench --decode-loras", () => {
     const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines.map((l) => [l.path, l.adapters])).toEqual([["base", 0], ["slots", 1], ["slots", 4], ["per-adapter", 4]]);
     for (const l of lines) {
-      expect(l).toMatchObject({ op: "multi_lora_decode", model: "tiny", batch: 4, tokens: 4, rank: 8 });
+      // The tiny model loads f32 on lavapipe: auto keeps the slots f32.
+      expect(l).toMatchObject({ op: "multi_lora_decode", model: "tiny", batch: 4, tokens: 4, rank: 8, lora_dtype: "f32" });
       expect(l.tok_s as number).toBeGreaterThan(0);
       expect(l.tok_s as number).toBeCloseTo((4 * 1000) / (l.ms_per_token as number), -1);
     }
@@ -43,5 +44,8 @@ describe("bench --decode-loras", () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/--decode-loras 3: each adapter count must divide --batch 16/);
     expect(multiLoraTable([])).toBe("_no multi-adapter decode run collected yet_");
+    const bad = bench("--decode-loras", "1", "--model", "tiny", "--batch", "4", "--lora-dtype", "fp8");
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--lora-dtype must be one of auto, .*got "fp8"/);
   }, 60_000);
 });

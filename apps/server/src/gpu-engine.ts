@@ -21,7 +21,7 @@
 import { basename, resolve } from "node:path";
 import { getRuntime, type SampledRow } from "@tuneloom/kernels";
 import {
-  GpuModel, KvCacheGenerator, type LoadedAdapter, type LoadGpuModelOptions, LoraSlots, type ModelConfig, loadModelConfig, loadServingTokenizer,
+  GpuModel, KvCacheGenerator, type LoadedAdapter, type LoadGpuModelOptions, LoraSlots, type LoraSlotDtype, resolveLoraSlotDtype, type ModelConfig, loadModelConfig, loadServingTokenizer,
   readAdapterDir, resolveServingTemplate, servingStopTokenIds,
 } from "@tuneloom/model";
 import { AsyncQueue } from "./async-queue.ts";
@@ -51,6 +51,8 @@ export interface GpuEngineOptions {
    * startup adapters' ranks. A runtime load above it is refused.
    */
   maxLoraRank?: number;
+  /** Storage of the adapter slots' A and B; default f32. */
+  loraDtype?: LoraSlotDtype;
   /** Sequences decoded together = KV slots; default 16. */
   maxBatchSize?: number;
   /** KV rows per slot (prompt + generated); default min(max_position_embeddings, 4096). */
@@ -148,7 +150,7 @@ export class GpuEngine extends BatchingEngine<SeqState> {
       if (a.loaded.lora.rank > this.maxLoraRank) throw new Error(tooHighRank(a.served.id, a.loaded.lora.rank, this.maxLoraRank));
     }
     // The stacks are allocated on the first adapter written: a base-only server pays nothing.
-    this.loraSlots = new LoraSlots(options.model.rt, options.model.cfg, { slots: this.maxLoras, maxRank: this.maxLoraRank });
+    this.loraSlots = new LoraSlots(options.model.rt, options.model.cfg, { slots: this.maxLoras, maxRank: this.maxLoraRank, dtype: options.loraDtype });
     try {
       for (const a of adapters) this.adapters.set(a.served.id, this.slotIn(a));
     } catch (err) {
@@ -326,6 +328,8 @@ export interface LoadGpuEngineOptions {
   maxContext?: number;
   maxLoras?: number;
   maxLoraRank?: number;
+  /** --lora-dtype: the adapter slots' storage (resolveLoraSlotDtype; default auto). */
+  loraDtype?: string;
   weightDtype?: LoadGpuModelOptions["weightDtype"];
 }
 
@@ -354,6 +358,7 @@ export async function loadGpuEngine(
   const maxLoras = opts.maxLoras ?? DEFAULT_MAX_LORAS;
   checkIntegerFlag("--max-running", maxBatchSize, 1);
   checkIntegerFlag("--max-loras", maxLoras, 1);
+  resolveLoraSlotDtype(opts.loraDtype, "f32"); // a bad --lora-dtype is refused before anything loads
   const list = typeof adapters === "string" ? [{ name: adapterNameOf(adapters), dir: adapters }] : (adapters ?? []);
   if (list.length > maxLoras) throw new Error(tooManyAdapters(list.length, maxLoras));
   checkContextFitsModel(maxContext, planned);
@@ -374,6 +379,7 @@ export async function loadGpuEngine(
     defaultAdapter: typeof adapters === "string" ? list[0]!.name : undefined,
     maxLoras,
     maxLoraRank: opts.maxLoraRank,
+    loraDtype: resolveLoraSlotDtype(opts.loraDtype, model.weights.dtype),
     tokenizer: engineTokenizer(tokenizer, servingStopTokenIds(modelDir, config, tokenizer)),
     chatTemplate,
     maxBatchSize,

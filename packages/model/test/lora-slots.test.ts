@@ -8,7 +8,8 @@ import type { SampledRow } from "@tuneloom/kernels";
 import { type LoadedAdapter, randomLoadedAdapter } from "../src/adapter-dir.ts";
 import { releaseAdapter, uploadAdapter } from "../src/gpu/adapter.ts";
 import { type GeneratorOptions, KvCacheGenerator, uniformStream } from "../src/gpu/generator.ts";
-import { LoraSlots } from "../src/gpu/lora-slots.ts";
+import { LoraSlots, resolveLoraSlotDtype } from "../src/gpu/lora-slots.ts";
+import { relError } from "@tuneloom/kernels/testing.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { GREEDY, writeScenarioModel } from "./decode-scenario.ts";
 
@@ -78,6 +79,33 @@ async function runAlone(adapter: LoadedAdapter | null, ids: number[]) {
 }
 
 describe("LoRA slots: one forward for a batch of several adapters", () => {
+  test("f16 slot storage (serve --lora-dtype float16): the same greedy tokens, logprobs within 16-bit rounding", async () => {
+    const s16 = new LoraSlots(model.rt, model.cfg, { slots: 3, maxRank: 8, dtype: "f16" });
+    try {
+      for (const [s, a] of [[SLOT_P, P], [SLOT_Q, Q]] as const) {
+        expect(s16.acquire(a.dir)).not.toBeNull();
+        s16.write(s, a);
+      }
+      const [f32, f16] = [await runMixed(), await runMixed({ loraSlots: s16 })];
+      for (const [i, rows] of f16.rows.entries()) expect(rows.map((r) => r.token)).toEqual(f32.rows[i]!.map((r) => r.token));
+      const lp = (x: Awaited<ReturnType<typeof runMixed>>) => Float64Array.from(x.rows.flat().map((r) => r.logprob));
+      const err = relError(lp(f16), lp(f32)); // ‖Δ‖/‖ref‖ over every sampled logprob
+      expect(err).toBeLessThan(2e-3);
+      expect(err).toBeGreaterThan(0); // the f16 stacks were read (rounding shows)
+    } finally {
+      s16.dispose();
+    }
+  }, 120_000);
+
+  test("--lora-dtype: auto is f16 with f16 weights, else f32; vLLM's names; anything else is refused", () => {
+    expect(resolveLoraSlotDtype(undefined, "f16")).toBe("f16");
+    expect(resolveLoraSlotDtype("auto", "bf16")).toBe("f32");
+    expect(resolveLoraSlotDtype("auto", "f32")).toBe("f32");
+    expect(resolveLoraSlotDtype("bfloat16", "f16")).toBe("bf16");
+    expect(resolveLoraSlotDtype("float32", "f16")).toBe("f32");
+    expect(() => resolveLoraSlotDtype("fp8", "f16")).toThrow(/--lora-dtype must be one of auto.*got "fp8"/);
+  });
+
   test("mixed batch = each sequence alone on the one-adapter path; one prefill step, one submit per decode step", async () => {
     const mixed = await runMixed();
     expect(mixed.prefillSteps).toBe(1);

@@ -12,7 +12,7 @@
  * vs_one_adapter = tok_s / tok_s at k = 1 (the target is ≥ 0.8 at k = 16).
  * A warm-up (prefill, 2 steps) precedes each measurement, so pipelines are compiled.
  */
-import { GpuModel, KvCacheGenerator, LORA_TARGETS, type LayerLora, LoraSlots, randomLoadedAdapter, releaseAdapter, uploadAdapter } from "@tuneloom/model";
+import { GpuModel, KvCacheGenerator, LORA_TARGETS, type LayerLora, LoraSlots, randomLoadedAdapter, resolveLoraSlotDtype, releaseAdapter, uploadAdapter } from "@tuneloom/model";
 import { DECODE_PROMPT_TOKENS } from "./decode.ts";
 import { benchModelDir } from "./model-shapes.ts";
 
@@ -27,6 +27,8 @@ export interface MultiLoraBenchOptions {
   /** Rank of every adapter; default 16. */
   rank: number;
   weightDtype?: "f32" | "f16" | "bf16";
+  /** Slot storage, as serve's --lora-dtype (default auto: f16 with f16 weights). */
+  loraDtype?: string;
 }
 
 const GREEDY = { temperature: 0 };
@@ -47,13 +49,15 @@ export async function benchMultiLora(o: MultiLoraBenchOptions, emit: (line: Reco
   if (!Number.isInteger(N) || N < 1) throw new Error(`--tokens must be a positive integer, got ${N}`);
   if (!Number.isInteger(o.rank) || o.rank < 1) throw new Error(`--rank must be a positive integer, got ${o.rank}`);
   const K = Math.max(...o.adapters);
+  resolveLoraSlotDtype(o.loraDtype, "f32"); // a bad --lora-dtype is refused before the model is written
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-multi-lora-");
   try {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
     const rt = model.rt, V = model.cfg.vocabSize;
     const adapters = Array.from({ length: K }, (_, i) =>
       randomLoadedAdapter(model.cfg, { rank: o.rank, targets: LORA_TARGETS, seed: 1000 + i, amp: 0.02, name: `bench-${i}` }));
-    const slots = new LoraSlots(rt, model.cfg, { slots: K, maxRank: o.rank });
+    const loraDtype = resolveLoraSlotDtype(o.loraDtype, model.weights.dtype);
+    const slots = new LoraSlots(rt, model.cfg, { slots: K, maxRank: o.rank, dtype: loraDtype });
     adapters.forEach((a, i) => {
       slots.acquire(a.dir);
       slots.write(i, a);
@@ -62,7 +66,7 @@ export async function benchMultiLora(o: MultiLoraBenchOptions, emit: (line: Reco
     const gen = new KvCacheGenerator(model, { maxSlots: B, maxContext: P + N + 4, loraSlots: slots, replayCacheSize: 8 + 2 * K });
     let s = 12345;
     const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V)));
-    const common = { op: "multi_lora_decode", model: o.model, batch: B, tokens: N, rank: o.rank, weights: model.weights.dtype, device: rt.caps.description };
+    const common = { op: "multi_lora_decode", model: o.model, batch: B, tokens: N, rank: o.rank, weights: model.weights.dtype, lora_dtype: loraDtype, device: rt.caps.description };
     /**
      * Prefills every sequence (sequence b with adapter slot adapterOf(b), −1: none), then decodes
      * `steps` steps with `step`; returns the decode wall time in ms.

@@ -17,7 +17,7 @@ import { benchMultiLora, parseAdapterCounts } from "../bench/multi-lora.ts";
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
- * `bun run bench -- --decode-loras 1,4,16 --model NAME|DIR [--batch 16] [--tokens 128] [--rank 16] [--weight-dtype ...]`
+ * `bun run bench -- --decode-loras 1,4,16 --model NAME|DIR [--batch 16] [--tokens 128] [--rank 16] [--weight-dtype ...] [--lora-dtype auto]`
  *   (bench/multi-lora.ts: one batch over k distinct adapters in adapter slots vs one adapter, one line per k,
  *   plus the batch without LoRA and the per-adapter-forward path for comparison).
  * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
@@ -44,6 +44,7 @@ const SPEC = {
     batch: { type: "number", help: "--train: rows per step (default 8); --decode: sequences (default 1); --decode-loras: sequences (default 16)" },
     seq: { type: "number", help: "--train: tokens per row", default: 512 },
     rank: { type: "number", help: "--train, --decode-loras: LoRA rank", default: 16 },
+    "lora-dtype": { type: "string", arg: "DTYPE", help: "--decode-loras: adapter slot storage, as serve's (auto, float32, float16, bfloat16)" },
     full: { type: "boolean", help: "--train: full fine-tuning (every weight, f32 masters, AdamW) instead of LoRA" },
     plan: { type: "boolean", help: "--train --full: only the memory statement and flat-buffer plan on this device (loads no model)" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
@@ -79,6 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     await benchMultiLora({
       model: flags.model ?? "smollm2-135m", adapters: parseAdapterCounts(flags["decode-loras"], batch), batch,
       tokens: flags.tokens ?? 128, rank: flags.rank ?? 16, weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
+      loraDtype: flags["lora-dtype"],
     }, (line) => console.log(JSON.stringify(line)));
     return 0;
   }

@@ -44,6 +44,7 @@ const SPEC = {
     "lora-modules": { type: "list", arg: "name=DIR ...", help: "GPU: serve each PEFT adapter under its name beside the base (vLLM's flag)" },
     "max-loras": { type: "number", help: "GPU: most adapters loaded at once, at startup and at runtime", default: DEFAULT_MAX_LORAS },
     "max-lora-rank": { type: "number", help: "GPU: largest adapter rank the adapter slots take (default: 16, or the largest --lora-modules rank)" },
+    "lora-dtype": { type: "string", arg: "DTYPE", help: "GPU: adapter slot storage: auto (f16 with f16 weights, else f32), float32, float16 or bfloat16", default: "auto" },
     "enable-lora-runtime-updates": { type: "boolean", help: "GPU: allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter", default: false },
     port: { type: "number", help: "TCP port (0: any free port)", default: 8000 },
     host: { type: "string", arg: "H", help: "address to listen on", default: "127.0.0.1" },
@@ -143,6 +144,7 @@ export async function run(argv: string[]): Promise<number> {
       modelId: flags["served-model-name"],
       maxLoras,
       maxLoraRank: flags["max-lora-rank"],
+      loraDtype: flags["lora-dtype"],
       maxBatchSize: flags["max-running"],
       maxContext: flags["max-context"],
     });

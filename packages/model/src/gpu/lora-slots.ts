@@ -27,6 +27,23 @@ import type { GatheredGroup, GatheredLayerLora } from "./lora.ts";
 
 export type LoraSlotDtype = "f32" | "f16" | "bf16";
 
+/** serve's `--lora-dtype` values (vLLM's spelling, plus tuneloom's short dtype names). */
+const LORA_DTYPE_NAMES: Record<string, LoraSlotDtype | "auto"> = {
+  auto: "auto", float32: "f32", f32: "f32", float16: "f16", half: "f16", f16: "f16", bfloat16: "bf16", bf16: "bf16",
+};
+
+/**
+ * The slots' storage for a `--lora-dtype` value: `auto` (the default) stores them in f16 when the
+ * base weights are f16 (16-bit serving: the adapters' bytes are read every step by every row, so
+ * 16 adapters cost half the traffic), else in f32 as the one-adapter path computes. Throws naming
+ * the flag on anything else.
+ */
+export function resolveLoraSlotDtype(value: string | undefined, weightsDtype: string): LoraSlotDtype {
+  const d = LORA_DTYPE_NAMES[value ?? "auto"];
+  if (!d) throw new Error(`--lora-dtype must be one of ${Object.keys(LORA_DTYPE_NAMES).join(", ")}, got ${JSON.stringify(value)}`);
+  return d === "auto" ? (weightsDtype === "f16" ? "f16" : "f32") : d;
+}
+
 export interface LoraSlotsOptions {
   /** Adapters held at once (serve's --max-loras). */
   slots: number;
