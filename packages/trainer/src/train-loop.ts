@@ -139,7 +139,6 @@ export interface TrainResult {
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
   const world = o.world ?? SINGLE_PROCESS;
-  if (o.full && world.size > 1) throw new Error("--full does not support data-parallel runs yet: run it as one process (no mpirun), or train a LoRA adapter");
   const log = !world.isRoot ? () => {} : o.log ?? ((l: string) => process.stderr.write(l + "\n"));
   const notes: string[] = [];
   const lora: LoraConfig = parseLoraConfig({
@@ -195,7 +194,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const plan = planFullBuffers(model.cfg, model.rt.caps.limits, model.rt.caps.description);
     log(`full fine-tuning ${formatFullBuffers(plan)}`);
     try {
-      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm });
+      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm, collectives: world });
       await model.rt.sync(); // an allocation the device could not make surfaces here
     } catch (e) {
       throw fullAllocationError(e, estimate, model.rt.caps.description);
@@ -247,7 +246,7 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       log(`resume: the run now has ${totalSteps} steps (was ${ck.state.schedule.totalSteps}): the ${schedule.kind} lr schedule spans the new total from step ${step + 1} on`);
     }
   }
-  if (loraTrainer) ({ step, tokensSeen, elapsedBefore, bestEval } = await startFromRoot(world, loraTrainer, loader, { step, tokensSeen, elapsedBefore, bestEval }));
+  ({ step, tokensSeen, elapsedBefore, bestEval } = await startFromRoot(world, trainer, loader, { step, tokensSeen, elapsedBefore, bestEval }));
   const metrics = new MetricsLog(world.isRoot ? path.join(o.out, "metrics.jsonl") : null, run.resumeFrom ? { resumeFromStep: step } : {});
   const progress = new ProgressReporter({ total: totalSteps, logEvery: o.logEvery, startStep: step, startElapsedS: elapsedBefore, ...(o.quiet || !world.isRoot ? { stream: { write: () => true } } : {}) });
 

@@ -16,7 +16,7 @@ import { nextMicroBatches } from "../src/distributed/data-parallel.ts";
 import { MpiLibrary, MpiLibraryError } from "../src/distributed/mpi.ts";
 import { detectLauncher } from "../src/distributed/world.ts";
 import { TRAIN_DEFAULTS, type TrainOptions, train } from "../src/train-loop.ts";
-import { tempDir, tinyModel, writeUnevenConversations } from "./helpers.ts";
+import { tempDir, tinyModel, weightsOf, writeUnevenConversations } from "./helpers.ts";
 
 const MPIRUN = Bun.which("mpirun");
 const RANK_MAIN = path.join(import.meta.dir, "mpi", "rank-main.ts");
@@ -144,6 +144,33 @@ describe.skipIf(!MPIRUN)("data parallel under mpirun (2 ranks, lavapipe)", () =>
     expect(single.steps).toBe(8);
     expect(stateAt(crash, 7).dataPosition).toEqual({ epoch: 1, step: 4 });
   }, 240_000);
+
+  test("--full: N=2 with 2 rows per rank = N=1 with 4 rows (saved models within 1e-6)", async () => {
+    const full: Partial<TrainOptions> = { full: true, maxSteps: 3, saveSteps: 0, lr: 1e-3 };
+    const n1 = path.join(root, "full-n1"), n2full = path.join(root, "full-n2");
+    const one = await train({ ...TRAIN_DEFAULTS, quiet: true, log: () => {}, ...runOptions(data, n1, { batchSize: 4, ...full }) } as TrainOptions);
+    const r = await mpirun({ options: runOptions(data, n2full, full) });
+    expect(r.stderr).not.toContain("aborting");
+    expect(r.code).toBe(0);
+    const two = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    expect(two.steps).toBe(3);
+    expect(two.tokens).toBe(one.tokens);
+    expect(Math.abs(two.finalLoss - one.finalLoss) / one.finalLoss).toBeLessThan(1e-6);
+    const a = weightsOf(path.join(n1, "model")), b = weightsOf(path.join(n2full, "model"));
+    expect([...b.keys()]).toEqual([...a.keys()]);
+    let d2 = 0, n2 = 0, moved = 0;
+    const base = weightsOf(tinyModel().dir);
+    for (const [name, x] of a) {
+      const y = b.get(name)!, w0 = base.get(name)!;
+      for (let j = 0; j < x.length; j++) {
+        d2 += (x[j]! - y[j]!) ** 2;
+        n2 += x[j]! ** 2;
+        if (x[j] !== w0[j]) moved++;
+      }
+    }
+    expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(1e-6);
+    expect(moved).toBeGreaterThan(0); // the runs trained
+  }, 180_000);
 
   test("a rank that fails ends every rank with its error (MPI_Abort), no hang", async () => {
     const r = await mpirun({ options: runOptions(data, path.join(root, "fail")), fail: { rank: 1, afterStep: 2, how: "throw" } }, 90_000);

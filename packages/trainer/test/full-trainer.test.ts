@@ -96,6 +96,36 @@ describe("FullTrainer: 16-bit weights", () => {
   }, 120_000);
 });
 
+describe("FullTrainer: data-parallel state broadcast", () => {
+  test("a rank takes root's masters and moments (every chunk) and computes with them (16-bit copies refreshed)", async () => {
+    const dir = path.join(tempDir("full-bcast-"), "llama");
+    const { config: cfg } = writeTinyModel(dir, { arch: "llama", seed: 8 });
+    const rng = new Rng(3);
+    const ids = Array.from({ length: 16 }, () => rng.nextInt(cfg.vocabSize));
+    const ex = { inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } };
+    const batch = assembleBatch([[ex]], { padId: 0 });
+    const opts = { gradientCheckpointing: false, weightDecay: 0, maxGradNorm: 1, maxChunkBytes: 128 * 1024 };
+    // Root trains two steps (so weights and moments differ from the other rank's fresh ones).
+    const rootModel = await GpuModel.load(dir, { weightDtype: "f16" });
+    const root = new FullTrainer(rootModel, opts);
+    for (let step = 1; step <= 2; step++) await root.step([batch], 1e-2, step);
+    expect(root.chunks.length).toBeGreaterThan(1);
+    const sent: Uint8Array[] = [];
+    await root.broadcastState({ rank: 0, size: 2, allReduceSum: () => {}, broadcast: (buf) => void sent.push(buf.slice()) });
+    // The other rank: its broadcast receives what root sent, in the same order.
+    const other = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f16" }), opts);
+    let i = 0;
+    await other.broadcastState({ rank: 1, size: 2, allReduceSum: () => {}, broadcast: (buf) => buf.set(sent[i++]!) });
+    expect(i).toBe(sent.length);
+    expect(sent.length).toBe(3 * root.chunks.length);
+    expect(await other.getWeights()).toEqual(await root.getWeights());
+    expect(await other.getOptimizerMoments()).toEqual(await root.getOptimizerMoments());
+    // Both now take the same third step from the same state: equal loss (the f16 copies were refreshed).
+    const [a, b] = [await root.step([batch], 1e-2, 3, false), await other.step([batch], 1e-2, 3, false)];
+    expect(b.loss).toBe(a.loss);
+  }, 120_000);
+});
+
 describe("FullTrainer: flat buffers split into chunks", () => {
   test("planChunks fills runs of consecutive tensors up to the limit (256-byte aligned) and refuses a tensor over it", () => {
     const spec = (name: string, numel: number) => ({ name, shape: [numel] });

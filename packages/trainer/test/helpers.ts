@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { loadChatTemplate, loadTokenizer, writeTinyModel } from "@tuneloom/model";
-import { type AdapterContents, loraLayerSpecs, openSafetensors, parseLoraConfig } from "@tuneloom/model";
+import { type AdapterContents, loraLayerSpecs, openCheckpoint, openSafetensors, parseLoraConfig } from "@tuneloom/model";
 import { OPTIMIZER_FILE, TRAINER_STATE_FILE } from "../src/checkpoint.ts";
 import { parseJsonl, type TrainingRow } from "../src/data.ts";
 import { initLoraWeights } from "../src/lora-init.ts";
@@ -116,3 +116,13 @@ export const optimizerBytes = (dir: string) => {
     st.close();
   }
 };
+
+/** A model directory's tensors as float32, by name. */
+export function weightsOf(dir: string): Map<string, Float32Array> {
+  const s = openCheckpoint(dir);
+  try {
+    return new Map(s.names().map((n) => [n, s.toFloat32(n)]));
+  } finally {
+    s.close();
+  }
+}

@@ -11,7 +11,7 @@ import { SINGLE_PROCESS } from "../src/distributed/world.ts";
 import { Rng } from "../src/rng.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
 import { type TrainOptions, train } from "../src/train-loop.ts";
-import { smallRunOptions, tempDir, tinyModel, writeCapitalsData as writeData, optimizerBytes, stateWithoutClock } from "./helpers.ts";
+import { smallRunOptions, tempDir, tinyModel, writeCapitalsData as writeData, optimizerBytes, stateWithoutClock, weightsOf } from "./helpers.ts";
 
 const STEPS = 4, CRASH_AFTER = 2;
 
@@ -19,15 +19,6 @@ function options(data: string, out: string, overrides: Partial<TrainOptions> = {
   return smallRunOptions(data, out, { full: true, lr: 2e-3, maxSteps: STEPS, saveSteps: 1, keepCheckpoints: 2, ...overrides });
 }
 
-/** A model directory's tensors as float32, by name. */
-function weightsOf(dir: string): Map<string, Float32Array> {
-  const s = openCheckpoint(dir);
-  try {
-    return new Map(s.names().map((n) => [n, s.toFloat32(n)]));
-  } finally {
-    s.close();
-  }
-}
 
 
 describe("train({ full: true })", () => {
@@ -123,11 +114,4 @@ describe("train({ full: true })", () => {
     expect(dtypes(path.join(out, checkpointDirName(1)))).toEqual(new Set(["F32"]));
   }, 300_000);
 
-  test("data parallel is refused before anything is written", async () => {
-    const root = tempDir("full-mpi-");
-    const data = writeData(root);
-    const out = path.join(root, "out");
-    await expect(train(options(data, out, { world: { ...SINGLE_PROCESS, size: 2 } }))).rejects.toThrow("--full does not support data-parallel runs yet");
-    expect(existsSync(out)).toBe(false);
-  });
 });

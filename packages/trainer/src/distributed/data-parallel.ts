@@ -4,7 +4,7 @@
  *    DataLoader defines; rank r computes micro-batches r, r+N, r+2N, ... of them and steps past
  *    the others, so every rank's loader holds the same global position and a checkpoint's
  *    data position means the same thing whatever N resumes it;
- *  - the gradients are summed across ranks before clipping and AdamW (LoraTrainer), so the
+ *  - the gradients are summed across ranks before clipping and AdamW (LoraTrainer, FullTrainer), so the
  *    update is that of the global batch and the weights stay identical on every rank;
  *  - rank 0 alone opens the run directory and writes logs, metrics, checkpoints and the
  *    adapter; it broadcasts what it opened and, at the start, its weights, AdamW moments and
@@ -37,7 +37,7 @@ export interface RunProgress {
 }
 
 /** Every rank starts from root's weights, moments, counters and data position. */
-export async function startFromRoot(world: Collectives, trainer: LoraTrainer, loader: DataLoader, progress: RunProgress): Promise<RunProgress> {
+export async function startFromRoot(world: Collectives, trainer: Pick<LoraTrainer, "broadcastState">, loader: DataLoader, progress: RunProgress): Promise<RunProgress> {
   if (world.size === 1) return progress;
   await trainer.broadcastState(world);
   const shared = broadcastJson<RunProgress & { position: DataPosition }>(world, { ...progress, position: loader.position });

@@ -31,6 +31,7 @@ import {
 import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
+import type { Collectives } from "../distributed/world.ts";
 import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
@@ -46,6 +47,8 @@ export interface FullTrainerOptions {
    * per-buffer limit (maxBindableBytes). Tests pass less to exercise many chunks.
    */
   maxChunkBytes?: number;
+  /** Data-parallel ranks: gradients are summed across them before clipping and AdamW (as LoraTrainer). */
+  collectives?: Collectives;
 }
 
 /** GpuLayerWeights keys → the HF tensor name inside `model.layers.<l>.`. */
@@ -202,7 +205,11 @@ export class FullTrainer {
     const { rt, model } = this;
     const cfg = model.cfg;
     const C = cfg.hiddenSize, L = cfg.numLayers;
-    const { targets, tokens } = stepCounts(microBatches);
+    const world = this.opts.collectives && this.opts.collectives.size > 1 ? this.opts.collectives : null;
+    // One rank's share may have no targets; the global batch is checked after the all-reduce.
+    let { targets, tokens } = world
+      ? { targets: microBatches.reduce((n, b) => n + b.numTargets, 0), tokens: microBatches.reduce((n, b) => n + b.numTokens, 0) }
+      : stepCounts(microBatches);
     const rec = rt.recorder(`full-step ${step}`, { flushEvery: 256, cacheBindings: true });
     const toRelease: Tensor[] = [];
     const released: object[] = [];
@@ -212,6 +219,7 @@ export class FullTrainer {
     const embedGrad = this.state.view("grads", "model.embed_tokens.weight");
     const headGrad = this.tied ? embedGrad : this.state.view("grads", "lm_head.weight");
     for (const batch of microBatches) {
+      if (batch.numTargets === 0) continue; // no loss, no gradient
       const T = batch.inputIds.length;
       const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
       const labels = rt.upload("i32", [T], batch.labels, "labels");
@@ -248,10 +256,54 @@ export class FullTrainer {
       // x_0 = embed[ids]: dE[id] += dx_0
       toRelease.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
     }
+    if (world) {
+      rec.flush();
+      ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
+    }
     return finishStep(rt, rec, { chunks: this.chunks, clip: this.clip }, {
       lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
       afterUpdate: (r) => this.recordRefreshCopies(r),
     });
+  }
+
+  /**
+   * Sums this step's gradients (every chunk, still Σ over target tokens), loss sum, target and
+   * token counts and non-finite flag over the ranks, in place (through the host, as LoraTrainer:
+   * each chunk is one MPI_Allreduce); returns the global counts.
+   */
+  private async allReduceGradients(world: Collectives, loss: Tensor, targets: number, tokens: number): Promise<{ targets: number; tokens: number }> {
+    const rt = this.rt;
+    for (const g of this.state.all("grads")) {
+      const values = new Float32Array(await rt.read(g));
+      world.allReduceSum(values);
+      rt.write(g, values);
+    }
+    const [l, flag] = await rt.readMany([loss, this.clip.nonFinite]);
+    const stats = new Float64Array([new Float32Array(l!)[0]!, targets, tokens, new Uint32Array(flag!)[0]!]);
+    world.allReduceSum(stats);
+    rt.write(loss, new Float32Array([stats[0]!, stats[1]!]));
+    if (stats[3]! > 0) rt.write(this.clip.nonFinite, new Uint32Array([1]));
+    if (stats[1] === 0) throw new Error("a training step has no target tokens on any rank (every label is -100)");
+    return { targets: stats[1]!, tokens: stats[2]! };
+  }
+
+  /**
+   * Makes every rank's weights and AdamW moments root's (the start of a data-parallel run, fresh or
+   * resumed on root), then rounds the 16-bit copies from the masters: identical updates keep them identical.
+   */
+  async broadcastState(world: Collectives, root = 0) {
+    if (world.size === 1) return;
+    for (const which of ["params", "m", "v"] as const) {
+      for (const t of this.state.all(which)) {
+        const values = await this.rt.read(t);
+        world.broadcast(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), root);
+        this.rt.write(t, values);
+      }
+    }
+    const rec = this.rt.recorder("full:broadcast-copies");
+    this.recordRefreshCopies(rec);
+    rec.submit();
+    rec.release();
   }
 }
