@@ -3,7 +3,8 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests sweep train-1b profile-1b train-small train-3b decode-1b diag) is any of
+# STEPS (default: tests train-1b profile-1b full multi-lora train-small train-3b train-8b, the rows
+# session 5 could not measure: its device starts were refused after the first call) is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
@@ -26,7 +27,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests sweep train-1b profile-1b train-small train-3b decode-1b diag}
+STEPS=${*:-tests train-1b profile-1b full multi-lora train-small train-3b train-8b}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -39,7 +40,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-90} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/attention.test.ts kernels/test/convert.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-90} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts packages/model/test/lora-dropout.test.ts kernels/test/bgmv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores (off by default until its GPU tests pass): on for the rest of the call
       # when they ran here and passed.
