@@ -32,7 +32,7 @@ import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
 import type { Collectives } from "../distributed/world.ts";
-import { finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
+import { allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
 export interface FullTrainerOptions {
@@ -258,34 +258,13 @@ export class FullTrainer {
     }
     if (world) {
       rec.flush();
-      ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
+      ({ targets, tokens } = await allReduceStep(rt, world, { grads: this.state.all("grads"), loss, nonFinite: this.clip.nonFinite, targets, tokens }));
     }
     return finishStep(rt, rec, { chunks: this.chunks, clip: this.clip }, {
       lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
       afterUpdate: (r) => this.recordRefreshCopies(r),
     });
-  }
-
-  /**
-   * Sums this step's gradients (every chunk, still Σ over target tokens), loss sum, target and
-   * token counts and non-finite flag over the ranks, in place (through the host, as LoraTrainer:
-   * each chunk is one MPI_Allreduce); returns the global counts.
-   */
-  private async allReduceGradients(world: Collectives, loss: Tensor, targets: number, tokens: number): Promise<{ targets: number; tokens: number }> {
-    const rt = this.rt;
-    for (const g of this.state.all("grads")) {
-      const values = new Float32Array(await rt.read(g));
-      world.allReduceSum(values);
-      rt.write(g, values);
-    }
-    const [l, flag] = await rt.readMany([loss, this.clip.nonFinite]);
-    const stats = new Float64Array([new Float32Array(l!)[0]!, targets, tokens, new Uint32Array(flag!)[0]!]);
-    world.allReduceSum(stats);
-    rt.write(loss, new Float32Array([stats[0]!, stats[1]!]));
-    if (stats[3]! > 0) rt.write(this.clip.nonFinite, new Uint32Array([1]));
-    if (stats[1] === 0) throw new Error("a training step has no target tokens on any rank (every label is -100)");
-    return { targets: stats[1]!, tokens: stats[2]! };
   }
 
   /**

@@ -40,7 +40,7 @@ import {
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import type { Collectives } from "../distributed/world.ts";
-import { finishStep, type StepResult } from "./optimizer-step.ts";
+import { allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 
 export type { StepResult } from "./optimizer-step.ts";
@@ -267,30 +267,12 @@ export class LoraTrainer {
     });
     if (world) {
       rec.flush();
-      ({ targets, tokens } = await this.allReduceGradients(world, loss, targets, tokens));
+      ({ targets, tokens } = await allReduceStep(rt, world, { grads: [this.grads], loss, nonFinite: this.clip.nonFinite, targets, tokens }));
     }
     return finishStep(rt, rec, { chunks: [this], clip: this.clip }, {
       lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
     });
-  }
-
-  /**
-   * Sums this step's gradients (still Σ over target tokens, unscaled), loss sum, target and
-   * token counts and non-finite flag over the ranks, in place; returns the global counts.
-   */
-  private async allReduceGradients(world: Collectives, loss: Tensor, targets: number, tokens: number): Promise<{ targets: number; tokens: number }> {
-    const rt = this.rt;
-    const [g, l, flag] = await rt.readMany([this.grads, loss, this.clip.nonFinite]);
-    const grads = new Float32Array(g!);
-    const stats = new Float64Array([new Float32Array(l!)[0]!, targets, tokens, new Uint32Array(flag!)[0]!]);
-    world.allReduceSum(grads);
-    world.allReduceSum(stats);
-    rt.write(this.grads, grads);
-    rt.write(loss, new Float32Array([stats[0]!, stats[1]!]));
-    if (stats[3]! > 0) rt.write(this.clip.nonFinite, new Uint32Array([1]));
-    if (stats[1] === 0) throw new Error("a training step has no target tokens on any rank (every label is -100)");
-    return { targets: stats[1]!, tokens: stats[2]! };
   }
 
   /**

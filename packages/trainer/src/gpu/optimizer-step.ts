@@ -10,6 +10,7 @@ import {
 } from "@tuneloom/kernels";
 import { releaseTensors } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
+import type { Collectives } from "../distributed/world.ts";
 
 export interface StepResult {
   /** Mean loss over the step's target tokens. */
@@ -70,4 +71,27 @@ export async function finishStep(rt: GpuRuntime, rec: Recorder, b: OptimizerBuff
   rt.release(...e.toRelease);
   for (const r of e.released) releaseTensors(rt, r);
   return { loss: l.mean, targets: e.targets, tokens: e.tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
+}
+
+/**
+ * Data parallel: sums a step's gradients (each buffer, still Σ over target tokens, unscaled), its
+ * loss sum, target and token counts and non-finite flag over the ranks, in place, through the host
+ * (one MPI_Allreduce per gradient buffer, read and written back one at a time); returns the
+ * global counts. A global batch without targets is refused.
+ */
+export async function allReduceStep(
+  rt: GpuRuntime, world: Collectives, o: { grads: readonly Tensor[]; loss: Tensor; nonFinite: Tensor; targets: number; tokens: number },
+): Promise<{ targets: number; tokens: number }> {
+  for (const g of o.grads) {
+    const values = new Float32Array(await rt.read(g));
+    world.allReduceSum(values);
+    rt.write(g, values);
+  }
+  const [l, flag] = await rt.readMany([o.loss, o.nonFinite]);
+  const stats = new Float64Array([new Float32Array(l!)[0]!, o.targets, o.tokens, new Uint32Array(flag!)[0]!]);
+  world.allReduceSum(stats);
+  rt.write(o.loss, new Float32Array([stats[0]!, stats[1]!]));
+  if (stats[3]! > 0) rt.write(o.nonFinite, new Uint32Array([1]));
+  if (stats[1] === 0) throw new Error("a training step has no target tokens on any rank (every label is -100)");
+  return { targets: stats[1]!, tokens: stats[2]! };
 }
