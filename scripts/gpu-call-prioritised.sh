@@ -10,6 +10,7 @@
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
+#   profile-1b-attn1  the same with the one-sweep attention forward, when its tests passed
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
 #   train-3b     Llama-3.2-3B, as train-1b
 #   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b
@@ -27,7 +28,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests train-1b profile-1b full multi-lora train-small train-3b train-8b}
+STEPS=${*:-tests train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b train-8b}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -46,7 +47,9 @@ for step in $STEPS; do
       # when they ran here and passed.
       if grep -q '^(pass) LoRA on tensor cores' $OUT/tests.txt && ! grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt; then
         export TUNELOOM_LORA_TC=1; el "TUNELOOM_LORA_TC=1"
-      fi ;;
+      fi
+      # The one-sweep attention forward (off by default): measured by profile-1b-attn1 when its tests pass.
+      if grep -q '^(pass) .*one-sweep forward' $OUT/tests.txt && ! grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt; then ATTN1_OK=1; el "one-sweep attention tests pass"; fi ;;
     sweep)
       el sweep
       timeout 170 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x4s,4x4_4x2s,2x4_4x4s,4x4_2x2sg8,2x4_4x4sg8,4x4_4x2sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
@@ -54,6 +57,8 @@ for step in $STEPS; do
     train-1b) train llama3.2-1b 120 ;;
     profile-1b)
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    profile-1b-attn1)
+      [ "${ATTN1_OK:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-attn1 && TUNELOOM_ATTN_ONE_SWEEP=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"attn_one_sweep":true,/' | stamp >> $OUT/profile.jsonl ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
@@ -92,7 +97,7 @@ print('shape|tB|'+'|'.join(cfgs))
 for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
 print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
 for r in rd('profile.jsonl'):
-  p=r.get('profile',{}); print('profile', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
+  p=r.get('profile',{}); print('profile', 'attn1' if r.get('attn_one_sweep') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:40]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})

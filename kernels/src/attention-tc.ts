@@ -139,6 +139,95 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
 }
 
 /**
+ * The forward in ONE sweep over the key tiles (online softmax), for measuring against the two-sweep
+ * forward above. A subgroup matrix cannot be rescaled row by row, so O lives in the lanes' own
+ * registers instead: per tile, S = q·kᵀ (tensor cores) → Sw; lanes 2r, 2r+1 update row r's running
+ * max m and sum l, write P = exp(scale·S − m) (unnormalised, ≤ 1) in f16 to Pw, and keep α =
+ * exp(m_old − m); PV = P·V (tensor cores, fresh accumulators) is stored to Sw (free again), and
+ * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
+ * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
+ */
+function forwardOneSweepSource(hd: number): KernelSource {
+  const D = hd / 16, J = BK / 16, HALF = hd / 2;
+  const scores = keyTileProduct(hd, "ql", "k16");
+  const code = `${header(hd)}
+@group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
+@group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
+@group(0) @binding(3) var<storage, read> v16: array<f16>;   // (T, nKV, HD)
+@group(0) @binding(4) var<storage, read> seq: array<i32>;   // (T)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>; // (T, nH, HD)
+@group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
+
+var<workgroup> Sw: array<f32, ${BQ * Math.max(BK, hd)}>;  // the tile's scores (BQ, BK), then its P·V (BQ, HD)
+var<workgroup> Pw: array<f16, ${BQ * BK}>;  // unnormalised probabilities of the tile
+var<workgroup> colSeq: array<i32, ${BK}>;
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let h = wg.y;
+  let g = h / p.group;
+  let q0 = wg.x * ${BQ}u;
+  let rEnd = min(q0 + ${BQ}u, p.T);
+  let ldq = p.nH * HD;
+  let ldk = p.nKV * HD;
+  let sg = lid / 32u;
+  let qRow = min(q0 + 16u * sg, p.T - 16u);
+${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
+  // Lanes 2r and 2r+1 (same subgroup) share row r: keys c0 … c0 + ${BK / 2 - 1} of a tile, O columns oc0 … oc0 + ${HALF - 1}.
+  let r = lid / 2u;
+  let c0 = (lid % 2u) * ${BK / 2}u;
+  let oc0 = (lid % 2u) * ${HALF}u;
+  let ti = q0 + r;
+  let si = seqAt(ti);
+  var o = array<f32, ${HALF}>();
+  var m = NEG;
+  var l = 0.0;
+  let r0 = firstReal(q0, rEnd);
+  if (r0 < rEnd) {
+    let s0 = seq[r0];
+${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${scores}
+      var tileMax = NEG;
+      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
+        let x = select(NEG, p.scale * Sw[r * ${BK}u + c], allowed(ti, si, k0 + c, colSeq[c]));
+        Sw[r * ${BK}u + c] = x;
+        tileMax = max(tileMax, x);
+      }
+      let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));
+      let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
+      var sum = 0.0;
+      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
+        let x = Sw[r * ${BK}u + c];
+        let pr = select(0.0, exp(x - mNew), x > NEG_HALF);
+        Pw[r * ${BK}u + c] = f16(pr);
+        sum += pr;
+      }
+      sum += subgroupShuffleXor(sum, 1u);
+      l = l * alpha + sum;
+      m = mNew;
+      workgroupBarrier();
+${ids(D).map((d) => `      var pv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
+      for (var j = 0u; j < ${J}u; j++) {
+        let kRow = min(k0 + 16u * j, p.T - 16u);
+        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+${ids(D).map((d) => `        pv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk), pv${d});`).join("\n")}
+      }
+${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * hd}u + ${16 * d}u, pv${d}, HD);`).join("\n")}
+      workgroupBarrier();
+      for (var c = 0u; c < ${HALF}u; c++) { o[c] = o[c] * alpha + Sw[r * HD + oc0 + c]; }
+      workgroupBarrier();`)}
+  }
+  if (ti < p.T) {
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var c = 0u; c < ${HALF}u; c++) { out[ti * ldq + h * HD + oc0 + c] = o[c] * inv; }
+    if (lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(l), l > 0.0); }
+  }
+}
+`;
+  return { name: `attention_tc_1sweep_hd${hd}`, code };
+}
+
+/**
  * Key-tile loop of the query-block passes (forward sweeps, backward dq): from the diagonal down
  * until the first visible key of the block's first real row. A block of its own so a pass can
  * sweep twice.
@@ -355,7 +444,14 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldk + g * HD
   return { name: `attention_tc_dkv_hd${hd}`, code };
 }
 
-const sources = new Map<number, KernelSource>();
+const sources = new Map<string, KernelSource>();
+
+/**
+ * Which tensor-core forward runs: the two-sweep one (the default, measured) or the one-sweep one
+ * (`TUNELOOM_ATTN_ONE_SWEEP=1`; written in session 5, not yet run on a GPU: its tests in
+ * kernels/test/attention.test.ts run both forms where subgroup matrices exist).
+ */
+export const attentionForwardForm = { oneSweep: process.env.TUNELOOM_ATTN_ONE_SWEEP === "1" };
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
 export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: number): boolean {
@@ -371,10 +467,12 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  let s = sources.get(a.hd);
-  if (!s) sources.set(a.hd, (s = forwardSource(a.hd)));
+  const one = attentionForwardForm.oneSweep;
+  const key = `${a.hd}:${one}`;
+  let s = sources.get(key);
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd) : forwardSource(a.hd)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
-  rec.dispatch(`attentionForwardTC T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   rec.recycle(q16);
   rec.recycle(k16);

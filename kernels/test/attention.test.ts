@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { attentionForwardForm } from "../src/attention-tc.ts";
 import {
   attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
@@ -202,12 +203,15 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     ["sliding window 40, heads 4/1, T=144", problem(4, 1, 64, packed([144]), { window: 40 })],
     ["hd 32, heads 4/2, T=16", problem(4, 2, 32, packed([16]))],
   ];
-  for (const [name, P] of cases) {
-    test(name, async () => {
+  // Both forwards: two sweeps (the default) and one sweep with an online softmax (attention-tc.ts).
+  for (const [name, P] of cases) for (const oneSweep of [false, true]) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
-      const gpu = await runGpu(P, x, true, true);
+      const was = attentionForwardForm.oneSweep;
+      attentionForwardForm.oneSweep = oneSweep;
+      const gpu = await runGpu(P, x, true, true).finally(() => { attentionForwardForm.oneSweep = was; });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
       expect(relError(gpu.dq!, ref.dq)).toBeLessThan(2e-3);
