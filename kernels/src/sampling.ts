@@ -21,7 +21,7 @@ import { expectTensor, Tensor } from "./tensor.ts";
 import samplingWgsl from "./sampling.wgsl" with { type: "text" };
 
 const source: KernelSource = { name: "sampling", code: samplingWgsl };
-const HAS_ROW_PARAMS = 1, HAS_LOGPROB = 2, HAS_PROBS = 4;
+const HAS_ROW_PARAMS = 1, HAS_LOGPROB = 2, HAS_PROBS = 4, HAS_RAW = 8;
 const MAX_ROWS = 65535;
 /** f32 per row of rowParams: temperature, topK, topP, u, minP, then padding. */
 export const SAMPLING_ROW_FLOATS = 8;
@@ -68,6 +68,12 @@ export interface SampleArgs {
   probs?: Tensor;
   /** Columns that are tokens, 1..V (default V): the rest are padding and are masked to −inf. */
   validVocab?: number;
+  /**
+   * f32 (B, V): the logits before penalties changed `logits` (a copy). With it, the reported
+   * logprobs and top-N are of log_softmax(rawLogits) (vLLM's default raw logprobs) while the token
+   * is drawn from `logits`.
+   */
+  rawLogits?: Tensor;
 }
 
 /** Records token selection for every row of `logits`. */
@@ -91,9 +97,13 @@ export function sampleRows(rec: Recorder, args: SampleArgs) {
     if (topN > Vt) throw new Error(`${K}: top-${topN} of ${Vt} tokens`);
   }
   if (args.probs) expectTensor(K, "probs", args.probs, "f32", [B, V]);
+  if (args.rawLogits) {
+    expectTensor(K, "rawLogits", args.rawLogits, "f32", [B, V]);
+    if (args.rawLogits.buffer === logits.buffer) throw new Error(`${K}: rawLogits must be a copy in its own buffer, not a view of logits`);
+  }
   if (B === 0 || V === 0) return;
   const rt = rec.rt;
-  const flags = (args.rowParams ? HAS_ROW_PARAMS : 0) | (args.logprobs ? HAS_LOGPROB : 0) | (args.probs ? HAS_PROBS : 0);
+  const flags = (args.rowParams ? HAS_ROW_PARAMS : 0) | (args.logprobs ? HAS_LOGPROB : 0) | (args.probs ? HAS_PROBS : 0) | (args.rawLogits ? HAS_RAW : 0);
   const params = new Params(5).u32(B).u32(V).u32(topN).u32(flags).u32(Vt).buffer;
   rec.dispatch(`sample_rows ${B}x${V}`, rt.pipeline(source, {}, "sample_rows"), params, [
     logits,
@@ -103,6 +113,7 @@ export function sampleRows(rec: Recorder, args: SampleArgs) {
     args.topIds ?? rt.writablePlaceholder(1),
     args.topLogprobs ?? rt.writablePlaceholder(2),
     args.probs ?? rt.writablePlaceholder(3),
+    args.rawLogits ?? rt.placeholder,
   ], [B]);
 }
 

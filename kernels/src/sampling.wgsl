@@ -14,7 +14,9 @@
 //   draw:  the first index i (index order) whose running kept mass exceeds u · Z_kept.
 // Returned logprob(s) are of the raw distribution log_softmax(logits) (no temperature, no
 // filtering), as OpenAI's logprobs report the model's distribution. top-N: the N largest raw
-// logprobs, ties to the lower index (N passes of argmax below the previous pick).
+// logprobs, ties to the lower index (N passes of argmax below the previous pick). With HAS_RAW,
+// `raw` holds the logits before penalties were applied to `logits` (the sampled distribution):
+// the logprobs and top-N are of log_softmax(raw), as vLLM's default (raw) logprobs are.
 //
 // rowParams (B, 8) f32: [temperature, topK, topP, u, minP, 0, 0, 0]; temperature ≤ 0 → greedy.
 // topK 0 or ≥ Vt, topP ≥ 1 and minP ≤ 0 disable those filters. probs (optional, B×V): the filtered, renormalised
@@ -29,6 +31,7 @@ struct Params { B: u32, V: u32, topN: u32, flags: u32, Vt: u32 }
 const HAS_ROW_PARAMS = 1u; // else every row is greedy
 const HAS_LOGPROB = 2u;
 const HAS_PROBS = 4u;
+const HAS_RAW = 8u; // logprobs and top-N from `raw` (binding 8), not from `logits`
 const WG = 256u;
 const NEG_BIG = -3.4028234663852886e38;
 const NONE = 0xffffffffu;
@@ -41,6 +44,7 @@ const NONE = 0xffffffffu;
 @group(0) @binding(5) var<storage, read_write> top_ids: array<i32>;   // (B, topN) or unused
 @group(0) @binding(6) var<storage, read_write> top_lp: array<f32>;    // (B, topN) or unused
 @group(0) @binding(7) var<storage, read_write> probs: array<f32>;     // (B, V) or unused
+@group(0) @binding(8) var<storage, read> raw: array<f32>;             // (B, V) with HAS_RAW, else placeholder
 
 var<workgroup> rf: array<f32, WG>;
 var<workgroup> ru: array<u32, WG>;
@@ -132,6 +136,26 @@ fn mass(base: u32, th: u32, strict: bool, mx: f32, invT: f32, tid: u32) -> f32 {
     if (k > th || (!strict && k == th)) { s += exp((l - mx) * invT); }
   }
   return sum_f(s, tid);
+}
+
+/** The logit the reported logprobs are of: raw (before penalties) with HAS_RAW, else the sampled one. */
+fn lp_logit(i: u32) -> f32 {
+  if ((p.flags & HAS_RAW) != 0u) { return raw[i]; }
+  return logits[i];
+}
+
+/** log Σ exp over the row of lp_logit (the reported distribution's log-partition). */
+fn lp_lse(base: u32, tid: u32) -> f32 {
+  var bv = NEG_BIG;
+  var bi = NONE;
+  for (var i = tid; i < p.Vt; i += WG) {
+    let l = lp_logit(base + i);
+    if (before(l, i, bv, bi)) { bv = l; bi = i; }
+  }
+  let mx = lp_logit(base + best_pair(bv, bi, tid));
+  var s = 0.0;
+  for (var i = tid; i < p.Vt; i += WG) { s += exp(lp_logit(base + i) - mx); }
+  return mx + log(sum_f(s, tid));
 }
 
 @compute @workgroup_size(WG)
@@ -250,9 +274,12 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var i = tid; i < p.V; i += WG) { probs[base + i] = select(0.0, 1.0, i == amax); }
   }
 
+  // The reported distribution's log-partition: the sampled logits' (lse above) or the raw ones'.
+  var lpz = lse;
+  if ((p.flags & HAS_RAW) != 0u) { lpz = lp_lse(base, tid); }
   if (tid == 0u) {
     tokens[row] = i32(tok);
-    if ((p.flags & HAS_LOGPROB) != 0u) { logprobs[row] = logits[base + tok] - lse; }
+    if ((p.flags & HAS_LOGPROB) != 0u) { logprobs[row] = lp_logit(base + tok) - lpz; }
   }
 
   // top-N raw logprobs: repeated argmax strictly after the previous pick in (value ↓, index ↑)
@@ -262,15 +289,15 @@ fn sample_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     var cv = NEG_BIG;
     var ci = NONE;
     for (var i = tid; i < p.Vt; i += WG) {
-      let l = logits[base + i];
+      let l = lp_logit(base + i);
       if ((n == 0u || before(pv, prevI, l, i)) && before(l, i, cv, ci)) { cv = l; ci = i; }
     }
     let pick = best_pair(cv, ci, tid);
     prevI = pick;
-    pv = logits[base + pick];
+    pv = lp_logit(base + pick);
     if (tid == 0u) {
       top_ids[row * p.topN + n] = i32(pick);
-      top_lp[row * p.topN + n] = pv - lse;
+      top_lp[row * p.topN + n] = pv - lpz;
     }
   }
 }

@@ -257,3 +257,38 @@ describe("padded vocabulary (validVocab < V)", () => {
     rt.release(tl, tok, ids, lps);
   });
 });
+
+describe("raw logprobs (rawLogits: the logits before penalties)", () => {
+  test("the token is drawn from the penalised logits; logprob and top-N are of log_softmax(raw)", async () => {
+    const B = 6, V = 300, Vt = 290, topN = 4;
+    const r = rng(21);
+    const raw = randn(B * V, 1, 22), pen = new Float32Array(raw);
+    // "Penalties": push some of each row's best tokens far down, lift others (what repetition and
+    // presence penalties do), so the two distributions differ clearly.
+    for (let b = 0; b < B; b++) for (let i = 0; i < 40; i++) pen[b * V + ((i * 37 + b) % Vt)]! -= 3 + i % 5;
+    const rows = Array.from({ length: B }, (_, b) => ({ temperature: b % 2 ? 0 : 0.8, topK: 50, topP: 0.9, u: r.uniform() }));
+    const tRaw = rt.upload("f32", [B, V], raw), tPen = rt.upload("f32", [B, V], pen);
+    const rp = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows));
+    const tok = rt.empty("i32", [B]), lp = rt.empty("f32", [B]), topIds = rt.empty("i32", [B, topN]), topLp = rt.empty("f32", [B, topN]);
+    const rec = rt.recorder("sample raw logprobs");
+    sampleRows(rec, { logits: tPen, rawLogits: tRaw, rowParams: rp, tokens: tok, logprobs: lp, topIds, topLogprobs: topLp, validVocab: Vt });
+    rec.submit();
+    const [gotTok, gotLp, gotIds, gotTopLp] = [await rt.readI32(tok), await rt.read(lp), await rt.readI32(topIds), await rt.read(topLp)];
+    rec.release();
+    let differs = 0;
+    for (let b = 0; b < B; b++) {
+      const realRaw = raw.subarray(b * V, b * V + Vt), realPen = pen.subarray(b * V, b * V + Vt);
+      const s = sampleRef(realPen, rows[b]!, rows[b]!.u); // drawn from the penalised row
+      expect(gotTok[b]).toBe(s.token);
+      const lpRaw = logSoftmaxRef(realRaw);
+      expect(Math.abs(gotLp[b]! - lpRaw[s.token]!)).toBeLessThan(1e-5 * Math.max(1, Math.abs(lpRaw[s.token]!)));
+      if (Math.abs(lpRaw[s.token]! - s.logprob) > 1e-2) differs++; // (s.logprob is the penalised one)
+      const topRef = topLogprobsRef(realRaw, topN);
+      expect(Array.from(gotIds.subarray(b * topN, (b + 1) * topN))).toEqual(topRef.map((t) => t.token));
+      expect(relError(gotTopLp.subarray(b * topN, (b + 1) * topN), topRef.map((t) => t.logprob))).toBeLessThan(1e-5);
+    }
+    expect(differs).toBeGreaterThan(0); // raw and penalised logprobs really differ here
+    expect(() => sampleRows(rt.recorder("x"), { logits: tPen, rawLogits: tPen, tokens: tok })).toThrow("rawLogits must be a copy");
+    rt.release(tRaw, tPen, rp, tok, lp, topIds, topLp);
+  });
+});

@@ -11,7 +11,7 @@ import { cpuReferenceForward, type ReferenceWeights } from "@tuneloom/model/cpu-
 import type { ModelConfig } from "@tuneloom/model/config.ts";
 // The same sampling semantics (temperature → top-k → top-p, inverse CDF in index order) as the
 // GPU kernel, so a seeded request samples the same tokens on both engines.
-import { type SampledRow, sampleRef, topLogprobsRef } from "@tuneloom/kernels/sampling.ts";
+import { logSoftmaxRef, type SampledRow, sampleRef, topLogprobsRef } from "@tuneloom/kernels/sampling.ts";
 import { applyLogitPenaltiesRef } from "@tuneloom/kernels/logit-penalties.ts";
 import { BatchingEngine, type LiveSequence } from "./batching-engine.ts";
 import type { EngineChatTemplate, EngineTokenizer, GenerationRequest } from "./engine.ts";
@@ -73,9 +73,12 @@ export class CpuReferenceEngine extends BatchingEngine<Ids> {
     const all = cpuReferenceForward(this.config, this.weights, ids); // (T, V)
     // Rows a checkpoint pads its vocabulary with are not tokens: never sample or report them.
     const row = all.subarray((ids.length - 1) * V, (ids.length - 1) * V + this.validVocab); // (validVocab)
+    // The token is drawn from the penalised logits; logprobs are of the raw ones (as the GPU engine, vLLM's default).
     const penalties = seq.penalties;
-    if (penalties) applyLogitPenaltiesRef(row, penalties); // as the GPU engine: logprobs are of the penalised logits
-    const { token, logprob } = sampleRef(row, seq.sampling, u);
+    const drawn = penalties ? row.slice() : row;
+    if (penalties) applyLogitPenaltiesRef(drawn, penalties);
+    const { token } = sampleRef(drawn, seq.sampling, u);
+    const logprob = logSoftmaxRef(row)[token]!;
     ids.push(token);
     await yieldToEventLoop();
     return seq.topN > 0 ? { token, logprob, top: topLogprobsRef(row, seq.topN) } : { token, logprob };

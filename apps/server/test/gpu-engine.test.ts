@@ -94,6 +94,24 @@ describe("GpuEngine vs CPU reference", () => {
     expect(batched.map(ids)).toEqual(want);
   }, 120_000);
 
+  test("with penalties the logprobs are of the raw logits (vLLM's default): GPU = CPU, and equal to the unpenalised run's where the tokens agree", async () => {
+    const base = request(prompt(texts[6]!), { maxTokens: 8, logprobs: true, topLogprobs: 3 });
+    const pen = { ...base, repetitionPenalty: 0.01, presencePenalty: 1.5 };
+    const [g, c, plain] = [await collect(gpu, pen), await collect(cpu, pen), await collect(cpu, base)];
+    expect(ids(g)).toEqual(ids(c));
+    expect(ids(g)).not.toEqual(ids(plain)); // the penalties changed what was drawn
+    g.forEach((e, i) => {
+      expect(e.logprob!).toBeCloseTo(c[i]!.logprob!, 3);
+      expect(e.topLogprobs!.map((t) => t.tokenId)).toEqual(c[i]!.topLogprobs!.map((t) => t.tokenId));
+    });
+    // Step 0 sees the same prompt either way: the same raw distribution, so the same reported
+    // logprob for the token drawn and the same top-3, although the penalised draw may differ.
+    const first = await collect(cpu, { ...base, maxTokens: 1 });
+    expect(g[0]!.topLogprobs).toEqual(first[0]!.topLogprobs!.map((t) => ({ ...t, logprob: expect.closeTo(t.logprob, 3) })) as never);
+    const rawFirst = first[0]!.topLogprobs!.find((t) => t.tokenId === g[0]!.tokenId);
+    if (rawFirst) expect(g[0]!.logprob!).toBeCloseTo(rawFirst.logprob, 3);
+  }, 60_000);
+
   test("a stop token ends the sequence with finishReason stop (event carries it)", async () => {
     const req = request(prompt(texts[0]!), { maxTokens: 8 });
     const first = await collect(gpu, req);

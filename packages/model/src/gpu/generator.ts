@@ -405,8 +405,14 @@ export class KvCacheGenerator {
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
-    if (penalties) applyLogitPenalties(rec, { logits, ...penalties, validVocab: this.validVocab });
-    sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
+    // Penalties change the logits the token is drawn from; the logprobs stay those of the model's
+    // own (raw) logits, as vLLM reports them by default: a copy taken before the penalties.
+    const rawLogits = penalties ? rt.empty("f32", logits.shape, "raw_logits") : undefined;
+    if (penalties) {
+      rec.copy(logits, rawLogits!);
+      applyLogitPenalties(rec, { logits, ...penalties, validVocab: this.validVocab });
+    }
+    sampleRows(rec, { logits, rawLogits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
     rec.submit();
     if (decode) {
       this.decodeStats.submits++;
@@ -417,7 +423,7 @@ export class KvCacheGenerator {
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, slotsT, logits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
+      rt.release(rowsT, slotsT, logits, rawLogits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
