@@ -7,6 +7,7 @@
  * results, checkpoint saves) are printed above it. Otherwise (a pipe, CI log) a plain line is
  * printed at the first step, every `logEvery` steps and at the last, never a control character.
  */
+import path from "node:path";
 import { formatGeneralSummary } from "./general-eval.ts";
 
 export interface ProgressUpdate {
@@ -174,6 +175,7 @@ export function formatSummary(s: TrainingSummary): string {
   }
   if (s.generalPpl) lines.push(`  forgetting   ${formatGeneralSummary(s.generalPpl.base, s.generalPpl.final)}`);
   for (const note of s.notes ?? []) lines.push(`  ${note}`);
-  lines.push(`  adapter      ${s.outputDir}`);
+  // OUT/adapter for LoRA, OUT/model for a full run: the line says which it wrote.
+  lines.push(`  ${path.basename(s.outputDir) === "model" ? "model  " : "adapter"}      ${s.outputDir}`);
   return lines.join("\n");
 }
