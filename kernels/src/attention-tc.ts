@@ -59,34 +59,7 @@ function forwardSource(hd: number): KernelSource {
   const D = hd / 16; // 16-wide blocks along the head dim
   const J = BK / 16; // 16-key blocks per tile
   const scores = keyTileProduct(hd, "ql", "k16"); // S = q·kᵀ into Sw
-  const code = `${header(hd)}
-@group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
-@group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
-@group(0) @binding(3) var<storage, read> v16: array<f16>;   // (T, nKV, HD)
-@group(0) @binding(4) var<storage, read> seq: array<i32>;   // (T)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>; // (T, nH, HD)
-@group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
-
-var<workgroup> Sw: array<f32, ${BQ * BK}>;  // scores of the tile (BQ, BK)
-var<workgroup> Pw: array<f16, ${BQ * BK}>;  // probabilities of the tile
-var<workgroup> colSeq: array<i32, ${BK}>;
-
-@compute @workgroup_size(128)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let h = wg.y;
-  let g = h / p.group;
-  let q0 = wg.x * ${BQ}u;
-  let rEnd = min(q0 + ${BQ}u, p.T);
-  let ldq = p.nH * HD;
-  let ldk = p.nKV * HD;
-  let sg = lid / 32u;
-  let qRow = min(q0 + 16u * sg, p.T - 16u); // clamped: a block past T computes a copy and stores nothing
-${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
-  // Softmax phase: lanes 2r and 2r+1 (same subgroup) share row r, 32 columns each.
-  let r = lid / 2u;
-  let c0 = (lid % 2u) * ${BK / 2}u;
-  let ti = q0 + r;
-  let si = seqAt(ti);
+  const code = `${forwardOpening(hd, BQ * BK, "scores of the tile (BQ, BK)", "probabilities of the tile")}
 ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   var m = NEG;
   var l = 0.0;
@@ -139,18 +112,13 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
 }
 
 /**
- * The forward in ONE sweep over the key tiles (online softmax), for measuring against the two-sweep
- * forward above. A subgroup matrix cannot be rescaled row by row, so O lives in the lanes' own
- * registers instead: per tile, S = q·kᵀ (tensor cores) → Sw; lanes 2r, 2r+1 update row r's running
- * max m and sum l, write P = exp(scale·S − m) (unnormalised, ≤ 1) in f16 to Pw, and keep α =
- * exp(m_old − m); PV = P·V (tensor cores, fresh accumulators) is stored to Sw (free again), and
- * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
- * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
+ * The forwards' shared opening: bindings, workgroup arrays (Sw of `swFloats` f32, Pw, colSeq), and
+ * main's setup up to the per-row softmax lanes: head h of kv group g, query block q0, this
+ * subgroup's 16 query rows loaded as HD/16 left matrices, lanes 2r and 2r+1 sharing row r (keys c0 …
+ * c0 + BK/2 − 1 of a tile), row ti of sequence si.
  */
-function forwardOneSweepSource(hd: number): KernelSource {
-  const D = hd / 16, J = BK / 16, HALF = hd / 2;
-  const scores = keyTileProduct(hd, "ql", "k16");
-  const code = `${header(hd)}
+function forwardOpening(hd: number, swFloats: number, swComment: string, pwComment: string): string {
+  return `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
 @group(0) @binding(3) var<storage, read> v16: array<f16>;   // (T, nKV, HD)
@@ -158,8 +126,8 @@ function forwardOneSweepSource(hd: number): KernelSource {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // (T, nH, HD)
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
 
-var<workgroup> Sw: array<f32, ${BQ * Math.max(BK, hd)}>;  // the tile's scores (BQ, BK), then its P·V (BQ, HD)
-var<workgroup> Pw: array<f16, ${BQ * BK}>;  // unnormalised probabilities of the tile
+var<workgroup> Sw: array<f32, ${swFloats}>;  // ${swComment}
+var<workgroup> Pw: array<f16, ${BQ * BK}>;  // ${pwComment}
 var<workgroup> colSeq: array<i32, ${BK}>;
 
 @compute @workgroup_size(128)
@@ -171,14 +139,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let ldq = p.nH * HD;
   let ldk = p.nKV * HD;
   let sg = lid / 32u;
-  let qRow = min(q0 + 16u * sg, p.T - 16u);
-${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
-  // Lanes 2r and 2r+1 (same subgroup) share row r: keys c0 … c0 + ${BK / 2 - 1} of a tile, O columns oc0 … oc0 + ${HALF - 1}.
+  let qRow = min(q0 + 16u * sg, p.T - 16u); // clamped: a block past T computes a copy and stores nothing
+${ids(hd / 16).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
+  // Softmax phase: lanes 2r and 2r+1 (same subgroup) share row r, ${BK / 2} columns each.
   let r = lid / 2u;
   let c0 = (lid % 2u) * ${BK / 2}u;
-  let oc0 = (lid % 2u) * ${HALF}u;
   let ti = q0 + r;
-  let si = seqAt(ti);
+  let si = seqAt(ti);`;
+}
+
+/**
+ * The forward in ONE sweep over the key tiles (online softmax), for measuring against the two-sweep
+ * forward above. A subgroup matrix cannot be rescaled row by row, so O lives in the lanes' own
+ * registers instead: per tile, S = q·kᵀ (tensor cores) → Sw; lanes 2r, 2r+1 update row r's running
+ * max m and sum l, write P = exp(scale·S − m) (unnormalised, ≤ 1) in f16 to Pw, and keep α =
+ * exp(m_old − m); PV = P·V (tensor cores, fresh accumulators) is stored to Sw (free again), and
+ * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
+ * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
+ */
+function forwardOneSweepSource(hd: number): KernelSource {
+  const D = hd / 16, J = BK / 16, HALF = hd / 2;
+  const scores = keyTileProduct(hd, "ql", "k16");
+  const code = `${forwardOpening(hd, BQ * Math.max(BK, hd), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile")}
+  let oc0 = (lid % 2u) * ${HALF}u; // and O columns oc0 … oc0 + ${HALF - 1}
   var o = array<f32, ${HALF}>();
   var m = NEG;
   var l = 0.0;
