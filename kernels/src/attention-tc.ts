@@ -67,15 +67,7 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
   if (r0 < rEnd) {
     let s0 = seq[r0];
     // sweep 1: row max and Σ exp over all visible keys
-${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
-${scores}
-      var tileMax = NEG;
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
-        let x = select(NEG, p.scale * Sw[r * ${BK}u + c], allowed(ti, si, k0 + c, colSeq[c]));
-        Sw[r * ${BK}u + c] = x;
-        tileMax = max(tileMax, x);
-      }
-      let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));
+${keyTileLoop(`${maskedTileMax(hd)}
       var sum = 0.0;
       for (var c = c0; c < c0 + ${BK / 2}u; c++) {
         let x = Sw[r * ${BK}u + c];
@@ -109,6 +101,23 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
 }
 `;
   return { name: `attention_tc_hd${hd}`, code };
+}
+
+/**
+ * A forward key tile's first part, shared by both forwards: the tile's sequence ids, S = q·kᵀ
+ * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
+ * the row's new running max mNew (over this lane's half and its partner's).
+ */
+function maskedTileMax(hd: number): string {
+  return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${keyTileProduct(hd, "ql", "k16")}
+      var tileMax = NEG;
+      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
+        let x = select(NEG, p.scale * Sw[r * ${BK}u + c], allowed(ti, si, k0 + c, colSeq[c]));
+        Sw[r * ${BK}u + c] = x;
+        tileMax = max(tileMax, x);
+      }
+      let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));`;
 }
 
 /**
@@ -159,7 +168,6 @@ ${ids(hd / 16).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_lef
  */
 function forwardOneSweepSource(hd: number): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2;
-  const scores = keyTileProduct(hd, "ql", "k16");
   const code = `${forwardOpening(hd, BQ * Math.max(BK, hd), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile")}
   let oc0 = (lid % 2u) * ${HALF}u; // and O columns oc0 … oc0 + ${HALF - 1}
   var o = array<f32, ${HALF}>();
@@ -168,15 +176,7 @@ function forwardOneSweepSource(hd: number): KernelSource {
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
-${scores}
-      var tileMax = NEG;
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
-        let x = select(NEG, p.scale * Sw[r * ${BK}u + c], allowed(ti, si, k0 + c, colSeq[c]));
-        Sw[r * ${BK}u + c] = x;
-        tileMax = max(tileMax, x);
-      }
-      let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));
+${keyTileLoop(`${maskedTileMax(hd)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
       for (var c = c0; c < c0 + ${BK / 2}u; c++) {
