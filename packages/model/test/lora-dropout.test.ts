@@ -226,6 +226,12 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("LoRA on tensor cores against float64 
   test("k not adapted inside the group, dx overwritten", async () => {
     expectGroupMatches(await runGroup({ ...base, betaDx: 0, adapted: [true, false, true], stackA: true }), 2e-3);
   });
+  test("with dropout: per-module products on tensor cores, each module's own mask", async () => {
+    const r = await runGroup({ ...base, p: 0.2, withDropout: true, betaDx: 1, stackA: true });
+    expectGroupMatches(r, 2e-3);
+    expect(relError(r.out.dAs[1]!, r.refsNoMask[1]!.dA)).toBeGreaterThan(1e-2); // the masks mattered
+    expectGroupMatches(await runGroup({ ...base, p: 0.3, withDropout: true, betaDx: 0, adapted: [true, false, true], stackA: false }), 2e-3);
+  });
   test("one projection (o/down-like), r = 32, long K", async () => {
     expectGroupMatches(await runGroup({ T: 48, inF: 1024, r: 32, outFs: [64], p: 0, withDropout: false, f16W: true, betaDx: 0, stackA: false }), 2e-3);
   });

@@ -20,8 +20,8 @@
  * times. Otherwise each module runs on its own columns; the results agree up to f32 summation
  * order.
  *
- * On tensor cores (16-bit frozen weights on a GPU with subgroup matrices, no dropout, more than 16
- * rows, r and every width a multiple of 16, A's stacked): h = x16·[A]16ᵀ is one thin split-K product, each
+ * On tensor cores (16-bit frozen weights on a GPU with subgroup matrices, more than 16 rows, r and
+ * every width a multiple of 16, A's stacked; with dropout the products run per module, as below): h = x16·[A]16ᵀ is one thin split-K product, each
  * s·h_i·B_iᵀ rides on its frozen product as an extra K = r slice of the same output tile (no
  * second pass over y), dh_i = s·dy16_i·B16_i is thin split-K, and dh·[A] rides on the last frozen
  * input-gradient product as an extra K = n·r slice. dA and dB stay f32 products (they reduce over
@@ -126,8 +126,8 @@ export function linearsLoraForward(
 ) {
   const T = x.shape[0]!;
   const { mods, r } = adaptedOf(projs, "linearsLoraForward");
-  const stackedA = tensorCoreLora(rec, x, projs, mods, r);
-  if (stackedA) return loraForwardTc(rec, x, projs, h, x16, mods, r, stackedA);
+  const tc = tensorCoreLora(rec, x, projs, mods, r);
+  if (tc) return loraForwardTc(rec, x, projs, h, x16, mods, r, tc.A);
   for (const { w, bias, y } of projs) {
     const [outF, inF] = w.shape as [number, number];
     const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
@@ -162,17 +162,20 @@ export function linearsLoraForward(
 export const loraTensorCores = { enabled: process.env.TUNELOOM_LORA_TC === "1" };
 
 /**
- * The group's [A_1; …; A_n] (n·r, in) when its LoRA runs on tensor cores (module comment), else
- * null: a GPU with subgroup matrices, f16 frozen weights, no dropout, T, in, every out and r
- * multiples of 16, and the A's back to back in one buffer (or a single module).
+ * How a group's LoRA runs on tensor cores (module comment), or null when it does not: a GPU with
+ * subgroup matrices, f16 frozen weights, more than 16 rows, T, in, every out and r multiples of 16.
+ * Without dropout the A's must lie back to back (or be one module): `A` is [A_1; …; A_n] and h, dA
+ * and dh·A are one product each. With dropout each module reads its own x̃_i: `A` is null and the
+ * products run per module (dh_i·A_i is masked by the dropout backward, so it is no aux slice).
  */
-function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): Tensor | null {
+function tensorCoreLora(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], mods: readonly LoraModule[], r: number): { A: Tensor | null } | null {
   const [T, inF] = x.shape as [number, number];
-  if (mods.length === 0 || !hasTensorCoreMatmul(rec.rt) || mods.some((m) => m.dropout)) return null;
-  if (!loraTensorCores.enabled) return null;
+  if (mods.length === 0 || !loraTensorCores.enabled || !hasTensorCoreMatmul(rec.rt)) return null;
   // (decode-sized batches, ≤ 16 rows, keep GEMV for the frozen products)
   if (T <= 16 || T % 16 || inF % 16 || r % 16 || projs.some((p) => p.w.dtype !== "f16" || p.w.shape[0]! % 16)) return null;
-  return mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
+  if (mods.some((m) => m.dropout)) return { A: null };
+  const A = mods.length === 1 ? mods[0]!.A : stacked(mods.map((m) => m.A));
+  return A ? { A } : null;
 }
 
 /** f16 copy of s·B (a scratch of the recording: recycle it). */
@@ -199,14 +202,26 @@ function frozenWithAux(rec: Recorder, args: MatmulArgs, aux: AuxSlice | undefine
 /** linearsLoraForward on tensor cores (see the module comment). */
 function loraForwardTc(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16: Tensor | undefined,
-  mods: readonly LoraModule[], r: number, A: Tensor,
+  mods: readonly LoraModule[], r: number, A: Tensor | null,
 ) {
   const [T, inF] = x.shape as [number, number];
   const ld = mods.length * r;
   const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
   const xh = x16 ?? toF16(rec, x);
-  const A16 = toF16(rec, A); // (n·r, in)
-  matmulTensorCoreThin(rec, { a: xh, b: A16, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
+  if (A) {
+    const A16 = toF16(rec, A); // (n·r, in)
+    matmulTensorCoreThin(rec, { a: xh, b: A16, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
+    rec.recycle(A16);
+  } else {
+    for (const [i, m] of mods.entries()) {
+      // h_i = x̃_i·A_iᵀ, x̃_i = dropout(x) (or x) rounded to f16
+      const xl = m.dropout ? droppedInput(rec, x, m.dropout, "linearsLoraForward") : x;
+      const xl16 = m.dropout ? toF16(rec, xl) : xh, A16 = toF16(rec, m.A);
+      matmulTensorCoreThin(rec, { a: xl16, b: A16, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r });
+      rec.recycle(A16);
+      if (xl16 !== xh) rec.recycle(xl16);
+    }
+  }
   const h16 = toF16(rec, hs);
   let i = 0;
   for (const { w, bias, y, lora } of projs) {
@@ -217,7 +232,6 @@ function loraForwardTc(
       sB16 ? { a2: h16, b2: sB16, K2: r, lda2: ld, offsetA2: i++ * r } : undefined);
     if (sB16) rec.recycle(sB16);
   }
-  rec.recycle(A16);
   rec.recycle(h16);
   if (!x16) rec.recycle(xh);
 }
@@ -234,8 +248,8 @@ export function linearsLoraBackward(
 ) {
   const [T, inF] = x.shape as [number, number];
   const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
-  const stackedA = tensorCoreLora(rec, x, projs, mods, r);
-  if (stackedA) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, stackedA);
+  const tc = tensorCoreLora(rec, x, projs, mods, r);
+  if (tc) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, tc.A);
   // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i
   for (const [i, { w, dy }] of projs.entries()) {
     const outF = w.shape[0]!;
@@ -280,10 +294,10 @@ export function linearsLoraBackward(
   }
 }
 
-/** linearsLoraBackward on tensor cores (see the module comment). */
+/** linearsLoraBackward on tensor cores (see the module comment; `A` null: per module, with dropout). */
 function loraBackwardTc(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor })[], dx: Tensor, betaDx: 0 | 1,
-  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor,
+  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor | null,
 ) {
   const [T, inF] = x.shape as [number, number];
   for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
@@ -302,18 +316,44 @@ function loraBackwardTc(
     rec.recycle(B16);
     i++;
   }
-  // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x (f32),  dx += dh·[A] (the last frozen product's aux slice)
-  const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
-  if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
-  matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
-  const dh16 = toF16(rec, dhs), A16 = toF16(rec, A);
-  // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i
+  // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i, with dh·[A] as the last product's aux slice
+  // when the A's are stacked (no dropout); per module below otherwise.
+  let aux: AuxSlice | undefined;
+  if (A) {
+    // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x (f32),  dx += dh·[A]
+    const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
+    if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
+    matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
+    aux = { a2: toF16(rec, dhs), b2: toF16(rec, A), K2: ld };
+  }
   for (const [j, { w }] of projs.entries()) {
     const outF = w.shape[0]!;
     matmulTensorCore(rec, { a: dy16s[j]!, b: w, c: dx, M: T, N: inF, K: outF, beta: j === 0 ? betaDx : 1 }, undefined,
-      j === projs.length - 1 ? { a2: dh16, b2: A16, K2: ld } : undefined);
+      j === projs.length - 1 ? aux : undefined);
   }
-  for (const t of [dh16, A16, ...dy16s]) rec.recycle(t);
+  for (const t of [...(aux ? [aux.a2, aux.b2] : []), ...dy16s]) rec.recycle(t);
+  if (A) return;
+  const dh16 = toF16(rec, dhs);
+  for (const [i, m] of mods.entries()) {
+    const cols = { lda: ld, offsetA: i * r };
+    const A16 = toF16(rec, m.A); // (r, in)
+    if (!m.dropout) {
+      // backward of h_i = x·A_iᵀ:  dA_i += dh_iᵀ·x (f32),  dx += dh_i·A_i (tensor cores)
+      matmul(rec, { a: dhs, b: x, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+      matmulTensorCore(rec, { a: dh16, b: A16, c: dx, M: T, N: inF, K: r, beta: 1, ...cols });
+    } else {
+      const d = m.dropout;
+      // backward of h_i = x̃_i·A_iᵀ:  dA_i += dh_iᵀ·x̃_i (f32, x̃_i regenerated),  dx̃_i = dh_i·A_i (tensor cores)
+      const xd = droppedInput(rec, x, d, "linearsLoraBackward");
+      matmul(rec, { a: dhs, b: xd, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+      const dxd = xd; // x̃_i is no longer needed: the scratch now holds dx̃_i (T, in)
+      matmulTensorCore(rec, { a: dh16, b: A16, c: dxd, M: T, N: inF, K: r, ...cols });
+      // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
+      dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
+    }
+    rec.recycle(A16);
+  }
+  rec.recycle(dh16);
 }
 
 /**
