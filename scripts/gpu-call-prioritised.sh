@@ -56,7 +56,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sdg8,4x4_2x2sk64g8,2x4_4x4sg8,4x4_2x4sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sdg8,4x4_2x2sk64g8,4x4_2x2sk16g8,2x4_4x4sg8,4x4_2x4sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     profile-1b)

@@ -21,7 +21,7 @@ export interface TcConfig {
   sgn: number;
   /** Stage A and B through workgroup memory (matmul-tc-staged.ts) instead of loading from global memory. */
   staged?: boolean;
-  /** Staged only: K slice per stage (32 or 64 halves; default 32). */
+  /** Staged only: K slice per stage (16, 32 or 64 halves; default 32). */
   bk?: number;
   /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
   double?: boolean;

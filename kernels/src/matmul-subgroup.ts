@@ -138,7 +138,7 @@ export function matmulTensorCore(
   if (need(offB, transB ? N : K, transB ? K : N, ldb, strideB) > b.numel) throw new Error(`matmulTensorCore: b has ${b.numel} elements, too few for K=${K} N=${N}`);
   if (need(offC, M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
-  if (cfg.bk !== undefined && cfg.bk !== 32 && cfg.bk !== 64) throw new Error(`matmulTensorCore: bk must be 32 or 64, got ${cfg.bk}`);
+  if (cfg.bk !== undefined && ![16, 32, 64].includes(cfg.bk)) throw new Error(`matmulTensorCore: bk must be 16, 32 or 64, got ${cfg.bk}`);
   if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
   if (cfg.group && !cfg.staged) throw new Error("matmulTensorCore: a grouped raster applies to the staged kernel only");
   let auxParams = [0, 0, 0, 0];

@@ -28,6 +28,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     // group shorter than the others (2 + 1 rows).
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 },
     { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, group: 2 },
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 16, group: 8 },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
@@ -176,7 +177,7 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "2x4_4x4sdg4", "4x4_2x4s-no-loads"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
