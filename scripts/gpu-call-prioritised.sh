@@ -42,7 +42,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-90} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts packages/model/test/lora-dropout.test.ts kernels/test/bgmv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-150} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts packages/model/test/lora-dropout.test.ts kernels/test/bgmv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores (off by default until its GPU tests pass): on for the rest of the call
       # when they ran here and passed.
