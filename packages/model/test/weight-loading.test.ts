@@ -122,7 +122,11 @@ describe("GpuModel.load streams weights to the GPU", () => {
     const up = r.losses.find((l) => l.name === UNDER)!;
     expect(up.zeroed).toBeGreaterThanOrEqual(2);
     expect(up.subnormal).toBeGreaterThanOrEqual(2);
-    expect(formatLoadReport(r)).toMatch(/^\d+\.\d\d s for 21 tensors, \d\.\d\d GB \(.* GB\/s\); converted on the GPU: bf16→f32 ×5, bf16→f16 ×16$/);
+    expect(formatLoadReport(r)).toMatch(/^\d+\.\d\d s for 21 tensors, \d\.\d\d GB \(.* GB\/s; reading \d+\.\d\d s, waiting for the GPU \d+\.\d\d s\); converted on the GPU: bf16→f32 ×5, bf16→f16 ×16$/);
+    // The host's share of the load: reading and waiting are parts of the whole.
+    expect(r.readSeconds).toBeGreaterThan(0);
+    expect(r.waitSeconds).toBeGreaterThanOrEqual(0);
+    expect(r.readSeconds + r.waitSeconds).toBeLessThanOrEqual(r.seconds);
     expect(formatUnderflow(r.losses)).toContain("values flushed to zero");
     // The sharded load and the single file's give the same model.
     const single = await GpuModel.load(underflowing, { weightDtype: "f16" });

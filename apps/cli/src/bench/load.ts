@@ -17,6 +17,7 @@ export async function benchLoad(o: { model: string; weightDtype?: WeightDtype; r
       out({
         op: "load", model: o.model, weights: model.weights.dtype, load_s: Math.round(r.seconds * 1000) / 1000,
         gb: Math.round(r.bytes / 1e7) / 100, gb_s: Math.round((r.bytes / 1e9 / r.seconds) * 100) / 100, tensors: r.tensors,
+        read_s: Math.round(r.readSeconds * 1000) / 1000, gpu_wait_s: Math.round(r.waitSeconds * 1000) / 1000,
         conversions: r.conversions, underflow: formatUnderflow(r.losses), staging_mib: r.stagingBytes / 2 ** 20,
         device: model.rt.caps.description,
       });

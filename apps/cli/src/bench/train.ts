@@ -137,7 +137,8 @@ export async function benchTrain(o: TrainBenchOptions) {
     const timed = times.slice(3).sort((a, b) => a - b);
     const med = timed[Math.floor(timed.length / 2)] ?? times.at(-1)!;
     return {
-      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
+      op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100,
+      load_read_s: Math.round(model.loadReport.readSeconds * 100) / 100, load_gpu_wait_s: Math.round(model.loadReport.waitSeconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
       ...(trainer instanceof FullTrainer
         ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length }
         : { rank: o.rank, ...(process.env.TUNELOOM_LORA_TC === "1" ? { lora_tc: true } : {}) }),

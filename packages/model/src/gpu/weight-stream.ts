@@ -50,6 +50,13 @@ export interface LoadReport {
   losses: TensorLoss[];
   /** Host staging memory used (bytes). */
   stagingBytes: number;
+  /**
+   * Where the seconds went on the host: reading the file into the staging slots, and waiting for
+   * a slot the GPU has not finished with (the rest is opening, recording and the last GPU work).
+   * Reading near `seconds` means the disk (or page-cache copy) bounds the load; waiting, the GPU.
+   */
+  readSeconds: number;
+  waitSeconds: number;
 }
 
 interface Piece {
@@ -95,6 +102,8 @@ export class WeightStream {
   private readonly slotBytes: number;
   private readonly maxTensors: number;
   private bytes = 0;
+  private readMs = 0;
+  private waitMs = 0;
   private failure: Error | null = null;
 
   constructor(private readonly rt: GpuRuntime, private readonly store: WeightStore, opts: WeightStreamOptions) {
@@ -143,7 +152,9 @@ export class WeightStream {
       const len = elems * srcBytes;
       const slot = await this.slotWithRoom(len);
       const view = new Uint8Array(slot.mapped!, slot.used, alignUp(len, 4));
+      const t0 = performance.now();
       this.store.readInto(name, view.subarray(0, len), at * srcBytes);
+      this.readMs += performance.now() - t0;
       view.fill(0, len); // a trailing odd 16-bit element's word: zero, as rt.write pads
       slot.pieces.push({ dst, from, at, elems, stagingOffset: slot.used, countSlot });
       slot.used = alignUp(slot.used + len, ALIGN);
@@ -168,7 +179,7 @@ export class WeightStream {
     }));
     return {
       seconds: (performance.now() - this.t0) / 1000, bytes: this.bytes, tensors: this.created.length,
-      conversions: this.conversions, losses, stagingBytes,
+      conversions: this.conversions, losses, stagingBytes, readSeconds: this.readMs / 1000, waitSeconds: this.waitMs / 1000,
     };
   }
 
@@ -206,7 +217,9 @@ export class WeightStream {
       slot = this.slots[this.current]!;
     }
     if (!slot.mapped) {
+      const t0 = performance.now();
       await slot.ready;
+      this.waitMs += performance.now() - t0;
       if (this.failure) throw this.failure;
       slot.mapped = slot.staging.getMappedRange();
     }
@@ -248,8 +261,8 @@ export class WeightStream {
 export function formatLoadReport(r: LoadReport): string {
   const gb = r.bytes / 1e9;
   const conv = Object.entries(r.conversions).map(([k, n]) => `${k} ×${n}`).join(", ");
-  return `${r.seconds.toFixed(2)} s for ${r.tensors} tensors, ${gb.toFixed(2)} GB (${(gb / Math.max(r.seconds, 1e-9)).toFixed(2)} GB/s)` +
-    (conv ? `; converted on the GPU: ${conv}` : "");
+  return `${r.seconds.toFixed(2)} s for ${r.tensors} tensors, ${gb.toFixed(2)} GB (${(gb / Math.max(r.seconds, 1e-9)).toFixed(2)} GB/s; ` +
+    `reading ${r.readSeconds.toFixed(2)} s, waiting for the GPU ${r.waitSeconds.toFixed(2)} s)` + (conv ? `; converted on the GPU: ${conv}` : "");
 }
 
 /** A summary of precision lost to narrowing (flushed to zero, subnormal), or null when none was. */
