@@ -209,7 +209,15 @@ export class GpuEngine extends BatchingEngine<SeqState> {
     }
     if (adapter.loaded.lora.rank > this.maxLoraRank)
       throw badRequest(tooHighRank(name, adapter.loaded.lora.rank, this.maxLoraRank), "lora_path", "lora_rank_too_high");
-    this.adapters.set(name, this.slotIn(adapter));
+    let entry: AdapterEntry;
+    try {
+      entry = this.slotIn(adapter);
+    } catch (err) {
+      // What the adapter's values cannot go into the slots as (e.g. past f16's range): the request's fault.
+      if (err instanceof RangeError) throw badRequest(`cannot load adapter '${name}' from ${dir}: ${err.message}`, "lora_path", "invalid_adapter");
+      throw err;
+    }
+    this.adapters.set(name, entry);
     return adapter.served;
   }
 

@@ -106,6 +106,22 @@ describe("LoRA slots: one forward for a batch of several adapters", () => {
     expect(() => resolveLoraSlotDtype("fp8", "f16")).toThrow(/--lora-dtype must be one of auto.*got "fp8"/);
   });
 
+  test("f16 slots: an odd rank and an adapter value past f16's range are refused, naming the flag and the tensor", () => {
+    expect(() => new LoraSlots(model.rt, model.cfg, { slots: 1, maxRank: 5, dtype: "f16" })).toThrow(/even rank, got 5 .*--max-lora-rank.*--lora-dtype float32/);
+    const s16 = new LoraSlots(model.rt, model.cfg, { slots: 1, maxRank: 8, dtype: "f16" });
+    try {
+      const big = randomLoadedAdapter(model.cfg, { rank: 4, targets: ["q_proj"], seed: 9 });
+      big.weights[1]!.B[3] = 7e4;
+      expect(() => s16.write(0, big)).toThrow(/lora_B holds 70000, beyond f16's range; serve it with --lora-dtype float32/);
+      expect(s16.allocated).toBe(false); // refused before anything was written
+      const ok = randomLoadedAdapter(model.cfg, { rank: 4, targets: ["q_proj"], seed: 9 });
+      s16.write(0, ok); // the same adapter within range goes in
+      expect(s16.allocated).toBe(true);
+    } finally {
+      s16.dispose();
+    }
+  });
+
   test("mixed batch = each sequence alone on the one-adapter path; one prefill step, one submit per decode step", async () => {
     const mixed = await runMixed();
     expect(mixed.prefillSteps).toBe(1);

@@ -76,6 +76,9 @@ export class LoraSlots {
     if (!Number.isInteger(o.maxRank) || o.maxRank < 1) throw new RangeError(`LoraSlots: maxRank must be an integer ≥ 1, got ${o.maxRank}`);
     const dtype = o.dtype ?? "f32";
     if (!["f32", "f16", "bf16"].includes(dtype)) throw new Error(`LoraSlots: dtype must be f32, f16 or bf16, got ${JSON.stringify(dtype)}`);
+    // 16-bit stacks are written per slot block: every block must start on a 4-byte boundary.
+    if (dtype !== "f32" && o.maxRank % 2 !== 0)
+      throw new RangeError(`LoraSlots: ${dtype} adapter slots need an even rank, got ${o.maxRank} (serve's --max-lora-rank; or --lora-dtype float32)`);
     this.count = o.slots;
     this.maxRank = o.maxRank;
     this.dtype = dtype;
@@ -118,6 +121,16 @@ export class LoraSlots {
     if (this.disposed) throw new Error("LoraSlots.write: the slots were disposed");
     const r = adapter.lora.rank, R = this.maxRank;
     if (r > R) throw new RangeError(`adapter ${adapter.dir} has rank ${r}, above the largest rank a slot takes (${R}; serve's --max-lora-rank)`);
+    if (this.dtype === "f16") {
+      // f16 tops out at 65504: a value past it would become ±inf in the slot, silently.
+      for (const w of adapter.weights) {
+        for (const [k, v] of [["A", w.A], ["B", w.B]] as const) {
+          let mx = 0;
+          for (const x of v) mx = Math.max(mx, Math.abs(x));
+          if (!(mx <= 65504)) throw new RangeError(`adapter ${adapter.dir}: ${w.spec.base} lora_${k} holds ${mx}, beyond f16's range; serve it with --lora-dtype float32 (or bfloat16)`);
+        }
+      }
+    }
     const stacks = this.allocate();
     for (const w of adapter.weights) {
       const { layer, module, inFeatures: inF, outFeatures: outF } = w.spec;
@@ -180,8 +193,6 @@ export class LoraSlots {
   private allocate(): Record<LoraGroup, GatheredGroup>[] {
     if (this.stacks) return this.stacks;
     const { rt, cfg, count: S, maxRank: R, dtype } = this;
-    // 16-bit stacks are written per slot block: every block must start on a 4-byte boundary.
-    if (dtype !== "f32" && R % 2 !== 0) throw new Error(`LoraSlots: ${dtype} stacks need an even max rank, got ${R}`);
     const stacks = Array.from({ length: cfg.numLayers }, (_, l) => {
       const groups = {} as Record<LoraGroup, GatheredGroup>;
       for (const [group, modules] of GROUPS) {

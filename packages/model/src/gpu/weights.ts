@@ -29,6 +29,15 @@ export interface GpuLayerWeights {
   downBias?: Tensor;
 }
 
+/** GpuLayerWeights keys → the HF tensor name inside `model.layers.<l>.` (the loader and full fine-tuning read it). */
+export const LAYER_TENSOR_NAMES: Readonly<Record<keyof GpuLayerWeights, string>> = {
+  inputNorm: "input_layernorm.weight", postNorm: "post_attention_layernorm.weight",
+  q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight", v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight",
+  qBias: "self_attn.q_proj.bias", kBias: "self_attn.k_proj.bias", vBias: "self_attn.v_proj.bias", oBias: "self_attn.o_proj.bias",
+  gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight",
+  gateBias: "mlp.gate_proj.bias", upBias: "mlp.up_proj.bias", downBias: "mlp.down_proj.bias",
+};
+
 export interface GpuModelWeights {
   dtype: WeightDtype;
   embed: Tensor; // (V, C)
@@ -68,25 +77,13 @@ export async function uploadModelWeights(
     const opt = async (n: string) => (store.has(n) ? f32(n) : undefined);
     const layers: GpuLayerWeights[] = [];
     for (let i = 0; i < cfg.numLayers; i++) {
-      const p = `model.layers.${i}.`;
-      layers.push({
-        inputNorm: await f32(`${p}input_layernorm.weight`),
-        q: await lin(`${p}self_attn.q_proj.weight`),
-        k: await lin(`${p}self_attn.k_proj.weight`),
-        v: await lin(`${p}self_attn.v_proj.weight`),
-        o: await lin(`${p}self_attn.o_proj.weight`),
-        qBias: await opt(`${p}self_attn.q_proj.bias`),
-        kBias: await opt(`${p}self_attn.k_proj.bias`),
-        vBias: await opt(`${p}self_attn.v_proj.bias`),
-        oBias: await opt(`${p}self_attn.o_proj.bias`),
-        postNorm: await f32(`${p}post_attention_layernorm.weight`),
-        gate: await lin(`${p}mlp.gate_proj.weight`),
-        up: await lin(`${p}mlp.up_proj.weight`),
-        down: await lin(`${p}mlp.down_proj.weight`),
-        gateBias: await opt(`${p}mlp.gate_proj.bias`),
-        upBias: await opt(`${p}mlp.up_proj.bias`),
-        downBias: await opt(`${p}mlp.down_proj.bias`),
-      });
+      // Projections at `dtype`, norms f32, biases f32 where the checkpoint has them.
+      const layer: Partial<Record<keyof GpuLayerWeights, Tensor>> = {};
+      for (const [key, name] of Object.entries(LAYER_TENSOR_NAMES) as [keyof GpuLayerWeights, string][]) {
+        const n = `model.layers.${i}.${name}`;
+        layer[key] = key.endsWith("Norm") ? await f32(n) : key.endsWith("Bias") ? await opt(n) : await lin(n);
+      }
+      layers.push(layer as GpuLayerWeights);
     }
     const embed = await lin("model.embed_tokens.weight");
     const lmHead = cfg.tieWordEmbeddings || !store.has("lm_head.weight") ? embed : await lin("lm_head.weight");

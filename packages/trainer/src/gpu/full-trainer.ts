@@ -26,7 +26,7 @@ import {
 } from "@tuneloom/kernels";
 import {
   type GpuLayerWeights, type GpuModel, type LayerActivations, type LayerWeightGrads,
-  allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward,
+  LAYER_TENSOR_NAMES, allocLayerActivations, allocLayerGradScratch, decoderLayerBackward, decoderLayerForward,
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
@@ -51,15 +51,6 @@ export interface FullTrainerOptions {
   collectives?: Collectives;
 }
 
-/** GpuLayerWeights keys → the HF tensor name inside `model.layers.<l>.`. */
-const LAYER_TENSORS: Record<keyof GpuLayerWeights, string> = {
-  inputNorm: "input_layernorm.weight", postNorm: "post_attention_layernorm.weight",
-  q: "self_attn.q_proj.weight", k: "self_attn.k_proj.weight", v: "self_attn.v_proj.weight", o: "self_attn.o_proj.weight",
-  qBias: "self_attn.q_proj.bias", kBias: "self_attn.k_proj.bias", vBias: "self_attn.v_proj.bias", oBias: "self_attn.o_proj.bias",
-  gate: "mlp.gate_proj.weight", up: "mlp.up_proj.weight", down: "mlp.down_proj.weight",
-  gateBias: "mlp.gate_proj.bias", upBias: "mlp.up_proj.bias", downBias: "mlp.down_proj.bias",
-};
-
 export class FullTrainer {
   /** Masters, gradients and AdamW moments, in one chunk or several (param-chunks.ts). */
   private readonly state: ParamChunks;
@@ -76,7 +67,7 @@ export class FullTrainer {
     const tensors = new Map<string, Tensor>();
     tensors.set("model.embed_tokens.weight", w.embed);
     w.layers.forEach((layer, l) => {
-      for (const [key, name] of Object.entries(LAYER_TENSORS) as [keyof GpuLayerWeights, string][]) {
+      for (const [key, name] of Object.entries(LAYER_TENSOR_NAMES) as [keyof GpuLayerWeights, string][]) {
         const t = layer[key];
         if (t) tensors.set(`model.layers.${l}.${name}`, t);
       }
@@ -113,7 +104,7 @@ export class FullTrainer {
     };
     w.embed = swap(w.embed, "model.embed_tokens.weight");
     w.layers.forEach((layer, l) => {
-      for (const [key, name] of Object.entries(LAYER_TENSORS) as [keyof GpuLayerWeights, string][]) {
+      for (const [key, name] of Object.entries(LAYER_TENSOR_NAMES) as [keyof GpuLayerWeights, string][]) {
         const t = layer[key];
         if (t) layer[key] = swap(t, `model.layers.${l}.${name}`);
       }
@@ -149,7 +140,7 @@ export class FullTrainer {
   /** One layer's gradient views; `ones` (T) for the bias gradients. */
   private layerGrads(l: number, ones: Tensor): LayerWeightGrads {
     const out: Record<string, Tensor> = { ones };
-    for (const [key, name] of Object.entries(LAYER_TENSORS)) {
+    for (const [key, name] of Object.entries(LAYER_TENSOR_NAMES)) {
       const full = `model.layers.${l}.${name}`;
       if (this.names.includes(full)) out[key] = this.state.view("grads", full);
     }
