@@ -9,7 +9,10 @@
  *   path "per-adapter"   k > 1 the way the server ran before slots: one forward (submit) per
  *                        adapter present, each adapter's rows with its own uploaded modules
  * Each line: tok_s (B·N / decode wall time), ms_per_token (one step), and for the slot path
- * vs_one_adapter = tok_s / tok_s at k = 1 (the target is ≥ 0.8 at k = 16).
+ * vs_one_adapter = tok_s / tok_s at k = 1 (the target is ≥ 0.8 at k = 16). The base and slots
+ * lines also time prefill: B prompts of `promptTokens` tokens in one prefillMany step (what a
+ * round of newcomers costs), prefill_tok_s = B·promptTokens / its wall time (best of 2), and for
+ * slots prefill_vs_base against the no-LoRA prefill.
  * A warm-up (prefill, 2 steps) precedes each measurement, so pipelines are compiled.
  */
 import { GpuModel, KvCacheGenerator, LORA_TARGETS, type LayerLora, LoraSlots, randomLoadedAdapter, resolveLoraSlotDtype, releaseAdapter, uploadAdapter } from "@tuneloom/model";
@@ -26,6 +29,8 @@ export interface MultiLoraBenchOptions {
   tokens: number;
   /** Rank of every adapter; default 16. */
   rank: number;
+  /** Tokens of each prompt in the prefill measurement (decode runs after 32-token prompts). */
+  promptTokens: number;
   weightDtype?: "f32" | "f16" | "bf16";
   /** Slot storage, as serve's --lora-dtype (default auto: f16 with f16 weights). */
   loraDtype?: string;
@@ -48,6 +53,8 @@ export async function benchMultiLora(o: MultiLoraBenchOptions, emit: (line: Reco
   const B = o.batch, N = o.tokens, P = DECODE_PROMPT_TOKENS;
   if (!Number.isInteger(N) || N < 1) throw new Error(`--tokens must be a positive integer, got ${N}`);
   if (!Number.isInteger(o.rank) || o.rank < 1) throw new Error(`--rank must be a positive integer, got ${o.rank}`);
+  const PP = o.promptTokens;
+  if (!Number.isInteger(PP) || PP < 1) throw new Error(`--prompt-tokens must be a positive integer, got ${PP}`);
   const K = Math.max(...o.adapters);
   resolveLoraSlotDtype(o.loraDtype, "f32"); // a bad --lora-dtype is refused before the model is written
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-multi-lora-");
@@ -63,10 +70,12 @@ export async function benchMultiLora(o: MultiLoraBenchOptions, emit: (line: Reco
       slots.write(i, a);
     });
     // The per-adapter lines keep one recorded step per adapter (as the server did before slots).
-    const gen = new KvCacheGenerator(model, { maxSlots: B, maxContext: P + N + 4, loraSlots: slots, replayCacheSize: 8 + 2 * K });
+    const gen = new KvCacheGenerator(model, { maxSlots: B, maxContext: Math.max(P + N, PP) + 4, loraSlots: slots, replayCacheSize: 8 + 2 * K });
     let s = 12345;
-    const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V)));
-    const common = { op: "multi_lora_decode", model: o.model, batch: B, tokens: N, rank: o.rank, weights: model.weights.dtype, lora_dtype: loraDtype, device: rt.caps.description };
+    const randomPrompt = (n: number) => Array.from({ length: n }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0), s % V));
+    const prompts = Array.from({ length: B }, () => randomPrompt(P));
+    const longPrompts = Array.from({ length: B }, () => randomPrompt(PP));
+    const common = { op: "multi_lora_decode", model: o.model, batch: B, tokens: N, rank: o.rank, prompt_tokens: PP, weights: model.weights.dtype, lora_dtype: loraDtype, device: rt.caps.description };
     /**
      * Prefills every sequence (sequence b with adapter slot adapterOf(b), −1: none), then decodes
      * `steps` steps with `step`; returns the decode wall time in ms.
@@ -86,14 +95,27 @@ export async function benchMultiLora(o: MultiLoraBenchOptions, emit: (line: Reco
       const ms = await run(adapterOf, N, step);
       return { tok_s: round((B * N) / (ms / 1000), 1), ms_per_token: round(ms / N, 3) };
     };
+    /** One prefillMany step of the B long prompts (sequence b on slot adapterOf(b)): best of 2, after a warm-up. */
+    const prefill = async (adapterOf: (b: number) => number) => {
+      let best = Infinity;
+      for (let rep = 0; rep < 3; rep++) {
+        const t0 = performance.now();
+        await gen.prefillMany(longPrompts.map((ids, b) => ({ slot: b, promptIds: ids, sampling: GREEDY, u: 0, loraSlot: adapterOf(b) })));
+        if (rep > 0) best = Math.min(best, performance.now() - t0);
+      }
+      return round((B * PP) / (best / 1000), 1);
+    };
     const oneForward = (items: Parameters<KvCacheGenerator["decode"]>[0]) => gen.decode(items);
     try {
-      emit({ ...common, path: "base", adapters: 0, ...(await measure(() => -1, oneForward)) });
+      const basePrefill = await prefill(() => -1);
+      emit({ ...common, path: "base", adapters: 0, ...(await measure(() => -1, oneForward)), prefill_tok_s: basePrefill });
       let one = 0;
       for (const k of o.adapters) {
         const r = await measure((b) => b % k, oneForward);
         if (k === 1) one = r.tok_s;
-        emit({ ...common, path: "slots", adapters: k, ...r, vs_one_adapter: round(r.tok_s / one, 3), slots_gib: round(slots.bytes / 2 ** 30, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3) });
+        const prefillTokS = await prefill((b) => b % k);
+        emit({ ...common, path: "slots", adapters: k, ...r, vs_one_adapter: round(r.tok_s / one, 3),
+          prefill_tok_s: prefillTokS, prefill_vs_base: round(prefillTokS / basePrefill, 3), slots_gib: round(slots.bytes / 2 ** 30, 3), peak_gib: round(rt.memory.peakBytes / 2 ** 30, 3) });
       }
       // Before slots: one forward per adapter present, each group with its own uploaded modules.
       for (const k of o.adapters.filter((k) => k > 1)) {

@@ -135,8 +135,8 @@ export function multiLoraTable(lines: Line[]): string {
   const ml = lines.filter((l) => l.op === "multi_lora_decode");
   const models = [...new Set(ml.map((l) => String(l.model)))].sort(byModel);
   const rows = [
-    "| model | GPU | batch | rank | adapters | tok/s, one forward (slots) | vs one adapter | tok/s, one forward per adapter | no LoRA tok/s | slots | call |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| model | GPU | batch | rank | adapters | tok/s, one forward (slots) | vs one adapter | tok/s, one forward per adapter | no LoRA tok/s | prefill tok/s (prompt) | prefill vs no LoRA | slots | call |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ];
   for (const m of models) {
     const r = newestCall(ml, (l) => l.model === m && l.path === "slots" && l.adapters === 1);
@@ -147,7 +147,7 @@ export function multiLoraTable(lines: Line[]): string {
     for (const k of ks) {
       const slots = inCall.findLast((l) => l.path === "slots" && l.adapters === k)!;
       const per = inCall.findLast((l) => l.path === "per-adapter" && l.adapters === k);
-      rows.push(`| ${m} | ${slots.gpu} | ${slots.batch} | ${slots.rank} | ${k} | ${fmt(slots.tok_s, 1)} | **${ratio(slots.tok_s, r.found[0]!.tok_s)}** | ${k === 1 ? "(same)" : fmt(per?.tok_s, 1)} | ${fmt(base?.tok_s, 1)} | ${slots.lora_dtype ?? "f32"} | ${r.call} |`);
+      rows.push(`| ${m} | ${slots.gpu} | ${slots.batch} | ${slots.rank} | ${k} | ${fmt(slots.tok_s, 1)} | **${ratio(slots.tok_s, r.found[0]!.tok_s)}** | ${k === 1 ? "(same)" : fmt(per?.tok_s, 1)} | ${fmt(base?.tok_s, 1)} | ${slots.prefill_tok_s === undefined ? "—" : `${fmt(slots.prefill_tok_s, 0)} (${slots.prompt_tokens})`} | ${ratio(slots.prefill_tok_s, base?.prefill_tok_s)} | ${slots.lora_dtype ?? "f32"} | ${r.call} |`);
     }
   }
   return rows.length > 2 ? rows.join("\n") : "_no multi-adapter decode run collected yet_";

@@ -17,7 +17,7 @@ import { benchMultiLora, parseAdapterCounts } from "../bench/multi-lora.ts";
  *   (--target-fraction: labels only on the last F of each row, as assistant-only SFT labels; default 1)
  *   (--profile adds GPU ms per kernel of one step, from timestamp queries).
  * `bun run bench -- --decode --model NAME|DIR [--tokens 128] [--batch 1] [--weight-dtype ...]`.
- * `bun run bench -- --decode-loras 1,4,16 --model NAME|DIR [--batch 16] [--tokens 128] [--rank 16] [--weight-dtype ...] [--lora-dtype auto]`
+ * `bun run bench -- --decode-loras 1,4,16 --model NAME|DIR [--batch 16] [--tokens 128] [--rank 16] [--weight-dtype ...] [--lora-dtype auto] [--prompt-tokens 64]`
  *   (bench/multi-lora.ts: one batch over k distinct adapters in adapter slots vs one adapter, one line per k,
  *   plus the batch without LoRA and the per-adapter-forward path for comparison).
  * `bun run bench -- --serve --model smollm2-135m|qwen2.5-0.5b|llama3.2-1b|tiny [--streams 1,16] [--tokens 128] [--prompt-tokens 64] [--weight-dtype ...]`
@@ -54,7 +54,7 @@ const SPEC = {
     "target-fraction": { type: "number", arg: "F", help: "--train: labels only on the last F of each row", default: 1 },
     tokens: { type: "number", help: "--decode/--serve: tokens generated", default: 128 },
     streams: { type: "string", arg: "1,16", help: "--serve: concurrent stream counts", default: "1,16" },
-    "prompt-tokens": { type: "number", help: "--serve: prompt length", default: 64 },
+    "prompt-tokens": { type: "number", help: "--serve: prompt length; --decode-loras: prompt length of the prefill measurement", default: 64 },
     repeat: { type: "number", help: "--load: repetitions", default: 1 },
   },
 } as const satisfies CommandSpec;
@@ -80,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     await benchMultiLora({
       model: flags.model ?? "smollm2-135m", adapters: parseAdapterCounts(flags["decode-loras"], batch), batch,
       tokens: flags.tokens ?? 128, rank: flags.rank ?? 16, weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
-      loraDtype: flags["lora-dtype"],
+      loraDtype: flags["lora-dtype"], promptTokens: flags["prompt-tokens"] ?? 64,
     }, (line) => console.log(JSON.stringify(line)));
     return 0;
   }
