@@ -50,7 +50,10 @@ for step in $STEPS; do
         export TUNELOOM_LORA_TC=1; el "TUNELOOM_LORA_TC=1"
       fi
       # The one-sweep attention forward (off by default): measured by profile-1b-attn1 when its tests pass.
-      if grep -q '^(pass) .*one-sweep forward' $OUT/tests.txt && ! grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt; then ATTN1_OK=1; el "one-sweep attention tests pass"; fi ;;
+      if grep -q '^(pass) .*one-sweep forward' $OUT/tests.txt && ! grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt; then ATTN1_OK=1; el "one-sweep attention tests pass"; fi
+      # The padded tile layout of the tensor-core attention (off by default): on for the rest of the
+      # call when its tests pass; profile-1b measures the plain layout beside it.
+      if grep -q '^(pass) .*padded tiles' $OUT/tests.txt && ! grep -q '^(fail) .*padded tiles' $OUT/tests.txt; then export TUNELOOM_ATTN_PAD=1; el "TUNELOOM_ATTN_PAD=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -60,9 +63,12 @@ for step in $STEPS; do
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     profile-1b)
-      [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+      # Plain attention tiles here; with TUNELOOM_ATTN_PAD on (its tests passed) the padded ones too.
+      [ "$(left)" -gt 40 ] && el profile && TUNELOOM_ATTN_PAD=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl
+      [ "${TUNELOOM_ATTN_PAD:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-pad && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"attn_padded":true,/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-attn1)
-      [ "${ATTN1_OK:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-attn1 && TUNELOOM_ATTN_ONE_SWEEP=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"attn_one_sweep":true,/' | stamp >> $OUT/profile.jsonl ;;
+      # The one-sweep forward, with the padded tiles when those are on.
+      [ "${ATTN1_OK:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-attn1 && TUNELOOM_ATTN_ONE_SWEEP=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_one_sweep\":true,\"attn_padded\":${TUNELOOM_ATTN_PAD:-0},/" | stamp >> $OUT/profile.jsonl ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
@@ -101,7 +107,7 @@ print('shape|tB|'+'|'.join(cfgs))
 for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
 print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
 for r in rd('profile.jsonl'):
-  p=r.get('profile',{}); print('profile', 'attn1' if r.get('attn_one_sweep') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
+  p=r.get('profile',{}); print('profile', 'attn1' if r.get('attn_one_sweep') else '', 'pad' if r.get('attn_padded') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:40]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})

@@ -55,11 +55,41 @@ fn firstReal(t0: u32, t1: u32) -> u32 {
 
 const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
 
-function forwardSource(hd: number): KernelSource {
+/**
+ * Workgroup layout of a 64-wide score tile (Sw f32, Pw/DSw f16), where lanes 2r and 2r+1 share
+ * row r in the softmax phase. Plain: row strides of 64 and each lane walks a contiguous half of the
+ * row, so the 16 rows of a subgroup sit in one memory bank (stride 64 floats = 256 bytes) and every
+ * scalar access is a 32-way bank conflict. Padded: strides of 64 + 4 floats and 64 + 8 halves
+ * (row starts stay 16-byte aligned for the subgroup-matrix stores and loads) and the lanes take
+ * interleaved columns 2i + half, rotated by one pair for rows 8-15 of the subgroup, so the 32 lanes'
+ * f32 accesses fall in 32 distinct banks (and the f16 ones in 16 distinct words).
+ */
+interface TileLayout {
+  /** Row stride of the f32 tile (floats) and of the f16 tiles (halves). */
+  sLd: number;
+  pLd: number;
+  /** WGSL for the tile column of this lane's i-th element (i < 32; needs c0, half, rot in scope). */
+  col: (i: string) => string;
+  /** Row stride (floats) of the one-sweep forward's P·V tile, and the O column of this lane's i-th value. */
+  oLd: (hd: number) => number;
+  oCol: (i: string, hd: number) => string;
+  tag: string;
+}
+function tileLayout(padded: boolean): TileLayout {
+  return padded
+    ? { sLd: 68, pLd: 72, col: (i) => `(2u * ((${i} + rot) & 31u) + half)`, oLd: (hd) => hd + 4, oCol: (i) => `(2u * ${i} + half)`, tag: "_pad" }
+    : { sLd: 64, pLd: 64, col: (i) => `(c0 + ${i})`, oLd: (hd) => hd, oCol: (i, hd) => `(half * ${hd / 2}u + ${i})`, tag: "" };
+}
+/** The softmax lanes' column helpers: c0 (plain halves), half and rot (padded interleave). */
+const LANE_COLUMNS = `  let half = lid % 2u;
+  let c0 = half * 32u;
+  let rot = ((lid / 2u) >> 3u) & 1u;`;
+
+function forwardSource(hd: number, L: TileLayout): KernelSource {
   const D = hd / 16; // 16-wide blocks along the head dim
   const J = BK / 16; // 16-key blocks per tile
-  const scores = keyTileProduct(hd, "ql", "k16"); // S = q·kᵀ into Sw
-  const code = `${forwardOpening(hd, BQ * BK, "scores of the tile (BQ, BK)", "probabilities of the tile")}
+  const scores = keyTileProduct(hd, "ql", "k16", L); // S = q·kᵀ into Sw
+  const code = `${forwardOpening(hd, BQ * L.sLd, "scores of the tile (BQ, BK)", "probabilities of the tile", L)}
 ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   var m = NEG;
   var l = 0.0;
@@ -67,10 +97,10 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
   if (r0 < rEnd) {
     let s0 = seq[r0];
     // sweep 1: row max and Σ exp over all visible keys
-${keyTileLoop(`${maskedTileMax(hd)}
+${keyTileLoop(`${maskedTileMax(hd, L)}
       var sum = 0.0;
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
-        let x = Sw[r * ${BK}u + c];
+      for (var i = 0u; i < ${BK / 2}u; i++) {
+        let x = Sw[r * ${L.sLd}u + ${L.col("i")}];
         sum += select(0.0, exp(x - mNew), x > NEG_HALF);
       }
       sum += subgroupShuffleXor(sum, 1u);
@@ -81,15 +111,16 @@ ${keyTileLoop(`${maskedTileMax(hd)}
     // sweep 2: P = exp(scale·S − lse) exactly normalised; O += P·V
 ${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
 ${scores}
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
+      for (var i = 0u; i < ${BK / 2}u; i++) {
+        let c = ${L.col("i")};
         var pr = 0.0;
-        if (allowed(ti, si, k0 + c, colSeq[c])) { pr = exp(p.scale * Sw[r * ${BK}u + c] - L); }
-        Pw[r * ${BK}u + c] = f16(pr);
+        if (allowed(ti, si, k0 + c, colSeq[c])) { pr = exp(p.scale * Sw[r * ${L.sLd}u + c] - L); }
+        Pw[r * ${L.pLd}u + c] = f16(pr);
       }
       workgroupBarrier();
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
-        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `        o${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk), o${d});`).join("\n")}
       }
       workgroupBarrier();`)}
@@ -100,7 +131,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
   }
 }
 `;
-  return { name: `attention_tc_hd${hd}`, code };
+  return { name: `attention_tc_hd${hd}${L.tag}`, code };
 }
 
 /**
@@ -108,13 +139,14 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
  * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
  * the row's new running max mNew (over this lane's half and its partner's).
  */
-function maskedTileMax(hd: number): string {
+function maskedTileMax(hd: number, L: TileLayout): string {
   return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
-${keyTileProduct(hd, "ql", "k16")}
+${keyTileProduct(hd, "ql", "k16", L)}
       var tileMax = NEG;
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
-        let x = select(NEG, p.scale * Sw[r * ${BK}u + c], allowed(ti, si, k0 + c, colSeq[c]));
-        Sw[r * ${BK}u + c] = x;
+      for (var i = 0u; i < ${BK / 2}u; i++) {
+        let c = ${L.col("i")};
+        let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], allowed(ti, si, k0 + c, colSeq[c]));
+        Sw[r * ${L.sLd}u + c] = x;
         tileMax = max(tileMax, x);
       }
       let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));`;
@@ -126,7 +158,7 @@ ${keyTileProduct(hd, "ql", "k16")}
  * subgroup's 16 query rows loaded as HD/16 left matrices, lanes 2r and 2r+1 sharing row r (keys c0 …
  * c0 + BK/2 − 1 of a tile), row ti of sequence si.
  */
-function forwardOpening(hd: number, swFloats: number, swComment: string, pwComment: string): string {
+function forwardOpening(hd: number, swFloats: number, swComment: string, pwComment: string, L: TileLayout): string {
   return `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
@@ -136,7 +168,7 @@ function forwardOpening(hd: number, swFloats: number, swComment: string, pwComme
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>; // (T, nH)
 
 var<workgroup> Sw: array<f32, ${swFloats}>;  // ${swComment}
-var<workgroup> Pw: array<f16, ${BQ * BK}>;  // ${pwComment}
+var<workgroup> Pw: array<f16, ${BQ * L.pLd}>;  // ${pwComment}
 var<workgroup> colSeq: array<i32, ${BK}>;
 
 @compute @workgroup_size(128)
@@ -152,7 +184,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 ${ids(hd / 16).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
   // Softmax phase: lanes 2r and 2r+1 (same subgroup) share row r, ${BK / 2} columns each.
   let r = lid / 2u;
-  let c0 = (lid % 2u) * ${BK / 2}u;
+${LANE_COLUMNS}
   let ti = q0 + r;
   let si = seqAt(ti);`;
 }
@@ -166,23 +198,24 @@ ${ids(hd / 16).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_lef
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number): KernelSource {
-  const D = hd / 16, J = BK / 16, HALF = hd / 2;
-  const code = `${forwardOpening(hd, BQ * Math.max(BK, hd), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile")}
-  let oc0 = (lid % 2u) * ${HALF}u; // and O columns oc0 … oc0 + ${HALF - 1}
+function forwardOneSweepSource(hd: number, L: TileLayout): KernelSource {
+  const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
+  const code = `${forwardOpening(hd, BQ * Math.max(L.sLd, OLD), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile", L)}
+  // and ${HALF} of row r's O columns (o[i] is column ${L.oCol("i", hd)})
   var o = array<f32, ${HALF}>();
   var m = NEG;
   var l = 0.0;
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${keyTileLoop(`${maskedTileMax(hd)}
+${keyTileLoop(`${maskedTileMax(hd, L)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
-      for (var c = c0; c < c0 + ${BK / 2}u; c++) {
-        let x = Sw[r * ${BK}u + c];
+      for (var i = 0u; i < ${BK / 2}u; i++) {
+        let c = ${L.col("i")};
+        let x = Sw[r * ${L.sLd}u + c];
         let pr = select(0.0, exp(x - mNew), x > NEG_HALF);
-        Pw[r * ${BK}u + c] = f16(pr);
+        Pw[r * ${L.pLd}u + c] = f16(pr);
         sum += pr;
       }
       sum += subgroupShuffleXor(sum, 1u);
@@ -192,22 +225,22 @@ ${keyTileLoop(`${maskedTileMax(hd)}
 ${ids(D).map((d) => `      var pv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
-        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `        pv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk), pv${d});`).join("\n")}
       }
-${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * hd}u + ${16 * d}u, pv${d}, HD);`).join("\n")}
+${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, pv${d}, ${OLD}u);`).join("\n")}
       workgroupBarrier();
-      for (var c = 0u; c < ${HALF}u; c++) { o[c] = o[c] * alpha + Sw[r * HD + oc0 + c]; }
+      for (var i = 0u; i < ${HALF}u; i++) { o[i] = o[i] * alpha + Sw[r * ${OLD}u + ${L.oCol("i", hd)}]; }
       workgroupBarrier();`)}
   }
   if (ti < p.T) {
     let inv = select(0.0, 1.0 / l, l > 0.0);
-    for (var c = 0u; c < ${HALF}u; c++) { out[ti * ldq + h * HD + oc0 + c] = o[c] * inv; }
+    for (var i = 0u; i < ${HALF}u; i++) { out[ti * ldq + h * HD + ${L.oCol("i", hd)}] = o[i] * inv; }
     if (lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(l), l > 0.0); }
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}`, code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}`, code };
 }
 
 /**
@@ -234,12 +267,12 @@ ${body}
  * matrices named left0.., right: a (T, nKV, HD) f16 buffer read column-major), stored to Sw;
  * ends with a barrier. S = q·kᵀ and dP = dout·vᵀ.
  */
-function keyTileProduct(hd: number, left: string, right: string): string {
+function keyTileProduct(hd: number, left: string, right: string, L: TileLayout): string {
   return `      for (var j = 0u; j < ${BK / 16}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         var acc = subgroup_matrix_result<f32, 16, 16>();
 ${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, kRow * ldk + g * HD + ${16 * d}u, ldk), acc);`).join("\n")}
-        subgroupMatrixStore<row_major>(&Sw, sg * ${16 * BK}u + 16u * j, acc, ${BK}u);
+        subgroupMatrixStore<row_major>(&Sw, sg * ${16 * L.sLd}u + 16u * j, acc, ${L.sLd}u);
       }
       workgroupBarrier();`;
 }
@@ -249,9 +282,9 @@ ${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left
  * dq = scale·dS·k with S, dP = dout·vᵀ and dq on tensor cores; dS = P ∘ (dP − D) in f32,
  * rounded to f16 (with the scale folded in) for the last product.
  */
-function backwardDqSource(hd: number): KernelSource {
+function backwardDqSource(hd: number, L: TileLayout): KernelSource {
   const D = hd / 16, J = BK / 16;
-  const product = (left: string, right: string) => keyTileProduct(hd, left, right);
+  const product = (left: string, right: string) => keyTileProduct(hd, left, right, L);
   const code = `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;     // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;     // (T, nKV, HD)
@@ -264,8 +297,8 @@ function backwardDqSource(hd: number): KernelSource {
 @group(0) @binding(9) var<storage, read_write> dq: array<f32>;   // (T, nH, HD)
 @group(0) @binding(10) var<storage, read_write> dsum: array<f32>; // (T, nH)
 
-var<workgroup> Sw: array<f32, ${BQ * BK}>;   // S, then dP, of the tile
-var<workgroup> DSw: array<f16, ${BQ * BK}>;  // scale·dS of the tile
+var<workgroup> Sw: array<f32, ${BQ * L.sLd}>;   // S, then dP, of the tile
+var<workgroup> DSw: array<f16, ${BQ * L.pLd}>;  // scale·dS of the tile
 var<workgroup> colSeq: array<i32, ${BK}>;
 
 @compute @workgroup_size(128)
@@ -281,7 +314,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 ${ids(D).map((d) => `  let ql${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&q16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
 ${ids(D).map((d) => `  let dl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&do16, qRow * ldq + h * HD + ${16 * d}u, ldq);`).join("\n")}
   let r = lid / 2u;
-  let c0 = (lid % 2u) * ${BK / 2}u;
+${LANE_COLUMNS}
   let ti = q0 + r;
   let si = seqAt(ti);
   // D = rowsum(dout ∘ out), half the head dim per lane
@@ -302,19 +335,19 @@ ${ids(D).map((d) => `  var dq${d} = subgroup_matrix_result<f32, 16, 16>();`).joi
 ${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
 ${product("ql", "k16")}
       for (var c = 0u; c < ${BK / 2}u; c++) {
-        let cc = c0 + c;
-        pr[c] = select(0.0, exp(p.scale * Sw[r * ${BK}u + cc] - L), allowed(ti, si, k0 + cc, colSeq[cc]));
+        let cc = ${L.col("c")};
+        pr[c] = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - L), allowed(ti, si, k0 + cc, colSeq[cc]));
       }
       workgroupBarrier();
 ${product("dl", "v16")}
       for (var c = 0u; c < ${BK / 2}u; c++) {
-        let cc = c0 + c;
-        DSw[r * ${BK}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${BK}u + cc] - Drow));
+        let cc = ${L.col("c")};
+        DSw[r * ${L.pLd}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${L.sLd}u + cc] - Drow));
       }
       workgroupBarrier();
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
-        let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * BK}u + 16u * j, ${BK}u);
+        let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk), dq${d});`).join("\n")}
       }
       workgroupBarrier();`)}
@@ -324,7 +357,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
   }
 }
 `;
-  return { name: `attention_tc_dq_hd${hd}`, code };
+  return { name: `attention_tc_dq_hd${hd}${L.tag}`, code };
 }
 
 /**
@@ -332,13 +365,13 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * tiles that see them): Sᵀ = k·qᵀ and dPᵀ = v·doutᵀ, P and dS = P ∘ (dP − D) in f32, then
  * dv += Pᵀ·dout and dk += scale·dSᵀ·q, all products on tensor cores (P and dS rounded to f16).
  */
-function backwardDkvSource(hd: number): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout): KernelSource {
   const D = hd / 16, J = BQ / 16;
   const product = (left: string, right: string) => `        for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
           var acc = subgroup_matrix_result<f32, 16, 16>();
 ${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, qCol * ldq + h * HD + ${16 * d}u, ldq), acc);`).join("\n")}
-          subgroupMatrixStore<row_major>(&Sw, sg * ${16 * BQ}u + 16u * j, acc, ${BQ}u);
+          subgroupMatrixStore<row_major>(&Sw, sg * ${16 * L.sLd}u + 16u * j, acc, ${L.sLd}u);
         }
         workgroupBarrier();`;
   const code = `${header(hd)}
@@ -352,9 +385,9 @@ ${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d
 @group(0) @binding(8) var<storage, read_write> dk: array<f32>;   // (T, nKV, HD)
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)
 
-var<workgroup> Sw: array<f32, ${BK * BQ}>;   // Sᵀ, then dPᵀ (keys × queries)
-var<workgroup> Pw: array<f16, ${BK * BQ}>;
-var<workgroup> DSw: array<f16, ${BK * BQ}>;
+var<workgroup> Sw: array<f32, ${BK * L.sLd}>;   // Sᵀ, then dPᵀ (keys × queries)
+var<workgroup> Pw: array<f16, ${BK * L.pLd}>;
+var<workgroup> DSw: array<f16, ${BK * L.pLd}>;
 var<workgroup> colSeq: array<i32, ${BQ}>;
 var<workgroup> colL: array<f32, ${BQ}>;
 var<workgroup> colD: array<f32, ${BQ}>;
@@ -371,7 +404,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 ${ids(D).map((d) => `  let kl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk);`).join("\n")}
 ${ids(D).map((d) => `  let vl${d} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk);`).join("\n")}
   let r = lid / 2u;              // key row of the softmax phase
-  let c0 = (lid % 2u) * ${BQ / 2}u; // its 32 query columns
+${LANE_COLUMNS}
   let tj = k0 + r;
   let sj = seqAt(tj);
 ${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  var dv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
@@ -396,22 +429,22 @@ ${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  va
         }
 ${product("kl", "q16")}
         for (var c = 0u; c < ${BQ / 2}u; c++) {
-          let cc = c0 + c;
-          let x = select(0.0, exp(p.scale * Sw[r * ${BQ}u + cc] - colL[cc]), allowed(c0q + cc, colSeq[cc], tj, sj));
+          let cc = ${L.col("c")};
+          let x = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - colL[cc]), allowed(c0q + cc, colSeq[cc], tj, sj));
           pr[c] = x;
-          Pw[r * ${BQ}u + cc] = f16(x);
+          Pw[r * ${L.pLd}u + cc] = f16(x);
         }
         workgroupBarrier();
 ${product("vl", "do16")}
         for (var c = 0u; c < ${BQ / 2}u; c++) {
-          let cc = c0 + c;
-          DSw[r * ${BQ}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${BQ}u + cc] - colD[cc]));
+          let cc = ${L.col("c")};
+          DSw[r * ${L.pLd}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${L.sLd}u + cc] - colD[cc]));
         }
         workgroupBarrier();
         for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
-          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * BQ}u + 16u * j, ${BQ}u);
-          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * BQ}u + 16u * j, ${BQ}u);
+          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq), dv${d});
           dk${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq), dk${d});`).join("\n")}
         }
@@ -424,17 +457,22 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldk + g * HD
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}`, code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}`, code };
 }
 
 const sources = new Map<string, KernelSource>();
 
 /**
- * Which tensor-core forward runs: the two-sweep one (the default, measured) or the one-sweep one
- * (`TUNELOOM_ATTN_ONE_SWEEP=1`; written in session 5, not yet run on a GPU: its tests in
- * kernels/test/attention.test.ts run both forms where subgroup matrices exist).
+ * Which tensor-core kernels run. oneSweep: the two-sweep forward (the default, measured) or the
+ * one-sweep one (`TUNELOOM_ATTN_ONE_SWEEP=1`; written in session 5). padded: the score tiles'
+ * workgroup layout (TileLayout) for the forwards and the backward, plain (the default, measured) or
+ * padded and interleaved (`TUNELOOM_ATTN_PAD=1`; session 6, to be measured). Their tests in
+ * kernels/test/attention.test.ts run every form where subgroup matrices exist.
  */
-export const attentionForwardForm = { oneSweep: process.env.TUNELOOM_ATTN_ONE_SWEEP === "1" };
+export const attentionForwardForm = {
+  oneSweep: process.env.TUNELOOM_ATTN_ONE_SWEEP === "1",
+  padded: process.env.TUNELOOM_ATTN_PAD === "1",
+};
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
 export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: number): boolean {
@@ -450,12 +488,12 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const one = attentionForwardForm.oneSweep;
-  const key = `${a.hd}:${one}`;
+  const { oneSweep: one, padded } = attentionForwardForm;
+  const key = `${a.hd}:${one}:${padded}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd) : forwardSource(a.hd)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded)) : forwardSource(a.hd, tileLayout(padded))));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   rec.recycle(q16);
   rec.recycle(k16);
@@ -466,19 +504,20 @@ export interface TcAttentionBackwardArgs extends TcAttentionArgs {
   dout: Tensor; dq: Tensor; dk: Tensor; dv: Tensor; dsum: Tensor;
 }
 
-const dqSources = new Map<number, KernelSource>();
-const dkvSources = new Map<number, KernelSource>();
+const dqSources = new Map<string, KernelSource>();
+const dkvSources = new Map<string, KernelSource>();
 
 /** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
 export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
-  let sq = dqSources.get(a.hd);
-  if (!sq) dqSources.set(a.hd, (sq = backwardDqSource(a.hd)));
-  let skv = dkvSources.get(a.hd);
-  if (!skv) dkvSources.set(a.hd, (skv = backwardDkvSource(a.hd)));
+  const padded = attentionForwardForm.padded, key = `${a.hd}:${padded}`;
+  let sq = dqSources.get(key);
+  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded))));
+  let skv = dkvSources.get(key);
+  if (!skv) dkvSources.set(key, (skv = backwardDkvSource(a.hd, tileLayout(padded))));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
-  rec.dispatch(`attentionBackwardTC dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
-  rec.dispatch(`attentionBackwardTC dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
     [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   for (const t of [q16, k16, v16, do16]) rec.recycle(t);
 }

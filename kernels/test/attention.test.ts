@@ -203,15 +203,17 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     ["sliding window 40, heads 4/1, T=144", problem(4, 1, 64, packed([144]), { window: 40 })],
     ["hd 32, heads 4/2, T=16", problem(4, 2, 32, packed([16]))],
   ];
-  // Both forwards: two sweeps (the default) and one sweep with an online softmax (attention-tc.ts).
-  for (const [name, P] of cases) for (const oneSweep of [false, true]) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}`, async () => {
+  // Every form (attention-tc.ts attentionForwardForm): both forwards, two sweeps (the default)
+  // and one sweep with an online softmax, each with the plain and the padded tile layout (which
+  // the backward follows too).
+  for (const [name, P] of cases) for (const oneSweep of [false, true]) for (const padded of [false, true]) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
-      const was = attentionForwardForm.oneSweep;
-      attentionForwardForm.oneSweep = oneSweep;
-      const gpu = await runGpu(P, x, true, true).finally(() => { attentionForwardForm.oneSweep = was; });
+      const was = { ...attentionForwardForm };
+      Object.assign(attentionForwardForm, { oneSweep, padded });
+      const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionForwardForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
       expect(relError(gpu.dq!, ref.dq)).toBeLessThan(2e-3);
