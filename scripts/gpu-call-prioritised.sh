@@ -3,10 +3,11 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b
+# STEPS (default: tests mma-peak train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b
 # train-8b sweep: the rows session 5 could not measure, its device starts being refused after the
 # first call) is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
+#   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
@@ -29,7 +30,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b train-8b sweep}
+STEPS=${*:-tests mma-peak train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b train-8b sweep}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -62,6 +63,8 @@ for step in $STEPS; do
       timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sdg8,4x4_2x2sk64g8,4x4_2x2sk16g8,2x4_4x4sg8,4x4_2x4sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
+    mma-peak)
+      [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
       # Plain attention tiles here; with TUNELOOM_ATTN_PAD on (its tests passed) the padded ones too.
       [ "$(left)" -gt 40 ] && el profile && TUNELOOM_ATTN_PAD=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl
@@ -106,6 +109,8 @@ cfgs=sorted({c for v in t.values() for c in v})
 print('shape|tB|'+'|'.join(cfgs))
 for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
 print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
+for r in rows:
+  if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
 for r in rd('profile.jsonl'):
   p=r.get('profile',{}); print('profile', 'attn1' if r.get('attn_one_sweep') else '', 'pad' if r.get('attn_padded') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:40]: print('  ', e)
