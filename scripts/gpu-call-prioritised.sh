@@ -3,19 +3,19 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests mma-peak train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b
-# train-8b sweep: the rows session 5 could not measure, its device starts being refused after the
-# first call) is any of
+# STEPS (default: tests mma-peak train-1b profile-1b full multi-lora train-small train-3b train-8b sweep)
+# is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
-#   profile-1b-attn1  the same with the one-sweep attention forward, when its tests passed
+#   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
+#   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
 #   train-3b     Llama-3.2-3B, as train-1b
-#   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b
+#   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b: Llama only)
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
@@ -30,7 +30,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests mma-peak train-1b profile-1b profile-1b-attn1 full multi-lora train-small train-3b train-8b sweep}
+STEPS=${*:-tests mma-peak train-1b profile-1b full multi-lora train-small train-3b train-8b sweep}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -45,16 +45,11 @@ for step in $STEPS; do
       el tests
       timeout ${TESTS_TIMEOUT:-150} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts packages/model/test/lora-dropout.test.ts kernels/test/bgmv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
-      # LoRA on tensor cores (off by default until its GPU tests pass): on for the rest of the call
-      # when they ran here and passed.
-      if grep -q '^(pass) LoRA on tensor cores' $OUT/tests.txt && ! grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt; then
-        export TUNELOOM_LORA_TC=1; el "TUNELOOM_LORA_TC=1"
-      fi
-      # The one-sweep attention forward (off by default): measured by profile-1b-attn1 when its tests pass.
-      if grep -q '^(pass) .*one-sweep forward' $OUT/tests.txt && ! grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt; then ATTN1_OK=1; el "one-sweep attention tests pass"; fi
-      # The padded tile layout of the tensor-core attention (off by default): on for the rest of the
-      # call when its tests pass; profile-1b measures the plain layout beside it.
-      if grep -q '^(pass) .*padded tiles' $OUT/tests.txt && ! grep -q '^(fail) .*padded tiles' $OUT/tests.txt; then export TUNELOOM_ATTN_PAD=1; el "TUNELOOM_ATTN_PAD=1"; fi ;;
+      # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
+      # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
+      grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt && { export TUNELOOM_LORA_TC=0; el "TUNELOOM_LORA_TC=0"; }
+      grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt && { export TUNELOOM_ATTN_ONE_SWEEP=0; el "TUNELOOM_ATTN_ONE_SWEEP=0"; }
+      grep -q '^(fail) .*padded tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -66,15 +61,18 @@ for step in $STEPS; do
     mma-peak)
       [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
-      # Plain attention tiles here; with TUNELOOM_ATTN_PAD on (its tests passed) the padded ones too.
-      [ "$(left)" -gt 40 ] && el profile && TUNELOOM_ATTN_PAD=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl
-      [ "${TUNELOOM_ATTN_PAD:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-pad && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"attn_padded":true,/' | stamp >> $OUT/profile.jsonl ;;
-    profile-1b-attn1)
-      # The one-sweep forward, with the padded tiles when those are on.
-      [ "${ATTN1_OK:-0}" = 1 ] && [ "$(left)" -gt 40 ] && el profile-attn1 && TUNELOOM_ATTN_ONE_SWEEP=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_one_sweep\":true,\"attn_padded\":${TUNELOOM_ATTN_PAD:-0},/" | stamp >> $OUT/profile.jsonl ;;
+      [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    profile-full)
+      # One profiled full fine-tuning step of Qwen2.5-0.5B (every kernel label).
+      [ "$(left)" -gt 50 ] && el profile-full && timeout 50 bun run bench -- --train --full --model qwen2.5-0.5b --batch 8 --seq 512 --steps 3 --profile 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    full-oom)
+      # Full fine-tuning of Llama-3.1-8B needs ~130 GB: the device's allocation fails and the run
+      # must be refused with the memory statement (its stderr goes to peft-stderr.txt).
+      [ "$(left)" -gt 130 ] && el full-oom && { echo "== full-oom llama3.1-8b"; timeout 120 bun run bench -- --train --full --model llama3.1-8b --batch 8 --seq 512 --steps 2; echo "== rc $?"; } >> $OUT/peft-stderr.txt 2>&1 ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
+    train-llama8b) train llama3.1-8b 240 ;;
     full)
       for m in smollm2-135m qwen2.5-0.5b; do
         [ "$(left)" -gt 60 ] || continue
@@ -104,15 +102,15 @@ def rd(f):
 rows=rd('gemm.jsonl')
 t=collections.defaultdict(dict)
 for r in rows:
-  if 'tflops' in r: t[(r['shape'],r['transB'])][r['cfg']]=r['tflops']
+  if 'tflops' in r and 'shape' in r: t[(r['shape'],r['transB'])][r['cfg']]=r['tflops']
 cfgs=sorted({c for v in t.values() for c in v})
 print('shape|tB|'+'|'.join(cfgs))
 for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-')) for c in cfgs))
-print('bad', [(r['cfg'],r['shape'],r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
+print('bad', [(r.get('cfg'),r.get('shape'),r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
 for r in rows:
   if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
 for r in rd('profile.jsonl'):
-  p=r.get('profile',{}); print('profile', 'attn1' if r.get('attn_one_sweep') else '', 'pad' if r.get('attn_padded') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
+  p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:40]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})

@@ -75,7 +75,7 @@ PY
     ;;
   multi-lora)
     for m in "${@:-llama3.2-1b}"; do
-      timeout 240 bun run bench -- --decode-loras 1,4,16 --model "$m" --batch 16 --tokens 64 --prompt-tokens 512 2>/dev/null | json | stamp >> "$OUT/multi-lora.jsonl"
+      timeout 240 bun run bench -- --decode-loras 1,4,16 --model "$m" --batch 16 --tokens 64 --prompt-tokens 512 2>>"$OUT/peft-stderr.txt" | json | stamp >> "$OUT/multi-lora.jsonl"
     done
     ;;
   serve)
