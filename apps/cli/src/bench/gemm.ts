@@ -5,6 +5,7 @@
  * entries against float64. Also the portable f32 kernel on the same shapes for the ratio.
  *   bun apps/cli/src/bench/gemm.ts [--quick] [--no-baselines] [--configs 4x2_2x2,4x4_1x1c] [--shapes 4096x8192x2048,llama1b] [--reps R]
  *     [--write-table FILE]
+ *   bun apps/cli/src/bench/gemm.ts --table-from gemm.jsonl --write-table FILE   (a table from a device call's sweep lines)
  * --write-table writes the best correct configuration per (N, K, form) as gemm-tiles.ts reads it:
  * the swept shapes replace their entries of the table built in now; the other entries stay.
  */
@@ -12,7 +13,7 @@ import {
   type GemmTileTable, type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, parseTcConfig,
   tcConfigFor, tcConfigName, toF16,
 } from "@tuneloom/kernels";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import builtInTable from "@tuneloom/kernels/gemm-tiles.json";
 import { fromF16Bits, randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
 import { sampledRelError, timeGpu, warmClocks } from "./timing.ts";
@@ -128,6 +129,39 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
   }
 }
 
+/**
+ * The tile table a sweep writes (kernels/src/gemm-tiles.json): the best correct, complete
+ * configuration per (N, K, form) among the swept lines; entries of the built-in table for shapes
+ * not swept are kept.
+ */
+export class TileTableBuilder {
+  private readonly best = new Map<string, { n: number; k: number; transB: boolean; cfg: string; tflops: number }>();
+  constructor(private readonly shapes: [string, number, number, number][] = SHAPES) {}
+
+  /** Takes one sweep line; true when it entered the table. */
+  add(line: { op?: string; cfg?: string; shape?: string; transB?: boolean; tflops?: number; relErr?: number }): boolean {
+    // Only correct, complete kernels enter the table (the diag variants leave work out).
+    if (line.op !== "gemm_tc" || line.relErr === undefined || !line.cfg || line.cfg.includes("-no-") || !(line.relErr < 1e-3) || line.tflops === undefined) return false;
+    const shape = this.shapes.find(([name]) => name === line.shape);
+    if (!shape) return false;
+    const key = `${shape[2]}:${shape[3]}:${line.transB}`;
+    if (this.best.get(key)?.tflops! >= line.tflops) return false;
+    this.best.set(key, { n: shape[2], k: shape[3], transB: !!line.transB, cfg: line.cfg, tflops: line.tflops });
+    return true;
+  }
+
+  json(measured: string): string {
+    const swept = new Set(this.best.keys());
+    const builtIn = builtInTable as GemmTileTable;
+    const kept = builtIn.entries.filter((e) => !swept.has(`${e.n}:${e.k}:${e.transB}`));
+    const table: GemmTileTable = {
+      measured: measured + (kept.length ? `; ${kept.length} entries kept from: ${builtIn.measured}` : ""),
+      entries: [...kept, ...this.best.values()],
+    };
+    return `${JSON.stringify(table, null, 1)}\n`;
+  }
+}
+
 if (import.meta.main) {
   const args = process.argv.slice(2);
   const quick = args.includes("--quick");
@@ -135,6 +169,19 @@ if (import.meta.main) {
   const configs = ci >= 0
     ? args[ci + 1]!.split(",").map(parseTcConfig)
     : ["4x4_1x1", "4x4_2x2s", "4x4_2x1s", "2x4_2x2s", "4x4_2x4s", "4x4_4x2s", "2x4_4x4s", "2x4_2x4s"].map(parseTcConfig);
+  const fi = args.indexOf("--table-from");
+  if (fi >= 0) {
+    // The table from a sweep's JSON lines collected on the device (no GPU needed here).
+    const wi = args.indexOf("--write-table");
+    if (wi < 0) throw new Error("--table-from needs --write-table FILE");
+    const lines = readFileSync(args[fi + 1]!, "utf8").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    const sweep = lines.filter((l) => l.op === "gemm_tc" && !l.diag);
+    const b = new TileTableBuilder();
+    for (const l of sweep) b.add(l);
+    const cfgs = [...new Set(sweep.map((l) => l.cfg as string))].join(" ");
+    writeFileSync(args[wi + 1]!, b.json(`${sweep[0]?.gpu ?? "unknown GPU"}, call ${sweep[0]?.call ?? "?"}, sweep of ${cfgs}`));
+    process.exit(0);
+  }
   const rt = await getRuntime();
   if (!hasTensorCoreMatmul(rt)) {
     console.error(`gemm sweep: ${rt.caps.description} has no f16 subgroup matrices`);
@@ -146,23 +193,13 @@ if (import.meta.main) {
   const si = args.indexOf("--shapes");
   const shapes = selectShapes(si >= 0 ? args[si + 1] : undefined);
   const wi = args.indexOf("--write-table");
-  const best = new Map<string, { n: number; k: number; transB: boolean; cfg: string; tflops: number }>();
+  const best = new TileTableBuilder(shapes);
+  const write = () => {
+    if (wi >= 0) writeFileSync(args[wi + 1]!, best.json(`${rt.caps.description}, ${new Date().toISOString().slice(0, 10)}, sweep of ${configs.map(tcConfigName).join(" ")}`));
+  };
   for await (const line of gemmSweep(rt, configs, quick, !args.includes("--no-baselines"), shapes, reps)) {
     console.log(JSON.stringify(line));
-    // Only correct, complete kernels enter the table (the diag variants leave work out).
-    if (line.op !== "gemm_tc" || !("relErr" in line) || !line.cfg || line.cfg.includes("-no-") || !(line.relErr! < 1e-3)) continue;
-    const shape = shapes.find(([name]) => name === line.shape)!;
-    const key = `${shape[2]}:${shape[3]}:${line.transB}`;
-    if (!(best.get(key)?.tflops! >= line.tflops!)) best.set(key, { n: shape[2], k: shape[3], transB: line.transB, cfg: line.cfg, tflops: line.tflops! });
-  }
-  if (wi >= 0) {
-    const swept = new Set(best.keys());
-    const kept = (builtInTable as GemmTileTable).entries.filter((e) => !swept.has(`${e.n}:${e.k}:${e.transB}`));
-    const table: GemmTileTable = {
-      measured: `${rt.caps.description}, ${new Date().toISOString().slice(0, 10)}, sweep of ${configs.map(tcConfigName).join(" ")}` +
-        (kept.length ? `; ${kept.length} entries kept from: ${(builtInTable as GemmTileTable).measured}` : ""),
-      entries: [...kept, ...best.values()],
-    };
-    writeFileSync(args[wi + 1]!, `${JSON.stringify(table, null, 1)}\n`);
+    // The table is rewritten after every correct line, so a sweep cut short by a deadline keeps what it measured.
+    if (best.add(line)) write();
   }
 }

@@ -52,12 +52,12 @@ export function trainTable(lines: Line[]): string {
   for (const m of models) {
     const r = newestCall(
       lines,
-      (l) => l.op === "train" && l.model === m && l.target_fraction === 1 && !l.from_dir && !l.full,
+      (l) => l.op === "train" && l.model === m && l.target_fraction === 1 && !l.from_dir && !l.full && !l.profile,
       (l) => l.peer === "hf-peft" && l.model === m,
     );
     if (!r) continue;
     const [ours, hf] = r.found as [Line, Line];
-    const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && l.target_fraction === 0.3 && !l.full);
+    const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && l.target_fraction === 0.3 && !l.full && !l.profile);
     rows.push(`| ${m} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${fmt(answerOnly?.tok_s)} | ${r.call} |`);
   }
   return rows.join("\n");
@@ -68,7 +68,7 @@ export function trainFullTable(lines: Line[]): string {
   const models = [...new Set(lines.filter((l) => (l.op === "train" && l.full) || l.peer === "hf-full").map((l) => String(l.model)))].sort(byModel);
   const rows = ["| model | GPU | tuneloom tok/s | peak GiB | flat buffers | HF tok/s | HF peak GiB | speed ours/HF | memory ours/HF | call |", "|---|---|---|---|---|---|---|---|---|---|"];
   for (const m of models) {
-    const r = newestCall(lines, (l) => l.op === "train" && l.full === true && l.model === m, (l) => l.peer === "hf-full" && l.model === m);
+    const r = newestCall(lines, (l) => l.op === "train" && l.full === true && l.model === m && !l.profile, (l) => l.peer === "hf-full" && l.model === m);
     if (!r) continue;
     const [ours, hf] = r.found as [Line, Line];
     rows.push(`| ${m} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(ours.buffers)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${r.call} |`);
