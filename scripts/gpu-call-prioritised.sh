@@ -20,6 +20,7 @@
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
+#   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
@@ -89,6 +90,12 @@ for step in $STEPS; do
     diag)
       [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \
         --shapes 4096x2048x4096,4096x8192x4096,4096x16384x4096,4096x4096x2048,4096x4096x8192,8192x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
+    stages)
+      # What each stage of the staged GEMM costs: the table's forward pick with one stage left out
+      # (results wrong by design), against mma-peak's ceiling.
+      [ "$(left)" -gt 40 ] && el stages && timeout $(( $(left) - 10 < 60 ? $(left) - 10 : 60 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
+        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-loads,4x4_2x2sg8-no-stores,4x4_2x2sg8-no-products \
+        --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac
 done
