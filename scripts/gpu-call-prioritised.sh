@@ -50,7 +50,9 @@ for step in $STEPS; do
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
       grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt && { export TUNELOOM_LORA_TC=0; el "TUNELOOM_LORA_TC=0"; }
       grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt && { export TUNELOOM_ATTN_ONE_SWEEP=0; el "TUNELOOM_ATTN_ONE_SWEEP=0"; }
-      grep -q '^(fail) .*padded tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; } ;;
+      grep -q '^(fail) .*padded tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; }
+      # Full fine-tuning's weight gradients on tensor cores (off by default until its test passes).
+      if grep -q '^(pass) weight gradient on tensor cores' $OUT/tests.txt && ! grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt; then export TUNELOOM_DW_TC=1; el "TUNELOOM_DW_TC=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.

@@ -55,6 +55,21 @@ export function convertTensorCounted(rec: Recorder, src: Tensor, dst: Tensor, co
   dispatchConvert(rec, "convertTensorCounted", COUNTED, src, dst, counts, slot);
 }
 
+/**
+ * dst (C, R) f16 = srcᵀ for src (R, C) f32, rounded exactly as convertTensor's f32 → f16 (the
+ * transposed operand of a tensor-core product, e.g. dyᵀ of a weight gradient). R must be even.
+ */
+export function convertTransposedF16(rec: Recorder, src: Tensor, dst: Tensor) {
+  expectTensor("convertTransposedF16", "src", src, "f32");
+  expectTensor("convertTransposedF16", "dst", dst, "f16");
+  const [R, C] = src.shape as [number, number];
+  if (src.shape.length !== 2 || dst.shape.length !== 2 || dst.shape[0] !== C || dst.shape[1] !== R)
+    throw new Error(`convertTransposedF16: src (${src.shape.join(", ")}) and dst (${dst.shape.join(", ")}) are not (R, C) and (C, R)`);
+  if (R % 2) throw new Error(`convertTransposedF16: R = ${R} rows must be even (two halves per word)`);
+  rec.dispatch(`convert f32→f16ᵀ ${R}x${C}`, rec.rt.pipeline(source, {}, "f32_to_f16_t"),
+    new Params(4).u32(R * C).u32(0).u32(C).u32(0).buffer, [src, dst], [Math.ceil(C / 32), Math.ceil(R / 64)]);
+}
+
 function dispatchConvert(rec: Recorder, fn: string, entries: Record<string, string>, src: Tensor, dst: Tensor, counts?: Tensor, slot = 0) {
   const entry = entries[`${src.dtype}>${dst.dtype}`];
   if (!entry) {

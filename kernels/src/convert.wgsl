@@ -14,7 +14,8 @@
 // workgroup and kind, after a reduction in workgroup memory.
 // Flat grid of 256-thread workgroups wrapped into y.
 
-struct Params { n: u32, slot: u32, _pad1: u32, _pad2: u32 }
+// n: elements; slot: the counted forms' slot; cols: f32_to_f16_t's source columns.
+struct Params { n: u32, slot: u32, cols: u32, _pad: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;
@@ -119,6 +120,38 @@ fn f32_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   var hi = 0u;
   if (i + 1u < p.n) { hi = f32_bits_to_f16(src[i + 1u]); }
   dst[w] = f32_bits_to_f16(src[i]) | (hi << 16u);
+}
+
+// f32 (R, C) → f16 (C, R), rounded as f32_to_f16 (bit for bit): destination row c is source
+// column c. R = n / cols must be even (two halves per destination word). A workgroup moves a
+// 64 × 32 tile of the source (rows r0.., columns c0..) through workgroup memory: loads run along
+// the source rows, stores along the destination rows (one word = two consecutive source rows).
+var<workgroup> tile: array<u32, 2112>; // 64 rows × 33 (padding against bank conflicts)
+@compute @workgroup_size(256)
+fn f32_to_f16_t(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let C = p.cols;
+  let R = p.n / C;
+  let r0 = wg.y * 64u;
+  let c0 = wg.x * 32u;
+  for (var i = 0u; i < 8u; i++) {
+    let e = lid + 256u * i;
+    let r = e / 32u;
+    let c = e % 32u;
+    var v = 0u;
+    if (r0 + r < R && c0 + c < C) { v = src[(r0 + r) * C + c0 + c]; }
+    tile[r * 33u + c] = v;
+  }
+  workgroupBarrier();
+  for (var i = 0u; i < 4u; i++) {
+    let e = lid + 256u * i;
+    let c = e / 32u; // destination row c0 + c
+    let j = e % 32u; // its word covering source rows r0 + 2j, r0 + 2j + 1
+    if (c0 + c < C && r0 + 2u * j < R) {
+      let lo = f32_bits_to_f16(tile[(2u * j) * 33u + c]);
+      let hi = f32_bits_to_f16(tile[(2u * j + 1u) * 33u + c]);
+      dst[((c0 + c) * R + r0) / 2u + j] = lo | (hi << 16u);
+    }
+  }
 }
 
 // 16-bit → 16-bit: thread per word; bf16 → f32 is exact, so this rounds once.

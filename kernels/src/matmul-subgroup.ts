@@ -18,7 +18,7 @@
  * that feed the same activations to several matmuls convert once (`toF16`) and pass the f16
  * tensor.
  */
-import { convertTensor } from "./convert.ts";
+import { convertTensor, convertTransposedF16 } from "./convert.ts";
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
@@ -220,6 +220,37 @@ export function toF16(rec: Recorder, src: Tensor, dst?: Tensor): Tensor {
   const out = dst ?? rec.scratch("f16", src.shape, `${src.label}:f16`);
   convertTensor(rec, src, out);
   return out;
+}
+
+/**
+ * Whether weight gradients (dW = dyᵀ·x, full fine-tuning) run on tensor cores. Off by default
+ * until its GPU test (kernels/test/matmul-subgroup.test.ts, "weight gradient on tensor cores")
+ * has passed on a GPU; `TUNELOOM_DW_TC=1` turns it on.
+ */
+export const weightGradTensorCores = { enabled: process.env.TUNELOOM_DW_TC === "1" };
+
+/**
+ * dW (out, in) (+)= dyᵀ·x on tensor cores: dy (T, out) f32 is transposed and rounded to f16
+ * (out, T) in one pass, x (T, in) rounded to f16 (or passed as `x16`), and the product runs in the
+ * input-gradient form A·B with A = dyᵀ (M = out, K = T) and B = x (K = T, N = in), f32
+ * accumulation. `beta` 1 adds to dW. Returns false, recording nothing, where it cannot run
+ * (switched off, no subgroup matrices, a dimension not a multiple of 16, not f32 operands): the
+ * caller then uses the portable kernel (linearBackwardWeight). The backward runs in summed-loss
+ * units (lora-trainer.ts gradUnit), so dy sits well inside f16's range.
+ */
+export function linearBackwardWeightTensorCore(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, beta: 0 | 1, x16?: Tensor): boolean {
+  const [T, inF] = x.shape as [number, number];
+  const [T2, outF] = dy.shape as [number, number];
+  if (T !== T2) throw new Error(`linearBackwardWeightTensorCore: x has ${T} rows, dy has ${T2}`);
+  if (!weightGradTensorCores.enabled || !hasTensorCoreMatmul(rec.rt)) return false;
+  if (T % 16 || inF % 16 || outF % 16 || x.dtype !== "f32" || dy.dtype !== "f32" || dw.dtype !== "f32" || dw.numel !== outF * inF) return false;
+  const dyT = rec.scratch("f16", [outF, T], `${dy.label}:f16ᵀ`);
+  convertTransposedF16(rec, dy, dyT);
+  const xh = x16 ?? toF16(rec, x);
+  matmulTensorCore(rec, { a: dyT, b: xh, c: dw, M: outF, N: inF, K: T, beta });
+  rec.recycle(dyT);
+  if (!x16) rec.recycle(xh);
+  return true;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { CONVERT_COUNTS_PER_SLOT, convertTensor, convertTensorCounted, getRuntime, Tensor } from "../src/index.ts";
+import { CONVERT_COUNTS_PER_SLOT, convertTensor, convertTensorCounted, convertTransposedF16, getRuntime, Tensor } from "../src/index.ts";
 import { randn, rng } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -241,5 +241,33 @@ describe("counted narrowing (checkpoint loading): same bits, and the losses coun
       const v = f16Value(i);
       if (Number.isNaN(v) ? !Number.isNaN(bf16Value(out[i]!)) : out[i] !== round16(v, 8, 7)) throw new Error(`f16 0x${i.toString(16)}: got 0x${out[i]!.toString(16)}`);
     }
+  });
+});
+
+describe("transposed f32 → f16 (tensor-core operands such as dyᵀ)", () => {
+  // Shapes: tile-aligned, ragged in both directions, fewer rows than one tile, one column.
+  for (const [R, C] of [[128, 64], [70, 45], [2, 33], [4096 / 32, 1], [198, 97]] as const) {
+    test(`(${R}, ${C}) → (${C}, ${R}): the same bits as convertTensor, transposed`, async () => {
+      const x = randn(R * C, 1, R * 1000 + C).map((v, i) => (i % 17 === 0 ? v * 1e-6 : i % 23 === 0 ? (v < 0 ? -1e5 : 1e5) : v)); // subnormals and overflow too
+      const src = rt.upload("f32", [R, C], x);
+      const flat = rt.empty("f16", [R * C]), dst = rt.empty("f16", [C, R]);
+      const rec = rt.recorder("convert-t");
+      convertTensor(rec, src, flat);
+      convertTransposedF16(rec, src, dst);
+      rec.submit();
+      const [plain, trans] = [new Uint16Array(await rt.readBytes(flat)), new Uint16Array(await rt.readBytes(dst))];
+      let bad = 0;
+      for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) if (trans[c * R + r] !== plain[r * C + c]) bad++;
+      expect(bad).toBe(0);
+      expect(plain.some((h) => (h & 0x7fff) === 0x7c00)).toBe(true); // the overflow cases are in there
+      rt.release(src, flat, dst);
+    });
+  }
+
+  test("refuses an odd row count and mismatched shapes, naming the kernel", () => {
+    const rec = rt.recorder("convert-t-bad");
+    expect(() => convertTransposedF16(rec, rt.empty("f32", [3, 4]), rt.empty("f16", [4, 3]))).toThrow(/convertTransposedF16: R = 3 rows must be even/);
+    expect(() => convertTransposedF16(rec, rt.empty("f32", [4, 4]), rt.empty("f16", [8, 2]))).toThrow(/convertTransposedF16: src \(4, 4\) and dst \(8, 2\)/);
+    rec.release();
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -197,4 +197,44 @@ test("thin tensor-core plan: one 16-row strip per subgroup, K split while subgro
     const { splits } = thinTcPlan(M!, N!, K!);
     expect(K! % (16 * splits)).toBe(0);
   }
+});
+
+// Full fine-tuning's weight gradients on tensor cores: dW (+)= dyᵀ·x with dy transposed and
+// rounded to f16 in one pass (convertTransposedF16), against float64 on the f16-rounded inputs.
+describe.skipIf(!available)("weight gradient on tensor cores (dW = dyᵀ·x)", () => {
+  const was = weightGradTensorCores.enabled;
+  for (const [T, inF, outF] of [[96, 48, 80], [512, 576, 192], [4096 / 8, 2048 / 8, 8192 / 8]] as const) {
+    test(`T=${T}, in=${inF}, out=${outF}: dW = dyᵀ·x, then dW += dyᵀ·x`, async () => {
+      weightGradTensorCores.enabled = true;
+      try {
+        const x = randn(T * inF), dy = randn(T * outF, 0.05), dw0 = randn(outF * inF);
+        const x16 = fromF16Bits(toF16Bits(x)), dy16 = fromF16Bits(toF16Bits(dy));
+        const ref = matmulRef(dy16, x16, outF, inF, T, true, false);
+        const tx = rt.upload("f32", [T, inF], x), tdy = rt.upload("f32", [T, outF], dy);
+        for (const beta of [0, 1] as const) {
+          const dw = rt.upload("f32", [outF, inF], dw0);
+          const rec = rt.recorder("dw-tc");
+          expect(linearBackwardWeightTensorCore(rec, tx, tdy, dw, beta)).toBe(true);
+          rec.submit();
+          const out = await rt.read(dw);
+          const want = beta ? ref.map((v, i) => v + dw0[i]!) : ref;
+          expect(relError(out, want)).toBeLessThan(2e-3);
+          rt.release(dw);
+        }
+        rt.release(tx, tdy);
+      } finally {
+        weightGradTensorCores.enabled = was;
+      }
+    });
+  }
+  test("shapes off the 16-grid are declined (the caller keeps the portable kernel)", () => {
+    weightGradTensorCores.enabled = true;
+    try {
+      const rec = rt.recorder("dw-tc-decline");
+      expect(linearBackwardWeightTensorCore(rec, rt.empty("f32", [24, 32]), rt.empty("f32", [24, 16]), rt.empty("f32", [16, 32]), 1)).toBe(false);
+      rec.release();
+    } finally {
+      weightGradTensorCores.enabled = was;
+    }
+  });
 });

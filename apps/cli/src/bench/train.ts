@@ -9,7 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { type GpuRuntime, getRuntime, hasTensorCoreMatmul } from "@tuneloom/kernels";
+import { type GpuRuntime, getRuntime, hasTensorCoreMatmul, weightGradTensorCores } from "@tuneloom/kernels";
 import { loraTensorCores } from "@tuneloom/model/gpu/lora.ts";
 import { GpuModel, type ModelConfig, parseLoraConfig, parseModelConfig } from "@tuneloom/model";
 import { type Batch, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "@tuneloom/trainer";
@@ -141,7 +141,7 @@ export async function benchTrain(o: TrainBenchOptions) {
       op: "train", model: o.model, weights: model.weights.dtype, load_s: Math.round(model.loadReport.seconds * 100) / 100,
       load_read_s: Math.round(model.loadReport.readSeconds * 100) / 100, load_gpu_wait_s: Math.round(model.loadReport.waitSeconds * 100) / 100, grad_ckpt: o.gradientCheckpointing, batch: B, seq: S,
       ...(trainer instanceof FullTrainer
-        ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length }
+        ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length, dw_tc: weightGradTensorCores.enabled && hasTensorCoreMatmul(rt) }
         : { rank: o.rank, lora_tc: loraTensorCores.enabled && hasTensorCoreMatmul(rt) }),
       target_fraction: f,
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,

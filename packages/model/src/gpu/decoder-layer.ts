@@ -13,7 +13,7 @@
  */
 import {
   type GpuRuntime, type Recorder, type Tensor,
-  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, matmul, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
+  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -65,7 +65,7 @@ export interface LayerWeightGrads {
 
 /** dW (out, in) += dyᵀ·x and, with a bias, db (out) += onesᵀ·dy: the weight gradients of y = x·Wᵀ + b. */
 function linearWeightGrads(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, db: Tensor | undefined, ones: Tensor) {
-  linearBackwardWeight(rec, x, dy, dw, 1, 1);
+  if (!linearBackwardWeightTensorCore(rec, x, dy, dw, 1)) linearBackwardWeight(rec, x, dy, dw, 1, 1);
   if (db) {
     const [T, outF] = dy.shape as [number, number];
     matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
