@@ -9,7 +9,10 @@ import { type LoadedAdapter, randomLoadedAdapter } from "../src/adapter-dir.ts";
 import { releaseAdapter, uploadAdapter } from "../src/gpu/adapter.ts";
 import { type GeneratorOptions, KvCacheGenerator, uniformStream } from "../src/gpu/generator.ts";
 import { LoraSlots, resolveLoraSlotDtype } from "../src/gpu/lora-slots.ts";
-import { relError } from "@tuneloom/kernels/testing.ts";
+import { randn, relError } from "@tuneloom/kernels/testing.ts";
+import { LORA_TARGETS, type LoraTarget, loraProjectionShape } from "../src/lora-config.ts";
+import { LORA_GROUPS, type LoraGroup } from "../src/gpu/decoder-layer.ts";
+import { linearsGatheredLoraForward } from "../src/gpu/lora.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { GREEDY, writeScenarioModel } from "./decode-scenario.ts";
 
@@ -191,4 +194,86 @@ describe("LoRA slots: one forward for a batch of several adapters", () => {
       plain.dispose();
     }
   });
+});
+
+// Prefill: runs of rows on one slot (a prompt's tokens) take dense per-run products (SGMV-style)
+// instead of the per-row kernels; both must give the same y.
+describe("per-run LoRA products (prefill) = the per-row kernels", () => {
+  // 12 rows of P, 5 base rows, 16 of Q, 7 of P: 35 LoRA rows in 3 runs (mean 11.7 ≥ MIN_SEGMENT_ROWS).
+  const rowSlots = Int32Array.from([...Array(12).fill(SLOT_P), ...Array(5).fill(-1), ...Array(16).fill(SLOT_Q), ...Array(7).fill(SLOT_P)]);
+
+  test("LoraSlots.segments: the runs with the slots' ranks and scales; none for decode-like rows", () => {
+    const segs = slots.segments(rowSlots)!;
+    expect(segs.map((s) => [s.start, s.count, s.slot])).toEqual([[0, 12, SLOT_P], [17, 16, SLOT_Q], [33, 7, SLOT_P]]);
+    const cols = (a: LoadedAdapter) => LORA_TARGETS.map((t) => (a.targets.includes(t) ? a.lora.rank : 0));
+    expect(segs[0]!.ranks).toEqual(cols(P));
+    expect(segs[1]!.ranks).toEqual(cols(Q));
+    expect(segs[1]!.scale).toBeCloseTo(Q.scaling, 6);
+    expect(segs[0]!.scale).toBeCloseTo(P.scaling, 6);
+    expect(slots.segments(Int32Array.from([SLOT_P, -1, SLOT_Q, SLOT_P, SLOT_Q]))).toBeNull(); // one row each: per-row kernels
+    expect(slots.segments(Int32Array.from([-1, -1, -1]))).toBeNull();
+  });
+
+  test("a prefill of long prompts (per-run products) gives each sequence what it gets alone", async () => {
+    const seqs: [LoadedAdapter | null, number[]][] = [[P, prompt(10, 7)], [null, prompt(12, 8)], [Q, prompt(9, 9)]];
+    // The packed prefill's rows: runs of 10 and 9 LoRA rows, so the generator takes the per-run path.
+    expect(slots.segments(Int32Array.from(seqs.flatMap(([a, ids]) => ids.map(() => slotOf(a)))))).not.toBeNull();
+    const gen = new KvCacheGenerator(model, { maxSlots: seqs.length, maxContext: 32, loraSlots: slots });
+    try {
+      const first = await gen.prefillMany(seqs.map(([a, ids], i) => ({ slot: i, promptIds: ids, sampling: GREEDY, u: 0, loraSlot: slotOf(a) })));
+      expect(gen.prefillStats.steps).toBe(1);
+      const rows: SampledRow[][] = first.map((r) => [r]);
+      for (let step = 0; step < STEPS; step++) {
+        const out = await gen.decode(seqs.map(([a, ids], i) => ({ slot: i, token: rows[i]!.at(-1)!.token, position: ids.length + step, sampling: GREEDY, u: 0, loraSlot: slotOf(a) })));
+        out.forEach((r, i) => rows[i]!.push(r));
+      }
+      for (const [i, [a, ids]] of seqs.entries()) {
+        const alone = await runAlone(a, ids);
+        expect(rows[i]!.map((r) => r.token)).toEqual(alone.map((r) => r.token));
+        for (const [t, r] of rows[i]!.entries()) expect(Math.abs(r.logprob - alone[t]!.logprob)).toBeLessThan(1e-4);
+      }
+    } finally {
+      gen.dispose();
+    }
+  }, 120_000);
+
+  for (const dtype of ["f32", "f16", "bf16"] as const) {
+    test(`${dtype} slots: every group's y with runs equals the per-row y`, async () => {
+      const rt = model.rt, T = rowSlots.length;
+      const s2 = dtype === "f32" ? slots : new LoraSlots(rt, model.cfg, { slots: 3, maxRank: 8, dtype });
+      if (s2 !== slots) for (const [s, a] of [[SLOT_P, P], [SLOT_Q, Q]] as const) { s2.acquire(a.dir); s2.write(s, a); }
+      const rowsT = rt.upload("i32", [T], rowSlots);
+      try {
+        for (const [group, modules] of Object.entries(LORA_GROUPS) as [LoraGroup, readonly LoraTarget[]][]) {
+          const inF = loraProjectionShape(model.cfg, modules[0]!).inFeatures;
+          const outs = modules.map((m) => loraProjectionShape(model.cfg, m).outFeatures);
+          const x = rt.upload("f32", [T, inF], randn(T * inF, 1, 11));
+          const y0 = outs.map((o, i) => randn(T * o, 1, 20 + i));
+          const run = async (segments: ReturnType<LoraSlots["segments"]>) => {
+            const ys = outs.map((o, i) => rt.upload("f32", [T, o], y0[i]!));
+            const h = rt.empty("f32", [T, modules.length * 8]);
+            const rec = rt.recorder("segments");
+            const l = s2.layer(1, rowsT, segments);
+            linearsGatheredLoraForward(rec, x, ys, l.groups[group], l.gathered, h);
+            rec.submit();
+            const out = await Promise.all(ys.map((y) => rt.read(y)));
+            rt.release(h, ...ys);
+            return out;
+          };
+          const perRow = await run(null), perRun = await run(s2.segments(rowSlots));
+          for (const [i, y] of perRun.entries()) {
+            expect(relError(y, perRow[i]!)).toBeLessThan(1e-5);
+            // Base rows keep their input exactly; adapted modules changed the LoRA rows.
+            const o = outs[i]!;
+            for (let t = 12; t < 17; t++) for (let c = 0; c < o; c++) expect(y[t * o + c]).toBe(Math.fround(y0[i]![t * o + c]!));
+          }
+          expect(perRun.some((y, i) => relError(y, y0[i]!) > 1e-3)).toBe(true);
+          rt.release(x);
+        }
+      } finally {
+        rt.release(rowsT);
+        if (s2 !== slots) s2.dispose();
+      }
+    });
+  }
 });

@@ -390,6 +390,8 @@ export class KvCacheGenerator {
     };
     const acts = this.activations(T, lora, loraSlots !== null);
     const slotsT = loraSlots ? rt.upload("i32", [T], loraSlots, "lora_slots") : undefined;
+    // Prefill: a prompt's rows share a slot, so the LoRA runs as dense products per prompt.
+    const segments = loraSlots ? this.opts.loraSlots!.segments(loraSlots) : null;
     const logits = rt.empty("f32", [B, V], "logits");
     const rowParams = rt.upload("f32", [B, SAMPLING_ROW_FLOATS], packSamplingRows(rows), "sampling_rows");
     // Host writes go on the queue at once, ahead of the recording below: a kernel must never hand
@@ -401,7 +403,7 @@ export class KvCacheGenerator {
     const topLogprobs = topN > 0 ? rt.empty("f32", [B, topN]) : undefined;
     const rec = rt.recorder(decode ? "decode" : "prefill");
     const fwd = model.recordForward(rec, tb, {
-      activations: () => acts, lora, gathered: slotsT ? (l) => this.opts.loraSlots!.layer(l, slotsT) : undefined,
+      activations: () => acts, lora, gathered: slotsT ? (l) => this.opts.loraSlots!.layer(l, slotsT, segments) : undefined,
       kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);

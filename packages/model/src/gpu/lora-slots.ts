@@ -23,7 +23,7 @@ import type { LoadedAdapter } from "../adapter-dir.ts";
 import type { ModelConfig } from "../config.ts";
 import { LORA_TARGETS, type LoraTarget, loraProjectionShape } from "../lora-config.ts";
 import { LORA_GROUPS, type LoraGroup } from "./decoder-layer.ts";
-import type { GatheredGroup, GatheredLayerLora } from "./lora.ts";
+import type { GatheredGroup, GatheredLayerLora, SlotSegment } from "./lora.ts";
 
 export type LoraSlotDtype = "f32" | "f16" | "bf16";
 
@@ -54,6 +54,9 @@ export interface LoraSlotsOptions {
 }
 
 const GROUPS = Object.entries(LORA_GROUPS) as [LoraGroup, readonly LoraTarget[]][];
+
+/** Mean rows per run from which LoraSlots.segments prefers dense per-run products to per-row kernels. */
+export const MIN_SEGMENT_ROWS = 8;
 
 export class LoraSlots {
   readonly count: number;
@@ -167,10 +170,36 @@ export class LoraSlots {
     return this.stacks !== null;
   }
 
-  /** Layer `layer`'s stacks with the rows' slots (i32 (T)), for recordForward's `gathered`. */
-  layer(layer: number, rows: Tensor): GatheredLayerLora {
+  /**
+   * Layer `layer`'s stacks with the rows' slots (i32 (T)), for recordForward's `gathered`; with
+   * `segments` (see segments()) the LoRA runs per run of rows instead of per row.
+   */
+  layer(layer: number, rows: Tensor, segments?: readonly SlotSegment[] | null): GatheredLayerLora {
     if (!this.stacks || !this.ranksT || !this.scalesT) throw new Error("LoraSlots.layer: no adapter was written into a slot yet");
-    return { gathered: { rows, ranks: this.ranksT, scales: this.scalesT, R: this.maxRank }, groups: this.stacks[layer]! };
+    return { gathered: { rows, ranks: this.ranksT, scales: this.scalesT, R: this.maxRank, ...(segments ? { segments } : {}) }, groups: this.stacks[layer]! };
+  }
+
+  /**
+   * The runs of consecutive rows on one adapter slot in `rowSlots` (−1 rows: the base, in no run),
+   * with the slots' ranks and scales as written now, when the runs are long enough for dense
+   * per-run products to beat the per-row kernels (prefill: a prompt's tokens share a slot):
+   * at least MIN_SEGMENT_ROWS rows per run on average; else null (decode: one row per sequence).
+   * Valid while the slots do not change, i.e. for a recording submitted before the next write.
+   */
+  segments(rowSlots: Int32Array): SlotSegment[] | null {
+    const runs: SlotSegment[] = [];
+    for (let t = 0; t < rowSlots.length;) {
+      const slot = rowSlots[t]!;
+      let end = t + 1;
+      while (end < rowSlots.length && rowSlots[end] === slot) end++;
+      if (slot >= 0) {
+        const at = slot * LORA_TARGETS.length;
+        runs.push({ start: t, count: end - t, slot, ranks: Array.from(this.ranks.subarray(at, at + LORA_TARGETS.length)), scale: this.scales[slot]! });
+      }
+      t = end;
+    }
+    const rows = runs.reduce((n, r) => n + r.count, 0);
+    return runs.length > 0 && rows >= MIN_SEGMENT_ROWS * runs.length ? runs : null;
   }
 
   dispose() {

@@ -369,6 +369,21 @@ export interface GatheredRows {
   scales: Tensor;
   /** The padded rank of the stacks. */
   R: number;
+  /**
+   * Runs of consecutive rows on one slot with that slot's table entries as the host has them
+   * (LoraSlots.segments): when given, the LoRA runs as dense products per run (SGMV-style:
+   * prefill, where a prompt's tokens share a slot) instead of the per-row BGMV kernels.
+   */
+  segments?: readonly SlotSegment[];
+}
+
+/** Rows start … start + count − 1 all on `slot` (≥ 0); its ranks per LORA_TARGETS column and its scale. */
+export interface SlotSegment {
+  start: number;
+  count: number;
+  slot: number;
+  ranks: readonly number[];
+  scale: number;
 }
 
 /** One projection group's stacks: module i's A in rows i·R … i·R + R − 1 of each slot's block. */
@@ -386,6 +401,32 @@ export interface GatheredLayerLora {
 }
 
 /**
+ * linearsGatheredLoraForward over runs of rows that share a slot (prefill): per run, one product
+ * h = x_run·[A_1; …; A_n][slot]ᵀ (the slot's block of the A stack, zero past each module's rank)
+ * and per adapted module y_i,run += s·h_i,run·B_i[slot]ᵀ over its rank, on the matmul kernels:
+ * the stacks are read once per run instead of once per row. Rows outside the runs (the base)
+ * are left as they are.
+ */
+function segmentedLoraForward(rec: Recorder, x: Tensor, ys: readonly Tensor[], g: GatheredGroup, R: number, segments: readonly SlotSegment[], hs: Tensor) {
+  const inF = x.shape[1]!, nR = ys.length * R;
+  for (const seg of segments) {
+    const ranks = ys.map((_, i) => seg.ranks[g.rankCol + i] ?? 0);
+    if (ranks.every((r) => r === 0)) continue; // the adapter leaves this group alone
+    // h_run (count, n·R) = x_run · A[slot]ᵀ
+    matmul(rec, { a: x, b: g.A, c: hs, M: seg.count, N: nR, K: inF, transB: true, offsetA: seg.start * inF, offsetB: seg.slot * nR * inF, offsetC: seg.start * nR });
+    for (const [i, y] of ys.entries()) {
+      const r = ranks[i]!, out = y.shape[1]!;
+      if (r === 0) continue;
+      // y_i,run += s · h_i,run (count, r) · B_i[slot] (out, r)ᵀ
+      matmul(rec, {
+        a: hs, b: g.B[i]!, c: y, M: seg.count, N: out, K: r, transB: true, alpha: seg.scale, beta: 1,
+        lda: nR, offsetA: seg.start * nR + i * R, ldb: R, offsetB: seg.slot * out * R, offsetC: seg.start * out,
+      });
+    }
+  }
+}
+
+/**
  * y_i (T, out_i) += s[slot_t]·h_i·B_i[slot_t]ᵀ with [h_1 … h_n] = x·[A_1; …; A_n][slot_t]ᵀ
  * (T, n·R) in `h`, for every row t with a slot: the LoRA part of a group whose frozen products
  * (y_i = x·W_iᵀ + b_i) are already recorded. One shrink for the group, one expand per module.
@@ -394,6 +435,7 @@ export function linearsGatheredLoraForward(rec: Recorder, x: Tensor, ys: readonl
   const T = x.shape[0]!, R = rows.R;
   if (g.B.length !== ys.length) throw new Error(`linearsGatheredLoraForward: ${ys.length} outputs for a group of ${g.B.length} modules`);
   const hs = groupColumns(h, T, ys.length * R, "h", "linearsGatheredLoraForward");
+  if (rows.segments) return segmentedLoraForward(rec, x, ys, g, R, rows.segments, hs);
   const common = { slots: rows.rows, ranks: rows.ranks };
   bgmvShrink(rec, { ...common, x, A: g.A, R, rankCol: g.rankCol, h: hs }); // [h_1 … h_n] = x·[A_1; …; A_n][slot]ᵀ
   for (const [i, y] of ys.entries()) {
