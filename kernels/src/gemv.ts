@@ -81,10 +81,12 @@ function vecSource(MS: number, RT: number): KernelSource {
   const JB = Math.min(J, JB_MAX);
   const rounds: string[] = [];
   for (let j0 = 0; j0 < J; j0 += JB) {
-    const writes = Array.from({ length: JB }, (_, jj) => `  red[${jj}u * WG1 + tid] = acc[${Math.floor((j0 + jj) / RT)}][${(j0 + jj) % RT}];`);
+    // The last round holds the J − j0 accumulators left (fewer than JB when JB does not divide J).
+    const count = Math.min(JB, J - j0);
+    const writes = Array.from({ length: count }, (_, jj) => `  red[${jj}u * WG1 + tid] = acc[${Math.floor((j0 + jj) / RT)}][${(j0 + jj) % RT}];`);
     rounds.push(`${writes.join("\n")}
   workgroupBarrier();
-  if (tid < JB * ${G}u) {
+  if (tid < JB * ${G}u && tid % JB < ${count}u) {
     let gg = tid / JB;
     let jj = tid % JB;
     let j = ${j0}u + jj;

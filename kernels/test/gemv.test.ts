@@ -88,6 +88,32 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
     }, COMPILE_TIMEOUT);
   }
 
+  // 4 rows of W per thread (large N, e.g. a decode batch of 5-13 over the LM head): MS·4
+  // accumulators in rounds of 16, the last round partial. Found on an H100: M = 12 over
+  // Llama's 128,256-row head did not compile (the last round read acc past MS).
+  test("4 rows of W per thread with x slices whose accumulators do not fill the last round (M = 5, 6, 7, 11, 12, 13)", async () => {
+    const N = 200, K = 64;
+    const { data, values } = weights("f16", randn(N * K));
+    const tw = rt.upload("f16", [N, K], data);
+    const rec = rt.recorder();
+    const checks: { out: Tensor; expect: Float64Array; M: number }[] = [];
+    const held: Tensor[] = [tw];
+    for (const M of [5, 6, 7, 11, 12, 13]) {
+      const x = randn(M * K);
+      const tx = rt.upload("f32", [M, K], x), ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
+      held.push(tx, ty);
+      gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true }, { form, rows: 4 });
+      checks.push({ out: ty, expect: ref(x, values, M, N, K, K, K), M });
+    }
+    rec.submit();
+    for (const c of checks) {
+      const err = relError(await rt.read(c.out), c.expect);
+      if (!(err < 1e-5)) throw new Error(`M=${c.M}: relErr ${err}`);
+    }
+    rec.release();
+    rt.release(...held);
+  }, COMPILE_TIMEOUT * 2);
+
   test("a row chunk of W bound on its own, y columns at an offset with ldc, lda > K", async () => {
     // The LM-head pattern: W (N, K) in two chunks of rows, y (M, N) written chunk by chunk.
     const N = 300, K = 64, M = 11, lda = 72, split = 128; // M = 11: two x slices of 6, the second one row short
