@@ -13,7 +13,7 @@
  * Needs T and hd multiples of 16 (attentionForward falls back to the f32 kernel otherwise).
  */
 import { hasTensorCoreMatmul, toF16 } from "./matmul-subgroup.ts";
-import { cdiv } from "./params.ts";
+import { cdiv, flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import type { Tensor } from "./tensor.ts";
 
@@ -364,8 +364,11 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * Backward, pass 2 (per 64 keys of one kv head, over its group's query heads and the query
  * tiles that see them): Sᵀ = k·qᵀ and dPᵀ = v·doutᵀ, P and dS = P ∘ (dP − D) in f32, then
  * dv += Pᵀ·dout and dk += scale·dSᵀ·q, all products on tensor cores (P and dS rounded to f16).
+ * perHead: a workgroup per 64 keys and QUERY head instead (group times the workgroups, each with
+ * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
+ * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
   const product = (left: string, right: string) => `        for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
@@ -382,8 +385,8 @@ ${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d
 @group(0) @binding(5) var<storage, read> lse_in: array<f32>;  // (T, nH)
 @group(0) @binding(6) var<storage, read> do16: array<f16>;    // (T, nH, HD)
 @group(0) @binding(7) var<storage, read> dsum_in: array<f32>; // (T, nH)
-@group(0) @binding(8) var<storage, read_write> dk: array<f32>;   // (T, nKV, HD)
-@group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)
+@group(0) @binding(8) var<storage, read_write> dk: array<f32>;   // (T, nKV, HD)${perHead ? "; per head: (T, nH, HD) partials" : ""}
+@group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)${perHead ? "; per head: (T, nH, HD) partials" : ""}
 
 var<workgroup> Sw: array<f32, ${BK * L.sLd}>;   // Sᵀ, then dPᵀ (keys × queries)
 var<workgroup> Pw: array<f16, ${BK * L.pLd}>;
@@ -394,7 +397,7 @@ var<workgroup> colD: array<f32, ${BQ}>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let g = wg.y;
+  ${perHead ? "let hOnly = wg.y; // this workgroup's query head\n  let g = hOnly / p.group;" : "let g = wg.y;"}
   let k0 = wg.x * ${BK}u;
   let kEnd = min(k0 + ${BK}u, p.T);
   let ldq = p.nH * HD;
@@ -414,7 +417,7 @@ ${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  va
   for (var t = kEnd; t > k0; t--) { if (seq[t - 1u] >= 0) { k1 = t - 1u; break; } }
   if (k1 < kEnd) {
     let s1 = seq[k1];
-    for (var hq = 0u; hq < p.group; hq++) {
+    for (var hq = ${perHead ? "hOnly % p.group; hq <= hOnly % p.group" : "0u; hq < p.group"}; hq++) {
       let h = g * p.group + hq;
       for (var c0q = k0; c0q < p.T; c0q += ${BQ}u) {
         if (c0q > k1 && (seq[c0q] != s1 || (p.window != 0u && c0q - k1 >= p.window))) { break; }
@@ -452,12 +455,56 @@ ${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, sub
       }
     }
   }
+  // Outputs: (T, nKV, HD) at kv head g, or per head the (T, nH, HD) partials at query head hOnly.
+  let ldo = ${perHead ? "ldq" : "ldk"};
+  let hOut = ${perHead ? "hOnly" : "g"};
   if (k0 + 16u * sg < p.T) {
-${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldk + g * HD + ${16 * d}u, dk${d}, ldk);\n    subgroupMatrixStore<row_major>(&dv, kRow * ldk + g * HD + ${16 * d}u, dv${d}, ldk);`).join("\n")}
+${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut * HD + ${16 * d}u, dk${d}, ldo);\n    subgroupMatrixStore<row_major>(&dv, kRow * ldo + hOut * HD + ${16 * d}u, dv${d}, ldo);`).join("\n")}
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}`, code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}`, code };
+}
+
+/**
+ * dk (T, nKV, HD) = Σ over each kv head's group of the per-head partials (T, nH, HD), and dv the
+ * same: the query heads of kv head g are g·group … g·group + group − 1, next to each other.
+ */
+const DKV_GROUP_SUM: KernelSource = {
+  name: "attention_dkv_group_sum",
+  code: `struct Params { n: u32, group: u32, hd: u32, _p: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> dkP: array<f32>;
+@group(0) @binding(2) var<storage, read> dvP: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dk: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dv: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wg.y * nwg.x + wg.x) * 256u + lid; // element (t, g, d) of dk, dv
+  if (i >= p.n) { return; }
+  let d = i % p.hd;
+  let src = (i / p.hd) * p.group * p.hd + d; // element (t, g·group, d) of the partials
+  var sk = 0.0;
+  var sv = 0.0;
+  for (var j = 0u; j < p.group; j++) {
+    sk += dkP[src + j * p.hd];
+    sv += dvP[src + j * p.hd];
+  }
+  dk[i] = sk;
+  dv[i] = sv;
+}
+`,
+};
+
+/** dk, dv (T, nKV, hd) = the per-query-head partials dkP, dvP (T, nKV·group, hd) summed over each group. */
+export function dkvGroupSum(rec: Recorder, dkP: Tensor, dvP: Tensor, dk: Tensor, dv: Tensor, group: number) {
+  const [T, nKV, hd] = dk.shape as [number, number, number];
+  for (const [name, t, shape] of [["dkP", dkP, [T, nKV * group, hd]], ["dvP", dvP, [T, nKV * group, hd]], ["dv", dv, [T, nKV, hd]]] as const) {
+    if (t.shape.join() !== shape.join()) throw new Error(`dkvGroupSum: ${name} is (${t.shape.join(", ")}), want (${shape.join(", ")})`);
+  }
+  const n = T * nKV * hd;
+  rec.dispatch(`attention dkv group sum ${T}x${nKV}x${hd}`, rec.rt.pipeline(DKV_GROUP_SUM),
+    new Params(4).u32(n).u32(group).u32(hd).u32(0).buffer, [dkP, dvP, dk, dv], flatGrid(n, 256));
 }
 
 const sources = new Map<string, KernelSource>();
@@ -471,9 +518,14 @@ const sources = new Map<string, KernelSource>();
  * four where subgroup matrices exist). `TUNELOOM_ATTN_ONE_SWEEP=0` / `TUNELOOM_ATTN_PAD=0` turn
  * them off (A/B measurements).
  */
-export const attentionForwardForm = {
+export const attentionTcForm = {
   oneSweep: process.env.TUNELOOM_ATTN_ONE_SWEEP !== "0",
   padded: process.env.TUNELOOM_ATTN_PAD !== "0",
+  /**
+   * The backward's dk/dv pass per query head (backwardDkvSource perHead) for grouped-query
+   * attention: session 6, not yet run on a GPU, so off unless `TUNELOOM_ATTN_DKV_PER_HEAD=1`.
+   */
+  dkvPerHead: process.env.TUNELOOM_ATTN_DKV_PER_HEAD === "1",
 };
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
@@ -490,7 +542,7 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded } = attentionForwardForm;
+  const { oneSweep: one, padded } = attentionTcForm;
   const key = `${a.hd}:${one}:${padded}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded)) : forwardSource(a.hd, tileLayout(padded))));
@@ -511,15 +563,27 @@ const dkvSources = new Map<string, KernelSource>();
 
 /** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
 export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
-  const padded = attentionForwardForm.padded, key = `${a.hd}:${padded}`;
+  const padded = attentionTcForm.padded, key = `${a.hd}:${padded}`;
+  const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   let sq = dqSources.get(key);
   if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded))));
-  let skv = dkvSources.get(key);
-  if (!skv) dkvSources.set(key, (skv = backwardDkvSource(a.hd, tileLayout(padded))));
+  const kvKey = `${key}:${perHead}`;
+  let skv = dkvSources.get(kvKey);
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
   rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
-  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
-    [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
+  if (perHead) {
+    // (T, nH, HD) partials per query head, then summed over each kv head's group.
+    const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+      [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
+    dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
+    rec.recycle(dkP);
+    rec.recycle(dvP);
+  } else {
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+      [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
+  }
   for (const t of [q16, k16, v16, do16]) rec.recycle(t);
 }

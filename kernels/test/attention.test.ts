@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { attentionForwardForm } from "../src/attention-tc.ts";
+import { attentionTcForm, dkvGroupSum } from "../src/attention-tc.ts";
 import {
   attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
@@ -203,17 +203,22 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     ["sliding window 40, heads 4/1, T=144", problem(4, 1, 64, packed([144]), { window: 40 })],
     ["hd 32, heads 4/2, T=16", problem(4, 2, 32, packed([16]))],
   ];
-  // Every form (attention-tc.ts attentionForwardForm): both forwards, two sweeps (the default)
+  // Every form (attention-tc.ts attentionTcForm): both forwards, two sweeps (the default)
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
-  for (const [name, P] of cases) for (const oneSweep of [false, true]) for (const padded of [false, true]) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}`, async () => {
+  // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
+  const forms = [
+    ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
+    { oneSweep: true, padded: true, dkvPerHead: true },
+  ];
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
-      const was = { ...attentionForwardForm };
-      Object.assign(attentionForwardForm, { oneSweep, padded });
-      const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionForwardForm, was); });
+      const was = { ...attentionTcForm };
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead });
+      const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
       expect(relError(gpu.dq!, ref.dq)).toBeLessThan(2e-3);
@@ -230,6 +235,30 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
       }
     });
   }
+});
+
+describe("dk/dv per query head: the group sum", () => {
+  test("(T, nKV·group, hd) partials → (T, nKV, hd) sums, against float64", async () => {
+    const T = 37, nKV = 3, group = 4, hd = 16;
+    const dkP = randn(T * nKV * group * hd, 1, 3), dvP = randn(T * nKV * group * hd, 1, 4);
+    const tk = rt.upload("f32", [T, nKV * group, hd], dkP), tv = rt.upload("f32", [T, nKV * group, hd], dvP);
+    const dk = rt.empty("f32", [T, nKV, hd]), dv = rt.empty("f32", [T, nKV, hd]);
+    const rec = rt.recorder("group-sum");
+    dkvGroupSum(rec, tk, tv, dk, dv, group);
+    rec.submit();
+    const [gk, gv] = [await rt.read(dk), await rt.read(dv)];
+    for (const [got, src] of [[gk, dkP], [gv, dvP]] as const) {
+      const want = new Float64Array(T * nKV * hd);
+      for (let t = 0; t < T; t++) for (let g = 0; g < nKV; g++) for (let d = 0; d < hd; d++) {
+        for (let j = 0; j < group; j++) want[(t * nKV + g) * hd + d]! += src[((t * nKV + g) * group + j) * hd + d]!;
+      }
+      expect(relError(got, want)).toBeLessThan(1e-6);
+    }
+    const rec2 = rt.recorder("group-sum-bad");
+    expect(() => dkvGroupSum(rec2, tk, tv, dk, rt.empty("f32", [T, nKV, 8]), group)).toThrow(/dkvGroupSum: dv is \(37, 3, 8\), want \(37, 3, 16\)/);
+    rec2.release();
+    rt.release(tk, tv, dk, dv);
+  });
 });
 
 describe("gradients match finite differences of the GPU forward", () => {
