@@ -3,8 +3,9 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests mma-peak train-1b profile-1b full multi-lora train-small train-3b train-8b sweep)
-# is any of
+# STEPS (default: tests multi-lora full profile-1b profile-1b-ab profile-full stages full-oom train-1b
+# train-small train-3b train-llama8b sweep: what session 6 left unmeasured, in the order the open
+# issues need it) is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
@@ -32,7 +33,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests mma-peak train-1b profile-1b full multi-lora train-small train-3b train-8b sweep}
+STEPS=${*:-tests multi-lora full profile-1b profile-1b-ab profile-full stages full-oom train-1b train-small train-3b train-llama8b sweep}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
