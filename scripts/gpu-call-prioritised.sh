@@ -62,7 +62,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sdg8,4x4_2x2sk64g8,4x4_2x2sk16g8,2x4_4x4sg8,4x4_2x4sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sg8,4x4_2x2sg8r,4x4_2x2sk64g8,4x4_2x2sk64g8r,4x4_2x2sdg8r,2x4_4x4sg8r,4x4_2x4sk64g8r} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
@@ -103,7 +103,7 @@ for step in $STEPS; do
       # What each stage of the staged GEMM costs: the table's forward pick with one stage left out
       # (results wrong by design), against mma-peak's ceiling.
       [ "$(left)" -gt 40 ] && el stages && timeout $(( $(left) - 10 < 60 ? $(left) - 10 : 60 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-loads,4x4_2x2sg8-no-stores,4x4_2x2sg8-no-products \
+        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sk64g8r,4x4_2x2sg8,4x4_2x2sg8r,4x4_2x2sg8-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac

@@ -44,6 +44,15 @@ export interface TcConfig {
    */
   group?: number;
   /**
+   * Staged only: bank-conflict-free stores into workgroup memory (name suffix `r`). Each thread
+   * writes its 8 halves of a 16-byte load with 8 f16 stores (WGSL cannot store a vector into
+   * the f16 arrays subgroupMatrixLoad reads); with rows of BK + 8 halves (16-byte aligned, as the
+   * matrix loads need) every lane's j-th half falls in one of only 8 banks, a 4-way conflict per
+   * store. `r` rotates the order per lane (stagedStoreRotation) so that each store instruction of a
+   * warp hits 32 distinct banks.
+   */
+  rotate?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -66,8 +75,8 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8 or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(r?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][r] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8r or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -75,13 +84,14 @@ export function parseTcConfig(s: string): TcConfig {
     tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
-    ...(m[9] ? { diag: m[9] as TcConfig["diag"] } : {}),
-    ...(m[10] === "c" ? { constStrides: true } : {}),
+    ...(m[9] === "r" ? { rotate: true } : {}),
+    ...(m[10] ? { diag: m[10] as TcConfig["diag"] } : {}),
+    ...(m[11] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.rotate ? "r" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 const measured = new Map<string, TcConfig>();
 for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));

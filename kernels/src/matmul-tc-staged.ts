@@ -60,6 +60,46 @@ ${ids(tm).flatMap((i) => ids(tn).map((j) => `    acc${i}${j} = subgroupMatrixMul
 
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
+/**
+ * The staged stores of one warp: lane l writes the 8 halves of chunk c = l % chunks of row
+ * ⌊l / chunks⌋ (rows of `rowHalves` halves), one f16 store per half; store j of lane l writes half
+ * (j + 2·rot[l]) mod 8 of its chunk. Returns, per lane, its 32-bit word of store j.
+ */
+function storeWords(chunks: number, rowHalves: number, rot: readonly number[], j: number): number[] {
+  return Array.from({ length: 32 }, (_, l) => {
+    const base = Math.floor(l / chunks) * rowHalves + (l % chunks) * 8;
+    return (base + ((j + 2 * rot[l]!) % 8)) >> 1;
+  });
+}
+
+/** The worst bank conflict (lanes per bank, on distinct words) of a warp's staged stores. */
+export function stagedStoreConflict(chunks: number, rowHalves: number, rot: readonly number[]): number {
+  let worst = 0;
+  for (let j = 0; j < 8; j++) {
+    const perBank = new Map<number, Set<number>>();
+    for (const w of storeWords(chunks, rowHalves, rot, j)) perBank.set(w % 32, (perBank.get(w % 32) ?? new Set()).add(w));
+    for (const words of perBank.values()) worst = Math.max(worst, words.size);
+  }
+  return worst;
+}
+
+/**
+ * Per lane, the rotation (in pairs of halves, 0..3) of its 8 stores that spreads a warp's stores
+ * over distinct banks (TcConfig.rotate). Rows are multiples of 8 halves, so a lane's chunk starts
+ * at word 4·g; lanes whose g agree mod 8 share a bank unless their rotations differ, so each takes
+ * its rank among them (conflict-free while at most 4 share a g, which holds for every tile here:
+ * stagedStoreConflict checks it in the tests).
+ */
+export function stagedStoreRotation(chunks: number, rowHalves: number): number[] {
+  const seen = new Map<number, number>();
+  return Array.from({ length: 32 }, (_, l) => {
+    const g = ((Math.floor(l / chunks) * rowHalves + (l % chunks) * 8) / 8) % 8;
+    const rank = seen.get(g) ?? 0;
+    seen.set(g, rank + 1);
+    return rank % 4;
+  });
+}
+
 export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32;
@@ -67,6 +107,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
+  const rotate = cfg.rotate ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
@@ -118,23 +159,36 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   }
   return r;
 }`;
-  // Writes 8 halves (one vec4<u32>) into a staged row.
-  const put = (arr: string) => `fn put${arr}(base: u32, w: vec4<u32>) {
+  // Writes 8 halves (one vec4<u32>) into a staged row; rotated: starting at half `rot` (TcConfig.rotate).
+  const put = (arr: string) => rotate
+    ? `fn put${arr}(base: u32, w: vec4<u32>, rot: u32) {
+  for (var j = 0u; j < 8u; j++) {
+    let i = (j + rot) & 7u;
+    ${arr}[base + i] = bitcast<vec2<f16>>(w[i >> 1u])[i & 1u];
+  }
+}`
+    : `fn put${arr}(base: u32, w: vec4<u32>) {
   let h0 = bitcast<vec2<f16>>(w.x); let h1 = bitcast<vec2<f16>>(w.y);
   let h2 = bitcast<vec2<f16>>(w.z); let h3 = bitcast<vec2<f16>>(w.w);
   ${arr}[base] = h0.x; ${arr}[base + 1u] = h0.y; ${arr}[base + 2u] = h1.x; ${arr}[base + 3u] = h1.y;
   ${arr}[base + 4u] = h2.x; ${arr}[base + 5u] = h2.y; ${arr}[base + 6u] = h3.x; ${arr}[base + 7u] = h3.y;
 }`;
+  // The lanes' rotations (in halves) for A's and B's staged rows.
+  const bChunks = transB ? BK / 8 : BN / 8;
+  const rotTables = rotate
+    ? `var<private> ROT_A: array<u32, 32> = array<u32, 32>(${stagedStoreRotation(BK / 8, AS).map((r) => `${2 * r}u`).join(", ")});
+var<private> ROT_B: array<u32, 32> = array<u32, 32>(${stagedStoreRotation(bChunks, BS).map((r) => `${2 * r}u`).join(", ")});`
+    : "";
   // Copies the registers ra/rb into the staged buffer whose A and B origins are aOff and bOff.
   const storeStage = (aOff: string, bOff: string) => `    for (var i = 0u; i < ${aPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${aCoord}
-      if (e < ${aVec}u) { putAs(${aOff} + row * ${AS}u + kq, ra[i]); }
+      if (e < ${aVec}u) { putAs(${aOff} + row * ${AS}u + kq, ra[i]${rotate ? ", rotA" : ""}); }
     }
     for (var i = 0u; i < ${bPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${bCoord}
-      if (e < ${bVec}u) { putBs(${bOff} + row * ${BS}u + kq, rb[i]); }
+      if (e < ${bVec}u) { putBs(${bOff} + row * ${BS}u + kq, rb[i]${rotate ? ", rotB" : ""}); }
     }`;
   const rightLoad = (j: number) =>
     transB
@@ -202,6 +256,7 @@ ${aux ? AUX_BINDINGS : ""}
 
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
 var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
+${rotTables}
 
 ${loadA}
 
@@ -227,7 +282,7 @@ ${group ? `  // Grouped raster: workgroup i of the (x, y) grid takes tile (tileM
   let aBase = wg.z * p.strideA + p.offA;
   let bBase = wg.z * p.strideB + p.offB;
   let cBase = wg.z * p.strideC + p.offC;
-  let sg = tid / 32u;
+  let sg = tid / 32u;${rotate ? "\n  let rotA = ROT_A[tid % 32u];\n  let rotB = ROT_B[tid % 32u];" : ""}
   let sm = sg / ${sgn}u;
   let sn = sg % ${sgn}u;
   let rowTile = row0 + sm * ${tm * 16}u;
@@ -241,5 +296,5 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${rotate ? "_r" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
+import { stagedStoreConflict, stagedStoreRotation } from "../src/matmul-tc-staged.ts";
 
 const rt = await getRuntime();
 const available = hasTensorCoreMatmul(rt);
@@ -29,6 +30,9 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 },
     { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, group: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 16, group: 8 },
+    // Rotated (bank-conflict-free) stores, single and double buffered.
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8, rotate: true },
+    { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, double: true, rotate: true },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
@@ -177,12 +181,28 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8r", "4x4_2x2sr-no-stores"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
+  expect(parseTcConfig("4x4_2x2sk64g8r")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8, rotate: true });
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
   expect(() => parseTcConfig("4x4_2x2x")).toThrow("bad tensor-core config");
+});
+
+// The staged kernel's f16 stores into workgroup memory (matmul-tc-staged.ts): with rows of
+// BK + 8 halves every store of a warp is a 4-way bank conflict; the rotated order (TcConfig.rotate)
+// spreads each store over 32 banks, for every staged row layout the tiles use.
+test("staged stores: 4-way bank conflicts in order, none rotated, for every row layout", () => {
+  const layouts: [string, number, number][] = [];
+  for (const bk of [16, 32, 64]) layouts.push([`A or transposed B, BK ${bk}`, bk / 8, bk + 8]);
+  for (const bn of [64, 128, 256, 512]) layouts.push([`B (K, N), BN ${bn}`, bn / 8, bn + 8]);
+  for (const [what, chunks, rowHalves] of layouts) {
+    expect([what, stagedStoreConflict(chunks, rowHalves, Array(32).fill(0))]).toEqual([what, 4]);
+    const rot = stagedStoreRotation(chunks, rowHalves);
+    expect(rot.every((r) => r >= 0 && r < 4)).toBe(true);
+    expect([what, stagedStoreConflict(chunks, rowHalves, rot)]).toEqual([what, 1]);
+  }
 });
 
 test("thin tensor-core plan: one 16-row strip per subgroup, K split while subgroups are few", () => {
