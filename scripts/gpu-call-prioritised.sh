@@ -4,8 +4,9 @@
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
 # STEPS (default: tests multi-lora full profile-1b profile-1b-ab profile-full stages full-oom train-1b
-# train-small train-3b train-llama8b sweep: what session 6 left unmeasured, in the order the open
-# issues need it) is any of
+# train-small train-3b serve sweep train-llama8b load-8b: what session 6 left unmeasured, in the
+# order the open issues need it; more than one call holds, so a second call starts where it stopped)
+# is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
@@ -18,6 +19,7 @@
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
 #   train-3b     Llama-3.2-3B, as train-1b
 #   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b: Llama only)
+#   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
@@ -33,7 +35,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests multi-lora full profile-1b profile-1b-ab profile-full stages full-oom train-1b train-small train-3b train-llama8b sweep}
+STEPS=${*:-tests multi-lora full profile-1b profile-1b-ab profile-full stages full-oom train-1b train-small train-3b serve sweep train-llama8b load-8b}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -83,6 +85,10 @@ for step in $STEPS; do
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
     train-llama8b) train llama3.1-8b 240 ;;
+    load-8b)
+      # Llama-3.1-8B saved by transformers: HF from_pretrained vs our load (read vs GPU wait), a
+      # training row and batch-1 decode on that directory (load.jsonl, train.jsonl, decode.jsonl).
+      [ "$(left)" -gt 200 ] && el load-8b && OUT=$OUT timeout $(( $(left) - 10 )) bash scripts/gpu-measure.sh load llama3.1-8b > /dev/null 2>&1 ;;
     full)
       for m in smollm2-135m qwen2.5-0.5b; do
         [ "$(left)" -gt 60 ] || continue
