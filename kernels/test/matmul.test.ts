@@ -201,6 +201,28 @@ describe("element offsets: operands that are column blocks of wider matrices", (
     });
   }
 
+  // 16-bit B at an element offset (a slot's block of a LoRA stack, lora.ts segmentedLoraForward):
+  // even and odd offsets into the packed words, with lda/ldb wider than the block.
+  for (const dtype of ["f16", "bf16"] as const) for (const offB of [2, 3]) for (const kernel of KERNELS) {
+    test(`${dtype} B at element offset ${offB}, transB, alpha and beta (${kernel})`, async () => {
+      const M = 21, N = 40, K = 8, ldb = 16, lda = 24, offA = 7;
+      const aW = randn(M * lda), bBits = dtype === "f16" ? toF16Bits(randn(offB + N * ldb)) : toBf16Bits(randn(offB + N * ldb));
+      const bVals = dtype === "f16" ? fromF16Bits(bBits) : fromBf16Bits(bBits);
+      const c0 = randn(M * N);
+      const a = Float32Array.from({ length: M * K }, (_, i) => aW[Math.floor(i / K) * lda + offA + (i % K)]!);
+      const b = Float32Array.from({ length: N * K }, (_, i) => bVals[offB + Math.floor(i / K) * ldb + (i % K)]!);
+      const ta = rt.upload("f32", [M * lda], aW), tb = rt.upload(dtype, [bBits.length], bBits), tc = rt.upload("f32", [M, N], c0);
+      const rec = rt.recorder();
+      matmul(rec, { a: ta, b: tb, c: tc, M, N, K, transB: true, lda, ldb, offsetA: offA, offsetB: offB, alpha: 0.25, beta: 1 }, kernel);
+      rec.submit();
+      const out = await rt.read(tc);
+      rec.release();
+      const ref = matmulRef(a, b, M, N, K, false, true).map((v, i) => 0.25 * v + c0[i]!);
+      expect(relError(out, ref)).toBeLessThan(1e-5);
+      rt.release(ta, tb, tc);
+    });
+  }
+
   test("an offset past the end of an operand is refused", () => {
     const t = rt.empty("f32", [64]);
     const rec = rt.recorder();
