@@ -230,6 +230,19 @@ export function toF16(rec: Recorder, src: Tensor, dst?: Tensor): Tensor {
 export const weightGradTensorCores = { enabled: process.env.TUNELOOM_DW_TC === "1" };
 
 /**
+ * Whether linearBackwardWeightTensorCore runs dW (out, in) = dyᵀ·x on tensor cores: switched on,
+ * a device with subgroup matrices, T, in and out multiples of 16, f32 operands. Callers with
+ * several products on one x use it to round x to f16 once.
+ */
+export function weightGradOnTensorCores(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor): boolean {
+  const [T, inF] = x.shape as [number, number];
+  const [T2, outF] = dy.shape as [number, number];
+  if (T !== T2) throw new Error(`linearBackwardWeightTensorCore: x has ${T} rows, dy has ${T2}`);
+  if (!weightGradTensorCores.enabled || !hasTensorCoreMatmul(rec.rt)) return false;
+  return T % 16 === 0 && inF % 16 === 0 && outF % 16 === 0 && x.dtype === "f32" && dy.dtype === "f32" && dw.dtype === "f32" && dw.numel === outF * inF;
+}
+
+/**
  * dW (out, in) (+)= dyᵀ·x on tensor cores: dy (T, out) f32 is transposed and rounded to f16
  * (out, T) in one pass, x (T, in) rounded to f16 (or passed as `x16`), and the product runs in the
  * input-gradient form A·B with A = dyᵀ (M = out, K = T) and B = x (K = T, N = in), f32
@@ -239,11 +252,8 @@ export const weightGradTensorCores = { enabled: process.env.TUNELOOM_DW_TC === "
  * units (lora-trainer.ts gradUnit), so dy sits well inside f16's range.
  */
 export function linearBackwardWeightTensorCore(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, beta: 0 | 1, x16?: Tensor): boolean {
-  const [T, inF] = x.shape as [number, number];
-  const [T2, outF] = dy.shape as [number, number];
-  if (T !== T2) throw new Error(`linearBackwardWeightTensorCore: x has ${T} rows, dy has ${T2}`);
-  if (!weightGradTensorCores.enabled || !hasTensorCoreMatmul(rec.rt)) return false;
-  if (T % 16 || inF % 16 || outF % 16 || x.dtype !== "f32" || dy.dtype !== "f32" || dw.dtype !== "f32" || dw.numel !== outF * inF) return false;
+  if (!weightGradOnTensorCores(rec, x, dy, dw)) return false;
+  const T = x.shape[0]!, inF = x.shape[1]!, outF = dy.shape[1]!;
   const dyT = rec.scratch("f16", [outF, T], `${dy.label}:f16ᵀ`);
   convertTransposedF16(rec, dy, dyT);
   const xh = x16 ?? toF16(rec, x);

@@ -13,7 +13,7 @@
  */
 import {
   type GpuRuntime, type Recorder, type Tensor,
-  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
+  addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -63,13 +63,20 @@ export interface LayerWeightGrads {
   ones: Tensor;
 }
 
-/** dW (out, in) += dyᵀ·x and, with a bias, db (out) += onesᵀ·dy: the weight gradients of y = x·Wᵀ + b. */
-function linearWeightGrads(rec: Recorder, x: Tensor, dy: Tensor, dw: Tensor, db: Tensor | undefined, ones: Tensor) {
-  if (!linearBackwardWeightTensorCore(rec, x, dy, dw, 1)) linearBackwardWeight(rec, x, dy, dw, 1, 1);
-  if (db) {
-    const [T, outF] = dy.shape as [number, number];
-    matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
+/**
+ * dW_i (out_i, in) += dy_iᵀ·x and, with a bias, db_i (out_i) += onesᵀ·dy_i: the weight gradients
+ * of projections y_i = x·W_iᵀ + b_i that read the same x (on tensor cores x is rounded to f16 once).
+ */
+function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor) {
+  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? toF16(rec, x) : undefined;
+  for (const { dy, dw, db } of projs) {
+    if (!(x16 && linearBackwardWeightTensorCore(rec, x, dy, dw, 1, x16))) linearBackwardWeight(rec, x, dy, dw, 1, 1);
+    if (db) {
+      const [T, outF] = dy.shape as [number, number];
+      matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
+    }
   }
+  if (x16) rec.recycle(x16);
 }
 
 export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
@@ -213,7 +220,7 @@ export function decoderLayerBackward(
   const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
   linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
-  if (wg) linearWeightGrads(rec, a.act, dOut, wg.down, wg.downBias, wg.ones);
+  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones);
   // act = silu(gate)·up
   swigluBackward(rec, a.gate, a.up, g.dAct, g.dGate, g.dUp);
   // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup;  dWgate = dGateᵀ·xn2, dWup = dUpᵀ·xn2
@@ -222,8 +229,7 @@ export function decoderLayerBackward(
     { w: w.up, dy: g.dUp, lora: lora.up_proj },
   ], g.dXn, 0, a.loraH.gateUp, dh);
   if (wg) {
-    linearWeightGrads(rec, a.xn2, g.dGate, wg.gate, wg.gateBias, wg.ones);
-    linearWeightGrads(rec, a.xn2, g.dUp, wg.up, wg.upBias, wg.ones);
+    linearWeightGrads(rec, a.xn2, [{ dy: g.dGate, dw: wg.gate, db: wg.gateBias }, { dy: g.dUp, dw: wg.up, db: wg.upBias }], wg.ones);
     // xn2 = rmsnorm(xMid)·w_post:  dw_post = Σ_t dXn·xMid·rstd2
     rmsnormWeightBackward(rec, a.xMid, a.rstd2, g.dXn, wg.postNorm, 1);
   }
@@ -232,7 +238,7 @@ export function decoderLayerBackward(
   rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
   // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo;  dWo = dMidᵀ·attn
   linearsLoraBackward(rec, a.attn, [{ w: w.o, dy: g.dMid, lora: lora.o_proj }], g.dAttn, 0, a.loraH.o, dh);
-  if (wg) linearWeightGrads(rec, a.attn, g.dMid, wg.o, wg.oBias, wg.ones);
+  if (wg) linearWeightGrads(rec, a.attn, [{ dy: g.dMid, dw: wg.o, db: wg.oBias }], wg.ones);
   // attn = attention(q, k, v)
   attentionBackward(rec, {
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
@@ -250,9 +256,9 @@ export function decoderLayerBackward(
   ], g.dXn, 0, a.loraH.qkv, dh);
   if (wg) {
     // dW{q,k,v} = d{q,k,v}ᵀ·xn1 (dq, dk already rotated back)
-    linearWeightGrads(rec, a.xn1, g.dq, wg.q, wg.qBias, wg.ones);
-    linearWeightGrads(rec, a.xn1, g.dk, wg.k, wg.kBias, wg.ones);
-    linearWeightGrads(rec, a.xn1, g.dv, wg.v, wg.vBias, wg.ones);
+    linearWeightGrads(rec, a.xn1, [
+      { dy: g.dq, dw: wg.q, db: wg.qBias }, { dy: g.dk, dw: wg.k, db: wg.kBias }, { dy: g.dv, dw: wg.v, db: wg.vBias },
+    ], wg.ones);
     // xn1 = rmsnorm(x)·w_in:  dw_in = Σ_t dXn·x·rstd1
     rmsnormWeightBackward(rec, x, a.rstd1, g.dXn, wg.inputNorm, 1);
   }
