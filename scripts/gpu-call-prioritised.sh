@@ -24,8 +24,8 @@
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     tile shapes with fewer accumulators per thread (more warps per SM), rotated stores (gemm.jsonl)
-#   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
+#   variants     matrix-copy staging (m) in several tiles, tile shapes with fewer accumulators per thread, rotated stores (gemm.jsonl)
+#   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³, per-lane and matrix-copy staging (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
@@ -65,7 +65,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sg8,4x4_2x2sg8r,4x4_2x2sk64g8,4x4_2x2sk64g8r,4x4_2x2sdg8r,2x4_4x4sg8r,4x4_2x4sk64g8r} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sg8,4x4_2x2sk64g8,4x4_2x2sk64g8r,4x4_2x2sk64g8m,4x4_2x2sk64dg8m,2x4_4x4sg8r,4x4_2x4sk64g8m} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
@@ -110,13 +110,13 @@ for step in $STEPS; do
       # What each stage of the staged GEMM costs: the table's forward pick with one stage left out
       # (results wrong by design), against mma-peak's ceiling.
       [ "$(left)" -gt 40 ] && el stages && timeout $(( $(left) - 10 < 60 ? $(left) - 10 : 60 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sk64g8r,4x4_2x2sg8,4x4_2x2sg8r,4x4_2x2sg8-no-stores \
+        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sk64g8r,4x4_2x2sk64g8m,4x4_2x2sk64g8m-no-stores,4x4_2x2sk64g8m-no-loads,4x4_2x2sg8,4x4_2x2sg8r \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     variants)
       # Tile shapes that trade accumulators per thread for warps per SM (occupancy), with rotated
       # stores, on 4096³ and Llama's up product: which direction the next kernel work should take.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 90 ? $(left) - 10 : 90 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8r,4x2_2x4sk64g8r,2x4_4x2sk64g8r,2x2_4x4sk64g8r,4x4_2x2sk16g8r,4x4_4x2sg8r \
+        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8m,4x4_2x4sk64g8m,4x4_2x2sk64dg8m,2x4_4x2sk64g8m,4x4_2x2sk64g8r,4x2_2x4sk64g8r,2x2_4x4sk64g8r \
         --shapes 4096x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac

@@ -108,7 +108,9 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
   const rotate = cfg.rotate ?? false;
+  const copy = cfg.copy ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
+  if (copy && rotate) throw new Error("stagedSource: matrix-copy staging (m) has no per-lane stores to rotate");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
   const AS = BK + PAD; // A staged [m][k]
@@ -119,6 +121,35 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const pairs = ids(tm).flatMap((i) => ids(tn).map((j) => [i, j] as const));
+
+  // Matrix-copy staging (TcConfig.copy): the stage's 16×16 tiles of A and B move global → registers
+  // → workgroup memory as subgroup matrices (one subgroupMatrixLoad and one subgroupMatrixStore
+  // each), instead of 16-byte loads followed by eight f16 stores per thread. Subgroup sg copies A
+  // tiles sg, sg + W, … and B tiles likewise (W subgroups); tiles past K are zero, tile origins past
+  // M or N are clamped inside (their rows/columns of C are never stored).
+  const warps = sgm * sgn;
+  const kTiles = BK / 16;
+  const aTiles = (BM / 16) * kTiles, bTiles = (BN / 16) * kTiles;
+  if (copy && (aTiles % warps || bTiles % warps)) throw new Error(`stagedSource: matrix-copy staging needs the stage's ${aTiles} A and ${bTiles} B tiles to split evenly over ${warps} subgroups`);
+  const aPerW = aTiles / warps, bPerW = bTiles / warps;
+  const M16 = "subgroup_matrix_left<f16, 16, 16>";
+  // Tile t of A: row block t / kTiles, k block t % kTiles. Of B: transB (n block, k block) like A;
+  // else (k block t / (BN/16), n block t % (BN/16)).
+  const copyA = (i: number) => `let t = sg + ${warps * i}u; let r = min(row0 + (t / ${kTiles}u) * 16u, p.M - 16u); let k = kc + (t % ${kTiles}u) * 16u;`;
+  const copyB = (i: number) => transB
+    ? `let t = sg + ${warps * i}u; let n = min(col0 + (t / ${kTiles}u) * 16u, p.N - 16u); let k = kc + (t % ${kTiles}u) * 16u;`
+    : `let t = sg + ${warps * i}u; let k = kc + (t / ${BN / 16}u) * 16u; let n = min(col0 + (t % ${BN / 16}u) * 16u, p.N - 16u);`;
+  const copyLoads = (k0: string) => `    {
+      let kc = ${k0};
+${ids(aPerW).map((i) => `      { ${copyA(i)} if (k < p.K) { ta${i} = subgroupMatrixLoad<${M16}, row_major>(&a, aBase + r * p.lda + k, p.lda); } else { ta${i} = ${M16}(); } }`).join("\n")}
+${ids(bPerW).map((i) => `      { ${copyB(i)} if (k < p.K) { tb${i} = subgroupMatrixLoad<${M16}, row_major>(&b, bBase + ${transB ? "n * p.ldb + k" : "k * p.ldb + n"}, p.ldb); } else { tb${i} = ${M16}(); } }`).join("\n")}
+    }`;
+  const copyStores = (aOff: string, bOff: string) => `${ids(aPerW).map((i) => `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&As, ${aOff} + (t / ${kTiles}u) * ${16 * (BK + PAD)}u + (t % ${kTiles}u) * 16u, ta${i}, ${BK + PAD}u); }`).join("\n")}
+${ids(bPerW).map((i) => transB
+    ? `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&Bs, ${bOff} + (t / ${kTiles}u) * ${16 * (BK + PAD)}u + (t % ${kTiles}u) * 16u, tb${i}, ${BK + PAD}u); }`
+    : `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&Bs, ${bOff} + (t / ${BN / 16}u) * ${16 * (BN + PAD)}u + (t % ${BN / 16}u) * 16u, tb${i}, ${BN + PAD}u); }`).join("\n")}`;
+  const copyDecls = `${ids(aPerW).map((i) => `  var ta${i} = ${M16}();`).join("\n")}
+${ids(bPerW).map((i) => `  var tb${i} = ${M16}();`).join("\n")}`;
 
   // Element e of the stage's A loads: row e / (BK/8), k offset (e % (BK/8))·8.
   const aCoord = `let row = e / ${BK / 8}u; let kq = (e % ${BK / 8}u) * 8u;`;
@@ -203,20 +234,22 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   const aHalves = BM * AS;
   // Single buffer: store, barrier, prefetch the next slice into registers, products, barrier.
   // Double buffer: products from one buffer while the other is filled; one barrier per slice.
+  // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
+  const firstLoads = copy ? `${copyDecls}\n${copyLoads("0u")}` : `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`;
+  const nextLoads = copy ? copyLoads(`k0 + ${BK}u`) : `      ra = loadA(k0 + ${BK}u, tid, row0, aBase);\n      rb = loadB(k0 + ${BK}u, tid, col0, bBase);`;
+  const stage = copy ? copyStores : storeStage;
   const mainLoop = double
-    ? `  var ra = loadA(0u, tid, row0, aBase);
-  var rb = loadB(0u, tid, col0, bBase);
+    ? `${firstLoads}
   var cur = 0u;
   {
     let aOff = 0u; let bOff = 0u;
-${storeStage("aOff", "bOff")}
+${stage("aOff", "bOff")}
   }
   workgroupBarrier();
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
     let more = k0 + ${BK}u < p.K;
     if (more) {
-      ra = loadA(k0 + ${BK}u, tid, row0, aBase);
-      rb = loadB(k0 + ${BK}u, tid, col0, bBase);
+${nextLoads}
     }
     {
       let aOff = cur * ${aHalves}u; let bOff = cur * ${bHalves}u;
@@ -224,22 +257,20 @@ ${products}
     }
     if (more) {
       let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
-${storeStage("aOff", "bOff")}
+${stage("aOff", "bOff")}
     }
     workgroupBarrier();
     cur = 1u - cur;
   }`
-    : `  var ra = loadA(0u, tid, row0, aBase);
-  var rb = loadB(0u, tid, col0, bBase);
+    : `${firstLoads}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
     let aOff = 0u; let bOff = 0u;
 ${diag === "no-stores" ? `    if (k0 == 0u) {
-${storeStage("aOff", "bOff")}
-    }` : storeStage("aOff", "bOff")}
+${stage("aOff", "bOff")}
+    }` : stage("aOff", "bOff")}
     workgroupBarrier();
     if (k0 + ${BK}u < p.K${diag === "no-loads" ? " && k0 == 0u" : ""}) {
-      ra = loadA(k0 + ${BK}u, tid, row0, aBase);
-      rb = loadB(k0 + ${BK}u, tid, col0, bBase);
+${nextLoads}
     }
 ${diag === "no-products" ? `    if (k0 == 0u) {
 ${products}
@@ -248,8 +279,9 @@ ${products}
   }`;
   const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
-@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
-@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
+${copy ? `@group(0) @binding(1) var<storage, read> a: array<f16>;
+@group(0) @binding(2) var<storage, read> b: array<f16>;` : `@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element`}
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 ${aux ? AUX_BINDINGS : ""}
@@ -258,9 +290,7 @@ var<workgroup> As: array<f16, ${buffers * aHalves}>;
 var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 ${rotTables}
 
-${loadA}
-
-${loadB}
+${copy ? "" : `${loadA}\n\n${loadB}`}
 
 ${put("As")}
 
@@ -296,5 +326,5 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${rotate ? "_r" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${rotate ? "_r" : ""}${copy ? "_m" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
