@@ -13,7 +13,7 @@
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
-#   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores) off
+#   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
@@ -59,7 +59,9 @@ for step in $STEPS; do
       # Full fine-tuning's weight gradients on tensor cores (off by default until its test passes).
       if grep -q '^(pass) weight gradient on tensor cores' $OUT/tests.txt && ! grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt; then export TUNELOOM_DW_TC=1; el "TUNELOOM_DW_TC=1"; fi
       # The attention backward's dk/dv pass per query head (off by default until its tests pass).
-      if grep -q '^(pass) .*dk/dv per query head' $OUT/tests.txt && ! grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt; then export TUNELOOM_ATTN_DKV_PER_HEAD=1; el "TUNELOOM_ATTN_DKV_PER_HEAD=1"; fi ;;
+      if grep -q '^(pass) .*dk/dv per query head' $OUT/tests.txt && ! grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt; then export TUNELOOM_ATTN_DKV_PER_HEAD=1; el "TUNELOOM_ATTN_DKV_PER_HEAD=1"; fi
+      # Attention tiles staged through workgroup memory (session 7; off by default until its tests pass).
+      if grep -q '^(pass) .*staged tiles' $OUT/tests.txt && ! grep -q '^(fail) .*staged tiles' $OUT/tests.txt; then export TUNELOOM_ATTN_STAGE=1; el "TUNELOOM_ATTN_STAGE=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -74,7 +76,7 @@ for step in $STEPS; do
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-ab)
       # The same step with the forms that are still off by default switched off again (A/B in one call).
-      [ "$(left)" -gt 40 ] && el profile-ab && TUNELOOM_ATTN_DKV_PER_HEAD=0 TUNELOOM_DW_TC=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":true,/' | stamp >> $OUT/profile.jsonl ;;
+      [ "$(left)" -gt 40 ] && el profile-ab && TUNELOOM_ATTN_DKV_PER_HEAD=0 TUNELOOM_DW_TC=0 TUNELOOM_ATTN_STAGE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":true,/' | stamp >> $OUT/profile.jsonl ;;
     profile-full)
       # One profiled full fine-tuning step of Qwen2.5-0.5B (every kernel label).
       [ "$(left)" -gt 50 ] && el profile-full && timeout 50 bun run bench -- --train --full --model qwen2.5-0.5b --batch 8 --seq 512 --steps 3 --profile 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/profile.jsonl ;;

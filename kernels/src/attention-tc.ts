@@ -97,7 +97,7 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
   if (r0 < rEnd) {
     let s0 = seq[r0];
     // sweep 1: row max and Σ exp over all visible keys
-${keyTileLoop(`${maskedTileMax(hd, L)}
+${keyTileLoop(`${maskedTileMax(hd, L, false)}
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let x = Sw[r * ${L.sLd}u + ${L.col("i")}];
@@ -139,9 +139,9 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
  * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
  * the row's new running max mNew (over this lane's half and its partner's).
  */
-function maskedTileMax(hd: number, L: TileLayout): string {
+function maskedTileMax(hd: number, L: TileLayout, staged: boolean): string {
   return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
-${keyTileProduct(hd, "ql", "k16", L)}
+${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       var tileMax = NEG;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
@@ -158,7 +158,7 @@ ${keyTileProduct(hd, "ql", "k16", L)}
  * subgroup's 16 query rows loaded as HD/16 left matrices, lanes 2r and 2r+1 sharing row r (keys c0 …
  * c0 + BK/2 − 1 of a tile), row ti of sequence si.
  */
-function forwardOpening(hd: number, swFloats: number, swComment: string, pwComment: string, L: TileLayout): string {
+function forwardOpening(hd: number, swFloats: number, swComment: string, pwComment: string, L: TileLayout, decls = ""): string {
   return `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;   // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;   // (T, nKV, HD)
@@ -170,6 +170,7 @@ function forwardOpening(hd: number, swFloats: number, swComment: string, pwComme
 var<workgroup> Sw: array<f32, ${swFloats}>;  // ${swComment}
 var<workgroup> Pw: array<f16, ${BQ * L.pLd}>;  // ${pwComment}
 var<workgroup> colSeq: array<i32, ${BK}>;
+${decls}
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -198,17 +199,23 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout): KernelSource {
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
-  const code = `${forwardOpening(hd, BQ * Math.max(L.sLd, OLD), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile", L)}
+  const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
+  const vBlock = (d: number) => st
+    ? stagedRowMajor("Vs", hd, d)
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk)`;
+  const loop = st ? (body: string) => stagedKeyTileLoop(body, st) : keyTileLoop;
+  const code = `${forwardOpening(hd, BQ * Math.max(L.sLd, OLD), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile", L, st?.decls)}
   // and ${HALF} of row r's O columns (o[i] is column ${L.oCol("i", hd)})
   var o = array<f32, ${HALF}>();
+${st?.regs ?? ""}
   var m = NEG;
   var l = 0.0;
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${keyTileLoop(`${maskedTileMax(hd, L)}
+${loop(`${maskedTileMax(hd, L, staged)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
@@ -226,7 +233,7 @@ ${ids(D).map((d) => `      var pv${d} = subgroup_matrix_result<f32, 16, 16>();`)
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-${ids(D).map((d) => `        pv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk), pv${d});`).join("\n")}
+${ids(D).map((d) => `        pv${d} = subgroupMatrixMultiplyAccumulate(pl, ${vBlock(d)}, pv${d});`).join("\n")}
       }
 ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, pv${d}, ${OLD}u);`).join("\n")}
       workgroupBarrier();
@@ -240,7 +247,7 @@ ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}`, code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${staged ? "_st" : ""}`, code };
 }
 
 /**
@@ -267,7 +274,18 @@ ${body}
  * matrices named left0.., right: a (T, nKV, HD) f16 buffer read column-major), stored to Sw;
  * ends with a barrier. S = q·kᵀ and dP = dout·vᵀ.
  */
-function keyTileProduct(hd: number, left: string, right: string, L: TileLayout): string {
+function keyTileProduct(hd: number, left: string, right: string, L: TileLayout, staged?: string): string {
+  // Staged: the tile's rows are in workgroup memory (`staged`, stageTiles); all HD/16 right
+  // matrices of a 16-key block are loaded before their products.
+  if (staged) {
+    return `      for (var j = 0u; j < ${BK / 16}u; j++) {
+${ids(hd / 16).map((d) => `        let rt${d} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${staged}, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u);`).join("\n")}
+        var acc = subgroup_matrix_result<f32, 16, 16>();
+${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left}${d}, rt${d}, acc);`).join("\n")}
+        subgroupMatrixStore<row_major>(&Sw, sg * ${16 * L.sLd}u + 16u * j, acc, ${L.sLd}u);
+      }
+      workgroupBarrier();`;
+  }
   return `      for (var j = 0u; j < ${BK / 16}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         var acc = subgroup_matrix_result<f32, 16, 16>();
@@ -277,14 +295,79 @@ ${ids(hd / 16).map((d) => `        acc = subgroupMatrixMultiplyAccumulate(${left
       workgroupBarrier();`;
 }
 
+/** Row stride (halves) of a staged 64-row tile: HD + 8, so 16-byte aligned rows spread over the banks. */
+const stagedLd = (hd: number) => hd + 8;
+
+/**
+ * Staging (attentionTcForm.staged): the 64 rows of a key tile (forward, dq: k and v) or query
+ * tile (dkv: q) of a (T, heads, HD) f16 buffer, copied once per tile into workgroup memory as 16×16
+ * subgroup matrices (each subgroup moves HD/16 of the tile's 4·HD/16 blocks per buffer) and read from
+ * there by all four subgroups, instead of every subgroup loading every block from global memory.
+ * The next tile's blocks are loaded into registers before the current tile's products (prefetch),
+ * so their latency hides behind the math. Rows past T are zeros.
+ */
+interface TileStager {
+  /** Workgroup arrays (module scope) and the prefetch registers (function scope). */
+  decls: string;
+  regs: string;
+  /** Loads the tile whose first row is `row0` into the registers. */
+  load: (row0: string) => string;
+  /** Stores the registers into the workgroup arrays (a barrier must follow before they are read). */
+  store: string;
+}
+function stageTiles(hd: number, arrays: { src: string; dst: string; ld: string; head: string }[]): TileStager {
+  const D = hd / 16, LD = stagedLd(hd);
+  const M16 = "subgroup_matrix_left<f16, 16, 16>";
+  const each = (f: (a: (typeof arrays)[number], i: number) => string) => arrays.flatMap((a) => ids(D).map((i) => f(a, i))).join("\n");
+  return {
+    decls: arrays.map((a) => `var<workgroup> ${a.dst}: array<f16, ${64 * LD}>; // staged rows of ${a.src} (64, HD + 8)`).join("\n"),
+    regs: each((a, i) => `  var st_${a.dst}${i} = ${M16}();`),
+    load: (row0) => each((a, i) => `      { let t = sg + ${4 * i}u; let row = ${row0} + (t / ${D}u) * 16u; if (row < p.T) { st_${a.dst}${i} = subgroupMatrixLoad<${M16}, row_major>(&${a.src}, row * ${a.ld} + ${a.head} * HD + (t % ${D}u) * 16u, ${a.ld}); } else { st_${a.dst}${i} = ${M16}(); } }`),
+    store: each((a, i) => `      { let t = sg + ${4 * i}u; subgroupMatrixStore<row_major>(&${a.dst}, (t / ${D}u) * ${16 * LD}u + (t % ${D}u) * 16u, st_${a.dst}${i}, ${LD}u); }`),
+  };
+}
+
+/** A right matrix (k = 16 rows, n = HD block d) of a staged tile, row-major: P·V, dS·K, Pᵀ·dout, dSᵀ·q. */
+const stagedRowMajor = (dst: string, hd: number, d: number) =>
+  `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&${dst}, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`;
+
+/** keyTileLoop with the tile's rows staged: store, barrier, prefetch the next visible tile, body. */
+function stagedKeyTileLoop(body: string, st: TileStager): string {
+  return `    {
+    var kt = (rEnd - 1u) / ${BK}u;
+${st.load(`kt * ${BK}u`)}
+    loop {
+      let k0 = kt * ${BK}u;
+${st.store}
+      workgroupBarrier();
+      var more = false;
+      if (kt > 0u) {
+        let kLastN = k0 - 1u; // the last key of the next tile
+        more = !(kLastN < r0 && (seqAt(kLastN) != s0 || (p.window != 0u && r0 - kLastN >= p.window)));
+      }
+      if (more) {
+${st.load(`k0 - ${BK}u`)}
+      }
+${body}
+      if (!more) { break; }
+      kt -= 1u;
+    }
+    }`;
+}
+
 /**
  * Backward, pass 1 (per 64 queries of one head): D = rowsum(dout ∘ out) (saved for pass 2) and
  * dq = scale·dS·k with S, dP = dout·vᵀ and dq on tensor cores; dS = P ∘ (dP − D) in f32,
  * rounded to f16 (with the scale folded in) for the last product.
  */
-function backwardDqSource(hd: number, L: TileLayout): KernelSource {
+function backwardDqSource(hd: number, L: TileLayout, staged = false): KernelSource {
   const D = hd / 16, J = BK / 16;
-  const product = (left: string, right: string) => keyTileProduct(hd, left, right, L);
+  const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
+  const product = (left: string, right: string) => keyTileProduct(hd, left, right, L, st ? (right === "k16" ? "Ks" : "Vs") : undefined);
+  const kBlock = (d: number) => st
+    ? stagedRowMajor("Ks", hd, d)
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk)`;
+  const loop = st ? (body: string) => stagedKeyTileLoop(body, st) : keyTileLoop;
   const code = `${header(hd)}
 @group(0) @binding(1) var<storage, read> q16: array<f16>;     // (T, nH, HD)
 @group(0) @binding(2) var<storage, read> k16: array<f16>;     // (T, nKV, HD)
@@ -300,6 +383,7 @@ function backwardDqSource(hd: number, L: TileLayout): KernelSource {
 var<workgroup> Sw: array<f32, ${BQ * L.sLd}>;   // S, then dP, of the tile
 var<workgroup> DSw: array<f16, ${BQ * L.pLd}>;  // scale·dS of the tile
 var<workgroup> colSeq: array<i32, ${BK}>;
+${st?.decls ?? ""}
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -329,10 +413,11 @@ ${LANE_COLUMNS}
   if (ti < p.T && lid % 2u == 0u) { dsum[ti * p.nH + h] = Drow; }
 ${ids(D).map((d) => `  var dq${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   var pr = array<f32, ${BK / 2}>();
+${st?.regs ?? ""}
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+${loop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
 ${product("ql", "k16")}
       for (var c = 0u; c < ${BK / 2}u; c++) {
         let cc = ${L.col("c")};
@@ -348,7 +433,7 @@ ${product("dl", "v16")}
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&k16, kRow * ldk + g * HD + ${16 * d}u, ldk), dq${d});`).join("\n")}
+${ids(D).map((d) => `        dq${d} = subgroupMatrixMultiplyAccumulate(dsl, ${kBlock(d)}, dq${d});`).join("\n")}
       }
       workgroupBarrier();`)}
   }
@@ -357,7 +442,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
   }
 }
 `;
-  return { name: `attention_tc_dq_hd${hd}${L.tag}`, code };
+  return { name: `attention_tc_dq_hd${hd}${L.tag}${staged ? "_st" : ""}`, code };
 }
 
 /**
@@ -368,12 +453,21 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
  * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout, perHead = false): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
+  // Staged: the query tile's q rows (both of q's products read them); dout stays in global memory
+  // (staging it too would pass NVIDIA's 48 KB of workgroup memory at HD = 64).
+  const st = staged ? stageTiles(hd, [{ src: "q16", dst: "Qs", ld: "ldq", head: "h" }]) : undefined;
+  const colMajor = (right: string, d: number) => st && right === "q16"
+    ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Qs, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
+  const qBlock = (d: number) => st
+    ? stagedRowMajor("Qs", hd, d)
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
   const product = (left: string, right: string) => `        for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
           var acc = subgroup_matrix_result<f32, 16, 16>();
-${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, qCol * ldq + h * HD + ${16 * d}u, ldq), acc);`).join("\n")}
+${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d}, ${colMajor(right, d)}, acc);`).join("\n")}
           subgroupMatrixStore<row_major>(&Sw, sg * ${16 * L.sLd}u + 16u * j, acc, ${L.sLd}u);
         }
         workgroupBarrier();`;
@@ -394,6 +488,7 @@ var<workgroup> DSw: array<f16, ${BK * L.pLd}>;
 var<workgroup> colSeq: array<i32, ${BQ}>;
 var<workgroup> colL: array<f32, ${BQ}>;
 var<workgroup> colD: array<f32, ${BQ}>;
+${st?.decls ?? ""}
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -412,6 +507,7 @@ ${LANE_COLUMNS}
   let sj = seqAt(tj);
 ${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  var dv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
   var pr = array<f32, ${BQ / 2}>();
+${st?.regs ?? ""}
   // last key of the block that any query sees (uniform)
   var k1 = kEnd;
   for (var t = kEnd; t > k0; t--) { if (seq[t - 1u] >= 0) { k1 = t - 1u; break; } }
@@ -419,8 +515,17 @@ ${ids(D).map((d) => `  var dk${d} = subgroup_matrix_result<f32, 16, 16>();\n  va
     let s1 = seq[k1];
     for (var hq = ${perHead ? "hOnly % p.group; hq <= hOnly % p.group" : "0u; hq < p.group"}; hq++) {
       let h = g * p.group + hq;
-      for (var c0q = k0; c0q < p.T; c0q += ${BQ}u) {
-        if (c0q > k1 && (seq[c0q] != s1 || (p.window != 0u && c0q - k1 >= p.window))) { break; }
+${st ? `      var c0q = k0; // the first query tile always sees the block (c0q <= k1)
+${st.load("c0q")}
+      loop {
+${st.store}
+        let nxt = c0q + ${BQ}u;
+        let more = nxt < p.T && !(nxt > k1 && (seq[nxt] != s1 || (p.window != 0u && nxt - k1 >= p.window)));
+        workgroupBarrier();
+        if (more) {
+${st.load("nxt")}
+        }` : `      for (var c0q = k0; c0q < p.T; c0q += ${BQ}u) {
+        if (c0q > k1 && (seq[c0q] != s1 || (p.window != 0u && c0q - k1 >= p.window))) { break; }`}
         if (lid < ${BQ}u) {
           let t = c0q + lid;
           colSeq[lid] = seqAt(t);
@@ -449,9 +554,11 @@ ${product("vl", "do16")}
           let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
           let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq), dv${d});
-          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq), dk${d});`).join("\n")}
+          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, ${qBlock(d)}, dk${d});`).join("\n")}
         }
-        workgroupBarrier();
+        workgroupBarrier();${st ? `
+        if (!more) { break; }
+        c0q = nxt;` : ""}
       }
     }
   }
@@ -463,7 +570,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut *
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}`, code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${staged ? "_st" : ""}`, code };
 }
 
 /**
@@ -526,7 +633,40 @@ export const attentionTcForm = {
    * attention: session 6, not yet run on a GPU, so off unless `TUNELOOM_ATTN_DKV_PER_HEAD=1`.
    */
   dkvPerHead: process.env.TUNELOOM_ATTN_DKV_PER_HEAD === "1",
+  /**
+   * Tiles staged through workgroup memory with a prefetch (stageTiles): k and v in the one-sweep
+   * forward and the dq pass, q in the dk/dv pass, where the pass's workgroup memory still fits the
+   * device (HD = 64 does under NVIDIA's 48 KB, HD = 128 does not and keeps the global loads).
+   * Session 7, not yet run on a GPU, so off unless `TUNELOOM_ATTN_STAGE=1`.
+   */
+  staged: process.env.TUNELOOM_ATTN_STAGE === "1",
 };
+
+/**
+ * Workgroup memory (bytes) of a pass in the staged form: the score tiles of its layout plus the
+ * staged tiles, or Infinity where that pass has no staged form.
+ */
+export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number, padded: boolean, oneSweep = true): number {
+  const L = tileLayout(padded);
+  const tile = 64 * stagedLd(hd) * 2, seqIds = 4 * 64;
+  if (pass === "forward") return oneSweep ? 64 * Math.max(L.sLd, L.oLd(hd)) * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile : Infinity;
+  if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile;
+  return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds + tile;
+}
+
+/** The WGSL of one pass in a given form (tests read its workgroup declarations). */
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean }): KernelSource {
+  const L = tileLayout(form.padded);
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged) : forwardSource(hd, L);
+  if (pass === "dq") return backwardDqSource(hd, L, form.staged);
+  return backwardDkvSource(hd, L, form.perHead, form.staged);
+}
+
+/** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
+function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv", hd: number): boolean {
+  const { staged, padded, oneSweep } = attentionTcForm;
+  return staged && stagedAttentionBytes(pass, hd, padded, oneSweep) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
+}
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
 export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: number): boolean {
@@ -543,11 +683,12 @@ export interface TcAttentionArgs {
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   const { oneSweep: one, padded } = attentionTcForm;
-  const key = `${a.hd}:${one}:${padded}`;
+  const staged = stagedHere(rec, "forward", a.hd);
+  const key = `${a.hd}:${one}:${padded}:${staged}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded)) : forwardSource(a.hd, tileLayout(padded))));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged) : forwardSource(a.hd, tileLayout(padded))));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   rec.recycle(q16);
   rec.recycle(k16);
@@ -563,26 +704,28 @@ const dkvSources = new Map<string, KernelSource>();
 
 /** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
 export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
-  const padded = attentionTcForm.padded, key = `${a.hd}:${padded}`;
+  const padded = attentionTcForm.padded;
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
+  const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
+  const key = `${a.hd}:${padded}:${dqStaged}`;
   let sq = dqSources.get(key);
-  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded))));
-  const kvKey = `${key}:${perHead}`;
+  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged)));
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}`;
   let skv = dkvSources.get(kvKey);
-  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead)));
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
-  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);
     rec.recycle(dvP);
   } else {
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
   for (const t of [q16, k16, v16, do16]) rec.recycle(t);

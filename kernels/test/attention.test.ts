@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { attentionTcForm, dkvGroupSum } from "../src/attention-tc.ts";
+import { attentionTcForm, attentionTcSource, dkvGroupSum, stagedAttentionBytes } from "../src/attention-tc.ts";
 import {
   attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
@@ -210,14 +210,17 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
   const forms = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
+    // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
+    { oneSweep: true, padded: true, dkvPerHead: false, staged: true },
+    { oneSweep: true, padded: true, dkvPerHead: true, staged: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
@@ -235,6 +238,27 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
       }
     });
   }
+});
+
+// The staged form is chosen only where its workgroup memory fits the device (NVIDIA: 48 KB), so
+// stagedAttentionBytes must be exactly what the generated shaders declare.
+describe("staged attention tiles: workgroup memory", () => {
+  const declared = (code: string) => [...code.matchAll(/var<workgroup> \w+: array<(f32|i32|f16), (\d+)>/g)]
+    .reduce((n, m) => n + (m[1] === "f16" ? 2 : 4) * Number(m[2]), 0);
+  for (const hd of [64, 128]) for (const padded of [false, true]) for (const pass of ["forward", "dq", "dkv"] as const) {
+    test(`${pass}, hd ${hd}${padded ? ", padded" : ""}: the rule's bytes are the shader's`, () => {
+      const plain = declared(attentionTcSource(pass, hd, { padded }).code);
+      const staged = declared(attentionTcSource(pass, hd, { padded, staged: true }).code);
+      expect(staged).toBe(stagedAttentionBytes(pass, hd, padded));
+      expect(staged).toBeGreaterThan(plain); // the staged tiles are added, nothing else changes
+    });
+  }
+  test("hd 64 fits NVIDIA's 48 KB in every pass; hd 128 does not", () => {
+    for (const pass of ["forward", "dq", "dkv"] as const) {
+      expect(stagedAttentionBytes(pass, 64, true)).toBeLessThanOrEqual(49152);
+      expect(stagedAttentionBytes(pass, 128, true)).toBeGreaterThan(49152);
+    }
+  });
 });
 
 describe("dk/dv per query head: the group sum", () => {
