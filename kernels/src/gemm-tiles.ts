@@ -32,6 +32,11 @@ export interface TcConfig {
    */
   constStrides?: boolean;
   /**
+   * Global only (name suffix `p`): the next K step's operands are loaded into registers before the
+   * current step's products, so the loads' latency overlaps the math (software pipelining).
+   */
+  prefetch?: boolean;
+  /**
    * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
    * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
    * memory), "no-products" (the subgroup-matrix loads and products).
@@ -83,8 +88,8 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(r?)(m?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][r|m] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8r or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(r?)(m?)(?:-(no-loads|no-stores|no-products))?|(c?)(p?))$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][r|m] | [c][p]], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8r or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -96,11 +101,12 @@ export function parseTcConfig(s: string): TcConfig {
     ...(m[10] === "m" ? { copy: true } : {}),
     ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
     ...(m[12] === "c" ? { constStrides: true } : {}),
+    ...(m[13] === "p" ? { prefetch: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.rotate ? "r" : ""}${c.copy ? "m" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.rotate ? "r" : ""}${c.copy ? "m" : ""}${c.diag ? `-${c.diag}` : ""}` : `${c.constStrides ? "c" : ""}${c.prefetch ? "p" : ""}`}`;
 
 const measured = new Map<string, TcConfig>();
 for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));

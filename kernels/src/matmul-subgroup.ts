@@ -25,7 +25,7 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
 import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
-import { type TcConfig, tcConfigFor } from "./gemm-tiles.ts";
+import { type TcConfig, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
 
 export type { TcConfig } from "./gemm-tiles.ts";
 
@@ -41,6 +41,20 @@ function source(transB: boolean, cfg: TcConfig): KernelSource {
     transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&b, bBase + c${j} * ${ldb} + k, ${ldb})`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&b, bBase + k * ${ldb} + c${j}, ${ldb})`;
+  const leftLoad = (i: number) => `subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&a, aBase + r${i} * ${lda} + k, ${lda})`;
+  // Prefetch (TcConfig.prefetch): step k's operands were loaded during step k − 16; the last step
+  // loads its own operands again (kn clamped) instead of branching.
+  const prefetchLoop = `  var k = 0u;
+${ids(tm).map((i) => `  var l${i} = ${leftLoad(i)};`).join("\n")}
+${ids(tn).map((j) => `  var q${j} = ${rightLoad(j)};`).join("\n")}
+  for (var kc = 0u; kc < p.K; kc += 16u) {
+    k = min(kc + 16u, p.K - 16u);
+${ids(tm).map((i) => `    let nl${i} = ${leftLoad(i)};`).join("\n")}
+${ids(tn).map((j) => `    let nq${j} = ${rightLoad(j)};`).join("\n")}
+${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
+${ids(tm).map((i) => `    l${i} = nl${i};`).join("\n")}
+${ids(tn).map((j) => `    q${j} = nq${j};`).join("\n")}
+  }`;
   const code = `${TC_PREAMBLE}
 ${cs ? "override LDA: u32;\noverride LDB: u32;\noverride LDC: u32;\n" : ""}@group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
@@ -62,18 +76,18 @@ ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>
   if (ACCUMULATE) {
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + r${i} * ${ldc} + c${j}, ${ldc});`).join("\n")}
   }
-  for (var k = 0u; k < p.K; k += 16u) {
-${ids(tm).map((i) => `    let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&a, aBase + r${i} * ${lda} + k, ${lda});`).join("\n")}
+${cfg.prefetch ? prefetchLoop : `  for (var k = 0u; k < p.K; k += 16u) {
+${ids(tm).map((i) => `    let l${i} = ${leftLoad(i)};`).join("\n")}
 ${ids(tn).map((j) => `    let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
-  }
+  }`}
 ${cfg.aux ? auxSliceCode(transB, tm, tn, (i) => `r${i}`, (j) => `c${j}`) : ""}
 ${pairs
   .map(([i, j]) => `  if (rowTile + ${i * 16}u < p.M && colTile + ${j * 16}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + r${i} * ${ldc} + c${j}, acc${i}${j}, ${ldc}); }`)
   .join("\n")}
 }
 `;
-  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}${cfg.aux ? "_aux" : ""}`, code };
+  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}${cfg.prefetch ? "_pf" : ""}${cfg.aux ? "_aux" : ""}`, code };
 }
 
 const sources = new Map<string, KernelSource>();
@@ -156,7 +170,8 @@ export function matmulTensorCore(
     auxParams = [K2, lda2, offA2, transB ? K2 : N];
   }
   const kernelCfg: TcConfig = aux ? { ...cfg, aux: true } : cfg;
-  const key = `${transB}:${cfg.tm}x${cfg.tn}:${cfg.sgm}x${cfg.sgn}:${cfg.staged ? `s${cfg.bk ?? 32}${cfg.double ? "d" : ""}${cfg.group ? `g${cfg.group}` : ""}${cfg.diag ?? ""}` : cfg.constStrides ? "gc" : "g"}${aux ? ":aux" : ""}`;
+  // Every field of the config is in its name (tcConfigName), so two configs never share a kernel.
+  const key = `${transB}:${tcConfigName(cfg)}${aux ? ":aux" : ""}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = kernelCfg.staged ? stagedSource(transB, kernelCfg) : source(transB, kernelCfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };

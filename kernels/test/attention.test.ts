@@ -207,7 +207,7 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).

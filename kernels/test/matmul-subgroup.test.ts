@@ -38,11 +38,14 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8, copy: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 4, staged: true, copy: true },
     { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, double: true, copy: true },
+    // The global kernel with the next K step prefetched.
+    { tm: 4, tn: 4, sgm: 1, sgn: 1, prefetch: true },
+    { tm: 4, tn: 2, sgm: 2, sgn: 2, prefetch: true },
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}${cfg.rotate ? " rotated" : ""}${cfg.copy ? " matrix-copy" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}${cfg.rotate ? " rotated" : ""}${cfg.copy ? " matrix-copy" : ""}` : cfg.prefetch ? " prefetch" : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);
@@ -186,12 +189,18 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8r", "4x4_2x2sr-no-stores", "4x4_2x2sk64g8m", "4x4_2x4sdm-no-loads"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8r", "4x4_2x2sr-no-stores", "4x4_2x2sk64g8m", "4x4_2x4sdm-no-loads", "4x4_1x1p", "4x4_1x1cp"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8r")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8, rotate: true });
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   expect(parseTcConfig("4x4_2x2sk64g8m")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8, copy: true });
+  // Kernels are cached by name, so configs that differ in any one field must have different names.
+  const base: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
+  const oneFieldApart: TcConfig[] = [base, { ...base, rotate: true }, { ...base, copy: true }, { ...base, double: true }, { ...base, bk: 32 },
+    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { tm: 4, tn: 4, sgm: 2, sgn: 2 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, prefetch: true },
+    { tm: 4, tn: 4, sgm: 2, sgn: 2, constStrides: true }];
+  expect(new Set(oneFieldApart.map(tcConfigName)).size).toBe(oneFieldApart.length);
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
   expect(() => parseTcConfig("4x4_2x2x")).toThrow("bad tensor-core config");
 });
