@@ -31,6 +31,8 @@ export interface WeightStore {
   raw(name: string): Uint8Array;
   /** Reads `dst.length` stored bytes of the tensor, from `tensorByteOffset` within it (streaming large tensors in chunks). */
   readInto(name: string, dst: Uint8Array, tensorByteOffset?: number): void;
+  /** readInto on I/O threads, so several reads can be in flight (SafetensorsFile.readIntoAsync). */
+  readIntoAsync(name: string, dst: Uint8Array, tensorByteOffset?: number): Promise<void>;
   /** A fresh Float32Array of the tensor's values, widened from F32, F16 or BF16. */
   toFloat32(name: string): Float32Array;
   /** Throws one ModelFileError listing every missing tensor and shape mismatch. */
@@ -150,6 +152,13 @@ export function openCheckpoint(dir: string): WeightStore {
     },
     raw: (name) => fileOf(name).bytes(name),
     readInto: (name, dst, tensorByteOffset) => fileOf(name).readInto(name, dst, tensorByteOffset),
+    readIntoAsync: (name, dst, tensorByteOffset) => {
+      try {
+        return fileOf(name).readIntoAsync(name, dst, tensorByteOffset);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
     toFloat32(name) {
       const f = fileOf(name);
       const { dtype } = f.tensors.get(name)!;

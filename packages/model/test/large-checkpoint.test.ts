@@ -76,6 +76,37 @@ describe("a 4.5 GiB sparse safetensors file", () => {
     store.close();
   });
 
+  test("reads on I/O threads: the same bytes as positioned reads, many in flight, past 4 GiB", async () => {
+    const f = openSafetensors(path);
+    // 48 reads of 64 bytes each over c.last, all in flight together, each into its own view.
+    const parts = Array.from({ length: 48 }, () => new Uint8Array(64));
+    await Promise.all(parts.map((part, i) => f.readIntoAsync("c.last", part, 100 * i)));
+    parts.forEach((part, i) => expect(new Uint16Array(part.buffer)).toEqual(last.subarray(50 * i, 50 * i + 32)));
+    await expect(f.readIntoAsync("c.last", parts[0]!, last.byteLength - 10)).rejects.toThrow("tensor 'c.last': bytes");
+    await expect(f.readIntoAsync("nope", parts[0]!)).rejects.toThrow("no tensor named 'nope'");
+    f.close();
+    await expect(f.readIntoAsync("a.first", parts[0]!)).rejects.toThrow("was closed");
+  });
+
+  test("a read failure mid-stream fails the load with its message, and abort still frees everything", async () => {
+    const rt = await getRuntime();
+    const store = openCheckpoint(dir);
+    // The second read fails as a file truncated after opening would.
+    let reads = 0;
+    const failing = { ...store, readIntoAsync: (name: string, dst: Uint8Array, at?: number) =>
+      ++reads === 2 ? Promise.reject(new Error(`${path}: unexpected end of file at byte 12345`)) : store.readIntoAsync(name, dst, at) };
+    const stream = new WeightStream(rt, failing, { maxTensors: 4, slotBytes: 1024 });
+    const run = async () => {
+      await stream.upload("c.last", "f16");
+      await stream.upload("c.last", "f32");
+      return stream.finish();
+    };
+    await expect(run()).rejects.toThrow("unexpected end of file at byte 12345");
+    await stream.abort();
+    expect(reads).toBeGreaterThanOrEqual(2);
+    store.close();
+  });
+
   test("cut one byte short, it is refused naming the file, the tensor and data_offsets", () => {
     const fd = openSync(path, "r+");
     ftruncateSync(fd, lastAt + last.byteLength - 1);

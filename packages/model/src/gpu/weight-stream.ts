@@ -6,7 +6,8 @@
  *
  * A ring of `slots` staging buffers of `slotBytes` each bounds host memory (4 × 64 MiB by
  * default); a slot is filled again once the GPU has consumed it (its mapAsync resolves), so disk
- * reads overlap the GPU's copies and conversions. Small tensors share a slot; a tensor larger
+ * reads overlap the GPU's copies and conversions. Reads run on I/O threads (readIntoAsync): every
+ * slot being filled has its reads in flight at once, and a slot goes to the GPU when they land. Small tensors share a slot; a tensor larger
  * than a slot, or than a storage binding (128 MiB on lavapipe), goes in pieces of whole
  * 256-element blocks, so every piece's binding offset is 256-byte aligned on both sides.
  * Narrowing conversions count what they lose per tensor (convertTensorCounted: overflow to ±inf,
@@ -51,9 +52,10 @@ export interface LoadReport {
   /** Host staging memory used (bytes). */
   stagingBytes: number;
   /**
-   * Where the seconds went on the host: reading the file into the staging slots, and waiting for
-   * a slot the GPU has not finished with (the rest is opening, recording and the last GPU work).
-   * Reading near `seconds` means the disk (or page-cache copy) bounds the load; waiting, the GPU.
+   * Where the seconds went on the host: reading the file into the staging slots (wall time with
+   * any read in flight; reads overlap), and waiting for a slot the GPU has not finished with while
+   * no read was in flight (the rest is opening, recording and the last GPU work). Reading near
+   * `seconds` means the disk (or page-cache copy) bounds the load; waiting, the GPU.
    */
   readSeconds: number;
   waitSeconds: number;
@@ -74,7 +76,10 @@ interface Slot {
   /** The staged bytes as a storage buffer, for the convert kernel (MAP_WRITE buffers cannot be bound). */
   raw: GPUBuffer;
   mapped: ArrayBuffer | null;
+  /** Mapped again and free to fill (never rejects: failures land in WeightStream.failure). */
   ready: Promise<void>;
+  /** Reads into the mapped range still in flight. */
+  reads: Promise<void>[];
   used: number;
   pieces: Piece[];
 }
@@ -102,7 +107,10 @@ export class WeightStream {
   private readonly slotBytes: number;
   private readonly maxTensors: number;
   private bytes = 0;
+  /** Wall time with at least one read in flight (reads overlap), and how many are. */
   private readMs = 0;
+  private inFlight = 0;
+  private inFlightSince = 0;
   private waitMs = 0;
   private failure: Error | null = null;
 
@@ -118,7 +126,7 @@ export class WeightStream {
     for (let i = 0; i < (opts.slots ?? 4); i++) {
       const staging = rt.createBuffer(this.slotBytes, `load:staging${i}`, MAP_WRITE | COPY_SRC);
       const raw = rt.createBuffer(this.slotBytes, `load:raw${i}`);
-      this.slots.push({ staging, raw, mapped: null, ready: this.mapForWriting(staging), used: 0, pieces: [] });
+      this.slots.push({ staging, raw, mapped: null, ready: this.mapForWriting(staging), reads: [], used: 0, pieces: [] });
     }
   }
 
@@ -152,9 +160,7 @@ export class WeightStream {
       const len = elems * srcBytes;
       const slot = await this.slotWithRoom(len);
       const view = new Uint8Array(slot.mapped!, slot.used, alignUp(len, 4));
-      const t0 = performance.now();
-      this.store.readInto(name, view.subarray(0, len), at * srcBytes);
-      this.readMs += performance.now() - t0;
+      slot.reads.push(this.read(name, view.subarray(0, len), at * srcBytes));
       view.fill(0, len); // a trailing odd 16-bit element's word: zero, as rt.write pads
       slot.pieces.push({ dst, from, at, elems, stagingOffset: slot.used, countSlot });
       slot.used = alignUp(slot.used + len, ALIGN);
@@ -185,6 +191,8 @@ export class WeightStream {
 
   /** Frees everything, the uploaded tensors included (after an error, or a refused load). */
   async abort(): Promise<void> {
+    // No read may still write into a mapped range when its buffer is destroyed.
+    await Promise.allSettled(this.slots.flatMap((s) => s.reads));
     await Promise.all(this.slots.map((s) => s.ready));
     this.freeStaging();
     for (const t of this.created) this.rt.destroyBuffer(t.buffer);
@@ -202,6 +210,21 @@ export class WeightStream {
     this.rec.release();
   }
 
+  /** Wall time with reads in flight, up to `now`. */
+  private readWall(now: number): number {
+    return this.readMs + (this.inFlight > 0 ? now - this.inFlightSince : 0);
+  }
+
+  /** One positioned read into a mapped range, timed as part of the reads' wall time. */
+  private read(name: string, dst: Uint8Array, offset: number): Promise<void> {
+    if (this.inFlight++ === 0) this.inFlightSince = performance.now();
+    const done = this.store.readIntoAsync(name, dst, offset).finally(() => {
+      if (--this.inFlight === 0) this.readMs += performance.now() - this.inFlightSince;
+    });
+    done.catch((e: Error) => { this.failure ??= e; }); // handled here; submit awaits it too
+    return done;
+  }
+
   private mapForWriting(staging: GPUBuffer): Promise<void> {
     return staging.mapAsync(MAP_MODE_WRITE).catch((e: Error) => {
       this.failure ??= e;
@@ -217,24 +240,39 @@ export class WeightStream {
       slot = this.slots[this.current]!;
     }
     if (!slot.mapped) {
-      const t0 = performance.now();
+      // Waiting for the GPU: the part of the wait with no read in flight (reading is counted apart).
+      const t0 = performance.now(), r0 = this.readWall(t0);
       await slot.ready;
-      this.waitMs += performance.now() - t0;
+      const t1 = performance.now();
+      this.waitMs += t1 - t0 - (this.readWall(t1) - r0);
       if (this.failure) throw this.failure;
       slot.mapped = slot.staging.getMappedRange();
     }
     return slot;
   }
 
-  /** Hands a filled slot to the GPU: direct copies, one copy of the staged bytes to raw, the conversions. */
+  /**
+   * Hands a filled slot to the GPU once its reads have landed: direct copies, one copy of the
+   * staged bytes to raw, the conversions; then maps it again (slot.ready).
+   */
   private submit(slot: Slot) {
     if (slot.pieces.length === 0) return;
-    slot.staging.unmap();
+    const { pieces, reads } = slot;
     slot.mapped = null;
+    slot.used = 0;
+    slot.pieces = [];
+    slot.reads = [];
+    slot.ready = Promise.all(reads)
+      .then(() => { this.record(slot, pieces); return this.mapForWriting(slot.staging); })
+      .catch((e: Error) => { this.failure ??= e; });
+  }
+
+  private record(slot: Slot, pieces: Piece[]) {
+    slot.staging.unmap();
     const rec = this.rec;
     const staging = new Tensor(slot.staging, "u32", [this.slotBytes / 4], 0, "load:staging");
     let convertedEnd = 0;
-    for (const p of slot.pieces) {
+    for (const p of pieces) {
       const srcBytes = BYTES_PER_ELEMENT[p.from];
       if (p.from === p.dst.dtype) rec.copy(staging, p.dst, alignUp(p.elems * srcBytes, 4), p.stagingOffset, p.at * srcBytes);
       else convertedEnd = p.stagingOffset + alignUp(p.elems * srcBytes, 4);
@@ -242,7 +280,7 @@ export class WeightStream {
     if (convertedEnd > 0) {
       const raw = new Tensor(slot.raw, "u32", [this.slotBytes / 4], 0, "load:raw");
       rec.copy(staging, raw, convertedEnd);
-      for (const p of slot.pieces) {
+      for (const p of pieces) {
         if (p.from === p.dst.dtype) continue;
         const src = new Tensor(slot.raw, p.from, [p.elems], p.stagingOffset, p.dst.label);
         const dst = new Tensor(p.dst.buffer, p.dst.dtype, [p.elems], p.at * BYTES_PER_ELEMENT[p.dst.dtype], p.dst.label);
@@ -251,9 +289,6 @@ export class WeightStream {
       }
     }
     rec.flush();
-    slot.used = 0;
-    slot.pieces = [];
-    slot.ready = this.mapForWriting(slot.staging);
   }
 }
 
