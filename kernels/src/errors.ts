@@ -14,8 +14,20 @@ export class GpuUnavailableError extends Error {
 }
 
 /** A validation, out-of-memory or internal error reported by the GPU, naming the kernel it came from. */
+/** What WebGPU said went wrong: GPUOutOfMemoryError, GPUValidationError, GPUInternalError. */
+export type GpuErrorKind = "out-of-memory" | "validation" | "internal" | "unknown";
+
+/** The kind of a WebGPU error object (by its class, as dawn.node names them). */
+export function gpuErrorKind(err: unknown): GpuErrorKind {
+  const name = (err as { constructor?: { name?: string } } | null)?.constructor?.name ?? "";
+  if (/OutOfMemory/i.test(name)) return "out-of-memory";
+  if (/Validation/i.test(name)) return "validation";
+  if (/Internal/i.test(name)) return "internal";
+  return "unknown";
+}
+
 export class GpuError extends Error {
-  constructor(readonly kernel: string, message: string) {
+  constructor(readonly kernel: string, message: string, readonly kind: GpuErrorKind = "unknown") {
     super(`GPU error in ${kernel}: ${message}`);
     this.name = "GpuError";
   }

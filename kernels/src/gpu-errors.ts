@@ -3,7 +3,7 @@
  * scopes still to be popped (pipelines, submits). `check()` throws the first one, naming the
  * pipeline or recording it came from.
  */
-import { DeviceLostError, GpuError } from "./errors.ts";
+import { DeviceLostError, GpuError, gpuErrorKind } from "./errors.ts";
 
 export class GpuErrorState {
   private readonly pending: Promise<void>[] = [];
@@ -15,7 +15,7 @@ export class GpuErrorState {
       this.lost = new DeviceLostError(info.reason ?? "unknown", info.message);
     });
     device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
-      this.uncaptured.push(new GpuError("uncaptured", ev.error.message));
+      this.uncaptured.push(new GpuError("uncaptured", ev.error.message, gpuErrorKind(ev.error)));
     };
   }
 
@@ -33,7 +33,7 @@ export class GpuErrorState {
   trackScope(label: string) {
     this.pending.push(
       this.device.popErrorScope().then((err) => {
-        if (err) this.uncaptured.push(new GpuError(label, err.message));
+        if (err) this.uncaptured.push(new GpuError(label, err.message, gpuErrorKind(err)));
       }),
     );
   }
@@ -44,7 +44,7 @@ export class GpuErrorState {
       this.device.popErrorScope().then((err) => {
         if (err) {
           onError();
-          this.uncaptured.unshift(new GpuError(label, err.message));
+          this.uncaptured.unshift(new GpuError(label, err.message, gpuErrorKind(err)));
         }
       }),
     );

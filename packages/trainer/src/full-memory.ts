@@ -74,7 +74,10 @@ export function formatFullBuffers(p: FullBufferPlan): string {
  * refusal with the memory statement; anything else is returned as it is.
  */
 export function fullAllocationError(err: unknown, e: FullMemoryEstimate, device: string): unknown {
-  if (!(err instanceof GpuError) || !/out of memory|out-of-memory|OutOfMemory|failed to allocate|allocation/i.test(err.message)) return err;
+  // WebGPU's GPUOutOfMemoryError, or a message that says so (Vulkan: VK_ERROR_OUT_OF_DEVICE_MEMORY).
+  const oom = err instanceof GpuError &&
+    (err.kind === "out-of-memory" || /out of memory|out-of-memory|OutOfMemory|OUT_OF_(DEVICE|HOST)_MEMORY|failed to allocate|allocation/i.test(err.message));
+  if (!oom) return err;
   return new Error(
     `full fine-tuning does not fit in ${device}'s memory: it needs about ${gb(e.total)} (${formatFullMemory(e).replace(/^memory: /, "")}), and the device could not allocate its buffers (${err.message}). ` +
       `Lower --batch-size or --max-length (activations), or train a LoRA adapter instead (drop --full).`,

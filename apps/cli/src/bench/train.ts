@@ -12,7 +12,9 @@ import path from "node:path";
 import { type GpuRuntime, getRuntime, hasTensorCoreMatmul, weightGradTensorCores } from "@tuneloom/kernels";
 import { loraTensorCores } from "@tuneloom/model/gpu/lora.ts";
 import { GpuModel, type ModelConfig, parseLoraConfig, parseModelConfig } from "@tuneloom/model";
-import { type Batch, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "@tuneloom/trainer";
+import {
+  type Batch, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers,
+} from "@tuneloom/trainer";
 import { BENCH_MODELS, benchModelConfig, benchModelDir } from "./model-shapes.ts";
 
 export interface TrainBenchOptions {
@@ -91,6 +93,7 @@ export async function planTrainFull(o: Pick<TrainBenchOptions, "model" | "batch"
   });
   const plan = planFullBuffers(cfg, rt.caps.limits, rt.caps.description);
   return {
+    estimate,
     op: "train-plan", model: o.model, full: true, params: estimate.params, batch: o.batch, seq: o.seq, grad_ckpt: o.gradientCheckpointing,
     memory: formatFullMemory(estimate), total_gb: Math.round(estimate.total / 1e7) / 100,
     buffers: plan.chunks, largest_buffer_gb: Math.round(plan.largestBytes / 1e7) / 100, buffer_limit_gb: Math.round(plan.limitBytes / 1e7) / 100,
@@ -98,17 +101,26 @@ export async function planTrainFull(o: Pick<TrainBenchOptions, "model" | "batch"
   };
 }
 
-export async function benchTrain(o: TrainBenchOptions) {
-  if (o.full) {
-    const p = await planTrainFull(o); // refuses before the model is written or loaded
-    console.error(`bench: full fine-tuning ${p.memory}; ${p.plan}`);
+/** FullTrainer, or train's refusal with the memory statement when the device cannot allocate it. */
+async function fullTrainerOrRefusal(model: GpuModel, gradientCheckpointing: boolean, estimate: Parameters<typeof fullAllocationError>[1]) {
+  try {
+    const trainer = new FullTrainer(model, { gradientCheckpointing, weightDecay: 0, maxGradNorm: 0 });
+    await model.rt.sync(); // an allocation the device could not make surfaces here
+    return trainer;
+  } catch (e) {
+    throw fullAllocationError(e, estimate, model.rt.caps.description);
   }
+}
+
+export async function benchTrain(o: TrainBenchOptions) {
+  const plan = o.full ? await planTrainFull(o) : undefined; // refuses before the model is written or loaded
+  if (plan) console.error(`bench: full fine-tuning ${plan.memory}; ${plan.plan}`);
   const { dir, cleanup } = benchModelDir(o.model, "tuneloom-bench-");
   try {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
     const rt = model.rt;
-    const trainer = o.full
-      ? new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, weightDecay: 0, maxGradNorm: 0 })
+    const trainer = plan
+      ? await fullTrainerOrRefusal(model, o.gradientCheckpointing, plan.estimate)
       : new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
         gradientCheckpointing: o.gradientCheckpointing, seed: 0, weightDecay: 0, maxGradNorm: 0,
       });

@@ -94,10 +94,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (flags.plan && !(flags.train && flags.full)) throw new UsageError("--plan goes with --train --full");
   if (flags.train && flags.plan) {
-    console.log(JSON.stringify(await planTrainFull({
+    const { estimate: _, ...plan } = await planTrainFull({
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined,
-    })));
+    });
+    console.log(JSON.stringify(plan));
     return 0;
   }
   if (flags.train) {
