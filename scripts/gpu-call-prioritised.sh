@@ -56,12 +56,10 @@ for step in $STEPS; do
       grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt && { export TUNELOOM_LORA_TC=0; el "TUNELOOM_LORA_TC=0"; }
       grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt && { export TUNELOOM_ATTN_ONE_SWEEP=0; el "TUNELOOM_ATTN_ONE_SWEEP=0"; }
       grep -q '^(fail) .*padded tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; }
-      # Full fine-tuning's weight gradients on tensor cores (off by default until its test passes).
-      if grep -q '^(pass) weight gradient on tensor cores' $OUT/tests.txt && ! grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt; then export TUNELOOM_DW_TC=1; el "TUNELOOM_DW_TC=1"; fi
-      # The attention backward's dk/dv pass per query head (off by default until its tests pass).
-      if grep -q '^(pass) .*dk/dv per query head' $OUT/tests.txt && ! grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt; then export TUNELOOM_ATTN_DKV_PER_HEAD=1; el "TUNELOOM_ATTN_DKV_PER_HEAD=1"; fi
-      # Attention tiles staged through workgroup memory (session 7; off by default until its tests pass).
-      if grep -q '^(pass) .*staged tiles' $OUT/tests.txt && ! grep -q '^(fail) .*staged tiles' $OUT/tests.txt; then export TUNELOOM_ATTN_STAGE=1; el "TUNELOOM_ATTN_STAGE=1"; fi ;;
+      # dW on tensor cores, dk/dv per query head and staged attention tiles: on by default since session 7.
+      grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_DW_TC=0; el "TUNELOOM_DW_TC=0"; }
+      grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt && { export TUNELOOM_ATTN_DKV_PER_HEAD=0; el "TUNELOOM_ATTN_DKV_PER_HEAD=0"; }
+      grep -q '^(fail) .*staged tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_STAGE=0; el "TUNELOOM_ATTN_STAGE=0"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
