@@ -21,7 +21,7 @@
 import { type DType, BYTES_PER_ELEMENT } from "./dtype.ts";
 import { Params, cdiv } from "./params.ts";
 import { matmul } from "./matmul.ts";
-import { hasTensorCoreMatmul, matmulAuto, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
+import { hasTensorCoreMatmul, linearBackwardWeightTensorCore, matmulAuto, matmulTensorCore, tensorCoreUnsupported, toF16 } from "./matmul-subgroup.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
 import { embeddingForward } from "./embedding.ts";
@@ -196,7 +196,13 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
         } else matmul(rec, dArgs);
       }
       if (args.dw) { // dW_c (n, C) (+)= dlogitsᵀ (n, T) · h (T, C)
-        matmul(rec, { a: logits, b: h, c: rowSlice(args.dw, v0, n, C), M: n, N: C, K: T, transA: true, lda: n, beta: args.accumulateDw ? 1 : 0 });
+        const dwc = rowSlice(args.dw, v0, n, C), beta = args.accumulateDw ? 1 : 0;
+        // On tensor cores (dlogits transposed and rounded to f16, h16 shared) under the same
+        // summed-loss condition as dh; else the portable f32 kernel.
+        const dlogits = new Tensor(logits.buffer, "f32", [T, n], logits.byteOffset, "dlogits");
+        if (!(h16 && args.scale! >= 2 ** -10 && linearBackwardWeightTensorCore(rec, h, dlogits, dwc, beta, h16))) {
+          matmul(rec, { a: logits, b: h, c: dwc, M: n, N: C, K: T, transA: true, lda: n, beta });
+        }
       }
     }
   }

@@ -189,15 +189,18 @@ export function matmulTensorCore(
 
 /**
  * Tile and K-split for a thin product (N ≤ 64: a LoRA rank or a few of them side by side, K the
- * model width or the MLP width): one 16-row strip per subgroup gives only T/16 subgroups, so K is
- * split into chunks (each ≥ 128) until about 1,024 subgroups run, the partial sums reduced after.
+ * model width or the MLP width): the staged kernel over 128-row tiles as wide as N (4 subgroups of
+ * 2 × N/16 result matrices), K split into chunks (each ≥ 128) until about 4 workgroups per SM of
+ * an H100 run, the partial sums reduced after. Staged, because subgroup-matrix loads straight from
+ * global memory are slow on NVIDIA's driver (session 7: the global kernel made these products
+ * 20× slower than their memory traffic).
  */
 export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
   const tn = N % 64 === 0 ? 4 : N % 48 === 0 ? 3 : N % 32 === 0 ? 2 : 1;
-  const cfg: TcConfig = { tm: 1, tn, sgm: 4, sgn: 1 };
-  const subgroups = cdiv(M, 16) * cdiv(N, 16 * tn);
+  const cfg: TcConfig = { tm: 2, tn, sgm: 4, sgn: 1, staged: true, bk: 64 };
+  const workgroups = cdiv(M, 128) * cdiv(N, 16 * tn);
   let splits = 1;
-  while (splits < 16 && subgroups * splits < 1024 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
+  while (splits < 16 && workgroups * splits < 528 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
   return { cfg, splits };
 }
 
@@ -207,16 +210,39 @@ export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; sp
  * The K chunks write f32 partials into a scratch that one pass reduces into C.
  */
 export function matmulTensorCoreThin(rec: Recorder, args: MatmulArgs) {
+  const { cfg, splits } = thinTcPlan(args.M, args.N, args.K);
+  matmulTensorCoreSplitK(rec, args, cfg, splits, "matmulTensorCoreThin");
+}
+
+/**
+ * K split for a product whose output tiles are too few to fill the GPU (weight gradients of
+ * narrow layers: M×N a few tiles, K = tokens): 128×128 staged tiles, K split in halves while
+ * there are fewer than 264 workgroups (2 per SM of an H100) and each chunk keeps ≥ 256 of K.
+ */
+export function splitKPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
+  const cfg: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
+  const tiles = cdiv(M, 128) * cdiv(N, 128);
+  let splits = 1;
+  while (splits < 16 && tiles * splits < 264 && K % (32 * splits) === 0 && K / (2 * splits) >= 256) splits *= 2;
+  return { cfg, splits };
+}
+
+/**
+ * C = alpha·A·op(B) + beta·C on tensor cores with K in `splits` chunks: each chunk's product goes to
+ * an f32 partial (one batched dispatch), one pass reduces them into C (alpha, beta 0 or 1, element
+ * offsets and ldc allowed). splits 1 is one product straight into a scratch, then the same reduce.
+ */
+export function matmulTensorCoreSplitK(rec: Recorder, args: MatmulArgs, cfg: TcConfig, splits: number, caller = "matmulTensorCoreSplitK") {
   const { M, N, K } = args;
   const transB = args.transB ?? false;
   const why = tensorCoreUnsupported({ ...args, alpha: 1, offsetC: 0, ldc: N });
-  if (why) throw new Error(`matmulTensorCoreThin: ${why} is not supported`);
-  if ((args.batch ?? 1) !== 1) throw new Error("matmulTensorCoreThin: batch must be 1");
-  expectTensor("matmulTensorCoreThin", "c", args.c, "f32");
-  const { cfg, splits } = thinTcPlan(M, N, K);
+  if (why) throw new Error(`${caller}: ${why} is not supported`);
+  if ((args.batch ?? 1) !== 1) throw new Error(`${caller}: batch must be 1`);
+  if (!(Number.isInteger(splits) && splits >= 1 && K % (16 * splits) === 0)) throw new Error(`${caller}: K=${K} does not split into ${splits} chunks of a multiple of 16`);
+  expectTensor(caller, "c", args.c, "f32");
   const lda = args.lda ?? K, ldb = args.ldb ?? (transB ? K : N);
   const Kc = K / splits;
-  const part = rec.scratch("f32", [splits, M, N], "tc_thin_partials");
+  const part = rec.scratch("f32", [splits, M, N], "tc_splitk_partials");
   matmulTensorCore(rec, {
     a: args.a, b: args.b, c: part, M, N, K: Kc, transB, lda, ldb, ldc: N, batch: splits,
     offsetA: args.offsetA, offsetB: args.offsetB,
@@ -272,7 +298,12 @@ export function linearBackwardWeightTensorCore(rec: Recorder, x: Tensor, dy: Ten
   const dyT = rec.scratch("f16", [outF, T], `${dy.label}:f16ᵀ`);
   convertTransposedF16(rec, dy, dyT);
   const xh = x16 ?? toF16(rec, x);
-  matmulTensorCore(rec, { a: dyT, b: xh, c: dw, M: outF, N: inF, K: T, beta });
+  // Narrow layers (k/v of small models, the LM head's last chunk) have too few output tiles for
+  // the GPU: K (tokens) is split, the partials reduced into dW.
+  const args = { a: dyT, b: xh, c: dw, M: outF, N: inF, K: T, beta };
+  const { cfg, splits } = splitKPlan(outF, inF, T);
+  if (splits > 1) matmulTensorCoreSplitK(rec, args, cfg, splits, "linearBackwardWeightTensorCore");
+  else matmulTensorCore(rec, args);
   rec.recycle(dyT);
   if (!x16) rec.recycle(xh);
   return true;

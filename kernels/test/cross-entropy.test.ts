@@ -115,22 +115,24 @@ describe("crossEntropy against float64", () => {
 
   // Shapes in multiples of 16 with an f16 head and summed-loss units (scale 1): on a device with
   // subgroup matrices the logits and dh products run on tensor cores (h and dlogits in f16).
-  test("f16 head, scale 1, tensor-core-sized shapes: loss and dh (two chunks, accumulated)", async () => {
+  test("f16 head, scale 1, tensor-core-sized shapes: loss, dh and dW accumulated (two chunks; dW on tensor cores where they exist)", async () => {
     const T = 64, C = 96, V = 1024, chunk = 512;
     const { data, values: w } = makeWeights("f16", V * C, 0.2);
     const h = fromF16Bits(toF16Bits(randn(T * C))); // exactly representable in f16
     const labels = makeLabels(T, V, 14, 4);
     const th = rt.upload("f32", [T, C], h), tw = rt.upload("f16", [V, C], data), tl = rt.upload("i32", [T], labels);
-    const loss = rt.empty("f32", [2]), dh = rt.upload("f32", [T, C], randn(T * C));
+    const dw0 = randn(V * C, 0.01);
+    const loss = rt.empty("f32", [2]), dh = rt.upload("f32", [T, C], randn(T * C)), dw = rt.upload("f32", [V, C], dw0);
     const rec = rt.recorder("ce tc");
-    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 1, chunk });
+    crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, dw, scale: 1, chunk, accumulateDw: true });
     rec.submit();
     const ref = crossEntropyRef(h, w, labels, T, C, V, 1);
     const l = await readLoss(rt, loss);
     expect(Math.abs(l.sum - ref.sum) / ref.sum).toBeLessThan(2e-3);
     expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(2e-3);
+    expect(relError(await rt.read(dw), ref.dw.map((x, i) => x + dw0[i]!))).toBeLessThan(2e-3);
     rec.release();
-    rt.release(th, tw, tl, loss, dh);
+    rt.release(th, tw, tl, loss, dh, dw);
   });
 
   test("finite differences of the GPU loss w.r.t. h match dh", async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 import { stagedStoreConflict, stagedStoreRotation } from "../src/matmul-tc-staged.ts";
 
@@ -220,11 +220,11 @@ test("staged stores: 4-way bank conflicts in order, none rotated, for every row 
   }
 });
 
-test("thin tensor-core plan: one 16-row strip per subgroup, K split while subgroups are few", () => {
-  // LoRA's q/k/v h at Llama-1B shapes: 256 strips, K = 2048 split 4 ways (chunks of 512).
-  expect(thinTcPlan(4096, 48, 2048)).toEqual({ cfg: { tm: 1, tn: 3, sgm: 4, sgn: 1 }, splits: 4 });
-  // Down's h: K = 8192.
-  expect(thinTcPlan(4096, 16, 8192)).toEqual({ cfg: { tm: 1, tn: 1, sgm: 4, sgn: 1 }, splits: 4 });
+test("thin tensor-core plan: staged 128-row tiles as wide as N, K split while workgroups are few", () => {
+  // LoRA's q/k/v h at Llama-1B shapes: 32 tiles, K = 2048 split 16 ways (chunks of 128).
+  expect(thinTcPlan(4096, 48, 2048)).toEqual({ cfg: { tm: 2, tn: 3, sgm: 4, sgn: 1, staged: true, bk: 64 }, splits: 16 });
+  // Down's h: K = 8192, 16 ways.
+  expect(thinTcPlan(4096, 16, 8192)).toEqual({ cfg: { tm: 2, tn: 1, sgm: 4, sgn: 1, staged: true, bk: 64 }, splits: 16 });
   // Short K is not split below chunks of 128.
   expect(thinTcPlan(512, 16, 256).splits).toBe(2);
   expect(thinTcPlan(512, 16, 128).splits).toBe(1);
@@ -232,6 +232,18 @@ test("thin tensor-core plan: one 16-row strip per subgroup, K split while subgro
     const { splits } = thinTcPlan(M!, N!, K!);
     expect(K! % (16 * splits)).toBe(0);
   }
+});
+
+test("split-K plan for weight gradients: only when the output tiles are few, chunks of at least 256", () => {
+  // Qwen2.5-0.5B's q/o dW (896×896, K = 4096 tokens): 49 tiles, split 8 ways.
+  expect(splitKPlan(896, 896, 4096)).toEqual({ cfg: { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 }, splits: 8 });
+  // Its k/v dW (128×896): 7 tiles, split 16 ways (chunks of 256).
+  expect(splitKPlan(128, 896, 4096).splits).toBe(16);
+  // Llama-1B's gate dW (8192×2048): 1,024 tiles, no split.
+  expect(splitKPlan(8192, 2048, 4096).splits).toBe(1);
+  // Short K: never chunks under 256.
+  expect(splitKPlan(192, 576, 512).splits).toBe(2);
+  expect(splitKPlan(80, 48, 96).splits).toBe(1);
 });
 
 // Full fine-tuning's weight gradients on tensor cores: dW (+)= dyᵀ·x with dy transposed and
