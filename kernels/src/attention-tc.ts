@@ -247,7 +247,7 @@ ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${staged ? "_st" : ""}`, code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -300,11 +300,13 @@ const stagedLd = (hd: number) => hd + 8;
 
 /**
  * Staging (attentionTcForm.staged): the 64 rows of a key tile (forward, dq: k and v) or query
- * tile (dkv: q) of a (T, heads, HD) f16 buffer, copied once per tile into workgroup memory as 16×16
- * subgroup matrices (each subgroup moves HD/16 of the tile's 4·HD/16 blocks per buffer) and read from
- * there by all four subgroups, instead of every subgroup loading every block from global memory.
- * The next tile's blocks are loaded into registers before the current tile's products (prefetch),
- * so their latency hides behind the math. Rows past T are zeros.
+ * tile (dkv: q) of a (T, heads, HD) f16 buffer, copied once per tile into workgroup memory (rows of
+ * HD + 8 halves) with 16-byte loads, 8 halves per lane each (HD/16 loads per lane per buffer), and
+ * read from there by all four subgroups, instead of every subgroup loading every 16×16 block from
+ * global memory (subgroup-matrix loads from storage buffers are slow on NVIDIA's driver: a GEMM fed
+ * by them ran at 33 TFLOP/s against 182 staged this way, session 7). The next tile is loaded into
+ * registers before the current tile's products (prefetch). Rows past T are zeros. The staged
+ * sources are bound as vec4<u32> arrays (`retype`), so the pass reads them only through the stage.
  */
 interface TileStager {
   /** Workgroup arrays (module scope) and the prefetch registers (function scope). */
@@ -314,16 +316,27 @@ interface TileStager {
   load: (row0: string) => string;
   /** Stores the registers into the workgroup arrays (a barrier must follow before they are read). */
   store: string;
+  /** The shader with the staged sources' bindings declared as vec4<u32> (8 halves) arrays. */
+  retype: (code: string) => string;
 }
 function stageTiles(hd: number, arrays: { src: string; dst: string; ld: string; head: string }[]): TileStager {
-  const D = hd / 16, LD = stagedLd(hd);
-  const M16 = "subgroup_matrix_left<f16, 16, 16>";
-  const each = (f: (a: (typeof arrays)[number], i: number) => string) => arrays.flatMap((a) => ids(D).map((i) => f(a, i))).join("\n");
+  const LD = stagedLd(hd), C8 = hd / 8, PER = (64 * C8) / 128; // 16-byte chunks per row, per lane
+  const each = (f: (a: (typeof arrays)[number], i: number) => string) => arrays.flatMap((a) => ids(PER).map((i) => f(a, i))).join("\n");
+  // Chunk i of this lane: row e / C8 of the tile, halves (e % C8)·8 …, e = lid + 128·i.
+  const at = (i: number) => `let e = lid + ${128 * i}u; let row = e / ${C8}u; let c8 = e % ${C8}u;`;
   return {
     decls: arrays.map((a) => `var<workgroup> ${a.dst}: array<f16, ${64 * LD}>; // staged rows of ${a.src} (64, HD + 8)`).join("\n"),
-    regs: each((a, i) => `  var st_${a.dst}${i} = ${M16}();`),
-    load: (row0) => each((a, i) => `      { let t = sg + ${4 * i}u; let row = ${row0} + (t / ${D}u) * 16u; if (row < p.T) { st_${a.dst}${i} = subgroupMatrixLoad<${M16}, row_major>(&${a.src}, row * ${a.ld} + ${a.head} * HD + (t % ${D}u) * 16u, ${a.ld}); } else { st_${a.dst}${i} = ${M16}(); } }`),
-    store: each((a, i) => `      { let t = sg + ${4 * i}u; subgroupMatrixStore<row_major>(&${a.dst}, (t / ${D}u) * ${16 * LD}u + (t % ${D}u) * 16u, st_${a.dst}${i}, ${LD}u); }`),
+    regs: arrays.map((a) => `  var st_${a.dst} = array<vec4<u32>, ${PER}>();`).join("\n"),
+    load: (row0) => each((a, i) => `      { ${at(i)} let t = ${row0} + row; var w = vec4<u32>(0u); if (t < p.T) { w = ${a.src}[(t * ${a.ld} + ${a.head} * HD) / 8u + c8]; } st_${a.dst}[${i}] = w; }`),
+    store: each((a, i) => `      { ${at(i)} let w = st_${a.dst}[${i}]; let base = row * ${LD}u + c8 * 8u;
+        let h0 = bitcast<vec2<f16>>(w.x); let h1 = bitcast<vec2<f16>>(w.y); let h2 = bitcast<vec2<f16>>(w.z); let h3 = bitcast<vec2<f16>>(w.w);
+        ${a.dst}[base] = h0.x; ${a.dst}[base + 1u] = h0.y; ${a.dst}[base + 2u] = h1.x; ${a.dst}[base + 3u] = h1.y;
+        ${a.dst}[base + 4u] = h2.x; ${a.dst}[base + 5u] = h2.y; ${a.dst}[base + 6u] = h3.x; ${a.dst}[base + 7u] = h3.y; }`),
+    retype: (code) => arrays.reduce((c, a) => {
+      const decl = new RegExp(`(var<storage, read> ${a.src}: )array<f16>;`);
+      if (!decl.test(c)) throw new Error(`stageTiles: no f16 binding named ${a.src}`);
+      return c.replace(decl, "$1array<vec4<u32>>; // f16, 8 per element, read only by the staged copy");
+    }, code),
   };
 }
 
@@ -442,7 +455,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
   }
 }
 `;
-  return { name: `attention_tc_dq_hd${hd}${L.tag}${staged ? "_st" : ""}`, code };
+  return { name: `attention_tc_dq_hd${hd}${L.tag}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -570,7 +583,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut *
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${staged ? "_st" : ""}`, code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
