@@ -116,8 +116,9 @@ export function tcConfigFor(M: number, N: number, K: number, transB = true): TcC
   void M;
   const hit = measured.get(`${N}:${K}:${transB}`);
   if (hit) return hit;
-  // Narrow outputs (k/v projections of small models): too few 128-wide tiles to fill the GPU.
-  if (N <= 256) return { tm: 4, tn: 4, sgm: 1, sgn: 1 };
+  // Narrow outputs (k/v projections): the staged 128×128 tile the sweep picked for every narrow
+  // shape it measured (the global kernel's subgroup-matrix loads from storage are slow on NVIDIA).
+  if (N <= 256) return { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   // Otherwise 8 subgroups of 4×4 matrices over a 128×256 tile, the best of the sweep on most shapes.
   return { tm: 4, tn: 4, sgm: 2, sgn: 4, staged: true };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 import { stagedStoreConflict, stagedStoreRotation } from "../src/matmul-tc-staged.ts";
 
@@ -232,6 +232,11 @@ test("thin tensor-core plan: staged 128-row tiles as wide as N, K split while wo
     const { splits } = thinTcPlan(M!, N!, K!);
     expect(K! % (16 * splits)).toBe(0);
   }
+});
+
+test("tile rule for shapes the sweep did not measure: staged tiles, narrow outputs included", () => {
+  expect(tcConfigFor(4096, 96, 1000, true)).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 });
+  expect(tcConfigFor(4096, 1000, 96, true).staged).toBe(true);
 });
 
 test("split-K plan for weight gradients: only when the output tiles are few, chunks of at least 256", () => {
