@@ -2,6 +2,7 @@
 // of K-chunks (matmul.wgsl with one chunk per workgroup z). One thread per element of C.
 
 override HAS_BIAS: bool = false;
+override TRANSPOSE_C: bool = false; // C is stored transposed: element (m, n) at offC + n·ldc + m
 
 struct Params { M: u32, N: u32, ldc: u32, splits: u32, alpha: f32, beta: f32, offC: u32, _p1: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -17,7 +18,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var s = 0.0;
   for (var z = 0u; z < p.splits; z++) { s += part[z * mn + i]; }
   let m = i / p.N; let n = i % p.N;
-  let idx = p.offC + m * p.ldc + n;
+  var idx = p.offC + m * p.ldc + n;
+  if (TRANSPOSE_C) { idx = p.offC + n * p.ldc + m; }
   var v = p.alpha * s;
   if (HAS_BIAS) { v += bias[n]; }
   if (p.beta != 0.0) { v += p.beta * c[idx]; } // beta == 0 never reads C (it may hold NaN)

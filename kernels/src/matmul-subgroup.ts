@@ -232,7 +232,9 @@ export function splitKPlan(M: number, N: number, K: number): { cfg: TcConfig; sp
  * an f32 partial (one batched dispatch), one pass reduces them into C (alpha, beta 0 or 1, element
  * offsets and ldc allowed). splits 1 is one product straight into a scratch, then the same reduce.
  */
-export function matmulTensorCoreSplitK(rec: Recorder, args: MatmulArgs, cfg: TcConfig, splits: number, caller = "matmulTensorCoreSplitK") {
+export function matmulTensorCoreSplitK(
+  rec: Recorder, args: MatmulArgs, cfg: TcConfig, splits: number, caller = "matmulTensorCoreSplitK", o: { transposeC?: boolean } = {},
+) {
   const { M, N, K } = args;
   const transB = args.transB ?? false;
   const why = tensorCoreUnsupported({ ...args, alpha: 1, offsetC: 0, ldc: N });
@@ -248,8 +250,23 @@ export function matmulTensorCoreSplitK(rec: Recorder, args: MatmulArgs, cfg: TcC
     offsetA: args.offsetA, offsetB: args.offsetB,
     strideA: Kc, strideB: transB ? Kc : Kc * ldb, strideC: M * N,
   }, cfg);
-  splitKReduce(rec, part, args.c, { M, N, ldc: args.ldc ?? N, splits, alpha: args.alpha ?? 1, beta: args.beta ?? 0, offsetC: args.offsetC ?? 0 });
+  splitKReduce(rec, part, args.c, {
+    M, N, ldc: args.ldc ?? (o.transposeC ? M : N), splits, alpha: args.alpha ?? 1, beta: args.beta ?? 0, offsetC: args.offsetC ?? 0, transposeC: o.transposeC,
+  });
   rec.recycle(part);
+}
+
+/**
+ * Tile and K-split for a product with few rows (a LoRA rank or a few: LoRA's dA = dhᵀ·x and
+ * dBᵀ = hᵀ·dy, K = tokens): staged 16-row tiles 256 wide (4 subgroups of 1×4 result matrices), K
+ * split into chunks (each ≥ 128) until about 4 workgroups per SM run.
+ */
+export function shortTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
+  const cfg: TcConfig = { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 };
+  const workgroups = cdiv(M, 16) * cdiv(N, 256);
+  let splits = 1;
+  while (splits < 16 && workgroups * splits < 528 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
+  return { cfg, splits };
 }
 
 /**

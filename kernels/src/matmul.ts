@@ -159,15 +159,18 @@ function matmulSplitK(rec: Recorder, args: MatmulArgs & { lda: number; ldb: numb
  */
 export function splitKReduce(
   rec: Recorder, part: Tensor, c: Tensor,
-  o: { M: number; N: number; ldc: number; splits: number; alpha: number; beta: number; offsetC: number; bias?: Tensor },
+  o: { M: number; N: number; ldc: number; splits: number; alpha: number; beta: number; offsetC: number; bias?: Tensor; transposeC?: boolean },
 ) {
   const { M, N, ldc, splits } = o;
+  const tC = o.transposeC ?? false; // C holds the (N, M) transpose, row stride ldc
   expectTensor("splitKReduce", "part", part, "f32");
   expectTensor("splitKReduce", "c", c, "f32");
+  if (tC && o.bias) throw new Error("splitKReduce: a bias with a transposed C is not supported");
   if (part.numel < splits * M * N) throw new Error(`splitKReduce: part has ${part.numel} elements, too few for ${splits}·${M}·${N}`);
-  if (o.offsetC + (M - 1) * ldc + N > c.numel) throw new Error(`splitKReduce: c has ${c.numel} elements, too few for M=${M} N=${N} ldc=${ldc}`);
+  const [rows, cols] = tC ? [N, M] : [M, N];
+  if (o.offsetC + (rows - 1) * ldc + cols > c.numel) throw new Error(`splitKReduce: c has ${c.numel} elements, too few for ${tC ? "Cᵀ " : ""}M=${M} N=${N} ldc=${ldc}`);
   const params = new Params(8).u32(M).u32(N).u32(ldc).u32(splits).f32(o.alpha).f32(o.beta).u32(o.offsetC).u32(0);
-  rec.dispatch(`matmul_splitk_reduce ${M}x${N} s=${splits}`, rec.rt.pipeline(splitKReduceSource, { HAS_BIAS: o.bias ? 1 : 0 }), params.buffer,
+  rec.dispatch(`matmul_splitk_reduce ${M}x${N}${tC ? "ᵀ" : ""} s=${splits}`, rec.rt.pipeline(splitKReduceSource, { HAS_BIAS: o.bias ? 1 : 0, TRANSPOSE_C: tC ? 1 : 0 }), params.buffer,
     [part, o.bias ?? rec.rt.placeholder, c], flatGrid(M * N));
 }
 

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, type MatmulKernel, splitKFactor } from "../src/index.ts";
+import { fillRowsWithBias, getRuntime, linearBackwardInput, linearBackwardWeight, linearForward, matmul, type MatmulKernel, splitKFactor, splitKReduce } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, matmulRef, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -253,5 +253,30 @@ describe.each(KERNELS)("batched along z with strides (%s)", (kernel) => {
       for (let i = M * N; i < strideC; i++) expect(out[z * strideC + i]).toBe(c0[z * strideC + i]!);
     }
     rt.release(ta, tb, tc);
+  });
+});
+
+// The split-K reduction into a transposed C (LoRA's dBᵀ = hᵀ·dy reduced into dB (out, r)).
+describe("splitKReduce into a transposed C", () => {
+  test("C (N, M) stride ldc at an offset += alpha · Σ partials (S, M, N), other elements untouched", async () => {
+    const rt = await getRuntime();
+    const S = 3, M = 5, N = 7, ldc = 9, offC = 4, alpha = 0.5;
+    const part = randn(S * M * N), c0 = randn(offC + N * ldc);
+    const tp = rt.upload("f32", [S * M * N], part), tc = rt.upload("f32", [offC + N * ldc], c0);
+    const rec = rt.recorder("splitk transposed");
+    splitKReduce(rec, tp, tc, { M, N, ldc, splits: S, alpha, beta: 1, offsetC: offC, transposeC: true });
+    rec.submit();
+    const out = await rt.read(tc);
+    rec.release();
+    const want = Float64Array.from(c0);
+    for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let z = 0; z < S; z++) s += part[z * M * N + m * N + n]!;
+      want[offC + n * ldc + m]! += alpha * s;
+    }
+    expect(relError(out, want)).toBeLessThan(1e-6);
+    for (let n = 0; n < N; n++) for (let m = M; m < ldc && offC + n * ldc + m < out.length; m++) expect(out[offC + n * ldc + m]).toBe(c0[offC + n * ldc + m]!);
+    expect(() => splitKReduce(rec, tp, tc, { M, N: N + 1, ldc, splits: S, alpha, beta: 1, offsetC: offC, transposeC: true })).toThrow("splitKReduce");
+    rt.release(tp, tc);
   });
 });

@@ -238,4 +238,14 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("LoRA on tensor cores against float64 
   test("A's not stacked: LoRA stays on the f32 products, the frozen ones on tensor cores", async () => {
     expectGroupMatches(await runGroup({ ...base, betaDx: 1, stackA: false }), 2e-3);
   });
+  test("long T: dA and dB split over tokens on tensor cores (and the same with them kept f32)", async () => {
+    const long = { ...base, T: 512, betaDx: 1 as const, stackA: true };
+    expectGroupMatches(await runGroup(long), 2e-3);
+    loraTensorCores.grads = false;
+    try {
+      expectGroupMatches(await runGroup(long), 2e-3);
+    } finally {
+      loraTensorCores.grads = true;
+    }
+  });
 });

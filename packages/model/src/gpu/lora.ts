@@ -24,13 +24,16 @@
  * every width a multiple of 16, A's stacked; with dropout the products run per module, as below): h = x16·[A]16ᵀ is one thin split-K product, each
  * s·h_i·B_iᵀ rides on its frozen product as an extra K = r slice of the same output tile (no
  * second pass over y), dh_i = s·dy16_i·B16_i is thin split-K, and dh·[A] rides on the last frozen
- * input-gradient product as an extra K = n·r slice. dA and dB stay f32 products (they reduce over
- * tokens). Operands are rounded to f16 as the frozen products' are; the f32 path is what the
- * parity tests against PEFT check, this one is checked against it.
+ * input-gradient product as an extra K = n·r slice. dA += dhᵀ·x and dBᵀ += s·hᵀ·dy (they reduce
+ * over tokens) are split-K tensor-core products of few rows (shortTcPlan) reading dh and h
+ * transposed to f16 (tiny) and x, dy in f16, dBᵀ reduced into dB transposed (loraTensorCores.grads;
+ * off: f32 products). Operands are rounded to f16 as the frozen products' are; the f32 path is what
+ * the parity tests against PEFT check, this one is checked against it.
  */
 import {
   type AuxSlice, type MatmulArgs, type Recorder, Tensor, bgmvExpand, bgmvShrink, dropoutBackward, dropoutForward, fillRowsWithBias,
-  hasTensorCoreMatmul, matmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, scale, tensorCoreUnsupported, toF16,
+  convertTransposedF16, hasTensorCoreMatmul, matmul, matmulAuto, matmulTensorCore, matmulTensorCoreSplitK, matmulTensorCoreThin, scale,
+  shortTcPlan, tensorCoreUnsupported, toF16,
 } from "@tuneloom/kernels";
 import type { LoraTarget } from "../lora-config.ts";
 
@@ -159,7 +162,25 @@ export function linearsLoraForward(
  * an H100 (session 6: the 1B step's f32 LoRA products went from 77 to 18 ms, 392 → 364 ms of GPU
  * time). `TUNELOOM_LORA_TC=0` turns it off (A/B measurements); tests flip `enabled`.
  */
-export const loraTensorCores = { enabled: process.env.TUNELOOM_LORA_TC !== "0" };
+export const loraTensorCores = {
+  enabled: process.env.TUNELOOM_LORA_TC !== "0",
+  /** dA and dB on tensor cores as well (session 7; `TUNELOOM_LORA_GRAD_TC=0` keeps them f32). */
+  grads: process.env.TUNELOOM_LORA_GRAD_TC !== "0",
+};
+
+/** t (R, C) f32 → (C, R) f16, a scratch of the recording (recycle it). */
+function transposedF16(rec: Recorder, t: Tensor): Tensor {
+  const [R, C] = t.shape as [number, number];
+  const out = rec.scratch("f16", [C, R], `${t.label}:f16ᵀ`);
+  convertTransposedF16(rec, t, out);
+  return out;
+}
+
+/** acc (M, N) += alpha · aT16[rows at offsetA] (M, K = T) · b16 (T, N), or its transpose into acc (N, M). */
+function shortProductTc(rec: Recorder, args: MatmulArgs, transposeC = false) {
+  const { cfg, splits } = shortTcPlan(args.M, args.N, args.K);
+  matmulTensorCoreSplitK(rec, args, cfg, splits, "LoRA gradients on tensor cores", { transposeC });
+}
 
 /**
  * How a group's LoRA runs on tensor cores (module comment), or null when it does not: a GPU with
@@ -304,13 +325,17 @@ function loraBackwardTc(
   const ld = mods.length * r;
   const hs = groupColumns(h, T, ld, "h", "linearsLoraBackward");
   const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
-  const dy16s = projs.map(({ dy }) => toF16(rec, dy)); // each dy_i rounded once: dh_i and the frozen dx product read it
+  const dy16s = projs.map(({ dy }) => toF16(rec, dy)); // each dy_i rounded once: dh_i, dB_i and the frozen dx product read it
+  // dA, dB on tensor cores: h and (after the loop) dh transposed to f16, (n·r, T) each, module i in rows i·r …
+  const gradsTc = loraTensorCores.grads;
+  const hT16 = gradsTc ? transposedF16(rec, hs) : undefined;
   let i = 0;
   for (const [j, { dy, lora: m }] of projs.entries()) {
     if (!m) continue;
     const outF = m.B.shape[0]!, s = m.scaling;
-    // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i (f32),  dh_i = s·dy_i·B_i (tensor cores)
-    matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
+    // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i,  dh_i = s·dy_i·B_i (tensor cores)
+    if (hT16) shortProductTc(rec, { a: hT16, b: dy16s[j]!, c: m.dB!, M: r, N: outF, K: T, lda: T, offsetA: i * r * T, ldc: r, alpha: s, beta: 1 }, true);
+    else matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
     const B16 = toF16(rec, m.B); // (out, r)
     matmulTensorCoreThin(rec, { a: dy16s[j]!, b: B16, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });
     rec.recycle(B16);
@@ -323,9 +348,15 @@ function loraBackwardTc(
     // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x (f32),  dx += dh·[A]
     const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
     if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
-    matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
+    if (gradsTc) {
+      const dhT16 = transposedF16(rec, dhs), x16 = toF16(rec, x);
+      shortProductTc(rec, { a: dhT16, b: x16, c: dA, M: ld, N: inF, K: T, beta: 1 });
+      rec.recycle(dhT16);
+      rec.recycle(x16);
+    } else matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
     aux = { a2: toF16(rec, dhs), b2: toF16(rec, A), K2: ld };
   }
+  if (hT16) rec.recycle(hT16);
   for (const [j, { w }] of projs.entries()) {
     const outF = w.shape[0]!;
     matmulTensorCore(rec, { a: dy16s[j]!, b: w, c: dx, M: T, N: inF, K: outF, beta: j === 0 ? betaDx : 1 }, undefined,
@@ -334,18 +365,27 @@ function loraBackwardTc(
   for (const t of [...(aux ? [aux.a2, aux.b2] : []), ...dy16s]) rec.recycle(t);
   if (A) return;
   const dh16 = toF16(rec, dhs);
+  const dhT16 = gradsTc ? transposedF16(rec, dhs) : undefined;
+  const x16 = gradsTc && mods.some((m) => !m.dropout) ? toF16(rec, x) : undefined;
+  // dA_i += dh_iᵀ·input: on tensor cores from dhᵀ's rows i·r … (f16 input), else f32 from dh's columns.
+  const dAProduct = (i: number, m: LoraModule, input: Tensor, input16: Tensor | undefined) => {
+    if (dhT16 && input16) shortProductTc(rec, { a: dhT16, b: input16, c: m.dA!, M: r, N: inF, K: T, lda: T, offsetA: i * r * T, beta: 1 });
+    else matmul(rec, { a: dhs, b: input, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, lda: ld, offsetA: i * r });
+  };
   for (const [i, m] of mods.entries()) {
     const cols = { lda: ld, offsetA: i * r };
     const A16 = toF16(rec, m.A); // (r, in)
     if (!m.dropout) {
-      // backward of h_i = x·A_iᵀ:  dA_i += dh_iᵀ·x (f32),  dx += dh_i·A_i (tensor cores)
-      matmul(rec, { a: dhs, b: x, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+      // backward of h_i = x·A_iᵀ:  dA_i += dh_iᵀ·x,  dx += dh_i·A_i (tensor cores)
+      dAProduct(i, m, x, x16);
       matmulTensorCore(rec, { a: dh16, b: A16, c: dx, M: T, N: inF, K: r, beta: 1, ...cols });
     } else {
       const d = m.dropout;
-      // backward of h_i = x̃_i·A_iᵀ:  dA_i += dh_iᵀ·x̃_i (f32, x̃_i regenerated),  dx̃_i = dh_i·A_i (tensor cores)
+      // backward of h_i = x̃_i·A_iᵀ:  dA_i += dh_iᵀ·x̃_i (x̃_i regenerated),  dx̃_i = dh_i·A_i (tensor cores)
       const xd = droppedInput(rec, x, d, "linearsLoraBackward");
-      matmul(rec, { a: dhs, b: xd, c: m.dA!, M: r, N: inF, K: T, transA: true, beta: 1, ...cols });
+      const xd16 = dhT16 ? toF16(rec, xd) : undefined;
+      dAProduct(i, m, xd, xd16);
+      if (xd16) rec.recycle(xd16);
       const dxd = xd; // x̃_i is no longer needed: the scratch now holds dx̃_i (T, in)
       matmulTensorCore(rec, { a: dh16, b: A16, c: dxd, M: T, N: inF, K: r, ...cols });
       // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
@@ -354,6 +394,7 @@ function loraBackwardTc(
     rec.recycle(A16);
   }
   rec.recycle(dh16);
+  for (const t of [dhT16, x16]) if (t) rec.recycle(t);
 }
 
 /**
