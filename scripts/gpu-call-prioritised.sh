@@ -59,7 +59,10 @@ for step in $STEPS; do
       # dW on tensor cores, dk/dv per query head and staged attention tiles: on by default since session 7.
       grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_DW_TC=0; el "TUNELOOM_DW_TC=0"; }
       grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt && { export TUNELOOM_ATTN_DKV_PER_HEAD=0; el "TUNELOOM_ATTN_DKV_PER_HEAD=0"; }
-      grep -q '^(fail) .*staged tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_STAGE=0; el "TUNELOOM_ATTN_STAGE=0"; } ;;
+      grep -q '^(fail) .*staged tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_STAGE=0; el "TUNELOOM_ATTN_STAGE=0"; }
+      # Session 7: staged thin products / split-K weight gradients, LoRA's dA and dB on tensor cores.
+      grep -q '^(fail) .*thin split-K\|^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_SMALL_STAGED=0; el "TUNELOOM_SMALL_STAGED=0"; }
+      grep -q '^(fail) .*dA and dB split over tokens' $OUT/tests.txt && { export TUNELOOM_LORA_GRAD_TC=0; el "TUNELOOM_LORA_GRAD_TC=0"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.

@@ -118,7 +118,7 @@ export function tcConfigFor(M: number, N: number, K: number, transB = true): TcC
   if (hit) return hit;
   // Narrow outputs (k/v projections): the staged 128×128 tile the sweep picked for every narrow
   // shape it measured (the global kernel's subgroup-matrix loads from storage are slow on NVIDIA).
-  if (N <= 256) return { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
+  if (N <= 256) return process.env.TUNELOOM_SMALL_STAGED === "0" ? { tm: 4, tn: 4, sgm: 1, sgn: 1 } : { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   // Otherwise 8 subgroups of 4×4 matrices over a 128×256 tile, the best of the sweep on most shapes.
   return { tm: 4, tn: 4, sgm: 2, sgn: 4, staged: true };
 }

@@ -197,6 +197,7 @@ export function matmulTensorCore(
  */
 export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
   const tn = N % 64 === 0 ? 4 : N % 48 === 0 ? 3 : N % 32 === 0 ? 2 : 1;
+  if (!stagedSmallProducts.enabled) return globalThinPlan(M, N, K, tn);
   const cfg: TcConfig = { tm: 2, tn, sgm: 4, sgn: 1, staged: true, bk: 64 };
   const workgroups = cdiv(M, 128) * cdiv(N, 16 * tn);
   let splits = 1;
@@ -215,6 +216,21 @@ export function matmulTensorCoreThin(rec: Recorder, args: MatmulArgs) {
 }
 
 /**
+ * Session 7's staged forms for small products (thin LoRA products, split-K weight gradients, the
+ * rule for narrow outputs): `TUNELOOM_SMALL_STAGED=0` restores session 6's (global kernel, no
+ * split) for A/B measurements.
+ */
+export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED !== "0" };
+
+/** Session 6's thin plan: one 16-row strip per subgroup on the global kernel, about 1,024 subgroups. */
+function globalThinPlan(M: number, N: number, K: number, tn: number): { cfg: TcConfig; splits: number } {
+  const subgroups = cdiv(M, 16) * cdiv(N, 16 * tn);
+  let splits = 1;
+  while (splits < 16 && subgroups * splits < 1024 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
+  return { cfg: { tm: 1, tn, sgm: 4, sgn: 1 }, splits };
+}
+
+/**
  * K split for a product whose output tiles are too few to fill the GPU (weight gradients of
  * narrow layers: M×N a few tiles, K = tokens): 128×128 staged tiles, K split in halves while
  * there are fewer than 264 workgroups (2 per SM of an H100) and each chunk keeps ≥ 256 of K.
@@ -223,7 +239,7 @@ export function splitKPlan(M: number, N: number, K: number): { cfg: TcConfig; sp
   const cfg: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   const tiles = cdiv(M, 128) * cdiv(N, 128);
   let splits = 1;
-  while (splits < 16 && tiles * splits < 264 && K % (32 * splits) === 0 && K / (2 * splits) >= 256) splits *= 2;
+  while (stagedSmallProducts.enabled && splits < 16 && tiles * splits < 264 && K % (32 * splits) === 0 && K / (2 * splits) >= 256) splits *= 2;
   return { cfg, splits };
 }
 
