@@ -78,8 +78,9 @@ export function fullAllocationError(err: unknown, e: FullMemoryEstimate, device:
   const oom = err instanceof GpuError &&
     (err.kind === "out-of-memory" || /out of memory|out-of-memory|OutOfMemory|OUT_OF_(DEVICE|HOST)_MEMORY|failed to allocate|allocation/i.test(err.message));
   if (!oom) return err;
+  const cause = err.message.split("\n")[0]!; // Dawn appends the call chain and its source location
   return new Error(
-    `full fine-tuning does not fit in ${device}'s memory: it needs about ${gb(e.total)} (${formatFullMemory(e).replace(/^memory: /, "")}), and the device could not allocate its buffers (${err.message}). ` +
+    `full fine-tuning does not fit in this GPU's memory (${device}): it needs about ${gb(e.total)} (${formatFullMemory(e).replace(/^memory: /, "")}), and the device could not allocate its buffers (${cause}). ` +
       `Lower --batch-size or --max-length (activations), or train a LoRA adapter instead (drop --full).`,
   );
 }

@@ -238,11 +238,13 @@ describe("full fine-tuning memory and buffer plan", () => {
   test("an out-of-memory GPU error while allocating becomes the refusal with the memory statement; other errors pass through", () => {
     const e = fullFinetuneMemory(llama8b(), { params: 8_030_261_248, weightBytes: 2, tokensPerMicroBatch: 1024, gradientCheckpointing: true });
     const oom = fullAllocationError(new GpuError("full:params0", "Out of memory allocating 2147483648 bytes"), e, "a test GPU") as Error;
-    expect(oom.message).toMatch(/^full fine-tuning does not fit in a test GPU's memory: it needs about \d+\.\d\d GB \(f32 masters 32\.12 GB .*\), and the device could not allocate its buffers \(GPU error in full:params0: Out of memory.*drop --full/);
+    expect(oom.message).toMatch(/^full fine-tuning does not fit in this GPU's memory \(a test GPU\): it needs about \d+\.\d\d GB \(f32 masters 32\.12 GB .*\), and the device could not allocate its buffers \(GPU error in full:params0: Out of memory.*drop --full/);
     // What Dawn's Vulkan backend said on an H100 (session 7), as an uncaptured GPUOutOfMemoryError.
     const vk = "vkAllocateMemory failed with VK_ERROR_OUT_OF_DEVICE_MEMORY\n - While calling [Device \"tuneloom\"].CreateBuffer([BufferDescriptor \"\"full:grads8\"\"]).";
     for (const err of [new GpuError("uncaptured", vk), new GpuError("uncaptured", "allocation of 2 GB refused", "out-of-memory")]) {
-      expect((fullAllocationError(err, e, "an H100") as Error).message).toStartWith("full fine-tuning does not fit in an H100's memory: it needs about");
+      const msg = (fullAllocationError(err, e, "an H100") as Error).message;
+      expect(msg).toStartWith("full fine-tuning does not fit in this GPU's memory (an H100): it needs about");
+      expect(msg).not.toContain("While calling"); // the cause's first line only
     }
     const other = new GpuError("x", "validation failed");
     expect(fullAllocationError(other, e, "a test GPU")).toBe(other);
