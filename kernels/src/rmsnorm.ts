@@ -9,6 +9,7 @@ import { wgslLoader } from "./load16.ts";
 import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
+import { splitKReduce } from "./matmul.ts";
 import rmsnormWgsl from "./rmsnorm.wgsl" with { type: "text" };
 import rmsnormWeightWgsl from "./rmsnorm_weight.wgsl" with { type: "text" };
 
@@ -75,6 +76,19 @@ export function rmsnormWeightBackward(rec: Recorder, x: Tensor, rstd: Tensor, dy
   expectTensor("rmsnormWeightBackward", "rstd", rstd, "f32", [T]);
   expectTensor("rmsnormWeightBackward", "dy", dy, "f32", x.shape);
   expectTensor("rmsnormWeightBackward", "dw", dw, "f32", [C]);
-  rec.dispatch(`rmsnormWeightBackward ${T}x${C}`, rec.rt.pipeline(weightGradSource, {}, "rmsnorm_weight_backward"),
-    new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, rstd, dy, dw], flatGrid(C, 64));
+  if (T <= WEIGHT_GRAD_ROWS) {
+    rec.dispatch(`rmsnormWeightBackward ${T}x${C}`, rec.rt.pipeline(weightGradSource, {}, "rmsnorm_weight_backward"),
+      new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, rstd, dy, dw], flatGrid(C, 64));
+    return;
+  }
+  // Chunks of rows in parallel, then their sum in chunk order (rmsnorm_weight.wgsl).
+  const chunks = Math.ceil(T / WEIGHT_GRAD_ROWS);
+  const part = rec.scratch("f32", [chunks, C], "rmsnorm_dw_partials");
+  rec.dispatch(`rmsnormWeightBackward ${T}x${C} partials`, rec.rt.pipeline(weightGradSource, {}, "rmsnorm_weight_partial"),
+    new Params(4).u32(T).u32(C).f32(0).f32(0).buffer, [x, rstd, dy, part], [Math.ceil(C / 64), chunks]);
+  splitKReduce(rec, part, dw, { M: 1, N: C, ldc: C, splits: chunks, alpha: 1, beta, offsetC: 0 });
+  rec.recycle(part);
 }
+
+/** Rows per partial sum of rmsnormWeightBackward (ROWS in rmsnorm_weight.wgsl). */
+const WEIGHT_GRAD_ROWS = 64;

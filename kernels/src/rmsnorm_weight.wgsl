@@ -4,6 +4,9 @@
 //   dw_c = Σ_t dy[t, c]·x[t, c]·r_t                 x, dy: (T, C), r = saved rstd (T), dw: (C)
 // One thread per channel walks the rows in order: deterministic, no atomics. beta = 1 adds into
 // dw (micro-batches and checkpoint recomputes accumulate), beta = 0 never reads it.
+// Many rows (T > ROWS): rmsnorm_weight_partial sums ROWS-row chunks into partials (chunks, C), one
+// workgroup row per chunk, and matmul-splitk.wgsl adds them up in chunk order (still deterministic):
+// one thread per channel over 4,096 rows left a whole GPU to C/64 workgroups.
 
 struct Params { T: u32, C: u32, _pad: f32, beta: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -22,4 +25,19 @@ fn rmsnorm_weight_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   if (p.beta != 0.0) { s += p.beta * dw[c]; }
   dw[c] = s;
+}
+
+const ROWS = 64u;
+
+@compute @workgroup_size(64)
+fn rmsnorm_weight_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let c = gid.x;
+  if (c >= p.C) { return; }
+  let t0 = wg.y * ROWS;
+  let t1 = min(t0 + ROWS, p.T);
+  var s = 0.0;
+  for (var t = t0; t < t1; t++) {
+    s = fma(dy[t * p.C + c] * saved_rstd[t], x[t * p.C + c], s);
+  }
+  dw[wg.y * p.C + c] = s; // the partials (chunks, C)
 }

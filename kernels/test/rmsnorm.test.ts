@@ -135,7 +135,8 @@ test("rmsnorm shape errors name the kernel", () => {
 });
 
 describe("rmsnorm weight gradient (full fine-tuning) against float64", () => {
-  for (const [T, C] of [[1, 576], [129, 67], [7, 2048], [3, 13]] as const) {
+  // T > 64 takes the two-pass form (64-row partials, summed in order): 129 (a 1-row last chunk), 4096.
+  for (const [T, C] of [[1, 576], [129, 67], [7, 2048], [3, 13], [4096, 96]] as const) {
     test(`T=${T} C=${C}: dw = Σ_t dy·x·rstd, beta=1 accumulates`, async () => {
       const x = randn(T * C), dy = randn(T * C), dwPrev = randn(C);
       const { t: tw, w } = weight("f32", C);
