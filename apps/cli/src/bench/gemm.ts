@@ -43,6 +43,12 @@ const SHAPES: [string, number, number, number][] = [
   ["qwen7b kv 4096x512x3584", 4096, 512, 3584],
   ["qwen7b up 4096x18944x3584", 4096, 18944, 3584],
   ["qwen7b down 4096x3584x18944", 4096, 3584, 18944],
+  // LM head chunks of cross-entropy (16,384 vocabulary rows at a time)
+  ["qwen0.5b head 4096x16384x896", 4096, 16384, 896],
+  ["llama1b head 4096x16384x2048", 4096, 16384, 2048],
+  ["llama3b head 4096x16384x3072", 4096, 16384, 3072],
+  ["qwen7b head 4096x16384x3584", 4096, 16384, 3584],
+  ["llama8b head 4096x16384x4096", 4096, 16384, 4096],
 ];
 
 /**
