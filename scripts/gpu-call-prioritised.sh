@@ -3,8 +3,8 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests profile-1b profile-full train-1b full train-llama8b load-8b train-small train-3b sweep
-# serve multi-lora: what session 7 left unmeasured, in the
+# STEPS (default: tests profile-1b profile-full variants train-1b full train-llama8b load-8b train-small train-3b
+# sweep serve multi-lora: what session 7 left unmeasured, in the
 # order the open issues need it; more than one call holds, so a second call starts where it stopped)
 # is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
@@ -24,7 +24,8 @@
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     matrix-copy staging (m) in several tiles, fewer accumulators per thread, rotated stores, the global kernel with prefetch (p) (gemm.jsonl)
+#   variants     8 warps on a 128×128 tile (fewer accumulators and registers per thread, more warps per SM),
+#                double buffering, against the table's pick (session 7 measured m, r and p: all slower) (gemm.jsonl)
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³, per-lane and matrix-copy staging (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
@@ -36,7 +37,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests profile-1b profile-full train-1b full train-llama8b load-8b train-small train-3b sweep serve multi-lora}
+STEPS=${*:-tests profile-1b profile-full variants train-1b full train-llama8b load-8b train-small train-3b sweep serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -119,7 +120,7 @@ for step in $STEPS; do
       # Tile shapes that trade accumulators per thread for warps per SM (occupancy), with rotated
       # stores, on 4096³ and Llama's up product: which direction the next kernel work should take.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 90 ? $(left) - 10 : 90 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8m,4x4_2x4sk64g8m,4x4_2x2sdg8m,2x4_4x2sk64g8m,4x4_2x2sk64g8r,4x2_2x4sk64g8r,4x4_1x1,4x4_1x1p,4x4_2x2p \
+        --configs 4x4_2x2sk64g8,2x4_4x2sk64g8,4x2_2x4sk64g8,2x4_4x2sg8,2x2_4x4sk64g8,4x4_2x2sdg8,4x4_2x4sg8 \
         --shapes 4096x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac
