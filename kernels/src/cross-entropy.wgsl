@@ -74,14 +74,17 @@ fn ce_chunk_stats(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
   if (tid == 0u) {
     var m = mx;
     var s = se;
+    var alpha = 0.0; // exp(m_old - m_new): the one-pass backward rescales its row of U by it
     if ((p.flags & FIRST_CHUNK) == 0u) {
       let m0 = s_state[t * 4u];
       let s0 = s_state[t * 4u + 1u];
       m = max(m0, mx);
       s = s0 * exp(m0 - m) + se * exp(mx - m);
+      alpha = exp(m0 - m);
     }
     s_state[t * 4u] = m;
     s_state[t * 4u + 1u] = s;
+    s_state[t * 4u + 3u] = alpha; // slot 3 holds lse only after ce_finalize
     let label = s_labels[t];
     if (label >= i32(p.v0) && label < i32(p.v0 + p.n)) {
       s_state[t * 4u + 2u] = s_logits[base + u32(label) - p.v0];
@@ -160,4 +163,34 @@ fn ce_chunk_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
   var d = exp(b_logits[idx] - b_state[t * 4u + 3u]);
   if (i32(p.v0 + j) == label) { d -= 1.0; }
   b_logits[idx] = d * p.scale;
+}
+
+// ------------------------------------------------------------------ one-pass backward (dh only)
+// Without a dW to compute, dh = scale · (Σ_v softmax_v · W_v − W_label) is accumulated during the
+// forward sweep, as flash attention accumulates its output: per chunk, after ce_chunk_stats,
+//   E = exp(logits − m_running)          (T, n), 0 for ignored rows    ce_chunk_exp (in place)
+//   U = α · U + E · W[v0:v0+n]           (T, C), α = exp(m_old − m_new)  ce_scale_rows + a matmul
+// so U_t = Σ_v exp(l_tv − m_t) W_v at the end and dh_t = scale · (U_t / s_t − W_label)
+// (cross-entropy-dh.ts), with no logits recompute.
+
+// Grid (ceil(n / WG), T).
+@compute @workgroup_size(WG)
+fn ce_chunk_exp(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let t = wg.y;
+  let j = wg.x * WG + tid;
+  if (j >= p.n) { return; }
+  let idx = t * p.n + j;
+  if (b_labels[t] == IGNORE_INDEX) { b_logits[idx] = 0.0; return; }
+  b_logits[idx] = exp(b_logits[idx] - b_state[t * 4u]);
+}
+
+// U (T, C) row t *= α_t (state slot 3); p.n = C. Grid (ceil(C / WG), T).
+@compute @workgroup_size(WG)
+fn ce_scale_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let t = wg.y;
+  let j = wg.x * WG + tid;
+  if (j >= p.n) { return; }
+  var a = b_state[t * 4u + 3u];
+  if (b_labels[t] == IGNORE_INDEX) { a = 0.0; }
+  b_logits[t * p.n + j] *= a;
 }

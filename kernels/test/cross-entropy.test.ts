@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import {
-  crossEntropy, crossEntropyChunk, crossEntropyOnLabelledRows, getRuntime, IGNORE_INDEX, labelledRows, logitsRows, readLoss, type DType,
+  crossEntropy, crossEntropyChunk, crossEntropyOnLabelledRows, crossEntropyOnePass, getRuntime, IGNORE_INDEX, labelledRows, logitsRows, readLoss, type DType,
 } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
@@ -110,6 +110,50 @@ describe("crossEntropy against float64", () => {
       expect(relError(await rt.read(dh), ref.dh)).toBeLessThan(2e-3);
       rec.release();
       rt.release(th, tw, tl, loss, dh);
+    });
+  }
+
+  // dh without dW takes the one-pass backward (dh accumulated during the forward sweep, no logits
+  // recompute); the three-GEMM form must agree with it, and both with float64, for every head dtype,
+  // several chunks (labels in each), ignored rows, an out-of-range label and dh accumulated.
+  for (const dtype of ["f32", "bf16", "f16"] as const) {
+    test(`${dtype} head: the one-pass dh equals the three-GEMM dh and float64 (chunks, ignored rows, accumulateDh)`, async () => {
+      const T = 48, C = 64, V = 700, chunk = 192;
+      const h = dtype === "f32" ? randn(T * C) : fromF16Bits(toF16Bits(randn(T * C)));
+      const { data, values: w } = makeWeights(dtype, V * C, 0.2);
+      const labels = makeLabels(T, V, 21, 5);
+      const dh0 = randn(T * C, 0.1);
+      const th = rt.upload("f32", [T, C], h), tw = rt.upload(dtype, [V, C], data), tl = rt.upload("i32", [T], labels);
+      const run = async (onePass: boolean) => {
+        const was = crossEntropyOnePass.enabled;
+        crossEntropyOnePass.enabled = onePass;
+        const loss = rt.empty("f32", [2]), dh = rt.upload("f32", [T, C], dh0);
+        const rec = rt.recorder(`ce one pass ${onePass}`);
+        try {
+          crossEntropy(rec, { h: th, w: tw, labels: tl, loss, dh, scale: 0.25, chunk, accumulateDh: true });
+        } finally {
+          crossEntropyOnePass.enabled = was;
+        }
+        rec.submit();
+        const out = { loss: await readLoss(rt, loss), dh: await rt.read(dh) };
+        rec.release();
+        rt.release(loss, dh);
+        return out;
+      };
+      const one = await run(true), three = await run(false);
+      const ref = crossEntropyRef(h, w, labels, T, C, V, 0.25);
+      const tol = dtype === "f32" ? 1e-5 : 2e-3;
+      expect(relError(one.dh, ref.dh.map((x, i) => x + dh0[i]!))).toBeLessThan(tol);
+      expect(relError(one.dh, three.dh)).toBeLessThan(tol);
+      expect(one.loss.sum).toBe(three.loss.sum);
+      // An out-of-range label gets dh = scale·Σ softmax·W in both forms (and a NaN loss).
+      const bad = labels.slice();
+      bad[7] = V + 5;
+      rt.write(tl, bad);
+      const oneBad = await run(true), threeBad = await run(false);
+      expect(Number.isNaN(oneBad.loss.sum)).toBe(true);
+      expect(relError(oneBad.dh.subarray(7 * C, 8 * C), threeBad.dh.subarray(7 * C, 8 * C))).toBeLessThan(tol);
+      rt.release(th, tw, tl);
     });
   }
 
