@@ -14,8 +14,7 @@
  * Cost: with dW (a trainable head) the backward recomputes each logits chunk, so forward+backward
  * is four GEMMs of 2·T·V·C flops (logits twice, dh, dW). With dh only (LoRA: the head is frozen),
  * the one-pass backward (crossEntropyOnePass; cross-entropy.wgsl) accumulates dh during the
- * forward sweep: two GEMMs (logits, exp(logits − m)·W), plus T·C·8 bytes of scratch (U and the
- * gathered label rows). Work memory is
+ * forward sweep: two GEMMs (logits, exp(logits − m)·W), plus T·C·4 bytes of scratch (U). Work memory is
  * T·chunk·4 bytes of logits plus T·16 bytes of row state. Each chunk binds its own slice of W
  * (the chunk start is rounded so the slice offset is a multiple of 256 bytes), so W itself may
  * exceed the device's storage-binding limit (lavapipe: 128 MiB; Qwen2.5-0.5B's tied bf16
@@ -43,9 +42,9 @@ const BINDING_ALIGN = 256;
 export const crossEntropyOnePass = { enabled: process.env.TUNELOOM_CE_ONE_PASS !== "0" };
 
 /**
- * The one-pass backward's two W-reading kernels, per W dtype: the label rows of each chunk's W
- * slice gathered into G (T, C) (every row on the first chunk, zeros where the label is elsewhere),
- * and dh (+)= scale · (U / s − G) at the end (ignored rows add nothing).
+ * The one-pass backward's two dh kernels, per W dtype: each chunk subtracts scale·W[label] from
+ * dh for the rows whose label lies in the chunk's W slice (the first chunk also zeroes the other
+ * rows unless dh accumulates), and the end adds scale · U / s (ignored rows get nothing).
  */
 const dhSources = new Map<DType, KernelSource>();
 function dhSource(wDtype: DType): KernelSource {
@@ -59,36 +58,38 @@ const IGNORE_INDEX = -100;
 
 @group(0) @binding(1) var<storage, read> g_labels: array<i32>;   // (T)
 ${wgslLoader("w", 2, wDtype)}                                    // this chunk's W rows (n, C)
-@group(0) @binding(3) var<storage, read_write> g_rows: array<f32>; // G (T, C)
+@group(0) @binding(3) var<storage, read_write> g_dh: array<f32>;  // (T, C)
 
-// Grid (ceil(C / 256), T).
+// dh −= scale · W[label] for rows whose label is in this chunk. Grid (ceil(C / 256), T).
 @compute @workgroup_size(256)
-fn ce_gather_label_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+fn ce_dh_label_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let t = wg.y;
   let c = wg.x * 256u + tid;
   if (c >= p.C) { return; }
+  let i = t * p.C + c;
+  let fresh = (p.flags & FIRST_CHUNK) != 0u && (p.flags & ACCUM_DH) == 0u; // dh's old values are not kept
   let label = g_labels[t];
-  if (label >= i32(p.v0) && label < i32(p.v0 + p.n)) { g_rows[t * p.C + c] = load_w((u32(label) - p.v0) * p.C + c); }
-  else if ((p.flags & FIRST_CHUNK) != 0u) { g_rows[t * p.C + c] = 0.0; }
+  if (label >= i32(p.v0) && label < i32(p.v0 + p.n)) {
+    var d = -p.scale * load_w((u32(label) - p.v0) * p.C + c);
+    if (!fresh) { d += g_dh[i]; }
+    g_dh[i] = d;
+  } else if (fresh) { g_dh[i] = 0.0; }
 }
 
 @group(0) @binding(1) var<storage, read> d_labels: array<i32>;    // (T)
 @group(0) @binding(2) var<storage, read> d_state: array<f32>;     // (T, 4): slot 1 the final Σ exp(l − m)
 @group(0) @binding(3) var<storage, read> d_u: array<f32>;         // U (T, C)
-@group(0) @binding(4) var<storage, read> d_g: array<f32>;         // G (T, C)
-@group(0) @binding(5) var<storage, read_write> d_dh: array<f32>;  // (T, C)
+@group(0) @binding(4) var<storage, read_write> d_dh: array<f32>;  // (T, C)
 
-// Grid (ceil(C / 256), T).
+// dh += scale · U / s for rows with a label. Grid (ceil(C / 256), T).
 @compute @workgroup_size(256)
 fn ce_dh_from_u(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let t = wg.y;
   let c = wg.x * 256u + tid;
   if (c >= p.C) { return; }
+  if (d_labels[t] == IGNORE_INDEX) { return; }
   let i = t * p.C + c;
-  var d = 0.0;
-  if (d_labels[t] != IGNORE_INDEX) { d = p.scale * (d_u[i] / d_state[t * 4u + 1u] - d_g[i]); }
-  if ((p.flags & ACCUM_DH) != 0u) { d += d_dh[i]; }
-  d_dh[i] = d;
+  d_dh[i] += p.scale * d_u[i] / d_state[t * 4u + 1u];
 }
 `;
   src = { name: `cross_entropy_dh_w${wDtype}`, code };
@@ -229,9 +230,10 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
     if (h16 && !tensorCoreUnsupported({ ...args, a: h16 })) matmulTensorCore(rec, { ...args, a: h16 });
     else matmul(rec, args);
   };
-  // One pass (dh only): U (T, C) and the label rows G (T, C) accumulate during the forward sweep.
+  // One pass (dh only): U (T, C) accumulates during the forward sweep, dh takes −scale·W[label].
   const onePass = !!args.dh && !args.dw && crossEntropyOnePass.enabled;
-  const U = onePass ? rec.scratch("f32", [T, C], "ce:u") : null, G = onePass ? rec.scratch("f32", [T, C], "ce:label_rows") : null;
+  const U = onePass ? rec.scratch("f32", [T, C], "ce:u") : null;
+  const dhFlags = (first: boolean) => (first ? FIRST_CHUNK : 0) | (args.accumulateDh ? 2 : 0);
   const pExp = onePass ? rt.pipeline(source, {}, "ce_chunk_exp") : null, pScale = onePass ? rt.pipeline(source, {}, "ce_scale_rows") : null;
   const dhParams = (n: number, v0: number, flags: number, scale = 0) => new Params(8).u32(T).u32(n).u32(v0).u32(C).f32(scale).u32(flags).u32(0).u32(0).buffer;
   // forward: logits chunk by chunk, online (max, sum-exp) per row
@@ -240,8 +242,8 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
     const logits = ws.logits.view([T * chunk]);
     chunkLogits(v0, n, logits);
     rec.dispatch(`ce_chunk_stats v0=${v0}`, pStats, params(n, v0, v0 === 0 ? FIRST_CHUNK : 0), [logits, labels, ws.state], [T]);
-    if (U && G) {
-      // E = exp(logits − m) in place; U = α·U + E·W_c; G picks up the label rows in this chunk.
+    if (U) {
+      // E = exp(logits − m) in place; U = α·U + E·W_c; dh −= scale·W_c[label] for labels in this chunk.
       rec.dispatch(`ce_chunk_exp v0=${v0}`, pExp!, params(n, v0, 0), [logits, labels, ws.state], [cdiv(n, 256), T]);
       if (v0 > 0) rec.dispatch("ce_scale_rows", pScale!, params(C, 0, 0), [U, labels, ws.state], [cdiv(C, 256), T]);
       const wc = rowSlice(w, v0, n, C);
@@ -251,19 +253,18 @@ export function crossEntropy(rec: Recorder, args: CrossEntropyArgs) {
         matmulTensorCore(rec, { ...eArgs, a: e16 });
         rec.recycle(e16);
       } else matmul(rec, eArgs);
-      rec.dispatch(`ce_gather_label_rows v0=${v0}`, rt.pipeline(dhSource(w.dtype), {}, "ce_gather_label_rows"),
-        dhParams(n, v0, v0 === 0 ? FIRST_CHUNK : 0), [labels, wc, G], [cdiv(C, 256), T]);
+      rec.dispatch(`ce_dh_label_rows v0=${v0}`, rt.pipeline(dhSource(w.dtype), {}, "ce_dh_label_rows"),
+        dhParams(n, v0, dhFlags(v0 === 0), args.scale), [labels, wc, args.dh!], [cdiv(C, 256), T]);
     }
   }
   const flags = (args.accumulateLoss ? ACCUM_LOSS : 0) | (args.nll ? HAS_NLL : 0) | (args.nonFinite ? HAS_FLAG : 0);
   rec.dispatch("ce_finalize", pFinal, params(0, 0, flags),
     [ws.state, labels, loss, args.nll ?? rt.writablePlaceholder(0), args.nonFinite ?? rt.writablePlaceholder(1)], [1]);
 
-  if (U && G) {
+  if (U) {
     rec.dispatch("ce_dh_from_u", rt.pipeline(dhSource(w.dtype), {}, "ce_dh_from_u"),
-      dhParams(0, 0, args.accumulateDh ? 2 : 0, args.scale), [labels, ws.state, U, G, args.dh!], [cdiv(C, 256), T]);
+      dhParams(0, 0, 0, args.scale), [labels, ws.state, U, args.dh!], [cdiv(C, 256), T]);
     rec.recycle(U);
-    rec.recycle(G);
   } else if (backward) {
     const pBack = rt.pipeline(source, {}, "ce_chunk_backward");
     for (let v0 = 0; v0 < V; v0 += chunk) {

@@ -170,8 +170,8 @@ fn ce_chunk_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 // forward sweep, as flash attention accumulates its output: per chunk, after ce_chunk_stats,
 //   E = exp(logits − m_running)          (T, n), 0 for ignored rows    ce_chunk_exp (in place)
 //   U = α · U + E · W[v0:v0+n]           (T, C), α = exp(m_old − m_new)  ce_scale_rows + a matmul
-// so U_t = Σ_v exp(l_tv − m_t) W_v at the end and dh_t = scale · (U_t / s_t − W_label)
-// (cross-entropy-dh.ts), with no logits recompute.
+// so U_t = Σ_v exp(l_tv − m_t) W_v at the end and dh_t = scale · (U_t / s_t − W_label) (the label
+// rows subtracted chunk by chunk; cross-entropy.ts dhSource), with no logits recompute.
 
 // Grid (ceil(n / WG), T).
 @compute @workgroup_size(WG)
