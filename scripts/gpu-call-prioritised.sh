@@ -122,7 +122,7 @@ for step in $STEPS; do
       # Tile shapes that trade accumulators per thread for warps per SM (occupancy), with rotated
       # stores, on 4096³ and Llama's up product: which direction the next kernel work should take.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 90 ? $(left) - 10 : 90 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,2x4_4x2sk64g8,4x2_2x4sk64g8,2x4_4x2sg8,2x2_4x4sk64g8,4x4_2x2sdg8,4x4_2x4sg8 \
+        --configs 4x4_2x2sk64g8,2x4_4x2sk64g8,4x2_2x4sk64g8,2x4_4x2sg8,2x2_4x4sk64g8,4x4_2x2sdg8,4x4_2x4sg8,4x4_4x2sg8 \
         --shapes 4096x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac
