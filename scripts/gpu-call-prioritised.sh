@@ -25,8 +25,8 @@
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   variants     8 warps on a 128×128 tile (fewer accumulators and registers per thread, more warps per SM),
-#                double buffering, against the table's pick (session 7 measured m, r and p: all slower) (gemm.jsonl)
-#   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³, per-lane and matrix-copy staging (gemm.jsonl)
+#                double buffering, against the table's pick (gemm.jsonl)
+#   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
@@ -71,7 +71,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sg8,4x4_2x2sk64g8,4x4_2x2sk64g8r,4x4_2x2sk64g8m,4x4_2x2sdg8m,2x4_4x4sg8r,4x4_2x4sk64g8m} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,4x4_2x2sdg8,2x4_4x4sg8,2x4_4x2sk64g8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
@@ -116,7 +116,7 @@ for step in $STEPS; do
       # What each stage of the staged GEMM costs: the table's forward pick with one stage left out
       # (results wrong by design), against mma-peak's ceiling.
       [ "$(left)" -gt 40 ] && el stages && timeout $(( $(left) - 10 < 60 ? $(left) - 10 : 60 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sk64g8r,4x4_2x2sk64g8m,4x4_2x2sk64g8m-no-stores,4x4_2x2sk64g8m-no-loads,4x4_2x2sg8,4x4_2x2sg8r \
+        --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     variants)
       # Tile shapes that trade accumulators per thread for warps per SM (occupancy), with rotated

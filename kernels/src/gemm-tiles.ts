@@ -6,7 +6,7 @@
  * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
  *
  * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
- * for the K slice and `d` for double buffering, `gG` grouped raster, `r` rotated stores, `m` matrix-copy staging) or `c` for the global kernel with constant
+ * for the K slice and `d` for double buffering, `gG` grouped raster) or `c` for the global kernel with constant
  * strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
 import table from "./gemm-tiles.json";
@@ -32,11 +32,6 @@ export interface TcConfig {
    */
   constStrides?: boolean;
   /**
-   * Global only (name suffix `p`): the next K step's operands are loaded into registers before the
-   * current step's products, so the loads' latency overlaps the math (software pipelining).
-   */
-  prefetch?: boolean;
-  /**
    * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
    * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
    * memory), "no-products" (the subgroup-matrix loads and products).
@@ -48,23 +43,6 @@ export interface TcConfig {
    * and a few column panels of B in L2 instead of streaming all of B (Triton's GROUP_M order).
    */
   group?: number;
-  /**
-   * Staged only: bank-conflict-free stores into workgroup memory (name suffix `r`). Each thread
-   * writes its 8 halves of a 16-byte load with 8 f16 stores (WGSL cannot store a vector into
-   * the f16 arrays subgroupMatrixLoad reads); with rows of BK + 8 halves (16-byte aligned, as the
-   * matrix loads need) every lane's j-th half falls in one of only 8 banks, a 4-way conflict per
-   * store. `r` rotates the order per lane (stagedStoreRotation) so that each store instruction of a
-   * warp hits 32 distinct banks.
-   */
-  rotate?: boolean;
-  /**
-   * Staged only: matrix-copy staging (name suffix `m`). Each subgroup moves whole 16×16 tiles of
-   * the slice global → registers → workgroup memory with subgroupMatrixLoad/subgroupMatrixStore,
-   * so the driver picks the instructions (one matrix load and store per 512 bytes) instead of a
-   * 16-byte load and eight f16 stores per thread. Needs the slice's A and B tiles to split evenly
-   * over the subgroups.
-   */
-  copy?: boolean;
   /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
@@ -88,8 +66,8 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(r?)(m?)(?:-(no-loads|no-stores|no-products))?|(c?)(p?))$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][r|m] | [c][p]], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8r or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8 or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -97,16 +75,20 @@ export function parseTcConfig(s: string): TcConfig {
     tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
-    ...(m[9] === "r" ? { rotate: true } : {}),
-    ...(m[10] === "m" ? { copy: true } : {}),
-    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
-    ...(m[12] === "c" ? { constStrides: true } : {}),
-    ...(m[13] === "p" ? { prefetch: true } : {}),
+    ...(m[9] ? { diag: m[9] as TcConfig["diag"] } : {}),
+    ...(m[10] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.rotate ? "r" : ""}${c.copy ? "m" : ""}${c.diag ? `-${c.diag}` : ""}` : `${c.constStrides ? "c" : ""}${c.prefetch ? "p" : ""}`}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+
+/**
+ * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
+ * products and split-K weight gradients in matmul-subgroup.ts): `TUNELOOM_SMALL_STAGED=0` restores
+ * session 6's (global kernel, no split) for A/B measurements.
+ */
+export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED !== "0" };
 
 const measured = new Map<string, TcConfig>();
 for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));
@@ -118,7 +100,7 @@ export function tcConfigFor(M: number, N: number, K: number, transB = true): TcC
   if (hit) return hit;
   // Narrow outputs (k/v projections): the staged 128×128 tile the sweep picked for every narrow
   // shape it measured (the global kernel's subgroup-matrix loads from storage are slow on NVIDIA).
-  if (N <= 256) return process.env.TUNELOOM_SMALL_STAGED === "0" ? { tm: 4, tn: 4, sgm: 1, sgn: 1 } : { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
+  if (N <= 256) return stagedSmallProducts.enabled ? { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 } : { tm: 4, tn: 4, sgm: 1, sgn: 1 };
   // Otherwise the configs that won most measured shapes in session 6's sweep (4x4_2x4s, the rule
   // before, won none there; the LM head chunks ran on it at 141 TFLOP/s against ~178 measured for
   // 4x4_2x2sk64g8 on similar shapes): a K slice of 64 for x·Wᵀ, 32 for dy·W, grouped raster.

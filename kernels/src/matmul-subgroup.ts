@@ -25,7 +25,7 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
 import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
-import { type TcConfig, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
+import { type TcConfig, stagedSmallProducts, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
 
 export type { TcConfig } from "./gemm-tiles.ts";
 
@@ -42,19 +42,6 @@ function source(transB: boolean, cfg: TcConfig): KernelSource {
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&b, bBase + c${j} * ${ldb} + k, ${ldb})`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&b, bBase + k * ${ldb} + c${j}, ${ldb})`;
   const leftLoad = (i: number) => `subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&a, aBase + r${i} * ${lda} + k, ${lda})`;
-  // Prefetch (TcConfig.prefetch): step k's operands were loaded during step k − 16; the last step
-  // loads its own operands again (kn clamped) instead of branching.
-  const prefetchLoop = `  var k = 0u;
-${ids(tm).map((i) => `  var l${i} = ${leftLoad(i)};`).join("\n")}
-${ids(tn).map((j) => `  var q${j} = ${rightLoad(j)};`).join("\n")}
-  for (var kc = 0u; kc < p.K; kc += 16u) {
-    k = min(kc + 16u, p.K - 16u);
-${ids(tm).map((i) => `    let nl${i} = ${leftLoad(i)};`).join("\n")}
-${ids(tn).map((j) => `    let nq${j} = ${rightLoad(j)};`).join("\n")}
-${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
-${ids(tm).map((i) => `    l${i} = nl${i};`).join("\n")}
-${ids(tn).map((j) => `    q${j} = nq${j};`).join("\n")}
-  }`;
   const code = `${TC_PREAMBLE}
 ${cs ? "override LDA: u32;\noverride LDB: u32;\noverride LDC: u32;\n" : ""}@group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
@@ -76,18 +63,18 @@ ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>
   if (ACCUMULATE) {
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + r${i} * ${ldc} + c${j}, ${ldc});`).join("\n")}
   }
-${cfg.prefetch ? prefetchLoop : `  for (var k = 0u; k < p.K; k += 16u) {
+  for (var k = 0u; k < p.K; k += 16u) {
 ${ids(tm).map((i) => `    let l${i} = ${leftLoad(i)};`).join("\n")}
 ${ids(tn).map((j) => `    let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `    acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
-  }`}
+  }
 ${cfg.aux ? auxSliceCode(transB, tm, tn, (i) => `r${i}`, (j) => `c${j}`) : ""}
 ${pairs
   .map(([i, j]) => `  if (rowTile + ${i * 16}u < p.M && colTile + ${j * 16}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + r${i} * ${ldc} + c${j}, acc${i}${j}, ${ldc}); }`)
   .join("\n")}
 }
 `;
-  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}${cfg.prefetch ? "_pf" : ""}${cfg.aux ? "_aux" : ""}`, code };
+  return { name: `matmul_tc${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}${cs ? "_cs" : ""}${cfg.aux ? "_aux" : ""}`, code };
 }
 
 const sources = new Map<string, KernelSource>();
@@ -214,13 +201,6 @@ export function matmulTensorCoreThin(rec: Recorder, args: MatmulArgs) {
   const { cfg, splits } = thinTcPlan(args.M, args.N, args.K);
   matmulTensorCoreSplitK(rec, args, cfg, splits, "matmulTensorCoreThin");
 }
-
-/**
- * Session 7's staged forms for small products (thin LoRA products, split-K weight gradients, the
- * rule for narrow outputs): `TUNELOOM_SMALL_STAGED=0` restores session 6's (global kernel, no
- * split) for A/B measurements.
- */
-export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED !== "0" };
 
 /** Session 6's thin plan: one 16-row strip per subgroup on the global kernel, about 1,024 subgroups. */
 function globalThinPlan(M: number, N: number, K: number, tn: number): { cfg: TcConfig; splits: number } {

@@ -60,46 +60,6 @@ ${ids(tm).flatMap((i) => ids(tn).map((j) => `    acc${i}${j} = subgroupMatrixMul
 
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
-/**
- * The staged stores of one warp: lane l writes the 8 halves of chunk c = l % chunks of row
- * ⌊l / chunks⌋ (rows of `rowHalves` halves), one f16 store per half; store j of lane l writes half
- * (j + 2·rot[l]) mod 8 of its chunk. Returns, per lane, its 32-bit word of store j.
- */
-function storeWords(chunks: number, rowHalves: number, rot: readonly number[], j: number): number[] {
-  return Array.from({ length: 32 }, (_, l) => {
-    const base = Math.floor(l / chunks) * rowHalves + (l % chunks) * 8;
-    return (base + ((j + 2 * rot[l]!) % 8)) >> 1;
-  });
-}
-
-/** The worst bank conflict (lanes per bank, on distinct words) of a warp's staged stores. */
-export function stagedStoreConflict(chunks: number, rowHalves: number, rot: readonly number[]): number {
-  let worst = 0;
-  for (let j = 0; j < 8; j++) {
-    const perBank = new Map<number, Set<number>>();
-    for (const w of storeWords(chunks, rowHalves, rot, j)) perBank.set(w % 32, (perBank.get(w % 32) ?? new Set()).add(w));
-    for (const words of perBank.values()) worst = Math.max(worst, words.size);
-  }
-  return worst;
-}
-
-/**
- * Per lane, the rotation (in pairs of halves, 0..3) of its 8 stores that spreads a warp's stores
- * over distinct banks (TcConfig.rotate). Rows are multiples of 8 halves, so a lane's chunk starts
- * at word 4·g; lanes whose g agree mod 8 share a bank unless their rotations differ, so each takes
- * its rank among them (conflict-free while at most 4 share a g, which holds for every tile here:
- * stagedStoreConflict checks it in the tests).
- */
-export function stagedStoreRotation(chunks: number, rowHalves: number): number[] {
-  const seen = new Map<number, number>();
-  return Array.from({ length: 32 }, (_, l) => {
-    const g = ((Math.floor(l / chunks) * rowHalves + (l % chunks) * 8) / 8) % 8;
-    const rank = seen.get(g) ?? 0;
-    seen.set(g, rank + 1);
-    return rank % 4;
-  });
-}
-
 export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32;
@@ -107,10 +67,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
-  const rotate = cfg.rotate ?? false;
-  const copy = cfg.copy ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
-  if (copy && rotate) throw new Error("stagedSource: matrix-copy staging (m) has no per-lane stores to rotate");
   const threads = 32 * sgm * sgn;
   const BM = sgm * tm * 16, BN = sgn * tn * 16;
   const AS = BK + PAD; // A staged [m][k]
@@ -121,35 +78,6 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const pairs = ids(tm).flatMap((i) => ids(tn).map((j) => [i, j] as const));
-
-  // Matrix-copy staging (TcConfig.copy): the stage's 16×16 tiles of A and B move global → registers
-  // → workgroup memory as subgroup matrices (one subgroupMatrixLoad and one subgroupMatrixStore
-  // each), instead of 16-byte loads followed by eight f16 stores per thread. Subgroup sg copies A
-  // tiles sg, sg + W, … and B tiles likewise (W subgroups); tiles past K are zero, tile origins past
-  // M or N are clamped inside (their rows/columns of C are never stored).
-  const warps = sgm * sgn;
-  const kTiles = BK / 16;
-  const aTiles = (BM / 16) * kTiles, bTiles = (BN / 16) * kTiles;
-  if (copy && (aTiles % warps || bTiles % warps)) throw new Error(`stagedSource: matrix-copy staging needs the stage's ${aTiles} A and ${bTiles} B tiles to split evenly over ${warps} subgroups`);
-  const aPerW = aTiles / warps, bPerW = bTiles / warps;
-  const M16 = "subgroup_matrix_left<f16, 16, 16>";
-  // Tile t of A: row block t / kTiles, k block t % kTiles. Of B: transB (n block, k block) like A;
-  // else (k block t / (BN/16), n block t % (BN/16)).
-  const copyA = (i: number) => `let t = sg + ${warps * i}u; let r = min(row0 + (t / ${kTiles}u) * 16u, p.M - 16u); let k = kc + (t % ${kTiles}u) * 16u;`;
-  const copyB = (i: number) => transB
-    ? `let t = sg + ${warps * i}u; let n = min(col0 + (t / ${kTiles}u) * 16u, p.N - 16u); let k = kc + (t % ${kTiles}u) * 16u;`
-    : `let t = sg + ${warps * i}u; let k = kc + (t / ${BN / 16}u) * 16u; let n = min(col0 + (t % ${BN / 16}u) * 16u, p.N - 16u);`;
-  const copyLoads = (k0: string) => `    {
-      let kc = ${k0};
-${ids(aPerW).map((i) => `      { ${copyA(i)} if (k < p.K) { ta${i} = subgroupMatrixLoad<${M16}, row_major>(&a, aBase + r * p.lda + k, p.lda); } else { ta${i} = ${M16}(); } }`).join("\n")}
-${ids(bPerW).map((i) => `      { ${copyB(i)} if (k < p.K) { tb${i} = subgroupMatrixLoad<${M16}, row_major>(&b, bBase + ${transB ? "n * p.ldb + k" : "k * p.ldb + n"}, p.ldb); } else { tb${i} = ${M16}(); } }`).join("\n")}
-    }`;
-  const copyStores = (aOff: string, bOff: string) => `${ids(aPerW).map((i) => `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&As, ${aOff} + (t / ${kTiles}u) * ${16 * (BK + PAD)}u + (t % ${kTiles}u) * 16u, ta${i}, ${BK + PAD}u); }`).join("\n")}
-${ids(bPerW).map((i) => transB
-    ? `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&Bs, ${bOff} + (t / ${kTiles}u) * ${16 * (BK + PAD)}u + (t % ${kTiles}u) * 16u, tb${i}, ${BK + PAD}u); }`
-    : `    { let t = sg + ${warps * i}u; subgroupMatrixStore<row_major>(&Bs, ${bOff} + (t / ${BN / 16}u) * ${16 * (BN + PAD)}u + (t % ${BN / 16}u) * 16u, tb${i}, ${BN + PAD}u); }`).join("\n")}`;
-  const copyDecls = `${ids(aPerW).map((i) => `  var ta${i} = ${M16}();`).join("\n")}
-${ids(bPerW).map((i) => `  var tb${i} = ${M16}();`).join("\n")}`;
 
   // Element e of the stage's A loads: row e / (BK/8), k offset (e % (BK/8))·8.
   const aCoord = `let row = e / ${BK / 8}u; let kq = (e % ${BK / 8}u) * 8u;`;
@@ -190,36 +118,24 @@ ${ids(bPerW).map((i) => `  var tb${i} = ${M16}();`).join("\n")}`;
   }
   return r;
 }`;
-  // Writes 8 halves (one vec4<u32>) into a staged row; rotated: starting at half `rot` (TcConfig.rotate).
-  const put = (arr: string) => rotate
-    ? `fn put${arr}(base: u32, w: vec4<u32>, rot: u32) {
-  for (var j = 0u; j < 8u; j++) {
-    let i = (j + rot) & 7u;
-    ${arr}[base + i] = bitcast<vec2<f16>>(w[i >> 1u])[i & 1u];
-  }
-}`
-    : `fn put${arr}(base: u32, w: vec4<u32>) {
+  // Writes 8 halves (one vec4<u32>) into a staged row: eight f16 stores (WGSL cannot store a vector
+  // into the f16 arrays subgroupMatrixLoad reads).
+  const put = (arr: string) => `fn put${arr}(base: u32, w: vec4<u32>) {
   let h0 = bitcast<vec2<f16>>(w.x); let h1 = bitcast<vec2<f16>>(w.y);
   let h2 = bitcast<vec2<f16>>(w.z); let h3 = bitcast<vec2<f16>>(w.w);
   ${arr}[base] = h0.x; ${arr}[base + 1u] = h0.y; ${arr}[base + 2u] = h1.x; ${arr}[base + 3u] = h1.y;
   ${arr}[base + 4u] = h2.x; ${arr}[base + 5u] = h2.y; ${arr}[base + 6u] = h3.x; ${arr}[base + 7u] = h3.y;
 }`;
-  // The lanes' rotations (in halves) for A's and B's staged rows.
-  const bChunks = transB ? BK / 8 : BN / 8;
-  const rotTables = rotate
-    ? `var<private> ROT_A: array<u32, 32> = array<u32, 32>(${stagedStoreRotation(BK / 8, AS).map((r) => `${2 * r}u`).join(", ")});
-var<private> ROT_B: array<u32, 32> = array<u32, 32>(${stagedStoreRotation(bChunks, BS).map((r) => `${2 * r}u`).join(", ")});`
-    : "";
   // Copies the registers ra/rb into the staged buffer whose A and B origins are aOff and bOff.
   const storeStage = (aOff: string, bOff: string) => `    for (var i = 0u; i < ${aPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${aCoord}
-      if (e < ${aVec}u) { putAs(${aOff} + row * ${AS}u + kq, ra[i]${rotate ? ", rotA" : ""}); }
+      if (e < ${aVec}u) { putAs(${aOff} + row * ${AS}u + kq, ra[i]); }
     }
     for (var i = 0u; i < ${bPer}u; i++) {
       let e = tid + ${threads}u * i;
       ${bCoord}
-      if (e < ${bVec}u) { putBs(${bOff} + row * ${BS}u + kq, rb[i]${rotate ? ", rotB" : ""}); }
+      if (e < ${bVec}u) { putBs(${bOff} + row * ${BS}u + kq, rb[i]); }
     }`;
   const rightLoad = (j: number) =>
     transB
@@ -235,15 +151,14 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   // Single buffer: store, barrier, prefetch the next slice into registers, products, barrier.
   // Double buffer: products from one buffer while the other is filled; one barrier per slice.
   // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
-  const firstLoads = copy ? `${copyDecls}\n${copyLoads("0u")}` : `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`;
-  const nextLoads = copy ? copyLoads(`k0 + ${BK}u`) : `      ra = loadA(k0 + ${BK}u, tid, row0, aBase);\n      rb = loadB(k0 + ${BK}u, tid, col0, bBase);`;
-  const stage = copy ? copyStores : storeStage;
+  const firstLoads = `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`;
+  const nextLoads = `      ra = loadA(k0 + ${BK}u, tid, row0, aBase);\n      rb = loadB(k0 + ${BK}u, tid, col0, bBase);`;
   const mainLoop = double
     ? `${firstLoads}
   var cur = 0u;
   {
     let aOff = 0u; let bOff = 0u;
-${stage("aOff", "bOff")}
+${storeStage("aOff", "bOff")}
   }
   workgroupBarrier();
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
@@ -257,7 +172,7 @@ ${products}
     }
     if (more) {
       let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
-${stage("aOff", "bOff")}
+${storeStage("aOff", "bOff")}
     }
     workgroupBarrier();
     cur = 1u - cur;
@@ -266,8 +181,8 @@ ${stage("aOff", "bOff")}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
     let aOff = 0u; let bOff = 0u;
 ${diag === "no-stores" ? `    if (k0 == 0u) {
-${stage("aOff", "bOff")}
-    }` : stage("aOff", "bOff")}
+${storeStage("aOff", "bOff")}
+    }` : storeStage("aOff", "bOff")}
     workgroupBarrier();
     if (k0 + ${BK}u < p.K${diag === "no-loads" ? " && k0 == 0u" : ""}) {
 ${nextLoads}
@@ -279,18 +194,18 @@ ${products}
   }`;
   const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
-${copy ? `@group(0) @binding(1) var<storage, read> a: array<f16>;
-@group(0) @binding(2) var<storage, read> b: array<f16>;` : `@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
-@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element`}
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 ${aux ? AUX_BINDINGS : ""}
 
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
 var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
-${rotTables}
 
-${copy ? "" : `${loadA}\n\n${loadB}`}
+${loadA}
+
+${loadB}
 
 ${put("As")}
 
@@ -312,7 +227,7 @@ ${group ? `  // Grouped raster: workgroup i of the (x, y) grid takes tile (tileM
   let aBase = wg.z * p.strideA + p.offA;
   let bBase = wg.z * p.strideB + p.offB;
   let cBase = wg.z * p.strideC + p.offC;
-  let sg = tid / 32u;${rotate ? "\n  let rotA = ROT_A[tid % 32u];\n  let rotB = ROT_B[tid % 32u];" : ""}
+  let sg = tid / 32u;
   let sm = sg / ${sgn}u;
   let sn = sg % ${sgn}u;
   let rowTile = row0 + sm * ${tm * 16}u;
@@ -326,5 +241,5 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${rotate ? "_r" : ""}${copy ? "_m" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }

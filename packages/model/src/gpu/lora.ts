@@ -345,7 +345,7 @@ function loraBackwardTc(
   // when the A's are stacked (no dropout); per module below otherwise.
   let aux: AuxSlice | undefined;
   if (A) {
-    // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x (f32),  dx += dh·[A]
+    // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x,  dx += dh·[A]
     const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
     if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
     if (gradsTc) {
