@@ -24,8 +24,8 @@
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     8 warps on a 128×128 tile (fewer accumulators and registers per thread, more warps per SM),
-#                double buffering, against the table's pick (gemm.jsonl)
+#   variants     the unrolled copy (u) and tile shapes (8 and 16 warps, 128×256, 256×128), against the
+#                table's picks (gemm.jsonl)
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
@@ -119,11 +119,12 @@ for step in $STEPS; do
         --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     variants)
-      # Tile shapes that trade accumulators per thread for warps per SM (occupancy), with rotated
-      # stores, on 4096³ and Llama's up product: which direction the next kernel work should take.
-      [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 90 ? $(left) - 10 : 90 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8,2x4_4x2sk64g8,4x2_2x4sk64g8,2x4_4x2sg8,2x2_4x4sk64g8,4x4_2x2sdg8,4x4_2x4sg8,4x4_4x2sg8 \
-        --shapes 4096x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
+      # Session 8: the unrolled copy (`u`, vk_cooperative_matrix_perf's structure) against the table's
+      # picks, over tile shapes that trade accumulators per thread for warps per SM, on 4096³ and
+      # Llama's up and down products (VARIANT_CONFIGS replaces the list).
+      [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sk64g8u,4x4_2x2sg8,4x4_2x2sg8u,4x4_2x2sk16g8u,4x4_2x4sk16g8u,4x4_2x4sg8u,4x4_4x2sk16g8u,4x4_4x2sg8u,2x4_4x2sg8u,2x4_4x2sk64g8u,2x4_4x4sk16g8u,4x4_2x2sdg8u} \
+        --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -6,7 +6,7 @@
  * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
  *
  * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
- * for the K slice and `d` for double buffering, `gG` grouped raster) or `c` for the global kernel with constant
+ * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy) or `c` for the global kernel with constant
  * strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
 import table from "./gemm-tiles.json";
@@ -44,6 +44,12 @@ export interface TcConfig {
    */
   group?: number;
   /**
+   * Staged only: the unrolled copy and product stages (name suffix `u`, matmul-tc-staged.ts
+   * unrolledCopy): per-thread base addresses plus constants, named registers, one right matrix
+   * live at a time.
+   */
+  unrolled?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -66,8 +72,8 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8 or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -75,13 +81,14 @@ export function parseTcConfig(s: string): TcConfig {
     tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
-    ...(m[9] ? { diag: m[9] as TcConfig["diag"] } : {}),
-    ...(m[10] === "c" ? { constStrides: true } : {}),
+    ...(m[9] === "u" ? { unrolled: true } : {}),
+    ...(m[10] ? { diag: m[10] as TcConfig["diag"] } : {}),
+    ...(m[11] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA

@@ -148,17 +148,26 @@ ${ids(tn).map((j) => `      let q${j} = ${rightLoad(j)};`).join("\n")}
 ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q${j}, acc${i}${j});`).join("\n")}
     }`;
   const aHalves = BM * AS;
+  const copy = cfg.unrolled
+    ? unrolledCopy(transB, { threads, BM, BN, BK, AS, BS, tm, tn })
+    : {
+      setup: "",
+      first: `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`,
+      next: `      ra = loadA(k0 + ${BK}u, tid, row0, aBase);\n      rb = loadB(k0 + ${BK}u, tid, col0, bBase);`,
+      store: storeStage,
+      products,
+    };
   // Single buffer: store, barrier, prefetch the next slice into registers, products, barrier.
   // Double buffer: products from one buffer while the other is filled; one barrier per slice.
   // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
-  const firstLoads = `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`;
-  const nextLoads = `      ra = loadA(k0 + ${BK}u, tid, row0, aBase);\n      rb = loadB(k0 + ${BK}u, tid, col0, bBase);`;
+  const firstLoads = `${copy.setup}${copy.first}`;
+  const nextLoads = copy.next;
   const mainLoop = double
     ? `${firstLoads}
   var cur = 0u;
   {
     let aOff = 0u; let bOff = 0u;
-${storeStage("aOff", "bOff")}
+${copy.store("aOff", "bOff")}
   }
   workgroupBarrier();
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
@@ -168,11 +177,11 @@ ${nextLoads}
     }
     {
       let aOff = cur * ${aHalves}u; let bOff = cur * ${bHalves}u;
-${products}
+${copy.products}
     }
     if (more) {
       let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
-${storeStage("aOff", "bOff")}
+${copy.store("aOff", "bOff")}
     }
     workgroupBarrier();
     cur = 1u - cur;
@@ -181,15 +190,15 @@ ${storeStage("aOff", "bOff")}
   for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
     let aOff = 0u; let bOff = 0u;
 ${diag === "no-stores" ? `    if (k0 == 0u) {
-${storeStage("aOff", "bOff")}
-    }` : storeStage("aOff", "bOff")}
+${copy.store("aOff", "bOff")}
+    }` : copy.store("aOff", "bOff")}
     workgroupBarrier();
     if (k0 + ${BK}u < p.K${diag === "no-loads" ? " && k0 == 0u" : ""}) {
 ${nextLoads}
     }
 ${diag === "no-products" ? `    if (k0 == 0u) {
-${products}
-    }` : products}
+${copy.products}
+    }` : copy.products}
     workgroupBarrier();
   }`;
   const buffers = double ? 2 : 1;
@@ -203,13 +212,7 @@ ${aux ? AUX_BINDINGS : ""}
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
 var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 
-${loadA}
-
-${loadB}
-
-${put("As")}
-
-${put("Bs")}
+${cfg.unrolled ? "" : `${loadA}\n\n${loadB}\n\n${put("As")}\n\n${put("Bs")}`}
 
 @compute @workgroup_size(${threads}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -241,5 +244,105 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+}
+
+interface StagedGeometry {
+  threads: number;
+  /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
+  BM: number; BN: number; BK: number; AS: number; BS: number;
+  tm: number; tn: number;
+}
+
+/** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
+function copyPlan(threads: number, rows: number, cols: number) {
+  const perRow = cols / 8; // 16-byte vectors per staged row
+  const rowsPerPass = threads / perRow;
+  return { perRow, rowsPerPass, passes: Math.ceil(rows / rowsPerPass), partial: rows % rowsPerPass !== 0 };
+}
+
+/**
+ * Whether the unrolled copy (TcConfig.unrolled) fits a tile: every staged row must be covered by a
+ * whole number of threads (threads a multiple of the 16-byte vectors per row).
+ */
+export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
+  const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
+  const ok = (cols: number) => (cols / 8) <= threads && threads % (cols / 8) === 0;
+  return ok(BK) && (transB ? ok(BK) : ok(BN));
+}
+
+/**
+ * The copy and product stages of the staged kernel in unrolled form (TcConfig.unrolled, name
+ * suffix `u`), the structure of NVIDIA's vk_cooperative_matrix_perf shared-memory shader: each
+ * thread owns one 8-half column of the slice and copies the same column of every
+ * `rowsPerPass`-th row, so its global and workgroup addresses are a per-thread base plus constants
+ * (no per-element index arithmetic, no loops, named registers instead of arrays), and each 16-deep
+ * step loads the TM left matrices once and then one right matrix at a time (TM + 1 operands live
+ * instead of TM + TN).
+ */
+function unrolledCopy(transB: boolean, g: StagedGeometry) {
+  const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const A = copyPlan(threads, BM, BK);
+  // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
+  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
+  for (const [name, plan] of [["A", A], ["B", B]] as const) {
+    if (plan.perRow > threads || threads % plan.perRow) throw new Error(`stagedSource: unrolled copy of ${name} needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${plan.perRow})`);
+  }
+  // Per-thread coordinates and the vec4 index of its first element (k0 = 0, pass 0).
+  const setup = `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
+  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
+  let aRow = row0 + ar0;
+  let aIdx = (aBase + aRow * p.lda + akq) / 8u;
+  let aStep = ${A.rowsPerPass}u * p.lda / 8u;
+${transB
+    ? `  let bRow = col0 + br0;
+  let bIdx = (bBase + bRow * p.ldb + bkq) / 8u;`
+    : `  let bIdx = (bBase + br0 * p.ldb + col0 + bkq) / 8u;
+  let bColOk = col0 + bkq < p.N;`}
+  let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
+  let aS = ar0 * ${AS}u + akq;
+  let bS = br0 * ${BS}u + bkq;
+${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
+${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
+`;
+  const inTileA = (i: number) => A.partial ? ` && ar0 + ${i * A.rowsPerPass}u < ${BM}u` : "";
+  const inTileB = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u` : "";
+  const loads = (k: string, indent: string) => [
+    `${indent}let kA = ${k};`,
+    ...ids(A.passes).map((i) => `${indent}ra${i} = vec4<u32>(); if (aRow + ${i * A.rowsPerPass}u < p.M && kA + akq < p.K${inTileA(i)}) { ra${i} = a[aIdx + ${i}u * aStep + kA / 8u]; }`),
+    ...ids(B.passes).map((i) => transB
+      ? `${indent}rb${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
+      : `${indent}rb${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
+  ].join("\n");
+  const put = (arr: string, at: string, w: string) => `${arr}[${at}] = bitcast<vec2<f16>>(${w}.x).x; ${arr}[${at} + 1u] = bitcast<vec2<f16>>(${w}.x).y; ` +
+    `${arr}[${at} + 2u] = bitcast<vec2<f16>>(${w}.y).x; ${arr}[${at} + 3u] = bitcast<vec2<f16>>(${w}.y).y; ` +
+    `${arr}[${at} + 4u] = bitcast<vec2<f16>>(${w}.z).x; ${arr}[${at} + 5u] = bitcast<vec2<f16>>(${w}.z).y; ` +
+    `${arr}[${at} + 6u] = bitcast<vec2<f16>>(${w}.w).x; ${arr}[${at} + 7u] = bitcast<vec2<f16>>(${w}.w).y;`;
+  const store = (aOff: string, bOff: string) => [
+    `    { let sa = ${aOff} + aS; let sb = ${bOff} + bS;`,
+    ...ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = sa + ${i * A.rowsPerPass * AS}u; ${put("As", "at", `ra${i}`)} }`),
+    ...ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = sb + ${i * B.rowsPerPass * BS}u; ${put("Bs", "at", `rb${i}`)} }`),
+    "    }",
+  ].join("\n");
+  const rightLoad = (j: number, kk: number) =>
+    transB
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
+  const products = ids(BK / 16).map((s) => {
+    const kk = 16 * s;
+    return `    {
+${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + ${kk}u, ${AS}u);`).join("\n")}
+${ids(tn).map((j) => `      { let q = ${rightLoad(j, kk)};
+${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q, acc${i}${j});`).join("\n")}
+      }`).join("\n")}
+    }`;
+  }).join("\n");
+  return {
+    setup,
+    first: loads("0u", "  "),
+    next: loads(`k0 + ${BK}u`, "      "),
+    store,
+    products,
+  };
 }

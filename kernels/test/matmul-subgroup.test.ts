@@ -35,11 +35,14 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true, double: true },
     { tm: 4, tn: 4, sgm: 2, sgn: 4, staged: true },
     { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 },
+    // The unrolled copy (session 8): the table's forms, 8 subgroups over 128×256 and 256×128,
+    // 8 subgroups of 2×4 matrices, double buffering, and 16-row tiles whose copy leaves threads idle.
+    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "1x4_1x4sk16u"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}${cfg.unrolled ? " unrolled" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);
@@ -63,10 +66,10 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
 
   // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
   // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
-  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }];
+  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u")];
   for (const cfg of auxConfigs) {
     for (const transB of [true, false]) {
-      test(`aux slice ${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? "s" : ""} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
+      test(`aux slice ${tcConfigName(cfg)} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
         const M = 272, N = 144, K = 96, K2 = 32, lda2 = 80, offA2 = 16;
         const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
         const a2Bits = toF16Bits(randn(M * lda2)), b2Bits = toF16Bits(randn(K2 * N));
@@ -183,17 +186,18 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
+  expect(parseTcConfig("4x4_2x2sk64g8u")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8, unrolled: true });
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   // Session 7's losing variants (rotated stores r, matrix-copy staging m, global prefetch p) are gone.
   for (const gone of ["4x4_2x2sk64g8r", "4x4_2x2sk64g8m", "4x4_1x1p"]) expect(() => parseTcConfig(gone)).toThrow("bad tensor-core config");
   // Kernels are cached by name, so configs that differ in any one field must have different names.
   const base: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   const oneFieldApart: TcConfig[] = [base, { ...base, double: true }, { ...base, bk: 32 },
-    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
+    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { ...base, unrolled: true }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, constStrides: true }];
   expect(new Set(oneFieldApart.map(tcConfigName)).size).toBe(oneFieldApart.length);
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
