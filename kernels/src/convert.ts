@@ -78,6 +78,8 @@ function dispatchConvert(rec: Recorder, fn: string, entries: Record<string, stri
   }
   if (src.numel !== dst.numel) throw new Error(`${fn}: src has ${src.numel} elements, dst has ${dst.numel}`);
   const n = src.numel;
-  rec.dispatch(`convert ${src.dtype}→${dst.dtype} ${n}`, rec.rt.pipeline(source, {}, entry),
-    new Params(4).u32(n).u32(slot).u32(0).u32(0).buffer, counts ? [src, dst, counts] : [src, dst], flatGrid(Math.ceil(n / 2)));
+  // The wide form where it applies (16-byte accesses, 8 elements per thread): same bits.
+  const wide = entry === "f32_to_f16" && n % 8 === 0;
+  rec.dispatch(`convert ${src.dtype}→${dst.dtype} ${n}`, rec.rt.pipeline(source, {}, wide ? "f32_to_f16_x8" : entry),
+    new Params(4).u32(n).u32(slot).u32(0).u32(0).buffer, counts ? [src, dst, counts] : [src, dst], flatGrid(Math.ceil(n / (wide ? 8 : 2))));
 }

@@ -21,9 +21,9 @@ function check(kernel: string, named: [string, Tensor][]) {
 /** h (T, I) = silu(gate) · up. */
 export function swigluForward(rec: Recorder, gate: Tensor, up: Tensor, h: Tensor) {
   check("swigluForward", [["gate", gate], ["up", up], ["h", h]]);
-  const n = gate.numel;
-  rec.dispatch(`swigluForward ${n}`, rec.rt.pipeline(source, {}, "swiglu_forward"),
-    new Params(4).u32(n).f32(0).u32(0).u32(0).buffer, [gate, up, h], flatGrid(n));
+  const n = gate.numel, v = n % 4 === 0 ? 4 : 1; // four per thread where n allows
+  rec.dispatch(`swigluForward ${n}`, rec.rt.pipeline(source, {}, v === 4 ? "swiglu_forward4" : "swiglu_forward"),
+    new Params(4).u32(n).f32(0).u32(0).u32(0).buffer, [gate, up, h], flatGrid(n / v));
 }
 
 /**
@@ -32,7 +32,7 @@ export function swigluForward(rec: Recorder, gate: Tensor, up: Tensor, h: Tensor
  */
 export function swigluBackward(rec: Recorder, gate: Tensor, up: Tensor, dh: Tensor, dgate: Tensor, dup: Tensor, beta = 0) {
   check("swigluBackward", [["gate", gate], ["up", up], ["dh", dh], ["dgate", dgate], ["dup", dup]]);
-  const n = gate.numel;
-  rec.dispatch(`swigluBackward ${n}`, rec.rt.pipeline(source, {}, "swiglu_backward"),
-    new Params(4).u32(n).f32(beta).u32(0).u32(0).buffer, [gate, up, dh, dgate, dup], flatGrid(n));
+  const n = gate.numel, v = n % 4 === 0 ? 4 : 1;
+  rec.dispatch(`swigluBackward ${n}`, rec.rt.pipeline(source, {}, v === 4 ? "swiglu_backward4" : "swiglu_backward"),
+    new Params(4).u32(n).f32(beta).u32(0).u32(0).buffer, [gate, up, dh, dgate, dup], flatGrid(n / v));
 }
