@@ -36,3 +36,15 @@ export function swigluBackward(rec: Recorder, gate: Tensor, up: Tensor, dh: Tens
   rec.dispatch(`swigluBackward ${n}`, rec.rt.pipeline(source, {}, v === 4 ? "swiglu_backward4" : "swiglu_backward"),
     new Params(4).u32(n).f32(beta).u32(0).u32(0).buffer, [gate, up, dh, dgate, dup], flatGrid(n / v));
 }
+
+/**
+ * swigluBackward in place: gate becomes dgate and up becomes dup (T, I), from dh (T, I). For the
+ * MLP backward, where gate and up are dead once their gradients exist: no (T, I) gradient buffers.
+ */
+export function swigluBackwardInPlace(rec: Recorder, gate: Tensor, up: Tensor, dh: Tensor) {
+  check("swigluBackwardInPlace", [["gate", gate], ["up", up], ["dh", dh]]);
+  if (gate.buffer === up.buffer && gate.byteOffset === up.byteOffset) throw new Error("swigluBackwardInPlace: gate and up are the same tensor");
+  const n = gate.numel, v = n % 4 === 0 ? 4 : 1;
+  rec.dispatch(`swigluBackward ${n} in place`, rec.rt.pipeline(source, {}, v === 4 ? "swiglu_backward_inplace4" : "swiglu_backward_inplace"),
+    new Params(4).u32(n).f32(0).u32(0).u32(0).buffer, [gate, up, dh], flatGrid(n / v));
+}

@@ -101,3 +101,40 @@ fn swiglu_backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
   dgate4[i] = dg;
   dup4[i] = du;
 }
+
+// Backward in place (beta = 0): gate and up are overwritten with dgate and dup, so the MLP's
+// backward needs no (T, I) gradient buffers of its own. Each element reads its own inputs before
+// writing them, so the aliasing is safe.
+@group(0) @binding(1) var<storage, read_write> gate_dgate4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> up_dup4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dh_in4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn swiglu_backward_inplace4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (4u * i >= p.n) { return; }
+  let g = gate_dgate4[i];
+  let u = up_dup4[i];
+  let d = dh_in4[i];
+  let sg = sigmoid4(g);
+  gate_dgate4[i] = d * u * sg * (1.0 + g * (1.0 - sg));
+  up_dup4[i] = d * g * sg;
+}
+
+@group(0) @binding(1) var<storage, read_write> gate_dgate: array<f32>;
+@group(0) @binding(2) var<storage, read_write> up_dup: array<f32>;
+@group(0) @binding(3) var<storage, read> dh_in: array<f32>;
+
+@compute @workgroup_size(256)
+fn swiglu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (i >= p.n) { return; }
+  let g = gate_dgate[i];
+  let u = up_dup[i];
+  let d = dh_in[i];
+  let sg = sigmoid(g);
+  gate_dgate[i] = d * u * sg * (1.0 + g * (1.0 - sg));
+  up_dup[i] = d * g * sg;
+}

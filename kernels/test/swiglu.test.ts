@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, swigluBackward, swigluForward } from "../src/index.ts";
+import { getRuntime, swigluBackward, swigluBackwardInPlace, swigluForward } from "../src/index.ts";
 import { randn, relError } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -44,6 +44,9 @@ describe("swiglu against float64", () => {
       swigluForward(rec, tg, tu, th);
       swigluBackward(rec, tg, tu, tdh, tdg, tdu);
       swigluBackward(rec, tg, tu, tdh, tdgAcc, tduAcc, 1);
+      // In place: copies of gate and up become dgate and dup.
+      const tgIn = rt.upload("f32", [T, I], gate), tuIn = rt.upload("f32", [T, I], up);
+      swigluBackwardInPlace(rec, tgIn, tuIn, tdh);
       rec.submit();
       const ref = swigluBackwardRef(gate, up, dh);
       expect(relError(await rt.read(th), swigluRef(gate, up))).toBeLessThan(1e-5);
@@ -51,8 +54,10 @@ describe("swiglu against float64", () => {
       expect(relError(await rt.read(tdu), ref.dup)).toBeLessThan(1e-5);
       expect(relError(await rt.read(tdgAcc), ref.dgate.map((v, i) => v + prevG[i]!))).toBeLessThan(1e-5);
       expect(relError(await rt.read(tduAcc), ref.dup.map((v, i) => v + prevU[i]!))).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tgIn), ref.dgate)).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tuIn), ref.dup)).toBeLessThan(1e-5);
       rec.release();
-      rt.release(tg, tu, tdh, th, tdg, tdu, tdgAcc, tduAcc);
+      rt.release(tg, tu, tdh, th, tdg, tdu, tdgAcc, tduAcc, tgIn, tuIn);
     });
   }
 });

@@ -99,7 +99,7 @@ export function fullFinetuneMemory(
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd, vocabSize: V, numLayers: L } = cfg;
   const T = o.tokensPerMicroBatch, P = o.params;
   const layerSet = 3 * C + 2 * nH * hd + 2 * nKV * hd + 3 * I + nH + 2; // allocLayerActivations, per token
-  const scratch = 2 * C + 2 * nH * hd + 2 * nKV * hd + 3 * I + nH; // allocLayerGradScratch, per token
+  const scratch = 2 * C + 2 * nH * hd + 2 * nKV * hd + I + nH; // allocLayerGradScratch, per token (dGate, dUp live in gate, up)
   const activations = 4 * T * ((L + 1) * C + (o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, 16384) + 4 * C);
   const masters = 4 * P, copies16 = o.weightBytes === 2 ? 2 * P : 0, grads = 4 * P, optimizer = 8 * P;
   return { params: P, masters, copies16, grads, optimizer, activations, total: masters + copies16 + grads + optimizer + activations };

@@ -14,7 +14,7 @@
 import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
-  hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackward, swigluForward, toF16,
+  hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackwardInPlace, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -48,7 +48,7 @@ export interface LayerActivations {
 
 /** Scratch the backward needs (one set for all layers). */
 export interface LayerGradScratch {
-  dAct: Tensor; dGate: Tensor; dUp: Tensor; dXn: Tensor; dMid: Tensor; dAttn: Tensor;
+  dAct: Tensor; dXn: Tensor; dMid: Tensor; dAttn: Tensor;
   dq: Tensor; dk: Tensor; dv: Tensor; dsum: Tensor; dh: Tensor;
 }
 
@@ -99,7 +99,7 @@ export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: numbe
 export function allocLayerGradScratch(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number): LayerGradScratch {
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
   return {
-    dAct: rt.empty("f32", [T, I], "dAct"), dGate: rt.empty("f32", [T, I], "dGate"), dUp: rt.empty("f32", [T, I], "dUp"),
+    dAct: rt.empty("f32", [T, I], "dAct"),
     dXn: rt.empty("f32", [T, C], "dXn"), dMid: rt.empty("f32", [T, C], "dMid"), dAttn: rt.empty("f32", [T, nH * hd], "dAttn"),
     dq: rt.empty("f32", [T, nH * hd], "dq"), dk: rt.empty("f32", [T, nKV * hd], "dk"), dv: rt.empty("f32", [T, nKV * hd], "dv"),
     // dh of the widest LoRA group (q, k, v)
@@ -221,15 +221,16 @@ export function decoderLayerBackward(
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
   linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
   if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones);
-  // act = silu(gate)·up
-  swigluBackward(rec, a.gate, a.up, g.dAct, g.dGate, g.dUp);
+  // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp
+  swigluBackwardInPlace(rec, a.gate, a.up, g.dAct);
+  const dGate = a.gate, dUp = a.up;
   // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup;  dWgate = dGateᵀ·xn2, dWup = dUpᵀ·xn2
   linearsLoraBackward(rec, a.xn2, [
-    { w: w.gate, dy: g.dGate, lora: lora.gate_proj },
-    { w: w.up, dy: g.dUp, lora: lora.up_proj },
+    { w: w.gate, dy: dGate, lora: lora.gate_proj },
+    { w: w.up, dy: dUp, lora: lora.up_proj },
   ], g.dXn, 0, a.loraH.gateUp, dh);
   if (wg) {
-    linearWeightGrads(rec, a.xn2, [{ dy: g.dGate, dw: wg.gate, db: wg.gateBias }, { dy: g.dUp, dw: wg.up, db: wg.upBias }], wg.ones);
+    linearWeightGrads(rec, a.xn2, [{ dy: dGate, dw: wg.gate, db: wg.gateBias }, { dy: dUp, dw: wg.up, db: wg.upBias }], wg.ones);
     // xn2 = rmsnorm(xMid)·w_post:  dw_post = Σ_t dXn·xMid·rstd2
     rmsnormWeightBackward(rec, a.xMid, a.rstd2, g.dXn, wg.postNorm, 1);
   }
