@@ -21,6 +21,9 @@ const ENTRY: Record<string, string> = {
   "f16>bf16": "f16_to_bf16",
 };
 
+/** Conversions with an eight-per-thread form (`<entry>_x8`) for element counts that are multiples of 8. */
+const WIDE = new Set(["f32_to_f16", "f32_to_bf16", "bf16_to_f32"]);
+
 /** Narrowings whose loss can be counted; the others (widenings, f16 → bf16) lose no range. */
 const COUNTED: Record<string, string> = {
   "bf16>f16": "bf16_to_f16_counted",
@@ -79,7 +82,7 @@ function dispatchConvert(rec: Recorder, fn: string, entries: Record<string, stri
   if (src.numel !== dst.numel) throw new Error(`${fn}: src has ${src.numel} elements, dst has ${dst.numel}`);
   const n = src.numel;
   // The wide form where it applies (16-byte accesses, 8 elements per thread): same bits.
-  const wide = entry === "f32_to_f16" && n % 8 === 0;
-  rec.dispatch(`convert ${src.dtype}→${dst.dtype} ${n}`, rec.rt.pipeline(source, {}, wide ? "f32_to_f16_x8" : entry),
+  const wide = WIDE.has(entry) && n % 8 === 0;
+  rec.dispatch(`convert ${src.dtype}→${dst.dtype} ${n}`, rec.rt.pipeline(source, {}, wide ? `${entry}_x8` : entry),
     new Params(4).u32(n).u32(slot).u32(0).u32(0).buffer, counts ? [src, dst, counts] : [src, dst], flatGrid(Math.ceil(n / (wide ? 8 : 2))));
 }

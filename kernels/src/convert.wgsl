@@ -122,24 +122,49 @@ fn f32_to_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   dst[w] = f32_bits_to_f16(src[i]) | (hi << 16u);
 }
 
-// f32 → f16, eight elements per thread: two 16-byte loads and one 16-byte store (n a multiple
-// of 8), rounded as f32_to_f16 bit for bit. The conversion is memory-bound; with 8-byte accesses
-// per thread too few bytes were in flight (1.4 TB/s on an H100 for 4096 × 8192 activations).
-@group(0) @binding(1) var<storage, read> src8: array<vec4<u32>>;   // f32, 4 per element
-@group(0) @binding(2) var<storage, read_write> dst8: array<vec4<u32>>; // f16, 8 per element
+// The same conversions eight elements per thread where n is a multiple of 8: 16-byte loads and
+// stores, the same bits as the two-per-thread forms. These passes are memory-bound, and with
+// 8-byte accesses per thread too few bytes were in flight (f32 → f16 of 4096 × 8192 activations
+// ran at 1.4 TB/s on an H100).
+@group(0) @binding(1) var<storage, read> src8: array<vec4<u32>>;       // 4 f32 or 8 16-bit values per element
+@group(0) @binding(2) var<storage, read_write> dst8: array<vec4<u32>>; // 8 16-bit or 4 f32 values per element
+
+fn narrow8(q: u32, to_bf16: bool) {
+  let lo = src8[2u * q];
+  let hi = src8[2u * q + 1u];
+  if (to_bf16) {
+    dst8[q] = vec4<u32>(
+      f32_bits_to_bf16(lo.x) | (f32_bits_to_bf16(lo.y) << 16u), f32_bits_to_bf16(lo.z) | (f32_bits_to_bf16(lo.w) << 16u),
+      f32_bits_to_bf16(hi.x) | (f32_bits_to_bf16(hi.y) << 16u), f32_bits_to_bf16(hi.z) | (f32_bits_to_bf16(hi.w) << 16u));
+  } else {
+    dst8[q] = vec4<u32>(
+      f32_bits_to_f16(lo.x) | (f32_bits_to_f16(lo.y) << 16u), f32_bits_to_f16(lo.z) | (f32_bits_to_f16(lo.w) << 16u),
+      f32_bits_to_f16(hi.x) | (f32_bits_to_f16(hi.y) << 16u), f32_bits_to_f16(hi.z) | (f32_bits_to_f16(hi.w) << 16u));
+  }
+}
+
 @compute @workgroup_size(256)
 fn f32_to_f16_x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
   let q = word_index(wg, nwg, lid); // elements 8q .. 8q + 7
+  if (8u * q < p.n) { narrow8(q, false); }
+}
+
+@compute @workgroup_size(256)
+fn f32_to_bf16_x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+  let q = word_index(wg, nwg, lid);
+  if (8u * q < p.n) { narrow8(q, true); }
+}
+
+@compute @workgroup_size(256)
+fn bf16_to_f32_x8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+  let q = word_index(wg, nwg, lid);
   if (8u * q >= p.n) { return; }
-  let lo = src8[2u * q];
-  let hi = src8[2u * q + 1u];
-  dst8[q] = vec4<u32>(
-    f32_bits_to_f16(lo.x) | (f32_bits_to_f16(lo.y) << 16u),
-    f32_bits_to_f16(lo.z) | (f32_bits_to_f16(lo.w) << 16u),
-    f32_bits_to_f16(hi.x) | (f32_bits_to_f16(hi.y) << 16u),
-    f32_bits_to_f16(hi.z) | (f32_bits_to_f16(hi.w) << 16u),
-  );
+  let w = src8[q];
+  dst8[2u * q] = vec4<u32>(w.x << 16u, w.x & 0xffff0000u, w.y << 16u, w.y & 0xffff0000u);
+  dst8[2u * q + 1u] = vec4<u32>(w.z << 16u, w.z & 0xffff0000u, w.w << 16u, w.w & 0xffff0000u);
 }
 
 // f32 (R, C) → f16 (C, R), rounded as f32_to_f16 (bit for bit): destination row c is source

@@ -90,6 +90,10 @@ describe("conversions are exact on every driver", () => {
   test("bf16 → f32: all 65535 patterns (exact, NaN payloads kept)", async () => {
     const out = new Uint32Array(await run(rt.upload("bf16", [ALL16.length], ALL16), "f32"));
     for (let i = 0; i < ALL16.length; i++) if (out[i] !== ALL16[i]! << 16 >>> 0) throw new Error(`bf16 0x${i.toString(16)}: got 0x${out[i]!.toString(16)}`);
+    // All 65536 patterns, a multiple of 8: the eight-per-thread form.
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const wide = new Uint32Array(await run(rt.upload("bf16", [all.length], all), "f32"));
+    for (let i = 0; i < all.length; i++) if (wide[i] !== all[i]! << 16 >>> 0) throw new Error(`bf16 0x${i.toString(16)} (8 per thread): got 0x${wide[i]!.toString(16)}`);
     for (let i = 0; i < ALL16.length; i += 1) {
       const v = bf16Value(i), o = f32FromBits(out[i]!);
       if (!(Object.is(v, o) || (Number.isNaN(v) && Number.isNaN(o)))) throw new Error(`bf16 0x${i.toString(16)}: ${o} vs ${v}`);
@@ -115,8 +119,8 @@ describe("conversions are exact on every driver", () => {
     expect(out[ALL16.length]).toBe(0); // the odd element count leaves the last high half zero
   });
 
-  // f32 → f16 runs eight elements per thread when the count is a multiple of 8 (the wide form).
-  for (const [dtype, expBits, mantBits, wide] of [["f16", 5, 10, false], ["f16", 5, 10, true], ["bf16", 8, 7, false]] as const) {
+  // f32 → f16 and → bf16 run eight elements per thread when the count is a multiple of 8 (the wide form).
+  for (const [dtype, expBits, mantBits, wide] of [["f16", 5, 10, false], ["f16", 5, 10, true], ["bf16", 8, 7, false], ["bf16", 8, 7, true]] as const) {
     test(`f32 → ${dtype}${wide ? " (8 per thread)" : ""}: specials, boundaries, 300k values, RNE`, async () => {
       const cases = f32Cases();
       const x = wide ? Float32Array.from({ length: cases.length + 8 - (cases.length % 8) }, (_, i) => cases[i % cases.length]!) : cases;

@@ -11,7 +11,8 @@
  *   gradients    4P
  *   AdamW        8P (m and v)
  *   activations  per micro-batch of T tokens, f32, with gradient checkpointing:
- *                (L + 1)·T·C (layer inputs) + one layer's set + the backward's scratch
+ *                (L + 1)·T·C (layer inputs; bf16 with 16-bit weights, see saved-layer-inputs.ts)
+ *                + one layer's set + the backward's scratch
  *                + the head's logits chunk (T × min(V, 16384)); without checkpointing, L sets
  */
 import { type ParamSpec, GpuError } from "@tuneloom/kernels";
@@ -100,7 +101,9 @@ export function fullFinetuneMemory(
   const T = o.tokensPerMicroBatch, P = o.params;
   const layerSet = 3 * C + 2 * nH * hd + 2 * nKV * hd + 3 * I + nH + 2; // allocLayerActivations, per token
   const scratch = 2 * C + 2 * nH * hd + 2 * nKV * hd + I + nH; // allocLayerGradScratch, per token (dGate, dUp live in gate, up)
-  const activations = 4 * T * ((L + 1) * C + (o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, 16384) + 4 * C);
+  // Layer inputs (saved-layer-inputs.ts): bf16 under checkpointing with 16-bit weights (two f32 work buffers), else f32.
+  const inputs = o.gradientCheckpointing && o.weightBytes === 2 ? T * C * (2 * Math.max(0, L - 1) + 4 * 2) : 4 * T * C * (L + 1);
+  const activations = inputs + 4 * T * ((o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, 16384) + 4 * C);
   const masters = 4 * P, copies16 = o.weightBytes === 2 ? 2 * P : 0, grads = 4 * P, optimizer = 8 * P;
   return { params: P, masters, copies16, grads, optimizer, activations, total: masters + copies16 + grads + optimizer + activations };
 }

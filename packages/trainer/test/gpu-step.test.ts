@@ -6,12 +6,14 @@ import { relError } from "@tuneloom/kernels/testing.ts";
 import { GpuModel, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
 import type { Batch } from "../src/index.ts";
 import { LoraTrainer } from "../src/gpu/lora-trainer.ts";
+import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
 
-let model: GpuModel;
+let model: GpuModel, model16: GpuModel;
 beforeAll(async () => {
   const dir = mkdtempSync(join(tmpdir(), "tuneloom-step-"));
   writeTinyModel(dir, { arch: "qwen2", seed: 11 });
   model = await GpuModel.load(dir, { weightDtype: "f32" });
+  model16 = await GpuModel.load(dir, { weightDtype: "f16" });
 });
 
 /** A flat batch of two packed sequences with random ids, loss on every next token. */
@@ -32,8 +34,8 @@ function packedBatch(seed: number, lengths = [9, 6]): Batch {
   return { inputIds: ids, labels, positions, seqIds, numTargets, numSequences: lengths.length, numTokens: T, rows: 1, rowLength: T };
 }
 
-async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0, headOnTargetRowsOnly = true) {
-  const tr = new LoraTrainer(model, parseLoraConfig({ rank: 4, alpha: 8, dropout }), {
+async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0, headOnTargetRowsOnly = true, on = model) {
+  const tr = new LoraTrainer(on, parseLoraConfig({ rank: 4, alpha: 8, dropout }), {
     gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0, headOnTargetRowsOnly,
   });
   const w = await tr.getWeights();
@@ -67,6 +69,21 @@ describe("LoRA training step on the GPU", () => {
     expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(1e-6);
     const ga = await model.rt.read(a.grads), gb = await model.rt.read(b.grads);
     expect(relError(ga, gb)).toBeLessThan(1e-6);
+  });
+
+  test("16-bit weights: checkpoints keep bf16 layer inputs; same loss, gradients within bf16 rounding", async () => {
+    expect(savedInputDtype(model16, true)).toBe("bf16");
+    expect(savedInputDtype(model16, false)).toBe("f32");
+    expect(savedInputDtype(model, true)).toBe("f32");
+    const batch = packedBatch(1);
+    const a = await trainerWithNonZeroB(true, 0, true, model16), b = await trainerWithNonZeroB(false, 0, true, model16);
+    const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
+    // The loss is the f32 forward's either way; the recompute starts from x_l rounded to bf16.
+    expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(1e-6);
+    const ga = await model16.rt.read(a.grads), gb = await model16.rt.read(b.grads);
+    const err = relError(ga, gb);
+    expect(err).toBeLessThan(1e-2);
+    expect(err).toBeGreaterThan(0); // the rounded inputs were used (f32 inputs agree to ~1e-7)
   });
 
   test("gradients match a finite difference of the loss along the gradient", async () => {

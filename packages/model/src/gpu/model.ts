@@ -28,8 +28,13 @@ export interface ForwardOptions {
   lora?: readonly LayerLora[];
   /** Or each row its own adapter slot (lora-slots.ts): layer l's stacks and the rows' slots. */
   gathered?: (layer: number) => GatheredLayerLora;
-  /** (L + 1) tensors (T, C): receives every layer's input and the last layer's output. */
+  /**
+   * (L + 1) tensors (T, C): receives every layer's input and the last layer's output. The same
+   * tensor may recur (e.g. two buffers alternating) when `saveInput` keeps what is overwritten.
+   */
   layerInputs?: readonly Tensor[];
+  /** Called with each layer's input x_l (T, C) as the layer is about to read it, l = 0 … L − 1. */
+  saveInput?: (rec: Recorder, layer: number, x: Tensor) => void;
   /** Activations to write for layer l (a fresh set per layer to keep them, one set to reuse). */
   activations: (layer: number) => LayerActivations;
   kv?: (layer: number) => KvContext;
@@ -110,6 +115,7 @@ export class GpuModel {
     const xAt = (l: number) => (inputs ? inputs[l]! : ping![l % 2]!);
     embeddingForward(rec, tb.ids, weights.embed, xAt(0), this.embedErrors);
     for (let l = 0; l < L; l++) {
+      opts.saveInput?.(rec, l, xAt(l));
       decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.gathered?.(l) ?? opts.lora?.[l], opts.kv?.(l));
     }
     const h = fresh("h_final");

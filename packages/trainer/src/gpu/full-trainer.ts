@@ -32,6 +32,7 @@ import type { Batch } from "../batching.ts";
 import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
 import type { Collectives } from "../distributed/world.ts";
+import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
 import { allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
@@ -216,14 +217,14 @@ export class FullTrainer {
       const labels = rt.upload("i32", [T], batch.labels, "labels");
       const ones = rt.upload("f32", [T], new Float32Array(T).fill(1), "ones");
       toRelease.push(tb.ids, tb.positions, tb.seqIds, labels, ones);
-      const xs = Array.from({ length: L + 1 }, (_, l) => rt.empty("f32", [T, C], `x${l}`));
-      toRelease.push(...xs);
+      const xs = new SavedLayerInputs(rt, L, T, C, savedInputDtype(model, this.opts.gradientCheckpointing));
+      toRelease.push(...xs.tensors);
       const actSets: LayerActivations[] = this.opts.gradientCheckpointing
         ? [allocLayerActivations(rt, cfg, T, 0, [])]
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, 0, []));
       released.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const fwd = model.recordForward(rec, tb, { layerInputs: xs, activations: actsFor });
+      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor });
       toRelease.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -240,8 +241,9 @@ export class FullTrainer {
       for (let l = L - 1; l >= 0; l--) {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
-        if (this.opts.gradientCheckpointing && l < L - 1) decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l));
-        decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones));
+        const x = xs.input(rec, l);
+        if (this.opts.gradientCheckpointing && l < L - 1) decoderLayerForward(rec, ctx, w, tb, x, recomputeOut, actsFor(l));
+        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones));
         [dOut, dIn] = [dIn, dOut];
       }
       // x_0 = embed[ids]: dE[id] += dx_0

@@ -42,6 +42,7 @@ import type { Batch } from "../batching.ts";
 import type { Collectives } from "../distributed/world.ts";
 import { allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
+import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
 
 export type { StepResult } from "./optimizer-step.ts";
 
@@ -231,15 +232,16 @@ export class LoraTrainer {
         toRelease.push(dropScratch);
       }
       const lora = this.trainingLora(step, mb, dropScratch);
-      // Layer inputs x_0..x_L are kept either way; activations per layer only without checkpointing.
-      const xs = Array.from({ length: L + 1 }, (_, l) => rt.empty("f32", [T, C], `x${l}`));
-      toRelease.push(...xs);
+      // Layer inputs are kept either way (bf16 under checkpointing with 16-bit weights); activations
+      // per layer only without checkpointing.
+      const xs = new SavedLayerInputs(rt, L, T, C, savedInputDtype(model, this.opts.gradientCheckpointing));
+      toRelease.push(...xs.tensors);
       const actSets: LayerActivations[] = this.opts.gradientCheckpointing
         ? [allocLayerActivations(rt, cfg, T, this.config.rank, targetsList)]
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
       released.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const fwd = model.recordForward(rec, tb, { lora, layerInputs: xs, activations: actsFor });
+      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor });
       toRelease.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -258,10 +260,11 @@ export class LoraTrainer {
         const w = model.weights.layers[l]!;
         // Recompute this layer's activations from its saved input, except the last layer's: the
         // forward has just left them in the shared set.
+        const x = xs.input(rec, l);
         if (this.opts.gradientCheckpointing && l < L - 1) {
-          decoderLayerForward(rec, ctx, w, tb, xs[l]!, recomputeOut, actsFor(l), lora[l]);
+          decoderLayerForward(rec, ctx, w, tb, x, recomputeOut, actsFor(l), lora[l]);
         }
-        decoderLayerBackward(rec, ctx, w, tb, xs[l]!, actsFor(l), dOut, dIn, g, lora[l]);
+        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l]);
         [dOut, dIn] = [dIn, dOut];
       }
     });
