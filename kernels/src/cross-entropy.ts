@@ -110,12 +110,18 @@ function rowSlice(t: Tensor, r0: number, rows: number, C: number): Tensor {
   return new Tensor(t.buffer, t.dtype, [rows, C], off, t.label);
 }
 
+/** The default chunk's logits (T, n) f32 stay under this many bytes (and n under 16384 columns). */
+export const LOGITS_CHUNK_BYTES = 128 * 2 ** 20;
+
+/** The default vocabulary columns per chunk for T rows: 16384, fewer where the logits would pass LOGITS_CHUNK_BYTES. */
+export const defaultLogitsChunk = (T: number) => Math.max(1024, Math.min(16384, Math.floor(LOGITS_CHUNK_BYTES / (4 * Math.max(T, 1)))));
+
 /**
- * Vocabulary columns per chunk: at most `want` (default 16384), rounded so every chunk's W (and
- * dW) slice starts on a 256-byte boundary, and small enough that the logits chunk (T, n) and the
- * W slice each fit one storage binding.
+ * Vocabulary columns per chunk: at most `want` (default defaultLogitsChunk: 8192 at 4096 rows),
+ * rounded so every chunk's W (and dW) slice starts on a 256-byte boundary, and small enough that
+ * the logits chunk (T, n) and the W slice each fit one storage binding.
  */
-export function crossEntropyChunk(rt: GpuRuntime, T: number, V: number, C: number, wDtype: DType, want = 16384, dw = false): number {
+export function crossEntropyChunk(rt: GpuRuntime, T: number, V: number, C: number, wDtype: DType, want = defaultLogitsChunk(T), dw = false): number {
   let align = rowAlign(C, BYTES_PER_ELEMENT[wDtype]);
   if (dw) align = lcm(align, rowAlign(C, 4));
   const maxBind = rt.caps.limits.maxStorageBufferBindingSize;

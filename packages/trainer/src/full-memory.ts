@@ -13,9 +13,9 @@
  *   activations  per micro-batch of T tokens, f32, with gradient checkpointing:
  *                (L + 1)·T·C (layer inputs; bf16 with 16-bit weights, see saved-layer-inputs.ts)
  *                + one layer's set + the backward's scratch
- *                + the head's logits chunk (T × min(V, 16384)); without checkpointing, L sets
+ *                + the head's logits chunk (T × min(V, defaultLogitsChunk(T))); without checkpointing, L sets
  */
-import { type ParamSpec, GpuError } from "@tuneloom/kernels";
+import { type ParamSpec, GpuError, defaultLogitsChunk } from "@tuneloom/kernels";
 import { expectedTensors } from "@tuneloom/model";
 import { maxBindableBytes, planChunks } from "./gpu/param-chunks.ts";
 import type { ModelConfig } from "@tuneloom/model";
@@ -103,7 +103,7 @@ export function fullFinetuneMemory(
   const scratch = 2 * C + 2 * nH * hd + 2 * nKV * hd + I + nH; // allocLayerGradScratch, per token (dGate, dUp live in gate, up)
   // Layer inputs (saved-layer-inputs.ts): bf16 under checkpointing with 16-bit weights (two f32 work buffers), else f32.
   const inputs = o.gradientCheckpointing && o.weightBytes === 2 ? T * C * (2 * Math.max(0, L - 1) + 4 * 2) : 4 * T * C * (L + 1);
-  const activations = inputs + 4 * T * ((o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, 16384) + 4 * C);
+  const activations = inputs + 4 * T * ((o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, defaultLogitsChunk(T)) + 4 * C);
   const masters = 4 * P, copies16 = o.weightBytes === 2 ? 2 * P : 0, grads = 4 * P, optimizer = 8 * P;
   return { params: P, masters, copies16, grads, optimizer, activations, total: masters + copies16 + grads + optimizer + activations };
 }
