@@ -65,7 +65,9 @@ for step in $STEPS; do
       grep -q '^(fail) .*thin split-K\|^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_SMALL_STAGED=0; el "TUNELOOM_SMALL_STAGED=0"; }
       grep -q '^(fail) .*dA and dB split over tokens' $OUT/tests.txt && { export TUNELOOM_LORA_GRAD_TC=0; el "TUNELOOM_LORA_GRAD_TC=0"; }
       # Session 7, written after its last call: the one-pass cross-entropy backward (dh only).
-      grep -q '^(fail) .*one-pass dh' $OUT/tests.txt && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; } ;;
+      grep -q '^(fail) .*one-pass dh' $OUT/tests.txt && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; }
+      # Session 8: the unrolled staged copy is adopted by the variants step only if its tests pass.
+      grep -q '^(fail) .*unrolled' $OUT/tests.txt && { UNROLLED_FAILED=1; el "unrolled tests failed"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -124,7 +126,10 @@ for step in $STEPS; do
       # Llama's up and down products (VARIANT_CONFIGS replaces the list).
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sk64g8u,4x4_2x2sg8,4x4_2x2sg8u,4x4_2x2sk16g8u,4x4_2x4sk16g8u,4x4_2x4sg8u,4x4_4x2sk16g8u,4x4_4x2sg8u,2x4_4x2sg8u,2x4_4x2sk64g8u,2x4_4x4sk16g8u,4x4_2x2sdg8u} \
-        --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
+        --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
+      # The unrolled copy for the rest of the call when the table's picks gain from it on these shapes
+      # (geometric mean of the u form over the plain one, both forms).
+      if [ -z "${UNROLLED_FAILED:-}" ] && [ "$(python3 scripts/unrolled-gain.py $OUT/gemm.jsonl)" = yes ]; then export TUNELOOM_GEMM_UNROLLED=1; el "TUNELOOM_GEMM_UNROLLED=1"; fi ;;
     *) echo "unknown step $step" ;;
   esac
 done

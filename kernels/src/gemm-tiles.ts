@@ -97,12 +97,37 @@ export const tcConfigName = (c: TcConfig) =>
  */
 export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED !== "0" };
 
+/**
+ * Whether the unrolled copy (TcConfig.unrolled) fits a tile: every staged row must be covered by a
+ * whole number of threads (threads a multiple of the 16-byte vectors per row).
+ */
+export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
+  const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
+  const ok = (cols: number) => cols / 8 <= threads && threads % (cols / 8) === 0;
+  return ok(BK) && (transB || ok(BN));
+}
+
+/**
+ * Session 8's unrolled copy for every staged product the tables, rules and plans pick
+ * (`TUNELOOM_GEMM_UNROLLED=1`, set by the device script when its variants step measures the
+ * unrolled forms ahead): the one owner of that switch.
+ */
+export const unrolledStaging = { enabled: process.env.TUNELOOM_GEMM_UNROLLED === "1" };
+
+/** cfg in the staged form currently chosen (unrolled where unrolledStaging is on and the tile allows). */
+export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
+  return unrolledStaging.enabled && cfg.staged && !cfg.diag && unrolledCopyFits(cfg, transB) ? { ...cfg, unrolled: true } : cfg;
+}
+
 const measured = new Map<string, TcConfig>();
 for (const e of (table as GemmTileTable).entries) measured.set(`${e.n}:${e.k}:${e.transB}`, parseTcConfig(e.cfg));
 
 /** The tile configuration for C (M×N) = A (M×K) · op(B): measured where the sweep covered the shape. */
 export function tcConfigFor(M: number, N: number, K: number, transB = true): TcConfig {
-  void M;
+  return stagedForm(pickedConfig(N, K, transB), transB);
+}
+
+function pickedConfig(N: number, K: number, transB: boolean): TcConfig {
   const hit = measured.get(`${N}:${K}:${transB}`);
   if (hit) return hit;
   // Narrow outputs (k/v projections): the staged 128×128 tile the sweep picked for every narrow

@@ -25,7 +25,7 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
 import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
-import { type TcConfig, stagedSmallProducts, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
+import { type TcConfig, stagedForm, stagedSmallProducts, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
 
 export type { TcConfig } from "./gemm-tiles.ts";
 
@@ -182,10 +182,10 @@ export function matmulTensorCore(
  * global memory are slow on NVIDIA's driver (session 7: the global kernel made these products
  * 20× slower than their memory traffic).
  */
-export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
+export function thinTcPlan(M: number, N: number, K: number, transB = true): { cfg: TcConfig; splits: number } {
   const tn = N % 64 === 0 ? 4 : N % 48 === 0 ? 3 : N % 32 === 0 ? 2 : 1;
   if (!stagedSmallProducts.enabled) return globalThinPlan(M, N, K, tn);
-  const cfg: TcConfig = { tm: 2, tn, sgm: 4, sgn: 1, staged: true, bk: 64 };
+  const cfg = stagedForm({ tm: 2, tn, sgm: 4, sgn: 1, staged: true, bk: 64 }, transB);
   const workgroups = cdiv(M, 128) * cdiv(N, 16 * tn);
   let splits = 1;
   while (splits < 16 && workgroups * splits < 528 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;
@@ -198,7 +198,7 @@ export function thinTcPlan(M: number, N: number, K: number): { cfg: TcConfig; sp
  * The K chunks write f32 partials into a scratch that one pass reduces into C.
  */
 export function matmulTensorCoreThin(rec: Recorder, args: MatmulArgs) {
-  const { cfg, splits } = thinTcPlan(args.M, args.N, args.K);
+  const { cfg, splits } = thinTcPlan(args.M, args.N, args.K, args.transB ?? false);
   matmulTensorCoreSplitK(rec, args, cfg, splits, "matmulTensorCoreThin");
 }
 
@@ -216,7 +216,7 @@ function globalThinPlan(M: number, N: number, K: number, tn: number): { cfg: TcC
  * there are fewer than 264 workgroups (2 per SM of an H100) and each chunk keeps ≥ 256 of K.
  */
 export function splitKPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
-  const cfg: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
+  const cfg = stagedForm({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 }, false);
   const tiles = cdiv(M, 128) * cdiv(N, 128);
   let splits = 1;
   while (stagedSmallProducts.enabled && splits < 16 && tiles * splits < 264 && K % (32 * splits) === 0 && K / (2 * splits) >= 256) splits *= 2;
@@ -258,7 +258,7 @@ export function matmulTensorCoreSplitK(
  * split into chunks (each ≥ 128) until about 4 workgroups per SM run.
  */
 export function shortTcPlan(M: number, N: number, K: number): { cfg: TcConfig; splits: number } {
-  const cfg: TcConfig = { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 };
+  const cfg = stagedForm({ tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 }, false);
   const workgroups = cdiv(M, 16) * cdiv(N, 256);
   let splits = 1;
   while (splits < 16 && workgroups * splits < 528 && K % (32 * splits) === 0 && K / (2 * splits) >= 128) splits *= 2;

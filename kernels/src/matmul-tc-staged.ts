@@ -262,16 +262,6 @@ function copyPlan(threads: number, rows: number, cols: number) {
 }
 
 /**
- * Whether the unrolled copy (TcConfig.unrolled) fits a tile: every staged row must be covered by a
- * whole number of threads (threads a multiple of the 16-byte vectors per row).
- */
-export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
-  const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
-  const ok = (cols: number) => (cols / 8) <= threads && threads % (cols / 8) === 0;
-  return ok(BK) && (transB ? ok(BK) : ok(BN));
-}
-
-/**
  * The copy and product stages of the staged kernel in unrolled form (TcConfig.unrolled, name
  * suffix `u`), the structure of NVIDIA's vk_cooperative_matrix_perf shared-memory shader: each
  * thread owns one 8-half column of the slice and copies the same column of every

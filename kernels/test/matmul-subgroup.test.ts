@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -37,7 +37,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 },
     // The unrolled copy (session 8): the table's forms, 8 subgroups over 128×256 and 256×128,
     // 8 subgroups of 2×4 matrices, double buffering, and 16-row tiles whose copy leaves threads idle.
-    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "1x4_1x4sk16u"].map(parseTcConfig),
+    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
@@ -215,6 +215,26 @@ test("thin tensor-core plan: staged 128-row tiles as wide as N, K split while wo
   for (const [M, N, K] of [[4096, 32, 576], [8192, 64, 4096], [16, 16, 16]]) {
     const { splits } = thinTcPlan(M!, N!, K!);
     expect(K! % (16 * splits)).toBe(0);
+  }
+});
+
+test("the unrolled switch turns every staged pick unrolled where the tile allows, and nothing else", () => {
+  const was = unrolledStaging.enabled;
+  try {
+    unrolledStaging.enabled = false;
+    expect(tcConfigFor(4096, 4096, 4096, true).unrolled).toBeUndefined();
+    unrolledStaging.enabled = true;
+    expect(tcConfigFor(4096, 4096, 4096, true)).toEqual({ ...parseTcConfig("4x4_2x2sk64g8"), unrolled: true });
+    expect(tcConfigFor(4096, 4096, 4096, false).unrolled).toBe(true);
+    expect(thinTcPlan(4096, 48, 2048, true).cfg.unrolled).toBe(true);
+    // 48 columns of B staged [k][n] are 6 vectors per row: 128 threads do not divide them.
+    expect(thinTcPlan(4096, 48, 2048, false).cfg.unrolled).toBeUndefined();
+    expect(unrolledCopyFits(parseTcConfig("2x3_4x1sk64"), false)).toBe(false);
+    expect(shortTcPlan(16, 2048, 4096).cfg.unrolled).toBe(true);
+    expect(splitKPlan(896, 896, 4096).cfg.unrolled).toBe(true);
+    expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).unrolled).toBeUndefined(); // the global kernel
+  } finally {
+    unrolledStaging.enabled = was;
   }
 });
 
