@@ -13,6 +13,7 @@
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
+#   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
@@ -80,6 +81,9 @@ for step in $STEPS; do
       [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    profile-8b)
+      # One profiled Llama-3.1-8B step (built-in shape, random weights): where the 8B time goes.
+      [ "$(left)" -gt 70 ] && el profile-8b && timeout 70 bun run bench -- --train --model llama3.1-8b --batch 8 --seq 512 --rank 16 --steps 2 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-ab)
       # The same step with the forms that are still off by default switched off again (A/B in one call).
       [ "$(left)" -gt 40 ] && el profile-ab && TUNELOOM_ATTN_DKV_PER_HEAD=0 TUNELOOM_DW_TC=0 TUNELOOM_ATTN_STAGE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":true,/' | stamp >> $OUT/profile.jsonl ;;
