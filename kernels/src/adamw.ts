@@ -50,7 +50,11 @@ export class FlatParamLayout {
   readonly numel: number;
   private readonly byName = new Map<string, ParamSegment>();
 
-  constructor(specs: readonly ParamSpec[], opts: { weightDecay: number }) {
+  /** Elements each tensor's start is aligned to: 64 (256 bytes of f32), or 128 so that f16 mirrors align too. */
+  readonly alignElements: number;
+
+  constructor(specs: readonly ParamSpec[], opts: { weightDecay: number; alignElements?: 64 | 128 }) {
+    this.alignElements = opts.alignElements ?? ALIGN_ELEMS;
     let offset = 0;
     for (const s of specs) {
       if (this.byName.has(s.name)) throw new Error(`FlatParamLayout: duplicate tensor name ${s.name}`);
@@ -61,7 +65,7 @@ export class FlatParamLayout {
       };
       this.segments.push(seg);
       this.byName.set(s.name, seg);
-      offset += Math.ceil(numel / ALIGN_ELEMS) * ALIGN_ELEMS;
+      offset += Math.ceil(numel / this.alignElements) * this.alignElements;
     }
     this.numel = Math.max(offset, 1);
   }
@@ -77,6 +81,18 @@ export class FlatParamLayout {
     const s = this.segment(name);
     if (flat.numel !== this.numel) throw new Error(`FlatParamLayout.view: ${flat.label} has ${flat.numel} elements, the layout ${this.numel}`);
     return new Tensor(flat.buffer, "f32", s.shape, flat.byteOffset + s.offset * 4, name);
+  }
+
+  /**
+   * The tensor `name` inside an f16 mirror of this layout (the same element offsets, numel f16
+   * elements), e.g. the f16 copy of every LoRA weight made in one conversion. Bindable only when
+   * the layout aligns starts to 128 elements (256 bytes of f16).
+   */
+  view16(flat16: Tensor, name: string): Tensor {
+    const s = this.segment(name);
+    if (flat16.dtype !== "f16" || flat16.numel !== this.numel) throw new Error(`FlatParamLayout.view16: ${flat16.label} must be f16 with ${this.numel} elements, got ${flat16.dtype} ${flat16.numel}`);
+    if (this.alignElements % 128) throw new Error("FlatParamLayout.view16: the layout must align tensors to 128 elements (alignElements: 128)");
+    return new Tensor(flat16.buffer, "f16", s.shape, flat16.byteOffset + s.offset * 2, `${name}:f16`);
   }
 
   /** A zeroed flat f32 buffer of this layout (params to fill, or grads). */

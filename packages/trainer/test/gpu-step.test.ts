@@ -34,9 +34,9 @@ function packedBatch(seed: number, lengths = [9, 6]): Batch {
   return { inputIds: ids, labels, positions, seqIds, numTargets, numSequences: lengths.length, numTokens: T, rows: 1, rowLength: T };
 }
 
-async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0, headOnTargetRowsOnly = true, on = model) {
-  const tr = new LoraTrainer(on, parseLoraConfig({ rank: 4, alpha: 8, dropout }), {
-    gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0, headOnTargetRowsOnly,
+async function trainerWithNonZeroB(checkpointing: boolean, dropout = 0, headOnTargetRowsOnly = true, on = model, rank = 4, keepF16Copies = true) {
+  const tr = new LoraTrainer(on, parseLoraConfig({ rank, alpha: 8, dropout }), {
+    gradientCheckpointing: checkpointing, seed: 5, weightDecay: 0, maxGradNorm: 0, headOnTargetRowsOnly, keepF16Copies,
   });
   const w = await tr.getWeights();
   for (const x of w) for (let i = 0; i < x.B.length; i++) x.B[i] = 0.05 * Math.sin(3 * i + x.spec.layer + 1);
@@ -84,6 +84,22 @@ describe("LoRA training step on the GPU", () => {
     const err = relError(ga, gb);
     expect(err).toBeLessThan(1e-2);
     expect(err).toBeGreaterThan(0); // the rounded inputs were used (f32 inputs agree to ~1e-7)
+  });
+
+  // On a GPU with subgroup matrices (T = 32, r = 16: the tensor-core LoRA products) the step reads
+  // the f16 copies made at its start; elsewhere both trainers convert nothing and agree trivially.
+  test("16-bit weights: f16 copies of A, B and s·B made once per step give the gradients of converting at each use, across steps", async () => {
+    const batch = packedBatch(3, [20, 12]);
+    const a = await trainerWithNonZeroB(true, 0, true, model16, 16, true), b = await trainerWithNonZeroB(true, 0, true, model16, 16, false);
+    for (let step = 1; step <= 2; step++) {
+      const ra = await a.step([batch], 1e-2, step), rb = await b.step([batch], 1e-2, step);
+      expect(ra.loss).toBe(rb.loss);
+      const ga = await model16.rt.read(a.grads), gb = await model16.rt.read(b.grads);
+      expect(relError(ga, gb)).toBe(0);
+      expect(ga.some((v) => v !== 0)).toBe(true);
+    }
+    // Evaluation after an update reads the updated f32 weights (the copies are the step's only).
+    expect(await a.evaluate([batch])).toBe(await b.evaluate([batch]));
   });
 
   test("gradients match a finite difference of the loss along the gradient", async () => {

@@ -63,6 +63,12 @@ export interface LoraModule {
   dA?: Tensor; // f32 (r, in)
   dB?: Tensor; // f32 (out, r)
   dropout?: LoraDropout;
+  /**
+   * f16 copies of A, B and s·B that the owner keeps current for as long as the module is used
+   * (the LoRA trainer refreshes them at the start of each step): the tensor-core products read
+   * these instead of converting the weights at every use. Absent: converted where needed.
+   */
+  f16?: { A: Tensor; B: Tensor; sB: Tensor };
 }
 
 export type LayerLora = Partial<Record<LoraTarget, LoraModule>>;
@@ -107,10 +113,27 @@ function groupColumns(buf: Tensor | undefined, T: number, width: number, what: s
  */
 function stacked(ts: readonly Tensor[]): Tensor | null {
   const [rows, cols] = ts[0]!.shape as [number, number];
+  const dtype = ts[0]!.dtype, bytes = dtype === "f32" ? 4 : 2;
   for (const [i, t] of ts.entries()) {
-    if (t.buffer !== ts[0]!.buffer || t.shape[0] !== rows || t.shape[1] !== cols || t.byteOffset !== ts[0]!.byteOffset + i * rows * cols * 4) return null;
+    if (t.buffer !== ts[0]!.buffer || t.dtype !== dtype || t.shape[0] !== rows || t.shape[1] !== cols || t.byteOffset !== ts[0]!.byteOffset + i * rows * cols * bytes) return null;
   }
-  return new Tensor(ts[0]!.buffer, "f32", [ts.length * rows, cols], ts[0]!.byteOffset, `${ts[0]!.label}:stacked`);
+  return new Tensor(ts[0]!.buffer, dtype, [ts.length * rows, cols], ts[0]!.byteOffset, `${ts[0]!.label}:stacked`);
+}
+
+/**
+ * An f16 weight for this recording: `kept` (a module's f16 copy, LoraModule.f16) when there is one,
+ * else `t` converted now. `done()` recycles what was converted.
+ */
+function weight16(rec: Recorder, t: Tensor, kept: Tensor | null | undefined, scaling = 1): { w: Tensor; done: () => void } {
+  if (kept) return { w: kept, done: () => {} };
+  const w = scaledF16(rec, t, scaling);
+  return { w, done: () => rec.recycle(w) };
+}
+
+/** The group's A's stacked, in f16: the modules' kept copies when every one has them back to back. */
+function stackedA16(rec: Recorder, mods: readonly LoraModule[], A: Tensor) {
+  const kept = mods.every((m) => m.f16) ? (mods.length === 1 ? mods[0]!.f16!.A : stacked(mods.map((m) => m.f16!.A))) : null;
+  return weight16(rec, A, kept);
 }
 
 /** One product over the whole group is possible (see the module comment). */
@@ -230,16 +253,16 @@ function loraForwardTc(
   const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
   const xh = x16 ?? toF16(rec, x);
   if (A) {
-    const A16 = toF16(rec, A); // (n·r, in)
-    matmulTensorCoreThin(rec, { a: xh, b: A16, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
-    rec.recycle(A16);
+    const A16 = stackedA16(rec, mods, A); // (n·r, in)
+    matmulTensorCoreThin(rec, { a: xh, b: A16.w, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
+    A16.done();
   } else {
     for (const [i, m] of mods.entries()) {
       // h_i = x̃_i·A_iᵀ, x̃_i = dropout(x) (or x) rounded to f16
       const xl = m.dropout ? droppedInput(rec, x, m.dropout, "linearsLoraForward") : x;
-      const xl16 = m.dropout ? toF16(rec, xl) : xh, A16 = toF16(rec, m.A);
-      matmulTensorCoreThin(rec, { a: xl16, b: A16, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r });
-      rec.recycle(A16);
+      const xl16 = m.dropout ? toF16(rec, xl) : xh, A16 = weight16(rec, m.A, m.f16?.A);
+      matmulTensorCoreThin(rec, { a: xl16, b: A16.w, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r });
+      A16.done();
       if (xl16 !== xh) rec.recycle(xl16);
     }
   }
@@ -247,11 +270,11 @@ function loraForwardTc(
   let i = 0;
   for (const { w, bias, y, lora } of projs) {
     const outF = w.shape[0]!;
-    const sB16 = lora ? scaledF16(rec, lora.B, lora.scaling) : undefined; // (out, r)
+    const sB16 = lora ? weight16(rec, lora.B, lora.f16?.sB, lora.scaling) : undefined; // (out, r)
     // y = x·Wᵀ + b (+ h_i·(s·B_i)ᵀ as the tile's last K = r slice)
     frozenWithAux(rec, { a: xh, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true },
-      sB16 ? { a2: h16, b2: sB16, K2: r, lda2: ld, offsetA2: i++ * r } : undefined);
-    if (sB16) rec.recycle(sB16);
+      sB16 ? { a2: h16, b2: sB16.w, K2: r, lda2: ld, offsetA2: i++ * r } : undefined);
+    sB16?.done();
   }
   rec.recycle(h16);
   if (!x16) rec.recycle(xh);
@@ -336,14 +359,15 @@ function loraBackwardTc(
     // backward of y_i += s·h_i·B_iᵀ:  dB_i += s·dy_iᵀ·h_i,  dh_i = s·dy_i·B_i (tensor cores)
     if (hT16) shortProductTc(rec, { a: hT16, b: dy16s[j]!, c: m.dB!, M: r, N: outF, K: T, lda: T, offsetA: i * r * T, ldc: r, alpha: s, beta: 1 }, true);
     else matmul(rec, { a: dy, b: hs, c: m.dB!, M: outF, N: r, K: T, transA: true, ldb: ld, offsetB: i * r, alpha: s, beta: 1 });
-    const B16 = toF16(rec, m.B); // (out, r)
-    matmulTensorCoreThin(rec, { a: dy16s[j]!, b: B16, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });
-    rec.recycle(B16);
+    const B16 = weight16(rec, m.B, m.f16?.B); // (out, r)
+    matmulTensorCoreThin(rec, { a: dy16s[j]!, b: B16.w, c: dhs, M: T, N: r, K: outF, ldc: ld, offsetC: i * r, alpha: s });
+    B16.done();
     i++;
   }
   // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i, with dh·[A] as the last product's aux slice
   // when the A's are stacked (no dropout); per module below otherwise.
   let aux: AuxSlice | undefined;
+  let auxDone = () => {};
   if (A) {
     // backward of [h_1 … h_n] = x·[A]ᵀ:  d[A] += dhᵀ·x,  dx += dh·[A]
     const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
@@ -354,7 +378,9 @@ function loraBackwardTc(
       rec.recycle(dhT16);
       rec.recycle(x16);
     } else matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
-    aux = { a2: toF16(rec, dhs), b2: toF16(rec, A), K2: ld };
+    const A16 = stackedA16(rec, mods, A), dh16 = toF16(rec, dhs);
+    aux = { a2: dh16, b2: A16.w, K2: ld };
+    auxDone = () => { rec.recycle(dh16); A16.done(); };
   }
   if (hT16) rec.recycle(hT16);
   for (const [j, { w }] of projs.entries()) {
@@ -362,7 +388,8 @@ function loraBackwardTc(
     matmulTensorCore(rec, { a: dy16s[j]!, b: w, c: dx, M: T, N: inF, K: outF, beta: j === 0 ? betaDx : 1 }, undefined,
       j === projs.length - 1 ? aux : undefined);
   }
-  for (const t of [...(aux ? [aux.a2, aux.b2] : []), ...dy16s]) rec.recycle(t);
+  auxDone();
+  for (const t of dy16s) rec.recycle(t);
   if (A) return;
   const dh16 = toF16(rec, dhs);
   const dhT16 = gradsTc ? transposedF16(rec, dhs) : undefined;
@@ -374,11 +401,11 @@ function loraBackwardTc(
   };
   for (const [i, m] of mods.entries()) {
     const cols = { lda: ld, offsetA: i * r };
-    const A16 = toF16(rec, m.A); // (r, in)
+    const A16 = weight16(rec, m.A, m.f16?.A); // (r, in)
     if (!m.dropout) {
       // backward of h_i = x·A_iᵀ:  dA_i += dh_iᵀ·x,  dx += dh_i·A_i (tensor cores)
       dAProduct(i, m, x, x16);
-      matmulTensorCore(rec, { a: dh16, b: A16, c: dx, M: T, N: inF, K: r, beta: 1, ...cols });
+      matmulTensorCore(rec, { a: dh16, b: A16.w, c: dx, M: T, N: inF, K: r, beta: 1, ...cols });
     } else {
       const d = m.dropout;
       // backward of h_i = x̃_i·A_iᵀ:  dA_i += dh_iᵀ·x̃_i (x̃_i regenerated),  dx̃_i = dh_i·A_i (tensor cores)
@@ -387,11 +414,11 @@ function loraBackwardTc(
       dAProduct(i, m, xd, xd16);
       if (xd16) rec.recycle(xd16);
       const dxd = xd; // x̃_i is no longer needed: the scratch now holds dx̃_i (T, in)
-      matmulTensorCore(rec, { a: dh16, b: A16, c: dxd, M: T, N: inF, K: r, ...cols });
+      matmulTensorCore(rec, { a: dh16, b: A16.w, c: dxd, M: T, N: inF, K: r, ...cols });
       // backward of x̃_i = dropout(x):  dx += dx̃_i · keep / (1 − p)
       dropoutBackward(rec, dxd, dx, d.p, d.seed, 1);
     }
-    rec.recycle(A16);
+    A16.done();
   }
   rec.recycle(dh16);
   for (const t of [dhT16, x16]) if (t) rec.recycle(t);

@@ -30,8 +30,9 @@
 import { sumNll } from "../eval-set.ts";
 import {
   type GpuRuntime, type Tensor, type AdamWState, type GradClipState,
-  FlatParamLayout, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
-  rmsnormBackward,
+  type Recorder,
+  FlatParamLayout, convertTensor, createAdamWState, createGradClipState, crossEntropy, crossEntropyOnLabelledRows, dropoutSeed,
+  hasTensorCoreMatmul, rmsnormBackward, scale,
 } from "@tuneloom/kernels";
 import {
   type GpuModel, type LayerActivations, type LayerLora, type LoraConfig, type LoraTarget, type LoraLayerSpec, type LoraWeights,
@@ -48,6 +49,12 @@ export type { StepResult } from "./optimizer-step.ts";
 
 export interface LoraTrainerOptions {
   gradientCheckpointing: boolean;
+  /**
+   * Keep f16 copies of A, B and s·B, made once per step, for the tensor-core LoRA products
+   * (default true; they exist only where those products run). False converts at each use: the
+   * same values, for tests and A/B measurements.
+   */
+  keepF16Copies?: boolean;
   /** LoRA init and dropout masks. */
   seed: number;
   weightDecay: number;
@@ -75,7 +82,11 @@ export class LoraTrainer {
   readonly adam: AdamWState;
   readonly clip: GradClipState;
   readonly lora: LayerLora[];
+  /** The modules a training step records with: `lora` plus the f16 copies where kept. */
+  private readonly stepLora: LayerLora[];
   private readonly rt: GpuRuntime;
+  /** f16 copies of the flat params, and of s × params (s·B): the modules' `f16` views (lora.ts LoraModule.f16). */
+  private readonly copies16?: { params16: Tensor; scaled16: Tensor; scaling: number };
 
   constructor(readonly model: GpuModel, readonly config: LoraConfig, readonly opts: LoraTrainerOptions) {
     this.rt = model.rt;
@@ -91,22 +102,37 @@ export class LoraTrainer {
         ...ls.map((s) => ({ name: nameA(s), shape: [r, s.inFeatures] })),
         ...ls.map((s) => ({ name: nameB(s), shape: [s.outFeatures, r] })),
       ]),
-      { weightDecay: opts.weightDecay },
+      // Starts on 128 elements, so the f16 copies below (the same offsets) are bindable views too.
+      { weightDecay: opts.weightDecay, alignElements: 128 },
     );
     this.params = this.layout.allocate(this.rt, "lora:params");
     this.grads = this.layout.allocate(this.rt, "lora:grads");
     this.adam = createAdamWState(this.rt, this.layout);
     this.clip = createGradClipState(this.rt);
     const scaling = loraScaling(config);
+    // With 16-bit weights on a GPU with subgroup matrices the LoRA products run on tensor cores
+    // (lora.ts): every A, B and s·B in f16, made once per step (recordF16Copies) instead of at each use.
+    if ((opts.keepF16Copies ?? true) && hasTensorCoreMatmul(this.rt) && model.weights.layers[0]?.q.dtype === "f16") {
+      const params16 = this.rt.empty("f16", [this.layout.numel], "lora:params16");
+      const scaled16 = scaling === 1 ? params16 : this.rt.empty("f16", [this.layout.numel], "lora:scaled16");
+      this.copies16 = { params16, scaled16, scaling };
+    }
     this.lora = Array.from({ length: model.cfg.numLayers }, () => ({}));
+    this.stepLora = Array.from({ length: model.cfg.numLayers }, () => ({}));
     for (const s of this.specs) {
-      this.lora[s.layer]![s.module] = {
+      const c = this.copies16;
+      const m = this.lora[s.layer]![s.module] = {
         A: this.layout.view(this.params, nameA(s)),
         B: this.layout.view(this.params, nameB(s)),
         dA: this.layout.view(this.grads, nameA(s)),
         dB: this.layout.view(this.grads, nameB(s)),
         scaling,
       };
+      // Only a step's own modules carry the f16 copies: they are current from its first dispatch
+      // to its update, while `lora` (evaluation, checkpoints) is read at any time.
+      this.stepLora[s.layer]![s.module] = c
+        ? { ...m, f16: { A: this.layout.view16(c.params16, nameA(s)), B: this.layout.view16(c.params16, nameB(s)), sB: this.layout.view16(c.scaled16, nameB(s)) } }
+        : m;
     }
     this.setWeights(initLoraWeights(this.specs, r, opts.seed));
   }
@@ -168,12 +194,12 @@ export class LoraTrainer {
 
   /**
    * The modules as one micro-batch of training step `step` sees them: with p > 0, each carries
-   * its dropout (p, its mask seed, the shared (T, in) scratch); with p = 0, `this.lora` itself.
+   * its dropout (p, its mask seed, the shared (T, in) scratch); with p = 0, `stepLora` itself.
    */
   private trainingLora(step: number, microBatch: number, scratch: Tensor | undefined): LayerLora[] {
     const p = this.config.dropout;
-    if (p === 0 || !scratch) return this.lora;
-    return this.lora.map((layer, l) => {
+    if (p === 0 || !scratch) return this.stepLora;
+    return this.stepLora.map((layer, l) => {
       const out: LayerLora = {};
       for (const [target, m] of Object.entries(layer) as [LoraTarget, NonNullable<LayerLora[LoraTarget]>][]) {
         out[target] = { ...m, dropout: { p, seed: this.dropoutSeedFor(step, l, target, microBatch), scratch } };
@@ -218,6 +244,7 @@ export class LoraTrainer {
     const loss = rt.zeros("f32", [2], "loss");
     toRelease.push(loss);
     rec.clear(this.grads);
+    this.recordF16Copies(rec);
     microBatches.forEach((batch, local) => {
       if (batch.numTargets === 0) return; // no loss, no gradient
       const mb = world ? local * world.size + world.rank : local;
@@ -276,6 +303,18 @@ export class LoraTrainer {
       lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
       beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
     });
+  }
+
+  /** Refreshes the f16 copies of A, B and s·B from the f32 params (a step's first dispatches). */
+  private recordF16Copies(rec: Recorder) {
+    const c = this.copies16;
+    if (!c) return;
+    convertTensor(rec, this.params, c.params16);
+    if (c.scaled16 === c.params16) return;
+    const scaled = rec.scratch("f32", this.params.shape, "lora:scaled");
+    scale(rec, c.scaling, this.params, scaled);
+    convertTensor(rec, scaled, c.scaled16);
+    rec.recycle(scaled);
   }
 
   /**
