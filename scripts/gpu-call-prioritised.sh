@@ -133,7 +133,7 @@ for step in $STEPS; do
         --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the unrolled form costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8u-no-loads,4x4_2x2sk64g8u-no-stores,4x4_2x2sk64g8u-no-products,2x4_4x2sg8u-no-loads \
+        --configs 4x4_2x2sk64g8u-no-loads,4x4_2x2sk64g8u-no-stores,4x4_2x2sk64g8u-no-products,2x4_4x2sg8u-no-loads,4x4_4x2sg8u-no-loads \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # The unrolled copy for the rest of the call when the table's picks gain from it on these shapes
       # (geometric mean of the u form over the plain one, both forms).
