@@ -68,7 +68,9 @@ for step in $STEPS; do
       # Session 7, written after its last call: the one-pass cross-entropy backward (dh only).
       grep -q '^(fail) .*one-pass dh' $OUT/tests.txt && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; }
       # Session 8: the unrolled staged copy is adopted by the variants step only if its tests pass.
-      grep -q '^(fail) .*unrolled' $OUT/tests.txt && { UNROLLED_FAILED=1; el "unrolled tests failed"; } ;;
+      grep -q '^(fail) .*unrolled' $OUT/tests.txt && { UNROLLED_FAILED=1; el "unrolled tests failed"; }
+      # Session 8: LoRA's f16 weight copies (off by default) on for the call once their test passes.
+      grep -q '^(pass) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=1; el "TUNELOOM_LORA_F16_COPIES=1"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.

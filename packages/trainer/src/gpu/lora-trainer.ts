@@ -50,9 +50,10 @@ export type { StepResult } from "./optimizer-step.ts";
 export interface LoraTrainerOptions {
   gradientCheckpointing: boolean;
   /**
-   * Keep f16 copies of A, B and s·B, made once per step, for the tensor-core LoRA products
-   * (default true; they exist only where those products run). False converts at each use: the
-   * same values, for tests and A/B measurements.
+   * Keep f16 copies of A, B and s·B, made once per step, for the tensor-core LoRA products (they
+   * exist only where those products run). False converts at each use: the same values. Default:
+   * off until its GPU test has passed (session 8 wrote it without a GPU call); the device script
+   * sets `TUNELOOM_LORA_F16_COPIES=1` when "f16 copies" passes in gpu-step.test.ts.
    */
   keepF16Copies?: boolean;
   /** LoRA init and dropout masks. */
@@ -112,7 +113,7 @@ export class LoraTrainer {
     const scaling = loraScaling(config);
     // With 16-bit weights on a GPU with subgroup matrices the LoRA products run on tensor cores
     // (lora.ts): every A, B and s·B in f16, made once per step (recordF16Copies) instead of at each use.
-    if ((opts.keepF16Copies ?? true) && hasTensorCoreMatmul(this.rt) && model.weights.layers[0]?.q.dtype === "f16") {
+    if ((opts.keepF16Copies ?? process.env.TUNELOOM_LORA_F16_COPIES === "1") && hasTensorCoreMatmul(this.rt) && model.weights.layers[0]?.q.dtype === "f16") {
       const params16 = this.rt.empty("f16", [this.layout.numel], "lora:params16");
       const scaled16 = scaling === 1 ? params16 : this.rt.empty("f16", [this.layout.numel], "lora:scaled16");
       this.copies16 = { params16, scaled16, scaling };
