@@ -68,11 +68,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
-  const threads = 32 * sgm * sgn;
-  const BM = sgm * tm * 16, BN = sgn * tn * 16;
-  const AS = BK + PAD; // A staged [m][k]
-  // B staged [n][k] (transB: rows of W are contiguous along k) or [k][n].
-  const BS = transB ? BK + PAD : BN + PAD;
+  const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
   const bHalves = transB ? BN * BS : BK * BS;
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
@@ -149,7 +145,7 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
     }`;
   const aHalves = BM * AS;
   const copy = cfg.unrolled
-    ? unrolledCopy(transB, { threads, BM, BN, BK, AS, BS, tm, tn })
+    ? unrolledCopy(transB, stagedGeometry(transB, cfg))
     : {
       setup: "",
       first: `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`,
@@ -247,11 +243,21 @@ ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}
   return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
-interface StagedGeometry {
+export interface StagedGeometry {
   threads: number;
   /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
   BM: number; BN: number; BK: number; AS: number; BS: number;
   tm: number; tn: number;
+}
+
+/**
+ * The staged kernel's tile geometry: A staged [m][k] with rows of BK + PAD halves; B staged [n][k]
+ * (transB: rows of W are contiguous along k) or [k][n], rows of BK + PAD or BN + PAD halves.
+ */
+export function stagedGeometry(transB: boolean, cfg: TcConfig): StagedGeometry {
+  const { tm, tn, sgm, sgn } = cfg;
+  const BK = cfg.bk ?? 32, BN = sgn * tn * 16;
+  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: transB ? BK + PAD : BN + PAD, tm, tn };
 }
 
 /** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
@@ -270,7 +276,7 @@ function copyPlan(threads: number, rows: number, cols: number) {
  * step loads the TM left matrices once and then one right matrix at a time (TM + 1 operands live
  * instead of TM + TN).
  */
-function unrolledCopy(transB: boolean, g: StagedGeometry) {
+export function unrolledCopy(transB: boolean, g: StagedGeometry) {
   const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
