@@ -3,9 +3,9 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests profile-1b profile-full variants train-1b full train-llama8b load-8b train-small train-3b
-# sweep serve multi-lora: what session 7 left unmeasured, in the
-# order the open issues need it; more than one call holds, so a second call starts where it stopped)
+# STEPS (default: tests variants profile-1b train-1b train-3b profile-8b train-llama8b load-8b train-small full
+# profile-full sweep serve multi-lora: what sessions 7-8 left unmeasured, in the order the open issues
+# need it; more than one call holds, so a second call starts where it stopped)
 # is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
@@ -38,7 +38,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests profile-1b profile-full variants train-1b full train-llama8b load-8b train-small train-3b sweep serve multi-lora}
+STEPS=${*:-tests variants profile-1b train-1b train-3b profile-8b train-llama8b load-8b train-small full profile-full sweep serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -51,7 +51,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-150} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts packages/model/test/lora-dropout.test.ts kernels/test/attention.test.ts kernels/test/cross-entropy.test.ts kernels/test/matmul.test.ts kernels/test/rmsnorm.test.ts packages/trainer/test/full-trainer.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-150} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts packages/trainer/test/gpu-step.test.ts kernels/test/convert.test.ts kernels/test/swiglu.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts kernels/test/rmsnorm.test.ts packages/trainer/test/full-trainer.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
