@@ -35,21 +35,26 @@ fn swiglu_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(4) var<storage, read_write> dgate: array<f32>;  // (T, I)
 @group(0) @binding(5) var<storage, read_write> dup: array<f32>;    // (T, I)
 
-// Differentiates `h[i] = g * sigmoid(g) * up[i]`:
+// Differentiates `h[i] = g * sigmoid(g) * up[i]` (every backward entry point below uses these):
 //   dup   = dh · g·σ(g)
 //   dgate = dh · up · σ(g)·(1 + g·(1 − σ(g)))      (d/dg of g·σ(g))
+fn dgate_of(g: f32, u: f32, d: f32) -> f32 { let sg = sigmoid(g); return d * u * sg * (1.0 + g * (1.0 - sg)); }
+fn dup_of(g: f32, d: f32) -> f32 { return d * g * sigmoid(g); }
+fn dgate_of4(g: vec4<f32>, u: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dgate_of(g.x, u.x, d.x), dgate_of(g.y, u.y, d.y), dgate_of(g.z, u.z, d.z), dgate_of(g.w, u.w, d.w));
+}
+fn dup_of4(g: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dup_of(g.x, d.x), dup_of(g.y, d.y), dup_of(g.z, d.z), dup_of(g.w, d.w));
+}
+
 // beta = 1 accumulates into dgate and dup; beta = 0 never reads them.
 @compute @workgroup_size(256)
 fn swiglu_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
   let i = flat_index(wg, nwg, lid);
   if (i >= p.n) { return; }
-  let g = bwd_gate[i];
-  let u = bwd_up[i];
-  let d = dh[i];
-  let sg = sigmoid(g);
-  var dg = d * u * sg * (1.0 + g * (1.0 - sg));
-  var du = d * g * sg;
+  var dg = dgate_of(bwd_gate[i], bwd_up[i], dh[i]);
+  var du = dup_of(bwd_gate[i], dh[i]);
   if (p.beta != 0.0) {
     dg += p.beta * dgate[i];
     du += p.beta * dup[i];
@@ -88,12 +93,8 @@ fn swiglu_backward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
                     @builtin(local_invocation_index) lid: u32) {
   let i = flat_index(wg, nwg, lid);
   if (4u * i >= p.n) { return; }
-  let g = bwd_gate4[i];
-  let u = bwd_up4[i];
-  let d = dh4[i];
-  let sg = sigmoid4(g);
-  var dg = d * u * sg * (1.0 + g * (1.0 - sg));
-  var du = d * g * sg;
+  var dg = dgate_of4(bwd_gate4[i], bwd_up4[i], dh4[i]);
+  var du = dup_of4(bwd_gate4[i], dh4[i]);
   if (p.beta != 0.0) {
     dg += p.beta * dgate4[i];
     du += p.beta * dup4[i];
@@ -115,11 +116,8 @@ fn swiglu_backward_inplace4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
   let i = flat_index(wg, nwg, lid);
   if (4u * i >= p.n) { return; }
   let g = gate_dgate4[i];
-  let u = up_dup4[i];
-  let d = dh_in4[i];
-  let sg = sigmoid4(g);
-  gate_dgate4[i] = d * u * sg * (1.0 + g * (1.0 - sg));
-  up_dup4[i] = d * g * sg;
+  gate_dgate4[i] = dgate_of4(g, up_dup4[i], dh_in4[i]);
+  up_dup4[i] = dup_of4(g, dh_in4[i]);
 }
 
 @group(0) @binding(1) var<storage, read_write> gate_dgate: array<f32>;
@@ -132,9 +130,6 @@ fn swiglu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
   let i = flat_index(wg, nwg, lid);
   if (i >= p.n) { return; }
   let g = gate_dgate[i];
-  let u = up_dup[i];
-  let d = dh_in[i];
-  let sg = sigmoid(g);
-  gate_dgate[i] = d * u * sg * (1.0 + g * (1.0 - sg));
-  up_dup[i] = d * g * sg;
+  gate_dgate[i] = dgate_of(g, up_dup[i], dh_in[i]);
+  up_dup[i] = dup_of(g, dh_in[i]);
 }
