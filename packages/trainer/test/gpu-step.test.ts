@@ -2,6 +2,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { hasTensorCoreMatmul } from "@tuneloom/kernels";
 import { relError } from "@tuneloom/kernels/testing.ts";
 import { GpuModel, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
 import type { Batch } from "../src/index.ts";
@@ -91,6 +92,9 @@ describe("LoRA training step on the GPU", () => {
   test("16-bit weights: f16 copies of A, B and s·B made once per step give the gradients of converting at each use, across steps", async () => {
     const batch = packedBatch(3, [20, 12]);
     const a = await trainerWithNonZeroB(true, 0, true, model16, 16, true), b = await trainerWithNonZeroB(true, 0, true, model16, 16, false);
+    // Where tensor-core LoRA runs, `a` really reads the copies (else this comparison proves nothing there).
+    expect(a.keepsF16Copies).toBe(hasTensorCoreMatmul(model16.rt));
+    expect(b.keepsF16Copies).toBe(false);
     for (let step = 1; step <= 2; step++) {
       const ra = await a.step([batch], 1e-2, step), rb = await b.step([batch], 1e-2, step);
       expect(ra.loss).toBe(rb.loss);

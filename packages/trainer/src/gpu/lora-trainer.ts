@@ -306,6 +306,11 @@ export class LoraTrainer {
     });
   }
 
+  /** Whether steps read f16 copies of the LoRA weights (keepF16Copies, where tensor-core LoRA runs). */
+  get keepsF16Copies(): boolean {
+    return this.copies16 !== undefined;
+  }
+
   /** Refreshes the f16 copies of A, B and s·B from the f32 params (a step's first dispatches). */
   private recordF16Copies(rec: Recorder) {
     const c = this.copies16;
