@@ -52,8 +52,7 @@ export interface LoraTrainerOptions {
   /**
    * Keep f16 copies of A, B and s·B, made once per step, for the tensor-core LoRA products (they
    * exist only where those products run). False converts at each use: the same values. Default:
-   * off until its GPU test has passed (session 8 wrote it without a GPU call); the device script
-   * sets `TUNELOOM_LORA_F16_COPIES=1` when "f16 copies" passes in gpu-step.test.ts.
+   * on (its GPU test passed on the H100 in session 9); `TUNELOOM_LORA_F16_COPIES=0` turns it off.
    */
   keepF16Copies?: boolean;
   /** LoRA init and dropout masks. */
@@ -113,7 +112,7 @@ export class LoraTrainer {
     const scaling = loraScaling(config);
     // With 16-bit weights on a GPU with subgroup matrices the LoRA products run on tensor cores
     // (lora.ts): every A, B and s·B in f16, made once per step (recordF16Copies) instead of at each use.
-    if ((opts.keepF16Copies ?? process.env.TUNELOOM_LORA_F16_COPIES === "1") && hasTensorCoreMatmul(this.rt) && model.weights.layers[0]?.q.dtype === "f16") {
+    if ((opts.keepF16Copies ?? process.env.TUNELOOM_LORA_F16_COPIES !== "0") && hasTensorCoreMatmul(this.rt) && model.weights.layers[0]?.q.dtype === "f16") {
       const params16 = this.rt.empty("f16", [this.layout.numel], "lora:params16");
       const scaled16 = scaling === 1 ? params16 : this.rt.empty("f16", [this.layout.numel], "lora:scaled16");
       this.copies16 = { params16, scaled16, scaling };
