@@ -9,8 +9,9 @@ import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import convertWgsl from "./convert.wgsl" with { type: "text" };
+import f16BitsWgsl from "./f16-bits.wgsl" with { type: "text" };
 
-const source: KernelSource = { name: "convert", code: convertWgsl };
+const source: KernelSource = { name: "convert", code: `${convertWgsl}\n${f16BitsWgsl}` };
 
 const ENTRY: Record<string, string> = {
   "bf16>f32": "bf16_to_f32",

@@ -1,6 +1,7 @@
 // Float format conversions for loading checkpoints, done on raw bits (integer ALU only), so
 // the result is exact and independent of the driver: no flush of subnormals, no rounding-mode
 // latitude of f32→f16 casts or pack2x16float (indeterminate out of range), NaN payloads kept.
+// f32_bits_to_f16 lives in f16-bits.wgsl (composed with this file by convert.ts).
 // 16-bit tensors are packed two per u32 word (element 2w in the low half of word w). Each
 // thread handles one word of the 16-bit side, so no two threads write the same word; an odd
 // element count leaves the last word's high half zero (16-bit output) or unread (16-bit input).
@@ -46,34 +47,6 @@ fn f32_bits_to_bf16(f: u32) -> u32 {
   if ((f & 0x7fffffffu) > 0x7f800000u) { return (f >> 16u) | 0x40u; } // NaN: keep it quiet
   // Round to nearest even; a carry out of the mantissa rounds up the exponent, up to inf.
   return (f + 0x7fffu + ((f >> 16u) & 1u)) >> 16u;
-}
-
-fn f32_bits_to_f16(f: u32) -> u32 {
-  let sign = (f >> 16u) & 0x8000u;
-  let e = (f >> 23u) & 0xffu; // biased 127
-  let m = f & 0x7fffffu;
-  if (e == 0xffu) {
-    if (m == 0u) { return sign | 0x7c00u; }
-    return sign | 0x7e00u | (m >> 13u); // NaN: quiet, top payload bits kept
-  }
-  if (e >= 143u) { return sign | 0x7c00u; } // |x| ≥ 2¹⁶: beyond f16's range (max 65504)
-  if (e >= 113u) {
-    // Normal in f16: rebias 127 → 15 and round 13 mantissa bits off (RNE). A carry runs into
-    // the exponent and from 0x7bff into 0x7c00 = inf, which is right: 65520 and up round to inf.
-    var h = ((e - 112u) << 10u) | (m >> 13u);
-    let rest = m & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) == 1u)) { h += 1u; }
-    return sign | h;
-  }
-  if (e < 102u) { return sign; } // |x| < 2⁻²⁵: rounds to ±0 (2⁻²⁵ itself ties to even 0)
-  // Subnormal in f16: units of 2⁻²⁴. x = (m | 2²³)·2^(e−150) → shift right by 126 − e (14..24).
-  let mant = m | 0x800000u;
-  let shift = 126u - e;
-  var h = mant >> shift;
-  let rest = mant & ((1u << shift) - 1u);
-  let halfway = 1u << (shift - 1u);
-  if (rest > halfway || (rest == halfway && (h & 1u) == 1u)) { h += 1u; } // may reach 0x400, the smallest normal
-  return sign | h;
 }
 
 // 16-bit → f32: thread per source word, two outputs.

@@ -133,3 +133,37 @@ fn swiglu_backward_inplace(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
   gate_dgate[i] = dgate_of(g, up_dup[i], dh_in[i]);
   up_dup[i] = dup_of(g, dh_in[i]);
 }
+
+// The four-wide forward and in-place backward that also write a 16-bit copy of what they write,
+// for the tensor-core products that read it (down_proj's input h; gate and up's output gradients),
+// instead of a separate f32 → f16 pass that reads the f32 back: f16x4_bits (f16-bits.wgsl, composed
+// with this file by swiglu.ts) has convert.wgsl's bits. Copies are (T, I) f16, two per word.
+@group(0) @binding(4) var<storage, read_write> h16: array<vec2<u32>>;
+
+@compute @workgroup_size(256)
+fn swiglu_forward4_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (4u * i >= p.n) { return; }
+  let g = gate4[i];
+  let h = g * sigmoid4(g) * up4[i];
+  h4[i] = h;
+  h16[i] = f16x4_bits(h);
+}
+
+@group(0) @binding(4) var<storage, read_write> dgate16: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read_write> dup16: array<vec2<u32>>;
+
+@compute @workgroup_size(256)
+fn swiglu_backward_inplace4_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wg, nwg, lid);
+  if (4u * i >= p.n) { return; }
+  let g = gate_dgate4[i];
+  let dg = dgate_of4(g, up_dup4[i], dh_in4[i]);
+  let du = dup_of4(g, dh_in4[i]);
+  gate_dgate4[i] = dg;
+  up_dup4[i] = du;
+  dgate16[i] = f16x4_bits(dg);
+  dup16[i] = f16x4_bits(du);
+}

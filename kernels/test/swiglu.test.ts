@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, swigluBackward, swigluBackwardInPlace, swigluForward } from "../src/index.ts";
+import { getRuntime, swigluBackward, swigluBackwardInPlace, swigluForward, toF16 } from "../src/index.ts";
 import { randn, relError } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -58,6 +58,40 @@ describe("swiglu against float64", () => {
       expect(relError(await rt.read(tuIn), ref.dup)).toBeLessThan(1e-5);
       rec.release();
       rt.release(tg, tu, tdh, th, tdg, tdu, tdgAcc, tduAcc, tgIn, tuIn);
+    });
+  }
+});
+
+describe("swiglu's fused 16-bit copies", () => {
+  // Four-wide (fused) and odd sizes (the f32 kernel then a conversion): the copies must be the bits
+  // of a separate f32 → f16 conversion of the f32 outputs, which must be unchanged.
+  for (const [T, I] of [[7, 1536], [129, 8192], [3, 1001], [1, 13]] as [number, number][]) {
+    test(`T=${T} I=${I}: h16, dgate16, dup16 are toF16 of h, dgate, dup`, async () => {
+      const n = T * I;
+      const gate = gateValues(n), up = randn(n), dh = randn(n);
+      const tg = rt.upload("f32", [T, I], gate), tu = rt.upload("f32", [T, I], up), tdh = rt.upload("f32", [T, I], dh);
+      const th = rt.empty("f32", [T, I]), th16 = rt.empty("f16", [T, I]);
+      const dg16 = rt.empty("f16", [T, I]), du16 = rt.empty("f16", [T, I]);
+      const rec = rt.recorder();
+      swigluForward(rec, tg, tu, th, th16);
+      const hRef16 = toF16(rec, th);
+      swigluBackwardInPlace(rec, tg, tu, tdh, { dgate: dg16, dup: du16 });
+      const dgRef16 = toF16(rec, tg), duRef16 = toF16(rec, tu);
+      rec.submit();
+      const ref = swigluBackwardRef(gate, up, dh);
+      expect(relError(await rt.read(th), swigluRef(gate, up))).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tg), ref.dgate)).toBeLessThan(1e-5);
+      expect(relError(await rt.read(tu), ref.dup)).toBeLessThan(1e-5);
+      const bits = async (t: typeof th16) => new Uint16Array(await rt.readBytes(t));
+      for (const [fused, separate] of [[th16, hRef16], [dg16, dgRef16], [du16, duRef16]] as const) {
+        const a = await bits(fused), b = await bits(separate);
+        expect(a.some((x) => x !== 0)).toBe(true);
+        expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+      }
+      // f16 rounding of the forward: within half an f16 ulp of h (relative 2⁻¹¹)
+      expect(relError(await rt.read(th16), swigluRef(gate, up))).toBeLessThan(2e-3);
+      rec.release();
+      rt.release(tg, tu, tdh, th, th16, dg16, du16);
     });
   }
 });
