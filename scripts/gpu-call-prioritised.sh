@@ -14,6 +14,7 @@
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
 #   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
+#   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
@@ -70,7 +71,9 @@ for step in $STEPS; do
       # Session 8: the unrolled staged copy is adopted by the variants step only if its tests pass.
       grep -q '^(fail) .*unrolled' $OUT/tests.txt && { UNROLLED_FAILED=1; el "unrolled tests failed"; }
       # Session 8's LoRA f16 weight copies: on by default since session 9 (its test passed on the H100).
-      grep -q '^(fail) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; } ;;
+      grep -q '^(fail) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; }
+      # Session 9: f16 copies written by SwiGLU itself (decoder-layer.ts fusedF16Copies).
+      grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit copies" $OUT/tests.txt && { export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -86,6 +89,9 @@ for step in $STEPS; do
     profile-8b)
       # One profiled Llama-3.1-8B step (built-in shape, random weights): where the 8B time goes.
       [ "$(left)" -gt 150 ] && el profile-8b && timeout 150 bun run bench -- --train --model llama3.1-8b --batch 8 --seq 512 --rank 16 --steps 2 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    profile-1b-fused-ab)
+      # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
+      [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-ab)
       # The same step with the forms that are still off by default switched off again (A/B in one call).
       [ "$(left)" -gt 40 ] && el profile-ab && TUNELOOM_ATTN_DKV_PER_HEAD=0 TUNELOOM_DW_TC=0 TUNELOOM_ATTN_STAGE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":true,/' | stamp >> $OUT/profile.jsonl ;;
@@ -162,7 +168,7 @@ for r in rows:
   if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
 for r in rd('profile.jsonl'):
   p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', 'A/B-off' if r.get('ab_off') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
-  for e in p.get('top',[])[:40]: print('  ', e)
+  for e in p.get('top',[])[:25]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})
 PY

@@ -106,6 +106,22 @@ describe("LoRA training step on the GPU", () => {
     expect(await a.evaluate([batch])).toBe(await b.evaluate([batch]));
   });
 
+  // Where subgroup matrices exist, the f16 model's step runs every product of the layers on tensor
+  // cores, from f16 copies that the kernels before them write in the same pass (SwiGLU's h, dGate,
+  // dUp; act kept in f16 under checkpointing); the f32 model's step runs the exact f32 kernels. The
+  // two differ by 16-bit rounding only, so a copy of the wrong tensor (or a stale one) shows.
+  test("16-bit weights: the step's loss and gradients are the f32 step's within 16-bit rounding", async () => {
+    const batch = packedBatch(4, [20, 12]);
+    for (const checkpointing of [true, false]) {
+      const a = await trainerWithNonZeroB(checkpointing, 0, true, model16, 16), b = await trainerWithNonZeroB(checkpointing, 0, true, model, 16);
+      const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
+      expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(2e-3);
+      const ga = await model16.rt.read(a.grads), gb = await model.rt.read(b.grads);
+      expect(ga.every(Number.isFinite)).toBe(true);
+      expect(relError(ga, gb)).toBeLessThan(2e-2);
+    }
+  });
+
   test("gradients match a finite difference of the loss along the gradient", async () => {
     const batch = packedBatch(2);
     const tr = await trainerWithNonZeroB(true);

@@ -42,6 +42,12 @@ export type LoraGroup = keyof typeof LORA_GROUPS;
 export interface LayerActivations {
   xn1: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; attn: Tensor; lse: Tensor;
   xMid: Tensor; xn2: Tensor; rstd2: Tensor; gate: Tensor; up: Tensor; act: Tensor;
+  /**
+   * act rounded to f16 (T, I), kept for the backward's tensor-core products that read act (LoRA's
+   * dA of down_proj, a full fine-tune's dW_down) where allocLayerActivations was asked for it; the
+   * forward writes it in the SwiGLU pass. Without it the forward rounds act into a scratch.
+   */
+  act16?: Tensor;
   /** LoRA h per group with an adapted module: (T, n·r), n = the group's adapted modules. */
   loraH: Partial<Record<LoraGroup, Tensor>>;
 }
@@ -67,8 +73,8 @@ export interface LayerWeightGrads {
  * dW_i (out_i, in) += dy_iᵀ·x and, with a bias, db_i (out_i) += onesᵀ·dy_i: the weight gradients
  * of projections y_i = x·W_iᵀ + b_i that read the same x (on tensor cores x is rounded to f16 once).
  */
-function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor) {
-  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? toF16(rec, x) : undefined;
+function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor, kept16?: Tensor) {
+  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? kept16 ?? toF16(rec, x) : undefined;
   for (const { dy, dw, db } of projs) {
     if (!(x16 && linearBackwardWeightTensorCore(rec, x, dy, dw, 1, x16))) linearBackwardWeight(rec, x, dy, dw, 1, 1);
     if (db) {
@@ -76,10 +82,16 @@ function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tenso
       matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
     }
   }
-  if (x16) rec.recycle(x16);
+  if (x16 && x16 !== kept16) rec.recycle(x16);
 }
 
-export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
+/**
+ * `act16`: also keep LayerActivations.act16 (T·I halves more), for a trainer whose backward runs the
+ * products that read act on tensor cores (f16 weights on a GPU with subgroup matrices).
+ */
+export function allocLayerActivations(
+  rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[], opts: { act16?: boolean } = {},
+): LayerActivations {
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
   const loraH: Partial<Record<LoraGroup, Tensor>> = {};
   for (const [group, modules] of Object.entries(LORA_GROUPS) as [LoraGroup, readonly LoraTarget[]][]) {
@@ -92,6 +104,7 @@ export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: numbe
     attn: rt.empty("f32", [T, nH * hd], "attn"), lse: rt.empty("f32", [T, nH], "lse"),
     xMid: rt.empty("f32", [T, C], "xMid"), xn2: rt.empty("f32", [T, C], "xn2"), rstd2: rt.empty("f32", [T], "rstd2"),
     gate: rt.empty("f32", [T, I], "gate"), up: rt.empty("f32", [T, I], "up"), act: rt.empty("f32", [T, I], "act"),
+    ...(opts.act16 ? { act16: rt.empty("f16", [T, I], "act:f16") } : {}),
     loraH,
   };
 }
@@ -146,9 +159,26 @@ export interface KvContext {
  * run on tensor cores (f32/bf16 weights, no subgroup matrices, T not a multiple of 16).
  */
 function sharedF16Input(rec: Recorder, x: Tensor, w: Tensor): Tensor | undefined {
+  return readsOnTensorCores(rec, x, w) ? toF16(rec, x) : undefined;
+}
+
+/** Whether products of x (T, in) with w run on tensor cores, so an f16 copy of x pays for itself. */
+function readsOnTensorCores(rec: Recorder, x: Tensor, w: Tensor): boolean {
   const [T, inF] = x.shape as [number, number];
-  if (w.dtype !== "f16" || !hasTensorCoreMatmul(rec.rt) || T % 16 !== 0 || inF % 16 !== 0) return undefined;
-  return toF16(rec, x);
+  return w.dtype === "f16" && hasTensorCoreMatmul(rec.rt) && T % 16 === 0 && inF % 16 === 0;
+}
+
+/**
+ * The f16 copies written by the kernel that makes a tensor (SwiGLU's act forward, dGate and dUp
+ * backward) instead of a separate conversion before the tensor-core products that read it (session
+ * 9). `TUNELOOM_FUSED_F16=0` turns them off (A/B measurements; the device script also does when
+ * gpu-step.test.ts's 16-bit step test fails).
+ */
+export const fusedF16Copies = { enabled: process.env.TUNELOOM_FUSED_F16 !== "0" };
+
+/** An f16 scratch shaped like x for a kernel to write x's copy into, where readsOnTensorCores. */
+function f16Scratch(rec: Recorder, x: Tensor, w: Tensor): Tensor | undefined {
+  return fusedF16Copies.enabled && readsOnTensorCores(rec, x, w) ? rec.scratch("f16", x.shape, `${x.label}:f16`) : undefined;
 }
 
 /**
@@ -202,8 +232,11 @@ export function decoderLayerForward(
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
-  swigluForward(rec, a.gate, a.up, a.act);
-  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down);
+  // act in f16 for down_proj's tensor-core products, written by the SwiGLU pass itself
+  const act16 = (fusedF16Copies.enabled ? a.act16 : undefined) ?? f16Scratch(rec, a.act, w.down);
+  swigluForward(rec, a.gate, a.up, a.act, act16);
+  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down, act16);
+  if (act16 && act16 !== a.act16) rec.recycle(act16);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
 }
 
@@ -219,16 +252,21 @@ export function decoderLayerBackward(
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
   const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
-  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
-  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones);
-  // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp
-  swigluBackwardInPlace(rec, a.gate, a.up, g.dAct);
+  const act16 = fusedF16Copies.enabled ? a.act16 : undefined;
+  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh, act16);
+  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones, act16);
+  // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp, and their f16 copies
+  // for the tensor-core products below come out of the same pass
+  const dGate16 = f16Scratch(rec, a.gate, w.gate), dUp16 = f16Scratch(rec, a.up, w.up);
+  const d16 = dGate16 && dUp16 ? { dgate: dGate16, dup: dUp16 } : undefined;
+  swigluBackwardInPlace(rec, a.gate, a.up, g.dAct, d16);
   const dGate = a.gate, dUp = a.up;
   // gate, up = xn2·W{gate,up}ᵀ:  dXn = dGate·Wgate + dUp·Wup;  dWgate = dGateᵀ·xn2, dWup = dUpᵀ·xn2
   linearsLoraBackward(rec, a.xn2, [
-    { w: w.gate, dy: dGate, lora: lora.gate_proj },
-    { w: w.up, dy: dUp, lora: lora.up_proj },
+    { w: w.gate, dy: dGate, dy16: d16?.dgate, lora: lora.gate_proj },
+    { w: w.up, dy: dUp, dy16: d16?.dup, lora: lora.up_proj },
   ], g.dXn, 0, a.loraH.gateUp, dh);
+  for (const t of [dGate16, dUp16]) if (t) rec.recycle(t);
   if (wg) {
     linearWeightGrads(rec, a.xn2, [{ dy: dGate, dw: wg.gate, db: wg.gateBias }, { dy: dUp, dw: wg.up, db: wg.upBias }], wg.ones);
     // xn2 = rmsnorm(xMid)·w_post:  dw_post = Σ_t dXn·xMid·rstd2
