@@ -24,6 +24,7 @@
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
+#   decode-8b    Llama-3.1-8B batch-1 decode, ours with and without grouped GEMVs (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   variants     the unrolled copy (u) and tile shapes (8 and 16 warps, 128×256, 256×128), against the
@@ -73,7 +74,8 @@ for step in $STEPS; do
       # Session 8's LoRA f16 weight copies: on by default since session 9 (its test passed on the H100).
       grep -q '^(fail) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; }
       # Session 9: f16 copies written by SwiGLU itself (decoder-layer.ts fusedF16Copies).
-      grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit copies" $OUT/tests.txt && { export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; } ;;
+      grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit copies" $OUT/tests.txt && { export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; }
+      grep -q "^(fail) gemv group" $OUT/tests.txt && { export TUNELOOM_GEMV_GROUP=0; el "TUNELOOM_GEMV_GROUP=0"; } ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -89,6 +91,13 @@ for step in $STEPS; do
     profile-8b)
       # One profiled Llama-3.1-8B step (built-in shape, random weights): where the 8B time goes.
       [ "$(left)" -gt 150 ] && el profile-8b && timeout 150 bun run bench -- --train --model llama3.1-8b --batch 8 --seq 512 --rank 16 --steps 2 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    decode-8b)
+      # Session 9: Llama-3.1-8B batch-1 decode (built-in shape, random weights), with the grouped
+      # q/k/v and gate/up GEMVs and without (A/B), and a profiled run (decode.jsonl, profile.jsonl).
+      [ "$(left)" -gt 100 ] || { el "skip decode-8b"; continue; }
+      el decode-8b
+      timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
+      TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl ;;
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;

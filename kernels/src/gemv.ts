@@ -21,7 +21,7 @@
 import type { MatmulArgs } from "./matmul.ts";
 import { cdiv, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
-import { expectTensor } from "./tensor.ts";
+import { expectTensor, type Tensor } from "./tensor.ts";
 
 const WG = 128;
 const TK = 32; // lanes along K per row group
@@ -66,25 +66,26 @@ const STORE = `fn store(m: u32, n: u32, s: f32) {
 const vecSources = new Map<string, KernelSource>();
 
 /**
- * The aligned kernel for MS rows of x and RT rows of W per thread. Chunk c of a row is its c-th
- * vec4<u32> word: 8 halves (x: vec4 words 2c, 2c+1 of the row) or 4 floats (x: word c).
- * Written with constant-bound loops over small private arrays (GPU compilers unroll them into
- * registers). Cold compile on lavapipe's LLVM: 1-2 s for MS ≤ 8 with RT = 1, about 6 s for
- * MS = 8, RT = 2; MS = 16 in one thread took 6-90 s there, hence the x slices.
+ * The aligned kernel's pieces for MS rows of x and RT rows of W per thread: module-scope
+ * declarations (constants, workgroup memory, decode16) and `rows(fn, w, N, store)`, a function
+ * `fn(n0, tid)` that computes output columns n0 … of y = x·wᵀ (N columns, written through
+ * `store(m, n, s)`). Chunk c of a row is its c-th vec4<u32> word: 8 halves (x: vec4 words 2c,
+ * 2c+1 of the row) or 4 floats (x: word c). Written with constant-bound loops over small private
+ * arrays (GPU compilers unroll them into registers). Cold compile on lavapipe's LLVM: 1-2 s for
+ * MS ≤ 8 with RT = 1, about 6 s for MS = 8, RT = 2; MS = 16 in one thread took 6-90 s there,
+ * hence the x slices.
  */
-function vecSource(MS: number, RT: number): KernelSource {
-  const key = `${MS}x${RT}`;
-  let s = vecSources.get(key);
-  if (s) return s;
+function vecParts(MS: number, RT: number) {
   const U = Math.max(1, Math.min(4 / RT, Math.floor(8 / MS)));
   const J = MS * RT;
   const JB = Math.min(J, JB_MAX);
-  const rounds: string[] = [];
-  for (let j0 = 0; j0 < J; j0 += JB) {
-    // The last round holds the J − j0 accumulators left (fewer than JB when JB does not divide J).
-    const count = Math.min(JB, J - j0);
-    const writes = Array.from({ length: count }, (_, jj) => `  red[${jj}u * WG1 + tid] = acc[${Math.floor((j0 + jj) / RT)}][${(j0 + jj) % RT}];`);
-    rounds.push(`${writes.join("\n")}
+  const rounds = (N: string, store: string) => {
+    const out: string[] = [];
+    for (let j0 = 0; j0 < J; j0 += JB) {
+      // The last round holds the J − j0 accumulators left (fewer than JB when JB does not divide J).
+      const count = Math.min(JB, J - j0);
+      const writes = Array.from({ length: count }, (_, jj) => `  red[${jj}u * WG1 + tid] = acc[${Math.floor((j0 + jj) / RT)}][${(j0 + jj) % RT}];`);
+      out.push(`${writes.join("\n")}
   workgroupBarrier();
   if (tid < JB * ${G}u && tid % JB < ${count}u) {
     let gg = tid / JB;
@@ -94,22 +95,18 @@ function vecSource(MS: number, RT: number): KernelSource {
     let n = n0 + (gg / p.S) * RT + j % RT;
     var s = 0.0;
     for (var l = 0u; l < TK; l++) { s += red[jj * WG1 + gg * TK + l]; }
-    if (m < p.M && n < p.N) { store(m, n, s); }
+    if (m < p.M && n < ${N}) { ${store}(m, n, s); }
   }
   workgroupBarrier();`);
-  }
-  const code = `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
-const MS = ${MS}u;
+    }
+    return out.join("\n");
+  };
+  const decls = `const MS = ${MS}u;
 const RT = ${RT}u;
 const U = ${U}u;   // chunks per lane loaded before any is used
 const TK = ${TK}u; // lanes along K per row group
 const JB = ${JB}u; // accumulators reduced per round
 const WG1 = ${WG + 1}u;
-${PARAMS}
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 var<workgroup> red: array<f32, ${JB * (WG + 1)}>;
 
 // 8 halves of one vec4<u32> word as two vec4<f32> (element 2i is the low half of word i).
@@ -121,20 +118,16 @@ fn decode16(v: vec4<u32>) -> array<vec4<f32>, 2> {
   let lo = bitcast<vec4<f32>>(v << vec4<u32>(16u));
   let hi = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));
   return array<vec4<f32>, 2>(vec4<f32>(lo.x, hi.x, lo.y, hi.y), vec4<f32>(lo.z, hi.z, lo.w, hi.w));
-}
-
-${STORE}
-
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let n0 = (wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT;
-  if (n0 >= p.N) { return; }
+}`;
+  const rows = (fn: string, w: string, N: string, store: string) => `// Output columns n0 … n0 + (${G}/S)·RT − 1 of y = x·${w}ᵀ (${N} columns); called in uniform control flow.
+fn ${fn}(n0: u32, tid: u32) {
+  if (n0 >= ${N}) { return; }
   let g = tid / TK;
   let lane = tid % TK;
   let nc = p.nc;
   let lda4 = p.lda / 4u;
   var base = array<u32, RT>();
-  for (var r = 0u; r < RT; r++) { base[r] = min(n0 + (g / p.S) * RT + r, p.N - 1u) * p.ldb; }
+  for (var r = 0u; r < RT; r++) { base[r] = min(n0 + (g / p.S) * RT + r, ${N} - 1u) * p.ldb; }
   // This thread's x rows (a slice past M re-reads row M-1; its sums are not stored).
   var xrow = array<u32, MS>();
   for (var m = 0u; m < MS; m++) { xrow[m] = min((g % p.S) * MS + m, p.M - 1u) * lda4; }
@@ -144,7 +137,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     var wv = array<array<vec4<u32>, RT>, U>();
     for (var u = 0u; u < U; u++) {
       let cc = min(c0 + u * TK, nc - 1u);
-      for (var r = 0u; r < RT; r++) { wv[u][r] = w[base[r] + cc]; }
+      for (var r = 0u; r < RT; r++) { wv[u][r] = ${w}[base[r] + cc]; }
     }
     for (var u = 0u; u < U; u++) {
       let c = c0 + u * TK;
@@ -166,7 +159,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     }
   }
   // The TK lanes' partial sums → y, JB accumulators per round through workgroup memory.
-${rounds.join("\n")}
+${rounds(N, store)}
+}`;
+  return { decls, rows };
+}
+
+/** The aligned kernel for MS rows of x and RT rows of W per thread (vecParts). */
+function vecSource(MS: number, RT: number): KernelSource {
+  const key = `${MS}x${RT}`;
+  let s = vecSources.get(key);
+  if (s) return s;
+  const parts = vecParts(MS, RT);
+  const code = `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
+${PARAMS}
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${parts.decls}
+
+${STORE}
+
+${parts.rows("gemv_rows", "w", "p.N", "store")}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  gemv_rows((wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT, tid);
 }
 `;
   s = { name: `gemv_m${MS}_r${RT}`, code };
@@ -341,4 +359,110 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
     .u32(aligned ? ldb / per : ldb).u32(ldc).u32(wkind).u32(flags)
     .f32(beta).u32(aligned ? K / per : 0).u32(gridX).u32(S);
   rec.dispatch(label, pipeline, params.buffer, [a, b, args.bias ?? rt.placeholder, c], [gridX, gridY, 1]);
+}
+
+/** One projection of a grouped GEMV: y (M, N) = x·wᵀ (+ bias), y contiguous (row stride N). */
+export interface GemvPart {
+  w: Tensor;
+  y: Tensor;
+  bias?: Tensor;
+}
+
+const groupSources = new Map<string, KernelSource>();
+
+/** gemvGroup on (session 9); `TUNELOOM_GEMV_GROUP=0` declines every group (A/B measurements). */
+export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP !== "0" };
+
+/** The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y. */
+function groupSource(MS: number, RT: number, n: number): KernelSource {
+  const key = `${MS}x${RT}x${n}`;
+  let s = groupSources.get(key);
+  if (s) return s;
+  const parts = vecParts(MS, RT);
+  const js = Array.from({ length: n }, (_, j) => j);
+  const code = `// gemv group: y_j (M, N_j) = x (M, K) · W_jᵀ (+ bias_j) for ${n} weights read with one x; MS rows of x, RT rows of W per thread.
+struct Params {
+  M: u32, N: u32, K: u32, lda: u32,
+  ldb: u32, ldc: u32, wkind: u32, flags: u32,
+  beta: f32, nc: u32, gridX: u32, S: u32,
+  n0: u32, n1: u32, n2: u32, b1: u32, // N_j; b1, b2: each part's first workgroup
+  b2: u32, _a: u32, _b: u32, _c: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+${js.map((j) => `@group(0) @binding(${2 + j}) var<storage, read> w${j}: array<vec4<u32>>;
+@group(0) @binding(${2 + n + j}) var<storage, read> bias${j}: array<f32>;
+@group(0) @binding(${2 + 2 * n + j}) var<storage, read_write> y${j}: array<f32>;`).join("\n")}
+${parts.decls}
+
+${js.map((j) => `fn store${j}(m: u32, n: u32, s: f32) {
+  var v = s;
+  if ((p.flags & ${1 << j}u) != 0u) { v += bias${j}[n]; }
+  y${j}[m * p.n${j} + n] = v;
+}
+
+${parts.rows(`rows${j}`, `w${j}`, `p.n${j}`, `store${j}`)}`).join("\n\n")}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let b = wg.y * p.gridX + wg.x; // this workgroup's block of output columns across the parts
+  let perWg = (${G}u / p.S) * RT;
+  ${js.map((j) => {
+    const first = j === 0 ? "0u" : `p.b${j}`;
+    const call = `rows${j}((b - ${first}) * perWg, tid);`;
+    if (j === n - 1) return j === 0 ? call : `{ ${call} }`;
+    return `if (b < p.b${j + 1}) { ${call} } else `;
+  }).join("")}
+}
+`;
+  s = { name: `gemv_group${n}_m${MS}_r${RT}`, code };
+  groupSources.set(key, s);
+  return s;
+}
+
+/**
+ * y_j = x·W_jᵀ (+ bias_j) for two or three weights that read the same x (decode's q/k/v and
+ * gate/up) in ONE dispatch of the aligned GPU kernel: the parts' workgroups side by side in one
+ * grid, so the narrow k and v products (1024 rows for an 8B model: 256 workgroups each, too few to
+ * keep an H100's memory busy) run beside q instead of after it, and one launch replaces three.
+ * x (M, K) f32 with row stride K, 1 ≤ M ≤ 16; every W (N_j, K) of one dtype. Returns false and
+ * records nothing where this does not apply (rows not 16-byte aligned, the CPU form, too many
+ * storage buffers for the device): the caller then runs gemv per part.
+ */
+export function gemvGroup(rec: Recorder, x: Tensor, M: number, K: number, parts: readonly GemvPart[], cfg?: GemvConfig): boolean {
+  const rt = rec.rt;
+  const n = parts.length;
+  if (!gemvGrouping.enabled || n < 2 || n > 3 || M < 1 || M > MAX_M || K <= 0) return false;
+  const dtype = parts[0]!.w.dtype;
+  const per = dtype === "f32" ? 4 : 8;
+  if ((cfg?.form ?? (rt.caps.isSoftware ? "row" : "lanes")) !== "lanes") return false;
+  if (x.dtype !== "f32" || K % per !== 0 || K % 4 !== 0 || x.byteOffset % 16 !== 0 || M * K > x.numel) return false;
+  if (rt.caps.limits.maxStorageBuffersPerShaderStage < 1 + 3 * n) return false;
+  for (const { w, y, bias } of parts) {
+    const N = w.shape[0]!;
+    if (w.dtype !== dtype || !["f32", "f16", "bf16"].includes(dtype) || w.shape.length !== 2 || w.shape[1] !== K || w.byteOffset % 16 !== 0) return false;
+    if (y.dtype !== "f32" || y.numel < M * N || (bias && (bias.dtype !== "f32" || bias.numel !== N))) return false;
+  }
+  // Each y is a read_write binding: two views of one buffer would be aliased writable bindings.
+  if (new Set(parts.map((p) => p.y.buffer)).size !== n) return false;
+  const Ns = parts.map((p) => p.w.shape[0]!);
+  const { MS, S } = mSplit(M);
+  const RT = cfg?.rows ?? defaultRows(Ns.reduce((a, b) => a + b, 0), G / S);
+  const perWg = (G / S) * RT;
+  const blocks = Ns.map((N) => cdiv(N, perWg));
+  const firsts = blocks.map((_, j) => blocks.slice(0, j).reduce((a, b) => a + b, 0)); // each part's first block
+  const groups = blocks.reduce((a, b) => a + b, 0);
+  const gridX = Math.min(groups, rt.caps.limits.maxComputeWorkgroupsPerDimension);
+  const gridY = cdiv(groups, gridX);
+  const flags = parts.reduce((f, p, j) => f | (p.bias ? 1 << j : 0), 0);
+  const params = new Params(20)
+    .u32(M).u32(0).u32(K).u32(K)
+    .u32(K / per).u32(0).u32(dtype === "f32" ? 0 : dtype === "f16" ? 1 : 2).u32(flags)
+    .f32(0).u32(K / per).u32(gridX).u32(S)
+    .u32(Ns[0]!).u32(Ns[1]!).u32(Ns[2] ?? 0).u32(firsts[1]!)
+    .u32(firsts[2] ?? groups).u32(0).u32(0).u32(0);
+  const ph = rt.placeholder;
+  rec.dispatch(`gemv group ${M}x(${Ns.join("+")})x${K} ${dtype} r${RT}`, rt.pipeline(groupSource(MS, RT, n)), params.buffer,
+    [x, ...parts.map((p) => p.w), ...parts.map((p) => p.bias ?? ph), ...parts.map((p) => p.y)], [gridX, gridY, 1]);
+  return true;
 }

@@ -26,14 +26,25 @@ function rmsnormSource(wDtype: DType): KernelSource {
 }
 
 /**
- * Threads per row: about 4 elements each, a power of two from 32 to 256. Rows of the published
- * models (C ≥ 576) get 256; short rows (tiny models, per-head norms) leave fewer threads idle
- * and need fewer barrier steps in the reduction.
+ * Threads per row: about 4 elements each, a power of two from 32 to 256, or to `maxThreads` (up to
+ * 1024) for few rows. Rows of the published models (C ≥ 576) get 256; short rows (tiny models,
+ * per-head norms) leave fewer threads idle and need fewer barrier steps in the reduction. Few
+ * rows (decode: one per sequence) run one workgroup per row on a mostly idle GPU, where the time is
+ * each thread's chain of dependent loads: 16 per thread at C = 4096 took ~17 µs per norm on an
+ * H100 (session 8's 8B decode profile, 2 norms per layer); up to 1024 threads cut that chain to 4.
  */
-export function rmsnormThreads(C: number): number {
+export function rmsnormThreads(C: number, maxThreads = 256): number {
   let wg = 32;
-  while (wg < 256 && wg * 4 < C) wg *= 2;
+  while (wg < maxThreads && wg * 4 < C) wg *= 2;
   return wg;
+}
+
+/** Rows up to which a norm takes more than 256 threads per row (fewer workgroups than half the SMs of an H100). */
+const FEW_ROWS = 64;
+
+/** Threads per row for T rows of C on this device. */
+function threadsFor(rec: Recorder, T: number, C: number): number {
+  return rmsnormThreads(C, T <= FEW_ROWS ? Math.min(1024, rec.rt.caps.limits.maxComputeInvocationsPerWorkgroup) : 256);
 }
 
 function rowsOf(kernel: string, x: Tensor, w: Tensor): [number, number] {
@@ -48,7 +59,7 @@ export function rmsnormForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, r
   const [T, C] = rowsOf("rmsnormForward", x, w);
   expectTensor("rmsnormForward", "y", y, "f32", x.shape);
   expectTensor("rmsnormForward", "rstd", rstd, "f32", [T]);
-  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: rmsnormThreads(C) }, "rmsnorm_forward"),
+  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: threadsFor(rec, T, C) }, "rmsnorm_forward"),
     new Params(4).u32(T).u32(C).f32(eps).f32(0).buffer, [x, w, y, rstd], flatGrid(T, 1));
 }
 
@@ -61,7 +72,7 @@ export function rmsnormBackward(rec: Recorder, x: Tensor, w: Tensor, rstd: Tenso
   expectTensor("rmsnormBackward", "rstd", rstd, "f32", [T]);
   expectTensor("rmsnormBackward", "dy", dy, "f32", x.shape);
   expectTensor("rmsnormBackward", "dx", dx, "f32", x.shape);
-  rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: rmsnormThreads(C) }, "rmsnorm_backward"),
+  rec.dispatch(`rmsnormBackward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: threadsFor(rec, T, C) }, "rmsnorm_backward"),
     new Params(4).u32(T).u32(C).f32(0).f32(beta).buffer, [x, w, rstd, dy, dx], flatGrid(T, 1));
 }
 

@@ -1,5 +1,5 @@
 // RMSNorm (Llama/Qwen2/Mistral): y = x / sqrt(mean(x²) + eps) · w        x, y: (T, C), w: (C)
-// One workgroup of WG threads (a power of two, 32..256: ~4 elements per thread, set by the
+// One workgroup of WG threads (a power of two, 32..1024: ~4 elements per thread, set by the
 // wrapper) per row (rows wrap into y past 65535); the row's sum is reduced in workgroup memory. The weight w is frozen and read through load_w (f32/f16/bf16,
 // declared by the wrapper at binding 2), so only dx is differentiated.
 // Forward saves rstd = 1/sqrt(mean(x²) + eps) (T) for backward.
@@ -10,7 +10,7 @@ struct Params { T: u32, C: u32, eps: f32, beta: f32 }
 //!LOAD_W
 
 override WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>; // the first WG entries are used
+var<workgroup> partial: array<f32, 1024>; // the first WG entries are used
 
 // Sum of `v` over the workgroup; every thread gets the total. Called in uniform control flow.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvSupported, Tensor } from "../src/index.ts";
+import { type DType, getRuntime, gemv, gemvGroup, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -151,5 +151,66 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
     expect(() => gemv(rec, { ...base, N: 4, ldc: 4 })).toThrow(/gemv: b has 24 elements/);
     rec.release();
     rt.release(tx, tw, ty);
+  });
+});
+
+// Decode's q/k/v and gate/up: one dispatch of the GPU kernel for two or three weights that read the
+// same x, each part's workgroups beside the others' (forced to the GPU form here on every device).
+describe("gemv group against float64", () => {
+  // (Each new M slice and rows-per-thread pair is a pipeline compile of seconds on lavapipe.)
+  const cases: { Ns: number[]; K: number; bias: boolean[]; Ms: number[] }[] = [
+    { Ns: [128, 32, 32], K: 576, bias: [true, true, true], Ms: [1, 3, 16] }, // q/k/v with biases (Qwen2)
+    { Ns: [40, 24, 8], K: 64, bias: [false, true, false], Ms: [1, 9] }, // parts that do not fill their last workgroup
+    { Ns: [200, 200], K: 136, bias: [false, false], Ms: [1, 9] }, // gate/up
+    { Ns: [2100, 300, 300], K: 64, bias: [false, false, false], Ms: [1] }, // enough rows for 2 rows of W per thread
+  ];
+  for (const { Ns, K, bias, Ms } of cases) {
+    test(`N = ${Ns.join(" + ")}, K = ${K}, W f32/f16/bf16, M in {${Ms}}`, async () => {
+      const rec = rt.recorder();
+      const held: Tensor[] = [];
+      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+      for (const dtype of ["f32", "f16", "bf16"] as const) {
+        const ws = Ns.map((N) => weights(dtype, randn(N * K)));
+        const bs = Ns.map((N) => randn(N));
+        const tws = ws.map((w, j) => rt.upload(dtype, [Ns[j]!, K], w.data));
+        const tbs = bs.map((b, j) => (bias[j] ? rt.upload("f32", [Ns[j]!], b) : undefined));
+        held.push(...tws, ...tbs.filter((t): t is Tensor => !!t));
+        for (const M of Ms) {
+          const x = randn(M * K);
+          const tx = rt.upload("f32", [M, K], x);
+          const tys = Ns.map((N) => rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN)));
+          held.push(tx, ...tys);
+          const ran = gemvGroup(rec, tx, M, K, Ns.map((_, j) => ({ w: tws[j]!, y: tys[j]!, bias: tbs[j] })), { form: "lanes" });
+          expect(ran).toBe(true);
+          Ns.forEach((N, j) => {
+            const plain = ref(x, ws[j]!.values, M, N, K, K, K);
+            checks.push({ out: tys[j]!, expect: bias[j] ? plain.map((v, i) => v + bs[j]![i % N]!) : plain, what: `${dtype} M=${M} part ${j}` });
+          });
+        }
+      }
+      rec.submit();
+      for (const c of checks) {
+        const err = relError(await rt.read(c.out), c.expect);
+        if (!(err < 1e-5)) throw new Error(`${c.what}: relErr ${err}`);
+      }
+      rec.release();
+      rt.release(...held);
+    }, COMPILE_TIMEOUT * 4);
+  }
+
+  test("declined (nothing recorded) where it does not apply: mixed dtypes, one output buffer twice, K off the 8-half grid, the CPU form", () => {
+    const K = 64, M = 1;
+    const tx = rt.empty("f32", [M, K]);
+    const w16 = rt.empty("f16", [32, K]), w32 = rt.empty("f32", [32, K]), y1 = rt.empty("f32", [M, 32]), y2 = rt.empty("f32", [M, 32]);
+    const rec = rt.recorder();
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w32, y: y2 }], { form: "lanes" })).toBe(false);
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y1 }], { form: "lanes" })).toBe(false);
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "row" })).toBe(false);
+    const x60 = rt.empty("f32", [M, 60]), w60 = rt.empty("f16", [32, 60]);
+    expect(gemvGroup(rec, x60, M, 60, [{ w: w60, y: y1 }, { w: w60, y: y2 }], { form: "lanes" })).toBe(false);
+    expect(gemvGroup(rec, tx, 17, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" })).toBe(false);
+    expect(rec.length).toBe(0);
+    rec.release();
+    rt.release(tx, w16, w32, y1, y2, x60, w60);
   });
 });

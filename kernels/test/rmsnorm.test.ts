@@ -54,6 +54,7 @@ const cases: [number, number, "f32" | "f16" | "bf16"][] = [
   [7, 8192, "f32"],
   [5, 1001, "f32"], [3, 13, "f16"], [129, 67, "f32"],
   [9, 64, "f32"], [4, 200, "bf16"], [6, 500, "f32"], // 32, 64 and 128 threads per row
+  [1, 4096, "f16"], [16, 3072, "bf16"], [2, 5000, "f32"], // few rows: up to 1024 threads per row (decode)
 ];
 
 describe("rmsnorm against float64", () => {

@@ -33,7 +33,7 @@
 import {
   type AuxSlice, type MatmulArgs, type Recorder, Tensor, bgmvExpand, bgmvShrink, dropoutBackward, dropoutForward, fillRowsWithBias,
   convertTransposedF16, hasTensorCoreMatmul, matmul, matmulAuto, matmulTensorCore, matmulTensorCoreSplitK, matmulTensorCoreThin, scale,
-  shortTcPlan, tensorCoreUnsupported, toF16,
+  gemvGroup, shortTcPlan, tensorCoreUnsupported, toF16,
 } from "@tuneloom/kernels";
 import type { LoraTarget } from "../lora-config.ts";
 
@@ -154,7 +154,9 @@ export function linearsLoraForward(
   const { mods, r } = adaptedOf(projs, "linearsLoraForward");
   const tc = tensorCoreLora(rec, x, projs, mods, r);
   if (tc) return loraForwardTc(rec, x, projs, h, x16, mods, r, tc.A);
-  for (const { w, bias, y } of projs) {
+  // A few rows (decode): the group's frozen products in one GEMV dispatch where it applies.
+  const grouped = projs.length > 1 && T <= 16 && gemvGroup(rec, x, T, x.shape[1]!, projs.map(({ w, bias, y }) => ({ w, y, bias })));
+  if (!grouped) for (const { w, bias, y } of projs) {
     const [outF, inF] = w.shape as [number, number];
     const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
     const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
