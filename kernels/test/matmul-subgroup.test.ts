@@ -66,7 +66,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
 
   // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
   // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
-  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u")];
+  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u")];
   for (const cfg of auxConfigs) {
     for (const transB of [true, false]) {
       test(`aux slice ${tcConfigName(cfg)} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
@@ -243,7 +243,7 @@ test("tile rule for shapes the sweep did not measure: staged tiles, narrow outpu
   expect(tcConfigFor(4096, 1000, 96, true).staged).toBe(true);
   // Wide shapes off the table (an LM head chunk): the measured winners per form.
   expect(tcConfigName(tcConfigFor(4096, 16000, 2000, true))).toBe("4x4_2x2sk64g8");
-  expect(tcConfigName(tcConfigFor(4096, 2000, 16000, false))).toBe("4x4_2x2sk64g8u"); // session 9 variants
+  expect(tcConfigName(tcConfigFor(4096, 2000, 16000, false))).toBe("2x4_4x2sk64g8u"); // session 9 variants
 });
 
 test("split-K plan for weight gradients: only when the output tiles are few, chunks of at least 256", () => {
