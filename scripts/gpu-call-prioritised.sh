@@ -94,10 +94,10 @@ for step in $STEPS; do
     decode-8b)
       # Session 9: Llama-3.1-8B batch-1 decode (built-in shape, random weights), with the grouped
       # q/k/v and gate/up GEMVs and without (A/B), and a profiled run (decode.jsonl, profile.jsonl).
-      [ "$(left)" -gt 100 ] || { el "skip decode-8b"; continue; }
+      [ "$(left)" -gt 55 ] || { el "skip decode-8b"; continue; }
       el decode-8b
       timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
-      TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl ;;
+      [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl ;;
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
