@@ -41,6 +41,17 @@ function ref(x: Float32Array, w: Float32Array, M: number, N: number, K: number, 
   return out;
 }
 
+/** Submits, compares every output with its float64 reference (f32 bound), releases. */
+async function submitAndCheck(rec: ReturnType<typeof rt.recorder>, checks: { out: Tensor; expect: Float64Array; what: string }[], held: Tensor[]) {
+  rec.submit();
+  for (const c of checks) {
+    const err = relError(await rt.read(c.out), c.expect);
+    if (!(err < 1e-5)) throw new Error(`${c.what}: relErr ${err}`);
+  }
+  rec.release();
+  rt.release(...held);
+}
+
 const cases: [number, number, number[]][] = [
   [1536, 576, [1, 3, 8, 16]],
   [577, 131, [1, 3, 8, 16]], // K not a multiple of 8, odd N: the scalar kernel
@@ -78,13 +89,7 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
           checks.push({ out: ty0, expect: plain, what: `${dtype} M=${M} plain` });
         }
       }
-      rec.submit();
-      for (const c of checks) {
-        const err = relError(await rt.read(c.out), c.expect);
-        if (!(err < 1e-5)) throw new Error(`${c.what}: relErr ${err}`);
-      }
-      rec.release();
-      rt.release(...held);
+      await submitAndCheck(rec, checks, held);
     }, COMPILE_TIMEOUT);
   }
 
@@ -188,13 +193,7 @@ describe("gemv group against float64", () => {
           });
         }
       }
-      rec.submit();
-      for (const c of checks) {
-        const err = relError(await rt.read(c.out), c.expect);
-        if (!(err < 1e-5)) throw new Error(`${c.what}: relErr ${err}`);
-      }
-      rec.release();
-      rt.release(...held);
+      await submitAndCheck(rec, checks, held);
     }, COMPILE_TIMEOUT * 4);
   }
 
