@@ -42,12 +42,6 @@ export type LoraGroup = keyof typeof LORA_GROUPS;
 export interface LayerActivations {
   xn1: Tensor; rstd1: Tensor; q: Tensor; k: Tensor; v: Tensor; attn: Tensor; lse: Tensor;
   xMid: Tensor; xn2: Tensor; rstd2: Tensor; gate: Tensor; up: Tensor; act: Tensor;
-  /**
-   * act rounded to f16 (T, I), kept for the backward's tensor-core products that read act (LoRA's
-   * dA of down_proj, a full fine-tune's dW_down) where allocLayerActivations was asked for it; the
-   * forward writes it in the SwiGLU pass. Without it the forward rounds act into a scratch.
-   */
-  act16?: Tensor;
   /** LoRA h per group with an adapted module: (T, n·r), n = the group's adapted modules. */
   loraH: Partial<Record<LoraGroup, Tensor>>;
 }
@@ -73,8 +67,8 @@ export interface LayerWeightGrads {
  * dW_i (out_i, in) += dy_iᵀ·x and, with a bias, db_i (out_i) += onesᵀ·dy_i: the weight gradients
  * of projections y_i = x·W_iᵀ + b_i that read the same x (on tensor cores x is rounded to f16 once).
  */
-function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor, kept16?: Tensor) {
-  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? kept16 ?? toF16(rec, x) : undefined;
+function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor) {
+  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? toF16(rec, x) : undefined;
   for (const { dy, dw, db } of projs) {
     if (!(x16 && linearBackwardWeightTensorCore(rec, x, dy, dw, 1, x16))) linearBackwardWeight(rec, x, dy, dw, 1, 1);
     if (db) {
@@ -82,16 +76,10 @@ function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tenso
       matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
     }
   }
-  if (x16 && x16 !== kept16) rec.recycle(x16);
+  if (x16) rec.recycle(x16);
 }
 
-/**
- * `act16`: also keep LayerActivations.act16 (T·I halves more), for a trainer whose backward runs the
- * products that read act on tensor cores (f16 weights on a GPU with subgroup matrices).
- */
-export function allocLayerActivations(
-  rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[], opts: { act16?: boolean } = {},
-): LayerActivations {
+export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
   const loraH: Partial<Record<LoraGroup, Tensor>> = {};
   for (const [group, modules] of Object.entries(LORA_GROUPS) as [LoraGroup, readonly LoraTarget[]][]) {
@@ -104,7 +92,6 @@ export function allocLayerActivations(
     attn: rt.empty("f32", [T, nH * hd], "attn"), lse: rt.empty("f32", [T, nH], "lse"),
     xMid: rt.empty("f32", [T, C], "xMid"), xn2: rt.empty("f32", [T, C], "xn2"), rstd2: rt.empty("f32", [T], "rstd2"),
     gate: rt.empty("f32", [T, I], "gate"), up: rt.empty("f32", [T, I], "up"), act: rt.empty("f32", [T, I], "act"),
-    ...(opts.act16 ? { act16: rt.empty("f16", [T, I], "act:f16") } : {}),
     loraH,
   };
 }
@@ -232,11 +219,13 @@ export function decoderLayerForward(
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
-  // act in f16 for down_proj's tensor-core products, written by the SwiGLU pass itself
-  const act16 = (fusedF16Copies.enabled ? a.act16 : undefined) ?? f16Scratch(rec, a.act, w.down);
+  // act in f16 for down_proj's tensor-core products, written by the SwiGLU pass itself. (Kept for
+  // the backward's dA/dW it would save one more conversion per layer, but T·I halves of memory for
+  // the whole step: 64 MiB at 3B, where the peak sits on the ≤ 0.7× target.)
+  const act16 = f16Scratch(rec, a.act, w.down);
   swigluForward(rec, a.gate, a.up, a.act, act16);
   groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down, act16);
-  if (act16 && act16 !== a.act16) rec.recycle(act16);
+  if (act16) rec.recycle(act16);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
 }
 
@@ -252,9 +241,8 @@ export function decoderLayerBackward(
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
   const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
-  const act16 = fusedF16Copies.enabled ? a.act16 : undefined;
-  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh, act16);
-  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones, act16);
+  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
+  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones);
   // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp, and their f16 copies
   // for the tensor-core products below come out of the same pass
   const dGate16 = f16Scratch(rec, a.gate, w.gate), dUp16 = f16Scratch(rec, a.up, w.up);

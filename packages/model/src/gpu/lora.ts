@@ -286,18 +286,18 @@ function loraForwardTc(
  * Backward of linearsLoraForward. dx (T, in) = Σ_i dy_i·W_i (+ the LoRA parts), written when
  * betaDx = 0, added when 1. Every dA_i, dB_i accumulates (+=) so micro-batches sum. `dh` is
  * (T, n·r) scratch. With dropout, x̃_i is regenerated from x and the module's seed (so each
- * `lora.dropout` must be the forward's). On tensor cores, `dy16` (per projection) and `x16` are dy_i
- * and x already rounded to f16 (the bits of toF16, written by the kernel that made them), used
- * instead of converting here; elsewhere they are ignored.
+ * `lora.dropout` must be the forward's). `dy16` (per projection): dy_i already rounded to f16 (the
+ * bits of toF16, written by the kernel that made dy_i), read by the tensor-core products instead of
+ * converting here; ignored where they do not run.
  */
 export function linearsLoraBackward(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor; dy16?: Tensor })[], dx: Tensor, betaDx: 0 | 1,
-  h: Tensor | undefined, dh: Tensor | undefined, x16?: Tensor,
+  h: Tensor | undefined, dh: Tensor | undefined,
 ) {
   const [T, inF] = x.shape as [number, number];
   const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
   const tc = tensorCoreLora(rec, x, projs, mods, r);
-  if (tc) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, tc.A, x16);
+  if (tc) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, tc.A);
   // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i (from dy_i's f16 copy where tensor cores take it)
   for (const [i, { w, dy, dy16 }] of projs.entries()) {
     const outF = w.shape[0]!;
@@ -346,7 +346,7 @@ export function linearsLoraBackward(
 /** linearsLoraBackward on tensor cores (see the module comment; `A` null: per module, with dropout). */
 function loraBackwardTc(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor; dy16?: Tensor })[], dx: Tensor, betaDx: 0 | 1,
-  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor | null, givenX16: Tensor | undefined,
+  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor | null,
 ) {
   const [T, inF] = x.shape as [number, number];
   for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
@@ -354,9 +354,6 @@ function loraBackwardTc(
   const hs = groupColumns(h, T, ld, "h", "linearsLoraBackward");
   const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
   const dy16s = projs.map(({ dy, dy16 }) => dy16 ?? toF16(rec, dy)); // each dy_i rounded once: dh_i, dB_i and the frozen dx product read it
-  // x in f16 for the dA products: the caller's, else converted here (and recycled by `doneX16`).
-  const x16Of = () => givenX16 ?? toF16(rec, x);
-  const doneX16 = (t: Tensor | undefined) => { if (t && t !== givenX16) rec.recycle(t); };
   // dA, dB on tensor cores: h and (after the loop) dh transposed to f16, (n·r, T) each, module i in rows i·r …
   const gradsTc = loraTensorCores.grads;
   const hT16 = gradsTc ? transposedF16(rec, hs) : undefined;
@@ -381,10 +378,10 @@ function loraBackwardTc(
     const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
     if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
     if (gradsTc) {
-      const dhT16 = transposedF16(rec, dhs), x16 = x16Of();
+      const dhT16 = transposedF16(rec, dhs), x16 = toF16(rec, x);
       shortProductTc(rec, { a: dhT16, b: x16, c: dA, M: ld, N: inF, K: T, beta: 1 });
       rec.recycle(dhT16);
-      doneX16(x16);
+      rec.recycle(x16);
     } else matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
     const A16 = stackedA16(rec, mods, A), dh16 = toF16(rec, dhs);
     aux = { a2: dh16, b2: A16.w, K2: ld };
@@ -401,7 +398,7 @@ function loraBackwardTc(
   if (A) return;
   const dh16 = toF16(rec, dhs);
   const dhT16 = gradsTc ? transposedF16(rec, dhs) : undefined;
-  const x16 = gradsTc && mods.some((m) => !m.dropout) ? x16Of() : undefined;
+  const x16 = gradsTc && mods.some((m) => !m.dropout) ? toF16(rec, x) : undefined;
   // dA_i += dh_iᵀ·input: on tensor cores from dhᵀ's rows i·r … (f16 input), else f32 from dh's columns.
   const dAProduct = (i: number, m: LoraModule, input: Tensor, input16: Tensor | undefined) => {
     if (dhT16 && input16) shortProductTc(rec, { a: dhT16, b: input16, c: m.dA!, M: r, N: inF, K: T, lda: T, offsetA: i * r * T, beta: 1 });
@@ -429,8 +426,7 @@ function loraBackwardTc(
     A16.done();
   }
   rec.recycle(dh16);
-  if (dhT16) rec.recycle(dhT16);
-  doneX16(x16);
+  for (const t of [dhT16, x16]) if (t) rec.recycle(t);
 }
 
 /**

@@ -263,11 +263,8 @@ export class LoraTrainer {
       // per layer only without checkpointing.
       const xs = new SavedLayerInputs(rt, L, T, C, savedInputDtype(model, this.opts.gradientCheckpointing));
       toRelease.push(...xs.tensors);
-      // Under checkpointing the one shared set also keeps act in f16 for the backward's products
-      // on tensor cores (T·I halves; without checkpointing, L such copies would cost too much).
-      const act16 = this.opts.gradientCheckpointing && hasTensorCoreMatmul(rt) && model.weights.layers[0]?.down.dtype === "f16";
       const actSets: LayerActivations[] = this.opts.gradientCheckpointing
-        ? [allocLayerActivations(rt, cfg, T, this.config.rank, targetsList, { act16 })]
+        ? [allocLayerActivations(rt, cfg, T, this.config.rank, targetsList)]
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
       released.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
