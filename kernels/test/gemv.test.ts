@@ -1,5 +1,5 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvGroup, gemvSupported, Tensor } from "../src/index.ts";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { type DType, getRuntime, gemv, gemvGroup, gemvGrouping, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -162,6 +162,9 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
 // Decode's q/k/v and gate/up: one dispatch of the GPU kernel for two or three weights that read the
 // same x, each part's workgroups beside the others' (forced to the GPU form here on every device).
 describe("gemv group against float64", () => {
+  const was = gemvGrouping.enabled; // off by default until it passes on a GPU (gemv.ts)
+  beforeAll(() => { gemvGrouping.enabled = true; });
+  afterAll(() => { gemvGrouping.enabled = was; });
   // (Each new M slice and rows-per-thread pair is a pipeline compile of seconds on lavapipe.)
   const cases: { Ns: number[]; K: number; bias: boolean[]; Ms: number[] }[] = [
     { Ns: [128, 32, 32], K: 576, bias: [true, true, true], Ms: [1, 3, 16] }, // q/k/v with biases (Qwen2)
@@ -197,11 +200,14 @@ describe("gemv group against float64", () => {
     }, COMPILE_TIMEOUT * 4);
   }
 
-  test("declined (nothing recorded) where it does not apply: mixed dtypes, one output buffer twice, K off the 8-half grid, the CPU form", () => {
+  test("declined (nothing recorded) where it does not apply: switched off, mixed dtypes, one output buffer twice, K off the 8-half grid, the CPU form", () => {
     const K = 64, M = 1;
     const tx = rt.empty("f32", [M, K]);
     const w16 = rt.empty("f16", [32, K]), w32 = rt.empty("f32", [32, K]), y1 = rt.empty("f32", [M, 32]), y2 = rt.empty("f32", [M, 32]);
     const rec = rt.recorder();
+    gemvGrouping.enabled = false;
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" })).toBe(false);
+    gemvGrouping.enabled = true;
     expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w32, y: y2 }], { form: "lanes" })).toBe(false);
     expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y1 }], { form: "lanes" })).toBe(false);
     expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "row" })).toBe(false);

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hasTensorCoreMatmul } from "@tuneloom/kernels";
 import { relError } from "@tuneloom/kernels/testing.ts";
-import { GpuModel, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
+import { GpuModel, fusedF16Copies, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
 import type { Batch } from "../src/index.ts";
 import { LoraTrainer } from "../src/gpu/lora-trainer.ts";
 import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
@@ -107,12 +107,14 @@ describe("LoRA training step on the GPU", () => {
   });
 
   // Where subgroup matrices exist, the f16 model's step runs every product of the layers on tensor
-  // cores, from f16 copies that the kernels before them write in the same pass (SwiGLU's h, dGate,
-  // dUp; act kept in f16 under checkpointing); the f32 model's step runs the exact f32 kernels. The
-  // two differ by 16-bit rounding only, so a copy of the wrong tensor (or a stale one) shows.
+  // cores, with the fused copies from f16 copies that the kernels before them write in the same pass
+  // (SwiGLU's act, dGate, dUp); the f32 model's step runs the exact f32 kernels. The two differ by
+  // 16-bit rounding only, so a copy of the wrong tensor (or a stale one) shows.
   test("16-bit weights: the step's loss and gradients are the f32 step's within 16-bit rounding", async () => {
     const batch = packedBatch(4, [20, 12]);
-    for (const checkpointing of [true, false]) {
+    const was = fusedF16Copies.enabled;
+    for (const [checkpointing, fused] of [[true, true], [false, true], [true, false]] as const) {
+      fusedF16Copies.enabled = fused; // off by default until this passes on a GPU (decoder-layer.ts)
       const a = await trainerWithNonZeroB(checkpointing, 0, true, model16, 16), b = await trainerWithNonZeroB(checkpointing, 0, true, model, 16);
       const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
       expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(2e-3);
@@ -120,6 +122,7 @@ describe("LoRA training step on the GPU", () => {
       expect(ga.every(Number.isFinite)).toBe(true);
       expect(relError(ga, gb)).toBeLessThan(2e-2);
     }
+    fusedF16Copies.enabled = was;
   });
 
   test("gradients match a finite difference of the loss along the gradient", async () => {
