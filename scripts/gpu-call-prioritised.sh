@@ -3,9 +3,9 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests variants profile-1b train-1b train-3b profile-8b train-llama8b load-8b train-small full
-# profile-full sweep serve multi-lora: what sessions 7-8 left unmeasured, in the order the open issues
-# need it; more than one call holds, so a second call starts where it stopped)
+# STEPS (default: tests profile-1b profile-1b-fused-ab train-1b decode-8b sweep train-3b profile-8b
+# train-llama8b train-small full profile-full serve multi-lora: what session 9 left unmeasured, in the
+# order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
@@ -40,7 +40,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests variants profile-1b train-1b train-3b profile-8b train-llama8b load-8b train-small full profile-full sweep serve multi-lora}
+STEPS=${*:-tests profile-1b profile-1b-fused-ab train-1b decode-8b sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -83,7 +83,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,4x4_2x2sdg8,2x4_4x4sg8,2x4_4x2sk64g8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
