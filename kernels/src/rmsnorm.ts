@@ -12,6 +12,8 @@ import { expectTensor, type Tensor } from "./tensor.ts";
 import { splitKReduce } from "./matmul.ts";
 import rmsnormWgsl from "./rmsnorm.wgsl" with { type: "text" };
 import rmsnormWeightWgsl from "./rmsnorm_weight.wgsl" with { type: "text" };
+import f16BitsWgsl from "./f16-bits.wgsl" with { type: "text" };
+import { convertTensor } from "./convert.ts";
 
 const weightGradSource: KernelSource = { name: "rmsnorm_weight", code: rmsnormWeightWgsl };
 
@@ -19,7 +21,7 @@ const sources = new Map<DType, KernelSource>();
 function rmsnormSource(wDtype: DType): KernelSource {
   let s = sources.get(wDtype);
   if (!s) {
-    s = { name: `rmsnorm_w${wDtype}`, code: rmsnormWgsl.replace("//!LOAD_W", wgslLoader("w", 2, wDtype)) };
+    s = { name: `rmsnorm_w${wDtype}`, code: `${rmsnormWgsl.replace("//!LOAD_W", wgslLoader("w", 2, wDtype))}\n${f16BitsWgsl}` };
     sources.set(wDtype, s);
   }
   return s;
@@ -54,13 +56,20 @@ function rowsOf(kernel: string, x: Tensor, w: Tensor): [number, number] {
   return [C === 0 ? 0 : x.numel / C, C];
 }
 
-/** y (T, C) = x / sqrt(mean(x²) + eps) · w, and rstd (T) = 1 / sqrt(mean(x²) + eps). y must not alias x. */
-export function rmsnormForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, rstd: Tensor, eps: number) {
+/**
+ * y (T, C) = x / sqrt(mean(x²) + eps) · w, and rstd (T) = 1 / sqrt(mean(x²) + eps). y must not alias x.
+ * With `y16` also y rounded to f16 (the bits of toF16(y)) in the same pass, for the tensor-core
+ * products that read it.
+ */
+export function rmsnormForward(rec: Recorder, x: Tensor, w: Tensor, y: Tensor, rstd: Tensor, eps: number, y16?: Tensor) {
   const [T, C] = rowsOf("rmsnormForward", x, w);
   expectTensor("rmsnormForward", "y", y, "f32", x.shape);
   expectTensor("rmsnormForward", "rstd", rstd, "f32", [T]);
-  rec.dispatch(`rmsnormForward ${T}x${C}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: threadsFor(rec, T, C) }, "rmsnorm_forward"),
-    new Params(4).u32(T).u32(C).f32(eps).f32(0).buffer, [x, w, y, rstd], flatGrid(T, 1));
+  if (y16) expectTensor("rmsnormForward", "y16", y16, "f16", x.shape);
+  const fused = y16 !== undefined && C % 2 === 0;
+  rec.dispatch(`rmsnormForward ${T}x${C}${fused ? " +f16" : ""}`, rec.rt.pipeline(rmsnormSource(w.dtype), { WG: threadsFor(rec, T, C) }, fused ? "rmsnorm_forward_f16" : "rmsnorm_forward"),
+    new Params(4).u32(T).u32(C).f32(eps).f32(0).buffer, fused ? [x, w, y, rstd, y16] : [x, w, y, rstd], flatGrid(T, 1));
+  if (y16 && !fused) convertTensor(rec, y, y16);
 }
 
 /**

@@ -28,20 +28,48 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;     // (T, C)
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (T)
 
+// r = 1 / sqrt(mean(x²) + eps) of the row that starts at base. Called in uniform control flow.
+fn row_rstd(lid: u32, base: u32) -> f32 {
+  var ss = 0.0;
+  for (var c = lid; c < p.C; c += WG) {
+    let v = x[base + c];
+    ss = fma(v, v, ss);
+  }
+  return 1.0 / sqrt(workgroup_sum(lid, ss) / f32(p.C) + p.eps);
+}
+
 @compute @workgroup_size(WG)
 fn rmsnorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
   let row = wg.y * nwg.x + wg.x;
   if (row >= p.T) { return; } // uniform per workgroup
   let base = row * p.C;
-  var ss = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
-    let v = x[base + c];
-    ss = fma(v, v, ss);
-  }
-  let r = 1.0 / sqrt(workgroup_sum(lid, ss) / f32(p.C) + p.eps);
+  let r = row_rstd(lid, base);
   for (var c = lid; c < p.C; c += WG) {
     y[base + c] = (x[base + c] * r) * load_w(c); // transformers' order: weight * (x * rstd)
+  }
+  if (lid == 0u) { rstd[row] = r; }
+}
+
+// The forward that also writes y rounded to f16 for the tensor-core products that read it, with
+// the bits of convert.wgsl's f32 → f16 (f16-bits.wgsl, composed with this file by rmsnorm.ts): two
+// elements per thread and step, one packed word each (C even).
+@group(0) @binding(5) var<storage, read_write> y16: array<u32>;  // (T, C) f16, two per word
+
+@compute @workgroup_size(WG)
+fn rmsnorm_forward_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+  let row = wg.y * nwg.x + wg.x;
+  if (row >= p.T) { return; } // uniform per workgroup
+  let base = row * p.C;
+  let r = row_rstd(lid, base);
+  for (var c2 = lid; c2 < p.C / 2u; c2 += WG) {
+    let c = 2u * c2;
+    let v0 = (x[base + c] * r) * load_w(c);
+    let v1 = (x[base + c + 1u] * r) * load_w(c + 1u);
+    y[base + c] = v0;
+    y[base + c + 1u] = v1;
+    y16[(base + c) / 2u] = f32_bits_to_f16(bitcast<u32>(v0)) | (f32_bits_to_f16(bitcast<u32>(v1)) << 16u);
   }
   if (lid == 0u) { rstd[row] = r; }
 }

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, rmsnormBackward, rmsnormForward, rmsnormWeightBackward, type Tensor } from "../src/index.ts";
+import { getRuntime, rmsnormBackward, rmsnormForward, rmsnormWeightBackward, type Tensor, toF16 } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -124,6 +124,30 @@ describe("rmsnorm gradient against finite differences of the GPU forward", () =>
       expect(Number.isFinite(fd)).toBe(true);
       expect(Math.abs(fd - analytic) / scale).toBeLessThan(1e-3);
       rt.release(tx, tr, ty, trstd, tdx, tw);
+    });
+  }
+});
+
+describe("rmsnorm's fused 16-bit copy", () => {
+  // Even C (two elements per thread and step, fused) and odd C (the f32 kernel then a conversion):
+  // y16 must hold the bits of a separate f32 → f16 conversion of y, and y must be unchanged.
+  for (const [T, C, wDtype] of [[7, 576, "bf16"], [1, 4096, "f16"], [129, 896, "f32"], [5, 1001, "f32"]] as const) {
+    test(`T=${T} C=${C} w=${wDtype}: y16 is toF16(y)`, async () => {
+      const x = randn(T * C);
+      const { t: tw, w } = weight(wDtype, C);
+      const tx = rt.upload("f32", [T, C], x), ty = rt.empty("f32", [T, C]), trstd = rt.empty("f32", [T]), ty16 = rt.empty("f16", [T, C]);
+      const rec = rt.recorder();
+      rmsnormForward(rec, tx, tw, ty, trstd, EPS, ty16);
+      const separate = toF16(rec, ty);
+      rec.submit();
+      const ref = rmsnormRef(x, w, T, C);
+      expect(relError(await rt.read(ty), ref.y)).toBeLessThan(1e-5);
+      expect(relError(await rt.read(trstd), ref.rstd)).toBeLessThan(1e-5);
+      const a = new Uint16Array(await rt.readBytes(ty16)), b = new Uint16Array(await rt.readBytes(separate));
+      expect(a.some((v) => v !== 0)).toBe(true);
+      expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+      rec.release();
+      rt.release(tx, tw, ty, trstd, ty16);
     });
   }
 });
