@@ -170,6 +170,18 @@ function f16Scratch(rec: Recorder, x: Tensor, w: Tensor): Tensor | undefined {
 }
 
 /**
+ * Records `produce`, the kernel that writes x, and returns x's f16 copy for the tensor-core
+ * products of w that read it (a scratch: recycle it after them): written by that kernel in the same
+ * pass where the fused copies are on, else converted after it; undefined where those products do
+ * not run on tensor cores.
+ */
+function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16: Tensor | undefined) => void): Tensor | undefined {
+  const fused = f16Scratch(rec, x, w);
+  produce(fused);
+  return fused ?? sharedF16Input(rec, x, w);
+}
+
+/**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
  * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
  */
@@ -189,8 +201,8 @@ export function decoderLayerForward(
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
-  rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps);
-  const xn1h = sharedF16Input(rec, a.xn1, w.q); // q, k and v read the same normed input
+  // q, k and v read the same normed input, rounded to f16 once
+  const xn1h = producedWithF16Copy(rec, a.xn1, w.q, (y16) => rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps, y16));
   groupForward(rec, a.xn1, "qkv", [
     { w: w.q, bias: w.qBias, y: a.q, lora: m.q_proj },
     { w: w.k, bias: w.kBias, y: a.k, lora: m.k_proj },
@@ -213,18 +225,16 @@ export function decoderLayerForward(
   }
   groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: a.xMid, lora: m.o_proj }], lora, a.loraH.o);
   addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
-  rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps);
-  const xn2h = sharedF16Input(rec, a.xn2, w.gate);
+  const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
   groupForward(rec, a.xn2, "gateUp", [
     { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
-  // act in f16 for down_proj's tensor-core products, written by the SwiGLU pass itself. (Kept for
-  // the backward's dA/dW it would save one more conversion per layer, but T·I halves of memory for
-  // the whole step: 64 MiB at 3B, where the peak sits on the ≤ 0.7× target.)
-  const act16 = f16Scratch(rec, a.act, w.down);
-  swigluForward(rec, a.gate, a.up, a.act, act16);
+  // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
+  // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
+  // peak sits on the ≤ 0.7× target.)
+  const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
   groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down, act16);
   if (act16) rec.recycle(act16);
   addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
