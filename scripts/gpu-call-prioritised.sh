@@ -3,7 +3,7 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests profile-1b profile-1b-fused-ab train-1b decode-8b sweep train-3b profile-8b
+# STEPS (default: tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b sweep train-3b profile-8b
 # train-llama8b train-small full profile-full serve multi-lora: what session 9 left unmeasured, in the
 # order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
@@ -15,6 +15,7 @@
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
 #   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
 #   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
+#   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
@@ -40,7 +41,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests profile-1b profile-1b-fused-ab train-1b decode-8b sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
+STEPS=${*:-tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -53,7 +54,7 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-150} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts packages/trainer/test/gpu-step.test.ts kernels/test/convert.test.ts kernels/test/swiglu.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts kernels/test/rmsnorm.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/gemv.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-200} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts packages/trainer/test/gpu-step.test.ts kernels/test/convert.test.ts kernels/test/swiglu.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts kernels/test/rmsnorm.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
@@ -77,7 +78,8 @@ for step in $STEPS; do
       # Session 9 (off by default, written after its last call): SwiGLU's f16 copies and decode's
       # grouped GEMVs, on for the rest of the call when their tests pass here.
       if grep -q "^(pass) .*the step's loss and gradients are the f32 step's" $OUT/tests.txt && grep -q "^(pass) .*fused 16-bit copies" $OUT/tests.txt && ! grep -q "^(fail) .*fused 16-bit copies" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=1; el "TUNELOOM_FUSED_F16=1"; fi
-      if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi ;;
+      if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi
+      if grep -q "^(pass) .*full tiles unmasked" $OUT/tests.txt && ! grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt; then export TUNELOOM_ATTN_FULL_TILES=1; el "TUNELOOM_ATTN_FULL_TILES=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -103,6 +105,9 @@ for step in $STEPS; do
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
+    profile-1b-attn-ab)
+      # Session 9: the 1B step with attention's full-tile form off (A/B against profile-1b).
+      [ "$(left)" -gt 40 ] && el profile-attn-ab && TUNELOOM_ATTN_FULL_TILES=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_full_tiles",/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-ab)
       # The same step with the forms that are still off by default switched off again (A/B in one call).
       [ "$(left)" -gt 40 ] && el profile-ab && TUNELOOM_ATTN_DKV_PER_HEAD=0 TUNELOOM_DW_TC=0 TUNELOOM_ATTN_STAGE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":true,/' | stamp >> $OUT/profile.jsonl ;;

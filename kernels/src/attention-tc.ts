@@ -50,6 +50,15 @@ fn firstReal(t0: u32, t1: u32) -> u32 {
   for (var t = t0; t < t1; t++) { if (seq[t] >= 0) { return t; } }
   return t1;
 }
+// Every row of [r0, r1) sees every key of [k0, k0 + 64) (the full-tile form, attentionTcForm.fullTiles):
+// the keys precede the rows, inside the window, and the first key and the last row share a sequence,
+// so (sequences being contiguous runs of ids, as the tile loops already assume) every pair does.
+// Uniform: the masking of such a tile is skipped.
+fn fullTile(r0: u32, r1: u32, k0: u32) -> bool {
+  if (r1 != r0 + 64u || r1 > p.T || k0 + 63u > r0) { return false; }
+  let s = seq[k0];
+  return s >= 0 && seq[r1 - 1u] == s && (p.window == 0u || r1 - 1u - k0 < p.window);
+}
 `;
 }
 
@@ -85,7 +94,10 @@ const LANE_COLUMNS = `  let half = lid % 2u;
   let c0 = half * 32u;
   let rot = ((lid / 2u) >> 3u) & 1u;`;
 
-function forwardSource(hd: number, L: TileLayout): KernelSource {
+/** WGSL for the uniform `full` of a tile (fullTile) in the full-tile form, else the constant false. */
+const fullOf = (fast: boolean, r0: string, r1: string, k0: string) => `let full = ${fast ? `fullTile(${r0}, ${r1}, ${k0})` : "false"};`;
+
+function forwardSource(hd: number, L: TileLayout, fast = false): KernelSource {
   const D = hd / 16; // 16-wide blocks along the head dim
   const J = BK / 16; // 16-key blocks per tile
   const scores = keyTileProduct(hd, "ql", "k16", L); // S = q·kᵀ into Sw
@@ -97,7 +109,7 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
   if (r0 < rEnd) {
     let s0 = seq[r0];
     // sweep 1: row max and Σ exp over all visible keys
-${keyTileLoop(`${maskedTileMax(hd, L, false)}
+${keyTileLoop(`${maskedTileMax(hd, L, false, fast)}
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let x = Sw[r * ${L.sLd}u + ${L.col("i")}];
@@ -110,11 +122,12 @@ ${keyTileLoop(`${maskedTileMax(hd, L, false)}
     let L = select(0.0, m + log(l), l > 0.0);
     // sweep 2: P = exp(scale·S − lse) exactly normalised; O += P·V
 ${keyTileLoop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+      ${fullOf(fast, "q0", "rEnd", "k0")}
 ${scores}
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
         var pr = 0.0;
-        if (allowed(ti, si, k0 + c, colSeq[c])) { pr = exp(p.scale * Sw[r * ${L.sLd}u + c] - L); }
+        if (full || allowed(ti, si, k0 + c, colSeq[c])) { pr = exp(p.scale * Sw[r * ${L.sLd}u + c] - L); }
         Pw[r * ${L.pLd}u + c] = f16(pr);
       }
       workgroupBarrier();
@@ -131,7 +144,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
   }
 }
 `;
-  return { name: `attention_tc_hd${hd}${L.tag}`, code };
+  return { name: `attention_tc_hd${hd}${L.tag}${fast ? "_ft" : ""}`, code };
 }
 
 /**
@@ -139,13 +152,14 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
  * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
  * the row's new running max mNew (over this lane's half and its partner's).
  */
-function maskedTileMax(hd: number, L: TileLayout, staged: boolean): string {
+function maskedTileMax(hd: number, L: TileLayout, staged: boolean, fast: boolean): string {
   return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+      ${fullOf(fast, "q0", "rEnd", "k0")}
 ${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       var tileMax = NEG;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
-        let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], allowed(ti, si, k0 + c, colSeq[c]));
+        let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], full || allowed(ti, si, k0 + c, colSeq[c]));
         Sw[r * ${L.sLd}u + c] = x;
         tileMax = max(tileMax, x);
       }
@@ -199,7 +213,7 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout, staged = false): KernelSource {
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
   const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const vBlock = (d: number) => st
@@ -215,7 +229,7 @@ ${st?.regs ?? ""}
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${loop(`${maskedTileMax(hd, L, staged)}
+${loop(`${maskedTileMax(hd, L, staged, fast)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
@@ -247,7 +261,7 @@ ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${staged ? "_st" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -373,7 +387,7 @@ ${body}
  * dq = scale·dS·k with S, dP = dout·vᵀ and dq on tensor cores; dS = P ∘ (dP − D) in f32,
  * rounded to f16 (with the scale folded in) for the last product.
  */
-function backwardDqSource(hd: number, L: TileLayout, staged = false): KernelSource {
+function backwardDqSource(hd: number, L: TileLayout, staged = false, fast = false): KernelSource {
   const D = hd / 16, J = BK / 16;
   const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const product = (left: string, right: string) => keyTileProduct(hd, left, right, L, st ? (right === "k16" ? "Ks" : "Vs") : undefined);
@@ -431,10 +445,11 @@ ${st?.regs ?? ""}
   if (r0 < rEnd) {
     let s0 = seq[r0];
 ${loop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+      ${fullOf(fast, "q0", "rEnd", "k0")}
 ${product("ql", "k16")}
       for (var c = 0u; c < ${BK / 2}u; c++) {
         let cc = ${L.col("c")};
-        pr[c] = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - L), allowed(ti, si, k0 + cc, colSeq[cc]));
+        pr[c] = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - L), full || allowed(ti, si, k0 + cc, colSeq[cc]));
       }
       workgroupBarrier();
 ${product("dl", "v16")}
@@ -455,7 +470,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
   }
 }
 `;
-  return { name: `attention_tc_dq_hd${hd}${L.tag}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_dq_hd${hd}${L.tag}${staged ? "_st" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -466,7 +481,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
  * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
   // Staged: the query tile's q rows (both of q's products read them); dout stays in global memory
   // (staging it too would pass NVIDIA's 48 KB of workgroup memory at HD = 64).
@@ -539,6 +554,8 @@ ${st.store}
 ${st.load("nxt")}
         }` : `      for (var c0q = k0; c0q < p.T; c0q += ${BQ}u) {
         if (c0q > k1 && (seq[c0q] != s1 || (p.window != 0u && c0q - k1 >= p.window))) { break; }`}
+        // every query of the tile sees every key of the block
+        ${fullOf(fast, "c0q", `min(c0q + ${BQ}u, p.T)`, "k0")}
         if (lid < ${BQ}u) {
           let t = c0q + lid;
           colSeq[lid] = seqAt(t);
@@ -551,7 +568,7 @@ ${st.load("nxt")}
 ${product("kl", "q16")}
         for (var c = 0u; c < ${BQ / 2}u; c++) {
           let cc = ${L.col("c")};
-          let x = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - colL[cc]), allowed(c0q + cc, colSeq[cc], tj, sj));
+          let x = select(0.0, exp(p.scale * Sw[r * ${L.sLd}u + cc] - colL[cc]), full || allowed(c0q + cc, colSeq[cc], tj, sj));
           pr[c] = x;
           Pw[r * ${L.pLd}u + cc] = f16(x);
         }
@@ -583,7 +600,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut *
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${staged ? "_st" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${staged ? "_st" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -655,6 +672,13 @@ export const attentionTcForm = {
    * `TUNELOOM_ATTN_STAGE=0` turns it off.
    */
   staged: process.env.TUNELOOM_ATTN_STAGE !== "0",
+  /**
+   * Key tiles that every row of a query block sees (below the diagonal, one sequence, inside the
+   * window: fullTile) skip the mask lookups of the softmax phases (session 9, written after its last
+   * GPU call): off until its tests pass on a GPU and a profile shows it faster;
+   * `TUNELOOM_ATTN_FULL_TILES=1` turns it on.
+   */
+  fullTiles: process.env.TUNELOOM_ATTN_FULL_TILES === "1",
 };
 
 /**
@@ -670,11 +694,11 @@ export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number,
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean }): KernelSource {
-  const L = tileLayout(form.padded);
-  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged) : forwardSource(hd, L);
-  if (pass === "dq") return backwardDqSource(hd, L, form.staged);
-  return backwardDkvSource(hd, L, form.perHead, form.staged);
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean }): KernelSource {
+  const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast) : forwardSource(hd, L, fast);
+  if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
+  return backwardDkvSource(hd, L, form.perHead, form.staged, fast);
 }
 
 /** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
@@ -697,13 +721,13 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded } = attentionTcForm;
+  const { oneSweep: one, padded, fullTiles: fast } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const key = `${a.hd}:${one}:${padded}:${staged}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged) : forwardSource(a.hd, tileLayout(padded))));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast) : forwardSource(a.hd, tileLayout(padded), fast)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   rec.recycle(q16);
   rec.recycle(k16);
@@ -719,28 +743,28 @@ const dkvSources = new Map<string, KernelSource>();
 
 /** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
 export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
-  const padded = attentionTcForm.padded;
+  const { padded, fullTiles: fast } = attentionTcForm;
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
-  const key = `${a.hd}:${padded}:${dqStaged}`;
+  const key = `${a.hd}:${padded}:${dqStaged}:${fast}`;
   let sq = dqSources.get(key);
-  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged)));
-  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}`;
+  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast)));
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}`;
   let skv = dkvSources.get(kvKey);
-  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged)));
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
-  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);
     rec.recycle(dvP);
   } else {
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
   for (const t of [q16, k16, v16, do16]) rec.recycle(t);

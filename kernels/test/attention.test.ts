@@ -202,25 +202,32 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     ["hd 128, heads 8/2, packed (96, 32)", problem(8, 2, 128, packed([96, 32]), { scale: 0.07 })],
     ["sliding window 40, heads 4/1, T=144", problem(4, 1, 64, packed([144]), { window: 40 })],
     ["hd 32, heads 4/2, T=16", problem(4, 2, 32, packed([16]))],
+    // Key tiles that whole query blocks see (the full-tile form skips their masks), a window that
+    // cuts some of them, and packing whose sequence boundaries fall inside and between tiles.
+    ["heads 8/2, T=320 (full tiles below the diagonal)", problem(8, 2, 64, packed([320]))],
+    ["sliding window 150, heads 4/2, packed (256, 64)", problem(4, 2, 64, packed([256, 64]), { window: 150 })],
   ];
   // Every form (attention-tc.ts attentionTcForm): both forwards, two sweeps (the default)
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true },
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true },
+    // Full key tiles without their mask lookups (session 9), in the default forms and two sweeps.
+    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true },
+    { oneSweep: false, padded: true, dkvPerHead: false, fullTiles: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);

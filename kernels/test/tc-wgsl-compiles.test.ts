@@ -75,8 +75,12 @@ describe.skipIf(!f16Ok)("tensor-core WGSL compiles (subgroup matrices stood in)"
       test(`attention ${pass} hd=${hd}`, async () => {
         for (const staged of [false, true]) {
           if (staged && hd === 128) continue; // no staged form fits hd 128
-          expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv" }).code)).toEqual([]);
+          for (const fullTiles of [false, true]) {
+            expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv", fullTiles }).code)).toEqual([]);
+          }
         }
+        // the two-sweep forward (its sweep 2 has its own mask test)
+        if (pass === "forward") expect(await compiles(attentionTcSource(pass, hd, { padded: true, oneSweep: false, fullTiles: true }).code)).toEqual([]);
       });
     }
   }
