@@ -1,7 +1,7 @@
 // report.ts's training tables: ratios only from lines of one device call, full fine-tuning rows
 // kept apart from LoRA rows, diagnostic GEMM lines kept out of the GEMM table.
 import { expect, test } from "bun:test";
-import { gemmTable, trainFullTable, trainTable } from "../src/bench/report.ts";
+import { decodeTable, gemmTable, trainFullTable, trainTable } from "../src/bench/report.ts";
 
 const gpu = "NVIDIA H100 80GB HBM3";
 const lines = [
@@ -32,4 +32,16 @@ test("diagnostic GEMM lines stay out of the GEMM table", () => {
   const t = gemmTable(g);
   expect(t).toContain("| 4096^3 |");
   expect(t).not.toContain("4096x8192x4096");
+});
+
+test("decode rows leave out profiled runs and A/B rows with a form switched off", () => {
+  const d = [
+    { call: "c4", gpu, op: "decode", model: "llama3.1-8b", batch: 1, tok_s: 101.5, ms_per_token: 9.85 },
+    { call: "c4", gpu, op: "decode", model: "llama3.1-8b", batch: 1, tok_s: 92.0, ms_per_token: 10.87, ab_off: "gemv_group" },
+    { call: "c4", gpu, op: "decode", model: "llama3.1-8b", batch: 1, tokens: 16, tok_s: 80.0, ms_per_token: 12.5, profile: { gpu_ms: 12 } },
+  ];
+  const t = decodeTable(d);
+  expect(t).toContain("| llama3.1-8b | NVIDIA H100 80GB HBM3 | 101.5 | 9.85 |");
+  expect(t).not.toContain("92.0");
+  expect(t).not.toContain("80.0");
 });
