@@ -28,8 +28,8 @@
 #   decode-8b    Llama-3.1-8B batch-1 decode, ours with and without grouped GEMVs (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     the unrolled copy (u) and tile shapes (8 and 16 warps, 128×256, 256×128), against the
-#                table's picks (gemm.jsonl)
+#   variants     more-warp unrolled (u) tiles on 128×128 (8 and 16 warps), K slices, double buffering and
+#                group sizes, against the table's picks (gemm.jsonl)
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
@@ -149,15 +149,16 @@ for step in $STEPS; do
         --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     variants)
-      # Session 8: the unrolled copy (`u`, vk_cooperative_matrix_perf's structure) against the table's
-      # picks, over tile shapes that trade accumulators per thread for warps per SM, on 4096³ and
-      # Llama's up and down products (VARIANT_CONFIGS replaces the list).
+      # Session 8 measured the unrolled copy (`u`) against the table's picks (session 9: 2x4_4x2sk64g8u
+      # won dy·W by 12-23%, nothing won x·Wᵀ). Session 9's list: more-warp u tiles with 8 or 4 result
+      # matrices per warp on 128×128, K slices of 32/64, double buffering, group sizes, against the two
+      # picks, on 4096³ and Llama's up and down products (VARIANT_CONFIGS replaces the list).
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sk64g8u,4x4_2x2sg8,4x4_2x2sg8u,4x4_2x2sk16g8u,4x4_2x4sk16g8u,4x4_2x4sg8u,4x4_4x2sk16g8u,4x4_4x2sg8u,2x4_4x2sg8u,2x4_4x2sk64g8u,2x4_4x4sk16g8u,4x4_2x2sdg8u} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sg8u,2x4_4x2sk64g8u,2x4_4x2sg8u,2x4_4x2sdg8u,4x2_2x4sk64g8u,4x2_2x4sg8u,2x2_4x4sk64g8u,2x2_4x4sg8u,2x4_4x2sk64g4u,2x4_4x2sk64g16u} \
         --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
-      # What each stage of the unrolled form costs on 4096³ (results wrong by design).
+      # What each stage of the dy·W winner costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sk64g8u-no-loads,4x4_2x2sk64g8u-no-stores,4x4_2x2sk64g8u-no-products,2x4_4x2sg8u-no-loads,4x4_4x2sg8u-no-loads \
+        --configs 2x4_4x2sk64g8u-no-loads,2x4_4x2sk64g8u-no-stores,2x4_4x2sk64g8u-no-products \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # The unrolled copy for the rest of the call when the table's picks gain from it on these shapes
       # (geometric mean of the u form over the plain one, both forms).
