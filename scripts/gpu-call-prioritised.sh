@@ -77,7 +77,8 @@ for step in $STEPS; do
       # Session 9: f16 copies written by SwiGLU itself (decoder-layer.ts fusedF16Copies).
       # Session 9 (off by default, written after its last call): SwiGLU's f16 copies and decode's
       # grouped GEMVs, on for the rest of the call when their tests pass here.
-      if grep -q "^(pass) .*the step's loss and gradients are the f32 step's" $OUT/tests.txt && grep -q "^(pass) .*fused 16-bit copies" $OUT/tests.txt && ! grep -q "^(fail) .*fused 16-bit copies" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=1; el "TUNELOOM_FUSED_F16=1"; fi
+      if grep -q "^(pass) .*the step's loss and gradients are the f32 step's" $OUT/tests.txt && grep -q "^(pass) .*within 16-bit rounding of the f32 model's, fused copies on and off" $OUT/tests.txt \
+        && grep -q "^(pass) .*fused 16-bit copy" $OUT/tests.txt && ! grep -q "^(fail) .*fused 16-bit cop" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=1; el "TUNELOOM_FUSED_F16=1"; fi
       if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi
       if grep -q "^(pass) .*full tiles unmasked" $OUT/tests.txt && ! grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt; then export TUNELOOM_ATTN_FULL_TILES=1; el "TUNELOOM_ATTN_FULL_TILES=1"; fi ;;
     sweep)

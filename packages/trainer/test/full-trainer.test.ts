@@ -5,9 +5,10 @@
  */
 import { describe, expect, test } from "bun:test";
 import path from "node:path";
-import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, GpuModel, writeTinyModel } from "@tuneloom/model";
+import { cpuReferenceForward, f16ToFloat32Array, float32ToF16Array, fusedF16Copies, GpuModel, writeTinyModel } from "@tuneloom/model";
 import { assembleBatch } from "../src/batching.ts";
 import { GpuError } from "@tuneloom/kernels";
+import { relError } from "@tuneloom/kernels/testing.ts";
 import { formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, fullParamSpecs, planFullBuffers } from "../src/full-memory.ts";
 import { FullTrainer } from "../src/gpu/full-trainer.ts";
 import { maxBindableBytes, planChunks } from "../src/gpu/param-chunks.ts";
@@ -93,6 +94,41 @@ describe("FullTrainer: 16-bit weights", () => {
     const labels = Int32Array.from({ length: T }, (_, t) => (t + 1 < T ? ids[t + 1]! : -100));
     const gpu = await model.nll(Int32Array.from(ids), Int32Array.from({ length: T }, (_, t) => t), new Int32Array(T), labels);
     expect(gpu.sum / gpu.count).toBeCloseTo(cpuLoss(cfg, rounded, ids), 3);
+  }, 120_000);
+});
+
+describe("FullTrainer: 16-bit weights against f32 weights", () => {
+  // On a GPU with subgroup matrices the f16 model's products (dW included) run on tensor cores, with
+  // and without the f16 copies written by SwiGLU and RMSNorm (decoder-layer.ts fusedF16Copies); the
+  // f32 model's run the exact f32 kernels. Both start from the same f32 masters, so the gradients
+  // differ by 16-bit rounding only (weights, operands).
+  test("every weight's gradient within 16-bit rounding of the f32 model's, fused copies on and off", async () => {
+    const dir = path.join(tempDir("full-f16-f32-"), "llama");
+    const { config: cfg } = writeTinyModel(dir, { arch: "llama", seed: 8 });
+    const rng = new Rng(21);
+    const ids = Array.from({ length: 32 }, () => rng.nextInt(cfg.vocabSize)); // T = 32: the tensor-core products take it
+    const ex = { inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } };
+    const batch = assembleBatch([[ex]], { padId: 0 });
+    const opts = { gradientCheckpointing: true, weightDecay: 0, maxGradNorm: 0 };
+    const f32 = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f32" }), opts);
+    const ref = await f32.step([batch], 0, 1, false);
+    const gb = [...(await f32.getGradients()).values()];
+    const was = fusedF16Copies.enabled;
+    try {
+      for (const fused of [true, false]) {
+        fusedF16Copies.enabled = fused;
+        const f16 = new FullTrainer(await GpuModel.load(dir, { weightDtype: "f16" }), opts);
+        const r = await f16.step([batch], 0, 1, false);
+        expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(2e-3);
+        const ga = [...(await f16.getGradients()).values()];
+        const flat = (xs: Float32Array[]) => Float32Array.from(xs.flatMap((x) => Array.from(x)));
+        const a = flat(ga), b = flat(gb);
+        expect(a.every(Number.isFinite)).toBe(true);
+        expect(relError(a, b)).toBeLessThan(2e-2);
+      }
+    } finally {
+      fusedF16Copies.enabled = was;
+    }
   }, 120_000);
 });
 
