@@ -113,16 +113,19 @@ describe("LoRA training step on the GPU", () => {
   test("16-bit weights: the step's loss and gradients are the f32 step's within 16-bit rounding", async () => {
     const batch = packedBatch(4, [20, 12]);
     const was = fusedF16Copies.enabled;
-    for (const [checkpointing, fused] of [[true, true], [false, true], [true, false]] as const) {
-      fusedF16Copies.enabled = fused; // off by default until this passes on a GPU (decoder-layer.ts)
-      const a = await trainerWithNonZeroB(checkpointing, 0, true, model16, 16), b = await trainerWithNonZeroB(checkpointing, 0, true, model, 16);
-      const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
-      expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(2e-3);
-      const ga = await model16.rt.read(a.grads), gb = await model.rt.read(b.grads);
-      expect(ga.every(Number.isFinite)).toBe(true);
-      expect(relError(ga, gb)).toBeLessThan(2e-2);
+    try {
+      for (const [checkpointing, fused] of [[true, true], [false, true], [true, false]] as const) {
+        fusedF16Copies.enabled = fused; // off by default until this passes on a GPU (decoder-layer.ts)
+        const a = await trainerWithNonZeroB(checkpointing, 0, true, model16, 16), b = await trainerWithNonZeroB(checkpointing, 0, true, model, 16);
+        const ra = await a.step([batch], 0, 1, false), rb = await b.step([batch], 0, 1, false);
+        expect(Math.abs(ra.loss - rb.loss) / rb.loss).toBeLessThan(2e-3);
+        const ga = await model16.rt.read(a.grads), gb = await model.rt.read(b.grads);
+        expect(ga.every(Number.isFinite)).toBe(true);
+        expect(relError(ga, gb)).toBeLessThan(2e-2);
+      }
+    } finally {
+      fusedF16Copies.enabled = was; // the other tests run with the default
     }
-    fusedF16Copies.enabled = was;
   });
 
   test("gradients match a finite difference of the loss along the gradient", async () => {
