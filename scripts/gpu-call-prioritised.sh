@@ -102,7 +102,9 @@ for step in $STEPS; do
       [ "$(left)" -gt 55 ] || { el "skip decode-8b"; continue; }
       el decode-8b
       timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl ;;
+      [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
+      # Session 10: eight words of W in flight per thread (gemv.ts gemvDepth), when its tests passed.
+      grep -q '^(fail) gemv with 8 words' $OUT/tests.txt 2>/dev/null || { [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_DEPTH=8 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl; } ;;
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;

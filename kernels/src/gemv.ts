@@ -66,6 +66,23 @@ const STORE = `fn store(m: u32, n: u32, s: f32) {
 const vecSources = new Map<string, KernelSource>();
 
 /**
+ * Words of W (16 bytes each) a thread loads before using any, across its RT rows: 4 (the default)
+ * or 8 (session 10, written before a GPU call measured it: at batch 1 the 8B model's down and o
+ * products read at 1.4-1.8 TB/s with 4, the LM head at 2.9; more loads in flight per thread is the
+ * first thing to try). `TUNELOOM_GEMV_DEPTH=8` for the device script's A/B; tests flip `words`.
+ */
+export const gemvDepth = { words: gemvDepthFrom(process.env.TUNELOOM_GEMV_DEPTH) };
+
+function gemvDepthFrom(v: string | undefined): 4 | 8 {
+  if (v === undefined || v === "" || v === "4") return 4;
+  if (v === "8") return 8;
+  throw new Error(`TUNELOOM_GEMV_DEPTH must be 4 or 8, got ${JSON.stringify(v)}`);
+}
+
+/** The part of a pipeline's name and cache key that depends on gemvDepth (empty at the default). */
+const depthTag = () => (gemvDepth.words === 4 ? "" : `_d${gemvDepth.words}`);
+
+/**
  * The aligned kernel's pieces for MS rows of x and RT rows of W per thread: module-scope
  * declarations (constants, workgroup memory, decode16) and `rows(fn, w, N, store)`, a function
  * `fn(n0, tid)` that computes output columns n0 … of y = x·wᵀ (N columns, written through
@@ -76,7 +93,7 @@ const vecSources = new Map<string, KernelSource>();
  * hence the x slices.
  */
 function vecParts(MS: number, RT: number) {
-  const U = Math.max(1, Math.min(4 / RT, Math.floor(8 / MS)));
+  const U = Math.max(1, Math.min(gemvDepth.words / RT, Math.floor(8 / MS)));
   const J = MS * RT;
   const JB = Math.min(J, JB_MAX);
   const rounds = (N: string, store: string) => {
@@ -166,7 +183,7 @@ ${rounds(N, store)}
 
 /** The aligned kernel for MS rows of x and RT rows of W per thread (vecParts). */
 function vecSource(MS: number, RT: number): KernelSource {
-  const key = `${MS}x${RT}`;
+  const key = `${MS}x${RT}${depthTag()}`;
   let s = vecSources.get(key);
   if (s) return s;
   const parts = vecParts(MS, RT);
@@ -187,7 +204,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   gemv_rows((wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT, tid);
 }
 `;
-  s = { name: `gemv_m${MS}_r${RT}`, code };
+  s = { name: `gemv_m${MS}_r${RT}${depthTag()}`, code };
   vecSources.set(key, s);
   return s;
 }
@@ -379,7 +396,7 @@ export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP === "1" }
 
 /** The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y. */
 function groupSource(MS: number, RT: number, n: number): KernelSource {
-  const key = `${MS}x${RT}x${n}`;
+  const key = `${MS}x${RT}x${n}${depthTag()}`;
   let s = groupSources.get(key);
   if (s) return s;
   const parts = vecParts(MS, RT);
@@ -419,7 +436,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   }).join("")}
 }
 `;
-  s = { name: `gemv_group${n}_m${MS}_r${RT}`, code };
+  s = { name: `gemv_group${n}_m${MS}_r${RT}${depthTag()}`, code };
   groupSources.set(key, s);
   return s;
 }

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvGroup, gemvGrouping, gemvSupported, Tensor } from "../src/index.ts";
+import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -161,6 +161,54 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
 
 // Decode's q/k/v and gate/up: one dispatch of the GPU kernel for two or three weights that read the
 // same x, each part's workgroups beside the others' (forced to the GPU form here on every device).
+// Eight words of W in flight per thread (gemvDepth, off by default until decode measures it): the
+// U·RT loads per round change with the rows per thread, and the last round of a row is partial
+// (K = 8·32·U·k + a remainder), so every rows-per-thread choice and a grouped call run here.
+describe("gemv with 8 words in flight per thread against float64", () => {
+  const was = gemvDepth.words;
+  beforeAll(() => { gemvDepth.words = 8; });
+  afterAll(() => { gemvDepth.words = was; });
+  test("rows of W per thread 1, 2, 4; M in {1, 3, 9}; K with a partial last round; f16 and bf16", async () => {
+    const N = 96, K = 8 * 32 * 8 + 40;
+    const rec = rt.recorder();
+    const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+    const held: Tensor[] = [];
+    for (const dtype of ["f16", "bf16"] as const) {
+      const { data, values } = weights(dtype, randn(N * K));
+      const tw = rt.upload(dtype, [N, K], data);
+      held.push(tw);
+      for (const rows of [1, 2, 4] as const) {
+        for (const M of [1, 3, 9]) {
+          const x = randn(M * K);
+          const tx = rt.upload("f32", [M, K], x), ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
+          held.push(tx, ty);
+          gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true }, { form: "lanes", rows });
+          checks.push({ out: ty, expect: ref(x, values, M, N, K, K, K), what: `${dtype} rows=${rows} M=${M}` });
+        }
+      }
+    }
+    await submitAndCheck(rec, checks, held);
+  }, COMPILE_TIMEOUT * 4);
+
+  test("grouped q/k/v-like parts, M = 1", async () => {
+    const was = gemvGrouping.enabled;
+    gemvGrouping.enabled = true;
+    try {
+      const Ns = [64, 16, 16], K = 8 * 32 * 8 + 8, M = 1;
+      const ws = Ns.map((N) => weights("f16", randn(N * K)));
+      const tws = ws.map((w, j) => rt.upload("f16", [Ns[j]!, K], w.data));
+      const x = randn(M * K);
+      const tx = rt.upload("f32", [M, K], x);
+      const tys = Ns.map((N) => rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN)));
+      const rec = rt.recorder();
+      expect(gemvGroup(rec, tx, M, K, Ns.map((_, j) => ({ w: tws[j]!, y: tys[j]! })), { form: "lanes" })).toBe(true);
+      await submitAndCheck(rec, Ns.map((N, j) => ({ out: tys[j]!, expect: ref(x, ws[j]!.values, M, N, K, K, K), what: `part ${j}` })), [...tws, tx, ...tys]);
+    } finally {
+      gemvGrouping.enabled = was;
+    }
+  }, COMPILE_TIMEOUT * 2);
+});
+
 describe("gemv group against float64", () => {
   const was = gemvGrouping.enabled; // off by default until it passes on a GPU (gemv.ts)
   beforeAll(() => { gemvGrouping.enabled = true; });

@@ -93,10 +93,10 @@ export function decodeTable(lines: Line[]): string {
   const rows = ["| model | GPU | batch 1 tok/s | ms/token | batch 16 tok/s (total) | HF generate tok/s (batch 1) | batch 1 ours/HF | call |", "|---|---|---|---|---|---|---|---|"];
   for (const m of models) {
     // Not the profiled runs (16 tokens, timestamp queries) nor the A/B rows with a form switched off.
-    const r = newestCall(lines, (l) => l.op === "decode" && l.model === m && l.batch === 1 && !l.profile && !l.ab_off);
+    const r = newestCall(lines, (l) => l.op === "decode" && l.model === m && l.batch === 1 && !l.profile && !l.ab_off && !l.ab_on);
     if (!r) continue;
     const [b1] = r.found as [Line];
-    const b16 = lines.findLast((l) => l.call === r.call && l.op === "decode" && l.model === m && l.batch === 16 && !l.profile && !l.ab_off);
+    const b16 = lines.findLast((l) => l.call === r.call && l.op === "decode" && l.model === m && l.batch === 16 && !l.profile && !l.ab_off && !l.ab_on);
     const hf = lines.findLast((l) => l.call === r.call && l.peer === "hf-generate" && l.model === m);
     rows.push(`| ${m} | ${b1.gpu} | ${fmt(b1.tok_s, 1)} | ${fmt(b1.ms_per_token, 2)} | ${fmt(b16?.tok_s, 1)} | ${fmt(hf?.decode_tok_s, 1)} | ${ratio(b1.tok_s, hf?.decode_tok_s)} | ${r.call} |`);
   }
