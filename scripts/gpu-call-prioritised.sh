@@ -3,7 +3,7 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b sweep train-3b profile-8b
+# STEPS (default: tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b wginit sweep train-3b profile-8b
 # train-llama8b train-small full profile-full serve multi-lora: what session 9 left unmeasured, in the
 # order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
@@ -16,6 +16,7 @@
 #   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
 #   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
 #   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
+#   wginit       the 1B profile and 8B decode with Dawn's workgroup-memory zero-init off (session 10)
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
@@ -41,7 +42,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
+STEPS=${*:-tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b wginit sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -105,6 +106,13 @@ for step in $STEPS; do
       [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 10: eight words of W in flight per thread (gemv.ts gemvDepth), when its tests passed.
       grep -q '^(fail) gemv with 8 words' $OUT/tests.txt 2>/dev/null || { [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_DEPTH=8 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl; } ;;
+    wginit)
+      # Session 10: Dawn's zero-initialisation of workgroup memory off (toggle disable_workgroup_init):
+      # the 1B step profiled and 8B decode with it (ab_on rows, against profile-1b and decode-8b).
+      # Every kernel here writes its workgroup memory before reading it; the GPU tests with the toggle
+      # on (TUNELOOM_DAWN_ENABLE=disable_workgroup_init bun test ...) must pass before it is adopted.
+      [ "$(left)" -gt 40 ] && el wginit && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/profile.jsonl
+      [ "$(left)" -gt 55 ] && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/decode.jsonl ;;
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
@@ -187,7 +195,7 @@ print('bad', [(r.get('cfg'),r.get('shape'),r.get('error','')[:100], r.get('relEr
 for r in rows:
   if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
 for r in rd('profile.jsonl'):
-  p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', 'A/B-off' if r.get('ab_off') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
+  p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', 'A/B-off '+r['ab_off'] if r.get('ab_off') else '', 'A/B-on '+r['ab_on'] if r.get('ab_on') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:25]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
   for r in rd(f): print(f, {k:r[k] for k in r if k not in ('call','gpu','device','profile')})

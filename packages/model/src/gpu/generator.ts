@@ -30,9 +30,10 @@
  * rather than replayed; steps without them replay as before.
  */
 import {
-  type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
+  type GpuRuntime, type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
   applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive, checkRowSlots,
 } from "@tuneloom/kernels";
+import type { ModelConfig } from "../config.ts";
 import { LORA_TARGETS } from "../lora-config.ts";
 import type { LoraSlots } from "./lora-slots.ts";
 import { type LayerActivations, type TokenBatch, allocLayerActivations, releaseTensors } from "./decoder-layer.ts";
@@ -108,6 +109,17 @@ export interface DecodeItem {
 }
 
 /** Byte offsets of one region each, every one at the device's storage-binding alignment. */
+/**
+ * Scratch for split-K decode attention over `span` keys: up to 32 splits of at least 32 keys
+ * (attentionDecode takes as many as the scratch holds, and fewer when the batch's kv heads already
+ * fill the GPU). The one rule for both the replayed step (span: the slot's whole context) and a
+ * step recorded afresh (span: the longest sequence), so a profiled step times the replayed kernels.
+ */
+function decodeAttentionScratch(rt: GpuRuntime, B: number, cfg: ModelConfig, span: number): Tensor {
+  const splits = Math.max(1, Math.min(32, Math.floor(span / 32)));
+  return rt.empty("f32", [attentionDecodeScratchSize(B, cfg.numHeads, cfg.headDim, splits)], "attn_decode_scratch");
+}
+
 function packRegions(align: number, bytes: readonly number[]): { at: number[]; size: number } {
   const at: number[] = [];
   let size = 0;
@@ -297,10 +309,8 @@ export class KvCacheGenerator {
       hostI32(2).set(Array.from({ length: B }, (_, b) => b)); // seq ids: row b is sequence b
       const tb: TokenBatch = { T: B, ids: i32In(0, "ids"), positions: i32In(1, "positions"), seqIds: i32In(2, "seq_ids") };
       const cacheRows = i32In(3, "cache_rows");
-      // Split-K decode attention: up to 32 splits of at least 32 keys over the slot's context
-      // (empty splits past a sequence's length cost next to nothing).
-      const splits = Math.max(1, Math.min(32, Math.floor(this.opts.maxContext / 32)));
-      const attnScratch = rt.empty("f32", [attentionDecodeScratchSize(B, model.cfg.numHeads, model.cfg.headDim, splits)], "attn_decode_scratch");
+      // Split over the slot's whole context (empty splits past a sequence's length cost next to nothing).
+      const attnScratch = decodeAttentionScratch(rt, B, model.cfg, this.opts.maxContext);
       owned.push(attnScratch);
       const dec = { offsets: i32In(4, "offsets"), lengths: i32In(5, "lengths"), maxLength: this.opts.maxContext, scratch: attnScratch };
       const rowParams = new Tensor(inputsBuf, "f32", [B, SAMPLING_ROW_FLOATS], inL.at[6]!, "sampling_rows");
@@ -383,10 +393,13 @@ export class KvCacheGenerator {
     const rt = model.rt, T = ids.length, B = logitRows.length, V = model.cfg.vocabSize;
     const tb = model.uploadTokens(ids, positions, seqIds);
     const rowsT = rt.upload("i32", [T], cacheRows, "cache_rows");
+    const maxLength = decode ? Math.max(...decode.lengths) : 0;
     const dec = decode && {
       offsets: rt.upload("i32", [B], decode.offsets, "offsets"),
       lengths: rt.upload("i32", [B], decode.lengths, "lengths"),
-      maxLength: Math.max(...decode.lengths),
+      maxLength,
+      // the replayed step's split-K attention, so a profiled (fresh) step times the same kernels
+      scratch: decodeAttentionScratch(rt, B, model.cfg, maxLength),
     };
     const acts = this.activations(T, lora, loraSlots !== null);
     const slotsT = loraSlots ? rt.upload("i32", [T], loraSlots, "lora_slots") : undefined;
@@ -425,7 +438,7 @@ export class KvCacheGenerator {
       const tok = new Int32Array(read[0]!), lp = new Float32Array(read[1]!);
       const ti = read[2] ? new Int32Array(read[2]) : null, tl = read[3] ? new Float32Array(read[3]) : null;
       rec.release();
-      rt.release(rowsT, slotsT, logits, rawLogits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
+      rt.release(rowsT, slotsT, logits, rawLogits, rowParams, tokens, logprobs, topIds, topLogprobs, dec?.offsets, dec?.lengths, dec?.scratch, ...fwd.scratch, penalties?.params, penalties?.offsets, penalties?.entries);
       releaseTensors(rt, acts);
       model.releaseTokens(tb);
       return Array.from(tok, (token, b) => ({
