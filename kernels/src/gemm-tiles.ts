@@ -50,6 +50,14 @@ export interface TcConfig {
    */
   unrolled?: boolean;
   /**
+   * Staged, double-buffered and unrolled only (name suffix `i` after `u`): a two-slice-deep
+   * pipeline. Slice s + 2 is loaded into registers while slice s's products run, and slice s + 1
+   * (loaded one slice earlier, so its latency is already hidden) is stored into the other buffer in
+   * chunks between the products' 16-deep steps; the loop is unrolled by two so both buffers'
+   * offsets are constants. One barrier per slice. (Session 10, measured by the variants step.)
+   */
+  interleaved?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -72,8 +80,9 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(i?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[i]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 2x4_4x2sdg8ui or 4x4_2x2sk64d)`);
+  if (m[10] === "i" && !(m[7] === "d" && m[9] === "u")) throw new Error(`bad tensor-core config '${s}': the interleaved pipeline (i) needs double buffering (d) and the unrolled copy (u)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -82,13 +91,14 @@ export function parseTcConfig(s: string): TcConfig {
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
-    ...(m[10] ? { diag: m[10] as TcConfig["diag"] } : {}),
-    ...(m[11] === "c" ? { constStrides: true } : {}),
+    ...(m[10] === "i" ? { interleaved: true } : {}),
+    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
+    ...(m[12] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.interleaved ? "i" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA

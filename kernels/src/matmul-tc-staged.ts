@@ -158,7 +158,10 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
-  const mainLoop = double
+  if (cfg.interleaved && !(double && cfg.unrolled)) throw new Error("stagedSource: the interleaved pipeline needs double buffering and the unrolled copy");
+  const mainLoop = cfg.interleaved
+    ? interleavedLoop(copy as ReturnType<typeof unrolledCopy>, BK, aHalves, bHalves)
+    : double
     ? `${firstLoads}
   var cur = 0u;
   {
@@ -240,7 +243,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.interleaved ? "i" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -315,17 +318,24 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
     `${arr}[${at} + 2u] = bitcast<vec2<f16>>(${w}.y).x; ${arr}[${at} + 3u] = bitcast<vec2<f16>>(${w}.y).y; ` +
     `${arr}[${at} + 4u] = bitcast<vec2<f16>>(${w}.z).x; ${arr}[${at} + 5u] = bitcast<vec2<f16>>(${w}.z).y; ` +
     `${arr}[${at} + 6u] = bitcast<vec2<f16>>(${w}.w).x; ${arr}[${at} + 7u] = bitcast<vec2<f16>>(${w}.w).y;`;
-  const store = (aOff: string, bOff: string) => [
-    `    { let sa = ${aOff} + aS; let sb = ${bOff} + bS;`,
-    ...ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = sa + ${i * A.rowsPerPass * AS}u; ${put("As", "at", `ra${i}`)} }`),
-    ...ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = sb + ${i * B.rowsPerPass * BS}u; ${put("Bs", "at", `rb${i}`)} }`),
-    "    }",
-  ].join("\n");
+  // The stores of a slice from registers `${ra}i`/`${rb}i` into the buffer at aOff/bOff, in `n`
+  // chunks (each a block of its own; together every A pass, then every B pass, once).
+  const storeChunks = (aOff: string, bOff: string, n: number, ra = "ra", rb = "rb") => {
+    const parts = [
+      ...ids(A.passes).map((i) => `${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${put("As", "at", `${ra}${i}`)} }`),
+      ...ids(B.passes).map((i) => `${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${put("Bs", "at", `${rb}${i}`)} }`),
+    ];
+    const per = Math.ceil(parts.length / n);
+    return ids(n).map((c) => `    {\n${parts.slice(c * per, (c + 1) * per).map((l) => `    ${l}`).join("\n")}\n    }`);
+  };
+  const store = (aOff: string, bOff: string) => storeChunks(aOff, bOff, 1)[0]!;
+  // The registers of the slice in flight copied aside (sa, sb), so the next loads can reuse ra/rb.
+  const snapshot = [...ids(A.passes).map((i) => `let sa${i} = ra${i};`), ...ids(B.passes).map((i) => `let sb${i} = rb${i};`)].join(" ");
   const rightLoad = (j: number, kk: number) =>
     transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
-  const products = ids(BK / 16).map((s) => {
+  const productSteps = ids(BK / 16).map((s) => {
     const kk = 16 * s;
     return `    {
 ${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + ${kk}u, ${AS}u);`).join("\n")}
@@ -333,12 +343,57 @@ ${ids(tn).map((j) => `      { let q = ${rightLoad(j, kk)};
 ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q, acc${i}${j});`).join("\n")}
       }`).join("\n")}
     }`;
-  }).join("\n");
+  });
   return {
     setup,
     first: loads("0u", "  "),
     next: loads(`k0 + ${BK}u`, "      "),
+    /** The loads of the slice at K offset `k` (a WGSL expression) into ra/rb. */
+    loadsAt: (k: string) => loads(k, "      "),
     store,
-    products,
+    storeChunks,
+    snapshot,
+    products: productSteps.join("\n"),
+    /** The products of one slice, one block per 16-deep step (buffer at aOff/bOff). */
+    productSteps,
   };
+}
+
+/**
+ * The interleaved pipeline's main loop (TcConfig.interleaved): two buffers, unrolled by two so
+ * each half reads one buffer at constant offsets and fills the other. Registers ra/rb hold the
+ * next slice on entry to a half; they are copied aside (sa/sb), the slice after next is loaded
+ * into ra/rb, and sa/sb are stored into the other buffer in chunks between the 16-deep product
+ * steps. One barrier per slice.
+ */
+function interleavedLoop(copy: ReturnType<typeof unrolledCopy>, BK: number, aHalves: number, bHalves: number): string {
+  const steps = copy.productSteps;
+  const half = (k: string, cur: number) => {
+    const [aOff, bOff] = [`${cur * aHalves}u`, `${cur * bHalves}u`];
+    const [aNext, bNext] = [`${(1 - cur) * aHalves}u`, `${(1 - cur) * bHalves}u`];
+    const chunks = copy.storeChunks(aNext, bNext, steps.length, "sa", "sb");
+    return `    {
+      let k0 = ${k};
+      let more = k0 + ${BK}u < p.K;
+      ${copy.snapshot}
+      if (k0 + ${2 * BK}u < p.K) {
+${copy.loadsAt(`k0 + ${2 * BK}u`)}
+      }
+      let aOff = ${aOff}; let bOff = ${bOff};
+${steps.map((st, i) => `${st}\n    if (more) ${chunks[i]!.trimStart()}`).join("\n")}
+      workgroupBarrier();
+    }`;
+  };
+  return `${copy.setup}${copy.first}
+${copy.store("0u", "0u")}
+  if (${BK}u < p.K) {
+${copy.loadsAt(`${BK}u`)}
+  }
+  workgroupBarrier();
+  for (var kp = 0u; kp < p.K; kp += ${2 * BK}u) {
+${half("kp", 0)}
+    if (kp + ${BK}u < p.K) {
+${half(`kp + ${BK}u`, 1)}
+    }
+  }`;
 }
