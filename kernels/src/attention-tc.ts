@@ -97,6 +97,13 @@ const LANE_COLUMNS = `  let half = lid % 2u;
 /** WGSL for the uniform `full` of a tile (fullTile) in the full-tile form, else the constant false. */
 const fullOf = (fast: boolean, r0: string, r1: string, k0: string) => `let full = ${fast ? `fullTile(${r0}, ${r1}, ${k0})` : "false"};`;
 
+/**
+ * Row r's scaled score at column `c` after maskedTileMax: that pass writes scale·S (or NEG where
+ * masked) back into Sw, except in a full tile, which keeps the raw S (no write-back) and is
+ * scaled here, the same product and so the same bits.
+ */
+const tileScore = (L: TileLayout, c: string) => `select(Sw[r * ${L.sLd}u + ${c}], p.scale * Sw[r * ${L.sLd}u + ${c}], full)`;
+
 function forwardSource(hd: number, L: TileLayout, fast = false): KernelSource {
   const D = hd / 16; // 16-wide blocks along the head dim
   const J = BK / 16; // 16-key blocks per tile
@@ -112,7 +119,7 @@ ${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join
 ${keyTileLoop(`${maskedTileMax(hd, L, false, fast)}
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
-        let x = Sw[r * ${L.sLd}u + ${L.col("i")}];
+        let x = ${tileScore(L, L.col("i"))};
         sum += select(0.0, exp(x - mNew), x > NEG_HALF);
       }
       sum += subgroupShuffleXor(sum, 1u);
@@ -160,7 +167,7 @@ ${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
         let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], full || allowed(ti, si, k0 + c, colSeq[c]));
-        Sw[r * ${L.sLd}u + c] = x;
+        if (!full) { Sw[r * ${L.sLd}u + c] = x; } // a full tile keeps the raw scores (tileScore)
         tileMax = max(tileMax, x);
       }
       let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));`;
@@ -234,7 +241,7 @@ ${loop(`${maskedTileMax(hd, L, staged, fast)}
       var sum = 0.0;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
-        let x = Sw[r * ${L.sLd}u + c];
+        let x = ${tileScore(L, "c")};
         let pr = select(0.0, exp(x - mNew), x > NEG_HALF);
         Pw[r * ${L.pLd}u + c] = f16(pr);
         sum += pr;
