@@ -14,6 +14,7 @@
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
 #   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
+#   profile-qwen one profiled Qwen2.5-0.5B LoRA step (profile.jsonl)
 #   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
 #   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
 #   wginit       the 1B profile and 8B decode with Dawn's workgroup-memory zero-init off (session 10)
@@ -94,6 +95,9 @@ for step in $STEPS; do
       [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
+    profile-qwen)
+      # Session 10: one profiled Qwen2.5-0.5B LoRA step (152k vocabulary: where its time goes, for the ≥ 2× target).
+      [ "$(left)" -gt 40 ] && el profile-qwen && timeout 40 bun run bench -- --train --model qwen2.5-0.5b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
     profile-8b)
       # One profiled Llama-3.1-8B step (built-in shape, random weights): where the 8B time goes.
       [ "$(left)" -gt 150 ] && el profile-8b && timeout 150 bun run bench -- --train --model llama3.1-8b --batch 8 --seq 512 --rank 16 --steps 2 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
