@@ -34,9 +34,10 @@ export interface TcConfig {
   /**
    * Staged only, for measurements (results are wrong): leave one stage of the main loop out to
    * see what it costs: "no-loads" (global → registers), "no-stores" (registers → workgroup
-   * memory), "no-products" (the subgroup-matrix loads and products).
+   * memory), "no-products" (the subgroup-matrix loads and products), "no-barriers" (the two
+   * workgroup barriers per slice: what the synchronisation itself costs).
    */
-  diag?: "no-loads" | "no-stores" | "no-products";
+  diag?: "no-loads" | "no-stores" | "no-products" | "no-barriers";
   /**
    * Staged only: grouped raster (name suffix `gG`). Consecutive workgroups walk G rows of tiles
    * down one column of tiles before moving right, so a wave of workgroups shares G row panels of A
@@ -80,7 +81,7 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(i?)(?:-(no-loads|no-stores|no-products))?|(c))?$/.exec(s);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(i?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
   if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[i]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 2x4_4x2sdg8ui or 4x4_2x2sk64d)`);
   if (m[10] === "i" && !(m[7] === "d" && m[9] === "u")) throw new Error(`bad tensor-core config '${s}': the interleaved pipeline (i) needs double buffering (d) and the unrolled copy (u)`);
   const staged = m[5] === "s";

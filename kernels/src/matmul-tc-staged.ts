@@ -191,14 +191,14 @@ ${copy.store("aOff", "bOff")}
 ${diag === "no-stores" ? `    if (k0 == 0u) {
 ${copy.store("aOff", "bOff")}
     }` : copy.store("aOff", "bOff")}
-    workgroupBarrier();
+    ${diag === "no-barriers" ? "" : "workgroupBarrier();"}
     if (k0 + ${BK}u < p.K${diag === "no-loads" ? " && k0 == 0u" : ""}) {
 ${nextLoads}
     }
 ${diag === "no-products" ? `    if (k0 == 0u) {
 ${copy.products}
     }` : copy.products}
-    workgroupBarrier();
+    ${diag === "no-barriers" ? "" : "workgroupBarrier();"}
   }`;
   const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
