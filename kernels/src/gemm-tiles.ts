@@ -59,6 +59,14 @@ export interface TcConfig {
    */
   interleaved?: boolean;
   /**
+   * Unrolled only (name suffix `w` after `u`): bank-conflict-free workgroup stores. WGSL stores the
+   * f16 tiles one half at a time, and with each thread writing its 16-byte chunk in order the 32
+   * lanes of a subgroup land in 8 banks (4-way conflicts on every store). Here each lane starts at
+   * a different word of its chunk (a rotation by its rank among the lanes that share banks), so
+   * every store instruction touches 32 distinct banks. (Session 10, measured by the variants step.)
+   */
+  conflictFree?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -81,9 +89,10 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(i?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[i]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 2x4_4x2sdg8ui or 4x4_2x2sk64d)`);
-  if (m[10] === "i" && !(m[7] === "d" && m[9] === "u")) throw new Error(`bad tensor-core config '${s}': the interleaved pipeline (i) needs double buffering (d) and the unrolled copy (u)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(w?)(i?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[w][i]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 2x4_4x2sdg8ui or 4x4_2x2sk64d)`);
+  if (m[11] === "i" && !(m[7] === "d" && m[9] === "u")) throw new Error(`bad tensor-core config '${s}': the interleaved pipeline (i) needs double buffering (d) and the unrolled copy (u)`);
+  if (m[10] === "w" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': conflict-free stores (w) are a form of the unrolled copy (u)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -92,14 +101,15 @@ export function parseTcConfig(s: string): TcConfig {
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
-    ...(m[10] === "i" ? { interleaved: true } : {}),
-    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
-    ...(m[12] === "c" ? { constStrides: true } : {}),
+    ...(m[10] === "w" ? { conflictFree: true } : {}),
+    ...(m[11] === "i" ? { interleaved: true } : {}),
+    ...(m[12] ? { diag: m[12] as TcConfig["diag"] } : {}),
+    ...(m[13] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.interleaved ? "i" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.conflictFree ? "w" : ""}${c.interleaved ? "i" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA

@@ -37,12 +37,12 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 },
     // The unrolled copy (session 8): the table's forms, 8 subgroups over 128×256 and 256×128,
     // 8 subgroups of 2×4 matrices, double buffering, and 16-row tiles whose copy leaves threads idle.
-    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "2x4_4x2sdg8ui", "4x4_2x2sdg8ui", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u"].map(parseTcConfig),
+    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "2x4_4x2sdg8ui", "4x4_2x2sdg8ui", "2x4_4x2sk64g8uw", "4x4_2x2sk64g8uw", "2x4_4x2sdg8uwi", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
-        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}${cfg.unrolled ? " unrolled" : ""}${cfg.interleaved ? " interleaved" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
+        test(`${cfg.tm}x${cfg.tn}_${cfg.sgm}x${cfg.sgn}${cfg.staged ? ` staged k${cfg.bk ?? 32}${cfg.double ? " double" : ""}${cfg.group ? ` group ${cfg.group}` : ""}${cfg.unrolled ? " unrolled" : ""}${cfg.conflictFree ? " conflict-free" : ""}${cfg.interleaved ? " interleaved" : ""}` : ""} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
           const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
           const a = fromF16Bits(aBits), b = fromF16Bits(bBits);
           const c0 = randn(M * N);
@@ -186,13 +186,14 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "2x4_4x2sdg8ui", "4x4_2x2sk16dui"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "2x4_4x2sdg8ui", "4x4_2x2sk16dui", "2x4_4x2sk64g8uw", "2x4_4x2sdg8uwi"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
   expect(parseTcConfig("4x4_2x2sk64g8u")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8, unrolled: true });
   expect(parseTcConfig("2x4_4x2sdg8ui")).toEqual({ tm: 2, tn: 4, sgm: 4, sgn: 2, staged: true, bk: 32, double: true, group: 8, unrolled: true, interleaved: true });
   // The interleaved pipeline is a form of the double-buffered unrolled kernel only.
+  expect(() => parseTcConfig("2x4_4x2sk64g8w")).toThrow("form of the unrolled copy (u)");
   for (const bad of ["2x4_4x2sg8ui", "2x4_4x2sdg8i"]) expect(() => parseTcConfig(bad)).toThrow("needs double buffering (d) and the unrolled copy (u)");
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   // Session 7's losing variants (rotated stores r, matrix-copy staging m, global prefetch p) are gone.
@@ -200,7 +201,7 @@ test("tile configuration names parse and print back", () => {
   // Kernels are cached by name, so configs that differ in any one field must have different names.
   const base: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   const oneFieldApart: TcConfig[] = [base, { ...base, double: true }, { ...base, bk: 32 },
-    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { ...base, unrolled: true }, { ...base, double: true, unrolled: true, interleaved: true }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
+    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { ...base, unrolled: true }, { ...base, double: true, unrolled: true, interleaved: true }, { ...base, unrolled: true, conflictFree: true }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, constStrides: true }];
   expect(new Set(oneFieldApart.map(tcConfigName)).size).toBe(oneFieldApart.length);
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");

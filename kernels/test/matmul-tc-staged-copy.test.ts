@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { stagedGeometry, storeRotation, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -17,7 +17,7 @@ const PARAMS = TC_PREAMBLE.slice(TC_PREAMBLE.indexOf("struct Params"));
 function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
-  const copy = unrolledCopy(transB, g);
+  const copy = unrolledCopy(transB, g, { conflictFree: cfg.conflictFree });
   const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
   const code = `enable f16;
 ${PARAMS}
@@ -62,6 +62,11 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["1x4_1x4sk16u", 48, 272, 48],
     ["1x4_1x4sk64u", 48, 272, 80],
     ["2x4_4x1sk64u", 272, 64, 96],
+    // Conflict-free (rotated) stores: the same placement, each lane's words in another order.
+    ["2x4_4x2sk64g8uw", 272, 144, 96],
+    ["4x4_2x2sg8uw", 272, 144, 80],
+    ["2x4_4x2sdg8uwi", 144, 160, 80],
+    ["1x4_1x4sk16uw", 48, 272, 48],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
@@ -116,5 +121,27 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
         rt.release(ta, tb);
       }, 30_000); // a new pipeline compiles in seconds on lavapipe
     }
+  }
+});
+
+describe("conflict-free staged stores: bank arithmetic", () => {
+  // Every staged row layout of the unrolled copy (A [m][k]: BK/8 chunks per row; B [n][k] the
+  // same, or [k][n]: BN/8 chunks), at the padded strides stagedGeometry gives.
+  const layouts = new Set<string>();
+  for (const name of ["4x4_2x2sk64g8u", "4x4_2x2sg8u", "2x4_4x2sk64g8u", "4x2_2x4sg8u", "2x2_4x4sk64g8u", "4x4_2x4sk16g8u", "1x4_1x4sk64u", "2x4_4x1sk64u"]) {
+    for (const transB of [true, false]) {
+      const g = stagedGeometry(transB, parseTcConfig(name));
+      layouts.add(`${g.BK / 8}:${g.AS}`);
+      layouts.add(transB ? `${g.BK / 8}:${g.BS}` : `${g.BN / 8}:${g.BS}`);
+    }
+  }
+  for (const key of layouts) {
+    const [perRow, stride] = key.split(":").map(Number) as [number, number];
+    test(`${perRow} chunks per row, stride ${stride} halves: in-order stores collide, rotated ones use 32 banks`, () => {
+      const r = storeRotation(perRow, stride);
+      expect(r.conflicts).toBe(1);
+      expect(r.unrotated).toBeGreaterThan(1); // what the rotation is for
+      expect(r.rho.every((x) => x >= 0 && x < 4)).toBe(true);
+    });
   }
 });
