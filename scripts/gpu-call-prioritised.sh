@@ -17,6 +17,7 @@
 #   profile-qwen one profiled Qwen2.5-0.5B LoRA step (profile.jsonl)
 #   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
 #   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
+#   profile-1b-cf-ab the same with attention's conflict-free staged stores (session 10) off
 #   wginit       the 1B profile and 8B decode with Dawn's workgroup-memory zero-init off (session 10)
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
@@ -82,7 +83,9 @@ for step in $STEPS; do
       if grep -q "^(pass) .*the step's loss and gradients are the f32 step's" $OUT/tests.txt && grep -q "^(pass) .*within 16-bit rounding of the f32 model's, fused copies on and off" $OUT/tests.txt \
         && grep -q "^(pass) .*fused 16-bit copy" $OUT/tests.txt && ! grep -q "^(fail) .*fused 16-bit cop" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=1; el "TUNELOOM_FUSED_F16=1"; fi
       if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi
-      if grep -q "^(pass) .*full tiles unmasked" $OUT/tests.txt && ! grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt; then export TUNELOOM_ATTN_FULL_TILES=1; el "TUNELOOM_ATTN_FULL_TILES=1"; fi ;;
+      if grep -q "^(pass) .*full tiles unmasked" $OUT/tests.txt && ! grep "^(fail) .*full tiles unmasked" $OUT/tests.txt | grep -vq "conflict-free"; then export TUNELOOM_ATTN_FULL_TILES=1; el "TUNELOOM_ATTN_FULL_TILES=1"; fi
+      # Session 10 (off by default, written before a GPU call): attention's staged tiles stored without bank conflicts.
+      if grep -q "^(pass) .*conflict-free staged stores" $OUT/tests.txt && ! grep -q "^(fail) .*conflict-free staged stores" $OUT/tests.txt; then export TUNELOOM_ATTN_CONFLICT_FREE=1; el "TUNELOOM_ATTN_CONFLICT_FREE=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
@@ -120,6 +123,9 @@ for step in $STEPS; do
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
+    profile-1b-cf-ab)
+      # Session 10: the 1B step with attention's conflict-free staged stores off (A/B against profile-1b).
+      [ "$(left)" -gt 40 ] && el profile-cf-ab && TUNELOOM_ATTN_CONFLICT_FREE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_conflict_free",/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-attn-ab)
       # Session 9: the 1B step with attention's full-tile form off (A/B against profile-1b).
       [ "$(left)" -gt 40 ] && el profile-attn-ab && TUNELOOM_ATTN_FULL_TILES=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_full_tiles",/' | stamp >> $OUT/profile.jsonl ;;

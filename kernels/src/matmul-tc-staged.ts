@@ -14,6 +14,7 @@
  */
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./gemm-tiles.ts";
+import { chunkStore, laneRotation } from "./staged-stores.ts";
 
 /** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
 export const TC_PREAMBLE = `enable f16;
@@ -271,42 +272,6 @@ function copyPlan(threads: number, rows: number, cols: number) {
 }
 
 /**
- * Word rotation per lane for bank-conflict-free f16 stores (TcConfig.conflictFree). Lane l of a
- * subgroup copies the 16-byte chunk at row l / perRow, halves 8·(l % perRow) of a staged tile with
- * row stride `stride` halves; the chunk's 4 words start in bank 4·g, g = (row·stride/8 + l % perRow)
- * mod 8. Lanes of one g collide on every store when they all write word 0, then 1, …; a lane whose
- * rank among the lanes of its g is ρ writes word (s + ρ) mod 4 at step s instead. Returns ρ for the
- * 32 lanes (the same for every subgroup and pass: both shift all lanes' chunks by one offset when
- * perRow divides 32) and the worst number of lanes per bank per store, rotated and not.
- */
-export function storeRotation(perRow: number, stride: number): { rho: number[]; conflicts: number; unrotated: number } {
-  if (32 % perRow !== 0 || stride % 8 !== 0) throw new Error(`storeRotation: needs perRow dividing 32 (got ${perRow}) and a stride of whole 16-byte chunks (got ${stride} halves)`);
-  const group = (l: number) => (Math.floor(l / perRow) * (stride / 8) + (l % perRow)) % 8;
-  const seen = new Array<number>(8).fill(0);
-  const rho = Array.from({ length: 32 }, (_, l) => seen[group(l)]!++ % 4);
-  // The most lanes that hit one bank in one store step, with the rotation r(l).
-  const worst = (r: (l: number) => number) => {
-    let most = 1;
-    for (let step = 0; step < 4; step++) {
-      const banks = new Map<number, number>();
-      for (let l = 0; l < 32; l++) {
-        const bank = 4 * group(l) + ((step + r(l)) % 4);
-        banks.set(bank, (banks.get(bank) ?? 0) + 1);
-        most = Math.max(most, banks.get(bank)!);
-      }
-    }
-    return most;
-  };
-  return { rho, conflicts: worst((l) => rho[l]!), unrotated: worst(() => 0) };
-}
-
-/** ρ of storeRotation packed 2 bits per lane: [lanes 0-15, lanes 16-31] as WGSL u32 literals. */
-function packedRotation(rho: readonly number[]): [string, string] {
-  const word = (from: number) => rho.slice(from, from + 16).reduce((w, r, i) => (w | (r << (2 * i))) >>> 0, 0);
-  return [`${word(0)}u`, `${word(16)}u`];
-}
-
-/**
  * The copy and product stages of the staged kernel in unrolled form (TcConfig.unrolled, name
  * suffix `u`), the structure of NVIDIA's vk_cooperative_matrix_perf shared-memory shader: each
  * thread owns one 8-half column of the slice and copies the same column of every
@@ -339,9 +304,10 @@ ${transB
   let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
   let aS = ar0 * ${AS}u + akq;
   let bS = br0 * ${BS}u + bkq;${rotated ? `
-  // Conflict-free stores: this lane's first word of each 16-byte chunk (storeRotation).
-  let rotA = (select(${packedRotation(storeRotation(A.perRow, AS).rho).join(", ")}, (tid & 31u) >= 16u) >> (2u * (tid & 15u))) & 3u;
-  let rotB = (select(${packedRotation(storeRotation(B.perRow, BS).rho).join(", ")}, (tid & 31u) >= 16u) >> (2u * (tid & 15u))) & 3u;` : ""}
+
+  // Conflict-free stores: this lane's first word of each 16-byte chunk (staged-stores.ts).
+  let rotA = ${laneRotation(A.perRow, AS, "tid")};
+  let rotB = ${laneRotation(B.perRow, BS, "tid")};` : ""}
 ${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
 ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
@@ -354,17 +320,8 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
       ? `${indent}rb${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
       : `${indent}rb${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
   ].join("\n");
-  // The 8 halves of register `w` into arr[at …]: in order, or (rotated) word (s + rot) mod 4 at step s.
-  const put = (arr: string, at: string, w: string) => {
-    if (!rotated) {
-      return `${arr}[${at}] = bitcast<vec2<f16>>(${w}.x).x; ${arr}[${at} + 1u] = bitcast<vec2<f16>>(${w}.x).y; ` +
-        `${arr}[${at} + 2u] = bitcast<vec2<f16>>(${w}.y).x; ${arr}[${at} + 3u] = bitcast<vec2<f16>>(${w}.y).y; ` +
-        `${arr}[${at} + 4u] = bitcast<vec2<f16>>(${w}.z).x; ${arr}[${at} + 5u] = bitcast<vec2<f16>>(${w}.z).y; ` +
-        `${arr}[${at} + 6u] = bitcast<vec2<f16>>(${w}.w).x; ${arr}[${at} + 7u] = bitcast<vec2<f16>>(${w}.w).y;`;
-    }
-    const rot = arr === "As" ? "rotA" : "rotB";
-    return ids(4).map((st) => `{ let wi = (${st}u + ${rot}) & 3u; let h = bitcast<vec2<f16>>(${w}[wi]); ${arr}[${at} + 2u * wi] = h.x; ${arr}[${at} + 2u * wi + 1u] = h.y; }`).join(" ");
-  };
+  // The 8 halves of register `w` into arr[at …] (rotated: each lane in its own word order).
+  const put = (arr: string, at: string, w: string) => chunkStore(arr, at, w, rotated ? (arr === "As" ? "rotA" : "rotB") : undefined);
   // The stores of a slice from registers `${ra}i`/`${rb}i` into the buffer at aOff/bOff, in `n`
   // chunks (each a block of its own; together every A pass, then every B pass, once).
   const storeChunks = (aOff: string, bOff: string, n: number, ra = "ra", rb = "rb") => {

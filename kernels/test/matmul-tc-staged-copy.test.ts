@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { stagedGeometry, storeRotation, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { storeRotation } from "../src/staged-stores.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { attentionTcSource } from "../src/attention-tc.ts";
+import { attentionTcForm, attentionTcSource } from "../src/attention-tc.ts";
 import { stagedSource } from "../src/matmul-tc-staged.ts";
 
 // The tensor-core kernels need subgroup matrices, which lavapipe lacks, so their WGSL is otherwise
@@ -79,6 +79,17 @@ describe.skipIf(!f16Ok)("tensor-core WGSL compiles (subgroup matrices stood in)"
           if (staged && hd === 128) continue; // no staged form fits hd 128
           for (const fullTiles of [false, true]) {
             expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv", fullTiles }).code)).toEqual([]);
+          }
+          if (staged) { // conflict-free staged stores (a form switch read when the source is built)
+            const was = attentionTcForm.conflictFree;
+            attentionTcForm.conflictFree = true;
+            try {
+              const src = attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv" });
+              expect(src.name).toContain("_stw");
+              expect(await compiles(src.code)).toEqual([]);
+            } finally {
+              attentionTcForm.conflictFree = was;
+            }
           }
         }
         // the two-sweep forward (its sweep 2 has its own mask test)
