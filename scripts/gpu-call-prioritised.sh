@@ -176,7 +176,7 @@ for step in $STEPS; do
       # picks, on 4096³ and Llama's up and down products (VARIANT_CONFIGS replaces the list).
       # Session 10: the interleaved two-slice pipeline (`…sdg8ui`, gemm-tiles.ts TcConfig.interleaved).
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sdg8ui,4x2_2x4sdg8ui,2x4_4x2sdg8u,4x4_2x2sg8u,2x4_4x2sg8u,4x2_2x4sk64g8u,4x2_2x4sg8u,2x2_4x4sk64g8u,2x2_4x4sg8u,2x4_4x2sk64g4u,2x4_4x2sk64g16u} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8u,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sdg8ui,4x2_2x4sdg8ui,2x4_4x2sdg8u,4x4_2x2sg8u,2x4_4x2sg8u,4x2_2x4sk64g8u,4x2_2x4sg8u,2x2_4x4sk64g8u,2x2_4x4sg8u,2x4_4x2sk64g4u,2x4_4x2sk64g16u} \
         --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the dy·W winner costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
@@ -184,7 +184,10 @@ for step in $STEPS; do
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # The unrolled copy for the rest of the call when the table's picks gain from it on these shapes
       # (geometric mean of the u form over the plain one, both forms).
-      if [ -z "${UNROLLED_FAILED:-}" ] && [ "$(python3 scripts/unrolled-gain.py $OUT/gemm.jsonl)" = yes ]; then export TUNELOOM_GEMM_UNROLLED=1; el "TUNELOOM_GEMM_UNROLLED=1"; fi ;;
+      if [ -z "${UNROLLED_FAILED:-}" ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl '' u 4x4_2x2sk64g8,4x4_2x2sg8)" = yes ]; then export TUNELOOM_GEMM_UNROLLED=1; el "TUNELOOM_GEMM_UNROLLED=1"; fi
+      # Session 10: conflict-free stores (w) for every staged pick when the w tiles beat their u forms
+      # (relErr checked by the bench: a wrong result is not a measurement).
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8)" = yes ]; then export TUNELOOM_GEMM_CONFLICT_FREE=1; el "TUNELOOM_GEMM_CONFLICT_FREE=1"; fi ;;
     *) echo "unknown step $step" ;;
   esac
 done

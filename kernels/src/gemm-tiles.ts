@@ -135,9 +135,27 @@ export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
  */
 export const unrolledStaging = { enabled: process.env.TUNELOOM_GEMM_UNROLLED === "1" };
 
-/** cfg in the staged form currently chosen (unrolled where unrolledStaging is on and the tile allows). */
+/**
+ * Session 10's conflict-free stores for every staged product (`TUNELOOM_GEMM_CONFLICT_FREE=1`, set
+ * by the device script when its variants step measures the `w` tiles ahead of the `u` ones): every
+ * staged pick unrolled with conflict-free stores where the tile allows. The one owner of that switch.
+ */
+export const conflictFreeStaging = { enabled: process.env.TUNELOOM_GEMM_CONFLICT_FREE === "1" };
+
+/** Whether the tile's staged rows allow conflict-free stores (staged-stores.ts: chunks per row dividing 32). */
+function conflictFreeFits(cfg: TcConfig, transB: boolean): boolean {
+  const BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
+  return 32 % (BK / 8) === 0 && (transB || 32 % (BN / 8) === 0);
+}
+
+/**
+ * cfg in the staged form currently chosen: unrolled where unrolledStaging is on, unrolled with
+ * conflict-free stores where conflictFreeStaging is; only where the tile allows.
+ */
 export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
-  return unrolledStaging.enabled && cfg.staged && !cfg.diag && unrolledCopyFits(cfg, transB) ? { ...cfg, unrolled: true } : cfg;
+  if (!cfg.staged || cfg.diag || !unrolledCopyFits(cfg, transB)) return cfg;
+  if (conflictFreeStaging.enabled && conflictFreeFits(cfg, transB)) return { ...cfg, unrolled: true, conflictFree: true };
+  return unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
 }
 
 const measured = new Map<string, TcConfig>();

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, conflictFreeStaging, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -239,6 +239,25 @@ test("the unrolled switch turns every staged pick unrolled where the tile allows
     expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).unrolled).toBeUndefined(); // the global kernel
   } finally {
     unrolledStaging.enabled = was;
+  }
+});
+
+test("the conflict-free switch turns every staged pick unrolled with conflict-free stores where the tile allows", () => {
+  const was = { u: unrolledStaging.enabled, w: conflictFreeStaging.enabled };
+  try {
+    unrolledStaging.enabled = false;
+    conflictFreeStaging.enabled = true;
+    expect(tcConfigFor(4096, 4096, 4096, true)).toEqual({ ...parseTcConfig("4x4_2x2sk64g8"), unrolled: true, conflictFree: true });
+    expect(tcConfigName(tcConfigFor(4096, 4096, 4096, false))).toBe("2x4_4x2sk64g8uw");
+    expect(shortTcPlan(16, 2048, 4096).cfg.conflictFree).toBe(true);
+    // where the unrolled copy does not fit, neither form applies
+    expect(thinTcPlan(4096, 48, 2048, false).cfg.conflictFree).toBeUndefined();
+    expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).conflictFree).toBeUndefined(); // the global kernel
+    conflictFreeStaging.enabled = false;
+    expect(tcConfigFor(4096, 4096, 4096, false).conflictFree).toBeUndefined();
+  } finally {
+    unrolledStaging.enabled = was.u;
+    conflictFreeStaging.enabled = was.w;
   }
 });
 

@@ -1,0 +1,23 @@
+"""Prints yes when a tile variant beats its base form in a device call's variants step: the
+geometric mean of tflops(cfg + NEW) / tflops(cfg + BASE) over the shapes and forms measured for
+the CFGS named (comma-separated), above 1.03.
+Usage: python3 scripts/variant-gain.py gemm.jsonl BASE NEW CFGS
+  unrolled copy:        variant-gain.py gemm.jsonl "" u 4x4_2x2sk64g8,4x4_2x2sg8
+  conflict-free stores: variant-gain.py gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8"""
+import json, math, sys
+
+path, base, new, cfgs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+best = {}
+for line in open(path):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("tflops") and r.get("cfg") and r.get("shape") and not r.get("error") and (r.get("relErr") or 0) < 1e-3:
+        key = (r["cfg"], r["shape"], r["transB"])
+        best[key] = max(best.get(key, 0), r["tflops"])
+ratios = [best[(c + new, s, t)] / v for (c0, s, t), v in best.items() for c in cfgs
+          if c0 == c + base and (c + new, s, t) in best]
+gain = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else 0
+print("yes" if gain > 1.03 else "no", file=sys.stdout)
+print(f"{new} over {base or 'plain'} gain {gain:.3f} over {len(ratios)} measurements", file=sys.stderr)
