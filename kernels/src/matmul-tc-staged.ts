@@ -118,10 +118,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   // Writes 8 halves (one vec4<u32>) into a staged row: eight f16 stores (WGSL cannot store a vector
   // into the f16 arrays subgroupMatrixLoad reads).
   const put = (arr: string) => `fn put${arr}(base: u32, w: vec4<u32>) {
-  let h0 = bitcast<vec2<f16>>(w.x); let h1 = bitcast<vec2<f16>>(w.y);
-  let h2 = bitcast<vec2<f16>>(w.z); let h3 = bitcast<vec2<f16>>(w.w);
-  ${arr}[base] = h0.x; ${arr}[base + 1u] = h0.y; ${arr}[base + 2u] = h1.x; ${arr}[base + 3u] = h1.y;
-  ${arr}[base + 4u] = h2.x; ${arr}[base + 5u] = h2.y; ${arr}[base + 6u] = h3.x; ${arr}[base + 7u] = h3.y;
+  ${chunkStore(arr, "base", "w")}
 }`;
   // Copies the registers ra/rb into the staged buffer whose A and B origins are aOff and bOff.
   const storeStage = (aOff: string, bOff: string) => `    for (var i = 0u; i < ${aPer}u; i++) {
