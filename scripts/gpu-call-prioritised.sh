@@ -123,6 +123,9 @@ for step in $STEPS; do
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
+    profile-1b-cf-on)
+      # Session 10, timing only (no GPU test ran first): the 1B step with attention's conflict-free staged stores on.
+      [ "$(left)" -gt 40 ] && el profile-cf-on && TUNELOOM_ATTN_CONFLICT_FREE=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"attn_conflict_free",/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-cf-ab)
       # Session 10: the 1B step with attention's conflict-free staged stores off (A/B against profile-1b).
       [ "$(left)" -gt 40 ] && el profile-cf-ab && TUNELOOM_ATTN_CONFLICT_FREE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_conflict_free",/' | stamp >> $OUT/profile.jsonl ;;
@@ -177,7 +180,7 @@ for step in $STEPS; do
       # Session 10: the interleaved two-slice pipeline (`…sdg8ui`, gemm-tiles.ts TcConfig.interleaved).
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8u,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sdg8ui,4x2_2x4sdg8ui,2x4_4x2sdg8u,4x4_2x2sg8u,2x4_4x2sg8u,4x2_2x4sk64g8u,4x2_2x4sg8u,2x2_4x4sk64g8u,2x2_4x4sg8u,2x4_4x2sk64g4u,2x4_4x2sk64g16u} \
-        --shapes 4096x4096x4096,4096x8192x2048,4096x2048x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
+        --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the dy·W winner costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs 2x4_4x2sk64g8u-no-loads,2x4_4x2sk64g8u-no-stores,2x4_4x2sk64g8u-no-products,2x4_4x2sk64g8u-no-barriers,4x4_2x2sk64g8u-no-barriers \
