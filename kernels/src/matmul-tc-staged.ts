@@ -367,7 +367,7 @@ ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${
  * into ra/rb, and sa/sb are stored into the other buffer in chunks between the 16-deep product
  * steps. One barrier per slice.
  */
-function interleavedLoop(copy: ReturnType<typeof unrolledCopy>, BK: number, aHalves: number, bHalves: number): string {
+export function interleavedLoop(copy: ReturnType<typeof unrolledCopy>, BK: number, aHalves: number, bHalves: number): string {
   const steps = copy.productSteps;
   const half = (k: string, cur: number) => {
     const [aOff, bOff] = [`${cur * aHalves}u`, `${cur * bHalves}u`];
