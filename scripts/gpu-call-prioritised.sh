@@ -3,9 +3,11 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b wginit sweep train-3b profile-8b
-# train-llama8b train-small full profile-full serve multi-lora: what session 9 left unmeasured, in the
-# order #12 needs it; more than one call holds, so a second call starts where it stopped)
+# STEPS (default: variants tests profile-1b train-1b profile-1b-cf-ab decode-8b profile-1b-fused-ab wginit sweep
+# train-3b profile-8b train-llama8b profile-qwen train-small profile-1b-attn-ab full profile-full serve multi-lora:
+# what sessions 9 and 10 left unmeasured, in the order #12 needs it (the GEMM variants first: they
+# decide the conflict-free switch for the rest of the call); more than one call holds, so a second
+# call starts where it stopped)
 # is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
@@ -44,7 +46,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests profile-1b profile-1b-fused-ab profile-1b-attn-ab train-1b decode-8b wginit sweep train-3b profile-8b train-llama8b train-small full profile-full serve multi-lora}
+STEPS=${*:-variants tests profile-1b train-1b profile-1b-cf-ab decode-8b profile-1b-fused-ab wginit sweep train-3b profile-8b train-llama8b profile-qwen train-small profile-1b-attn-ab full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -57,7 +59,8 @@ for step in $STEPS; do
   case $step in
     tests)
       el tests
-      timeout ${TESTS_TIMEOUT:-200} bun test ${TEST_FILES:-kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts packages/trainer/test/gpu-step.test.ts kernels/test/convert.test.ts kernels/test/swiglu.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts kernels/test/rmsnorm.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      # The files that decide the off-by-default forms first, so a timeout costs only the rest.
+      timeout ${TESTS_TIMEOUT:-240} bun test ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
@@ -91,7 +94,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
