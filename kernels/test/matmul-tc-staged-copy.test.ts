@@ -15,6 +15,16 @@ const f16Ok = rt.device.features.has("shader-f16");
 /** Params of the tensor-core kernels (TC_PREAMBLE's struct and binding, without its enables). */
 const PARAMS = TC_PREAMBLE.slice(TC_PREAMBLE.indexOf("struct Params"));
 
+/** A harness's main() up to the kernel's copy code: the tile origin and operand bases the copy reads. */
+function mainOpening(g: ReturnType<typeof stagedGeometry>): string {
+  return `@compute @workgroup_size(${g.threads})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let row0 = wg.y * ${g.BM}u;
+  let col0 = wg.x * ${g.BN}u;
+  let aBase = p.offA;
+  let bBase = p.offB;`;
+}
+
 function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
@@ -28,12 +38,7 @@ ${PARAMS}
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 var<workgroup> As: array<f16, ${aHalves}>;
 var<workgroup> Bs: array<f16, ${bHalves}>;
-@compute @workgroup_size(${g.threads})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let row0 = wg.y * ${g.BM}u;
-  let col0 = wg.x * ${g.BN}u;
-  let aBase = p.offA;
-  let bBase = p.offB;
+${mainOpening(g)}
 ${copy.setup}
   let k0 = slice[0];
   if (slice[1] == 1u) {
@@ -175,12 +180,7 @@ ${PARAMS}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 var<workgroup> As: array<f16, ${2 * aHalves}>;
 var<workgroup> Bs: array<f16, ${2 * bHalves}>;
-@compute @workgroup_size(${g.threads})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-  let row0 = wg.y * ${g.BM}u;
-  let col0 = wg.x * ${g.BN}u;
-  let aBase = p.offA;
-  let bBase = p.offB;
+${mainOpening(g)}
   var chk = 0.0;
 ${interleavedLoop({ ...copy, productSteps: steps }, g.BK, aHalves, bHalves)}
   out[(wg.y * nwg.x + wg.x) * ${g.threads}u + tid] = chk;
