@@ -5,11 +5,12 @@
  * lane writes its chunk in the same order, the 32 lanes of a subgroup hit 8 of the 32 banks (4-way
  * conflicts on every store, storeRotation). The rotated form has each lane start at its own word.
  */
+
 /**
- * Word rotation per lane for bank-conflict-free f16 stores (the staged GEMM's TcConfig.conflictFree, attention's staged tiles). Lane l of a
- * subgroup copies the 16-byte chunk at row l / perRow, halves 8·(l % perRow) of a staged tile with
- * row stride `stride` halves; the chunk's 4 words start in bank 4·g, g = (row·stride/8 + l % perRow)
- * mod 8. Lanes of one g collide on every store when they all write word 0, then 1, …; a lane whose
+ * Word rotation per lane for bank-conflict-free f16 stores (the staged GEMM's
+ * TcConfig.conflictFree, attention's staged tiles). Lane l of a subgroup copies the 16-byte chunk
+ * at row l / perRow, halves 8·(l % perRow) of a staged tile with row stride `stride` halves; the
+ * chunk's 4 words start in bank 4·g, g = (row·stride/8 + l % perRow) mod 8. Lanes of one g collide on every store when they all write word 0, then 1, …; a lane whose
  * rank among the lanes of its g is ρ writes word (s + ρ) mod 4 at step s instead. Returns ρ for the
  * 32 lanes (the same for every subgroup and pass: both shift all lanes' chunks by one offset when
  * perRow divides 32) and the worst number of lanes per bank per store, rotated and not.

@@ -108,7 +108,6 @@ export interface DecodeItem {
   loraSlot?: number;
 }
 
-/** Byte offsets of one region each, every one at the device's storage-binding alignment. */
 /**
  * Scratch for split-K decode attention over `span` keys: up to 32 splits of at least 32 keys
  * (attentionDecode takes as many as the scratch holds, and fewer when the batch's kv heads already
@@ -120,6 +119,7 @@ function decodeAttentionScratch(rt: GpuRuntime, B: number, cfg: ModelConfig, spa
   return rt.empty("f32", [attentionDecodeScratchSize(B, cfg.numHeads, cfg.headDim, splits)], "attn_decode_scratch");
 }
 
+/** Byte offsets of one region each, every one at the device's storage-binding alignment. */
 function packRegions(align: number, bytes: readonly number[]): { at: number[]; size: number } {
   const at: number[] = [];
   let size = 0;
