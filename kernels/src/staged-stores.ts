@@ -55,7 +55,10 @@ export function laneRotation(perRow: number, stride: number, lid: string): strin
 
 /**
  * WGSL statements: the 8 halves of `w` (vec4<u32>) into arr[at …]; in order, or with `rot` (a WGSL
- * u32 expression, laneRotation) word (s + rot) mod 4 at step s.
+ * u32 expression, laneRotation) word (s + rot) mod 4 at step s. The rotated words are picked with
+ * three vector selects of swizzles, never by indexing the vector with a lane-dependent index:
+ * NVIDIA's compiler takes a dynamic vector index through local memory (session 7's rotated stores,
+ * which did so, ran 3-9× slower than the plain ones).
  */
 export function chunkStore(arr: string, at: string, w: string, rot?: string): string {
   if (!rot) {
@@ -64,5 +67,7 @@ export function chunkStore(arr: string, at: string, w: string, rot?: string): st
       `${arr}[${at} + 4u] = bitcast<vec2<f16>>(${w}.z).x; ${arr}[${at} + 5u] = bitcast<vec2<f16>>(${w}.z).y; ` +
       `${arr}[${at} + 6u] = bitcast<vec2<f16>>(${w}.w).x; ${arr}[${at} + 7u] = bitcast<vec2<f16>>(${w}.w).y;`;
   }
-  return [0, 1, 2, 3].map((s) => `{ let wi = (${s}u + ${rot}) & 3u; let h = bitcast<vec2<f16>>(${w}[wi]); ${arr}[${at} + 2u * wi] = h.x; ${arr}[${at} + 2u * wi + 1u] = h.y; }`).join(" ");
+  // v[s] = w[(s + ρ) mod 4]: w, w.yzwx, w.zwxy or w.wxyz.
+  const words = ["x", "y", "z", "w"].map((c, s) => `{ let wi = (${s}u + r) & 3u; let h = bitcast<vec2<f16>>(v.${c}); ${arr}[${at} + 2u * wi] = h.x; ${arr}[${at} + 2u * wi + 1u] = h.y; }`);
+  return `{ let r = ${rot}; let v = select(select(${w}, ${w}.yzwx, r == 1u), select(${w}.zwxy, ${w}.wxyz, r == 3u), r >= 2u); ${words.join(" ")} }`;
 }
