@@ -94,7 +94,7 @@ for step in $STEPS; do
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sk64g8ut,4x4_2x2sk64g8ut,2x4_4x2sk64g8uwt} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
@@ -181,8 +181,9 @@ for step in $STEPS; do
       # matrices per warp on 128×128, K slices of 32/64, double buffering, group sizes, against the two
       # picks, on 4096³ and Llama's up and down products (VARIANT_CONFIGS replaces the list).
       # Session 10: the interleaved two-slice pipeline (`…sdg8ui`, gemm-tiles.ts TcConfig.interleaved).
+      # Session 11: W staged transposed for x·Wᵀ (`…ut`, TcConfig.transposeB; dy·W rows skip them).
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8u,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sdg8ui,4x2_2x4sdg8ui,2x4_4x2sdg8u,4x4_2x2sg8u,2x4_4x2sg8u,4x2_2x4sk64g8u,4x2_2x4sg8u,2x2_4x4sk64g8u,2x2_4x4sg8u,2x4_4x2sk64g4u,2x4_4x2sk64g16u} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8ut,2x4_4x2sk64g8uw,2x4_4x2sk64g8uwt,4x4_2x2sk64g8u,4x4_2x2sk64g8ut,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8uwit,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sg8u,4x4_2x2sg8ut,2x4_4x2sg8u,2x4_4x2sg8ut,4x2_2x4sk64g8u,2x2_4x4sk64g8u} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the dy·W winner costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
@@ -193,7 +194,9 @@ for step in $STEPS; do
       if [ -z "${UNROLLED_FAILED:-}" ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl '' u 4x4_2x2sk64g8,4x4_2x2sg8)" = yes ]; then export TUNELOOM_GEMM_UNROLLED=1; el "TUNELOOM_GEMM_UNROLLED=1"; fi
       # Session 10: conflict-free stores (w) for every staged pick when the w tiles beat their u forms
       # (relErr checked by the bench: a wrong result is not a measurement).
-      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8)" = yes ]; then export TUNELOOM_GEMM_CONFLICT_FREE=1; el "TUNELOOM_GEMM_CONFLICT_FREE=1"; fi ;;
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8)" = yes ]; then export TUNELOOM_GEMM_CONFLICT_FREE=1; el "TUNELOOM_GEMM_CONFLICT_FREE=1"; fi
+      # Session 11: W staged transposed for every x·Wᵀ pick when the t tiles beat their u forms on x·Wᵀ.
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ut 2x4_4x2sk64g8,4x4_2x2sk64g8,4x4_2x2sg8,2x4_4x2sg8 tB)" = yes ]; then export TUNELOOM_GEMM_TRANSPOSED_B=1; el "TUNELOOM_GEMM_TRANSPOSED_B=1"; fi ;;
     *) echo "unknown step $step" ;;
   esac
 done

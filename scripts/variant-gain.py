@@ -1,17 +1,22 @@
 """Prints yes when a tile variant beats its base form in a device call's variants step: the
 geometric mean of tflops(cfg + NEW) / tflops(cfg + BASE) over the shapes and forms measured for
 the CFGS named (comma-separated), above 1.03.
-Usage: python3 scripts/variant-gain.py gemm.jsonl BASE NEW CFGS
+FORM (optional): tB to count only x·Wᵀ rows (transB), dyW only dy·W rows.
+Usage: python3 scripts/variant-gain.py gemm.jsonl BASE NEW CFGS [FORM]
   unrolled copy:        variant-gain.py gemm.jsonl "" u 4x4_2x2sk64g8,4x4_2x2sg8
-  conflict-free stores: variant-gain.py gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8"""
+  conflict-free stores: variant-gain.py gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8
+  W staged transposed:  variant-gain.py gemm.jsonl u ut 2x4_4x2sk64g8,4x4_2x2sk64g8 tB"""
 import json, math, sys
 
 path, base, new, cfgs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+form = sys.argv[5] if len(sys.argv) > 5 else ""
 best = {}
 for line in open(path):
     try:
         r = json.loads(line)
     except ValueError:
+        continue
+    if form and bool(r.get("transB")) != (form == "tB"):
         continue
     if r.get("tflops") and r.get("cfg") and r.get("shape") and not r.get("error") and (r.get("relErr") or 0) < 1e-3:
         key = (r["cfg"], r["shape"], r["transB"])

@@ -14,7 +14,7 @@
  */
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./gemm-tiles.ts";
-import { chunkStore, laneRotation } from "./staged-stores.ts";
+import { chunkStore, laneRotation, transposedChunkStore } from "./staged-stores.ts";
 
 /** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
 export const TC_PREAMBLE = `enable f16;
@@ -69,8 +69,9 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
-  const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
-  const bHalves = transB ? BN * BS : BK * BS;
+  const { threads, BM, BN, AS, BS, bKN } = stagedGeometry(transB, cfg);
+  if (cfg.transposeB && !cfg.unrolled) throw new Error("stagedSource: W staged transposed (t) is a form of the unrolled copy");
+  const bHalves = bKN ? BK * BS : BN * BS;
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -249,16 +250,20 @@ export interface StagedGeometry {
   /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
   BM: number; BN: number; BK: number; AS: number; BS: number;
   tm: number; tn: number;
+  /** B staged [k][n] (dy·W, or x·Wᵀ with TcConfig.transposeB); else [n][k]. */
+  bKN: boolean;
 }
 
 /**
  * The staged kernel's tile geometry: A staged [m][k] with rows of BK + PAD halves; B staged [n][k]
- * (transB: rows of W are contiguous along k) or [k][n], rows of BK + PAD or BN + PAD halves.
+ * (transB: rows of W are contiguous along k) or [k][n] (dy·W, and x·Wᵀ staged transposed), rows of
+ * BK + PAD or BN + PAD halves.
  */
 export function stagedGeometry(transB: boolean, cfg: TcConfig): StagedGeometry {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32, BN = sgn * tn * 16;
-  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: transB ? BK + PAD : BN + PAD, tm, tn };
+  const bKN = !transB || (cfg.transposeB ?? false);
+  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: bKN ? BN + PAD : BK + PAD, tm, tn, bKN };
 }
 
 /** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
@@ -268,63 +273,57 @@ function copyPlan(threads: number, rows: number, cols: number) {
   return { perRow, rowsPerPass, passes: Math.ceil(rows / rowsPerPass), partial: rows % rowsPerPass !== 0 };
 }
 
+/** W's slice copied transposed (TcConfig.transposeB): BN/16 × BK/16 blocks of 16 (n) × 16 (k), one per subgroup and pass. */
+function transposedPlan(threads: number, BN: number, BK: number) {
+  const warps = threads / 32, blocksN = BN / 16, blocks = blocksN * (BK / 16);
+  return { warps, blocksN, blocks, passes: Math.ceil(blocks / warps), partial: blocks % warps !== 0 };
+}
+
 /**
  * The copy and product stages of the staged kernel in unrolled form (TcConfig.unrolled, name
  * suffix `u`), the structure of NVIDIA's vk_cooperative_matrix_perf shared-memory shader: each
  * thread owns one 8-half column of the slice and copies the same column of every
- * `rowsPerPass`-th row, so its global and workgroup addresses are a per-thread base plus constants
- * (no per-element index arithmetic, no loops, named registers instead of arrays), and each 16-deep
- * step loads the TM left matrices once and then one right matrix at a time (TM + 1 operands live
- * instead of TM + TN).
+ * `rowsPerPass`-th row, so its global and workgroup addresses are a per-thread base plus
+ * constants (no per-element index arithmetic, no loops, named registers instead of arrays), and
+ * each 16-deep step loads the TM left matrices once and then one right matrix at a time (TM + 1
+ * operands live instead of TM + TN). With W staged transposed (g.bKN for x·Wᵀ), each subgroup
+ * copies 16×16 blocks of W instead (transposedPlan, staged-stores.ts transposedChunkStore).
  */
 export function unrolledCopy(transB: boolean, g: StagedGeometry, opts: { conflictFree?: boolean } = {}) {
-  const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
+  const { threads, BM, BN, BK, AS, BS, tm, tn, bKN } = g;
   const rotated = opts.conflictFree ?? false;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
-  // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
-  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
-  for (const [name, plan] of [["A", A], ["B", B]] as const) {
-    if (plan.perRow > threads || threads % plan.perRow) throw new Error(`stagedSource: unrolled copy of ${name} needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${plan.perRow})`);
-  }
-  // Per-thread coordinates and the vec4 index of its first element (k0 = 0, pass 0).
-  const setup = `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
-  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
+  const aCopy = {
+    setup: `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
   let aRow = row0 + ar0;
   let aIdx = (aBase + aRow * p.lda + akq) / 8u;
   let aStep = ${A.rowsPerPass}u * p.lda / 8u;
-${transB
-    ? `  let bRow = col0 + br0;
-  let bIdx = (bBase + bRow * p.ldb + bkq) / 8u;`
-    : `  let bIdx = (bBase + br0 * p.ldb + col0 + bkq) / 8u;
-  let bColOk = col0 + bkq < p.N;`}
-  let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
-  let aS = ar0 * ${AS}u + akq;
-  let bS = br0 * ${BS}u + bkq;${rotated ? `
-
-  // Conflict-free stores: this lane's first word of each 16-byte chunk (staged-stores.ts).
-  let rotA = ${laneRotation(A.perRow, AS, "tid")};
-  let rotB = ${laneRotation(B.perRow, BS, "tid")};` : ""}
+  let aS = ar0 * ${AS}u + akq;${rotated ? `
+  let rotA = ${laneRotation(A.perRow, AS, "tid")}; // conflict-free stores: this lane's first word of each chunk (staged-stores.ts)` : ""}`,
+    plan: A,
+  };
+  const B = transB && bKN ? transposedCopyB(threads, BN, BK, BS) : stagedCopyB(transB, threads, BN, BK, BS, rotated);
+  if (A.perRow > threads || threads % A.perRow) throw new Error(`stagedSource: unrolled copy of A needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${A.perRow})`);
+  const setup = `${aCopy.setup}
+${B.setup}
 ${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
 ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
   const inTileA = (i: number) => A.partial ? ` && ar0 + ${i * A.rowsPerPass}u < ${BM}u` : "";
-  const inTileB = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u` : "";
   const loads = (k: string, indent: string) => [
     `${indent}let kA = ${k};`,
     ...ids(A.passes).map((i) => `${indent}ra${i} = vec4<u32>(); if (aRow + ${i * A.rowsPerPass}u < p.M && kA + akq < p.K${inTileA(i)}) { ra${i} = a[aIdx + ${i}u * aStep + kA / 8u]; }`),
-    ...ids(B.passes).map((i) => transB
-      ? `${indent}rb${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
-      : `${indent}rb${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
+    ...ids(B.passes).map((i) => `${indent}rb${i} = vec4<u32>(); ${B.load(i, "kA", `rb${i}`)}`),
   ].join("\n");
-  // The 8 halves of register `w` into arr[at …] (rotated: each lane in its own word order).
-  const put = (arr: string, at: string, w: string) => chunkStore(arr, at, w, rotated ? (arr === "As" ? "rotA" : "rotB") : undefined);
+  // The 8 halves of register `w` into As[at …] (rotated: each lane in its own word order).
+  const putA = (at: string, w: string) => chunkStore("As", at, w, rotated ? "rotA" : undefined);
   // The stores of a slice from registers `${ra}i`/`${rb}i` into the buffer at aOff/bOff, in `n`
   // chunks (each a block of its own; together every A pass, then every B pass, once).
   const storeChunks = (aOff: string, bOff: string, n: number, ra = "ra", rb = "rb") => {
     const parts = [
-      ...ids(A.passes).map((i) => `${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${put("As", "at", `${ra}${i}`)} }`),
-      ...ids(B.passes).map((i) => `${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${put("Bs", "at", `${rb}${i}`)} }`),
+      ...ids(A.passes).map((i) => `${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${putA("at", `${ra}${i}`)} }`),
+      ...ids(B.passes).map((i) => B.store(i, bOff, `${rb}${i}`)),
     ];
     const per = Math.ceil(parts.length / n);
     return ids(n).map((c) => `    {\n${parts.slice(c * per, (c + 1) * per).map((l) => `    ${l}`).join("\n")}\n    }`);
@@ -333,9 +332,9 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
   // The registers of the slice in flight copied aside (sa, sb), so the next loads can reuse ra/rb.
   const snapshot = [...ids(A.passes).map((i) => `let sa${i} = ra${i};`), ...ids(B.passes).map((i) => `let sb${i} = rb${i};`)].join(" ");
   const rightLoad = (j: number, kk: number) =>
-    transB
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
+    bKN
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`;
   const productSteps = ids(BK / 16).map((s) => {
     const kk = 16 * s;
     return `    {
@@ -357,6 +356,57 @@ ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${
     products: productSteps.join("\n"),
     /** The products of one slice, one block per 16-deep step (buffer at aOff/bOff). */
     productSteps,
+  };
+}
+
+/**
+ * The unrolled copy of B's slice in the layout it has in memory: rows of W ([n][k], transB) or
+ * of B ([k][n]), each thread one 8-half column of every `rowsPerPass`-th row (copyPlan).
+ * load(i, k, reg): pass i's 16-byte load at K offset k; store(i, bOff, reg): its 8 halves.
+ */
+function stagedCopyB(transB: boolean, threads: number, BN: number, BK: number, BS: number, rotated: boolean) {
+  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
+  if (B.perRow > threads || threads % B.perRow) throw new Error(`stagedSource: unrolled copy of B needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${B.perRow})`);
+  const rows = transB ? BN : BK;
+  const inTile = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${rows}u` : "";
+  return {
+    passes: B.passes,
+    setup: `  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
+${transB
+    ? `  let bRow = col0 + br0;
+  let bIdx = (bBase + bRow * p.ldb + bkq) / 8u;`
+    : `  let bIdx = (bBase + br0 * p.ldb + col0 + bkq) / 8u;
+  let bColOk = col0 + bkq < p.N;`}
+  let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
+  let bS = br0 * ${BS}u + bkq;${rotated ? `
+  let rotB = ${laneRotation(B.perRow, BS, "tid")};` : ""}`,
+    load: (i: number, k: string, reg: string) => transB
+      ? `if (bRow + ${i * B.rowsPerPass}u < p.N && ${k} + bkq < p.K${inTile(i)}) { ${reg} = b[bIdx + ${i}u * bStep + ${k} / 8u]; }`
+      : `if (bColOk && ${k} + br0 + ${i * B.rowsPerPass}u < p.K${inTile(i)}) { ${reg} = b[bIdx + ${i}u * bStep + ${k} * (p.ldb / 8u)]; }`,
+    store: (i: number, bOff: string, reg: string) =>
+      `${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${rows}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", reg, rotated ? "rotB" : undefined)} }`,
+  };
+}
+
+/**
+ * The unrolled copy of W's slice staged transposed (x·Wᵀ with TcConfig.transposeB): pass i of
+ * subgroup s copies block s + warps·i of the BN/16 × BK/16 blocks of 16 (n) × 16 (k); lane l reads
+ * row n = 16·(block mod BN/16) + l mod 16 of W, 8 k from 16·⌊block / (BN/16)⌋ + 8·⌊l/16⌋ (a 32-byte
+ * sector per lane pair), and stores them down column n of Bs [k][n] (transposedChunkStore).
+ */
+function transposedCopyB(threads: number, BN: number, BK: number, BS: number) {
+  const T = transposedPlan(threads, BN, BK);
+  const block = (i: number) => `(tsg + ${i * T.warps}u)`;
+  const nOf = (i: number) => `(${block(i)} % ${T.blocksN}u) * 16u + tln`; // n within the tile
+  const kOf = (i: number) => `(${block(i)} / ${T.blocksN}u) * 16u + 8u * tlh`; // k within the slice
+  const inTile = (i: number) => T.partial ? `${block(i)} < ${T.blocks}u && ` : "";
+  return {
+    passes: T.passes,
+    setup: `  let tsg = tid / 32u; let tln = tid % 16u; let tlh = (tid / 16u) % 2u; // W staged transposed: block, column, upper half`,
+    load: (i: number, k: string, reg: string) =>
+      `if (${inTile(i)}col0 + ${nOf(i)} < p.N && ${k} + ${kOf(i)} < p.K) { ${reg} = b[(bBase + (col0 + ${nOf(i)}) * p.ldb + ${k} + ${kOf(i)}) / 8u]; }`,
+    store: (i: number, bOff: string, reg: string) =>
+      `${T.partial ? `if (${block(i)} < ${T.blocks}u) ` : ""}${transposedChunkStore("Bs", `${bOff} + ${nOf(i)}`, kOf(i), BS, reg, "tlh == 1u")}`,
   };
 }
 

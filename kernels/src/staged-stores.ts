@@ -71,3 +71,41 @@ export function chunkStore(arr: string, at: string, w: string, rot?: string): st
   const words = ["x", "y", "z", "w"].map((c, s) => `{ let wi = (${s}u + r) & 3u; let h = bitcast<vec2<f16>>(v.${c}); ${arr}[${at} + 2u * wi] = h.x; ${arr}[${at} + 2u * wi + 1u] = h.y; }`);
   return `{ let r = ${rot}; let v = select(select(${w}, ${w}.yzwx, r == 1u), select(${w}.zwxy, ${w}.wxyz, r == 3u), r >= 2u); ${words.join(" ")} }`;
 }
+
+/**
+ * WGSL statements: a 16-byte chunk of 8 consecutive k of one column n (one row of W, which x·Wᵀ
+ * reads (N, K)) stored transposed into a [k][n] tile: half e to arr[col + (kRow + e)·stride].
+ * The 32 lanes of a subgroup copy a 16 (n) × 16 (k) block: lane l takes column l mod 16 and the
+ * chunk of k rows 8·⌊l/16⌋ … +7. At step j the lower 16 lanes write row kRow + j, the upper 16 row
+ * kRow + (j + 4) mod 8 (their chunk rotated by two words with one vector select), so the two rows
+ * written per step are 12 or 4 rows apart and fall on the other half of the banks when the stride
+ * is ≡ 8 (mod 64) halves (transposedStoreBanks). `upper` is the WGSL bool of the lane's half.
+ */
+export function transposedChunkStore(arr: string, col: string, kRow: string, stride: number, w: string, upper: string): string {
+  const steps = Array.from({ length: 8 }, (_, j) => {
+    const word = ["x", "y", "z", "w"][j >> 1], half = j & 1 ? "y" : "x";
+    return `${arr}[${col} + (${kRow} + ((${j}u + h4) & 7u)) * ${stride}u] = bitcast<vec2<f16>>(v.${word}).${half};`;
+  });
+  return `{ let h4 = select(0u, 4u, ${upper}); let v = select(${w}, ${w}.zwxy, ${upper}); ${steps.join(" ")} }`;
+}
+
+/**
+ * The most distinct 32-bit words that one bank serves in one store step of transposedChunkStore,
+ * over its 8 steps, for a [k][n] tile of row stride `stride` halves (1: conflict-free; two lanes
+ * writing the two halves of one word share that word).
+ */
+export function transposedStoreBanks(stride: number): number {
+  let most = 1;
+  for (let j = 0; j < 8; j++) {
+    const words = new Map<number, Set<number>>();
+    for (let l = 0; l < 32; l++) {
+      const upper = l >= 16, n = l % 16, row = (upper ? 8 : 0) + ((j + (upper ? 4 : 0)) & 7);
+      const word = Math.floor((row * stride + n) / 2);
+      const set = words.get(word % 32) ?? new Set<number>();
+      set.add(word);
+      words.set(word % 32, set);
+      most = Math.max(most, set.size);
+    }
+  }
+  return most;
+}

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, conflictFreeStaging, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, conflictFreeStaging, transposedBStaging, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -37,7 +37,9 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     { tm: 1, tn: 4, sgm: 1, sgn: 4, staged: true, bk: 64 },
     // The unrolled copy (session 8): the table's forms, 8 subgroups over 128×256 and 256×128,
     // 8 subgroups of 2×4 matrices, double buffering, and 16-row tiles whose copy leaves threads idle.
-    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "2x4_4x2sdg8ui", "4x4_2x2sdg8ui", "2x4_4x2sk64g8uw", "4x4_2x2sk64g8uw", "2x4_4x2sdg8uwi", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u"].map(parseTcConfig),
+    ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x4_2x2sdg8u", "2x4_4x2sdg8ui", "4x4_2x2sdg8ui", "2x4_4x2sk64g8uw", "4x4_2x2sk64g8uw", "2x4_4x2sdg8uwi", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u",
+      // W staged transposed (session 11): 8 and 4 subgroups, the interleaved pipeline, a short last pass.
+      "2x4_4x2sk64g8ut", "4x4_2x2sk64g8uwt", "2x4_4x2sdg8uwit", "2x3_4x1sk64ut"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {
@@ -186,7 +188,7 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "2x4_4x2sdg8ui", "4x4_2x2sk16dui", "2x4_4x2sk64g8uw", "2x4_4x2sdg8uwi"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "2x4_4x2sdg8ui", "4x4_2x2sk16dui", "2x4_4x2sk64g8uw", "2x4_4x2sdg8uwi", "2x4_4x2sk64g8ut", "2x4_4x2sdg8uwit"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
@@ -194,6 +196,8 @@ test("tile configuration names parse and print back", () => {
   expect(parseTcConfig("2x4_4x2sdg8ui")).toEqual({ tm: 2, tn: 4, sgm: 4, sgn: 2, staged: true, bk: 32, double: true, group: 8, unrolled: true, interleaved: true });
   // The interleaved pipeline is a form of the double-buffered unrolled kernel only.
   expect(() => parseTcConfig("2x4_4x2sk64g8w")).toThrow("form of the unrolled copy (u)");
+  expect(() => parseTcConfig("2x4_4x2sk64g8t")).toThrow("form of the unrolled copy (u)");
+  expect(parseTcConfig("2x4_4x2sk64g8ut")).toEqual({ tm: 2, tn: 4, sgm: 4, sgn: 2, staged: true, bk: 64, double: false, group: 8, unrolled: true, transposeB: true });
   for (const bad of ["2x4_4x2sg8ui", "2x4_4x2sdg8i"]) expect(() => parseTcConfig(bad)).toThrow("needs double buffering (d) and the unrolled copy (u)");
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   // Session 7's losing variants (rotated stores r, matrix-copy staging m, global prefetch p) are gone.
@@ -201,7 +205,7 @@ test("tile configuration names parse and print back", () => {
   // Kernels are cached by name, so configs that differ in any one field must have different names.
   const base: TcConfig = { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 };
   const oneFieldApart: TcConfig[] = [base, { ...base, double: true }, { ...base, bk: 32 },
-    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { ...base, unrolled: true }, { ...base, double: true, unrolled: true, interleaved: true }, { ...base, unrolled: true, conflictFree: true }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
+    { ...base, group: 4 }, { ...base, diag: "no-stores" }, { ...base, unrolled: true }, { ...base, double: true, unrolled: true, interleaved: true }, { ...base, unrolled: true, conflictFree: true }, { ...base, unrolled: true, transposeB: true }, { tm: 4, tn: 4, sgm: 2, sgn: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, constStrides: true }];
   expect(new Set(oneFieldApart.map(tcConfigName)).size).toBe(oneFieldApart.length);
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
@@ -258,6 +262,26 @@ test("the conflict-free switch turns every staged pick unrolled with conflict-fr
   } finally {
     unrolledStaging.enabled = was.u;
     conflictFreeStaging.enabled = was.w;
+  }
+});
+
+test("the transposed-W switch stages x·Wᵀ picks unrolled with W transposed, and leaves dy·W's alone", () => {
+  const was = { u: unrolledStaging.enabled, w: conflictFreeStaging.enabled, t: transposedBStaging.enabled };
+  try {
+    unrolledStaging.enabled = false;
+    conflictFreeStaging.enabled = false;
+    transposedBStaging.enabled = true;
+    expect(tcConfigFor(4096, 4096, 4096, true)).toEqual({ ...parseTcConfig("4x4_2x2sk64g8"), unrolled: true, transposeB: true });
+    expect(tcConfigFor(4096, 4096, 4096, false).transposeB).toBeUndefined();
+    expect(thinTcPlan(4096, 48, 2048, true).cfg.transposeB).toBe(true);
+    conflictFreeStaging.enabled = true;
+    expect(tcConfigName(tcConfigFor(4096, 4096, 4096, true))).toBe("4x4_2x2sk64g8uwt");
+    transposedBStaging.enabled = false;
+    expect(tcConfigFor(4096, 4096, 4096, true).transposeB).toBeUndefined();
+  } finally {
+    unrolledStaging.enabled = was.u;
+    conflictFreeStaging.enabled = was.w;
+    transposedBStaging.enabled = was.t;
   }
 });
 

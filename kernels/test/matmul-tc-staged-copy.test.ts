@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
 import { interleavedLoop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
-import { storeRotation } from "../src/staged-stores.ts";
+import { storeRotation, transposedStoreBanks } from "../src/staged-stores.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -29,7 +29,7 @@ function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
   const copy = unrolledCopy(transB, g, { conflictFree: cfg.conflictFree });
-  const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+  const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
   const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
@@ -73,13 +73,20 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x4_2x2sg8uw", 272, 144, 80],
     ["2x4_4x2sdg8uwi", 144, 160, 80],
     ["1x4_1x4sk16uw", 48, 272, 48],
+    // W staged transposed ([k][n] for x·Wᵀ; a no-op for dy·W): 8 and 4 subgroups, 128- and 64-wide
+    // tiles, a block count that leaves the last pass short (3 blocks of n × 2 of k over 4 subgroups).
+    ["2x4_4x2sk64g8ut", 272, 144, 96],
+    ["4x4_2x2sg8uwt", 272, 144, 80],
+    ["2x4_4x2sdg8uwit", 144, 160, 80],
+    ["2x3_4x1sk32ut", 144, 80, 48],
+    ["4x4_2x1sk64ut", 144, 80, 96],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
       const cfg = parseTcConfig(name);
       if (!unrolledCopyFits(cfg, transB)) continue;
       const g = stagedGeometry(transB, cfg);
-      const bytes = 2 * (g.BM * g.AS + (transB ? g.BN * g.BS : g.BK * g.BS));
+      const bytes = 2 * (g.BM * g.AS + (g.bKN ? g.BK * g.BS : g.BN * g.BS));
       if (bytes > rt.caps.limits.maxComputeWorkgroupStorageSize) continue;
       test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
         const { code, aHalves, bHalves } = harness(transB, name);
@@ -111,11 +118,11 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
               checked++;
               if (got[base + r * g.AS + kk] !== want) throw new Error(`A tile (${ty}, ${tx}) k0=${k0}: As[${r}][${kk}] = ${got[base + r * g.AS + kk]}, want ${want}`);
             }
-            const bRowsStaged = transB ? g.BN : g.BK;
+            const bRowsStaged = g.bKN ? g.BK : g.BN;
             for (let r = 0; r < bRowsStaged; r++) for (let c = 0; c < g.BS; c++) {
-              // transB: staged [n][k] from B (N, K); else [k][n] from B (K, N).
-              const [n, kk] = transB ? [r, c] : [c, r];
-              const inside = transB ? c < g.BK && col0 + n < N && k0 + kk < K : c < g.BN && col0 + n < N && k0 + kk < K;
+              // staged [k][n] (dy·W, or x·Wᵀ transposed) or [n][k]; read from B (N, K) when transB, else (K, N).
+              const [n, kk] = g.bKN ? [c, r] : [r, c];
+              const inside = (g.bKN ? c < g.BN : c < g.BK) && col0 + n < N && k0 + kk < K;
               const want = inside ? b[offB + (transB ? (col0 + n) * ldb + k0 + kk : (k0 + kk) * ldb + col0 + n)]! : 0;
               checked++;
               if (got[base + aHalves + r * g.BS + c] !== want) throw new Error(`B tile (${ty}, ${tx}) k0=${k0}: Bs[${r}][${c}] = ${got[base + aHalves + r * g.BS + c]}, want ${want}`);
@@ -128,6 +135,22 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
       }, 30_000); // a new pipeline compiles in seconds on lavapipe
     }
   }
+});
+
+describe("W staged transposed: bank arithmetic", () => {
+  // The [k][n] tiles of x·Wᵀ staged transposed (TcConfig.transposeB) at the strides stagedGeometry
+  // gives for 128- and 64-wide tiles: each store step writes two rows whose words fall on disjoint
+  // banks; without the upper lanes' rotation by 4 rows both halves would share 8 banks.
+  for (const name of ["2x4_4x2sk64g8ut", "4x4_2x2sg8ut", "4x4_2x1sk64ut"]) {
+    const g = stagedGeometry(true, parseTcConfig(name));
+    test(`${name}: stride ${g.BS} halves, one word per bank per store step`, () => {
+      expect(g.bKN).toBe(true);
+      expect(transposedStoreBanks(g.BS)).toBe(1);
+    });
+  }
+  test("a stride of whole 64-half bank rows would collide (what the rotation is measured against)", () => {
+    expect(transposedStoreBanks(128)).toBeGreaterThan(1);
+  });
 });
 
 describe("conflict-free staged stores: bank arithmetic", () => {
@@ -162,13 +185,14 @@ describe.skipIf(!f16Ok)("interleaved pipeline: every product step reads its own 
     ["2x2_2x2sdg8uwi", 144, 80, 128], // 4 slices, conflict-free stores
     ["2x2_2x2sdg8uwi", 80, 144, 16], // less than one slice
     ["1x2_2x2sk64dg8uwi", 80, 144, 208], // 64-deep slices (4 steps, 4 store chunks), K tail
+    ["2x2_2x2sdg8uwit", 144, 80, 128], // W staged transposed (x·Wᵀ)
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
       test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
         const cfg = parseTcConfig(name);
         const g = stagedGeometry(transB, cfg);
-        const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+        const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
         const copy = unrolledCopy(transB, g, { conflictFree: cfg.conflictFree });
         const steps = copy.productSteps.map((_, st) => `    { let wgt = f32(k0 / ${g.BK}u + 1u) * ${st + 1}.0;
       for (var e = tid; e < ${aHalves}u; e += ${g.threads}u) { chk += wgt * f32(As[aOff + e]); }
