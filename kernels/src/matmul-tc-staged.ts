@@ -242,7 +242,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.conflictFree ? "w" : ""}${cfg.interleaved ? "i" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.conflictFree ? "w" : ""}${cfg.interleaved ? "i" : ""}${cfg.transposeB && transB ? "t" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -396,17 +396,24 @@ ${transB
  */
 function transposedCopyB(threads: number, BN: number, BK: number, BS: number) {
   const T = transposedPlan(threads, BN, BK);
+  // Pass i's block is tsg + warps·i: its column and k offsets as this thread's base (bn, bk) plus
+  // constants where the subgroups tile the block grid evenly, else computed per pass.
+  const even = T.warps % T.blocksN === 0 || T.blocksN % T.warps === 0;
+  const r = T.blocksN / T.warps; // passes across one row of blocks (when ≥ 1)
+  const dn = (i: number) => (T.warps % T.blocksN === 0 ? 0 : 16 * T.warps * (i % r));
+  const dk = (i: number) => (T.warps % T.blocksN === 0 ? 16 * (T.warps / T.blocksN) * i : 16 * Math.floor(i / r));
   const block = (i: number) => `(tsg + ${i * T.warps}u)`;
-  const nOf = (i: number) => `(${block(i)} % ${T.blocksN}u) * 16u + tln`; // n within the tile
-  const kOf = (i: number) => `(${block(i)} / ${T.blocksN}u) * 16u + 8u * tlh`; // k within the slice
+  const nOf = (i: number) => even ? `bn + ${dn(i)}u` : `(${block(i)} % ${T.blocksN}u) * 16u + tln`; // n within the tile
+  const kOf = (i: number) => even ? `bk + ${dk(i)}u` : `(${block(i)} / ${T.blocksN}u) * 16u + 8u * tlh`; // k within the slice
   const inTile = (i: number) => T.partial ? `${block(i)} < ${T.blocks}u && ` : "";
   return {
     passes: T.passes,
-    setup: `  let tsg = tid / 32u; let tln = tid % 16u; let tlh = (tid / 16u) % 2u; // W staged transposed: block, column, upper half`,
+    setup: `  let tsg = tid / 32u; let tln = tid % 16u; let tlh = (tid / 16u) % 2u; // W staged transposed: subgroup, column, upper half${even ? `
+  let bn = (tsg % ${T.blocksN}u) * 16u + tln; let bk = (tsg / ${T.blocksN}u) * 16u + 8u * tlh;` : ""}`,
     load: (i: number, k: string, reg: string) =>
       `if (${inTile(i)}col0 + ${nOf(i)} < p.N && ${k} + ${kOf(i)} < p.K) { ${reg} = b[(bBase + (col0 + ${nOf(i)}) * p.ldb + ${k} + ${kOf(i)}) / 8u]; }`,
     store: (i: number, bOff: string, reg: string) =>
-      `${T.partial ? `if (${block(i)} < ${T.blocks}u) ` : ""}${transposedChunkStore("Bs", `${bOff} + ${nOf(i)}`, kOf(i), BS, reg, "tlh == 1u")}`,
+      `${T.partial ? `if (${block(i)} < ${T.blocks}u) ` : ""}${transposedChunkStore("Bs", `${bOff} + ${nOf(i)}`, `(${kOf(i)})`, BS, reg, "tlh == 1u")}`,
   };
 }
 
