@@ -20,7 +20,7 @@
 #   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
 #   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
 #   profile-1b-cf-ab the same with attention's conflict-free staged stores (session 10) off
-#   wginit       the 1B profile and 8B decode with Dawn's workgroup-memory zero-init off (session 10)
+#   wginit       the 1B profile and 1B decode with Dawn's workgroup-memory zero-init off (session 10)
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
@@ -108,21 +108,28 @@ for step in $STEPS; do
       # One profiled Llama-3.1-8B step (built-in shape, random weights): where the 8B time goes.
       [ "$(left)" -gt 150 ] && el profile-8b && timeout 150 bun run bench -- --train --model llama3.1-8b --batch 8 --seq 512 --rank 16 --steps 2 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
     decode-8b)
-      # Session 9: Llama-3.1-8B batch-1 decode (built-in shape, random weights), with the grouped
-      # q/k/v and gate/up GEMVs and without (A/B), and a profiled run (decode.jsonl, profile.jsonl).
-      [ "$(left)" -gt 55 ] || { el "skip decode-8b"; continue; }
+      # Session 9: Llama-3.1-8B batch-1 decode, with the grouped q/k/v and gate/up GEMVs and without
+      # (A/B), on one random bf16 model HF saves on the GPU (seconds; writing the 16 GB of random
+      # weights from JS took over the 60 s each run had, so session 11's first call got no rows).
+      [ "$(left)" -gt 90 ] || { el "skip decode-8b"; continue; }
       el decode-8b
-      timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
+      d8=/tmp/hf-llama3.1-8b-decode
+      PYTHONUNBUFFERED=1 timeout 120 python3 .tmp/peft_bench.py --models llama3.1-8b --save "$d8" > /dev/null 2>>$OUT/peft-stderr.txt
+      fromdir() { sed "s#\"model\":\"$d8\"#\"model\":\"llama3.1-8b\",\"from_dir\":true#"; }
+      [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 10: eight words of W in flight per thread (gemv.ts gemvDepth), when its tests passed.
-      grep -q '^(fail) gemv with 8 words' $OUT/tests.txt 2>/dev/null || { [ "$(left)" -gt 55 ] && TUNELOOM_GEMV_DEPTH=8 timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl; } ;;
+      grep -q '^(fail) gemv with 8 words' $OUT/tests.txt 2>/dev/null || { [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_DEPTH=8 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl; }
+      [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 16 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
+      rm -rf "$d8" ;;
     wginit)
       # Session 10: Dawn's zero-initialisation of workgroup memory off (toggle disable_workgroup_init):
       # the 1B step profiled and 8B decode with it (ab_on rows, against profile-1b and decode-8b).
       # Every kernel here writes its workgroup memory before reading it; the GPU tests with the toggle
       # on (TUNELOOM_DAWN_ENABLE=disable_workgroup_init bun test ...) must pass before it is adopted.
       [ "$(left)" -gt 40 ] && el wginit && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/profile.jsonl
-      [ "$(left)" -gt 55 ] && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 60 bun run bench -- --decode --model llama3.1-8b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/decode.jsonl ;;
+      [ "$(left)" -gt 40 ] && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 40 ] && timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl ;;
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;

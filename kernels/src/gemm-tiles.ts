@@ -196,8 +196,8 @@ function pickedConfig(N: number, K: number, transB: boolean): TcConfig {
   // Otherwise the configs that won most measured shapes in session 6's sweep (4x4_2x4s, the rule
   // before, won none there; the LM head chunks ran on it at 141 TFLOP/s against ~178 measured for
   // 4x4_2x2sk64g8 on similar shapes): a K slice of 64 for x·Wᵀ, 32 for dy·W, grouped raster.
-  // Session 9 (H100 variants step): for dy·W, 2x4_4x2sk64g8u (eight warps of 2×4 matrices on a
-  // 128×128 tile, K slices of 64, the unrolled copy) ran 203-221 TFLOP/s against 171-189 for
-  // 4x4_2x2sg8 on 4096³, 4096×8192×2048 and 4096×2048×8192 (4x4_2x2sk64g8u: 155-158).
-  return transB ? { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, group: 8 } : { tm: 2, tn: 4, sgm: 4, sgn: 2, staged: true, bk: 64, group: 8, unrolled: true };
+  // Session 11's sweep (H100, 29 shapes): for dy·W, 4x2_2x4sk64g8u (eight warps of 4×2 matrices on a
+  // 128×128 tile, K slices of 64, the unrolled copy) won 28 of 29 shapes (205-229 TFLOP/s on the
+  // large ones, 2x4_4x2sk64g8u 200-224); for x·Wᵀ, 4x4_2x2sg8u won 16 (175-191), 4x4_2x2sk64g8 8.
+  return transB ? { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, group: 8, unrolled: true } : { tm: 4, tn: 2, sgm: 2, sgn: 4, staged: true, bk: 64, group: 8, unrolled: true };
 }
