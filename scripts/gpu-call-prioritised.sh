@@ -3,11 +3,9 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: variants tests profile-1b train-1b profile-1b-cf-ab decode-8b profile-1b-fused-ab wginit sweep
-# train-3b profile-8b train-llama8b profile-qwen train-small profile-1b-attn-ab full profile-full serve multi-lora:
-# what sessions 9 and 10 left unmeasured, in the order #12 needs it (the GEMM variants first: they
-# decide the conflict-free switch for the rest of the call); more than one call holds, so a second
-# call starts where it stopped)
+# STEPS (default: variants tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b
+# train-qwen7b profile-qwen train-small full profile-full serve multi-lora: what session 11 left unmeasured, in the
+# order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
 #   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
@@ -17,24 +15,23 @@
 #   profile-1b   one profiled 1B step, every kernel label (profile.jsonl)
 #   profile-8b   one profiled Llama-3.1-8B step (profile.jsonl)
 #   profile-qwen one profiled Qwen2.5-0.5B LoRA step (profile.jsonl)
-#   profile-1b-fused-ab the same with the fused f16 copies (session 9) off
-#   profile-1b-attn-ab the same with attention's full-tile form (session 9) off
-#   profile-1b-cf-ab the same with attention's conflict-free staged stores (session 10) off
+#   profile-1b-fused-ab the same with the fused f16 copies (session 9, on since 11) off
+#   profile-1b-attn-ab the same with attention's full-tile form (session 9, on since 11) off
 #   wginit       the 1B profile and 1B decode with Dawn's workgroup-memory zero-init off (session 10)
 #   profile-1b-ab the same with the forms still off by default (dk/dv per head, dW on tensor cores, staged attention tiles) off
 #   profile-full one profiled full fine-tuning step of Qwen2.5-0.5B (profile.jsonl)
 #   full-oom     full fine-tuning of Llama-3.1-8B, which must be refused with the memory statement (peft-stderr.txt)
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
 #   train-3b     Llama-3.2-3B, as train-1b
-#   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b: Llama only)
+#   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b, train-qwen7b: one of them)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   decode-8b    Llama-3.1-8B batch-1 decode, ours with and without grouped GEMVs (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     more-warp unrolled (u) tiles on 128×128 (8 and 16 warps), K slices, double buffering and
-#                group sizes, against the table's picks (gemm.jsonl)
+#   variants     double buffering, K slices and group sizes around the sweep's two picks, and their
+#                stage costs (gemm.jsonl)
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
@@ -46,7 +43,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-variants tests profile-1b train-1b profile-1b-cf-ab decode-8b profile-1b-fused-ab wginit sweep train-3b profile-8b train-llama8b profile-qwen train-small profile-1b-attn-ab full profile-full serve multi-lora}
+STEPS=${*:-variants tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b train-qwen7b profile-qwen train-small full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -76,25 +73,20 @@ for step in $STEPS; do
       grep -q '^(fail) .*dA and dB split over tokens' $OUT/tests.txt && { export TUNELOOM_LORA_GRAD_TC=0; el "TUNELOOM_LORA_GRAD_TC=0"; }
       # Session 7, written after its last call: the one-pass cross-entropy backward (dh only).
       grep -q '^(fail) .*one-pass dh' $OUT/tests.txt && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; }
-      # Session 8: the unrolled staged copy is adopted by the variants step only if its tests pass.
-      grep -q '^(fail) .*unrolled' $OUT/tests.txt && { UNROLLED_FAILED=1; el "unrolled tests failed"; }
       # Session 8's LoRA f16 weight copies: on by default since session 9 (its test passed on the H100).
       grep -q '^(fail) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; }
-      # Session 9: f16 copies written by SwiGLU itself (decoder-layer.ts fusedF16Copies).
-      # Session 9 (off by default, written after its last call): SwiGLU's f16 copies and decode's
-      # grouped GEMVs, on for the rest of the call when their tests pass here.
-      if grep -q "^(pass) .*the step's loss and gradients are the f32 step's" $OUT/tests.txt && grep -q "^(pass) .*within 16-bit rounding of the f32 model's, fused copies on and off" $OUT/tests.txt \
-        && grep -q "^(pass) .*fused 16-bit copy" $OUT/tests.txt && ! grep -q "^(fail) .*fused 16-bit cop" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=1; el "TUNELOOM_FUSED_F16=1"; fi
-      if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi
-      if grep -q "^(pass) .*full tiles unmasked" $OUT/tests.txt && ! grep "^(fail) .*full tiles unmasked" $OUT/tests.txt | grep -vq "conflict-free"; then export TUNELOOM_ATTN_FULL_TILES=1; el "TUNELOOM_ATTN_FULL_TILES=1"; fi
-      # Session 10 (off by default, written before a GPU call): attention's staged tiles stored without bank conflicts.
-      if grep -q "^(pass) .*conflict-free staged stores" $OUT/tests.txt && ! grep -q "^(fail) .*conflict-free staged stores" $OUT/tests.txt; then export TUNELOOM_ATTN_CONFLICT_FREE=1; el "TUNELOOM_ATTN_CONFLICT_FREE=1"; fi ;;
+      # Session 9's f16 copies written by SwiGLU and RMSNorm and attention's full tiles: on by default
+      # since session 11 (their tests passed on an H100); off for the rest of the call if they fail here.
+      if grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit cop\|^(fail) .*fused copies on and off" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; fi
+      grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt && { export TUNELOOM_ATTN_FULL_TILES=0; el "TUNELOOM_ATTN_FULL_TILES=0"; }
+      # Decode's grouped GEMVs (session 9, off by default): on for the rest of the call when their tests pass.
+      if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi ;;
     sweep)
       # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
       # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
       [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
       el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2s,4x4_2x2sg8,4x4_2x2sk64g8,2x4_4x2sk64g8u,4x4_2x2sg8u,2x4_4x2sk64g8uw,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sk64g8ut,4x4_2x2sk64g8ut,2x4_4x2sk64g8uwt} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sg8u,2x4_4x2sk64g8u,4x2_2x4sk64g8u,4x4_2x2sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
       [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
@@ -133,12 +125,6 @@ for step in $STEPS; do
     profile-1b-fused-ab)
       # Session 9: the 1B step with the fused f16 copies off (A/B against profile-1b in the same call).
       [ "$(left)" -gt 40 ] && el profile-fused-ab && TUNELOOM_FUSED_F16=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"fused_f16",/' | stamp >> $OUT/profile.jsonl ;;
-    profile-1b-cf-on)
-      # Session 10, timing only (no GPU test ran first): the 1B step with attention's conflict-free staged stores on.
-      [ "$(left)" -gt 40 ] && el profile-cf-on && TUNELOOM_ATTN_CONFLICT_FREE=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"attn_conflict_free",/' | stamp >> $OUT/profile.jsonl ;;
-    profile-1b-cf-ab)
-      # Session 10: the 1B step with attention's conflict-free staged stores off (A/B against profile-1b).
-      [ "$(left)" -gt 40 ] && el profile-cf-ab && TUNELOOM_ATTN_CONFLICT_FREE=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_conflict_free",/' | stamp >> $OUT/profile.jsonl ;;
     profile-1b-attn-ab)
       # Session 9: the 1B step with attention's full-tile form off (A/B against profile-1b).
       [ "$(left)" -gt 40 ] && el profile-attn-ab && TUNELOOM_ATTN_FULL_TILES=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"attn_full_tiles",/' | stamp >> $OUT/profile.jsonl ;;
@@ -156,6 +142,7 @@ for step in $STEPS; do
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;
     train-llama8b) train llama3.1-8b 240 ;;
+    train-qwen7b) train qwen2.5-7b 240 ;;
     load-8b)
       # Llama-3.1-8B saved by transformers: HF from_pretrained vs our load (read vs GPU wait), a
       # training row and batch-1 decode on that directory (load.jsonl, train.jsonl, decode.jsonl).
@@ -183,27 +170,18 @@ for step in $STEPS; do
         --configs 4x4_2x2sk64g8,4x4_2x2sk64g8-no-loads,4x4_2x2sk64g8-no-stores,4x4_2x2sk64g8-no-products,4x4_2x2sg8,4x4_2x2sg8-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     variants)
-      # Session 8 measured the unrolled copy (`u`) against the table's picks (session 9: 2x4_4x2sk64g8u
-      # won dy·W by 12-23%, nothing won x·Wᵀ). Session 9's list: more-warp u tiles with 8 or 4 result
-      # matrices per warp on 128×128, K slices of 32/64, double buffering, group sizes, against the two
-      # picks, on 4096³ and Llama's up and down products (VARIANT_CONFIGS replaces the list).
-      # Session 10: the interleaved two-slice pipeline (`…sdg8ui`, gemm-tiles.ts TcConfig.interleaved).
-      # Session 11: W staged transposed for x·Wᵀ (`…ut`, TcConfig.transposeB; dy·W rows skip them).
+      # Session 11 (H100): the sweep's picks are 4x2_2x4sk64g8u for dy·W (205-229 TFLOP/s) and
+      # 4x4_2x2sg8u for x·Wᵀ (175-191); conflict-free stores (0.905×), the interleaved pipeline and
+      # W staged transposed (0.746×) lost and are gone. Leaving the barriers out of 2x4_4x2sk64g8u's
+      # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
+      # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sk64g8,2x4_4x2sk64g8u,2x4_4x2sk64g8ut,2x4_4x2sk64g8uw,2x4_4x2sk64g8uwt,4x4_2x2sk64g8u,4x4_2x2sk64g8ut,4x4_2x2sk64g8uw,2x4_4x2sdg8uwi,2x4_4x2sdg8uwit,2x4_4x2sdg8ui,4x4_2x2sdg8uwi,4x4_2x2sg8u,4x4_2x2sg8ut,2x4_4x2sg8u,2x4_4x2sg8ut,4x2_2x4sk64g8u,2x2_4x4sk64g8u} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sk16dg8u,4x2_2x4sg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
-      # What each stage of the dy·W winner costs on 4096³ (results wrong by design).
+      # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 2x4_4x2sk64g8u-no-loads,2x4_4x2sk64g8u-no-stores,2x4_4x2sk64g8u-no-products,2x4_4x2sk64g8u-no-barriers,4x4_2x2sk64g8u-no-barriers \
-        --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
-      # The unrolled copy for the rest of the call when the table's picks gain from it on these shapes
-      # (geometric mean of the u form over the plain one, both forms).
-      if [ -z "${UNROLLED_FAILED:-}" ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl '' u 4x4_2x2sk64g8,4x4_2x2sg8)" = yes ]; then export TUNELOOM_GEMM_UNROLLED=1; el "TUNELOOM_GEMM_UNROLLED=1"; fi
-      # Session 10: conflict-free stores (w) for every staged pick when the w tiles beat their u forms
-      # (relErr checked by the bench: a wrong result is not a measurement).
-      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8)" = yes ]; then export TUNELOOM_GEMM_CONFLICT_FREE=1; el "TUNELOOM_GEMM_CONFLICT_FREE=1"; fi
-      # Session 11: W staged transposed for every x·Wᵀ pick when the t tiles beat their u forms on x·Wᵀ.
-      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ut 2x4_4x2sk64g8,4x4_2x2sk64g8,4x4_2x2sg8,2x4_4x2sg8 tB)" = yes ]; then export TUNELOOM_GEMM_TRANSPOSED_B=1; el "TUNELOOM_GEMM_TRANSPOSED_B=1"; fi ;;
+        --configs 4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores \
+        --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -4,8 +4,7 @@ the CFGS named (comma-separated), above 1.03.
 FORM (optional): tB to count only x·Wᵀ rows (transB), dyW only dy·W rows.
 Usage: python3 scripts/variant-gain.py gemm.jsonl BASE NEW CFGS [FORM]
   unrolled copy:        variant-gain.py gemm.jsonl "" u 4x4_2x2sk64g8,4x4_2x2sg8
-  conflict-free stores: variant-gain.py gemm.jsonl u uw 2x4_4x2sk64g8,4x4_2x2sk64g8
-  W staged transposed:  variant-gain.py gemm.jsonl u ut 2x4_4x2sk64g8,4x4_2x2sk64g8 tB"""
+  double buffering:     variant-gain.py gemm.jsonl sg8u sdg8u 4x4_2x2 tB"""
 import json, math, sys
 
 path, base, new, cfgs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")

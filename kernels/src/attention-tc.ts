@@ -13,7 +13,7 @@
  * Needs T and hd multiples of 16 (attentionForward falls back to the f32 kernel otherwise).
  */
 import { hasTensorCoreMatmul, toF16 } from "./matmul-subgroup.ts";
-import { chunkStore, laneRotation } from "./staged-stores.ts";
+import { chunkStore } from "./staged-stores.ts";
 import { cdiv, flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import type { Tensor } from "./tensor.ts";
@@ -331,7 +331,7 @@ const stagedLd = (hd: number) => hd + 8;
  * sources are bound as vec4<u32> arrays (`retype`), so the pass reads them only through the stage.
  */
 interface TileStager {
-  /** The sources' name suffix: `_st`, or `_stw` with conflict-free stores. */
+  /** The sources' name suffix: `_st`. */
   tag: string;
   /** Workgroup arrays (module scope) and the prefetch registers (function scope). */
   decls: string;
@@ -345,18 +345,16 @@ interface TileStager {
 }
 function stageTiles(hd: number, arrays: { src: string; dst: string; ld: string; head: string }[]): TileStager {
   const LD = stagedLd(hd), C8 = hd / 8, PER = (64 * C8) / 128; // 16-byte chunks per row, per lane
-  const rotated = attentionTcForm.conflictFree; // read when a source is built: the sources' keys include it
   const each = (f: (a: (typeof arrays)[number], i: number) => string) => arrays.flatMap((a) => ids(PER).map((i) => f(a, i))).join("\n");
   // Chunk i of this lane: row e / C8 of the tile, halves (e % C8)·8 …, e = lid + 128·i.
   const at = (i: number) => `let e = lid + ${128 * i}u; let row = e / ${C8}u; let c8 = e % ${C8}u;`;
   return {
-    tag: rotated ? "_stw" : "_st",
+    tag: "_st",
     decls: arrays.map((a) => `var<workgroup> ${a.dst}: array<f16, ${64 * LD}>; // staged rows of ${a.src} (64, HD + 8)`).join("\n"),
     regs: arrays.map((a) => `  var st_${a.dst} = array<vec4<u32>, ${PER}>();`).join("\n"),
     load: (row0) => each((a, i) => `      { ${at(i)} let t = ${row0} + row; var w = vec4<u32>(0u); if (t < p.T) { w = ${a.src}[(t * ${a.ld} + ${a.head} * HD) / 8u + c8]; } st_${a.dst}[${i}] = w; }`),
-    // Conflict-free form (attentionTcForm.conflictFree): each lane starts at its own word of the chunk.
     store: each((a, i) => `      { ${at(i)} let w = st_${a.dst}[${i}]; let base = row * ${LD}u + c8 * 8u;
-        ${chunkStore(a.dst, "base", "w", rotated ? laneRotation(C8, LD, "lid") : undefined)} }`),
+        ${chunkStore(a.dst, "base", "w")} }`),
     retype: (code) => arrays.reduce((c, a) => {
       const decl = new RegExp(`(var<storage, read> ${a.src}: )array<f16>;`);
       if (!decl.test(c)) throw new Error(`stageTiles: no f16 binding named ${a.src}`);
@@ -685,18 +683,11 @@ export const attentionTcForm = {
   staged: process.env.TUNELOOM_ATTN_STAGE !== "0",
   /**
    * Key tiles that every row of a query block sees (below the diagonal, one sequence, inside the
-   * window: fullTile) skip the mask lookups of the softmax phases (session 9, written after its last
-   * GPU call): off until its tests pass on a GPU and a profile shows it faster;
-   * `TUNELOOM_ATTN_FULL_TILES=1` turns it on.
+   * window: fullTile) skip the mask lookups of the softmax phases (session 9). On since session 11
+   * (its tests passed on an H100; the 1B step's attention 35.8 → 34.1 ms against session 9's call);
+   * `TUNELOOM_ATTN_FULL_TILES=0` turns it off.
    */
-  fullTiles: process.env.TUNELOOM_ATTN_FULL_TILES === "1",
-  /**
-   * Staged tiles stored without bank conflicts (staged-stores.ts: each lane starts at its own word
-   * of a chunk; in order, the 32 lanes hit 8 banks). Session 10, written before a GPU call: off until
-   * attention.test.ts's "conflict-free staged stores" forms pass on a GPU and a profile shows it
-   * faster; `TUNELOOM_ATTN_CONFLICT_FREE=1` turns it on.
-   */
-  conflictFree: process.env.TUNELOOM_ATTN_CONFLICT_FREE === "1",
+  fullTiles: process.env.TUNELOOM_ATTN_FULL_TILES !== "0",
 };
 
 /**
@@ -741,12 +732,11 @@ export interface TcAttentionArgs {
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   const { oneSweep: one, padded, fullTiles: fast } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const cf = staged && attentionTcForm.conflictFree;
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${cf}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast) : forwardSource(a.hd, tileLayout(padded), fast)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""}${cf ? "w" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   rec.recycle(q16);
   rec.recycle(k16);
@@ -765,20 +755,19 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
   const { padded, fullTiles: fast } = attentionTcForm;
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
-  const cf = attentionTcForm.conflictFree;
-  const key = `${a.hd}:${padded}:${dqStaged}:${fast}:${cf}`;
+  const key = `${a.hd}:${padded}:${dqStaged}:${fast}`;
   let sq = dqSources.get(key);
   if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast)));
-  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${cf}`;
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}`;
   let skv = dkvSources.get(kvKey);
   if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
-  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""}${dqStaged && cf ? "w" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""}${dkvStaged && cf ? "w" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);

@@ -6,9 +6,8 @@
  * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
  *
  * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
- * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy, then `w` conflict-free stores, `i` the
- * interleaved pipeline, `t` W staged transposed) or `c` for the global kernel with constant
- * strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
+ * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy) or `c`
+ * for the global kernel with constant strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
 import table from "./gemm-tiles.json";
 
@@ -52,31 +51,6 @@ export interface TcConfig {
    */
   unrolled?: boolean;
   /**
-   * Staged, double-buffered and unrolled only (name suffix `i` after `u`): a two-slice-deep
-   * pipeline. Slice s + 2 is loaded into registers while slice s's products run, and slice s + 1
-   * (loaded one slice earlier, so its latency is already hidden) is stored into the other buffer in
-   * chunks between the products' 16-deep steps; the loop is unrolled by two so both buffers'
-   * offsets are constants. One barrier per slice. (Session 10, measured by the variants step.)
-   */
-  interleaved?: boolean;
-  /**
-   * Unrolled only (name suffix `w` after `u`): bank-conflict-free workgroup stores. WGSL stores the
-   * f16 tiles one half at a time, and with each thread writing its 16-byte chunk in order the 32
-   * lanes of a subgroup land in 8 banks (4-way conflicts on every store). Here each lane starts at
-   * a different word of its chunk (a rotation by its rank among the lanes that share banks), so
-   * every store instruction touches 32 distinct banks. (Session 10, measured by the variants step.)
-   */
-  conflictFree?: boolean;
-  /**
-   * Unrolled only (name suffix `t` after `u`, `w`, `i`), x·Wᵀ (transB) only: W's slice is staged
-   * transposed, [k][n] like dy·W's, so the products read their right matrices row-major as dy·W's
-   * do (session 9: the 8-warp u tile ran dy·W at 203-221 TFLOP/s and x·Wᵀ at 160-168, the staged
-   * layout being the one difference). Each subgroup copies 16×16 blocks, storing every chunk of 8 k
-   * down a column (staged-stores.ts transposedChunkStore, conflict-free). A no-op for dy·W.
-   * (Session 11, measured by the variants step.)
-   */
-  transposeB?: boolean;
-  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -99,11 +73,8 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(w?)(i?)(t?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[w][i][t]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 2x4_4x2sdg8ui or 4x4_2x2sk64d)`);
-  if (m[11] === "i" && !(m[7] === "d" && m[9] === "u")) throw new Error(`bad tensor-core config '${s}': the interleaved pipeline (i) needs double buffering (d) and the unrolled copy (u)`);
-  if (m[12] === "t" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': the transposed staging of W (t) is a form of the unrolled copy (u)`);
-  if (m[10] === "w" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': conflict-free stores (w) are a form of the unrolled copy (u)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -112,16 +83,13 @@ export function parseTcConfig(s: string): TcConfig {
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
-    ...(m[10] === "w" ? { conflictFree: true } : {}),
-    ...(m[11] === "i" ? { interleaved: true } : {}),
-    ...(m[12] === "t" ? { transposeB: true } : {}),
-    ...(m[13] ? { diag: m[13] as TcConfig["diag"] } : {}),
-    ...(m[14] === "c" ? { constStrides: true } : {}),
+    ...(m[10] ? { diag: m[10] as TcConfig["diag"] } : {}),
+    ...(m[11] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.conflictFree ? "w" : ""}${c.interleaved ? "i" : ""}${c.transposeB ? "t" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -147,36 +115,10 @@ export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
  */
 export const unrolledStaging = { enabled: process.env.TUNELOOM_GEMM_UNROLLED === "1" };
 
-/**
- * Session 10's conflict-free stores for every staged product (`TUNELOOM_GEMM_CONFLICT_FREE=1`, set
- * by the device script when its variants step measures the `w` tiles ahead of the `u` ones): every
- * staged pick unrolled with conflict-free stores where the tile allows. The one owner of that switch.
- */
-export const conflictFreeStaging = { enabled: process.env.TUNELOOM_GEMM_CONFLICT_FREE === "1" };
-
-/**
- * Session 11's transposed staging of W for every staged x·Wᵀ pick (`TUNELOOM_GEMM_TRANSPOSED_B=1`,
- * set by the device script when its variants step measures the `t` tiles ahead of their `u` forms
- * on x·Wᵀ): unrolled with W staged [k][n] where the tile allows. The one owner of that switch.
- */
-export const transposedBStaging = { enabled: process.env.TUNELOOM_GEMM_TRANSPOSED_B === "1" };
-
-/** Whether the tile's staged rows allow conflict-free stores (staged-stores.ts: chunks per row dividing 32). */
-function conflictFreeFits(cfg: TcConfig, transB: boolean): boolean {
-  const BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
-  return 32 % (BK / 8) === 0 && (transB || 32 % (BN / 8) === 0);
-}
-
-/**
- * cfg in the staged form currently chosen: unrolled where unrolledStaging is on, unrolled with
- * conflict-free stores where conflictFreeStaging is, x·Wᵀ unrolled with W staged transposed where
- * transposedBStaging is; only where the tile allows.
- */
+/** cfg in the staged form currently chosen: unrolled where unrolledStaging is on and the tile allows. */
 export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
   if (!cfg.staged || cfg.diag || !unrolledCopyFits(cfg, transB)) return cfg;
-  const t = transB && transposedBStaging.enabled ? { unrolled: true, transposeB: true } : {};
-  if (conflictFreeStaging.enabled && conflictFreeFits(cfg, transB)) return { ...cfg, unrolled: true, conflictFree: true, ...t };
-  return unrolledStaging.enabled ? { ...cfg, unrolled: true, ...t } : { ...cfg, ...t };
+  return unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
 }
 
 const measured = new Map<string, TcConfig>();

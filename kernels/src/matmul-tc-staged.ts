@@ -14,7 +14,7 @@
  */
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./gemm-tiles.ts";
-import { chunkStore, laneRotation, transposedChunkStore } from "./staged-stores.ts";
+import { chunkStore } from "./staged-stores.ts";
 
 /** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
 export const TC_PREAMBLE = `enable f16;
@@ -69,9 +69,8 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
-  const { threads, BM, BN, AS, BS, bKN } = stagedGeometry(transB, cfg);
-  if (cfg.transposeB && !cfg.unrolled) throw new Error("stagedSource: W staged transposed (t) is a form of the unrolled copy");
-  const bHalves = bKN ? BK * BS : BN * BS;
+  const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
+  const bHalves = transB ? BN * BS : BK * BS;
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -144,7 +143,7 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
     }`;
   const aHalves = BM * AS;
   const copy = cfg.unrolled
-    ? unrolledCopy(transB, stagedGeometry(transB, cfg), { conflictFree: cfg.conflictFree })
+    ? unrolledCopy(transB, stagedGeometry(transB, cfg))
     : {
       setup: "",
       first: `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`,
@@ -157,10 +156,7 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
-  if (cfg.interleaved && !(double && cfg.unrolled)) throw new Error("stagedSource: the interleaved pipeline needs double buffering and the unrolled copy");
-  const mainLoop = cfg.interleaved
-    ? interleavedLoop(copy as ReturnType<typeof unrolledCopy>, BK, aHalves, bHalves)
-    : double
+  const mainLoop = double
     ? `${firstLoads}
   var cur = 0u;
   {
@@ -242,7 +238,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.conflictFree ? "w" : ""}${cfg.interleaved ? "i" : ""}${cfg.transposeB && transB ? "t" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -250,20 +246,16 @@ export interface StagedGeometry {
   /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
   BM: number; BN: number; BK: number; AS: number; BS: number;
   tm: number; tn: number;
-  /** B staged [k][n] (dy·W, or x·Wᵀ with TcConfig.transposeB); else [n][k]. */
-  bKN: boolean;
 }
 
 /**
  * The staged kernel's tile geometry: A staged [m][k] with rows of BK + PAD halves; B staged [n][k]
- * (transB: rows of W are contiguous along k) or [k][n] (dy·W, and x·Wᵀ staged transposed), rows of
- * BK + PAD or BN + PAD halves.
+ * (transB: rows of W are contiguous along k) or [k][n], rows of BK + PAD or BN + PAD halves.
  */
 export function stagedGeometry(transB: boolean, cfg: TcConfig): StagedGeometry {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32, BN = sgn * tn * 16;
-  const bKN = !transB || (cfg.transposeB ?? false);
-  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: bKN ? BN + PAD : BK + PAD, tm, tn, bKN };
+  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: transB ? BK + PAD : BN + PAD, tm, tn };
 }
 
 /** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
@@ -273,12 +265,6 @@ function copyPlan(threads: number, rows: number, cols: number) {
   return { perRow, rowsPerPass, passes: Math.ceil(rows / rowsPerPass), partial: rows % rowsPerPass !== 0 };
 }
 
-/** W's slice copied transposed (TcConfig.transposeB): BN/16 × BK/16 blocks of 16 (n) × 16 (k), one per subgroup and pass. */
-function transposedPlan(threads: number, BN: number, BK: number) {
-  const warps = threads / 32, blocksN = BN / 16, blocks = blocksN * (BK / 16);
-  return { warps, blocksN, blocks, passes: Math.ceil(blocks / warps), partial: blocks % warps !== 0 };
-}
-
 /**
  * The copy and product stages of the staged kernel in unrolled form (TcConfig.unrolled, name
  * suffix `u`), the structure of NVIDIA's vk_cooperative_matrix_perf shared-memory shader: each
@@ -286,56 +272,54 @@ function transposedPlan(threads: number, BN: number, BK: number) {
  * `rowsPerPass`-th row, so its global and workgroup addresses are a per-thread base plus
  * constants (no per-element index arithmetic, no loops, named registers instead of arrays), and
  * each 16-deep step loads the TM left matrices once and then one right matrix at a time (TM + 1
- * operands live instead of TM + TN). With W staged transposed (g.bKN for x·Wᵀ), each subgroup
- * copies 16×16 blocks of W instead (transposedPlan, staged-stores.ts transposedChunkStore).
+ * operands live instead of TM + TN).
  */
-export function unrolledCopy(transB: boolean, g: StagedGeometry, opts: { conflictFree?: boolean } = {}) {
-  const { threads, BM, BN, BK, AS, BS, tm, tn, bKN } = g;
-  const rotated = opts.conflictFree ?? false;
+export function unrolledCopy(transB: boolean, g: StagedGeometry) {
+  const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
-  const aCopy = {
-    setup: `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
+  // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
+  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
+  for (const [name, plan] of [["A", A], ["B", B]] as const) {
+    if (plan.perRow > threads || threads % plan.perRow) throw new Error(`stagedSource: unrolled copy of ${name} needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${plan.perRow})`);
+  }
+  // Per-thread coordinates and the vec4 index of its first element (k0 = 0, pass 0).
+  const setup = `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
+  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
   let aRow = row0 + ar0;
   let aIdx = (aBase + aRow * p.lda + akq) / 8u;
   let aStep = ${A.rowsPerPass}u * p.lda / 8u;
-  let aS = ar0 * ${AS}u + akq;${rotated ? `
-  let rotA = ${laneRotation(A.perRow, AS, "tid")}; // conflict-free stores: this lane's first word of each chunk (staged-stores.ts)` : ""}`,
-    plan: A,
-  };
-  const B = transB && bKN ? transposedCopyB(threads, BN, BK, BS) : stagedCopyB(transB, threads, BN, BK, BS, rotated);
-  if (A.perRow > threads || threads % A.perRow) throw new Error(`stagedSource: unrolled copy of A needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${A.perRow})`);
-  const setup = `${aCopy.setup}
-${B.setup}
+${transB
+    ? `  let bRow = col0 + br0;
+  let bIdx = (bBase + bRow * p.ldb + bkq) / 8u;`
+    : `  let bIdx = (bBase + br0 * p.ldb + col0 + bkq) / 8u;
+  let bColOk = col0 + bkq < p.N;`}
+  let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
+  let aS = ar0 * ${AS}u + akq;
+  let bS = br0 * ${BS}u + bkq;
 ${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
 ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
   const inTileA = (i: number) => A.partial ? ` && ar0 + ${i * A.rowsPerPass}u < ${BM}u` : "";
+  const inTileB = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u` : "";
   const loads = (k: string, indent: string) => [
     `${indent}let kA = ${k};`,
     ...ids(A.passes).map((i) => `${indent}ra${i} = vec4<u32>(); if (aRow + ${i * A.rowsPerPass}u < p.M && kA + akq < p.K${inTileA(i)}) { ra${i} = a[aIdx + ${i}u * aStep + kA / 8u]; }`),
-    ...ids(B.passes).map((i) => `${indent}rb${i} = vec4<u32>(); ${B.load(i, "kA", `rb${i}`)}`),
+    ...ids(B.passes).map((i) => transB
+      ? `${indent}rb${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
+      : `${indent}rb${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
   ].join("\n");
-  // The 8 halves of register `w` into As[at …] (rotated: each lane in its own word order).
-  const putA = (at: string, w: string) => chunkStore("As", at, w, rotated ? "rotA" : undefined);
-  // The stores of a slice from registers `${ra}i`/`${rb}i` into the buffer at aOff/bOff, in `n`
-  // chunks (each a block of its own; together every A pass, then every B pass, once).
-  const storeChunks = (aOff: string, bOff: string, n: number, ra = "ra", rb = "rb") => {
-    const parts = [
-      ...ids(A.passes).map((i) => `${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${putA("at", `${ra}${i}`)} }`),
-      ...ids(B.passes).map((i) => B.store(i, bOff, `${rb}${i}`)),
-    ];
-    const per = Math.ceil(parts.length / n);
-    return ids(n).map((c) => `    {\n${parts.slice(c * per, (c + 1) * per).map((l) => `    ${l}`).join("\n")}\n    }`);
-  };
-  const store = (aOff: string, bOff: string) => storeChunks(aOff, bOff, 1)[0]!;
-  // The registers of the slice in flight copied aside (sa, sb), so the next loads can reuse ra/rb.
-  const snapshot = [...ids(A.passes).map((i) => `let sa${i} = ra${i};`), ...ids(B.passes).map((i) => `let sb${i} = rb${i};`)].join(" ");
+  // The stores of a slice from the registers into the buffer at aOff/bOff: every A pass, then every B pass.
+  const store = (aOff: string, bOff: string) => `    {
+${ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${chunkStore("As", "at", `ra${i}`)} }`).join("\n")}
+${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
+    }`;
   const rightLoad = (j: number, kk: number) =>
-    bKN
-      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`
-      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`;
-  const productSteps = ids(BK / 16).map((s) => {
+    transB
+      ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
+      : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
+  // The products of one slice (buffer at aOff/bOff), one block per 16-deep step.
+  const products = ids(BK / 16).map((s) => {
     const kk = 16 * s;
     return `    {
 ${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + ${kk}u, ${AS}u);`).join("\n")}
@@ -343,115 +327,6 @@ ${ids(tn).map((j) => `      { let q = ${rightLoad(j, kk)};
 ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q, acc${i}${j});`).join("\n")}
       }`).join("\n")}
     }`;
-  });
-  return {
-    setup,
-    first: loads("0u", "  "),
-    next: loads(`k0 + ${BK}u`, "      "),
-    /** The loads of the slice at K offset `k` (a WGSL expression) into ra/rb. */
-    loadsAt: (k: string) => loads(k, "      "),
-    store,
-    storeChunks,
-    snapshot,
-    products: productSteps.join("\n"),
-    /** The products of one slice, one block per 16-deep step (buffer at aOff/bOff). */
-    productSteps,
-  };
-}
-
-/**
- * The unrolled copy of B's slice in the layout it has in memory: rows of W ([n][k], transB) or
- * of B ([k][n]), each thread one 8-half column of every `rowsPerPass`-th row (copyPlan).
- * load(i, k, reg): pass i's 16-byte load at K offset k; store(i, bOff, reg): its 8 halves.
- */
-function stagedCopyB(transB: boolean, threads: number, BN: number, BK: number, BS: number, rotated: boolean) {
-  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
-  if (B.perRow > threads || threads % B.perRow) throw new Error(`stagedSource: unrolled copy of B needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${B.perRow})`);
-  const rows = transB ? BN : BK;
-  const inTile = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${rows}u` : "";
-  return {
-    passes: B.passes,
-    setup: `  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
-${transB
-    ? `  let bRow = col0 + br0;
-  let bIdx = (bBase + bRow * p.ldb + bkq) / 8u;`
-    : `  let bIdx = (bBase + br0 * p.ldb + col0 + bkq) / 8u;
-  let bColOk = col0 + bkq < p.N;`}
-  let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
-  let bS = br0 * ${BS}u + bkq;${rotated ? `
-  let rotB = ${laneRotation(B.perRow, BS, "tid")};` : ""}`,
-    load: (i: number, k: string, reg: string) => transB
-      ? `if (bRow + ${i * B.rowsPerPass}u < p.N && ${k} + bkq < p.K${inTile(i)}) { ${reg} = b[bIdx + ${i}u * bStep + ${k} / 8u]; }`
-      : `if (bColOk && ${k} + br0 + ${i * B.rowsPerPass}u < p.K${inTile(i)}) { ${reg} = b[bIdx + ${i}u * bStep + ${k} * (p.ldb / 8u)]; }`,
-    store: (i: number, bOff: string, reg: string) =>
-      `${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${rows}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", reg, rotated ? "rotB" : undefined)} }`,
-  };
-}
-
-/**
- * The unrolled copy of W's slice staged transposed (x·Wᵀ with TcConfig.transposeB): pass i of
- * subgroup s copies block s + warps·i of the BN/16 × BK/16 blocks of 16 (n) × 16 (k); lane l reads
- * row n = 16·(block mod BN/16) + l mod 16 of W, 8 k from 16·⌊block / (BN/16)⌋ + 8·⌊l/16⌋ (a 32-byte
- * sector per lane pair), and stores them down column n of Bs [k][n] (transposedChunkStore).
- */
-function transposedCopyB(threads: number, BN: number, BK: number, BS: number) {
-  const T = transposedPlan(threads, BN, BK);
-  // Pass i's block is tsg + warps·i: its column and k offsets as this thread's base (bn, bk) plus
-  // constants where the subgroups tile the block grid evenly, else computed per pass.
-  const even = T.warps % T.blocksN === 0 || T.blocksN % T.warps === 0;
-  const r = T.blocksN / T.warps; // passes across one row of blocks (when ≥ 1)
-  const dn = (i: number) => (T.warps % T.blocksN === 0 ? 0 : 16 * T.warps * (i % r));
-  const dk = (i: number) => (T.warps % T.blocksN === 0 ? 16 * (T.warps / T.blocksN) * i : 16 * Math.floor(i / r));
-  const block = (i: number) => `(tsg + ${i * T.warps}u)`;
-  const nOf = (i: number) => even ? `bn + ${dn(i)}u` : `(${block(i)} % ${T.blocksN}u) * 16u + tln`; // n within the tile
-  const kOf = (i: number) => even ? `bk + ${dk(i)}u` : `(${block(i)} / ${T.blocksN}u) * 16u + 8u * tlh`; // k within the slice
-  const inTile = (i: number) => T.partial ? `${block(i)} < ${T.blocks}u && ` : "";
-  return {
-    passes: T.passes,
-    setup: `  let tsg = tid / 32u; let tln = tid % 16u; let tlh = (tid / 16u) % 2u; // W staged transposed: subgroup, column, upper half${even ? `
-  let bn = (tsg % ${T.blocksN}u) * 16u + tln; let bk = (tsg / ${T.blocksN}u) * 16u + 8u * tlh;` : ""}`,
-    load: (i: number, k: string, reg: string) =>
-      `if (${inTile(i)}col0 + ${nOf(i)} < p.N && ${k} + ${kOf(i)} < p.K) { ${reg} = b[(bBase + (col0 + ${nOf(i)}) * p.ldb + ${k} + ${kOf(i)}) / 8u]; }`,
-    store: (i: number, bOff: string, reg: string) =>
-      `${T.partial ? `if (${block(i)} < ${T.blocks}u) ` : ""}${transposedChunkStore("Bs", `${bOff} + ${nOf(i)}`, `(${kOf(i)})`, BS, reg, "tlh == 1u")}`,
-  };
-}
-
-/**
- * The interleaved pipeline's main loop (TcConfig.interleaved): two buffers, unrolled by two so
- * each half reads one buffer at constant offsets and fills the other. Registers ra/rb hold the
- * next slice on entry to a half; they are copied aside (sa/sb), the slice after next is loaded
- * into ra/rb, and sa/sb are stored into the other buffer in chunks between the 16-deep product
- * steps. One barrier per slice.
- */
-export function interleavedLoop(copy: ReturnType<typeof unrolledCopy>, BK: number, aHalves: number, bHalves: number): string {
-  const steps = copy.productSteps;
-  const half = (k: string, cur: number) => {
-    const [aOff, bOff] = [`${cur * aHalves}u`, `${cur * bHalves}u`];
-    const [aNext, bNext] = [`${(1 - cur) * aHalves}u`, `${(1 - cur) * bHalves}u`];
-    const chunks = copy.storeChunks(aNext, bNext, steps.length, "sa", "sb");
-    return `    {
-      let k0 = ${k};
-      let more = k0 + ${BK}u < p.K;
-      ${copy.snapshot}
-      if (k0 + ${2 * BK}u < p.K) {
-${copy.loadsAt(`k0 + ${2 * BK}u`)}
-      }
-      let aOff = ${aOff}; let bOff = ${bOff};
-${steps.map((st, i) => `${st}\n    if (more) ${chunks[i]!.trimStart()}`).join("\n")}
-      workgroupBarrier();
-    }`;
-  };
-  return `${copy.setup}${copy.first}
-${copy.store("0u", "0u")}
-  if (${BK}u < p.K) {
-${copy.loadsAt(`${BK}u`)}
-  }
-  workgroupBarrier();
-  for (var kp = 0u; kp < p.K; kp += ${2 * BK}u) {
-${half("kp", 0)}
-    if (kp + ${BK}u < p.K) {
-${half(`kp + ${BK}u`, 1)}
-    }
-  }`;
+  }).join("\n");
+  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), store, products };
 }

@@ -211,26 +211,24 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; conflictFree?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true },
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true },
-    // Full key tiles without their mask lookups (session 9), in the default forms and two sweeps.
+    // Full key tiles without their mask lookups (session 9; on by default since session 11), in the
+    // default forms and two sweeps.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true },
     { oneSweep: false, padded: true, dkvPerHead: false, fullTiles: true },
-    // Staged tiles stored without bank conflicts (session 10), in the default forms.
-    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, conflictFree: true },
-    { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, conflictFree: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, conflictFree = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${conflictFree ? ", conflict-free staged stores" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, conflictFree });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);

@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { interleavedLoop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
-import { storeRotation, transposedStoreBanks } from "../src/staged-stores.ts";
+import { stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -28,8 +27,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
-  const copy = unrolledCopy(transB, g, { conflictFree: cfg.conflictFree });
-  const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
+  const copy = unrolledCopy(transB, g);
+  const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
   const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
@@ -68,25 +67,15 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["1x4_1x4sk16u", 48, 272, 48],
     ["1x4_1x4sk64u", 48, 272, 80],
     ["2x4_4x1sk64u", 272, 64, 96],
-    // Conflict-free (rotated) stores: the same placement, each lane's words in another order.
-    ["2x4_4x2sk64g8uw", 272, 144, 96],
-    ["4x4_2x2sg8uw", 272, 144, 80],
-    ["2x4_4x2sdg8uwi", 144, 160, 80],
-    ["1x4_1x4sk16uw", 48, 272, 48],
-    // W staged transposed ([k][n] for x·Wᵀ; a no-op for dy·W): 8 and 4 subgroups, 128- and 64-wide
-    // tiles, a block count that leaves the last pass short (3 blocks of n × 2 of k over 4 subgroups).
-    ["2x4_4x2sk64g8ut", 272, 144, 96],
-    ["4x4_2x2sg8uwt", 272, 144, 80],
-    ["2x4_4x2sdg8uwit", 144, 160, 80],
-    ["2x3_4x1sk32ut", 144, 80, 48],
-    ["4x4_2x1sk64ut", 144, 80, 96],
+    ["4x2_2x4sk64g8u", 144, 272, 80], // the sweep's dy·W pick (session 11): 36 KB, GPUs only
+    ["4x2_2x2sg8u", 144, 80, 80],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
       const cfg = parseTcConfig(name);
       if (!unrolledCopyFits(cfg, transB)) continue;
       const g = stagedGeometry(transB, cfg);
-      const bytes = 2 * (g.BM * g.AS + (g.bKN ? g.BK * g.BS : g.BN * g.BS));
+      const bytes = 2 * (g.BM * g.AS + (transB ? g.BN * g.BS : g.BK * g.BS));
       if (bytes > rt.caps.limits.maxComputeWorkgroupStorageSize) continue;
       test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
         const { code, aHalves, bHalves } = harness(transB, name);
@@ -118,11 +107,11 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
               checked++;
               if (got[base + r * g.AS + kk] !== want) throw new Error(`A tile (${ty}, ${tx}) k0=${k0}: As[${r}][${kk}] = ${got[base + r * g.AS + kk]}, want ${want}`);
             }
-            const bRowsStaged = g.bKN ? g.BK : g.BN;
+            const bRowsStaged = transB ? g.BN : g.BK;
             for (let r = 0; r < bRowsStaged; r++) for (let c = 0; c < g.BS; c++) {
-              // staged [k][n] (dy·W, or x·Wᵀ transposed) or [n][k]; read from B (N, K) when transB, else (K, N).
-              const [n, kk] = g.bKN ? [c, r] : [r, c];
-              const inside = (g.bKN ? c < g.BN : c < g.BK) && col0 + n < N && k0 + kk < K;
+              // transB: staged [n][k] from B (N, K); else [k][n] from B (K, N).
+              const [n, kk] = transB ? [r, c] : [c, r];
+              const inside = (transB ? c < g.BK : c < g.BN) && col0 + n < N && k0 + kk < K;
               const want = inside ? b[offB + (transB ? (col0 + n) * ldb + k0 + kk : (k0 + kk) * ldb + col0 + n)]! : 0;
               checked++;
               if (got[base + aHalves + r * g.BS + c] !== want) throw new Error(`B tile (${ty}, ${tx}) k0=${k0}: Bs[${r}][${c}] = ${got[base + aHalves + r * g.BS + c]}, want ${want}`);
@@ -133,118 +122,6 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
         }
         rt.release(ta, tb);
       }, 30_000); // a new pipeline compiles in seconds on lavapipe
-    }
-  }
-});
-
-describe("W staged transposed: bank arithmetic", () => {
-  // The [k][n] tiles of x·Wᵀ staged transposed (TcConfig.transposeB) at the strides stagedGeometry
-  // gives for 128- and 64-wide tiles: each store step writes two rows whose words fall on disjoint
-  // banks; without the upper lanes' rotation by 4 rows both halves would share 8 banks.
-  for (const name of ["2x4_4x2sk64g8ut", "4x4_2x2sg8ut", "4x4_2x1sk64ut"]) {
-    const g = stagedGeometry(true, parseTcConfig(name));
-    test(`${name}: stride ${g.BS} halves, one word per bank per store step`, () => {
-      expect(g.bKN).toBe(true);
-      expect(transposedStoreBanks(g.BS)).toBe(1);
-    });
-  }
-  test("a stride of whole 64-half bank rows would collide (what the rotation is measured against)", () => {
-    expect(transposedStoreBanks(128)).toBeGreaterThan(1);
-  });
-});
-
-describe("conflict-free staged stores: bank arithmetic", () => {
-  // Every staged row layout of the unrolled copy (A [m][k]: BK/8 chunks per row; B [n][k] the
-  // same, or [k][n]: BN/8 chunks), at the padded strides stagedGeometry gives.
-  const layouts = new Set<string>();
-  for (const name of ["4x4_2x2sk64g8u", "4x4_2x2sg8u", "2x4_4x2sk64g8u", "4x2_2x4sg8u", "2x2_4x4sk64g8u", "4x4_2x4sk16g8u", "1x4_1x4sk64u", "2x4_4x1sk64u"]) {
-    for (const transB of [true, false]) {
-      const g = stagedGeometry(transB, parseTcConfig(name));
-      layouts.add(`${g.BK / 8}:${g.AS}`);
-      layouts.add(transB ? `${g.BK / 8}:${g.BS}` : `${g.BN / 8}:${g.BS}`);
-    }
-  }
-  for (const key of layouts) {
-    const [perRow, stride] = key.split(":").map(Number) as [number, number];
-    test(`${perRow} chunks per row, stride ${stride} halves: in-order stores collide, rotated ones use 32 banks`, () => {
-      const r = storeRotation(perRow, stride);
-      expect(r.conflicts).toBe(1);
-      expect(r.unrotated).toBeGreaterThan(1); // what the rotation is for
-      expect(r.rho.every((x) => x >= 0 && x < 4)).toBe(true);
-    });
-  }
-});
-
-// The interleaved pipeline (TcConfig.interleaved) on lavapipe: its loop (interleavedLoop, the
-// kernel's own) with each 16-deep product step replaced by a checksum of the buffer that step would
-// read, weighted by the slice and the step. If any step read the other buffer, a stale or half-stored
-// slice, or a step went missing, the weighted sums differ. Small integers keep every sum exact.
-describe.skipIf(!f16Ok)("interleaved pipeline: every product step reads its own slice, fully stored", () => {
-  const cases: [string, number, number, number][] = [
-    ["2x2_2x2sdg8ui", 144, 80, 80], // 3 slices: the unrolled pair's second half runs once, then not
-    ["2x2_2x2sdg8uwi", 144, 80, 128], // 4 slices, conflict-free stores
-    ["2x2_2x2sdg8uwi", 80, 144, 16], // less than one slice
-    ["1x2_2x2sk64dg8uwi", 80, 144, 208], // 64-deep slices (4 steps, 4 store chunks), K tail
-    ["2x2_2x2sdg8uwit", 144, 80, 128], // W staged transposed (x·Wᵀ)
-  ];
-  for (const [name, M, N, K] of cases) {
-    for (const transB of [true, false]) {
-      test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
-        const cfg = parseTcConfig(name);
-        const g = stagedGeometry(transB, cfg);
-        const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
-        const copy = unrolledCopy(transB, g, { conflictFree: cfg.conflictFree });
-        const steps = copy.productSteps.map((_, st) => `    { let wgt = f32(k0 / ${g.BK}u + 1u) * ${st + 1}.0;
-      for (var e = tid; e < ${aHalves}u; e += ${g.threads}u) { chk += wgt * f32(As[aOff + e]); }
-      for (var e = tid; e < ${bHalves}u; e += ${g.threads}u) { chk += 0.5 * wgt * f32(Bs[bOff + e]); } }`);
-        const code = `enable f16;
-${PARAMS}
-@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-var<workgroup> As: array<f16, ${2 * aHalves}>;
-var<workgroup> Bs: array<f16, ${2 * bHalves}>;
-${mainOpening(g)}
-  var chk = 0.0;
-${interleavedLoop({ ...copy, productSteps: steps }, g.BK, aHalves, bHalves)}
-  out[(wg.y * nwg.x + wg.x) * ${g.threads}u + tid] = chk;
-}`;
-        const lda = K + 8, ldb = (transB ? K : N) + 8, offA = 8, offB = 16;
-        const ints = (n: number) => Float32Array.from({ length: n }, () => Math.floor(Math.random() * 7) - 3);
-        const a = ints(offA + M * lda), b = ints(offB + (transB ? N : K) * ldb + 8);
-        const pad8 = (bits: Uint16Array) => { const o = new Uint16Array(Math.ceil(bits.length / 8) * 8); o.set(bits); return o; };
-        const ta = rt.upload("f16", [pad8(toF16Bits(a)).length], pad8(toF16Bits(a))), tb = rt.upload("f16", [pad8(toF16Bits(b)).length], pad8(toF16Bits(b)));
-        const gx = Math.ceil(N / g.BN), gy = Math.ceil(M / g.BM);
-        const out = rt.empty("f32", [gx * gy * g.threads]);
-        const params = new Params(16).u32(M).u32(N).u32(K).u32(lda).u32(ldb).u32(N).u32(0).u32(0)
-          .u32(0).u32(offA).u32(offB).u32(0).u32(0).u32(0).u32(0).u32(0);
-        const rec = rt.recorder();
-        rec.dispatch("interleaved checksum", rt.pipeline({ name: `test_interleaved_${name}_${transB}`, code }, {}), params.buffer, [ta, tb, out], [gx, gy, 1]);
-        rec.submit();
-        const got = await rt.read(out);
-        rec.release();
-        rt.release(ta, tb, out);
-        const T = (copy.productSteps.length * (copy.productSteps.length + 1)) / 2; // Σ step weights
-        for (let ty = 0; ty < gy; ty++) for (let tx = 0; tx < gx; tx++) {
-          const row0 = ty * g.BM, col0 = tx * g.BN;
-          let want = 0;
-          for (let s = 0; s * g.BK < K; s++) {
-            let sa = 0, sb = 0;
-            for (let r = 0; r < g.BM; r++) for (let kk = 0; kk < g.BK; kk++) {
-              const k = s * g.BK + kk;
-              if (row0 + r < M && k < K) sa += a[offA + (row0 + r) * lda + k]!;
-            }
-            for (let n = 0; n < g.BN; n++) for (let kk = 0; kk < g.BK; kk++) {
-              const k = s * g.BK + kk;
-              if (col0 + n < N && k < K) sb += b[offB + (transB ? (col0 + n) * ldb + k : k * ldb + col0 + n)]!;
-            }
-            want += (s + 1) * T * (sa + 0.5 * sb);
-          }
-          let sum = 0;
-          for (let t = 0; t < g.threads; t++) sum += got[(ty * gx + tx) * g.threads + t]!;
-          if (sum !== want) throw new Error(`tile (${ty}, ${tx}): checksum ${sum}, want ${want}`);
-        }
-      }, 30_000);
     }
   }
 });

@@ -94,10 +94,8 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
       await warmClocks(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, configs[0]), 300).catch(() => {});
       const times = new Map<TcConfig, number[]>();
       const failed = new Map<TcConfig, string>();
-      // W staged transposed (`t`) is x·Wᵀ's form only: for dy·W it is the same kernel as without.
-      const forms = configs.filter((cfg) => transB || !cfg.transposeB);
       for (let rep = 0; rep < reps; rep++) {
-        for (const cfg of forms) {
+        for (const cfg of configs) {
           if (failed.has(cfg)) continue;
           try {
             const ms = await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), iters);
@@ -107,7 +105,7 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
           }
         }
       }
-      for (const cfg of forms) {
+      for (const cfg of configs) {
         const err = failed.get(cfg);
         if (err !== undefined) {
           yield { op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, error: err };
