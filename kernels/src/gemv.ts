@@ -66,21 +66,21 @@ const STORE = `fn store(m: u32, n: u32, s: f32) {
 const vecSources = new Map<string, KernelSource>();
 
 /**
- * Words of W (16 bytes each) a thread loads before using any, across its RT rows: 4 (the default)
- * or 8 (session 10, written before a GPU call measured it: at batch 1 the 8B model's down and o
- * products read at 1.4-1.8 TB/s with 4, the LM head at 2.9; more loads in flight per thread is the
- * first thing to try). `TUNELOOM_GEMV_DEPTH=8` for the device script's A/B; tests flip `words`.
+ * Words of W (16 bytes each) a thread loads before using any, across its RT rows: 8 (the default
+ * since session 11: Llama-3.1-8B batch-1 decode 86.6 → 95.9 tok/s on an H100, same call) or 4
+ * (sessions 5-10; at batch 1 the 8B model's down and o products read at 1.4-1.8 TB/s with it).
+ * `TUNELOOM_GEMV_DEPTH=4` for A/B measurements; tests flip `words`.
  */
 export const gemvDepth = { words: gemvDepthFrom(process.env.TUNELOOM_GEMV_DEPTH) };
 
 function gemvDepthFrom(v: string | undefined): 4 | 8 {
-  if (v === undefined || v === "" || v === "4") return 4;
-  if (v === "8") return 8;
+  if (v === undefined || v === "" || v === "8") return 8;
+  if (v === "4") return 4;
   throw new Error(`TUNELOOM_GEMV_DEPTH must be 4 or 8, got ${JSON.stringify(v)}`);
 }
 
 /** The part of a pipeline's name and cache key that depends on gemvDepth (empty at the default). */
-const depthTag = () => (gemvDepth.words === 4 ? "" : `_d${gemvDepth.words}`);
+const depthTag = () => (gemvDepth.words === 8 ? "" : `_d${gemvDepth.words}`);
 
 /**
  * The aligned kernel's pieces for MS rows of x and RT rows of W per thread: module-scope
