@@ -3,7 +3,7 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: variants tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b
+# STEPS (default: variants mma-peak tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b
 # train-qwen7b profile-qwen train-small full profile-full serve multi-lora: what session 11 left unmeasured, in the
 # order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
@@ -43,7 +43,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-variants tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b train-qwen7b profile-qwen train-small full profile-full serve multi-lora}
+STEPS=${*:-variants mma-peak tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b train-qwen7b profile-qwen train-small full profile-full serve multi-lora}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
