@@ -18,7 +18,7 @@ import {
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
-import { type GatheredLayerLora, type LayerLora, type LoraProjection, linearsGatheredLoraForward, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
+import { type GatheredLayerLora, type LayerLora, type LoraOutput, type LoraProjection, linearsGatheredLoraForward, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
 import type { GpuLayerWeights } from "./weights.ts";
 
 /** Per-token inputs shared by all layers. */
@@ -187,15 +187,21 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
  * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
  */
 function groupForward(
-  rec: Recorder, x: Tensor, group: LoraGroup, projs: readonly (LoraProjection & { y: Tensor })[],
+  rec: Recorder, x: Tensor, group: LoraGroup, projs: readonly (LoraProjection & LoraOutput)[],
   lora: LayerLora | GatheredLayerLora, h: Tensor | undefined, x16?: Tensor,
 ) {
   if (!("gathered" in lora)) return linearsLoraForward(rec, x, projs, h, x16);
-  linearsLoraForward(rec, x, projs.map(({ w, bias, y }) => ({ w, bias, y })), undefined, x16); // frozen only
+  linearsLoraForward(rec, x, projs.map(({ w, bias, y, accumulate }) => ({ w, bias, y, accumulate })), undefined, x16); // frozen only
   linearsGatheredLoraForward(rec, x, projs.map((p) => p.y), lora.groups[group], lora.gathered, h);
 }
 
-/** xOut (T, C) = layer(x). xOut must not alias x. */
+/**
+ * xOut (T, C) = layer(x). With xOut === x (inference: nothing of this layer is kept for a backward)
+ * the residual stream is updated in place: o_proj and down_proj add their products into it (y +=),
+ * so the two residual-add passes go away (two of a decode step's ~13 dispatches per layer); a
+ * projection with a bias keeps the separate add. Otherwise a.xMid holds x + attention·Woᵀ for the
+ * backward.
+ */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, xOut: Tensor, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
@@ -224,9 +230,12 @@ export function decoderLayerForward(
       tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
     });
   }
-  groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: a.xMid, lora: m.o_proj }], lora, a.loraH.o);
-  addInPlace(rec, a.xMid, x); // xMid = x + attn·Woᵀ
-  const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, a.xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
+  // xMid = x + attn·Woᵀ: in place (x += attn·Woᵀ) or into a.xMid
+  const inPlace = xOut === x, oInto = inPlace && !w.oBias;
+  groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: oInto ? x : a.xMid, accumulate: oInto, lora: m.o_proj }], lora, a.loraH.o);
+  const xMid = oInto ? x : a.xMid;
+  if (!oInto) addInPlace(rec, a.xMid, x);
+  const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
   groupForward(rec, a.xn2, "gateUp", [
     { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
@@ -236,9 +245,12 @@ export function decoderLayerForward(
   // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
   // peak sits on the ≤ 0.7× target.)
   const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
-  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: xOut, lora: m.down_proj }], lora, a.loraH.down, act16);
+  // xOut = xMid + act·Wdownᵀ: added by the product where xMid already lives in xOut; else the
+  // product goes to xOut (or, where xOut holds xMid but down has a bias, to the free a.xMid) first
+  const dInto = xMid === xOut && !w.downBias, dTo = dInto ? xOut : xMid === xOut ? a.xMid : xOut;
+  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: dTo, accumulate: dInto, lora: m.down_proj }], lora, a.loraH.down, act16);
   if (act16) rec.recycle(act16);
-  addInPlace(rec, xOut, a.xMid); // xOut = xMid + act·Wdownᵀ
+  if (!dInto) addInPlace(rec, xOut, dTo === xOut ? xMid : dTo);
 }
 
 /**

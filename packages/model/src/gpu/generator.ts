@@ -325,7 +325,7 @@ export class KvCacheGenerator {
       const a = acts, slotsT = i32In(7, "lora_slots");
       const fwd = model.recordForward(rec, tb, {
         activations: () => a, lora, gathered: gathered ? (l) => this.opts.loraSlots!.layer(l, slotsT) : undefined,
-        kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows, decode: dec }),
+        kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows, decode: dec }), residualInPlace: true,
       });
       owned.push(...fwd.scratch);
       logitsRows(rec, fwd.h, model.weights.lmHead, Array.from({ length: B }, (_, b) => b), logits);
@@ -417,7 +417,7 @@ export class KvCacheGenerator {
     const rec = rt.recorder(decode ? "decode" : "prefill");
     const fwd = model.recordForward(rec, tb, {
       activations: () => acts, lora, gathered: slotsT ? (l) => this.opts.loraSlots!.layer(l, slotsT, segments) : undefined,
-      kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }),
+      kv: (l) => ({ kCache: this.kCaches[l]!, vCache: this.vCaches[l]!, cacheRows: rowsT, decode: dec }), residualInPlace: true,
     });
     logitsRows(rec, fwd.h, model.weights.lmHead, logitRows, logits);
     // Penalties change the logits the token is drawn from; the logprobs stay those of the model's
@@ -509,8 +509,9 @@ export class KvCacheGenerator {
   private prefillTokenCapFor(lora: readonly LayerLora[] | undefined): number {
     const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd } = this.model.cfg;
     const loraCols = Math.max(lora ? loraRankOf(lora) * loraTargetsOf(lora).length : 0, this.opts.loraSlots ? this.opts.loraSlots.maxRank * LORA_TARGETS.length : 0);
-    // allocLayerActivations (shared by the layers) + recordForward's x0, x1, h_final, rstd_final + ids, positions, seq ids, cache rows.
-    const perToken = 4 * (3 * C + 2 * nH * hd + 2 * nKV * hd + nH + 2 + 3 * I + loraCols + 3 * C + 1 + 4);
+    // allocLayerActivations (shared by the layers) + recordForward's x (the residual stream, in place), h_final,
+    // rstd_final + ids, positions, seq ids, cache rows.
+    const perToken = 4 * (3 * C + 2 * nH * hd + 2 * nKV * hd + nH + 2 + 3 * I + loraCols + 2 * C + 1 + 4);
     const widest = 4 * Math.max(C, I, nH * hd);
     const bind = this.model.rt.caps.limits.maxStorageBufferBindingSize;
     const byTokens = this.opts.maxPrefillTokens ?? 8192;

@@ -91,6 +91,12 @@ export interface LoraProjection {
   lora?: LoraModule;
 }
 
+/** A forward projection's output: written, or with `accumulate` added to (y += …; no bias then). */
+export interface LoraOutput {
+  y: Tensor;
+  accumulate?: boolean;
+}
+
 /** The adapted modules of a group, in order, with the rank they share. */
 function adaptedOf(projs: readonly LoraProjection[], fn: string): { mods: LoraModule[]; r: number } {
   const mods = projs.flatMap((p) => (p.lora ? [p.lora] : []));
@@ -143,24 +149,26 @@ function fusable(mods: readonly LoraModule[]): boolean {
 
 /**
  * y_i (T, out_i) = x (T, in)·W_iᵀ + bias_i, plus s·h_i·B_iᵀ with h_i = x̃_i·A_iᵀ (T, r) kept in
- * columns of `h` (T, n·r) for the backward, for every projection i of a group that reads x.
+ * columns of `h` (T, n·r) for the backward, for every projection i of a group that reads x; with
+ * `accumulate`, y_i += the same (a residual added by the product itself; no bias then).
  * `x16`: x already rounded to f16, used for the frozen products on tensor cores; the LoRA
  * branch always reads the f32 x.
  */
 export function linearsLoraForward(
-  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16?: Tensor,
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & LoraOutput)[], h: Tensor | undefined, x16?: Tensor,
 ) {
   const T = x.shape[0]!;
   const { mods, r } = adaptedOf(projs, "linearsLoraForward");
+  for (const p of projs) if (p.accumulate && p.bias) throw new Error("linearsLoraForward: a bias on an accumulated output");
   const tc = tensorCoreLora(rec, x, projs, mods, r);
   if (tc) return loraForwardTc(rec, x, projs, h, x16, mods, r, tc.A);
   // A few rows (decode): the group's frozen products in one GEMV dispatch where it applies.
-  const grouped = projs.length > 1 && T <= 16 && gemvGroup(rec, x, T, x.shape[1]!, projs.map(({ w, bias, y }) => ({ w, y, bias })));
-  if (!grouped) for (const { w, bias, y } of projs) {
+  const grouped = projs.length > 1 && T <= 16 && !projs.some((p) => p.accumulate) && gemvGroup(rec, x, T, x.shape[1]!, projs.map(({ w, bias, y }) => ({ w, y, bias })));
+  if (!grouped) for (const { w, bias, y, accumulate } of projs) {
     const [outF, inF] = w.shape as [number, number];
-    const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true };
+    const base = { b: w, c: y, bias, M: T, N: outF, K: inF, transB: true, beta: accumulate ? 1 : 0 };
     const a = x16 && tensorCoreUnsupported({ ...base, a: x16, bias: undefined }) === null ? x16 : x;
-    matmulAuto(rec, { ...base, a }); // y_i = x·W_iᵀ + b_i
+    matmulAuto(rec, { ...base, a }); // y_i (+)= x·W_iᵀ + b_i
   }
   if (mods.length === 0) return;
   const inF = x.shape[1]!, ld = mods.length * r;
@@ -247,7 +255,7 @@ function frozenWithAux(rec: Recorder, args: MatmulArgs, aux: AuxSlice | undefine
 
 /** linearsLoraForward on tensor cores (see the module comment). */
 function loraForwardTc(
-  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { y: Tensor })[], h: Tensor | undefined, x16: Tensor | undefined,
+  rec: Recorder, x: Tensor, projs: readonly (LoraProjection & LoraOutput)[], h: Tensor | undefined, x16: Tensor | undefined,
   mods: readonly LoraModule[], r: number, A: Tensor | null,
 ) {
   const [T, inF] = x.shape as [number, number];
@@ -270,11 +278,11 @@ function loraForwardTc(
   }
   const h16 = toF16(rec, hs);
   let i = 0;
-  for (const { w, bias, y, lora } of projs) {
+  for (const { w, bias, y, lora, accumulate } of projs) {
     const outF = w.shape[0]!;
     const sB16 = lora ? weight16(rec, lora.B, lora.f16?.sB, lora.scaling) : undefined; // (out, r)
-    // y = x·Wᵀ + b (+ h_i·(s·B_i)ᵀ as the tile's last K = r slice)
-    frozenWithAux(rec, { a: xh, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true },
+    // y (+)= x·Wᵀ + b (+ h_i·(s·B_i)ᵀ as the tile's last K = r slice)
+    frozenWithAux(rec, { a: xh, b: w, c: y, bias, M: T, N: outF, K: inF, transB: true, beta: accumulate ? 1 : 0 },
       sB16 ? { a2: h16, b2: sB16.w, K2: r, lda2: ld, offsetA2: i++ * r } : undefined);
     sB16?.done();
   }

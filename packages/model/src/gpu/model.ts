@@ -38,6 +38,12 @@ export interface ForwardOptions {
   /** Activations to write for layer l (a fresh set per layer to keep them, one set to reuse). */
   activations: (layer: number) => LayerActivations;
   kv?: (layer: number) => KvContext;
+  /**
+   * Inference (nothing is kept for a backward): one buffer carries the residual stream through the
+   * layers, updated in place (decoderLayerForward with xOut === x: the o and down products add into
+   * it, no residual-add passes). Not with layerInputs.
+   */
+  residualInPlace?: boolean;
 }
 
 export class GpuModel {
@@ -110,9 +116,10 @@ export class GpuModel {
     const inputs = opts.layerInputs;
     if (opts.lora && opts.gathered) throw new Error("recordForward: lora (one adapter) and gathered (per-row slots) do not go together");
     if (inputs && inputs.length !== L + 1) throw new Error(`recordForward: layerInputs needs ${L + 1} tensors, got ${inputs.length}`);
-    // Without saved inputs two buffers ping-pong through the layers.
-    const ping = inputs ? null : [fresh("x0"), fresh("x1")];
-    const xAt = (l: number) => (inputs ? inputs[l]! : ping![l % 2]!);
+    if (inputs && opts.residualInPlace) throw new Error("recordForward: residualInPlace keeps no layer inputs; it does not go with layerInputs");
+    // Without saved inputs two buffers ping-pong through the layers (one, updated in place, for inference).
+    const ping = inputs ? null : opts.residualInPlace ? [fresh("x")] : [fresh("x0"), fresh("x1")];
+    const xAt = (l: number) => (inputs ? inputs[l]! : ping![l % ping!.length]!);
     embeddingForward(rec, tb.ids, weights.embed, xAt(0), this.embedErrors);
     for (let l = 0; l < L; l++) {
       opts.saveInput?.(rec, l, xAt(l));
@@ -142,7 +149,7 @@ export class GpuModel {
     const loss = rt.zeros("f32", [2], "loss");
     const nll = rt.empty("f32", [T], "nll");
     const rec = rt.recorder("nll");
-    const fwd = this.recordForward(rec, tb, { activations: () => acts, lora });
+    const fwd = this.recordForward(rec, tb, { activations: () => acts, lora, residualInPlace: true });
     // The head only on labelled rows (prompts in SFT evaluation carry no loss).
     const ceScratch = crossEntropyOnLabelledRows(rec, { h: fwd.h, w: this.weights.lmHead, labels: labelsT, loss, nll }, labels);
     rec.submit();
