@@ -57,7 +57,7 @@ for step in $STEPS; do
     tests)
       el tests
       # The files that decide the off-by-default forms first, so a timeout costs only the rest.
-      timeout ${TESTS_TIMEOUT:-240} bun test ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-240} bun test ${TEST_FILES:-packages/model/test/residual-in-place.test.ts packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
@@ -79,6 +79,9 @@ for step in $STEPS; do
       # since session 11 (their tests passed on an H100); off for the rest of the call if they fail here.
       if grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit cop\|^(fail) .*fused copies on and off" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; fi
       grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt && { export TUNELOOM_ATTN_FULL_TILES=0; el "TUNELOOM_ATTN_FULL_TILES=0"; }
+      # Session 11, written after its last call: inference's in-place residual stream (decoder-layer.ts);
+      # on GPUs its prefill-sized products accumulate on tensor cores. A failure here is a bug to fix.
+      grep -q "^(fail) the residual stream updated in place" $OUT/tests.txt && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
       # Decode's grouped GEMVs (session 9, off by default): on for the rest of the call when their tests pass.
       if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi ;;
     sweep)
