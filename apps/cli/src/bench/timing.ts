@@ -2,16 +2,20 @@ import type { GpuRuntime, Recorder } from "@tuneloom/kernels";
 
 /**
  * GPU time of `record` (one or more dispatches), measured as wall time of `iters` copies in a
- * single submit, after a warm-up submit that also compiles pipelines. Returns ms per copy.
+ * single submit, after a warm-up submit that also compiles pipelines. Returns ms per copy. Both
+ * are recorded before the warm-up is submitted, so the timed submit follows it without the GPU
+ * idling while the host records (idle GPUs drop their clocks: warmClocks). Session 11's sweep saw
+ * the same configuration 1.4-3× apart between its two repetitions when the copies were recorded
+ * in that gap.
  */
 export async function timeGpu(rt: GpuRuntime, record: (rec: Recorder) => void, iters: number): Promise<number> {
   const warm = rt.recorder("bench-warmup");
   record(warm);
+  const rec = rt.recorder("bench");
+  for (let i = 0; i < iters; i++) record(rec);
   warm.submit();
   await rt.sync();
   warm.release();
-  const rec = rt.recorder("bench");
-  for (let i = 0; i < iters; i++) record(rec);
   const t0 = performance.now();
   rec.submit();
   await rt.sync();
