@@ -30,8 +30,8 @@
 #   decode-8b    Llama-3.1-8B batch-1 decode, ours with and without grouped GEMVs (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
-#   variants     double buffering, K slices and group sizes around the sweep's two picks, and their
-#                stage costs (gemm.jsonl)
+#   variants     the two-deep prefetch (`l`), double buffering, K slices and group sizes around the
+#                sweep's two picks, and their stage costs (gemm.jsonl); sweeps at once when `l` gains
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
@@ -51,6 +51,12 @@ train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the dea
     el "train $m"
     OUT=$OUT timeout "$2" bash scripts/gpu-measure.sh train "$m" > /dev/null 2>&1
   done
+}
+sweep() { # GEMM sweep over every model shape, best of 2; its table replaces kernels/src/gemm-tiles.json for the rest of the call
+  [ "$(left)" -gt 100 ] || { el "skip sweep"; return; }
+  el sweep
+  timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sg8u,2x4_4x2sk64g8u,4x2_2x4sk64g8u,4x4_2x2sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
+  [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json
 }
 for step in $STEPS; do
   case $step in
@@ -84,13 +90,7 @@ for step in $STEPS; do
       grep -q "^(fail) the residual stream updated in place" $OUT/tests.txt && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
       # Decode's grouped GEMVs (session 9, off by default): on for the rest of the call when their tests pass.
       if grep -q "^(pass) gemv group" $OUT/tests.txt && ! grep -q "^(fail) gemv group" $OUT/tests.txt; then export TUNELOOM_GEMV_GROUP=1; el "TUNELOOM_GEMV_GROUP=1"; fi ;;
-    sweep)
-      # Double buffering and K slices of 64 lost in session 4's sweeps, which were taken before the
-      # clock warm-up (timing.ts warmClocks): measured again here beside the table's winners.
-      [ "$(left)" -gt 100 ] || { el "skip sweep"; continue; }
-      el sweep
-      timeout $(( $(left) - 10 < 170 ? $(left) - 10 : 170 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs ${SWEEP_CONFIGS:-4x4_2x2sk64g8,4x4_2x2sg8u,2x4_4x2sk64g8u,4x2_2x4sk64g8u,4x4_2x2sg8} --write-table $OUT/gemm-tiles.json 2>/dev/null | grep '^{' | stamp >> $OUT/gemm.jsonl
-      [ -s $OUT/gemm-tiles.json ] && cp $OUT/gemm-tiles.json kernels/src/gemm-tiles.json ;;
+    sweep) sweep ;;
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
       [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
@@ -179,12 +179,19 @@ for step in $STEPS; do
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sk16dg8u,4x2_2x4sg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8u,4x2_2x4sg8ul,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs 4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores \
-        --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
+        --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
+      # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
+      # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
+      # rest of the call trains on its table.
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
+        el "two-deep prefetch ahead: sweep with it"
+        SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep
+      fi ;;
     *) echo "unknown step $step" ;;
   esac
 done

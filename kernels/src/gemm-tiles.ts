@@ -6,7 +6,7 @@
  * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
  *
  * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
- * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy) or `c`
+ * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy, `l` its two-deep prefetch) or `c`
  * for the global kernel with constant strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
 import table from "./gemm-tiles.json";
@@ -51,6 +51,12 @@ export interface TcConfig {
    */
   unrolled?: boolean;
   /**
+   * Unrolled and single-buffered only (name suffix `l` after `u`): a two-deep register prefetch,
+   * slice s + 2 loaded while slice s's products run (matmul-tc-staged.ts prefetch2Loop). Session 11,
+   * measured by the variants step.
+   */
+  prefetch2?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -73,8 +79,9 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[11])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -83,13 +90,14 @@ export function parseTcConfig(s: string): TcConfig {
     ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
-    ...(m[10] ? { diag: m[10] as TcConfig["diag"] } : {}),
-    ...(m[11] === "c" ? { constStrides: true } : {}),
+    ...(m[10] === "l" ? { prefetch2: true } : {}),
+    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
+    ...(m[12] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA

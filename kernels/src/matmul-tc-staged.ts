@@ -156,7 +156,10 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   // The stage's copy: global → registers (first slice, next slice) and registers → workgroup memory.
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
-  const mainLoop = double
+  if (cfg.prefetch2 && (double || !cfg.unrolled || diag)) throw new Error("stagedSource: the two-deep prefetch (l) is a single-buffered form of the unrolled copy, without diags");
+  const mainLoop = cfg.prefetch2
+    ? prefetch2Loop(copy as ReturnType<typeof unrolledCopy>, BK)
+    : double
     ? `${firstLoads}
   var cur = 0u;
   {
@@ -238,7 +241,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -302,18 +305,25 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
   const inTileA = (i: number) => A.partial ? ` && ar0 + ${i * A.rowsPerPass}u < ${BM}u` : "";
   const inTileB = (i: number) => B.partial ? ` && br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u` : "";
-  const loads = (k: string, indent: string) => [
-    `${indent}let kA = ${k};`,
-    ...ids(A.passes).map((i) => `${indent}ra${i} = vec4<u32>(); if (aRow + ${i * A.rowsPerPass}u < p.M && kA + akq < p.K${inTileA(i)}) { ra${i} = a[aIdx + ${i}u * aStep + kA / 8u]; }`),
+  // The slice at K offset k (a WGSL expression) into the registers ra/rb (or the set named).
+  const loads = (k: string, indent: string, ra = "ra", rb = "rb") => [
+    `${indent}{ let kA = ${k};`,
+    ...ids(A.passes).map((i) => `${indent}${ra}${i} = vec4<u32>(); if (aRow + ${i * A.rowsPerPass}u < p.M && kA + akq < p.K${inTileA(i)}) { ${ra}${i} = a[aIdx + ${i}u * aStep + kA / 8u]; }`),
     ...ids(B.passes).map((i) => transB
-      ? `${indent}rb${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
-      : `${indent}rb${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { rb${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
+      ? `${indent}${rb}${i} = vec4<u32>(); if (bRow + ${i * B.rowsPerPass}u < p.N && kA + bkq < p.K${inTileB(i)}) { ${rb}${i} = b[bIdx + ${i}u * bStep + kA / 8u]; }`
+      : `${indent}${rb}${i} = vec4<u32>(); if (bColOk && kA + br0 + ${i * B.rowsPerPass}u < p.K${inTileB(i)}) { ${rb}${i} = b[bIdx + ${i}u * bStep + kA * (p.ldb / 8u)]; }`),
+    `${indent}}`,
   ].join("\n");
   // The stores of a slice from the registers into the buffer at aOff/bOff: every A pass, then every B pass.
   const store = (aOff: string, bOff: string) => `    {
 ${ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${chunkStore("As", "at", `ra${i}`)} }`).join("\n")}
 ${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
     }`;
+  // The second register set of the two-deep prefetch (TcConfig.prefetch2): declared, and moved into ra/rb.
+  const second = {
+    declare: [...ids(A.passes).map((i) => `  var sa${i} = vec4<u32>();`), ...ids(B.passes).map((i) => `  var sb${i} = vec4<u32>();`)].join("\n"),
+    move: [...ids(A.passes).map((i) => `ra${i} = sa${i};`), ...ids(B.passes).map((i) => `rb${i} = sb${i};`)].join(" "),
+  };
   const rightLoad = (j: number, kk: number) =>
     transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
@@ -328,5 +338,31 @@ ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${
       }`).join("\n")}
     }`;
   }).join("\n");
-  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), store, products };
+  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, products, second };
+}
+
+/**
+ * The main loop with a two-deep register prefetch (TcConfig.prefetch2, name suffix `l`): single
+ * buffer, two barriers per slice like the plain loop, but slice s + 2 is loaded while slice s's
+ * products run, so a slice's global loads have two slices of products to land before they are
+ * stored (session 11's stage costs: leaving the loads out made the staged tiles 6-62% faster).
+ * Registers ra/rb hold the slice to store, sa/sb the one after it.
+ */
+export function prefetch2Loop(copy: ReturnType<typeof unrolledCopy>, BK: number): string {
+  return `${copy.setup}${copy.second.declare}
+${copy.loads("0u", "  ")}
+  if (${BK}u < p.K) {
+${copy.loads(`${BK}u`, "    ", "sa", "sb")}
+  }
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    let aOff = 0u; let bOff = 0u;
+${copy.store("aOff", "bOff")}
+    workgroupBarrier();
+    ${copy.second.move}
+    if (k0 + ${2 * BK}u < p.K) {
+${copy.loads(`k0 + ${2 * BK}u`, "      ", "sa", "sb")}
+    }
+${copy.products}
+    workgroupBarrier();
+  }`;
 }
