@@ -10,6 +10,8 @@ import { Tensor } from "./tensor.ts";
 /** Uniform parameter blocks are packed into shared buffers at this alignment. */
 const UNIFORM_ALIGN = 256;
 const UNIFORM_CHUNK = 64 * 1024;
+/** Dispatches recorded before a flushing recorder's first automatic submit (Recorder flushEvery). */
+const FIRST_FLUSH = 32;
 
 /** One dispatch's GPU time from Recorder.submitProfiled(). */
 export interface DispatchTiming {
@@ -57,7 +59,9 @@ export class Recorder {
 
   /**
    * `flushEvery`: submit automatically after this many recorded dispatches (see flush()); for
-   * long one-shot recordings such as a training step. 0: only explicit submits.
+   * long one-shot recordings such as a training step. 0: only explicit submits. The first flush
+   * comes after at most FIRST_FLUSH dispatches, so the GPU, idle since the last step's readback,
+   * starts within a fraction of a millisecond instead of after flushEvery dispatches' recording.
    */
   constructor(readonly rt: GpuRuntime, readonly label: string, private readonly flushEvery = 0, private readonly cacheBindings = false) {
     if (cacheBindings) rt.bindings.recordingStarted();
@@ -158,7 +162,7 @@ export class Recorder {
     if (x > max || y > max || z > max) throw new Error(`${label}: grid ${x}x${y}x${z} exceeds ${max} workgroups per dimension`);
     if (x === 0 || y === 0 || z === 0) return;
     this.ops.push({ kind: "dispatch", label, pipeline, bindGroup, workgroups: [x, y, z] });
-    if (this.flushEvery && this.ops.length >= this.flushEvery) this.flush();
+    if (this.flushEvery && this.ops.length >= (this.flushes === 0 ? Math.min(FIRST_FLUSH, this.flushEvery) : this.flushEvery)) this.flush();
   }
 
   /**
@@ -169,7 +173,9 @@ export class Recorder {
   flush() {
     this.submit();
     this.ops.length = 0;
+    this.flushes++;
   }
+  private flushes = 0;
 
   copy(src: Tensor, dst: Tensor, bytes = src.byteLength, srcOffset = 0, dstOffset = 0) {
     if (srcOffset + bytes > src.byteLength || dstOffset + bytes > dst.byteLength) {
