@@ -362,12 +362,12 @@ describe("long context without T² memory", () => {
 // ------------------------------------------------------------------ decode
 
 describe("decode against the last row of full attention", () => {
-  const nH = 14, nKV = 2, hd = 64, maxT = 96;
+  const nH = 14, nKV = 2, maxT = 96;
   // three sequences in their own cache slots (continuous batching), different lengths
   const slots = [{ offset: 0, len: 37 }, { offset: 40, len: 1 }, { offset: 50, len: 46 }];
 
-  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number; auto?: boolean }) {
-    const B = slots.length;
+  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number; auto?: boolean; hd?: number }) {
+    const B = slots.length, hd = opts.hd ?? 64;
     const seqs = slots.map((s) => {
       const P = problem(nH, nKV, hd, packed([s.len]), { window: opts.window ?? 0 });
       const x = randomInputs(P);
@@ -443,6 +443,9 @@ describe("decode against the last row of full attention", () => {
   test("f32 cache, split-K 4 (flash-decoding) with a low length hint", () => decodeCase({ dtype: "f32", splits: 4, maxLength: 20 }));
   test("f32 cache, sliding window 9, split-K 3", () => decodeCase({ dtype: "f32", splits: 3, window: 9 }));
   test("f16 cache", () => decodeCase({ dtype: "f16", splits: 2 }));
+  // head dim 128 (Llama-3.1-8B's): 16 chunks of 4 f32 per thread and tile, 8 of 8 f16 (stageTile)
+  test("head dim 128, f32 cache, one pass", () => decodeCase({ dtype: "f32", hd: 128 }));
+  test("head dim 128, f16 cache, split-K 3", () => decodeCase({ dtype: "f16", hd: 128, splits: 3 }));
   test("f32 cache, splits chosen automatically (3 of 32 keys: maxT 96)", () => decodeCase({ dtype: "f32", auto: true }));
 });
 
