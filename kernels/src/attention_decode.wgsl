@@ -38,7 +38,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> kCacheW: array<u32>;  // (maxT, nKV, HD)
 @group(0) @binding(5) var<storage, read_write> vCacheW: array<u32>;  // (maxT, nKV, HD)
 // decode
-@group(0) @binding(1) var<storage, read> q: array<f32>;              // (B, nH, HD)
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;        // (B, nH, HD), 4 values an element
 @group(0) @binding(2) var<storage, read> kCache: array<vec4<u32>>;   // (maxT, nKV, HD), 16-byte chunks
 @group(0) @binding(3) var<storage, read> vCache: array<vec4<u32>>;   // (maxT, nKV, HD), 16-byte chunks
 @group(0) @binding(4) var<storage, read> offsets: array<u32>;        // (B)
@@ -134,11 +134,11 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   let lo = start + split * p.splitLen;
   // the last split takes everything left, so a low length hint never drops keys
   let hi = select(min(len, lo + p.splitLen), len, split + 1u == p.nSplit);
-  for (var e = tid; e < GB * HD; e += 64u) {
+  for (var e = 4u * tid; e < GB * HD; e += 256u) { // 4 values a load (HD is a multiple of 8)
     let gi = e / HD;
-    var x = 0.0;
-    if (gi < nG) { x = q[(b * p.nH + h0 + gi) * HD + e % HD] * p.scale; } // s = scale·q·kᵀ
-    Qs[e] = x;
+    var x = vec4<f32>(0.0);
+    if (gi < nG) { x = q[((b * p.nH + h0 + gi) * HD + e % HD) / 4u] * p.scale; } // s = scale·q·kᵀ
+    Qs[e] = x.x; Qs[e + 1u] = x.y; Qs[e + 2u] = x.z; Qs[e + 3u] = x.w;
   }
   if (tid < GB) { mS[tid] = NEG; lS[tid] = 0.0; }
   var o: array<f32, 16>; // outputs e = tid + 64i of (GB, HD)
