@@ -15,8 +15,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let i = (wg.y * nwg.x + wg.x) * 256u + lid;
   let mn = p.M * p.N;
   if (i >= mn) { return; }
+  // Four partials loaded before they are added, so their loads are in flight together (a load per
+  // iteration waited for the add before it: one memory latency per split); same order of sums.
   var s = 0.0;
-  for (var z = 0u; z < p.splits; z++) { s += part[z * mn + i]; }
+  var z = 0u;
+  for (; z + 4u <= p.splits; z += 4u) {
+    let p0 = part[z * mn + i]; let p1 = part[(z + 1u) * mn + i]; let p2 = part[(z + 2u) * mn + i]; let p3 = part[(z + 3u) * mn + i];
+    s += p0; s += p1; s += p2; s += p3;
+  }
+  for (; z < p.splits; z++) { s += part[z * mn + i]; }
   let m = i / p.N; let n = i % p.N;
   var idx = p.offC + m * p.ldc + n;
   if (TRANSPOSE_C) { idx = p.offC + n * p.ldc + m; }

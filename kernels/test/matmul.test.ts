@@ -258,9 +258,10 @@ describe.each(KERNELS)("batched along z with strides (%s)", (kernel) => {
 
 // The split-K reduction into a transposed C (LoRA's dBᵀ = hᵀ·dy reduced into dB (out, r)).
 describe("splitKReduce into a transposed C", () => {
-  test("C (N, M) stride ldc at an offset += alpha · Σ partials (S, M, N), other elements untouched", async () => {
+  // S = 3 (the remainder loop alone), 4 (one round of four), 7 and 16 (rounds and a remainder).
+  test.each([3, 4, 7, 16])("C (N, M) stride ldc at an offset += alpha · Σ partials (S = %i, M, N), other elements untouched", async (S) => {
     const rt = await getRuntime();
-    const S = 3, M = 5, N = 7, ldc = 9, offC = 4, alpha = 0.5;
+    const M = 5, N = 7, ldc = 9, offC = 4, alpha = 0.5;
     const part = randn(S * M * N), c0 = randn(offC + N * ldc);
     const tp = rt.upload("f32", [S * M * N], part), tc = rt.upload("f32", [offC + N * ldc], c0);
     const rec = rt.recorder("splitk transposed");
