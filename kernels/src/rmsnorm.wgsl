@@ -29,9 +29,16 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;  // (T)
 
 // r = 1 / sqrt(mean(x²) + eps) of the row that starts at base. Called in uniform control flow.
+// Four of a thread's values are loaded before they are summed (their loads in flight together;
+// a load per iteration waited for the sum before it), in the same order of sums.
 fn row_rstd(lid: u32, base: u32) -> f32 {
   var ss = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  var c = lid;
+  for (; c + 3u * WG < p.C; c += 4u * WG) {
+    let v0 = x[base + c]; let v1 = x[base + c + WG]; let v2 = x[base + c + 2u * WG]; let v3 = x[base + c + 3u * WG];
+    ss = fma(v0, v0, ss); ss = fma(v1, v1, ss); ss = fma(v2, v2, ss); ss = fma(v3, v3, ss);
+  }
+  for (; c < p.C; c += WG) {
     let v = x[base + c];
     ss = fma(v, v, ss);
   }
