@@ -128,6 +128,48 @@ export function ropeForward(rec: Recorder, args: RopeArgs) {
   rope(rec, "ropeForward", args, 1);
 }
 
+export interface RopeAppendArgs {
+  q: Tensor; // f32 (T, nQ, hd), rotated in place
+  k: Tensor; // f32 (T, nK, hd), rotated in place
+  v: Tensor; // f32 (T, nK, hd)
+  positions: Tensor; // i32 (T)
+  invFreq: Tensor; // f32 (hd/2)
+  /** i32 (T): the cache row of each token; < 0 skips it. */
+  rows: Tensor;
+  kCache: Tensor; // f32 or f16 (maxT, nK, hd), one layer's
+  vCache: Tensor; // same dtype and shape as kCache
+}
+
+/** Whether ropeForwardAppend takes this head dim (two rotation pairs per thread: hd a multiple of 4). */
+export const ropeAppendFits = (hd: number) => hd % 4 === 0;
+
+/**
+ * ropeForward of q and k, then kCache[rows[t]] = k[t] (rotated), vCache[rows[t]] = v[t], in one
+ * dispatch (rope.wgsl rope_append): the same bits as ropeForward followed by kvCacheAppend.
+ */
+export function ropeForwardAppend(rec: Recorder, args: RopeAppendArgs) {
+  const K = "ropeForwardAppend";
+  const { q, k, v, positions, invFreq, rows, kCache, vCache } = args;
+  expectTensor(K, "q", q, "f32");
+  if (q.shape.length !== 3) throw new Error(`${K}: q must be (T, nQ, hd), got [${q.shape.join(", ")}]`);
+  const [T, nQ, hd] = q.shape as [number, number, number];
+  if (!ropeAppendFits(hd)) throw new Error(`${K}: head dim ${hd} must be a multiple of 4`);
+  expectTensor(K, "k", k, "f32");
+  if (k.shape.length !== 3 || k.shape[0] !== T || k.shape[2] !== hd) throw new Error(`${K}: k must be (${T}, nK, ${hd}), got [${k.shape.join(", ")}]`);
+  const nK = k.shape[1]!;
+  expectTensor(K, "v", v, "f32", [T, nK, hd]);
+  expectTensor(K, "positions", positions, "i32", [T]);
+  expectTensor(K, "invFreq", invFreq, "f32", [hd / 2]);
+  expectTensor(K, "rows", rows, "i32", [T]);
+  if (kCache.shape.length !== 3 || kCache.shape[1] !== nK || kCache.shape[2] !== hd) throw new Error(`${K}: kCache must be (maxT, ${nK}, ${hd}), got [${kCache.shape.join(", ")}]`);
+  expectTensor(K, "kCache", kCache, ["f32", "f16"]);
+  expectTensor(K, "vCache", vCache, kCache.dtype, kCache.shape);
+  const maxT = kCache.shape[0]!;
+  rec.dispatch(`${K} ${T}x(${nQ}+${nK})x${hd}`, rec.rt.pipeline(source, { CACHE_F16: kCache.dtype === "f16" ? 1 : 0 }, "rope_append"),
+    new Params(8).u32(T).u32(nQ).u32(nK).u32(hd / 2).u32(hd).f32(1).u32(maxT).u32(0).buffer,
+    [positions, invFreq, q, k, v, rows, kCache, vCache], flatGrid(T * (nQ + nK) * (hd / 4)));
+}
+
 /**
  * Backward of ropeForward: dq, dk (the gradients of the rotated q, k) rotated by −θ, in place
  * or into qOut/kOut. Differentiates `out = R(θ)·x`: dx = R(θ)ᵀ·dout = R(−θ)·dout.

@@ -88,3 +88,57 @@ fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     k[j + p.half] = o.y;
   }
 }
+
+// rope_append: the forward rotation of q and k, and each token's rotated k and its v written to
+// KV-cache row rows[t] (rows[t] < 0 or ≥ maxT: not written), in one dispatch instead of rope then
+// kvCacheAppend (a decode step's two small dispatches per layer). One thread per two adjacent
+// pairs (i, i + half) and (i + 1, i + 1 + half), i even, so an f16 cache gets whole packed words
+// (pack2x16float, as kvCacheAppend rounds). Needs hd a multiple of 4. p._pad0 holds maxT.
+override CACHE_F16: bool = false;
+@group(0) @binding(5) var<storage, read> v: array<f32>;              // (T, nK, hd)
+@group(0) @binding(6) var<storage, read> rows: array<i32>;           // (T)
+@group(0) @binding(7) var<storage, read_write> kCacheW: array<u32>;  // (maxT, nK, hd): f32 bits or f16 pairs
+@group(0) @binding(8) var<storage, read_write> vCacheW: array<u32>;  // (maxT, nK, hd)
+
+@compute @workgroup_size(256)
+fn rope_append(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+  let heads = p.nQ + p.nK;
+  let quarter = p.half / 2u;
+  let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
+  if (idx >= p.T * heads * quarter) { return; }
+  let i = 2u * (idx % quarter);
+  let th = idx / quarter;
+  let h = th % heads;
+  let t = th / heads;
+  let pos = f32(positions[t]);
+  let sc0 = sincos(pos * inv_freq[i]);
+  let sc1 = sincos(pos * inv_freq[i + 1u]);
+  if (h < p.nQ) {
+    let j = (t * p.nQ + h) * p.hd + i;
+    let o0 = rotate(q[j], q[j + p.half], sc0);
+    let o1 = rotate(q[j + 1u], q[j + 1u + p.half], sc1);
+    q[j] = o0.x; q[j + 1u] = o1.x; q[j + p.half] = o0.y; q[j + 1u + p.half] = o1.y;
+    return;
+  }
+  let hk = h - p.nQ;
+  let j = (t * p.nK + hk) * p.hd + i;
+  let o0 = rotate(k[j], k[j + p.half], sc0);
+  let o1 = rotate(k[j + 1u], k[j + 1u + p.half], sc1);
+  k[j] = o0.x; k[j + 1u] = o1.x; k[j + p.half] = o0.y; k[j + 1u + p.half] = o1.y;
+  let row = rows[t];
+  if (row < 0 || u32(row) >= p._pad0) { return; }
+  let dst = (u32(row) * p.nK + hk) * p.hd + i;
+  let v0 = v[j]; let v1 = v[j + 1u]; let v2 = v[j + p.half]; let v3 = v[j + 1u + p.half];
+  if (CACHE_F16) {
+    kCacheW[dst / 2u] = pack2x16float(vec2<f32>(o0.x, o1.x));
+    kCacheW[(dst + p.half) / 2u] = pack2x16float(vec2<f32>(o0.y, o1.y));
+    vCacheW[dst / 2u] = pack2x16float(vec2<f32>(v0, v1));
+    vCacheW[(dst + p.half) / 2u] = pack2x16float(vec2<f32>(v2, v3));
+  } else {
+    kCacheW[dst] = bitcast<u32>(o0.x); kCacheW[dst + 1u] = bitcast<u32>(o1.x);
+    kCacheW[dst + p.half] = bitcast<u32>(o0.y); kCacheW[dst + 1u + p.half] = bitcast<u32>(o1.y);
+    vCacheW[dst] = bitcast<u32>(v0); vCacheW[dst + 1u] = bitcast<u32>(v1);
+    vCacheW[dst + p.half] = bitcast<u32>(v2); vCacheW[dst + 1u + p.half] = bitcast<u32>(v3);
+  }
+}

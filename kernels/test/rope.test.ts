@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, ropeBackward, ropeForward, ropeInvFreq, type RopeConfig } from "../src/index.ts";
+import { getRuntime, kvCacheAppend, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeInvFreq, type RopeConfig } from "../src/index.ts";
 import { randn, relError, rng } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -196,4 +196,51 @@ test("rope shape errors name the kernel", () => {
   const rec = rt.recorder();
   expect(() => ropeForward(rec, { q: tq, k: tk, positions: tpos, invFreq: tinv })).toThrow(/ropeForward: k must be \(4, nK, 8\)/);
   rt.release(tq, tk, tpos, tinv);
+});
+
+// The fused forward + cache append (a KV-cache layer's rope): the same bits as ropeForward then
+// kvCacheAppend, for f32 and f16 caches, rows skipped (−1) or past the cache, and the head dims of
+// the model families (64, 128) and a small one.
+describe("ropeForwardAppend equals ropeForward then kvCacheAppend, bit for bit", () => {
+  for (const hd of [16, 64, 128]) {
+    for (const dtype of ["f32", "f16"] as const) {
+      test(`hd ${hd}, ${dtype} cache`, async () => {
+        const T = 5, nQ = 4, nK = 2, maxT = 12;
+        const inv = ropeInvFreq({ headDim: hd, ropeTheta: 10000, ropeScaling: null });
+        const q = randn(T * nQ * hd), k = randn(T * nK * hd), v = randn(T * nK * hd);
+        const pos = Int32Array.from([0, 1, 7, 300, 2]), rowIdx = Int32Array.from([3, -1, 11, 0, 12]); // 12 ≥ maxT: skipped
+        const cache0 = randn(maxT * nK * hd);
+        const run = async (fused: boolean) => {
+          const tq = rt.upload("f32", [T, nQ, hd], q), tk = rt.upload("f32", [T, nK, hd], k), tv = rt.upload("f32", [T, nK, hd], v);
+          const tp = rt.upload("i32", [T], pos), ti = rt.upload("f32", [hd / 2], inv), tr = rt.upload("i32", [T], rowIdx);
+          const kc = rt.upload("f32", [maxT, nK, hd], cache0), vc = rt.upload("f32", [maxT, nK, hd], cache0);
+          const kCache = dtype === "f32" ? kc : rt.zeros("f16", [maxT, nK, hd]), vCache = dtype === "f32" ? vc : rt.zeros("f16", [maxT, nK, hd]);
+          const rec = rt.recorder("rope append test");
+          if (fused) ropeForwardAppend(rec, { q: tq, k: tk, v: tv, positions: tp, invFreq: ti, rows: tr, kCache, vCache });
+          else {
+            ropeForward(rec, { q: tq, k: tk, positions: tp, invFreq: ti });
+            kvCacheAppend(rec, { kNew: tk, vNew: tv, positions: tr, kCache, vCache });
+          }
+          rec.submit();
+          const out = { q: await rt.read(tq), k: await rt.read(tk), kc: await rt.read(kCache), vc: await rt.read(vCache) };
+          rec.release();
+          rt.release(tq, tk, tv, tp, ti, tr, kc, vc);
+          if (dtype === "f16") rt.release(kCache, vCache);
+          return out;
+        };
+        const [a, b] = [await run(true), await run(false)];
+        for (const key of ["q", "k", "kc", "vc"] as const) expect(Array.from(a[key])).toEqual(Array.from(b[key]));
+        // the rotation itself (not only agreement): q against float64
+        expect(relError(a.q, ropeRef(q, T, nQ, hd, pos, inv))).toBeLessThan(1e-6);
+      });
+    }
+  }
+  test("head dims that are not a multiple of 4 are refused (callers fall back to the two dispatches)", () => {
+    expect(ropeAppendFits(6)).toBe(false);
+    expect(ropeAppendFits(64)).toBe(true);
+    const rec = rt.recorder("rope append refusal");
+    const z = (dtype: "f32" | "i32", shape: number[]) => rt.zeros(dtype, shape);
+    expect(() => ropeForwardAppend(rec, { q: z("f32", [1, 1, 6]), k: z("f32", [1, 1, 6]), v: z("f32", [1, 1, 6]), positions: z("i32", [1]), invFreq: z("f32", [3]), rows: z("i32", [1]), kCache: z("f32", [2, 1, 6]), vCache: z("f32", [2, 1, 6]) })).toThrow("multiple of 4");
+    rec.release();
+  });
 });

@@ -14,7 +14,7 @@
 import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
-  hasTensorCoreMatmul, ropeBackward, ropeForward, swigluBackwardInPlace, swigluForward, toF16,
+  hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, swigluBackwardInPlace, swigluForward, toF16,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -216,8 +216,14 @@ export function decoderLayerForward(
     { w: w.v, bias: w.vBias, y: a.v, lora: m.v_proj },
   ], lora, a.loraH.qkv, xn1h);
   if (xn1h) rec.recycle(xn1h);
-  ropeForward(rec, { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
-  if (kv) kvCacheAppend(rec, { kNew: heads(a.k, nKV, hd), vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
+  // q, k rotated in place; with a KV cache the rotated k and v go to the cache rows in the same dispatch
+  const rot = { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq };
+  if (kv && ropeAppendFits(hd)) {
+    ropeForwardAppend(rec, { ...rot, v: heads(a.v, nKV, hd), rows: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
+  } else {
+    ropeForward(rec, rot);
+    if (kv) kvCacheAppend(rec, { kNew: rot.k, vNew: heads(a.v, nKV, hd), positions: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
+  }
   if (kv?.decode) {
     attentionDecode(rec, {
       q: heads(a.q, nH, hd), kCache: kv.kCache, vCache: kv.vCache, offsets: kv.decode.offsets, lengths: kv.decode.lengths,
