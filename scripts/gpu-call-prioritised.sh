@@ -63,7 +63,7 @@ for step in $STEPS; do
     tests)
       el tests
       # The files that decide the off-by-default forms first, so a timeout costs only the rest.
-      timeout ${TESTS_TIMEOUT:-240} bun test ${TEST_FILES:-packages/model/test/residual-in-place.test.ts packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout ${TESTS_TIMEOUT:-240} bun test ${TEST_FILES:-packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
