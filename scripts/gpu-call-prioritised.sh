@@ -115,6 +115,7 @@ for step in $STEPS; do
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 16 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
       rm -rf "$d8" ;;
     wginit)

@@ -69,14 +69,16 @@ const vecSources = new Map<string, KernelSource>();
  * Words of W (16 bytes each) a thread loads before using any, across its RT rows: 8 (the default
  * since session 11: Llama-3.1-8B batch-1 decode 86.6 → 95.9 tok/s on an H100, same call) or 4
  * (sessions 5-10; at batch 1 the 8B model's down and o products read at 1.4-1.8 TB/s with it).
- * `TUNELOOM_GEMV_DEPTH=4` for A/B measurements; tests flip `words`.
+ * `TUNELOOM_GEMV_DEPTH=4` or `16` for A/B measurements (the device script's decode-8b); tests flip
+ * `words`.
  */
 export const gemvDepth = { words: gemvDepthFrom(process.env.TUNELOOM_GEMV_DEPTH) };
 
-function gemvDepthFrom(v: string | undefined): 4 | 8 {
+function gemvDepthFrom(v: string | undefined): 4 | 8 | 16 {
   if (v === undefined || v === "" || v === "8") return 8;
   if (v === "4") return 4;
-  throw new Error(`TUNELOOM_GEMV_DEPTH must be 4 or 8, got ${JSON.stringify(v)}`);
+  if (v === "16") return 16;
+  throw new Error(`TUNELOOM_GEMV_DEPTH must be 4, 8 or 16, got ${JSON.stringify(v)}`);
 }
 
 /** The part of a pipeline's name and cache key that depends on gemvDepth (empty at the default). */

@@ -161,13 +161,13 @@ describe.each(FORMS)("gemv against float64 (%s)", (form) => {
 
 // Decode's q/k/v and gate/up: one dispatch of the GPU kernel for two or three weights that read the
 // same x, each part's workgroups beside the others' (forced to the GPU form here on every device).
-// Four words of W in flight per thread (gemvDepth; the default is 8 since session 11, which the
-// other tests here run): the U·RT loads per round change with the rows per thread, and the last
-// round of a row is partial (K = 8·32·U·k + a remainder), so every rows-per-thread choice and a
-// grouped call run here.
-describe("gemv with 4 words in flight per thread against float64", () => {
+// Four and sixteen words of W in flight per thread (gemvDepth; the default is 8 since session 11,
+// which the other tests here run): the U·RT loads per round change with the rows per thread, and
+// the last round of a row is partial (K = 8·32·U·k + a remainder), so every rows-per-thread choice
+// and a grouped call run here.
+describe.each([4, 16] as const)("gemv with %i words in flight per thread against float64", (words) => {
   const was = gemvDepth.words;
-  beforeAll(() => { gemvDepth.words = 4; });
+  beforeAll(() => { gemvDepth.words = words; });
   afterAll(() => { gemvDepth.words = was; });
   test("rows of W per thread 1, 2, 4; M in {1, 3, 9}; K with a partial last round; f16 and bf16", async () => {
     const N = 96, K = 8 * 32 * 8 + 40;
