@@ -63,8 +63,8 @@ PY
     timeout 300 bun run bench -- --train --model "$dir" --batch 8 --seq 512 --rank 16 --steps 6 2>/dev/null | json | fromdir | stamp >> "$OUT/train.jsonl"
     timeout 150 bun run bench -- --decode --model "$dir" --tokens 128 2>/dev/null | json | fromdir | stamp >> "$OUT/decode.jsonl"
     # Where a decode step's time goes at 8B (every kernel label), for the ≥ 100 tok/s target; the
-    # same 96 decoded tokens as the timed run, so its attention splits the keys as the timed run does.
-    timeout 60 bun run bench -- --decode --model "$dir" --tokens 96 --profile 2>/dev/null | json | fromdir | stamp >> "$OUT/profile.jsonl"
+    # same 128 decoded tokens as the timed run, so its attention splits the keys as the timed run does.
+    timeout 60 bun run bench -- --decode --model "$dir" --tokens 128 --profile 2>/dev/null | json | fromdir | stamp >> "$OUT/profile.jsonl"
     PYTHONUNBUFFERED=1 timeout 150 python3 -c "import sys, torch; sys.path.insert(0, '.tmp'); import peft_bench as pb; pb.decode('$m', torch.bfloat16, 64, 128)" 2>>"$OUT/peft-stderr.txt" | json | stamp >> "$OUT/decode.jsonl"
     rm -rf "$dir"
     ;;
