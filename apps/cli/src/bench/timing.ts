@@ -5,8 +5,8 @@ import type { GpuRuntime, Recorder } from "@tuneloom/kernels";
  * single submit, after a warm-up submit that also compiles pipelines. Returns ms per copy. Both
  * are recorded before the warm-up is submitted, so the timed submit follows it without the GPU
  * idling while the host records (idle GPUs drop their clocks: warmClocks). Session 11's sweep saw
- * the same configuration 1.4-3× apart between its two repetitions when the copies were recorded
- * in that gap.
+ * the same configuration 1.4-3× apart between its two repetitions, the copies then recorded in
+ * that gap; whether the gap was the cause, the next sweep's repetitions will tell.
  */
 export async function timeGpu(rt: GpuRuntime, record: (rec: Recorder) => void, iters: number): Promise<number> {
   const warm = rt.recorder("bench-warmup");
