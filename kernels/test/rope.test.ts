@@ -239,8 +239,10 @@ describe("ropeForwardAppend equals ropeForward then kvCacheAppend, bit for bit",
     expect(ropeAppendFits(6)).toBe(false);
     expect(ropeAppendFits(64)).toBe(true);
     const rec = rt.recorder("rope append refusal");
-    const z = (dtype: "f32" | "i32", shape: number[]) => rt.zeros(dtype, shape);
+    const held: ReturnType<typeof rt.zeros>[] = [];
+    const z = (dtype: "f32" | "i32", shape: number[]) => { const t = rt.zeros(dtype, shape); held.push(t); return t; };
     expect(() => ropeForwardAppend(rec, { q: z("f32", [1, 1, 6]), k: z("f32", [1, 1, 6]), v: z("f32", [1, 1, 6]), positions: z("i32", [1]), invFreq: z("f32", [3]), rows: z("i32", [1]), kCache: z("f32", [2, 1, 6]), vCache: z("f32", [2, 1, 6]) })).toThrow("multiple of 4");
     rec.release();
+    rt.release(...held);
   });
 });

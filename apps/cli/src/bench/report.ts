@@ -92,7 +92,7 @@ export function decodeTable(lines: Line[]): string {
   const models = [...new Set(lines.filter((l) => l.op === "decode").map((l) => String(l.model)))].sort(byModel);
   const rows = ["| model | GPU | batch 1 tok/s | ms/token | batch 16 tok/s (total) | HF generate tok/s (batch 1) | batch 1 ours/HF | call |", "|---|---|---|---|---|---|---|---|"];
   for (const m of models) {
-    // Not the profiled runs (16 tokens, timestamp queries) nor the A/B rows with a form switched off.
+    // Not the profiled runs (timestamp queries) nor the A/B rows with a form switched off or on.
     const r = newestCall(lines, (l) => l.op === "decode" && l.model === m && l.batch === 1 && !l.profile && !l.ab_off && !l.ab_on);
     if (!r) continue;
     const [b1] = r.found as [Line];
