@@ -18,7 +18,7 @@ import {
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
-import { type GatheredLayerLora, type LayerLora, type LoraOutput, type LoraProjection, linearsGatheredLoraForward, linearsLoraBackward, linearsLoraForward } from "./lora.ts";
+import { type GatheredLayerLora, type LayerLora, type LoraOutput, type LoraProjection, linearsGatheredLoraForward, linearsLoraBackward, linearsLoraForward, linearsLoraMids } from "./lora.ts";
 import type { GpuLayerWeights } from "./weights.ts";
 
 /** Per-token inputs shared by all layers. */
@@ -201,11 +201,17 @@ function groupForward(
  * so the two residual-add passes go away (two of a decode step's ~13 dispatches per layer); a
  * projection with a bias keeps the separate add. Otherwise a.xMid holds x + attention·Woᵀ for the
  * backward.
+ *
+ * xOut null: a gradient-checkpointing recompute, which needs only the activations the backward
+ * reads. The layer output is not one of them (the next layer's input is saved), so down_proj's
+ * frozen product and the residual add are skipped and only its LoRA h (a.loraH.down) is made:
+ * a quarter of a Llama layer's forward GEMM work.
  */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
-  x: Tensor, xOut: Tensor, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
+  x: Tensor, xOut: Tensor | null, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
 ) {
+  if (xOut === null && ("gathered" in lora || kv)) throw new Error("decoderLayerForward: a recompute (xOut null) takes per-module LoRA and no KV cache");
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
   // q, k and v read the same normed input, rounded to f16 once
@@ -247,6 +253,14 @@ export function decoderLayerForward(
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
+  if (xOut === null) {
+    // recompute: down_proj's LoRA h only (from act's f16 copy where its products run on tensor cores)
+    if (!m.down_proj) return swigluForward(rec, a.gate, a.up, a.act);
+    const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
+    linearsLoraMids(rec, a.act, [{ w: w.down, lora: m.down_proj }], a.loraH.down, act16);
+    if (act16) rec.recycle(act16);
+    return;
+  }
   // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
   // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
   // peak sits on the ≤ 0.7× target.)

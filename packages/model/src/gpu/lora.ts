@@ -147,6 +147,60 @@ function fusable(mods: readonly LoraModule[]): boolean {
   return mods.length > 1 && mods.every((m) => !m.dropout); // each s_i applies to B_i's products only
 }
 
+/** [h_1 … h_n] (T, n·r) = [x̃_1·A_1ᵀ … x̃_n·A_nᵀ] in f32 products, into `h` (one product when fusable). */
+function loraMidsF32(rec: Recorder, x: Tensor, mods: readonly LoraModule[], r: number, h: Tensor | undefined, fn: string): Tensor {
+  const [T, inF] = x.shape as [number, number];
+  const ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", fn);
+  const A = fusable(mods) ? stacked(mods.map((m) => m.A)) : null;
+  if (A) {
+    matmul(rec, { a: x, b: A, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A_1; …; A_n]ᵀ (T, n·r)
+  } else {
+    for (const [i, m] of mods.entries()) {
+      const xl = m.dropout ? droppedInput(rec, x, m.dropout, fn) : x; // x̃_i (T, in)
+      matmul(rec, { a: xl, b: m.A, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r }); // h_i = x̃_i·A_iᵀ
+    }
+  }
+  return hs;
+}
+
+/** The same on tensor cores (tensorCoreLora): from xh = x rounded to f16, and A stacked or null. */
+function loraMidsTc(rec: Recorder, x: Tensor, xh: Tensor, mods: readonly LoraModule[], r: number, A: Tensor | null, h: Tensor | undefined, fn: string): Tensor {
+  const [T, inF] = x.shape as [number, number];
+  const ld = mods.length * r;
+  const hs = groupColumns(h, T, ld, "h", fn);
+  if (A) {
+    const A16 = stackedA16(rec, mods, A); // (n·r, in)
+    matmulTensorCoreThin(rec, { a: xh, b: A16.w, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
+    A16.done();
+  } else {
+    for (const [i, m] of mods.entries()) {
+      // h_i = x̃_i·A_iᵀ, x̃_i = dropout(x) (or x) rounded to f16
+      const xl = m.dropout ? droppedInput(rec, x, m.dropout, fn) : x;
+      const xl16 = m.dropout ? toF16(rec, xl) : xh, A16 = weight16(rec, m.A, m.f16?.A);
+      matmulTensorCoreThin(rec, { a: xl16, b: A16.w, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r });
+      A16.done();
+      if (xl16 !== xh) rec.recycle(xl16);
+    }
+  }
+  return hs;
+}
+
+/**
+ * Only the h_i of linearsLoraForward (same products, same bits), for a gradient-checkpointing
+ * recompute whose outputs y_i the backward never reads (down_proj's: the layer output). No frozen
+ * products; nothing when no projection of the group is adapted.
+ */
+export function linearsLoraMids(rec: Recorder, x: Tensor, projs: readonly LoraProjection[], h: Tensor | undefined, x16?: Tensor) {
+  const { mods, r } = adaptedOf(projs, "linearsLoraMids");
+  if (mods.length === 0) return;
+  const tc = tensorCoreLora(rec, x, projs, mods, r);
+  if (!tc) return void loraMidsF32(rec, x, mods, r, h, "linearsLoraMids");
+  const xh = x16 ?? toF16(rec, x);
+  loraMidsTc(rec, x, xh, mods, r, tc.A, h, "linearsLoraMids");
+  if (!x16) rec.recycle(xh);
+}
+
 /**
  * y_i (T, out_i) = x (T, in)·W_iᵀ + bias_i, plus s·h_i·B_iᵀ with h_i = x̃_i·A_iᵀ (T, r) kept in
  * columns of `h` (T, n·r) for the backward, for every projection i of a group that reads x; with
@@ -171,17 +225,8 @@ export function linearsLoraForward(
     matmulAuto(rec, { ...base, a }); // y_i (+)= x·W_iᵀ + b_i
   }
   if (mods.length === 0) return;
-  const inF = x.shape[1]!, ld = mods.length * r;
-  const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
-  const A = fusable(mods) ? stacked(mods.map((m) => m.A)) : null;
-  if (A) {
-    matmul(rec, { a: x, b: A, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A_1; …; A_n]ᵀ (T, n·r)
-  } else {
-    for (const [i, m] of mods.entries()) {
-      const xl = m.dropout ? droppedInput(rec, x, m.dropout, "linearsLoraForward") : x; // x̃_i (T, in)
-      matmul(rec, { a: xl, b: m.A, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r }); // h_i = x̃_i·A_iᵀ
-    }
-  }
+  const ld = mods.length * r;
+  const hs = loraMidsF32(rec, x, mods, r, h, "linearsLoraForward");
   const ys = projs.filter((p) => p.lora).map((p) => p.y);
   for (const [i, m] of mods.entries()) {
     const outF = m.B.shape[0]!;
@@ -260,22 +305,8 @@ function loraForwardTc(
 ) {
   const [T, inF] = x.shape as [number, number];
   const ld = mods.length * r;
-  const hs = groupColumns(h, T, ld, "h", "linearsLoraForward");
   const xh = x16 ?? toF16(rec, x);
-  if (A) {
-    const A16 = stackedA16(rec, mods, A); // (n·r, in)
-    matmulTensorCoreThin(rec, { a: xh, b: A16.w, c: hs, M: T, N: ld, K: inF, transB: true }); // [h_1 … h_n] = x·[A]ᵀ (T, n·r), f32
-    A16.done();
-  } else {
-    for (const [i, m] of mods.entries()) {
-      // h_i = x̃_i·A_iᵀ, x̃_i = dropout(x) (or x) rounded to f16
-      const xl = m.dropout ? droppedInput(rec, x, m.dropout, "linearsLoraForward") : x;
-      const xl16 = m.dropout ? toF16(rec, xl) : xh, A16 = weight16(rec, m.A, m.f16?.A);
-      matmulTensorCoreThin(rec, { a: xl16, b: A16.w, c: hs, M: T, N: r, K: inF, transB: true, ldc: ld, offsetC: i * r });
-      A16.done();
-      if (xl16 !== xh) rec.recycle(xl16);
-    }
-  }
+  const hs = loraMidsTc(rec, x, xh, mods, r, A, h, "linearsLoraForward");
   const h16 = toF16(rec, hs);
   let i = 0;
   for (const { w, bias, y, lora, accumulate } of projs) {

@@ -228,8 +228,7 @@ export class FullTrainer {
       toRelease.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
-      const recomputeOut = rt.empty("f32", [T, C], "recompute_out");
-      toRelease.push(dh, dxA, dxB, recomputeOut);
+      toRelease.push(dh, dxA, dxB);
       // The loss in summed units (scale 1), as LoraTrainer; scaled to the mean after all micro-batches.
       crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, dw: headGrad, accumulateDw: true, scale: 1, nonFinite: this.clip.nonFinite });
       // h = rmsnorm(x_L)·w_final: dx_L, dw_final
@@ -242,7 +241,7 @@ export class FullTrainer {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
         const x = xs.input(rec, l);
-        if (this.opts.gradientCheckpointing && l < L - 1) decoderLayerForward(rec, ctx, w, tb, x, recomputeOut, actsFor(l));
+        if (this.opts.gradientCheckpointing && l < L - 1) decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l));
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones));
         [dOut, dIn] = [dIn, dOut];
       }

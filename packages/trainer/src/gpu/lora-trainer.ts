@@ -272,8 +272,7 @@ export class LoraTrainer {
       toRelease.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
-      const recomputeOut = rt.empty("f32", [T, C], "recompute_out");
-      toRelease.push(dh, dxA, dxB, recomputeOut);
+      toRelease.push(dh, dxA, dxB);
       const head = { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, scale: gradUnit, nonFinite: this.clip.nonFinite };
       if (this.opts.headOnTargetRowsOnly === false) crossEntropy(rec, head);
       else toRelease.push(...crossEntropyOnLabelledRows(rec, head, batch.labels));
@@ -289,7 +288,7 @@ export class LoraTrainer {
         // forward has just left them in the shared set.
         const x = xs.input(rec, l);
         if (this.opts.gradientCheckpointing && l < L - 1) {
-          decoderLayerForward(rec, ctx, w, tb, x, recomputeOut, actsFor(l), lora[l]);
+          decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l]);
         }
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l]);
         [dOut, dIn] = [dIn, dOut];
