@@ -27,7 +27,7 @@
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
-#   decode-8b    Llama-3.1-8B batch-1 decode, ours with and without grouped GEMVs (decode.jsonl)
+#   decode-8b    Llama-3.1-8B batch-1 decode, ours, the GEMV A/Bs (DECODE_AB=0 leaves them out) and a profile (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   variants     the two-deep prefetch (`l`), double buffering, K slices and group sizes around the
@@ -113,10 +113,10 @@ for step in $STEPS; do
       PYTHONUNBUFFERED=1 timeout $(( $(left) - 45 < 120 ? $(left) - 45 : 120 )) python3 .tmp/peft_bench.py --models llama3.1-8b --save "$d8" > /dev/null 2>>$OUT/peft-stderr.txt
       fromdir() { sed "s#\"model\":\"$d8\"#\"model\":\"llama3.1-8b\",\"from_dir\":true#"; }
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
       rm -rf "$d8" ;;
     wginit)
