@@ -67,8 +67,8 @@ export interface LayerWeightGrads {
  * dW_i (out_i, in) += dy_iᵀ·x and, with a bias, db_i (out_i) += onesᵀ·dy_i: the weight gradients
  * of projections y_i = x·W_iᵀ + b_i that read the same x (on tensor cores x is rounded to f16 once).
  */
-function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor) {
-  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? toF16(rec, x) : undefined;
+function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tensor; dw: Tensor; db: Tensor | undefined }[], ones: Tensor, kept16?: Tensor) {
+  const x16 = projs.some(({ dy, dw }) => weightGradOnTensorCores(rec, x, dy, dw)) ? kept16 ?? toF16(rec, x) : undefined;
   for (const { dy, dw, db } of projs) {
     if (!(x16 && linearBackwardWeightTensorCore(rec, x, dy, dw, 1, x16))) linearBackwardWeight(rec, x, dy, dw, 1, 1);
     if (db) {
@@ -76,7 +76,7 @@ function linearWeightGrads(rec: Recorder, x: Tensor, projs: readonly { dy: Tenso
       matmul(rec, { a: ones.view([1, T]), b: dy, c: db.view([1, outF]), M: 1, N: outF, K: T, beta: 1 });
     }
   }
-  if (x16) rec.recycle(x16);
+  if (x16 && x16 !== kept16) rec.recycle(x16);
 }
 
 export function allocLayerActivations(rt: GpuRuntime, cfg: ModelConfig, T: number, loraRank: number, targets: readonly LoraTarget[]): LayerActivations {
@@ -205,12 +205,14 @@ function groupForward(
  * xOut null: a gradient-checkpointing recompute, which needs only the activations the backward
  * reads. The layer output is not one of them (the next layer's input is saved), so down_proj's
  * frozen product and the residual add are skipped and only its LoRA h (a.loraH.down) is made:
- * a quarter of a Llama layer's forward GEMM work.
+ * a quarter of a Llama layer's forward GEMM work. It returns act's f16 copy where one was made (the
+ * tensor-core products of down_proj's backward read it: pass it to decoderLayerBackward, then
+ * recycle it).
  */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, xOut: Tensor | null, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
-) {
+): Tensor | undefined {
   if (xOut === null && ("gathered" in lora || kv)) throw new Error("decoderLayerForward: a recompute (xOut null) takes per-module LoRA and no KV cache");
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
@@ -254,12 +256,11 @@ export function decoderLayerForward(
   ], lora, a.loraH.gateUp, xn2h);
   if (xn2h) rec.recycle(xn2h);
   if (xOut === null) {
-    // recompute: down_proj's LoRA h only (from act's f16 copy where its products run on tensor cores)
-    if (!m.down_proj) return swigluForward(rec, a.gate, a.up, a.act);
+    // recompute: down_proj's LoRA h only (from act's f16 copy where its products run on tensor
+    // cores); the copy is kept for the backward's products that read act
     const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
-    linearsLoraMids(rec, a.act, [{ w: w.down, lora: m.down_proj }], a.loraH.down, act16);
-    if (act16) rec.recycle(act16);
-    return;
+    if (m.down_proj) linearsLoraMids(rec, a.act, [{ w: w.down, lora: m.down_proj }], a.loraH.down, act16);
+    return act16;
   }
   // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
   // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
@@ -271,22 +272,25 @@ export function decoderLayerForward(
   groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: dTo, accumulate: dInto, lora: m.down_proj }], lora, a.loraH.down, act16);
   if (act16) rec.recycle(act16);
   if (!dInto) addInPlace(rec, xOut, dTo === xOut ? xMid : dTo);
+  return undefined;
 }
 
 /**
  * Backward of decoderLayerForward: dx (T, C) from dOut (T, C); LoRA gradients accumulate into
  * each module's dA/dB, and with `wg` (full fine-tuning) every weight's gradient into wg. dx must
- * not alias dOut.
+ * not alias dOut. `act16`: a.act's f16 copy returned by the recompute (decoderLayerForward with xOut
+ * null), read instead of converting a.act again.
  */
 export function decoderLayerBackward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {}, wg?: LayerWeightGrads,
+  act16?: Tensor,
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
   const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
-  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh);
-  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones);
+  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh, act16);
+  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones, act16);
   // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp, and their f16 copies
   // for the tensor-core products below come out of the same pass
   const dGate16 = f16Scratch(rec, a.gate, w.gate), dUp16 = f16Scratch(rec, a.up, w.up);

@@ -327,16 +327,17 @@ function loraForwardTc(
  * (T, n·r) scratch. With dropout, x̃_i is regenerated from x and the module's seed (so each
  * `lora.dropout` must be the forward's). `dy16` (per projection): dy_i already rounded to f16 (the
  * bits of toF16, written by the kernel that made dy_i), read by the tensor-core products instead of
- * converting here; ignored where they do not run.
+ * converting here; ignored where they do not run. `x16`: x rounded to f16 the same way (e.g. kept
+ * from the recompute that made x), read by the tensor-core dA products instead of converting x.
  */
 export function linearsLoraBackward(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor; dy16?: Tensor })[], dx: Tensor, betaDx: 0 | 1,
-  h: Tensor | undefined, dh: Tensor | undefined,
+  h: Tensor | undefined, dh: Tensor | undefined, x16?: Tensor,
 ) {
   const [T, inF] = x.shape as [number, number];
   const { mods, r } = adaptedOf(projs, "linearsLoraBackward");
   const tc = tensorCoreLora(rec, x, projs, mods, r);
-  if (tc) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, tc.A);
+  if (tc) return loraBackwardTc(rec, x, projs, dx, betaDx, h, dh, mods, r, tc.A, x16);
   // backward of y_i = x·W_iᵀ:  dx = Σ_i dy_i·W_i (from dy_i's f16 copy where tensor cores take it)
   for (const [i, { w, dy, dy16 }] of projs.entries()) {
     const outF = w.shape[0]!;
@@ -385,10 +386,13 @@ export function linearsLoraBackward(
 /** linearsLoraBackward on tensor cores (see the module comment; `A` null: per module, with dropout). */
 function loraBackwardTc(
   rec: Recorder, x: Tensor, projs: readonly (LoraProjection & { dy: Tensor; dy16?: Tensor })[], dx: Tensor, betaDx: 0 | 1,
-  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor | null,
+  h: Tensor | undefined, dh: Tensor | undefined, mods: readonly LoraModule[], r: number, A: Tensor | null, keptX16?: Tensor,
 ) {
   const [T, inF] = x.shape as [number, number];
   for (const m of mods) if (!m.dA || !m.dB) throw new Error("linearsLoraBackward: LoRA backward needs dA and dB");
+  // x in f16 for the dA products: the caller's copy, else converted here (and recycled after)
+  const x16Of = () => keptX16 ?? toF16(rec, x);
+  const done16 = (t: Tensor | undefined) => { if (t && t !== keptX16) rec.recycle(t); };
   const ld = mods.length * r;
   const hs = groupColumns(h, T, ld, "h", "linearsLoraBackward");
   const dhs = groupColumns(dh, T, ld, "dh", "linearsLoraBackward");
@@ -417,10 +421,10 @@ function loraBackwardTc(
     const dA = mods.length === 1 ? mods[0]!.dA! : stacked(mods.map((m) => m.dA!));
     if (!dA) throw new Error("linearsLoraBackward: stacked A's need stacked dA's");
     if (gradsTc) {
-      const dhT16 = transposedF16(rec, dhs), x16 = toF16(rec, x);
+      const dhT16 = transposedF16(rec, dhs), x16 = x16Of();
       shortProductTc(rec, { a: dhT16, b: x16, c: dA, M: ld, N: inF, K: T, beta: 1 });
       rec.recycle(dhT16);
-      rec.recycle(x16);
+      done16(x16);
     } else matmul(rec, { a: dhs, b: x, c: dA, M: ld, N: inF, K: T, transA: true, beta: 1 });
     const A16 = stackedA16(rec, mods, A), dh16 = toF16(rec, dhs);
     aux = { a2: dh16, b2: A16.w, K2: ld };
@@ -437,7 +441,7 @@ function loraBackwardTc(
   if (A) return;
   const dh16 = toF16(rec, dhs);
   const dhT16 = gradsTc ? transposedF16(rec, dhs) : undefined;
-  const x16 = gradsTc && mods.some((m) => !m.dropout) ? toF16(rec, x) : undefined;
+  const x16 = gradsTc && mods.some((m) => !m.dropout) ? x16Of() : undefined;
   // dA_i += dh_iᵀ·input: on tensor cores from dhᵀ's rows i·r … (f16 input), else f32 from dh's columns.
   const dAProduct = (i: number, m: LoraModule, input: Tensor, input16: Tensor | undefined) => {
     if (dhT16 && input16) shortProductTc(rec, { a: dhT16, b: input16, c: m.dA!, M: r, N: inF, K: T, lda: T, offsetA: i * r * T, beta: 1 });
@@ -465,7 +469,8 @@ function loraBackwardTc(
     A16.done();
   }
   rec.recycle(dh16);
-  for (const t of [dhT16, x16]) if (t) rec.recycle(t);
+  if (dhT16) rec.recycle(dhT16);
+  done16(x16);
 }
 
 /**
