@@ -183,7 +183,7 @@ for step in $STEPS; do
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8u,4x2_2x4sg8ul,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8,4x2_4x4sg8u,2x4_4x4sg8u} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8u,4x2_2x4sg8ul,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8,4x2_4x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8u,2x4_4x4sg8ul} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
