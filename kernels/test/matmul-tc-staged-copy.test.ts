@@ -69,6 +69,8 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["2x4_4x1sk64u", 272, 64, 96],
     ["4x2_2x4sk64g8u", 144, 272, 80], // the sweep's dy·W pick (session 11): 36 KB, GPUs only
     ["4x2_2x2sg8u", 144, 80, 80],
+    ["4x2_4x4sg8u", 272, 144, 80], // 16 subgroups, 256×128 (session 12)
+    ["2x4_4x4sg8u", 144, 272, 80], // 16 subgroups, 128×256 (session 12)
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
@@ -136,6 +138,7 @@ describe.skipIf(!f16Ok)("two-deep prefetch: every slice's products read that sli
     ["2x2_2x2sg8ul", 80, 144, 16], // less than one slice: the second set is never loaded
     ["2x2_2x2sg8ul", 80, 144, 64], // exactly two slices
     ["1x2_2x2sk64g8ul", 80, 144, 208], // 64-deep slices, a K tail
+    ["4x2_4x4sg8ul", 272, 144, 80], // 16 subgroups (session 12)
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
