@@ -50,8 +50,23 @@ const PARAMS = `struct Params {
   M: u32, N: u32, K: u32, lda: u32,
   ldb: u32, ldc: u32, wkind: u32, flags: u32,
   beta: f32, nc: u32, gridX: u32, S: u32,
+  eps: f32, _a: u32, _b: u32, _c: u32, // eps: the fused RMSNorm's (GemvNorm)
 }
 @group(0) @binding(0) var<uniform> p: Params;`;
+
+/**
+ * RMSNorm fused in front of the product (decode): y = rmsnorm(x)·Wᵀ with rmsnorm(x) = x·r∘g,
+ * r = 1/√(mean(x²) + eps) per row of x, computed as r·(x∘g)·Wᵀ. Every workgroup sums x² over the
+ * chunks its lanes read anyway, so the separate RMSNorm dispatch (and its xn tensor) goes away.
+ */
+export interface GemvNorm {
+  /** g (K) f32, the norm's weight. */
+  weight: Tensor;
+  eps: number;
+}
+
+/** The fused norm's binding (5): g as vec4 words, like x. */
+const NORM_BINDING = "@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;";
 
 /** y[m][n] = s (+ bias[n]) (+ beta·y[m][n]): the epilogue of every gemv form (needs bindings bias and y). */
 const STORE = `fn store(m: u32, n: u32, s: f32) {
@@ -94,7 +109,7 @@ const depthTag = () => (gemvDepth.words === 8 ? "" : `_d${gemvDepth.words}`);
  * MS ≤ 8 with RT = 1, about 6 s for MS = 8, RT = 2; MS = 16 in one thread took 6-90 s there,
  * hence the x slices.
  */
-function vecParts(MS: number, RT: number) {
+function vecParts(MS: number, RT: number, norm = false) {
   const U = Math.max(1, Math.min(gemvDepth.words / RT, Math.floor(8 / MS)));
   const J = MS * RT;
   const JB = Math.min(J, JB_MAX);
@@ -114,7 +129,7 @@ function vecParts(MS: number, RT: number) {
     let n = n0 + (gg / p.S) * RT + j % RT;
     var s = 0.0;
     for (var l = 0u; l < TK; l++) { s += red[jj * WG1 + gg * TK + l]; }
-    if (m < p.M && n < ${N}) { ${store}(m, n, s); }
+    if (m < p.M && n < ${N}) { ${store}(m, n, ${norm ? "s * rstdW[m]" : "s"}); }
   }
   workgroupBarrier();`);
     }
@@ -127,6 +142,7 @@ const TK = ${TK}u; // lanes along K per row group
 const JB = ${JB}u; // accumulators reduced per round
 const WG1 = ${WG + 1}u;
 var<workgroup> red: array<f32, ${JB * (WG + 1)}>;
+${norm ? `var<workgroup> rstdW: array<f32, ${MAX_M}>; // the fused norm's r per x row` : ""}
 
 // 8 halves of one vec4<u32> word as two vec4<f32> (element 2i is the low half of word i).
 fn decode16(v: vec4<u32>) -> array<vec4<f32>, 2> {
@@ -150,7 +166,8 @@ fn ${fn}(n0: u32, tid: u32) {
   // This thread's x rows (a slice past M re-reads row M-1; its sums are not stored).
   var xrow = array<u32, MS>();
   for (var m = 0u; m < MS; m++) { xrow[m] = min((g % p.S) * MS + m, p.M - 1u) * lda4; }
-  var acc = array<array<f32, RT>, MS>();
+  var acc = array<array<f32, RT>, MS>();${norm ? `
+  var ss = array<f32, MS>(); // Σ x² over this lane's chunks, per x row` : ""}
   for (var c0 = lane; c0 < nc; c0 += U * TK) {
     // All U·RT words first, so that many loads are in flight before the first is used.
     var wv = array<array<vec4<u32>, RT>, U>();
@@ -163,20 +180,36 @@ fn ${fn}(n0: u32, tid: u32) {
       if (c >= nc) { break; }
       if (p.wkind == 0u) {
         for (var m = 0u; m < MS; m++) {
-          let xv = x[xrow[m] + c];
+          ${norm ? `let xr = x[xrow[m] + c];
+          ss[m] += dot(xr, xr);
+          let xv = xr * nw[c];` : "let xv = x[xrow[m] + c];"}
           for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xv, bitcast<vec4<f32>>(wv[u][r])); }
         }
       } else {
         var d = array<array<vec4<f32>, 2>, RT>();
         for (var r = 0u; r < RT; r++) { d[r] = decode16(wv[u][r]); }
         for (var m = 0u; m < MS; m++) {
-          let xa = x[xrow[m] + 2u * c];
-          let xb = x[xrow[m] + 2u * c + 1u];
+          ${norm ? `let xra = x[xrow[m] + 2u * c];
+          let xrb = x[xrow[m] + 2u * c + 1u];
+          ss[m] += dot(xra, xra) + dot(xrb, xrb);
+          let xa = xra * nw[2u * c];
+          let xb = xrb * nw[2u * c + 1u];` : `let xa = x[xrow[m] + 2u * c];
+          let xb = x[xrow[m] + 2u * c + 1u];`}
           for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xa, d[r][0]) + dot(xb, d[r][1]); }
         }
       }
     }
+  }${norm ? `
+  // r per x row: the TK lanes of row group sl (whose x slice is sl) cover all of K between them
+  for (var m = 0u; m < MS; m++) { red[m * WG1 + tid] = ss[m]; }
+  workgroupBarrier();
+  if (tid < p.S * MS) {
+    let sl = tid / MS;
+    var t = 0.0;
+    for (var l = 0u; l < TK; l++) { t += red[(tid % MS) * WG1 + sl * TK + l]; }
+    rstdW[tid] = 1.0 / sqrt(t / f32(p.K) + p.eps);
   }
+  workgroupBarrier();` : ""}
   // The TK lanes' partial sums → y, JB accumulators per round through workgroup memory.
 ${rounds(N, store)}
 }`;
@@ -184,17 +217,18 @@ ${rounds(N, store)}
 }
 
 /** The aligned kernel for MS rows of x and RT rows of W per thread (vecParts). */
-function vecSource(MS: number, RT: number): KernelSource {
-  const key = `${MS}x${RT}${depthTag()}`;
+function vecSource(MS: number, RT: number, norm = false): KernelSource {
+  const key = `${MS}x${RT}${depthTag()}${norm ? "_norm" : ""}`;
   let s = vecSources.get(key);
   if (s) return s;
-  const parts = vecParts(MS, RT);
-  const code = `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
+  const parts = vecParts(MS, RT, norm);
+  const code = `// gemv: y (M, N) = ${norm ? "rmsnorm(x)" : "x"} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${norm ? NORM_BINDING : ""}
 ${parts.decls}
 
 ${STORE}
@@ -206,7 +240,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   gemv_rows((wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT, tid);
 }
 `;
-  s = { name: `gemv_m${MS}_r${RT}${depthTag()}`, code };
+  s = { name: `gemv_m${MS}_r${RT}${depthTag()}${norm ? "_norm" : ""}`, code };
   vecSources.set(key, s);
   return s;
 }
@@ -216,14 +250,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
  * word by word, for all M (≤ 16) rows of x; neighbouring invocations are the SIMD lanes of a
  * software driver, so no workgroup memory or barriers are needed.
  */
-const rowSource: KernelSource = {
-  name: "gemv_row",
-  code: `// gemv: y (M, N) = x (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; one row of W per invocation.
+const rowSources = new Map<boolean, KernelSource>();
+function rowSource(norm: boolean): KernelSource {
+  let s = rowSources.get(norm);
+  if (!s) rowSources.set(norm, s = rowSourceOf(norm));
+  return s;
+}
+/** x's word i of row m as read by the row form: times the norm weight's word where the norm is fused. */
+const rowX = (norm: boolean, i: string) => norm ? `(x[m * lda4 + ${i}] * nw[${i}])` : `x[m * lda4 + ${i}]`;
+const rowSourceOf = (norm: boolean): KernelSource => ({
+  name: norm ? "gemv_row_norm" : "gemv_row",
+  code: `// gemv: y (M, N) = ${norm ? "rmsnorm(x)" : "x"} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; one row of W per invocation.
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${norm ? NORM_BINDING : ""}
 
 ${STORE}
 
@@ -233,12 +276,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   if (n >= p.N) { return; }
   let lda4 = p.lda / 4u;
   let base = n * p.ldb;
-  var acc = array<vec4<f32>, ${MAX_M}>();
+  var acc = array<vec4<f32>, ${MAX_M}>();${norm ? `
+  // Σ x² of each row of x, over all of K (this invocation reads every word of x)
+  var ss = array<f32, ${MAX_M}>();
+  for (var m = 0u; m < p.M; m++) {
+    for (var c = 0u; c < p.K / 4u; c++) { let v = x[m * lda4 + c]; ss[m] += dot(v, v); }
+  }` : ""}
   for (var c = 0u; c < p.nc; c++) {
     let v = w[base + c];
     if (p.wkind == 0u) {
       let wf = bitcast<vec4<f32>>(v);
-      for (var m = 0u; m < p.M; m++) { acc[m] += x[m * lda4 + c] * wf; }
+      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(norm, "c")} * wf; }
     } else {
       var lo: vec4<f32>;
       var hi: vec4<f32>;
@@ -251,13 +299,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         lo = vec4<f32>(l.x, h.x, l.y, h.y);
         hi = vec4<f32>(l.z, h.z, l.w, h.w);
       }
-      for (var m = 0u; m < p.M; m++) { acc[m] += x[m * lda4 + 2u * c] * lo + x[m * lda4 + 2u * c + 1u] * hi; }
+      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(norm, "2u * c")} * lo + ${rowX(norm, "2u * c + 1u")} * hi; }
     }
   }
-  for (var m = 0u; m < p.M; m++) { store(m, n, acc[m].x + acc[m].y + acc[m].z + acc[m].w); }
+  for (var m = 0u; m < p.M; m++) {
+    store(m, n, (acc[m].x + acc[m].y + acc[m].z + acc[m].w)${norm ? " * (1.0 / sqrt(ss[m] / f32(p.K) + p.eps))" : ""});
+  }
 }
 `,
-};
+});
 
 /** Any alignment: per-element loads, x rows one at a time (W re-read from cache), one row of W per group. */
 const scalarSource: KernelSource = {
@@ -329,7 +379,7 @@ function defaultRows(N: number, sets: number): 1 | 2 | 4 {
  * view at the chunk's byte offset) with y's columns offset the same way, as logitsRows does.
  * `cfg` overrides the rows of W per thread (for benchmarks).
  */
-export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
+export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, norm?: GemvNorm) {
   const { a, b, c, M, N, K } = args;
   if (!gemvSupported(args)) {
     throw new Error(`gemv: needs transB, !transA, alpha 1, beta 0|1, batch 1 and 1 <= M <= ${MAX_M} (got M=${M}, transB=${args.transB}, transA=${args.transA}, alpha=${args.alpha}, beta=${args.beta})`);
@@ -344,6 +394,10 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
   if ((N - 1) * ldb + K > b.numel) throw new Error(`gemv: b has ${b.numel} elements, too few for N=${N} K=${K} ldb=${ldb}`);
   if ((M - 1) * ldc + N > c.numel) throw new Error(`gemv: c has ${c.numel} elements, too few for M=${M} N=${N} ldc=${ldc}`);
   if (args.bias) expectTensor("gemv", "bias", args.bias, "f32", [N]);
+  if (norm) {
+    expectTensor("gemv", "norm weight", norm.weight, "f32", [K]);
+    if (!gemvNormSupported(args, norm)) throw new Error(`gemv: the fused RMSNorm needs 16-byte aligned rows (K=${K}, lda=${args.lda ?? K}, ldb=${args.ldb ?? K}) and an aligned norm weight`);
+  }
 
   const rt = rec.rt;
   const wide = b.dtype === "f32";
@@ -354,17 +408,18 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
   const beta = args.beta ?? 0;
   let pipeline: GPUComputePipeline, rowsPerWg: number, label: string, S = 1;
   const form = cfg?.form ?? (rt.caps.isSoftware ? "row" : "lanes");
+  const normTag = norm ? " +rmsnorm" : "";
   if (aligned && form === "row") {
-    pipeline = rt.pipeline(rowSource);
+    pipeline = rt.pipeline(rowSource(norm !== undefined));
     rowsPerWg = 64;
-    label = `gemv ${M}x${N}x${K} ${b.dtype} row`;
+    label = `gemv ${M}x${N}x${K} ${b.dtype} row${normTag}`;
   } else if (aligned) {
     const split = mSplit(M);
     S = split.S;
     const RT = cfg?.rows ?? defaultRows(N, G / S);
-    pipeline = rt.pipeline(vecSource(split.MS, RT));
+    pipeline = rt.pipeline(vecSource(split.MS, RT, norm !== undefined));
     rowsPerWg = (G / S) * RT;
-    label = `gemv ${M}x${N}x${K} ${b.dtype} r${RT}`;
+    label = `gemv ${M}x${N}x${K} ${b.dtype} r${RT}${normTag}`;
   } else {
     pipeline = rt.pipeline(scalarSource);
     rowsPerWg = G;
@@ -373,11 +428,24 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig) {
   const groups = cdiv(N, rowsPerWg);
   const gridX = Math.min(groups, rt.caps.limits.maxComputeWorkgroupsPerDimension);
   const gridY = cdiv(groups, gridX);
-  const params = new Params(12)
+  const params = new Params(16)
     .u32(M).u32(N).u32(K).u32(lda)
     .u32(aligned ? ldb / per : ldb).u32(ldc).u32(wkind).u32(flags)
-    .f32(beta).u32(aligned ? K / per : 0).u32(gridX).u32(S);
-  rec.dispatch(label, pipeline, params.buffer, [a, b, args.bias ?? rt.placeholder, c], [gridX, gridY, 1]);
+    .f32(beta).u32(aligned ? K / per : 0).u32(gridX).u32(S)
+    .f32(norm?.eps ?? 0).u32(0).u32(0).u32(0);
+  const bound = [a, b, args.bias ?? rt.placeholder, c];
+  rec.dispatch(label, pipeline, params.buffer, norm ? [...bound, norm.weight] : bound, [gridX, gridY, 1]);
+}
+
+/**
+ * Whether gemv() can fuse this RMSNorm in front of these arguments: gemvSupported, rows of x and W
+ * 16-byte aligned (the vector forms), x and the norm weight at 16-byte offsets.
+ */
+export function gemvNormSupported(args: MatmulArgs, norm: GemvNorm): boolean {
+  const { a, b, K } = args;
+  const per = b.dtype === "f32" ? 4 : 8, lda = args.lda ?? K, ldb = args.ldb ?? K;
+  return gemvSupported(args) && K > 0 && K % per === 0 && ldb % per === 0 && lda % 4 === 0 &&
+    a.byteOffset % 16 === 0 && b.byteOffset % 16 === 0 && norm.weight.byteOffset % 16 === 0 && norm.weight.numel === K;
 }
 
 /** One projection of a grouped GEMV: y (M, N) = x·wᵀ (+ bias), y contiguous (row stride N). */

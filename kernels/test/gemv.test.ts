@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvSupported, Tensor } from "../src/index.ts";
+import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvNormSupported, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -266,5 +266,61 @@ describe("gemv group against float64", () => {
     expect(rec.length).toBe(0);
     rec.release();
     rt.release(tx, w16, w32, y1, y2, x60, w60);
+  });
+});
+
+// Decode's RMSNorm fused in front of the GEMV (GemvNorm): y = (x·r∘g)·Wᵀ (+ bias), r = 1/√(mean(x²) + eps)
+// per row of x, against float64 in both forms, every dtype, M past the one-slice limit (9, 16: two
+// x slices, each with its own r), rows of W per thread 1/2/4, and a partial last round of K.
+describe("gemv with the RMSNorm fused in front against float64", () => {
+  /** float64 rmsnorm rows of x (M, K): x·r∘g. */
+  function normed(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
+    const out = new Float64Array(M * K);
+    for (let m = 0; m < M; m++) {
+      let ss = 0;
+      for (let k = 0; k < K; k++) ss += x[m * K + k]! ** 2;
+      const r = 1 / Math.sqrt(ss / K + eps);
+      for (let k = 0; k < K; k++) out[m * K + k] = x[m * K + k]! * r * g[k]!;
+    }
+    return out as unknown as Float32Array; // ref() only indexes it
+  }
+  for (const form of ["lanes", "row"] as const) {
+    test(`${form} form: M in {1, 3, 9, 16}, W f32/f16/bf16, rows 1/2/4, bias, eps 1e-5 and 1e-6`, async () => {
+      const N = 72, K = 8 * 32 * 8 + 40;
+      const rec = rt.recorder();
+      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+      const held: Tensor[] = [];
+      for (const dtype of ["f32", "f16", "bf16"] as const) {
+        const { data, values } = weights(dtype, randn(N * K));
+        const tw = rt.upload(dtype, [N, K], data);
+        held.push(tw);
+        for (const [M, rows, eps] of [[1, 1, 1e-5], [3, 2, 1e-6], [9, 4, 1e-5], [16, 2, 1e-6]] as const) {
+          // rows of x at very different scales: a wrong r per row (or one r for every row) shows
+          const x = randn(M * K).map((v, i) => v * 4 ** (Math.floor(i / K) % 4 - 1));
+          const g = randn(K), bias = randn(N);
+          const tx = rt.upload("f32", [M, K], x), tg = rt.upload("f32", [K], g), tb = rt.upload("f32", [N], bias);
+          const ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
+          held.push(tx, tg, tb, ty);
+          gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true, bias: tb }, { form, rows }, { weight: tg, eps });
+          const expect = ref(normed(x, g, M, K, eps), values, M, N, K, K, K);
+          for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) expect[m * N + n]! += bias[n]!;
+          checks.push({ out: ty, expect, what: `${form} ${dtype} M=${M} rows=${rows}` });
+        }
+      }
+      await submitAndCheck(rec, checks, held);
+    }, COMPILE_TIMEOUT * 6);
+  }
+
+  test("gemvNormSupported: aligned rows only; a wrong norm weight is refused before recording", () => {
+    const K = 64, N = 8;
+    const x = rt.upload("f32", [1, K], randn(K)), w = rt.upload("f16", [N, K], toF16Bits(randn(N * K))), y = rt.empty("f32", [1, N]);
+    const g = rt.upload("f32", [K], randn(K)), gShort = rt.upload("f32", [K - 8], randn(K - 8));
+    const args = { a: x, b: w, c: y, M: 1, N, K, transB: true };
+    expect(gemvNormSupported(args, { weight: g, eps: 1e-5 })).toBe(true);
+    expect(gemvNormSupported({ ...args, K: K - 4, lda: K, ldb: K }, { weight: g, eps: 1e-5 })).toBe(false); // K off the 8-half grid
+    const rec = rt.recorder();
+    expect(() => gemv(rec, args, undefined, { weight: gShort, eps: 1e-5 })).toThrow(/norm weight/);
+    rec.release();
+    rt.release(x, w, y, g, gShort);
   });
 });
