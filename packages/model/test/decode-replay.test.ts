@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { KvCacheGenerator, uniformStream } from "../src/gpu/generator.ts";
 import type { LayerLora } from "../src/gpu/lora.ts";
 import { GpuModel } from "../src/gpu/model.ts";
+import { gemvNormFusion } from "../src/gpu/decoder-layer.ts";
 import { FIXTURE, GREEDY, releaseLora, runScenario, SAMPLED, type ScenarioResult, tinyLora, writeScenarioModel } from "./decode-scenario.ts";
 
 let dir: { dir: string; cleanup: () => void };
@@ -131,4 +132,31 @@ describe("replayed decode step", () => {
     };
     expect(await run(mk(), true)).toEqual(await run(mk(), false));
   });
+});
+
+// Decode's RMSNorm fused into the GEMVs that read it (decoder-layer.ts gemvNormFusion, kernels'
+// GemvNorm): the same rows as the separate norm up to float32 rounding, fewer dispatches recorded,
+// and its replayed step equal to a fresh one. With LoRA on q_proj (and down_proj) the q/k/v group
+// keeps the separate norm (its LoRA h reads xn) while gate/up still fuse.
+describe("decode with the RMSNorm fused into its GEMVs", () => {
+  test("same tokens, logprobs within 1e-5, fewer dispatches; replayed = fresh; with and without LoRA", async () => {
+    const was = gemvNormFusion.enabled;
+    const counted = async (fused: boolean, opts: Parameters<typeof runScenario>[1]) => {
+      gemvNormFusion.enabled = fused;
+      const d0 = model.rt.recordStats.dispatches;
+      const result = await runScenario(model, opts);
+      return { result, dispatches: model.rt.recordStats.dispatches - d0 };
+    };
+    try {
+      for (const withLora of [false, true]) {
+        const opts = { replay: false, ...(withLora ? { lora } : {}) };
+        const plain = await counted(false, opts), fused = await counted(true, opts);
+        expect(fused.dispatches).toBeLessThan(plain.dispatches);
+        expectSameRows(fused.result, plain.result, 1e-5);
+        expectSameRows((await counted(true, { ...opts, replay: true })).result, fused.result);
+      }
+    } finally {
+      gemvNormFusion.enabled = was;
+    }
+  }, 120_000);
 });

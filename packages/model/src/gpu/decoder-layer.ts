@@ -15,6 +15,7 @@ import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, swigluBackwardInPlace, swigluForward, toF16,
+  gemv, gemvGrouping, gemvNormSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -183,6 +184,29 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
 }
 
 /**
+ * Decode's RMSNorm fused into the GEMVs that read its output (kernels' GemvNorm: each GEMV sums x²
+ * itself, so the norm's dispatch and xn go away; session 12). Off until a GPU call measures it
+ * (`TUNELOOM_GEMV_NORM=1` turns it on; the device script's decode-8b A/B); tests flip `enabled`.
+ */
+export const gemvNormFusion = { enabled: process.env.TUNELOOM_GEMV_NORM === "1" };
+
+/**
+ * y_i = rmsnorm(x, norm)·W_iᵀ (+ b_i) for a group's projections in one fused GEMV each, where that
+ * applies: the fusion on, a decode-sized batch (≤ 16 rows), no LoRA in the group (its h reads xn),
+ * no grouped GEMV, aligned rows. Returns false and records nothing otherwise.
+ */
+function normedProjections(
+  rec: Recorder, x: Tensor, norm: Tensor, eps: number, projs: readonly (LoraProjection & LoraOutput)[], lora: LayerLora | GatheredLayerLora,
+): boolean {
+  const [T, C] = x.shape as [number, number];
+  if (!gemvNormFusion.enabled || T > 16 || gemvGrouping.enabled || "gathered" in lora || projs.some((p) => p.lora || p.accumulate)) return false;
+  const args = projs.map(({ w, bias, y }) => ({ a: x, b: w, c: y, bias, M: T, N: w.shape[0]!, K: C, transB: true }));
+  if (!args.every((a) => gemvNormSupported(a, { weight: norm, eps }))) return false;
+  for (const a of args) gemv(rec, a, undefined, { weight: norm, eps });
+  return true;
+}
+
+/**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
  * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
  */
@@ -216,14 +240,17 @@ export function decoderLayerForward(
   if (xOut === null && ("gathered" in lora || kv)) throw new Error("decoderLayerForward: a recompute (xOut null) takes per-module LoRA and no KV cache");
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
-  // q, k and v read the same normed input, rounded to f16 once
-  const xn1h = producedWithF16Copy(rec, a.xn1, w.q, (y16) => rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps, y16));
-  groupForward(rec, a.xn1, "qkv", [
+  // q, k and v read the same normed input, rounded to f16 once (decode: the norm fused into their GEMVs)
+  const qkv = [
     { w: w.q, bias: w.qBias, y: a.q, lora: m.q_proj },
     { w: w.k, bias: w.kBias, y: a.k, lora: m.k_proj },
     { w: w.v, bias: w.vBias, y: a.v, lora: m.v_proj },
-  ], lora, a.loraH.qkv, xn1h);
-  if (xn1h) rec.recycle(xn1h);
+  ];
+  if (!(kv && normedProjections(rec, x, w.inputNorm, eps, qkv, lora))) {
+    const xn1h = producedWithF16Copy(rec, a.xn1, w.q, (y16) => rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps, y16));
+    groupForward(rec, a.xn1, "qkv", qkv, lora, a.loraH.qkv, xn1h);
+    if (xn1h) rec.recycle(xn1h);
+  }
   // q, k rotated in place; with a KV cache the rotated k and v go to the cache rows in the same dispatch
   const rot = { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq };
   if (kv && ropeAppendFits(hd)) {
@@ -249,12 +276,15 @@ export function decoderLayerForward(
   groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: oInto ? x : a.xMid, accumulate: oInto, lora: m.o_proj }], lora, a.loraH.o);
   const xMid = oInto ? x : a.xMid;
   if (!oInto) addInPlace(rec, a.xMid, x);
-  const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
-  groupForward(rec, a.xn2, "gateUp", [
+  const gateUp = [
     { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
-  ], lora, a.loraH.gateUp, xn2h);
-  if (xn2h) rec.recycle(xn2h);
+  ];
+  if (!(kv && normedProjections(rec, xMid, w.postNorm, eps, gateUp, lora))) {
+    const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
+    groupForward(rec, a.xn2, "gateUp", gateUp, lora, a.loraH.gateUp, xn2h);
+    if (xn2h) rec.recycle(xn2h);
+  }
   if (xOut === null) {
     // recompute: down_proj's LoRA h only (from act's f16 copy where its products run on tensor
     // cores); the copy is kept for the backward's products that read act
