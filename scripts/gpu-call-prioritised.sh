@@ -117,8 +117,8 @@ for step in $STEPS; do
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
-      # Session 12: the RMSNorm fused into the GEMVs that read it (decoder-layer.ts gemvNormFusion), A/B.
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_NORM=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_norm",/' | stamp >> $OUT/decode.jsonl
+      # Session 12: RMSNorm and SwiGLU fused into the GEMVs that read them (decoder-layer.ts gemvPrologueFusion), A/B.
+      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_FUSE=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
       rm -rf "$d8" ;;
     wginit)

@@ -65,8 +65,32 @@ export interface GemvNorm {
   eps: number;
 }
 
-/** The fused norm's binding (5): g as vec4 words, like x. */
-const NORM_BINDING = "@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;";
+/**
+ * SwiGLU fused in front of the product (decode's down_proj): y = (silu(x)·up)·Wᵀ, x being the gate
+ * (M, K) and `up` (M, K) laid out like it (same row stride), with swigluForward's formula element
+ * by element, so the act tensor and its dispatch go away.
+ */
+export interface GemvSwiglu {
+  up: Tensor;
+}
+
+/** What a gemv computes in front of the product: nothing, the RMSNorm (GemvNorm) or SwiGLU (GemvSwiglu). */
+export type GemvPrologue = { norm: GemvNorm } | { swiglu: GemvSwiglu };
+type PrologueKind = "" | "norm" | "swiglu";
+const prologueKind = (pre: GemvPrologue | undefined): PrologueKind => (!pre ? "" : "norm" in pre ? "norm" : "swiglu");
+
+/** The prologue's binding (5) and helpers: the norm weight g or up, as vec4 words like x. */
+const PROLOGUE_DECLS: Record<PrologueKind, string> = {
+  "": "",
+  norm: "@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;",
+  swiglu: `@group(0) @binding(5) var<storage, read> upv: array<vec4<f32>>;
+// swigluForward's σ and silu(g)·up, four at a time
+fn sigmoid4(g: vec4<f32>) -> vec4<f32> {
+  let e = exp(-abs(g));
+  return select(e / (1.0 + e), 1.0 / (1.0 + e), g >= vec4<f32>(0.0));
+}
+fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> { return g * sigmoid4(g) * u; }`,
+};
 
 /** y[m][n] = s (+ bias[n]) (+ beta·y[m][n]): the epilogue of every gemv form (needs bindings bias and y). */
 const STORE = `fn store(m: u32, n: u32, s: f32) {
@@ -109,7 +133,10 @@ const depthTag = () => (gemvDepth.words === 8 ? "" : `_d${gemvDepth.words}`);
  * MS ≤ 8 with RT = 1, about 6 s for MS = 8, RT = 2; MS = 16 in one thread took 6-90 s there,
  * hence the x slices.
  */
-function vecParts(MS: number, RT: number, norm = false) {
+function vecParts(MS: number, RT: number, pk: PrologueKind = "") {
+  const norm = pk === "norm";
+  // x's word at index i as the product reads it (SwiGLU applied where fused)
+  const xw = (i: string) => pk === "swiglu" ? `swiglu4(x[${i}], upv[${i}])` : `x[${i}]`;
   const U = Math.max(1, Math.min(gemvDepth.words / RT, Math.floor(8 / MS)));
   const J = MS * RT;
   const JB = Math.min(J, JB_MAX);
@@ -182,7 +209,7 @@ fn ${fn}(n0: u32, tid: u32) {
         for (var m = 0u; m < MS; m++) {
           ${norm ? `let xr = x[xrow[m] + c];
           ss[m] += dot(xr, xr);
-          let xv = xr * nw[c];` : "let xv = x[xrow[m] + c];"}
+          let xv = xr * nw[c];` : `let xv = ${xw("xrow[m] + c")};`}
           for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xv, bitcast<vec4<f32>>(wv[u][r])); }
         }
       } else {
@@ -193,8 +220,8 @@ fn ${fn}(n0: u32, tid: u32) {
           let xrb = x[xrow[m] + 2u * c + 1u];
           ss[m] += dot(xra, xra) + dot(xrb, xrb);
           let xa = xra * nw[2u * c];
-          let xb = xrb * nw[2u * c + 1u];` : `let xa = x[xrow[m] + 2u * c];
-          let xb = x[xrow[m] + 2u * c + 1u];`}
+          let xb = xrb * nw[2u * c + 1u];` : `let xa = ${xw("xrow[m] + 2u * c")};
+          let xb = ${xw("xrow[m] + 2u * c + 1u")};`}
           for (var r = 0u; r < RT; r++) { acc[m][r] += dot(xa, d[r][0]) + dot(xb, d[r][1]); }
         }
       }
@@ -217,18 +244,20 @@ ${rounds(N, store)}
 }
 
 /** The aligned kernel for MS rows of x and RT rows of W per thread (vecParts). */
-function vecSource(MS: number, RT: number, norm = false): KernelSource {
-  const key = `${MS}x${RT}${depthTag()}${norm ? "_norm" : ""}`;
+const prologueText: Record<PrologueKind, string> = { "": "x", norm: "rmsnorm(x)", swiglu: "silu(x)·up" };
+
+function vecSource(MS: number, RT: number, pk: PrologueKind = ""): KernelSource {
+  const key = `${MS}x${RT}${depthTag()}${pk ? `_${pk}` : ""}`;
   let s = vecSources.get(key);
   if (s) return s;
-  const parts = vecParts(MS, RT, norm);
-  const code = `// gemv: y (M, N) = ${norm ? "rmsnorm(x)" : "x"} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
+  const parts = vecParts(MS, RT, pk);
+  const code = `// gemv: y (M, N) = ${prologueText[pk]} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; MS rows of x, RT rows of W per thread.
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-${norm ? NORM_BINDING : ""}
+${PROLOGUE_DECLS[pk]}
 ${parts.decls}
 
 ${STORE}
@@ -240,7 +269,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   gemv_rows((wg.y * p.gridX + wg.x) * (${G}u / p.S) * RT, tid);
 }
 `;
-  s = { name: `gemv_m${MS}_r${RT}${depthTag()}${norm ? "_norm" : ""}`, code };
+  s = { name: `gemv_m${MS}_r${RT}${depthTag()}${pk ? `_${pk}` : ""}`, code };
   vecSources.set(key, s);
   return s;
 }
@@ -250,23 +279,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
  * word by word, for all M (≤ 16) rows of x; neighbouring invocations are the SIMD lanes of a
  * software driver, so no workgroup memory or barriers are needed.
  */
-const rowSources = new Map<boolean, KernelSource>();
-function rowSource(norm: boolean): KernelSource {
-  let s = rowSources.get(norm);
-  if (!s) rowSources.set(norm, s = rowSourceOf(norm));
+const rowSources = new Map<PrologueKind, KernelSource>();
+function rowSource(pk: PrologueKind): KernelSource {
+  let s = rowSources.get(pk);
+  if (!s) rowSources.set(pk, s = rowSourceOf(pk));
   return s;
 }
-/** x's word i of row m as read by the row form: times the norm weight's word where the norm is fused. */
-const rowX = (norm: boolean, i: string) => norm ? `(x[m * lda4 + ${i}] * nw[${i}])` : `x[m * lda4 + ${i}]`;
-const rowSourceOf = (norm: boolean): KernelSource => ({
-  name: norm ? "gemv_row_norm" : "gemv_row",
-  code: `// gemv: y (M, N) = ${norm ? "rmsnorm(x)" : "x"} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; one row of W per invocation.
+/** x's word i of row m as the row form's product reads it: times the norm weight's word, or SwiGLU'd. */
+const rowX = (pk: PrologueKind, i: string) =>
+  pk === "norm" ? `(x[m * lda4 + ${i}] * nw[${i}])` : pk === "swiglu" ? `swiglu4(x[m * lda4 + ${i}], upv[m * lda4 + ${i}])` : `x[m * lda4 + ${i}]`;
+const rowSourceOf = (pk: PrologueKind): KernelSource => {
+  const norm = pk === "norm";
+  return {
+  name: `gemv_row${pk ? `_${pk}` : ""}`,
+  code: `// gemv: y (M, N) = ${prologueText[pk]} (M, K) · Wᵀ (+ bias) (+ beta·y), aligned rows; one row of W per invocation.
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-${norm ? NORM_BINDING : ""}
+${PROLOGUE_DECLS[pk]}
 
 ${STORE}
 
@@ -286,7 +318,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let v = w[base + c];
     if (p.wkind == 0u) {
       let wf = bitcast<vec4<f32>>(v);
-      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(norm, "c")} * wf; }
+      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(pk, "c")} * wf; }
     } else {
       var lo: vec4<f32>;
       var hi: vec4<f32>;
@@ -299,7 +331,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         lo = vec4<f32>(l.x, h.x, l.y, h.y);
         hi = vec4<f32>(l.z, h.z, l.w, h.w);
       }
-      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(norm, "2u * c")} * lo + ${rowX(norm, "2u * c + 1u")} * hi; }
+      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(pk, "2u * c")} * lo + ${rowX(pk, "2u * c + 1u")} * hi; }
     }
   }
   for (var m = 0u; m < p.M; m++) {
@@ -307,7 +339,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   }
 }
 `,
-});
+  };
+};
 
 /** Any alignment: per-element loads, x rows one at a time (W re-read from cache), one row of W per group. */
 const scalarSource: KernelSource = {
@@ -379,8 +412,10 @@ function defaultRows(N: number, sets: number): 1 | 2 | 4 {
  * view at the chunk's byte offset) with y's columns offset the same way, as logitsRows does.
  * `cfg` overrides the rows of W per thread (for benchmarks).
  */
-export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, norm?: GemvNorm) {
+export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, pre?: GemvPrologue) {
   const { a, b, c, M, N, K } = args;
+  const pk = prologueKind(pre);
+  const norm = pre && "norm" in pre ? pre.norm : undefined;
   if (!gemvSupported(args)) {
     throw new Error(`gemv: needs transB, !transA, alpha 1, beta 0|1, batch 1 and 1 <= M <= ${MAX_M} (got M=${M}, transB=${args.transB}, transA=${args.transA}, alpha=${args.alpha}, beta=${args.beta})`);
   }
@@ -394,9 +429,10 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, norm?: G
   if ((N - 1) * ldb + K > b.numel) throw new Error(`gemv: b has ${b.numel} elements, too few for N=${N} K=${K} ldb=${ldb}`);
   if ((M - 1) * ldc + N > c.numel) throw new Error(`gemv: c has ${c.numel} elements, too few for M=${M} N=${N} ldc=${ldc}`);
   if (args.bias) expectTensor("gemv", "bias", args.bias, "f32", [N]);
-  if (norm) {
-    expectTensor("gemv", "norm weight", norm.weight, "f32", [K]);
-    if (!gemvNormSupported(args, norm)) throw new Error(`gemv: the fused RMSNorm needs 16-byte aligned rows (K=${K}, lda=${args.lda ?? K}, ldb=${args.ldb ?? K}) and an aligned norm weight`);
+  if (norm) expectTensor("gemv", "norm weight", norm.weight, "f32", [K]);
+  if (pre && "swiglu" in pre) expectTensor("gemv", "up", pre.swiglu.up, "f32", a.shape);
+  if (pre && !gemvPrologueSupported(args, pre)) {
+    throw new Error(`gemv: a fused ${pk} needs 16-byte aligned rows (K=${K}, lda=${args.lda ?? K}, ldb=${args.ldb ?? K}) and its operand aligned like x`);
   }
 
   const rt = rec.rt;
@@ -408,16 +444,16 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, norm?: G
   const beta = args.beta ?? 0;
   let pipeline: GPUComputePipeline, rowsPerWg: number, label: string, S = 1;
   const form = cfg?.form ?? (rt.caps.isSoftware ? "row" : "lanes");
-  const normTag = norm ? " +rmsnorm" : "";
+  const normTag = pk ? ` +${pk === "norm" ? "rmsnorm" : "swiglu"}` : "";
   if (aligned && form === "row") {
-    pipeline = rt.pipeline(rowSource(norm !== undefined));
+    pipeline = rt.pipeline(rowSource(pk));
     rowsPerWg = 64;
     label = `gemv ${M}x${N}x${K} ${b.dtype} row${normTag}`;
   } else if (aligned) {
     const split = mSplit(M);
     S = split.S;
     const RT = cfg?.rows ?? defaultRows(N, G / S);
-    pipeline = rt.pipeline(vecSource(split.MS, RT, norm !== undefined));
+    pipeline = rt.pipeline(vecSource(split.MS, RT, pk));
     rowsPerWg = (G / S) * RT;
     label = `gemv ${M}x${N}x${K} ${b.dtype} r${RT}${normTag}`;
   } else {
@@ -434,18 +470,22 @@ export function gemv(rec: Recorder, args: MatmulArgs, cfg?: GemvConfig, norm?: G
     .f32(beta).u32(aligned ? K / per : 0).u32(gridX).u32(S)
     .f32(norm?.eps ?? 0).u32(0).u32(0).u32(0);
   const bound = [a, b, args.bias ?? rt.placeholder, c];
-  rec.dispatch(label, pipeline, params.buffer, norm ? [...bound, norm.weight] : bound, [gridX, gridY, 1]);
+  const extra = norm ? [norm.weight] : pre && "swiglu" in pre ? [pre.swiglu.up] : [];
+  rec.dispatch(label, pipeline, params.buffer, [...bound, ...extra], [gridX, gridY, 1]);
 }
 
 /**
- * Whether gemv() can fuse this RMSNorm in front of these arguments: gemvSupported, rows of x and W
- * 16-byte aligned (the vector forms), x and the norm weight at 16-byte offsets.
+ * Whether gemv() can fuse this prologue in front of these arguments: gemvSupported, rows of x and W
+ * 16-byte aligned (the vector forms), x and the prologue's operand at 16-byte offsets, the norm
+ * weight K long, up shaped like x.
  */
-export function gemvNormSupported(args: MatmulArgs, norm: GemvNorm): boolean {
+export function gemvPrologueSupported(args: MatmulArgs, pre: GemvPrologue): boolean {
   const { a, b, K } = args;
   const per = b.dtype === "f32" ? 4 : 8, lda = args.lda ?? K, ldb = args.ldb ?? K;
+  const operand = "norm" in pre ? pre.norm.weight : pre.swiglu.up;
+  const shaped = "norm" in pre ? operand.numel === K : operand.dtype === "f32" && operand.numel === a.numel && operand.shape.join() === a.shape.join();
   return gemvSupported(args) && K > 0 && K % per === 0 && ldb % per === 0 && lda % 4 === 0 &&
-    a.byteOffset % 16 === 0 && b.byteOffset % 16 === 0 && norm.weight.byteOffset % 16 === 0 && norm.weight.numel === K;
+    a.byteOffset % 16 === 0 && b.byteOffset % 16 === 0 && operand.byteOffset % 16 === 0 && shaped;
 }
 
 /** One projection of a grouped GEMV: y (M, N) = x·wᵀ (+ bias), y contiguous (row stride N). */

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvNormSupported, gemvSupported, Tensor } from "../src/index.ts";
+import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvPrologueSupported, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -301,7 +301,7 @@ describe("gemv with the RMSNorm fused in front against float64", () => {
           const tx = rt.upload("f32", [M, K], x), tg = rt.upload("f32", [K], g), tb = rt.upload("f32", [N], bias);
           const ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
           held.push(tx, tg, tb, ty);
-          gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true, bias: tb }, { form, rows }, { weight: tg, eps });
+          gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true, bias: tb }, { form, rows }, { norm: { weight: tg, eps } });
           const expect = ref(normed(x, g, M, K, eps), values, M, N, K, K, K);
           for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) expect[m * N + n]! += bias[n]!;
           checks.push({ out: ty, expect, what: `${form} ${dtype} M=${M} rows=${rows}` });
@@ -311,16 +311,60 @@ describe("gemv with the RMSNorm fused in front against float64", () => {
     }, COMPILE_TIMEOUT * 6);
   }
 
-  test("gemvNormSupported: aligned rows only; a wrong norm weight is refused before recording", () => {
+  test("gemvPrologueSupported: aligned rows only; a wrong norm weight is refused before recording", () => {
     const K = 64, N = 8;
     const x = rt.upload("f32", [1, K], randn(K)), w = rt.upload("f16", [N, K], toF16Bits(randn(N * K))), y = rt.empty("f32", [1, N]);
     const g = rt.upload("f32", [K], randn(K)), gShort = rt.upload("f32", [K - 8], randn(K - 8));
     const args = { a: x, b: w, c: y, M: 1, N, K, transB: true };
-    expect(gemvNormSupported(args, { weight: g, eps: 1e-5 })).toBe(true);
-    expect(gemvNormSupported({ ...args, K: K - 4, lda: K, ldb: K }, { weight: g, eps: 1e-5 })).toBe(false); // K off the 8-half grid
+    expect(gemvPrologueSupported(args, { norm: { weight: g, eps: 1e-5 } })).toBe(true);
+    expect(gemvPrologueSupported({ ...args, K: K - 4, lda: K, ldb: K }, { norm: { weight: g, eps: 1e-5 } })).toBe(false); // K off the 8-half grid
     const rec = rt.recorder();
-    expect(() => gemv(rec, args, undefined, { weight: gShort, eps: 1e-5 })).toThrow(/norm weight/);
+    expect(() => gemv(rec, args, undefined, { norm: { weight: gShort, eps: 1e-5 } })).toThrow(/norm weight/);
     rec.release();
     rt.release(x, w, y, g, gShort);
+  });
+});
+
+// Decode's SwiGLU fused in front of down_proj's GEMV (GemvSwiglu): y = (silu(gate)·up)·Wᵀ (+ y),
+// against float64 in both forms and every dtype, gates of both signs and large magnitude (σ's two
+// branches, exp of large arguments), beta = 1 as down_proj adds into the residual stream.
+describe("gemv with SwiGLU fused in front against float64", () => {
+  for (const form of ["lanes", "row"] as const) {
+    test(`${form} form: M in {1, 3, 9, 16}, W f32/f16/bf16, beta 0 and 1`, async () => {
+      const N = 40, K = 8 * 32 * 8 + 24;
+      const rec = rt.recorder();
+      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+      const held: Tensor[] = [];
+      for (const dtype of ["f32", "f16", "bf16"] as const) {
+        const { data, values } = weights(dtype, randn(N * K));
+        const tw = rt.upload(dtype, [N, K], data);
+        held.push(tw);
+        for (const [M, beta] of [[1, 1], [3, 0], [9, 1], [16, 0]] as const) {
+          const gate = randn(M * K).map((v) => 6 * v), up = randn(M * K), y0 = randn(M * N);
+          const act = new Float64Array(M * K);
+          for (let i = 0; i < M * K; i++) act[i] = gate[i]! / (1 + Math.exp(-gate[i]!)) * up[i]!;
+          const tg = rt.upload("f32", [M, K], gate), tu = rt.upload("f32", [M, K], up), ty = rt.upload("f32", [M, N], beta ? y0 : new Float32Array(M * N).fill(NaN));
+          held.push(tg, tu, ty);
+          gemv(rec, { a: tg, b: tw, c: ty, M, N, K, transB: true, beta }, { form }, { swiglu: { up: tu } });
+          const expect = ref(act as unknown as Float32Array, values, M, N, K, K, K);
+          if (beta) for (let i = 0; i < M * N; i++) expect[i]! += y0[i]!;
+          checks.push({ out: ty, expect, what: `${form} ${dtype} M=${M} beta=${beta}` });
+        }
+      }
+      await submitAndCheck(rec, checks, held);
+    }, COMPILE_TIMEOUT * 6);
+  }
+
+  test("up must be shaped like x", () => {
+    const K = 64, N = 8;
+    const x = rt.upload("f32", [2, K], randn(2 * K)), w = rt.upload("f16", [N, K], toF16Bits(randn(N * K))), y = rt.empty("f32", [2, N]);
+    const up1 = rt.upload("f32", [1, K], randn(K));
+    const args = { a: x, b: w, c: y, M: 2, N, K, transB: true };
+    expect(gemvPrologueSupported(args, { swiglu: { up: x } })).toBe(true);
+    expect(gemvPrologueSupported(args, { swiglu: { up: up1 } })).toBe(false);
+    const rec = rt.recorder();
+    expect(() => gemv(rec, args, undefined, { swiglu: { up: up1 } })).toThrow(/up/);
+    rec.release();
+    rt.release(x, w, y, up1);
   });
 });

@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { KvCacheGenerator, uniformStream } from "../src/gpu/generator.ts";
 import type { LayerLora } from "../src/gpu/lora.ts";
 import { GpuModel } from "../src/gpu/model.ts";
-import { gemvNormFusion } from "../src/gpu/decoder-layer.ts";
+import { gemvPrologueFusion } from "../src/gpu/decoder-layer.ts";
 import { FIXTURE, GREEDY, releaseLora, runScenario, SAMPLED, type ScenarioResult, tinyLora, writeScenarioModel } from "./decode-scenario.ts";
 
 let dir: { dir: string; cleanup: () => void };
@@ -134,15 +134,15 @@ describe("replayed decode step", () => {
   });
 });
 
-// Decode's RMSNorm fused into the GEMVs that read it (decoder-layer.ts gemvNormFusion, kernels'
+// Decode's RMSNorm fused into the GEMVs that read it (decoder-layer.ts gemvPrologueFusion, kernels'
 // GemvNorm): the same rows as the separate norm up to float32 rounding, fewer dispatches recorded,
 // and its replayed step equal to a fresh one. With LoRA on q_proj (and down_proj) the q/k/v group
 // keeps the separate norm (its LoRA h reads xn) while gate/up still fuse.
 describe("decode with the RMSNorm fused into its GEMVs", () => {
   test("same tokens, logprobs within 1e-5, fewer dispatches; replayed = fresh; with and without LoRA", async () => {
-    const was = gemvNormFusion.enabled;
+    const was = gemvPrologueFusion.enabled;
     const counted = async (fused: boolean, opts: Parameters<typeof runScenario>[1]) => {
-      gemvNormFusion.enabled = fused;
+      gemvPrologueFusion.enabled = fused;
       const d0 = model.rt.recordStats.dispatches;
       const result = await runScenario(model, opts);
       return { result, dispatches: model.rt.recordStats.dispatches - d0 };
@@ -156,7 +156,7 @@ describe("decode with the RMSNorm fused into its GEMVs", () => {
         expectSameRows((await counted(true, { ...opts, replay: true })).result, fused.result);
       }
     } finally {
-      gemvNormFusion.enabled = was;
+      gemvPrologueFusion.enabled = was;
     }
   }, 120_000);
 });

@@ -15,7 +15,7 @@ import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, swigluBackwardInPlace, swigluForward, toF16,
-  gemv, gemvGrouping, gemvNormSupported,
+  type GemvPrologue, gemv, gemvGrouping, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -184,25 +184,28 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
 }
 
 /**
- * Decode's RMSNorm fused into the GEMVs that read its output (kernels' GemvNorm: each GEMV sums x²
- * itself, so the norm's dispatch and xn go away; session 12). Off until a GPU call measures it
- * (`TUNELOOM_GEMV_NORM=1` turns it on; the device script's decode-8b A/B); tests flip `enabled`.
+ * Decode's RMSNorm and SwiGLU fused into the GEMVs that read their outputs (kernels' GemvPrologue:
+ * a q/k/v or gate/up GEMV sums x² itself, down_proj's computes silu(gate)·up as it reads them), so
+ * the norm and SwiGLU dispatches, xn and act go away (three of a decode layer's ~10 dispatches;
+ * session 12). Off until a GPU call measures it (`TUNELOOM_GEMV_FUSE=1` turns it on; the device
+ * script's decode-8b A/B); tests flip `enabled`.
  */
-export const gemvNormFusion = { enabled: process.env.TUNELOOM_GEMV_NORM === "1" };
+export const gemvPrologueFusion = { enabled: process.env.TUNELOOM_GEMV_FUSE === "1" };
 
 /**
- * y_i = rmsnorm(x, norm)·W_iᵀ (+ b_i) for a group's projections in one fused GEMV each, where that
- * applies: the fusion on, a decode-sized batch (≤ 16 rows), no LoRA in the group (its h reads xn),
- * no grouped GEMV, aligned rows. Returns false and records nothing otherwise.
+ * y_i (+)= pre(x)·W_iᵀ (+ b_i) for a group's projections in one fused GEMV each (pre: the norm, or
+ * SwiGLU with x the gate), where that applies: the fusion on, a decode-sized batch (≤ 16 rows), no
+ * LoRA in the group (its h reads the prologue's output), no grouped GEMV, aligned rows. Returns
+ * false and records nothing otherwise.
  */
-function normedProjections(
-  rec: Recorder, x: Tensor, norm: Tensor, eps: number, projs: readonly (LoraProjection & LoraOutput)[], lora: LayerLora | GatheredLayerLora,
+function fusedProjections(
+  rec: Recorder, x: Tensor, pre: GemvPrologue, projs: readonly (LoraProjection & LoraOutput)[], lora: LayerLora | GatheredLayerLora,
 ): boolean {
-  const [T, C] = x.shape as [number, number];
-  if (!gemvNormFusion.enabled || T > 16 || gemvGrouping.enabled || "gathered" in lora || projs.some((p) => p.lora || p.accumulate)) return false;
-  const args = projs.map(({ w, bias, y }) => ({ a: x, b: w, c: y, bias, M: T, N: w.shape[0]!, K: C, transB: true }));
-  if (!args.every((a) => gemvNormSupported(a, { weight: norm, eps }))) return false;
-  for (const a of args) gemv(rec, a, undefined, { weight: norm, eps });
+  const [T, K] = x.shape as [number, number];
+  if (!gemvPrologueFusion.enabled || T > 16 || gemvGrouping.enabled || "gathered" in lora || projs.some((p) => p.lora)) return false;
+  const args = projs.map(({ w, bias, y, accumulate }) => ({ a: x, b: w, c: y, bias, M: T, N: w.shape[0]!, K, transB: true, beta: accumulate ? 1 : 0 }));
+  if (!args.every((a) => gemvPrologueSupported(a, pre))) return false;
+  for (const a of args) gemv(rec, a, undefined, pre);
   return true;
 }
 
@@ -246,7 +249,7 @@ export function decoderLayerForward(
     { w: w.k, bias: w.kBias, y: a.k, lora: m.k_proj },
     { w: w.v, bias: w.vBias, y: a.v, lora: m.v_proj },
   ];
-  if (!(kv && normedProjections(rec, x, w.inputNorm, eps, qkv, lora))) {
+  if (!(kv && fusedProjections(rec, x, { norm: { weight: w.inputNorm, eps } }, qkv, lora))) {
     const xn1h = producedWithF16Copy(rec, a.xn1, w.q, (y16) => rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps, y16));
     groupForward(rec, a.xn1, "qkv", qkv, lora, a.loraH.qkv, xn1h);
     if (xn1h) rec.recycle(xn1h);
@@ -280,7 +283,7 @@ export function decoderLayerForward(
     { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ];
-  if (!(kv && normedProjections(rec, xMid, w.postNorm, eps, gateUp, lora))) {
+  if (!(kv && fusedProjections(rec, xMid, { norm: { weight: w.postNorm, eps } }, gateUp, lora))) {
     const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
     groupForward(rec, a.xn2, "gateUp", gateUp, lora, a.loraH.gateUp, xn2h);
     if (xn2h) rec.recycle(xn2h);
@@ -292,15 +295,19 @@ export function decoderLayerForward(
     if (m.down_proj) linearsLoraMids(rec, a.act, [{ w: w.down, lora: m.down_proj }], a.loraH.down, act16);
     return act16;
   }
-  // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
-  // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
-  // peak sits on the ≤ 0.7× target.)
-  const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
   // xOut = xMid + act·Wdownᵀ: added by the product where xMid already lives in xOut; else the
   // product goes to xOut (or, where xOut holds xMid but down has a bias, to the free a.xMid) first
   const dInto = xMid === xOut && !w.downBias, dTo = dInto ? xOut : xMid === xOut ? a.xMid : xOut;
-  groupForward(rec, a.act, "down", [{ w: w.down, bias: w.downBias, y: dTo, accumulate: dInto, lora: m.down_proj }], lora, a.loraH.down, act16);
-  if (act16) rec.recycle(act16);
+  const down = [{ w: w.down, bias: w.downBias, y: dTo, accumulate: dInto, lora: m.down_proj }];
+  // decode: SwiGLU fused into down_proj's GEMV (act never written)
+  if (!(kv && fusedProjections(rec, a.gate, { swiglu: { up: a.up } }, down, lora))) {
+    // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
+    // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
+    // peak sits on the ≤ 0.7× target.)
+    const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
+    groupForward(rec, a.act, "down", down, lora, a.loraH.down, act16);
+    if (act16) rec.recycle(act16);
+  }
   if (!dInto) addInPlace(rec, xOut, dTo === xOut ? xMid : dTo);
   return undefined;
 }
