@@ -134,11 +134,12 @@ describe("replayed decode step", () => {
   });
 });
 
-// Decode's RMSNorm fused into the GEMVs that read it (decoder-layer.ts gemvPrologueFusion, kernels'
-// GemvNorm): the same rows as the separate norm up to float32 rounding, fewer dispatches recorded,
-// and its replayed step equal to a fresh one. With LoRA on q_proj (and down_proj) the q/k/v group
-// keeps the separate norm (its LoRA h reads xn) while gate/up still fuse.
-describe("decode with the RMSNorm fused into its GEMVs", () => {
+// Decode's RMSNorm and SwiGLU fused into the GEMVs that read them (decoder-layer.ts
+// gemvPrologueFusion, kernels' GemvPrologue): the same rows as the separate kernels up to float32
+// rounding, fewer dispatches recorded, and its replayed step equal to a fresh one. With LoRA on
+// q_proj and down_proj those groups keep the separate kernels (their LoRA h reads xn / act) while
+// gate/up still fuse.
+describe("decode with the RMSNorm and SwiGLU fused into its GEMVs", () => {
   test("same tokens, logprobs within 1e-5, fewer dispatches; replayed = fresh; with and without LoRA", async () => {
     const was = gemvPrologueFusion.enabled;
     const counted = async (fused: boolean, opts: Parameters<typeof runScenario>[1]) => {
