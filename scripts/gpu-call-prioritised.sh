@@ -166,7 +166,9 @@ for step in $STEPS; do
     serve)
       [ "$(left)" -gt 60 ] && el serve && OUT=$OUT timeout 150 bash scripts/gpu-measure.sh serve > /dev/null 2>&1 ;;
     decode-1b)
-      [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1 ;;
+      [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1
+      # Session 12: the fused GEMV prologues (RMSNorm, SwiGLU), A/B against the row above.
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl ;;
     diag)
       [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \
         --shapes 4096x2048x4096,4096x8192x4096,4096x16384x4096,4096x4096x2048,4096x4096x8192,8192x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;
