@@ -210,6 +210,18 @@ function fusedProjections(
 }
 
 /**
+ * f16 copies of a layer's xn1, xn2 and act that a gradient-checkpointing recompute made for its own
+ * tensor-core products and keeps for the backward's (LoRA dA, full fine-tuning dW), which would
+ * otherwise convert the same tensors again. Each is absent where its products do not run on tensor
+ * cores. decoderLayerBackward recycles each after its last use.
+ */
+export interface Kept16 {
+  xn1?: Tensor;
+  xn2?: Tensor;
+  act?: Tensor;
+}
+
+/**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
  * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
  */
@@ -232,14 +244,15 @@ function groupForward(
  * xOut null: a gradient-checkpointing recompute, which needs only the activations the backward
  * reads. The layer output is not one of them (the next layer's input is saved), so down_proj's
  * frozen product and the residual add are skipped and only its LoRA h (a.loraH.down) is made:
- * a quarter of a Llama layer's forward GEMM work. It returns act's f16 copy where one was made (the
- * tensor-core products of down_proj's backward read it: pass it to decoderLayerBackward, then
- * recycle it).
+ * a quarter of a Llama layer's forward GEMM work. It returns the f16 copies it made (Kept16) for
+ * the backward's tensor-core products: pass them to decoderLayerBackward, which recycles them.
  */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, xOut: Tensor | null, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
-): Tensor | undefined {
+): Kept16 | undefined {
+  const kept: Kept16 = {};
+  const keep = xOut === null; // a recompute keeps its f16 copies for the backward
   if (xOut === null && ("gathered" in lora || kv)) throw new Error("decoderLayerForward: a recompute (xOut null) takes per-module LoRA and no KV cache");
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
@@ -252,7 +265,8 @@ export function decoderLayerForward(
   if (!(kv && fusedProjections(rec, x, { norm: { weight: w.inputNorm, eps } }, qkv, lora))) {
     const xn1h = producedWithF16Copy(rec, a.xn1, w.q, (y16) => rmsnormForward(rec, x, w.inputNorm, a.xn1, a.rstd1, eps, y16));
     groupForward(rec, a.xn1, "qkv", qkv, lora, a.loraH.qkv, xn1h);
-    if (xn1h) rec.recycle(xn1h);
+    if (keep) kept.xn1 = xn1h;
+    else if (xn1h) rec.recycle(xn1h);
   }
   // q, k rotated in place; with a KV cache the rotated k and v go to the cache rows in the same dispatch
   const rot = { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq };
@@ -286,14 +300,16 @@ export function decoderLayerForward(
   if (!(kv && fusedProjections(rec, xMid, { norm: { weight: w.postNorm, eps } }, gateUp, lora))) {
     const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
     groupForward(rec, a.xn2, "gateUp", gateUp, lora, a.loraH.gateUp, xn2h);
-    if (xn2h) rec.recycle(xn2h);
+    if (keep) kept.xn2 = xn2h;
+    else if (xn2h) rec.recycle(xn2h);
   }
   if (xOut === null) {
     // recompute: down_proj's LoRA h only (from act's f16 copy where its products run on tensor
     // cores); the copy is kept for the backward's products that read act
     const act16 = producedWithF16Copy(rec, a.act, w.down, (h16) => swigluForward(rec, a.gate, a.up, a.act, h16));
     if (m.down_proj) linearsLoraMids(rec, a.act, [{ w: w.down, lora: m.down_proj }], a.loraH.down, act16);
-    return act16;
+    kept.act = act16;
+    return kept;
   }
   // xOut = xMid + act·Wdownᵀ: added by the product where xMid already lives in xOut; else the
   // product goes to xOut (or, where xOut holds xMid but down has a bias, to the free a.xMid) first
@@ -315,19 +331,20 @@ export function decoderLayerForward(
 /**
  * Backward of decoderLayerForward: dx (T, C) from dOut (T, C); LoRA gradients accumulate into
  * each module's dA/dB, and with `wg` (full fine-tuning) every weight's gradient into wg. dx must
- * not alias dOut. `act16`: a.act's f16 copy returned by the recompute (decoderLayerForward with xOut
- * null), read instead of converting a.act again.
+ * not alias dOut. `kept`: the f16 copies the recompute returned (decoderLayerForward with xOut
+ * null), read instead of converting xn1, xn2 and act again and recycled after their last use here.
  */
 export function decoderLayerBackward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, a: LayerActivations, dOut: Tensor, dx: Tensor, g: LayerGradScratch, lora: LayerLora = {}, wg?: LayerWeightGrads,
-  act16?: Tensor,
+  kept?: Kept16,
 ) {
   const { numHeads: nH, numKvHeads: nKV, headDim: hd } = ctx.cfg;
   const dh = g.dh;
   // xOut = xMid + act·Wdownᵀ:  dAct = dOut·Wdown;  dxMid = dOut + ...;  dWdown = dOutᵀ·act
-  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh, act16);
-  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones, act16);
+  linearsLoraBackward(rec, a.act, [{ w: w.down, dy: dOut, lora: lora.down_proj }], g.dAct, 0, a.loraH.down, dh, kept?.act);
+  if (wg) linearWeightGrads(rec, a.act, [{ dy: dOut, dw: wg.down, db: wg.downBias }], wg.ones, kept?.act);
+  if (kept?.act) rec.recycle(kept.act);
   // act = silu(gate)·up: gate and up (dead from here) become dGate and dUp, and their f16 copies
   // for the tensor-core products below come out of the same pass
   const dGate16 = f16Scratch(rec, a.gate, w.gate), dUp16 = f16Scratch(rec, a.up, w.up);
@@ -338,13 +355,14 @@ export function decoderLayerBackward(
   linearsLoraBackward(rec, a.xn2, [
     { w: w.gate, dy: dGate, dy16: d16?.dgate, lora: lora.gate_proj },
     { w: w.up, dy: dUp, dy16: d16?.dup, lora: lora.up_proj },
-  ], g.dXn, 0, a.loraH.gateUp, dh);
+  ], g.dXn, 0, a.loraH.gateUp, dh, kept?.xn2);
   for (const t of [dGate16, dUp16]) if (t) rec.recycle(t);
   if (wg) {
-    linearWeightGrads(rec, a.xn2, [{ dy: dGate, dw: wg.gate, db: wg.gateBias }, { dy: dUp, dw: wg.up, db: wg.upBias }], wg.ones);
+    linearWeightGrads(rec, a.xn2, [{ dy: dGate, dw: wg.gate, db: wg.gateBias }, { dy: dUp, dw: wg.up, db: wg.upBias }], wg.ones, kept?.xn2);
     // xn2 = rmsnorm(xMid)·w_post:  dw_post = Σ_t dXn·xMid·rstd2
     rmsnormWeightBackward(rec, a.xMid, a.rstd2, g.dXn, wg.postNorm, 1);
   }
+  if (kept?.xn2) rec.recycle(kept.xn2);
   // xn2 = rmsnorm(xMid):  dMid = dOut + rmsnorm'(dXn)
   rec.copy(dOut, g.dMid);
   rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
@@ -365,15 +383,16 @@ export function decoderLayerBackward(
     { w: w.q, dy: g.dq, lora: lora.q_proj },
     { w: w.k, dy: g.dk, lora: lora.k_proj },
     { w: w.v, dy: g.dv, lora: lora.v_proj },
-  ], g.dXn, 0, a.loraH.qkv, dh);
+  ], g.dXn, 0, a.loraH.qkv, dh, kept?.xn1);
   if (wg) {
     // dW{q,k,v} = d{q,k,v}ᵀ·xn1 (dq, dk already rotated back)
     linearWeightGrads(rec, a.xn1, [
       { dy: g.dq, dw: wg.q, db: wg.qBias }, { dy: g.dk, dw: wg.k, db: wg.kBias }, { dy: g.dv, dw: wg.v, db: wg.vBias },
-    ], wg.ones);
+    ], wg.ones, kept?.xn1);
     // xn1 = rmsnorm(x)·w_in:  dw_in = Σ_t dXn·x·rstd1
     rmsnormWeightBackward(rec, x, a.rstd1, g.dXn, wg.inputNorm, 1);
   }
+  if (kept?.xn1) rec.recycle(kept.xn1);
   // xn1 = rmsnorm(x):  dx = dMid + rmsnorm'(dXn)
   rec.copy(g.dMid, dx);
   rmsnormBackward(rec, x, w.inputNorm, a.rstd1, g.dXn, dx, 1);

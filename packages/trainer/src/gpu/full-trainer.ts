@@ -241,9 +241,8 @@ export class FullTrainer {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
         const x = xs.input(rec, l);
-        const act16 = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l)) : undefined;
-        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones), act16);
-        if (act16) rec.recycle(act16);
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l)) : undefined;
+        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones), kept);
         [dOut, dIn] = [dIn, dOut];
       }
       // x_0 = embed[ids]: dE[id] += dx_0

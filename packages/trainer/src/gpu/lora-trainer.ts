@@ -287,9 +287,8 @@ export class LoraTrainer {
         // Recompute this layer's activations from its saved input, except the last layer's: the
         // forward has just left them in the shared set.
         const x = xs.input(rec, l);
-        const act16 = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l]) : undefined;
-        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l], undefined, act16);
-        if (act16) rec.recycle(act16);
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l]) : undefined;
+        decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l], undefined, kept);
         [dOut, dIn] = [dIn, dOut];
       }
     });
