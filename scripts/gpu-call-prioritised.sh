@@ -199,6 +199,10 @@ for step in $STEPS; do
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep
+      # Session 12: the 16-warp tiles against the table's picks, best of each per shape and form.
+      elif [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl --best 4x2_4x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8u,2x4_4x4sg8ul 4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sk64g8)" = yes ]; then
+        el "16-warp tiles ahead: sweep with them"
+        SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_4x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8u,2x4_4x4sg8ul sweep
       fi ;;
     *) echo "unknown step $step" ;;
   esac
