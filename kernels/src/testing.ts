@@ -23,3 +23,17 @@ export function matmulRef(
   }
   return c;
 }
+
+/** float64 RMSNorm of the rows of x (T, C): y = x·r∘w with r = 1/√(mean(x²) + eps) per row (rstd). */
+export function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, T: number, C: number, eps: number) {
+  const y = new Float64Array(T * C);
+  const rstd = new Float64Array(T);
+  for (let t = 0; t < T; t++) {
+    let ss = 0;
+    for (let c = 0; c < C; c++) ss += x[t * C + c]! ** 2;
+    const r = 1 / Math.sqrt(ss / C + eps);
+    rstd[t] = r;
+    for (let c = 0; c < C; c++) y[t * C + c] = x[t * C + c]! * r * w[c]!;
+  }
+  return { y, rstd };
+}

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvPrologueSupported, gemvSupported, Tensor } from "../src/index.ts";
-import { fromBf16Bits, fromF16Bits, randn, relError, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
+import { fromBf16Bits, fromF16Bits, randn, relError, rmsnormRef, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
 afterAll(() => rt.trimPool());
@@ -269,31 +269,32 @@ describe("gemv group against float64", () => {
   });
 });
 
-// Decode's RMSNorm fused in front of the GEMV (GemvNorm): y = (x·r∘g)·Wᵀ (+ bias), r = 1/√(mean(x²) + eps)
+type Check = { out: Tensor; expect: Float64Array; what: string };
+/**
+ * Records `each` once per W dtype (f32, f16, bf16: a random (N, K) W uploaded in it, with the values
+ * its bits hold), then submits and checks every output pushed to `checks` against float64.
+ */
+async function overWeightDtypes(N: number, K: number, each: (rec: ReturnType<typeof rt.recorder>, w: { t: Tensor; values: Float32Array; dtype: DType }, checks: Check[], held: Tensor[]) => void) {
+  const rec = rt.recorder();
+  const checks: Check[] = [];
+  const held: Tensor[] = [];
+  for (const dtype of ["f32", "f16", "bf16"] as const) {
+    const { data, values } = weights(dtype, randn(N * K));
+    const t = rt.upload(dtype, [N, K], data);
+    held.push(t);
+    each(rec, { t, values, dtype }, checks, held);
+  }
+  await submitAndCheck(rec, checks, held);
+}
+
+// Decode's RMSNorm fused in front of the GEMV (GemvPrologue's norm): y = (x·r∘g)·Wᵀ (+ bias), r = 1/√(mean(x²) + eps)
 // per row of x, against float64 in both forms, every dtype, M past the one-slice limit (9, 16: two
 // x slices, each with its own r), rows of W per thread 1/2/4, and a partial last round of K.
 describe("gemv with the RMSNorm fused in front against float64", () => {
-  /** float64 rmsnorm rows of x (M, K): x·r∘g. */
-  function normed(x: Float32Array, g: Float32Array, M: number, K: number, eps: number): Float32Array {
-    const out = new Float64Array(M * K);
-    for (let m = 0; m < M; m++) {
-      let ss = 0;
-      for (let k = 0; k < K; k++) ss += x[m * K + k]! ** 2;
-      const r = 1 / Math.sqrt(ss / K + eps);
-      for (let k = 0; k < K; k++) out[m * K + k] = x[m * K + k]! * r * g[k]!;
-    }
-    return out as unknown as Float32Array; // ref() only indexes it
-  }
   for (const form of ["lanes", "row"] as const) {
     test(`${form} form: M in {1, 3, 9, 16}, W f32/f16/bf16, rows 1/2/4, bias, eps 1e-5 and 1e-6`, async () => {
       const N = 72, K = 8 * 32 * 8 + 40;
-      const rec = rt.recorder();
-      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
-      const held: Tensor[] = [];
-      for (const dtype of ["f32", "f16", "bf16"] as const) {
-        const { data, values } = weights(dtype, randn(N * K));
-        const tw = rt.upload(dtype, [N, K], data);
-        held.push(tw);
+      await overWeightDtypes(N, K, (rec, { t: tw, values, dtype }, checks, held) => {
         for (const [M, rows, eps] of [[1, 1, 1e-5], [3, 2, 1e-6], [9, 4, 1e-5], [16, 2, 1e-6]] as const) {
           // rows of x at very different scales: a wrong r per row (or one r for every row) shows
           const x = randn(M * K).map((v, i) => v * 4 ** (Math.floor(i / K) % 4 - 1));
@@ -302,12 +303,11 @@ describe("gemv with the RMSNorm fused in front against float64", () => {
           const ty = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
           held.push(tx, tg, tb, ty);
           gemv(rec, { a: tx, b: tw, c: ty, M, N, K, transB: true, bias: tb }, { form, rows }, { norm: { weight: tg, eps } });
-          const expect = ref(normed(x, g, M, K, eps), values, M, N, K, K, K);
+          const expect = ref(rmsnormRef(x, g, M, K, eps).y as unknown as Float32Array, values, M, N, K, K, K); // ref() only indexes it
           for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) expect[m * N + n]! += bias[n]!;
           checks.push({ out: ty, expect, what: `${form} ${dtype} M=${M} rows=${rows}` });
         }
-      }
-      await submitAndCheck(rec, checks, held);
+      });
     }, COMPILE_TIMEOUT * 6);
   }
 
@@ -325,20 +325,14 @@ describe("gemv with the RMSNorm fused in front against float64", () => {
   });
 });
 
-// Decode's SwiGLU fused in front of down_proj's GEMV (GemvSwiglu): y = (silu(gate)·up)·Wᵀ (+ y),
+// Decode's SwiGLU fused in front of down_proj's GEMV (GemvPrologue's swiglu): y = (silu(gate)·up)·Wᵀ (+ y),
 // against float64 in both forms and every dtype, gates of both signs and large magnitude (σ's two
 // branches, exp of large arguments), beta = 1 as down_proj adds into the residual stream.
 describe("gemv with SwiGLU fused in front against float64", () => {
   for (const form of ["lanes", "row"] as const) {
     test(`${form} form: M in {1, 3, 9, 16}, W f32/f16/bf16, beta 0 and 1`, async () => {
       const N = 40, K = 8 * 32 * 8 + 24;
-      const rec = rt.recorder();
-      const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
-      const held: Tensor[] = [];
-      for (const dtype of ["f32", "f16", "bf16"] as const) {
-        const { data, values } = weights(dtype, randn(N * K));
-        const tw = rt.upload(dtype, [N, K], data);
-        held.push(tw);
+      await overWeightDtypes(N, K, (rec, { t: tw, values, dtype }, checks, held) => {
         for (const [M, beta] of [[1, 1], [3, 0], [9, 1], [16, 0]] as const) {
           const gate = randn(M * K).map((v) => 6 * v), up = randn(M * K), y0 = randn(M * N);
           const act = new Float64Array(M * K);
@@ -350,8 +344,7 @@ describe("gemv with SwiGLU fused in front against float64", () => {
           if (beta) for (let i = 0; i < M * N; i++) expect[i]! += y0[i]!;
           checks.push({ out: ty, expect, what: `${form} ${dtype} M=${M} beta=${beta}` });
         }
-      }
-      await submitAndCheck(rec, checks, held);
+      });
     }, COMPILE_TIMEOUT * 6);
   }
 

@@ -1,25 +1,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { getRuntime, rmsnormBackward, rmsnormForward, rmsnormWeightBackward, type Tensor, toF16 } from "../src/index.ts";
-import { fromBf16Bits, fromF16Bits, randn, relError, toBf16Bits, toF16Bits } from "../src/testing.ts";
+import { fromBf16Bits, fromF16Bits, randn, relError, rmsnormRef, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
 afterAll(() => rt.trimPool());
 
 const EPS = 1e-5;
 
-/** float64 forward: y (T, C), rstd (T). */
-function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, T: number, C: number) {
-  const y = new Float64Array(T * C);
-  const rstd = new Float64Array(T);
-  for (let t = 0; t < T; t++) {
-    let ss = 0;
-    for (let c = 0; c < C; c++) ss += x[t * C + c]! ** 2;
-    const r = 1 / Math.sqrt(ss / C + EPS);
-    rstd[t] = r;
-    for (let c = 0; c < C; c++) y[t * C + c] = x[t * C + c]! * r * w[c]!;
-  }
-  return { y, rstd };
-}
 
 /** float64 backward: dx (T, C) (+ beta·dxIn). */
 function rmsnormBackwardRef(x: ArrayLike<number>, w: ArrayLike<number>, dy: ArrayLike<number>, T: number, C: number) {
@@ -70,7 +57,7 @@ describe("rmsnorm against float64", () => {
       rmsnormBackward(rec, tx, tw, trstd, tdy, tdx);
       rmsnormBackward(rec, tx, tw, trstd, tdy, tdxAcc, 1);
       rec.submit();
-      const ref = rmsnormRef(x, w, T, C);
+      const ref = rmsnormRef(x, w, T, C, EPS);
       const dxRef = rmsnormBackwardRef(x, w, dy, T, C);
       // 16-bit weights are held exactly (w is what the buffer holds), so f32 math tolerance applies.
       expect(relError(await rt.read(ty), ref.y)).toBeLessThan(1e-5);
@@ -140,7 +127,7 @@ describe("rmsnorm's fused 16-bit copy", () => {
       rmsnormForward(rec, tx, tw, ty, trstd, EPS, ty16);
       const separate = toF16(rec, ty);
       rec.submit();
-      const ref = rmsnormRef(x, w, T, C);
+      const ref = rmsnormRef(x, w, T, C, EPS);
       expect(relError(await rt.read(ty), ref.y)).toBeLessThan(1e-5);
       expect(relError(await rt.read(trstd), ref.rstd)).toBeLessThan(1e-5);
       const a = new Uint16Array(await rt.readBytes(ty16)), b = new Uint16Array(await rt.readBytes(separate));
@@ -173,7 +160,7 @@ describe("rmsnorm weight gradient (full fine-tuning) against float64", () => {
       rmsnormWeightBackward(rec, tx, trstd, tdy, tdw);
       rmsnormWeightBackward(rec, tx, trstd, tdy, tdwAcc, 1);
       rec.submit();
-      const { rstd } = rmsnormRef(x, w, T, C);
+      const { rstd } = rmsnormRef(x, w, T, C, EPS);
       const ref = new Float64Array(C);
       for (let t = 0; t < T; t++) for (let c = 0; c < C; c++) ref[c]! += dy[t * C + c]! * x[t * C + c]! * rstd[t]!;
       expect(relError(await rt.read(tdw), ref)).toBeLessThan(1e-5);
