@@ -34,6 +34,7 @@
 #                sweep's two picks, and their stage costs (gemm.jsonl); sweeps at once when `l` gains
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
+#   attn-stages  attention kernels at the 1B shapes, the forward with one phase left out (profile.jsonl)
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
 T0=$(date +%s)
@@ -169,6 +170,13 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1
       # Session 12: the fused GEMV prologues (RMSNorm, SwiGLU), A/B against the row above.
       [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl ;;
+    attn-stages)
+      # Session 12: the attention kernels at the 1B shapes, and the one-sweep forward with one phase of
+      # its key-tile loop left out (TUNELOOM_ATTN_DIAG; results wrong by design): where its ~0.46 ms a
+      # layer goes (profile.jsonl, op attention_fwd, tagged attn_diag).
+      [ "$(left)" -gt 60 ] && el attn-stages && for d in "" no-softmax no-pv no-oupdate no-barriers; do
+        [ "$(left)" -gt 20 ] && TUNELOOM_ATTN_DIAG=$d timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"${d:-none}\",/" | stamp >> $OUT/profile.jsonl
+      done ;;
     diag)
       [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \
         --shapes 4096x2048x4096,4096x8192x4096,4096x16384x4096,4096x4096x2048,4096x4096x8192,8192x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;

@@ -221,7 +221,7 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false): KernelSource {
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
   const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const vBlock = (d: number) => st
@@ -237,30 +237,30 @@ ${st?.regs ?? ""}
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${loop(`${maskedTileMax(hd, L, staged, fast)}
+${loop(diagBody(diag, `${maskedTileMax(hd, L, staged, fast)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
-      for (var i = 0u; i < ${BK / 2}u; i++) {
+${diag === "no-softmax" ? "" : `      for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
         let x = ${tileScore(L, "c")};
         let pr = select(0.0, exp(x - mNew), x > NEG_HALF);
         Pw[r * ${L.pLd}u + c] = f16(pr);
         sum += pr;
-      }
+      }`}
       sum += subgroupShuffleXor(sum, 1u);
       l = l * alpha + sum;
       m = mNew;
       workgroupBarrier();
-${ids(D).map((d) => `      var pv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
+${diag === "no-pv" ? "" : `${ids(D).map((d) => `      var pv${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
       for (var j = 0u; j < ${J}u; j++) {
         let kRow = min(k0 + 16u * j, p.T - 16u);
         let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `        pv${d} = subgroupMatrixMultiplyAccumulate(pl, ${vBlock(d)}, pv${d});`).join("\n")}
       }
-${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, pv${d}, ${OLD}u);`).join("\n")}
+${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, pv${d}, ${OLD}u);`).join("\n")}`}
       workgroupBarrier();
-      for (var i = 0u; i < ${HALF}u; i++) { o[i] = o[i] * alpha + Sw[r * ${OLD}u + ${L.oCol("i", hd)}]; }
-      workgroupBarrier();`)}
+${diag === "no-oupdate" ? "" : `      for (var i = 0u; i < ${HALF}u; i++) { o[i] = o[i] * alpha + Sw[r * ${OLD}u + ${L.oCol("i", hd)}]; }`}
+      workgroupBarrier();`))}
   }
   if (ti < p.T) {
     let inv = select(0.0, 1.0 / l, l > 0.0);
@@ -269,8 +269,24 @@ ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}${diag ? `_${diag}` : ""}`, code: st ? st.retype(code) : code };
 }
+
+/**
+ * For measurements only (results wrong by design): the one-sweep forward with one phase of its key
+ * tile loop left out, as the GEMM's stage diags (TcConfig.diag) do: the softmax phase (exp and the
+ * P stores), the P·V products and their store, the update of O from workgroup memory, or every
+ * workgroup barrier of the loop. `TUNELOOM_ATTN_DIAG` picks one; the device script's attn-stages.
+ */
+export type AttentionDiag = "no-softmax" | "no-pv" | "no-oupdate" | "no-barriers";
+const ATTENTION_DIAGS: readonly AttentionDiag[] = ["no-softmax", "no-pv", "no-oupdate", "no-barriers"];
+export function attentionDiagFrom(v: string | undefined): AttentionDiag | undefined {
+  if (v === undefined || v === "") return undefined;
+  if (!(ATTENTION_DIAGS as readonly string[]).includes(v)) throw new Error(`TUNELOOM_ATTN_DIAG must be one of ${ATTENTION_DIAGS.join(", ")}, got ${JSON.stringify(v)}`);
+  return v as AttentionDiag;
+}
+/** The loop body with the barriers taken out for the no-barriers diag. */
+const diagBody = (diag: AttentionDiag | undefined, body: string) => (diag === "no-barriers" ? body.replaceAll("workgroupBarrier();", "") : body);
 
 /**
  * Key-tile loop of the query-block passes (forward sweeps, backward dq): from the diagonal down
@@ -688,6 +704,8 @@ export const attentionTcForm = {
    * `TUNELOOM_ATTN_FULL_TILES=0` turns it off.
    */
   fullTiles: process.env.TUNELOOM_ATTN_FULL_TILES !== "0",
+  /** A stage diag of the one-sweep forward (AttentionDiag; measurements only, wrong results). */
+  diag: attentionDiagFrom(process.env.TUNELOOM_ATTN_DIAG),
 };
 
 /**
@@ -703,9 +721,9 @@ export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number,
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean }): KernelSource {
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag }): KernelSource {
   const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
-  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast) : forwardSource(hd, L, fast);
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
   if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
   return backwardDkvSource(hd, L, form.perHead, form.staged, fast);
 }
@@ -730,11 +748,11 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded, fullTiles: fast } = attentionTcForm;
+  const { oneSweep: one, padded, fullTiles: fast, diag } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast) : forwardSource(a.hd, tileLayout(padded), fast)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
   const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
   rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);

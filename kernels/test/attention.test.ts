@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { attentionTcForm, attentionTcSource, dkvGroupSum, stagedAttentionBytes } from "../src/attention-tc.ts";
+import { type AttentionDiag, attentionDiagFrom, attentionTcForm, attentionTcSource, dkvGroupSum, stagedAttentionBytes } from "../src/attention-tc.ts";
 import {
   attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
@@ -266,6 +266,35 @@ describe("staged attention tiles: workgroup memory", () => {
       expect(stagedAttentionBytes(pass, 64, true)).toBeLessThanOrEqual(49152);
       expect(stagedAttentionBytes(pass, 128, true)).toBeGreaterThan(49152);
     }
+  });
+});
+
+// The one-sweep forward's stage diags (measurements only: results wrong by design) each leave out
+// exactly their phase of the key-tile loop, and a bad TUNELOOM_ATTN_DIAG is refused.
+describe("attention forward stage diags", () => {
+  const src = (diag?: AttentionDiag) => attentionTcSource("forward", 64, { padded: true, staged: true, fullTiles: true, diag }).code;
+  const count = (code: string, what: string) => code.split(what).length - 1;
+  const plain = src();
+  const phases: [AttentionDiag, string][] = [
+    ["no-softmax", "Pw[r * "], ["no-pv", "pv0 = subgroupMatrixMultiplyAccumulate"], ["no-oupdate", "o[i] = o[i] * alpha"],
+  ];
+  for (const [diag, marker] of phases) {
+    test(`${diag} removes its phase and nothing else`, () => {
+      const code = src(diag);
+      expect(count(plain, marker)).toBeGreaterThan(0);
+      expect(count(code, marker)).toBe(0);
+      expect(count(code, "workgroupBarrier();")).toBe(count(plain, "workgroupBarrier();"));
+    });
+  }
+  test("no-barriers keeps the phases and drops the loop body's barriers", () => {
+    const code = src("no-barriers");
+    for (const [, marker] of phases) expect(count(code, marker)).toBe(count(plain, marker));
+    expect(count(code, "workgroupBarrier();")).toBeLessThan(count(plain, "workgroupBarrier();") - 2);
+  });
+  test("TUNELOOM_ATTN_DIAG names are checked", () => {
+    expect(attentionDiagFrom(undefined)).toBeUndefined();
+    expect(attentionDiagFrom("no-pv")).toBe("no-pv");
+    expect(() => attentionDiagFrom("no-everything")).toThrow(/TUNELOOM_ATTN_DIAG/);
   });
 });
 
