@@ -71,6 +71,7 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x2_2x2sg8u", 144, 80, 80],
     ["4x2_4x4sg8u", 272, 144, 80], // 16 subgroups, 256×128 (session 12)
     ["2x4_4x4sg8u", 144, 272, 80], // 16 subgroups, 128×256 (session 12)
+    ["4x2_4x4sk16g8u", 272, 144, 48], // 16 subgroups, 16-deep slices: fewer 16-byte vectors than threads (session 12)
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
