@@ -235,6 +235,7 @@ print('bad', [(r.get('cfg'),r.get('shape'),r.get('error','')[:100], r.get('relEr
 for r in rows:
   if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
 for r in rd('profile.jsonl'):
+  if 'attn_diag' in r: print('attention', r['attn_diag'], r.get('op'), r.get('dtype'), round(r.get('ms') or 0, 4), 'ms', r.get('relErr')); continue
   p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', 'A/B-off '+r['ab_off'] if r.get('ab_off') else '', 'A/B-on '+r['ab_on'] if r.get('ab_on') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))
   for e in p.get('top',[])[:25]: print('  ', e)
 for f in ['train.jsonl','decode.jsonl','multi-lora.jsonl','serve.jsonl']:
