@@ -3,11 +3,14 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: variants mma-peak tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b
-# train-qwen7b profile-qwen train-small full profile-full serve multi-lora: what session 11 left unmeasured, in the
-# order #12 needs it; more than one call holds, so a second call starts where it stopped)
+# STEPS (default: tests train-1b decode-8b variants attn-stages profile-1b decode-1b mma-peak train-3b train-8b profile-8b
+# profile-qwen wginit train-small full profile-full serve multi-lora tests-slow: what sessions 11 and 12 left unmeasured
+# (session 12 got no GPU), in the order #12 needs it; more than one call holds, so a second call starts where it stopped)
 # is any of
-#   tests        tensor-core kernel tests (tests.txt; TEST_FILES replaces the list, EXTRA_TESTS adds to it)
+#   tests        the GPU tests of what the call measures, quick files first (tests.txt; TEST_FILES replaces the
+#                list, EXTRA_TESTS adds to it)
+#   tests-slow   full-trainer.test.ts and matmul-subgroup.test.ts (210 s and 148 s on an H100 in session 11;
+#                tests-slow.txt is not among the files that come back: its summary lines go to peft-stderr.txt)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
@@ -27,7 +30,8 @@
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
-#   decode-8b    Llama-3.1-8B batch-1 decode, ours, the GEMV A/Bs (DECODE_AB=0 leaves them out) and a profile (decode.jsonl)
+#   decode-8b    Llama-3.1-8B batch-1 decode, ours, the fused GEMV prologues (A/B), a profile, and with DECODE_AB=1
+#                session 9-11's GEMV A/Bs (grouping, depth 4/16) (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   variants     the two-deep prefetch (`l`), double buffering, K slices and group sizes around the
@@ -44,7 +48,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-variants mma-peak tests profile-1b decode-8b train-1b profile-1b-fused-ab profile-1b-attn-ab wginit profile-8b train-qwen7b profile-qwen train-small full profile-full serve multi-lora}
+STEPS=${*:-tests train-1b decode-8b variants attn-stages profile-1b decode-1b mma-peak train-3b train-8b profile-8b profile-qwen wginit train-small full profile-full serve multi-lora tests-slow}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -65,7 +69,7 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] || { el "skip tests"; continue; }
       el tests
       # The files that decide the off-by-default forms first, so a timeout costs only the rest.
-      timeout $(( $(left) - 10 < ${TESTS_TIMEOUT:-240} ? $(left) - 10 : ${TESTS_TIMEOUT:-240} )) bun test ${TEST_FILES:-packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts packages/trainer/test/gpu-step.test.ts packages/trainer/test/full-trainer.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/gemv.test.ts kernels/test/attention.test.ts kernels/test/matmul-subgroup.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/convert.test.ts packages/model/test/lora-dropout.test.ts kernels/test/cross-entropy.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout $(( $(left) - 10 < ${TESTS_TIMEOUT:-110} ? $(left) - 10 : ${TESTS_TIMEOUT:-110} )) bun test ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts kernels/test/gemv.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/convert.test.ts kernels/test/cross-entropy.test.ts packages/model/test/lora-dropout.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
@@ -114,10 +118,10 @@ for step in $STEPS; do
       PYTHONUNBUFFERED=1 timeout $(( $(left) - 45 < 120 ? $(left) - 45 : 120 )) python3 .tmp/peft_bench.py --models llama3.1-8b --save "$d8" > /dev/null 2>>$OUT/peft-stderr.txt
       fromdir() { sed "s#\"model\":\"$d8\"#\"model\":\"llama3.1-8b\",\"from_dir\":true#"; }
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
-      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-1}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
       # Session 12: RMSNorm and SwiGLU fused into the GEMVs that read them (decoder-layer.ts gemvPrologueFusion), A/B.
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_FUSE=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
@@ -170,6 +174,11 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1
       # Session 12: the fused GEMV prologues (RMSNorm, SwiGLU), A/B against the row above.
       [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl ;;
+    tests-slow)
+      [ "$(left)" -gt 120 ] || { el "skip tests-slow"; continue; }
+      el tests-slow
+      timeout $(( $(left) - 10 )) bun test packages/trainer/test/full-trainer.test.ts kernels/test/matmul-subgroup.test.ts > /tmp/tests-slow.txt 2>&1
+      { echo "== tests-slow"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/tests-slow.txt | head -40; } >> $OUT/peft-stderr.txt ;;
     attn-stages)
       # Session 12: the attention kernels at the 1B shapes, and the one-sweep forward with one phase of
       # its key-tile loop left out (TUNELOOM_ATTN_DIAG; results wrong by design): where its ~0.46 ms a
