@@ -94,6 +94,9 @@ for step in $STEPS; do
       # Session 11, written after its last call: inference's in-place residual stream (decoder-layer.ts);
       # on GPUs its prefill-sized products accumulate on tensor cores. A failure here is a bug to fix.
       grep -q "^(fail) the residual stream updated in place" $OUT/tests.txt && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
+      # Session 12: the fused GEMV prologues are measured only as A/B rows (ab_on gemv_fuse); flag them.
+      grep -q "^(fail) gemv with the RMSNorm fused\|^(fail) gemv with SwiGLU fused\|^(fail) decode with the RMSNorm and SwiGLU fused" $OUT/tests.txt && el "fused GEMV prologue tests FAILED: the gemv_fuse rows of this call are suspect"
+      grep -q "^(fail) LoRA training step on the GPU > \(gradient checkpointing\|16-bit weights\)" $OUT/tests.txt && el "checkpointing tests FAILED: the recompute (session 12) is wrong on this GPU; train rows are suspect"
       # (Decode's grouped GEMVs stay off: session 11 measured them neutral, and grouping would keep the
       # fused GEMV prologues from running. DECODE_AB=1 measures them in decode-8b.)
       true ;;
