@@ -285,9 +285,14 @@ function rowSource(pk: PrologueKind): KernelSource {
   if (!s) rowSources.set(pk, s = rowSourceOf(pk));
   return s;
 }
-/** x's word i of row m as the row form's product reads it: times the norm weight's word, or SwiGLU'd. */
-const rowX = (pk: PrologueKind, i: string) =>
-  pk === "norm" ? `(x[m * lda4 + ${i}] * nw[${i}])` : pk === "swiglu" ? `swiglu4(x[m * lda4 + ${i}], upv[m * lda4 + ${i}])` : `x[m * lda4 + ${i}]`;
+/**
+ * Statements binding `name` to x's word i of row m as the row form's product reads it: times the
+ * norm weight's word (adding the raw word's squares to ss[m]: the loop over W's words visits every
+ * word of x once), or SwiGLU'd.
+ */
+const rowX = (pk: PrologueKind, i: string, name: string) =>
+  pk === "norm" ? `let ${name}r = x[m * lda4 + ${i}]; ss[m] += dot(${name}r, ${name}r); let ${name} = ${name}r * nw[${i}];`
+    : pk === "swiglu" ? `let ${name} = swiglu4(x[m * lda4 + ${i}], upv[m * lda4 + ${i}]);` : `let ${name} = x[m * lda4 + ${i}];`;
 const rowSourceOf = (pk: PrologueKind): KernelSource => {
   const norm = pk === "norm";
   return {
@@ -309,16 +314,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let lda4 = p.lda / 4u;
   let base = n * p.ldb;
   var acc = array<vec4<f32>, ${MAX_M}>();${norm ? `
-  // Σ x² of each row of x, over all of K (this invocation reads every word of x)
-  var ss = array<f32, ${MAX_M}>();
-  for (var m = 0u; m < p.M; m++) {
-    for (var c = 0u; c < p.K / 4u; c++) { let v = x[m * lda4 + c]; ss[m] += dot(v, v); }
-  }` : ""}
+  var ss = array<f32, ${MAX_M}>(); // Σ x² of each row of x, over all of K` : ""}
   for (var c = 0u; c < p.nc; c++) {
     let v = w[base + c];
     if (p.wkind == 0u) {
       let wf = bitcast<vec4<f32>>(v);
-      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(pk, "c")} * wf; }
+      for (var m = 0u; m < p.M; m++) { ${rowX(pk, "c", "xv")} acc[m] += xv * wf; }
     } else {
       var lo: vec4<f32>;
       var hi: vec4<f32>;
@@ -331,7 +332,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         lo = vec4<f32>(l.x, h.x, l.y, h.y);
         hi = vec4<f32>(l.z, h.z, l.w, h.w);
       }
-      for (var m = 0u; m < p.M; m++) { acc[m] += ${rowX(pk, "2u * c")} * lo + ${rowX(pk, "2u * c + 1u")} * hi; }
+      for (var m = 0u; m < p.M; m++) { ${rowX(pk, "2u * c", "xa")} ${rowX(pk, "2u * c + 1u", "xb")} acc[m] += xa * lo + xb * hi; }
     }
   }
   for (var m = 0u; m < p.M; m++) {
