@@ -17,6 +17,10 @@
  * (MS, RT). Shapes whose rows are not 16-byte aligned (K or ldb not a multiple of 8 halves / 4
  * floats, lda not a multiple of 4) take a scalar kernel with the same layout, one pipeline for
  * every M (correct, not tuned).
+ *
+ * A prologue (GemvPrologue, aligned forms only) makes the kernel read x through RMSNorm or SwiGLU
+ * (decode: the norm or SwiGLU dispatch before the product goes away); its operand (the norm weight,
+ * or up) is binding 5.
  */
 import type { MatmulArgs } from "./matmul.ts";
 import { cdiv, Params } from "./params.ts";
