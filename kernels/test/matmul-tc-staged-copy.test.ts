@@ -72,6 +72,8 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x2_4x4sg8u", 272, 144, 80], // 16 subgroups, 256×128 (session 12)
     ["2x4_4x4sg8u", 144, 272, 80], // 16 subgroups, 128×256 (session 12)
     ["4x2_4x4sk16g8u", 272, 144, 48], // 16 subgroups, 16-deep slices: fewer 16-byte vectors than threads (session 12)
+    ["2x2_4x4sg8u", 144, 144, 80], // 16 subgroups of 2×2 matrices, 128×128: fewer registers a thread (session 13)
+    ["2x2_2x4sg8u", 80, 144, 80], // 8 subgroups of 2×2 matrices, 64×128 (session 13)
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
