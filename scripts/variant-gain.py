@@ -7,11 +7,15 @@ Usage: python3 scripts/variant-gain.py gemm.jsonl BASE NEW CFGS [FORM]
   double buffering:     variant-gain.py gemm.jsonl sg8u sdg8u 4x4_2x2 tB
 Or, with --best NEWCFGS OLDCFGS: yes when the best of the NEW configurations beats the best of the
 OLD ones per (shape, form) by the same geometric-mean margin (new tiles against the table's picks).
-  variant-gain.py gemm.jsonl --best 4x2_4x4sg8u,2x4_4x4sg8u 4x4_2x2sg8u,4x2_2x4sk64g8u"""
+  variant-gain.py gemm.jsonl --best 4x2_4x4sg8u,2x4_4x4sg8u 4x4_2x2sg8u,4x2_2x4sk64g8u
+With --winners NEWCFGS OLDCFGS: prints the NEW configurations that are fastest of all (NEW and OLD)
+on at least one (shape, form), comma-separated (what a sweep should add to the OLD ones).
+  variant-gain.py gemm.jsonl --winners 4x2_4x4sg8u,2x4_4x4sg8u 4x4_2x2sg8u,4x2_2x4sk64g8u"""
 import json, math, sys
 
 path = sys.argv[1]
-best_mode = sys.argv[2] == "--best"
+best_mode = sys.argv[2] in ("--best", "--winners")
+winners_mode = sys.argv[2] == "--winners"
 if best_mode:
     news, olds = sys.argv[3].split(","), sys.argv[4].split(",")
     base = new = ""
@@ -38,6 +42,10 @@ if best_mode:
     top = lambda names, s, t: max((best.get((c, s, t), 0) for c in names), default=0)
     cases = {(s, t) for (_, s, t) in best}
     ratios = [top(news, s, t) / top(olds, s, t) for s, t in cases if top(news, s, t) and top(olds, s, t)]
+    if winners_mode:
+        wins = {max(news + olds, key=lambda c: best.get((c, s, t), 0)) for s, t in cases}
+        print(",".join(c for c in news if c in wins))
+        sys.exit(0)
     new, base = "+".join(news), "+".join(olds)
 else:
     ratios = [best[(c + new, s, t)] / v for (c0, s, t), v in best.items() for c in cfgs

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { prefetch2Loop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { prefetch2Loop, producerLoop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -131,75 +131,90 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
   }
 });
 
-// The two-deep prefetch (TcConfig.prefetch2) on lavapipe: its loop (prefetch2Loop, the kernel's
-// own) with the products replaced by a checksum of the staged buffer, weighted by the slice. If a
-// slice were stored from the wrong register set, stored twice or skipped, or a load went past the
-// slice it belongs to, the weighted sums differ. Small integers keep every sum exact.
-describe.skipIf(!f16Ok)("two-deep prefetch: every slice's products read that slice, fully stored", () => {
-  const cases: [string, number, number, number][] = [
-    ["2x2_2x2sg8ul", 144, 80, 80], // 3 slices (the last loads nothing)
-    ["2x2_2x2sg8ul", 80, 144, 16], // less than one slice: the second set is never loaded
-    ["2x2_2x2sg8ul", 80, 144, 64], // exactly two slices
-    ["1x2_2x2sk64g8ul", 80, 144, 208], // 64-deep slices, a K tail
-    ["4x2_4x4sg8ul", 272, 144, 80], // 16 subgroups (session 12)
-  ];
-  for (const [name, M, N, K] of cases) {
-    for (const transB of [true, false]) {
-      test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
-        const cfg = parseTcConfig(name);
-        const g = stagedGeometry(transB, cfg);
-        const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
-        const copy = unrolledCopy(transB, g);
-        const products = `    { let wgt = f32(k0 / ${g.BK}u + 1u);
-      for (var e = tid; e < ${aHalves}u; e += ${g.threads}u) { chk += wgt * f32(As[aOff + e]); }
-      for (var e = tid; e < ${bHalves}u; e += ${g.threads}u) { chk += 0.5 * wgt * f32(Bs[bOff + e]); } }`;
-        const code = `enable f16;
+// The two-deep prefetch (TcConfig.prefetch2) and the copy subgroups (TcConfig.producers) on
+// lavapipe: their loops (the kernel's own) with the products replaced by a checksum of the staged
+// buffer, weighted by the slice. If a slice were stored from the wrong register set or into the
+// buffer being read, stored twice or skipped, or a load went past the slice it belongs to, the
+// weighted sums differ. Small integers keep every sum exact.
+function checksumCases(title: string, cases: [string, number, number, number][], loop: (copy: ReturnType<typeof unrolledCopy>, g: ReturnType<typeof stagedGeometry>, aHalves: number, bHalves: number) => string, buffers: number) {
+  describe.skipIf(!f16Ok)(title, () => {
+    for (const [name, M, N, K] of cases) {
+      for (const transB of [true, false]) {
+        test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
+          const cfg = parseTcConfig(name);
+          const g = stagedGeometry(transB, cfg);
+          const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+          expect(2 * buffers * (aHalves + bHalves)).toBeLessThanOrEqual(rt.caps.limits.maxComputeWorkgroupStorageSize);
+          expect(g.threads).toBeLessThanOrEqual(rt.caps.limits.maxComputeInvocationsPerWorkgroup);
+          const copy = unrolledCopy(transB, g);
+          // Run by the product threads only (all of them without copy subgroups).
+          const products = `    { let wgt = f32(k0 / ${g.BK}u + 1u);
+      for (var e = tid; e < ${aHalves}u; e += ${g.productThreads}u) { chk += wgt * f32(As[aOff + e]); }
+      for (var e = tid; e < ${bHalves}u; e += ${g.productThreads}u) { chk += 0.5 * wgt * f32(Bs[bOff + e]); } }`;
+          const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-var<workgroup> As: array<f16, ${aHalves}>;
-var<workgroup> Bs: array<f16, ${bHalves}>;
+var<workgroup> As: array<f16, ${buffers * aHalves}>;
+var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 ${mainOpening(g)}
   var chk = 0.0;
-${prefetch2Loop({ ...copy, products }, g.BK)}
+${loop({ ...copy, products }, g, aHalves, bHalves)}
   out[(wg.y * nwg.x + wg.x) * ${g.threads}u + tid] = chk;
 }`;
-        const lda = K + 8, ldb = (transB ? K : N) + 8, offA = 8, offB = 16;
-        const ints = (n: number) => Float32Array.from({ length: n }, () => Math.floor(Math.random() * 7) - 3);
-        const a = ints(offA + M * lda), b = ints(offB + (transB ? N : K) * ldb + 8);
-        const pad8 = (bits: Uint16Array) => { const o = new Uint16Array(Math.ceil(bits.length / 8) * 8); o.set(bits); return o; };
-        const ta = rt.upload("f16", [pad8(toF16Bits(a)).length], pad8(toF16Bits(a))), tb = rt.upload("f16", [pad8(toF16Bits(b)).length], pad8(toF16Bits(b)));
-        const gx = Math.ceil(N / g.BN), gy = Math.ceil(M / g.BM);
-        const out = rt.empty("f32", [gx * gy * g.threads]);
-        const params = new Params(16).u32(M).u32(N).u32(K).u32(lda).u32(ldb).u32(N).u32(0).u32(0)
-          .u32(0).u32(offA).u32(offB).u32(0).u32(0).u32(0).u32(0).u32(0);
-        const rec = rt.recorder();
-        rec.dispatch("prefetch2 checksum", rt.pipeline({ name: `test_prefetch2_${name}_${transB}`, code }, {}), params.buffer, [ta, tb, out], [gx, gy, 1]);
-        rec.submit();
-        const got = await rt.read(out);
-        rec.release();
-        rt.release(ta, tb, out);
-        for (let ty = 0; ty < gy; ty++) for (let tx = 0; tx < gx; tx++) {
-          const row0 = ty * g.BM, col0 = tx * g.BN;
-          let want = 0;
-          for (let s = 0; s * g.BK < K; s++) {
-            let sa = 0, sb = 0;
-            for (let r = 0; r < g.BM; r++) for (let kk = 0; kk < g.BK; kk++) {
-              const k = s * g.BK + kk;
-              if (row0 + r < M && k < K) sa += a[offA + (row0 + r) * lda + k]!;
+          const lda = K + 8, ldb = (transB ? K : N) + 8, offA = 8, offB = 16;
+          const ints = (n: number) => Float32Array.from({ length: n }, () => Math.floor(Math.random() * 7) - 3);
+          const a = ints(offA + M * lda), b = ints(offB + (transB ? N : K) * ldb + 8);
+          const pad8 = (bits: Uint16Array) => { const o = new Uint16Array(Math.ceil(bits.length / 8) * 8); o.set(bits); return o; };
+          const ta = rt.upload("f16", [pad8(toF16Bits(a)).length], pad8(toF16Bits(a))), tb = rt.upload("f16", [pad8(toF16Bits(b)).length], pad8(toF16Bits(b)));
+          const gx = Math.ceil(N / g.BN), gy = Math.ceil(M / g.BM);
+          const out = rt.empty("f32", [gx * gy * g.threads]);
+          const params = new Params(16).u32(M).u32(N).u32(K).u32(lda).u32(ldb).u32(N).u32(0).u32(0)
+            .u32(0).u32(offA).u32(offB).u32(0).u32(0).u32(0).u32(0).u32(0);
+          const rec = rt.recorder();
+          rec.dispatch("loop checksum", rt.pipeline({ name: `test_loop_${name}_${transB}`, code }, {}), params.buffer, [ta, tb, out], [gx, gy, 1]);
+          rec.submit();
+          const got = await rt.read(out);
+          rec.release();
+          rt.release(ta, tb, out);
+          for (let ty = 0; ty < gy; ty++) for (let tx = 0; tx < gx; tx++) {
+            const row0 = ty * g.BM, col0 = tx * g.BN;
+            let want = 0;
+            for (let s = 0; s * g.BK < K; s++) {
+              let sa = 0, sb = 0;
+              for (let r = 0; r < g.BM; r++) for (let kk = 0; kk < g.BK; kk++) {
+                const k = s * g.BK + kk;
+                if (row0 + r < M && k < K) sa += a[offA + (row0 + r) * lda + k]!;
+              }
+              for (let n = 0; n < g.BN; n++) for (let kk = 0; kk < g.BK; kk++) {
+                const k = s * g.BK + kk;
+                if (col0 + n < N && k < K) sb += b[offB + (transB ? (col0 + n) * ldb + k : k * ldb + col0 + n)]!;
+              }
+              want += (s + 1) * (sa + 0.5 * sb);
             }
-            for (let n = 0; n < g.BN; n++) for (let kk = 0; kk < g.BK; kk++) {
-              const k = s * g.BK + kk;
-              if (col0 + n < N && k < K) sb += b[offB + (transB ? (col0 + n) * ldb + k : k * ldb + col0 + n)]!;
-            }
-            want += (s + 1) * (sa + 0.5 * sb);
+            let sum = 0;
+            for (let t = 0; t < g.threads; t++) sum += got[(ty * gx + tx) * g.threads + t]!;
+            if (sum !== want) throw new Error(`tile (${ty}, ${tx}): checksum ${sum}, want ${want}`);
           }
-          let sum = 0;
-          for (let t = 0; t < g.threads; t++) sum += got[(ty * gx + tx) * g.threads + t]!;
-          if (sum !== want) throw new Error(`tile (${ty}, ${tx}): checksum ${sum}, want ${want}`);
-        }
-      }, 30_000);
+        }, 30_000);
+      }
     }
-  }
-});
+  });
+}
+
+checksumCases("two-deep prefetch: every slice's products read that slice, fully stored", [
+  ["2x2_2x2sg8ul", 144, 80, 80], // 3 slices (the last loads nothing)
+  ["2x2_2x2sg8ul", 80, 144, 16], // less than one slice: the second set is never loaded
+  ["2x2_2x2sg8ul", 80, 144, 64], // exactly two slices
+  ["1x2_2x2sk64g8ul", 80, 144, 208], // 64-deep slices, a K tail
+  ["4x2_4x4sg8ul", 272, 144, 80], // 16 subgroups (session 12)
+], (copy, g) => prefetch2Loop(copy, g.BK), 1);
+
+checksumCases("copy subgroups: the product subgroups read each slice once, from the buffer it was stored in", [
+  ["2x2_2x2sdg8up2", 144, 80, 80], // 3 slices: both buffers, the first one twice
+  ["2x2_2x2sdg8up4", 80, 144, 16], // less than one slice: the loop stores nothing
+  ["2x2_2x2sdg8up1", 80, 144, 64], // exactly two slices; one copy subgroup, several passes a slice
+  ["1x2_2x2sk64dg8up2", 80, 144, 208], // 64-deep slices, a K tail
+  ["4x2_2x2sdg8up4", 144, 144, 112], // 4x2 matrices a subgroup and four copy subgroups (the 8-warp tiles need more than lavapipe's 32 KB)
+], producerLoop, 2);
