@@ -41,7 +41,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
       // the two-deep prefetch (session 11): the two picks' tiles and 16-deep slices
       "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "2x4_4x2sk16g8ul",
       // copy subgroups (session 13): four beside 8 and 4 product subgroups, one beside 4 (several copy passes a slice)
-      "4x2_2x4sdg8up4", "4x4_2x2sdg8up4", "4x4_2x2sdg8up1"].map(parseTcConfig),
+      "4x2_2x4sdg8up4", "4x4_2x2sdg8up4", "4x4_2x2sdg8up1", "4x2_4x4sk16dg8up4"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     for (const [M, N, K] of shapes) {

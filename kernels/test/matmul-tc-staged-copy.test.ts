@@ -216,5 +216,6 @@ checksumCases("copy subgroups: the product subgroups read each slice once, from 
   ["2x2_2x2sdg8up4", 80, 144, 16], // less than one slice: the loop stores nothing
   ["2x2_2x2sdg8up1", 80, 144, 64], // exactly two slices; one copy subgroup, several passes a slice
   ["1x2_2x2sk64dg8up2", 80, 144, 208], // 64-deep slices, a K tail
+  ["2x2_2x2sk16dg8up2", 80, 144, 56], // 16-deep slices (the 16-warp p tiles' depth), a K tail
   ["4x2_2x2sdg8up4", 144, 144, 112], // 4x2 matrices a subgroup and four copy subgroups (the 8-warp tiles need more than lavapipe's 32 KB)
 ], producerLoop, 2);
