@@ -206,7 +206,8 @@ for step in $STEPS; do
     variants)
       # Session 13: copy subgroups (pP: warp specialisation, the copy beside the products) first, on
       # 128×128 tiles and on 16-warp tiles with 16-deep slices (the double buffers of 256×128 fit 48 KB
-      # only so; 25% less L2 traffic a FLOP, which 128×128 needs near 350 TFLOP/s).
+      # only so; 25% less L2 traffic a FLOP, which 128×128 needs near 350 TFLOP/s), and with W staged
+      # transposed by the copy subgroups (`t`: x·Wᵀ's products read row-major right matrices, as dy·W's).
       # Session 12: 16-warp tiles of 256×128 and 128×256 (4x2_4x4, 2x4_4x4: 64 accumulator registers a
       # thread, 25% less L2 traffic per FLOP than 128×128), also two-deep (l) and double-buffered with
       # 16-deep slices (sk16d: the only double buffering that fits 48 KB), first in the list so the
@@ -217,7 +218,7 @@ for step in $STEPS; do
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sdg8up4,4x4_2x2sdg8up4,4x2_4x4sk16dg8up4,2x4_4x4sk16dg8up4,4x4_2x2sdg8up2,4x2_2x4sdg8up2,4x2_4x4sg8u,2x4_4x4sg8u,2x2_4x4sg8u,2x2_2x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8ul,4x2_4x4sk16dg8u,2x4_4x4sk16dg8u,4x4_2x2sg8ul,4x2_2x4sk64g8ul,4x2_2x4sg8u,4x2_2x4sg8ul,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sdg8up4,4x4_2x2sdg8up4,4x4_2x2sdg8up4t,4x2_2x4sdg8up4t,4x2_4x4sk16dg8up4,2x4_4x4sk16dg8up4,4x4_2x2sdg8up2,4x2_2x4sdg8up2,4x2_4x4sg8u,2x4_4x4sg8u,2x2_4x4sg8u,2x2_2x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8ul,4x2_4x4sk16dg8u,2x4_4x4sk16dg8u,4x4_2x2sg8ul,4x2_2x4sk64g8ul,4x2_2x4sg8u,4x2_2x4sg8ul,4x4_2x2sdg8u,4x2_2x4sdg8u,4x2_2x4sk64dg8u,4x4_2x2sg4u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
@@ -226,7 +227,7 @@ for step in $STEPS; do
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=4x2_4x4sk16dg8up4,2x4_4x4sk16dg8up4,4x2_4x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8u,2x4_4x4sg8ul,4x2_4x4sk16dg8u,2x4_4x4sk16dg8u,2x2_4x4sg8u,2x2_2x4sg8u,4x2_2x4sdg8up4,4x4_2x2sdg8up4,4x4_2x2sdg8up2,4x2_2x4sdg8up2
+      NEW_TILES=4x4_2x2sdg8up4t,4x2_2x4sdg8up4t,4x2_4x4sk16dg8up4,2x4_4x4sk16dg8up4,4x2_4x4sg8u,4x2_4x4sg8ul,2x4_4x4sg8u,2x4_4x4sg8ul,4x2_4x4sk16dg8u,2x4_4x4sk16dg8u,2x2_4x4sg8u,2x2_2x4sg8u,4x2_2x4sdg8up4,4x4_2x2sdg8up4,4x4_2x2sdg8up2,4x2_2x4sdg8up2
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep

@@ -65,6 +65,14 @@ export interface TcConfig {
    */
   producers?: number;
   /**
+   * With copy subgroups only (name suffix `t` after `pP`, session 13): for x·Wᵀ the copy subgroups
+   * store W's slice transposed, [k][n], so the products read their right matrices row-major as dy·W's
+   * do (x·Wᵀ trails dy·W by 15-20% on every tile, and the layout is the one difference). Session 11's
+   * transposed stores lost (0.746×) when every subgroup paid for them before its products; here the
+   * copy subgroups pay, beside the products. No effect on dy·W, whose slice is [k][n] already.
+   */
+  stageWTransposed?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -87,9 +95,9 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:p(\d+))?(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l|pP]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u, 4x2_2x4sdg8up4 or 4x4_2x2sk64d)`);
-  const [, tm, tn, sgm, sgn, sFlag, bk, d, g, u, l, pCount, diag, c] = m;
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:p(\d+)(t?))?(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l|pP[t]]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u, 4x2_2x4sdg8up4 or 4x4_2x2sk64d)`);
+  const [, tm, tn, sgm, sgn, sFlag, bk, d, g, u, l, pCount, tFlag, diag, c] = m;
   if (l === "l" && (u !== "u" || d === "d" || diag)) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const producers = pCount ? +pCount : undefined;
   if (producers !== undefined && (u !== "u" || d !== "d" || l || diag || !(producers >= 1 && producers <= 16))) {
@@ -105,13 +113,14 @@ export function parseTcConfig(s: string): TcConfig {
     ...(u === "u" ? { unrolled: true } : {}),
     ...(l === "l" ? { prefetch2: true } : {}),
     ...(producers ? { producers } : {}),
+    ...(tFlag === "t" ? { stageWTransposed: true } : {}),
     ...(diag ? { diag: diag as TcConfig["diag"] } : {}),
     ...(c === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.producers ? `p${c.producers}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.producers ? `p${c.producers}${c.stageWTransposed ? "t" : ""}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA

@@ -14,7 +14,7 @@
  */
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./gemm-tiles.ts";
-import { chunkStore } from "./staged-stores.ts";
+import { chunkStore, transposedChunkStore } from "./staged-stores.ts";
 
 /** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
 export const TC_PREAMBLE = `enable f16;
@@ -69,10 +69,11 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
-  const { threads, productThreads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
+  const { threads, productThreads, bKN, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
   // With copy subgroups (TcConfig.producers) only the product subgroups hold result matrices.
   const productsOnly = (body: string) => cfg.producers ? `  if (tid < ${productThreads}u) {\n${body}\n  }` : body;
-  const bHalves = transB ? BN * BS : BK * BS;
+  const bHalves = bKN ? BK * BS : BN * BS;
+  if (cfg.stageWTransposed && !cfg.producers) throw new Error("stagedSource: W staged transposed (t) is a form of the copy subgroups (p)");
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -246,7 +247,7 @@ ${productsOnly(`${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}`)}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.producers ? `_p${cfg.producers}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.producers ? `_p${cfg.producers}${cfg.stageWTransposed ? "t" : ""}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -254,6 +255,8 @@ export interface StagedGeometry {
   threads: number;
   productThreads: number;
   copyThreads: number;
+  /** B's slice staged [k][n] (rows of BN + PAD halves; dy·W, or x·Wᵀ with TcConfig.stageWTransposed) rather than [n][k]. */
+  bKN: boolean;
   /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
   BM: number; BN: number; BK: number; AS: number; BS: number;
   tm: number; tn: number;
@@ -268,7 +271,8 @@ export function stagedGeometry(transB: boolean, cfg: TcConfig): StagedGeometry {
   const BK = cfg.bk ?? 32, BN = sgn * tn * 16;
   const productThreads = 32 * sgm * sgn, copyThreads = cfg.producers ? 32 * cfg.producers : productThreads;
   const threads = cfg.producers ? productThreads + copyThreads : productThreads;
-  return { threads, productThreads, copyThreads, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: transB ? BK + PAD : BN + PAD, tm, tn };
+  const bKN = !transB || (cfg.stageWTransposed ?? false);
+  return { threads, productThreads, copyThreads, bKN, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: bKN ? BN + PAD : BK + PAD, tm, tn };
 }
 
 /** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
@@ -288,7 +292,7 @@ function copyPlan(threads: number, rows: number, cols: number) {
  * operands live instead of TM + TN).
  */
 export function unrolledCopy(transB: boolean, g: StagedGeometry) {
-  const { copyThreads: threads, BM, BN, BK, AS, BS, tm, tn } = g;
+  const { copyThreads: threads, BM, BN, BK, AS, BS, tm, tn, bKN } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
   // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
@@ -311,7 +315,7 @@ ${transB
   let bColOk = col0 + bkq < p.N;`}
   let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
   let aS = ar0 * ${AS}u + akq;
-  let bS = br0 * ${BS}u + bkq;
+  let bS = ${transB && bKN ? `bkq * ${BS}u + br0` : `br0 * ${BS}u + bkq`};
 ${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
 ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
@@ -329,7 +333,7 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
   // The stores of a slice from the registers into the buffer at aOff/bOff: every A pass, then every B pass.
   const store = (aOff: string, bOff: string) => `    {
 ${ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${chunkStore("As", "at", `ra${i}`)} }`).join("\n")}
-${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
+${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${transB && bKN ? i * B.rowsPerPass : i * B.rowsPerPass * BS}u; ${transB && bKN ? transposedChunkStore("Bs", "at", `rb${i}`, BS) : chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
     }`;
   // The second register set of the two-deep prefetch (TcConfig.prefetch2): declared, and moved into ra/rb.
   const second = {
@@ -337,7 +341,7 @@ ${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u <
     move: [...ids(A.passes).map((i) => `ra${i} = sa${i};`), ...ids(B.passes).map((i) => `rb${i} = sb${i};`)].join(" "),
   };
   const rightLoad = (j: number, kk: number) =>
-    transB
+    !bKN
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
   // The products of one slice (buffer at aOff/bOff), one block per 16-deep step.

@@ -28,7 +28,7 @@ function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
   const copy = unrolledCopy(transB, g);
-  const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+  const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
   const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
@@ -40,6 +40,7 @@ var<workgroup> Bs: array<f16, ${bHalves}>;
 ${mainOpening(g)}
 ${copy.setup}
   let k0 = slice[0];
+  if (tid >= ${g.threads - g.copyThreads}u) { // the copying threads (copy subgroups: the last ones)
   if (slice[1] == 1u) {
 ${copy.first}
   } else {
@@ -47,6 +48,7 @@ ${copy.next}
   }
   let aOff = 0u; let bOff = 0u;
 ${copy.store("aOff", "bOff")}
+  }
   workgroupBarrier();
   let base = (wg.y * nwg.x + wg.x) * ${aHalves + bHalves}u;
   for (var i = tid; i < ${aHalves}u; i += ${g.threads}u) { out[base + i] = f32(As[i]); }
@@ -74,13 +76,18 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x2_4x4sk16g8u", 272, 144, 48], // 16 subgroups, 16-deep slices: fewer 16-byte vectors than threads (session 12)
     ["2x2_4x4sg8u", 144, 144, 80], // 16 subgroups of 2×2 matrices, 128×128: fewer registers a thread (session 13)
     ["2x2_2x4sg8u", 80, 144, 80], // 8 subgroups of 2×2 matrices, 64×128 (session 13)
+    // copy subgroups (session 13): the copy laid over their threads only, and W staged transposed
+    ["2x2_2x2sdg8up2", 144, 80, 80],
+    ["2x2_2x2sdg8up2t", 144, 80, 80],
+    ["2x2_2x2sdg8up1t", 80, 144, 48],
+    ["1x2_2x2sk64dg8up2t", 80, 144, 208],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
       const cfg = parseTcConfig(name);
       if (!unrolledCopyFits(cfg, transB)) continue;
       const g = stagedGeometry(transB, cfg);
-      const bytes = 2 * (g.BM * g.AS + (transB ? g.BN * g.BS : g.BK * g.BS));
+      const bytes = 2 * (g.BM * g.AS + (g.bKN ? g.BK * g.BS : g.BN * g.BS));
       if (bytes > rt.caps.limits.maxComputeWorkgroupStorageSize) continue;
       test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
         const { code, aHalves, bHalves } = harness(transB, name);
@@ -112,11 +119,11 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
               checked++;
               if (got[base + r * g.AS + kk] !== want) throw new Error(`A tile (${ty}, ${tx}) k0=${k0}: As[${r}][${kk}] = ${got[base + r * g.AS + kk]}, want ${want}`);
             }
-            const bRowsStaged = transB ? g.BN : g.BK;
+            const bRowsStaged = g.bKN ? g.BK : g.BN;
             for (let r = 0; r < bRowsStaged; r++) for (let c = 0; c < g.BS; c++) {
-              // transB: staged [n][k] from B (N, K); else [k][n] from B (K, N).
-              const [n, kk] = transB ? [r, c] : [c, r];
-              const inside = (transB ? c < g.BK : c < g.BN) && col0 + n < N && k0 + kk < K;
+              // Staged [n][k] (x·Wᵀ) or [k][n] (dy·W, or x·Wᵀ with W staged transposed); B is (N, K) for transB, else (K, N).
+              const [n, kk] = g.bKN ? [c, r] : [r, c];
+              const inside = (g.bKN ? c < g.BN : c < g.BK) && col0 + n < N && k0 + kk < K;
               const want = inside ? b[offB + (transB ? (col0 + n) * ldb + k0 + kk : (k0 + kk) * ldb + col0 + n)]! : 0;
               checked++;
               if (got[base + aHalves + r * g.BS + c] !== want) throw new Error(`B tile (${ty}, ${tx}) k0=${k0}: Bs[${r}][${c}] = ${got[base + aHalves + r * g.BS + c]}, want ${want}`);
@@ -143,7 +150,7 @@ function checksumCases(title: string, cases: [string, number, number, number][],
         test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
           const cfg = parseTcConfig(name);
           const g = stagedGeometry(transB, cfg);
-          const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+          const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
           expect(2 * buffers * (aHalves + bHalves)).toBeLessThanOrEqual(rt.caps.limits.maxComputeWorkgroupStorageSize);
           expect(g.threads).toBeLessThanOrEqual(rt.caps.limits.maxComputeInvocationsPerWorkgroup);
           const copy = unrolledCopy(transB, g);
@@ -218,4 +225,5 @@ checksumCases("copy subgroups: the product subgroups read each slice once, from 
   ["1x2_2x2sk64dg8up2", 80, 144, 208], // 64-deep slices, a K tail
   ["2x2_2x2sk16dg8up2", 80, 144, 56], // 16-deep slices (the 16-warp p tiles' depth), a K tail
   ["4x2_2x2sdg8up4", 144, 144, 112], // 4x2 matrices a subgroup and four copy subgroups (the 8-warp tiles need more than lavapipe's 32 KB)
+  ["2x2_2x2sdg8up2t", 144, 80, 80], // W staged transposed (x·Wᵀ; dy·W unchanged)
 ], producerLoop, 2);
