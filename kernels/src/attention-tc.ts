@@ -741,6 +741,8 @@ export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: numbe
 
 export interface TcAttentionArgs {
   q: Tensor; k: Tensor; v: Tensor; seqId: Tensor; out: Tensor; lse: Tensor;
+  /** The caller's f16 copies of q, k, v (attention.ts AttentionF16Inputs); converted here otherwise. */
+  f16?: { q: Tensor; k: Tensor; v: Tensor };
   T: number; nH: number; nKV: number; hd: number;
   /** The Params block of attention.ts (same layout). */
   params: ArrayBuffer;
@@ -753,12 +755,17 @@ export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
-  const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
+  const { q16, k16, v16, made } = f16Inputs(rec, a);
   rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
-  rec.recycle(q16);
-  rec.recycle(k16);
-  rec.recycle(v16);
+  for (const t of made) rec.recycle(t);
+}
+
+/** q, k, v in f16: the caller's copies (a.f16) or conversions made here (`made`: recycle after use). */
+function f16Inputs(rec: Recorder, a: TcAttentionArgs): { q16: Tensor; k16: Tensor; v16: Tensor; made: Tensor[] } {
+  if (a.f16) return { q16: a.f16.q, k16: a.f16.k, v16: a.f16.v, made: [] };
+  const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v);
+  return { q16, k16, v16, made: [q16, k16, v16] };
 }
 
 export interface TcAttentionBackwardArgs extends TcAttentionArgs {
@@ -779,7 +786,7 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
   const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}`;
   let skv = dkvSources.get(kvKey);
   if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast)));
-  const q16 = toF16(rec, a.q), k16 = toF16(rec, a.k), v16 = toF16(rec, a.v), do16 = toF16(rec, a.dout);
+  const { q16, k16, v16, made } = f16Inputs(rec, a), do16 = toF16(rec, a.dout);
   rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
@@ -794,5 +801,5 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
     rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
-  for (const t of [q16, k16, v16, do16]) rec.recycle(t);
+  for (const t of [...made, do16]) rec.recycle(t);
 }

@@ -100,6 +100,29 @@ export interface AttentionForwardArgs extends AttentionOptions {
    * and shape allow it. Default true; false keeps every product in f32.
    */
   tensorCores?: boolean;
+  /**
+   * f16 copies of q, k and v made by the caller (ropeForwardF16), read by the tensor-core kernels
+   * instead of converting q, k and v here; the caller owns them. Ignored on the f32 path.
+   */
+  f16?: AttentionF16Inputs;
+}
+
+export interface AttentionF16Inputs {
+  q: Tensor; // f16 (T, nH, hd)
+  k: Tensor; // f16 (T, nKV, hd)
+  v: Tensor; // f16 (T, nKV, hd)
+}
+
+/** Whether attentionForward/attentionBackward take the tensor-core path for this shape (args.tensorCores unless false). */
+export function attentionOnTensorCores(rec: Recorder, T: number, hd: number, tensorCores = true): boolean {
+  return tensorCores && tensorCoreAttentionSupported(rec, T, hd);
+}
+
+function checkF16Inputs(kernel: string, f16: AttentionF16Inputs | undefined, s: AttentionShape) {
+  if (!f16) return;
+  expectTensor(kernel, "f16.q", f16.q, "f16", [s.T, s.nH, s.hd]);
+  expectTensor(kernel, "f16.k", f16.k, "f16", [s.T, s.nKV, s.hd]);
+  expectTensor(kernel, "f16.v", f16.v, "f16", [s.T, s.nKV, s.hd]);
 }
 
 /** Records out = softmax(scale·q·kᵀ + mask)·v and lse, one dispatch. */
@@ -111,7 +134,8 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs) {
   checkWindow("attentionForward", window);
   const rt = rec.rt;
   const params = attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window);
-  if (args.tensorCores !== false && tensorCoreAttentionSupported(rec, s.T, s.hd)) {
+  checkF16Inputs("attentionForward", args.f16, s);
+  if (attentionOnTensorCores(rec, s.T, s.hd, args.tensorCores !== false)) {
     return attentionForwardTensorCore(rec, { ...args, ...s, params });
   }
   const { pipeline, BR } = pipelineFor(rt, "forward", s.hd);
@@ -134,6 +158,8 @@ export interface AttentionBackwardArgs extends AttentionOptions {
   dsum: Tensor;
   /** As in AttentionForwardArgs: tensor cores (f16 operands) where possible unless false. */
   tensorCores?: boolean;
+  /** As in AttentionForwardArgs: the caller's f16 copies of q, k and v (the forward's or a recompute's). */
+  f16?: AttentionF16Inputs;
 }
 
 /**
@@ -154,7 +180,8 @@ export function attentionBackward(rec: Recorder, args: AttentionBackwardArgs) {
   checkWindow(K, window);
   const rt = rec.rt;
   const params = attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window);
-  if (args.tensorCores !== false && tensorCoreAttentionSupported(rec, s.T, s.hd)) {
+  checkF16Inputs(K, args.f16, s);
+  if (attentionOnTensorCores(rec, s.T, s.hd, args.tensorCores !== false)) {
     return attentionBackwardTensorCore(rec, { ...args, ...s, params });
   }
   const dqPass = pipelineFor(rt, "backward_dq", s.hd);

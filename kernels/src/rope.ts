@@ -7,9 +7,10 @@
 import { flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
+import f16BitsWgsl from "./f16-bits.wgsl" with { type: "text" };
 import ropeWgsl from "./rope.wgsl" with { type: "text" };
 
-const source: KernelSource = { name: "rope", code: ropeWgsl };
+const source: KernelSource = { name: "rope", code: `${ropeWgsl}\n${f16BitsWgsl}` };
 
 /** RoPE scaling as transformers' `rope_scaling` (v4) / `rope_parameters` (v5) describe it. */
 export type RopeScalingConfig =
@@ -168,6 +169,44 @@ export function ropeForwardAppend(rec: Recorder, args: RopeAppendArgs) {
   rec.dispatch(`${K} ${T}x(${nQ}+${nK})x${hd}`, rec.rt.pipeline(source, { CACHE_F16: kCache.dtype === "f16" ? 1 : 0 }, "rope_append"),
     new Params(8).u32(T).u32(nQ).u32(nK).u32(hd / 2).u32(hd).f32(1).u32(maxT).u32(0).buffer,
     [positions, invFreq, q, k, v, rows, kCache, vCache], flatGrid(T * (nQ + nK) * (hd / 4)));
+}
+
+export interface RopeF16Args {
+  q: Tensor; // f32 (T, nQ, hd), rotated in place
+  k: Tensor; // f32 (T, nK, hd), rotated in place
+  v: Tensor; // f32 (T, nK, hd), read
+  positions: Tensor; // i32 (T)
+  invFreq: Tensor; // f32 (hd/2)
+  /** f16 copies written: the rotated q and k, and v. */
+  q16: Tensor;
+  k16: Tensor;
+  v16: Tensor;
+}
+
+/**
+ * ropeForward of q and k, and f16 copies of the rotated q, k and of v, in one dispatch (rope.wgsl
+ * rope_f16): the tensor-core attention's inputs without three conversion passes, with the bits of
+ * ropeForward then toF16 of each. hd a multiple of 4 (ropeAppendFits).
+ */
+export function ropeForwardF16(rec: Recorder, args: RopeF16Args) {
+  const K = "ropeForwardF16";
+  const { q, k, v, positions, invFreq, q16, k16, v16 } = args;
+  expectTensor(K, "q", q, "f32");
+  if (q.shape.length !== 3) throw new Error(`${K}: q must be (T, nQ, hd), got [${q.shape.join(", ")}]`);
+  const [T, nQ, hd] = q.shape as [number, number, number];
+  if (!ropeAppendFits(hd)) throw new Error(`${K}: head dim ${hd} must be a multiple of 4`);
+  expectTensor(K, "k", k, "f32");
+  if (k.shape.length !== 3 || k.shape[0] !== T || k.shape[2] !== hd) throw new Error(`${K}: k must be (${T}, nK, ${hd}), got [${k.shape.join(", ")}]`);
+  const nK = k.shape[1]!;
+  expectTensor(K, "v", v, "f32", [T, nK, hd]);
+  expectTensor(K, "positions", positions, "i32", [T]);
+  expectTensor(K, "invFreq", invFreq, "f32", [hd / 2]);
+  expectTensor(K, "q16", q16, "f16", [T, nQ, hd]);
+  expectTensor(K, "k16", k16, "f16", [T, nK, hd]);
+  expectTensor(K, "v16", v16, "f16", [T, nK, hd]);
+  rec.dispatch(`${K} ${T}x(${nQ}+${nK})x${hd}`, rec.rt.pipeline(source, {}, "rope_f16"),
+    new Params(8).u32(T).u32(nQ).u32(nK).u32(hd / 2).u32(hd).f32(1).u32(0).u32(0).buffer,
+    [positions, invFreq, q, k, v, q16, k16, v16], flatGrid(T * (nQ + nK) * (hd / 4)));
 }
 
 /**

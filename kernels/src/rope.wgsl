@@ -142,3 +142,48 @@ fn rope_append(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     vCacheW[dst + p.half] = bitcast<u32>(v2); vCacheW[dst + 1u + p.half] = bitcast<u32>(v3);
   }
 }
+
+// rope_f16: the forward rotation of q and k in place, as rope_append pairs them, plus f16 copies of
+// the rotated q and k and of v for the tensor-core attention (which would otherwise convert all
+// three in three more passes; bindings 6-8 as rope_append's, which no entry point uses both of). Rounded by f32_bits_to_f16 (f16-bits.wgsl), so the copies have the
+// bits of convert.ts's f32 → f16. Needs hd a multiple of 4.
+@group(0) @binding(6) var<storage, read_write> q16w: array<u32>;  // (T, nQ, hd) f16 pairs
+@group(0) @binding(7) var<storage, read_write> k16w: array<u32>; // (T, nK, hd) f16 pairs
+@group(0) @binding(8) var<storage, read_write> v16w: array<u32>; // (T, nK, hd) f16 pairs
+
+fn f16_pair(a: f32, b: f32) -> u32 {
+  return f32_bits_to_f16(bitcast<u32>(a)) | (f32_bits_to_f16(bitcast<u32>(b)) << 16u);
+}
+
+@compute @workgroup_size(256)
+fn rope_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+  let heads = p.nQ + p.nK;
+  let quarter = p.half / 2u;
+  let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
+  if (idx >= p.T * heads * quarter) { return; }
+  let i = 2u * (idx % quarter);
+  let th = idx / quarter;
+  let h = th % heads;
+  let t = th / heads;
+  let pos = f32(positions[t]);
+  let sc0 = sincos(pos * inv_freq[i]);
+  let sc1 = sincos(pos * inv_freq[i + 1u]);
+  if (h < p.nQ) {
+    let j = (t * p.nQ + h) * p.hd + i;
+    let o0 = rotate(q[j], q[j + p.half], sc0);
+    let o1 = rotate(q[j + 1u], q[j + 1u + p.half], sc1);
+    q[j] = o0.x; q[j + 1u] = o1.x; q[j + p.half] = o0.y; q[j + 1u + p.half] = o1.y;
+    q16w[j / 2u] = f16_pair(o0.x, o1.x);
+    q16w[(j + p.half) / 2u] = f16_pair(o0.y, o1.y);
+    return;
+  }
+  let j = (t * p.nK + h - p.nQ) * p.hd + i;
+  let o0 = rotate(k[j], k[j + p.half], sc0);
+  let o1 = rotate(k[j + 1u], k[j + 1u + p.half], sc1);
+  k[j] = o0.x; k[j + 1u] = o1.x; k[j + p.half] = o0.y; k[j + 1u + p.half] = o1.y;
+  k16w[j / 2u] = f16_pair(o0.x, o1.x);
+  k16w[(j + p.half) / 2u] = f16_pair(o0.y, o1.y);
+  v16w[j / 2u] = f16_pair(v[j], v[j + 1u]);
+  v16w[(j + p.half) / 2u] = f16_pair(v[j + p.half], v[j + 1u + p.half]);
+}

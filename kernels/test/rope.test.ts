@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { getRuntime, kvCacheAppend, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeInvFreq, type RopeConfig } from "../src/index.ts";
+import { convertTensor, getRuntime, kvCacheAppend, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, ropeInvFreq, type RopeConfig } from "../src/index.ts";
 import { randn, relError, rng } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -242,6 +242,49 @@ describe("ropeForwardAppend equals ropeForward then kvCacheAppend, bit for bit",
     const held: ReturnType<typeof rt.zeros>[] = [];
     const z = (dtype: "f32" | "i32", shape: number[]) => { const t = rt.zeros(dtype, shape); held.push(t); return t; };
     expect(() => ropeForwardAppend(rec, { q: z("f32", [1, 1, 6]), k: z("f32", [1, 1, 6]), v: z("f32", [1, 1, 6]), positions: z("i32", [1]), invFreq: z("f32", [3]), rows: z("i32", [1]), kCache: z("f32", [2, 1, 6]), vCache: z("f32", [2, 1, 6]) })).toThrow("multiple of 4");
+    rec.release();
+    rt.release(...held);
+  });
+});
+
+// The rotation with the tensor-core attention's f16 inputs written in the same dispatch: the bits of
+// ropeForward then toF16 of q, k and v (f16 storage needs shader-f16 for toF16's read-back only).
+describe("ropeForwardF16 equals ropeForward then toF16 of q, k and v, bit for bit", () => {
+  for (const hd of [16, 64, 128]) {
+    test(`hd ${hd}`, async () => {
+      const T = 5, nQ = 6, nK = 2;
+      const inv = ropeInvFreq({ headDim: hd, ropeTheta: 500000, ropeScaling: null });
+      // values that round differently in f16 (ties, tiny and huge magnitudes) among normal ones
+      const q = randn(T * nQ * hd).map((x, i) => (i % 17 === 3 ? x * 1e-6 : i % 23 === 5 ? x * 7e4 : x));
+      const k = randn(T * nK * hd), v = randn(T * nK * hd).map((x, i) => (i % 13 === 1 ? x * 1e5 : x));
+      const pos = Int32Array.from([0, 1, 7, 3000, 2]);
+      const run = async (fused: boolean) => {
+        const tq = rt.upload("f32", [T, nQ, hd], q), tk = rt.upload("f32", [T, nK, hd], k), tv = rt.upload("f32", [T, nK, hd], v);
+        const tp = rt.upload("i32", [T], pos), ti = rt.upload("f32", [hd / 2], inv);
+        const q16 = rt.zeros("f16", [T, nQ, hd]), k16 = rt.zeros("f16", [T, nK, hd]), v16 = rt.zeros("f16", [T, nK, hd]);
+        const rec = rt.recorder("rope f16 test");
+        if (fused) ropeForwardF16(rec, { q: tq, k: tk, v: tv, positions: tp, invFreq: ti, q16, k16, v16 });
+        else {
+          ropeForward(rec, { q: tq, k: tk, positions: tp, invFreq: ti });
+          for (const [src, dst] of [[tq, q16], [tk, k16], [tv, v16]] as const) convertTensor(rec, src, dst);
+        }
+        rec.submit();
+        const bits = async (t: typeof q16) => Array.from(new Uint32Array((await rt.readU32(t)).buffer));
+        const out = { q: Array.from(await rt.read(tq)), k: Array.from(await rt.read(tk)), q16: await bits(q16), k16: await bits(k16), v16: await bits(v16) };
+        rec.release();
+        rt.release(tq, tk, tv, tp, ti, q16, k16, v16);
+        return out;
+      };
+      const [a, b] = [await run(true), await run(false)];
+      for (const key of ["q", "k", "q16", "k16", "v16"] as const) expect(a[key]).toEqual(b[key]);
+      expect(a.v16.some((w) => w !== 0)).toBe(true);
+    });
+  }
+  test("head dims that are not a multiple of 4 are refused", () => {
+    const held: ReturnType<typeof rt.zeros>[] = [];
+    const z = (dtype: "f32" | "i32" | "f16", shape: number[]) => { const t = rt.zeros(dtype, shape); held.push(t); return t; };
+    const rec = rt.recorder("rope f16 refusal");
+    expect(() => ropeForwardF16(rec, { q: z("f32", [1, 1, 6]), k: z("f32", [1, 1, 6]), v: z("f32", [1, 1, 6]), positions: z("i32", [1]), invFreq: z("f32", [3]), q16: z("f16", [1, 1, 6]), k16: z("f16", [1, 1, 6]), v16: z("f16", [1, 1, 6]) })).toThrow("multiple of 4");
     rec.release();
     rt.release(...held);
   });

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { hasTensorCoreMatmul } from "@tuneloom/kernels";
 import { relError } from "@tuneloom/kernels/testing.ts";
-import { GpuModel, fusedF16Copies, parseLoraConfig, writeTinyModel } from "@tuneloom/model";
+import { GpuModel, fusedF16Copies, parseLoraConfig, ropeF16Copies, writeTinyModel } from "@tuneloom/model";
 import type { Batch } from "../src/index.ts";
 import { LoraTrainer } from "../src/gpu/lora-trainer.ts";
 import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
@@ -125,6 +125,31 @@ describe("LoRA training step on the GPU", () => {
       }
     } finally {
       fusedF16Copies.enabled = was; // the other tests run with the default
+    }
+  });
+
+  // Where the tensor-core attention runs, RoPE writes the f16 q, k, v it reads and the checkpointing
+  // recompute keeps them for the attention backward (decoder-layer.ts ropeF16Copies): the same bits
+  // as converting them at each use, so the steps must agree exactly, with checkpointing and without.
+  // Elsewhere (the f32 attention) the switch changes nothing and they agree trivially.
+  test("16-bit weights: RoPE's f16 copies of q, k and v (kept for the backward) give the step of converting them, bit for bit", async () => {
+    const batch = packedBatch(5, [20, 12]);
+    const was = ropeF16Copies.enabled;
+    try {
+      for (const checkpointing of [true, false]) {
+        const run = async (on: boolean) => {
+          ropeF16Copies.enabled = on;
+          const t = await trainerWithNonZeroB(checkpointing, 0, true, model16, 16);
+          const r = await t.step([batch], 0, 1, false);
+          return { loss: r.loss, grads: await model16.rt.read(t.grads) };
+        };
+        const [a, b] = [await run(true), await run(false)];
+        expect(a.loss).toBe(b.loss);
+        expect(relError(a.grads, b.grads)).toBe(0);
+        expect(a.grads.some((v) => v !== 0)).toBe(true);
+      }
+    } finally {
+      ropeF16Copies.enabled = was;
     }
   });
 

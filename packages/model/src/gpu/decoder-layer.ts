@@ -14,7 +14,7 @@
 import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
-  hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, swigluBackwardInPlace, swigluForward, toF16,
+  attentionOnTensorCores, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
   type GemvPrologue, gemv, gemvGrouping, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -219,7 +219,19 @@ export interface Kept16 {
   xn1?: Tensor;
   xn2?: Tensor;
   act?: Tensor;
+  /** The rotated q, k and v in f16 (ropeF16Copies), for the attention backward's tensor-core passes. */
+  attn?: AttentionF16Inputs;
 }
+
+/**
+ * RoPE writes the f16 copies of the rotated q and k, and of v, that the tensor-core attention reads
+ * (kernels' ropeForwardF16, same bits as converting each), instead of three conversion passes per
+ * attention call; a checkpointing recompute keeps them for the attention backward, which converted
+ * q, k and v once more (session 13; 1B step, from session 11's profile: ~2.4 ms of conversions).
+ * Off until its GPU test passes (gpu-step.test.ts: the step with and without them, bit for bit;
+ * `TUNELOOM_ROPE_F16=1` turns it on; the device script does where that test passes).
+ */
+export const ropeF16Copies = { enabled: process.env.TUNELOOM_ROPE_F16 === "1" };
 
 /**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
@@ -268,9 +280,16 @@ export function decoderLayerForward(
     if (keep) kept.xn1 = xn1h;
     else if (xn1h) rec.recycle(xn1h);
   }
-  // q, k rotated in place; with a KV cache the rotated k and v go to the cache rows in the same dispatch
+  // q, k rotated in place; with a KV cache the rotated k and v go to the cache rows in the same dispatch,
+  // and for the tensor-core attention of a whole batch the f16 copies it reads
   const rot = { q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq };
-  if (kv && ropeAppendFits(hd)) {
+  const T = a.q.shape[0]!;
+  const attn16 = !kv && ropeF16Copies.enabled && ropeAppendFits(hd) && attentionOnTensorCores(rec, T, hd, w.q.dtype === "f16")
+    ? { q: rec.scratch("f16", [T, nH, hd], "q:f16"), k: rec.scratch("f16", [T, nKV, hd], "k:f16"), v: rec.scratch("f16", [T, nKV, hd], "v:f16") }
+    : undefined;
+  if (attn16) {
+    ropeForwardF16(rec, { ...rot, v: heads(a.v, nKV, hd), q16: attn16.q, k16: attn16.k, v16: attn16.v });
+  } else if (kv && ropeAppendFits(hd)) {
     ropeForwardAppend(rec, { ...rot, v: heads(a.v, nKV, hd), rows: kv.cacheRows, kCache: kv.kCache, vCache: kv.vCache });
   } else {
     ropeForward(rec, rot);
@@ -286,8 +305,11 @@ export function decoderLayerForward(
       q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
       out: heads(a.attn, nH, hd), lse: a.lse, window: ctx.window,
       tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
+      f16: attn16,
     });
   }
+  if (attn16 && keep) kept.attn = attn16;
+  else if (attn16) for (const t of [attn16.q, attn16.k, attn16.v]) rec.recycle(t);
   // xMid = x + attn·Woᵀ: in place (x += attn·Woᵀ) or into a.xMid
   const inPlace = xOut === x, oInto = inPlace && !w.oBias;
   groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: oInto ? x : a.xMid, accumulate: oInto, lora: m.o_proj }], lora, a.loraH.o);
@@ -332,7 +354,7 @@ export function decoderLayerForward(
  * Backward of decoderLayerForward: dx (T, C) from dOut (T, C); LoRA gradients accumulate into
  * each module's dA/dB, and with `wg` (full fine-tuning) every weight's gradient into wg. dx must
  * not alias dOut. `kept`: the f16 copies the recompute returned (decoderLayerForward with xOut
- * null), read instead of converting xn1, xn2 and act again and recycled after their last use here.
+ * null), read instead of converting xn1, xn2, act (and q, k, v) again and recycled after their last use here.
  */
 export function decoderLayerBackward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
@@ -374,8 +396,9 @@ export function decoderLayerBackward(
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
     out: heads(a.attn, nH, hd), lse: a.lse, dout: heads(g.dAttn, nH, hd),
     dq: heads(g.dq, nH, hd), dk: heads(g.dk, nKV, hd), dv: heads(g.dv, nKV, hd), dsum: g.dsum, window: ctx.window,
-    tensorCores: w.q.dtype === "f16",
+    tensorCores: w.q.dtype === "f16", f16: kept?.attn,
   });
+  if (kept?.attn) for (const t of [kept.attn.q, kept.attn.k, kept.attn.v]) rec.recycle(t);
   // q, k = rope(q, k): rotate the gradients back
   ropeBackward(rec, { q: heads(g.dq, nH, hd), k: heads(g.dk, nKV, hd), positions: batch.positions, invFreq: ctx.invFreq });
   // q, k, v = xn1·W{q,k,v}ᵀ:  dXn = dq·Wq + dk·Wk + dv·Wv
