@@ -100,8 +100,8 @@ export function parseTcConfig(s: string): TcConfig {
   const [, tm, tn, sgm, sgn, sFlag, bk, d, g, u, l, pCount, tFlag, diag, c] = m;
   if (l === "l" && (u !== "u" || d === "d" || diag)) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const producers = pCount ? +pCount : undefined;
-  if (producers !== undefined && (u !== "u" || d !== "d" || l || diag || !(producers >= 1 && producers <= 16))) {
-    throw new Error(`bad tensor-core config '${s}': copy subgroups (pP, 1..16) are a double-buffered form of the unrolled copy (d…u), without l or diags`);
+  if (producers !== undefined && (u !== "u" || d !== "d" || l || !(producers >= 1 && producers <= 16))) {
+    throw new Error(`bad tensor-core config '${s}': copy subgroups (pP, 1..16) are a double-buffered form of the unrolled copy (d…u), without l`);
   }
   const staged = sFlag === "s";
   const group = g ? +g : undefined;

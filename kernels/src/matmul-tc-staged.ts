@@ -68,7 +68,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
-  if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
+  if (diag && double && !cfg.producers) throw new Error("stagedSource: diag variants are single-buffered (or copy subgroups)");
   const { threads, productThreads, bKN, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
   // With copy subgroups (TcConfig.producers) only the product subgroups hold result matrices.
   const productsOnly = (body: string) => cfg.producers ? `  if (tid < ${productThreads}u) {\n${body}\n  }` : body;
@@ -160,11 +160,11 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
   if (cfg.prefetch2 && (double || !cfg.unrolled || diag)) throw new Error("stagedSource: the two-deep prefetch (l) is a single-buffered form of the unrolled copy, without diags");
-  if (cfg.producers && (!double || !cfg.unrolled || cfg.prefetch2 || diag)) throw new Error("stagedSource: copy subgroups (p) are a double-buffered form of the unrolled copy, without l or diags");
+  if (cfg.producers && (!double || !cfg.unrolled || cfg.prefetch2)) throw new Error("stagedSource: copy subgroups (p) are a double-buffered form of the unrolled copy, without l");
   const mainLoop = cfg.prefetch2
     ? prefetch2Loop(copy as ReturnType<typeof unrolledCopy>, BK)
     : cfg.producers
-    ? producerLoop(copy as ReturnType<typeof unrolledCopy>, stagedGeometry(transB, cfg), aHalves, bHalves)
+    ? producerLoop(copy as ReturnType<typeof unrolledCopy>, stagedGeometry(transB, cfg), aHalves, bHalves, diag)
     : double
     ? `${firstLoads}
   var cur = 0u;
@@ -391,8 +391,12 @@ ${copy.products}
  * barrier ending iteration s − 1 is what frees buffer (s + 1) % 2: its products were slice s − 1's.
  * In the single-role loops every subgroup waits for its own loads and stores before it multiplies;
  * here the copy's latency sits beside the products instead of before them.
+ *
+ * `diag` (measurements only, results wrong): after the prologue the copy subgroups load nothing
+ * (no-loads) or store nothing (no-stores), the product subgroups multiply the first slice only
+ * (no-products), or the loop's barrier goes (no-barriers): what each side costs beside the other.
  */
-export function producerLoop(copy: ReturnType<typeof unrolledCopy>, g: StagedGeometry, aHalves: number, bHalves: number): string {
+export function producerLoop(copy: ReturnType<typeof unrolledCopy>, g: StagedGeometry, aHalves: number, bHalves: number, diag?: TcConfig["diag"]): string {
   const { BK, productThreads } = g;
   return `${copy.setup}
   let copier = tid >= ${productThreads}u;
@@ -410,16 +414,16 @@ ${copy.loads(`${BK}u`, "      ")}
     if (copier) {
       if (k0 + ${BK}u < p.K) {
         let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
-${copy.store("aOff", "bOff")}
-        if (k0 + ${2 * BK}u < p.K) {
+${diag === "no-stores" ? "" : copy.store("aOff", "bOff")}
+        if (k0 + ${2 * BK}u < p.K${diag === "no-loads" ? " && false" : ""}) {
 ${copy.loads(`k0 + ${2 * BK}u`, "          ")}
         }
       }
-    } else {
+    } else${diag === "no-products" ? " if (k0 == 0u)" : ""} {
       let aOff = cur * ${aHalves}u; let bOff = cur * ${bHalves}u;
 ${copy.products}
     }
-    workgroupBarrier();
+    ${diag === "no-barriers" ? "" : "workgroupBarrier();"}
     cur = 1u - cur;
   }`;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { prefetch2Loop, producerLoop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { prefetch2Loop, producerLoop, stagedGeometry, stagedSource, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -227,3 +227,23 @@ checksumCases("copy subgroups: the product subgroups read each slice once, from 
   ["4x2_2x2sdg8up4", 144, 144, 112], // 4x2 matrices a subgroup and four copy subgroups (the 8-warp tiles need more than lavapipe's 32 KB)
   ["2x2_2x2sdg8up2t", 144, 80, 80], // W staged transposed (x·Wᵀ; dy·W unchanged)
 ], producerLoop, 2);
+
+// The copy-subgroup loop's stage diags (measurements only) each leave out their part of the loop.
+describe("copy subgroups: stage diags", () => {
+  const src = (name: string) => stagedSource(true, parseTcConfig(name)).code;
+  const plain = src("4x2_2x4sdg8up4");
+  test("no-products multiplies the first slice only", () => {
+    expect(plain).not.toContain("if (k0 == 0u)");
+    expect(src("4x2_2x4sdg8up4-no-products")).toContain("} else if (k0 == 0u) {");
+  });
+  test("no-loads and no-stores drop the loop's loads and stores, not the prologue's", () => {
+    const count = (code: string, what: string) => code.split(what).length - 1;
+    expect(count(src("4x2_2x4sdg8up4-no-loads"), "&& false")).toBe(1);
+    expect(count(src("4x2_2x4sdg8up4-no-stores"), "As[")).toBe(count(plain, "As[") / 2);
+  });
+  test("no-barriers keeps only the prologue's barrier", () => {
+    const count = (code: string) => code.split("workgroupBarrier();").length - 1;
+    expect(count(plain)).toBe(2);
+    expect(count(src("4x2_2x4sdg8up4-no-barriers"))).toBe(1);
+  });
+});
