@@ -150,17 +150,8 @@ export const ropeAppendFits = (hd: number) => hd % 4 === 0;
  */
 export function ropeForwardAppend(rec: Recorder, args: RopeAppendArgs) {
   const K = "ropeForwardAppend";
-  const { q, k, v, positions, invFreq, rows, kCache, vCache } = args;
-  expectTensor(K, "q", q, "f32");
-  if (q.shape.length !== 3) throw new Error(`${K}: q must be (T, nQ, hd), got [${q.shape.join(", ")}]`);
-  const [T, nQ, hd] = q.shape as [number, number, number];
-  if (!ropeAppendFits(hd)) throw new Error(`${K}: head dim ${hd} must be a multiple of 4`);
-  expectTensor(K, "k", k, "f32");
-  if (k.shape.length !== 3 || k.shape[0] !== T || k.shape[2] !== hd) throw new Error(`${K}: k must be (${T}, nK, ${hd}), got [${k.shape.join(", ")}]`);
-  const nK = k.shape[1]!;
-  expectTensor(K, "v", v, "f32", [T, nK, hd]);
-  expectTensor(K, "positions", positions, "i32", [T]);
-  expectTensor(K, "invFreq", invFreq, "f32", [hd / 2]);
+  const { positions, rows, kCache, vCache } = args;
+  const { T, nQ, nK, hd } = checkPairedRope(K, args);
   expectTensor(K, "rows", rows, "i32", [T]);
   if (kCache.shape.length !== 3 || kCache.shape[1] !== nK || kCache.shape[2] !== hd) throw new Error(`${K}: kCache must be (maxT, ${nK}, ${hd}), got [${kCache.shape.join(", ")}]`);
   expectTensor(K, "kCache", kCache, ["f32", "f16"]);
@@ -168,7 +159,22 @@ export function ropeForwardAppend(rec: Recorder, args: RopeAppendArgs) {
   const maxT = kCache.shape[0]!;
   rec.dispatch(`${K} ${T}x(${nQ}+${nK})x${hd}`, rec.rt.pipeline(source, { CACHE_F16: kCache.dtype === "f16" ? 1 : 0 }, "rope_append"),
     new Params(8).u32(T).u32(nQ).u32(nK).u32(hd / 2).u32(hd).f32(1).u32(maxT).u32(0).buffer,
-    [positions, invFreq, q, k, v, rows, kCache, vCache], flatGrid(T * (nQ + nK) * (hd / 4)));
+    [positions, args.invFreq, args.q, args.k, args.v, rows, kCache, vCache], flatGrid(T * (nQ + nK) * (hd / 4)));
+}
+
+/** The shapes of the two-pairs-a-thread kernels (rope_append, rope_f16): q, k, v f32, hd a multiple of 4. */
+function checkPairedRope(K: string, a: { q: Tensor; k: Tensor; v: Tensor; positions: Tensor; invFreq: Tensor }) {
+  expectTensor(K, "q", a.q, "f32");
+  if (a.q.shape.length !== 3) throw new Error(`${K}: q must be (T, nQ, hd), got [${a.q.shape.join(", ")}]`);
+  const [T, nQ, hd] = a.q.shape as [number, number, number];
+  if (!ropeAppendFits(hd)) throw new Error(`${K}: head dim ${hd} must be a multiple of 4`);
+  expectTensor(K, "k", a.k, "f32");
+  if (a.k.shape.length !== 3 || a.k.shape[0] !== T || a.k.shape[2] !== hd) throw new Error(`${K}: k must be (${T}, nK, ${hd}), got [${a.k.shape.join(", ")}]`);
+  const nK = a.k.shape[1]!;
+  expectTensor(K, "v", a.v, "f32", [T, nK, hd]);
+  expectTensor(K, "positions", a.positions, "i32", [T]);
+  expectTensor(K, "invFreq", a.invFreq, "f32", [hd / 2]);
+  return { T, nQ, nK, hd };
 }
 
 export interface RopeF16Args {
@@ -191,16 +197,7 @@ export interface RopeF16Args {
 export function ropeForwardF16(rec: Recorder, args: RopeF16Args) {
   const K = "ropeForwardF16";
   const { q, k, v, positions, invFreq, q16, k16, v16 } = args;
-  expectTensor(K, "q", q, "f32");
-  if (q.shape.length !== 3) throw new Error(`${K}: q must be (T, nQ, hd), got [${q.shape.join(", ")}]`);
-  const [T, nQ, hd] = q.shape as [number, number, number];
-  if (!ropeAppendFits(hd)) throw new Error(`${K}: head dim ${hd} must be a multiple of 4`);
-  expectTensor(K, "k", k, "f32");
-  if (k.shape.length !== 3 || k.shape[0] !== T || k.shape[2] !== hd) throw new Error(`${K}: k must be (${T}, nK, ${hd}), got [${k.shape.join(", ")}]`);
-  const nK = k.shape[1]!;
-  expectTensor(K, "v", v, "f32", [T, nK, hd]);
-  expectTensor(K, "positions", positions, "i32", [T]);
-  expectTensor(K, "invFreq", invFreq, "f32", [hd / 2]);
+  const { T, nQ, nK, hd } = checkPairedRope(K, args);
   expectTensor(K, "q16", q16, "f16", [T, nQ, hd]);
   expectTensor(K, "k16", k16, "f16", [T, nK, hd]);
   expectTensor(K, "v16", v16, "f16", [T, nK, hd]);

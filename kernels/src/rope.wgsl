@@ -100,44 +100,65 @@ override CACHE_F16: bool = false;
 @group(0) @binding(7) var<storage, read_write> kCacheW: array<u32>;  // (maxT, nK, hd): f32 bits or f16 pairs
 @group(0) @binding(8) var<storage, read_write> vCacheW: array<u32>;  // (maxT, nK, hd)
 
+// Thread idx's two adjacent rotation pairs (i, i + half) and (i + 1, i + 1 + half), i even, of head
+// h (q heads first, then k heads) of token t, and their (sin, cos); ok false past the last pair.
+struct PairPair { ok: bool, i: u32, h: u32, t: u32, sc0: vec2<f32>, sc1: vec2<f32> }
+fn pair_pair(idx: u32) -> PairPair {
+  let heads = p.nQ + p.nK;
+  let quarter = p.half / 2u;
+  var r: PairPair;
+  r.ok = idx < p.T * heads * quarter;
+  if (!r.ok) { return r; }
+  r.i = 2u * (idx % quarter);
+  let th = idx / quarter;
+  r.h = th % heads;
+  r.t = th / heads;
+  let pos = f32(positions[r.t]);
+  r.sc0 = sincos(pos * inv_freq[r.i]);
+  r.sc1 = sincos(pos * inv_freq[r.i + 1u]);
+  return r;
+}
+// Rotates q's (or k's) two pairs at flat index j (element i of its head) in place; returns the
+// rotated (x[i], x[i + 1], x[i + half], x[i + 1 + half]).
+fn rotate_q_pairs(j: u32, pp: PairPair) -> vec4<f32> {
+  let o0 = rotate(q[j], q[j + p.half], pp.sc0);
+  let o1 = rotate(q[j + 1u], q[j + 1u + p.half], pp.sc1);
+  q[j] = o0.x; q[j + 1u] = o1.x; q[j + p.half] = o0.y; q[j + 1u + p.half] = o1.y;
+  return vec4(o0.x, o1.x, o0.y, o1.y);
+}
+fn rotate_k_pairs(j: u32, pp: PairPair) -> vec4<f32> {
+  let o0 = rotate(k[j], k[j + p.half], pp.sc0);
+  let o1 = rotate(k[j + 1u], k[j + 1u + p.half], pp.sc1);
+  k[j] = o0.x; k[j + 1u] = o1.x; k[j + p.half] = o0.y; k[j + 1u + p.half] = o1.y;
+  return vec4(o0.x, o1.x, o0.y, o1.y);
+}
+
 @compute @workgroup_size(256)
 fn rope_append(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-  let heads = p.nQ + p.nK;
-  let quarter = p.half / 2u;
-  let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
-  if (idx >= p.T * heads * quarter) { return; }
-  let i = 2u * (idx % quarter);
-  let th = idx / quarter;
-  let h = th % heads;
-  let t = th / heads;
-  let pos = f32(positions[t]);
-  let sc0 = sincos(pos * inv_freq[i]);
-  let sc1 = sincos(pos * inv_freq[i + 1u]);
-  if (h < p.nQ) {
-    let j = (t * p.nQ + h) * p.hd + i;
-    let o0 = rotate(q[j], q[j + p.half], sc0);
-    let o1 = rotate(q[j + 1u], q[j + 1u + p.half], sc1);
-    q[j] = o0.x; q[j + 1u] = o1.x; q[j + p.half] = o0.y; q[j + 1u + p.half] = o1.y;
+  let pp = pair_pair((wg.y * nwg.x + wg.x) * 256u + lid);
+  if (!pp.ok) { return; }
+  let i = pp.i;
+  let t = pp.t;
+  if (pp.h < p.nQ) {
+    _ = rotate_q_pairs((t * p.nQ + pp.h) * p.hd + i, pp);
     return;
   }
-  let hk = h - p.nQ;
+  let hk = pp.h - p.nQ;
   let j = (t * p.nK + hk) * p.hd + i;
-  let o0 = rotate(k[j], k[j + p.half], sc0);
-  let o1 = rotate(k[j + 1u], k[j + 1u + p.half], sc1);
-  k[j] = o0.x; k[j + 1u] = o1.x; k[j + p.half] = o0.y; k[j + 1u + p.half] = o1.y;
+  let ko = rotate_k_pairs(j, pp);
   let row = rows[t];
   if (row < 0 || u32(row) >= p._pad0) { return; }
   let dst = (u32(row) * p.nK + hk) * p.hd + i;
   let v0 = v[j]; let v1 = v[j + 1u]; let v2 = v[j + p.half]; let v3 = v[j + 1u + p.half];
   if (CACHE_F16) {
-    kCacheW[dst / 2u] = pack2x16float(vec2<f32>(o0.x, o1.x));
-    kCacheW[(dst + p.half) / 2u] = pack2x16float(vec2<f32>(o0.y, o1.y));
+    kCacheW[dst / 2u] = pack2x16float(ko.xy);
+    kCacheW[(dst + p.half) / 2u] = pack2x16float(ko.zw);
     vCacheW[dst / 2u] = pack2x16float(vec2<f32>(v0, v1));
     vCacheW[(dst + p.half) / 2u] = pack2x16float(vec2<f32>(v2, v3));
   } else {
-    kCacheW[dst] = bitcast<u32>(o0.x); kCacheW[dst + 1u] = bitcast<u32>(o1.x);
-    kCacheW[dst + p.half] = bitcast<u32>(o0.y); kCacheW[dst + 1u + p.half] = bitcast<u32>(o1.y);
+    kCacheW[dst] = bitcast<u32>(ko.x); kCacheW[dst + 1u] = bitcast<u32>(ko.y);
+    kCacheW[dst + p.half] = bitcast<u32>(ko.z); kCacheW[dst + 1u + p.half] = bitcast<u32>(ko.w);
     vCacheW[dst] = bitcast<u32>(v0); vCacheW[dst + 1u] = bitcast<u32>(v1);
     vCacheW[dst + p.half] = bitcast<u32>(v2); vCacheW[dst + 1u + p.half] = bitcast<u32>(v3);
   }
@@ -158,32 +179,19 @@ fn f16_pair(a: f32, b: f32) -> u32 {
 @compute @workgroup_size(256)
 fn rope_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-  let heads = p.nQ + p.nK;
-  let quarter = p.half / 2u;
-  let idx = (wg.y * nwg.x + wg.x) * 256u + lid;
-  if (idx >= p.T * heads * quarter) { return; }
-  let i = 2u * (idx % quarter);
-  let th = idx / quarter;
-  let h = th % heads;
-  let t = th / heads;
-  let pos = f32(positions[t]);
-  let sc0 = sincos(pos * inv_freq[i]);
-  let sc1 = sincos(pos * inv_freq[i + 1u]);
-  if (h < p.nQ) {
-    let j = (t * p.nQ + h) * p.hd + i;
-    let o0 = rotate(q[j], q[j + p.half], sc0);
-    let o1 = rotate(q[j + 1u], q[j + 1u + p.half], sc1);
-    q[j] = o0.x; q[j + 1u] = o1.x; q[j + p.half] = o0.y; q[j + 1u + p.half] = o1.y;
-    q16w[j / 2u] = f16_pair(o0.x, o1.x);
-    q16w[(j + p.half) / 2u] = f16_pair(o0.y, o1.y);
+  let pp = pair_pair((wg.y * nwg.x + wg.x) * 256u + lid);
+  if (!pp.ok) { return; }
+  if (pp.h < p.nQ) {
+    let j = (pp.t * p.nQ + pp.h) * p.hd + pp.i;
+    let o = rotate_q_pairs(j, pp);
+    q16w[j / 2u] = f16_pair(o.x, o.y);
+    q16w[(j + p.half) / 2u] = f16_pair(o.z, o.w);
     return;
   }
-  let j = (t * p.nK + h - p.nQ) * p.hd + i;
-  let o0 = rotate(k[j], k[j + p.half], sc0);
-  let o1 = rotate(k[j + 1u], k[j + 1u + p.half], sc1);
-  k[j] = o0.x; k[j + 1u] = o1.x; k[j + p.half] = o0.y; k[j + 1u + p.half] = o1.y;
-  k16w[j / 2u] = f16_pair(o0.x, o1.x);
-  k16w[(j + p.half) / 2u] = f16_pair(o0.y, o1.y);
+  let j = (pp.t * p.nK + pp.h - p.nQ) * p.hd + pp.i;
+  let o = rotate_k_pairs(j, pp);
+  k16w[j / 2u] = f16_pair(o.x, o.y);
+  k16w[(j + p.half) / 2u] = f16_pair(o.z, o.w);
   v16w[j / 2u] = f16_pair(v[j], v[j + 1u]);
   v16w[(j + p.half) / 2u] = f16_pair(v[j + p.half], v[j + 1u + p.half]);
 }
