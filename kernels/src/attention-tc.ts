@@ -13,7 +13,6 @@
  * Needs T and hd multiples of 16 (attentionForward falls back to the f32 kernel otherwise).
  */
 import { hasTensorCoreMatmul, toF16 } from "./matmul-subgroup.ts";
-import f16BitsWgsl from "./f16-bits.wgsl" with { type: "text" };
 import { chunkStore } from "./staged-stores.ts";
 import { cdiv, flatGrid, Params } from "./params.ts";
 import type { KernelSource, Recorder } from "./runtime.ts";
@@ -222,10 +221,7 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag, out16 = false): KernelSource {
-  // out16: also an f16 copy of out (binding 7, packed pairs) for o_proj's tensor-core products, rounded
-  // as convert.ts rounds (f16-bits.wgsl); the padded layout's lanes 2r, 2r+1 hold adjacent columns.
-  if (out16 && L.tag !== "_pad") throw new Error("attention forward: the f16 copy of out needs the padded tile layout");
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
   const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const vBlock = (d: number) => st
@@ -266,21 +262,14 @@ ${ids(D).map((d) => `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u
 ${diag === "no-oupdate" ? "" : `      for (var i = 0u; i < ${HALF}u; i++) { o[i] = o[i] * alpha + Sw[r * ${OLD}u + ${L.oCol("i", hd)}]; }`}
       workgroupBarrier();`))}
   }
-  let inv = select(0.0, 1.0 / l, l > 0.0);
   if (ti < p.T) {
+    let inv = select(0.0, 1.0 / l, l > 0.0);
     for (var i = 0u; i < ${HALF}u; i++) { out[ti * ldq + h * HD + ${L.oCol("i", hd)}] = o[i] * inv; }
     if (lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(l), l > 0.0); }
   }
-${out16 ? `  // column 2i + half of row r: lane half 0 packs its value with its partner's (column 2i + 1)
-  for (var i = 0u; i < ${HALF}u; i++) {
-    let mine = f32_bits_to_f16(bitcast<u32>(o[i] * inv));
-    let partner = subgroupShuffleXor(mine, 1u);
-    if (ti < p.T && half == 0u) { out16[(ti * ldq + h * HD + 2u * i) / 2u] = mine | (partner << 16u); }
-  }` : ""}
 }
-${out16 ? `@group(0) @binding(7) var<storage, read_write> out16: array<u32>; // (T, nH, HD) f16 pairs
-${f16BitsWgsl}` : ""}`;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}${diag ? `_${diag}` : ""}${out16 ? "_o16" : ""}`, code: st ? st.retype(code) : code };
+`;
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}${diag ? `_${diag}` : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -732,9 +721,9 @@ export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number,
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; out16?: boolean }): KernelSource {
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag }): KernelSource {
   const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
-  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag, form.out16) : forwardSource(hd, L, fast);
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
   if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
   return backwardDkvSource(hd, L, form.perHead, form.staged, fast);
 }
@@ -743,11 +732,6 @@ export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, fo
 function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv", hd: number): boolean {
   const { staged, padded, oneSweep } = attentionTcForm;
   return staged && stagedAttentionBytes(pass, hd, padded, oneSweep) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
-}
-
-/** Whether the tensor-core forward in its current form can also write out's f16 copy (TcAttentionArgs.out16). */
-export function attentionWritesOut16(): boolean {
-  return attentionTcForm.oneSweep && attentionTcForm.padded && !attentionTcForm.diag;
 }
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
@@ -759,8 +743,6 @@ export interface TcAttentionArgs {
   q: Tensor; k: Tensor; v: Tensor; seqId: Tensor; out: Tensor; lse: Tensor;
   /** The caller's f16 copies of q, k, v (attention.ts AttentionF16Inputs); converted here otherwise. */
   f16?: { q: Tensor; k: Tensor; v: Tensor };
-  /** f16 (T, nH, hd): also written with out's f16 copy (forward only; see attentionWritesOut16). */
-  out16?: Tensor;
   T: number; nH: number; nKV: number; hd: number;
   /** The Params block of attention.ts (same layout). */
   params: ArrayBuffer;
@@ -770,14 +752,12 @@ export interface TcAttentionArgs {
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
   const { oneSweep: one, padded, fullTiles: fast, diag } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const o16 = a.out16 !== undefined;
-  if (o16 && !attentionWritesOut16()) throw new Error("attentionForwardTensorCore: out16 needs the one-sweep forward with padded tiles (attentionWritesOut16)");
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}:${o16}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag, o16) : forwardSource(a.hd, tileLayout(padded), fast)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
   const { q16, k16, v16, made } = f16Inputs(rec, a);
   rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
-    [q16, k16, v16, a.seqId, a.out, a.lse, ...(a.out16 ? [a.out16] : [])], [cdiv(a.T, BQ), a.nH]);
+    [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   for (const t of made) rec.recycle(t);
 }
 

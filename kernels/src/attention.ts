@@ -8,7 +8,7 @@
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, Tensor } from "./tensor.ts";
-import { attentionBackwardTensorCore, attentionForwardTensorCore, attentionWritesOut16, tensorCoreAttentionSupported } from "./attention-tc.ts";
+import { attentionBackwardTensorCore, attentionForwardTensorCore, tensorCoreAttentionSupported } from "./attention-tc.ts";
 import attentionWgsl from "./attention.wgsl" with { type: "text" };
 import decodeWgsl from "./attention_decode.wgsl" with { type: "text" };
 
@@ -105,12 +105,6 @@ export interface AttentionForwardArgs extends AttentionOptions {
    * instead of converting q, k and v here; the caller owns them. Ignored on the f32 path.
    */
   f16?: AttentionF16Inputs;
-  /**
-   * f16 (T, nH, hd): the tensor-core forward also writes out's f16 copy here (the bits of converting
-   * out), for o_proj's tensor-core products. Only where attentionOnTensorCores and
-   * attentionWritesOut16() hold; refused otherwise.
-   */
-  out16?: Tensor;
 }
 
 export interface AttentionF16Inputs {
@@ -118,9 +112,6 @@ export interface AttentionF16Inputs {
   k: Tensor; // f16 (T, nKV, hd)
   v: Tensor; // f16 (T, nKV, hd)
 }
-
-/** Whether the tensor-core forward in its current form can write out16 (attention-tc.ts). */
-export { attentionWritesOut16 };
 
 /** Whether attentionForward/attentionBackward take the tensor-core path for this shape (args.tensorCores unless false). */
 export function attentionOnTensorCores(rec: Recorder, T: number, hd: number, tensorCores = true): boolean {
@@ -144,11 +135,9 @@ export function attentionForward(rec: Recorder, args: AttentionForwardArgs) {
   const rt = rec.rt;
   const params = attentionParams(s, args.scale ?? 1 / Math.sqrt(s.hd), window);
   checkF16Inputs("attentionForward", args.f16, s);
-  if (args.out16) expectTensor("attentionForward", "out16", args.out16, "f16", [s.T, s.nH, s.hd]);
   if (attentionOnTensorCores(rec, s.T, s.hd, args.tensorCores !== false)) {
     return attentionForwardTensorCore(rec, { ...args, ...s, params });
   }
-  if (args.out16) throw new Error("attentionForward: out16 is written by the tensor-core forward only (attentionOnTensorCores)");
   const { pipeline, BR } = pipelineFor(rt, "forward", s.hd);
   rec.dispatch(`attentionForward T=${s.T} ${s.nH}/${s.nKV}x${s.hd}`, pipeline, params,
     [args.q, args.k, args.v, args.seqId, args.out, args.lse], [cdiv(s.T, BR), s.nH]);

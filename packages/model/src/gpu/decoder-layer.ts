@@ -14,7 +14,7 @@
 import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
-  attentionOnTensorCores, attentionWritesOut16, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
+  attentionOnTensorCores, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
   type GemvPrologue, gemv, gemvGrouping, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -221,16 +221,13 @@ export interface Kept16 {
   act?: Tensor;
   /** The rotated q, k and v in f16 (ropeF16Copies), for the attention backward's tensor-core passes. */
   attn?: AttentionF16Inputs;
-  /** The attention output in f16 (T, C), written by the attention forward (ropeF16Copies), for o_proj's dA/dW. */
-  attnOut?: Tensor;
 }
 
 /**
  * RoPE writes the f16 copies of the rotated q and k, and of v, that the tensor-core attention reads
  * (kernels' ropeForwardF16, same bits as converting each), instead of three conversion passes per
- * attention call, and the attention forward writes its output's f16 copy for o_proj; a
- * checkpointing recompute keeps them for the backward (attention; o_proj's dA/dW), which converted
- * them once more (session 13; 1B step, from session 11's profile: ~3.8 ms of conversions).
+ * attention call; a checkpointing recompute keeps them for the attention backward, which converted
+ * q, k and v once more (session 13; 1B step, from session 11's profile: ~2.4 ms of conversions).
  * Off until its GPU test passes (gpu-step.test.ts: the step with and without them, bit for bit;
  * `TUNELOOM_ROPE_F16=1` turns it on; the device script does where that test passes).
  */
@@ -290,8 +287,6 @@ export function decoderLayerForward(
   const attn16 = !kv && ropeF16Copies.enabled && ropeAppendFits(hd) && attentionOnTensorCores(rec, T, hd, w.q.dtype === "f16")
     ? { q: rec.scratch("f16", [T, nH, hd], "q:f16"), k: rec.scratch("f16", [T, nKV, hd], "k:f16"), v: rec.scratch("f16", [T, nKV, hd], "v:f16") }
     : undefined;
-  // the attention output's f16 copy, written by the same forward, where o_proj reads it on tensor cores
-  const attnOut16 = attn16 && attentionWritesOut16() && readsOnTensorCores(rec, a.attn, w.o) ? rec.scratch("f16", [T, nH * hd], "attn:f16") : undefined;
   if (attn16) {
     ropeForwardF16(rec, { ...rot, v: heads(a.v, nKV, hd), q16: attn16.q, k16: attn16.k, v16: attn16.v });
   } else if (kv && ropeAppendFits(hd)) {
@@ -310,16 +305,14 @@ export function decoderLayerForward(
       q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
       out: heads(a.attn, nH, hd), lse: a.lse, window: ctx.window,
       tensorCores: w.q.dtype === "f16", // 16-bit weights: mixed precision throughout; f32 weights: exact f32
-      f16: attn16, out16: attnOut16?.view([T, nH, hd]),
+      f16: attn16,
     });
   }
   if (attn16 && keep) kept.attn = attn16;
   else if (attn16) for (const t of [attn16.q, attn16.k, attn16.v]) rec.recycle(t);
   // xMid = x + attn·Woᵀ: in place (x += attn·Woᵀ) or into a.xMid
   const inPlace = xOut === x, oInto = inPlace && !w.oBias;
-  groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: oInto ? x : a.xMid, accumulate: oInto, lora: m.o_proj }], lora, a.loraH.o, attnOut16);
-  if (attnOut16 && keep) kept.attnOut = attnOut16;
-  else if (attnOut16) rec.recycle(attnOut16);
+  groupForward(rec, a.attn, "o", [{ w: w.o, bias: w.oBias, y: oInto ? x : a.xMid, accumulate: oInto, lora: m.o_proj }], lora, a.loraH.o);
   const xMid = oInto ? x : a.xMid;
   if (!oInto) addInPlace(rec, a.xMid, x);
   const gateUp = [
@@ -396,9 +389,8 @@ export function decoderLayerBackward(
   rec.copy(dOut, g.dMid);
   rmsnormBackward(rec, a.xMid, w.postNorm, a.rstd2, g.dXn, g.dMid, 1);
   // xMid = x + attn·Woᵀ:  dAttn = dMid·Wo;  dWo = dMidᵀ·attn
-  linearsLoraBackward(rec, a.attn, [{ w: w.o, dy: g.dMid, lora: lora.o_proj }], g.dAttn, 0, a.loraH.o, dh, kept?.attnOut);
-  if (wg) linearWeightGrads(rec, a.attn, [{ dy: g.dMid, dw: wg.o, db: wg.oBias }], wg.ones, kept?.attnOut);
-  if (kept?.attnOut) rec.recycle(kept.attnOut);
+  linearsLoraBackward(rec, a.attn, [{ w: w.o, dy: g.dMid, lora: lora.o_proj }], g.dAttn, 0, a.loraH.o, dh);
+  if (wg) linearWeightGrads(rec, a.attn, [{ dy: g.dMid, dw: wg.o, db: wg.oBias }], wg.ones);
   // attn = attention(q, k, v)
   attentionBackward(rec, {
     q: heads(a.q, nH, hd), k: heads(a.k, nKV, hd), v: heads(a.v, nKV, hd), seqId: batch.seqIds,
