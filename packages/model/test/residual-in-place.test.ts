@@ -61,8 +61,11 @@ describe("the residual stream updated in place equals the ping-pong forward", ()
         for (const T of [1, 3, 32]) {
           const ref = await finalHidden(model, T, false), got = await finalHidden(model, T, true);
           expect(got.every(Number.isFinite)).toBe(true);
-          // the same sums, added in another order where a product accumulates into the stream
-          expect(relError(got, ref)).toBeLessThan(weightDtype === "f32" ? 1e-6 : 1e-5);
+          // the same sums, added in another order where a product accumulates into the stream; with
+          // 16-bit weights the activations are rounded to f16 before the tensor-core products, and a
+          // last-bit f32 difference flips some of those roundings (one f16 ulp, 4.9e-4 relative, in a
+          // few elements): 1.1e-4 on an H100 (session 13). A missing or doubled residual is O(1).
+          expect(relError(got, ref)).toBeLessThan(weightDtype === "f32" ? 1e-6 : 1e-3);
         }
       }
     }, 60_000);

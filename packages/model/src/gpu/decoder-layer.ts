@@ -228,10 +228,11 @@ export interface Kept16 {
  * (kernels' ropeForwardF16, same bits as converting each), instead of three conversion passes per
  * attention call; a checkpointing recompute keeps them for the attention backward, which converted
  * q, k and v once more (session 13; 1B step, from session 11's profile: ~2.4 ms of conversions).
- * Off until its GPU test passes (gpu-step.test.ts: the step with and without them, bit for bit;
- * `TUNELOOM_ROPE_F16=1` turns it on; the device script does where that test passes).
+ * On since session 13's call (H100, 2026-12-07T20:57Z): its GPU test passed (gpu-step.test.ts: the
+ * step with and without them, bit for bit) and the 1B step's conversions went 14.9 → 8.5 ms (with
+ * session 12's kept copies; RoPE 1.40 → 1.70 ms). `TUNELOOM_ROPE_F16=0` turns it off.
  */
-export const ropeF16Copies = { enabled: process.env.TUNELOOM_ROPE_F16 === "1" };
+export const ropeF16Copies = { enabled: process.env.TUNELOOM_ROPE_F16 !== "0" };
 
 /**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
