@@ -183,7 +183,10 @@ for step in $STEPS; do
     decode-1b)
       [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1
       # Session 12: the fused GEMV prologues (RMSNorm, SwiGLU), A/B against the row above.
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl ;;
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
+      # Session 13: 1B batch-1 decode fell from 303.6 (session 11's first call) to 266.7 tok/s while 8B rose
+      # (95.9 → 98.0); GEMV depth 8 (session 11, chosen on 8B) against depth 4, same tokens as the row above.
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_DEPTH=4 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl ;;
     tests-slow)
       [ "$(left)" -gt 120 ] || { el "skip tests-slow"; continue; }
       el tests-slow
