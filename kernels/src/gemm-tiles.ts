@@ -57,22 +57,6 @@ export interface TcConfig {
    */
   prefetch2?: boolean;
   /**
-   * Unrolled and double-buffered only (name suffix `pP` after `u`, session 13): P more subgroups
-   * that only copy (warp specialisation). The SGM×SGN product subgroups never touch global memory
-   * in the main loop and the copy subgroups never multiply, so one slice's copy overlaps the
-   * previous slice's products inside the workgroup, one barrier per slice
-   * (matmul-tc-staged.ts producerLoop).
-   */
-  producers?: number;
-  /**
-   * With copy subgroups only (name suffix `t` after `pP`, session 13): for x·Wᵀ the copy subgroups
-   * store W's slice transposed, [k][n], so the products read their right matrices row-major as dy·W's
-   * do (x·Wᵀ trails dy·W by 15-20% on every tile, and the layout is the one difference). Session 11's
-   * transposed stores lost (0.746×) when every subgroup paid for them before its products; here the
-   * copy subgroups pay, beside the products. No effect on dy·W, whose slice is [k][n] already.
-   */
-  stageWTransposed?: boolean;
-  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -95,32 +79,25 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:p(\d+)(t?))?(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l|pP[t]]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u, 4x2_2x4sdg8up4 or 4x4_2x2sk64d)`);
-  const [, tm, tn, sgm, sgn, sFlag, bk, d, g, u, l, pCount, tFlag, diag, c] = m;
-  if (l === "l" && (u !== "u" || d === "d" || diag)) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
-  const producers = pCount ? +pCount : undefined;
-  if (producers !== undefined && (u !== "u" || d !== "d" || l || !(producers >= 1 && producers <= 16))) {
-    throw new Error(`bad tensor-core config '${s}': copy subgroups (pP, 1..16) are a double-buffered form of the unrolled copy (d…u), without l`);
-  }
-  const staged = sFlag === "s";
-  const group = g ? +g : undefined;
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[11])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
+  const staged = m[5] === "s";
+  const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
   return {
-    tm: +tm!, tn: +tn!, sgm: +sgm!, sgn: +sgn!, staged,
-    ...(staged ? { bk: bk ? +bk : 32, double: d === "d" } : {}),
+    tm: +m[1]!, tn: +m[2]!, sgm: +m[3]!, sgn: +m[4]!, staged,
+    ...(staged ? { bk: m[6] ? +m[6] : 32, double: m[7] === "d" } : {}),
     ...(group ? { group } : {}),
-    ...(u === "u" ? { unrolled: true } : {}),
-    ...(l === "l" ? { prefetch2: true } : {}),
-    ...(producers ? { producers } : {}),
-    ...(tFlag === "t" ? { stageWTransposed: true } : {}),
-    ...(diag ? { diag: diag as TcConfig["diag"] } : {}),
-    ...(c === "c" ? { constStrides: true } : {}),
+    ...(m[9] === "u" ? { unrolled: true } : {}),
+    ...(m[10] === "l" ? { prefetch2: true } : {}),
+    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
+    ...(m[12] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.producers ? `p${c.producers}${c.stageWTransposed ? "t" : ""}` : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -131,11 +108,10 @@ export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED 
 
 /**
  * Whether the unrolled copy (TcConfig.unrolled) fits a tile: every staged row must be covered by a
- * whole number of the copying threads (all of them, or the copy subgroups' with TcConfig.producers),
- * a multiple of the 16-byte vectors per row.
+ * whole number of threads (threads a multiple of the 16-byte vectors per row).
  */
 export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
-  const threads = 32 * (cfg.producers ?? cfg.sgm * cfg.sgn), BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
+  const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
   const ok = (cols: number) => cols / 8 <= threads && threads % (cols / 8) === 0;
   return ok(BK) && (transB || ok(BN));
 }

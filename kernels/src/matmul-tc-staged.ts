@@ -14,7 +14,7 @@
  */
 import type { KernelSource } from "./runtime.ts";
 import type { TcConfig } from "./gemm-tiles.ts";
-import { chunkStore, transposedChunkStore } from "./staged-stores.ts";
+import { chunkStore } from "./staged-stores.ts";
 
 /** Enables, the uniformity diagnostic, ACCUMULATE and the Params block: shared by both tensor-core kernels. */
 export const TC_PREAMBLE = `enable f16;
@@ -68,12 +68,9 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
-  if (diag && double && !cfg.producers) throw new Error("stagedSource: diag variants are single-buffered (or copy subgroups)");
-  const { threads, productThreads, bKN, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
-  // With copy subgroups (TcConfig.producers) only the product subgroups hold result matrices.
-  const productsOnly = (body: string) => cfg.producers ? `  if (tid < ${productThreads}u) {\n${body}\n  }` : body;
-  const bHalves = bKN ? BK * BS : BN * BS;
-  if (cfg.stageWTransposed && !cfg.producers) throw new Error("stagedSource: W staged transposed (t) is a form of the copy subgroups (p)");
+  if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
+  const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
+  const bHalves = transB ? BN * BS : BK * BS;
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -160,11 +157,8 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
   if (cfg.prefetch2 && (double || !cfg.unrolled || diag)) throw new Error("stagedSource: the two-deep prefetch (l) is a single-buffered form of the unrolled copy, without diags");
-  if (cfg.producers && (!double || !cfg.unrolled || cfg.prefetch2)) throw new Error("stagedSource: copy subgroups (p) are a double-buffered form of the unrolled copy, without l");
   const mainLoop = cfg.prefetch2
     ? prefetch2Loop(copy as ReturnType<typeof unrolledCopy>, BK)
-    : cfg.producers
-    ? producerLoop(copy as ReturnType<typeof unrolledCopy>, stagedGeometry(transB, cfg), aHalves, bHalves, diag)
     : double
     ? `${firstLoads}
   var cur = 0u;
@@ -239,24 +233,19 @@ ${group ? `  // Grouped raster: workgroup i of the (x, y) grid takes tile (tileM
   let rowTile = row0 + sm * ${tm * 16}u;
   let colTile = col0 + sn * ${tn * 16}u;
 ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
-${productsOnly(`  if (ACCUMULATE) {
+  if (ACCUMULATE) {
 ${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, p.ldc); }`).join("\n")}
-  }`)}
+  }
 ${mainLoop}
-${productsOnly(`${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colTile + ${16 * j}u`) : ""}
-${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}`)}
+${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colTile + ${16 * j}u`) : ""}
+${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.producers ? `_p${cfg.producers}${cfg.stageWTransposed ? "t" : ""}` : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
-  /** Threads of the workgroup; of them, the first `productThreads` multiply and the last `copyThreads` copy (all of them without TcConfig.producers). */
   threads: number;
-  productThreads: number;
-  copyThreads: number;
-  /** B's slice staged [k][n] (rows of BN + PAD halves; dy·W, or x·Wᵀ with TcConfig.stageWTransposed) rather than [n][k]. */
-  bKN: boolean;
   /** Tile rows of A (BM) and columns of B (BN), K slice (BK), staged row strides in halves (AS, BS). */
   BM: number; BN: number; BK: number; AS: number; BS: number;
   tm: number; tn: number;
@@ -269,10 +258,7 @@ export interface StagedGeometry {
 export function stagedGeometry(transB: boolean, cfg: TcConfig): StagedGeometry {
   const { tm, tn, sgm, sgn } = cfg;
   const BK = cfg.bk ?? 32, BN = sgn * tn * 16;
-  const productThreads = 32 * sgm * sgn, copyThreads = cfg.producers ? 32 * cfg.producers : productThreads;
-  const threads = cfg.producers ? productThreads + copyThreads : productThreads;
-  const bKN = !transB || (cfg.stageWTransposed ?? false);
-  return { threads, productThreads, copyThreads, bKN, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: bKN ? BN + PAD : BK + PAD, tm, tn };
+  return { threads: 32 * sgm * sgn, BM: sgm * tm * 16, BN, BK, AS: BK + PAD, BS: transB ? BK + PAD : BN + PAD, tm, tn };
 }
 
 /** Where one operand's slice is copied from: rows of `rows` × `cols` halves, 8 per thread and pass. */
@@ -292,7 +278,7 @@ function copyPlan(threads: number, rows: number, cols: number) {
  * operands live instead of TM + TN).
  */
 export function unrolledCopy(transB: boolean, g: StagedGeometry) {
-  const { copyThreads: threads, BM, BN, BK, AS, BS, tm, tn, bKN } = g;
+  const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
   // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
@@ -301,10 +287,8 @@ export function unrolledCopy(transB: boolean, g: StagedGeometry) {
     if (plan.perRow > threads || threads % plan.perRow) throw new Error(`stagedSource: unrolled copy of ${name} needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${plan.perRow})`);
   }
   // Per-thread coordinates and the vec4 index of its first element (k0 = 0, pass 0).
-  // ctid: the thread's index among the copying threads (the copy subgroups are the workgroup's last).
-  const setup = `  let ctid = tid${g.threads > g.copyThreads ? ` - ${g.threads - g.copyThreads}u` : ""};
-  let ar0 = ctid / ${A.perRow}u; let akq = (ctid % ${A.perRow}u) * 8u;
-  let br0 = ctid / ${B.perRow}u; let bkq = (ctid % ${B.perRow}u) * 8u;
+  const setup = `  let ar0 = tid / ${A.perRow}u; let akq = (tid % ${A.perRow}u) * 8u;
+  let br0 = tid / ${B.perRow}u; let bkq = (tid % ${B.perRow}u) * 8u;
   let aRow = row0 + ar0;
   let aIdx = (aBase + aRow * p.lda + akq) / 8u;
   let aStep = ${A.rowsPerPass}u * p.lda / 8u;
@@ -315,7 +299,7 @@ ${transB
   let bColOk = col0 + bkq < p.N;`}
   let bStep = ${B.rowsPerPass}u * p.ldb / 8u;
   let aS = ar0 * ${AS}u + akq;
-  let bS = ${transB && bKN ? `bkq * ${BS}u + br0` : `br0 * ${BS}u + bkq`};
+  let bS = br0 * ${BS}u + bkq;
 ${ids(A.passes).map((i) => `  var ra${i} = vec4<u32>();`).join("\n")}
 ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
 `;
@@ -333,7 +317,7 @@ ${ids(B.passes).map((i) => `  var rb${i} = vec4<u32>();`).join("\n")}
   // The stores of a slice from the registers into the buffer at aOff/bOff: every A pass, then every B pass.
   const store = (aOff: string, bOff: string) => `    {
 ${ids(A.passes).map((i) => `    ${A.partial ? `if (ar0 + ${i * A.rowsPerPass}u < ${BM}u) ` : ""}{ let at = ${aOff} + aS + ${i * A.rowsPerPass * AS}u; ${chunkStore("As", "at", `ra${i}`)} }`).join("\n")}
-${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${transB && bKN ? i * B.rowsPerPass : i * B.rowsPerPass * BS}u; ${transB && bKN ? transposedChunkStore("Bs", "at", `rb${i}`, BS) : chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
+${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u < ${transB ? BN : BK}u) ` : ""}{ let at = ${bOff} + bS + ${i * B.rowsPerPass * BS}u; ${chunkStore("Bs", "at", `rb${i}`)} }`).join("\n")}
     }`;
   // The second register set of the two-deep prefetch (TcConfig.prefetch2): declared, and moved into ra/rb.
   const second = {
@@ -341,7 +325,7 @@ ${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u <
     move: [...ids(A.passes).map((i) => `ra${i} = sa${i};`), ...ids(B.passes).map((i) => `rb${i} = sb${i};`)].join(" "),
   };
   const rightLoad = (j: number, kk: number) =>
-    !bKN
+    transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
   // The products of one slice (buffer at aOff/bOff), one block per 16-deep step.
@@ -380,50 +364,5 @@ ${copy.loads(`k0 + ${2 * BK}u`, "      ", "sa", "sb")}
     }
 ${copy.products}
     workgroupBarrier();
-  }`;
-}
-
-/**
- * The main loop with copy subgroups (TcConfig.producers, name suffix `pP`, session 13): double
- * buffer, one barrier per slice. In iteration s the product subgroups multiply slice s from buffer
- * s % 2 while the copy subgroups store slice s + 1 (already in their registers) into the other
- * buffer and then load slice s + 2 from global memory, which has a whole iteration to land. The
- * barrier ending iteration s − 1 is what frees buffer (s + 1) % 2: its products were slice s − 1's.
- * In the single-role loops every subgroup waits for its own loads and stores before it multiplies;
- * here the copy's latency sits beside the products instead of before them.
- *
- * `diag` (measurements only, results wrong): after the prologue the copy subgroups load nothing
- * (no-loads) or store nothing (no-stores), the product subgroups multiply the first slice only
- * (no-products), or the loop's barrier goes (no-barriers): what each side costs beside the other.
- */
-export function producerLoop(copy: ReturnType<typeof unrolledCopy>, g: StagedGeometry, aHalves: number, bHalves: number, diag?: TcConfig["diag"]): string {
-  const { BK, productThreads } = g;
-  return `${copy.setup}
-  let copier = tid >= ${productThreads}u;
-  if (copier) {
-${copy.loads("0u", "    ")}
-    let aOff = 0u; let bOff = 0u;
-${copy.store("aOff", "bOff")}
-    if (${BK}u < p.K) {
-${copy.loads(`${BK}u`, "      ")}
-    }
-  }
-  workgroupBarrier();
-  var cur = 0u;
-  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-    if (copier) {
-      if (k0 + ${BK}u < p.K) {
-        let aOff = (1u - cur) * ${aHalves}u; let bOff = (1u - cur) * ${bHalves}u;
-${diag === "no-stores" ? "" : copy.store("aOff", "bOff")}
-        if (k0 + ${2 * BK}u < p.K${diag === "no-loads" ? " && false" : ""}) {
-${copy.loads(`k0 + ${2 * BK}u`, "          ")}
-        }
-      }
-    } else${diag === "no-products" ? " if (k0 == 0u)" : ""} {
-      let aOff = cur * ${aHalves}u; let bOff = cur * ${bHalves}u;
-${copy.products}
-    }
-    ${diag === "no-barriers" ? "" : "workgroupBarrier();"}
-    cur = 1u - cur;
   }`;
 }

@@ -7,8 +7,7 @@
  * per-lane word rotation that leaves no two lanes of a subgroup in one bank (the in-order stores hit
  * 8 of 32 banks) ran the u tiles at 0.905× (geometric mean of 12 GEMMs) and attention unchanged;
  * W stored transposed ([k][n] for x·Wᵀ, conflict-free) at 0.746×. Bank conflicts of these stores
- * are not what bounds the staged kernels (docs/kernels.md, session 11). Session 13 brings the
- * transposed store back only where the GEMM's copy subgroups pay for it (TcConfig.stageWTransposed).
+ * are not what bounds the staged kernels (docs/kernels.md, session 11).
  */
 
 /** WGSL statements: the 8 halves of `w` (vec4<u32>) into arr[at …], in order. */
@@ -17,13 +16,4 @@ export function chunkStore(arr: string, at: string, w: string): string {
     `${arr}[${at} + 2u] = bitcast<vec2<f16>>(${w}.y).x; ${arr}[${at} + 3u] = bitcast<vec2<f16>>(${w}.y).y; ` +
     `${arr}[${at} + 4u] = bitcast<vec2<f16>>(${w}.z).x; ${arr}[${at} + 5u] = bitcast<vec2<f16>>(${w}.z).y; ` +
     `${arr}[${at} + 6u] = bitcast<vec2<f16>>(${w}.w).x; ${arr}[${at} + 7u] = bitcast<vec2<f16>>(${w}.w).y;`;
-}
-
-/**
- * WGSL statements: the 8 halves of `w` (vec4<u32>, 8 consecutive k of one row n of W) down a
- * column of a [k][n] tile, arr[at + e·ld] for e = 0…7 (the GEMM's W staged transposed, TcConfig.stageWTransposed).
- */
-export function transposedChunkStore(arr: string, at: string, w: string, ld: number): string {
-  const parts = ["x", "y", "z", "w"].flatMap((c) => [`bitcast<vec2<f16>>(${w}.${c}).x`, `bitcast<vec2<f16>>(${w}.${c}).y`]);
-  return parts.map((v, e) => `${arr}[${at}${e ? ` + ${e * ld}u` : ""}] = ${v};`).join(" ");
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { getRuntime, parseTcConfig, unrolledCopyFits } from "../src/index.ts";
-import { prefetch2Loop, producerLoop, stagedGeometry, stagedSource, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
+import { prefetch2Loop, stagedGeometry, TC_PREAMBLE, unrolledCopy } from "../src/matmul-tc-staged.ts";
 import { Params } from "../src/params.ts";
 import { fromF16Bits, randn, toF16Bits } from "../src/testing.ts";
 
@@ -28,7 +28,7 @@ function harness(transB: boolean, name: string) {
   const cfg = parseTcConfig(name);
   const g = stagedGeometry(transB, cfg);
   const copy = unrolledCopy(transB, g);
-  const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
+  const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
   const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
@@ -40,7 +40,6 @@ var<workgroup> Bs: array<f16, ${bHalves}>;
 ${mainOpening(g)}
 ${copy.setup}
   let k0 = slice[0];
-  if (tid >= ${g.threads - g.copyThreads}u) { // the copying threads (copy subgroups: the last ones)
   if (slice[1] == 1u) {
 ${copy.first}
   } else {
@@ -48,7 +47,6 @@ ${copy.next}
   }
   let aOff = 0u; let bOff = 0u;
 ${copy.store("aOff", "bOff")}
-  }
   workgroupBarrier();
   let base = (wg.y * nwg.x + wg.x) * ${aHalves + bHalves}u;
   for (var i = tid; i < ${aHalves}u; i += ${g.threads}u) { out[base + i] = f32(As[i]); }
@@ -74,20 +72,13 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x2_4x4sg8u", 272, 144, 80], // 16 subgroups, 256×128 (session 12)
     ["2x4_4x4sg8u", 144, 272, 80], // 16 subgroups, 128×256 (session 12)
     ["4x2_4x4sk16g8u", 272, 144, 48], // 16 subgroups, 16-deep slices: fewer 16-byte vectors than threads (session 12)
-    ["2x2_4x4sg8u", 144, 144, 80], // 16 subgroups of 2×2 matrices, 128×128: fewer registers a thread (session 13)
-    ["2x2_2x4sg8u", 80, 144, 80], // 8 subgroups of 2×2 matrices, 64×128 (session 13)
-    // copy subgroups (session 13): the copy laid over their threads only, and W staged transposed
-    ["2x2_2x2sdg8up2", 144, 80, 80],
-    ["2x2_2x2sdg8up2t", 144, 80, 80],
-    ["2x2_2x2sdg8up1t", 80, 144, 48],
-    ["1x2_2x2sk64dg8up2t", 80, 144, 208],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
       const cfg = parseTcConfig(name);
       if (!unrolledCopyFits(cfg, transB)) continue;
       const g = stagedGeometry(transB, cfg);
-      const bytes = 2 * (g.BM * g.AS + (g.bKN ? g.BK * g.BS : g.BN * g.BS));
+      const bytes = 2 * (g.BM * g.AS + (transB ? g.BN * g.BS : g.BK * g.BS));
       if (bytes > rt.caps.limits.maxComputeWorkgroupStorageSize) continue;
       test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
         const { code, aHalves, bHalves } = harness(transB, name);
@@ -119,11 +110,11 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
               checked++;
               if (got[base + r * g.AS + kk] !== want) throw new Error(`A tile (${ty}, ${tx}) k0=${k0}: As[${r}][${kk}] = ${got[base + r * g.AS + kk]}, want ${want}`);
             }
-            const bRowsStaged = g.bKN ? g.BK : g.BN;
+            const bRowsStaged = transB ? g.BN : g.BK;
             for (let r = 0; r < bRowsStaged; r++) for (let c = 0; c < g.BS; c++) {
-              // Staged [n][k] (x·Wᵀ) or [k][n] (dy·W, or x·Wᵀ with W staged transposed); B is (N, K) for transB, else (K, N).
-              const [n, kk] = g.bKN ? [c, r] : [r, c];
-              const inside = (g.bKN ? c < g.BN : c < g.BK) && col0 + n < N && k0 + kk < K;
+              // transB: staged [n][k] from B (N, K); else [k][n] from B (K, N).
+              const [n, kk] = transB ? [r, c] : [c, r];
+              const inside = (transB ? c < g.BK : c < g.BN) && col0 + n < N && k0 + kk < K;
               const want = inside ? b[offB + (transB ? (col0 + n) * ldb + k0 + kk : (k0 + kk) * ldb + col0 + n)]! : 0;
               checked++;
               if (got[base + aHalves + r * g.BS + c] !== want) throw new Error(`B tile (${ty}, ${tx}) k0=${k0}: Bs[${r}][${c}] = ${got[base + aHalves + r * g.BS + c]}, want ${want}`);
@@ -138,112 +129,75 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
   }
 });
 
-// The two-deep prefetch (TcConfig.prefetch2) and the copy subgroups (TcConfig.producers) on
-// lavapipe: their loops (the kernel's own) with the products replaced by a checksum of the staged
-// buffer, weighted by the slice. If a slice were stored from the wrong register set or into the
-// buffer being read, stored twice or skipped, or a load went past the slice it belongs to, the
-// weighted sums differ. Small integers keep every sum exact.
-function checksumCases(title: string, cases: [string, number, number, number][], loop: (copy: ReturnType<typeof unrolledCopy>, g: ReturnType<typeof stagedGeometry>, aHalves: number, bHalves: number) => string, buffers: number) {
-  describe.skipIf(!f16Ok)(title, () => {
-    for (const [name, M, N, K] of cases) {
-      for (const transB of [true, false]) {
-        test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
-          const cfg = parseTcConfig(name);
-          const g = stagedGeometry(transB, cfg);
-          const aHalves = g.BM * g.AS, bHalves = g.bKN ? g.BK * g.BS : g.BN * g.BS;
-          expect(2 * buffers * (aHalves + bHalves)).toBeLessThanOrEqual(rt.caps.limits.maxComputeWorkgroupStorageSize);
-          expect(g.threads).toBeLessThanOrEqual(rt.caps.limits.maxComputeInvocationsPerWorkgroup);
-          const copy = unrolledCopy(transB, g);
-          // Run by the product threads only (all of them without copy subgroups).
-          const products = `    { let wgt = f32(k0 / ${g.BK}u + 1u);
-      for (var e = tid; e < ${aHalves}u; e += ${g.productThreads}u) { chk += wgt * f32(As[aOff + e]); }
-      for (var e = tid; e < ${bHalves}u; e += ${g.productThreads}u) { chk += 0.5 * wgt * f32(Bs[bOff + e]); } }`;
-          const code = `enable f16;
+// The two-deep prefetch (TcConfig.prefetch2) on lavapipe: its loop (prefetch2Loop, the kernel's
+// own) with the products replaced by a checksum of the staged buffer, weighted by the slice. If a
+// slice were stored from the wrong register set, stored twice or skipped, or a load went past the
+// slice it belongs to, the weighted sums differ. Small integers keep every sum exact.
+describe.skipIf(!f16Ok)("two-deep prefetch: every slice's products read that slice, fully stored", () => {
+  const cases: [string, number, number, number][] = [
+    ["2x2_2x2sg8ul", 144, 80, 80], // 3 slices (the last loads nothing)
+    ["2x2_2x2sg8ul", 80, 144, 16], // less than one slice: the second set is never loaded
+    ["2x2_2x2sg8ul", 80, 144, 64], // exactly two slices
+    ["1x2_2x2sk64g8ul", 80, 144, 208], // 64-deep slices, a K tail
+    ["4x2_4x4sg8ul", 272, 144, 80], // 16 subgroups (session 12)
+  ];
+  for (const [name, M, N, K] of cases) {
+    for (const transB of [true, false]) {
+      test(`${name} transB=${transB} M=${M} N=${N} K=${K}`, async () => {
+        const cfg = parseTcConfig(name);
+        const g = stagedGeometry(transB, cfg);
+        const aHalves = g.BM * g.AS, bHalves = transB ? g.BN * g.BS : g.BK * g.BS;
+        const copy = unrolledCopy(transB, g);
+        const products = `    { let wgt = f32(k0 / ${g.BK}u + 1u);
+      for (var e = tid; e < ${aHalves}u; e += ${g.threads}u) { chk += wgt * f32(As[aOff + e]); }
+      for (var e = tid; e < ${bHalves}u; e += ${g.threads}u) { chk += 0.5 * wgt * f32(Bs[bOff + e]); } }`;
+        const code = `enable f16;
 ${PARAMS}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-var<workgroup> As: array<f16, ${buffers * aHalves}>;
-var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
+var<workgroup> As: array<f16, ${aHalves}>;
+var<workgroup> Bs: array<f16, ${bHalves}>;
 ${mainOpening(g)}
   var chk = 0.0;
-${loop({ ...copy, products }, g, aHalves, bHalves)}
+${prefetch2Loop({ ...copy, products }, g.BK)}
   out[(wg.y * nwg.x + wg.x) * ${g.threads}u + tid] = chk;
 }`;
-          const lda = K + 8, ldb = (transB ? K : N) + 8, offA = 8, offB = 16;
-          const ints = (n: number) => Float32Array.from({ length: n }, () => Math.floor(Math.random() * 7) - 3);
-          const a = ints(offA + M * lda), b = ints(offB + (transB ? N : K) * ldb + 8);
-          const pad8 = (bits: Uint16Array) => { const o = new Uint16Array(Math.ceil(bits.length / 8) * 8); o.set(bits); return o; };
-          const ta = rt.upload("f16", [pad8(toF16Bits(a)).length], pad8(toF16Bits(a))), tb = rt.upload("f16", [pad8(toF16Bits(b)).length], pad8(toF16Bits(b)));
-          const gx = Math.ceil(N / g.BN), gy = Math.ceil(M / g.BM);
-          const out = rt.empty("f32", [gx * gy * g.threads]);
-          const params = new Params(16).u32(M).u32(N).u32(K).u32(lda).u32(ldb).u32(N).u32(0).u32(0)
-            .u32(0).u32(offA).u32(offB).u32(0).u32(0).u32(0).u32(0).u32(0);
-          const rec = rt.recorder();
-          rec.dispatch("loop checksum", rt.pipeline({ name: `test_loop_${name}_${transB}`, code }, {}), params.buffer, [ta, tb, out], [gx, gy, 1]);
-          rec.submit();
-          const got = await rt.read(out);
-          rec.release();
-          rt.release(ta, tb, out);
-          for (let ty = 0; ty < gy; ty++) for (let tx = 0; tx < gx; tx++) {
-            const row0 = ty * g.BM, col0 = tx * g.BN;
-            let want = 0;
-            for (let s = 0; s * g.BK < K; s++) {
-              let sa = 0, sb = 0;
-              for (let r = 0; r < g.BM; r++) for (let kk = 0; kk < g.BK; kk++) {
-                const k = s * g.BK + kk;
-                if (row0 + r < M && k < K) sa += a[offA + (row0 + r) * lda + k]!;
-              }
-              for (let n = 0; n < g.BN; n++) for (let kk = 0; kk < g.BK; kk++) {
-                const k = s * g.BK + kk;
-                if (col0 + n < N && k < K) sb += b[offB + (transB ? (col0 + n) * ldb + k : k * ldb + col0 + n)]!;
-              }
-              want += (s + 1) * (sa + 0.5 * sb);
+        const lda = K + 8, ldb = (transB ? K : N) + 8, offA = 8, offB = 16;
+        const ints = (n: number) => Float32Array.from({ length: n }, () => Math.floor(Math.random() * 7) - 3);
+        const a = ints(offA + M * lda), b = ints(offB + (transB ? N : K) * ldb + 8);
+        const pad8 = (bits: Uint16Array) => { const o = new Uint16Array(Math.ceil(bits.length / 8) * 8); o.set(bits); return o; };
+        const ta = rt.upload("f16", [pad8(toF16Bits(a)).length], pad8(toF16Bits(a))), tb = rt.upload("f16", [pad8(toF16Bits(b)).length], pad8(toF16Bits(b)));
+        const gx = Math.ceil(N / g.BN), gy = Math.ceil(M / g.BM);
+        const out = rt.empty("f32", [gx * gy * g.threads]);
+        const params = new Params(16).u32(M).u32(N).u32(K).u32(lda).u32(ldb).u32(N).u32(0).u32(0)
+          .u32(0).u32(offA).u32(offB).u32(0).u32(0).u32(0).u32(0).u32(0);
+        const rec = rt.recorder();
+        rec.dispatch("prefetch2 checksum", rt.pipeline({ name: `test_prefetch2_${name}_${transB}`, code }, {}), params.buffer, [ta, tb, out], [gx, gy, 1]);
+        rec.submit();
+        const got = await rt.read(out);
+        rec.release();
+        rt.release(ta, tb, out);
+        for (let ty = 0; ty < gy; ty++) for (let tx = 0; tx < gx; tx++) {
+          const row0 = ty * g.BM, col0 = tx * g.BN;
+          let want = 0;
+          for (let s = 0; s * g.BK < K; s++) {
+            let sa = 0, sb = 0;
+            for (let r = 0; r < g.BM; r++) for (let kk = 0; kk < g.BK; kk++) {
+              const k = s * g.BK + kk;
+              if (row0 + r < M && k < K) sa += a[offA + (row0 + r) * lda + k]!;
             }
-            let sum = 0;
-            for (let t = 0; t < g.threads; t++) sum += got[(ty * gx + tx) * g.threads + t]!;
-            if (sum !== want) throw new Error(`tile (${ty}, ${tx}): checksum ${sum}, want ${want}`);
+            for (let n = 0; n < g.BN; n++) for (let kk = 0; kk < g.BK; kk++) {
+              const k = s * g.BK + kk;
+              if (col0 + n < N && k < K) sb += b[offB + (transB ? (col0 + n) * ldb + k : k * ldb + col0 + n)]!;
+            }
+            want += (s + 1) * (sa + 0.5 * sb);
           }
-        }, 30_000);
-      }
+          let sum = 0;
+          for (let t = 0; t < g.threads; t++) sum += got[(ty * gx + tx) * g.threads + t]!;
+          if (sum !== want) throw new Error(`tile (${ty}, ${tx}): checksum ${sum}, want ${want}`);
+        }
+      }, 30_000);
     }
-  });
-}
-
-checksumCases("two-deep prefetch: every slice's products read that slice, fully stored", [
-  ["2x2_2x2sg8ul", 144, 80, 80], // 3 slices (the last loads nothing)
-  ["2x2_2x2sg8ul", 80, 144, 16], // less than one slice: the second set is never loaded
-  ["2x2_2x2sg8ul", 80, 144, 64], // exactly two slices
-  ["1x2_2x2sk64g8ul", 80, 144, 208], // 64-deep slices, a K tail
-  ["4x2_4x4sg8ul", 272, 144, 80], // 16 subgroups (session 12)
-], (copy, g) => prefetch2Loop(copy, g.BK), 1);
-
-checksumCases("copy subgroups: the product subgroups read each slice once, from the buffer it was stored in", [
-  ["2x2_2x2sdg8up2", 144, 80, 80], // 3 slices: both buffers, the first one twice
-  ["2x2_2x2sdg8up4", 80, 144, 16], // less than one slice: the loop stores nothing
-  ["2x2_2x2sdg8up1", 80, 144, 64], // exactly two slices; one copy subgroup, several passes a slice
-  ["1x2_2x2sk64dg8up2", 80, 144, 208], // 64-deep slices, a K tail
-  ["2x2_2x2sk16dg8up2", 80, 144, 56], // 16-deep slices (the 16-warp p tiles' depth), a K tail
-  ["4x2_2x2sdg8up4", 144, 144, 112], // 4x2 matrices a subgroup and four copy subgroups (the 8-warp tiles need more than lavapipe's 32 KB)
-  ["2x2_2x2sdg8up2t", 144, 80, 80], // W staged transposed (x·Wᵀ; dy·W unchanged)
-], producerLoop, 2);
-
-// The copy-subgroup loop's stage diags (measurements only) each leave out their part of the loop.
-describe("copy subgroups: stage diags", () => {
-  const src = (name: string) => stagedSource(true, parseTcConfig(name)).code;
-  const plain = src("4x2_2x4sdg8up4");
-  test("no-products multiplies the first slice only", () => {
-    expect(plain).not.toContain("if (k0 == 0u)");
-    expect(src("4x2_2x4sdg8up4-no-products")).toContain("} else if (k0 == 0u) {");
-  });
-  test("no-loads and no-stores drop the loop's loads and stores, not the prologue's", () => {
-    const count = (code: string, what: string) => code.split(what).length - 1;
-    expect(count(src("4x2_2x4sdg8up4-no-loads"), "&& false")).toBe(1);
-    expect(count(src("4x2_2x4sdg8up4-no-stores"), "As[")).toBe(count(plain, "As[") / 2);
-  });
-  test("no-barriers keeps only the prologue's barrier", () => {
-    const count = (code: string) => code.split("workgroupBarrier();").length - 1;
-    expect(count(plain)).toBe(2);
-    expect(count(src("4x2_2x4sdg8up4-no-barriers"))).toBe(1);
-  });
+  }
 });
