@@ -212,23 +212,24 @@ for step in $STEPS; do
       # Session 13 (H100): copy subgroups (warp specialisation, 0.56-0.63× of the picks: their per-half
       # stores starve the products; removed), the 16-warp tiles (0.88-1.04×) and 2×2-matrix subgroups
       # (0.76-0.80×) lost; group 16 and the two-deep prefetch tied g8 on the stable shapes. Measured
-      # again: those closest to the picks.
+      # again: those closest to the picks. First: B's matrices straight from global memory (`b`: only A
+      # staged, half the per-half stores; W's 16×16 blocks read through L1/L2 by each subgroup column).
       # Session 11 (H100): the sweep's picks are 4x2_2x4sk64g8u for dy·W (205-229 TFLOP/s) and
       # 4x4_2x2sg8u for x·Wᵀ (175-191); conflict-free stores (0.905×), the interleaved pipeline and
       # W staged transposed (0.746×) lost and are gone. Leaving the barriers out of 2x4_4x2sk64g8u's
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u,4x4_2x2sg8} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 50 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores,4x2_4x4sg8u-no-loads,4x2_4x4sg8u-no-barriers \
+        --configs 4x2_2x4sk64g8ub-no-loads,4x2_2x4sk64g8ub-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores,4x2_4x4sg8u-no-loads,4x2_4x4sg8u-no-barriers \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
+      NEW_TILES=4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep
