@@ -3,11 +3,11 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests variants train-1b decode-8b attn-stages profile-1b decode-1b mma-peak train-3b train-8b profile-8b
-# profile-qwen wginit train-small full profile-full serve multi-lora tests-slow: what sessions 11-13 left unmeasured
-# (sessions 12 and 13 got no GPU), in the order #12 needs it: the GEMM variants right after the tests, so that a sweep they
-# trigger gives the train rows its table. The list is longer than one call: the `[Ns] step` lines of a call's output say
-# where it stopped, and the next call passes the rest as STEPS)
+# STEPS (default: train-8b train-3b decode-1b profile-8b tests variants train-1b profile-1b attn-stages decode-8b
+# train-small full profile-full serve multi-lora wginit mma-peak tests-slow: session 13's call measured tests, variants,
+# train-1b, decode-8b, attn-stages, profile-1b/-qwen; the 3B, 8B and never-measured Qwen2.5-7B rows and the 1B decode A/B
+# come first now, then the tests and the GEMM variants (the `b` tiles). The list is longer than one call: the `[Ns] step`
+# lines of a call's output say where it stopped, and the next call passes the rest as STEPS)
 # is any of
 #   tests        the GPU tests of what the call measures, quick files first (tests.txt; TEST_FILES replaces the
 #                list, EXTRA_TESTS adds to it)
@@ -50,7 +50,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests variants train-1b decode-8b attn-stages profile-1b decode-1b mma-peak train-3b train-8b profile-8b profile-qwen wginit train-small full profile-full serve multi-lora tests-slow}
+STEPS=${*:-train-8b train-3b decode-1b profile-8b tests variants train-1b profile-1b attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
