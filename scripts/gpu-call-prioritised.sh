@@ -219,6 +219,13 @@ for step in $STEPS; do
       # W staged transposed (0.746×) lost and are gone. Leaving the barriers out of 2x4_4x2sk64g8u's
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
+      # The b tiles' GPU tests first (matmul-subgroup.test.ts, their cases only): a sweep must not adopt a tile that fails them.
+      B_OK=1
+      if [ "$(left)" -gt 100 ]; then
+        timeout 60 bun test kernels/test/matmul-subgroup.test.ts -t "g8ub |g8ulb " > /tmp/tests-b.txt 2>&1
+        { echo "== b tiles (matmul-subgroup.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-b.txt | head -12; } >> $OUT/peft-stderr.txt
+        grep -qE '^ *[1-9][0-9]* fail|^ *0 pass' /tmp/tests-b.txt && { B_OK=0; el "b tiles failed their tests: not swept"; }
+      fi
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
@@ -229,7 +236,7 @@ for step in $STEPS; do
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
+      NEW_TILES=$([ "$B_OK" = 1 ] && echo 4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,)4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep
