@@ -133,7 +133,8 @@ for step in $STEPS; do
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
       # Session 12: RMSNorm and SwiGLU fused into the GEMVs that read them (decoder-layer.ts gemvPrologueFusion), A/B.
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_FUSE=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
+      # (8B measured in session 13: 87.3 tok/s fused against 98.0; only with DECODE_AB=1 now)
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_FUSE=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
       rm -rf "$d8" ;;
     wginit)
