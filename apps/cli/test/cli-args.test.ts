@@ -108,6 +108,10 @@ describe("train options: one schema for flags and config, before anything loads"
     expect([plain.forgettingMonitor, plain.generalEval, plain.maxForgetting]).toEqual([true, undefined, undefined]);
     expect(resolveTrainOptions([...base, "--max-forgetting", "12.5"]).maxForgetting).toBe(12.5);
     expect(resolveTrainOptions([...base, "--no-forgetting-monitor"]).forgettingMonitor).toBe(false);
+    // Selective checkpointing: a layer count or all; absent by default.
+    expect(plain.keepMlpLayers).toBeUndefined();
+    expect(resolveTrainOptions([...base, "--keep-mlp-layers", "12"]).keepMlpLayers).toBe(12);
+    expect(resolveTrainOptions([...base, "--keep_mlp_layers", "all"]).keepMlpLayers).toBe("all");
   });
 
   test("bad values are refused with the flag's name", () => {
@@ -128,6 +132,9 @@ describe("train options: one schema for flags and config, before anything loads"
       [["--max-forgetting", "0"], "--max-forgetting: must be > 0, got 0"],
       [["--max-forgetting", "10", "--no-forgetting-monitor"], "--max-forgetting needs the forgetting monitor"],
       [["--general-eval", "no/such/general.txt"], "--general-eval no/such/general.txt: not found"],
+      [["--keep-mlp-layers", "some"], '--keep-mlp-layers: expected a number of layers (0 or more) or "all"'],
+      [["--keep-mlp-layers", "-2"], '--keep-mlp-layers: expected a number of layers (0 or more) or "all"'],
+      [["--keep-mlp-layers", "4", "--no-gradient-checkpointing"], "--keep-mlp-layers keeps what gradient checkpointing recomputes"],
     ];
     for (const [flags, message] of cases) expect(() => resolveTrainOptions([...base, ...flags])).toThrow(message);
     expect(() => resolveTrainOptions(["--data", "d"])).toThrow("--model, --out required");

@@ -49,6 +49,7 @@ const SPEC = {
     plan: { type: "boolean", help: "--train --full: only the memory statement and flat-buffer plan on this device (loads no model)" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
+    "keep-mlp-layers": { type: "string", arg: "N|all", help: "--train: selective checkpointing, N layers keep their MLP's gate and up (as train's)" },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
     profile: { type: "boolean", help: "--train/--decode: GPU ms per kernel from timestamp queries" },
     "target-fraction": { type: "number", arg: "F", help: "--train: labels only on the last F of each row", default: 1 },
@@ -58,6 +59,13 @@ const SPEC = {
     repeat: { type: "number", help: "--load: repetitions", default: 1 },
   },
 } as const satisfies CommandSpec;
+
+/** `--keep-mlp-layers N|all` (absent: none). */
+function keepMlpLayersFlag(v: string | undefined): number | "all" | undefined {
+  if (v === undefined || v === "all") return v;
+  if (!/^\d+$/.test(v.trim())) throw new UsageError(`--keep-mlp-layers: expected a number of layers (0 or more) or "all", got ${JSON.stringify(v)}`);
+  return Number(v);
+}
 
 export async function run(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, SPEC);
@@ -106,7 +114,7 @@ export async function run(argv: string[]): Promise<number> {
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
       steps: flags.steps ?? 8, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
-      targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false,
+      targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false, keepMlpLayers: keepMlpLayersFlag(flags["keep-mlp-layers"]),
     });
     console.log(JSON.stringify(line));
     return 0;

@@ -15,7 +15,7 @@ import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   attentionOnTensorCores, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
-  type GemvPrologue, gemv, gemvGrouping, gemvPrologueSupported,
+  type GemvPrologue, convertTensor, gemv, gemvGrouping, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -236,6 +236,35 @@ export interface Kept16 {
 export const ropeF16Copies = { enabled: process.env.TUNELOOM_ROPE_F16 !== "0" };
 
 /**
+ * Selective checkpointing: a layer's gate and up projections (T, I), with their LoRA terms, copied
+ * by the forward in the frozen weights' dtype (f16/bf16: 4·T·I bytes; f32: exact) so the layer's
+ * recompute restores them instead of running the two largest products of its MLP again (with
+ * LoRA it recomputes only their h, a rank-r product). The recompute still runs the attention half
+ * and the norm before the MLP (xMid, xn2 and rstd2 are not kept). See keptMlpBytes.
+ */
+export interface KeptMlp {
+  gate: Tensor;
+  up: Tensor;
+}
+
+/** Bytes a layer's KeptMlp holds for T tokens with weights of `dtype`. */
+export function keptMlpBytes(cfg: ModelConfig, T: number, dtype: Tensor["dtype"]): number {
+  return 2 * T * cfg.intermediateSize * (dtype === "f32" ? 4 : 2);
+}
+
+/** A KeptMlp for T tokens, scratch of the recording (recycle both after the layer's backward). */
+export function allocKeptMlp(rec: Recorder, cfg: ModelConfig, T: number, w: GpuLayerWeights): KeptMlp {
+  const shape = [T, cfg.intermediateSize];
+  return { gate: rec.scratch(w.gate.dtype, shape, "kept_mlp.gate"), up: rec.scratch(w.up.dtype, shape, "kept_mlp.up") };
+}
+
+/** dst = src, converted where their dtypes differ (f32 ↔ f16/bf16). */
+function copyConverting(rec: Recorder, src: Tensor, dst: Tensor) {
+  if (src.dtype === dst.dtype) rec.copy(src, dst);
+  else convertTensor(rec, src, dst);
+}
+
+/**
  * A group's projections (same input x): the frozen products and the LoRA, either per module
  * (LayerLora: one adapter for every row) or gathered (each row its own slot, lora.ts).
  */
@@ -260,14 +289,19 @@ function groupForward(
  * frozen product and the residual add are skipped and only its LoRA h (a.loraH.down) is made:
  * a quarter of a Llama layer's forward GEMM work. It returns the f16 copies it made (Kept16) for
  * the backward's tensor-core products: pass them to decoderLayerBackward, which recycles them.
+ *
+ * `keptMlp` (selective checkpointing, training only): the forward copies gate and up into it, and
+ * the recompute restores them from it instead of running their products (KeptMlp).
  */
 export function decoderLayerForward(
   rec: Recorder, ctx: LayerContext, w: GpuLayerWeights, batch: TokenBatch,
   x: Tensor, xOut: Tensor | null, a: LayerActivations, lora: LayerLora | GatheredLayerLora = {}, kv?: KvContext,
+  keptMlp?: KeptMlp,
 ): Kept16 | undefined {
   const kept: Kept16 = {};
   const keep = xOut === null; // a recompute keeps its f16 copies for the backward
   if (xOut === null && ("gathered" in lora || kv)) throw new Error("decoderLayerForward: a recompute (xOut null) takes per-module LoRA and no KV cache");
+  if (keptMlp && (kv || "gathered" in lora || xOut === x)) throw new Error("decoderLayerForward: keptMlp is for training (no KV cache, per-module LoRA, a kept layer input)");
   const { numHeads: nH, numKvHeads: nKV, headDim: hd, rmsNormEps: eps } = ctx.cfg;
   const m = "gathered" in lora ? {} : lora; // per-module LoRA (the gathered kind goes by group)
   // q, k and v read the same normed input, rounded to f16 once (decode: the norm fused into their GEMVs)
@@ -323,7 +357,18 @@ export function decoderLayerForward(
   ];
   if (!(kv && fusedProjections(rec, xMid, { norm: { weight: w.postNorm, eps } }, gateUp, lora))) {
     const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
-    groupForward(rec, a.xn2, "gateUp", gateUp, lora, a.loraH.gateUp, xn2h);
+    if (keptMlp && xOut === null) {
+      // selective checkpointing: gate and up as the forward made them; only the LoRA h is recomputed
+      copyConverting(rec, keptMlp.gate, a.gate);
+      copyConverting(rec, keptMlp.up, a.up);
+      linearsLoraMids(rec, a.xn2, gateUp, a.loraH.gateUp, xn2h);
+    } else {
+      groupForward(rec, a.xn2, "gateUp", gateUp, lora, a.loraH.gateUp, xn2h);
+      if (keptMlp) {
+        copyConverting(rec, a.gate, keptMlp.gate);
+        copyConverting(rec, a.up, keptMlp.up);
+      }
+    }
     if (keep) kept.xn2 = xn2h;
     else if (xn2h) rec.recycle(xn2h);
   }

@@ -33,7 +33,8 @@ import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
 import type { Collectives } from "../distributed/world.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
-import { allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
+import { type KeepMlpLayers, KeptMlpSets, keptMlpLayerSet } from "./kept-mlp.ts";
+import { MicroBatchTensors, allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
 export interface FullTrainerOptions {
@@ -50,6 +51,8 @@ export interface FullTrainerOptions {
   maxChunkBytes?: number;
   /** Data-parallel ranks: gradients are summed across them before clipping and AdamW (as LoraTrainer). */
   collectives?: Collectives;
+  /** Selective checkpointing: layers that keep their MLP's gate and up for the recompute (kept-mlp.ts; default 0). */
+  keepMlpLayers?: KeepMlpLayers;
 }
 
 export class FullTrainer {
@@ -60,9 +63,12 @@ export class FullTrainer {
   readonly names: string[];
   private readonly rt: GpuRuntime;
   private readonly tied: boolean;
+  /** The layers that keep their MLP under selective checkpointing (kept-mlp.ts). */
+  readonly keptMlpLayers: ReadonlySet<number>;
 
   constructor(readonly model: GpuModel, readonly opts: FullTrainerOptions) {
     this.rt = model.rt;
+    this.keptMlpLayers = keptMlpLayerSet(model.cfg.numLayers, opts.keepMlpLayers, opts.gradientCheckpointing);
     const w = model.weights;
     this.tied = w.lmHead === w.embed;
     const tensors = new Map<string, Tensor>();
@@ -210,43 +216,47 @@ export class FullTrainer {
     for (const g of this.state.all("grads")) rec.clear(g);
     const embedGrad = this.state.view("grads", "model.embed_tokens.weight");
     const headGrad = this.tied ? embedGrad : this.state.view("grads", "lm_head.weight");
+    const mb = new MicroBatchTensors();
     for (const batch of microBatches) {
       if (batch.numTargets === 0) continue; // no loss, no gradient
       const T = batch.inputIds.length;
       const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
       const labels = rt.upload("i32", [T], batch.labels, "labels");
       const ones = rt.upload("f32", [T], new Float32Array(T).fill(1), "ones");
-      toRelease.push(tb.ids, tb.positions, tb.seqIds, labels, ones);
+      mb.tensors.push(tb.ids, tb.positions, tb.seqIds, labels, ones);
       const xs = new SavedLayerInputs(rt, L, T, C, savedInputDtype(model, this.opts.gradientCheckpointing));
-      toRelease.push(...xs.tensors);
+      mb.tensors.push(...xs.tensors);
       const actSets: LayerActivations[] = this.opts.gradientCheckpointing
         ? [allocLayerActivations(rt, cfg, T, 0, [])]
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, 0, []));
-      released.push(actSets);
+      mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor });
-      toRelease.push(...fwd.scratch);
+      const keptMlp = new KeptMlpSets(rec, model, this.keptMlpLayers, T);
+      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor, keptMlp: keptMlp.forward });
+      mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
-      toRelease.push(dh, dxA, dxB);
+      mb.tensors.push(dh, dxA, dxB);
       // The loss in summed units (scale 1), as LoraTrainer; scaled to the mean after all micro-batches.
       crossEntropy(rec, { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, dw: headGrad, accumulateDw: true, scale: 1, nonFinite: this.clip.nonFinite });
       // h = rmsnorm(x_L)·w_final: dx_L, dw_final
       rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
       rmsnormWeightBackward(rec, fwd.x, fwd.rstd, dh, this.state.view("grads", "model.norm.weight"), 1);
       const g = allocLayerGradScratch(rt, cfg, T, 0);
-      released.push(g);
+      mb.sets.push(g);
       let dOut = dxA, dIn = dxB;
       for (let l = L - 1; l >= 0; l--) {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l)) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), {}, undefined, keptMlp.get(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones), kept);
+        keptMlp.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
       // x_0 = embed[ids]: dE[id] += dx_0
-      toRelease.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
+      mb.tensors.push(...embeddingBackward(rec, batch.inputIds, dOut, embedGrad));
+      mb.release(rt, rec);
     }
     if (world) {
       rec.flush();

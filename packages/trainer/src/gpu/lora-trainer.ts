@@ -41,9 +41,10 @@ import {
 } from "@tuneloom/model";
 import type { Batch } from "../batching.ts";
 import type { Collectives } from "../distributed/world.ts";
-import { allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
+import { MicroBatchTensors, allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
+import { type KeepMlpLayers, KeptMlpSets, keptMlpLayerSet } from "./kept-mlp.ts";
 
 export type { StepResult } from "./optimizer-step.ts";
 
@@ -69,6 +70,8 @@ export interface LoraTrainerOptions {
   headOnTargetRowsOnly?: boolean;
   /** Data-parallel ranks whose gradients this trainer's steps sum (absent or size 1: alone). */
   collectives?: Collectives;
+  /** Selective checkpointing: layers that keep their MLP's gate and up for the recompute (kept-mlp.ts; default 0). */
+  keepMlpLayers?: KeepMlpLayers;
 }
 
 const nameA = (s: LoraLayerSpec) => `${s.base}.lora_A`;
@@ -87,11 +90,14 @@ export class LoraTrainer {
   private readonly rt: GpuRuntime;
   /** f16 copies of the flat params, and of s × params (s·B): the modules' `f16` views (lora.ts LoraModule.f16). */
   private readonly copies16?: { params16: Tensor; scaled16: Tensor; scaling: number };
+  /** The layers that keep their MLP under selective checkpointing (kept-mlp.ts). */
+  readonly keptMlpLayers: ReadonlySet<number>;
 
   constructor(readonly model: GpuModel, readonly config: LoraConfig, readonly opts: LoraTrainerOptions) {
     this.rt = model.rt;
     if (!(config.dropout >= 0 && config.dropout < 1)) throw new Error(`LoRA dropout must be in [0, 1), got ${config.dropout}`);
     this.specs = loraLayerSpecs(model.cfg, config);
+    this.keptMlpLayers = keptMlpLayerSet(model.cfg.numLayers, opts.keepMlpLayers, opts.gradientCheckpointing);
     const r = config.rank;
     // Per layer, every A in module order, then every B: the A's of projections that read one
     // input (q/k/v, gate/up) lie back to back, so each group's LoRA runs as one product (lora.ts).
@@ -245,41 +251,43 @@ export class LoraTrainer {
     toRelease.push(loss);
     rec.clear(this.grads);
     this.recordF16Copies(rec);
+    const mb = new MicroBatchTensors();
     microBatches.forEach((batch, local) => {
       if (batch.numTargets === 0) return; // no loss, no gradient
-      const mb = world ? local * world.size + world.rank : local;
+      const mbIndex = world ? local * world.size + world.rank : local;
       const T = batch.inputIds.length;
       const tb = model.uploadTokens(batch.inputIds, batch.positions, batch.seqIds);
       const labels = rt.upload("i32", [T], batch.labels, "labels");
-      toRelease.push(tb.ids, tb.positions, tb.seqIds, labels);
+      mb.tensors.push(tb.ids, tb.positions, tb.seqIds, labels);
       const targetsList = Object.keys(this.lora[0] ?? {}) as LoraTarget[];
       let dropScratch: Tensor | undefined;
       if (this.config.dropout > 0) {
         dropScratch = rt.empty("f32", [T, this.maxLoraInFeatures], "lora_dropout_scratch");
-        toRelease.push(dropScratch);
+        mb.tensors.push(dropScratch);
       }
-      const lora = this.trainingLora(step, mb, dropScratch);
+      const lora = this.trainingLora(step, mbIndex, dropScratch);
       // Layer inputs are kept either way (bf16 under checkpointing with 16-bit weights); activations
       // per layer only without checkpointing.
       const xs = new SavedLayerInputs(rt, L, T, C, savedInputDtype(model, this.opts.gradientCheckpointing));
-      toRelease.push(...xs.tensors);
+      mb.tensors.push(...xs.tensors);
       const actSets: LayerActivations[] = this.opts.gradientCheckpointing
         ? [allocLayerActivations(rt, cfg, T, this.config.rank, targetsList)]
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
-      released.push(actSets);
+      mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor });
-      toRelease.push(...fwd.scratch);
+      const keptMlp = new KeptMlpSets(rec, model, this.keptMlpLayers, T);
+      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor, keptMlp: keptMlp.forward });
+      mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
-      toRelease.push(dh, dxA, dxB);
+      mb.tensors.push(dh, dxA, dxB);
       const head = { h: fwd.h, w: model.weights.lmHead, labels, loss, accumulateLoss: true, dh, scale: gradUnit, nonFinite: this.clip.nonFinite };
       if (this.opts.headOnTargetRowsOnly === false) crossEntropy(rec, head);
-      else toRelease.push(...crossEntropyOnLabelledRows(rec, head, batch.labels));
+      else mb.tensors.push(...crossEntropyOnLabelledRows(rec, head, batch.labels));
       // h = rmsnorm(x_L): dx_L
       rmsnormBackward(rec, fwd.x, model.weights.finalNorm, fwd.rstd, dh, dxA, 0);
       const g = allocLayerGradScratch(rt, cfg, T, this.config.rank);
-      released.push(g);
+      mb.sets.push(g);
       let dOut = dxA, dIn = dxB;
       for (let l = L - 1; l >= 0; l--) {
         const ctx = model.layerContext(l);
@@ -287,10 +295,12 @@ export class LoraTrainer {
         // Recompute this layer's activations from its saved input, except the last layer's: the
         // forward has just left them in the shared set.
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l]) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l], undefined, keptMlp.get(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l], undefined, kept);
+        keptMlp.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
+      mb.release(rt, rec);
     });
     if (world) {
       rec.flush();

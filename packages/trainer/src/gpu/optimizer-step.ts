@@ -56,6 +56,27 @@ export interface StepEnd {
   released: object[];
 }
 
+/**
+ * A micro-batch's own tensors (activations, saved inputs, scratch, its uploads), given back to the
+ * pool once everything that reads them is recorded: the next micro-batch of the step reuses them, so
+ * gradient accumulation holds one micro-batch's activations at a time instead of one set per
+ * micro-batch. What is recorded is submitted first, so an upload into a reused buffer (queue order)
+ * lands after every dispatch that read the buffer before.
+ */
+export class MicroBatchTensors {
+  readonly tensors: Tensor[] = [];
+  readonly sets: object[] = [];
+
+  /** Gives them back (after submitting what `rec` has recorded) and empties the lists. */
+  release(rt: GpuRuntime, rec: Recorder) {
+    rec.flush();
+    rt.release(...this.tensors);
+    for (const s of this.sets) releaseTensors(rt, s);
+    this.tensors.length = 0;
+    this.sets.length = 0;
+  }
+}
+
 export async function finishStep(rt: GpuRuntime, rec: Recorder, b: OptimizerBuffers, e: StepEnd): Promise<StepResult> {
   for (const c of b.chunks) scaleInPlace(rec, 1 / (e.gradUnit * e.targets), c.grads);
   // One norm over every chunk's gradients; each chunk's AdamW reads its coefficient and flag.
