@@ -50,6 +50,7 @@ export const TRAIN_SPEC = {
     "max-grad-norm": { type: "number", arg: "X", help: "clip the gradient's global L2 norm to this, > 0", default: d.maxGradNorm },
     seed: { type: "number", help: "seed of shuffling, dropout, init and eval split", default: d.seed },
     "gradient-checkpointing": { type: "boolean", help: "recompute activations in backward (--no-gradient-checkpointing: faster, more memory)", default: d.gradientCheckpointing },
+    "keep-attention-layers": { type: "string", arg: "N|all", help: "selective checkpointing: N layers keep their attention output (2·tokens·heads·head-dim bytes each) instead of recomputing it (default 0; docs/cli.md)" },
     "keep-mlp-layers": { type: "string", arg: "N|all", help: "selective checkpointing: N layers keep their MLP's gate/up (4·tokens·intermediate bytes each) instead of recomputing them (default 0; docs/cli.md)" },
     "train-on-all-tokens": { type: "boolean", help: "loss on prompts too, not only assistant tokens", default: d.trainOnAllTokens, aliases: ["train-on-inputs"] },
     "save-steps": { type: "number", help: "save a resumable checkpoint every N steps, ≥ 1 (default: none)" },
@@ -71,6 +72,13 @@ export const TRAIN_SPEC = {
 const RECORDED_ONLY = new Set(["total-steps", "schedule", "trainable-params", "tool", "chat-template-sha256", "run-id", "run-history"]);
 
 const int = () => z.number().int();
+/** A count of layers (a flag's "12" too) or "all": selective checkpointing. */
+const keepLayers = () => z.preprocess(
+  (v) => (typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v),
+  z.custom<number | "all">((v) => v === "all" || (Number.isInteger(v) && (v as number) >= 0), {
+    error: (issue) => `expected a number of layers (0 or more) or "all", got ${JSON.stringify(issue.input)}`,
+  }),
+).optional();
 const trainSchema = z.strictObject({
   model: z.string().min(1),
   data: z.string().min(1),
@@ -98,12 +106,8 @@ const trainSchema = z.strictObject({
   maxGradNorm: z.number().positive(),
   seed: int().min(0).max(0xffffffff),
   gradientCheckpointing: z.boolean(),
-  keepMlpLayers: z.preprocess(
-    (v) => (typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v),
-    z.custom<number | "all">((v) => v === "all" || (Number.isInteger(v) && (v as number) >= 0), {
-      error: (issue) => `expected a number of layers (0 or more) or "all", got ${JSON.stringify(issue.input)}`,
-    }),
-  ).optional(),
+  keepAttentionLayers: keepLayers(),
+  keepMlpLayers: keepLayers(),
   trainOnAllTokens: z.boolean(),
   saveSteps: int().min(1).optional(),
   keepCheckpoints: int().min(1).optional(),
@@ -198,7 +202,9 @@ export function resolveTrainOptions(argv: string[]): TrainOptions {
   if (o.evalData !== undefined && o.evalFraction) throw new UsageError(`give ${name("evalData")} or ${name("evalFraction")}, not both`);
   if (o.scheduler === "cosine_with_min_lr" && o.minLrRate === undefined) throw new UsageError(`${name("scheduler")} cosine_with_min_lr needs --min-lr-rate (the floor as a fraction of --lr, e.g. 0.1)`);
   if (o.minLrRate !== undefined && o.scheduler !== "cosine_with_min_lr" && o.scheduler !== "cosine") throw new UsageError(`${name("minLrRate")} applies to cosine and cosine_with_min_lr, not ${o.scheduler}`);
-  if (o.keepMlpLayers && !o.gradientCheckpointing) throw new UsageError(`${name("keepMlpLayers")} keeps what gradient checkpointing recomputes: it needs gradient checkpointing on (drop --no-gradient-checkpointing or it)`);
+  for (const k of ["keepAttentionLayers", "keepMlpLayers"] as const) {
+    if (o[k] && !o.gradientCheckpointing) throw new UsageError(`${name(k)} keeps what gradient checkpointing recomputes: it needs gradient checkpointing on (drop --no-gradient-checkpointing or it)`);
+  }
   if (o.maxForgetting !== undefined && !o.forgettingMonitor) throw new UsageError(`${name("maxForgetting")} needs the forgetting monitor (drop --no-forgetting-monitor)`);
   if (o.full) {
     const lora = ["rank", "alpha", "dropout", "targetModules", "rslora"].filter((k) => k in originByKey);

@@ -17,14 +17,16 @@ test("LoRA rows pair ours with HF PEFT of the same call and ignore full fine-tun
   expect(t).not.toContain("9,000");
 });
 
-test("selective checkpointing lines (keep_mlp_layers) make their own row against the same call's HF line", () => {
+test("selective checkpointing lines (keep_attention_layers, keep_mlp_layers) make their own row against the same call's HF line", () => {
   const t = trainTable([
     ...lines,
     { call: "c1", gpu, op: "train", model: "smollm2-135m", target_fraction: 1, keep_mlp_layers: 20, tok_s: 25000, peak_gib: 1.5 },
     { call: "c1", gpu, op: "train", model: "smollm2-135m", target_fraction: 0.3, keep_mlp_layers: 20, tok_s: 26000, peak_gib: 1.5 },
+    { call: "c1", gpu, op: "train", model: "smollm2-135m", target_fraction: 1, keep_attention_layers: 29, keep_mlp_layers: 10, tok_s: 24000, peak_gib: 1.2 },
   ]);
   expect(t).toContain("| smollm2-135m | NVIDIA H100 80GB HBM3 | 20,000 | 1.00 | 10,000 | 2.00 | **2.00×** | 0.50× | — | c1 |");
   expect(t).toContain("| smollm2-135m, MLP kept in 20 layers | NVIDIA H100 80GB HBM3 | 25,000 | 1.50 | 10,000 | 2.00 | **2.50×** | 0.75× | 26,000 | c1 |");
+  expect(t).toContain("| smollm2-135m, attention kept in 29 layers, MLP kept in 10 layers | NVIDIA H100 80GB HBM3 | 24,000 | 1.20 | 10,000 | 2.00 | **2.40×** | 0.60× | — | c1 |");
 });
 
 test("full fine-tuning rows pair ours --full with peft_bench --full 1 of the same call", () => {

@@ -95,7 +95,7 @@ export function fullParameterCount(cfg: ModelConfig, hasQkvBias: boolean): numbe
 
 export function fullFinetuneMemory(
   cfg: ModelConfig,
-  o: { params: number; weightBytes: 2 | 4; tokensPerMicroBatch: number; gradientCheckpointing: boolean; keptMlpLayers?: number },
+  o: { params: number; weightBytes: 2 | 4; tokensPerMicroBatch: number; gradientCheckpointing: boolean; selectiveBytes?: number },
 ): FullMemoryEstimate {
   const { hiddenSize: C, intermediateSize: I, numHeads: nH, numKvHeads: nKV, headDim: hd, vocabSize: V, numLayers: L } = cfg;
   const T = o.tokensPerMicroBatch, P = o.params;
@@ -103,8 +103,8 @@ export function fullFinetuneMemory(
   const scratch = 2 * C + 2 * nH * hd + 2 * nKV * hd + I + nH; // allocLayerGradScratch, per token (dGate, dUp live in gate, up)
   // Layer inputs (saved-layer-inputs.ts): bf16 under checkpointing with 16-bit weights (two f32 work buffers), else f32.
   const inputs = o.gradientCheckpointing && o.weightBytes === 2 ? T * C * (2 * Math.max(0, L - 1) + 4 * 2) : 4 * T * C * (L + 1);
-  const keptMlp = (o.keptMlpLayers ?? 0) * 2 * T * I * o.weightBytes; // selective checkpointing (gpu/kept-mlp.ts)
-  const activations = inputs + keptMlp + 4 * T * ((o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, defaultLogitsChunk(T)) + 3 * C); // + dh, dx_a, dx_b
+  // + what selective checkpointing keeps (gpu/selective-checkpoint.ts selectiveStepBytes)
+  const activations = inputs + (o.selectiveBytes ?? 0) + 4 * T * ((o.gradientCheckpointing ? 1 : L) * layerSet + scratch + Math.min(V, defaultLogitsChunk(T)) + 3 * C); // + dh, dx_a, dx_b
   const masters = 4 * P, copies16 = o.weightBytes === 2 ? 2 * P : 0, grads = 4 * P, optimizer = 8 * P;
   return { params: P, masters, copies16, grads, optimizer, activations, total: masters + copies16 + grads + optimizer + activations };
 }

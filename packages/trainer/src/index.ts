@@ -20,7 +20,7 @@ export * from "./demo-data.ts";
 export * from "./train-loop.ts";
 export * from "./gpu/lora-trainer.ts";
 export * from "./gpu/full-trainer.ts";
-export * from "./gpu/kept-mlp.ts";
+export * from "./gpu/selective-checkpoint.ts";
 export * from "./full-memory.ts";
 export * from "./distributed/world.ts";
 export * from "./distributed/launch.ts";

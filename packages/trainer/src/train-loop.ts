@@ -37,7 +37,7 @@ import { forgettingPct, formatGeneralEvalLine, formatPct, formatPpl, generalEval
 import { formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "./full-memory.ts";
 import { FullTrainer } from "./gpu/full-trainer.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
-import { type KeepMlpLayers, keptMlpLayerSet, keptMlpStepBytes } from "./gpu/kept-mlp.ts";
+import { type SelectiveOptions, formatSelective, selectiveLayers, selectiveStepBytes } from "./gpu/selective-checkpoint.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter, formatEvalLine } from "./progress.ts";
@@ -74,8 +74,9 @@ export interface TrainOptions {
   maxGradNorm: number;
   seed: number;
   gradientCheckpointing: boolean;
-  /** Selective checkpointing: layers that keep their MLP's gate and up for the recompute (gpu/kept-mlp.ts; default 0). */
-  keepMlpLayers?: KeepMlpLayers;
+  /** Selective checkpointing: layers that keep their attention output / MLP for the recompute (gpu/selective-checkpoint.ts; default 0). */
+  keepAttentionLayers?: SelectiveOptions["keepAttentionLayers"];
+  keepMlpLayers?: SelectiveOptions["keepMlpLayers"];
   trainOnAllTokens: boolean;
   /** Save a checkpoint every N optimizer steps (absent: none). */
   saveSteps?: number;
@@ -192,13 +193,13 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     const estimate = fullFinetuneMemory(model.cfg, {
       params: fullParameterCount(model.cfg, model.weights.layers[0]?.qBias !== undefined), weightBytes: model.weights.dtype === "f32" ? 4 : 2,
       tokensPerMicroBatch: o.batchSize * o.maxLength, gradientCheckpointing: o.gradientCheckpointing,
-      keptMlpLayers: keptMlpLayerSet(model.cfg.numLayers, o.keepMlpLayers, o.gradientCheckpointing).size,
+      selectiveBytes: selectiveStepBytes(model, selectiveLayers(model.cfg.numLayers, o, o.gradientCheckpointing), o.batchSize * o.maxLength),
     });
     log(`full fine-tuning ${formatFullMemory(estimate)}`);
     const plan = planFullBuffers(model.cfg, model.rt.caps.limits, model.rt.caps.description);
     log(`full fine-tuning ${formatFullBuffers(plan)}`);
     try {
-      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, keepMlpLayers: o.keepMlpLayers, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm, collectives: world });
+      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: o.keepAttentionLayers, keepMlpLayers: o.keepMlpLayers, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm, collectives: world });
       await model.rt.sync(); // an allocation the device could not make surfaces here
     } catch (e) {
       throw fullAllocationError(e, estimate, model.rt.caps.description);
@@ -207,17 +208,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     log(`full: every weight trained (${trainer.names.length} tensors): ${trainableParams.toLocaleString("en-US")} trainable parameters`);
   } else {
     trainer = new LoraTrainer(model, lora, {
-      gradientCheckpointing: o.gradientCheckpointing, keepMlpLayers: o.keepMlpLayers, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+      gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: o.keepAttentionLayers, keepMlpLayers: o.keepMlpLayers, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
       collectives: world,
     });
     trainableParams = loraParameterCount(trainer.specs, lora.rank);
     log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
   }
-  if (trainer.keptMlpLayers.size) {
-    const kept = [...trainer.keptMlpLayers].sort((a, b) => a - b);
-    const gib = keptMlpStepBytes(model, trainer.keptMlpLayers, o.batchSize * o.maxLength) / 2 ** 30;
-    log(`selective checkpointing: layers ${kept[0]}-${kept.at(-1)} (${kept.length} of ${model.cfg.numLayers}) keep their MLP's gate and up, up to ${gib.toFixed(2)} GiB at ${o.batchSize}×${o.maxLength} tokens`);
-  }
+  const selective = formatSelective(model, trainer.selectiveLayers, o.batchSize * o.maxLength);
+  if (selective) log(`selective checkpointing at ${o.batchSize}×${o.maxLength} tokens: ${selective}`);
   const fullTrainer = trainer instanceof FullTrainer ? trainer : null, loraTrainer = trainer instanceof LoraTrainer ? trainer : null;
   const outputKind = fullTrainer ? "model" : "adapter";
   /** The trained weights (a snapshot to restore), and restoring one. */

@@ -75,9 +75,9 @@ describe("FullTrainer: every weight's gradient against float64 finite difference
 });
 
 describe("FullTrainer: selective checkpointing", () => {
-  // f32 weights: the kept gate and up are the forward's own, which the recompute reproduces bit for
-  // bit, so every weight's gradient (gate's and up's dW read the restored dGate/dUp) is unchanged.
-  test("layers that keep their MLP give the full recompute's loss and every gradient exactly", async () => {
+  // f32 weights: the kept attention output, lse, gate and up are the forward's own, which the
+  // recompute reproduces bit for bit, so every weight's gradient is unchanged.
+  test("layers that keep their attention output and MLP give the full recompute's loss and every gradient exactly", async () => {
     const dir = path.join(tempDir("full-keep-"), "qwen2");
     const { config: cfg } = writeTinyModel(dir, { arch: "qwen2", seed: 9 });
     const model = await GpuModel.load(dir, { weightDtype: "f32" });
@@ -85,13 +85,13 @@ describe("FullTrainer: selective checkpointing", () => {
     const ids = Array.from({ length: 20 }, () => rng.nextInt(cfg.vocabSize));
     const ex = { inputIds: Int32Array.from(ids), labels: Int32Array.from(ids), numTargets: ids.length - 1, truncated: false, source: { file: "t", line: 1 } };
     const batch = assembleBatch([[ex]], { padId: 0 });
-    const run = async (keepMlpLayers: "all" | 0) => {
-      const trainer = new FullTrainer(model, { gradientCheckpointing: true, weightDecay: 0, maxGradNorm: 0, keepMlpLayers });
+    const run = async (keep: "all" | 0) => {
+      const trainer = new FullTrainer(model, { gradientCheckpointing: true, weightDecay: 0, maxGradNorm: 0, keepAttentionLayers: keep, keepMlpLayers: keep });
       const r = await trainer.step([batch], 0, 1, false);
-      return { loss: r.loss, grads: await trainer.getGradients(), layers: [...trainer.keptMlpLayers] };
+      return { loss: r.loss, grads: await trainer.getGradients(), layers: [...trainer.selectiveLayers.attention, ...trainer.selectiveLayers.mlp] };
     };
     const kept = await run("all"), full = await run(0);
-    expect(kept.layers).toEqual([0]);
+    expect(kept.layers).toEqual([0, 0]);
     expect(kept.loss).toBe(full.loss);
     for (const [name, g] of full.grads) expect(relError(kept.grads.get(name)!, g)).toBe(0);
     expect(full.grads.get("model.layers.0.mlp.gate_proj.weight")!.some((v) => v !== 0)).toBe(true);

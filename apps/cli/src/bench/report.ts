@@ -49,12 +49,17 @@ function newestCall(lines: Line[], ...want: ((l: Line) => boolean)[]): { call: s
 export function trainTable(lines: Line[]): string {
   const models = [...new Set(lines.filter((l) => l.op === "train" || l.peer === "hf-peft").map((l) => String(l.model)))].sort(byModel);
   const rows = ["| model | GPU | tuneloom tok/s | peak GiB | HF PEFT tok/s | HF peak GiB | speed ours/HF | memory ours/HF | answer-only labels (30%) tok/s | call |", "|---|---|---|---|---|---|---|---|---|---|"];
-  // One row per model with full recompute, and one per count of layers that kept their MLP
-  // (selective checkpointing, `--keep-mlp-layers N`), each against HF's line of the same call.
-  const kept = (l: Line) => (typeof l.keep_mlp_layers === "number" ? l.keep_mlp_layers : 0);
+  // One row per model with full recompute, and one per selective checkpointing setting (layers that
+  // kept their attention output / MLP: `--keep-attention-layers`, `--keep-mlp-layers`), each against
+  // HF's line of the same call.
+  const count = (x: unknown) => (typeof x === "number" ? x : 0);
+  const kept = (l: Line) => {
+    const a = count(l.keep_attention_layers), mlp = count(l.keep_mlp_layers);
+    return [a ? `attention kept in ${a} layers` : "", mlp ? `MLP kept in ${mlp} layers` : ""].filter(Boolean).join(", ");
+  };
   for (const m of models) {
-    const counts = [...new Set(lines.filter((l) => l.op === "train" && l.model === m).map(kept))].sort((a, b) => a - b);
-    for (const k of counts.length ? counts : [0]) {
+    const settings = [...new Set(lines.filter((l) => l.op === "train" && l.model === m).map(kept))].sort();
+    for (const k of settings.length ? settings : [""]) {
       const r = newestCall(
         lines,
         (l) => l.op === "train" && l.model === m && kept(l) === k && l.target_fraction === 1 && !l.from_dir && !l.full && !l.profile && !l.ab_off,
@@ -63,7 +68,7 @@ export function trainTable(lines: Line[]): string {
       if (!r) continue;
       const [ours, hf] = r.found as [Line, Line];
       const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && kept(l) === k && l.target_fraction === 0.3 && !l.full && !l.profile);
-      const label = k ? `${m}, MLP kept in ${k} layers` : m;
+      const label = k ? `${m}, ${k}` : m;
       rows.push(`| ${label} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${fmt(answerOnly?.tok_s)} | ${r.call} |`);
     }
   }

@@ -13,7 +13,7 @@ import { type GpuRuntime, getRuntime, hasTensorCoreMatmul, weightGradTensorCores
 import { loraTensorCores } from "@tuneloom/model/gpu/lora.ts";
 import { GpuModel, type ModelConfig, parseLoraConfig, parseModelConfig } from "@tuneloom/model";
 import {
-  type Batch, type KeepMlpLayers, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers,
+  type Batch, type SelectiveOptions, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers,
 } from "@tuneloom/trainer";
 import { BENCH_MODELS, benchModelConfig, benchModelDir } from "./model-shapes.ts";
 
@@ -34,8 +34,8 @@ export interface TrainBenchOptions {
   targetFraction?: number;
   /** Full fine-tuning (every weight trained) instead of LoRA; `rank` is then unused. */
   full?: boolean;
-  /** Selective checkpointing: layers that keep their MLP's gate and up (`--keep-mlp-layers`, trainer's kept-mlp.ts). */
-  keepMlpLayers?: KeepMlpLayers;
+  /** Selective checkpointing (`--keep-attention-layers`, `--keep-mlp-layers`; trainer's selective-checkpoint.ts). */
+  selective?: SelectiveOptions;
 }
 
 /**
@@ -104,9 +104,9 @@ export async function planTrainFull(o: Pick<TrainBenchOptions, "model" | "batch"
 }
 
 /** FullTrainer, or train's refusal with the memory statement when the device cannot allocate it. */
-async function fullTrainerOrRefusal(model: GpuModel, gradientCheckpointing: boolean, estimate: Parameters<typeof fullAllocationError>[1], keepMlpLayers?: KeepMlpLayers) {
+async function fullTrainerOrRefusal(model: GpuModel, gradientCheckpointing: boolean, estimate: Parameters<typeof fullAllocationError>[1], selective?: SelectiveOptions) {
   try {
-    const trainer = new FullTrainer(model, { gradientCheckpointing, keepMlpLayers, weightDecay: 0, maxGradNorm: 0 });
+    const trainer = new FullTrainer(model, { gradientCheckpointing, ...selective, weightDecay: 0, maxGradNorm: 0 });
     await model.rt.sync(); // an allocation the device could not make surfaces here
     return trainer;
   } catch (e) {
@@ -122,9 +122,9 @@ export async function benchTrain(o: TrainBenchOptions) {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
     const rt = model.rt;
     const trainer = plan
-      ? await fullTrainerOrRefusal(model, o.gradientCheckpointing, plan.estimate, o.keepMlpLayers)
+      ? await fullTrainerOrRefusal(model, o.gradientCheckpointing, plan.estimate, o.selective)
       : new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
-        gradientCheckpointing: o.gradientCheckpointing, keepMlpLayers: o.keepMlpLayers, seed: 0, weightDecay: 0, maxGradNorm: 0,
+        gradientCheckpointing: o.gradientCheckpointing, ...o.selective, seed: 0, weightDecay: 0, maxGradNorm: 0,
       });
     const B = o.batch, S = o.seq, T = B * S, V = model.cfg.vocabSize;
     let s = 12345;
@@ -157,7 +157,9 @@ export async function benchTrain(o: TrainBenchOptions) {
       ...(trainer instanceof FullTrainer
         ? { full: true, params: trainer.parameterCount, buffers: trainer.chunks.length, dw_tc: weightGradTensorCores.enabled && hasTensorCoreMatmul(rt) }
         : { rank: o.rank, lora_tc: loraTensorCores.enabled && hasTensorCoreMatmul(rt) }),
-      target_fraction: f, ...(trainer.keptMlpLayers.size ? { keep_mlp_layers: trainer.keptMlpLayers.size } : {}),
+      target_fraction: f,
+      ...(trainer.selectiveLayers.attention.size ? { keep_attention_layers: trainer.selectiveLayers.attention.size } : {}),
+      ...(trainer.selectiveLayers.mlp.size ? { keep_mlp_layers: trainer.selectiveLayers.mlp.size } : {}),
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };

@@ -49,6 +49,7 @@ const SPEC = {
     plan: { type: "boolean", help: "--train --full: only the memory statement and flat-buffer plan on this device (loads no model)" },
     steps: { type: "number", help: "--train: steps measured", default: 8 },
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
+    "keep-attention-layers": { type: "string", arg: "N|all", help: "--train: selective checkpointing, N layers keep their attention output (as train's)" },
     "keep-mlp-layers": { type: "string", arg: "N|all", help: "--train: selective checkpointing, N layers keep their MLP's gate and up (as train's)" },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
     profile: { type: "boolean", help: "--train/--decode: GPU ms per kernel from timestamp queries" },
@@ -60,10 +61,10 @@ const SPEC = {
   },
 } as const satisfies CommandSpec;
 
-/** `--keep-mlp-layers N|all` (absent: none). */
-function keepMlpLayersFlag(v: string | undefined): number | "all" | undefined {
+/** `--keep-attention-layers` / `--keep-mlp-layers` N|all (absent: none). */
+function keepLayersFlag(flag: string, v: string | undefined): number | "all" | undefined {
   if (v === undefined || v === "all") return v;
-  if (!/^\d+$/.test(v.trim())) throw new UsageError(`--keep-mlp-layers: expected a number of layers (0 or more) or "all", got ${JSON.stringify(v)}`);
+  if (!/^\d+$/.test(v.trim())) throw new UsageError(`--${flag}: expected a number of layers (0 or more) or "all", got ${JSON.stringify(v)}`);
   return Number(v);
 }
 
@@ -114,7 +115,8 @@ export async function run(argv: string[]): Promise<number> {
       model: flags.model ?? "smollm2-135m", batch: flags.batch ?? 8, seq: flags.seq ?? 512, rank: flags.rank ?? 16,
       steps: flags.steps ?? 8, gradientCheckpointing: flags["gradient-checkpointing"] ?? true,
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
-      targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false, keepMlpLayers: keepMlpLayersFlag(flags["keep-mlp-layers"]),
+      targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false,
+      selective: { keepAttentionLayers: keepLayersFlag("keep-attention-layers", flags["keep-attention-layers"]), keepMlpLayers: keepLayersFlag("keep-mlp-layers", flags["keep-mlp-layers"]) },
     });
     console.log(JSON.stringify(line));
     return 0;

@@ -10,7 +10,7 @@ import {
 import { openCheckpoint } from "../checkpoint.ts";
 import { loadModelConfig, type ModelConfig } from "../config.ts";
 import {
-  type KeptMlp, type KvContext, type LayerActivations, type LayerContext, type TokenBatch,
+  type KvContext, type LayerActivations, type SelectiveCheckpoint, type LayerContext, type TokenBatch,
   allocLayerActivations, decoderLayerForward, releaseTensors,
 } from "./decoder-layer.ts";
 import type { GatheredLayerLora, LayerLora } from "./lora.ts";
@@ -38,8 +38,8 @@ export interface ForwardOptions {
   /** Activations to write for layer l (a fresh set per layer to keep them, one set to reuse). */
   activations: (layer: number) => LayerActivations;
   kv?: (layer: number) => KvContext;
-  /** Selective checkpointing (training): where layer l keeps its gate and up for its recompute (KeptMlp). */
-  keptMlp?: (layer: number) => KeptMlp | undefined;
+  /** Selective checkpointing (training): what layer l keeps from its forward for its recompute. */
+  selective?: (layer: number) => SelectiveCheckpoint | undefined;
   /**
    * Inference (nothing is kept for a backward): one buffer carries the residual stream through the
    * layers, updated in place (decoderLayerForward with xOut === x: the o and down products add into
@@ -125,7 +125,7 @@ export class GpuModel {
     embeddingForward(rec, tb.ids, weights.embed, xAt(0), this.embedErrors);
     for (let l = 0; l < L; l++) {
       opts.saveInput?.(rec, l, xAt(l));
-      decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.gathered?.(l) ?? opts.lora?.[l], opts.kv?.(l), opts.keptMlp?.(l));
+      decoderLayerForward(rec, this.layerContext(l), weights.layers[l]!, tb, xAt(l), xAt(l + 1), opts.activations(l), opts.gathered?.(l) ?? opts.lora?.[l], opts.kv?.(l), opts.selective?.(l));
     }
     const h = fresh("h_final");
     const rstd = rt.empty("f32", [T], "rstd_final");

@@ -33,11 +33,12 @@ import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
 import type { Collectives } from "../distributed/world.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
-import { type KeepMlpLayers, KeptMlpSets, keptMlpLayerSet } from "./kept-mlp.ts";
+import { type SelectiveLayers, type SelectiveOptions, SelectiveSets, selectiveLayers } from "./selective-checkpoint.ts";
 import { MicroBatchTensors, allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
-export interface FullTrainerOptions {
+/** With the selective checkpointing options (selective-checkpoint.ts: layers that keep parts of their forward). */
+export interface FullTrainerOptions extends SelectiveOptions {
   gradientCheckpointing: boolean;
   weightDecay: number;
   beta1?: number;
@@ -51,8 +52,6 @@ export interface FullTrainerOptions {
   maxChunkBytes?: number;
   /** Data-parallel ranks: gradients are summed across them before clipping and AdamW (as LoraTrainer). */
   collectives?: Collectives;
-  /** Selective checkpointing: layers that keep their MLP's gate and up for the recompute (kept-mlp.ts; default 0). */
-  keepMlpLayers?: KeepMlpLayers;
 }
 
 export class FullTrainer {
@@ -63,12 +62,12 @@ export class FullTrainer {
   readonly names: string[];
   private readonly rt: GpuRuntime;
   private readonly tied: boolean;
-  /** The layers that keep their MLP under selective checkpointing (kept-mlp.ts). */
-  readonly keptMlpLayers: ReadonlySet<number>;
+  /** The layers that keep parts of their forward under selective checkpointing (selective-checkpoint.ts). */
+  readonly selectiveLayers: SelectiveLayers;
 
   constructor(readonly model: GpuModel, readonly opts: FullTrainerOptions) {
     this.rt = model.rt;
-    this.keptMlpLayers = keptMlpLayerSet(model.cfg.numLayers, opts.keepMlpLayers, opts.gradientCheckpointing);
+    this.selectiveLayers = selectiveLayers(model.cfg.numLayers, opts, opts.gradientCheckpointing);
     const w = model.weights;
     this.tied = w.lmHead === w.embed;
     const tensors = new Map<string, Tensor>();
@@ -231,8 +230,8 @@ export class FullTrainer {
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, 0, []));
       mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const keptMlp = new KeptMlpSets(rec, model, this.keptMlpLayers, T);
-      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor, keptMlp: keptMlp.forward });
+      const selective = new SelectiveSets(rec, model, this.selectiveLayers, T);
+      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor, selective: selective.forward });
       mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -249,9 +248,9 @@ export class FullTrainer {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), {}, undefined, keptMlp.get(l)) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), {}, undefined, selective.get(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones), kept);
-        keptMlp.recycle(l);
+        selective.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
       // x_0 = embed[ids]: dE[id] += dx_0

@@ -44,11 +44,12 @@ import type { Collectives } from "../distributed/world.ts";
 import { MicroBatchTensors, allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
-import { type KeepMlpLayers, KeptMlpSets, keptMlpLayerSet } from "./kept-mlp.ts";
+import { type SelectiveLayers, type SelectiveOptions, SelectiveSets, selectiveLayers } from "./selective-checkpoint.ts";
 
 export type { StepResult } from "./optimizer-step.ts";
 
-export interface LoraTrainerOptions {
+/** With the selective checkpointing options (selective-checkpoint.ts: layers that keep parts of their forward). */
+export interface LoraTrainerOptions extends SelectiveOptions {
   gradientCheckpointing: boolean;
   /**
    * Keep f16 copies of A, B and s·B, made once per step, for the tensor-core LoRA products (they
@@ -70,8 +71,6 @@ export interface LoraTrainerOptions {
   headOnTargetRowsOnly?: boolean;
   /** Data-parallel ranks whose gradients this trainer's steps sum (absent or size 1: alone). */
   collectives?: Collectives;
-  /** Selective checkpointing: layers that keep their MLP's gate and up for the recompute (kept-mlp.ts; default 0). */
-  keepMlpLayers?: KeepMlpLayers;
 }
 
 const nameA = (s: LoraLayerSpec) => `${s.base}.lora_A`;
@@ -90,14 +89,14 @@ export class LoraTrainer {
   private readonly rt: GpuRuntime;
   /** f16 copies of the flat params, and of s × params (s·B): the modules' `f16` views (lora.ts LoraModule.f16). */
   private readonly copies16?: { params16: Tensor; scaled16: Tensor; scaling: number };
-  /** The layers that keep their MLP under selective checkpointing (kept-mlp.ts). */
-  readonly keptMlpLayers: ReadonlySet<number>;
+  /** The layers that keep parts of their forward under selective checkpointing (selective-checkpoint.ts). */
+  readonly selectiveLayers: SelectiveLayers;
 
   constructor(readonly model: GpuModel, readonly config: LoraConfig, readonly opts: LoraTrainerOptions) {
     this.rt = model.rt;
     if (!(config.dropout >= 0 && config.dropout < 1)) throw new Error(`LoRA dropout must be in [0, 1), got ${config.dropout}`);
     this.specs = loraLayerSpecs(model.cfg, config);
-    this.keptMlpLayers = keptMlpLayerSet(model.cfg.numLayers, opts.keepMlpLayers, opts.gradientCheckpointing);
+    this.selectiveLayers = selectiveLayers(model.cfg.numLayers, opts, opts.gradientCheckpointing);
     const r = config.rank;
     // Per layer, every A in module order, then every B: the A's of projections that read one
     // input (q/k/v, gate/up) lie back to back, so each group's LoRA runs as one product (lora.ts).
@@ -275,8 +274,8 @@ export class LoraTrainer {
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
       mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const keptMlp = new KeptMlpSets(rec, model, this.keptMlpLayers, T);
-      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor, keptMlp: keptMlp.forward });
+      const selective = new SelectiveSets(rec, model, this.selectiveLayers, T);
+      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor, selective: selective.forward });
       mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -295,9 +294,9 @@ export class LoraTrainer {
         // Recompute this layer's activations from its saved input, except the last layer's: the
         // forward has just left them in the shared set.
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l], undefined, keptMlp.get(l)) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l], undefined, selective.get(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l], undefined, kept);
-        keptMlp.recycle(l);
+        selective.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
       mb.release(rt, rec);
