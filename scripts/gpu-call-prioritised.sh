@@ -177,6 +177,19 @@ for step in $STEPS; do
         grep -q "\"peer\":\"hf-peft\",\"model\":\"$m\"" $OUT/train.jsonl 2>/dev/null || [ "$(left)" -lt 120 ] || \
           PYTHONUNBUFFERED=1 timeout 200 python3 .tmp/peft_bench.py --models "$m" --gc 1 --decode 0 --steps 10 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
       done ;;
+    aux-staged)
+      # Session 14: the LoRA aux slice staged through workgroup memory (matmul-tc-staged.ts auxStaging,
+      # TUNELOOM_AUX_STAGED=1): its GPU tests (the aux slice cases of matmul-subgroup.test.ts, staged and
+      # not, and the 16-bit training-step comparisons with it on), then, if they pass, the 1B step profiled
+      # with it (ab_on aux_staged; compare with profile-1b of the same call).
+      [ "$(left)" -gt 90 ] || { el "skip aux-staged"; continue; }
+      el aux-staged
+      TUNELOOM_AUX_STAGED=1 timeout 80 bun test kernels/test/matmul-subgroup.test.ts -t "aux slice" > /tmp/aux-tests.txt 2>&1
+      TUNELOOM_AUX_STAGED=1 timeout 60 bun test packages/trainer/test/gpu-step.test.ts -t "16-bit" >> /tmp/aux-tests.txt 2>&1
+      { echo "== aux-staged tests"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/aux-tests.txt | head -20; } | tee -a $OUT/peft-stderr.txt
+      if ! grep -q '^(fail)' /tmp/aux-tests.txt && grep -q ' pass' /tmp/aux-tests.txt; then
+        [ "$(left)" -gt 40 ] && TUNELOOM_AUX_STAGED=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"aux_staged",/' | stamp >> $OUT/profile.jsonl
+      else el "aux-staged tests failed: no A/B"; fi ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;

@@ -69,6 +69,8 @@ export interface TcConfig {
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
   aux?: boolean;
+  /** The aux slice staged through workgroup memory (matmul-tc-staged.ts auxStaging): set by matmulTensorCore. */
+  auxStaged?: boolean;
 }
 
 
