@@ -163,17 +163,16 @@ for step in $STEPS; do
       [ "$(left)" -gt 130 ] && el full-oom && { echo "== full-oom llama3.1-8b"; timeout 120 bun run bench -- --train --full --model llama3.1-8b --batch 8 --seq 512 --steps 2; echo "== rc $?"; } >> $OUT/peft-stderr.txt 2>&1 ;;
     train-keep)
       # Session 14: selective checkpointing (trainer's selective-checkpoint.ts): layers keep their
-      # attention output (`--keep-attention-layers`, 2·T·nH·hd bytes a layer) and their MLP's gate and up
-      # (`--keep-mlp-layers`, 4·T·I bytes) instead of recomputing them. KEEP lists MODEL:ATTENTION:MLP;
-      # the defaults fill each model's room under its memory target from the last measured peaks (1B:
-      # 4.23 GiB + 0.24 attention + 12 × 0.125 ≤ 0.7 × 8.64; 8B: 19.43 + 0.99 + 9 × 0.219 ≤ 22.42;
-      # Qwen2.5-0.5B: 2.16 + 0.16 + 1.7 ≤ 0.5 × 8.22; SmolLM2: 1.00 + 0.13 + 10 × 0.023 ≤ 0.5 × 2.76).
-      # HF PEFT runs too where this call has no line of its own for the model.
-      for mk in ${KEEP:-llama3.2-1b:all:12 qwen2.5-0.5b:all:all llama3.1-8b:all:9 smollm2-135m:all:10}; do
-        IFS=: read -r m ka km <<< "$mk"
+      # attention output and then their MLP's gate and up instead of recomputing them, within a budget
+      # (`--keep-activations-gib`). KEEP lists MODEL:GIB; the defaults are each model's room under its
+      # memory target from the last measured peaks (1B: 0.7 × 8.64 − 4.23; 8B: 22.42 − 19.43; Qwen2.5-0.5B:
+      # 0.5 × 8.22 − 2.16; SmolLM2: 0.5 × 2.76 − 1.00), less a margin. HF PEFT runs too where this call has
+      # no line of its own for the model.
+      for mk in ${KEEP:-llama3.2-1b:1.75 qwen2.5-0.5b:1.9 llama3.1-8b:2.9 smollm2-135m:0.35}; do
+        m=${mk%%:*} gib=${mk##*:}
         [ "$(left)" -gt 90 ] || { el "skip train-keep $m"; continue; }
-        el "train-keep $m attention $ka mlp $km"
-        timeout 150 bun run bench -- --train --model "$m" --batch 8 --seq 512 --rank 16 --steps 8 --keep-attention-layers "$ka" --keep-mlp-layers "$km" 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
+        el "train-keep $m $gib GiB"
+        timeout 150 bun run bench -- --train --model "$m" --batch 8 --seq 512 --rank 16 --steps 8 --keep-activations-gib "$gib" 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
         grep -q "\"peer\":\"hf-peft\",\"model\":\"$m\"" $OUT/train.jsonl 2>/dev/null || [ "$(left)" -lt 120 ] || \
           PYTHONUNBUFFERED=1 timeout 200 python3 .tmp/peft_bench.py --models "$m" --gc 1 --decode 0 --steps 10 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
       done ;;

@@ -52,6 +52,7 @@ export const TRAIN_SPEC = {
     "gradient-checkpointing": { type: "boolean", help: "recompute activations in backward (--no-gradient-checkpointing: faster, more memory)", default: d.gradientCheckpointing },
     "keep-attention-layers": { type: "string", arg: "N|all", help: "selective checkpointing: N layers keep their attention output (2·tokens·heads·head-dim bytes each) instead of recomputing it (default 0; docs/cli.md)" },
     "keep-mlp-layers": { type: "string", arg: "N|all", help: "selective checkpointing: N layers keep their MLP's gate/up (4·tokens·intermediate bytes each) instead of recomputing them (default 0; docs/cli.md)" },
+    "keep-activations-gib": { type: "number", arg: "GIB", help: "selective checkpointing within GIB GiB: attention outputs first, then MLPs, in as many layers as fit (instead of the two counts)" },
     "train-on-all-tokens": { type: "boolean", help: "loss on prompts too, not only assistant tokens", default: d.trainOnAllTokens, aliases: ["train-on-inputs"] },
     "save-steps": { type: "number", help: "save a resumable checkpoint every N steps, ≥ 1 (default: none)" },
     "keep-checkpoints": { type: "number", help: "keep only the newest N checkpoints (default: all)", aliases: ["save-total-limit"] },
@@ -108,6 +109,7 @@ const trainSchema = z.strictObject({
   gradientCheckpointing: z.boolean(),
   keepAttentionLayers: keepLayers(),
   keepMlpLayers: keepLayers(),
+  keepActivationsGib: z.number().min(0).optional(),
   trainOnAllTokens: z.boolean(),
   saveSteps: int().min(1).optional(),
   keepCheckpoints: int().min(1).optional(),
@@ -202,7 +204,11 @@ export function resolveTrainOptions(argv: string[]): TrainOptions {
   if (o.evalData !== undefined && o.evalFraction) throw new UsageError(`give ${name("evalData")} or ${name("evalFraction")}, not both`);
   if (o.scheduler === "cosine_with_min_lr" && o.minLrRate === undefined) throw new UsageError(`${name("scheduler")} cosine_with_min_lr needs --min-lr-rate (the floor as a fraction of --lr, e.g. 0.1)`);
   if (o.minLrRate !== undefined && o.scheduler !== "cosine_with_min_lr" && o.scheduler !== "cosine") throw new UsageError(`${name("minLrRate")} applies to cosine and cosine_with_min_lr, not ${o.scheduler}`);
-  for (const k of ["keepAttentionLayers", "keepMlpLayers"] as const) {
+  if (o.keepActivationsGib !== undefined) {
+    const counts = (["keepAttentionLayers", "keepMlpLayers"] as const).filter((k) => k in originByKey);
+    if (counts.length) throw new UsageError(`give ${name("keepActivationsGib")} or ${counts.map(name).join(" and ")}, not both (the budget picks the counts)`);
+  }
+  for (const k of ["keepAttentionLayers", "keepMlpLayers", "keepActivationsGib"] as const) {
     if (o[k] && !o.gradientCheckpointing) throw new UsageError(`${name(k)} keeps what gradient checkpointing recomputes: it needs gradient checkpointing on (drop --no-gradient-checkpointing or it)`);
   }
   if (o.maxForgetting !== undefined && !o.forgettingMonitor) throw new UsageError(`${name("maxForgetting")} needs the forgetting monitor (drop --no-forgetting-monitor)`);

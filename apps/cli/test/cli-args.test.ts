@@ -113,6 +113,7 @@ describe("train options: one schema for flags and config, before anything loads"
     expect(resolveTrainOptions([...base, "--keep-mlp-layers", "12"]).keepMlpLayers).toBe(12);
     expect(resolveTrainOptions([...base, "--keep_mlp_layers", "all"]).keepMlpLayers).toBe("all");
     expect(resolveTrainOptions([...base, "--keep-attention-layers", "all", "--keep-mlp-layers", "3"])).toMatchObject({ keepAttentionLayers: "all", keepMlpLayers: 3 });
+    expect(resolveTrainOptions([...base, "--keep-activations-gib", "1.5"]).keepActivationsGib).toBe(1.5);
   });
 
   test("bad values are refused with the flag's name", () => {
@@ -136,6 +137,9 @@ describe("train options: one schema for flags and config, before anything loads"
       [["--keep-mlp-layers", "some"], '--keep-mlp-layers: expected a number of layers (0 or more) or "all"'],
       [["--keep-mlp-layers", "-2"], '--keep-mlp-layers: expected a number of layers (0 or more) or "all"'],
       [["--keep-mlp-layers", "4", "--no-gradient-checkpointing"], "--keep-mlp-layers keeps what gradient checkpointing recomputes"],
+      [["--keep-activations-gib", "2", "--keep-mlp-layers", "3"], "give --keep-activations-gib or --keep-mlp-layers, not both"],
+      [["--keep-activations-gib", "-1"], "--keep-activations-gib: must be ≥ 0, got -1"],
+      [["--keep-activations-gib", "2", "--no-gradient-checkpointing"], "--keep-activations-gib keeps what gradient checkpointing recomputes"],
       [["--keep-attention-layers", "1.5"], '--keep-attention-layers: expected a number of layers (0 or more) or "all", got "1.5"'],
     ];
     for (const [flags, message] of cases) expect(() => resolveTrainOptions([...base, ...flags])).toThrow(message);

@@ -106,7 +106,7 @@ export function runSettings(o: TrainOptions, template: LoadedChatTemplate): { se
   };
   const adjustable: Settings = {
     epochs: o.epochs, maxSteps: v(o.maxSteps), saveSteps: v(o.saveSteps), keepCheckpoints: v(o.keepCheckpoints),
-    evalSteps: v(o.evalSteps), logEvery: o.logEvery, gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: v(o.keepAttentionLayers), keepMlpLayers: v(o.keepMlpLayers),
+    evalSteps: v(o.evalSteps), logEvery: o.logEvery, gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: v(o.keepAttentionLayers), keepMlpLayers: v(o.keepMlpLayers), keepActivationsGib: v(o.keepActivationsGib),
     data: path.resolve(o.data), evalData: o.evalData ? path.resolve(o.evalData) : null,
     // The forgetting monitor only measures: its text and limit never change the steps taken.
     forgettingMonitor: o.forgettingMonitor !== false,

@@ -37,7 +37,7 @@ import { forgettingPct, formatGeneralEvalLine, formatPct, formatPpl, generalEval
 import { formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers } from "./full-memory.ts";
 import { FullTrainer } from "./gpu/full-trainer.ts";
 import { LoraTrainer } from "./gpu/lora-trainer.ts";
-import { type SelectiveOptions, formatSelective, selectiveLayers, selectiveStepBytes } from "./gpu/selective-checkpoint.ts";
+import { type SelectiveOptions, formatSelective, selectiveForBudget, selectiveLayers, selectiveStepBytes } from "./gpu/selective-checkpoint.ts";
 import { renderLossCurveSvg } from "./loss-curve-svg.ts";
 import { MetricsLog } from "./metrics.ts";
 import { ProgressReporter, formatEvalLine } from "./progress.ts";
@@ -77,6 +77,8 @@ export interface TrainOptions {
   /** Selective checkpointing: layers that keep their attention output / MLP for the recompute (gpu/selective-checkpoint.ts; default 0). */
   keepAttentionLayers?: SelectiveOptions["keepAttentionLayers"];
   keepMlpLayers?: SelectiveOptions["keepMlpLayers"];
+  /** Or a budget in GiB that picks both counts (selectiveForBudget). */
+  keepActivationsGib?: number;
   trainOnAllTokens: boolean;
   /** Save a checkpoint every N optimizer steps (absent: none). */
   saveSteps?: number;
@@ -187,19 +189,23 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const underflow = formatUnderflow(model.loadReport.losses);
   if (underflow) log(`load: ${underflow}`);
   let trainer: LoraTrainer | FullTrainer, trainableParams: number;
+  // Selective checkpointing: the counts given, or those a budget picks for this model's micro-batches.
+  const selective: SelectiveOptions = o.keepActivationsGib !== undefined
+    ? selectiveForBudget(model, o.batchSize * o.maxLength, o.keepActivationsGib)
+    : { keepAttentionLayers: o.keepAttentionLayers, keepMlpLayers: o.keepMlpLayers };
   log(`model: ${o.model} (${model.cfg.arch}, ${model.cfg.numLayers} layers, weights ${model.weights.dtype}) on ${model.rt.caps.description}`);
   if (o.full) {
     // The memory statement, and the refusal (with its numbers) before anything is allocated.
     const estimate = fullFinetuneMemory(model.cfg, {
       params: fullParameterCount(model.cfg, model.weights.layers[0]?.qBias !== undefined), weightBytes: model.weights.dtype === "f32" ? 4 : 2,
       tokensPerMicroBatch: o.batchSize * o.maxLength, gradientCheckpointing: o.gradientCheckpointing,
-      selectiveBytes: selectiveStepBytes(model, selectiveLayers(model.cfg.numLayers, o, o.gradientCheckpointing), o.batchSize * o.maxLength),
+      selectiveBytes: selectiveStepBytes(model, selectiveLayers(model.cfg.numLayers, selective, o.gradientCheckpointing), o.batchSize * o.maxLength),
     });
     log(`full fine-tuning ${formatFullMemory(estimate)}`);
     const plan = planFullBuffers(model.cfg, model.rt.caps.limits, model.rt.caps.description);
     log(`full fine-tuning ${formatFullBuffers(plan)}`);
     try {
-      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: o.keepAttentionLayers, keepMlpLayers: o.keepMlpLayers, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm, collectives: world });
+      trainer = new FullTrainer(model, { gradientCheckpointing: o.gradientCheckpointing, ...selective, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm, collectives: world });
       await model.rt.sync(); // an allocation the device could not make surfaces here
     } catch (e) {
       throw fullAllocationError(e, estimate, model.rt.caps.description);
@@ -208,14 +214,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     log(`full: every weight trained (${trainer.names.length} tensors): ${trainableParams.toLocaleString("en-US")} trainable parameters`);
   } else {
     trainer = new LoraTrainer(model, lora, {
-      gradientCheckpointing: o.gradientCheckpointing, keepAttentionLayers: o.keepAttentionLayers, keepMlpLayers: o.keepMlpLayers, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+      gradientCheckpointing: o.gradientCheckpointing, ...selective, seed: o.seed, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
       collectives: world,
     });
     trainableParams = loraParameterCount(trainer.specs, lora.rank);
     log(`lora: r=${lora.rank} alpha=${lora.alpha}${lora.rslora ? " rslora" : ""} on ${lora.targetModules.join(",")}: ${trainableParams.toLocaleString("en-US")} trainable parameters`);
   }
-  const selective = formatSelective(model, trainer.selectiveLayers, o.batchSize * o.maxLength);
-  if (selective) log(`selective checkpointing at ${o.batchSize}×${o.maxLength} tokens: ${selective}`);
+  const kept = formatSelective(model, trainer.selectiveLayers, o.batchSize * o.maxLength);
+  if (kept) log(`selective checkpointing at ${o.batchSize}×${o.maxLength} tokens${o.keepActivationsGib !== undefined ? ` within ${o.keepActivationsGib} GiB` : ""}: ${kept}`);
   const fullTrainer = trainer instanceof FullTrainer ? trainer : null, loraTrainer = trainer instanceof LoraTrainer ? trainer : null;
   const outputKind = fullTrainer ? "model" : "adapter";
   /** The trained weights (a snapshot to restore), and restoring one. */

@@ -7,7 +7,7 @@ import { relError } from "@tuneloom/kernels/testing.ts";
 import { GpuModel, fusedF16Copies, parseLoraConfig, ropeF16Copies, writeTinyModel } from "@tuneloom/model";
 import type { Batch } from "../src/index.ts";
 import { LoraTrainer, type LoraTrainerOptions } from "../src/gpu/lora-trainer.ts";
-import { keptLayerSet, selectiveStepBytes } from "../src/gpu/selective-checkpoint.ts";
+import { keptLayerSet, selectiveForBudget, selectiveStepBytes } from "../src/gpu/selective-checkpoint.ts";
 import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
 
 let model: GpuModel, model16: GpuModel;
@@ -215,6 +215,19 @@ describe("selective checkpointing: layers that keep their attention output or th
     expect(() => keptLayerSet(6, -1, true)).toThrow(/keep-mlp-layers must be a non-negative integer/);
     expect(() => keptLayerSet(6, 1.5, true, "attention")).toThrow(/keep-attention-layers must be a non-negative integer/);
     expect(() => keptLayerSet(6, 2, false)).toThrow(/needs gradient checkpointing/);
+  });
+
+  test("a budget in GiB: attention outputs first in every recomputed layer, then MLPs, as many as fit", () => {
+    const T = 16, GiB = 2 ** 30;
+    const att = selectiveStepBytes(model, { attention: new Set([0]), mlp: new Set() }, T), mlp = selectiveStepBytes(model, { attention: new Set(), mlp: new Set([0]) }, T);
+    expect(att).toBe(T * 4 * (16 * 4 + 4)); // (T, nH·hd) f32 and lse (T, nH): the tiny model has 4 heads of 16
+    expect(mlp).toBe(2 * T * 128 * 4); // gate and up (T, I) f32
+    expect(selectiveForBudget(model, T, 0)).toEqual({ keepAttentionLayers: 0, keepMlpLayers: 0 });
+    expect(selectiveForBudget(model, T, (att - 1) / GiB)).toEqual({ keepAttentionLayers: 0, keepMlpLayers: 0 });
+    expect(selectiveForBudget(model, T, (att + mlp - 1) / GiB)).toEqual({ keepAttentionLayers: 1, keepMlpLayers: 0 });
+    expect(selectiveForBudget(model, T, (att + mlp) / GiB)).toEqual({ keepAttentionLayers: 1, keepMlpLayers: 1 });
+    expect(selectiveForBudget(model, T, 100)).toEqual({ keepAttentionLayers: 1, keepMlpLayers: 1 }); // at most L − 1 layers
+    expect(() => selectiveForBudget(model, T, -1)).toThrow(/keep-activations-gib must be a number of GiB ≥ 0/);
   });
 
   const KEEPS = [

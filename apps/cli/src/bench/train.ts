@@ -13,7 +13,7 @@ import { type GpuRuntime, getRuntime, hasTensorCoreMatmul, weightGradTensorCores
 import { loraTensorCores } from "@tuneloom/model/gpu/lora.ts";
 import { GpuModel, type ModelConfig, parseLoraConfig, parseModelConfig } from "@tuneloom/model";
 import {
-  type Batch, type SelectiveOptions, FullTrainer, LoraTrainer, formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers,
+  type Batch, type SelectiveOptions, FullTrainer, selectiveForBudget, LoraTrainer, formatFullBuffers, formatFullMemory, fullAllocationError, fullFinetuneMemory, fullParameterCount, planFullBuffers,
 } from "@tuneloom/trainer";
 import { BENCH_MODELS, benchModelConfig, benchModelDir } from "./model-shapes.ts";
 
@@ -36,6 +36,8 @@ export interface TrainBenchOptions {
   full?: boolean;
   /** Selective checkpointing (`--keep-attention-layers`, `--keep-mlp-layers`; trainer's selective-checkpoint.ts). */
   selective?: SelectiveOptions;
+  /** Or a budget in GiB that picks both counts (`--keep-activations-gib`, trainer's selectiveForBudget). */
+  keepActivationsGib?: number;
 }
 
 /**
@@ -121,10 +123,12 @@ export async function benchTrain(o: TrainBenchOptions) {
   try {
     const model = await GpuModel.load(dir, { weightDtype: o.weightDtype });
     const rt = model.rt;
+    if (o.keepActivationsGib !== undefined && o.selective && Object.values(o.selective).some((x) => x !== undefined)) throw new Error("bench: give --keep-activations-gib or the layer counts, not both");
+    const selective = o.keepActivationsGib !== undefined ? selectiveForBudget(model, o.batch * o.seq, o.keepActivationsGib) : o.selective;
     const trainer = plan
-      ? await fullTrainerOrRefusal(model, o.gradientCheckpointing, plan.estimate, o.selective)
+      ? await fullTrainerOrRefusal(model, o.gradientCheckpointing, plan.estimate, selective)
       : new LoraTrainer(model, parseLoraConfig({ rank: o.rank, alpha: 2 * o.rank, dropout: 0 }), {
-        gradientCheckpointing: o.gradientCheckpointing, ...o.selective, seed: 0, weightDecay: 0, maxGradNorm: 0,
+        gradientCheckpointing: o.gradientCheckpointing, ...selective, seed: 0, weightDecay: 0, maxGradNorm: 0,
       });
     const B = o.batch, S = o.seq, T = B * S, V = model.cfg.vocabSize;
     let s = 12345;
@@ -160,6 +164,7 @@ export async function benchTrain(o: TrainBenchOptions) {
       target_fraction: f,
       ...(trainer.selectiveLayers.attention.size ? { keep_attention_layers: trainer.selectiveLayers.attention.size } : {}),
       ...(trainer.selectiveLayers.mlp.size ? { keep_mlp_layers: trainer.selectiveLayers.mlp.size } : {}),
+      ...(o.keepActivationsGib !== undefined ? { keep_activations_gib: o.keepActivationsGib } : {}),
       step_ms: Math.round(med * 10) / 10, record_ms: Math.round(recordMs.at(-1)! * 10) / 10, tok_s: Math.round(T / (med / 1000)), peak_gib: Math.round((rt.memory.peakBytes / 2 ** 30) * 100) / 100,
       loss: Math.round(loss * 1000) / 1000, device: rt.caps.description, ...(profile ? { profile } : {}),
     };

@@ -51,6 +51,7 @@ const SPEC = {
     "gradient-checkpointing": { type: "boolean", help: "--train: recompute activations in backward (--no-gradient-checkpointing to keep them)", default: true },
     "keep-attention-layers": { type: "string", arg: "N|all", help: "--train: selective checkpointing, N layers keep their attention output (as train's)" },
     "keep-mlp-layers": { type: "string", arg: "N|all", help: "--train: selective checkpointing, N layers keep their MLP's gate and up (as train's)" },
+    "keep-activations-gib": { type: "number", arg: "GIB", help: "--train: selective checkpointing within GIB GiB (as train's)" },
     "weight-dtype": { type: "string", arg: "f32|f16|bf16", help: "GPU weight dtype (default: the model's)" },
     profile: { type: "boolean", help: "--train/--decode: GPU ms per kernel from timestamp queries" },
     "target-fraction": { type: "number", arg: "F", help: "--train: labels only on the last F of each row", default: 1 },
@@ -117,6 +118,7 @@ export async function run(argv: string[]): Promise<number> {
       weightDtype: flags["weight-dtype"] as "f32" | "f16" | "bf16" | undefined, profile: flags.profile ?? false,
       targetFraction: flags["target-fraction"] ?? 1, full: flags.full ?? false,
       selective: { keepAttentionLayers: keepLayersFlag("keep-attention-layers", flags["keep-attention-layers"]), keepMlpLayers: keepLayersFlag("keep-mlp-layers", flags["keep-mlp-layers"]) },
+      keepActivationsGib: flags["keep-activations-gib"],
     });
     console.log(JSON.stringify(line));
     return 0;

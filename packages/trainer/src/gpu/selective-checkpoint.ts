@@ -27,6 +27,24 @@ export interface SelectiveOptions {
   keepMlpLayers?: KeepLayers;
 }
 
+/**
+ * The counts that fit `gib` GiB of kept activations for micro-batches of T tokens (`--keep-activations-gib`):
+ * the better trade first, attention outputs in as many recomputed layers as fit, then MLPs.
+ */
+export function selectiveForBudget(model: GpuModel, T: number, gib: number): Required<SelectiveOptions> {
+  if (!(Number.isFinite(gib) && gib >= 0)) throw new Error(`keep-activations-gib must be a number of GiB ≥ 0, got ${gib}`);
+  const dtype = model.weights.layers[0]!.gate.dtype;
+  const recomputed = model.cfg.numLayers - 1;
+  let room = gib * 2 ** 30;
+  const fit = (part: SelectivePart) => {
+    const n = Math.min(recomputed, Math.floor(room / selectiveBytes(model.cfg, T, dtype, part)));
+    room -= n * selectiveBytes(model.cfg, T, dtype, part);
+    return n;
+  };
+  const keepAttentionLayers = fit("attention");
+  return { keepAttentionLayers, keepMlpLayers: keepAttentionLayers === recomputed ? fit("mlp") : 0 };
+}
+
 const FLAG: Record<SelectivePart, string> = { attention: "keep-attention-layers", mlp: "keep-mlp-layers" };
 
 /**
