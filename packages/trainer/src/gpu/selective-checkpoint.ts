@@ -81,12 +81,13 @@ export function selectiveStepBytes(model: GpuModel, layers: SelectiveLayers, T: 
   return bytes;
 }
 
-/** `layers 14-15 (2 of 16) keep attention (0.03 GiB); layers 2-15 (14 of 16) keep the MLP (1.75 GiB)` at T tokens, or null. */
+/** `layers 0-14 (15 of 16) keep the attention output (247.5 MiB); layers 3-14 (12 of 16) keep the MLP's gate and up (1.50 GiB)` at T tokens, or null. */
 export function formatSelective(model: GpuModel, layers: SelectiveLayers, T: number): string | null {
   const parts = (["attention", "mlp"] as const).filter((p) => layers[p].size > 0).map((p) => {
     const ls = [...layers[p]].sort((a, b) => a - b);
-    const gib = selectiveStepBytes(model, { attention: new Set(), mlp: new Set(), [p]: layers[p] }, T) / 2 ** 30;
-    return `layers ${ls[0]}-${ls.at(-1)} (${ls.length} of ${model.cfg.numLayers}) keep ${p === "mlp" ? "the MLP's gate and up" : "the attention output"} (${gib.toFixed(2)} GiB)`;
+    const bytes = selectiveStepBytes(model, { attention: new Set(), mlp: new Set(), [p]: layers[p] }, T);
+    const size = bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+    return `layers ${ls[0]}-${ls.at(-1)} (${ls.length} of ${model.cfg.numLayers}) keep ${p === "mlp" ? "the MLP's gate and up" : "the attention output"} (${size})`;
   });
   return parts.length ? parts.join("; ") : null;
 }
