@@ -59,6 +59,25 @@ train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the dea
     OUT=$OUT timeout "$2" bash scripts/gpu-measure.sh train "$m" > /dev/null 2>&1
   done
 }
+keep_rows() { # "MODEL:GIB ...": selective checkpointing rows (train-keep below)
+  # Session 14: selective checkpointing (trainer's selective-checkpoint.ts): layers keep their
+  # attention output and then their MLP's gate and up instead of recomputing them, within a budget
+  # (`--keep-activations-gib`). KEEP lists MODEL:GIB; the defaults are each model's room under its
+  # memory target from the last measured peaks (1B: 0.7 × 8.64 − 4.23; 8B: 22.42 − 19.43; Qwen2.5-0.5B:
+  # 0.5 × 8.22 − 2.16; SmolLM2: 0.5 × 2.76 − 1.00), less a margin. The full-recompute row and HF PEFT run
+  # too where this call has no line of its own for the model.
+  for mk in $1; do
+    m=${mk%%:*} gib=${mk##*:}
+    [ "$(left)" -gt 90 ] || { el "skip train-keep $m"; continue; }
+    el "train-keep $m $gib GiB"
+    # the full-recompute row of this call first, where the call has none (the A/B's other side)
+    grep -q "\"op\":\"train\",\"model\":\"$m\"" $OUT/train.jsonl 2>/dev/null || \
+      timeout 150 bun run bench -- --train --model "$m" --batch 8 --seq 512 --rank 16 --steps 8 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
+    timeout 150 bun run bench -- --train --model "$m" --batch 8 --seq 512 --rank 16 --steps 8 --keep-activations-gib "$gib" 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
+    grep -q "\"peer\":\"hf-peft\",\"model\":\"$m\"" $OUT/train.jsonl 2>/dev/null || [ "$(left)" -lt 120 ] || \
+      PYTHONUNBUFFERED=1 timeout 200 python3 .tmp/peft_bench.py --models "$m" --gc 1 --decode 0 --steps 10 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
+  done
+}
 sweep() { # GEMM sweep over every model shape, best of 2; its table replaces kernels/src/gemm-tiles.json for the rest of the call
   [ "$(left)" -gt 100 ] || { el "skip sweep"; return; }
   el sweep
@@ -161,21 +180,10 @@ for step in $STEPS; do
       # Full fine-tuning of Llama-3.1-8B needs ~130 GB: the device's allocation fails and the run
       # must be refused with the memory statement (its stderr goes to peft-stderr.txt).
       [ "$(left)" -gt 130 ] && el full-oom && { echo "== full-oom llama3.1-8b"; timeout 120 bun run bench -- --train --full --model llama3.1-8b --batch 8 --seq 512 --steps 2; echo "== rc $?"; } >> $OUT/peft-stderr.txt 2>&1 ;;
-    train-keep)
-      # Session 14: selective checkpointing (trainer's selective-checkpoint.ts): layers keep their
-      # attention output and then their MLP's gate and up instead of recomputing them, within a budget
-      # (`--keep-activations-gib`). KEEP lists MODEL:GIB; the defaults are each model's room under its
-      # memory target from the last measured peaks (1B: 0.7 × 8.64 − 4.23; 8B: 22.42 − 19.43; Qwen2.5-0.5B:
-      # 0.5 × 8.22 − 2.16; SmolLM2: 0.5 × 2.76 − 1.00), less a margin. HF PEFT runs too where this call has
-      # no line of its own for the model.
-      for mk in ${KEEP:-llama3.2-1b:1.75 qwen2.5-0.5b:1.9 llama3.1-8b:2.9 smollm2-135m:0.35}; do
-        m=${mk%%:*} gib=${mk##*:}
-        [ "$(left)" -gt 90 ] || { el "skip train-keep $m"; continue; }
-        el "train-keep $m $gib GiB"
-        timeout 150 bun run bench -- --train --model "$m" --batch 8 --seq 512 --rank 16 --steps 8 --keep-activations-gib "$gib" 2>/dev/null | grep '^{' | stamp >> $OUT/train.jsonl
-        grep -q "\"peer\":\"hf-peft\",\"model\":\"$m\"" $OUT/train.jsonl 2>/dev/null || [ "$(left)" -lt 120 ] || \
-          PYTHONUNBUFFERED=1 timeout 200 python3 .tmp/peft_bench.py --models "$m" --gc 1 --decode 0 --steps 10 2>>$OUT/peft-stderr.txt | grep '^{' | stamp >> $OUT/train.jsonl
-      done ;;
+    train-keep) keep_rows "${KEEP:-llama3.2-1b:1.75 llama3.1-8b:2.9 qwen2.5-0.5b:1.9 smollm2-135m:0.35}" ;;
+    train-keep-1b) keep_rows "llama3.2-1b:1.75" ;;
+    train-keep-8b) keep_rows "llama3.1-8b:2.9" ;;
+    train-keep-small) keep_rows "qwen2.5-0.5b:1.9 smollm2-135m:0.35" ;;
     aux-staged)
       # Session 14: the LoRA aux slice staged through workgroup memory (matmul-tc-staged.ts auxStaging,
       # TUNELOOM_AUX_STAGED=1): its GPU tests (the aux slice cases of matmul-subgroup.test.ts, staged and
