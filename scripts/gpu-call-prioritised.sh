@@ -3,10 +3,11 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: train-8b train-3b decode-1b profile-8b tests variants train-1b profile-1b attn-stages decode-8b
-# train-small full profile-full serve multi-lora wginit mma-peak tests-slow: session 13's call measured tests, variants,
-# train-1b, decode-8b, attn-stages, profile-1b/-qwen; the 3B, 8B and never-measured Qwen2.5-7B rows and the 1B decode A/B
-# come first now, then the tests and the GEMM variants (the `b` tiles). The list is longer than one call: the `[Ns] step`
+# STEPS (default: tests train-keep-1b aux-staged profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b
+# variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow:
+# session 14 built selective checkpointing (train-keep*: ours with and without, and HF) and the staged aux slice
+# (aux-staged: its tests and an A/B profile against profile-1b), so those come first, then the never-measured
+# Qwen2.5-7B row, 8B, 3B and the 1B decode A/B of session 13's plan. The list is longer than one call: the `[Ns] step`
 # lines of a call's output say where it stopped, and the next call passes the rest as STEPS)
 # is any of
 #   tests        the GPU tests of what the call measures, quick files first (tests.txt; TEST_FILES replaces the
@@ -29,6 +30,9 @@
 #   train-small  SmolLM2-135M and Qwen2.5-0.5B, as train-1b
 #   train-3b     Llama-3.2-3B, as train-1b
 #   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b, train-qwen7b: one of them)
+#   train-keep   selective checkpointing within each model's memory room (KEEP, MODEL:GIB), with the
+#                full-recompute row and HF's where the call has none (train-keep-1b/-8b/-small: one part)
+#   aux-staged   the staged LoRA aux slice's GPU tests, then the 1B step profiled with it (A/B vs profile-1b)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
@@ -50,7 +54,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-train-8b train-3b decode-1b profile-8b tests variants train-1b profile-1b attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
+STEPS=${*:-tests train-keep-1b aux-staged profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
