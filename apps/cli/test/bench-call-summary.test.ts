@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { attentionSection, bestByConfig, decodeSection, gemmSection, profileSection } from "../src/bench/call-summary.ts";
+import { attentionSection, bestByConfig, decodeSection, gemmSection, profileSection, trainSection } from "../src/bench/call-summary.ts";
 
 const g = (cfg: string, shape: string, transB: boolean, tflops: number, relErr = 1e-6) => ({ op: "gemm_tc", diag: true, cfg, shape, transB, tflops, relErr });
 
@@ -32,7 +32,22 @@ describe("call summary", () => {
     const text = profileSection([p("c3", { a: 5, b: 1 })], [p("c1", { a: 9 }), p("c2", { a: 6, b: 1 })]).join("\n");
     expect(text).toContain("previous 10.0, call c2");
     expect(text).toMatch(/a\s+5\.00 ms\s+was\s+6\.00\s+\(-1\.00\)/);
+    // an A/B profile against the same call's plain profile, not the previous call's
+    const ab = { ...p("c3", { a: 4, b: 1 }), ab_on: "aux_staged" };
+    const abText = profileSection([p("c3", { a: 5, b: 1 }), ab], [p("c2", { a: 6, b: 1 })]).join("\n");
+    expect(abText).toContain("Profile m (on aux_staged): GPU 10.0 ms (plain, this call 10.0)");
+    expect(abText).toMatch(/on aux_staged[^]*a\s+4\.00 ms\s+was\s+5\.00\s+\(-1\.00\)/);
     const d = decodeSection([{ op: "decode", model: "m", batch: 1, tok_s: 100 }, { op: "decode", model: "m", batch: 1, tok_s: 104, ab_on: "gemv_fuse" }]).join("\n");
     expect(d).toContain("with gemv_fuse: 104.0 tok/s against 100.0 (1.040×)");
+  });
+
+  test("train rows: ours, plain and with kept activations, against HF PEFT's row of the model", () => {
+    const text = trainSection([
+      { op: "train", model: "m", tok_s: 1000, peak_gib: 2, target_fraction: 1 },
+      { op: "train", model: "m", tok_s: 1200, peak_gib: 3, target_fraction: 1, keep_attention_layers: 15, keep_mlp_layers: 12 },
+      { peer: "hf-peft", model: "m", tok_s: 1000, peak_gib: 4 },
+    ]).join("\n");
+    expect(text).toContain("Train m: 1000 tok/s, 2.00 GiB → 1.00× speed, 0.50× memory of HF (1000 tok/s, 4.00 GiB)");
+    expect(text).toContain("Train m (kept attention ×15, MLP ×12): 1200 tok/s, 3.00 GiB → 1.20× speed, 0.75× memory");
   });
 });

@@ -7,7 +7,9 @@
  *   stage diags (`-no-…`) against their base configuration.
  * - Attention forward stage diags (profile.jsonl, `attn_diag`): ms per phase left out.
  * - Profiled train steps (profile.jsonl): GPU ms per kernel kind against the newest profile of the
- *   same model in --previous (earlier calls), largest change first.
+ *   same model in --previous (earlier calls), largest change first; an A/B profile (`ab_on`/`ab_off`)
+ *   against the same call's plain profile of the model when there is one.
+ * - Training rows (train.jsonl): ours (full recompute, selective checkpointing) against HF PEFT.
  * - Decode A/B rows (decode.jsonl, `ab_on`/`ab_off`) against the plain row of the same model.
  * Only lines of one call are compared with each other, except the profile's `previous` column.
  */
@@ -79,16 +81,30 @@ export function profileSection(lines: Line[], previous: Line[]): string[] {
   const out: string[] = [];
   for (const l of lines.filter((x) => x.op === "train" && x.profile)) {
     const p = l.profile as Profile, model = String(l.model), tag = [l.ab_on && `on ${l.ab_on}`, l.ab_off && `off ${l.ab_off}`, l.full && "full"].filter(Boolean).join(", ");
-    const prev = previous.filter((x) => x.op === "train" && x.model === model && x.profile && !x.ab_on && !x.ab_off && !!x.full === !!l.full)
-      .sort((a, b) => String(b.call).localeCompare(String(a.call)))[0];
+    const plain = (x: Line) => x.op === "train" && x.model === model && x.profile && !x.ab_on && !x.ab_off && !!x.full === !!l.full;
+    const sameCall = tag && lines.find((x) => plain(x) && x !== l);
+    const prev = sameCall || previous.filter(plain).sort((a, b) => String(b.call).localeCompare(String(a.call)))[0];
     const q = prev?.profile as Profile | undefined;
-    out.push(`Profile ${model}${tag ? ` (${tag})` : ""}: GPU ${num(p.gpu_ms)?.toFixed(1)} ms${q ? ` (previous ${num(q.gpu_ms)?.toFixed(1)}, call ${prev!.call})` : ""}; tok/s ${num(l.tok_s)?.toFixed(0)}`);
+    out.push(`Profile ${model}${tag ? ` (${tag})` : ""}: GPU ${num(p.gpu_ms)?.toFixed(1)} ms${q ? ` (${sameCall ? "plain, this call" : "previous"} ${num(q.gpu_ms)?.toFixed(1)}${sameCall ? "" : `, call ${prev!.call}`})` : ""}; tok/s ${num(l.tok_s)?.toFixed(0)}`);
     const kinds = new Set([...Object.keys(p.by_kind ?? {}), ...Object.keys(q?.by_kind ?? {})]);
     const deltas = [...kinds].map((k) => ({ k, now: p.by_kind?.[k] ?? 0, was: q?.by_kind?.[k] ?? 0 }))
       .sort((a, b) => Math.abs(b.now - b.was) - Math.abs(a.now - a.was) || b.now - a.now).slice(0, 14);
     for (const { k, now, was } of deltas) out.push(`  ${pad(k, 30)} ${now.toFixed(2).padStart(8)} ms${q ? `  was ${was.toFixed(2).padStart(8)}  (${now - was >= 0 ? "+" : ""}${(now - was).toFixed(2)})` : ""}`);
   }
   return out.length ? out : ["Profiles: none measured"];
+}
+
+/** Every training row: tok/s and peak GiB, and the ratios to HF PEFT's row of the model. */
+export function trainSection(lines: Line[]): string[] {
+  const out: string[] = [];
+  for (const l of lines.filter((x) => x.op === "train" && !x.profile && num(x.tok_s) !== undefined)) {
+    const hf = lines.find((x) => x.peer === (l.full ? "hf-full" : "hf-peft") && x.model === l.model);
+    const kept = [l.keep_attention_layers && `attention ×${l.keep_attention_layers}`, l.keep_mlp_layers && `MLP ×${l.keep_mlp_layers}`].filter(Boolean).join(", ");
+    const what = [l.full && "full", num(l.target_fraction) !== undefined && l.target_fraction !== 1 && `labels ${l.target_fraction}`, kept && `kept ${kept}`, l.from_dir && "from dir"].filter(Boolean).join("; ");
+    const ratios = hf ? ` → ${(num(l.tok_s)! / num(hf.tok_s)!).toFixed(2)}× speed, ${(num(l.peak_gib)! / num(hf.peak_gib)!).toFixed(2)}× memory of HF (${num(hf.tok_s)!.toFixed(0)} tok/s, ${num(hf.peak_gib)!.toFixed(2)} GiB)` : "";
+    out.push(`Train ${l.model}${what ? ` (${what})` : ""}: ${num(l.tok_s)!.toFixed(0)} tok/s, ${num(l.peak_gib)?.toFixed(2)} GiB${ratios}`);
+  }
+  return out.length ? out : ["Train rows: none measured"];
 }
 
 export function decodeSection(lines: Line[]): string[] {
@@ -111,5 +127,5 @@ if (import.meta.main) {
     process.exit(2);
   }
   const lines = readLines(dirs);
-  console.log([...gemmSection(lines), "", ...attentionSection(lines), "", ...profileSection(lines, previous), "", ...decodeSection(lines)].join("\n"));
+  console.log([...trainSection(lines), "", ...gemmSection(lines), "", ...attentionSection(lines), "", ...profileSection(lines, previous), "", ...decodeSection(lines)].join("\n"));
 }
