@@ -237,7 +237,7 @@ for step in $STEPS; do
       # Session 12: the attention kernels at the 1B shapes, and the one-sweep forward with one phase of
       # its key-tile loop left out (TUNELOOM_ATTN_DIAG; results wrong by design): where its ~0.46 ms a
       # layer goes (profile.jsonl, op attention_fwd, tagged attn_diag).
-      [ "$(left)" -gt 60 ] && el attn-stages && for d in "" no-softmax no-pv no-oupdate no-barriers; do
+      [ "$(left)" -gt 60 ] && el attn-stages && for d in "" no-softmax no-pv no-oupdate no-barriers no-scores no-max no-stage; do
         [ "$(left)" -gt 20 ] && TUNELOOM_ATTN_DIAG=$d timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"${d:-none}\",/" | stamp >> $OUT/profile.jsonl
       done ;;
     diag)

@@ -160,10 +160,16 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
  * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
  * the row's new running max mNew (over this lane's half and its partner's).
  */
-function maskedTileMax(hd: number, L: TileLayout, staged: boolean, fast: boolean): string {
-  return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+function maskedTileMax(hd: number, L: TileLayout, staged: boolean, fast: boolean, diag?: AttentionDiag): string {
+  if (diag === "no-max") {
+    return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
       ${fullOf(fast, "q0", "rEnd", "k0")}
 ${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
+      let mNew = max(m, 1.0);`;
+  }
+  return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
+      ${fullOf(fast, "q0", "rEnd", "k0")}
+${diag === "no-scores" ? "      workgroupBarrier();" : keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       var tileMax = NEG;
       for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
@@ -227,7 +233,7 @@ function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast =
   const vBlock = (d: number) => st
     ? stagedRowMajor("Vs", hd, d)
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk)`;
-  const loop = st ? (body: string) => stagedKeyTileLoop(body, st) : keyTileLoop;
+  const loop = st ? (body: string) => stagedKeyTileLoop(body, st, diag === "no-stage") : keyTileLoop;
   const code = `${forwardOpening(hd, BQ * Math.max(L.sLd, OLD), "the tile's scores (BQ, BK), then its P·V (BQ, HD)", "unnormalised probabilities of the tile", L, st?.decls)}
   // and ${HALF} of row r's O columns (o[i] is column ${L.oCol("i", hd)})
   var o = array<f32, ${HALF}>();
@@ -237,7 +243,7 @@ ${st?.regs ?? ""}
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${loop(diagBody(diag, `${maskedTileMax(hd, L, staged, fast)}
+${loop(diagBody(diag, `${maskedTileMax(hd, L, staged, fast, diag)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
 ${diag === "no-softmax" ? "" : `      for (var i = 0u; i < ${BK / 2}u; i++) {
@@ -274,12 +280,14 @@ ${diag === "no-oupdate" ? "" : `      for (var i = 0u; i < ${HALF}u; i++) { o[i]
 
 /**
  * For measurements only (results wrong by design): the one-sweep forward with one phase of its key
- * tile loop left out, as the GEMM's stage diags (TcConfig.diag) do: the softmax phase (exp and the
+ * tile loop left out, as the GEMM's stage diags (TcConfig.diag) do (session 14 added S = q·kᵀ's
+ * products `no-scores`, the masked max loop `no-max` and the staged K/V copy after the first tile
+ * `no-stage`, which split session 13's "two thirds"): the softmax phase (exp and the
  * P stores), the P·V products and their store, the update of O from workgroup memory, or every
  * workgroup barrier of the loop. `TUNELOOM_ATTN_DIAG` picks one; the device script's attn-stages.
  */
-export type AttentionDiag = "no-softmax" | "no-pv" | "no-oupdate" | "no-barriers";
-const ATTENTION_DIAGS: readonly AttentionDiag[] = ["no-softmax", "no-pv", "no-oupdate", "no-barriers"];
+export type AttentionDiag = "no-softmax" | "no-pv" | "no-oupdate" | "no-barriers" | "no-scores" | "no-max" | "no-stage";
+const ATTENTION_DIAGS: readonly AttentionDiag[] = ["no-softmax", "no-pv", "no-oupdate", "no-barriers", "no-scores", "no-max", "no-stage"];
 export function attentionDiagFrom(v: string | undefined): AttentionDiag | undefined {
   if (v === undefined || v === "") return undefined;
   if (!(ATTENTION_DIAGS as readonly string[]).includes(v)) throw new Error(`TUNELOOM_ATTN_DIAG must be one of ${ATTENTION_DIAGS.join(", ")}, got ${JSON.stringify(v)}`);
@@ -383,21 +391,27 @@ function stageTiles(hd: number, arrays: { src: string; dst: string; ld: string; 
 const stagedRowMajor = (dst: string, hd: number, d: number) =>
   `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&${dst}, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`;
 
-/** keyTileLoop with the tile's rows staged: store, barrier, prefetch the next visible tile, body. */
-function stagedKeyTileLoop(body: string, st: TileStager): string {
+/**
+ * keyTileLoop with the tile's rows staged: store, barrier, prefetch the next visible tile, body.
+ * `noRestage` (the no-stage diag, wrong results by design): only the first tile is loaded and stored.
+ */
+function stagedKeyTileLoop(body: string, st: TileStager, noRestage = false): string {
+  const first = `(rEnd - 1u) / ${BK}u`;
   return `    {
-    var kt = (rEnd - 1u) / ${BK}u;
+    var kt = ${first};
 ${st.load(`kt * ${BK}u`)}
     loop {
       let k0 = kt * ${BK}u;
+${noRestage ? `      if (kt == ${first}) {
 ${st.store}
+      }` : st.store}
       workgroupBarrier();
       var more = false;
       if (kt > 0u) {
         let kLastN = k0 - 1u; // the last key of the next tile
         more = !(kLastN < r0 && (seqAt(kLastN) != s0 || (p.window != 0u && r0 - kLastN >= p.window)));
       }
-      if (more) {
+      if (more${noRestage ? " && false" : ""}) {
 ${st.load(`k0 - ${BK}u`)}
       }
 ${body}
