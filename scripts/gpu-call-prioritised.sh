@@ -3,7 +3,7 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests train-keep-1b aux-staged profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b
+# STEPS (default: tests train-keep-1b aux-staged dkv-dout profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b
 # variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow:
 # session 14 built selective checkpointing (train-keep*: ours with and without, and HF) and the staged aux slice
 # (aux-staged: its tests and an A/B profile against profile-1b), so those come first, then the never-measured
@@ -33,6 +33,7 @@
 #   train-keep   selective checkpointing within each model's memory room (KEEP, MODEL:GIB), with the
 #                full-recompute row and HF's where the call has none (train-keep-1b/-8b/-small: one part)
 #   aux-staged   the staged LoRA aux slice's GPU tests, then the 1B step profiled with it (A/B vs profile-1b)
+#   dkv-dout     the 1B step profiled with the attention dk/dv pass staging dout (A/B vs profile-1b)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
@@ -54,7 +55,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests train-keep-1b aux-staged profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
+STEPS=${*:-tests train-keep-1b aux-staged dkv-dout profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -201,6 +202,14 @@ for step in $STEPS; do
       if ! grep -q '^(fail)' /tmp/aux-tests.txt && grep -q ' pass' /tmp/aux-tests.txt; then
         [ "$(left)" -gt 40 ] && TUNELOOM_AUX_STAGED=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"aux_staged",/' | stamp >> $OUT/profile.jsonl
       else el "aux-staged tests failed: no A/B"; fi ;;
+    dkv-dout)
+      # Session 14: the attention dk/dv pass with dout staged too (attention-tc.ts dkvDoutStaged,
+      # TUNELOOM_ATTN_DKV_DOUT=1); its GPU tests are attention.test.ts's "dout staged" forms (the tests
+      # step). If they passed (or this call ran no tests), the 1B step profiled with it (ab_on dkv_dout).
+      [ "$(left)" -gt 45 ] || { el "skip dkv-dout"; continue; }
+      if grep -q '^(fail) .*dout staged' $OUT/tests.txt 2>/dev/null; then el "dkv-dout tests failed: no A/B"; continue; fi
+      el dkv-dout
+      TUNELOOM_ATTN_DKV_DOUT=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"dkv_dout",/' | stamp >> $OUT/profile.jsonl ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;

@@ -520,14 +520,23 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
  * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false, doutStaged = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
-  // Staged: the query tile's q rows (both of q's products read them); dout stays in global memory
-  // (staging it too would pass NVIDIA's 48 KB of workgroup memory at HD = 64).
-  const st = staged ? stageTiles(hd, [{ src: "q16", dst: "Qs", ld: "ldq", head: "h" }]) : undefined;
-  const colMajor = (right: string, d: number) => st && right === "q16"
-    ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Qs, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`
+  if (doutStaged && !staged) throw new Error("backwardDkvSource: dout is staged only with q staged");
+  // Staged: the query tile's q rows (both of q's products read them). dout stays in global memory,
+  // or (doutStaged, session 14) is staged too, which fits NVIDIA's 48 KB at HD = 64 because P and
+  // dS then share one tile: dv += Pᵀ·dout runs before dS is written over P.
+  const st = staged
+    ? stageTiles(hd, [{ src: "q16", dst: "Qs", ld: "ldq", head: "h" }, ...(doutStaged ? [{ src: "do16", dst: "Dos", ld: "ldq", head: "h" }] : [])])
+    : undefined;
+  const stagedName = (right: string) => (st && right === "q16" ? "Qs" : doutStaged && right === "do16" ? "Dos" : undefined);
+  const colMajor = (right: string, d: number) => stagedName(right)
+    ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${stagedName(right)}, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&${right}, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
+  const doutBlock = (d: number) => doutStaged
+    ? stagedRowMajor("Dos", hd, d)
+    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
+  const DS = doutStaged ? "Pw" : "DSw"; // where dS goes (over P once dv has read it)
   const qBlock = (d: number) => st
     ? stagedRowMajor("Qs", hd, d)
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
@@ -550,8 +559,8 @@ ${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)${perHead ? "; per head: (T, nH, HD) partials" : ""}
 
 var<workgroup> Sw: array<f32, ${BK * L.sLd}>;   // Sᵀ, then dPᵀ (keys × queries)
-var<workgroup> Pw: array<f16, ${BK * L.pLd}>;
-var<workgroup> DSw: array<f16, ${BK * L.pLd}>;
+var<workgroup> Pw: array<f16, ${BK * L.pLd}>;${doutStaged ? "   // P, then dS" : `
+var<workgroup> DSw: array<f16, ${BK * L.pLd}>;`}
 var<workgroup> colSeq: array<i32, ${BQ}>;
 var<workgroup> colL: array<f32, ${BQ}>;
 var<workgroup> colD: array<f32, ${BQ}>;
@@ -612,18 +621,23 @@ ${product("kl", "q16")}
           Pw[r * ${L.pLd}u + cc] = f16(x);
         }
         workgroupBarrier();
-${product("vl", "do16")}
+${doutStaged ? `        // dv += Pᵀ·dout now, so that dS can be written over P below (the barrier after dP's product orders it)
+        for (var j = 0u; j < ${J}u; j++) {
+          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${doutBlock(d)}, dv${d});`).join("\n")}
+        }
+` : ""}${product("vl", "do16")}
         for (var c = 0u; c < ${BQ / 2}u; c++) {
           let cc = ${L.col("c")};
-          DSw[r * ${L.pLd}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${L.sLd}u + cc] - colD[cc]));
+          ${DS}[r * ${L.pLd}u + cc] = f16(p.scale * pr[c] * (Sw[r * ${L.sLd}u + cc] - colD[cc]));
         }
         workgroupBarrier();
         for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
-          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&DSw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq), dv${d});
-          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, ${qBlock(d)}, dk${d});`).join("\n")}
+${doutStaged ? "" : `          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+`}          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&${DS}, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+${ids(D).map((d) => `${doutStaged ? "" : `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${doutBlock(d)}, dv${d});
+`}          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, ${qBlock(d)}, dk${d});`).join("\n")}
         }
         workgroupBarrier();${st ? `
         if (!more) { break; }
@@ -639,7 +653,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut *
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${st?.tag ?? ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${st?.tag ?? ""}${doutStaged ? "_do" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -720,30 +734,38 @@ export const attentionTcForm = {
   fullTiles: process.env.TUNELOOM_ATTN_FULL_TILES !== "0",
   /** A stage diag of the one-sweep forward (AttentionDiag; measurements only, wrong results). */
   diag: attentionDiagFrom(process.env.TUNELOOM_ATTN_DIAG),
+  /**
+   * The dk/dv pass stages dout as well as q (backwardDkvSource doutStaged; P and dS share a tile so
+   * both fit 48 KB at HD = 64): its 32 subgroup-matrix loads of dout from storage per subgroup and
+   * query tile become loads from workgroup memory (session 14). Off until its GPU tests pass and a
+   * profile gains: `TUNELOOM_ATTN_DKV_DOUT=1`.
+   */
+  dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT === "1",
 };
 
 /**
  * Workgroup memory (bytes) of a pass in the staged form: the score tiles of its layout plus the
  * staged tiles, or Infinity where that pass has no staged form.
  */
-export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number, padded: boolean, oneSweep = true): number {
+export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number, padded: boolean, oneSweep = true): number {
   const L = tileLayout(padded);
   const tile = 64 * stagedLd(hd) * 2, seqIds = 4 * 64;
   if (pass === "forward") return oneSweep ? 64 * Math.max(L.sLd, L.oLd(hd)) * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile : Infinity;
   if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile;
+  if (pass === "dkv-dout") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + 3 * seqIds + 2 * tile; // P and dS share a tile; q and dout staged
   return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds + tile;
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag }): KernelSource {
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean }): KernelSource {
   const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
   if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
   if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
-  return backwardDkvSource(hd, L, form.perHead, form.staged, fast);
+  return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged);
 }
 
 /** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
-function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv", hd: number): boolean {
+function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number): boolean {
   const { staged, padded, oneSweep } = attentionTcForm;
   return staged && stagedAttentionBytes(pass, hd, padded, oneSweep) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
 }
@@ -794,25 +816,26 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
   const { padded, fullTiles: fast } = attentionTcForm;
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
+  const doutStaged = dkvStaged && attentionTcForm.dkvDoutStaged && stagedHere(rec, "dkv-dout", a.hd);
   const key = `${a.hd}:${padded}:${dqStaged}:${fast}`;
   let sq = dqSources.get(key);
   if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast)));
-  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}`;
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${doutStaged}`;
   let skv = dkvSources.get(kvKey);
-  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast)));
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast, doutStaged)));
   const { q16, k16, v16, made } = f16Inputs(rec, a), do16 = toF16(rec, a.dout);
   rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);
     rec.recycle(dvP);
   } else {
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
   for (const t of [...made, do16]) rec.recycle(t);

@@ -211,7 +211,7 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
@@ -221,14 +221,18 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // default forms and two sweeps.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true },
     { oneSweep: false, padded: true, dkvPerHead: false, fullTiles: true },
+    // dout staged in the dk/dv pass too, P and dS sharing a tile (session 14; off by default), in the
+    // default forms, per query head and not.
+    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true },
+    { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
@@ -261,6 +265,19 @@ describe("staged attention tiles: workgroup memory", () => {
       expect(staged).toBeGreaterThan(plain); // the staged tiles are added, nothing else changes
     });
   }
+  for (const padded of [false, true]) {
+    test(`dk/dv with dout staged${padded ? ", padded" : ""}: the rule's bytes are the shader's, q's and dout's tiles, one of P and dS`, () => {
+      const both = declared(attentionTcSource("dkv", 64, { padded, staged: true, doutStaged: true }).code);
+      const qOnly = declared(attentionTcSource("dkv", 64, { padded, staged: true }).code);
+      expect(both).toBe(stagedAttentionBytes("dkv-dout", 64, padded));
+      // the dout tile (64 rows of 64 + 8 halves) takes the dS tile's place (64 rows of pLd halves)
+      expect(both - qOnly).toBe(64 * 72 * 2 - 64 * (padded ? 72 : 64) * 2);
+      expect(stagedAttentionBytes("dkv-dout", 64, true)).toBeLessThanOrEqual(49152);
+      const code = attentionTcSource("dkv", 64, { padded, staged: true, doutStaged: true }).code;
+      expect(code).not.toContain("&do16"); // every read of dout goes through its staged tile
+      expect(code).not.toContain("DSw");
+    });
+  }
   test("hd 64 fits NVIDIA's 48 KB in every pass; hd 128 does not", () => {
     for (const pass of ["forward", "dq", "dkv"] as const) {
       expect(stagedAttentionBytes(pass, 64, true)).toBeLessThanOrEqual(49152);
@@ -277,6 +294,7 @@ describe("attention forward stage diags", () => {
   const plain = src();
   const phases: [AttentionDiag, string][] = [
     ["no-softmax", "Pw[r * "], ["no-pv", "pv0 = subgroupMatrixMultiplyAccumulate"], ["no-oupdate", "o[i] = o[i] * alpha"],
+    ["no-scores", "acc = subgroupMatrixMultiplyAccumulate(ql0"], ["no-max", "tileMax = max(tileMax, x)"],
   ];
   for (const [diag, marker] of phases) {
     test(`${diag} removes its phase and nothing else`, () => {
@@ -286,6 +304,12 @@ describe("attention forward stage diags", () => {
       expect(count(code, "workgroupBarrier();")).toBe(count(plain, "workgroupBarrier();"));
     });
   }
+  test("no-stage stores the staged tiles in the first key tile only and loads no further tile", () => {
+    const code = src("no-stage");
+    expect(code).toContain("if (more && false)");
+    expect(code).toMatch(/if \(kt == \(rEnd - 1u\) \/ 64u\) \{\n *\{ let e = lid \+ 0u;[^\n]*st_Ks\[0\]/);
+    expect(plain).not.toContain("if (more && false)");
+  });
   test("no-barriers keeps the phases and drops the loop body's barriers", () => {
     const code = src("no-barriers");
     for (const [, marker] of phases) expect(count(code, marker)).toBe(count(plain, marker));
