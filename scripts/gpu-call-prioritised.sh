@@ -3,12 +3,12 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: tests train-keep-1b aux-staged dkv-dout profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b
-# variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow:
-# session 14 built selective checkpointing (train-keep*: ours with and without, and HF) and the staged aux slice
-# (aux-staged: its tests and an A/B profile against profile-1b), so those come first, then the never-measured
-# Qwen2.5-7B row, 8B, 3B and the 1B decode A/B of session 13's plan. The list is longer than one call: the `[Ns] step`
-# lines of a call's output say where it stopped, and the next call passes the rest as STEPS)
+# STEPS (default: train-3b train-keep-small decode-1b train-keep-8b profile-8b attn-stages profile-1b variants
+# tests train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow: session 14's call measured
+# tests, train-keep-1b, the aux-staged and dkv-dout A/Bs, profile-1b, Qwen2.5-7B and train-keep-8b (its HF row did not
+# fit); 3B, the small models' selective rows, the 1B decode A/B (GEMV depth), 8B with HF and the new attention stage
+# diags come first now. The list is longer than one call: the `[Ns] step` lines of a call's output say where it
+# stopped, and the next call passes the rest as STEPS)
 # is any of
 #   tests        the GPU tests of what the call measures, quick files first (tests.txt; TEST_FILES replaces the
 #                list, EXTRA_TESTS adds to it)
@@ -32,8 +32,7 @@
 #   train-8b     Llama-3.1-8B and Qwen2.5-7B, as train-1b (train-llama8b, train-qwen7b: one of them)
 #   train-keep   selective checkpointing within each model's memory room (KEEP, MODEL:GIB), with the
 #                full-recompute row and HF's where the call has none (train-keep-1b/-8b/-small: one part)
-#   aux-staged   the staged LoRA aux slice's GPU tests, then the 1B step profiled with it (A/B vs profile-1b)
-#   dkv-dout     the 1B step profiled with the attention dk/dv pass staging dout (A/B vs profile-1b)
+#   dkv-dout     the 1B step profiled without the attention dk/dv pass staging dout (A/B vs profile-1b)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
@@ -55,7 +54,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-tests train-keep-1b aux-staged dkv-dout profile-1b train-qwen7b train-keep-8b train-3b decode-1b profile-8b variants train-keep-small attn-stages decode-8b train-small full profile-full serve multi-lora wginit mma-peak tests-slow}
+STEPS=${*:-train-3b train-keep-small decode-1b train-keep-8b profile-8b attn-stages profile-1b variants tests train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow}
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -119,6 +118,8 @@ for step in $STEPS; do
       grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt && { export TUNELOOM_ATTN_FULL_TILES=0; el "TUNELOOM_ATTN_FULL_TILES=0"; }
       # Session 13: RoPE's f16 copies of q, k, v (on since session 13's call): off for the rest of the call if its test fails.
       grep -q "^(fail) .*RoPE's f16 copies" $OUT/tests.txt && { export TUNELOOM_ROPE_F16=0; el "TUNELOOM_ROPE_F16=0"; }
+      # Session 14: the dk/dv pass staging dout (on since session 14's call): off for the rest of the call if its tests fail.
+      grep -q "^(fail) .*dout staged" $OUT/tests.txt && { export TUNELOOM_ATTN_DKV_DOUT=0; el "TUNELOOM_ATTN_DKV_DOUT=0"; }
       # Session 11, written after its last call: inference's in-place residual stream (decoder-layer.ts);
       # on GPUs its prefill-sized products accumulate on tensor cores. A failure here is a bug to fix.
       grep -q "^(fail) the residual stream updated in place" $OUT/tests.txt && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
@@ -189,27 +190,13 @@ for step in $STEPS; do
     train-keep-1b) keep_rows "llama3.2-1b:1.75" ;;
     train-keep-8b) keep_rows "llama3.1-8b:2.9" ;;
     train-keep-small) keep_rows "qwen2.5-0.5b:1.9 smollm2-135m:0.35" ;;
-    aux-staged)
-      # Session 14: the LoRA aux slice staged through workgroup memory (matmul-tc-staged.ts auxStaging,
-      # TUNELOOM_AUX_STAGED=1): its GPU tests (the aux slice cases of matmul-subgroup.test.ts, staged and
-      # not, and the 16-bit training-step comparisons with it on), then, if they pass, the 1B step profiled
-      # with it (ab_on aux_staged; compare with profile-1b of the same call).
-      [ "$(left)" -gt 90 ] || { el "skip aux-staged"; continue; }
-      el aux-staged
-      TUNELOOM_AUX_STAGED=1 timeout 80 bun test kernels/test/matmul-subgroup.test.ts -t "aux slice" > /tmp/aux-tests.txt 2>&1
-      TUNELOOM_AUX_STAGED=1 timeout 60 bun test packages/trainer/test/gpu-step.test.ts -t "16-bit" >> /tmp/aux-tests.txt 2>&1
-      { echo "== aux-staged tests"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/aux-tests.txt | head -20; } | tee -a $OUT/peft-stderr.txt
-      if ! grep -q '^(fail)' /tmp/aux-tests.txt && grep -q ' pass' /tmp/aux-tests.txt; then
-        [ "$(left)" -gt 40 ] && TUNELOOM_AUX_STAGED=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"aux_staged",/' | stamp >> $OUT/profile.jsonl
-      else el "aux-staged tests failed: no A/B"; fi ;;
     dkv-dout)
-      # Session 14: the attention dk/dv pass with dout staged too (attention-tc.ts dkvDoutStaged,
-      # TUNELOOM_ATTN_DKV_DOUT=1); its GPU tests are attention.test.ts's "dout staged" forms (the tests
-      # step). If they passed (or this call ran no tests), the 1B step profiled with it (ab_on dkv_dout).
+      # Session 14: the attention dk/dv pass staging dout as well as q (attention-tc.ts dkvDoutStaged, on
+      # since session 14's call: 1B dk/dv 12.4 → 9.7 ms, H100). The 1B step profiled without it (ab_off
+      # dkv_dout; compare with profile-1b of the same call).
       [ "$(left)" -gt 45 ] || { el "skip dkv-dout"; continue; }
-      if grep -q '^(fail) .*dout staged' $OUT/tests.txt 2>/dev/null; then el "dkv-dout tests failed: no A/B"; continue; fi
       el dkv-dout
-      TUNELOOM_ATTN_DKV_DOUT=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"dkv_dout",/' | stamp >> $OUT/profile.jsonl ;;
+      TUNELOOM_ATTN_DKV_DOUT=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"dkv_dout",/' | stamp >> $OUT/profile.jsonl ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;

@@ -737,10 +737,11 @@ export const attentionTcForm = {
   /**
    * The dk/dv pass stages dout as well as q (backwardDkvSource doutStaged; P and dS share a tile so
    * both fit 48 KB at HD = 64): its 32 subgroup-matrix loads of dout from storage per subgroup and
-   * query tile become loads from workgroup memory (session 14). Off until its GPU tests pass and a
-   * profile gains: `TUNELOOM_ATTN_DKV_DOUT=1`.
+   * query tile become loads from workgroup memory (session 14). On since session 14's call (H100,
+   * 2026-12-07T22:30Z): its GPU tests passed and the 1B step's dk/dv pass went 12.4 → 9.7 ms (the
+   * step's GPU time 235.4 → 232.6 ms, same call); `TUNELOOM_ATTN_DKV_DOUT=0` turns it off.
    */
-  dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT === "1",
+  dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT !== "0",
 };
 
 /**

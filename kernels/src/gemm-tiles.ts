@@ -69,8 +69,6 @@ export interface TcConfig {
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
   aux?: boolean;
-  /** The aux slice staged through workgroup memory (matmul-tc-staged.ts auxStaging): set by matmulTensorCore. */
-  auxStaged?: boolean;
 }
 
 

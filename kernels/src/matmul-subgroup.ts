@@ -23,7 +23,7 @@ import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
-import { AUX_BINDINGS, auxSliceCode, auxStaging, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
+import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
 import { type TcConfig, stagedForm, stagedSmallProducts, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
 
@@ -156,11 +156,9 @@ export function matmulTensorCore(
     if (K2 * N > b2.numel) throw new Error(`matmulTensorCore: aux b2 has ${b2.numel} elements, too few for K2=${K2} N=${N}`);
     auxParams = [K2, lda2, offA2, transB ? K2 : N];
   }
-  // The aux slice staged where its 16-byte chunks are aligned (auxStaging; B from global memory has no Bs tile for it).
-  const auxStaged = !!aux && auxStaging.enabled && !!cfg.staged && !cfg.directB && auxParams.every((x, i) => i === 0 || x % 8 === 0);
-  const kernelCfg: TcConfig = aux ? { ...cfg, aux: true, auxStaged } : cfg;
+  const kernelCfg: TcConfig = aux ? { ...cfg, aux: true } : cfg;
   // Every field of the config is in its name (tcConfigName), so two configs never share a kernel.
-  const key = `${transB}:${tcConfigName(cfg)}${aux ? (auxStaged ? ":auxs" : ":aux") : ""}`;
+  const key = `${transB}:${tcConfigName(cfg)}${aux ? ":aux" : ""}`;
   let s = sources.get(key);
   if (!s) sources.set(key, (s = kernelCfg.staged ? stagedSource(transB, kernelCfg) : source(transB, kernelCfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };

@@ -59,52 +59,6 @@ ${ids(tm).flatMap((i) => ids(tn).map((j) => `    acc${i}${j} = subgroupMatrixMul
   }`;
 }
 
-/**
- * The aux slice staged (auxStaging): A2's and B2's 16-byte chunks go through the main loop's As and
- * Bs tiles, BK deep at a time (zero-filled past auxK, M and N), and the products read them from
- * workgroup memory like any slice. The global form above reads every 16×16 block of A2 and B2 as a
- * subgroup-matrix load from storage, the slow operation on NVIDIA's driver (session 7): in session
- * 13's 1B profile a 4096×2048×8192 dX product took 0.737 ms and 0.886 with a 32-deep aux slice, the
- * forward's 4096×8192×2048 0.789 and 0.819 with 16. Needs A2's offset and both row strides in
- * multiples of 8 halves (matmulTensorCore checks) and the main loop's closing barrier.
- */
-export const auxStaging = { enabled: process.env.TUNELOOM_AUX_STAGED === "1" };
-
-export const AUX_STAGED_BINDINGS = `@group(0) @binding(4) var<storage, read> a2: array<vec4<u32>>; // f16, 8 per element (staged aux slice)
-@group(0) @binding(5) var<storage, read> b2: array<vec4<u32>>;`;
-
-export function auxStagedCode(transB: boolean, g: StagedGeometry, products: string): string {
-  const { threads, BM, BN, BK, AS, BS } = g;
-  const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8;
-  const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
-  const bCoord = transB ? `let row = e / ${BK / 8}u; let kq = (e % ${BK / 8}u) * 8u;` : `let row = e / ${BN / 8}u; let kq = (e % ${BN / 8}u) * 8u;`;
-  const bLoad = transB
-    ? `if (col0 + row < p.N && k2 + kq < p.auxK) { w = b2[((col0 + row) * p.ldb2 + k2 + kq) / 8u]; }`
-    : `if (k2 + row < p.auxK && col0 + kq < p.N) { w = b2[((k2 + row) * p.ldb2 + col0 + kq) / 8u]; }`;
-  return `  for (var k2 = 0u; k2 < p.auxK; k2 += ${BK}u) {
-    for (var i = 0u; i < ${aPer}u; i++) {
-      let e = tid + ${threads}u * i;
-      let row = e / ${BK / 8}u; let kq = (e % ${BK / 8}u) * 8u;
-      var w = vec4<u32>(0u);
-      if (row0 + row < p.M && k2 + kq < p.auxK) { w = a2[(p.offA2 + (row0 + row) * p.lda2 + k2 + kq) / 8u]; }
-      if (e < ${aVec}u) { let at = row * ${AS}u + kq; ${chunkStore("As", "at", "w")} }
-    }
-    for (var i = 0u; i < ${bPer}u; i++) {
-      let e = tid + ${threads}u * i;
-      ${bCoord}
-      var w = vec4<u32>(0u);
-      ${bLoad}
-      if (e < ${bVec}u) { let at = row * ${BS}u + kq; ${chunkStore("Bs", "at", "w")} }
-    }
-    workgroupBarrier();
-    {
-      let aOff = 0u; let bOff = 0u;
-${products}
-    }
-    workgroupBarrier();
-  }`;
-}
-
 const PAD = 8; // halves of padding per staged row (breaks bank conflicts of the column loads)
 
 export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
@@ -114,8 +68,6 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const diag = cfg.diag;
   const group = cfg.group ?? 0;
   const aux = cfg.aux ?? false;
-  const auxStaged = aux && (cfg.auxStaged ?? false);
-  if (auxStaged && cfg.directB) throw new Error("stagedSource: B from global memory (b) has no Bs tile to stage an aux slice through");
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
   const bHalves = cfg.directB ? 0 : transB ? BN * BS : BK * BS;
@@ -253,7 +205,7 @@ ${copy.products}
 ${cfg.directB ? "@group(0) @binding(2) var<storage, read> bh: array<f16>; // read as subgroup matrices (TcConfig.directB)" : "@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element"}
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-${aux ? (auxStaged ? AUX_STAGED_BINDINGS : AUX_BINDINGS) : ""}
+${aux ? AUX_BINDINGS : ""}
 
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
 ${bHalves ? `var<workgroup> Bs: array<f16, ${buffers * bHalves}>;` : ""}
@@ -286,11 +238,11 @@ ${pairs.map(([i, j]) => `  var acc${i}${j} = subgroup_matrix_result<f32, 16, 16>
 ${pairs.map(([i, j]) => `    if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { acc${i}${j} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, p.ldc); }`).join("\n")}
   }
 ${mainLoop}
-${!aux ? "" : auxStaged ? auxStagedCode(transB, stagedGeometry(transB, cfg), products) : auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colTile + ${16 * j}u`)}
+${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colTile + ${16 * j}u`) : ""}
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.directB ? "b" : ""}${aux ? (auxStaged ? "_auxs" : "_aux") : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.directB ? "b" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {

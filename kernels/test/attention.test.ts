@@ -221,7 +221,7 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // default forms and two sweeps.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true },
     { oneSweep: false, padded: true, dkvPerHead: false, fullTiles: true },
-    // dout staged in the dk/dv pass too, P and dS sharing a tile (session 14; off by default), in the
+    // dout staged in the dk/dv pass too, P and dS sharing a tile (session 14; on by default since its call), in the
     // default forms, per query head and not.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true },
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: true },

@@ -1,7 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { type TcConfig, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
-import { auxStaging } from "../src/matmul-tc-staged.ts";
 
 const rt = await getRuntime();
 const available = hasTensorCoreMatmul(rt);
@@ -72,18 +71,10 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
   // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
   // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
   const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u")];
-  // Staged (auxStaging, staged configs only): K2 below one K slice, above it (several aux slices),
-  // and an A2 offset that is no 16-byte multiple (which must take the global form and still be right).
-  const auxCases = auxConfigs.flatMap((cfg) => [
-    { cfg, staged: false, K2: 32, lda2: 80, offA2: 16 },
-    ...(cfg.staged ? [{ cfg, staged: true, K2: 32, lda2: 80, offA2: 16 }, { cfg, staged: true, K2: 80, lda2: 96, offA2: 8 }, { cfg, staged: true, K2: 48, lda2: 52, offA2: 4 }] : []),
-  ]);
-  for (const { cfg, staged, K2, lda2, offA2 } of auxCases) {
+  for (const cfg of auxConfigs) {
     for (const transB of [true, false]) {
-      test(`aux slice ${tcConfigName(cfg)}${staged ? ` staged K2=${K2} offA2=${offA2}` : ""} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
-        const M = 272, N = 144, K = 96;
-        const was = auxStaging.enabled;
-        auxStaging.enabled = staged;
+      test(`aux slice ${tcConfigName(cfg)} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
+        const M = 272, N = 144, K = 96, K2 = 32, lda2 = 80, offA2 = 16;
         const aBits = toF16Bits(randn(M * K)), bBits = toF16Bits(randn(K * N));
         const a2Bits = toF16Bits(randn(M * lda2)), b2Bits = toF16Bits(randn(K2 * N));
         const [a, b, a2full, b2] = [aBits, bBits, a2Bits, b2Bits].map(fromF16Bits) as Float32Array[];
@@ -97,7 +88,6 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
         const aux = { a2: ta2, b2: tb2, K2, lda2, offsetA2: offA2 };
         matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg, aux);
         matmulTensorCore(rec, { a: ta, b: tb, c: tacc, M, N, K, transB, beta: 1 }, cfg, aux);
-        auxStaging.enabled = was;
         rec.submit();
         const [out, acc] = [await rt.read(tc), await rt.read(tacc)];
         rec.release();
