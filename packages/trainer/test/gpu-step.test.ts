@@ -217,6 +217,20 @@ describe("selective checkpointing: layers that keep their attention output or th
     expect(() => keptLayerSet(6, 2, false)).toThrow(/needs gradient checkpointing/);
   });
 
+  // The copies are the same buffers step after step, so the bind groups of the dispatches that read
+  // them are cached: after a few steps a step creates no more of them with keeping than without.
+  test("steps reuse the kept copies: no more new bind groups a step than without keeping", async () => {
+    const rt = model16.rt, batch = packedBatch(21, [20, 12]);
+    const growth = async (keep: "all" | 0) => {
+      const tr = await trainerWithNonZeroB(true, 0, true, model16, 16, true, { keepAttentionLayers: keep, keepMlpLayers: keep });
+      for (let s = 1; s <= 4; s++) await tr.step([batch], 1e-3, s);
+      const before = rt.bindings.stats.bindGroups;
+      for (let s = 5; s <= 8; s++) await tr.step([batch], 1e-3, s);
+      return rt.bindings.stats.bindGroups - before;
+    };
+    expect(await growth("all")).toBeLessThanOrEqual(await growth(0));
+  });
+
   test("a budget in GiB: attention outputs first in every recomputed layer, then MLPs, as many as fit", () => {
     const T = 16, GiB = 2 ** 30;
     const att = selectiveStepBytes(model, { attention: new Set([0]), mlp: new Set() }, T), mlp = selectiveStepBytes(model, { attention: new Set(), mlp: new Set([0]) }, T);
@@ -271,8 +285,8 @@ describe("selective checkpointing: layers that keep their attention output or th
     });
   }
 
-  // The copies are scratch recycled after each layer's backward, and each micro-batch's tensors go
-  // back to the pool when it is recorded: keeping costs one set of copies, whatever the micro-batches.
+  // The copies are the trainer's, reused by every micro-batch, and each micro-batch's other tensors
+  // go back to the pool when it is recorded: keeping costs one set of copies, whatever the micro-batches.
   test("memory: the kept copies cost their bytes once per step; gradient accumulation holds one micro-batch's activations", async () => {
     const batches = [16, 17, 18, 19].map((seed) => packedBatch(seed, [16]));
     const both = { attention: new Set([0]), mlp: new Set([0]) };
@@ -288,12 +302,16 @@ describe("selective checkpointing: layers that keep their attention output or th
   });
 });
 
-/** GPU bytes in use at the peak of a step over `batches`, above what was in use before it (pipelines and pool warmed by a first step). */
+/**
+ * GPU bytes in use at the peak of a trainer's second step over `batches`, above what was in use
+ * before its first (pipelines and pool warmed by the first; what the trainer keeps between steps,
+ * such as the selective checkpointing copies, counted).
+ */
 async function stepPeakBytes(tr: LoraTrainer, batches: Batch[]): Promise<number> {
   const rt = tr.model.rt;
+  const before = rt.memory.inUseBytes;
   await tr.step(batches, 0, 1, false);
   rt.memory.resetPeak();
-  const before = rt.memory.inUseBytes;
   await tr.step(batches, 0, 1, false);
   return rt.memory.peakInUseBytes - before;
 }

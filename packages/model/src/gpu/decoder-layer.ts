@@ -260,11 +260,13 @@ export function selectiveBytes(cfg: ModelConfig, T: number, dtype: Tensor["dtype
   return part === "mlp" ? 2 * T * cfg.intermediateSize * bytes : T * cfg.numHeads * (cfg.headDim * bytes + 4);
 }
 
-/** A layer's kept parts for T tokens, scratch of the recording (recycle each tensor after the layer's backward). */
-export function allocSelective(rec: Recorder, cfg: ModelConfig, T: number, w: GpuLayerWeights, parts: Record<SelectivePart, boolean>): SelectiveCheckpoint {
+/** A layer's kept parts for T tokens, each tensor from `alloc` (dtype, shape, label). */
+export function allocSelective(
+  alloc: (dtype: Tensor["dtype"], shape: number[], label: string) => Tensor, cfg: ModelConfig, T: number, w: GpuLayerWeights, parts: Record<SelectivePart, boolean>,
+): SelectiveCheckpoint {
   const kept: SelectiveCheckpoint = {};
-  if (parts.attention) kept.attention = { out: rec.scratch(w.o.dtype, [T, cfg.numHeads * cfg.headDim], "kept.attn"), lse: rec.scratch("f32", [T, cfg.numHeads], "kept.lse") };
-  if (parts.mlp) kept.mlp = { gate: rec.scratch(w.gate.dtype, [T, cfg.intermediateSize], "kept.gate"), up: rec.scratch(w.up.dtype, [T, cfg.intermediateSize], "kept.up") };
+  if (parts.attention) kept.attention = { out: alloc(w.o.dtype, [T, cfg.numHeads * cfg.headDim], "kept.attn"), lse: alloc("f32", [T, cfg.numHeads], "kept.lse") };
+  if (parts.mlp) kept.mlp = { gate: alloc(w.gate.dtype, [T, cfg.intermediateSize], "kept.gate"), up: alloc(w.up.dtype, [T, cfg.intermediateSize], "kept.up") };
   return kept;
 }
 

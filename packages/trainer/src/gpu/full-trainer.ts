@@ -33,7 +33,7 @@ import { sumNll } from "../eval-set.ts";
 import { fullParamSpecs } from "../full-memory.ts";
 import type { Collectives } from "../distributed/world.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
-import { type SelectiveLayers, type SelectiveOptions, SelectiveSets, selectiveLayers } from "./selective-checkpoint.ts";
+import { type SelectiveLayers, type SelectiveOptions, SelectiveBuffers, selectiveLayers } from "./selective-checkpoint.ts";
 import { MicroBatchTensors, allReduceStep, finishStep, type StepResult, stepCounts } from "./optimizer-step.ts";
 import { maxBindableBytes, type ParamChunk, ParamChunks } from "./param-chunks.ts";
 
@@ -64,10 +64,12 @@ export class FullTrainer {
   private readonly tied: boolean;
   /** The layers that keep parts of their forward under selective checkpointing (selective-checkpoint.ts). */
   readonly selectiveLayers: SelectiveLayers;
+  private readonly selectiveBuffers: SelectiveBuffers;
 
   constructor(readonly model: GpuModel, readonly opts: FullTrainerOptions) {
     this.rt = model.rt;
     this.selectiveLayers = selectiveLayers(model.cfg.numLayers, opts, opts.gradientCheckpointing);
+    this.selectiveBuffers = new SelectiveBuffers(model.rt, model, this.selectiveLayers);
     const w = model.weights;
     this.tied = w.lmHead === w.embed;
     const tensors = new Map<string, Tensor>();
@@ -230,8 +232,8 @@ export class FullTrainer {
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, 0, []));
       mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const selective = new SelectiveSets(rec, model, this.selectiveLayers, T);
-      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor, selective: selective.forward });
+      const selective = this.selectiveBuffers.forTokens(T);
+      const fwd = model.recordForward(rec, tb, { ...xs.forward, activations: actsFor, selective });
       mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -248,9 +250,8 @@ export class FullTrainer {
         const ctx = model.layerContext(l);
         const w = model.weights.layers[l]!;
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), {}, undefined, selective.get(l)) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), {}, undefined, selective(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, {}, this.layerGrads(l, ones), kept);
-        selective.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
       // x_0 = embed[ids]: dE[id] += dx_0

@@ -44,7 +44,7 @@ import type { Collectives } from "../distributed/world.ts";
 import { MicroBatchTensors, allReduceStep, finishStep, type StepResult } from "./optimizer-step.ts";
 import { initLoraWeights } from "../lora-init.ts";
 import { SavedLayerInputs, savedInputDtype } from "./saved-layer-inputs.ts";
-import { type SelectiveLayers, type SelectiveOptions, SelectiveSets, selectiveLayers } from "./selective-checkpoint.ts";
+import { type SelectiveLayers, type SelectiveOptions, SelectiveBuffers, selectiveLayers } from "./selective-checkpoint.ts";
 
 export type { StepResult } from "./optimizer-step.ts";
 
@@ -91,12 +91,14 @@ export class LoraTrainer {
   private readonly copies16?: { params16: Tensor; scaled16: Tensor; scaling: number };
   /** The layers that keep parts of their forward under selective checkpointing (selective-checkpoint.ts). */
   readonly selectiveLayers: SelectiveLayers;
+  private readonly selectiveBuffers: SelectiveBuffers;
 
   constructor(readonly model: GpuModel, readonly config: LoraConfig, readonly opts: LoraTrainerOptions) {
     this.rt = model.rt;
     if (!(config.dropout >= 0 && config.dropout < 1)) throw new Error(`LoRA dropout must be in [0, 1), got ${config.dropout}`);
     this.specs = loraLayerSpecs(model.cfg, config);
     this.selectiveLayers = selectiveLayers(model.cfg.numLayers, opts, opts.gradientCheckpointing);
+    this.selectiveBuffers = new SelectiveBuffers(model.rt, model, this.selectiveLayers);
     const r = config.rank;
     // Per layer, every A in module order, then every B: the A's of projections that read one
     // input (q/k/v, gate/up) lie back to back, so each group's LoRA runs as one product (lora.ts).
@@ -274,8 +276,8 @@ export class LoraTrainer {
         : Array.from({ length: L }, () => allocLayerActivations(rt, cfg, T, this.config.rank, targetsList));
       mb.sets.push(actSets);
       const actsFor = (l: number) => actSets[this.opts.gradientCheckpointing ? 0 : l]!;
-      const selective = new SelectiveSets(rec, model, this.selectiveLayers, T);
-      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor, selective: selective.forward });
+      const selective = this.selectiveBuffers.forTokens(T);
+      const fwd = model.recordForward(rec, tb, { lora, ...xs.forward, activations: actsFor, selective });
       mb.tensors.push(...fwd.scratch);
       const dh = rt.empty("f32", [T, C], "dh");
       const dxA = rt.empty("f32", [T, C], "dx_a"), dxB = rt.empty("f32", [T, C], "dx_b");
@@ -294,9 +296,8 @@ export class LoraTrainer {
         // Recompute this layer's activations from its saved input, except the last layer's: the
         // forward has just left them in the shared set.
         const x = xs.input(rec, l);
-        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l], undefined, selective.get(l)) : undefined;
+        const kept = this.opts.gradientCheckpointing && l < L - 1 ? decoderLayerForward(rec, ctx, w, tb, x, null, actsFor(l), lora[l], undefined, selective(l)) : undefined;
         decoderLayerBackward(rec, ctx, w, tb, x, actsFor(l), dOut, dIn, g, lora[l], undefined, kept);
-        selective.recycle(l);
         [dOut, dIn] = [dIn, dOut];
       }
       mb.release(rt, rec);
