@@ -10,7 +10,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
-import { SCHEDULE_KINDS, TRAIN_DEFAULTS, type TrainOptions, describeZodIssue } from "@tuneloom/trainer";
+import { KEEP_LAYERS_EXPECTED, type KeepLayers, SCHEDULE_KINDS, TRAIN_DEFAULTS, type TrainOptions, describeZodIssue, parseKeepLayers } from "@tuneloom/trainer";
 import { type CommandSpec, UsageError, closest, kebab, nameTable, parseCommandLine } from "./args.ts";
 import { MODEL_FLAG } from "./model-flags.ts";
 
@@ -75,10 +75,8 @@ const RECORDED_ONLY = new Set(["total-steps", "schedule", "trainable-params", "t
 const int = () => z.number().int();
 /** A count of layers (a flag's "12" too) or "all": selective checkpointing. */
 const keepLayers = () => z.preprocess(
-  (v) => (typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v),
-  z.custom<number | "all">((v) => v === "all" || (Number.isInteger(v) && (v as number) >= 0), {
-    error: (issue) => `expected a number of layers (0 or more) or "all", got ${JSON.stringify(issue.input)}`,
-  }),
+  (v) => parseKeepLayers(v) ?? v,
+  z.custom<KeepLayers>((v) => parseKeepLayers(v) !== null, { error: (issue) => `expected ${KEEP_LAYERS_EXPECTED}, got ${JSON.stringify(issue.input)}` }),
 ).optional();
 const trainSchema = z.strictObject({
   model: z.string().min(1),

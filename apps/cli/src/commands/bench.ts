@@ -1,4 +1,5 @@
 import { getRuntime } from "@tuneloom/kernels";
+import { KEEP_LAYERS_EXPECTED, type KeepLayers, parseKeepLayers } from "@tuneloom/trainer";
 import { type CommandSpec, UsageError, parseFlags } from "../args.ts";
 import { kernelBenchmarks, kernelTolerance } from "../bench/kernels.ts";
 import { benchTrain, planTrainFull } from "../bench/train.ts";
@@ -62,11 +63,12 @@ const SPEC = {
   },
 } as const satisfies CommandSpec;
 
-/** `--keep-attention-layers` / `--keep-mlp-layers` N|all (absent: none). */
-function keepLayersFlag(flag: string, v: string | undefined): number | "all" | undefined {
-  if (v === undefined || v === "all") return v;
-  if (!/^\d+$/.test(v.trim())) throw new UsageError(`--${flag}: expected a number of layers (0 or more) or "all", got ${JSON.stringify(v)}`);
-  return Number(v);
+/** `--keep-attention-layers` / `--keep-mlp-layers` N|all (absent: none), as train reads them. */
+function keepLayersFlag(flag: string, v: string | undefined): KeepLayers | undefined {
+  if (v === undefined) return undefined;
+  const k = parseKeepLayers(v);
+  if (k === null) throw new UsageError(`--${flag}: expected ${KEEP_LAYERS_EXPECTED}, got ${JSON.stringify(v)}`);
+  return k;
 }
 
 export async function run(argv: string[]): Promise<number> {

@@ -211,7 +211,6 @@ export class FullTrainer {
       : stepCounts(microBatches);
     const rec = rt.recorder(`full-step ${step}`, { flushEvery: 256, cacheBindings: true });
     const toRelease: Tensor[] = [];
-    const released: object[] = [];
     const loss = rt.zeros("f32", [2], "loss");
     toRelease.push(loss);
     for (const g of this.state.all("grads")) rec.clear(g);
@@ -264,7 +263,7 @@ export class FullTrainer {
     }
     return finishStep(rt, rec, { chunks: this.chunks, clip: this.clip }, {
       lr, step, update, gradUnit: 1, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
-      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease,
       afterUpdate: (r) => this.recordRefreshCopies(r),
     });
   }

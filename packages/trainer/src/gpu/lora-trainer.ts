@@ -247,7 +247,6 @@ export class LoraTrainer {
     // The GPU starts while the rest records; steps repeat their dispatches, so bind groups are reused.
     const rec = rt.recorder(`train-step ${step}`, { flushEvery: 256, cacheBindings: true });
     const toRelease: Tensor[] = [];
-    const released: object[] = [];
     const loss = rt.zeros("f32", [2], "loss");
     toRelease.push(loss);
     rec.clear(this.grads);
@@ -308,7 +307,7 @@ export class LoraTrainer {
     }
     return finishStep(rt, rec, { chunks: [this], clip: this.clip }, {
       lr, step, update, gradUnit, loss, targets, tokens, maxGradNorm: this.opts.maxGradNorm,
-      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease, released,
+      beta1: this.opts.beta1, beta2: this.opts.beta2, eps: this.opts.eps, toRelease,
     });
   }
 

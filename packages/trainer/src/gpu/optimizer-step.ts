@@ -52,8 +52,8 @@ export interface StepEnd {
   eps?: number;
   /** Recorded after the update (FullTrainer: refresh the 16-bit copies). */
   afterUpdate?: (rec: Recorder) => void;
+  /** The step's own tensors (its micro-batches' are MicroBatchTensors'), released at its end. */
   toRelease: Tensor[];
-  released: object[];
 }
 
 /**
@@ -90,7 +90,6 @@ export async function finishStep(rt: GpuRuntime, rec: Recorder, b: OptimizerBuff
   const norm = await readGradNorm(rt, b.clip);
   rec.release();
   rt.release(...e.toRelease);
-  for (const r of e.released) releaseTensors(rt, r);
   return { loss: l.mean, targets: e.targets, tokens: e.tokens, gradNorm: norm.norm, nonFinite: norm.nonFinite || !Number.isFinite(l.mean) };
 }
 

@@ -20,6 +20,16 @@ import { type GpuModel, type SelectiveCheckpoint, type SelectivePart, allocSelec
 /** How many layers keep a part: a count, or every layer that is recomputed. */
 export type KeepLayers = number | "all";
 
+/** What a KeepLayers value is, for messages that name the flag or key: `--keep-mlp-layers: expected …`. */
+export const KEEP_LAYERS_EXPECTED = `a number of layers (0 or more) or "all"`;
+
+/** A flag's or config's value as KeepLayers ("12" from a command line too), or null when it is none. */
+export function parseKeepLayers(v: unknown): KeepLayers | null {
+  if (v === "all") return "all";
+  if (typeof v === "string" && /^\s*\d+\s*$/.test(v)) return Number(v);
+  return typeof v === "number" && Number.isInteger(v) && v >= 0 ? v : null;
+}
+
 /** The trainers' options for it (absent: 0). */
 export interface SelectiveOptions {
   keepAttentionLayers?: KeepLayers;
