@@ -33,7 +33,6 @@
 #   train-keep   selective checkpointing within each model's memory room (KEEP, MODEL:GIB), with the
 #                full-recompute row and HF's where the call has none (train-keep-1b/-8b/-small: one part)
 #   dkv-dout     the 1B step profiled without the attention dk/dv pass staging dout (A/B vs profile-1b)
-#   attn-mstage  attention's staged tiles copied as subgroup matrices: their GPU tests, the 1B step profiled (A/B vs profile-1b)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
@@ -200,15 +199,6 @@ for step in $STEPS; do
       [ "$(left)" -gt 45 ] || { el "skip dkv-dout"; continue; }
       el dkv-dout
       TUNELOOM_ATTN_DKV_DOUT=0 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"dkv_dout",/' | stamp >> $OUT/profile.jsonl ;;
-    attn-mstage)
-      # Session 15: attention's staged tiles copied through subgroup matrices (attention-tc.ts
-      # matrixStaging, off by default): its GPU tests (attention.test.ts, those cases only), then the 1B
-      # step profiled with it on (ab_on attn_mstage; compare with profile-1b of the same call).
-      [ "$(left)" -gt 60 ] || { el "skip attn-mstage"; continue; }
-      el attn-mstage
-      timeout 60 bun test kernels/test/attention.test.ts -t "copied as matrices" > /tmp/tests-mstage.txt 2>&1
-      { echo "== attention tiles copied as matrices (attention.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-mstage.txt | head -12; } >> $OUT/peft-stderr.txt
-      TUNELOOM_ATTN_MSTAGE=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"attn_mstage",/' | stamp >> $OUT/profile.jsonl ;;
     train-small) train "smollm2-135m qwen2.5-0.5b" 90 ;;
     train-3b) train llama3.2-3b 150 ;;
     train-8b) train "llama3.1-8b qwen2.5-7b" 240 ;;

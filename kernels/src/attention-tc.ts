@@ -227,9 +227,9 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag, byMatrices = false): KernelSource {
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag): KernelSource {
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
-  const st = staged ? stager(byMatrices)(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
+  const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const vBlock = (d: number) => st
     ? stagedRowMajor("Vs", hd, d)
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk)`;
@@ -387,35 +387,6 @@ function stageTiles(hd: number, arrays: { src: string; dst: string; ld: string; 
   };
 }
 
-/**
- * stageTiles through subgroup matrices (attentionTcForm.matrixStaging, session 15): the tile's
- * (64/16)·(HD/16) blocks of 16×16 per array are dealt round-robin to the four subgroups, each loaded
- * from global memory as a subgroup matrix into registers (the prefetch) and stored with
- * subgroupMatrixStore, instead of 16-byte loads stored one half at a time (eight 16-bit stores a
- * chunk, the cost the GEMM's stage diags found). Same staged layout. T is a multiple of 16 on the
- * tensor-core path (tensorCoreAttentionSupported), so a block is wholly inside or past T; one past T
- * is clamped to the last block (its rows are masked like the zero rows of stageTiles, and finite).
- * The sources keep their f16 bindings.
- */
-function stageTilesByMatrices(hd: number, arrays: { src: string; dst: string; ld: string; head: string }[]): TileStager {
-  const LD = stagedLd(hd), CB = hd / 16, PER = (4 * CB) / 4; // blocks per subgroup and array
-  const M16 = "subgroup_matrix_left<f16, 16, 16>";
-  const each = (f: (a: (typeof arrays)[number], i: number) => string) => arrays.flatMap((a) => ids(PER).map((i) => f(a, i))).join("\n");
-  // Block i of this subgroup: e = lid / 32 + 4·i, rows (e / CB)·16 …, halves (e % CB)·16 ….
-  const at = (i: number) => `let e = lid / 32u + ${4 * i}u; let rb = (e / ${CB}u) * 16u; let cb = (e % ${CB}u) * 16u;`;
-  return {
-    tag: "_stm",
-    decls: arrays.map((a) => `var<workgroup> ${a.dst}: array<f16, ${64 * LD}>; // staged rows of ${a.src} (64, HD + 8)`).join("\n"),
-    regs: each((a, i) => `  var st_${a.dst}${i} = ${M16}();`),
-    load: (row0) => each((a, i) => `      { ${at(i)} st_${a.dst}${i} = subgroupMatrixLoad<${M16}, row_major>(&${a.src}, min(${row0} + rb, p.T - 16u) * ${a.ld} + ${a.head} * HD + cb, ${a.ld}); }`),
-    store: each((a, i) => `      { ${at(i)} subgroupMatrixStore<row_major>(&${a.dst}, rb * ${LD}u + cb, st_${a.dst}${i}, ${LD}u); }`),
-    retype: (code) => code,
-  };
-}
-
-/** The stager of the form in use: chunk copies (stageTiles) or subgroup matrices (stageTilesByMatrices). */
-const stager = (byMatrices: boolean) => (byMatrices ? stageTilesByMatrices : stageTiles);
-
 /** A right matrix (k = 16 rows, n = HD block d) of a staged tile, row-major: P·V, dS·K, Pᵀ·dout, dSᵀ·q. */
 const stagedRowMajor = (dst: string, hd: number, d: number) =>
   `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&${dst}, j * ${16 * stagedLd(hd)}u + ${16 * d}u, ${stagedLd(hd)}u)`;
@@ -455,9 +426,9 @@ ${body}
  * dq = scale·dS·k with S, dP = dout·vᵀ and dq on tensor cores; dS = P ∘ (dP − D) in f32,
  * rounded to f16 (with the scale folded in) for the last product.
  */
-function backwardDqSource(hd: number, L: TileLayout, staged = false, fast = false, byMatrices = false): KernelSource {
+function backwardDqSource(hd: number, L: TileLayout, staged = false, fast = false): KernelSource {
   const D = hd / 16, J = BK / 16;
-  const st = staged ? stager(byMatrices)(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
+  const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const product = (left: string, right: string) => keyTileProduct(hd, left, right, L, st ? (right === "k16" ? "Ks" : "Vs") : undefined);
   const kBlock = (d: number) => st
     ? stagedRowMajor("Ks", hd, d)
@@ -549,14 +520,14 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
  * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false, doutStaged = false, byMatrices = false): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false, doutStaged = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
   if (doutStaged && !staged) throw new Error("backwardDkvSource: dout is staged only with q staged");
   // Staged: the query tile's q rows (both of q's products read them). dout stays in global memory,
   // or (doutStaged, session 14) is staged too, which fits NVIDIA's 48 KB at HD = 64 because P and
   // dS then share one tile: dv += Pᵀ·dout runs before dS is written over P.
   const st = staged
-    ? stager(byMatrices)(hd, [{ src: "q16", dst: "Qs", ld: "ldq", head: "h" }, ...(doutStaged ? [{ src: "do16", dst: "Dos", ld: "ldq", head: "h" }] : [])])
+    ? stageTiles(hd, [{ src: "q16", dst: "Qs", ld: "ldq", head: "h" }, ...(doutStaged ? [{ src: "do16", dst: "Dos", ld: "ldq", head: "h" }] : [])])
     : undefined;
   const stagedName = (right: string) => (st && right === "q16" ? "Qs" : doutStaged && right === "do16" ? "Dos" : undefined);
   const colMajor = (right: string, d: number) => stagedName(right)
@@ -771,12 +742,6 @@ export const attentionTcForm = {
    * step's GPU time 235.4 → 232.6 ms, same call); `TUNELOOM_ATTN_DKV_DOUT=0` turns it off.
    */
   dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT !== "0",
-  /**
-   * The staged tiles are copied through subgroup matrices (stageTilesByMatrices, session 15) instead
-   * of 16-byte chunks stored a half at a time. Off until a GPU call measures it:
-   * `TUNELOOM_ATTN_MSTAGE=1` turns it on.
-   */
-  matrixStaging: process.env.TUNELOOM_ATTN_MSTAGE === "1",
 };
 
 /**
@@ -793,11 +758,11 @@ export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout"
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean; matrixStaging?: boolean }): KernelSource {
-  const L = tileLayout(form.padded), fast = form.fullTiles ?? false, m = form.matrixStaging ?? false;
-  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag, m) : forwardSource(hd, L, fast);
-  if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast, m);
-  return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged, m);
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean }): KernelSource {
+  const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
+  if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
+  return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged);
 }
 
 /** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
@@ -822,13 +787,13 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded, fullTiles: fast, diag, matrixStaging: m } = attentionTcForm;
+  const { oneSweep: one, padded, fullTiles: fast, diag } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}:${m}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag, m) : forwardSource(a.hd, tileLayout(padded), fast)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
   const { q16, k16, v16, made } = f16Inputs(rec, a);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? (m ? "sm" : "s") : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   for (const t of made) rec.recycle(t);
 }
@@ -849,29 +814,29 @@ const dkvSources = new Map<string, KernelSource>();
 
 /** Records the tensor-core backward (shapes checked by the caller, attentionBackward). */
 export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwardArgs) {
-  const { padded, fullTiles: fast, matrixStaging: m } = attentionTcForm;
+  const { padded, fullTiles: fast } = attentionTcForm;
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
   const doutStaged = dkvStaged && attentionTcForm.dkvDoutStaged && stagedHere(rec, "dkv-dout", a.hd);
-  const key = `${a.hd}:${padded}:${dqStaged}:${fast}:${m}`;
+  const key = `${a.hd}:${padded}:${dqStaged}:${fast}`;
   let sq = dqSources.get(key);
-  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast, m)));
-  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${doutStaged}:${m}`;
+  if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast)));
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${doutStaged}`;
   let skv = dkvSources.get(kvKey);
-  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast, doutStaged, m)));
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast, doutStaged)));
   const { q16, k16, v16, made } = f16Inputs(rec, a), do16 = toF16(rec, a.dout);
-  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? (m ? "sm" : "s") : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
+  rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? (m ? "sm" : "s") : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);
     rec.recycle(dvP);
   } else {
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? (m ? "sm" : "s") : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
   for (const t of [...made, do16]) rec.recycle(t);

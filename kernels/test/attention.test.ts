@@ -211,7 +211,7 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean; matrixStaging?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
@@ -225,17 +225,14 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // default forms, per query head and not.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true },
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: true },
-    // The staged tiles copied through subgroup matrices (session 15), in the default forms and with q only staged.
-    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true, matrixStaging: true },
-    { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: false, matrixStaging: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false, matrixStaging = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}${matrixStaging ? ", copied as matrices" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged, matrixStaging });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
@@ -279,18 +276,6 @@ describe("staged attention tiles: workgroup memory", () => {
       const code = attentionTcSource("dkv", 64, { padded, staged: true, doutStaged: true }).code;
       expect(code).not.toContain("&do16"); // every read of dout goes through its staged tile
       expect(code).not.toContain("DSw");
-    });
-  }
-  for (const pass of ["forward", "dq", "dkv"] as const) for (const hd of [32, 64]) {
-    test(`${pass}, hd ${hd}: the tiles copied as subgroup matrices take the same memory, with matrix stores instead of half stores`, () => {
-      const form = { padded: true, staged: true, fullTiles: true, doutStaged: pass === "dkv" };
-      const chunks = attentionTcSource(pass, hd, form).code, matrices = attentionTcSource(pass, hd, { ...form, matrixStaging: true }).code;
-      expect(declared(matrices)).toBe(declared(chunks));
-      expect(chunks).toContain("bitcast<vec2<f16>>");
-      expect(matrices).not.toContain("bitcast<vec2<f16>>");
-      // every block of every staged tile: (64/16)·(hd/16) a tile, a quarter per subgroup
-      const tiles = pass === "dkv" ? ["Qs", "Dos"] : ["Ks", "Vs"];
-      for (const t of tiles) expect(matrices.split(`subgroupMatrixStore<row_major>(&${t},`).length - 1).toBe(hd / 16);
     });
   }
   test("hd 64 fits NVIDIA's 48 KB in every pass; hd 128 does not", () => {
