@@ -55,8 +55,6 @@ export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
 STEPS=${*:-train-3b train-keep-small decode-1b train-keep-8b profile-8b attn-stages profile-1b variants tests train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow}
-# A list left in .tmp/steps (carried with .tmp) replaces both: it re-orders a call already queued by a helper.
-[ -s .tmp/steps ] && STEPS=$(cat .tmp/steps) && echo "steps from .tmp/steps: $STEPS"
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do
@@ -259,26 +257,23 @@ for step in $STEPS; do
       # x·Wᵀ gained 40%: next, double buffering (one barrier per slice) of the two picks, K slices
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       # The b tiles' GPU tests first (matmul-subgroup.test.ts, their cases only): a sweep must not adopt a tile that fails them.
-      # Session 15: the copy through subgroup matrices (`m`: 16×16 blocks loaded as matrices and stored with
-      # subgroupMatrixStore instead of eight 16-bit stores a chunk) is measured first, with its stage diags.
-      B_OK=1; M_OK=1
+      B_OK=1
       if [ "$(left)" -gt 100 ]; then
-        timeout 90 bun test kernels/test/matmul-subgroup.test.ts -t "g8ub |g8ulb |um |ulm |ubm " > /tmp/tests-b.txt 2>&1
-        { echo "== b and m tiles (matmul-subgroup.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-b.txt | head -12; } >> $OUT/peft-stderr.txt
-        grep -qE '^\(fail\).*b M=|^ *0 pass' /tmp/tests-b.txt && { B_OK=0; el "b tiles failed their tests: not swept"; }
-        grep -qE '^\(fail\).*m M=|^ *0 pass' /tmp/tests-b.txt && { M_OK=0; el "m tiles failed their tests: not swept"; }
+        timeout 60 bun test kernels/test/matmul-subgroup.test.ts -t "g8ub |g8ulb " > /tmp/tests-b.txt 2>&1
+        { echo "== b tiles (matmul-subgroup.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-b.txt | head -12; } >> $OUT/peft-stderr.txt
+        grep -qE '^ *[1-9][0-9]* fail|^ *0 pass' /tmp/tests-b.txt && { B_OK=0; el "b tiles failed their tests: not swept"; }
       fi
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sg8um,4x2_2x4sk64g8um,4x4_2x2sg8ulm,4x2_2x4sk64g8ulm,4x4_2x2sdg8um,4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub} \
+        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u,4x4_2x2sg8} \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 50 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x4_2x2sg8um-no-stores,4x4_2x2sg8um-no-loads,4x4_2x2sg8um-no-products,4x2_2x4sk64g8um-no-stores,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-products,4x2_2x4sk64g8u-no-stores \
+        --configs 4x2_2x4sk64g8ub-no-loads,4x2_2x4sk64g8ub-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores,4x2_4x4sg8u-no-loads,4x2_4x4sg8u-no-barriers \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=$([ "$M_OK" = 1 ] && echo 4x4_2x2sg8um,4x2_2x4sk64g8um,4x4_2x2sg8ulm,4x2_2x4sk64g8ulm,4x4_2x2sdg8um,)$([ "$B_OK" = 1 ] && echo 4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub); NEW_TILES=${NEW_TILES%,}
+      NEW_TILES=$([ "$B_OK" = 1 ] && echo 4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,)4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep

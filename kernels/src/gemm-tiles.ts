@@ -6,7 +6,7 @@
  * micro-batch (thousands), and decode-sized M (≤ 16) runs on GEMV, not here.
  *
  * Config names: TMxTN_SGMxSGN, then `s` for operands staged through workgroup memory (with `kBK`
- * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy, `l` its two-deep prefetch, `b` B from global memory, `m` the copy through subgroup matrices) or `c`
+ * for the K slice and `d` for double buffering, `gG` grouped raster, `u` the unrolled copy, `l` its two-deep prefetch) or `c`
  * for the global kernel with constant strides. TM×TN result matrices of 16×16 per subgroup, SGM×SGN subgroups per workgroup.
  */
 import table from "./gemm-tiles.json";
@@ -65,16 +65,6 @@ export interface TcConfig {
    */
   directB?: boolean;
   /**
-   * Unrolled only (name suffix `m` after `u`/`ul`/`ub`, session 15): the slice is copied through
-   * subgroup matrices, each subgroup loading whole 16×16 blocks of A and B from global memory as
-   * subgroup matrices and storing them into workgroup memory with subgroupMatrixStore, instead of
-   * 16-byte loads stored one half at a time (eight 16-bit stores per chunk: the cost session 13's
-   * stage diags found). The staged layout is the same, so the products are unchanged. Blocks past M or
-   * N are clamped inside the operand (their results are not stored) and 16-deep steps past K are
-   * skipped, as with directB.
-   */
-  matrixCopy?: boolean;
-  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -97,12 +87,11 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(b?)(m?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][b][m]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
-  // m[11]: b (B's matrices straight from global memory); m[12]: m (the copy through subgroup matrices); m[13] diag; m[14] c
-  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[13])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(b?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][b]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  // m[11]: b (B's matrices straight from global memory); m[12] diag; m[13] c
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[12])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   if (m[11] === "b" && (m[9] !== "u" || m[7] === "d")) throw new Error(`bad tensor-core config '${s}': B from global memory (b) is a single-buffered form of the unrolled copy (u)`);
-  if (m[12] === "m" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': the copy through subgroup matrices (m) is a form of the unrolled copy (u)`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -113,14 +102,13 @@ export function parseTcConfig(s: string): TcConfig {
     ...(m[9] === "u" ? { unrolled: true } : {}),
     ...(m[10] === "l" ? { prefetch2: true } : {}),
     ...(m[11] === "b" ? { directB: true } : {}),
-    ...(m[12] === "m" ? { matrixCopy: true } : {}),
-    ...(m[13] ? { diag: m[13] as TcConfig["diag"] } : {}),
-    ...(m[14] === "c" ? { constStrides: true } : {}),
+    ...(m[12] ? { diag: m[12] as TcConfig["diag"] } : {}),
+    ...(m[13] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.directB ? "b" : ""}${c.matrixCopy ? "m" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.directB ? "b" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -136,7 +124,6 @@ export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED 
 export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
   const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
   const ok = (cols: number) => cols / 8 <= threads && threads % (cols / 8) === 0;
-  if (cfg.matrixCopy) return true; // whole 16×16 blocks per subgroup: any tile
   return ok(BK) && (transB || cfg.directB === true || ok(BN));
 }
 

@@ -144,7 +144,7 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
     }`;
   const aHalves = BM * AS;
   const copy = cfg.unrolled
-    ? unrolledCopy(transB, stagedGeometry(transB, cfg), cfg.directB ?? false, cfg.matrixCopy ?? false)
+    ? unrolledCopy(transB, stagedGeometry(transB, cfg), cfg.directB ?? false)
     : {
       setup: "",
       first: `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`,
@@ -201,8 +201,8 @@ ${copy.products}
   }`;
   const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
-${cfg.matrixCopy ? "@group(0) @binding(1) var<storage, read> ah: array<f16>; // read as subgroup matrices (TcConfig.matrixCopy)" : "@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element"}
-${cfg.directB || cfg.matrixCopy ? "@group(0) @binding(2) var<storage, read> bh: array<f16>; // read as subgroup matrices (TcConfig.directB, matrixCopy)" : "@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element"}
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
+${cfg.directB ? "@group(0) @binding(2) var<storage, read> bh: array<f16>; // read as subgroup matrices (TcConfig.directB)" : "@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element"}
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 ${aux ? AUX_BINDINGS : ""}
@@ -242,7 +242,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.directB ? "b" : ""}${cfg.matrixCopy ? "m" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.directB ? "b" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -278,11 +278,9 @@ function copyPlan(threads: number, rows: number, cols: number) {
  * each 16-deep step loads the TM left matrices once and then one right matrix at a time (TM + 1
  * operands live instead of TM + TN).
  */
-export function unrolledCopy(transB: boolean, g: StagedGeometry, directB = false, viaMatrices = false) {
-  const { threads, BM, BN, BK, AS, BS } = g;
+export function unrolledCopy(transB: boolean, g: StagedGeometry, directB = false) {
+  const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const products = unrolledProducts(transB, g, directB, viaMatrices);
-  if (viaMatrices) return { ...matrixCopy(transB, g, directB), products };
   const A = copyPlan(threads, BM, BK);
   // B slice: (BN rows of K) for transB, (BK rows of N) otherwise; none staged with directB.
   const B = directB ? { perRow: 1, rowsPerPass: threads, passes: 0, partial: false } : transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
@@ -327,18 +325,6 @@ ${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u <
     declare: [...ids(A.passes).map((i) => `  var sa${i} = vec4<u32>();`), ...ids(B.passes).map((i) => `  var sb${i} = vec4<u32>();`)].join("\n"),
     move: [...ids(A.passes).map((i) => `ra${i} = sa${i};`), ...ids(B.passes).map((i) => `rb${i} = sb${i};`)].join(" "),
   };
-  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, products, second };
-}
-
-/**
- * The products of one unrolled slice (buffer at aOff/bOff), one 16-deep step at a time: the TM left
- * matrices loaded once, then one right matrix at a time. With directB the right matrices come from
- * global memory; with directB or the matrix copy a step past K is skipped (K is a multiple of 16, so a
- * step is wholly inside or outside; those copies do not zero-fill past K).
- */
-function unrolledProducts(transB: boolean, g: StagedGeometry, directB: boolean, viaMatrices: boolean): string {
-  const { BK, AS, BS, tm, tn } = g;
-  const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   // directB: the subgroup's right matrices from global memory (bh, B's f16 alias), the column block
   // clamped inside N (a block past N is computed and not stored, as the tile's edges are).
   const bCol = (j: number) => `min(colTile + ${16 * j}u, p.N - 16u)`;
@@ -350,60 +336,18 @@ function unrolledProducts(transB: boolean, g: StagedGeometry, directB: boolean, 
       : transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
-  return ids(BK / 16).map((s) => {
+  // The products of one slice (buffer at aOff/bOff), one block per 16-deep step. With directB a step
+  // past K is skipped (K is a multiple of 16, so a step is wholly inside or outside; B is not zero-filled).
+  const products = ids(BK / 16).map((s) => {
     const kk = 16 * s;
-    return `    ${(directB || viaMatrices) && kk > 0 ? `if (k0 + ${kk}u < p.K) ` : ""}{
+    return `    ${directB && kk > 0 ? `if (k0 + ${kk}u < p.K) ` : ""}{
 ${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + ${kk}u, ${AS}u);`).join("\n")}
 ${ids(tn).map((j) => `      { let q = ${rightLoad(j, kk)};
 ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q, acc${i}${j});`).join("\n")}
       }`).join("\n")}
     }`;
   }).join("\n");
-}
-
-/**
- * The copy through subgroup matrices (TcConfig.matrixCopy, suffix `m`): the slice's 16×16 blocks of A
- * (BM/16 × BK/16) and of B (BN/16 × BK/16 with transB, else BK/16 × BN/16) are dealt round-robin to
- * the subgroups; each loads its blocks from global memory as subgroup matrices into registers (the
- * prefetch) and stores them into the staged buffers with subgroupMatrixStore, the same layout the
- * 16-byte copy makes. Left matrices, row-major both ways: a copy, whatever the products read them as.
- * Block origins past M or N (whole blocks: M, N are multiples of 16) are clamped to the last block
- * (results not stored), origins past K to the last block along K (steps skipped by the products).
- */
-function matrixCopy(transB: boolean, g: StagedGeometry, directB: boolean) {
-  const { threads, BM, BN, BK, AS, BS } = g;
-  const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const W = threads / 32, kB = BK / 16;
-  const nA = (BM / 16) * kB, nB = directB ? 0 : (BN / 16) * kB;
-  const aPer = Math.ceil(nA / W), bPer = Math.ceil(nB / W);
-  const M16 = "subgroup_matrix_left<f16, 16, 16>";
-  const guard = (e: string, n: number, i: number) => (W * (i + 1) > n ? `if (${e} < ${n}u) ` : "");
-  // Block i of this subgroup: e = csg + W·i; its row (or n, or k) block and its 16-deep column.
-  const setup = `  let csg = tid / 32u;
-${ids(aPer).map((i) => `  let aE${i} = csg + ${W * i}u; let aG${i} = min(row0 + (aE${i} / ${kB}u) * 16u, p.M - 16u); let aK${i} = (aE${i} % ${kB}u) * 16u; let aW${i} = (aE${i} / ${kB}u) * ${16 * AS}u + aK${i};`).join("\n")}
-${ids(bPer).map((i) => transB
-    ? `  let bE${i} = csg + ${W * i}u; let bG${i} = min(col0 + (bE${i} / ${kB}u) * 16u, p.N - 16u); let bK${i} = (bE${i} % ${kB}u) * 16u; let bW${i} = (bE${i} / ${kB}u) * ${16 * BS}u + bK${i};`
-    : `  let bE${i} = csg + ${W * i}u; let bG${i} = min(col0 + (bE${i} % ${BN / 16}u) * 16u, p.N - 16u); let bK${i} = (bE${i} / ${BN / 16}u) * 16u; let bW${i} = bK${i} * ${BS}u + (bE${i} % ${BN / 16}u) * 16u;`).join("\n")}
-${ids(aPer).map((i) => `  var ra${i} = ${M16}();`).join("\n")}
-${ids(bPer).map((i) => `  var rb${i} = ${M16}();`).join("\n")}
-`;
-  const loads = (k: string, indent: string, ra = "ra", rb = "rb") => [
-    `${indent}{ let kA = ${k};`,
-    ...ids(aPer).map((i) => `${indent}${guard(`aE${i}`, nA, i)}{ ${ra}${i} = subgroupMatrixLoad<${M16}, row_major>(&ah, aBase + aG${i} * p.lda + min(kA + aK${i}, p.K - 16u), p.lda); }`),
-    ...ids(bPer).map((i) => transB
-      ? `${indent}${guard(`bE${i}`, nB, i)}{ ${rb}${i} = subgroupMatrixLoad<${M16}, row_major>(&bh, bBase + bG${i} * p.ldb + min(kA + bK${i}, p.K - 16u), p.ldb); }`
-      : `${indent}${guard(`bE${i}`, nB, i)}{ ${rb}${i} = subgroupMatrixLoad<${M16}, row_major>(&bh, bBase + min(kA + bK${i}, p.K - 16u) * p.ldb + bG${i}, p.ldb); }`),
-    `${indent}}`,
-  ].join("\n");
-  const store = (aOff: string, bOff: string) => `    {
-${ids(aPer).map((i) => `    ${guard(`aE${i}`, nA, i)}{ subgroupMatrixStore<row_major>(&As, ${aOff} + aW${i}, ra${i}, ${AS}u); }`).join("\n")}
-${ids(bPer).map((i) => `    ${guard(`bE${i}`, nB, i)}{ subgroupMatrixStore<row_major>(&Bs, ${bOff} + bW${i}, rb${i}, ${BS}u); }`).join("\n")}
-    }`;
-  const second = {
-    declare: [...ids(aPer).map((i) => `  var sa${i} = ${M16}();`), ...ids(bPer).map((i) => `  var sb${i} = ${M16}();`)].join("\n"),
-    move: [...ids(aPer).map((i) => `ra${i} = sa${i};`), ...ids(bPer).map((i) => `rb${i} = sb${i};`)].join(" "),
-  };
-  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, second };
+  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, products, second };
 }
 
 /**
