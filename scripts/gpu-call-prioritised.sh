@@ -55,6 +55,8 @@ export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
 STEPS=${*:-train-3b train-keep-small decode-1b train-keep-8b profile-8b attn-stages profile-1b variants tests train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow}
+# A list left in .tmp/steps (carried with .tmp) replaces both: it re-orders a call already queued by a helper.
+[ -s .tmp/steps ] && STEPS=$(cat .tmp/steps) && echo "steps from .tmp/steps: $STEPS"
 bun run gpu-info 2>&1 | sed -n 1,3p
 train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the deadline is near
   for m in $1; do

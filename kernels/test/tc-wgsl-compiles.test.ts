@@ -42,7 +42,7 @@ function standIns(src: string): string {
   return src.replace(/subgroup_matrix_(result|left|right)<[^>]*>\(\)/g, "vec4<f32>()").replace(/subgroup_matrix_(result|left|right)<[^>]*>/g, "vec4<f32>");
 }
 /** The stored element's type, from the pointer's variable name (f16 workgroup tiles, f32 outputs). */
-const f16Arrays = new Set(["As", "Bs", "Pw", "DSw", "q16", "k16", "v16", "Qs", "Ks", "Vs"]);
+const f16Arrays = new Set(["As", "Bs", "Pw", "DSw", "q16", "k16", "v16", "Qs", "Ks", "Vs", "Dos"]);
 const elementOf = (ptr: string) => (f16Arrays.has(ptr.replace(/^&\(?|\)$/g, "")) ? "f16" : "f32");
 
 async function compiles(code: string): Promise<string[]> {
@@ -81,6 +81,8 @@ describe.skipIf(!f16Ok)("tensor-core WGSL compiles (subgroup matrices stood in)"
           for (const fullTiles of [false, true]) {
             expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv", fullTiles }).code)).toEqual([]);
           }
+          // dout staged in the dk/dv pass too (the default since session 14)
+          if (staged && pass === "dkv") expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: true, fullTiles: true, doutStaged: true }).code)).toEqual([]);
         }
         // the two-sweep forward (its sweep 2 has its own mask test)
         if (pass === "forward") expect(await compiles(attentionTcSource(pass, hd, { padded: true, oneSweep: false, fullTiles: true }).code)).toEqual([]);
