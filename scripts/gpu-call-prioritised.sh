@@ -222,11 +222,11 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] && el serve && OUT=$OUT timeout 150 bash scripts/gpu-measure.sh serve > /dev/null 2>&1 ;;
     decode-1b)
       [ "$(left)" -gt 60 ] && el decode && OUT=$OUT timeout 60 bash scripts/gpu-measure.sh decode llama3.2-1b > /dev/null 2>&1
-      # Session 12: the fused GEMV prologues (RMSNorm, SwiGLU), A/B against the row above.
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_FUSE=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
-      # Session 13: 1B batch-1 decode fell from 303.6 (session 11's first call) to 266.7 tok/s while 8B rose
-      # (95.9 → 98.0); GEMV depth 8 (session 11, chosen on 8B) against depth 4, same tokens as the row above.
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_DEPTH=4 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl ;;
+      # Session 14 measured the fused GEMV prologues (264.6 against 274.5) and depth 4 (239.5): both lost.
+      # Session 15: a profiled 1B step (GPU time per token against the wall time above: what the CPU round
+      # trip of each token costs) and GEMV depth 16.
+      [ "$(left)" -gt 40 ] && timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_DEPTH=16 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl ;;
     tests-slow)
       [ "$(left)" -gt 120 ] || { el "skip tests-slow"; continue; }
       el tests-slow
@@ -285,22 +285,28 @@ PY
       # and group sizes around them (VARIANT_CONFIGS replaces the list), and their stage costs.
       # The b tiles' GPU tests first (matmul-subgroup.test.ts, their cases only): a sweep must not adopt a tile that fails them.
       B_OK=1
-      if [ "$(left)" -gt 100 ]; then
+      # Session 15: b tiles 0.34-0.59× of the picks (and the copy through subgroup matrices 0.46-0.53×,
+      # removed): the global loads are the stage that costs most (4x4_2x2sg8u without them 314-336
+      # TFLOP/s, without its stores 214-223). K slices of 64 give each row's loads whole 128-byte lines:
+      # the x·Wᵀ pick's tile with them, against the picks and their two-deep prefetch.
+      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_2x2sk64g8u,4x4_2x2sk64g8,4x4_2x2sg8ul,4x2_2x4sk64g8ul}
+      # (only where the list has b tiles)
+      if [ "$(left)" -gt 100 ] && [[ ",$VCONFIGS," == *b,* ]]; then
         timeout 60 bun test kernels/test/matmul-subgroup.test.ts -t "g8ub |g8ulb " > /tmp/tests-b.txt 2>&1
         { echo "== b tiles (matmul-subgroup.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-b.txt | head -12; } >> $OUT/peft-stderr.txt
         grep -qE '^ *[1-9][0-9]* fail|^ *0 pass' /tmp/tests-b.txt && { B_OK=0; el "b tiles failed their tests: not swept"; }
       fi
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs ${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u,4x4_2x2sg8} \
+        --configs $VCONFIGS \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 50 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
-        --configs 4x2_2x4sk64g8ub-no-loads,4x2_2x4sk64g8ub-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x4_2x2sg8u-no-products,4x4_2x2sg8u-no-barriers,4x2_2x4sk64g8u-no-barriers,4x2_2x4sk64g8u-no-stores,4x2_4x4sg8u-no-loads,4x2_4x4sg8u-no-barriers \
+        --configs 4x4_2x2sk64g8u-no-loads,4x4_2x2sk64g8u-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x2_2x4sk64g8u-no-loads,4x2_2x4sk64g8u-no-stores \
         --shapes 4096x4096x4096 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=$([ "$B_OK" = 1 ] && echo 4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,)4x4_2x2sg16u,4x2_2x4sk64g16u,4x4_2x2sg8ul,2x4_4x4sg8ul,4x2_4x4sg8u
+      NEW_TILES=$([ "$B_OK" = 1 ] && [[ ",$VCONFIGS," == *b,* ]] && echo 4x2_2x4sk64g8ub,4x4_2x2sg8ub,4x4_2x2sg8ulb,2x4_4x2sk64g8ub,)4x4_2x2sk64g8u
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep
