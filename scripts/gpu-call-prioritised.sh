@@ -45,7 +45,6 @@
 #   stages       the staged GEMM with one stage left out (loads, stores, products) on 4096³ (gemm.jsonl)
 #   diag         GEMM shape diagnosis: N and K varied around 4096³, plain and grouped raster
 #   attn-stages  attention kernels at the 1B shapes, the forward with one phase left out (profile.jsonl)
-#   attn-lazy    the lazy one-sweep forward: its GPU tests, the kernels with and without it, the 1B step profiled (A/B vs profile-1b)
 # At most 8 files come back from a call: everything goes into the 8 names above plus calls.jsonl
 # and peft-stderr.txt. Then: bun apps/cli/src/bench/report.ts <the directory>.
 T0=$(date +%s)
@@ -239,30 +238,6 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] && el attn-stages && for d in "" no-softmax no-pv no-oupdate no-barriers no-scores no-max no-stage; do
         [ "$(left)" -gt 20 ] && TUNELOOM_ATTN_DIAG=$d timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"${d:-none}\",/" | stamp >> $OUT/profile.jsonl
       done ;;
-    attn-lazy)
-      # Session 15: the lazy one-sweep forward (attention-tc.ts forwardLazySource, TUNELOOM_ATTN_LAZY=1, off
-      # by default): its GPU tests (attention.test.ts, those cases only), the attention kernels at the 1B
-      # shapes without and with it (attn_diag none / lazy), and the 1B step profiled with it (ab_on
-      # attn_lazy; compare with profile-1b of the same call).
-      [ "$(left)" -gt 90 ] || { el "skip attn-lazy"; continue; }
-      el attn-lazy
-      timeout 60 bun test kernels/test/attention.test.ts -t "lazy max" > /tmp/tests-lazy.txt 2>&1
-      { echo "== lazy attention forward (attention.test.ts)"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)' /tmp/tests-lazy.txt | head -12; } >> $OUT/peft-stderr.txt
-      for z in 0 1; do
-        TUNELOOM_ATTN_LAZY=$z timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"$([ $z = 1 ] && echo lazy || echo none)\",/" | stamp >> $OUT/profile.jsonl
-      done
-      TUNELOOM_ATTN_LAZY=1 timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"attn_lazy",/' | stamp >> $OUT/profile.jsonl
-      # Its tests passed and its forward kernel is > 3% faster: on for the rest of the call.
-      if ! grep -qE '^\(fail\)|^ *0 pass' /tmp/tests-lazy.txt && [ "$(python3 - "$OUT/profile.jsonl" <<'PY'
-import json,sys
-ms={}
-for l in open(sys.argv[1]):
-  r=json.loads(l)
-  if r.get('op')=='attention_fwd' and 'tensor' in str(r.get('dtype','')) and r.get('attn_diag') in ('none','lazy') and r.get('ms') is not None:
-    ms[r['attn_diag']]=min(ms.get(r['attn_diag'],1e9),r['ms'])
-print('yes' if 'none' in ms and 'lazy' in ms and ms['lazy']<0.97*ms['none'] else 'no')
-PY
-)" = yes ]; then export TUNELOOM_ATTN_LAZY=1; el "lazy forward ahead: on for the rest of the call"; fi ;;
     diag)
       [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \
         --shapes 4096x2048x4096,4096x8192x4096,4096x16384x4096,4096x4096x2048,4096x4096x8192,8192x4096x4096,4096x8192x2048 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl ;;

@@ -279,111 +279,6 @@ ${diag === "no-oupdate" ? "" : `      for (var i = 0u; i < ${HALF}u; i++) { o[i]
 }
 
 /**
- * How far (nats of scaled score) a row's max may run above its reference max before the lazy forward
- * rescales: its probabilities exp(x − m) stay ≤ e^8 ≈ 2981, well inside f16 (65504).
- */
-const LAZY_TAU = 8;
-
-/**
- * The one-sweep forward with O in subgroup-matrix accumulators and a lazy max
- * (attentionTcForm.lazyMax, session 15). The one-sweep form above keeps O in the lanes' registers
- * because a subgroup matrix cannot be rescaled row by row, so every key tile pays a max loop over
- * Sw, P·V stored to Sw and read back into O·α, and two barriers for it. Here each row keeps a
- * reference max m (the exact max of the first, diagonal tile, where every real row sees a key) and
- * later tiles' probabilities are P = exp(x − m) in one pass over Sw that also finds the tile's max;
- * only when some row's max exceeds its m by more than LAZY_TAU does the workgroup (a uniform vote)
- * take m = max(m, rowMax) for every row, recompute P, and rescale l and O by exp(m_old − m), O
- * through Sw. P·V accumulates
- * straight into O's result matrices; O is divided by l once, at the end. Same masking, padding
- * (exact zeros), clamping and lse as the other forwards.
- */
-function forwardLazySource(hd: number, L: TileLayout, staged = false, fast = false): KernelSource {
-  const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
-  const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
-  const vBlock = (d: number) => st
-    ? stagedRowMajor("Vs", hd, d)
-    : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&v16, kRow * ldk + g * HD + ${16 * d}u, ldk)`;
-  const loop = st ? (body: string) => stagedKeyTileLoop(body, st) : keyTileLoop;
-  // This lane's half of row r: masked scaled scores x, P = exp(x − ref) into Pw and their sum
-  // (and the tile's max where `trackMax`).
-  const pPass = (ref: string, trackMax: boolean) => `      sum = 0.0;
-      for (var i = 0u; i < ${BK / 2}u; i++) {
-        let c = ${L.col("i")};
-        let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], full || allowed(ti, si, k0 + c, colSeq[c]));${trackMax ? "\n        tileMax = max(tileMax, x);" : ""}
-        let pr = select(0.0, exp(x - ${ref}), x > NEG_HALF);
-        Pw[r * ${L.pLd}u + c] = f16(pr);
-        sum += pr;
-      }`;
-  const oThroughSw = (op: "store" | "load") => ids(D).map((d) => op === "store"
-    ? `      subgroupMatrixStore<row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, o${d}, ${OLD}u);`
-    : `      o${d} = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&Sw, sg * ${16 * OLD}u + ${16 * d}u, ${OLD}u);`).join("\n");
-  const decls = `${st?.decls ?? ""}
-var<workgroup> grow: u32; // some row's max outgrew its reference in this tile (the rescale vote)`;
-  const code = `${forwardOpening(hd, BQ * Math.max(L.sLd, OLD), "the tile's scores (BQ, BK); O (BQ, HD) when rescaled and at the end", "the tile's probabilities relative to each row's reference max", L, decls)}
-  // and ${HALF} of row r's O columns when O passes through Sw (column ${L.oCol("i", hd)})
-${ids(D).map((d) => `  var o${d} = subgroup_matrix_result<f32, 16, 16>();`).join("\n")}
-${st?.regs ?? ""}
-  var m = NEG; // row r's reference max: the tile's P = exp(x − m)
-  var l = 0.0; // this lane's share of row r's Σ P (relative to m)
-  var firstTile = true;
-  if (lid == 0u) { grow = 0u; }
-  let r0 = firstReal(q0, rEnd);
-  if (r0 < rEnd) {
-    let s0 = seq[r0];
-${loop(`      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
-      ${fullOf(fast, "q0", "rEnd", "k0")}
-${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
-      var tileMax = NEG;
-      var sum = 0.0;
-      if (firstTile) {
-        // The diagonal tile, where every real row sees a key: its exact max becomes the reference.
-        for (var i = 0u; i < ${BK / 2}u; i++) {
-          let c = ${L.col("i")};
-          tileMax = max(tileMax, select(NEG, p.scale * Sw[r * ${L.sLd}u + c], full || allowed(ti, si, k0 + c, colSeq[c])));
-        }
-        m = max(tileMax, subgroupShuffleXor(tileMax, 1u));
-      }
-${pPass("m", true)}
-      let rowMax = max(tileMax, subgroupShuffleXor(tileMax, 1u));
-      if (rowMax > m + ${LAZY_TAU.toFixed(1)}) { grow = 1u; }
-      firstTile = false;
-      if (workgroupUniformLoad(&grow) != 0u) {
-        let mNew = max(m, rowMax);
-        let alpha = select(0.0, exp(m - mNew), m > NEG_HALF);
-${pPass("mNew", false)}
-        l = l * alpha;
-        m = mNew;
-        workgroupBarrier(); // every lane is done with the tile's scores in Sw
-${oThroughSw("store")}
-        workgroupBarrier();
-        for (var i = 0u; i < ${HALF}u; i++) { let at = r * ${OLD}u + ${L.oCol("i", hd)}; Sw[at] = Sw[at] * alpha; }
-        workgroupBarrier();
-${oThroughSw("load")}
-        if (lid == 0u) { grow = 0u; } // every lane read the vote two barriers ago
-      }
-      l += sum;
-      for (var j = 0u; j < ${J}u; j++) {
-        let kRow = min(k0 + 16u * j, p.T - 16u);
-        let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-${ids(D).map((d) => `        o${d} = subgroupMatrixMultiplyAccumulate(pl, ${vBlock(d)}, o${d});`).join("\n")}
-      }
-      workgroupBarrier();`)}
-  }
-  // O / l: the result matrices through Sw, each lane its half of row r.
-${oThroughSw("store")}
-  workgroupBarrier();
-  let lRow = l + subgroupShuffleXor(l, 1u);
-  if (ti < p.T) {
-    let inv = select(0.0, 1.0 / lRow, lRow > 0.0);
-    for (var i = 0u; i < ${HALF}u; i++) { out[ti * ldq + h * HD + ${L.oCol("i", hd)}] = Sw[r * ${OLD}u + ${L.oCol("i", hd)}] * inv; }
-    if (lid % 2u == 0u) { lse[ti * p.nH + h] = select(0.0, m + log(lRow), lRow > 0.0); }
-  }
-}
-`;
-  return { name: `attention_tc_lazy_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
-}
-
-/**
  * For measurements only (results wrong by design): the one-sweep forward with one phase of its key
  * tile loop left out, as the GEMM's stage diags (TcConfig.diag) do (session 14 added S = q·kᵀ's
  * products `no-scores`, the masked max loop `no-max` and the staged K/V copy after the first tile
@@ -847,45 +742,33 @@ export const attentionTcForm = {
    * step's GPU time 235.4 → 232.6 ms, same call); `TUNELOOM_ATTN_DKV_DOUT=0` turns it off.
    */
   dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT !== "0",
-  /**
-   * The one-sweep forward with O in result matrices and a lazy max (forwardLazySource, session 15):
-   * one pass over each tile's scores instead of three. Off until a GPU call measures it:
-   * `TUNELOOM_ATTN_LAZY=1` turns it on.
-   */
-  lazyMax: process.env.TUNELOOM_ATTN_LAZY === "1",
 };
 
 /**
  * Workgroup memory (bytes) of a pass in the staged form: the score tiles of its layout plus the
  * staged tiles, or Infinity where that pass has no staged form.
  */
-export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number, padded: boolean, oneSweep = true, lazy = false): number {
+export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number, padded: boolean, oneSweep = true): number {
   const L = tileLayout(padded);
   const tile = 64 * stagedLd(hd) * 2, seqIds = 4 * 64;
-  if (pass === "forward") return oneSweep ? 64 * Math.max(L.sLd, L.oLd(hd)) * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile + (lazy ? 4 : 0) : Infinity; // lazy: the vote
+  if (pass === "forward") return oneSweep ? 64 * Math.max(L.sLd, L.oLd(hd)) * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile : Infinity;
   if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile;
   if (pass === "dkv-dout") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + 3 * seqIds + 2 * tile; // P and dS share a tile; q and dout staged
   return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds + tile;
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean; lazyMax?: boolean }): KernelSource {
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean }): KernelSource {
   const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
-  if (pass === "forward") return forwardPassSource(hd, L, form.oneSweep ?? true, form.lazyMax ?? false, form.staged ?? false, fast, form.diag);
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
   if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
   return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged);
 }
 
-/** The forward of a form: the lazy one-sweep (not with diags, which are the plain one-sweep's), the one-sweep, or two sweeps. */
-function forwardPassSource(hd: number, L: TileLayout, oneSweep: boolean, lazy: boolean, staged: boolean, fast: boolean, diag?: AttentionDiag): KernelSource {
-  if (!oneSweep) return forwardSource(hd, L, fast);
-  return lazy && !diag ? forwardLazySource(hd, L, staged, fast) : forwardOneSweepSource(hd, L, staged, fast, diag);
-}
-
 /** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
 function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number): boolean {
-  const { staged, padded, oneSweep, lazyMax, diag } = attentionTcForm;
-  return staged && stagedAttentionBytes(pass, hd, padded, oneSweep, lazyMax && !diag) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
+  const { staged, padded, oneSweep } = attentionTcForm;
+  return staged && stagedAttentionBytes(pass, hd, padded, oneSweep) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
 }
 
 /** Whether attentionForwardTensorCore can run this shape on this device. */
@@ -904,14 +787,13 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded, fullTiles: fast, diag, lazyMax } = attentionTcForm;
+  const { oneSweep: one, padded, fullTiles: fast, diag } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const lazy = one && lazyMax && !diag;
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}:${lazy}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = forwardPassSource(a.hd, tileLayout(padded), one, lazy, staged, fast, diag)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
   const { q16, k16, v16, made } = f16Inputs(rec, a);
-  rec.dispatch(`attentionForwardTC${one ? (lazy ? "1z" : "1") : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   for (const t of made) rec.recycle(t);
 }

@@ -206,15 +206,12 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // cuts some of them, and packing whose sequence boundaries fall inside and between tiles.
     ["heads 8/2, T=320 (full tiles below the diagonal)", problem(8, 2, 64, packed([320]))],
     ["sliding window 150, heads 4/2, packed (256, 64)", problem(4, 2, 64, packed([256, 64]), { window: 150 })],
-    // Scores spread over tens of nats (scale 1 on hd 64): a row's max grows past its reference in
-    // later key tiles too, so the lazy forward's rescale runs mid-row, not only on a row's first tile.
-    ["wide scores (scale 1), heads 4/2, T=320", problem(4, 2, 64, packed([320]), { scale: 1 })],
   ];
   // Every form (attention-tc.ts attentionTcForm): both forwards, two sweeps (the default)
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean; lazyMax?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
@@ -228,18 +225,14 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // default forms, per query head and not.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true },
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: true },
-    // The lazy one-sweep forward (O in result matrices, session 15): the default forms, unstaged, and the plain layout.
-    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true, lazyMax: true },
-    { oneSweep: true, padded: true, dkvPerHead: false, staged: false, fullTiles: false, lazyMax: true },
-    { oneSweep: true, padded: false, dkvPerHead: false, staged: true, fullTiles: true, lazyMax: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false, lazyMax = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}${lazyMax ? ", lazy max" : ""}`, async () => {
+  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false } of forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged, lazyMax });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
@@ -262,9 +255,8 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
 // The staged form is chosen only where its workgroup memory fits the device (NVIDIA: 48 KB), so
 // stagedAttentionBytes must be exactly what the generated shaders declare.
 describe("staged attention tiles: workgroup memory", () => {
-  // arrays and 32-bit scalars (the lazy forward's vote)
-  const declared = (code: string) => [...code.matchAll(/var<workgroup> \w+: (?:array<(f32|i32|u32|f16), (\d+)>|(f32|i32|u32);)/g)]
-    .reduce((n, m) => n + (m[3] ? 4 : (m[1] === "f16" ? 2 : 4) * Number(m[2])), 0);
+  const declared = (code: string) => [...code.matchAll(/var<workgroup> \w+: array<(f32|i32|f16), (\d+)>/g)]
+    .reduce((n, m) => n + (m[1] === "f16" ? 2 : 4) * Number(m[2]), 0);
   for (const hd of [64, 128]) for (const padded of [false, true]) for (const pass of ["forward", "dq", "dkv"] as const) {
     test(`${pass}, hd ${hd}${padded ? ", padded" : ""}: the rule's bytes are the shader's`, () => {
       const plain = declared(attentionTcSource(pass, hd, { padded }).code);
@@ -284,13 +276,6 @@ describe("staged attention tiles: workgroup memory", () => {
       const code = attentionTcSource("dkv", 64, { padded, staged: true, doutStaged: true }).code;
       expect(code).not.toContain("&do16"); // every read of dout goes through its staged tile
       expect(code).not.toContain("DSw");
-    });
-  }
-  for (const padded of [false, true]) for (const hd of [64, 128]) {
-    test(`lazy forward, hd ${hd}${padded ? ", padded" : ""}: the rule's bytes are the shader's (the one-sweep's and the vote)`, () => {
-      const lazy = declared(attentionTcSource("forward", hd, { padded, staged: true, lazyMax: true }).code);
-      expect(lazy).toBe(stagedAttentionBytes("forward", hd, padded, true, true));
-      expect(lazy).toBe(declared(attentionTcSource("forward", hd, { padded, staged: true }).code) + 4);
     });
   }
   test("hd 64 fits NVIDIA's 48 KB in every pass; hd 128 does not", () => {
