@@ -57,14 +57,6 @@ export interface TcConfig {
    */
   prefetch2?: boolean;
   /**
-   * Unrolled and single-buffered only (name suffix `b` after `u`/`ul`, session 13): only A is staged;
-   * each subgroup loads its right matrices of B straight from global memory (L1/L2), so half the
-   * per-half workgroup stores go away, which session 13's copy-subgroup diags found expensive (a
-   * staged tile ran 2.6× faster without its stores). B's 16×16 blocks are read by the SGM subgroups
-   * of a column of the tile each, instead of once into workgroup memory.
-   */
-  directB?: boolean;
-  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -87,11 +79,10 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(b?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][b]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
-  // m[11]: b (B's matrices straight from global memory); m[12] diag; m[13] c
-  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[12])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
-  if (m[11] === "b" && (m[9] !== "u" || m[7] === "d")) throw new Error(`bad tensor-core config '${s}': B from global memory (b) is a single-buffered form of the unrolled copy (u)`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  // m[11] diag; m[12] c
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[11])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -101,14 +92,13 @@ export function parseTcConfig(s: string): TcConfig {
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
     ...(m[10] === "l" ? { prefetch2: true } : {}),
-    ...(m[11] === "b" ? { directB: true } : {}),
-    ...(m[12] ? { diag: m[12] as TcConfig["diag"] } : {}),
-    ...(m[13] === "c" ? { constStrides: true } : {}),
+    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
+    ...(m[12] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.directB ? "b" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -124,7 +114,7 @@ export const stagedSmallProducts = { enabled: process.env.TUNELOOM_SMALL_STAGED 
 export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
   const threads = 32 * cfg.sgm * cfg.sgn, BK = cfg.bk ?? 32, BN = cfg.sgn * cfg.tn * 16;
   const ok = (cols: number) => cols / 8 <= threads && threads % (cols / 8) === 0;
-  return ok(BK) && (transB || cfg.directB === true || ok(BN));
+  return ok(BK) && (transB || ok(BN));
 }
 
 /**

@@ -70,8 +70,7 @@ export function stagedSource(transB: boolean, cfg: TcConfig): KernelSource {
   const aux = cfg.aux ?? false;
   if (diag && double) throw new Error("stagedSource: diag variants are single-buffered");
   const { threads, BM, BN, AS, BS } = stagedGeometry(transB, cfg);
-  const bHalves = cfg.directB ? 0 : transB ? BN * BS : BK * BS;
-  if (cfg.directB && (!cfg.unrolled || double)) throw new Error("stagedSource: B from global memory (b) is a single-buffered form of the unrolled copy");
+  const bHalves = transB ? BN * BS : BK * BS;
   const aVec = (BM * BK) / 8, bVec = (BK * BN) / 8; // 8-half (vec4<u32>) loads per stage
   const aPer = Math.ceil(aVec / threads), bPer = Math.ceil(bVec / threads);
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -144,7 +143,7 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
     }`;
   const aHalves = BM * AS;
   const copy = cfg.unrolled
-    ? unrolledCopy(transB, stagedGeometry(transB, cfg), cfg.directB ?? false)
+    ? unrolledCopy(transB, stagedGeometry(transB, cfg))
     : {
       setup: "",
       first: `  var ra = loadA(0u, tid, row0, aBase);\n  var rb = loadB(0u, tid, col0, bBase);`,
@@ -202,13 +201,13 @@ ${copy.products}
   const buffers = double ? 2 : 1;
   const code = `${TC_PREAMBLE}
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // f16, 8 per element
-${cfg.directB ? "@group(0) @binding(2) var<storage, read> bh: array<f16>; // read as subgroup matrices (TcConfig.directB)" : "@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element"}
+@group(0) @binding(2) var<storage, read> b: array<vec4<u32>>; // f16, 8 per element
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 ${aux ? AUX_BINDINGS : ""}
 
 var<workgroup> As: array<f16, ${buffers * aHalves}>;
-${bHalves ? `var<workgroup> Bs: array<f16, ${buffers * bHalves}>;` : ""}
+var<workgroup> Bs: array<f16, ${buffers * bHalves}>;
 
 ${cfg.unrolled ? "" : `${loadA}\n\n${loadB}\n\n${put("As")}\n\n${put("Bs")}`}
 
@@ -242,7 +241,7 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.directB ? "b" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
 }
 
 export interface StagedGeometry {
@@ -278,12 +277,12 @@ function copyPlan(threads: number, rows: number, cols: number) {
  * each 16-deep step loads the TM left matrices once and then one right matrix at a time (TM + 1
  * operands live instead of TM + TN).
  */
-export function unrolledCopy(transB: boolean, g: StagedGeometry, directB = false) {
+export function unrolledCopy(transB: boolean, g: StagedGeometry) {
   const { threads, BM, BN, BK, AS, BS, tm, tn } = g;
   const ids = (n: number) => Array.from({ length: n }, (_, i) => i);
   const A = copyPlan(threads, BM, BK);
-  // B slice: (BN rows of K) for transB, (BK rows of N) otherwise; none staged with directB.
-  const B = directB ? { perRow: 1, rowsPerPass: threads, passes: 0, partial: false } : transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
+  // B slice: (BN rows of K) for transB, (BK rows of N) otherwise.
+  const B = transB ? copyPlan(threads, BN, BK) : copyPlan(threads, BK, BN);
   for (const [name, plan] of [["A", A], ["B", B]] as const) {
     if (plan.perRow > threads || threads % plan.perRow) throw new Error(`stagedSource: unrolled copy of ${name} needs threads (${threads}) to be a multiple of its 16-byte vectors per row (${plan.perRow})`);
   }
@@ -325,22 +324,14 @@ ${ids(B.passes).map((i) => `    ${B.partial ? `if (br0 + ${i * B.rowsPerPass}u <
     declare: [...ids(A.passes).map((i) => `  var sa${i} = vec4<u32>();`), ...ids(B.passes).map((i) => `  var sb${i} = vec4<u32>();`)].join("\n"),
     move: [...ids(A.passes).map((i) => `ra${i} = sa${i};`), ...ids(B.passes).map((i) => `rb${i} = sb${i};`)].join(" "),
   };
-  // directB: the subgroup's right matrices from global memory (bh, B's f16 alias), the column block
-  // clamped inside N (a block past N is computed and not stored, as the tile's edges are).
-  const bCol = (j: number) => `min(colTile + ${16 * j}u, p.N - 16u)`;
   const rightLoad = (j: number, kk: number) =>
-    directB
-      ? transB
-        ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&bh, bBase + ${bCol(j)} * p.ldb + k0 + ${kk}u, p.ldb)`
-        : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&bh, bBase + (k0 + ${kk}u) * p.ldb + ${bCol(j)}, p.ldb)`
-      : transB
+    transB
       ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, bOff + (sn * ${tn * 16}u + ${16 * j}u) * ${BS}u + ${kk}u, ${BS}u)`
       : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, bOff + ${kk * BS}u + sn * ${tn * 16}u + ${16 * j}u, ${BS}u)`;
-  // The products of one slice (buffer at aOff/bOff), one block per 16-deep step. With directB a step
-  // past K is skipped (K is a multiple of 16, so a step is wholly inside or outside; B is not zero-filled).
+  // The products of one slice (buffer at aOff/bOff), one block per 16-deep step.
   const products = ids(BK / 16).map((s) => {
     const kk = 16 * s;
-    return `    ${directB && kk > 0 ? `if (k0 + ${kk}u < p.K) ` : ""}{
+    return `    {
 ${ids(tm).map((i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, aOff + (sm * ${tm * 16}u + ${16 * i}u) * ${AS}u + ${kk}u, ${AS}u);`).join("\n")}
 ${ids(tn).map((j) => `      { let q = ${rightLoad(j, kk)};
 ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}, q, acc${i}${j});`).join("\n")}

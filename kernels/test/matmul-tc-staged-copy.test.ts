@@ -201,23 +201,3 @@ ${prefetch2Loop({ ...copy, products }, g.BK)}
     }
   }
 });
-
-// B's matrices straight from global memory (TcConfig.directB): only A is staged, by the same copy
-// as the staged form's (the products, which read B from global memory, need a GPU).
-describe("B from global memory: A's copy unchanged, no B staged", () => {
-  for (const transB of [true, false]) {
-    test(`transB=${transB}`, () => {
-      const g = stagedGeometry(transB, parseTcConfig("4x2_2x4sk64g8u"));
-      const staged = unrolledCopy(transB, g), direct = unrolledCopy(transB, g, true);
-      const aLines = (code: string) => code.split("\n").filter((l) => /\bra\d|As\[/.test(l)).join("\n");
-      expect(aLines(direct.first)).toBe(aLines(staged.first));
-      expect(aLines(direct.store("aOff", "bOff"))).toBe(aLines(staged.store("aOff", "bOff")));
-      expect(direct.store("aOff", "bOff")).not.toContain("Bs[");
-      expect(direct.next).not.toMatch(/\bb\[/);
-      expect(direct.products).toContain("&bh, bBase");
-      expect(direct.products).not.toContain("&Bs");
-      // K steps past K are skipped (B is not zero-filled): every step after the first is guarded
-      expect(direct.products.split("if (k0 + ").length - 1).toBe(g.BK / 16 - 1);
-    });
-  }
-});
