@@ -98,36 +98,46 @@ for step in $STEPS; do
       # The files that decide the off-by-default forms first, so a timeout costs only the rest.
       timeout $(( $(left) - 10 < ${TESTS_TIMEOUT:-110} ? $(left) - 10 : ${TESTS_TIMEOUT:-110} )) bun test ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts kernels/test/gemv.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/convert.test.ts kernels/test/cross-entropy.test.ts packages/model/test/lora-dropout.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
+      # The gates below read the failures of established forms only: a test of an off-by-default form lists
+      # every form it runs with in its name, so its failure would turn those off too (session 15's lazy
+      # forward turned off the one-sweep, padded, staged, per-head and full-tile forms for the rest of its
+      # call). EXPERIMENTAL_TAGS (comma-separated name fragments of such forms) are left out; timeouts too.
+      FAILS=/tmp/gating-fails.txt
+      awk '/^\(fail\)/ { name = $0; sub(/ \[[0-9.]+m?s\]$/, "", name); fails[name] = 1; last = name; next }
+        /timed out after/ { if (last != "") slow[last] = 1 } { last = "" }
+        END { for (n in fails) if (!(n in slow)) print n }' $OUT/tests.txt | sort > $FAILS.all
+      IFS=',' read -ra XTAGS <<< "${EXPERIMENTAL_TAGS:-}"
+      cp $FAILS.all $FAILS; for t in "${XTAGS[@]}"; do [ -n "$t" ] && { grep -vF -- "$t" $FAILS > $FAILS.tmp || true; mv $FAILS.tmp $FAILS; }; done
       # LoRA on tensor cores, the one-sweep attention forward and the padded attention tiles are on
       # by default (session 6); a form whose tests fail here is turned off for the rest of the call.
-      grep -q '^(fail) LoRA on tensor cores' $OUT/tests.txt && { export TUNELOOM_LORA_TC=0; el "TUNELOOM_LORA_TC=0"; }
-      grep -q '^(fail) .*one-sweep forward' $OUT/tests.txt && { export TUNELOOM_ATTN_ONE_SWEEP=0; el "TUNELOOM_ATTN_ONE_SWEEP=0"; }
-      grep -q '^(fail) .*padded tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; }
+      grep -q '^(fail) LoRA on tensor cores' $FAILS && { export TUNELOOM_LORA_TC=0; el "TUNELOOM_LORA_TC=0"; }
+      grep -q '^(fail) .*one-sweep forward' $FAILS && { export TUNELOOM_ATTN_ONE_SWEEP=0; el "TUNELOOM_ATTN_ONE_SWEEP=0"; }
+      grep -q '^(fail) .*padded tiles' $FAILS && { export TUNELOOM_ATTN_PAD=0; el "TUNELOOM_ATTN_PAD=0"; }
       # dW on tensor cores, dk/dv per query head and staged attention tiles: on by default since session 7.
-      grep -q '^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_DW_TC=0; el "TUNELOOM_DW_TC=0"; }
-      grep -q '^(fail) .*dk/dv per query head' $OUT/tests.txt && { export TUNELOOM_ATTN_DKV_PER_HEAD=0; el "TUNELOOM_ATTN_DKV_PER_HEAD=0"; }
-      grep -q '^(fail) .*staged tiles' $OUT/tests.txt && { export TUNELOOM_ATTN_STAGE=0; el "TUNELOOM_ATTN_STAGE=0"; }
+      grep -q '^(fail) weight gradient on tensor cores' $FAILS && { export TUNELOOM_DW_TC=0; el "TUNELOOM_DW_TC=0"; }
+      grep -q '^(fail) .*dk/dv per query head' $FAILS && { export TUNELOOM_ATTN_DKV_PER_HEAD=0; el "TUNELOOM_ATTN_DKV_PER_HEAD=0"; }
+      grep -q '^(fail) .*staged tiles' $FAILS && { export TUNELOOM_ATTN_STAGE=0; el "TUNELOOM_ATTN_STAGE=0"; }
       # Session 7: staged thin products / split-K weight gradients, LoRA's dA and dB on tensor cores.
-      grep -q '^(fail) .*thin split-K\|^(fail) weight gradient on tensor cores' $OUT/tests.txt && { export TUNELOOM_SMALL_STAGED=0; el "TUNELOOM_SMALL_STAGED=0"; }
-      grep -q '^(fail) .*dA and dB split over tokens' $OUT/tests.txt && { export TUNELOOM_LORA_GRAD_TC=0; el "TUNELOOM_LORA_GRAD_TC=0"; }
+      grep -q '^(fail) .*thin split-K\|^(fail) weight gradient on tensor cores' $FAILS && { export TUNELOOM_SMALL_STAGED=0; el "TUNELOOM_SMALL_STAGED=0"; }
+      grep -q '^(fail) .*dA and dB split over tokens' $FAILS && { export TUNELOOM_LORA_GRAD_TC=0; el "TUNELOOM_LORA_GRAD_TC=0"; }
       # Session 7, written after its last call: the one-pass cross-entropy backward (dh only).
-      grep -q '^(fail) .*one-pass dh' $OUT/tests.txt && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; }
+      grep -q '^(fail) .*one-pass dh' $FAILS && { export TUNELOOM_CE_ONE_PASS=0; el "TUNELOOM_CE_ONE_PASS=0"; }
       # Session 8's LoRA f16 weight copies: on by default since session 9 (its test passed on the H100).
-      grep -q '^(fail) .*f16 copies of A, B and s·B' $OUT/tests.txt && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; }
+      grep -q '^(fail) .*f16 copies of A, B and s·B' $FAILS && { export TUNELOOM_LORA_F16_COPIES=0; el "TUNELOOM_LORA_F16_COPIES=0"; }
       # Session 9's f16 copies written by SwiGLU and RMSNorm and attention's full tiles: on by default
       # since session 11 (their tests passed on an H100); off for the rest of the call if they fail here.
-      if grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit cop\|^(fail) .*fused copies on and off" $OUT/tests.txt; then export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; fi
-      grep -q "^(fail) .*full tiles unmasked" $OUT/tests.txt && { export TUNELOOM_ATTN_FULL_TILES=0; el "TUNELOOM_ATTN_FULL_TILES=0"; }
+      if grep -q "^(fail) .*the step's loss and gradients are the f32 step's\|^(fail) .*fused 16-bit cop\|^(fail) .*fused copies on and off" $FAILS; then export TUNELOOM_FUSED_F16=0; el "TUNELOOM_FUSED_F16=0"; fi
+      grep -q "^(fail) .*full tiles unmasked" $FAILS && { export TUNELOOM_ATTN_FULL_TILES=0; el "TUNELOOM_ATTN_FULL_TILES=0"; }
       # Session 13: RoPE's f16 copies of q, k, v (on since session 13's call): off for the rest of the call if its test fails.
-      grep -q "^(fail) .*RoPE's f16 copies" $OUT/tests.txt && { export TUNELOOM_ROPE_F16=0; el "TUNELOOM_ROPE_F16=0"; }
+      grep -q "^(fail) .*RoPE's f16 copies" $FAILS && { export TUNELOOM_ROPE_F16=0; el "TUNELOOM_ROPE_F16=0"; }
       # Session 14: the dk/dv pass staging dout (on since session 14's call): off for the rest of the call if its tests fail.
-      grep -q "^(fail) .*dout staged" $OUT/tests.txt && { export TUNELOOM_ATTN_DKV_DOUT=0; el "TUNELOOM_ATTN_DKV_DOUT=0"; }
+      grep -q "^(fail) .*dout staged \[" $FAILS && { export TUNELOOM_ATTN_DKV_DOUT=0; el "TUNELOOM_ATTN_DKV_DOUT=0"; }
       # Session 11, written after its last call: inference's in-place residual stream (decoder-layer.ts);
       # on GPUs its prefill-sized products accumulate on tensor cores. A failure here is a bug to fix.
-      grep -q "^(fail) the residual stream updated in place" $OUT/tests.txt && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
+      grep -q "^(fail) the residual stream updated in place" $FAILS && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
       # Session 12: the fused GEMV prologues are measured only as A/B rows (ab_on gemv_fuse); flag them.
-      grep -q "^(fail) gemv with the RMSNorm fused\|^(fail) gemv with SwiGLU fused\|^(fail) decode with the RMSNorm and SwiGLU fused" $OUT/tests.txt && el "fused GEMV prologue tests FAILED: the gemv_fuse rows of this call are suspect"
-      grep -q "^(fail) LoRA training step on the GPU > \(gradient checkpointing\|16-bit weights\)" $OUT/tests.txt && el "checkpointing tests FAILED: the recompute (session 12) is wrong on this GPU; train rows are suspect"
+      grep -q "^(fail) gemv with the RMSNorm fused\|^(fail) gemv with SwiGLU fused\|^(fail) decode with the RMSNorm and SwiGLU fused" $FAILS && el "fused GEMV prologue tests FAILED: the gemv_fuse rows of this call are suspect"
+      grep "^(fail) LoRA training step on the GPU > \(gradient checkpointing\|16-bit weights\)" $FAILS | grep -q . && el "checkpointing tests FAILED: the recompute (session 12) is wrong on this GPU; train rows are suspect"
       # (Decode's grouped GEMVs stay off: session 11 measured them neutral, and grouping would keep the
       # fused GEMV prologues from running. DECODE_AB=1 measures them in decode-8b.)
       true ;;

@@ -206,6 +206,8 @@ describe.skipIf(!hasTensorCoreMatmul(rt))("tensor-core attention forward + backw
     // cuts some of them, and packing whose sequence boundaries fall inside and between tiles.
     ["heads 8/2, T=320 (full tiles below the diagonal)", problem(8, 2, 64, packed([320]))],
     ["sliding window 150, heads 4/2, packed (256, 64)", problem(4, 2, 64, packed([256, 64]), { window: 150 })],
+    // Scores spread over tens of nats (scale 1 on hd 64): peaked rows whose max moves from tile to tile.
+    ["wide scores (scale 1), heads 4/2, T=320", problem(4, 2, 64, packed([320]), { scale: 1 })],
   ];
   // Every form (attention-tc.ts attentionTcForm): both forwards, two sweeps (the default)
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which

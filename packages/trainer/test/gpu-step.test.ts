@@ -1,4 +1,4 @@
-import { beforeAll, describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +9,10 @@ import type { Batch } from "../src/index.ts";
 import { LoraTrainer, type LoraTrainerOptions } from "../src/gpu/lora-trainer.ts";
 import { keptLayerSet, selectiveForBudget, selectiveStepBytes } from "../src/gpu/selective-checkpoint.ts";
 import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
+
+// A step's first pipelines compile in seconds (on lavapipe and, for tensor-core kernels, on GPUs:
+// session 15's H100 call timed one of these tests out at 5.9 s against bun's default 5).
+setDefaultTimeout(60_000);
 
 let model: GpuModel, model16: GpuModel;
 beforeAll(async () => {
