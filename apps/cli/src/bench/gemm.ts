@@ -91,7 +91,9 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
       // its fastest time (the GPU's clocks move between and within calls; a slow spell then
       // touches every configuration alike instead of ranking them).
       // (a configuration that cannot run is reported by the timing loop below)
-      await warmClocks(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, configs[0]), 300).catch(() => {});
+      // 1 s: session 15 saw the first repetition of most configurations of a case run at a quarter of the
+      // second after 300 ms of warm-up.
+      await warmClocks(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, configs[0]), 1000).catch(() => {});
       const times = new Map<TcConfig, number[]>();
       const failed = new Map<TcConfig, string>();
       // One untimed round first: pipelines built and every configuration run once before any timing
