@@ -96,7 +96,7 @@ for step in $STEPS; do
       [ "$(left)" -gt 60 ] || { el "skip tests"; continue; }
       el tests
       # The files that decide the off-by-default forms first, so a timeout costs only the rest.
-      timeout $(( $(left) - 10 < ${TESTS_TIMEOUT:-110} ? $(left) - 10 : ${TESTS_TIMEOUT:-110} )) bun test ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts kernels/test/gemv.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/convert.test.ts kernels/test/cross-entropy.test.ts packages/model/test/lora-dropout.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
+      timeout $(( $(left) - 10 < ${TESTS_TIMEOUT:-110} ? $(left) - 10 : ${TESTS_TIMEOUT:-110} )) bun test --timeout 120000 ${TEST_FILES:-packages/trainer/test/gpu-step.test.ts packages/model/test/residual-in-place.test.ts kernels/test/rope.test.ts packages/model/test/decode-replay.test.ts kernels/test/gemv.test.ts kernels/test/matmul-tc-staged-copy.test.ts kernels/test/swiglu.test.ts kernels/test/rmsnorm.test.ts kernels/test/convert.test.ts kernels/test/cross-entropy.test.ts packages/model/test/lora-dropout.test.ts kernels/test/attention.test.ts} ${EXTRA_TESTS:-} > $OUT/tests.txt 2>&1
       grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' $OUT/tests.txt | head -12
       # The gates below read the failures of established forms only: a test of an off-by-default form lists
       # every form it runs with in its name, so its failure would turn those off too (session 15's lazy
@@ -178,7 +178,7 @@ for step in $STEPS; do
       # Session 10: Dawn's zero-initialisation of workgroup memory off (toggle disable_workgroup_init):
       # the 1B step profiled and 8B decode with it (ab_on rows, against profile-1b and decode-8b).
       # Every kernel here writes its workgroup memory before reading it; the GPU tests with the toggle
-      # on (TUNELOOM_DAWN_ENABLE=disable_workgroup_init bun test ...) must pass before it is adopted.
+      # on (TUNELOOM_DAWN_ENABLE=disable_workgroup_init bun test --timeout 120000 ...) must pass before it is adopted.
       [ "$(left)" -gt 40 ] && el wginit && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/profile.jsonl
       [ "$(left)" -gt 40 ] && TUNELOOM_DAWN_ENABLE=disable_workgroup_init timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"no_workgroup_init",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 40 ] && timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 96 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl ;;
@@ -241,7 +241,7 @@ for step in $STEPS; do
     tests-slow)
       [ "$(left)" -gt 120 ] || { el "skip tests-slow"; continue; }
       el tests-slow
-      timeout $(( $(left) - 10 )) bun test packages/trainer/test/full-trainer.test.ts kernels/test/matmul-subgroup.test.ts > /tmp/tests-slow.txt 2>&1
+      timeout $(( $(left) - 10 )) bun test --timeout 120000 packages/trainer/test/full-trainer.test.ts kernels/test/matmul-subgroup.test.ts > /tmp/tests-slow.txt 2>&1
       { echo "== tests-slow"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/tests-slow.txt | head -40; } >> $OUT/peft-stderr.txt ;;
     attn-stages)
       # Session 12: the attention kernels at the 1B shapes, and the one-sweep forward with one phase of

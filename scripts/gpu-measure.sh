@@ -35,7 +35,7 @@ mode=${1:-}
 shift || true
 case "$mode" in
   kernels)
-    timeout 200 bun test kernels 2>&1 | grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' > "$OUT/kernel-tests.txt"
+    timeout 200 bun test --timeout 120000 kernels 2>    timeout 200 bun test kernels 2>&11 | grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' > "$OUT/kernel-tests.txt"
     timeout 300 bun apps/cli/src/bench/gemm.ts --no-baselines ${GEMM_CONFIGS:+--configs "$GEMM_CONFIGS"} 2>/dev/null | json | stamp >> "$OUT/gemm.jsonl"
     ;;
   train)
