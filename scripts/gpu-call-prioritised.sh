@@ -11,7 +11,8 @@
 # .tmp/steps replaces both)
 # is any of
 #   tests        the GPU tests of what the call measures, quick files first (tests.txt; TEST_FILES replaces the
-#                list, EXTRA_TESTS adds to it)
+#                list, EXTRA_TESTS adds to it). A failure turns its form off for the rest of the call, except
+#                failures that timed out or whose names hold an EXPERIMENTAL_TAGS fragment (comma-separated)
 #   tests-slow   full-trainer.test.ts and matmul-subgroup.test.ts (210 s and 148 s on an H100 in session 11;
 #                tests-slow.txt is not among the files that come back: its summary lines go to peft-stderr.txt)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
