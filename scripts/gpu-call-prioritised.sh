@@ -132,7 +132,7 @@ for step in $STEPS; do
       # Session 13: RoPE's f16 copies of q, k, v (on since session 13's call): off for the rest of the call if its test fails.
       grep -q "^(fail) .*RoPE's f16 copies" $FAILS && { export TUNELOOM_ROPE_F16=0; el "TUNELOOM_ROPE_F16=0"; }
       # Session 14: the dk/dv pass staging dout (on since session 14's call): off for the rest of the call if its tests fail.
-      grep -q "^(fail) .*dout staged \[" $FAILS && { export TUNELOOM_ATTN_DKV_DOUT=0; el "TUNELOOM_ATTN_DKV_DOUT=0"; }
+      grep -q "^(fail) .*dout staged$" $FAILS && { export TUNELOOM_ATTN_DKV_DOUT=0; el "TUNELOOM_ATTN_DKV_DOUT=0"; }
       # Session 11, written after its last call: inference's in-place residual stream (decoder-layer.ts);
       # on GPUs its prefill-sized products accumulate on tensor cores. A failure here is a bug to fix.
       grep -q "^(fail) the residual stream updated in place" $FAILS && el "residual-in-place tests FAILED: decode/prefill numbers of this call are suspect"
