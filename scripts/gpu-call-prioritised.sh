@@ -39,6 +39,7 @@
 #   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
 #   decode-8b    Llama-3.1-8B batch-1 decode, ours, the fused GEMV prologues (A/B), a profile, and with DECODE_AB=1
 #                session 9-11's GEMV A/Bs (grouping, depth 4/16) (decode.jsonl)
+#   dispatch-floor what one tiny dispatch costs (dependent, independent, profiled) and decode's GEMVs in chains (decode.jsonl)
 #   multi-lora   Llama-3.2-1B decode batch of 16 over 1/4/16 adapters in slots (multi-lora.jsonl)
 #   serve        HTTP serving, 1 and 16 streams (serve.jsonl)
 #   variants     the two-deep prefetch (`l`), double buffering, K slices and group sizes around the
@@ -239,6 +240,10 @@ for step in $STEPS; do
       # Session 15: depth 16 261.1 against 271.6 (noise): dropped. The grouped q/k/v and gate/up GEMVs (one
       # dispatch each; measured only on 8B, a tie) at 1B, where the step is bound by per-dispatch cost.
       [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group",/' | stamp >> $OUT/decode.jsonl ;;
+    dispatch-floor)
+      # Session 16: what a dispatch costs when it does almost nothing (dependent chain, independent,
+      # as the profiler times it) and decode's RMSNorm/GEMVs in chains (decode.jsonl, op dispatch-floor).
+      [ "$(left)" -gt 60 ] && el dispatch-floor && timeout 70 bun apps/cli/src/bench/dispatch-floor.ts 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl ;;
     tests-slow)
       [ "$(left)" -gt 120 ] || { el "skip tests-slow"; continue; }
       el tests-slow
