@@ -84,9 +84,10 @@ type PrologueKind = "" | "norm" | "swiglu";
 const prologueKind = (pre: GemvPrologue | undefined): PrologueKind => (!pre ? "" : "norm" in pre ? "norm" : "swiglu");
 
 /** The prologue's binding (5) and helpers: the norm weight g or up, as vec4 words like x. */
+const normDecl = (binding: number) => `@group(0) @binding(${binding}) var<storage, read> nw: array<vec4<f32>>;`;
 const PROLOGUE_DECLS: Record<PrologueKind, string> = {
   "": "",
-  norm: "@group(0) @binding(5) var<storage, read> nw: array<vec4<f32>>;",
+  norm: normDecl(5),
   swiglu: `@group(0) @binding(5) var<storage, read> upv: array<vec4<f32>>;
 // swigluForward's σ and silu(g)·up, four at a time
 fn sigmoid4(g: vec4<f32>) -> vec4<f32> {
@@ -509,26 +510,31 @@ const groupSources = new Map<string, KernelSource>();
  */
 export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP === "1" };
 
-/** The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y. */
-function groupSource(MS: number, RT: number, n: number): KernelSource {
-  const key = `${MS}x${RT}x${n}${depthTag()}`;
+/**
+ * The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y;
+ * with `norm`, every part reads x through the RMSNorm (GemvNorm, binding 2 + 3n): each workgroup
+ * sums x² over the chunks it reads anyway, as the single fused GEMV does.
+ */
+function groupSource(MS: number, RT: number, n: number, norm = false): KernelSource {
+  const key = `${MS}x${RT}x${n}${depthTag()}${norm ? "_norm" : ""}`;
   let s = groupSources.get(key);
   if (s) return s;
-  const parts = vecParts(MS, RT);
+  const parts = vecParts(MS, RT, norm ? "norm" : "");
   const js = Array.from({ length: n }, (_, j) => j);
-  const code = `// gemv group: y_j (M, N_j) = x (M, K) · W_jᵀ (+ bias_j) for ${n} weights read with one x; MS rows of x, RT rows of W per thread.
+  const code = `// gemv group: y_j (M, N_j) = ${norm ? "rmsnorm(x)" : "x"} (M, K) · W_jᵀ (+ bias_j) for ${n} weights read with one x; MS rows of x, RT rows of W per thread.
 struct Params {
   M: u32, N: u32, K: u32, lda: u32,
   ldb: u32, ldc: u32, wkind: u32, flags: u32,
   beta: f32, nc: u32, gridX: u32, S: u32,
   n0: u32, n1: u32, n2: u32, b1: u32, // N_j; b1, b2: each part's first workgroup
-  b2: u32, _a: u32, _b: u32, _c: u32,
+  b2: u32, eps: f32, _b: u32, _c: u32, // eps: the fused RMSNorm's
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 ${js.map((j) => `@group(0) @binding(${2 + j}) var<storage, read> w${j}: array<vec4<u32>>;
 @group(0) @binding(${2 + n + j}) var<storage, read> bias${j}: array<f32>;
 @group(0) @binding(${2 + 2 * n + j}) var<storage, read_write> y${j}: array<f32>;`).join("\n")}
+${norm ? normDecl(2 + 3 * n) : ""}
 ${parts.decls}
 
 ${js.map((j) => `fn store${j}(m: u32, n: u32, s: f32) {
@@ -551,7 +557,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   }).join("")}
 }
 `;
-  s = { name: `gemv_group${n}_m${MS}_r${RT}${depthTag()}`, code };
+  s = { name: `gemv_group${n}_m${MS}_r${RT}${depthTag()}${norm ? "_norm" : ""}`, code };
   groupSources.set(key, s);
   return s;
 }
@@ -563,17 +569,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
  * keep an H100's memory busy) run beside q instead of after it, and one launch replaces three.
  * x (M, K) f32 with row stride K, 1 ≤ M ≤ 16; every W (N_j, K) of one dtype. Returns false and
  * records nothing where this does not apply (rows not 16-byte aligned, the CPU form, too many
- * storage buffers for the device): the caller then runs gemv per part.
+ * storage buffers for the device): the caller then runs gemv per part. With `norm`, every part
+ * reads rmsnorm(x) (GemvNorm: the decode layer's norm and its q/k/v or gate/up products, one
+ * dispatch); a norm weight that is not f32 of K elements at a 16-byte offset declines too.
  */
-export function gemvGroup(rec: Recorder, x: Tensor, M: number, K: number, parts: readonly GemvPart[], cfg?: GemvConfig): boolean {
+export function gemvGroup(rec: Recorder, x: Tensor, M: number, K: number, parts: readonly GemvPart[], cfg?: GemvConfig, norm?: GemvNorm): boolean {
   const rt = rec.rt;
   const n = parts.length;
   if (!gemvGrouping.enabled || n < 2 || n > 3 || M < 1 || M > MAX_M || K <= 0) return false;
+  if (norm && (norm.weight.dtype !== "f32" || norm.weight.numel !== K || norm.weight.byteOffset % 16 !== 0)) return false;
   const dtype = parts[0]!.w.dtype;
   const per = dtype === "f32" ? 4 : 8;
   if ((cfg?.form ?? (rt.caps.isSoftware ? "row" : "lanes")) !== "lanes") return false;
   if (x.dtype !== "f32" || K % per !== 0 || K % 4 !== 0 || x.byteOffset % 16 !== 0 || M * K > x.numel) return false;
-  if (rt.caps.limits.maxStorageBuffersPerShaderStage < 1 + 3 * n) return false;
+  if (rt.caps.limits.maxStorageBuffersPerShaderStage < 1 + 3 * n + (norm ? 1 : 0)) return false;
   for (const { w, y, bias } of parts) {
     const N = w.shape[0]!;
     if (w.dtype !== dtype || !["f32", "f16", "bf16"].includes(dtype) || w.shape.length !== 2 || w.shape[1] !== K || w.byteOffset % 16 !== 0) return false;
@@ -596,9 +605,9 @@ export function gemvGroup(rec: Recorder, x: Tensor, M: number, K: number, parts:
     .u32(K / per).u32(0).u32(dtype === "f32" ? 0 : dtype === "f16" ? 1 : 2).u32(flags)
     .f32(0).u32(K / per).u32(gridX).u32(S)
     .u32(Ns[0]!).u32(Ns[1]!).u32(Ns[2] ?? 0).u32(firsts[1]!)
-    .u32(firsts[2] ?? groups).u32(0).u32(0).u32(0);
+    .u32(firsts[2] ?? groups).f32(norm?.eps ?? 0).u32(0).u32(0);
   const ph = rt.placeholder;
-  rec.dispatch(`gemv group ${M}x(${Ns.join("+")})x${K} ${dtype} r${RT}`, rt.pipeline(groupSource(MS, RT, n)), params.buffer,
-    [x, ...parts.map((p) => p.w), ...parts.map((p) => p.bias ?? ph), ...parts.map((p) => p.y)], [gridX, gridY, 1]);
+  rec.dispatch(`gemv group ${M}x(${Ns.join("+")})x${K} ${dtype} r${RT}${norm ? " +rmsnorm" : ""}`, rt.pipeline(groupSource(MS, RT, n, !!norm)), params.buffer,
+    [x, ...parts.map((p) => p.w), ...parts.map((p) => p.bias ?? ph), ...parts.map((p) => p.y), ...(norm ? [norm.weight] : [])], [gridX, gridY, 1]);
   return true;
 }

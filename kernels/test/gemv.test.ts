@@ -249,6 +249,39 @@ describe("gemv group against float64", () => {
     }, COMPILE_TIMEOUT * 4);
   }
 
+  // The decode layer's norm and its q/k/v (gate/up) in one dispatch: every part reads rmsnorm(x),
+  // each workgroup summing x² over the chunks it reads. Rows of x at different scales (one r for
+  // every row fails), M past the one-slice limit (9: two x slices, each its own r), 1-4 rows of W
+  // per thread, biases on some parts.
+  test("with the RMSNorm fused in front: q/k/v- and gate/up-like parts, W f32/f16/bf16, M in {1, 3, 9}", async () => {
+    const rec = rt.recorder();
+    const held: Tensor[] = [];
+    const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+    const K = 8 * 32 * 8 + 40, eps = 1e-5;
+    const g = randn(K), tg = rt.upload("f32", [K], g);
+    held.push(tg);
+    for (const dtype of ["f32", "f16", "bf16"] as const) {
+      for (const [Ns, bias, M, rows] of [[[96, 24, 24], [true, false, true], 1, undefined], [[80, 80], [false, false], 3, 2], [[64, 16, 16], [false, true, false], 9, 1]] as const) {
+        const ws = Ns.map((N) => weights(dtype, randn(N * K)));
+        const bs = Ns.map((N) => randn(N));
+        const tws = ws.map((w, j) => rt.upload(dtype, [Ns[j]!, K], w.data));
+        const tbs = bs.map((b, j) => (bias[j] ? rt.upload("f32", [Ns[j]!], b) : undefined));
+        const x = randn(M * K).map((v, i) => v * 4 ** (Math.floor(i / K) % 4 - 1));
+        const tx = rt.upload("f32", [M, K], x);
+        const tys = Ns.map((N) => rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN)));
+        held.push(...tws, ...tbs.filter((t): t is Tensor => !!t), tx, ...tys);
+        const parts = Ns.map((_, j) => ({ w: tws[j]!, y: tys[j]!, bias: tbs[j] }));
+        expect(gemvGroup(rec, tx, M, K, parts, { form: "lanes", ...(rows ? { rows } : {}) }, { weight: tg, eps })).toBe(true);
+        const xn = rmsnormRef(x, g, M, K, eps).y as unknown as Float32Array; // ref() only indexes it
+        Ns.forEach((N, j) => {
+          const plain = ref(xn, ws[j]!.values, M, N, K, K, K);
+          checks.push({ out: tys[j]!, expect: bias[j] ? plain.map((v, i) => v + bs[j]![i % N]!) : plain, what: `${dtype} M=${M} part ${j} +rmsnorm` });
+        });
+      }
+    }
+    await submitAndCheck(rec, checks, held);
+  }, COMPILE_TIMEOUT * 6);
+
   test("declined (nothing recorded) where it does not apply: switched off, mixed dtypes, one output buffer twice, K off the 8-half grid, the CPU form", () => {
     const K = 64, M = 1;
     const tx = rt.empty("f32", [M, K]);
@@ -263,9 +296,13 @@ describe("gemv group against float64", () => {
     const x60 = rt.empty("f32", [M, 60]), w60 = rt.empty("f16", [32, 60]);
     expect(gemvGroup(rec, x60, M, 60, [{ w: w60, y: y1 }, { w: w60, y: y2 }], { form: "lanes" })).toBe(false);
     expect(gemvGroup(rec, tx, 17, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" })).toBe(false);
+    // a norm weight of the wrong length or dtype
+    const gShort = rt.empty("f32", [K - 8]), g16 = rt.empty("f16", [K]);
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" }, { weight: gShort, eps: 1e-5 })).toBe(false);
+    expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" }, { weight: g16, eps: 1e-5 })).toBe(false);
     expect(rec.length).toBe(0);
     rec.release();
-    rt.release(tx, w16, w32, y1, y2, x60, w60);
+    rt.release(tx, w16, w32, y1, y2, x60, w60, gShort, g16);
   });
 });
 

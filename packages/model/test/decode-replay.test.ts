@@ -10,6 +10,7 @@ import { KvCacheGenerator, uniformStream } from "../src/gpu/generator.ts";
 import type { LayerLora } from "../src/gpu/lora.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { gemvPrologueFusion } from "../src/gpu/decoder-layer.ts";
+import { gemvGrouping } from "@tuneloom/kernels";
 import { FIXTURE, GREEDY, releaseLora, runScenario, SAMPLED, type ScenarioResult, tinyLora, writeScenarioModel } from "./decode-scenario.ts";
 
 let dir: { dir: string; cleanup: () => void };
@@ -140,24 +141,45 @@ describe("replayed decode step", () => {
 // q_proj and down_proj those groups keep the separate kernels (their LoRA h reads xn / act) while
 // gate/up still fuse.
 describe("decode with the RMSNorm and SwiGLU fused into its GEMVs", () => {
+  const was = { ...gemvPrologueFusion }, grouped = gemvGrouping.enabled;
+  const counted = async (fused: { norm: boolean; swiglu: boolean }, opts: Parameters<typeof runScenario>[1]) => {
+    Object.assign(gemvPrologueFusion, fused);
+    const d0 = model.rt.recordStats.dispatches;
+    const result = await runScenario(model, opts);
+    return { result, dispatches: model.rt.recordStats.dispatches - d0 };
+  };
+  const restore = () => {
+    Object.assign(gemvPrologueFusion, was);
+    gemvGrouping.enabled = grouped;
+  };
+  const off = { norm: false, swiglu: false };
   test("same tokens, logprobs within 1e-5, fewer dispatches; replayed = fresh; with and without LoRA", async () => {
-    const was = gemvPrologueFusion.enabled;
-    const counted = async (fused: boolean, opts: Parameters<typeof runScenario>[1]) => {
-      gemvPrologueFusion.enabled = fused;
-      const d0 = model.rt.recordStats.dispatches;
-      const result = await runScenario(model, opts);
-      return { result, dispatches: model.rt.recordStats.dispatches - d0 };
-    };
     try {
       for (const withLora of [false, true]) {
         const opts = { replay: false, ...(withLora ? { lora } : {}) };
-        const plain = await counted(false, opts), fused = await counted(true, opts);
+        const plain = await counted(off, opts), fused = await counted({ norm: true, swiglu: true }, opts);
         expect(fused.dispatches).toBeLessThan(plain.dispatches);
         expectSameRows(fused.result, plain.result, 1e-5);
-        expectSameRows((await counted(true, { ...opts, replay: true })).result, fused.result);
+        expectSameRows((await counted({ norm: true, swiglu: true }, { ...opts, replay: true })).result, fused.result);
       }
     } finally {
-      gemvPrologueFusion.enabled = was;
+      restore();
+    }
+  }, 120_000);
+
+  // The norm alone, with the grouped GEMVs on: on GPUs the norm and q/k/v (gate/up) are one grouped
+  // dispatch (kernels' gemvGroup with a GemvNorm); on CPU drivers the GEMVs take their row form,
+  // which does not group, so there each product is a fused GEMV.
+  test("the norm alone, grouped GEMVs on: same rows as the separate kernels, fewer dispatches; replayed = fresh", async () => {
+    try {
+      gemvGrouping.enabled = true;
+      const opts = { replay: false };
+      const plain = await counted(off, opts), fused = await counted({ norm: true, swiglu: false }, opts);
+      expect(fused.dispatches).toBeLessThan(plain.dispatches);
+      expectSameRows(fused.result, plain.result, 1e-5);
+      expectSameRows((await counted({ norm: true, swiglu: false }, { ...opts, replay: true })).result, fused.result);
+    } finally {
+      restore();
     }
   }, 120_000);
 });

@@ -15,7 +15,7 @@ import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   attentionOnTensorCores, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
-  type GemvPrologue, convertTensor, gemv, gemvGrouping, gemvPrologueSupported,
+  type GemvPrologue, convertTensor, gemv, gemvGroup, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -184,28 +184,44 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
 }
 
 /**
- * Decode's RMSNorm and SwiGLU fused into the GEMVs that read their outputs (kernels' GemvPrologue:
- * a q/k/v or gate/up GEMV sums x² itself, down_proj's computes silu(gate)·up as it reads them), so
- * the norm and SwiGLU dispatches, xn and act go away (three of a decode layer's ~10 dispatches;
- * session 12). Off: its GPU tests pass, but Llama-3.1-8B batch-1 decode ran 87.3 tok/s with it and
- * 98.0 without (H100, session 13); `TUNELOOM_GEMV_FUSE=1` turns it on (the device script's
- * decode-1b A/B still measures 1B); tests flip `enabled`.
+ * Decode's RMSNorm and SwiGLU fused into the GEMVs that read them (kernels' GemvPrologue: a q/k/v or
+ * gate/up GEMV sums x² itself, down_proj's computes silu(gate)·up as it reads them), so the norm and
+ * SwiGLU dispatches, xn and act go away (three of a decode layer's 13 dispatches; session 12). With
+ * the grouped GEMVs on (kernels' gemvGrouping), the norm and the group's products are one dispatch
+ * (session 16): a layer's norm + q/k/v and norm + gate/up, five dispatches, become two.
+ * Off: its GPU tests pass, but Llama-3.1-8B batch-1 decode ran 87.3 tok/s with both fused and 98.0
+ * without (H100, session 13), and Llama-3.2-1B 264.6 against 274.5 (session 14). The SwiGLU prologue
+ * makes every down_proj workgroup recompute silu over all of K (an exp per element: 14336 a row
+ * group at 8B), the norm prologue only a dot product per chunk, so they switch apart:
+ * `TUNELOOM_GEMV_FUSE=1` (both), `norm`, `swiglu`, `0` (neither, the default). Tests flip the fields.
  */
-export const gemvPrologueFusion = { enabled: process.env.TUNELOOM_GEMV_FUSE === "1" };
+export const gemvPrologueFusion = gemvFusionFrom(process.env.TUNELOOM_GEMV_FUSE);
+
+function gemvFusionFrom(v: string | undefined): { norm: boolean; swiglu: boolean } {
+  if (v === undefined || v === "" || v === "0") return { norm: false, swiglu: false };
+  if (v === "1") return { norm: true, swiglu: true };
+  if (v === "norm") return { norm: true, swiglu: false };
+  if (v === "swiglu") return { norm: false, swiglu: true };
+  throw new Error(`TUNELOOM_GEMV_FUSE must be 0, 1, norm or swiglu, got ${JSON.stringify(v)}`);
+}
 
 /**
- * y_i (+)= pre(x)·W_iᵀ (+ b_i) for a group's projections in one fused GEMV each (pre: the norm, or
- * SwiGLU with x the gate), where that applies: the fusion on, a decode-sized batch (≤ 16 rows), no
- * LoRA in the group (its h reads the prologue's output), no grouped GEMV, aligned rows. Returns
- * false and records nothing otherwise.
+ * y_i (+)= pre(x)·W_iᵀ (+ b_i) for a group's projections, fused (pre: the norm, or SwiGLU with x the
+ * gate), where that applies: its fusion on, a decode-sized batch (≤ 16 rows), no LoRA in the group
+ * (its h reads the prologue's output), aligned rows. Normed groups of several projections that add
+ * into nothing take one grouped dispatch where the grouped GEMVs are on (gemvGroup with the norm),
+ * else one fused GEMV each. Returns false and records nothing otherwise.
  */
 function fusedProjections(
   rec: Recorder, x: Tensor, pre: GemvPrologue, projs: readonly (LoraProjection & LoraOutput)[], lora: LayerLora | GatheredLayerLora,
 ): boolean {
   const [T, K] = x.shape as [number, number];
-  if (!gemvPrologueFusion.enabled || T > 16 || gemvGrouping.enabled || "gathered" in lora || projs.some((p) => p.lora)) return false;
+  const on = "norm" in pre ? gemvPrologueFusion.norm : gemvPrologueFusion.swiglu;
+  if (!on || T > 16 || "gathered" in lora || projs.some((p) => p.lora)) return false;
   const args = projs.map(({ w, bias, y, accumulate }) => ({ a: x, b: w, c: y, bias, M: T, N: w.shape[0]!, K, transB: true, beta: accumulate ? 1 : 0 }));
   if (!args.every((a) => gemvPrologueSupported(a, pre))) return false;
+  if ("norm" in pre && projs.length > 1 && !projs.some((p) => p.accumulate) &&
+    gemvGroup(rec, x, T, K, projs.map(({ w, bias, y }) => ({ w, y, bias })), undefined, pre.norm)) return true;
   for (const a of args) gemv(rec, a, undefined, pre);
   return true;
 }
