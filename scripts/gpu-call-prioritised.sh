@@ -167,6 +167,7 @@ for step in $STEPS; do
       fromdir() { sed "s#\"model\":\"$d8\"#\"model\":\"llama3.1-8b\",\"from_dir\":true#"; }
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
       # Session 16: the grouped GEMVs, and with the norm fused into them, always (1B is bound by dispatches)
+      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
@@ -243,7 +244,8 @@ for step in $STEPS; do
       [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group",/' | stamp >> $OUT/decode.jsonl
       # Session 16: the norm fused into the grouped q/k/v and gate/up GEMVs (one dispatch each: 13 → 10 a layer)
       [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl ;;
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl ;;
     dispatch-floor)
       # Session 16: what a dispatch costs when it does almost nothing (dependent chain, independent,
       # as the profiler times it) and decode's RMSNorm/GEMVs in chains (decode.jsonl, op dispatch-floor).

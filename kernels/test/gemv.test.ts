@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { type DType, getRuntime, gemv, gemvDepth, gemvGroup, gemvGrouping, gemvPrologueSupported, gemvSupported, Tensor } from "../src/index.ts";
+import { type DType, getRuntime, gemv, gemvDepth, gemvGateUpSwiglu, gemvGroup, gemvGrouping, gemvPrologueSupported, gemvSupported, Tensor } from "../src/index.ts";
 import { fromBf16Bits, fromF16Bits, randn, relError, rmsnormRef, rng, toBf16Bits, toF16Bits } from "../src/testing.ts";
 
 const rt = await getRuntime();
@@ -282,6 +282,38 @@ describe("gemv group against float64", () => {
     await submitAndCheck(rec, checks, held);
   }, COMPILE_TIMEOUT * 6);
 
+  // Decode's gate/up and SwiGLU in one dispatch (gemvGateUpSwiglu): act = silu(gate)·up from the two
+  // products, gate and up never written; with and without the norm in front, biases on one part,
+  // gates of both signs and large magnitude (σ's two branches), M past the one-slice limit.
+  test("gate/up with the SwiGLU epilogue (act only), with and without the RMSNorm, W f32/f16/bf16, M in {1, 9}", async () => {
+    const rec = rt.recorder();
+    const held: Tensor[] = [];
+    const checks: { out: Tensor; expect: Float64Array; what: string }[] = [];
+    const K = 8 * 32 * 4 + 24, N = 72, eps = 1e-6;
+    const g = randn(K), tg = rt.upload("f32", [K], g);
+    held.push(tg);
+    const silu = (v: number) => v / (1 + Math.exp(-v));
+    for (const dtype of ["f32", "f16", "bf16"] as const) {
+      for (const [M, normed, rows] of [[1, true, undefined], [9, false, 2]] as const) {
+        const [wg, wu] = [weights(dtype, randn(N * K, 0.2)), weights(dtype, randn(N * K, 0.2))];
+        const bu = randn(N);
+        const twg = rt.upload(dtype, [N, K], wg.data), twu = rt.upload(dtype, [N, K], wu.data), tbu = rt.upload("f32", [N], bu);
+        const x = randn(M * K).map((v, i) => v * 4 ** (Math.floor(i / K) % 4 - 1));
+        const tx = rt.upload("f32", [M, K], x);
+        const act = rt.upload("f32", [M, N], new Float32Array(M * N).fill(NaN));
+        held.push(twg, twu, tbu, tx, act);
+        const ran = gemvGateUpSwiglu(rec, tx, M, K, { w: twg }, { w: twu, bias: tbu }, act, { form: "lanes", ...(rows ? { rows } : {}) },
+          normed ? { weight: tg, eps } : undefined);
+        expect(ran).toBe(true);
+        const xin = normed ? rmsnormRef(x, g, M, K, eps).y as unknown as Float32Array : x;
+        const gate = ref(xin, wg.values, M, N, K, K, K), up = ref(xin, wu.values, M, N, K, K, K);
+        const expect64 = gate.map((gv, i) => silu(gv) * (up[i]! + bu[i % N]!));
+        checks.push({ out: act, expect: expect64, what: `${dtype} M=${M}${normed ? " +rmsnorm" : ""} +swiglu` });
+      }
+    }
+    await submitAndCheck(rec, checks, held);
+  }, COMPILE_TIMEOUT * 6);
+
   test("declined (nothing recorded) where it does not apply: switched off, mixed dtypes, one output buffer twice, K off the 8-half grid, the CPU form", () => {
     const K = 64, M = 1;
     const tx = rt.empty("f32", [M, K]);
@@ -300,6 +332,11 @@ describe("gemv group against float64", () => {
     const gShort = rt.empty("f32", [K - 8]), g16 = rt.empty("f16", [K]);
     expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" }, { weight: gShort, eps: 1e-5 })).toBe(false);
     expect(gemvGroup(rec, tx, M, K, [{ w: w16, y: y1 }, { w: w16, y: y2 }], { form: "lanes" }, { weight: g16, eps: 1e-5 })).toBe(false);
+    // SwiGLU's gate and up of different shapes, act too short
+    const w16b = rt.empty("f16", [16, K]), yShort = rt.empty("f32", [M, 16]);
+    expect(gemvGateUpSwiglu(rec, tx, M, K, { w: w16 }, { w: w16b }, y1, { form: "lanes" })).toBe(false);
+    expect(gemvGateUpSwiglu(rec, tx, M, K, { w: w16 }, { w: w16 }, yShort, { form: "lanes" })).toBe(false);
+    rt.release(w16b, yShort);
     expect(rec.length).toBe(0);
     rec.release();
     rt.release(tx, w16, w32, y1, y2, x60, w60, gShort, g16);

@@ -15,7 +15,7 @@ import {
   type GpuRuntime, type Recorder, type Tensor,
   addInPlace, attentionBackward, attentionDecode, attentionForward, kvCacheAppend, linearBackwardWeight, linearBackwardWeightTensorCore, matmul, weightGradOnTensorCores, rmsnormBackward, rmsnormForward, rmsnormWeightBackward,
   attentionOnTensorCores, type AttentionF16Inputs, hasTensorCoreMatmul, ropeAppendFits, ropeBackward, ropeForward, ropeForwardAppend, ropeForwardF16, swigluBackwardInPlace, swigluForward, toF16,
-  type GemvPrologue, convertTensor, gemv, gemvGroup, gemvPrologueSupported,
+  type GemvPrologue, convertTensor, gemv, gemvGateUpSwiglu, gemvGateUpSwigluSupported, gemvGroup, gemvPrologueSupported,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
 import type { LoraTarget } from "../lora-config.ts";
@@ -197,12 +197,42 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
  */
 export const gemvPrologueFusion = gemvFusionFrom(process.env.TUNELOOM_GEMV_FUSE);
 
-function gemvFusionFrom(v: string | undefined): { norm: boolean; swiglu: boolean } {
-  if (v === undefined || v === "" || v === "0") return { norm: false, swiglu: false };
-  if (v === "1") return { norm: true, swiglu: true };
-  if (v === "norm") return { norm: true, swiglu: false };
-  if (v === "swiglu") return { norm: false, swiglu: true };
-  throw new Error(`TUNELOOM_GEMV_FUSE must be 0, 1, norm or swiglu, got ${JSON.stringify(v)}`);
+/**
+ * TUNELOOM_GEMV_FUSE: `0` or unset (nothing fused), `1` (norm and swiglu, session 12's pair), or a
+ * comma-separated list of `norm` (the RMSNorm into q/k/v and gate/up), `swiglu` (SwiGLU into down_proj's
+ * GEMV, as a prologue) and `act` (SwiGLU as the grouped gate/up GEMV's epilogue: gemvGateUpSwiglu,
+ * with the grouped GEMVs on; session 16).
+ */
+function gemvFusionFrom(v: string | undefined): { norm: boolean; swiglu: boolean; act: boolean } {
+  const out = { norm: false, swiglu: false, act: false };
+  if (v === undefined || v === "" || v === "0") return out;
+  if (v === "1") return { norm: true, swiglu: true, act: false };
+  for (const part of v.split(",")) {
+    if (part !== "norm" && part !== "swiglu" && part !== "act") {
+      throw new Error(`TUNELOOM_GEMV_FUSE must be 0, 1 or a comma-separated list of norm, swiglu, act; got ${JSON.stringify(v)}`);
+    }
+    out[part] = true;
+  }
+  return out;
+}
+
+/**
+ * Decode's gate/up products and SwiGLU as one grouped GEMV whose epilogue writes act (kernels'
+ * gemvGateUpSwiglu; gate and up never written), with the norm in front where that is fused too (else
+ * the RMSNorm dispatch first): the fusion's `act` on, the grouped GEMVs on, a decode-sized batch, no
+ * LoRA on gate or up (their h read xn2). Returns false and records nothing otherwise.
+ */
+function fusedGateUpAct(
+  rec: Recorder, xMid: Tensor, w: GpuLayerWeights, a: LayerActivations, lora: LayerLora | GatheredLayerLora, eps: number,
+): boolean {
+  const [T, K] = xMid.shape as [number, number];
+  if (!gemvPrologueFusion.act || T > 16 || "gathered" in lora || lora.gate_proj || lora.up_proj) return false;
+  const gate = { w: w.gate, bias: w.gateBias }, up = { w: w.up, bias: w.upBias };
+  const norm = gemvPrologueFusion.norm ? { weight: w.postNorm, eps } : undefined;
+  const x = norm ? xMid : a.xn2; // the norm in front, or its own dispatch into xn2 first
+  if (!gemvGateUpSwigluSupported(rec.rt, x, T, K, gate, up, a.act, undefined, norm)) return false;
+  if (!norm) rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps);
+  return gemvGateUpSwiglu(rec, x, T, K, gate, up, a.act, undefined, norm);
 }
 
 /**
@@ -394,7 +424,9 @@ export function decoderLayerForward(
     { w: w.gate, bias: w.gateBias, y: a.gate, lora: m.gate_proj },
     { w: w.up, bias: w.upBias, y: a.up, lora: m.up_proj },
   ];
-  if (!(kv && fusedProjections(rec, xMid, { norm: { weight: w.postNorm, eps } }, gateUp, lora))) {
+  // decode: gate/up and SwiGLU in one dispatch that writes act (gate and up never written)
+  const actMade = !!kv && xOut !== null && fusedGateUpAct(rec, xMid, w, a, lora, eps);
+  if (!actMade && !(kv && fusedProjections(rec, xMid, { norm: { weight: w.postNorm, eps } }, gateUp, lora))) {
     const xn2h = producedWithF16Copy(rec, a.xn2, w.gate, (y16) => rmsnormForward(rec, xMid, w.postNorm, a.xn2, a.rstd2, eps, y16));
     if (keptMlp && xOut === null) {
       // selective checkpointing: gate and up as the forward made them; only the LoRA h is recomputed
@@ -423,8 +455,9 @@ export function decoderLayerForward(
   // product goes to xOut (or, where xOut holds xMid but down has a bias, to the free a.xMid) first
   const dInto = xMid === xOut && !w.downBias, dTo = dInto ? xOut : xMid === xOut ? a.xMid : xOut;
   const down = [{ w: w.down, bias: w.downBias, y: dTo, accumulate: dInto, lora: m.down_proj }];
+  if (actMade) groupForward(rec, a.act, "down", down, lora, a.loraH.down);
   // decode: SwiGLU fused into down_proj's GEMV (act never written)
-  if (!(kv && fusedProjections(rec, a.gate, { swiglu: { up: a.up } }, down, lora))) {
+  else if (!(kv && fusedProjections(rec, a.gate, { swiglu: { up: a.up } }, down, lora))) {
     // act in f16 for down_proj's tensor-core products. (Kept for the backward's dA/dW it would save
     // one more conversion per layer, but hold T·I halves for the whole step: 64 MiB at 3B, where the
     // peak sits on the ≤ 0.7× target.)
