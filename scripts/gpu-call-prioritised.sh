@@ -36,7 +36,9 @@
 #   dkv-dout     the 1B step profiled without the attention dk/dv pass staging dout (A/B vs profile-1b)
 #   load-8b      Llama-3.1-8B saved by transformers: HF load vs ours, a train row and decode on it
 #   full         full fine-tuning, ours and HF (`peft_bench.py --full 1`) on SmolLM2-135M, Qwen2.5-0.5B
-#   decode-1b    batch-1/16 decode, ours and HF generate (decode.jsonl)
+#   decode-1b    batch-1/16 decode, ours and HF generate, the act A/B (decode.jsonl)
+#   decode-act   the act A/B of decode-1b alone
+#   decode-act-tests the GPU tests of the grouped GEMVs, fused norm and SwiGLU epilogue (summary in peft-stderr.txt)
 #   decode-8b    Llama-3.1-8B batch-1 decode, ours, the fused GEMV prologues (A/B), a profile, and with DECODE_AB=1
 #                session 9-11's GEMV A/Bs (grouping, depth 4/16) (decode.jsonl)
 #   dispatch-floor what one tiny dispatch costs (dependent, independent, profiled) and decode's GEMVs in chains (decode.jsonl)
@@ -65,6 +67,12 @@ train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the dea
     [ "$(left)" -gt "$2" ] || { el "skip train $m"; continue; }
     el "train $m"
     OUT=$OUT timeout "$2" bash scripts/gpu-measure.sh train "$m" > /dev/null 2>&1
+  done
+}
+act_ab() { # 1B batch-1 decode: gate/up + SwiGLU in one GEMV (act) against the defaults, twice each, alternated
+  for r in 1 2; do
+    [ "$(left)" -gt 30 ] && TUNELOOM_GEMV_FUSE=norm,act timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse_act",/' | stamp >> $OUT/decode.jsonl
+    [ "$(left)" -gt 30 ] && timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
   done
 }
 keep_rows() { # "MODEL:GIB ...": selective checkpointing rows (train-keep below)
@@ -166,15 +174,16 @@ for step in $STEPS; do
       PYTHONUNBUFFERED=1 timeout $(( $(left) - 45 < 120 ? $(left) - 45 : 120 )) python3 .tmp/peft_bench.py --models llama3.1-8b --save "$d8" > /dev/null 2>>$OUT/peft-stderr.txt
       fromdir() { sed "s#\"model\":\"$d8\"#\"model\":\"llama3.1-8b\",\"from_dir\":true#"; }
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
-      # Session 16: the grouped GEMVs, and with the norm fused into them, always (1B is bound by dispatches)
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_GROUP=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_group",/' | stamp >> $OUT/decode.jsonl
+      # Session 16: the grouped GEMVs and the fused norm are the defaults (1B 272.3 → 371.6, 8B 87.5 → 101.1 tok/s,
+      # H100, one call); A/B: gate/up + SwiGLU in one GEMV (act), and each default off
+      [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_FUSE=norm,act timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse_act",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_fuse_norm",/' | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
-      # Session 12: RMSNorm and SwiGLU fused into the GEMVs that read them (decoder-layer.ts gemvPrologueFusion), A/B.
-      # (8B measured in session 13: 87.3 tok/s fused against 98.0; only with DECODE_AB=1 now)
+      # Session 12: RMSNorm and SwiGLU fused as GEMV prologues (8B, session 13: 87.3 tok/s against 98.0), A/B.
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_FUSE=1 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 --profile 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/profile.jsonl
       rm -rf "$d8" ;;
@@ -239,13 +248,15 @@ for step in $STEPS; do
       # Session 15: a profiled 1B step (GPU time per token against the wall time above: what the CPU round
       # trip of each token costs) and GEMV depth 16.
       [ "$(left)" -gt 40 ] && timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
-      # Session 15: depth 16 261.1 against 271.6 (noise): dropped. The grouped q/k/v and gate/up GEMVs (one
-      # dispatch each; measured only on 8B, a tie) at 1B, where the step is bound by per-dispatch cost.
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group",/' | stamp >> $OUT/decode.jsonl
-      # Session 16: the norm fused into the grouped q/k/v and gate/up GEMVs (one dispatch each: 13 → 10 a layer)
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl
-      [ "$(left)" -gt 40 ] && TUNELOOM_GEMV_GROUP=1 TUNELOOM_GEMV_FUSE=norm,act timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 --profile 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_group+fuse_norm,act",/' | stamp >> $OUT/decode.jsonl ;;
+      # Session 16 (one call, H100): the grouped GEMVs 272.3 → 368.8 tok/s, with the fused norm 371.6: both on by
+      # default now. A/B: gate/up + SwiGLU in one GEMV (act), twice each, alternated; the defaults off (DECODE_AB=1).
+      act_ab
+      [ "$(left)" -gt 40 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 TUNELOOM_GEMV_FUSE=0 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl ;;
+    decode-act) el decode-act && act_ab ;;
+    decode-act-tests)
+      # Session 16: the GPU tests of the grouped GEMVs, the fused norm and the SwiGLU epilogue (act), quickly
+      [ "$(left)" -gt 60 ] && el decode-act-tests && timeout 60 bun test --timeout 120000 kernels/test/gemv.test.ts packages/model/test/decode-replay.test.ts > /tmp/tests-act.txt 2>&1
+      { echo "== decode-act-tests"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/tests-act.txt | head -20; } >> $OUT/peft-stderr.txt ;;
     dispatch-floor)
       # Session 16: what a dispatch costs when it does almost nothing (dependent chain, independent,
       # as the profiler times it) and decode's RMSNorm/GEMVs in chains (decode.jsonl, op dispatch-floor).

@@ -504,11 +504,13 @@ export interface GemvPart {
 const groupSources = new Map<string, KernelSource>();
 
 /**
- * gemvGroup (session 9): off by default. Its tests passed on an H100 in session 11, but Llama-3.1-8B
- * batch-1 decode ran 86.6 tok/s with it and 86.7 without (same call); `TUNELOOM_GEMV_GROUP=1` turns
- * it on (the device script does, for its decode A/B). Tests flip `enabled`.
+ * gemvGroup (session 9): on by default since session 16's call (H100, 2026-12-08T01:35Z, same call):
+ * Llama-3.2-1B batch-1 decode 272.3 → 368.8 tok/s (its k and v GEMVs of 512 rows ran on 128
+ * workgroups, and each dispatch costs ~10 µs on Dawn's Vulkan backend whatever it does: the
+ * dispatch-floor bench), Llama-3.1-8B 87.5 → 98.4 (session 11 had measured 8B neutral at depth 4).
+ * `TUNELOOM_GEMV_GROUP=0` turns it off. Tests flip `enabled`.
  */
-export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP === "1" };
+export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP !== "0" };
 
 /**
  * The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y;

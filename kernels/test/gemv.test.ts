@@ -211,7 +211,7 @@ describe.each([4, 16] as const)("gemv with %i words in flight per thread against
 });
 
 describe("gemv group against float64", () => {
-  const was = gemvGrouping.enabled; // off by default until it passes on a GPU (gemv.ts)
+  const was = gemvGrouping.enabled; // on by default since session 16 (gemv.ts)
   beforeAll(() => { gemvGrouping.enabled = true; });
   afterAll(() => { gemvGrouping.enabled = was; });
   // (Each new M slice and rows-per-thread pair is a pipeline compile of seconds on lavapipe.)

@@ -187,25 +187,24 @@ function producedWithF16Copy(rec: Recorder, x: Tensor, w: Tensor, produce: (x16:
  * Decode's RMSNorm and SwiGLU fused into the GEMVs that read them (kernels' GemvPrologue: a q/k/v or
  * gate/up GEMV sums x² itself, down_proj's computes silu(gate)·up as it reads them), so the norm and
  * SwiGLU dispatches, xn and act go away (three of a decode layer's 13 dispatches; session 12). With
- * the grouped GEMVs on (kernels' gemvGrouping), the norm and the group's products are one dispatch
- * (session 16): a layer's norm + q/k/v and norm + gate/up, five dispatches, become two.
- * Off: its GPU tests pass, but Llama-3.1-8B batch-1 decode ran 87.3 tok/s with both fused and 98.0
- * without (H100, session 13), and Llama-3.2-1B 264.6 against 274.5 (session 14). The SwiGLU prologue
- * makes every down_proj workgroup recompute silu over all of K (an exp per element: 14336 a row
- * group at 8B), the norm prologue only a dot product per chunk, so they switch apart:
- * `TUNELOOM_GEMV_FUSE=1` (both), `norm`, `swiglu`, `0` (neither, the default). Tests flip the fields.
+ * the grouped GEMVs (kernels' gemvGrouping, on by default), the norm and the group's products are
+ * one dispatch (session 16): a layer's norm + q/k/v and norm + gate/up, five dispatches, become two.
+ * - `norm`: on by default since session 16's call (H100, same call, grouped GEMVs on): Llama-3.1-8B
+ *   batch-1 decode 98.4 → 101.1 tok/s, Llama-3.2-1B 368.8 → 371.6.
+ * - `swiglu` (the prologue in down_proj's GEMV): off. Every down_proj workgroup recomputes silu over
+ *   all of K (an exp per element: 14336 a row group at 8B); with both fused and no grouping, 8B ran
+ *   87.3 tok/s against 98.0 (H100, session 13) and 1B 264.6 against 274.5 (session 14).
+ * - `act` (session 16: SwiGLU as the grouped gate/up GEMV's epilogue, gemvGateUpSwiglu; act written
+ *   once by the product, gate and up never): off until a GPU call measures it.
+ * `TUNELOOM_GEMV_FUSE`: unset (norm), `0` (nothing), `1` (norm and swiglu, session 12's pair) or a
+ * comma-separated list of norm, swiglu, act. Tests flip the fields.
  */
 export const gemvPrologueFusion = gemvFusionFrom(process.env.TUNELOOM_GEMV_FUSE);
 
-/**
- * TUNELOOM_GEMV_FUSE: `0` or unset (nothing fused), `1` (norm and swiglu, session 12's pair), or a
- * comma-separated list of `norm` (the RMSNorm into q/k/v and gate/up), `swiglu` (SwiGLU into down_proj's
- * GEMV, as a prologue) and `act` (SwiGLU as the grouped gate/up GEMV's epilogue: gemvGateUpSwiglu,
- * with the grouped GEMVs on; session 16).
- */
 function gemvFusionFrom(v: string | undefined): { norm: boolean; swiglu: boolean; act: boolean } {
   const out = { norm: false, swiglu: false, act: false };
-  if (v === undefined || v === "" || v === "0") return out;
+  if (v === undefined || v === "") return { ...out, norm: true };
+  if (v === "0") return out;
   if (v === "1") return { norm: true, swiglu: true, act: false };
   for (const part of v.split(",")) {
     if (part !== "norm" && part !== "swiglu" && part !== "act") {
