@@ -69,10 +69,12 @@ train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the dea
     OUT=$OUT timeout "$2" bash scripts/gpu-measure.sh train "$m" > /dev/null 2>&1
   done
 }
-act_ab() { # 1B batch-1 decode: gate/up + SwiGLU in one GEMV (act) against the defaults, twice each, alternated
+act_ab() { # 1B batch-1 decode, twice each, alternated: the defaults; gate/up + SwiGLU in one GEMV (act);
+  # decode attention in one pass below 256 keys (no combine dispatch; the bench's context is 161 keys)
   for r in 1 2; do
     [ "$(left)" -gt 30 ] && TUNELOOM_GEMV_FUSE=norm,act timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse_act",/' | stamp >> $OUT/decode.jsonl
     [ "$(left)" -gt 30 ] && timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
+    [ "$(left)" -gt 30 ] && TUNELOOM_DECODE_SPLIT_KEYS=256 timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"decode_split_keys_256",/' | stamp >> $OUT/decode.jsonl
   done
 }
 keep_rows() { # "MODEL:GIB ...": selective checkpointing rows (train-keep below)

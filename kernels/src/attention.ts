@@ -246,13 +246,29 @@ export interface AttentionDecodeArgs {
    * partial results go to `scratch` (f32, attentionDecodeScratchSize(B, nH, hd, splits)
    * elements) and are merged by a second dispatch. Without scratch, or with splits = 1, one
    * pass writes `out`. With scratch and no `splits`, as many splits as keep ~1024 workgroups
-   * busy, at least one 32-key tile each, and fit the scratch (one workgroup per sequence and kv head
+   * busy, at least decodeSplitKeys.min (32) keys each, and fit the scratch (one workgroup per sequence and kv head
    * is latency-bound: B=1, 8192 keys took 19 ms on an H200 unsplit, 0.5 ms in 32 splits).
    */
   splits?: number;
   /** Longest length in `lengths` (host-side hint that sizes the splits; default maxT). */
   maxLength?: number;
   scratch?: Tensor;
+}
+
+/**
+ * The fewest keys a decode split takes when attentionDecode picks the split count itself (default
+ * 32: one tile). Each split > 1 costs a second (combine) dispatch, and a dispatch costs ~10 µs here
+ * whatever it does (session 16's dispatch-floor bench, H100), so short contexts may do better in one
+ * pass: `TUNELOOM_DECODE_SPLIT_KEYS=N` for A/B measurements (the device script's decode-1b). Tests
+ * set `min`.
+ */
+export const decodeSplitKeys = { min: decodeSplitKeysFrom(process.env.TUNELOOM_DECODE_SPLIT_KEYS) };
+
+function decodeSplitKeysFrom(v: string | undefined): number {
+  if (v === undefined || v === "") return 32;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`TUNELOOM_DECODE_SPLIT_KEYS must be a positive integer, got ${JSON.stringify(v)}`);
+  return n;
 }
 
 /** Elements of f32 scratch attentionDecode needs for `splits` > 1. */
@@ -302,7 +318,7 @@ export function attentionDecode(rec: Recorder, args: AttentionDecodeArgs) {
         throw new Error(`${K}: scratch has ${args.scratch.numel} elements, ${splits} splits need ${attentionDecodeScratchSize(B, nH, hd, splits)}`);
       }
     } else {
-      splits = Math.max(1, Math.min(fit, cdiv(1024, B * nKV * nHB), Math.floor(span / 32)));
+      splits = Math.max(1, Math.min(fit, cdiv(1024, B * nKV * nHB), Math.floor(span / decodeSplitKeys.min)));
     }
   }
   const splitLen = Math.max(1, cdiv(span, splits));

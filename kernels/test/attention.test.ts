@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type AttentionDiag, attentionDiagFrom, attentionTcForm, attentionTcSource, dkvGroupSum, stagedAttentionBytes } from "../src/attention-tc.ts";
 import {
-  attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
+  attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, decodeSplitKeys, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
   type Tensor,
 } from "../src/index.ts";
 import { fromF16Bits, randn, relError, toF16Bits } from "../src/testing.ts";
@@ -421,7 +421,7 @@ describe("decode against the last row of full attention", () => {
   // three sequences in their own cache slots (continuous batching), different lengths
   const slots = [{ offset: 0, len: 37 }, { offset: 40, len: 1 }, { offset: 50, len: 46 }];
 
-  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number; auto?: boolean; hd?: number }) {
+  async function decodeCase(opts: { dtype: "f32" | "f16"; splits?: number; window?: number; maxLength?: number; auto?: boolean; hd?: number; dispatches?: number }) {
     const B = slots.length, hd = opts.hd ?? 64;
     const seqs = slots.map((s) => {
       const P = problem(nH, nKV, hd, packed([s.len]), { window: opts.window ?? 0 });
@@ -474,12 +474,14 @@ describe("decode against the last row of full attention", () => {
     const out = rt.empty("f32", [B, nH, hd]), lse = rt.empty("f32", [B, nH]);
     const splits = opts.splits ?? 1;
     const scratch = splits > 1 || opts.auto ? rt.empty("f32", [attentionDecodeScratchSize(B, nH, hd, opts.auto ? 8 : splits)]) : undefined;
+    const before = rec.length;
     attentionDecode(rec, {
       q: up("f32", [B, nH, hd], qNew), kCache, vCache,
       offsets: up("u32", [B], Uint32Array.from(slots, (s) => s.offset)),
       lengths: up("u32", [B], Uint32Array.from(slots, (s) => s.len)),
       out, lse, window: opts.window, splits: opts.auto ? undefined : splits, scratch, maxLength: opts.maxLength,
     });
+    if (opts.dispatches !== undefined) expect(rec.length - before).toBe(opts.dispatches);
     rec.submit();
     const got = await rt.read(out), gotLse = await rt.read(lse);
     const refOut = new Float64Array(B * nH * hd), refLse = new Float64Array(B * nH);
@@ -501,7 +503,17 @@ describe("decode against the last row of full attention", () => {
   // head dim 128 (Llama-3.1-8B's): 16 chunks of 4 f32 per thread and tile, 8 of 8 f16 (stageTile)
   test("head dim 128, f32 cache, one pass", () => decodeCase({ dtype: "f32", hd: 128 }));
   test("head dim 128, f16 cache, split-K 3", () => decodeCase({ dtype: "f16", hd: 128, splits: 3 }));
-  test("f32 cache, splits chosen automatically (3 of 32 keys: maxT 96)", () => decodeCase({ dtype: "f32", auto: true }));
+  test("f32 cache, splits chosen automatically (3 of 32 keys: maxT 96)", () => decodeCase({ dtype: "f32", auto: true, dispatches: 2 }));
+  // decodeSplitKeys (TUNELOOM_DECODE_SPLIT_KEYS): at least 96 keys a split leaves maxT 96 in one pass, no combine
+  test("f32 cache, splits chosen automatically with at least 96 keys each: one pass", async () => {
+    const was = decodeSplitKeys.min;
+    decodeSplitKeys.min = 96;
+    try {
+      await decodeCase({ dtype: "f32", auto: true, dispatches: 1 });
+    } finally {
+      decodeSplitKeys.min = was;
+    }
+  });
 });
 
 describe("argument checks name the kernel", () => {
