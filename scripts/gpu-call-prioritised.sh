@@ -182,7 +182,7 @@ for step in $STEPS; do
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_fuse_norm",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
-      # Session 11: eight words of W in flight per thread (gemv.ts gemvDepth) is the default; four for the A/B.
+      # Session 11: eight words of W in flight per thread (gemv-rows.ts gemvDepth) is the default; four for the A/B.
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=4 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_depth8",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_DEPTH=16 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_depth16",/' | stamp >> $OUT/decode.jsonl
       # Session 12: RMSNorm and SwiGLU fused as GEMV prologues (8B, session 13: 87.3 tok/s against 98.0), A/B.

@@ -9,6 +9,7 @@ export * from "./tensor.ts";
 export * from "./matmul.ts";
 export * from "./matmul-subgroup.ts";
 export * from "./gemv.ts";
+export * from "./gemv-group.ts";
 export * from "./bgmv.ts";
 export * from "./cross-entropy.ts";
 export * from "./grad-norm.ts";
