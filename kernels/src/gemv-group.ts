@@ -30,7 +30,7 @@ export const gemvGrouping = { enabled: process.env.TUNELOOM_GEMV_GROUP !== "0" }
 
 /**
  * The grouped aligned kernel: `n` parts, each a vecParts row function over its own w, bias and y;
- * with `norm`, every part reads x through the RMSNorm (GemvNorm, binding 2 + 3n): each workgroup
+ * with `norm`, every part reads x through the RMSNorm (GemvNorm, bound after the outputs): each workgroup
  * sums x² over the chunks it reads anyway, as the single fused GEMV does.
  *
  * `swiglu` (two parts, gate and up, of one N): one output, act = silu(gate)·up, and no gate or up
