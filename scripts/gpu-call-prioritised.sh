@@ -70,11 +70,14 @@ train() { # MODEL TIMEOUT: ours, ours answer-only, HF PEFT, skipped when the dea
   done
 }
 act_ab() { # 1B batch-1 decode, twice each, alternated: the defaults; gate/up + SwiGLU in one GEMV (act);
-  # decode attention in one pass below 256 keys (no combine dispatch; the bench's context is 161 keys)
+  # decode attention in one pass below 256 keys (no combine dispatch; the bench's context is 161 keys);
+  # without the pre-encoded next step (on by default)
   for r in 1 2; do
     [ "$(left)" -gt 30 ] && TUNELOOM_GEMV_FUSE=norm,act timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"gemv_fuse_act",/' | stamp >> $OUT/decode.jsonl
     [ "$(left)" -gt 30 ] && timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | stamp >> $OUT/decode.jsonl
     [ "$(left)" -gt 30 ] && TUNELOOM_DECODE_SPLIT_KEYS=256 timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_on":"decode_split_keys_256",/' | stamp >> $OUT/decode.jsonl
+    # session 16 (after its call): the next step's command buffer encoded while the GPU runs this one, off
+    [ "$(left)" -gt 30 ] && TUNELOOM_DECODE_PREENCODE=0 timeout 30 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"decode_preencode",/' | stamp >> $OUT/decode.jsonl
   done
 }
 keep_rows() { # "MODEL:GIB ...": selective checkpointing rows (train-keep below)
@@ -180,6 +183,7 @@ for step in $STEPS; do
       # H100, one call); A/B: gate/up + SwiGLU in one GEMV (act), and each default off
       [ "$(left)" -gt 45 ] && TUNELOOM_GEMV_FUSE=norm,act timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_on":"gemv_fuse_act",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | stamp >> $OUT/decode.jsonl
+      [ "$(left)" -gt 45 ] && TUNELOOM_DECODE_PREENCODE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"decode_preencode",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_fuse_norm",/' | stamp >> $OUT/decode.jsonl
       [ "$(left)" -gt 45 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 TUNELOOM_GEMV_FUSE=0 timeout 60 bun run bench -- --decode --model "$d8" --tokens 96 2>/dev/null | grep '^{' | fromdir | sed 's/^{/{"ab_off":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl
       # Session 11: eight words of W in flight per thread (gemv-rows.ts gemvDepth) is the default; four for the A/B.

@@ -17,12 +17,13 @@ import { type DispatchTiming, Recorder } from "./recorder.ts";
 import { Tensor } from "./tensor.ts";
 
 export type { KernelSource } from "./pipeline-cache.ts";
-export { type DispatchTiming, Recorder } from "./recorder.ts";
+export { type DispatchTiming, type PreparedCommands, Recorder } from "./recorder.ts";
 
 export class GpuRuntime {
   readonly memory = new MemoryTracker();
   /** CPU time spent recording dispatches (bind groups, uniforms), for the benchmarks. */
-  readonly recordStats = { ms: 0, dispatches: 0 };
+  /** CPU time and dispatches recorded; submits of command buffers encoded ahead (Recorder.prepare). */
+  readonly recordStats = { ms: 0, dispatches: 0, preparedSubmits: 0 };
   /** When set, every Recorder.submit() is timed per dispatch and its timings land here. */
   profiled: Promise<DispatchTiming[]>[] | null = null;
   /** Device loss, uncaptured errors and pending validation scopes. */

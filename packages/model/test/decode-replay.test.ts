@@ -58,6 +58,19 @@ describe("replayed decode step", () => {
     expect(replayed.rows.map((r) => r.token)).not.toEqual((await runScenario(model, { replay: true })).rows.map((r) => r.token));
   });
 
+  test("each replayed step after a plan's first submits the command buffer encoded during the step before", async () => {
+    const gen = new KvCacheGenerator(model, { maxSlots: 1, maxContext: 16 });
+    try {
+      const slot = gen.acquireSlot()!;
+      let token = (await gen.prefill(slot, [3, 9, 27], GREEDY, 0)).token;
+      const before = model.rt.recordStats.preparedSubmits;
+      for (let i = 0; i < 5; i++) token = (await gen.decode([{ slot, token, position: 3 + i, sampling: GREEDY, u: 0 }]))[0]!.token;
+      expect(model.rt.recordStats.preparedSubmits - before).toBe(4);
+    } finally {
+      gen.dispose();
+    }
+  });
+
   test("matches what decode returned before it was replayed (fixture)", async () => {
     expectSameRows(await runScenario(model), fixture.plain, 1e-5);
     expectSameRows(await runScenario(model, { lora }), fixture.lora, 1e-5);

@@ -14,7 +14,10 @@
  * lives in buffers owned by the recording: the per-step inputs (token ids, positions, cache rows,
  * slot offsets, lengths, sampling rows) are packed into one buffer written with one rt.write();
  * the results (tokens, logprobs, top-N) are packed into one buffer that the recording itself
- * copies into a mappable one, so a step is one write, one submit and one map. Nothing per-step
+ * copies into a mappable one, so a step is one write, one submit and one map. WebGPU command
+ * buffers are single-use, so each submit encodes the recording again (~7 µs a dispatch through
+ * dawn.node); a plan encodes its next step right after submitting one (Recorder.prepare), while
+ * the GPU runs it, and the next decode of that plan submits the prepared buffer. Nothing per-step
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  *
@@ -30,7 +33,7 @@
  * rather than replayed; steps without them replay as before.
  */
 import {
-  type GpuRuntime, type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
+  type GpuRuntime, type PreparedCommands, type Recorder, type SampledRow, type SamplingParams, Tensor, attentionDecodeScratchSize, logitsRows, packSamplingRows, sampleRows, SAMPLING_ROW_FLOATS,
   applyLogitPenalties, type LogitPenalties, packPenaltyRows, penaltiesActive, checkRowSlots,
 } from "@tuneloom/kernels";
 import type { ModelConfig } from "../config.ts";
@@ -131,6 +134,15 @@ function packRegions(align: number, bytes: readonly number[]): { at: number[]; s
 }
 
 /** A decode step recorded once for B rows and top-N, with every buffer it touches. */
+/**
+ * A replayed decode plan encodes its next step's command buffer while the GPU runs the current one
+ * (Recorder.prepare; session 16, built after its GPU call: dawn.node encodes ~7 µs a dispatch on a
+ * CPU machine, and a Llama-3.2-1B decode step is ~130 dispatches against ~2.7 ms a token on an
+ * H100). On by default (the same commands either way: decode-replay.test.ts);
+ * `TUNELOOM_DECODE_PREENCODE=0` turns it off for A/B measurements. Tests flip `enabled`.
+ */
+export const decodePreEncoding = { enabled: process.env.TUNELOOM_DECODE_PREENCODE !== "0" };
+
 interface DecodePlan {
   B: number;
   topN: number;
@@ -149,6 +161,8 @@ interface DecodePlan {
   tb: TokenBatch;
   acts: LayerActivations;
   owned: Tensor[];
+  /** The next step's command buffer, encoded while the GPU ran the last one (Recorder.prepare). */
+  next: PreparedCommands | null;
 }
 
 export class KvCacheGenerator {
@@ -331,7 +345,7 @@ export class KvCacheGenerator {
       logitsRows(rec, fwd.h, model.weights.lmHead, Array.from({ length: B }, (_, b) => b), logits);
       sampleRows(rec, { logits, rowParams, tokens, logprobs, topIds, topLogprobs, validVocab: this.validVocab });
       rec.copy(outputs, new Tensor(readback, "u32", [outL.size / 4], 0, "decode_readback"));
-      return { B, topN, lora, gathered, rec, inputs, host, outputs, outAt: outL.at, readback, tb, acts, owned };
+      return { B, topN, lora, gathered, rec, inputs, host, outputs, outAt: outL.at, readback, tb, acts, owned, next: null };
     } catch (err) {
       rec?.release();
       if (acts) releaseTensors(rt, acts);
@@ -365,12 +379,17 @@ export class KvCacheGenerator {
     const rt = this.model.rt;
     let bytes: ArrayBuffer;
     try {
-      rt.write(p.inputs, h.bytes);
-      p.rec.submit();
+      rt.write(p.inputs, h.bytes); // ordered before the submit below, after the last step's commands
+      p.rec.submit(p.next);
+      p.next = null;
       this.decodeStats.submits++;
       this.decodeStats.rows += B;
+      // The next step's command buffer, encoded now while the GPU runs this one: the same recording,
+      // whose per-step inputs live in buffers, so the CPU's encoding leaves the critical path.
+      if (decodePreEncoding.enabled) p.next = p.rec.prepare();
       bytes = await rt.mapRead(p.readback, p.outputs.byteLength, p.rec.label);
     } catch (err) {
+      p.next = null;
       this.dropPlans((q) => q !== p); // record it afresh next time
       throw err;
     }
