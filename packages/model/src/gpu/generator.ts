@@ -15,8 +15,8 @@
  * slot offsets, lengths, sampling rows) are packed into one buffer written with one rt.write();
  * the results (tokens, logprobs, top-N) are packed into one buffer that the recording itself
  * copies into a mappable one, so a step is one write, one submit and one map. WebGPU command
- * buffers are single-use, so each submit encodes the recording again (~7 µs a dispatch through
- * dawn.node); a plan encodes its next step right after submitting one (Recorder.prepare), while
+ * buffers are single-use, so each submit encodes the recording again (2.4-5 µs a dispatch through
+ * dawn.node on a CPU machine); a plan encodes its next step right after submitting one (Recorder.prepare), while
  * the GPU runs it, and the next decode of that plan submits the prepared buffer. Nothing per-step
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
@@ -136,9 +136,9 @@ function packRegions(align: number, bytes: readonly number[]): { at: number[]; s
 /** A decode step recorded once for B rows and top-N, with every buffer it touches. */
 /**
  * A replayed decode plan encodes its next step's command buffer while the GPU runs the current one
- * (Recorder.prepare; session 16, built after its GPU call: dawn.node encodes ~7 µs a dispatch on a
- * CPU machine, and a Llama-3.2-1B decode step is ~130 dispatches against ~2.7 ms a token on an
- * H100). On by default (the same commands either way: decode-replay.test.ts);
+ * (Recorder.prepare; session 16, built after its GPU call: re-encoding and submitting a replayed
+ * recording took 2.4-5 µs a dispatch on a CPU machine, a prepared buffer's submit 0.5, and a
+ * Llama-3.2-1B decode step is ~130 dispatches against ~2.7 ms a token on an H100). On by default (the same commands either way: decode-replay.test.ts);
  * `TUNELOOM_DECODE_PREENCODE=0` turns it off for A/B measurements. Tests flip `enabled`.
  */
 export const decodePreEncoding = { enabled: process.env.TUNELOOM_DECODE_PREENCODE !== "0" };
