@@ -71,6 +71,25 @@ describe("replayed decode step", () => {
     }
   });
 
+  // Prefill is recorded afresh every time (its shape varies); with cached bindings a prompt of a
+  // length seen before creates no bind group (~11-55 µs each through dawn.node; 364 a SmolLM2 prefill).
+  test("a second prefill of the same length creates no bind group", async () => {
+    const gen = new KvCacheGenerator(model, { maxSlots: 2, maxContext: 16 });
+    try {
+      const [a, b] = [gen.acquireSlot()!, gen.acquireSlot()!];
+      const before = model.rt.bindings.stats.bindGroups;
+      const first = await gen.prefill(a, [3, 9, 27, 5], GREEDY, 0);
+      const groups = model.rt.bindings.stats.bindGroups;
+      expect(groups).toBeGreaterThan(before); // this generator's KV cache is new: its bind groups are made (and cached)
+      const second = await gen.prefill(b, [3, 9, 27, 5], GREEDY, 0);
+      expect(model.rt.bindings.stats.bindGroups).toBe(groups);
+      expect(second.token).toBe(first.token); // same prompt, other slot: same row
+      expect(Math.abs(second.logprob - first.logprob)).toBeLessThan(1e-6);
+    } finally {
+      gen.dispose();
+    }
+  });
+
   test("matches what decode returned before it was replayed (fixture)", async () => {
     expectSameRows(await runScenario(model), fixture.plain, 1e-5);
     expectSameRows(await runScenario(model, { lora }), fixture.lora, 1e-5);
