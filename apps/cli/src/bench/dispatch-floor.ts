@@ -4,7 +4,7 @@
  * decode profile gives each 9-12 µs of GPU time. This says whether that is the kernels or the
  * per-dispatch floor of Dawn's Vulkan backend (barriers between dependent dispatches, the pass).
  * One JSON line per case:
- *   {"op":"dispatch-floor", "case", "dispatches", "us": µs per dispatch (wall of one submit / count)}
+ *   {"op":"dispatch-floor", "case", "dispatches", "us", "cpu_us", "prepared_us"} (µs per dispatch: timed())
  * Cases: a chain of dependent tiny dispatches (each reads what the last wrote: Dawn puts a barrier
  * between them), the same count over distinct buffers (no dependencies), the dependent chain
  * timed per dispatch as the profiler does (one pass each, timestamps), and the decode shapes'
@@ -13,7 +13,7 @@
  */
 import { type Recorder, type Tensor, axpby, gemv, getRuntime, rmsnormForward } from "@tuneloom/kernels";
 import { randn, toF16Bits } from "@tuneloom/kernels/host-data.ts";
-import { timeGpu, warmClocks } from "./timing.ts";
+import { warmClocks } from "./timing.ts";
 
 const argv = process.argv.slice(2);
 const opt = (name: string, dflt: number) => {
@@ -24,14 +24,35 @@ const rt = await getRuntime();
 const count = opt("--count", rt.caps.isSoftware ? 50 : 1000);
 const C = opt("--width", 2048);
 
-const line = (kase: string, dispatches: number, ms: number) =>
-  console.log(JSON.stringify({ op: "dispatch-floor", case: kase, dispatches, us: +((ms * 1000) / dispatches).toFixed(2) }));
+const perDispatch = (ms: number, n: number) => +((ms * 1000) / n).toFixed(2);
+const line = (kase: string, dispatches: number, ms: number, more: Record<string, number> = {}) =>
+  console.log(JSON.stringify({ op: "dispatch-floor", case: kase, dispatches, us: perDispatch(ms, dispatches), ...more }));
 
-/** Wall time of `count` dispatches recorded by `one(rec, i)` in one submit (after a warm-up submit). */
+/**
+ * `count` dispatches recorded by `one(rec, i)`, submitted once to warm up, then timed three ways
+ * (µs a dispatch): `us` a replayed submit and its wait (the recording encoded again, as decode did
+ * before session 16's pre-encoding); `cpu_us` that submit's own CPU time (encode + queue.submit);
+ * `prepared_us` a buffer encoded ahead (Recorder.prepare) submitted and waited for: the GPU's share.
+ */
 async function timed(kase: string, one: (rec: Recorder, i: number) => void) {
   const all = (rec: Recorder) => { for (let i = 0; i < count; i++) one(rec, i); };
   await warmClocks(rt, all, 300);
-  line(kase, count, await timeGpu(rt, all, 1));
+  const rec = rt.recorder("dispatch-floor");
+  all(rec);
+  rec.submit();
+  await rt.sync();
+  const t0 = performance.now();
+  rec.submit();
+  const t1 = performance.now();
+  await rt.sync();
+  const t2 = performance.now();
+  const prepared = rec.prepare();
+  const t3 = performance.now();
+  rec.submit(prepared);
+  await rt.sync();
+  const t4 = performance.now();
+  rec.release();
+  line(kase, count, t2 - t0, { cpu_us: perDispatch(t1 - t0, count), prepared_us: perDispatch(t4 - t3, count) });
 }
 
 const x = rt.upload("f32", [C], randn(C));
