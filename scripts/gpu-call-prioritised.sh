@@ -3,10 +3,10 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: attn-stages train-keep-small train-keep-1b decode-1b tests profile-1b train-3b train-keep-8b variants
-# train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow: session 15's calls measured 3B, 8B
-# kept and HF, profile-1b, variants, decode-1b; the attention stage diags and the small models' kept rows ran with
-# forms turned off by misfiring test gates (fixed), so they come first now. The list is longer than one call: the
+# STEPS (default: decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants train-3b
+# train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow: session
+# 16 built decode forms after its one call (pre-encoded steps, act epilogue, one-pass attention at short contexts, prefill's
+# cached bindings), so the decode A/Bs and serving come first. The list is longer than one call: the
 # `[Ns] step` lines of a call's output say where it stopped, and the next call passes the rest as STEPS; a list in
 # .tmp/steps replaces both)
 # is any of
@@ -58,7 +58,7 @@ left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
-STEPS=${*:-attn-stages train-keep-small train-keep-1b decode-1b tests profile-1b train-3b train-keep-8b variants train-small decode-8b full profile-full serve multi-lora wginit mma-peak tests-slow}
+STEPS=${*:-decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants train-3b train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow}
 # A list left in .tmp/steps (carried with .tmp) replaces both: it re-orders a call already queued by a helper.
 [ -s .tmp/steps ] && STEPS=$(cat .tmp/steps) && echo "steps from .tmp/steps: $STEPS"
 bun run gpu-info 2>&1 | sed -n 1,3p
