@@ -6,7 +6,7 @@
 // prompts over several steps.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { SampledRow, SamplingParams } from "@tuneloom/kernels";
-import { type GeneratorOptions, KvCacheGenerator, type PrefillItem, uniformStream } from "../src/gpu/generator.ts";
+import { type GeneratorOptions, KvCacheGenerator, type PrefillItem, paddedPrefillTokens, prefillPadding, uniformStream } from "../src/gpu/generator.ts";
 import type { LayerLora } from "../src/gpu/lora.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { GREEDY, HOT, releaseLora, SAMPLED, tinyLora, writeScenarioModel } from "./decode-scenario.ts";
@@ -116,6 +116,37 @@ describe("KvCacheGenerator.prefillMany", () => {
   test("a token cap splits the prompts over several steps (1 + 7 together, 20 alone though over the cap)", async () => {
     await expectPackedEqualsSolo(specs([GREEDY, SAMPLED, GREEDY], [1, 0, 2]), { maxPrefillTokens: 10 }, 2);
     await expectPackedEqualsSolo(specs([GREEDY, SAMPLED, GREEDY], [1, 0, 2]), { maxPrefillTokens: 1 }, 3);
+  });
+
+  // Steps are padded to a few token counts (prefillPadding) so that their recordings reuse cached bind
+  // groups: the padding rows (a sequence of their own, cache row −1, no logit row) must change nothing,
+  // neither the first rows nor the KV cache the decode steps read. 1 + 7 + 20 = 28 tokens run as 32;
+  // each prompt alone as 1, 8 and 32.
+  test("padded steps give what unpadded ones give, packed and one prompt at a time, with LoRA too", async () => {
+    const s = specs([GREEDY, SAMPLED, GREEDY], [1, 0, 2]);
+    const was = prefillPadding.enabled;
+    try {
+      for (const opts of [{}, { lora }]) {
+        for (const packed of [true, false]) {
+          prefillPadding.enabled = false;
+          const plain = await run(s, packed, opts);
+          prefillPadding.enabled = true;
+          const padded = await run(s, packed, opts);
+          expectRowsClose(padded.first, plain.first);
+          padded.decoded.forEach((rows, k) => expectRowsClose(rows, plain.decoded[k]!));
+        }
+      }
+    } finally {
+      prefillPadding.enabled = was;
+    }
+  });
+
+  test("paddedPrefillTokens: powers of two to 16, multiples of 16 to 256, of 64 to 1024, of 256 beyond; never past the cap", () => {
+    const cases: [number, number][] = [[1, 1], [2, 2], [3, 4], [5, 8], [9, 16], [16, 16], [17, 32], [33, 48], [256, 256], [257, 320], [1000, 1024], [1025, 1280], [8000, 8192]];
+    for (const [T, want] of cases) expect(paddedPrefillTokens(T, 8192)).toBe(want);
+    expect(paddedPrefillTokens(8100, 8192)).toBe(8192);
+    expect(paddedPrefillTokens(8193, 8192)).toBe(8193); // a prompt over the cap runs alone, unpadded
+    expect(paddedPrefillTokens(20, 30)).toBe(20); // 32 would pass the cap
   });
 
   test("the default cap is 8192 tokens at most, smaller where the activations would not fit", () => {
