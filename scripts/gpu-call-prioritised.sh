@@ -260,8 +260,8 @@ for step in $STEPS; do
       [ "$(left)" -gt 40 ] && [ "${DECODE_AB:-0}" = 1 ] && TUNELOOM_GEMV_GROUP=0 TUNELOOM_GEMV_FUSE=0 timeout 40 bun run bench -- --decode --model llama3.2-1b --tokens 128 2>/dev/null | grep '^{' | sed 's/^{/{"ab_off":"gemv_group+fuse_norm",/' | stamp >> $OUT/decode.jsonl ;;
     decode-act) el decode-act && act_ab ;;
     decode-act-tests)
-      # Session 16: the GPU tests of the pre-encoded decode step, the grouped GEMVs, the fused norm and the SwiGLU epilogue (act)
-      [ "$(left)" -gt 60 ] && el decode-act-tests && timeout 60 bun test --timeout 120000 kernels/test/recorder-prepare.test.ts kernels/test/gemv.test.ts packages/model/test/decode-replay.test.ts > /tmp/tests-act.txt 2>&1
+      # Session 16: the GPU tests of the pre-encoded decode step, padded prefill, the grouped GEMVs, the fused norm and the SwiGLU epilogue (act)
+      [ "$(left)" -gt 60 ] && el decode-act-tests && timeout 60 bun test --timeout 120000 kernels/test/recorder-prepare.test.ts kernels/test/gemv.test.ts packages/model/test/decode-replay.test.ts packages/model/test/prefill-many.test.ts > /tmp/tests-act.txt 2>&1
       { echo "== decode-act-tests"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/tests-act.txt | head -20; } >> $OUT/peft-stderr.txt ;;
     dispatch-floor)
       # Session 16: what a dispatch costs when it does almost nothing (dependent chain, independent,
