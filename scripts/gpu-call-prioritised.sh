@@ -261,7 +261,7 @@ for step in $STEPS; do
     decode-act) el decode-act && act_ab ;;
     decode-act-tests)
       # Session 16: the GPU tests of the pre-encoded decode step, padded prefill, the grouped GEMVs, the fused norm and the SwiGLU epilogue (act)
-      [ "$(left)" -gt 60 ] && el decode-act-tests && timeout 60 bun test --timeout 120000 kernels/test/recorder-prepare.test.ts kernels/test/gemv.test.ts packages/model/test/decode-replay.test.ts packages/model/test/prefill-many.test.ts > /tmp/tests-act.txt 2>&1
+      [ "$(left)" -gt 100 ] && el decode-act-tests && timeout 90 bun test --timeout 120000 kernels/test/recorder-prepare.test.ts kernels/test/gemv.test.ts packages/model/test/decode-replay.test.ts packages/model/test/prefill-many.test.ts > /tmp/tests-act.txt 2>&1
       { echo "== decode-act-tests"; grep -E '^\(fail\)|^ *[0-9]+ (pass|fail|skip)|^error' /tmp/tests-act.txt | head -20; } >> $OUT/peft-stderr.txt
       # Forms on by default since session 16 (pre-encoding and padding untested on a GPU until this step): off for the rest of the call if their tests fail here.
       grep -q '^(fail) .*padded steps' /tmp/tests-act.txt && { export TUNELOOM_PREFILL_PAD=0; el "TUNELOOM_PREFILL_PAD=0"; }
