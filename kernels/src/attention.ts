@@ -257,8 +257,9 @@ export interface AttentionDecodeArgs {
 
 /**
  * The fewest keys a decode split takes when attentionDecode picks the split count itself (default
- * 32: one tile). Each split > 1 costs a second (combine) dispatch, and a dispatch costs ~10 µs here
- * whatever it does (session 16's dispatch-floor bench, H100), so short contexts may do better in one
+ * 32: one tile). Each split > 1 costs a second (combine) dispatch, and a dispatch costs ~10 µs of
+ * wall time here whatever it does (CPU encoding and GPU together: session 16's dispatch-floor bench,
+ * H100), so short contexts may do better in one
  * pass: `TUNELOOM_DECODE_SPLIT_KEYS=N` for A/B measurements (the device script's decode-1b). Tests
  * set `min`.
  */

@@ -2,8 +2,9 @@
  * Grouped GEMVs (decode): two or three products that read the same x (a layer's q/k/v, gate/up) in
  * ONE dispatch of the aligned kernel (gemv-rows.ts), optionally with the RMSNorm in front (each
  * workgroup sums x² itself) or, for gate/up, SwiGLU as the epilogue (act written, gate and up not).
- * Each dispatch costs ~10 µs on Dawn's Vulkan backend whatever it does (session 16), so a decode
- * layer's norm + q/k/v and norm + gate/up (+ SwiGLU) become one dispatch each.
+ * Each dispatch costs ~10 µs of wall time whatever it does (CPU encoding and GPU together; session
+ * 16's dispatch-floor bench, H100), so a decode layer's norm + q/k/v and norm + gate/up (+ SwiGLU)
+ * become one dispatch each.
  */
 import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
@@ -22,7 +23,7 @@ const groupSources = new Map<string, KernelSource>();
 /**
  * gemvGroup (session 9): on by default since session 16's call (H100, 2026-12-08T01:35Z, same call):
  * Llama-3.2-1B batch-1 decode 272.3 → 368.8 tok/s (its k and v GEMVs of 512 rows ran on 128
- * workgroups, and each dispatch costs ~10 µs on Dawn's Vulkan backend whatever it does: the
+ * workgroups, and each dispatch costs ~10 µs of wall time whatever it does: the
  * dispatch-floor bench), Llama-3.1-8B 87.5 → 98.4 (session 11 had measured 8B neutral at depth 4).
  * `TUNELOOM_GEMV_GROUP=0` turns it off. Tests flip `enabled`.
  */

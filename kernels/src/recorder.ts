@@ -234,9 +234,8 @@ export class Recorder {
    * Encodes the recording's command buffer now, for a later submit(prepared): a replayed recording
    * (decode) encodes its next step while the GPU runs this one, so the CPU's encoding (2.4-5 µs a
    * dispatch of a replayed recording through dawn.node on a CPU machine; a prepared buffer's submit
-   * 0.5) leaves the step's critical path. The
-   * uniforms must already be on the GPU (a recording submitted once); null while profiling or when
-   * they are not.
+   * 0.5) leaves the step's critical path. The uniforms must already be on the GPU (a recording
+   * submitted once); null while profiling or when they are not.
    */
   prepare(): PreparedCommands | null {
     if (this.rt.profiled || this.released || this.staged.some((st) => st.to > st.from)) return null;

@@ -21,8 +21,10 @@ export { type DispatchTiming, type PreparedCommands, Recorder } from "./recorder
 
 export class GpuRuntime {
   readonly memory = new MemoryTracker();
-  /** CPU time spent recording dispatches (bind groups, uniforms), for the benchmarks. */
-  /** CPU time and dispatches recorded; submits of command buffers encoded ahead (Recorder.prepare). */
+  /**
+   * CPU time spent recording dispatches (bind groups, uniforms) and their count, for the benchmarks;
+   * submits of command buffers encoded ahead (Recorder.prepare).
+   */
   readonly recordStats = { ms: 0, dispatches: 0, preparedSubmits: 0 };
   /** When set, every Recorder.submit() is timed per dispatch and its timings land here. */
   profiled: Promise<DispatchTiming[]>[] | null = null;

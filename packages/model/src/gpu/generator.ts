@@ -16,8 +16,9 @@
  * the results (tokens, logprobs, top-N) are packed into one buffer that the recording itself
  * copies into a mappable one, so a step is one write, one submit and one map. WebGPU command
  * buffers are single-use, so each submit encodes the recording again (2.4-5 µs a dispatch through
- * dawn.node on a CPU machine); a plan encodes its next step right after submitting one (Recorder.prepare), while
- * the GPU runs it, and the next decode of that plan submits the prepared buffer. Nothing per-step
+ * dawn.node on a CPU machine); a plan encodes its next step right after submitting one
+ * (Recorder.prepare), while the GPU runs it, and the next decode of that plan submits the prepared
+ * buffer. Nothing per-step
  * is a uniform: attention's length hint is the fixed maxContext (with one key split per
  * sequence the kernel loops to each sequence's own length, so the hint costs nothing).
  *
@@ -133,13 +134,13 @@ function packRegions(align: number, bytes: readonly number[]): { at: number[]; s
   return { at, size };
 }
 
-/** A decode step recorded once for B rows and top-N, with every buffer it touches. */
 /**
  * A replayed decode plan encodes its next step's command buffer while the GPU runs the current one
  * (Recorder.prepare; session 16, built after its GPU call: re-encoding and submitting a replayed
  * recording took 2.4-5 µs a dispatch on a CPU machine, a prepared buffer's submit 0.5, and a
- * Llama-3.2-1B decode step is ~130 dispatches against ~2.7 ms a token on an H100). On by default (the same commands either way: decode-replay.test.ts);
- * `TUNELOOM_DECODE_PREENCODE=0` turns it off for A/B measurements. Tests flip `enabled`.
+ * Llama-3.2-1B decode step is ~130 dispatches against ~2.7 ms a token on an H100). On by default
+ * (the same commands either way: decode-replay.test.ts); `TUNELOOM_DECODE_PREENCODE=0` turns it off
+ * for A/B measurements. Tests flip `enabled`.
  */
 export const decodePreEncoding = { enabled: process.env.TUNELOOM_DECODE_PREENCODE !== "0" };
 
@@ -147,16 +148,17 @@ export const decodePreEncoding = { enabled: process.env.TUNELOOM_DECODE_PREENCOD
  * Prefill steps are padded to a few token counts (paddedPrefillTokens), so that a server's prompts of
  * different lengths mostly repeat a step shape seen before and its recording reuses cached bind
  * groups (recording a step afresh costs ~28-55 µs a dispatch on a CPU machine, ~1 µs from the
- * cache). The padding rows cost a few % more GPU work at most and change no real row (every kernel
- * treats rows independently; attention keeps them in a sequence of their own). On by default;
+ * cache). The padding rows (at most 15 up to 256 tokens, under 25% beyond; a 9-token prompt runs as
+ * 16) change no real row: every kernel treats rows independently, and attention keeps them in a
+ * sequence of their own. On by default;
  * `TUNELOOM_PREFILL_PAD=0` turns it off. Tests flip `enabled`.
  */
 export const prefillPadding = { enabled: process.env.TUNELOOM_PREFILL_PAD !== "0" };
 
 /**
  * The token rows a prefill step of T prompt tokens runs with: a power of two up to 16, then the next
- * multiple of 16 up to 256, of 64 up to 1024, and of 256 beyond (at most ~25% padding, and under 7%
- * past 16 tokens); T itself where that would pass `cap` (the step's token cap).
+ * multiple of 16 up to 256, of 64 up to 1024, and of 256 beyond (so at most 15 padding rows up to
+ * 256 tokens, 63 up to 1024, 255 beyond); T itself where that would pass `cap` (the step's token cap).
  */
 export function paddedPrefillTokens(T: number, cap: number): number {
   const up = (q: number) => Math.ceil(T / q) * q;
@@ -164,6 +166,7 @@ export function paddedPrefillTokens(T: number, cap: number): number {
   return padded <= cap ? padded : T;
 }
 
+/** A decode step recorded once for B rows and top-N, with every buffer it touches. */
 interface DecodePlan {
   B: number;
   topN: number;
