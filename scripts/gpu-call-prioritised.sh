@@ -57,7 +57,9 @@ DL=${DL:-540}
 left() { echo $(( DL - ($(date +%s) - T0) )); }
 export CALL=$(date -u +%Y-%m-%dT%H:%MZ)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",/"; }
+# FORMS_ON: off-by-default forms a step of this call turned on for the rest of it (rows say so).
+FORMS_ON=""
+stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",${FORMS_ON:+\"forms_on\":\"$FORMS_ON\",}/"; }
 STEPS=${*:-decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants train-3b train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow}
 # A list left in .tmp/steps (carried with .tmp) replaces both: it re-orders a call already queued by a helper.
 [ -s .tmp/steps ] && STEPS=$(cat .tmp/steps) && echo "steps from .tmp/steps: $STEPS"
@@ -312,7 +314,11 @@ for step in $STEPS; do
       # Session 16: sk64 on the 4x4 tile (0.773×), 4x4_2x2sk64g8 (0.838×) and 4x2_2x4sk64g8ul (0.831×) dropped;
       # the 256×128 tile of 8 warps (4x4_4x2: 85 FLOP a byte of L2 traffic against 64) was only measured before
       # the unrolled copy and grouped raster (session 5: 163 TFLOP/s, as the 128×128 tiles then): in u form now.
-      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x2_2x4sk64g8u,4x4_4x2sg8u,4x4_4x2sg8ul,4x4_2x2sg8ul}
+      # Session 17 (no GPU call): the picks with guard-free loads in interior tiles (`f`: no bounds test
+      # between a slice's 16-byte loads, so the compiler may batch them; tests against float64 pass
+      # with emulated subgroup matrices on lavapipe). When both picks gain > 3%, the rest of the call
+      # runs with TUNELOOM_GEMM_GUARD_FREE=1 (rows carry forms_on).
+      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul}
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs $VCONFIGS \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
@@ -324,6 +330,10 @@ for step in $STEPS; do
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
       NEW_TILES=4x4_2x2sk64g8u
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x4_2x2sg8 tB)" = yes ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x2_2x4sk64g8 dyW)" = yes ]; then
+        el "guard-free loads ahead on both picks: on for the rest of the call"
+        export TUNELOOM_GEMM_GUARD_FREE=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_guard_free"
+      fi
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"
         SWEEP_CONFIGS=4x4_2x2sk64g8,4x4_2x2sg8u,4x4_2x2sg8ul,4x2_2x4sk64g8u,4x2_2x4sk64g8ul,4x2_2x4sg8ul sweep

@@ -751,10 +751,18 @@ export const attentionTcForm = {
 export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout", hd: number, padded: boolean, oneSweep = true): number {
   const L = tileLayout(padded);
   const tile = 64 * stagedLd(hd) * 2, seqIds = 4 * 64;
-  if (pass === "forward") return oneSweep ? 64 * Math.max(L.sLd, L.oLd(hd)) * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile : Infinity;
-  if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds + 2 * tile;
+  if (pass === "forward") return oneSweep ? plainAttentionBytes("forward", hd, padded, true) + 2 * tile : Infinity;
+  if (pass === "dq") return plainAttentionBytes("dq", hd, padded) + 2 * tile;
   if (pass === "dkv-dout") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + 3 * seqIds + 2 * tile; // P and dS share a tile; q and dout staged
-  return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds + tile;
+  return plainAttentionBytes("dkv", hd, padded) + tile;
+}
+
+/** Workgroup memory (bytes) of a pass without staged tiles: its score and probability tiles, sequence ids. */
+export function plainAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number, padded: boolean, oneSweep = true): number {
+  const L = tileLayout(padded), seqIds = 4 * 64;
+  if (pass === "forward") return 64 * (oneSweep ? Math.max(L.sLd, L.oLd(hd)) : L.sLd) * 4 + 64 * L.pLd * 2 + seqIds;
+  if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds;
+  return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds;
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
@@ -771,9 +779,16 @@ function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv" | "dkv-dout", 
   return staged && stagedAttentionBytes(pass, hd, padded, oneSweep) <= rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
 }
 
-/** Whether attentionForwardTensorCore can run this shape on this device. */
+/**
+ * Whether the tensor-core passes can run this shape on this device: every pass (forward, dq,
+ * dk/dv; the training step needs all three) fits the device's workgroup memory without staging.
+ * NVIDIA's 48 KiB fits them at hd ≤ 128; a 32 KiB device (lavapipe, many other GPUs) does not fit
+ * the dk/dv pass (36,608 bytes padded), so attention stays on the portable kernels there.
+ */
 export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: number): boolean {
-  return hasTensorCoreMatmul(rec.rt) && T >= 16 && T % 16 === 0 && hd % 16 === 0 && hd <= 128;
+  if (!(hasTensorCoreMatmul(rec.rt) && T >= 16 && T % 16 === 0 && hd % 16 === 0 && hd <= 128)) return false;
+  const { padded, oneSweep } = attentionTcForm, limit = rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
+  return (["forward", "dq", "dkv"] as const).every((pass) => plainAttentionBytes(pass, hd, padded, oneSweep) <= limit);
 }
 
 export interface TcAttentionArgs {

@@ -12,6 +12,7 @@ import { captureNativeOutputAsync } from "./native-output.ts";
 import { create, globals } from "webgpu";
 import { GpuUnavailableError } from "./errors.ts";
 import { throttleDawnPolling } from "./poll-throttle.ts";
+import { EMULATED_CONFIG, subgroupMatrixEmulationRequested } from "./subgroup-matrix-emulation.ts";
 
 // WebGPU enums (GPUBufferUsage, GPUMapMode, ...) as globals, the way browsers have them.
 Object.assign(globalThis, globals);
@@ -56,6 +57,11 @@ export interface Capabilities {
   subgroupMaxSize: number;
   subgroupMatrix: boolean;
   subgroupMatrixConfigs: SubgroupMatrixConfig[];
+  /**
+   * Subgroup matrices emulated in plain WGSL (subgroup-matrix-emulation.ts): a CPU driver asked
+   * for them with TUNELOOM_EMULATE_TC=1, so the tensor-core kernels run there for their tests.
+   */
+  subgroupMatrixEmulated: boolean;
   timestampQuery: boolean;
   limits: {
     maxStorageBufferBindingSize: number;
@@ -116,6 +122,7 @@ function readCapabilities(adapter: GPUAdapter): Capabilities {
     subgroupMaxSize: info.subgroupMaxSize ?? 0,
     subgroupMatrix: has("chromium-experimental-subgroup-matrix") && configs.length > 0,
     subgroupMatrixConfigs: configs,
+    subgroupMatrixEmulated: false,
     timestampQuery: has("timestamp-query"),
     limits: {
       maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
@@ -149,6 +156,9 @@ export async function acquireDevice(): Promise<AcquiredDevice> {
   if (!adapter) throw new GpuUnavailableError();
   keepAlive.push(adapter);
   let caps = readCapabilities(adapter);
+  if (caps.isSoftware && !caps.subgroupMatrix && caps.shaderF16 && subgroupMatrixEmulationRequested()) {
+    caps = { ...caps, subgroupMatrix: true, subgroupMatrixConfigs: [{ ...EMULATED_CONFIG }], subgroupMatrixEmulated: true };
+  }
   if (!caps.isSoftware && robustnessOffOnGpus()) {
     // Toggles belong to the instance: a second one, without robustness, for the same GPU.
     const fast = create([[DAWN_TOGGLES, "disable_robustness", ...extraToggles()].join(","), DAWN_DISABLED]) as unknown as GPU;
@@ -194,7 +204,7 @@ export function formatCapabilities(caps: Capabilities): string {
     `robustness:     ${caps.robustness ? "on (Dawn clamps every shader index)" : "off (kernels stay in bounds by construction; TUNELOOM_ROBUSTNESS=1 turns it on)"}`,
     `shader-f16:     ${caps.shaderF16 ? "yes" : "no"}`,
     `subgroups:      ${caps.subgroups ? `yes (size ${caps.subgroupMinSize}${caps.subgroupMaxSize !== caps.subgroupMinSize ? `-${caps.subgroupMaxSize}` : ""})` : "no"}`,
-    `subgroup matrices: ${caps.subgroupMatrix ? `yes, ${caps.subgroupMatrixConfigs.length} configs` : "no (portable matmul path)"}`,
+    `subgroup matrices: ${caps.subgroupMatrixEmulated ? "emulated in WGSL (TUNELOOM_EMULATE_TC=1: for tests, not speed)" : caps.subgroupMatrix ? `yes, ${caps.subgroupMatrixConfigs.length} configs` : "no (portable matmul path)"}`,
     ...caps.subgroupMatrixConfigs.map(
       (c) => `  ${c.componentType} -> ${c.resultComponentType}  M=${c.M} N=${c.N} K=${c.K}`,
     ),

@@ -57,6 +57,14 @@ export interface TcConfig {
    */
   prefetch2?: boolean;
   /**
+   * Unrolled only (name suffix `f` after `u`/`ul`): workgroups whose tile lies inside M and N, with
+   * K a multiple of the slice, load their slices with no bounds test between the loads (one
+   * uniform branch per slice picks the guarded copy for edge tiles). Session 17, after NVIDIA's
+   * note that a test around each load keeps their compiler from batching the loads
+   * (llama.cpp PR #25483) and session 15's SPIR-V showing one per 16-byte load here.
+   */
+  guardFree?: boolean;
+  /**
    * Also add the aux slice A2·op(B2) (matmul-tc-staged.ts auxSliceCode) into the tile: set by
    * matmulTensorCore when the call passes `aux`, never by the table.
    */
@@ -79,10 +87,11 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
-  // m[11] diag; m[12] c
-  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[11])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(f?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][f]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  // m[11] guard-free; m[12] diag; m[13] c
+  if (m[11] === "f" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': guard-free loads (f) are a form of the unrolled copy (u)`);
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[12])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -92,13 +101,14 @@ export function parseTcConfig(s: string): TcConfig {
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
     ...(m[10] === "l" ? { prefetch2: true } : {}),
-    ...(m[11] ? { diag: m[11] as TcConfig["diag"] } : {}),
-    ...(m[12] === "c" ? { constStrides: true } : {}),
+    ...(m[11] === "f" ? { guardFree: true } : {}),
+    ...(m[12] ? { diag: m[12] as TcConfig["diag"] } : {}),
+    ...(m[13] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.guardFree ? "f" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -124,10 +134,21 @@ export function unrolledCopyFits(cfg: TcConfig, transB: boolean): boolean {
  */
 export const unrolledStaging = { enabled: process.env.TUNELOOM_GEMM_UNROLLED === "1" };
 
-/** cfg in the staged form currently chosen: unrolled where unrolledStaging is on and the tile allows. */
+/**
+ * Session 17's guard-free loads (TcConfig.guardFree) for every unrolled staged pick
+ * (`TUNELOOM_GEMM_GUARD_FREE=1`, set by the device script's variants step when both picks gain):
+ * off until a GPU call measures them.
+ */
+export const guardFreeLoads = { enabled: process.env.TUNELOOM_GEMM_GUARD_FREE === "1" };
+
+/**
+ * cfg in the staged form currently chosen: unrolled where unrolledStaging is on and the tile
+ * allows, with guard-free loads where guardFreeLoads is on and the copy is unrolled.
+ */
 export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
   if (!cfg.staged || cfg.diag || !unrolledCopyFits(cfg, transB)) return cfg;
-  return unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
+  const form = unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
+  return guardFreeLoads.enabled && form.unrolled ? { ...form, guardFree: true } : form;
 }
 
 const measured = new Map<string, TcConfig>();

@@ -23,7 +23,7 @@ import { cdiv, Params } from "./params.ts";
 import type { GpuRuntime, KernelSource, Recorder } from "./runtime.ts";
 import { expectTensor, type Tensor } from "./tensor.ts";
 import { fillRowsWithBias, matmul, type MatmulArgs, splitKReduce } from "./matmul.ts";
-import { AUX_BINDINGS, auxSliceCode, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
+import { AUX_BINDINGS, auxSliceCode, fitWorkgroupStorage, stagedSource, TC_PREAMBLE } from "./matmul-tc-staged.ts";
 import { gemv, gemvSupported } from "./gemv.ts";
 import { type TcConfig, stagedForm, stagedSmallProducts, tcConfigFor, tcConfigName } from "./gemm-tiles.ts";
 
@@ -83,7 +83,7 @@ const sources = new Map<string, KernelSource>();
 export function hasTensorCoreMatmul(rt: GpuRuntime): boolean {
   const c = rt.caps;
   return (
-    c.subgroupMatrix && c.shaderF16 && c.subgroupMinSize === 32 && c.subgroupMaxSize === 32 &&
+    c.subgroupMatrix && c.shaderF16 && ((c.subgroupMinSize === 32 && c.subgroupMaxSize === 32) || c.subgroupMatrixEmulated) &&
     c.subgroupMatrixConfigs.some((x) => x.M === 16 && x.N === 16 && x.K === 16 && x.componentType === "f16" && x.resultComponentType === "f32")
   );
 }
@@ -122,10 +122,11 @@ export interface AuxSlice {
 
 /** Records the tensor-core matmul; `a` must already be f16 (see matmulAuto for f32 A). */
 export function matmulTensorCore(
-  rec: Recorder, args: MatmulArgs, cfg: TcConfig = tcConfigFor(args.M, args.N, args.K, args.transB ?? false), aux?: AuxSlice,
+  rec: Recorder, args: MatmulArgs, picked: TcConfig = tcConfigFor(args.M, args.N, args.K, args.transB ?? false), aux?: AuxSlice,
 ) {
   const { a, b, c, M, N, K } = args;
   const transB = args.transB ?? false;
+  const cfg = fitWorkgroupStorage(picked, transB, rec.rt.caps.limits.maxComputeWorkgroupStorageSize);
   const why = tensorCoreUnsupported(args);
   if (why) throw new Error(`matmulTensorCore: ${why} is not supported (use matmulAuto)`);
   expectTensor("matmulTensorCore", "a", a, "f16");

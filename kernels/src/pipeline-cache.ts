@@ -7,6 +7,7 @@
 import { handleShaderOutput } from "./dawn-messages.ts";
 import type { GpuErrorState } from "./gpu-errors.ts";
 import { captureNativeOutput } from "./native-output.ts";
+import { emulateSubgroupMatrices } from "./subgroup-matrix-emulation.ts";
 
 /** A WGSL kernel: its source and a name used in labels and error messages. */
 export interface KernelSource {
@@ -19,7 +20,8 @@ export class PipelineCache {
   private readonly modules = new Map<string, GPUShaderModule>();
   private readonly layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
 
-  constructor(private readonly device: GPUDevice, private readonly errors: GpuErrorState) {}
+  /** emulateTc: the device's subgroup matrices are emulated (device.ts), so sources are rewritten. */
+  constructor(private readonly device: GPUDevice, private readonly errors: GpuErrorState, private readonly emulateTc = false) {}
 
   get(kernel: KernelSource, constants: Record<string, number> = {}, entryPoint = "main"): GPUComputePipeline {
     const key = `${kernel.name}|${entryPoint}|${Object.entries(constants).sort().map(([k, v]) => `${k}=${v}`).join(",")}|${kernel.code.length}`;
@@ -31,7 +33,7 @@ export class PipelineCache {
     const label = `${kernel.name}${Object.keys(constants).length ? `<${Object.entries(constants).map(([k, v]) => `${k}=${v}`).join(",")}>` : ""}`;
     device.pushErrorScope("validation");
     if (!module) {
-      const code = kernel.code;
+      const code = this.emulateTc ? emulateSubgroupMatrices(kernel.code) : kernel.code;
       const { result, output } = captureNativeOutput(() => device.createShaderModule({ code, label: kernel.name }));
       handleShaderOutput(output);
       module = result;

@@ -42,7 +42,7 @@ export class GpuRuntime {
     const device = acquired.device;
     this.errors = new GpuErrorState(device);
     this.buffers = new BufferPool(device, acquired.caps.limits.maxBufferSize, this.memory, (b) => this.bindings.forgetBuffer(b), () => this.errors.check());
-    this.pipelines = new PipelineCache(device, this.errors);
+    this.pipelines = new PipelineCache(device, this.errors, acquired.caps.subgroupMatrixEmulated);
     this.bindings = new BindingCache(device, (bytes) => this.buffers.create(bytes, "uniform-arena", 0x40 | 0x08), (b) => this.buffers.destroy(b));
   }
 

@@ -1,21 +1,30 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, getRuntime, guardFreeLoads, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
+import { fitWorkgroupStorage, stagedSource, stagedWorkgroupBytes } from "../src/matmul-tc-staged.ts";
 
 const rt = await getRuntime();
 const available = hasTensorCoreMatmul(rt);
+// Subgroup matrices emulated on lavapipe (TUNELOOM_EMULATE_TC=1, `bun run test:tc`): every pipeline
+// takes seconds to build there, so the tensor-core blocks run a smaller set of tiles and shapes.
+const emulated = rt.caps.subgroupMatrixEmulated;
+const fitsDevice = (cfg: TcConfig) => [true, false].every((tB) => stagedWorkgroupBytes(tB, cfg) <= rt.caps.limits.maxComputeWorkgroupStorageSize);
 
-// Runs where the adapter offers f16 subgroup matrices (the H200 with Dawn's NVIDIA toggles);
-// lavapipe has none, so there this file only checks the portable fallback and the shape rules.
+// Runs where the adapter offers f16 subgroup matrices (the H100/H200 with Dawn's NVIDIA toggles) or
+// emulates them; elsewhere this file only checks the portable fallback and the shape rules.
 describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)", () => {
-  // Shapes that are multiples of 16 but not of the workgroup tile, so the clamped edge tiles run.
-  const shapes: [number, number, number][] = [
+  // Shapes that are multiples of 16 but not of the workgroup tile, so the clamped edge tiles run;
+  // emulated: K = 320 for a K loop of many slices at a CPU's speed.
+  const shapes: [number, number, number][] = emulated ? [[16, 16, 16], [144, 80, 48], [272, 400, 320]] : [
     [16, 16, 16],
     [144, 80, 48],
     [272, 576, 64],
     [512, 1536, 576],
   ];
-  const configs: TcConfig[] = [
+  // Emulated: each form once (global, plain staged, double-buffered, unrolled with 32- and
+  // 64-deep slices, two-deep prefetch) in tiles that fit lavapipe's 32 KiB of workgroup memory.
+  const emulatedConfigs = ["4x4_1x1", "4x4_2x2s", "2x4_2x2sd", "4x4_2x2sg8u", "2x2_2x4sk64g8u", "4x4_2x2sg8ul", "4x4_2x2sg8uf"].map(parseTcConfig);
+  const configs: TcConfig[] = emulated ? emulatedConfigs : [
     { tm: 4, tn: 4, sgm: 1, sgn: 1 },
     { tm: 4, tn: 2, sgm: 2, sgn: 2 },
     { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true },
@@ -39,9 +48,12 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     // 8 subgroups of 2×4 matrices, double buffering, and 16-row tiles whose copy leaves threads idle.
     ...["4x4_2x2sk64g8u", "4x4_2x2sg8u", "4x4_2x2sk16u", "4x4_2x4sk16g8u", "4x4_4x2sg8u", "2x4_4x2sk64g8u", "4x2_2x4sk64g8u", "4x4_2x2sdg8u", "1x4_1x4sk16u", "1x4_1x4sk64u", "2x4_4x1sk64u",
       // the two-deep prefetch (session 11): the two picks' tiles and 16-deep slices
-      "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "2x4_4x2sk16g8ul"].map(parseTcConfig),
+      "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "2x4_4x2sk16g8ul",
+      // guard-free loads in interior tiles (session 17): the two picks' tiles, with the two-deep prefetch
+      "4x2_2x4sk64g8uf", "4x4_2x2sg8uf", "4x4_2x2sg8ulf"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
+    if (emulated && !fitsDevice(cfg)) throw new Error(`${tcConfigName(cfg)} does not fit this device's workgroup memory: take it out of the emulated list`);
     for (const [M, N, K] of shapes) {
       for (const transB of [true, false]) {
         test(`${tcConfigName(cfg)} M=${M} N=${N} K=${K} transB=${transB}, C = A·B and C += A·B`, async () => {
@@ -68,7 +80,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
 
   // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
   // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
-  const auxConfigs: TcConfig[] = [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u")];
+  const auxConfigs: TcConfig[] = emulated ? [parseTcConfig("4x4_2x2sg8u")] : [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u")];
   for (const cfg of auxConfigs) {
     for (const transB of [true, false]) {
       test(`aux slice ${tcConfigName(cfg)} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
@@ -100,7 +112,7 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
 
   // Thin products (LoRA's h = x·Aᵀ and dh = dy·B): split along K, reduced with alpha and beta
   // into a column block (offset, ldc) of a wider C, operands starting at element offsets.
-  for (const [M, N, K] of [[4096, 48, 2048], [272, 16, 8192], [512, 32, 576]] as [number, number, number][]) {
+  for (const [M, N, K] of (emulated ? [[272, 16, 8192], [512, 32, 576]] : [[4096, 48, 2048], [272, 16, 8192], [512, 32, 576]]) as [number, number, number][]) {
     for (const transB of [true, false]) {
       test(`thin split-K M=${M} N=${N} K=${K} transB=${transB}, alpha, beta, offsets`, async () => {
         const offA = 8, offB = 16, ldc = N + 32, offC = 16, alpha = 0.75;
@@ -188,7 +200,7 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "4x2_2x4sk64g8uf", "4x4_2x2sg8ulf"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
@@ -196,6 +208,7 @@ test("tile configuration names parse and print back", () => {
   expect(parseTcConfig("4x2_2x4sdg8u")).toEqual({ tm: 4, tn: 2, sgm: 2, sgn: 4, staged: true, bk: 32, double: true, group: 8, unrolled: true });
   expect(parseTcConfig("4x4_2x2sg8ul")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8, unrolled: true, prefetch2: true });
   for (const bad of ["4x4_2x2sg8l", "4x4_2x2sdg8ul", "4x4_2x2sg8ul-no-loads"]) expect(() => parseTcConfig(bad)).toThrow("two-deep prefetch (l)");
+  for (const bad of ["4x4_2x2sg8f", "4x4_2x2sdg8f"]) expect(() => parseTcConfig(bad)).toThrow("guard-free loads (f)");
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   // Session 7's losing variants (rotated stores r, matrix-copy staging m, global prefetch p) and
   // session 10-11's (conflict-free stores w, interleaved pipeline i, W staged transposed t) and session
@@ -209,6 +222,21 @@ test("tile configuration names parse and print back", () => {
   expect(new Set(oneFieldApart.map(tcConfigName)).size).toBe(oneFieldApart.length);
   expect(() => parseTcConfig("4x4_2x2sg0")).toThrow("group");
   expect(() => parseTcConfig("4x4_2x2x")).toThrow("bad tensor-core config");
+});
+
+test("staged tiles shrink to the device's workgroup memory: single buffer first, then shorter K slices", () => {
+  const declared = (code: string) => [...code.matchAll(/var<workgroup> \w+: array<f16, (\d+)>/g)].reduce((n, m) => n + 2 * Number(m[1]), 0);
+  for (const name of ["4x2_2x4sk64g8u", "4x4_2x2sdg8u", "2x4_4x2sk16g8ul", "4x4_2x2s"]) for (const transB of [true, false]) {
+    expect(stagedWorkgroupBytes(transB, parseTcConfig(name))).toBe(declared(stagedSource(transB, parseTcConfig(name)).code));
+  }
+  const fit = (name: string, limit: number, transB = true) => tcConfigName(fitWorkgroupStorage(parseTcConfig(name), transB, limit));
+  expect(fit("4x2_2x4sk64g8u", 49152)).toBe("4x2_2x4sk64g8u"); // the H100's 48 KiB: the table's pick as it is
+  expect(fit("4x2_2x4sk64g8u", 32768)).toBe("4x2_2x4sg8u"); // 36,864 bytes at K slice 64, 20,480 at 32
+  expect(fit("4x2_2x4sk64g8uf", 32768, false)).toBe("4x2_2x4sg8uf");
+  expect(fit("4x4_2x2sdg8u", 32768)).toBe("4x4_2x2sg8u"); // double buffering goes first
+  expect(fit("4x4_2x2sdg8u", 16384)).toBe("4x4_2x2sk16g8u");
+  expect(fit("4x4_1x1", 0)).toBe("4x4_1x1"); // the global kernel stages nothing
+  expect(() => fit("4x4_2x2sg8u", 8192)).toThrow("even with 16-deep slices; the device allows 8192");
 });
 
 test("thin tensor-core plan: staged 128-row tiles as wide as N, K split while workgroups are few", () => {
@@ -243,6 +271,24 @@ test("the unrolled switch turns every staged pick unrolled where the tile allows
     expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).unrolled).toBeUndefined(); // the global kernel
   } finally {
     unrolledStaging.enabled = was;
+  }
+});
+
+test("the guard-free switch adds guard-free loads to every unrolled pick, and to nothing else", () => {
+  const was = { ...guardFreeLoads }, unrolledWas = unrolledStaging.enabled;
+  try {
+    unrolledStaging.enabled = false;
+    guardFreeLoads.enabled = false;
+    expect(tcConfigFor(4096, 2048, 8192, false).guardFree).toBeUndefined();
+    guardFreeLoads.enabled = true;
+    expect(tcConfigFor(4096, 2048, 8192, false)).toEqual({ ...tcConfigFor(4096, 2048, 8192, false), guardFree: true });
+    expect(tcConfigName(tcConfigFor(4096, 2048, 8192, false))).toMatch(/uf$/); // the dy·W pick, 4x2_2x4sk64g8u
+    expect(tcConfigFor(4096, 1536, 576, true).guardFree).toBeUndefined(); // a pick without the unrolled copy
+    expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).guardFree).toBeUndefined(); // the global kernel
+    expect(stagedForm(parseTcConfig("4x4_2x2sg8u-no-loads"), true).guardFree).toBeUndefined(); // diags stay as named
+  } finally {
+    Object.assign(guardFreeLoads, was);
+    unrolledStaging.enabled = unrolledWas;
   }
 });
 

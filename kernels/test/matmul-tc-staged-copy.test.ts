@@ -72,6 +72,12 @@ describe.skipIf(!f16Ok)("unrolled staged copy: every tile's slice lands where th
     ["4x2_4x4sg8u", 272, 144, 80], // 16 subgroups, 256×128 (session 12)
     ["2x4_4x4sg8u", 144, 272, 80], // 16 subgroups, 128×256 (session 12)
     ["4x2_4x4sk16g8u", 272, 144, 48], // 16 subgroups, 16-deep slices: fewer 16-byte vectors than threads (session 12)
+    // Guard-free loads in interior tiles (session 17): K whole slices, so the tiles inside M and N
+    // take them and the edge tiles the guarded copy; partial passes; K with a tail (all guarded).
+    ["4x4_2x2sg8uf", 272, 144, 96],
+    ["4x2_2x2sk64g8uf", 144, 272, 128],
+    ["4x2_4x4sk16g8uf", 272, 144, 48],
+    ["4x4_2x2sg8ulf", 272, 144, 80],
   ];
   for (const [name, M, N, K] of cases) {
     for (const transB of [true, false]) {
