@@ -3,7 +3,7 @@
 # 10 minutes and starts are often refused, so the rows that decide the next step come first).
 # Carry [".device", ".tmp"] (.tmp/peft_bench.py) and run
 #   source .device/setup.sh >/dev/null 2>&1 && DL=540 bash scripts/gpu-call-prioritised.sh [STEPS]
-# STEPS (default: decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants train-3b
+# STEPS (default: decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants gemm-probes train-3b
 # train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow: session
 # 16 built decode forms after its one call (pre-encoded steps, act epilogue, one-pass attention at short contexts, prefill's
 # cached bindings), so the decode A/Bs and serving come first. The list is longer than one call: the
@@ -16,6 +16,8 @@
 #   tests-slow   full-trainer.test.ts and matmul-subgroup.test.ts (210 s and 148 s on an H100 in session 11;
 #                tests-slow.txt is not among the files that come back: its summary lines go to peft-stderr.txt)
 #   mma-peak     the ceiling of subgroup-matrix MMAs alone and fed from workgroup memory (gemm.jsonl)
+#   gemm-probes  the staged copy's stores (f16/u32/vec4), loads in flight (guarded/free), and the picks
+#                on 132 against 264 workgroups (gemm.jsonl)
 #   sweep        GEMM sweep over every model shape, best of 2 reps, writing the tile table, which
 #                is copied into kernels/src/gemm-tiles.json for the rest of the call (gemm.jsonl)
 #   train-1b     Llama-3.2-1B: ours (all labels, answer-only) and HF PEFT (train.jsonl)
@@ -60,7 +62,7 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 # FORMS_ON: off-by-default forms a step of this call turned on for the rest of it (rows say so).
 FORMS_ON=""
 stamp() { sed "s/^{/{\"call\":\"$CALL\",\"gpu\":\"$GPU\",${FORMS_ON:+\"forms_on\":\"$FORMS_ON\",}/"; }
-STEPS=${*:-decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants train-3b train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow}
+STEPS=${*:-decode-act-tests decode-act dispatch-floor decode-8b serve decode-1b tests profile-1b variants gemm-probes train-3b train-keep-8b train-keep-small train-keep-1b attn-stages full profile-full multi-lora wginit mma-peak tests-slow}
 # A list left in .tmp/steps (carried with .tmp) replaces both: it re-orders a call already queued by a helper.
 [ -s .tmp/steps ] && STEPS=$(cat .tmp/steps) && echo "steps from .tmp/steps: $STEPS"
 bun run gpu-info 2>&1 | sed -n 1,3p
@@ -161,6 +163,13 @@ for step in $STEPS; do
     train-1b) train llama3.2-1b 120 ;;
     mma-peak)
       [ "$(left)" -gt 40 ] && el mma-peak && timeout 40 bun apps/cli/src/bench/mma-peak.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl ;;
+    gemm-probes)
+      # Session 17's probes of the staged copy (docs/kernels.md "Session 17"): staging stores as eight
+      # f16 / four u32 / one vec4 store, loads in flight with and without bounds tests; then the
+      # picks on 132 and 264 tiles of 128×128 (one against two workgroups an SM: equal times mean two fit).
+      [ "$(left)" -gt 40 ] && el gemm-probes && timeout 40 bun apps/cli/src/bench/gemm-probes.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl
+      [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2sg8u,4x2_2x4sk64g8u \
+        --shapes 1408x1536x8192,1408x3072x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,"occupancy_probe":true,/' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
     profile-qwen)
@@ -318,10 +327,12 @@ for step in $STEPS; do
       # between a slice's 16-byte loads, so the compiler may batch them; tests against float64 pass
       # with emulated subgroup matrices on lavapipe). When both picks gain > 3%, the rest of the call
       # runs with TUNELOOM_GEMM_GUARD_FREE=1 (rows carry forms_on).
-      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul}
+      # Also a 64×128 tile of 4 warps (4x2_1x4sk64g8u) for the narrow k/v products (N = 512: 128
+      # workgroups of 128×128 for 132 SMs; this tile gives 256), on the 1B k/v shape.
+      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul,4x2_1x4sk64g8u}
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs $VCONFIGS \
-        --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
+        --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192,4096x512x2048} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
       # What each stage of the two picks costs on 4096³ (results wrong by design).
       [ "$(left)" -gt 40 ] && timeout 50 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs 4x4_2x2sk64g8u-no-loads,4x4_2x2sk64g8u-no-stores,4x4_2x2sg8u-no-loads,4x4_2x2sg8u-no-stores,4x2_2x4sk64g8u-no-loads,4x2_2x4sk64g8u-no-stores \
@@ -329,7 +340,7 @@ for step in $STEPS; do
       # Session 11, written after its last call: the two-deep prefetch (`…ul`, TcConfig.prefetch2). When it
       # beats its u forms by > 3% here (wrong results ignored), the sweep runs at once with it, so the
       # rest of the call trains on its table.
-      NEW_TILES=4x4_2x2sk64g8u
+      NEW_TILES=4x4_2x2sk64g8u,4x2_1x4sk64g8u
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x4_2x2sg8 tB)" = yes ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x2_2x4sk64g8 dyW)" = yes ]; then
         el "guard-free loads ahead on both picks: on for the rest of the call"
         export TUNELOOM_GEMM_GUARD_FREE=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_guard_free"
@@ -364,6 +375,7 @@ for k,v in t.items(): print(f"{k[0][:24]}|{int(k[1])}|"+'|'.join(str(v.get(c,'-'
 print('bad', [(r.get('cfg'),r.get('shape'),r.get('error','')[:100], r.get('relErr')) for r in rows if 'error' in r or (r.get('relErr') or 0)>1e-3][:5])
 for r in rows:
   if r.get('op')=='mma_peak': print('mma_peak', r.get('variant'), r.get('tile'), r.get('tflops'), r.get('error','')[:200])
+  if r.get('op')=='gemm_probe': print('gemm_probe', r.get('probe'), r.get('form'), r.get('gbs'), 'GB/s', r.get('ms'), 'ms', r.get('error','')[:200])
 for r in rd('profile.jsonl'):
   if 'attn_diag' in r: print('attention', r['attn_diag'], r.get('op'), r.get('dtype'), round(r.get('ms') or 0, 4), 'ms', r.get('relErr')); continue
   p=r.get('profile',{}); print('profile', r.get('model'), 'full' if r.get('full') else '', 'A/B-off '+r['ab_off'] if r.get('ab_off') else '', 'A/B-on '+r['ab_on'] if r.get('ab_on') else '', r.get('tok_s'), r.get('step_ms'), p.get('gpu_ms'), p.get('by_kind'))

@@ -12,7 +12,8 @@ import { savedInputDtype } from "../src/gpu/saved-layer-inputs.ts";
 
 // A step's first pipelines compile in seconds (on lavapipe and, for tensor-core kernels, on GPUs:
 // session 15's H100 call timed one of these tests out at 5.9 s against bun's default 5).
-setDefaultTimeout(60_000);
+// Emulated subgroup matrices (`bun run test:tc`) build each tensor-core pipeline in seconds.
+setDefaultTimeout(process.env.TUNELOOM_EMULATE_TC === "1" ? 600_000 : 60_000);
 
 let model: GpuModel, model16: GpuModel;
 beforeAll(async () => {
