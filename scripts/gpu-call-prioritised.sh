@@ -293,8 +293,11 @@ for step in $STEPS; do
       # Session 12: the attention kernels at the 1B shapes, and the one-sweep forward with one phase of
       # its key-tile loop left out (TUNELOOM_ATTN_DIAG; results wrong by design): where its ~0.46 ms a
       # layer goes (profile.jsonl, op attention_fwd, tagged attn_diag).
-      [ "$(left)" -gt 60 ] && el attn-stages && for d in "" no-softmax no-pv no-oupdate no-barriers no-scores no-max no-stage; do
-        [ "$(left)" -gt 20 ] && TUNELOOM_ATTN_DIAG=$d timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"${d:-none}\",/" | stamp >> $OUT/profile.jsonl
+      # Session 17: the forward keeping its scores in registers (TUNELOOM_ATTN_REG_SCORES=1, attn_diag
+      # "reg-scores"), first, against the plain row ("none") of the same call.
+      [ "$(left)" -gt 60 ] && el attn-stages && for d in "" reg-scores no-softmax no-pv no-oupdate no-barriers no-scores no-max no-stage; do
+        rs=0; diag=$d; [ "$d" = reg-scores ] && { rs=1; diag=; }
+        [ "$(left)" -gt 20 ] && TUNELOOM_ATTN_REG_SCORES=$rs TUNELOOM_ATTN_DIAG=$diag timeout 30 bun run bench -- --kernels --ops attention --model llama3.2-1b 2>/dev/null | grep '^{' | sed "s/^{/{\"attn_diag\":\"${d:-none}\",/" | stamp >> $OUT/profile.jsonl
       done ;;
     diag)
       [ "$(left)" -gt 30 ] && el diag && timeout $(( $(left) - 10 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2s,4x4_2x2sg8,2x4_4x4s \

@@ -160,7 +160,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&out, qRow * ldq + h * H
  * into Sw, each row's scaled scores with the invisible ones set to NEG (written back to Sw), and
  * the row's new running max mNew (over this lane's half and its partner's).
  */
-function maskedTileMax(hd: number, L: TileLayout, staged: boolean, fast: boolean, diag?: AttentionDiag): string {
+function maskedTileMax(hd: number, L: TileLayout, staged: boolean, fast: boolean, diag?: AttentionDiag, keep = false): string {
   if (diag === "no-max") {
     return `      if (lid < ${BK}u) { colSeq[lid] = seqAt(k0 + lid); }
       ${fullOf(fast, "q0", "rEnd", "k0")}
@@ -171,10 +171,11 @@ ${keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       ${fullOf(fast, "q0", "rEnd", "k0")}
 ${diag === "no-scores" ? "      workgroupBarrier();" : keyTileProduct(hd, "ql", "k16", L, staged ? "Ks" : undefined)}
       var tileMax = NEG;
-      for (var i = 0u; i < ${BK / 2}u; i++) {
+${keep ? `      var xs = array<f32, ${BK / 2}>(); // this lane's scaled, masked scores (regScores)
+` : ""}      for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
         let x = select(NEG, p.scale * Sw[r * ${L.sLd}u + c], full || allowed(ti, si, k0 + c, colSeq[c]));
-        if (!full) { Sw[r * ${L.sLd}u + c] = x; } // a full tile keeps the raw scores (tileScore)
+${keep ? "        xs[i] = x;" : `        if (!full) { Sw[r * ${L.sLd}u + c] = x; } // a full tile keeps the raw scores (tileScore)`}
         tileMax = max(tileMax, x);
       }
       let mNew = max(m, max(tileMax, subgroupShuffleXor(tileMax, 1u)));`;
@@ -227,7 +228,8 @@ ${LANE_COLUMNS}
  * each lane adds its half of row r into O·α. At the end O/l is written, lse = m + log l.
  * Same masking, padding (exact zeros) and clamping rules as the two-sweep forward.
  */
-function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag): KernelSource {
+function forwardOneSweepSource(hd: number, L: TileLayout, staged = false, fast = false, diag?: AttentionDiag, regScores = false): KernelSource {
+  const keep = regScores && diag !== "no-max"; // the no-max diag computes no scores to keep
   const D = hd / 16, J = BK / 16, HALF = hd / 2, OLD = L.oLd(hd);
   const st = staged ? stageTiles(hd, [{ src: "k16", dst: "Ks", ld: "ldk", head: "g" }, { src: "v16", dst: "Vs", ld: "ldk", head: "g" }]) : undefined;
   const vBlock = (d: number) => st
@@ -243,12 +245,12 @@ ${st?.regs ?? ""}
   let r0 = firstReal(q0, rEnd);
   if (r0 < rEnd) {
     let s0 = seq[r0];
-${loop(diagBody(diag, `${maskedTileMax(hd, L, staged, fast, diag)}
+${loop(diagBody(diag, `${maskedTileMax(hd, L, staged, fast, diag, keep)}
       let alpha = select(1.0, exp(m - mNew), m > NEG_HALF);
       var sum = 0.0;
 ${diag === "no-softmax" ? "" : `      for (var i = 0u; i < ${BK / 2}u; i++) {
         let c = ${L.col("i")};
-        let x = ${tileScore(L, "c")};
+        let x = ${keep ? "xs[i]" : tileScore(L, "c")};
         let pr = select(0.0, exp(x - mNew), x > NEG_HALF);
         Pw[r * ${L.pLd}u + c] = f16(pr);
         sum += pr;
@@ -275,7 +277,7 @@ ${diag === "no-oupdate" ? "" : `      for (var i = 0u; i < ${HALF}u; i++) { o[i]
   }
 }
 `;
-  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}${diag ? `_${diag}` : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_1sweep_hd${hd}${L.tag}${st?.tag ?? ""}${fast ? "_ft" : ""}${keep ? "_rs" : ""}${diag ? `_${diag}` : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -520,9 +522,13 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dq, qRow * ldq + h * HD
  * 1/group of the loop), writing that head's share of dk and dv to (T, nH, HD) partials that
  * dkvGroupSum adds up per kv head.
  */
-function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false, doutStaged = false): KernelSource {
+function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = false, fast = false, doutStaged = false, sharePdS = false): KernelSource {
   const D = hd / 16, J = BQ / 16;
   if (doutStaged && !staged) throw new Error("backwardDkvSource: dout is staged only with q staged");
+  // P and dS in one tile (dv += Pᵀ·dout first, dS then written over P): the dout-staged form's
+  // order, also without staging (sharePdS) so the unstaged pass fits 32 KiB devices (27,392 bytes
+  // padded at any HD, against 36,608 with a tile each).
+  const share = doutStaged || sharePdS;
   // Staged: the query tile's q rows (both of q's products read them). dout stays in global memory,
   // or (doutStaged, session 14) is staged too, which fits NVIDIA's 48 KB at HD = 64 because P and
   // dS then share one tile: dv += Pᵀ·dout runs before dS is written over P.
@@ -536,7 +542,7 @@ function backwardDkvSource(hd: number, L: TileLayout, perHead = false, staged = 
   const doutBlock = (d: number) => doutStaged
     ? stagedRowMajor("Dos", hd, d)
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&do16, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
-  const DS = doutStaged ? "Pw" : "DSw"; // where dS goes (over P once dv has read it)
+  const DS = share ? "Pw" : "DSw"; // where dS goes (over P once dv has read it)
   const qBlock = (d: number) => st
     ? stagedRowMajor("Qs", hd, d)
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&q16, qCol * ldq + h * HD + ${16 * d}u, ldq)`;
@@ -559,7 +565,7 @@ ${ids(D).map((d) => `          acc = subgroupMatrixMultiplyAccumulate(${left}${d
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;   // (T, nKV, HD)${perHead ? "; per head: (T, nH, HD) partials" : ""}
 
 var<workgroup> Sw: array<f32, ${BK * L.sLd}>;   // Sᵀ, then dPᵀ (keys × queries)
-var<workgroup> Pw: array<f16, ${BK * L.pLd}>;${doutStaged ? "   // P, then dS" : `
+var<workgroup> Pw: array<f16, ${BK * L.pLd}>;${share ? "   // P, then dS" : `
 var<workgroup> DSw: array<f16, ${BK * L.pLd}>;`}
 var<workgroup> colSeq: array<i32, ${BQ}>;
 var<workgroup> colL: array<f32, ${BQ}>;
@@ -621,9 +627,10 @@ ${product("kl", "q16")}
           Pw[r * ${L.pLd}u + cc] = f16(x);
         }
         workgroupBarrier();
-${doutStaged ? `        // dv += Pᵀ·dout now, so that dS can be written over P below (the barrier after dP's product orders it)
+${share ? `        // dv += Pᵀ·dout now, so that dS can be written over P below (the barrier after dP's product orders it)
         for (var j = 0u; j < ${J}u; j++) {
-          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+${doutStaged ? "" : `          let qCol = min(c0q + 16u * j, p.T - 16u);
+`}          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 ${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${doutBlock(d)}, dv${d});`).join("\n")}
         }
 ` : ""}${product("vl", "do16")}
@@ -634,9 +641,9 @@ ${ids(D).map((d) => `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${d
         workgroupBarrier();
         for (var j = 0u; j < ${J}u; j++) {
           let qCol = min(c0q + 16u * j, p.T - 16u);
-${doutStaged ? "" : `          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
+${share ? "" : `          let pl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Pw, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
 `}          let dsl = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&${DS}, sg * ${16 * L.pLd}u + 16u * j, ${L.pLd}u);
-${ids(D).map((d) => `${doutStaged ? "" : `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${doutBlock(d)}, dv${d});
+${ids(D).map((d) => `${share ? "" : `          dv${d} = subgroupMatrixMultiplyAccumulate(pl, ${doutBlock(d)}, dv${d});
 `}          dk${d} = subgroupMatrixMultiplyAccumulate(dsl, ${qBlock(d)}, dk${d});`).join("\n")}
         }
         workgroupBarrier();${st ? `
@@ -653,7 +660,7 @@ ${ids(D).map((d) => `    subgroupMatrixStore<row_major>(&dk, kRow * ldo + hOut *
   }
 }
 `;
-  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${st?.tag ?? ""}${doutStaged ? "_do" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
+  return { name: `attention_tc_dkv_hd${hd}${L.tag}${perHead ? "_ph" : ""}${st?.tag ?? ""}${doutStaged ? "_do" : sharePdS ? "_sh" : ""}${fast ? "_ft" : ""}`, code: st ? st.retype(code) : code };
 }
 
 /**
@@ -742,6 +749,18 @@ export const attentionTcForm = {
    * step's GPU time 235.4 → 232.6 ms, same call); `TUNELOOM_ATTN_DKV_DOUT=0` turns it off.
    */
   dkvDoutStaged: process.env.TUNELOOM_ATTN_DKV_DOUT !== "0",
+  /**
+   * The unstaged dk/dv pass with P and dS in one tile even where both tiles fit (session 17; it
+   * is chosen anyway where only it fits, e.g. 32 KiB devices): for its GPU tests and an A/B.
+   */
+  dkvSharedPdS: process.env.TUNELOOM_ATTN_DKV_SHARED === "1",
+  /**
+   * The one-sweep forward keeps each lane's 32 scaled, masked scores of a tile in registers between
+   * its max and softmax loops (session 17): no masked write-back to Sw and no second read of it.
+   * The masked max loop is 26% of the kernel (session 16's diags). Off until a GPU call measures it
+   * (`TUNELOOM_ATTN_REG_SCORES=1`; the device script's attn-stages step carries the A/B).
+   */
+  regScores: process.env.TUNELOOM_ATTN_REG_SCORES === "1",
 };
 
 /**
@@ -757,20 +776,31 @@ export function stagedAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-dout"
   return plainAttentionBytes("dkv", hd, padded) + tile;
 }
 
-/** Workgroup memory (bytes) of a pass without staged tiles: its score and probability tiles, sequence ids. */
-export function plainAttentionBytes(pass: "forward" | "dq" | "dkv", hd: number, padded: boolean, oneSweep = true): number {
+/**
+ * Workgroup memory (bytes) of a pass without staged tiles: its score and probability tiles, sequence
+ * ids. `dkv-shared`: the dk/dv pass with P and dS in one tile (backwardDkvSource sharePdS).
+ */
+export function plainAttentionBytes(pass: "forward" | "dq" | "dkv" | "dkv-shared", hd: number, padded: boolean, oneSweep = true): number {
   const L = tileLayout(padded), seqIds = 4 * 64;
   if (pass === "forward") return 64 * (oneSweep ? Math.max(L.sLd, L.oLd(hd)) : L.sLd) * 4 + 64 * L.pLd * 2 + seqIds;
   if (pass === "dq") return 64 * L.sLd * 4 + 64 * L.pLd * 2 + seqIds;
-  return 64 * L.sLd * 4 + 2 * 64 * L.pLd * 2 + 3 * seqIds;
+  return 64 * L.sLd * 4 + (pass === "dkv" ? 2 : 1) * 64 * L.pLd * 2 + 3 * seqIds;
+}
+
+/**
+ * Whether the unstaged dk/dv pass runs with P and dS in one tile here: asked for
+ * (attentionTcForm.dkvSharedPdS, for tests and A/Bs) or the only form that fits the device.
+ */
+function dkvSharesPdS(rec: Recorder, hd: number): boolean {
+  return attentionTcForm.dkvSharedPdS || plainAttentionBytes("dkv", hd, attentionTcForm.padded) > rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
 }
 
 /** The WGSL of one pass in a given form (tests read its workgroup declarations). */
-export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean }): KernelSource {
+export function attentionTcSource(pass: "forward" | "dq" | "dkv", hd: number, form: { padded: boolean; oneSweep?: boolean; staged?: boolean; perHead?: boolean; fullTiles?: boolean; diag?: AttentionDiag; doutStaged?: boolean; sharePdS?: boolean; regScores?: boolean }): KernelSource {
   const L = tileLayout(form.padded), fast = form.fullTiles ?? false;
-  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag) : forwardSource(hd, L, fast);
+  if (pass === "forward") return form.oneSweep ?? true ? forwardOneSweepSource(hd, L, form.staged, fast, form.diag, form.regScores) : forwardSource(hd, L, fast);
   if (pass === "dq") return backwardDqSource(hd, L, form.staged, fast);
-  return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged);
+  return backwardDkvSource(hd, L, form.perHead, form.staged, fast, form.doutStaged, form.sharePdS);
 }
 
 /** Whether this pass runs staged here: the form is on and its workgroup memory fits the device. */
@@ -781,14 +811,15 @@ function stagedHere(rec: Recorder, pass: "forward" | "dq" | "dkv" | "dkv-dout", 
 
 /**
  * Whether the tensor-core passes can run this shape on this device: every pass (forward, dq,
- * dk/dv; the training step needs all three) fits the device's workgroup memory without staging.
- * NVIDIA's 48 KiB fits them at hd ≤ 128; a 32 KiB device (lavapipe, many other GPUs) does not fit
- * the dk/dv pass (36,608 bytes padded), so attention stays on the portable kernels there.
+ * dk/dv; the training step needs all three) fits the device's workgroup memory without staging,
+ * the dk/dv pass in its smallest form (P and dS in one tile). NVIDIA's 48 KiB fits them at
+ * hd ≤ 128; 32 KiB (lavapipe, many other GPUs) at hd 64 (the one-sweep forward at hd 128 needs
+ * 43,264 bytes), with the dk/dv pass sharing its tile (27,392 bytes against 36,608).
  */
 export function tensorCoreAttentionSupported(rec: Recorder, T: number, hd: number): boolean {
   if (!(hasTensorCoreMatmul(rec.rt) && T >= 16 && T % 16 === 0 && hd % 16 === 0 && hd <= 128)) return false;
   const { padded, oneSweep } = attentionTcForm, limit = rec.rt.caps.limits.maxComputeWorkgroupStorageSize;
-  return (["forward", "dq", "dkv"] as const).every((pass) => plainAttentionBytes(pass, hd, padded, oneSweep) <= limit);
+  return (["forward", "dq", "dkv-shared"] as const).every((pass) => plainAttentionBytes(pass, hd, padded, oneSweep) <= limit);
 }
 
 export interface TcAttentionArgs {
@@ -802,13 +833,13 @@ export interface TcAttentionArgs {
 
 /** Records the tensor-core forward (shapes checked by the caller, attentionForward). */
 export function attentionForwardTensorCore(rec: Recorder, a: TcAttentionArgs) {
-  const { oneSweep: one, padded, fullTiles: fast, diag } = attentionTcForm;
+  const { oneSweep: one, padded, fullTiles: fast, diag, regScores } = attentionTcForm;
   const staged = stagedHere(rec, "forward", a.hd);
-  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}`;
+  const key = `${a.hd}:${one}:${padded}:${staged}:${fast}:${diag ?? ""}:${regScores}`;
   let s = sources.get(key);
-  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag) : forwardSource(a.hd, tileLayout(padded), fast)));
+  if (!s) sources.set(key, (s = one ? forwardOneSweepSource(a.hd, tileLayout(padded), staged, fast, diag, regScores) : forwardSource(a.hd, tileLayout(padded), fast)));
   const { q16, k16, v16, made } = f16Inputs(rec, a);
-  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
+  rec.dispatch(`attentionForwardTC${one ? "1" : ""}${padded ? "p" : ""}${staged ? "s" : ""}${fast ? "f" : ""}${one && regScores ? "r" : ""} T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(s), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse], [cdiv(a.T, BQ), a.nH]);
   for (const t of made) rec.recycle(t);
 }
@@ -833,25 +864,26 @@ export function attentionBackwardTensorCore(rec: Recorder, a: TcAttentionBackwar
   const perHead = attentionTcForm.dkvPerHead && a.nH > a.nKV; // MHA: the usual pass is already per head
   const dqStaged = stagedHere(rec, "dq", a.hd), dkvStaged = stagedHere(rec, "dkv", a.hd);
   const doutStaged = dkvStaged && attentionTcForm.dkvDoutStaged && stagedHere(rec, "dkv-dout", a.hd);
+  const share = !dkvStaged && dkvSharesPdS(rec, a.hd);
   const key = `${a.hd}:${padded}:${dqStaged}:${fast}`;
   let sq = dqSources.get(key);
   if (!sq) dqSources.set(key, (sq = backwardDqSource(a.hd, tileLayout(padded), dqStaged, fast)));
-  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${doutStaged}`;
+  const kvKey = `${a.hd}:${padded}:${perHead}:${dkvStaged}:${fast}:${doutStaged}:${share}`;
   let skv = dkvSources.get(kvKey);
-  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast, doutStaged)));
+  if (!skv) dkvSources.set(kvKey, (skv = backwardDkvSource(a.hd, tileLayout(padded), perHead, dkvStaged, fast, doutStaged, share)));
   const { q16, k16, v16, made } = f16Inputs(rec, a), do16 = toF16(rec, a.dout);
   rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dqStaged ? "s" : ""}${fast ? "f" : ""} dq T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(sq), a.params,
     [q16, k16, v16, a.seqId, a.out, a.lse, a.dout, do16, a.dq, a.dsum], [cdiv(a.T, BQ), a.nH]);
   if (perHead) {
     // (T, nH, HD) partials per query head, then summed over each kv head's group.
     const dkP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dk_partials"), dvP = rec.scratch("f32", [a.T, a.nH, a.hd], "attn_dv_partials");
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : share ? "h" : ""}${fast ? "f" : ""} dkv/head T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, dkP, dvP], [cdiv(a.T, BK), a.nH]);
     dkvGroupSum(rec, dkP, dvP, a.dk, a.dv, a.nH / a.nKV);
     rec.recycle(dkP);
     rec.recycle(dvP);
   } else {
-    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
+    rec.dispatch(`attentionBackwardTC${padded ? "p" : ""}${dkvStaged ? "s" : ""}${doutStaged ? "o" : share ? "h" : ""}${fast ? "f" : ""} dkv T=${a.T} ${a.nH}/${a.nKV}x${a.hd}`, rec.rt.pipeline(skv), a.params,
       [q16, k16, v16, a.seqId, a.lse, do16, a.dsum, a.dk, a.dv], [cdiv(a.T, BK), a.nKV]);
   }
   for (const t of [...made, do16]) rec.recycle(t);

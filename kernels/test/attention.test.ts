@@ -2,7 +2,7 @@ import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { type AttentionDiag, attentionDiagFrom, attentionTcForm, attentionTcSource, dkvGroupSum, plainAttentionBytes, stagedAttentionBytes, tensorCoreAttentionSupported } from "../src/attention-tc.ts";
 import {
   attentionBackward, attentionDecode, attentionDecodeScratchSize, attentionForward, decodeSplitKeys, getRuntime, hasTensorCoreMatmul, kvCacheAppend,
-  type Tensor,
+  type Recorder, type Tensor,
 } from "../src/index.ts";
 import { fromF16Bits, randn, relError, toF16Bits } from "../src/testing.ts";
 
@@ -194,8 +194,6 @@ describe("attention forward + backward against float64 (out, lse, dq, dk, dv)", 
 
 // The tensor-core forward rounds q, k, v and the probabilities to f16: compare against float64 on
 // the f16-rounded inputs, at the 16-bit tolerance. Runs where subgroup matrices exist (H100/H200).
-// Not with emulated subgroup matrices on lavapipe: its 32 KiB of workgroup memory do not fit the
-// dk/dv pass, so attention takes the portable kernels there (tensorCoreAttentionSupported).
 describe.skipIf(!hasTensorCoreMatmul(rt) || !tensorCoreAttentionSupported(rt.recorder("probe"), 64, 64))("tensor-core attention forward + backward (f16 operands)", () => {
   const round16 = (x: Float32Array) => fromF16Bits(toF16Bits(x));
   const cases: [string, Problem][] = [
@@ -215,7 +213,7 @@ describe.skipIf(!hasTensorCoreMatmul(rt) || !tensorCoreAttentionSupported(rt.rec
   // and one sweep with an online softmax, each with the plain and the padded tile layout (which
   // the backward follows too).
   // With grouped-query heads, the dk/dv pass per query head (partials summed per kv head) too.
-  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean }[] = [
+  const forms: { oneSweep: boolean; padded: boolean; dkvPerHead: boolean; staged?: boolean; fullTiles?: boolean; dkvDoutStaged?: boolean; dkvSharedPdS?: boolean; regScores?: boolean }[] = [
     ...[false, true].flatMap((oneSweep) => [false, true].map((padded) => ({ oneSweep, padded, dkvPerHead: false }))),
     { oneSweep: true, padded: true, dkvPerHead: true },
     // Tiles staged through workgroup memory (hd 128 falls back to global loads: too big for 48 KB).
@@ -229,14 +227,28 @@ describe.skipIf(!hasTensorCoreMatmul(rt) || !tensorCoreAttentionSupported(rt.rec
     // default forms, per query head and not.
     { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true },
     { oneSweep: true, padded: true, dkvPerHead: false, staged: true, fullTiles: true, dkvDoutStaged: true },
+    // The unstaged dk/dv pass with P and dS in one tile (session 17: the form that fits 32 KiB devices).
+    { oneSweep: true, padded: true, dkvPerHead: true, fullTiles: true, dkvSharedPdS: true },
+    { oneSweep: false, padded: false, dkvPerHead: false, dkvSharedPdS: true },
+    // The forward keeping each lane's scores in registers between its max and softmax loops
+    // (session 17), in the default form and unstaged.
+    { oneSweep: true, padded: true, dkvPerHead: true, staged: true, fullTiles: true, dkvDoutStaged: true, regScores: true },
+    { oneSweep: true, padded: true, dkvPerHead: true, fullTiles: true, regScores: true },
   ];
-  for (const [name, P] of cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false } of forms) {
-    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}`, async () => {
+  // Emulated subgroup matrices (lavapipe, `bun run test:tc`): seconds per pipeline and 32 KiB of
+  // workgroup memory, so no staged tiles (the passes fall back to global loads there) and the dk/dv
+  // pass shares its P and dS tile; the default form's unstaged twin and the two-sweep forward, on
+  // the hd 64 cases (hd 128's one-sweep forward needs 43,264 bytes).
+  const emulated = rt.caps.subgroupMatrixEmulated;
+  const emulatedForms: typeof forms = [{ oneSweep: true, padded: true, dkvPerHead: true, fullTiles: true }, { oneSweep: false, padded: true, dkvPerHead: false }, { oneSweep: true, padded: true, dkvPerHead: true, fullTiles: true, regScores: true }];
+  const emulatedCases = cases.filter(([name]) => /^(SmolLM2|packed|sliding window 150|wide scores)/.test(name));
+  for (const [name, P] of emulated ? emulatedCases : cases) for (const { oneSweep, padded, dkvPerHead, staged = false, fullTiles = false, dkvDoutStaged = false, dkvSharedPdS = false, regScores = false } of emulated ? emulatedForms : forms) {
+    test(`${name}${oneSweep ? ", one-sweep forward" : ""}${padded ? ", padded tiles" : ""}${dkvPerHead ? ", dk/dv per query head" : ""}${staged ? ", staged tiles" : ""}${fullTiles ? ", full tiles unmasked" : ""}${dkvDoutStaged ? ", dout staged" : ""}${dkvSharedPdS ? ", P and dS in one tile" : ""}${regScores ? ", scores in registers" : ""}`, async () => {
       const x = randomInputs(P);
       const x16 = { q: round16(x.q), k: round16(x.k), v: round16(x.v), dout: round16(x.dout) };
       const ref = attentionRef(P, x16.q, x16.k, x16.v, x16.dout);
       const was = { ...attentionTcForm };
-      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged });
+      Object.assign(attentionTcForm, { oneSweep, padded, dkvPerHead, staged, fullTiles, dkvDoutStaged, dkvSharedPdS, regScores });
       const gpu = await runGpu(P, x, true, true).finally(() => { Object.assign(attentionTcForm, was); });
       expect(relError(gpu.out, ref.out)).toBeLessThan(2e-3);
       expect(relError(gpu.lse, ref.lse)).toBeLessThan(1e-5);
@@ -268,6 +280,7 @@ describe("staged attention tiles: workgroup memory", () => {
       expect(staged).toBe(stagedAttentionBytes(pass, hd, padded));
       expect(plain).toBe(plainAttentionBytes(pass, hd, padded)); // tensorCoreAttentionSupported's rule
       if (pass === "forward") expect(declared(attentionTcSource(pass, hd, { padded, oneSweep: false }).code)).toBe(plainAttentionBytes(pass, hd, padded, false));
+      if (pass === "dkv") expect(declared(attentionTcSource(pass, hd, { padded, sharePdS: true }).code)).toBe(plainAttentionBytes("dkv-shared", hd, padded));
       expect(staged).toBeGreaterThan(plain); // the staged tiles are added, nothing else changes
     });
   }
@@ -284,6 +297,19 @@ describe("staged attention tiles: workgroup memory", () => {
       expect(code).not.toContain("DSw");
     });
   }
+  test("tensor cores on a 32 KiB device: hd 64 with the dk/dv pass sharing its P and dS tile; hd 128 not (its forward needs 43,264 bytes)", () => {
+    const on = (limit: number, hd: number) => tensorCoreAttentionSupported({ rt: { caps: {
+      ...rt.caps, shaderF16: true, subgroupMatrix: true, subgroupMatrixEmulated: true,
+      subgroupMatrixConfigs: [{ componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 }],
+      limits: { ...rt.caps.limits, maxComputeWorkgroupStorageSize: limit },
+    } } } as unknown as Recorder, 64, hd);
+    expect(plainAttentionBytes("dkv", 64, true)).toBe(36608);
+    expect(plainAttentionBytes("dkv-shared", 64, true)).toBe(27392);
+    expect(on(32768, 64)).toBe(true);
+    expect(on(32768, 128)).toBe(false);
+    expect(on(27391, 64)).toBe(false);
+    expect(on(49152, 128)).toBe(true);
+  });
   test("hd 64 fits NVIDIA's 48 KB in every pass; hd 128 does not", () => {
     for (const pass of ["forward", "dq", "dkv"] as const) {
       expect(stagedAttentionBytes(pass, 64, true)).toBeLessThanOrEqual(49152);

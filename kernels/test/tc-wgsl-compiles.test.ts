@@ -48,10 +48,14 @@ describe.skipIf(!f16Ok)("tensor-core WGSL compiles (subgroup matrices emulated)"
           if (staged && hd === 128) continue; // no staged form fits hd 128
           for (const fullTiles of [false, true]) {
             expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: pass === "dkv", fullTiles }).code)).toEqual([]);
+            // the forward's scores kept in registers (session 17)
+            if (pass === "forward") expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, fullTiles, regScores: true }).code)).toEqual([]);
           }
           // dout staged in the dk/dv pass too (the default since session 14)
           if (staged && pass === "dkv") expect(await compiles(attentionTcSource(pass, hd, { padded: true, staged, perHead: true, fullTiles: true, doutStaged: true }).code)).toEqual([]);
         }
+        // the unstaged dk/dv pass with P and dS in one tile (session 17), per head and not
+        if (pass === "dkv") for (const perHead of [false, true]) expect(await compiles(attentionTcSource(pass, hd, { padded: true, perHead, fullTiles: true, sharePdS: true }).code)).toEqual([]);
         // the two-sweep forward (its sweep 2 has its own mask test)
         if (pass === "forward") expect(await compiles(attentionTcSource(pass, hd, { padded: true, oneSweep: false, fullTiles: true }).code)).toEqual([]);
       });
