@@ -332,7 +332,8 @@ for step in $STEPS; do
       # runs with TUNELOOM_GEMM_GUARD_FREE=1 (rows carry forms_on).
       # Also a 64×128 tile of 4 warps (4x2_1x4sk64g8u) for the narrow k/v products (N = 512: 128
       # workgroups of 128×128 for 132 SMs; this tile gives 256), on the 1B k/v shape.
-      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul,4x2_1x4sk64g8u}
+      # And K, lda, ldb as override constants (`c`, TcConfig.constStrides), alone and with `f`.
+      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x4_2x2sg8uc,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x2_2x4sk64g8uc,4x2_2x4sk64g8ufc,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul,4x2_1x4sk64g8u}
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs $VCONFIGS \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192,4096x512x2048} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
@@ -347,6 +348,10 @@ for step in $STEPS; do
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x4_2x2sg8 tB)" = yes ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uf 4x2_2x4sk64g8 dyW)" = yes ]; then
         el "guard-free loads ahead on both picks: on for the rest of the call"
         export TUNELOOM_GEMM_GUARD_FREE=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_guard_free"
+      fi
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uc 4x4_2x2sg8 tB)" = yes ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u uc 4x2_2x4sk64g8 dyW)" = yes ]; then
+        el "constant strides ahead on both picks: on for the rest of the call"
+        export TUNELOOM_GEMM_CONST_STRIDES=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_const_strides"
       fi
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"

@@ -26,9 +26,11 @@ export interface TcConfig {
   /** Staged only: two workgroup-memory buffers, one barrier per slice (default false). */
   double?: boolean;
   /**
-   * Global only: leading dimensions as override constants (LDA, LDB, LDC) instead of uniforms,
-   * so the driver sees constant strides in every subgroup-matrix load and store (one pipeline
-   * per distinct stride triple).
+   * Leading dimensions as override constants instead of uniforms (name suffix `c`), so the driver
+   * sees constant strides: global kernel LDA, LDB, LDC in every subgroup-matrix load and store;
+   * staged kernel (after `u`/`l`/`f`, session 17) K, lda and ldb in its copy and K loop, so the
+   * loads' offsets and the loop's trip count are constants (jeffbolznv's coopmat GEMM uses
+   * specialisation constants the same way). One pipeline per distinct set of values.
    */
   constStrides?: boolean;
   /**
@@ -87,11 +89,12 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(f?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][f]] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
-  // m[11] guard-free; m[12] diag; m[13] c
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(f?)(c?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][f]][c] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  // m[11] guard-free; m[12] staged c; m[13] diag; m[14] global c
   if (m[11] === "f" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': guard-free loads (f) are a form of the unrolled copy (u)`);
-  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[12])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
+  if (m[12] === "c" && m[13]) throw new Error(`bad tensor-core config '${s}': constant strides (c) do not combine with diags`);
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[13])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -102,13 +105,13 @@ export function parseTcConfig(s: string): TcConfig {
     ...(m[9] === "u" ? { unrolled: true } : {}),
     ...(m[10] === "l" ? { prefetch2: true } : {}),
     ...(m[11] === "f" ? { guardFree: true } : {}),
-    ...(m[12] ? { diag: m[12] as TcConfig["diag"] } : {}),
-    ...(m[13] === "c" ? { constStrides: true } : {}),
+    ...(m[13] ? { diag: m[13] as TcConfig["diag"] } : {}),
+    ...(m[12] === "c" || m[14] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.guardFree ? "f" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.guardFree ? "f" : ""}${c.constStrides ? "c" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -142,13 +145,22 @@ export const unrolledStaging = { enabled: process.env.TUNELOOM_GEMM_UNROLLED ===
 export const guardFreeLoads = { enabled: process.env.TUNELOOM_GEMM_GUARD_FREE === "1" };
 
 /**
+ * Session 17's constant strides (TcConfig.constStrides) for every staged pick
+ * (`TUNELOOM_GEMM_CONST_STRIDES=1`, set by the device script's variants step when both picks
+ * gain): off until a GPU call measures them.
+ */
+export const constStrideStaging = { enabled: process.env.TUNELOOM_GEMM_CONST_STRIDES === "1" };
+
+/**
  * cfg in the staged form currently chosen: unrolled where unrolledStaging is on and the tile
- * allows, with guard-free loads where guardFreeLoads is on and the copy is unrolled.
+ * allows, with guard-free loads where guardFreeLoads is on and the copy is unrolled, with constant
+ * strides where constStrideStaging is on.
  */
 export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
   if (!cfg.staged || cfg.diag || !unrolledCopyFits(cfg, transB)) return cfg;
-  const form = unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
-  return guardFreeLoads.enabled && form.unrolled ? { ...form, guardFree: true } : form;
+  let form = unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
+  if (guardFreeLoads.enabled && form.unrolled) form = { ...form, guardFree: true };
+  return constStrideStaging.enabled ? { ...form, constStrides: true } : form;
 }
 
 const measured = new Map<string, TcConfig>();

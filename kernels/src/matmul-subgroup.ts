@@ -141,7 +141,6 @@ export function matmulTensorCore(
   if (need(offC, M, N, ldc, strideC) > c.numel) throw new Error(`matmulTensorCore: c has ${c.numel} elements, too few for M=${M} N=${N}`);
   if (cfg.staged && (strideA % 8 || strideB % 8)) throw new Error("matmulTensorCore: staged kernel needs batch strides that are multiples of 8");
   if (cfg.bk !== undefined && ![16, 32, 64].includes(cfg.bk)) throw new Error(`matmulTensorCore: bk must be 16, 32 or 64, got ${cfg.bk}`);
-  if (cfg.constStrides && cfg.staged) throw new Error("matmulTensorCore: constStrides applies to the global kernel only");
   if (cfg.group && !cfg.staged) throw new Error("matmulTensorCore: a grouped raster applies to the staged kernel only");
   let auxParams = [0, 0, 0, 0];
   if (aux) {
@@ -150,7 +149,7 @@ export function matmulTensorCore(
     expectTensor("matmulTensorCore", "aux a2", a2, "f16");
     expectTensor("matmulTensorCore", "aux b2", b2, "f16");
     if (batch !== 1) throw new Error("matmulTensorCore: an aux slice needs batch = 1");
-    if (cfg.diag || cfg.constStrides) throw new Error("matmulTensorCore: an aux slice does not combine with diag or constStrides kernels");
+    if (cfg.diag || (cfg.constStrides && !cfg.staged)) throw new Error("matmulTensorCore: an aux slice does not combine with diag or global constStrides kernels");
     if (!(Number.isInteger(K2) && K2 > 0 && K2 % 16 === 0)) throw new Error(`matmulTensorCore: aux K2 must be a positive multiple of 16, got ${K2}`);
     if (lda2 < K2 || !Number.isInteger(offA2) || offA2 < 0) throw new Error(`matmulTensorCore: aux lda2 ${lda2} < K2 ${K2} or bad offsetA2 ${offA2}`);
     if (offA2 + (M - 1) * lda2 + K2 > a2.numel) throw new Error(`matmulTensorCore: aux a2 has ${a2.numel} elements, too few for M=${M} K2=${K2}`);
@@ -163,7 +162,7 @@ export function matmulTensorCore(
   let s = sources.get(key);
   if (!s) sources.set(key, (s = kernelCfg.staged ? stagedSource(transB, kernelCfg) : source(transB, kernelCfg)));
   const constants: Record<string, number> = { ACCUMULATE: (args.beta ?? 0) === 1 ? 1 : 0 };
-  if (cfg.constStrides) Object.assign(constants, { LDA: lda, LDB: ldb, LDC: ldc });
+  if (cfg.constStrides) Object.assign(constants, cfg.staged ? { K_C: K, LDA_C: lda, LDB_C: ldb } : { LDA: lda, LDB: ldb, LDC: ldc });
   const pipeline = rec.rt.pipeline(s, constants);
   const params = new Params(16)
     .u32(M).u32(N).u32(K).u32(lda)

@@ -241,7 +241,13 @@ ${aux ? auxSliceCode(transB, tm, tn, (i) => `rowTile + ${16 * i}u`, (j) => `colT
 ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}u < p.N) { subgroupMatrixStore<row_major>(&c, cBase + (rowTile + ${16 * i}u) * p.ldc + colTile + ${16 * j}u, acc${i}${j}, p.ldc); }`).join("\n")}
 }
 `;
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.guardFree ? "f" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code };
+  // Constant strides (TcConfig.constStrides): K, lda and ldb become override constants set per call.
+  const constant = (src: string) => src.replace(/\bp\.K\b/g, "K_C").replace(/\bp\.lda\b/g, "LDA_C").replace(/\bp\.ldb\b/g, "LDB_C")
+    .replace("@group(0) @binding(0) var<uniform> p: Params;", `@group(0) @binding(0) var<uniform> p: Params;
+override K_C: u32;   // the uniforms' K, lda and ldb as constants (TcConfig.constStrides)
+override LDA_C: u32;
+override LDB_C: u32;`);
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.guardFree ? "f" : ""}${cfg.constStrides ? "_c" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code: cfg.constStrides ? constant(code) : code };
 }
 
 export interface StagedGeometry {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, getRuntime, guardFreeLoads, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, constStrideStaging, getRuntime, guardFreeLoads, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 import { fitWorkgroupStorage, stagedSource, stagedWorkgroupBytes } from "../src/matmul-tc-staged.ts";
 
@@ -22,9 +22,9 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
     [512, 1536, 576],
   ];
   // Emulated: the forms the table and plans pick (global, plain staged, unrolled with 32- and
-  // 64-deep slices) and the two-deep prefetch with guard-free loads, in tiles that fit lavapipe's
+  // 64-deep slices) and the two-deep prefetch with guard-free loads and constant strides, in tiles that fit lavapipe's
   // 32 KiB of workgroup memory (the 64-deep picks' geometry in a 64×128 tile).
-  const emulatedConfigs = ["4x4_1x1", "4x4_2x2s", "4x4_2x2sg8u", "2x2_2x4sk64g8u", "4x4_2x2sg8ulf"].map(parseTcConfig);
+  const emulatedConfigs = ["4x4_1x1", "4x4_2x2s", "4x4_2x2sg8u", "2x2_2x4sk64g8u", "4x4_2x2sg8ulfc"].map(parseTcConfig);
   const configs: TcConfig[] = emulated ? emulatedConfigs : [
     { tm: 4, tn: 4, sgm: 1, sgn: 1 },
     { tm: 4, tn: 2, sgm: 2, sgn: 2 },
@@ -53,7 +53,9 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
       // guard-free loads in interior tiles (session 17): the two picks' tiles, with the two-deep prefetch
       "4x2_2x4sk64g8uf", "4x4_2x2sg8uf", "4x4_2x2sg8ulf",
       // a 64×128 tile of 4 warps for narrow products (N = 512: twice the workgroups of 128×128; session 17)
-      "4x2_1x4sk64g8u"].map(parseTcConfig),
+      "4x2_1x4sk64g8u",
+      // K, lda and ldb as override constants (session 17), with and without guard-free loads
+      "4x2_2x4sk64g8uc", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     if (emulated && !fitsDevice(cfg)) throw new Error(`${tcConfigName(cfg)} does not fit this device's workgroup memory: take it out of the emulated list`);
@@ -205,7 +207,7 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "4x2_2x4sk64g8uf", "4x4_2x2sg8ulf"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "4x2_2x4sk64g8uf", "4x4_2x2sg8ulf", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc", "4x4_2x2sk64g8c"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
@@ -214,6 +216,9 @@ test("tile configuration names parse and print back", () => {
   expect(parseTcConfig("4x4_2x2sg8ul")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8, unrolled: true, prefetch2: true });
   for (const bad of ["4x4_2x2sg8l", "4x4_2x2sdg8ul", "4x4_2x2sg8ul-no-loads"]) expect(() => parseTcConfig(bad)).toThrow("two-deep prefetch (l)");
   for (const bad of ["4x4_2x2sg8f", "4x4_2x2sdg8f"]) expect(() => parseTcConfig(bad)).toThrow("guard-free loads (f)");
+  expect(() => parseTcConfig("4x4_2x2sg8uc-no-loads")).toThrow("constant strides (c) do not combine with diags");
+  expect(parseTcConfig("4x4_2x2sg8uc").constStrides).toBe(true);
+  expect(parseTcConfig("4x4_1x1c")).toEqual({ tm: 4, tn: 4, sgm: 1, sgn: 1, staged: false, constStrides: true });
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
   // Session 7's losing variants (rotated stores r, matrix-copy staging m, global prefetch p) and
   // session 10-11's (conflict-free stores w, interleaved pipeline i, W staged transposed t) and session
@@ -279,8 +284,8 @@ test("the unrolled switch turns every staged pick unrolled where the tile allows
   }
 });
 
-test("the guard-free switch adds guard-free loads to every unrolled pick, and to nothing else", () => {
-  const was = { ...guardFreeLoads }, unrolledWas = unrolledStaging.enabled;
+test("the guard-free and constant-stride switches add their forms to the picks they apply to, and to nothing else", () => {
+  const was = { ...guardFreeLoads }, constWas = { ...constStrideStaging }, unrolledWas = unrolledStaging.enabled;
   try {
     unrolledStaging.enabled = false;
     guardFreeLoads.enabled = false;
@@ -291,8 +296,14 @@ test("the guard-free switch adds guard-free loads to every unrolled pick, and to
     expect(tcConfigFor(4096, 1536, 576, true).guardFree).toBeUndefined(); // a pick without the unrolled copy
     expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).guardFree).toBeUndefined(); // the global kernel
     expect(stagedForm(parseTcConfig("4x4_2x2sg8u-no-loads"), true).guardFree).toBeUndefined(); // diags stay as named
+    guardFreeLoads.enabled = false;
+    constStrideStaging.enabled = true;
+    expect(tcConfigName(tcConfigFor(4096, 2048, 8192, false))).toBe("4x2_2x4sk64g8uc");
+    expect(tcConfigName(tcConfigFor(4096, 1536, 576, true))).toBe("4x4_2x2sk64g8c"); // every staged pick, unrolled or not
+    expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).constStrides).toBeUndefined(); // the global kernel
   } finally {
     Object.assign(guardFreeLoads, was);
+    Object.assign(constStrideStaging, constWas);
     unrolledStaging.enabled = unrolledWas;
   }
 });
