@@ -7,11 +7,14 @@
  *
  * The model: a subgroup is 32 consecutive invocations (local_invocation_index / 32, as on NVIDIA
  * and as every kernel here assumes), and lane ℓ = local_invocation_index % 32 owns 8 elements of
- * each 16×16 result matrix: column ℓ % 16 of rows ℓ / 16, ℓ / 16 + 2, …, ℓ / 16 + 14. Operands
- * hold what the lane's own results need:
- * - left (16×16, rows × k): the lane's 8 rows, all 16 columns → array<f32, 128>;
- * - right (16×16, k × columns): the lane's column, all 16 rows → array<f32, 16>;
+ * each 16×16 result matrix: rows 4⌊ℓ/8⌋ … 4⌊ℓ/8⌋ + 3 of columns 2(ℓ mod 8) and 2(ℓ mod 8) + 1.
+ * Operands hold what the lane's own results need:
+ * - left (16×16, rows × k): the lane's 4 rows, all 16 columns → array<f32, 64>;
+ * - right (16×16, k × columns): the lane's 2 columns, all 16 rows → array<f32, 32>;
  * - result: the lane's 8 elements → array<f32, 8>.
+ * (4 rows × 2 columns rather than 8 × 1: copying the left operand into each multiply-accumulate
+ * dominates LLVM's build time on lavapipe, 5.6 against 7 s for 4x4_2x2sg8u; loop bounds are read
+ * from private variables set at entry so LLVM does not unroll them, 7 against 18 s.)
  * subgroupMatrixLoad reads element (r, c) at var[off + r·stride + c] (row_major) or
  * var[off + c·stride + r] (col_major), rounded to the matrix's component type;
  * subgroupMatrixStore writes the lane's own elements only (so the 32 lanes write each element

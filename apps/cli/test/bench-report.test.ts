@@ -29,6 +29,14 @@ test("selective checkpointing lines (keep_attention_layers, keep_mlp_layers) mak
   expect(t).toContain("| smollm2-135m, attention kept in 29 layers, MLP kept in 10 layers | NVIDIA H100 80GB HBM3 | 24,000 | 1.20 | 10,000 | 2.00 | **2.40×** | 0.60× | — | c1 |");
 });
 
+test("a row that ran with forms the device script turned on for the rest of its call says so", () => {
+  const t = trainTable([
+    { call: "c3", gpu, op: "train", model: "llama3.2-1b", target_fraction: 1, tok_s: 30000, peak_gib: 5, forms_on: "gemm_guard_free,gemm_const_strides" },
+    { call: "c3", gpu, peer: "hf-peft", model: "llama3.2-1b", tok_s: 20000, peak_gib: 10 },
+  ]);
+  expect(t).toContain("| llama3.2-1b, with gemm_guard_free, gemm_const_strides | NVIDIA H100 80GB HBM3 | 30,000 | 5.00 | 20,000 | 10.00 | **1.50×** | 0.50× | — | c3 |");
+});
+
 test("full fine-tuning rows pair ours --full with peft_bench --full 1 of the same call", () => {
   const t = trainFullTable(lines);
   expect(t).toContain("| smollm2-135m | NVIDIA H100 80GB HBM3 | 9,000 | 3.00 | 1 | 6,000 | 4.00 | **1.50×** | 0.75× | c2 |");

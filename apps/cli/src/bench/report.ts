@@ -68,7 +68,8 @@ export function trainTable(lines: Line[]): string {
       if (!r) continue;
       const [ours, hf] = r.found as [Line, Line];
       const answerOnly = lines.findLast((l) => l.call === r.call && l.op === "train" && l.model === m && kept(l) === k && l.target_fraction === 0.3 && !l.full && !l.profile);
-      const label = k ? `${m}, ${k}` : m;
+      // Off-by-default forms a step of the call turned on (the device script's forms_on) are named.
+      const label = [m, k, ours.forms_on ? `with ${String(ours.forms_on).replaceAll(",", ", ")}` : ""].filter(Boolean).join(", ");
       rows.push(`| ${label} | ${ours.gpu} | ${fmt(ours.tok_s)} | ${fmt(ours.peak_gib, 2)} | ${fmt(hf.tok_s)} | ${fmt(hf.peak_gib, 2)} | **${ratio(ours.tok_s, hf.tok_s)}** | ${ratio(ours.peak_gib, hf.peak_gib)} | ${fmt(answerOnly?.tok_s)} | ${r.call} |`);
     }
   }
