@@ -171,7 +171,7 @@ for step in $STEPS; do
       # f16 / four u32 / one vec4 store, loads in flight with and without bounds tests; then the
       # picks on 132 and 264 tiles of 128×128 (one against two workgroups an SM: equal times mean two fit).
       [ "$(left)" -gt 40 ] && el gemm-probes && timeout 40 bun apps/cli/src/bench/gemm-probes.ts 2>&1 | grep '^{' | stamp >> $OUT/gemm.jsonl
-      [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2sg8u,4x2_2x4sk64g8u \
+      [ "$(left)" -gt 40 ] && timeout 40 bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 --configs 4x4_2x2sg8u,4x2_2x4sk64g8u,4x2_2x4sk64g8un \
         --shapes 1408x1536x8192,1408x3072x8192 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,"occupancy_probe":true,/' | stamp >> $OUT/gemm.jsonl ;;
     profile-1b)
       [ "$(left)" -gt 40 ] && el profile && timeout 40 bun run bench -- --train --model llama3.2-1b --batch 8 --seq 512 --rank 16 --steps 3 --profile 2>/dev/null | grep '^{' | stamp >> $OUT/profile.jsonl ;;
@@ -335,8 +335,9 @@ for step in $STEPS; do
       # runs with TUNELOOM_GEMM_GUARD_FREE=1 (rows carry forms_on).
       # Also a 64×128 tile of 4 warps (4x2_1x4sk64g8u) for the narrow k/v products (N = 512: 128
       # workgroups of 128×128 for 132 SMs; this tile gives 256), on the 1B k/v shape.
-      # And K, lda, ldb as override constants (`c`, TcConfig.constStrides), alone and with `f`.
-      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x4_2x2sg8uc,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x2_2x4sk64g8uc,4x2_2x4sk64g8ufc,4x4_4x2sg8u,4x4_4x2sg8uf,4x4_2x2sg8ul,4x2_1x4sk64g8u}
+      # And K, lda, ldb as override constants (`c`, TcConfig.constStrides), alone and with `f`; and no
+      # register prefetch (`n`: fewer registers, maybe two workgroups an SM; gemm-probes' occupancy rows).
+      VCONFIGS=${VARIANT_CONFIGS:-4x4_2x2sg8u,4x4_2x2sg8uf,4x4_2x2sg8uc,4x4_2x2sg8un,4x2_2x4sk64g8u,4x2_2x4sk64g8uf,4x2_2x4sk64g8uc,4x2_2x4sk64g8ufc,4x2_2x4sk64g8un,4x4_4x2sg8u,4x2_1x4sk64g8u}
       [ "$(left)" -gt 40 ] && el variants && timeout $(( $(left) - 10 < 180 ? $(left) - 10 : 180 )) bun apps/cli/src/bench/gemm.ts --no-baselines --reps 2 \
         --configs $VCONFIGS \
         --shapes ${VARIANT_SHAPES:-4096x4096x4096,4096x8192x2048,4096x2048x8192,4096x512x2048} 2>/dev/null | grep '^{' | sed 's/^{/{"diag":true,/' | stamp >> $OUT/gemm.jsonl
@@ -362,6 +363,12 @@ for step in $STEPS; do
           el "constant strides ahead on both picks, tests pass: on for the rest of the call"
           export TUNELOOM_GEMM_CONST_STRIDES=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_const_strides"
         else el "constant strides ahead but their GPU tests failed: stay off"; grep '^(fail)' /tmp/new-forms.txt | head -5; fi
+      fi
+      if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u un 4x4_2x2sg8 tB)" = yes ] && [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u un 4x2_2x4sk64g8 dyW)" = yes ]; then
+        if gpu_tests_pass 'sg8un |sk64g8un |sg8unfc '; then
+          el "no prefetch ahead on both picks, tests pass: on for the rest of the call"
+          export TUNELOOM_GEMM_NO_PREFETCH=1; FORMS_ON="${FORMS_ON:+$FORMS_ON,}gemm_no_prefetch"
+        else el "no prefetch ahead but its GPU tests failed: stay off"; grep '^(fail)' /tmp/new-forms.txt | head -5; fi
       fi
       if [ "$(python3 scripts/variant-gain.py $OUT/gemm.jsonl u ul 4x4_2x2sg8,4x2_2x4sk64g8,4x2_2x4sg8)" = yes ]; then
         el "two-deep prefetch ahead: sweep with it"

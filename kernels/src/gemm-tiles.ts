@@ -59,6 +59,14 @@ export interface TcConfig {
    */
   prefetch2?: boolean;
   /**
+   * Unrolled and single-buffered only (name suffix `n` after `u`): no register prefetch; each slice
+   * is loaded, stored and multiplied in turn, so the copy's registers are dead during the products
+   * (llama.cpp's coopmat copy does this). Fewer registers a thread may let two 256-thread
+   * workgroups share an SM, each hiding the other's copy under its products (session 17's research:
+   * the pick 4x2_2x4sk64g8u holds ~130 registers, 32 of them the prefetch). Off until measured.
+   */
+  noPrefetch?: boolean;
+  /**
    * Unrolled only (name suffix `f` after `u`/`ul`): workgroups whose tile lies inside M and N, with
    * K a multiple of the slice, load their slices with no bounds test between the loads (one
    * uniform branch per slice picks the guarded copy for edge tiles). Session 17, after NVIDIA's
@@ -89,12 +97,13 @@ export interface GemmTileTable {
 }
 
 export function parseTcConfig(s: string): TcConfig {
-  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(f?)(c?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
-  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l][f]][c] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
-  // m[11] guard-free; m[12] staged c; m[13] diag; m[14] global c
-  if (m[11] === "f" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': guard-free loads (f) are a form of the unrolled copy (u)`);
-  if (m[12] === "c" && m[13]) throw new Error(`bad tensor-core config '${s}': constant strides (c) do not combine with diags`);
-  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[13])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
+  const m = /^(\d+)x(\d+)_(\d+)x(\d+)(?:(s)(?:k(\d+))?(d?)(?:g(\d+))?(u?)(l?)(n?)(f?)(c?)(?:-(no-loads|no-stores|no-products|no-barriers))?|(c))?$/.exec(s);
+  if (!m) throw new Error(`bad tensor-core config '${s}' (want TMxTN_SGMxSGN[s[kBK][d][gG][u[l|n][f]][c] | c], e.g. 4x4_2x4s, 4x4_1x1c, 4x4_2x2sg8, 4x4_2x2sk64g8, 4x4_2x2sk64g8u, 4x2_2x4sdg8u or 4x4_2x2sk64d)`);
+  // m[11] no prefetch; m[12] guard-free; m[13] staged c; m[14] diag; m[15] global c
+  if (m[12] === "f" && m[9] !== "u") throw new Error(`bad tensor-core config '${s}': guard-free loads (f) are a form of the unrolled copy (u)`);
+  if (m[13] === "c" && m[14]) throw new Error(`bad tensor-core config '${s}': constant strides (c) do not combine with diags`);
+  if (m[11] === "n" && (m[9] !== "u" || m[10] || m[7] === "d" || m[14])) throw new Error(`bad tensor-core config '${s}': no prefetch (n) is a single-buffered form of the unrolled copy (u), without l or diags`);
+  if (m[10] === "l" && (m[9] !== "u" || m[7] === "d" || m[14])) throw new Error(`bad tensor-core config '${s}': the two-deep prefetch (l) is a single-buffered form of the unrolled copy (u), without diags`);
   const staged = m[5] === "s";
   const group = m[8] ? +m[8] : undefined;
   if (group !== undefined && !(group >= 1 && group <= 64)) throw new Error(`bad tensor-core config '${s}': group must be 1..64`);
@@ -104,14 +113,15 @@ export function parseTcConfig(s: string): TcConfig {
     ...(group ? { group } : {}),
     ...(m[9] === "u" ? { unrolled: true } : {}),
     ...(m[10] === "l" ? { prefetch2: true } : {}),
-    ...(m[11] === "f" ? { guardFree: true } : {}),
-    ...(m[13] ? { diag: m[13] as TcConfig["diag"] } : {}),
-    ...(m[12] === "c" || m[14] === "c" ? { constStrides: true } : {}),
+    ...(m[11] === "n" ? { noPrefetch: true } : {}),
+    ...(m[12] === "f" ? { guardFree: true } : {}),
+    ...(m[14] ? { diag: m[14] as TcConfig["diag"] } : {}),
+    ...(m[13] === "c" || m[15] === "c" ? { constStrides: true } : {}),
   };
 }
 
 export const tcConfigName = (c: TcConfig) =>
-  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.guardFree ? "f" : ""}${c.constStrides ? "c" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
+  `${c.tm}x${c.tn}_${c.sgm}x${c.sgn}${c.staged ? `s${(c.bk ?? 32) !== 32 ? `k${c.bk}` : ""}${c.double ? "d" : ""}${c.group ? `g${c.group}` : ""}${c.unrolled ? "u" : ""}${c.prefetch2 ? "l" : ""}${c.noPrefetch ? "n" : ""}${c.guardFree ? "f" : ""}${c.constStrides ? "c" : ""}${c.diag ? `-${c.diag}` : ""}` : c.constStrides ? "c" : ""}`;
 
 /**
  * Session 7's staged forms for small products (the rule for narrow outputs below, thin LoRA
@@ -152,14 +162,23 @@ export const guardFreeLoads = { enabled: process.env.TUNELOOM_GEMM_GUARD_FREE ==
 export const constStrideStaging = { enabled: process.env.TUNELOOM_GEMM_CONST_STRIDES === "1" };
 
 /**
+ * Session 17's staged copy without a register prefetch (TcConfig.noPrefetch) for every unrolled,
+ * single-buffered pick without `l` (`TUNELOOM_GEMM_NO_PREFETCH=1`, set by the device script's
+ * variants step when both picks gain): off until a GPU call measures it.
+ */
+export const noPrefetchStaging = { enabled: process.env.TUNELOOM_GEMM_NO_PREFETCH === "1" };
+
+/**
  * cfg in the staged form currently chosen: unrolled where unrolledStaging is on and the tile
- * allows, with guard-free loads where guardFreeLoads is on and the copy is unrolled, with constant
+ * allows, with guard-free loads where guardFreeLoads is on and the copy is unrolled, without the
+ * register prefetch where noPrefetchStaging is on (unrolled, single-buffered, no `l`), with constant
  * strides where constStrideStaging is on.
  */
 export function stagedForm(cfg: TcConfig, transB: boolean): TcConfig {
   if (!cfg.staged || cfg.diag || !unrolledCopyFits(cfg, transB)) return cfg;
   let form = unrolledStaging.enabled ? { ...cfg, unrolled: true } : cfg;
   if (guardFreeLoads.enabled && form.unrolled) form = { ...form, guardFree: true };
+  if (noPrefetchStaging.enabled && form.unrolled && !form.double && !form.prefetch2) form = { ...form, noPrefetch: true };
   return constStrideStaging.enabled ? { ...form, constStrides: true } : form;
 }
 

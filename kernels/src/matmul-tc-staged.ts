@@ -157,7 +157,10 @@ ${pairs.map(([i, j]) => `      acc${i}${j} = subgroupMatrixMultiplyAccumulate(l$
   const firstLoads = `${copy.setup}${copy.first}`;
   const nextLoads = copy.next;
   if (cfg.prefetch2 && (double || !cfg.unrolled || diag)) throw new Error("stagedSource: the two-deep prefetch (l) is a single-buffered form of the unrolled copy, without diags");
-  const mainLoop = cfg.prefetch2
+  if (cfg.noPrefetch && (double || !cfg.unrolled || diag || cfg.prefetch2)) throw new Error("stagedSource: no prefetch (n) is a single-buffered form of the unrolled copy, without l or diags");
+  const mainLoop = cfg.noPrefetch
+    ? noPrefetchLoop(copy as ReturnType<typeof unrolledCopy>)
+    : cfg.prefetch2
     ? prefetch2Loop(copy as ReturnType<typeof unrolledCopy>, BK)
     : double
     ? `${firstLoads}
@@ -247,7 +250,7 @@ ${pairs.map(([i, j]) => `  if (rowTile + ${16 * i}u < p.M && colTile + ${16 * j}
 override K_C: u32;   // the uniforms' K, lda and ldb as constants (TcConfig.constStrides)
 override LDA_C: u32;
 override LDB_C: u32;`);
-  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.guardFree ? "f" : ""}${cfg.constStrides ? "_c" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code: cfg.constStrides ? constant(code) : code };
+  return { name: `matmul_tc_staged${transB ? "_tB" : ""}_${tm}x${tn}_${sgm}x${sgn}_k${BK}${double ? "_db" : ""}${group ? `_g${group}` : ""}${cfg.unrolled ? "_u" : ""}${cfg.prefetch2 ? "l" : ""}${cfg.noPrefetch ? "n" : ""}${cfg.guardFree ? "f" : ""}${cfg.constStrides ? "_c" : ""}${aux ? "_aux" : ""}${diag ? `_${diag}` : ""}`, code: cfg.constStrides ? constant(code) : code };
 }
 
 export interface StagedGeometry {
@@ -379,7 +382,24 @@ ${ids(tm).map((i) => `        acc${i}${j} = subgroupMatrixMultiplyAccumulate(l${
       }`).join("\n")}
     }`;
   }).join("\n");
-  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, products, second };
+  return { setup, first: loads("0u", "  "), next: loads(`k0 + ${BK}u`, "      "), loads, store, products, second, bk: BK };
+}
+
+/**
+ * The main loop without a register prefetch (TcConfig.noPrefetch, name suffix `n`): each slice is
+ * loaded into registers, stored, and multiplied after a barrier; the registers are dead during the
+ * products (two barriers per slice, as the plain loop).
+ */
+export function noPrefetchLoop(copy: ReturnType<typeof unrolledCopy>): string {
+  return `${copy.setup}
+  for (var k0 = 0u; k0 < p.K; k0 += ${copy.bk}u) {
+${copy.loads("k0", "    ")}
+    let aOff = 0u; let bOff = 0u;
+${copy.store("aOff", "bOff")}
+    workgroupBarrier();
+${copy.products}
+    workgroupBarrier();
+  }`;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { type TcConfig, constStrideStaging, getRuntime, guardFreeLoads, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
+import { type TcConfig, constStrideStaging, getRuntime, guardFreeLoads, noPrefetchStaging, parseTcConfig, stagedForm, unrolledCopyFits, unrolledStaging, shortTcPlan, tcConfigName, hasTensorCoreMatmul, matmulAuto, matmulTensorCore, matmulTensorCoreThin, tensorCoreUnsupported, thinTcPlan, splitKPlan, tcConfigFor, linearBackwardWeightTensorCore, weightGradTensorCores } from "../src/index.ts";
 import { fromF16Bits, matmulRef, randn, relError, toF16Bits } from "../src/testing.ts";
 import { fitWorkgroupStorage, stagedSource, stagedWorkgroupBytes } from "../src/matmul-tc-staged.ts";
 
@@ -55,7 +55,9 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
       // a 64×128 tile of 4 warps for narrow products (N = 512: twice the workgroups of 128×128; session 17)
       "4x2_1x4sk64g8u",
       // K, lda and ldb as override constants (session 17), with and without guard-free loads
-      "4x2_2x4sk64g8uc", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc"].map(parseTcConfig),
+      "4x2_2x4sk64g8uc", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc",
+      // no register prefetch (session 17): the picks' tiles
+      "4x2_2x4sk64g8un", "4x4_2x2sg8un", "4x4_2x2sg8unfc"].map(parseTcConfig),
   ];
   for (const cfg of configs) {
     if (emulated && !fitsDevice(cfg)) throw new Error(`${tcConfigName(cfg)} does not fit this device's workgroup memory: take it out of the emulated list`);
@@ -207,7 +209,7 @@ for (const [M, N, K] of [[33, 40, 24], [64, 48, 32]] as const) {
 }
 
 test("tile configuration names parse and print back", () => {
-  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "4x2_2x4sk64g8uf", "4x4_2x2sg8ulf", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc", "4x4_2x2sk64g8c"]) {
+  for (const name of ["4x4_1x1", "4x4_1x1c", "4x4_2x4s", "4x4_2x2sk64d", "4x4_2x2sg8", "4x4_2x2sk16g8", "2x4_4x4sdg4", "4x4_2x4s-no-loads", "4x4_2x2sk64g8", "4x4_2x2s-no-stores", "4x4_2x2sk64g8u", "4x4_2x2sdu-no-loads", "4x2_2x4sk64g8u", "2x4_4x2sk64g8u-no-barriers", "4x4_2x2sg8ul", "4x2_2x4sk64g8ul", "4x2_2x4sk64g8uf", "4x4_2x2sg8ulf", "4x2_2x4sk64g8ufc", "4x4_2x2sg8uc", "4x4_2x2sk64g8c", "4x2_2x4sk64g8un", "4x4_2x2sg8unfc"]) {
     expect(tcConfigName(parseTcConfig(name))).toBe(name);
   }
   expect(parseTcConfig("4x4_2x2sk64g8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 64, double: false, group: 8 });
@@ -217,6 +219,7 @@ test("tile configuration names parse and print back", () => {
   for (const bad of ["4x4_2x2sg8l", "4x4_2x2sdg8ul", "4x4_2x2sg8ul-no-loads"]) expect(() => parseTcConfig(bad)).toThrow("two-deep prefetch (l)");
   for (const bad of ["4x4_2x2sg8f", "4x4_2x2sdg8f"]) expect(() => parseTcConfig(bad)).toThrow("guard-free loads (f)");
   expect(() => parseTcConfig("4x4_2x2sg8uc-no-loads")).toThrow("constant strides (c) do not combine with diags");
+  for (const bad of ["4x4_2x2sg8n", "4x4_2x2sg8uln", "4x4_2x2sdg8un", "4x4_2x2sg8un-no-loads"]) expect(() => parseTcConfig(bad)).toThrow("no prefetch (n)");
   expect(parseTcConfig("4x4_2x2sg8uc").constStrides).toBe(true);
   expect(parseTcConfig("4x4_1x1c")).toEqual({ tm: 4, tn: 4, sgm: 1, sgn: 1, staged: false, constStrides: true });
   expect(parseTcConfig("4x4_2x2sg8")).toEqual({ tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, bk: 32, double: false, group: 8 });
@@ -284,8 +287,8 @@ test("the unrolled switch turns every staged pick unrolled where the tile allows
   }
 });
 
-test("the guard-free and constant-stride switches add their forms to the picks they apply to, and to nothing else", () => {
-  const was = { ...guardFreeLoads }, constWas = { ...constStrideStaging }, unrolledWas = unrolledStaging.enabled;
+test("the guard-free, constant-stride and no-prefetch switches add their forms to the picks they apply to, and to nothing else", () => {
+  const was = { ...guardFreeLoads }, constWas = { ...constStrideStaging }, prefetchWas = { ...noPrefetchStaging }, unrolledWas = unrolledStaging.enabled;
   try {
     unrolledStaging.enabled = false;
     guardFreeLoads.enabled = false;
@@ -301,7 +304,14 @@ test("the guard-free and constant-stride switches add their forms to the picks t
     expect(tcConfigName(tcConfigFor(4096, 2048, 8192, false))).toBe("4x2_2x4sk64g8uc");
     expect(tcConfigName(tcConfigFor(4096, 1536, 576, true))).toBe("4x4_2x2sk64g8c"); // every staged pick, unrolled or not
     expect(stagedForm({ tm: 4, tn: 4, sgm: 1, sgn: 1 }, true).constStrides).toBeUndefined(); // the global kernel
+    constStrideStaging.enabled = false;
+    noPrefetchStaging.enabled = true;
+    expect(tcConfigName(tcConfigFor(4096, 2048, 8192, false))).toBe("4x2_2x4sk64g8un");
+    expect(tcConfigName(tcConfigFor(4096, 1536, 576, true))).toBe("4x4_2x2sk64g8"); // not unrolled: unchanged
+    expect(tcConfigName(stagedForm(parseTcConfig("4x4_2x2sg8ul"), true))).toBe("4x4_2x2sg8ul"); // l keeps its prefetch
+    expect(tcConfigName(stagedForm(parseTcConfig("4x4_2x2sdg8u"), true))).toBe("4x4_2x2sdg8u"); // double-buffered
   } finally {
+    Object.assign(noPrefetchStaging, prefetchWas);
     Object.assign(guardFreeLoads, was);
     Object.assign(constStrideStaging, constWas);
     unrolledStaging.enabled = unrolledWas;
