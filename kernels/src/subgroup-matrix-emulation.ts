@@ -153,8 +153,8 @@ function replaceBuiltins(src: string, h: Helpers): string {
 }
 
 /**
- * Every @compute entry point sets sm_lane first: from its local_invocation_index parameter, added
- * (as sm_lid) where the entry point has none.
+ * Every @compute entry point sets sm_lane (and the loop bounds) first: from its local_invocation_index
+ * and num_workgroups parameters, added (as sm_lid, sm_nwg) where the entry point has none.
  */
 function withLaneIndex(src: string): string {
   let out = "", i = 0;
@@ -168,11 +168,13 @@ function withLaneIndex(src: string): string {
     }
     const params = src.slice(open, k - 1);
     const named = /@builtin\s*\(\s*local_invocation_index\s*\)\s*(\w+)\s*:/.exec(params);
-    const lid = named ? named[1]! : "sm_lid";
-    const base = params.trim() ? `${params.replace(/,\s*$/, "")}, ` : "";
-    const newParams = `${base}${named ? "" : "@builtin(local_invocation_index) sm_lid: u32, "}@builtin(num_workgroups) sm_nwg: vec3<u32>`;
+    const groups = /@builtin\s*\(\s*num_workgroups\s*\)\s*(\w+)\s*:/.exec(params);
+    const lid = named ? named[1]! : "sm_lid", nwg = groups ? groups[1]! : "sm_nwg";
+    const added = [named ? "" : "@builtin(local_invocation_index) sm_lid: u32", groups ? "" : "@builtin(num_workgroups) sm_nwg: vec3<u32>"].filter(Boolean);
+    const kept = params.trim() ? [params.replace(/,\s*$/, "")] : [];
+    const newParams = [...kept, ...added].join(", ");
     const body = src.indexOf("{", k);
-    out += src.slice(i, open) + newParams + src.slice(k - 1, body + 1) + `\n  sm_lane = ${lid} % 32u; sm_n8 = select(8u, 9u, sm_nwg.x == 4000000000u); sm_n16 = 2u * sm_n8; sm_n4 = sm_n8 / 2u;`;
+    out += src.slice(i, open) + newParams + src.slice(k - 1, body + 1) + `\n  sm_lane = ${lid} % 32u; sm_n8 = select(8u, 9u, ${nwg}.x == 4000000000u); sm_n16 = 2u * sm_n8; sm_n4 = sm_n8 / 2u;`;
     i = body + 1;
   }
   return out + src.slice(i);

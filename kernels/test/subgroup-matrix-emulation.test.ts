@@ -60,15 +60,21 @@ describe.skipIf(!f16Ok)("subgroup matrices emulated in WGSL", () => {
     rt.release(ta, tb, tc);
   });
 
-  test("every entry point learns its lane, with or without a local_invocation_index parameter", () => {
+  test("every entry point learns its lane, with or without a local_invocation_index parameter", async () => {
     const code = emulateSubgroupMatrices(`enable chromium_experimental_subgroup_matrix;
 @group(0) @binding(0) var<storage, read_write> c: array<f32>;
 @compute @workgroup_size(32) fn one() { subgroupMatrixStore<row_major>(&c, 0u, subgroup_matrix_result<f32, 16, 16>(), 16u); }
 @compute @workgroup_size(32)
-fn two(@builtin(local_invocation_index) me: u32) { subgroupMatrixStore<row_major>(&(c), me, subgroup_matrix_result<f32, 16, 16>(), 16u); }`);
+fn two(@builtin(local_invocation_index) me: u32) { subgroupMatrixStore<row_major>(&(c), me, subgroup_matrix_result<f32, 16, 16>(), 16u); }
+@compute @workgroup_size(32)
+fn three(@builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) me: u32) { subgroupMatrixStore<row_major>(&c, n.x, subgroup_matrix_result<f32, 16, 16>(), 16u); }`);
     expect(code).toContain("fn one(@builtin(local_invocation_index) sm_lid: u32, @builtin(num_workgroups) sm_nwg: vec3<u32>) {\n  sm_lane = sm_lid % 32u;");
     expect(code).toContain("fn two(@builtin(local_invocation_index) me: u32, @builtin(num_workgroups) sm_nwg: vec3<u32>) {\n  sm_lane = me % 32u;");
+    // an entry point's own num_workgroups is used, not declared twice
+    expect(code).toContain("fn three(@builtin(num_workgroups) n: vec3<u32>, @builtin(local_invocation_index) me: u32) {\n  sm_lane = me % 32u; sm_n8 = select(8u, 9u, n.x == 4000000000u);");
     expect(code).not.toMatch(/subgroupMatrix|subgroup_matrix/);
+    const module = rt.device.createShaderModule({ code: `enable f16;\n${code}` });
+    expect((await module.getCompilationInfo()).messages.filter((m) => m.type === "error").map((m) => m.message)).toEqual([]);
   });
 
   test("what it does not emulate is refused, naming the construct", () => {
