@@ -9,6 +9,7 @@
  * --write-table writes the best correct configuration per (N, K, form) as gemm-tiles.ts reads it:
  * the swept shapes replace their entries of the table built in now; the other entries stay.
  */
+import { fitWorkgroupStorage } from "@tuneloom/kernels/matmul-tc-staged.ts";
 import {
   type GemmTileTable, type GpuRuntime, type TcConfig, getRuntime, hasTensorCoreMatmul, matmul, matmulTensorCore, parseTcConfig,
   tcConfigFor, tcConfigName, toF16,
@@ -127,8 +128,10 @@ export async function* gemmSweep(rt: GpuRuntime, configs: TcConfig[], quick: boo
         await timeGpu(rt, (rec) => matmulTensorCore(rec, { a: ta, b: tb, c: tc, M, N, K, transB }, cfg), 1);
         const relErr = sampledRelError(await rt.read(tc), ref, 256);
         const all = times.get(cfg)!, ms = Math.min(...all);
+        // matmulTensorCore shrinks a tile to the device's workgroup memory (fitWorkgroupStorage): say so.
+        const ran = tcConfigName(fitWorkgroupStorage(cfg, transB, rt.caps.limits.maxComputeWorkgroupStorageSize));
         yield {
-          op: "gemm_tc", cfg: tcConfigName(cfg), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr,
+          op: "gemm_tc", cfg: tcConfigName(cfg), ...(ran !== tcConfigName(cfg) ? { ran } : {}), shape: name, transB, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), relErr,
           ...(all.length > 1 ? { tflops_reps: all.map((t) => +(flops / t / 1e9).toFixed(1)) } : {}),
         };
       }
