@@ -31,9 +31,10 @@ export class PipelineCache {
     const device = this.device;
     let module = this.modules.get(kernel.code);
     const label = `${kernel.name}${Object.keys(constants).length ? `<${Object.entries(constants).map(([k, v]) => `${k}=${v}`).join(",")}>` : ""}`;
+    // Rewritten before the error scope opens: a source the emulation refuses throws here, naming it.
+    const code = !module && this.emulateTc ? emulateSubgroupMatrices(kernel.code) : kernel.code;
     device.pushErrorScope("validation");
     if (!module) {
-      const code = this.emulateTc ? emulateSubgroupMatrices(kernel.code) : kernel.code;
       const { result, output } = captureNativeOutput(() => device.createShaderModule({ code, label: kernel.name }));
       handleShaderOutput(output);
       module = result;

@@ -188,7 +188,7 @@ const TEMPLATED = /\b(subgroup_matrix_(?:left|right|result)|subgroupMatrix\w+|ar
  * arguments transformed first (a load nested in a multiply-accumulate). `name` must be followed by
  * `<` or `(`, so subgroupMatrixMultiply does not match subgroupMatrixMultiplyAccumulate.
  */
-export function replaceCalls(src: string, name: string, fn: (template: string | undefined, args: string[]) => string): string {
+function replaceCalls(src: string, name: string, fn: (template: string | undefined, args: string[]) => string): string {
   let out = "", i = 0;
   for (;;) {
     const j = src.indexOf(name, i);

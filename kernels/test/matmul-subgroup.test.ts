@@ -89,7 +89,8 @@ describe.skipIf(!available)("tensor-core matmul (subgroup matrices, f16 inputs)"
 
   // The aux slice: C (+)= A·op(B) + A2·op(B2), A2 a column block (offset, row stride) of a wider
   // matrix as LoRA's h is; on both kernels, both forms, written and accumulated.
-  const auxConfigs: TcConfig[] = emulated ? [parseTcConfig("4x4_2x2sg8u")] : [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u")];
+  // (the last: session 17's forms together, constant strides beside the aux slice's own strides)
+  const auxConfigs: TcConfig[] = emulated ? [parseTcConfig("4x4_2x2sg8u")] : [{ tm: 4, tn: 4, sgm: 1, sgn: 1 }, { tm: 4, tn: 4, sgm: 2, sgn: 2, staged: true, group: 4 }, { tm: 2, tn: 4, sgm: 2, sgn: 2, staged: true }, parseTcConfig("4x4_2x2sk64g8u"), parseTcConfig("2x4_4x2sk64g8u"), parseTcConfig("4x2_2x4sk64g8unfc")];
   for (const cfg of auxConfigs) {
     for (const transB of [true, false]) {
       test(`aux slice ${tcConfigName(cfg)} transB=${transB}: C (+)= A·op(B) + A2·op(B2)`, async () => {
@@ -250,6 +251,12 @@ test("staged tiles shrink to the device's workgroup memory: single buffer first,
   expect(fit("4x4_2x2sdg8u", 16384)).toBe("4x4_2x2sk16g8u");
   expect(fit("4x4_1x1", 0)).toBe("4x4_1x1"); // the global kernel stages nothing
   expect(() => fit("4x4_2x2sg8u", 8192)).toThrow("even with 16-deep slices; the device allows 8192");
+  // Shorter slices keep the unrolled copy and its forms valid (fitWorkgroupStorage relies on it).
+  for (const name of ["4x2_2x4sk64g8ufc", "4x2_2x4sk64g8un", "4x4_2x2sdg8u", "2x4_4x2sk64g8ul", "1x4_1x4sk64u"]) for (const transB of [true, false]) for (const limit of [32768, 20480]) {
+    const shrunk = fitWorkgroupStorage(parseTcConfig(name), transB, limit);
+    expect(stagedWorkgroupBytes(transB, shrunk)).toBeLessThanOrEqual(limit);
+    expect(unrolledCopyFits(shrunk, transB)).toBe(true);
+  }
 });
 
 test("thin tensor-core plan: staged 128-row tiles as wide as N, K split while workgroups are few", () => {
